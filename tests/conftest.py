@@ -1,0 +1,106 @@
+"""Shared end-to-end rig: a scripted loopback upstream behind a real mitmdump running the addon."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tokenpak_mitm.testing.client import Response, build_request, request
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def fixture_bytes(name: str) -> bytes:
+    """A recorded stream: our copy in tests/fixtures (with its licence), else shared/fixtures."""
+    for base in (FIXTURES, SHARED_FIXTURES):
+        if (base / name).exists():
+            return (base / name).read_bytes()
+    raise FileNotFoundError(name)
+
+
+def wait_for_rows(db: Path, where: str, args: tuple, n: int = 1, timeout: float = 15.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    rows: list[dict] = []
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                con = sqlite3.connect(db)
+                con.row_factory = sqlite3.Row
+                rows = [dict(r) for r in con.execute(f"SELECT * FROM requests WHERE {where}", args)]
+                con.close()
+            except sqlite3.OperationalError:
+                rows = []
+            if len(rows) >= n:
+                return rows
+        time.sleep(0.05)
+    return rows
+
+
+@dataclass
+class Stack:
+    upstream: ScriptedUpstream
+    proxy: MitmdumpProcess
+    db: Path
+    scripts: dict[str, Script | Callable[[Received], Script]] = field(default_factory=dict)
+
+    def call(
+        self,
+        script: Script | Callable[[Received], Script],
+        body: bytes = b'{"model":"claude-sonnet-4-6","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}',
+        *,
+        path: str = "/v1/messages",
+        headers: list[tuple[str, str]] | None = None,
+        on_piece: Callable[[bytes, Response], bool | None] | None = None,
+    ) -> tuple[Response, str]:
+        key = f"req_{uuid.uuid4().hex[:16]}"
+        self.scripts[key] = script
+        hs = [("content-type", "application/json"), ("x-test-id", key), ("x-api-key", "sk-ant-canary-0123456789abcdef")] + (headers or [])
+        resp = request(self.proxy.port, build_request("POST", path, body, hs), on_piece=on_piece)
+        return resp, key
+
+    def row(self, key: str, timeout: float = 15.0) -> dict:
+        rows = wait_for_rows(self.db, "upstream_request_id = ?", (key,), timeout=timeout)
+        assert len(rows) == 1, f"expected one row for {key}, got {len(rows)}\n{self.proxy.output()[-3000:]}"
+        return rows[0]
+
+    def received(self, key: str) -> Received:
+        return next(r for r in self.upstream.received if r.header("x-test-id") == key)
+
+
+def _handler(scripts: dict) -> Callable[[Received], Script]:
+    def handle(req: Received) -> Script:
+        key = req.header("x-test-id") or ""
+        entry = scripts.pop(key, None)
+        if entry is None:
+            return Script(status=404, reason="Not Found", headers=[("content-type", "application/json")], steps=[], chunked=False)
+        script = entry(req) if callable(entry) else entry
+        if not any(k.lower() == "request-id" for k, _ in script.headers):
+            script.headers = [*script.headers, ("request-id", key)]
+        return script
+
+    return handle
+
+
+def make_stack(tmp: Path, options: list[str] | None = None) -> Stack:
+    scripts: dict = {}
+    up = ScriptedUpstream(_handler(scripts)).start()
+    db = tmp / "tokenpak.db"
+    proxy = MitmdumpProcess(f"reverse:{up.url}", db=db, confdir=tmp, options=options or []).start()
+    return Stack(upstream=up, proxy=proxy, db=db, scripts=scripts)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    s = make_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.proxy.stop()
+    s.upstream.stop()

@@ -1,0 +1,322 @@
+"""The mitmproxy glue: options, hooks, and nothing else.
+
+Every decision lives in a pure module (routes, cache_insert, tap, dialects, telemetry, pricing);
+this class only moves data between mitmproxy's flow objects and them. Two promises shape it:
+
+* **Traffic is never harmed.** Each hook body is guarded: on any exception of ours the flow goes
+  on untouched and the row records ``proxy_error``. The stream callable returns every chunk
+  unchanged (see ``tap.py``). Nothing here blocks the event loop: rows are queued to a writer
+  thread.
+* **Exactly one row per LLM request.** Per-flow state lives in a ``WeakKeyDictionary`` (no flow is
+  kept alive) and an ``emitted`` flag guards ``response``/``error``; the store's unique key guards
+  the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import mode_specs
+
+from tokenpak_mitm import __version__, observer
+from tokenpak_mitm.redact import redact_query
+from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
+from tokenpak_mitm.store import TelemetryStore, default_db_path
+from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
+from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
+
+logger = logging.getLogger("tokenpak")
+
+CACHE_MODES = ("auto", "off", "top-level")
+CACHE_TTLS = ("5m", "1h")
+CONFORMANCE_MODES = ("off", "warn", "strict")
+META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
+
+
+@dataclass(slots=True)
+class _FlowState:
+    route: Route
+    record: RequestRecord
+    tracker: Any
+    sent_at: float | None = None
+    tap: StreamTap | None = None
+    emitted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TokenPak:
+    """Inserts prompt-cache markers, observes LLM responses, logs one telemetry row each."""
+
+    def __init__(self) -> None:
+        self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowState] = weakref.WeakKeyDictionary()
+        self.store: TelemetryStore | None = None
+        self.rows_emitted = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def load(self, loader: Loader) -> None:
+        # No `choices=` on purpose: a bad --set value would make mitmdump skip the script silently.
+        loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
+        loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
+        loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
+        loader.add_option("tokenpak_cache_ttl", str, "5m", "TTL of inserted cache markers: 5m or 1h.")
+        loader.add_option("tokenpak_console", bool, True, "Log one concise line per LLM request.")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
+            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
+        if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
+            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m or 1h, not {opts.tokenpak_cache_ttl!r}")
+        if "tokenpak_db" in updated:
+            path = opts.tokenpak_db or str(default_db_path())
+            if self.store is None or str(self.store.path) != str(path):
+                if self.store is not None:
+                    self.store.close()
+                self.store = TelemetryStore(path)
+                self.store.start()
+
+    def running(self) -> None:
+        modes = ",".join(str(m) for m in ctx.options.mode)
+        db = self.store.path if self.store else "-"
+        logger.info(
+            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
+            __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
+        )
+
+    def done(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    # -- request side ---------------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._start(flow)
+        except Exception:
+            logger.exception("tokenpak: could not classify %s; passing it through", flow.request.host)
+
+    def _start(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+        route = classify(req.method, req.pretty_host, req.path, extra_hosts=ctx.options.tokenpak_hosts, any_host=reverse)
+        if route is None:
+            return
+        tracker = tracker_for(route)
+        if tracker is None:
+            return
+        rec = RequestRecord(
+            request_key=flow.id,
+            route=route,
+            started_at=req.timestamp_start,
+            host=req.pretty_host,
+            path=redact_query(req.path),
+            route_class=route_class(req.headers.get("user-agent"), "x-stainless-lang" in req.headers),
+        )
+        self._flows[flow] = _FlowState(route=route, record=rec, tracker=tracker)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        st = self._flows.get(flow)
+        if st is None or flow.response is not None:
+            return
+        try:
+            self._insert(flow, st)
+        except Exception:
+            logger.exception("tokenpak: marker insertion failed; request sent unchanged")
+            st.record.cache_decision = "error"
+        st.sent_at = time.time()
+
+    def _insert(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        rec = st.record
+        meta = flow.metadata.get(META)
+        if isinstance(meta, dict) and "cache_decision" in meta:
+            # A replayed flow: its body already carries what we inserted live; reuse that verdict.
+            rec.cache_decision = meta.get("cache_decision")
+            rec.markers_inserted = int(meta.get("markers_inserted") or 0)
+            rec.client_markers = int(meta.get("client_markers") or 0)
+            rec.prefix_tokens_est = meta.get("prefix_tokens_est")
+            return
+        if not st.route.inserts:
+            return
+        body = flow.request.raw_content
+        if body is None:
+            rec.cache_decision = "request_streamed"  # stream_large_bodies sent it already
+            return
+        from tokenpak_mitm.cache_insert import CacheOptions, insert_markers  # TODO top-level once landed
+
+        mode = ctx.options.tokenpak_cache
+        result = insert_markers(
+            body,
+            flow.request.headers.get("content-encoding"),
+            CacheOptions(mode=mode, ttl=ctx.options.tokenpak_cache_ttl),
+        )
+        rec.cache_decision = result.decision
+        rec.markers_inserted = result.markers_inserted
+        rec.client_markers = result.client_markers
+        rec.prefix_tokens_est = result.prefix_tokens_est
+        if result.spans and result.body is not body:
+            flow.request.raw_content = result.body
+            if "content-length" in flow.request.headers:
+                flow.request.headers["content-length"] = str(len(result.body))
+        flow.metadata[META] = {
+            "cache_decision": rec.cache_decision,
+            "markers_inserted": rec.markers_inserted,
+            "client_markers": rec.client_markers,
+            "prefix_tokens_est": rec.prefix_tokens_est,
+            "spans": [[s.offset, s.text.decode("utf-8", "replace")] for s in result.spans],
+        }
+        if observer.active():
+            spans = [(s.offset, s.text) for s in result.spans]
+            for obs in observer.active():
+                obs.on_outbound_request(flow.id, body, flow.request.raw_content or b"", spans)
+
+    # -- response side --------------------------------------------------------------------------
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        st = self._flows.get(flow)
+        if st is None or flow.response is None:
+            return
+        try:
+            resp = flow.response
+            ctype = resp.headers.get("content-type", "").lower()
+            sse = "text/event-stream" in ctype
+            array_stream = st.route.dialect == "gemini" and ":streamgeneratecontent" in flow.request.path.lower() and not sse
+            if not (sse or array_stream) or resp.status_code >= 400:
+                return
+            st.record.stream = True
+            sink = None
+            if observer.active():
+                obs = observer.active()
+                fid, rclass = flow.id, st.record.route_class
+
+                def sink(event: str | None, raw: bytes) -> None:
+                    for o in obs:
+                        o.on_stream_frame(fid, rclass, event, raw)
+
+            st.tap = StreamTap(st.tracker, sse=sse, content_encoding=resp.headers.get("content-encoding"), on_frame=sink)
+            resp.stream = st.tap
+        except Exception:
+            logger.exception("tokenpak: could not attach the stream observer; response passes through")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        st = self._flows.get(flow)
+        if st is None or st.emitted:
+            return
+        try:
+            self._observe_body(flow, st)
+        except Exception:
+            logger.exception("tokenpak: could not read the response; recording proxy_error")
+            st.record.terminal_override = "proxy_error"
+        self._emit(flow, st)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        st = self._flows.get(flow)
+        if st is None or st.emitted:
+            return
+        try:
+            if st.tap is not None:
+                st.tap.close()
+            st.record.error_msg = flow.error.msg if flow.error else "unknown error"
+        except Exception:
+            logger.exception("tokenpak: error while closing a failed flow")
+            st.record.terminal_override = "proxy_error"
+        self._emit(flow, st)
+
+    def _observe_body(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        resp = flow.response
+        assert resp is not None
+        tap = st.tap
+        if tap is not None:
+            if not tap.finished and resp.raw_content:
+                observe_buffered_sse(tap, resp.raw_content)  # replay: the callable never ran
+            elif not tap.finished:
+                tap.close()
+            return
+        body = resp.raw_content
+        if body is None:
+            return
+        ctype = resp.headers.get("content-type", "").lower()
+        if "text/event-stream" in ctype:  # an SSE body we did not stream (e.g. replayed error)
+            tap = StreamTap(st.tracker, sse=True, content_encoding=resp.headers.get("content-encoding"))
+            observe_buffered_sse(tap, body)
+            st.tap = tap
+            st.record.stream = True
+            return
+        try:
+            decoded = resp.get_content(strict=False) or b""
+        except ValueError:
+            decoded = body
+        st.tracker.feed_body(decoded, resp.status_code)
+
+    def _emit(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        st.emitted = True
+        try:
+            self._fill_timing(flow, st)
+            row = build_row(st.record)
+        except Exception:
+            logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
+            st.record.terminal_override = "proxy_error"
+            row = build_row(st.record)
+        self.rows_emitted += 1
+        if self.store is not None:
+            self.store.submit(row)
+        for obs in observer.active():
+            try:
+                obs.on_telemetry_row(row)
+            except Exception:
+                logger.exception("tokenpak: conformance observer failed")
+        if ctx.options.tokenpak_console:
+            logger.info(_console_line(row))
+
+    def _fill_timing(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        rec, tap, resp = st.record, st.tap, flow.response
+        x = st.tracker.extract
+        rec.extract = x
+        meta = flow.metadata.get(META)
+        live = tap is not None and tap.finished or flow.live
+        if resp is not None:
+            rec.status_code = resp.status_code
+            rec.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+        sent = st.sent_at or flow.request.timestamp_end or flow.request.timestamp_start
+        if tap is not None:
+            rec.frames = tap.parser.frames if tap.parser is not None else None
+            rec.response_bytes = tap.wire_bytes
+        elif resp is not None and resp.raw_content is not None:
+            rec.response_bytes = len(resp.raw_content)
+        if isinstance(meta, dict) and "ttfb_ms" in meta and not live:
+            # Replay: timings come from the live run, so the row matches it.
+            rec.ttfb_ms, rec.ttft_ms, rec.duration_ms = meta.get("ttfb_ms"), meta.get("ttft_ms"), meta.get("duration_ms")
+            return
+        if resp is not None and resp.timestamp_start:
+            rec.ttfb_ms = _ms(resp.timestamp_start - sent)
+        if tap is not None and tap.first_content_at is not None:
+            rec.ttft_ms = _ms(tap.first_content_at - sent)
+        end = (resp.timestamp_end if resp is not None else None) or (tap.last_byte_at if tap else None) or time.time()
+        rec.duration_ms = _ms(end - sent)
+        stash = meta if isinstance(meta, dict) else {}
+        stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms)
+        flow.metadata[META] = stash
+
+
+def _ms(seconds: float) -> float:
+    return round(max(0.0, seconds) * 1000.0, 3)
+
+
+def _console_line(row: dict[str, Any]) -> str:
+    def n(key: str) -> str:
+        v = row.get(key)
+        return "-" if v is None else str(v)
+
+    cost = row.get("cost_usd")
+    ttft = row.get("ttft_ms")
+    return (
+        f"tokenpak: {row.get('provider')}/{row.get('api')} {row.get('model') or '?'} "
+        f"in={n('input_tokens')} cache_read={n('cache_read_tokens')} cache_write={n('cache_write_tokens')} "
+        f"out={n('output_tokens')} cache={cache_verdict(row)} "
+        f"cost={'?' if cost is None else f'${cost:.6f}'} ttft={'-' if ttft is None else f'{ttft:.0f}ms'} "
+        f"{row.get('terminal_state')}"
+    )

@@ -1,0 +1,1 @@
+"""Per-provider usage extraction: each wire dialect converts into the one bucket model."""

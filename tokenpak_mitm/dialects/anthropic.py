@@ -1,0 +1,164 @@
+"""Anthropic Messages: usage, ids and terminal state from SSE frames or a JSON body.
+
+Rules (see docs and ``shared/research/protocols.md`` §1.9, §2.3):
+
+* ``input_tokens`` already excludes cache reads and writes, so it maps to fresh input directly.
+* ``message_start`` carries a full usage object; every ``message_delta`` carries *cumulative*
+  figures that override it field by field when non-null (real streams grow input from 2685 to
+  9911 this way). Usage counts as final once a ``message_delta`` with usage has arrived, even if
+  ``message_stop`` never does.
+* The 5m/1h write split only exists in ``message_start`` (``cache_creation``); when the final
+  write total exceeds the split, the difference is 5m (server-tool breakpoints are always 5m).
+* JSON is decoded only for ``message_start``, ``message_delta``, ``message_stop`` and ``error``;
+  deltas are recognised from their ``event:`` line without decoding.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tokenpak_mitm.dialects.base import Extract
+from tokenpak_mitm.sse import event_name, parse_event
+from tokenpak_mitm.usage import Usage, as_count
+
+__all__ = ["AnthropicTracker"]
+
+_CONTENT_EVENTS = frozenset({"content_block_delta", "content_block_start"})
+_DECODE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
+_TYPE_HINTS = (b'"message_start"', b'"message_delta"', b'"message_stop"', b'"error"')
+
+
+class AnthropicTracker:
+    __slots__ = ("extract", "_split_5m", "_split_1h", "_raw_usage")
+
+    def __init__(self) -> None:
+        self.extract = Extract()
+        self._split_5m: int | None = None
+        self._split_1h: int | None = None
+        self._raw_usage: dict[str, Any] = {}
+
+    # -- streaming ----------------------------------------------------------------------------
+    def feed_frame(self, raw: bytes) -> bool:
+        name = event_name(raw)
+        if name is not None:
+            if name in _CONTENT_EVENTS:
+                self.extract.content_frames += 1
+                return True
+            if name not in _DECODE_EVENTS:
+                return False
+        elif not any(h in raw for h in _TYPE_HINTS):
+            # No event line (some compatible servers): a content frame still names its type.
+            if b'"content_block_delta"' in raw or b'"content_block_start"' in raw:
+                self.extract.content_frames += 1
+                return True
+            return False
+        ev = parse_event(raw)
+        if ev is None:
+            return False
+        try:
+            obj = json.loads(ev.data)
+        except ValueError:
+            return False
+        if isinstance(obj, dict):
+            self._on_event(obj)
+        return False
+
+    def _on_event(self, obj: dict[str, Any]) -> None:
+        kind = obj.get("type")
+        x = self.extract
+        if kind == "message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                self._on_message(msg)
+        elif kind == "message_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                x.stop_reason = delta["stop_reason"]
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                self._merge_usage(usage)
+                x.usage_final = True
+        elif kind == "message_stop":
+            x.terminal_seen = True
+        elif kind == "error":
+            x.stream_error = True
+            self._on_error(obj)
+
+    # -- buffered -------------------------------------------------------------------------------
+    def feed_body(self, body: bytes, status: int) -> None:
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(obj, dict):
+            return
+        if status >= 400 or obj.get("type") == "error":
+            self._on_error(obj)
+            return
+        self._on_message(obj)
+        if "input_tokens" in obj and "usage" not in obj:  # /v1/messages/count_tokens
+            return
+        self.extract.terminal_seen = True
+        if isinstance(obj.get("usage"), dict):
+            self.extract.usage_final = True
+
+    # -- shared ---------------------------------------------------------------------------------
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        x = self.extract
+        if isinstance(msg.get("id"), str):
+            x.response_id = msg["id"]
+        if isinstance(msg.get("model"), str):
+            x.model = msg["model"]
+        if isinstance(msg.get("stop_reason"), str):
+            x.stop_reason = msg["stop_reason"]
+        usage = msg.get("usage")
+        if isinstance(usage, dict):
+            split = usage.get("cache_creation")
+            if isinstance(split, dict):
+                self._split_5m = as_count(split.get("ephemeral_5m_input_tokens"))
+                self._split_1h = as_count(split.get("ephemeral_1h_input_tokens"))
+            self._merge_usage(usage)
+
+    def _merge_usage(self, usage: dict[str, Any]) -> None:
+        for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"):
+            value = as_count(usage.get(key))
+            if value is not None:
+                self._raw_usage[key] = value
+        details = usage.get("output_tokens_details")
+        if isinstance(details, dict) and as_count(details.get("thinking_tokens")) is not None:
+            self._raw_usage["thinking_tokens"] = as_count(details.get("thinking_tokens"))
+        stu = usage.get("server_tool_use")
+        if isinstance(stu, dict) and as_count(stu.get("web_search_requests")) is not None:
+            self._raw_usage["web_search_requests"] = as_count(stu.get("web_search_requests"))
+        self.extract.usage = self._buckets()
+
+    def _buckets(self) -> Usage:
+        raw = self._raw_usage
+        writes = raw.get("cache_creation_input_tokens")
+        w5, w1 = self._split_5m, self._split_1h
+        if writes is not None and (w5 is not None or w1 is not None):
+            w1 = w1 or 0
+            w5 = (w5 or 0) + max(0, writes - (w5 or 0) - w1)
+        else:
+            w5 = w1 = None
+        return Usage(
+            input_tokens=raw.get("input_tokens"),
+            cache_read_tokens=raw.get("cache_read_input_tokens"),
+            cache_write_tokens=writes,
+            cache_write_5m_tokens=w5,
+            cache_write_1h_tokens=w1,
+            output_tokens=raw.get("output_tokens"),
+            reasoning_tokens=raw.get("thinking_tokens"),
+            web_search_requests=raw.get("web_search_requests"),
+        )
+
+    def _on_error(self, obj: dict[str, Any]) -> None:
+        err = obj.get("error")
+        x = self.extract
+        if isinstance(err, dict):
+            x.error_type = err.get("type") if isinstance(err.get("type"), str) else "error"
+            msg = err.get("message")
+            x.error_message = msg if isinstance(msg, str) else None
+        else:
+            x.error_type = "error"

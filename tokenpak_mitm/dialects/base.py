@@ -1,0 +1,45 @@
+"""What every dialect tracker reports, and the contract the stream tap relies on.
+
+A tracker sees one response: either raw SSE frames one by one (``feed_frame``) or a whole
+buffered body (``feed_body``). It must be cheap on frames that carry nothing (text deltas) and it
+must never raise: malformed input leaves fields unset instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tokenpak_mitm.usage import Usage
+
+__all__ = ["Extract", "Tracker"]
+
+
+@dataclass(slots=True)
+class Extract:
+    model: str | None = None
+    response_id: str | None = None
+    stop_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    usage_final: bool = False  # the provider's final usage figure was seen
+    terminal_seen: bool = False  # the dialect's end-of-response event arrived
+    stream_error: bool = False  # an error event arrived inside a 2xx stream
+    error_type: str | None = None
+    error_message: str | None = None
+    content_frames: int = 0
+
+    @property
+    def usage_source(self) -> str:
+        if self.usage_final:
+            return "final"
+        return "absent" if self.usage.is_empty() else "partial"
+
+
+class Tracker(Protocol):
+    extract: Extract
+
+    def feed_frame(self, raw: bytes) -> bool:
+        """Observe one complete SSE frame; return True when it carries generated content (TTFT)."""
+
+    def feed_body(self, body: bytes, status: int) -> None:
+        """Observe a whole non-streamed (or replayed) response body."""

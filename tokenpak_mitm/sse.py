@@ -1,0 +1,170 @@
+"""Sans-I/O incremental parser for ``text/event-stream`` bodies (WHATWG event-stream rules).
+
+Bytes go in, *raw frames* come out: each frame is the exact bytes of one event block including
+the blank line that ends it, so ``b"".join(frames) + parser.remainder`` always equals the input.
+That is what lets the proxy observe a stream while proving it forwarded every byte unchanged.
+
+Design choices, and why:
+
+* Frames are split on a blank line, where a line ends with CRLF, LF or CR. A CR at the very end
+  of the buffered data is ambiguous (the next chunk may start with LF), so a frame ending there
+  is held until the next byte or :meth:`SSEParser.close` arrives; this keeps the frames of any
+  chunking identical to those of the unsplit input.
+* Work per chunk is proportional to the chunk: searches resume a few bytes before the new data,
+  never from the start of the pending buffer, and consumed bytes are dropped at once.
+* Field parsing is lazy (:func:`parse_event`, :func:`event_name`): the hot path only finds
+  boundaries, because most frames of an LLM stream are text deltas nobody needs to decode.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Event", "SSEParser", "event_name", "parse_event"]
+
+# Two consecutive line terminators = one blank line. ``\r(?!\n)`` stops a CRLF pair being read
+# as CR + LF (two terminators).
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_LINE_SPLIT = re.compile(rb"\r\n|\r|\n")
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A dispatched event: the WHATWG interpretation of one frame."""
+
+    event: str
+    data: str
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEParser:
+    """Incremental frame splitter. ``feed`` returns the complete raw frames in receipt order."""
+
+    __slots__ = ("_buf", "_cr_seen", "frames", "bytes_in")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._cr_seen = False
+        self.frames = 0
+        self.bytes_in = 0
+
+    @property
+    def remainder(self) -> bytes:
+        """Bytes received but not yet part of a complete frame."""
+        return bytes(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if not data:
+            return []
+        self.bytes_in += len(data)
+        if not self._cr_seen and b"\r" in data:
+            self._cr_seen = True
+        buf = self._buf
+        if buf:
+            resume = max(0, len(buf) - 4)
+            buf += data
+            frames = self._split(buf, resume, final=False)
+        else:
+            frames = self._split(data, 0, final=False)
+        self.frames += len(frames)
+        return frames
+
+    def close(self) -> tuple[list[bytes], bytes]:
+        """End of stream: release a frame held back for a trailing CR; return it with the rest.
+
+        The remainder is an incomplete event which the spec says to discard; it is returned so
+        callers can still account for its bytes (and, for telemetry, peek into it).
+        """
+        frames = self._split(self._buf, 0, final=True) if self._buf else []
+        self.frames += len(frames)
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return frames, rest
+
+    def _split(self, src: bytes | bytearray, resume: int, *, final: bool) -> list[bytes]:
+        frames: list[bytes] = []
+        pos = 0
+        end = len(src)
+        cr_mode = self._cr_seen
+        while pos < end:
+            first = src[pos]
+            if first == 10:  # a blank line straight away: its own (empty) frame
+                stop = pos + 1
+            elif first == 13:
+                if pos + 1 < end:
+                    stop = pos + 2 if src[pos + 1] == 10 else pos + 1
+                elif final:
+                    stop = pos + 1
+                else:
+                    break
+            elif cr_mode:
+                m = _BLANK_LINE.search(src, max(pos, resume))
+                if m is None:
+                    break
+                stop = m.end()
+                if stop == end and src[stop - 1] == 13 and not final:
+                    break  # CR at the edge: might be the first half of CRLF
+            else:
+                i = src.find(b"\n\n", max(pos, resume))
+                if i < 0:
+                    break
+                stop = i + 2
+            frames.append(bytes(src[pos:stop]))
+            pos = stop
+        if src is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf += memoryview(src)[pos:]
+        return frames
+
+
+def event_name(raw: bytes) -> str | None:
+    """The ``event:`` field when it is the frame's first line (the fast path for every provider)."""
+    if not raw.startswith(b"event:"):
+        return None
+    stop = len(raw)
+    for term in (b"\n", b"\r"):
+        i = raw.find(term, 6)
+        if 0 <= i < stop:
+            stop = i
+    value = raw[6:stop]
+    if value.startswith(b" "):
+        value = value[1:]
+    return value.decode("utf-8", "replace")
+
+
+def parse_event(raw: bytes, *, first: bool = False) -> Event | None:
+    """Interpret one raw frame per the WHATWG rules; ``None`` when nothing would be dispatched.
+
+    ``first`` strips one leading BOM, as the spec does for the start of the stream.
+    """
+    text_lines = _LINE_SPLIT.split(raw)
+    event = ""
+    data: list[str] = []
+    last_id: str | None = None
+    retry: int | None = None
+    for n, bline in enumerate(text_lines):
+        line = bline.decode("utf-8", "replace")
+        if n == 0 and first and line.startswith(_BOM):
+            line = line[1:]
+        if not line or line.startswith(":"):
+            continue
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id":
+            if "\x00" not in value:
+                last_id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                retry = int(value)
+    if not data:
+        return None
+    return Event(event=event or "message", data="\n".join(data), id=last_id, retry=retry)

@@ -1,0 +1,286 @@
+"""Embedded SQLite telemetry store: one row per request, written off the event loop.
+
+Why it looks like this:
+
+* mitmproxy runs every hook on one thread and sends the end of a streamed response only after
+  the ``response`` hook returns, so hooks only enqueue; a writer thread batches inserts.
+* ``request_key`` (the flow id) is UNIQUE and inserts are ``INSERT OR IGNORE``: a row can never be
+  doubled, even if a path reports twice or a spill file is imported again.
+* When the database cannot be written (read-only, deleted directory, locked, disk full), rows
+  are kept in memory (bounded) and appended to a JSONL spill file beside the database; the next
+  start imports the spill file. A clean shutdown flushes everything.
+* The schema is versioned with ``PRAGMA user_version`` and upgraded by migrations, so users keep
+  their history across upgrades. WAL lets ``tokenpak report`` read while the proxy writes.
+* Files are created owner-only (0600); the database holds no secrets by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TelemetryStore", "COLUMNS", "connect_readonly", "default_db_path"]
+
+logger = logging.getLogger(__name__)
+
+# (name, SQL type). Order is the insert order; new columns arrive through MIGRATIONS only.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("request_key", "TEXT NOT NULL UNIQUE"),
+    ("started_at", "REAL NOT NULL"),
+    ("provider", "TEXT"),
+    ("api", "TEXT"),
+    ("route_class", "TEXT"),
+    ("host", "TEXT"),
+    ("path", "TEXT"),
+    ("model", "TEXT"),
+    ("stream", "INTEGER"),
+    ("billable", "INTEGER"),
+    ("status_code", "INTEGER"),
+    ("terminal_state", "TEXT"),
+    ("stop_reason", "TEXT"),
+    ("input_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"),
+    ("cache_write_tokens", "INTEGER"),
+    ("cache_write_5m_tokens", "INTEGER"),
+    ("cache_write_1h_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("reasoning_tokens", "INTEGER"),
+    ("web_search_requests", "INTEGER"),
+    ("usage_source", "TEXT"),
+    ("ttfb_ms", "REAL"),
+    ("ttft_ms", "REAL"),
+    ("duration_ms", "REAL"),
+    ("frames", "INTEGER"),
+    ("response_bytes", "INTEGER"),
+    ("response_id", "TEXT"),
+    ("upstream_request_id", "TEXT"),
+    ("error", "TEXT"),
+    ("cache_origin", "TEXT"),
+    ("markers_inserted", "INTEGER"),
+    ("client_markers", "INTEGER"),
+    ("cache_decision", "TEXT"),
+    ("prefix_tokens_est", "INTEGER"),
+    ("cost_usd", "REAL"),
+    ("savings_usd", "REAL"),
+    ("price_version", "TEXT"),
+    ("conformance_violations", "INTEGER"),
+    ("proxy_version", "TEXT"),
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    "CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    + ", ".join(f"{n} {t}" for n, t in COLUMNS)
+    + ");"
+    "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
+)
+
+SPILL_SUFFIX = ".spill.jsonl"
+MAX_PENDING = 100_000  # rows kept in memory while the database is unavailable
+BATCH = 500
+FLUSH_INTERVAL = 0.2  # seconds; a crash loses at most this window of rows
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("TOKENPAK_HOME", Path.home() / ".tokenpak")) / "tokenpak.db"
+
+
+def _touch_private(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        _touch_private(path)
+    conn = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    migrate(conn)
+    for suffix in ("-wal", "-shm"):
+        side = Path(str(path) + suffix)
+        if side.exists():
+            os.chmod(side, 0o600)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version in place; returns that version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript("BEGIN;" + script + f"PRAGMA user_version={n};COMMIT;")
+    return len(MIGRATIONS)
+
+
+def connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A reader connection for reports (WAL: never blocks the writer)."""
+    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=2.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class TelemetryStore:
+    """Queue rows from any thread; a daemon thread writes them. ``close`` flushes everything."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self.spill_path = Path(str(self.path) + SPILL_SUFFIX)
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._pending: deque[dict[str, Any]] = deque()
+        self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
+        self._closed = threading.Event()
+        self.written = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._warned = False
+        self._spilled_keys: set[str] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, row: Mapping[str, Any]) -> None:
+        """Non-blocking; safe from the event loop."""
+        self._queue.put(dict(row))
+
+    def close(self, timeout: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- writer thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        self._connect()
+        self._import_spill()
+        stop = False
+        while not stop:
+            batch: list[dict[str, Any]] = []
+            try:
+                item = self._queue.get(timeout=FLUSH_INTERVAL)
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+                while len(batch) < BATCH and not stop:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        stop = True
+                    else:
+                        batch.append(item)
+            except queue.Empty:
+                pass
+            self._pending.extend(batch)
+            if self._pending:
+                self._flush()
+        if self._pending:
+            self._spill(list(self._pending))
+            self._pending.clear()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connect(self) -> bool:
+        if self._conn is not None:
+            return True
+        try:
+            self._conn = _open(self.path)
+            return True
+        except (sqlite3.Error, OSError) as e:
+            self._note_failure(e)
+            return False
+
+    def _flush(self) -> None:
+        if not self._connect():
+            self._overflow()
+            return
+        rows = list(self._pending)
+        try:
+            self._insert(rows)
+        except (sqlite3.Error, OSError) as e:
+            self._note_failure(e)
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+            self._overflow()
+            return
+        self._pending.clear()
+        if self._warned:
+            logger.warning("tokenpak: database %s writable again; pending rows written", self.path)
+            self._warned = False
+            self._import_spill()
+
+    def _insert(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        assert self._conn is not None
+        sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
+        values = [tuple(r.get(c) for c in COLUMN_NAMES) for r in rows]
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany(sql, values)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self.written += len(values)
+
+    def _overflow(self) -> None:
+        """Database unavailable: spill to JSONL so a crash loses nothing; keep memory bounded."""
+        fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
+        if fresh and self._spill(fresh):
+            self._spilled_keys.update(r.get("request_key") for r in fresh)
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popleft()
+            self.dropped += 1
+
+    def _spill(self, rows: list[dict[str, Any]]) -> bool:
+        try:
+            fd = os.open(self.spill_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r, separators=(",", ":")) + "\n")
+            return True
+        except OSError as e:
+            self._note_failure(e)
+            return False
+
+    def _import_spill(self) -> None:
+        if self._conn is None or not self.spill_path.exists():
+            return
+        rows: list[dict[str, Any]] = []
+        try:
+            with open(self.spill_path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        continue  # a torn last line from a crash
+            self._insert(rows)  # INSERT OR IGNORE: rows already written are not doubled
+            self.spill_path.unlink()
+            self._spilled_keys.clear()
+            logger.info("tokenpak: imported %d spilled rows into %s", len(rows), self.path)
+        except (sqlite3.Error, OSError) as e:
+            self._note_failure(e)
+
+    def _note_failure(self, e: BaseException) -> None:
+        self.last_error = f"{type(e).__name__}: {e}"
+        if not self._warned:
+            logger.warning("tokenpak: cannot write %s (%s); keeping rows and spilling to %s", self.path, self.last_error, self.spill_path)
+            self._warned = True
+        time.sleep(0.05)  # on the writer thread only: avoid a hot retry loop

@@ -1,0 +1,137 @@
+"""The stream callable installed as ``flow.response.stream``: observes, never changes.
+
+mitmproxy forwards whatever this callable returns, and an exception inside it silently drops the
+chunk (or, on the final ``b""`` call, the end of the response). So ``__call__`` returns its input
+unchanged on every path, and everything it does is wrapped: a bug here costs telemetry, never
+traffic. Per chunk it does O(chunk) work: decode a copy if the body is compressed, split frames,
+and let the dialect tracker look at each frame (JSON only for the few frames that matter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from tokenpak_mitm.decoders import incremental_decoder
+from tokenpak_mitm.dialects.base import Tracker
+from tokenpak_mitm.sse import SSEParser, event_name
+
+__all__ = ["StreamTap", "observe_buffered_sse"]
+
+logger = logging.getLogger(__name__)
+
+FrameSink = Callable[[str | None, bytes], None]
+
+
+class StreamTap:
+    __slots__ = (
+        "tracker", "sse", "parser", "decoder", "on_frame", "clock",
+        "first_byte_at", "first_content_at", "last_byte_at", "wire_bytes", "finished", "failed",
+        "record_chunks", "record_body", "record_cap", "record_truncated", "_raw_copy", "_raw_cap",
+    )
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        sse: bool,
+        content_encoding: str | None = None,
+        on_frame: FrameSink | None = None,
+        record_cap: int = 0,
+        clock: Callable[[], float] = time.time,
+        raw_cap: int = 32 * 1024 * 1024,
+    ) -> None:
+        self.tracker = tracker
+        self.sse = sse
+        self.parser = SSEParser() if sse else None
+        self.decoder = incremental_decoder(content_encoding)
+        self.on_frame = on_frame
+        self.clock = clock
+        self.first_byte_at: float | None = None
+        self.first_content_at: float | None = None
+        self.last_byte_at: float | None = None
+        self.wire_bytes = 0
+        self.finished = False  # set by mitmproxy's final b"" call; stays False in replays
+        self.failed = False
+        # Recording keeps the wire bytes and chunk timing (bounded), only when asked for.
+        self.record_cap = record_cap
+        self.record_chunks: list[tuple[float, int]] | None = [] if record_cap else None
+        self.record_body: bytearray | None = bytearray() if record_cap else None
+        self.record_truncated = False
+        # Non-SSE streams (Gemini JSON arrays) are measured from a bounded decoded copy.
+        self._raw_copy: bytearray | None = None if sse else bytearray()
+        self._raw_cap = raw_cap
+        if self.decoder is None:
+            logger.warning("tokenpak: unknown content-encoding %r; stream passes through unmeasured", content_encoding)
+
+    def __call__(self, data: bytes) -> bytes:
+        try:
+            if data:
+                self._observe(data)
+            else:
+                self._finish()
+        except Exception:  # never let telemetry touch the bytes (see module docstring)
+            if not self.failed:
+                logger.exception("tokenpak: stream observer failed; bytes pass through unchanged")
+            self.failed = True
+        return data
+
+    def _observe(self, data: bytes) -> None:
+        now = self.clock()
+        if self.first_byte_at is None:
+            self.first_byte_at = now
+        self.last_byte_at = now
+        self.wire_bytes += len(data)
+        if self.record_body is not None:
+            self._record(now, data)
+        if self.failed or self.decoder is None:
+            return
+        plain = self.decoder(data)
+        if self.parser is not None:
+            self._frames(self.parser.feed(plain), now)
+        elif self._raw_copy is not None and len(self._raw_copy) + len(plain) <= self._raw_cap:
+            self._raw_copy += plain
+
+    def _frames(self, frames: list[bytes], now: float) -> None:
+        feed = self.tracker.feed_frame
+        sink = self.on_frame
+        for raw in frames:
+            if feed(raw) and self.first_content_at is None:
+                self.first_content_at = now
+            if sink is not None:
+                sink(event_name(raw), raw)
+
+    def _record(self, now: float, data: bytes) -> None:
+        assert self.record_body is not None and self.record_chunks is not None
+        if len(self.record_body) + len(data) > self.record_cap:
+            self.record_truncated = True
+            return
+        start = self.first_byte_at or now
+        self.record_chunks.append((round((now - start) * 1000.0, 3), len(data)))
+        self.record_body += data
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.close()
+
+    def close(self) -> None:
+        """Flush what is pending; safe to call more than once (end of stream, error, replay)."""
+        if self.failed or self.decoder is None:
+            return
+        if self.parser is not None:
+            frames, rest = self.parser.close()
+            self._frames(frames, self.clock())
+            if rest.strip():
+                # An unterminated last event is not dispatched per the SSE spec, but its usage or
+                # terminal marker is real; the tracker may look (it is not reported as a frame).
+                self.tracker.feed_frame(rest)
+        elif self._raw_copy is not None:
+            self.tracker.feed_body(bytes(self._raw_copy), 200)
+            self._raw_copy = None
+
+
+def observe_buffered_sse(tap: StreamTap, body: bytes) -> None:
+    """Feed a whole buffered SSE body (replay, or a stream the callable never saw) through a tap."""
+    tap._observe(body)
+    tap.close()

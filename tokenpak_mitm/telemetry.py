@@ -1,0 +1,144 @@
+"""Turns what the addon saw of one request into exactly one telemetry row (pure, no I/O).
+
+``RequestRecord`` is filled by the addon's hooks; ``build_row`` decides the terminal state,
+usage source, cache attribution and cost. Keeping this pure means every accounting rule is unit
+tested without a proxy, and replays produce the same row as the live run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenpak_mitm import __version__
+from tokenpak_mitm.dialects.base import Extract
+from tokenpak_mitm.pricing import price
+from tokenpak_mitm.redact import redact_text
+from tokenpak_mitm.routes import Route
+
+__all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict"]
+
+TERMINAL_STATES = ("completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_key: str
+    route: Route
+    started_at: float
+    host: str
+    path: str
+    route_class: str = "other"
+    stream: bool = False
+    status_code: int | None = None
+    extract: Extract = field(default_factory=Extract)
+    ttfb_ms: float | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    frames: int | None = None
+    response_bytes: int | None = None
+    upstream_request_id: str | None = None
+    error_msg: str | None = None  # mitmproxy's flow.error message, when the flow failed
+    terminal_override: str | None = None  # e.g. proxy_error when our own code failed
+    markers_inserted: int = 0
+    client_markers: int = 0
+    cache_decision: str | None = None
+    prefix_tokens_est: int | None = None
+    conformance_violations: int | None = None
+
+
+_CLIENT_GONE = ("client disconnected", "stream reset by client (cancel)", "client closed")
+
+
+def terminal_state_for_error(msg: str) -> str:
+    """Map mitmproxy's error text to who ended the flow."""
+    low = msg.lower()
+    if any(s in low for s in _CLIENT_GONE):
+        return "client_disconnected"
+    if "killed" in low:
+        return "proxy_error"
+    return "upstream_disconnected"
+
+
+def cache_origin(rec: RequestRecord) -> str:
+    """Who placed the markers. Never ``proxy`` unless the proxy inserted at least one."""
+    u = rec.extract.usage
+    if rec.markers_inserted > 0:
+        return "proxy"
+    if rec.client_markers > 0:
+        return "client"
+    if (u.cache_read_tokens or 0) > 0 or (u.cache_write_tokens or 0) > 0:
+        return "unknown"
+    return "none"
+
+
+def cache_verdict(row: dict[str, Any]) -> str:
+    """hit / write / miss / none, for console lines and ``tokenpak tail``."""
+    if row.get("input_tokens") is None and row.get("cache_read_tokens") is None:
+        return "none"
+    if (row.get("cache_read_tokens") or 0) > 0:
+        return "hit"
+    if (row.get("cache_write_tokens") or 0) > 0:
+        return "write"
+    return "miss" if (row.get("markers_inserted") or row.get("client_markers")) else "none"
+
+
+def build_row(rec: RequestRecord) -> dict[str, Any]:
+    x = rec.extract
+    if rec.terminal_override:
+        state = rec.terminal_override
+    elif rec.error_msg is not None:
+        state = terminal_state_for_error(rec.error_msg)
+    elif rec.status_code is not None and rec.status_code >= 400:
+        state = "error_response"
+    elif x.stream_error:
+        state = "stream_error"
+    else:
+        state = "completed"
+    error: str | None = None
+    if state in ("error_response", "stream_error"):
+        error = x.error_type or (f"http_{rec.status_code}" if rec.status_code else "error")
+    elif rec.error_msg is not None:
+        error = rec.error_msg
+    usage = x.usage
+    source = x.usage_source
+    if state in ("client_disconnected", "upstream_disconnected", "proxy_error") and source == "final" and not x.terminal_seen:
+        source = "partial"
+    model = x.model or rec.route.model_hint
+    cost = price(rec.route.provider, model, usage) if rec.route.billable else None
+    row: dict[str, Any] = {
+        "request_key": rec.request_key,
+        "started_at": rec.started_at,
+        "provider": rec.route.provider,
+        "api": rec.route.api,
+        "route_class": rec.route_class,
+        "host": rec.host,
+        "path": rec.path,
+        "model": model,
+        "stream": int(rec.stream),
+        "billable": int(rec.route.billable),
+        "status_code": rec.status_code,
+        "terminal_state": state,
+        "stop_reason": x.stop_reason,
+        **usage.as_dict(),
+        "usage_source": source,
+        "ttfb_ms": rec.ttfb_ms,
+        "ttft_ms": rec.ttft_ms,
+        "duration_ms": rec.duration_ms,
+        "frames": rec.frames,
+        "response_bytes": rec.response_bytes,
+        "response_id": x.response_id,
+        "upstream_request_id": rec.upstream_request_id,
+        "error": redact_text(error),
+        "cache_origin": cache_origin(rec),
+        "markers_inserted": rec.markers_inserted,
+        "client_markers": rec.client_markers,
+        "cache_decision": rec.cache_decision,
+        "prefix_tokens_est": rec.prefix_tokens_est,
+        "cost_usd": cost.cost_usd if cost else None,
+        "savings_usd": cost.savings_usd if cost else None,
+        "price_version": cost.price_version if cost else None,
+        "conformance_violations": rec.conformance_violations,
+        "proxy_version": __version__,
+    }
+    return row
