@@ -262,13 +262,13 @@ class TokenPak:
             st.record.terminal_override = "proxy_error"
             row = build_row(st.record)
         self.rows_emitted += 1
-        if self.store is not None:
-            self.store.submit(row)
-        for obs in observer.active():
+        for obs in observer.active():  # before the write: a live checker may annotate the row
             try:
                 obs.on_telemetry_row(row)
             except Exception:
                 logger.exception("tokenpak: conformance observer failed")
+        if self.store is not None:
+            self.store.submit(row)
         if ctx.options.tokenpak_console:
             logger.info(_console_line(row))
 

@@ -65,6 +65,12 @@ class StreamTap:
         if self.decoder is None:
             logger.warning("tokenpak: unknown content-encoding %r; stream passes through unmeasured", content_encoding)
 
+    def enable_recording(self, cap: int) -> None:
+        """Keep the wire bytes and chunk timing (up to ``cap`` bytes) for a recorded flow."""
+        self.record_cap = cap
+        if self.record_body is None:
+            self.record_chunks, self.record_body = [], bytearray()
+
     def __call__(self, data: bytes) -> bytes:
         try:
             if data:
