@@ -90,11 +90,11 @@ def _handler(scripts: dict) -> Callable[[Received], Script]:
     return handle
 
 
-def make_stack(tmp: Path, options: list[str] | None = None) -> Stack:
+def make_stack(tmp: Path, options: list[str] | None = None, extra_args: list[str] | None = None) -> Stack:
     scripts: dict = {}
     up = ScriptedUpstream(_handler(scripts)).start()
     db = tmp / "tokenpak.db"
-    proxy = MitmdumpProcess(f"reverse:{up.url}", db=db, confdir=tmp, options=options or []).start()
+    proxy = MitmdumpProcess(f"reverse:{up.url}", db=db, confdir=tmp, options=options or [], extra_args=extra_args or []).start()
     return Stack(upstream=up, proxy=proxy, db=db, scripts=scripts)
 
 

@@ -122,38 +122,50 @@ class TokenPak:
 
     def request(self, flow: http.HTTPFlow) -> None:
         st = self._flows.get(flow)
-        if st is None or flow.response is not None:
+        if st is None:
             return
-        try:
-            self._insert(flow, st)
-        except Exception:
-            logger.exception("tokenpak: marker insertion failed; request sent unchanged")
-            st.record.cache_decision = "error"
-        st.sent_at = time.time()
-
-    def _insert(self, flow: http.HTTPFlow, st: _FlowState) -> None:
-        rec = st.record
         meta = flow.metadata.get(META)
         if isinstance(meta, dict) and "cache_decision" in meta:
-            # A replayed flow: its body already carries what we inserted live; reuse that verdict.
-            rec.cache_decision = meta.get("cache_decision")
-            rec.markers_inserted = int(meta.get("markers_inserted") or 0)
-            rec.client_markers = int(meta.get("client_markers") or 0)
-            rec.prefix_tokens_est = meta.get("prefix_tokens_est")
-            return
+            self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
+        elif flow.response is None:  # a response set by another addon means nothing goes upstream
+            spans: list[list[Any]] = []
+            try:
+                spans = self._insert(flow, st)
+            except Exception:
+                logger.exception("tokenpak: marker insertion failed; request sent unchanged")
+                st.record.cache_decision = "error"
+            rec = st.record
+            flow.metadata[META] = {
+                "cache_decision": rec.cache_decision,
+                "markers_inserted": rec.markers_inserted,
+                "client_markers": rec.client_markers,
+                "prefix_tokens_est": rec.prefix_tokens_est,
+                "spans": spans,
+            }
+        st.sent_at = time.time()
+
+    @staticmethod
+    def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
+        rec.cache_decision = meta.get("cache_decision")
+        rec.markers_inserted = int(meta.get("markers_inserted") or 0)
+        rec.client_markers = int(meta.get("client_markers") or 0)
+        rec.prefix_tokens_est = meta.get("prefix_tokens_est")
+
+    def _insert(self, flow: http.HTTPFlow, st: _FlowState) -> list[list[Any]]:
+        """Splice cache markers into the request; returns the inserted spans for the metadata."""
+        rec = st.record
         if not st.route.inserts:
-            return
+            return []
         body = flow.request.raw_content
         if body is None:
             rec.cache_decision = "request_streamed"  # stream_large_bodies sent it already
-            return
+            return []
         from tokenpak_mitm.cache_insert import CacheOptions, insert_markers  # TODO top-level once landed
 
-        mode = ctx.options.tokenpak_cache
         result = insert_markers(
             body,
             flow.request.headers.get("content-encoding"),
-            CacheOptions(mode=mode, ttl=ctx.options.tokenpak_cache_ttl),
+            CacheOptions(mode=ctx.options.tokenpak_cache, ttl=ctx.options.tokenpak_cache_ttl),
         )
         rec.cache_decision = result.decision
         rec.markers_inserted = result.markers_inserted
@@ -163,17 +175,11 @@ class TokenPak:
             flow.request.raw_content = result.body
             if "content-length" in flow.request.headers:
                 flow.request.headers["content-length"] = str(len(result.body))
-        flow.metadata[META] = {
-            "cache_decision": rec.cache_decision,
-            "markers_inserted": rec.markers_inserted,
-            "client_markers": rec.client_markers,
-            "prefix_tokens_est": rec.prefix_tokens_est,
-            "spans": [[s.offset, s.text.decode("utf-8", "replace")] for s in result.spans],
-        }
         if observer.active():
             spans = [(s.offset, s.text) for s in result.spans]
             for obs in observer.active():
                 obs.on_outbound_request(flow.id, body, flow.request.raw_content or b"", spans)
+        return [[s.offset, s.text.decode("utf-8", "replace")] for s in result.spans]
 
     # -- response side --------------------------------------------------------------------------
     def responseheaders(self, flow: http.HTTPFlow) -> None:
