@@ -1,0 +1,100 @@
+"""Row-building rules: terminal states, usage source, attribution and cost, without a proxy."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenpak_mitm.dialects.base import Extract
+from tokenpak_mitm.routes import Route
+from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, terminal_state_for_error
+from tokenpak_mitm.usage import Usage
+
+ANTHROPIC = Route("anthropic", "messages", "anthropic", inserts=True)
+
+
+def record(**kw) -> RequestRecord:
+    base = dict(request_key="k", route=ANTHROPIC, started_at=1.0, host="api.anthropic.com", path="/v1/messages", status_code=200)
+    base.update(kw)
+    return RequestRecord(**base)
+
+
+def extract(usage: Usage, final: bool = True, **kw) -> Extract:
+    return Extract(model="claude-sonnet-4-6", usage=usage, usage_final=final, **kw)
+
+
+@pytest.mark.parametrize(
+    "msg, state",
+    [
+        ("Client disconnected.", "client_disconnected"),
+        ("stream reset by client (CANCEL)", "client_disconnected"),
+        ("HTTP/1 protocol error: peer closed connection without sending complete message body (incomplete chunked read)", "upstream_disconnected"),
+        ("server closed connection", "upstream_disconnected"),
+        ("Connection killed.", "proxy_error"),
+    ],
+)
+def test_error_messages_map_to_who_ended_the_flow(msg, state):
+    assert terminal_state_for_error(msg) == state
+
+
+def test_proxy_is_credited_only_when_it_inserted():
+    u = Usage(input_tokens=10, cache_read_tokens=5000, cache_write_tokens=0, output_tokens=5)
+    assert build_row(record(extract=extract(u), markers_inserted=2))["cache_origin"] == "proxy"
+    assert build_row(record(extract=extract(u), client_markers=1))["cache_origin"] == "client"
+    # Cache reads with no marker from anyone: never credited to the proxy.
+    assert build_row(record(extract=extract(u)))["cache_origin"] == "unknown"
+    assert build_row(record(extract=extract(Usage(input_tokens=10, output_tokens=5))))["cache_origin"] == "none"
+
+
+def test_disconnect_downgrades_final_usage_to_partial_without_terminal_event():
+    x = extract(Usage(input_tokens=1, output_tokens=2), final=True)
+    row = build_row(record(extract=x, error_msg="Client disconnected."))
+    assert row["terminal_state"] == "client_disconnected" and row["usage_source"] == "partial"
+
+
+def test_absent_usage_is_null_not_zero_and_unpriced():
+    row = build_row(record(extract=Extract(model="claude-sonnet-4-6")))
+    assert row["usage_source"] == "absent"
+    assert row["input_tokens"] is None and row["output_tokens"] is None and row["cost_usd"] is None
+
+
+def test_unknown_model_has_null_cost():
+    row = build_row(record(extract=Extract(model="claude-imaginary-9", usage=Usage(input_tokens=5, output_tokens=5), usage_final=True)))
+    assert row["cost_usd"] is None and row["savings_usd"] is None
+
+
+def test_negative_savings_when_a_write_is_not_read():
+    u = Usage(input_tokens=10, cache_read_tokens=0, cache_write_tokens=4000, cache_write_5m_tokens=4000, cache_write_1h_tokens=0, output_tokens=5)
+    row = build_row(record(extract=extract(u), markers_inserted=1))
+    assert row["savings_usd"] == pytest.approx(-(4000 * (3.75 - 3.0)) / 1e6)
+    assert row["cost_usd"] == pytest.approx((10 * 3 + 4000 * 3.75 + 5 * 15) / 1e6)
+
+
+def test_one_hour_writes_are_priced_at_twice_input():
+    u = Usage(input_tokens=0, cache_read_tokens=0, cache_write_tokens=1000, cache_write_5m_tokens=0, cache_write_1h_tokens=1000, output_tokens=0)
+    row = build_row(record(extract=extract(u), markers_inserted=1))
+    assert row["cost_usd"] == pytest.approx(1000 * 6.0 / 1e6)
+
+
+def test_count_tokens_is_not_billable():
+    route = Route("anthropic", "messages.count_tokens", "anthropic", billable=False)
+    row = build_row(record(route=route, extract=Extract(usage=Usage(input_tokens=40))))
+    assert row["billable"] == 0 and row["cost_usd"] is None
+
+
+def test_error_text_is_redacted():
+    row = build_row(record(extract=Extract(), error_msg="upstream said: invalid x-api-key sk-ant-api03-abcdefghijklmnop"))
+    assert "sk-ant-api03" not in row["error"]
+
+
+@pytest.mark.parametrize(
+    "row, verdict",
+    [
+        ({"input_tokens": 1, "cache_read_tokens": 10}, "hit"),
+        ({"input_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 10}, "write"),
+        ({"input_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0, "markers_inserted": 1}, "miss"),
+        ({"input_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0}, "none"),
+        ({"input_tokens": None, "cache_read_tokens": None}, "none"),
+    ],
+)
+def test_cache_verdict(row, verdict):
+    assert cache_verdict(row) == verdict
