@@ -105,14 +105,39 @@ def _open(path: Path) -> sqlite3.Connection:
     if not path.exists():
         _touch_private(path)
     conn = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    migrate(conn)
-    for suffix in ("-wal", "-shm"):
-        side = Path(str(path) + suffix)
-        if side.exists():
-            os.chmod(side, 0o600)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        migrate(conn)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+    except BaseException:
+        conn.close()  # a half-opened connection would hold the file and leak a descriptor per retry
+        raise
     return conn
+
+
+_INT64 = 2**63
+
+
+def _sql_value(v: Any) -> Any:
+    """A value SQLite accepts: one odd value (a list, a 2**70 int) must not poison a whole batch."""
+    if v is None or isinstance(v, (str, float)):
+        return v
+    if isinstance(v, int):
+        return int(v) if -_INT64 <= v < _INT64 else str(v)
+    return str(v)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file now at ``path``; None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -139,6 +164,7 @@ class TelemetryStore:
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._pending: deque[dict[str, Any]] = deque()
         self._conn: sqlite3.Connection | None = None
+        self._conn_identity: tuple[int, int] | None = None
         self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
         self._closed = threading.Event()
         self.written = 0
@@ -151,10 +177,18 @@ class TelemetryStore:
         self._thread.start()
 
     def submit(self, row: Mapping[str, Any]) -> None:
-        """Non-blocking; safe from the event loop."""
+        """Non-blocking; safe from the event loop.
+
+        A row that arrives after ``close`` (a flow that errors while mitmproxy shuts down) has no
+        writer left to take it, so it goes straight to the spill file the next start imports.
+        """
+        if self._closed.is_set():
+            self._spill([dict(row)])
+            return
         self._queue.put(dict(row))
 
     def close(self, timeout: float = 10.0) -> None:
+        self._closed.set()
         if not self._thread.is_alive():
             return
         self._queue.put(None)
@@ -162,8 +196,11 @@ class TelemetryStore:
 
     # -- writer thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        self._connect()
-        self._import_spill()
+        try:
+            if self._connect():
+                self._import_spill()
+        except Exception:
+            logger.exception("tokenpak: store start-up failed; rows will be kept and spilled")
         stop = False
         while not stop:
             batch: list[dict[str, Any]] = []
@@ -182,24 +219,43 @@ class TelemetryStore:
             except queue.Empty:
                 pass
             self._pending.extend(batch)
-            if self._pending:
-                self._flush()
-        if self._pending:
-            self._spill(list(self._pending))
-            self._pending.clear()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            try:
+                if self._pending:
+                    self._flush()
+            except Exception:  # a dead writer would silently lose every later row
+                logger.exception("tokenpak: store writer error; rows kept for the next attempt")
+                self._drop_connection()
+                time.sleep(0.05)
+        fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
+        if fresh:
+            self._spill(fresh)
+        self._pending.clear()
+        self._drop_connection()
 
     def _connect(self) -> bool:
+        if self._conn is not None and _identity(self.path) != self._conn_identity:
+            # The file was deleted or replaced under us (e.g. its directory removed). SQLite would
+            # keep writing into the unlinked inode and every row would vanish: reopen instead.
+            logger.warning("tokenpak: database %s was removed or replaced; reopening it", self.path)
+            self._drop_connection()
         if self._conn is not None:
             return True
         try:
             self._conn = _open(self.path)
+            self._conn_identity = _identity(self.path)
             return True
         except (sqlite3.Error, OSError) as e:
             self._note_failure(e)
             return False
+
+    def _drop_connection(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except sqlite3.Error:
+            pass
+        self._conn = None
+        self._conn_identity = None
 
     def _flush(self) -> None:
         if not self._connect():
@@ -210,12 +266,7 @@ class TelemetryStore:
             self._insert(rows)
         except (sqlite3.Error, OSError) as e:
             self._note_failure(e)
-            try:
-                if self._conn is not None:
-                    self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
+            self._drop_connection()
             self._overflow()
             return
         self._pending.clear()
@@ -227,7 +278,7 @@ class TelemetryStore:
     def _insert(self, rows: Iterable[Mapping[str, Any]]) -> None:
         assert self._conn is not None
         sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
-        values = [tuple(r.get(c) for c in COLUMN_NAMES) for r in rows]
+        values = [tuple(_sql_value(r.get(c)) for c in COLUMN_NAMES) for r in rows]
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.executemany(sql, values)
@@ -254,7 +305,7 @@ class TelemetryStore:
             fd = os.open(self.spill_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
             with os.fdopen(fd, "a", encoding="utf-8") as f:
                 for r in rows:
-                    f.write(json.dumps(r, separators=(",", ":")) + "\n")
+                    f.write(json.dumps(r, separators=(",", ":"), default=str) + "\n")
             return True
         except OSError as e:
             self._note_failure(e)
@@ -268,9 +319,11 @@ class TelemetryStore:
             with open(self.spill_path, encoding="utf-8") as f:
                 for line in f:
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except ValueError:
                         continue  # a torn last line from a crash
+                    if isinstance(row, dict) and isinstance(row.get("request_key"), str):
+                        rows.append(row)
             self._insert(rows)  # INSERT OR IGNORE: rows already written are not doubled
             self.spill_path.unlink()
             self._spilled_keys.clear()
