@@ -1,0 +1,1 @@
+"""Benchmarks for tokenpak-mitm (run one with `python -m bench.<name>`)."""

@@ -1,0 +1,454 @@
+"""A pure, deterministic model of Anthropic prompt caching (no I/O).
+
+Why: the proxy's value is the cache reads it causes and the writes it avoids.
+Tests and the savings benchmark need a provider stand-in that applies the
+documented rules (docs/…/prompt-caching, summarised in protocols.md §1) so they
+can assert exact usage figures without a network or an API key.
+
+Model of a request
+    The prompt is a sequence of *blocks* in prefix order tools → system →
+    messages: every tool definition, every system block (a string system is
+    one text block) and every message content block (a string content is one
+    text block). Each block has
+
+    * a token count — the tokenizer stand-in is
+      ``ceil(len(canonical_block_json(block)) / 4)``: compact JSON with sorted
+      keys, ``cache_control`` removed (also from nested ``tool_result`` /
+      ``document`` content), and the ``input`` of ``tool_use`` blocks kept in
+      client key order (the docs warn that order matters there);
+    * a cumulative prefix hash over the model, each earlier block (with its
+      section and message role) and, at the start of ``messages``, the
+      ``tool_choice`` / ``thinking`` parameters (they invalidate the message
+      cache per the docs' invalidation table).
+
+    Markers therefore never change token counts or hashes. A string
+    ``system``/``content`` hashes like the equivalent single text block, so a
+    proxy that rewrites one into the other keeps its cache.
+
+Caching rules honoured
+    breakpoints = blocks with ``cache_control`` (no ttl = 5m) + the top-level
+    automatic marker (last eligible block); at most 4; no 1h after 5m; none on
+    thinking / empty text blocks. Reads: per breakpoint, look back at most 20
+    positions (the breakpoint itself first) for a live entry; A = highest hit.
+    Writes: every breakpoint beyond A whose prefix reaches the model minimum;
+    billing A/B/C (B = highest writing 1h breakpoint after A, C = last writing
+    breakpoint): 1h = B−A, 5m = C−B, ``input_tokens`` = total − max(A, C).
+    Entries written by a request are visible only to later requests; a read
+    refreshes the entry with its own TTL, counted from the request start.
+
+Output tokens: ``min(max_tokens, CacheSimulator.output_tokens)`` (default 50).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+TTL_SECONDS: dict[str, float] = {"5m": 300.0, "1h": 3600.0}
+MAX_BREAKPOINTS = 4
+LOOKBACK_WINDOW = 20
+DEFAULT_MIN_CACHEABLE_TOKENS = 1024
+DEFAULT_OUTPUT_TOKENS = 50
+
+# protocols.md §1.6 (Claude API table), plus older models per earlier snapshots.
+MIN_CACHEABLE_TOKENS: dict[str, int] = {
+    "claude-opus-5": 512,
+    "claude-fable-5": 512,
+    "claude-mythos-5": 512,
+    "claude-opus-4-8": 1024,
+    "claude-sonnet-5": 1024,
+    "claude-sonnet-4-6": 1024,
+    "claude-sonnet-4-5": 1024,
+    "claude-opus-4-1": 1024,
+    "claude-opus-4": 1024,
+    "claude-opus-4-0": 1024,
+    "claude-sonnet-4": 1024,
+    "claude-sonnet-4-0": 1024,
+    "claude-3-7-sonnet": 1024,
+    "claude-3-5-sonnet": 1024,
+    "claude-3-opus": 1024,
+    "claude-mythos-preview": 2048,
+    "claude-opus-4-7": 2048,
+    "claude-3-5-haiku": 2048,
+    "claude-haiku-3-5": 2048,
+    "claude-3-haiku": 2048,
+    "claude-opus-4-6": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+}
+
+UNMARKABLE_BLOCK_TYPES = frozenset({"thinking", "redacted_thinking"})
+ORDER_SENSITIVE_INPUT_TYPES = frozenset({"tool_use", "server_tool_use"})
+_DATE_SUFFIX = re.compile(r"(-\d{8}|-latest|@\d{8})$")
+
+
+class InvalidRequest(Exception):
+    """A request the real API would answer with HTTP 400 invalid_request_error."""
+
+
+def min_cacheable_tokens(model: str) -> int:
+    """Minimum prefix length that can be cached for `model` (dated ids allowed)."""
+    return MIN_CACHEABLE_TOKENS.get(_DATE_SUFFIX.sub("", model), DEFAULT_MIN_CACHEABLE_TOKENS)
+
+
+def error_body(message: str, error_type: str = "invalid_request_error") -> dict[str, Any]:
+    """Anthropic's error body shape (the server adds ``request_id``)."""
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+# ---------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Block:
+    """One cacheable unit of the prompt, with its cumulative prefix."""
+
+    index: int
+    path: str  # API error path, e.g. "messages.3.content.1"
+    section: str  # "tools" | "system" | "messages"
+    block_type: str
+    tokens: int
+    prefix_tokens: int  # tokens of all blocks up to and including this one
+    prefix_hash: str
+    marker_ttl: str | None  # TTL of an explicit marker on this block
+    markable: bool  # may be a breakpoint (not thinking, not empty text; string form needs a list rewrite)
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    index: int
+    ttl: str
+    automatic: bool = False
+
+
+@dataclass(frozen=True)
+class RequestAnalysis:
+    """Everything the cache decision depends on; reusable by the benchmark."""
+
+    model: str
+    blocks: tuple[Block, ...]
+    breakpoints: tuple[Breakpoint, ...]
+
+    @property
+    def total_tokens(self) -> int:
+        return self.blocks[-1].prefix_tokens if self.blocks else 0
+
+
+def _sorted_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_tree(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_tree(item) for item in value]
+    return value
+
+
+def _strip_markers(block: dict[str, Any]) -> dict[str, Any]:
+    clean = {key: value for key, value in block.items() if key != "cache_control"}
+    if isinstance(clean.get("content"), list):
+        clean["content"] = [_drop_key(item) for item in clean["content"]]
+    source = clean.get("source")
+    if isinstance(source, dict) and isinstance(source.get("content"), list):
+        clean["source"] = {**source, "content": [_drop_key(item) for item in source["content"]]}
+    return clean
+
+
+def _drop_key(item: Any) -> Any:
+    if isinstance(item, dict):
+        return {key: value for key, value in item.items() if key != "cache_control"}
+    return item
+
+
+def canonical_block_json(block: dict[str, Any]) -> str:
+    """The text the tokenizer stand-in and the prefix hash see for one block."""
+    clean = _strip_markers(block)
+    keep_input_order = clean.get("type") in ORDER_SENSITIVE_INPUT_TYPES
+    tree = {
+        key: clean[key] if (key == "input" and keep_input_order) else _sorted_tree(clean[key])
+        for key in sorted(clean)
+    }
+    return json.dumps(tree, ensure_ascii=False, separators=(",", ":"))
+
+
+def block_tokens(block: dict[str, Any]) -> int:
+    """Tokenizer stand-in: one token per 4 characters of canonical JSON."""
+    return math.ceil(len(canonical_block_json(block)) / 4)
+
+
+def _as_blocks(value: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(value, str):
+        return [(path, {"type": "text", "text": value})]  # string = one block, not markable
+    if isinstance(value, list):
+        blocks = []
+        for position, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise InvalidRequest(f"{path}.{position}: Input should be a valid dictionary")
+            blocks.append((f"{path}.{position}", item))
+        return blocks
+    if value is None:
+        return []
+    raise InvalidRequest(f"{path}: Input should be a valid list")
+
+
+def _marker_ttl(marker: Any, path: str) -> str:
+    field_path = f"{path}.cache_control" if path else "cache_control"
+    if not isinstance(marker, dict) or marker.get("type") != "ephemeral":
+        raise InvalidRequest(f"{field_path}.type: Input should be 'ephemeral'")
+    ttl = marker.get("ttl") or "5m"
+    if ttl not in TTL_SECONDS:
+        raise InvalidRequest(f"{field_path}.ttl: Input should be '5m' or '1h'")
+    return ttl
+
+
+def _is_empty_text(block: dict[str, Any]) -> bool:
+    return block.get("type") == "text" and not str(block.get("text", "")).strip()
+
+
+def _explicit_marker_ttl(block: dict[str, Any], path: str) -> str | None:
+    """TTL of the block's marker, validated like the API (None = no marker)."""
+    block_type = str(block.get("type", ""))
+    ttl = None
+    if "cache_control" in block and block["cache_control"] is not None:
+        if block_type in UNMARKABLE_BLOCK_TYPES:
+            raise InvalidRequest(f"{path}.{block_type}.cache_control: Extra inputs are not permitted")
+        if _is_empty_text(block):
+            raise InvalidRequest(f"{path}.text: cache_control cannot be set for empty text blocks")
+        ttl = _marker_ttl(block["cache_control"], path)
+    nested, nested_path = block.get("content"), f"{path}.content"
+    if block_type == "document" and isinstance(block.get("source"), dict):
+        nested, nested_path = block["source"].get("content"), f"{path}.source.content"
+    if block_type in ("tool_result", "document") and isinstance(nested, list):
+        for position, item in enumerate(nested):
+            if not isinstance(item, dict) or item.get("cache_control") is None:
+                continue
+            if position != len(nested) - 1:  # the API only lifts the last one to the parent
+                raise InvalidRequest(
+                    f"{nested_path}.{position}.cache_control: cache_control is only allowed on "
+                    f"the parent {block_type} block"
+                )
+            ttl = ttl or _marker_ttl(item["cache_control"], f"{nested_path}.{position}")
+    return ttl
+
+
+def _flatten(request: dict[str, Any], model: str) -> list[Block]:
+    parts: list[tuple[str, str, str, dict[str, Any], bool]] = []  # section, role, path, block, is list form
+    for path, tool in _as_blocks(request.get("tools"), "tools"):
+        parts.append(("tools", "", path, tool, True))
+    system = request.get("system")
+    for path, block in _as_blocks(system, "system"):
+        parts.append(("system", "", path, block, not isinstance(system, str)))
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("messages: Field required")
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or "content" not in message:
+            raise InvalidRequest(f"messages.{number}: Field required")
+        content = message["content"]
+        for path, block in _as_blocks(content, f"messages.{number}.content"):
+            parts.append(("messages", str(message.get("role", "")), path, block, not isinstance(content, str)))
+
+    digest = hashlib.sha256(f"model\0{model}".encode()).digest()
+    message_params = json.dumps(
+        _sorted_tree({"tool_choice": request.get("tool_choice"), "thinking": request.get("thinking")}),
+        separators=(",", ":"),
+    )
+    blocks: list[Block] = []
+    total = 0
+    entered_messages = False
+    for index, (section, role, path, block, list_form) in enumerate(parts):
+        if section == "messages" and not entered_messages:
+            digest = hashlib.sha256(digest + b"\0params\0" + message_params.encode()).digest()
+            entered_messages = True
+        canonical = canonical_block_json(block)
+        tokens = math.ceil(len(canonical) / 4)
+        total += tokens
+        digest = hashlib.sha256(digest + f"\0{section}\0{role}\0{canonical}".encode()).digest()
+        block_type = str(block.get("type", "tool" if section == "tools" else ""))
+        blocks.append(
+            Block(
+                index=index,
+                path=path,
+                section=section,
+                block_type=block_type,
+                tokens=tokens,
+                prefix_tokens=total,
+                prefix_hash=digest.hex(),
+                marker_ttl=_explicit_marker_ttl(block, path) if list_form else None,
+                markable=block_type not in UNMARKABLE_BLOCK_TYPES and not _is_empty_text(block),
+            )
+        )
+    return blocks
+
+
+def _breakpoints(request: dict[str, Any], blocks: list[Block]) -> list[Breakpoint]:
+    points = [Breakpoint(block.index, block.marker_ttl) for block in blocks if block.marker_ttl]
+    if len(points) > MAX_BREAKPOINTS:
+        raise InvalidRequest(f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {len(points)}.")
+    automatic = request.get("cache_control")
+    if automatic is not None:
+        ttl = _marker_ttl(automatic, "")
+        target = next((block for block in reversed(blocks) if block.markable), None)
+        if target is not None and target.marker_ttl is not None:
+            if target.marker_ttl != ttl:
+                raise InvalidRequest(
+                    f"cache_control.ttl: the automatic cache_control ttl='{ttl}' conflicts with "
+                    f"ttl='{target.marker_ttl}' on the last cacheable block {target.path}"
+                )
+        elif target is not None:
+            if len(points) >= MAX_BREAKPOINTS:
+                raise InvalidRequest(
+                    f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {len(points) + 1}."
+                )
+            points.append(Breakpoint(target.index, ttl, automatic=True))
+            points.sort(key=lambda point: point.index)
+    seen_short = False
+    for point in points:
+        if point.ttl == "5m":
+            seen_short = True
+        elif seen_short:
+            raise InvalidRequest(
+                f"{blocks[point.index].path}.cache_control.ttl: a ttl='1h' cache_control block must not come "
+                "after a ttl='5m' cache_control block. Note that blocks are processed in the following "
+                "order: `tools`, `system`, `messages`."
+            )
+    return points
+
+
+def analyse_request(request: Any) -> RequestAnalysis:
+    """Flatten and validate a Messages request; raises InvalidRequest like the API."""
+    if not isinstance(request, dict):
+        raise InvalidRequest("Input should be a valid dictionary")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: Field required")
+    blocks = _flatten(request, model)
+    return RequestAnalysis(model=model, blocks=tuple(blocks), breakpoints=tuple(_breakpoints(request, blocks)))
+
+
+# ---------------------------------------------------------------- simulator
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    expires_at: float
+    ttl: str
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Outcome of one request: Anthropic ``usage`` JSON, or a 400 error body."""
+
+    status: int
+    usage: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    stop_reason: str | None = None
+    hit_index: int | None = None  # block index of the cache read, if any
+
+    @property
+    def prompt_tokens(self) -> int:
+        """All input tokens: read + written + uncached."""
+        return sum(self.usage.get(key, 0) for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+
+
+def usage_json(*, input_tokens: int, read: int, write_5m: int, write_1h: int, output_tokens: int) -> dict[str, Any]:
+    """Usage object in the field order the API sends it."""
+    return {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": write_5m + write_1h,
+        "cache_read_input_tokens": read,
+        "cache_creation": {"ephemeral_5m_input_tokens": write_5m, "ephemeral_1h_input_tokens": write_1h},
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
+
+
+class CacheSimulator:
+    """Stateful provider-side cache shared by all requests sent to it.
+
+    ``clock`` returns seconds (default ``time.monotonic``); ``handle(..., now=)``
+    overrides it for one request.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> None:
+        self.clock = clock
+        self.output_tokens = output_tokens
+        self.entries: dict[str, CacheEntry] = {}
+
+    def copy(self) -> CacheSimulator:
+        """Independent snapshot of the cache state (for what-if searches)."""
+        clone = CacheSimulator(self.clock, self.output_tokens)
+        clone.entries = dict(self.entries)  # entries are replaced, never mutated
+        return clone
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def count_tokens(self, request: Any) -> SimResult:
+        """``/v1/messages/count_tokens``: total prompt tokens, no cache effect."""
+        try:
+            analysis = analyse_request(request)
+        except InvalidRequest as exc:
+            return SimResult(status=400, error=error_body(str(exc)))
+        return SimResult(status=200, usage={"input_tokens": analysis.total_tokens})
+
+    def handle(self, request: Any, now: float | None = None) -> SimResult:
+        """Process one ``/v1/messages`` request and update the cache."""
+        try:
+            analysis = analyse_request(request)
+            max_tokens = request.get("max_tokens")
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+                raise InvalidRequest("max_tokens: Field required")
+            if max_tokens == 0 and request.get("stream"):
+                raise InvalidRequest("max_tokens: cache pre-warming (max_tokens=0) is not supported with stream=true")
+        except InvalidRequest as exc:
+            return SimResult(status=400, error=error_body(str(exc)))
+        started = self.clock() if now is None else now
+        usage, hit_index = self.apply(analysis, started)
+        output = min(max_tokens, self.output_tokens)
+        usage["output_tokens"] = output
+        stop_reason = "max_tokens" if output >= max_tokens else "end_turn"
+        return SimResult(status=200, usage=usage, stop_reason=stop_reason, hit_index=hit_index)
+
+    def _live(self, prefix_hash: str, now: float) -> CacheEntry | None:
+        entry = self.entries.get(prefix_hash)
+        return entry if entry is not None and entry.expires_at > now else None
+
+    def apply(self, analysis: RequestAnalysis, now: float) -> tuple[dict[str, Any], int | None]:
+        """Cache effect of an analysed request: (usage without output, hit block index).
+
+        Public so searches can try breakpoint sets on a pre-analysed request
+        (``dataclasses.replace(analysis, breakpoints=...)``) without re-hashing;
+        the caller is then responsible for the 4-marker and TTL-order rules.
+        """
+        blocks, total = analysis.blocks, analysis.total_tokens
+        hit_index = -1
+        for point in analysis.breakpoints:
+            for position in range(point.index, max(-1, point.index - LOOKBACK_WINDOW), -1):
+                if self._live(blocks[position].prefix_hash, now):
+                    hit_index = max(hit_index, position)
+                    break
+        read = blocks[hit_index].prefix_tokens if hit_index >= 0 else 0
+        minimum = min_cacheable_tokens(analysis.model)
+        writers = [
+            point for point in analysis.breakpoints
+            if point.index > hit_index and blocks[point.index].prefix_tokens >= minimum
+        ]
+        long_end = max((blocks[p.index].prefix_tokens for p in writers if p.ttl == "1h"), default=read)
+        written_end = blocks[writers[-1].index].prefix_tokens if writers else read
+        if hit_index >= 0:  # a read refreshes the entry's lifetime from the request start
+            key = blocks[hit_index].prefix_hash
+            self.entries[key] = CacheEntry(now + TTL_SECONDS[self.entries[key].ttl], self.entries[key].ttl)
+        for point in writers:  # written after all reads: only later requests can see them
+            self.entries[blocks[point.index].prefix_hash] = CacheEntry(now + TTL_SECONDS[point.ttl], point.ttl)
+        usage = usage_json(
+            input_tokens=total - written_end,
+            read=read,
+            write_5m=written_end - long_end,
+            write_1h=long_end - read,
+            output_tokens=0,
+        )
+        return usage, (hit_index if hit_index >= 0 else None)
