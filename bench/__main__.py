@@ -1,0 +1,99 @@
+"""``python -m bench``: direct vs plain mitmdump vs mitmdump + tokenpak, side by side, on loopback.
+
+One run starts a dedicated upstream process and two ``mitmdump -q`` reverse proxies in front of
+it, then runs every workload with the three setups interleaved. It prints a table and writes
+``bench/results/latest.json``. Not part of the test suite: it makes no assertions; targets are
+reported as met or missed. Every process it starts is stopped on exit, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+
+from bench import config
+from bench.procs import start_mitmdump, start_upstream
+from bench.report import print_table, write_json
+from bench.workloads import WORKLOADS, Setup, run_workload
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small counts: a smoke run in well under a minute")
+    ap.add_argument("--only", action="append", choices=sorted(WORKLOADS), metavar="WORKLOAD",
+                    help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}")
+    ap.add_argument("--rounds", type=int, help="A B C rounds of the streamed workloads")
+    ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="where to write the results")
+    return ap.parse_args(argv)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the same cleanup as Ctrl-C
+
+
+def _rows_logged(db: Path) -> int | None:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    cfg = config.quick if args.quick else config.full
+    if args.rounds:
+        cfg = config.Config(**{**asdict(cfg), "rounds": args.rounds})
+    names = args.only or list(WORKLOADS)
+    signal.signal(signal.SIGTERM, _sigterm)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    results = []
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenpak-bench-")))
+        upstream = start_upstream()
+        stack.callback(upstream.stop)
+        plain = start_mitmdump("plain", upstream.port, tmp / "conf-plain", addon=False)
+        stack.callback(plain.stop)
+        db = tmp / "bench.db"
+        addon = start_mitmdump("addon", upstream.port, tmp / "conf-addon", addon=True, db=db)
+        stack.callback(addon.stop)
+        setups = [Setup("direct", upstream.port), Setup("plain", plain.port, plain), Setup("addon", addon.port, addon)]
+        for s in setups:
+            stack.callback(s.close)
+        console.print(f"upstream pid {upstream.pid} :{upstream.port}, plain mitmdump pid {plain.pid} :{plain.port}, "
+                      f"tokenpak mitmdump pid {addon.pid} :{addon.port}; workloads: {', '.join(names)}")
+        started = time.monotonic()
+        for name in names:
+            console.print(f"[bold]{name}[/] ...")
+            results.append(run_workload(name, setups, upstream, cfg))
+        for s in setups:
+            s.close()
+        addon.stop()  # graceful: flushes the telemetry queue
+        rows = _rows_logged(db)
+        sent = setups[2].requests_sent
+        total = time.monotonic() - started
+    print_table(results, console)
+    check = f"addon logged {rows} telemetry rows for {sent} requests" + ("" if rows == sent else "  <-- MISMATCH")
+    console.print(check)
+    console.print(f"total {total:.1f} s; JSON: {args.json}")
+    write_json(args.json, results, {"config": asdict(cfg), "quick": args.quick, "telemetry_check": check,
+                                    "total_seconds": round(total, 1)})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,146 @@
+"""Start and always stop the benchmark's processes; read their CPU time and RSS from /proc.
+
+Why our own launcher instead of ``tokenpak_mitm.testing.proxy.MitmdumpProcess``: the benchmark
+runs both proxies with ``-q`` (as production would), and ``-q`` hides the "listening at" line
+that helper reads its port from. So we pick a free port, pass it with ``-p`` and wait until it
+accepts connections. Whether the addon really loaded is checked afterwards from its database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
+
+__all__ = ["Child", "start_upstream", "start_mitmdump", "cpu_seconds", "rss_kb", "RssSampler", "PASSTHROUGH_SCRIPT"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+PASSTHROUGH_SCRIPT = Path(__file__).with_name("passthrough_stream.py")
+
+
+class Child:
+    """A subprocess that is terminated (then killed) on :meth:`stop`, idempotently."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int, stop_signal: int = signal.SIGTERM) -> None:
+        self.name, self.proc, self.port, self.stop_signal = name, proc, port, stop_signal
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", child.port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    child.stop()
+    raise RuntimeError(f"{child.name} did not listen on {child.port} within {timeout}s")
+
+
+def start_upstream(max_seconds: float = 1800.0) -> Child:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.upstream", "--max-seconds", str(max_seconds)],
+        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().split()
+    if len(line) != 2 or line[0] != "PORT":
+        proc.kill()
+        raise RuntimeError(f"bench upstream did not start: {line!r}")
+    return Child("upstream", proc, int(line[1]))
+
+
+def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, addon: bool, db: Path | None = None,
+                   extra: list[str] | None = None) -> Child:
+    """``mitmdump -q`` in reverse mode to the upstream; the same flags for both proxies."""
+    port = _free_port()
+    args = [mitmdump_executable(), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
+            "--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--set", f"confdir={confdir}"]
+    if addon:
+        args += ["-s", str(ADDON_SCRIPT), "--set", f"tokenpak_db={db}", "--set", "tokenpak_cache=auto"]
+    else:
+        args += ["-s", str(PASSTHROUGH_SCRIPT)]
+    args += extra or []
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = Child(name, proc, port, signal.SIGINT)  # SIGINT: the addon's `done` flushes its rows
+    _wait_listening(child, 30.0)
+    return child
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class RssSampler:
+    """Samples a process's VmRSS every ``period`` seconds in a thread until stopped (bounded)."""
+
+    def __init__(self, pid: int, period: float = 0.02, max_seconds: float = 600.0) -> None:
+        self.pid, self.period, self.max_seconds = pid, period, max_seconds
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"rss-{pid}")
+
+    def __enter__(self) -> RssSampler:
+        self.samples.append(rss_kb(self.pid))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.samples.append(rss_kb(self.pid))
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.wait(self.period) and time.monotonic() < deadline:
+            try:
+                self.samples.append(rss_kb(self.pid))
+            except OSError:
+                return
+
+    @property
+    def baseline_kb(self) -> int:
+        return self.samples[0]
+
+    @property
+    def peak_kb(self) -> int:
+        return max(self.samples)

@@ -1,0 +1,222 @@
+"""The end-to-end workloads. Each runs the three setups interleaved (A B C A B C ...).
+
+Why interleaved: on a shared 2-core VM, background noise drifts over seconds; alternating the
+setups request by request (or stream by stream) spreads that drift evenly over all three, so
+their ratios are fair even when absolute figures wobble.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.client import Conn, frame_delays, read_streams, request_bytes
+from bench.config import Config
+from bench.frames import large_request, message_body
+from bench.procs import Child, RssSampler, cpu_seconds
+from bench.results_model import SETUPS, WorkloadResult, percentile, ratio
+
+__all__ = ["Setup", "WORKLOADS", "run_workload"]
+
+MS = 1e6  # ns per ms
+
+
+@dataclass
+class Setup:
+    name: str
+    port: int
+    proxy: Child | None = None
+    requests_sent: int = 0
+    _conns: list[Conn] = field(default_factory=list)
+
+    def conns(self, n: int) -> list[Conn]:
+        """``n`` keep-alive connections, reused across rounds (as SDK clients do)."""
+        while len(self._conns) < n:
+            self._conns.append(Conn(self.port))
+        return self._conns[:n]
+
+    def close(self) -> None:
+        for c in self._conns:
+            c.close()
+        self._conns.clear()
+
+
+def _header_number(head: bytes, name: bytes) -> float | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return float(value)
+    return None
+
+
+def _ms(ns: float | None) -> float | None:
+    return None if ns is None else ns / MS
+
+
+def nonstream(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
+    raw = request_bytes("/v1/messages?mode=json", message_body())
+    lat: dict[str, list[int]] = {s.name: [] for s in setups}
+    conns = {s.name: s.conns(1)[0] for s in setups}
+    for _ in range(min(20, cfg.requests)):  # warm-up: connections, caches, lazy imports
+        for s in setups:
+            conns[s.name].post(raw)
+    for _ in range(cfg.requests):
+        for s in setups:
+            ns, _, _ = conns[s.name].post(raw)
+            lat[s.name].append(ns)
+    for s in setups:
+        s.requests_sent += cfg.requests + min(20, cfg.requests)
+    p50 = res.add("latency p50", "ms", {k: _ms(percentile(v, 50)) for k, v in lat.items()})
+    p50.judge("addon/plain <= 1.05", lambda v: (ratio(v["addon"], v["plain"]) <= 1.05, f"{ratio(v['addon'], v['plain']):.3f}"))
+    res.add("latency p99", "ms", {k: _ms(percentile(v, 99)) for k, v in lat.items()})
+    res.add("requests/s (1 client)", "req/s", {k: 1e9 / (sum(v) / len(v)) for k, v in lat.items()})
+
+
+def _added_over_plain(limit_ms: float) -> Callable[[dict[str, float | None]], tuple[bool, str]]:
+    def check(v: dict[str, float | None]) -> tuple[bool, str]:
+        added = v["addon"] - v["plain"]  # type: ignore[operator]
+        return added <= limit_ms, f"addon-plain {added:+.3f} ms"
+    return check
+
+
+def stream(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
+    deadline = lambda: time.monotonic() + cfg.deadline_s  # noqa: E731
+    paced = request_bytes(f"/v1/messages?mode=stream&frames={cfg.stream_frames}&interval_us={cfg.stream_interval_us}", message_body(stream=True))
+    burst = request_bytes(f"/v1/messages?mode=stream&frames={cfg.stream_frames}&interval_us=0", message_body(stream=True))
+    short = request_bytes("/v1/messages?mode=stream&frames=10&interval_us=0", message_body(stream=True))
+    ttfb: dict[str, list[int]] = {s.name: [] for s in setups}
+    delays: dict[str, list[int]] = {s.name: [] for s in setups}
+    fps: dict[str, list[float]] = {s.name: [] for s in setups}
+    missing = 0
+    for s in setups:  # warm-up
+        s.conns(1)[0].stream(short, deadline())
+    for _ in range(cfg.ttfb_streams):
+        for s in setups:
+            first, _ = frame_delays(s.conns(1)[0].stream(short, deadline()))
+            ttfb[s.name].append(first)  # type: ignore[arg-type]
+    for _ in range(cfg.rounds):
+        for s in setups:
+            _, d = frame_delays(s.conns(1)[0].stream(paced, deadline()))
+            missing += cfg.stream_frames - 6 - len(d)
+            delays[s.name] += d
+            r = s.conns(1)[0].stream(burst, deadline())
+            fps[s.name].append(cfg.stream_frames / ((r.times[-1] - r.sent_ns) / 1e9))
+    for s in setups:
+        s.requests_sent += 1 + cfg.ttfb_streams + 2 * cfg.rounds
+    res.add("time to first byte p50", "ms", {k: _ms(percentile(v, 50)) for k, v in ttfb.items()}).judge(
+        "addon-plain <= 0.5 ms", _added_over_plain(0.5))
+    res.add("time to first byte p99", "ms", {k: _ms(percentile(v, 99)) for k, v in ttfb.items()})
+    res.add("per-frame delay p50", "ms", {k: _ms(percentile(v, 50)) for k, v in delays.items()}).judge(
+        "addon-plain <= 0.1 ms", _added_over_plain(0.1))
+    res.add("per-frame delay p99", "ms", {k: _ms(percentile(v, 99)) for k, v in delays.items()})
+    res.add("frames/s (unpaced)", "frames/s", {k: percentile(v, 50) for k, v in fps.items()})
+    if missing:
+        res.notes.append(f"{missing} stamped frames not found in paced streams (split by chunk framing)")
+    res.notes.append(f"paced: {cfg.stream_frames} frames at {cfg.stream_interval_us} us; "
+                     f"TTFB from {cfg.ttfb_streams} short streams per setup; frames/s from unpaced streams")
+
+
+def concurrent(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
+    n = cfg.concurrent_streams
+    raw = request_bytes(f"/v1/messages?mode=stream&frames={cfg.concurrent_frames}&interval_us={cfg.concurrent_interval_us}",
+                        message_body(stream=True))
+    delays: dict[str, list[int]] = {s.name: [] for s in setups}
+    incomplete = 0
+    for _ in range(cfg.rounds):
+        for s in setups:
+            reads = read_streams(s.conns(n), raw, time.monotonic() + cfg.deadline_s)
+            for r in reads:
+                incomplete += not r.done
+                delays[s.name] += frame_delays(r)[1]
+            s.requests_sent += n
+    res.add("per-frame delay p50", "ms", {k: _ms(percentile(v, 50)) for k, v in delays.items()}).judge(
+        "addon-plain <= 0.1 ms", _added_over_plain(0.1))
+    res.add("per-frame delay p99", "ms", {k: _ms(percentile(v, 99)) for k, v in delays.items()}).judge(
+        "addon p99 <= plain p99", lambda v: (v["addon"] <= v["plain"], f"addon/plain {ratio(v['addon'], v['plain']):.2f}"))  # type: ignore[operator]
+    res.add("per-frame delay max", "ms", {k: _ms(max(v)) if v else None for k, v in delays.items()})
+    res.notes.append(f"{n} streams x {cfg.concurrent_frames} frames at {cfg.concurrent_interval_us} us "
+                     f"({n * 1e6 / cfg.concurrent_interval_us:.0f} frames/s total), {cfg.rounds} rounds")
+    if incomplete:
+        res.notes.append(f"{incomplete} streams did not complete before the deadline")
+
+
+def large(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
+    body = large_request(cfg.large_bytes)
+    raw = request_bytes("/v1/messages?mode=json", body)
+    lat: dict[str, list[int]] = {s.name: [] for s in setups}
+    markers: dict[str, float | None] = {}
+    conns = {s.name: s.conns(1)[0] for s in setups}
+    for s in setups:
+        conns[s.name].post(raw)  # warm-up
+    for _ in range(cfg.large_reps):
+        for s in setups:
+            ns, head, _ = conns[s.name].post(raw)
+            lat[s.name].append(ns)
+            markers[s.name] = _header_number(head, b"x-bench-markers")
+    for s in setups:
+        s.requests_sent += cfg.large_reps + 1
+    res.add("latency p50", "ms", {k: _ms(percentile(v, 50)) for k, v in lat.items()})
+    res.add("latency p99", "ms", {k: _ms(percentile(v, 99)) for k, v in lat.items()})
+    res.add("added request-side latency p50", "ms", {
+        k: _ms(percentile(v, 50) - percentile(lat["direct"], 50)) for k, v in lat.items()})  # type: ignore[operator]
+    res.add("cache_control markers upstream saw", "count", markers).judge(
+        "addon inserts markers", lambda v: ((v["addon"] or 0) > 0, f"{v['addon']:.0f} markers"))
+    res.notes.append(f"request body {len(body)} bytes, no client markers, {cfg.large_reps} reps per setup")
+
+
+def bulk(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
+    raw = request_bytes(f"/v1/messages?mode=bulk&total={cfg.bulk_bytes}&frame={cfg.bulk_frame_bytes}", message_body(stream=True))
+    rate: dict[str, float | None] = {}
+    base: dict[str, float | None] = {"direct": None}
+    peak: dict[str, float | None] = {"direct": None}
+    growth: dict[str, float | None] = {"direct": None}
+    for s in setups:
+        conn = s.conns(1)[0]
+        if s.proxy is None:
+            sent, end, total = conn.drain_bulk(raw, time.monotonic() + cfg.deadline_s * 3)
+        else:
+            with RssSampler(s.proxy.pid, period=0.01) as rss:
+                sent, end, total = conn.drain_bulk(raw, time.monotonic() + cfg.deadline_s * 3)
+            base[s.name], peak[s.name] = rss.baseline_kb / 1024, rss.peak_kb / 1024
+            growth[s.name] = (rss.peak_kb - rss.baseline_kb) / 1024
+        rate[s.name] = total / ((end - sent) / 1e9) / 1e6
+        s.requests_sent += 1
+    res.add("throughput", "MB/s", rate)
+    res.add("proxy RSS before", "MB", base)
+    res.add("proxy RSS peak", "MB", peak)
+    res.add("proxy RSS growth", "MB", growth).judge("addon growth < 10 MB", lambda v: (v["addon"] < 10, f"{v['addon']:.1f} MB"))  # type: ignore[operator]
+    res.notes.append(f"{cfg.bulk_bytes / 2**20:.0f} MiB of {cfg.bulk_frame_bytes // 1024} KiB text deltas, RSS sampled every 10 ms")
+
+
+WORKLOADS: dict[str, tuple[str, Callable[[list[Setup], Config, WorkloadResult], None]]] = {
+    "nonstream": ("sequential small non-streamed requests", nonstream),
+    "stream": ("single streamed responses (1,000 frames)", stream),
+    "concurrent": ("concurrent streams", concurrent),
+    "large": ("200 KB request with marker insertion", large),
+    "bulk": ("1 GB stream (memory)", bulk),
+}
+
+
+def run_workload(name: str, setups: list[Setup], upstream: Child, cfg: Config) -> WorkloadResult:
+    """Run one workload; add the proxies' CPU seconds and peak RSS over it, and the others' CPU."""
+    desc, fn = WORKLOADS[name]
+    res = WorkloadResult(name, desc)
+    proxies = [s for s in setups if s.proxy is not None]
+    cpu0 = {s.name: cpu_seconds(s.proxy.pid) for s in proxies}  # type: ignore[union-attr]
+    up0, me0, t0 = cpu_seconds(upstream.pid), time.process_time(), time.monotonic()
+    samplers = [RssSampler(s.proxy.pid, period=0.05) for s in proxies]  # type: ignore[union-attr]
+    for r in samplers:
+        r.__enter__()
+    try:
+        fn(setups, cfg, res)
+    finally:
+        for r in samplers:
+            r.__exit__()
+    res.seconds = time.monotonic() - t0
+    res.add("proxy CPU", "s", {"direct": None, **{s.name: cpu_seconds(s.proxy.pid) - cpu0[s.name] for s in proxies}})  # type: ignore[union-attr]
+    res.add("proxy peak RSS", "MB", {"direct": None, **{s.name: r.peak_kb / 1024 for s, r in zip(proxies, samplers)}})
+    res.notes.append(f"upstream CPU {cpu_seconds(upstream.pid) - up0:.2f} s, client CPU {time.process_time() - me0:.2f} s, "
+                     f"wall {res.seconds:.1f} s")
+    assert [s.name for s in setups] == list(SETUPS)
+    return res
