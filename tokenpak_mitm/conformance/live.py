@@ -1,0 +1,229 @@
+"""``--set tokenpak_conformance=warn|strict``: check the streaming invariants on live traffic.
+
+Runs I6 (every forwarded frame reported once, in order, byte-identical, nothing synthesized),
+I8 (every chunk forwarded exactly as received) and I10 (one row per LLM request, after its
+terminal event) through the ``ConformanceObserver`` seam, on every flow, as it happens:
+
+* ``warn`` logs each violation and writes the flow's count into its row's
+  ``conformance_violations`` (the observer sees the row before it is written);
+* ``strict`` also makes mitmdump exit non-zero at shutdown, so a test run that enabled it fails;
+* ``off`` (default) installs nothing: no observer, no wrapper, zero cost.
+
+How: after TokenPak attached its stream tap, this addon wraps it with a thin callable that sees
+what the tap returns (i.e. what mitmproxy forwards), splits it into frames with the checker's
+own splitter and matches them against the frames the observer reported for the same chunk.
+Memory per flow is one partial frame (capped; a flow with a larger frame is left unchecked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import mode_specs
+
+from tokenpak_mitm import observer
+from tokenpak_mitm.conformance.wire import split_frames
+from tokenpak_mitm.decoders import incremental_decoder
+from tokenpak_mitm.routes import classify, tracker_for
+from tokenpak_mitm.tap import StreamTap
+
+__all__ = ["LiveConformance", "MODES"]
+
+logger = logging.getLogger("tokenpak.conformance")
+
+MODES = ("off", "warn", "strict")
+_MAX_PENDING_FRAME = 4 * 1024 * 1024
+_MAX_FLOWS = 10_000
+
+
+@dataclass
+class _LiveFlow:
+    flow: weakref.ReferenceType[http.HTTPFlow]
+    streamed: bool = False
+    final: bool = False  # the stream's final b"" call was forwarded
+    rows: int = 0
+    violations: list[str] = field(default_factory=list)
+    reported: deque[bytes] = field(default_factory=deque)  # observer frames not yet matched
+    buffer: bytearray = field(default_factory=bytearray)  # forwarded, decoded, not yet a frame
+    decoder: Any = None
+    unchecked: bool = False
+    matched: int = 0
+
+
+class _ForwardCheck:
+    """Wraps the tap: returns exactly what the tap returns, and checks it (never raises)."""
+
+    __slots__ = ("inner", "state", "owner")
+
+    def __init__(self, inner: StreamTap, state: _LiveFlow, owner: LiveConformance) -> None:
+        self.inner, self.state, self.owner = inner, state, owner
+
+    def __call__(self, data: bytes) -> Any:
+        out = self.inner(data)
+        try:
+            self.owner._forwarded(self.state, data, out)
+        except Exception:
+            logger.exception("tokenpak: live conformance check failed; traffic unaffected")
+        return out
+
+
+class LiveConformance:
+    def __init__(self) -> None:
+        self.mode = "off"
+        self.violations = 0
+        self._flows: OrderedDict[str, _LiveFlow] = OrderedDict()
+        self._installed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def load(self, loader: Loader) -> None:
+        loader.add_option("tokenpak_conformance", str, "off", "Check streaming invariants (I6, I8, I10) on live traffic: off, warn, or strict (exit non-zero at shutdown on any violation).")
+
+    def configure(self, updated: set[str]) -> None:
+        if "tokenpak_conformance" not in updated:
+            return
+        mode = ctx.options.tokenpak_conformance
+        if mode not in MODES:
+            raise exceptions.OptionsError(f"tokenpak_conformance must be one of {', '.join(MODES)}, not {mode!r}")
+        self.mode = mode
+        if mode == "off" and self._installed:
+            observer.uninstall(self)
+            self._installed = False
+        elif mode != "off" and not self._installed:
+            observer.install(self)
+            self._installed = True
+
+    def running(self) -> None:
+        if self.mode != "off":
+            logger.info("tokenpak: live conformance checks on (%s): I6 frame ordering, I8 byte identity, I10 one row per request", self.mode)
+
+    def done(self) -> None:
+        if self._installed:
+            observer.uninstall(self)
+            self._installed = False
+        if self.mode == "strict" and self.violations:
+            logger.error("tokenpak: %d conformance violation(s) seen; exiting non-zero (tokenpak_conformance=strict)", self.violations)
+            # After every addon's `done` (mitmdump's own shutdown included) has run: raising here
+            # directly would skip later addons' `done` (e.g. the -w flow file flush).
+            asyncio.get_running_loop().call_soon(_exit_nonzero)
+        elif self.violations:
+            logger.warning("tokenpak: %d conformance violation(s) seen (tokenpak_conformance=warn)", self.violations)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.mode == "off":
+            return
+        req = flow.request
+        reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+        route = classify(req.method, req.pretty_host, req.path, extra_hosts=ctx.options.tokenpak_hosts, any_host=reverse)
+        if route is None or tracker_for(route) is None:
+            return
+        self._flows[flow.id] = _LiveFlow(weakref.ref(flow))
+        while len(self._flows) > _MAX_FLOWS:
+            self._flows.popitem(last=False)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        st = self._flows.get(flow.id)
+        if st is None or flow.response is None or not isinstance(flow.response.stream, StreamTap):
+            return
+        st.streamed = True
+        st.decoder = incremental_decoder(flow.response.headers.get("content-encoding"))
+        st.unchecked = st.decoder is None
+        flow.response.stream = _ForwardCheck(flow.response.stream, st, self)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._end(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._end(flow)
+
+    def _end(self, flow: http.HTTPFlow) -> None:
+        st = self._flows.pop(flow.id, None)
+        if st is not None and st.rows == 0:
+            self._violate(flow.id, st, "I10: no telemetry row was emitted for this LLM request")
+
+    # -- observer seam --------------------------------------------------------------------------
+    def on_outbound_request(self, flow_id: str, client_bytes: bytes, sent_bytes: bytes, spans: Any) -> None:
+        pass
+
+    def on_stream_frame(self, flow_id: str, route_class: str, event_type: str | None, raw: bytes) -> None:
+        st = self._flows.get(flow_id)
+        if st is not None and not st.unchecked:
+            st.reported.append(bytes(raw))
+
+    def on_telemetry_row(self, row: Mapping[str, Any]) -> None:
+        fid = str(row.get("request_key"))
+        st = self._flows.get(fid)
+        if st is None:
+            return
+        st.rows += 1
+        if st.rows > 1:
+            self._violate(fid, st, f"I10: telemetry row #{st.rows} for one request")
+        flow = st.flow()
+        buffered_done = flow is not None and not st.streamed and flow.response is not None and flow.response.raw_content is not None
+        if not (st.final or buffered_done or (flow is not None and flow.error is not None)):
+            self._violate(fid, st, "I10: row emitted before the terminal event (stream end, response or error)")
+        if st.streamed:
+            self._settle(fid, st)
+        if isinstance(row, dict):
+            row["conformance_violations"] = len(st.violations)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _forwarded(self, st: _LiveFlow, data: bytes, out: Any) -> None:
+        fid = _flow_id(st)
+        if not isinstance(out, bytes | bytearray) or bytes(out) != data:
+            self._violate(fid, st, f"I8: a {len(data)}-byte chunk was forwarded changed")
+        if not data:
+            st.final = True
+            self._settle(fid, st)
+            return
+        if st.unchecked:
+            return
+        st.buffer += st.decoder(bytes(out))
+        if len(st.buffer) > _MAX_PENDING_FRAME:
+            st.unchecked, st.buffer = True, bytearray()
+            return
+        self._match(fid, st, final=False)
+
+    def _match(self, fid: str, st: _LiveFlow, *, final: bool) -> None:
+        frames, rest = split_frames(bytes(st.buffer), final=final)
+        st.buffer = bytearray(rest)
+        for frame in frames:
+            if not st.reported:
+                self._violate(fid, st, f"I6: forwarded frame #{st.matched} was not reported to the observer: {frame[:60]!r}")
+            elif st.reported[0] != frame:
+                got = st.reported.popleft()
+                self._violate(fid, st, f"I6: frame #{st.matched} reported as {got[:60]!r} but forwarded as {frame[:60]!r}")
+            else:
+                st.reported.popleft()
+            st.matched += 1
+
+    def _settle(self, fid: str, st: _LiveFlow) -> None:
+        """End of stream (or of the flow): every reported frame must have been forwarded."""
+        if st.unchecked:
+            return
+        self._match(fid, st, final=True)
+        while st.reported:
+            extra = st.reported.popleft()
+            self._violate(fid, st, f"I6: reported frame was never forwarded (synthesized or duplicated): {extra[:60]!r}")
+
+    def _violate(self, fid: str, st: _LiveFlow, message: str) -> None:
+        st.violations.append(message)
+        self.violations += 1
+        logger.warning("tokenpak conformance violation (flow %s): %s", fid[:8], message)
+
+
+def _flow_id(st: _LiveFlow) -> str:
+    flow = st.flow()
+    return flow.id if flow is not None else "?"
+
+
+def _exit_nonzero() -> None:
+    raise SystemExit(1)
