@@ -44,7 +44,7 @@ class Rows:
 
 
 @pytest.fixture
-def addon(tmp_path: Path):
+async def addon(tmp_path: Path):
     tp = TokenPak()
     with taddons.context(tp) as tctx:
         tctx.configure(tp, tokenpak_db=str(tmp_path / "t.db"), tokenpak_cache="off")
@@ -53,19 +53,19 @@ def addon(tmp_path: Path):
         yield tp, tctx
 
 
-def drive_stream(tp: TokenPak, f, chunks: list[bytes]) -> list[bytes]:
+async def drive_stream(tp: TokenPak, f, chunks: list[bytes]) -> list[bytes]:
     tp.requestheaders(f)
-    tp.request(f)
+    await tp.request(f)
     tp.responseheaders(f)
     out = [f.response.stream(c) for c in chunks]
     return out
 
 
-def test_stream_callable_is_identity_and_one_row(addon):
+async def test_stream_callable_is_identity_and_one_row(addon):
     tp, _ = addon
     f = anthropic_flow(resp_body=None)
     chunks = [SSE[:30], SSE[30:31], SSE[31:], b""]
-    assert drive_stream(tp, f, chunks) == chunks
+    assert await drive_stream(tp, f, chunks) == chunks
     tp.response(f)
     tp.error(f)  # a late error for the same flow must not add a second row
     assert len(tp.store.rows) == 1
@@ -73,11 +73,11 @@ def test_stream_callable_is_identity_and_one_row(addon):
     assert (row["input_tokens"], row["output_tokens"], row["terminal_state"]) == (7, 3, "completed")
 
 
-def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
+async def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     tp, _ = addon
     f = anthropic_flow(resp_body=None)
     tp.requestheaders(f)
-    tp.request(f)
+    await tp.request(f)
     tp.responseheaders(f)
 
     class Broken:
@@ -93,22 +93,22 @@ def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     assert len(tp.store.rows) == 1
 
 
-def test_replayed_flow_parses_the_buffered_body(addon):
+async def test_replayed_flow_parses_the_buffered_body(addon):
     # mitmdump -nr / server replay never call the stream callable: the response hook parses.
     tp, _ = addon
     f = anthropic_flow()
     tp.requestheaders(f)
-    tp.request(f)
+    await tp.request(f)
     tp.responseheaders(f)
     tp.response(f)
     row = tp.store.rows[0]
     assert (row["input_tokens"], row["output_tokens"], row["frames"]) == (7, 3, 3)
 
 
-def test_error_hook_alone_gives_one_row_with_partial_usage(addon):
+async def test_error_hook_alone_gives_one_row_with_partial_usage(addon):
     tp, _ = addon
     f = anthropic_flow(resp_body=None)
-    drive_stream(tp, f, [SSE[:200]])
+    await drive_stream(tp, f, [SSE[:200]])
     from mitmproxy import flow as mflow
 
     f.error = mflow.Error("Client disconnected.")
@@ -119,11 +119,11 @@ def test_error_hook_alone_gives_one_row_with_partial_usage(addon):
     assert tp.store.rows[0]["usage_source"] == "partial"
 
 
-def test_other_hosts_are_ignored(addon):
+async def test_other_hosts_are_ignored(addon):
     tp, _ = addon
     f = tflow.tflow(resp=True)
     tp.requestheaders(f)
-    tp.request(f)
+    await tp.request(f)
     tp.responseheaders(f)
     tp.response(f)
     assert tp.store.rows == [] and f.response.stream is False
@@ -168,11 +168,11 @@ def test_startup_line_names_version_db_and_mode(tmp_path: Path):
     assert f"db={tmp_path / 'x.db'}" in out and "mode=reverse:https://api.anthropic.com" in out
 
 
-def test_json_body_parse_failure_records_a_row_not_an_exception(addon):
+async def test_json_body_parse_failure_records_a_row_not_an_exception(addon):
     tp, _ = addon
     f = anthropic_flow(resp_body=b"{not json", ctype="application/json")
     tp.requestheaders(f)
-    tp.request(f)
+    await tp.request(f)
     tp.responseheaders(f)
     tp.response(f)
     row = tp.store.rows[0]
@@ -198,11 +198,11 @@ def test_console_line_can_be_switched_off(addon, caplog):
     assert lines and "claude-sonnet-4-6" in lines[0] and "out=3" in lines[0]
 
 
-def test_metadata_survives_serialisation(addon):
+async def test_metadata_survives_serialisation(addon):
     tp, _ = addon
     f = anthropic_flow()
     tp.requestheaders(f)
-    tp.request(f)
+    await tp.request(f)
     tp.responseheaders(f)
     tp.response(f)
     json.dumps(f.metadata["tokenpak"])  # tnetstring-safe plain types only

@@ -14,6 +14,7 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -26,6 +27,8 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
+from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.store import TelemetryStore, default_db_path
@@ -38,6 +41,7 @@ CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h")
 CONFORMANCE_MODES = ("off", "warn", "strict")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
+OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thread
 
 
 @dataclass(slots=True)
@@ -57,6 +61,7 @@ class TokenPak:
     def __init__(self) -> None:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowState] = weakref.WeakKeyDictionary()
         self.store: TelemetryStore | None = None
+        self.otel: OtelExporter | None = None
         self.rows_emitted = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -67,6 +72,7 @@ class TokenPak:
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "5m", "TTL of inserted cache markers: 5m or 1h.")
         loader.add_option("tokenpak_console", bool, True, "Log one concise line per LLM request.")
+        loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -82,6 +88,19 @@ class TokenPak:
                 self.store = TelemetryStore(path)
                 self.store.start()
 
+        if "tokenpak_otlp" in updated:
+            if self.otel is not None:
+                self.otel.shutdown()
+                self.otel = None
+            url = opts.tokenpak_otlp
+            if url:
+                if not url.startswith(("http://", "https://")):
+                    raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
+                try:
+                    self.otel = OtelExporter(url)
+                except OtelUnavailable as e:
+                    raise exceptions.OptionsError(str(e)) from e
+
     def running(self) -> None:
         modes = ",".join(str(m) for m in ctx.options.mode)
         db = self.store.path if self.store else "-"
@@ -91,6 +110,8 @@ class TokenPak:
         )
 
     def done(self) -> None:
+        if self.otel is not None:
+            self.otel.shutdown()
         if self.store is not None:
             self.store.close()
 
@@ -120,7 +141,7 @@ class TokenPak:
         )
         self._flows[flow] = _FlowState(route=route, record=rec, tracker=tracker)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         st = self._flows.get(flow)
         if st is None:
             return
@@ -130,7 +151,7 @@ class TokenPak:
         elif flow.response is None:  # a response set by another addon means nothing goes upstream
             spans: list[list[Any]] = []
             try:
-                spans = self._insert(flow, st)
+                spans = await self._insert(flow, st)
             except Exception:
                 logger.exception("tokenpak: marker insertion failed; request sent unchanged")
                 st.record.cache_decision = "error"
@@ -151,7 +172,7 @@ class TokenPak:
         rec.client_markers = int(meta.get("client_markers") or 0)
         rec.prefix_tokens_est = meta.get("prefix_tokens_est")
 
-    def _insert(self, flow: http.HTTPFlow, st: _FlowState) -> list[list[Any]]:
+    async def _insert(self, flow: http.HTTPFlow, st: _FlowState) -> list[list[Any]]:
         """Splice cache markers into the request; returns the inserted spans for the metadata."""
         rec = st.record
         if not st.route.inserts:
@@ -160,13 +181,14 @@ class TokenPak:
         if body is None:
             rec.cache_decision = "request_streamed"  # stream_large_bodies sent it already
             return []
-        from tokenpak_mitm.cache_insert import CacheOptions, insert_markers  # TODO top-level once landed
-
-        result = insert_markers(
-            body,
-            flow.request.headers.get("content-encoding"),
-            CacheOptions(mode=ctx.options.tokenpak_cache, ttl=ctx.options.tokenpak_cache_ttl),
-        )
+        encoding = flow.request.headers.get("content-encoding")
+        opts = CacheOptions(mode=ctx.options.tokenpak_cache, ttl=ctx.options.tokenpak_cache_ttl)
+        if len(body) > OFFLOAD_BYTES:
+            # Parsing a huge prompt would stall every other connection on mitmproxy's single
+            # event-loop thread; in a worker thread only this flow waits.
+            result = await asyncio.to_thread(insert_markers, body, encoding, opts)
+        else:
+            result = insert_markers(body, encoding, opts)
         rec.cache_decision = result.decision
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
@@ -275,6 +297,8 @@ class TokenPak:
                 logger.exception("tokenpak: conformance observer failed")
         if self.store is not None:
             self.store.submit(row)
+        if self.otel is not None:
+            self.otel.export(row)
         if ctx.options.tokenpak_console:
             logger.info(_console_line(row))
 
