@@ -58,7 +58,7 @@ class AnthropicTracker:
             return False
         try:
             obj = json.loads(ev.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is malformed input, not a crash
             return False
         if isinstance(obj, dict):
             self._on_event(obj)
@@ -89,7 +89,7 @@ class AnthropicTracker:
     def feed_body(self, body: bytes, status: int) -> None:
         try:
             obj = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(obj, dict):
             return
