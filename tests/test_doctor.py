@@ -1,0 +1,174 @@
+"""`tokenpak doctor`: broken setups fail with a fix; a healthy one passes, streaming check included."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tokenpak_mitm.cli import main
+from tokenpak_mitm.doctor import CA_VARS, check_ca, check_database, check_environment, check_mitmproxy, check_python
+from tokenpak_mitm.setup_cmd import write_bundle
+from tokenpak_mitm.store import TelemetryStore
+
+ROUTING_VARS = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "HTTPS_PROXY", "https_proxy",
+                "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", *CA_VARS)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's own proxy/CA variables must not decide these tests."""
+    for name in ROUTING_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps the table to the terminal width
+
+
+@pytest.fixture(scope="module")
+def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA made by mitmproxy itself, exactly as a first proxy start makes it."""
+    from mitmproxy.certs import CertStore
+
+    path = tmp_path_factory.mktemp("confdir")
+    CertStore.from_store(path, "mitmproxy", 2048)
+    assert (path / "mitmproxy-ca-cert.pem").is_file()
+    return path
+
+
+@pytest.fixture
+def listening() -> Iterator[str]:
+    """A loopback port that accepts connections, standing in for a running proxy."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def statuses(checks: list) -> dict[str, str]:
+    return {c.name: c.status for c in checks}
+
+
+@pytest.mark.e2e
+def test_healthy_setup_passes_including_streaming(clean_env: None, confdir: Path, tmp_path: Path, listening: str,
+                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", listening)
+    rc = main(["doctor", "--db", str(tmp_path / "t.db"), "--confdir", str(confdir)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "0 failures" in out and "✗" not in out
+    assert "first frame arrived before the rest was sent; row recorded" in out
+    assert "reverse mode, proxy listening" in out
+
+
+def test_missing_confdir_fails(clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["doctor", "--no-stream-check", "--db", str(tmp_path / "t.db"), "--confdir", str(tmp_path / "nowhere")])
+    out = capsys.readouterr().out
+    assert rc == 1 and "does not exist" in out and "start the proxy once" in out
+
+
+def test_broken_ca_variable_fails(clean_env: None, confdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "gone.pem"))
+    rc = main(["doctor", "--no-stream-check", "--db", str(tmp_path / "t.db"), "--confdir", str(confdir)])
+    out = capsys.readouterr().out
+    assert rc == 1 and "SSL_CERT_FILE" in out and "gone.pem" in out
+
+
+def test_unwritable_database_fails(clean_env: None, confdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    rc = main(["doctor", "--no-stream-check", "--db", str(blocker / "t.db"), "--confdir", str(confdir)])
+    out = capsys.readouterr().out
+    assert rc == 1 and "not writable" in out and "tokenpak_db" in out
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files anyway")
+def test_read_only_database_fails(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    check_database(db)
+    db.chmod(0o400)
+    assert statuses(check_database(db))["database"] == "fail"
+
+
+def test_database_check_changes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    store = TelemetryStore(db)
+    store.start()
+    store.submit({"request_key": "k", "started_at": 1.0, "model": "m", "input_tokens": 3})
+    store.close()
+
+    def snapshot() -> tuple:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute("PRAGMA user_version").fetchone(), conn.execute("SELECT * FROM requests").fetchall()
+        finally:
+            conn.close()
+
+    before = snapshot()
+    checks = check_database(db)
+    assert statuses(checks)["database"] == "ok" and "1 rows" in checks[0].detail
+    assert snapshot() == before
+
+
+def test_new_database_is_created_owner_only(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "t.db"
+    assert statuses(check_database(db))["database"] == "ok"
+    assert db.stat().st_mode & 0o077 == 0
+
+
+def test_world_readable_private_key_fails(tmp_path: Path, confdir: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "conf"
+    shutil.copytree(confdir, copy)
+    assert statuses(check_ca(copy, required=True)) == {"CA certificate": "ok", "CA private key": "ok"}
+    (copy / "mitmproxy-ca.pem").chmod(0o644)
+    bad = check_ca(copy, required=True)
+    assert statuses(bad)["CA private key"] == "fail" and "chmod 600" in bad[-1].fix
+
+
+def test_missing_ca_is_only_a_warning_when_not_needed(tmp_path: Path) -> None:
+    assert statuses(check_ca(tmp_path / "none", required=False)) == {"CA": "warn"}
+    assert statuses(check_ca(tmp_path / "none", required=True)) == {"CA": "fail"}
+
+
+def test_regular_mode_needs_a_variable_trusting_the_ca(confdir: Path, tmp_path: Path, listening: str) -> None:
+    env = {"HTTPS_PROXY": listening, "https_proxy": listening}
+    assert statuses(check_environment(env, confdir))["CA trust"] == "fail"
+    bundle = tmp_path / "bundle.pem"
+    write_bundle(confdir / "mitmproxy-ca-cert.pem", bundle)
+    good = statuses(check_environment({**env, "SSL_CERT_FILE": str(bundle)}, confdir))
+    assert good == {"HTTPS_PROXY": "ok", "SSL_CERT_FILE": "ok"}
+    system = tmp_path / "other.pem"  # a bundle without our CA
+    system.write_text((confdir / "mitmproxy-ca-cert.pem").read_text().replace("MII", "MIJ", 1))
+    assert statuses(check_environment({**env, "SSL_CERT_FILE": str(system)}, confdir))["CA trust"] == "fail"
+
+
+def test_inconsistent_client_variables_fail(confdir: Path, listening: str) -> None:
+    assert statuses(check_environment({"ANTHROPIC_BASE_URL": listening + "/v1"}, confdir))["ANTHROPIC_BASE_URL"] == "fail"
+    same_port = statuses(check_environment({"ANTHROPIC_BASE_URL": listening, "HTTPS_PROXY": listening,
+                                            "NODE_EXTRA_CA_CERTS": str(confdir / "mitmproxy-ca-cert.pem")}, confdir))
+    assert same_port["HTTPS_PROXY"] == "fail"
+    assert statuses(check_environment({"HTTPS_PROXY": listening, "https_proxy": "http://127.0.0.1:1"}, confdir))["https_proxy"] == "fail"
+    assert statuses(check_environment({"OPENAI_BASE_URL": listening}, confdir))["OPENAI_BASE_URL"] == "warn"
+
+
+def test_nothing_routed_or_proxy_down_is_a_warning(confdir: Path) -> None:
+    assert statuses(check_environment({}, confdir)) == {"client routing": "warn"}
+    with socket.socket() as s:  # a port that is certainly closed: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        assert statuses(check_environment({"ANTHROPIC_BASE_URL": url}, confdir)) == {"ANTHROPIC_BASE_URL": "warn"}
+
+
+def test_versions() -> None:
+    assert check_python((3, 12, 0)).status == "ok"
+    assert check_python((3, 11, 9)).status == "fail"
+    assert check_mitmproxy("12.2.3").status == "ok"
+    assert check_mitmproxy("12.9.0").status == "ok"
+    assert check_mitmproxy("12.2.2").status == "fail"
+    assert check_mitmproxy("13.0.0").status == "fail"
+    assert check_mitmproxy().status == "ok"  # this environment

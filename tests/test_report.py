@@ -1,0 +1,223 @@
+"""`tokenpak report`: figures equal sums computed independently from a real SQLite file.
+
+The database is written by the real `TelemetryStore`; the expected figures are recomputed here from
+the raw rows (and with SQL), including unpriced rows (NULL cost must stay unknown, never 0) and
+rows without usage (requests, not tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenpak_mitm.cli import main
+from tokenpak_mitm.report import build_report, parse_since, split_cost, summarize
+from tokenpak_mitm.report_html import render_html
+from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore
+
+MODEL = "claude-sonnet-4-5"
+
+
+def ts(day: int, hour: int = 12) -> float:
+    return datetime(2026, 5, day, hour, 0).timestamp()  # local time, as the report groups days
+
+
+def row(key: str, day: int, **values: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {name: None for name in COLUMN_NAMES}
+    base.update(request_key=key, started_at=ts(day), provider="anthropic", api="messages", route_class="claude-code",
+                host="api.anthropic.com", path="/v1/messages", model=MODEL, stream=1, billable=1, status_code=200,
+                terminal_state="completed", usage_source="final", input_tokens=0, cache_read_tokens=0, cache_write_tokens=0,
+                output_tokens=0, cache_origin="none", markers_inserted=0, client_markers=0)
+    base.update(values)
+    return base
+
+
+ROWS = [
+    row("a", 1, input_tokens=100, cache_read_tokens=1000, output_tokens=50, cost_usd=0.01, savings_usd=0.002, cache_origin="proxy", markers_inserted=2),
+    row("b", 1, input_tokens=40, cache_write_tokens=2000, cache_write_5m_tokens=2000, output_tokens=10, cost_usd=0.02, savings_usd=-0.001,
+        cache_origin="proxy", markers_inserted=1),
+    row("c", 1, input_tokens=5, cache_read_tokens=500, output_tokens=20, cost_usd=0.005, savings_usd=0.001, cache_origin="client", client_markers=1,
+        route_class="sdk"),
+    row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30),  # unknown model: unpriced
+    row("e", 2, status_code=529, terminal_state="error_response", usage_source="absent", input_tokens=None, cache_read_tokens=None,
+        cache_write_tokens=None, output_tokens=None, error="overloaded_error"),  # no usage: a request, no tokens, unpriced
+    row("f", 2, api="messages.count_tokens", billable=0, input_tokens=20, stream=0),  # free endpoint: not "unpriced"
+    row("g", 4, provider="openai", api="chat.completions", model="gpt-4o-mini", route_class="sdk", host="api.openai.com", input_tokens=60,
+        cache_read_tokens=300, output_tokens=9, cost_usd=0.003, savings_usd=0.0005, cache_origin="unknown", terminal_state="stream_error",
+        usage_source="partial"),
+    row("h", 4, input_tokens=10, output_tokens=1, cost_usd=0.0001, savings_usd=0.0, terminal_state="client_disconnected", usage_source="partial"),
+]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "tokenpak.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in ROWS:
+        store.submit(r)
+    store.close()
+    assert store.written == len(ROWS)
+    return path
+
+
+def raw_rows(path: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM requests")]
+    finally:
+        conn.close()
+
+
+def expected(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's figures, recomputed the long way from raw rows."""
+    with_usage = [r for r in rows if r["usage_source"] != "absent"]
+    tokens = {b: sum(r[f"{b}_tokens"] or 0 for r in with_usage) for b in ("input", "cache_read", "cache_write", "output")}
+    prompt = tokens["input"] + tokens["cache_read"] + tokens["cache_write"]
+    priced = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
+    savings = {o: sum(r["savings_usd"] for r in rows if r["cache_origin"] == o and r["savings_usd"] is not None)
+               for o in ("proxy", "client", "unknown", "none")}
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r["terminal_state"]] = states.get(r["terminal_state"], 0) + 1
+    return {
+        "requests": len(rows),
+        "requests_with_usage": len(with_usage),
+        "tokens": tokens,
+        "cache_hit_ratio": tokens["cache_read"] / prompt if prompt else None,
+        "cost_usd": sum(priced) if priced else None,
+        "unpriced_requests": sum(1 for r in rows if r["cost_usd"] is None and r["billable"]),
+        "savings": savings,
+        "terminal_states": states,
+    }
+
+
+def check(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    want = expected(rows)
+    assert summary["requests"] == want["requests"]
+    assert summary["requests_with_usage"] == want["requests_with_usage"]
+    assert {k: summary["tokens"][k] for k in want["tokens"]} == want["tokens"]
+    assert summary["cache_hit_ratio"] == pytest.approx(want["cache_hit_ratio"])
+    assert summary["cost_usd"] == pytest.approx(want["cost_usd"])
+    assert summary["unpriced_requests"] == want["unpriced_requests"]
+    for origin, value in want["savings"].items():
+        assert summary["savings_usd"][origin] == pytest.approx(value)
+    assert summary["terminal_states"] == want["terminal_states"]
+
+
+def report_json(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(["report", "--json", "--db", str(db), *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_totals_equal_independent_sums(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(db, capsys, "--since", "all")
+    rows = raw_rows(db)
+    check(data["totals"], rows)
+    conn = sqlite3.connect(db)  # and once more with SQL, whose SUM skips NULLs like we must
+    sql_cost, sql_read = conn.execute(
+        "SELECT SUM(cost_usd), (SELECT SUM(cache_read_tokens) FROM requests WHERE usage_source != 'absent') FROM requests").fetchone()
+    conn.close()
+    assert data["totals"]["cost_usd"] == pytest.approx(sql_cost)
+    assert data["totals"]["tokens"]["cache_read"] == sql_read
+    # The fixed figures, so a wrong "independent" computation cannot hide a wrong report.
+    assert data["totals"]["unpriced_requests"] == 2  # d (unknown model) and e (no usage); f is free
+    assert data["totals"]["requests"] == 8 and data["totals"]["requests_without_usage"] == 1
+    assert data["totals"]["cache_hit_ratio"] == pytest.approx(1800 / (535 + 1800 + 2000))
+    assert data["definitions"]["cache_hit_ratio"].startswith("cache_read / (input + cache_read + cache_write)")
+
+
+@pytest.mark.parametrize("by, column", [("model", "model"), ("route", "route_class"), ("provider", "provider")])
+def test_groups_equal_independent_sums(db: Path, capsys: pytest.CaptureFixture[str], by: str, column: str) -> None:
+    data = report_json(db, capsys, "--since", "all", "--by", by)
+    rows = raw_rows(db)
+    keys = {r[column] for r in rows}
+    assert {g["key"] for g in data["groups"]} == keys
+    for group in data["groups"]:
+        check(group, [r for r in rows if r[column] == group["key"]])
+
+
+def test_days_and_since(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(db, capsys, "--since", "2026-05-02", "--by", "day")
+    rows = [r for r in raw_rows(db) if r["started_at"] >= ts(2, 0)]
+    check(data["totals"], rows)
+    days = {g["key"]: g for g in data["groups"]}
+    assert list(days) == ["2026-05-02", "2026-05-03", "2026-05-04"]  # the empty day is shown, as zero requests
+    assert days["2026-05-03"]["requests"] == 0 and days["2026-05-03"]["cost_usd"] is None
+    for key, day in (("2026-05-02", 2), ("2026-05-04", 4)):
+        check(days[key], [r for r in rows if datetime.fromtimestamp(r["started_at"]).day == day])
+        assert math.fsum(days[key]["cost_by_bucket_usd"].values()) == pytest.approx(days[key]["cost_usd"] or 0.0)
+
+
+def test_unpriced_only_group_reports_unknown_cost_not_zero(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(db, capsys, "--since", "all", "--by", "model")
+    mystery = next(g for g in data["groups"] if g["key"] == "mystery-model")
+    assert mystery["cost_usd"] is None and mystery["unpriced_requests"] == 1
+
+
+def test_absent_usage_counts_as_request_not_tokens() -> None:
+    rows = [row("x", 1, usage_source="absent", input_tokens=999, output_tokens=999, cost_usd=None),
+            row("y", 1, input_tokens=1, output_tokens=2, cost_usd=0.5)]
+    s = summarize(rows, unit_prices=lambda p, m: None)
+    assert s.requests == 2 and s.requests_with_usage == 1
+    assert s.tokens["input"] == 1 and s.tokens["output"] == 2
+    assert s.cost_usd == 0.5 and s.unpriced_requests == 1
+
+
+def test_cost_split_by_bucket_sums_to_recorded_cost() -> None:
+    units = {"input": 3e-6, "cache_read": 0.3e-6, "cache_write": 3.75e-6, "cache_write_1h": 6e-6, "output": 15e-6}
+    r = row("s", 1, input_tokens=1000, cache_read_tokens=10000, cache_write_tokens=2000, cache_write_1h_tokens=500, output_tokens=100)
+    parts = split_cost(r, 0.05, lambda p, m: units)
+    assert math.fsum(parts.values()) == pytest.approx(0.05)
+    weights = {"input": 1000 * 3e-6, "cache_read": 10000 * 0.3e-6, "cache_write": 1500 * 3.75e-6 + 500 * 6e-6, "output": 100 * 15e-6}
+    assert parts == pytest.approx({b: 0.05 * w / sum(weights.values()) for b, w in weights.items()})
+    assert split_cost(r, 0.05, lambda p, m: None) == {"other": 0.05}
+
+
+def test_console_tables(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", str(db), "--since", "all", "--by", "model"]) == 0
+    out = capsys.readouterr().out
+    assert "2 unpriced requests" in out and "1 requests reported no usage" in out
+    assert MODEL in out and "mystery-model" in out and "cache hit" in out
+
+
+def test_html_is_self_contained_with_charts(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = tmp_path / "out" / "report.html"
+    assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
+    html = page.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.count("<svg") == 3 and html.count("</svg>") == 3
+    assert "<rect" in html and "<polyline" in html
+    for needle in ("Cost per day", "Cache hit ratio per day", "Savings per day"):
+        assert needle in html
+    lowered = html.lower()
+    for forbidden in ("http://", "https://", "//cdn", "<script", "xmlns", "src=", "href=", "url(", "@import"):
+        assert forbidden not in lowered, forbidden
+    assert not re.search(r"//[a-z0-9.-]+\.[a-z]{2,}", lowered)  # no scheme-relative URL either
+
+
+def test_html_with_no_rows() -> None:
+    html = render_html(build_report([], since="7d"))
+    assert "No requests in this window." in html and "<svg" not in html
+
+
+def test_parse_since() -> None:
+    assert parse_since("7d", now=1_000_000.0) == 1_000_000.0 - 7 * 86400
+    assert parse_since("30m", now=100_000.0) == 100_000.0 - 1800
+    assert parse_since("all") is None
+    assert parse_since("2026-05-02") == ts(2, 0)
+    with pytest.raises(ValueError):
+        parse_since("last tuesday")
+
+
+def test_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", str(tmp_path / "none.db")]) == 1
+    assert "no database" in capsys.readouterr().err

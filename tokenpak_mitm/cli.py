@@ -1,0 +1,71 @@
+"""The ``tokenpak`` command: a thin argparse front over one module per subcommand.
+
+Why a registry: each subcommand owns its arguments and logic in its own module, imported only
+when that subcommand runs (``tokenpak setup`` must not pay for mitmproxy or OpenTelemetry
+imports), and later subcommands plug in with one ``register`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenpak_mitm import __version__
+
+__all__ = ["main", "register", "build_parser", "Subcommand"]
+
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """``module`` must define ``add_arguments(parser)`` and ``run(args) -> int``."""
+
+    name: str
+    help: str
+    module: str
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(name: str, help: str, module: str) -> None:
+    SUBCOMMANDS[name] = Subcommand(name, help, module)
+
+
+register("setup", "print the environment variables that route a client through the proxy", "tokenpak_mitm.setup_cmd")
+register("report", "tokens, cost, cache hit ratio and savings from the telemetry database", "tokenpak_mitm.report")
+register("tail", "follow a running proxy's requests, one line each", "tokenpak_mitm.tail")
+register("doctor", "check the installation, CA, database, client environment and streaming", "tokenpak_mitm.doctor")
+# ---- EXTENSION POINT: `tokenpak conformance` (not implemented here) --------------------------
+# Add one line, e.g. register("conformance", "check recorded flows against the provider
+# protocols", "tokenpak_mitm.conformance_cmd"), with that module defining add_arguments/run.
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenpak", description="tokenpak-mitm: LLM telemetry and prompt caching through mitmproxy.")
+    parser.add_argument("--version", action="version", version=f"tokenpak-mitm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for sub in SUBCOMMANDS.values():
+        sub_parser = subparsers.add_parser(sub.name, help=sub.help, description=sub.help)
+        module = importlib.import_module(sub.module)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_module=sub.module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `tokenpak tail | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

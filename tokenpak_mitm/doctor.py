@@ -1,0 +1,291 @@
+"""``tokenpak doctor``: find what stops telemetry from working, and say how to fix it.
+
+Every check is a small function returning ``Check`` values (ok / warn / fail, a detail and a fix),
+so each is testable on its own and the command only prints them. Only failures make the exit code
+non-zero: a warning is something that may be intended (no client routed in this shell yet, the
+proxy not started yet). The checks never modify the user's data: the database is opened exactly
+as the proxy opens it (owner-only file, WAL, pending migrations) and a write lock is taken and
+released without writing; the streaming check runs in a throwaway confdir and database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import sqlite3
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from tokenpak_mitm.setup_cmd import CA_CERT_NAME, DEFAULT_CONFDIR
+
+__all__ = [
+    "Check", "check_python", "check_mitmproxy", "check_ca", "check_database", "check_environment",
+    "check_stream", "run_checks", "add_arguments", "run",
+]
+
+Status = Literal["ok", "warn", "fail"]
+CA_KEY_NAME = "mitmproxy-ca.pem"  # certificate + PRIVATE KEY: checked for permissions, never read
+MITMPROXY_RANGE = ((12, 2, 3), (13,))
+CA_VARS = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n(.+?)-----END CERTIFICATE-----", re.S)
+SETUP_HINT = 'eval "$(tokenpak setup shell)"'
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:
+    shown = ".".join(map(str, version))
+    if version >= (3, 12):
+        return Check("Python", "ok", f"{shown} ({sys.executable})")
+    return Check("Python", "fail", f"{shown}: mitmproxy 12 needs Python >= 3.12", "install Python 3.12+ and recreate the venv (make venv PY=python3.12)")
+
+
+def check_mitmproxy(installed: str | None = None) -> Check:
+    try:
+        installed = installed or metadata.version("mitmproxy")
+    except metadata.PackageNotFoundError:
+        return Check("mitmproxy", "fail", "not installed", "pip install 'mitmproxy>=12.2.3,<13' (or make venv)")
+    low, high = MITMPROXY_RANGE
+    if low <= _version_tuple(installed) < high:
+        return Check("mitmproxy", "ok", installed)
+    return Check("mitmproxy", "fail", f"{installed}: tokenpak-mitm supports >=12.2.3,<13", "pip install 'mitmproxy>=12.2.3,<13'")
+
+
+def _cert_blocks(path: Path) -> set[bytes]:
+    return {re.sub(rb"\s", b"", m) for m in _PEM_CERT.findall(path.read_bytes())}
+
+
+def check_ca(confdir: Path, required: bool) -> list[Check]:
+    """The CA mitmproxy made in confdir: certificate readable, private key not world-readable."""
+    bad: Status = "fail" if required else "warn"
+    cert, key = confdir / CA_CERT_NAME, confdir / CA_KEY_NAME
+    why = "" if required else " (needed for regular mode only)"
+    if not confdir.is_dir():
+        return [Check("CA", bad, f"confdir {confdir} does not exist{why}",
+                      f"start the proxy once (make run, or mitmdump --set confdir={confdir}) to create the CA, or pass the right --confdir")]
+    out = []
+    try:
+        blocks = _cert_blocks(cert)
+        if not blocks:
+            raise ValueError("no PEM certificate inside")
+        out.append(Check("CA certificate", "ok", str(cert)))
+    except (OSError, ValueError) as e:
+        out.append(Check("CA certificate", bad, f"{cert}: {e}{why}", f"start the proxy once with --set confdir={confdir} to create it"))
+    try:
+        mode = key.stat().st_mode
+    except OSError as e:
+        out.append(Check("CA private key", bad, f"{key}: {e}{why}", f"start the proxy once with --set confdir={confdir} to create it"))
+        return out
+    if mode & stat.S_IROTH:
+        out.append(Check("CA private key", "fail", f"{key} is world-readable ({stat.filemode(mode)}): anyone here could impersonate any site to you",
+                         f"chmod 600 {key}"))
+    elif mode & stat.S_IRGRP:
+        out.append(Check("CA private key", "warn", f"{key} is group-readable ({stat.filemode(mode)})", f"chmod 600 {key}"))
+    else:
+        out.append(Check("CA private key", "ok", f"{key} ({stat.filemode(mode)}, never shown to clients)"))
+    return out
+
+
+def check_database(path: Path) -> list[Check]:
+    """Open the database the way the proxy does, take the write lock, release it, write nothing."""
+    from tokenpak_mitm.store import SPILL_SUFFIX, _open
+
+    try:
+        conn = _open(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError) as e:
+        return [Check("database", "fail", f"{path} is not writable: {type(e).__name__}: {e}",
+                      f"make {path.parent} writable by you, or point the proxy elsewhere: --set tokenpak_db=PATH (and tokenpak report --db PATH)")]
+    out = [Check("database", "ok", f"{path} writable, schema v{version}, {rows} rows")]
+    spill = Path(str(path) + SPILL_SUFFIX)
+    if spill.exists():
+        out.append(Check("spilled rows", "warn", f"{spill} holds rows written while the database was unavailable",
+                         "start the proxy: it imports them on start"))
+    return out
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _is_loopback(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in LOOPBACK
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _no_proxy_covers(env: Mapping[str, str], host: str) -> bool:
+    entries = {e.strip().lstrip(".") for e in (env.get("NO_PROXY", "") + "," + env.get("no_proxy", "")).split(",")}
+    return "*" in entries or host in entries
+
+
+def check_environment(env: Mapping[str, str], confdir: Path) -> list[Check]:
+    """Client variables: present, consistent with each other, and (regular mode) trusting the CA."""
+    out: list[Check] = []
+    base_urls = {k: env[k] for k in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL") if env.get(k)}
+    proxies = {k: env[k] for k in ("HTTPS_PROXY", "https_proxy") if env.get(k)}
+    for name, url in base_urls.items():
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            out.append(Check(name, "fail", f"{url!r} is not an http(s) URL", f"eval \"$(tokenpak setup shell)\" sets {name} correctly"))
+            continue
+        path = parts.path.rstrip("/")
+        if name == "ANTHROPIC_BASE_URL" and path.endswith("/v1"):
+            out.append(Check(name, "fail", f"{url} ends in /v1: clients append /v1/messages, giving /v1/v1/messages",
+                             f"export {name}={url.rstrip('/')[:-3]}"))
+            continue
+        if name == "OPENAI_BASE_URL" and _is_loopback(url) and not path.endswith("/v1"):
+            out.append(Check(name, "warn", f"{url} has no /v1: the OpenAI SDKs expect it in the base URL", f"export {name}={url.rstrip('/')}/v1"))
+            continue
+        if not _is_loopback(url):
+            out.append(Check(name, "warn", f"{url} is not a local proxy: these requests bypass tokenpak", SETUP_HINT))
+            continue
+        host, port = _host_port(url)
+        if not _listening(host, port):
+            out.append(Check(name, "warn", f"{url}: nothing listens on {host}:{port}", "start the proxy: make run (or the mitmdump line from tokenpak setup)"))
+        elif (env.get("HTTP_PROXY") or env.get("http_proxy")) and not _no_proxy_covers(env, host):
+            out.append(Check(name, "warn", f"{url} is plain HTTP and HTTP_PROXY is set: some clients would send it to that proxy",
+                             "export NO_PROXY=127.0.0.1,localhost"))
+        else:
+            out.append(Check(name, "ok", f"{url} (reverse mode, proxy listening)"))
+    if len(set(proxies.values())) > 1:
+        out.append(Check("https_proxy", "fail", f"HTTPS_PROXY={proxies['HTTPS_PROXY']} but https_proxy={proxies['https_proxy']}: clients disagree",
+                         "set both to the same proxy URL (tokenpak setup shell --mode regular)"))
+    proxy = next(iter(proxies.values()), None)
+    if proxy:
+        host, port = _host_port(proxy)
+        same = [k for k, u in base_urls.items() if _is_loopback(u) and _host_port(u) == (host, port)]
+        if same:
+            out.append(Check("HTTPS_PROXY", "fail", f"{proxy} is used both as HTTPS_PROXY and as {', '.join(same)}: one port is either a reverse listener or a regular proxy",
+                             "pick one mode: unset HTTPS_PROXY https_proxy (reverse) or unset the base URLs (regular)"))
+        elif not _is_loopback(proxy):
+            out.append(Check("HTTPS_PROXY", "warn", f"{proxy} is not a local proxy: HTTPS goes through it, not through tokenpak", "tokenpak setup shell --mode regular"))
+        elif not _listening(host, port):
+            out.append(Check("HTTPS_PROXY", "warn", f"{proxy}: nothing listens on {host}:{port}", "start the proxy in regular mode (tokenpak setup shell --mode regular shows the command)"))
+        else:
+            out.append(Check("HTTPS_PROXY", "ok", f"{proxy} (regular mode, proxy listening)"))
+    out += _check_ca_vars(env, confdir, regular=bool(proxy) and _is_loopback(proxy))
+    if not base_urls and not proxies:
+        out.append(Check("client routing", "warn", "no ANTHROPIC_BASE_URL / OPENAI_BASE_URL / GOOGLE_GEMINI_BASE_URL / HTTPS_PROXY in this shell: clients here bypass the proxy",
+                         SETUP_HINT))
+    return out
+
+
+def _check_ca_vars(env: Mapping[str, str], confdir: Path, regular: bool) -> list[Check]:
+    out: list[Check] = []
+    try:
+        ours = _cert_blocks(confdir / CA_CERT_NAME)
+    except OSError:
+        ours = set()
+    trusting = []
+    for name in CA_VARS:
+        value = env.get(name)
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        try:
+            blocks = _cert_blocks(path)
+        except OSError as e:
+            out.append(Check(name, "fail", f"{value}: {e.strerror or e}: TLS clients reading {name} will fail",
+                             f"unset {name}, or point it at {confdir / CA_CERT_NAME} / a bundle from tokenpak setup --mode regular --write-bundle PATH"))
+            continue
+        if not blocks:
+            out.append(Check(name, "fail", f"{value} holds no PEM certificate", f"unset {name} or point it at a PEM bundle"))
+            continue
+        if ours & blocks:
+            trusting.append(name)
+            out.append(Check(name, "ok", f"{value} includes the mitmproxy CA"))
+        elif regular:
+            out.append(Check(name, "warn", f"{value} does not include the mitmproxy CA of {confdir}",
+                             "tokenpak setup shell --mode regular --write-bundle ~/.tokenpak/ca-bundle.pem"))
+    if regular and not trusting:
+        out.append(Check("CA trust", "fail", f"HTTPS_PROXY is set but no CA variable ({', '.join(CA_VARS)}) includes the mitmproxy CA of {confdir}: TLS to LLM hosts will fail",
+                         'eval "$(tokenpak setup shell --mode regular --write-bundle ~/.tokenpak/ca-bundle.pem)"'))
+    return out
+
+
+def check_stream() -> Check:
+    from tokenpak_mitm.doctor_stream import check_streaming
+
+    result = check_streaming()
+    if result.ok:
+        return Check("streaming", "ok", "temporary mitmdump + addon: " + result.detail)
+    fix = "run make venv to reinstall; if the addon did not load, run mitmdump -s addons/tokenpak.py and read its errors"
+    return Check("streaming", "fail", result.detail, fix)
+
+
+def run_checks(db: Path, confdir: Path, confdir_given: bool, env: Mapping[str, str], stream: bool = True) -> list[Check]:
+    regular = any(env.get(k) for k in ("HTTPS_PROXY", "https_proxy"))
+    checks = [check_python(), check_mitmproxy()]
+    checks += check_ca(confdir, required=confdir_given or regular)
+    checks += check_database(db)
+    checks += check_environment(env, confdir)
+    if stream:
+        checks.append(check_stream())
+    return checks
+
+
+_ICONS = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
+    parser.add_argument("--confdir", help=f"mitmproxy confdir holding the CA (default {DEFAULT_CONFDIR})")
+    parser.add_argument("--no-stream-check", action="store_true", help="skip the streamed request through a temporary mitmdump")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tokenpak_mitm.store import default_db_path
+
+    db = Path(args.db).expanduser() if args.db else default_db_path()
+    confdir = Path(args.confdir or DEFAULT_CONFDIR).expanduser()
+    console = Console(highlight=False)
+    if not args.no_stream_check:
+        console.print("tokenpak doctor: checking (the streaming check starts a temporary mitmdump)…")
+    checks = run_checks(db, confdir, args.confdir is not None, os.environ, stream=not args.no_stream_check)
+    table = Table(title="tokenpak doctor", title_justify="left", show_lines=False)
+    for col in ("", "check", "result", "fix"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        table.add_row(_ICONS[c.status], escape(c.name), escape(c.detail), escape(c.fix) if c.status != "ok" else "")
+    console.print(table)
+    failed = [c for c in checks if c.status == "fail"]
+    warned = [c for c in checks if c.status == "warn"]
+    console.print(f"{len(checks) - len(failed) - len(warned)} ok, {len(warned)} warnings, {len(failed)} failures")
+    return 1 if failed else 0
