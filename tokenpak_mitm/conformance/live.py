@@ -17,7 +17,6 @@ Memory per flow is one partial frame (capped; a flow with a larger frame is left
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
 from collections import OrderedDict, deque
@@ -81,6 +80,7 @@ class LiveConformance:
         self.violations = 0
         self._flows: OrderedDict[str, _LiveFlow] = OrderedDict()
         self._installed = False
+        self._exit_hook_added = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -101,6 +101,11 @@ class LiveConformance:
             self._installed = True
 
     def running(self) -> None:
+        if self.mode == "strict" and not self._exit_hook_added:
+            # Appended after every other addon, so its `done` runs last (after mitmdump's own
+            # flushes, e.g. the -w flow file) and can end the process like ErrorCheck does.
+            ctx.master.addons.add(_ExitNonZero(self))
+            self._exit_hook_added = True
         if self.mode != "off":
             logger.info("tokenpak: live conformance checks on (%s): I6 frame ordering, I8 byte identity, I10 one row per request", self.mode)
 
@@ -108,12 +113,7 @@ class LiveConformance:
         if self._installed:
             observer.uninstall(self)
             self._installed = False
-        if self.mode == "strict" and self.violations:
-            logger.error("tokenpak: %d conformance violation(s) seen; exiting non-zero (tokenpak_conformance=strict)", self.violations)
-            # After every addon's `done` (mitmdump's own shutdown included) has run: raising here
-            # directly would skip later addons' `done` (e.g. the -w flow file flush).
-            asyncio.get_running_loop().call_soon(_exit_nonzero)
-        elif self.violations:
+        if self.violations and self.mode != "strict":
             logger.warning("tokenpak: %d conformance violation(s) seen (tokenpak_conformance=warn)", self.violations)
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -225,5 +225,13 @@ def _flow_id(st: _LiveFlow) -> str:
     return flow.id if flow is not None else "?"
 
 
-def _exit_nonzero() -> None:
-    raise SystemExit(1)
+class _ExitNonZero:
+    """The last addon in the chain: in strict mode, any violation makes mitmdump exit 1."""
+
+    def __init__(self, owner: LiveConformance) -> None:
+        self.owner = owner
+
+    def done(self) -> None:
+        if self.owner.mode == "strict" and self.owner.violations:
+            logger.error("tokenpak: %d conformance violation(s) seen; exiting non-zero (tokenpak_conformance=strict)", self.owner.violations)
+            raise SystemExit(1)
