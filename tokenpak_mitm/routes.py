@@ -85,8 +85,14 @@ def route_class(user_agent: str | None, has_stainless_header: bool = False) -> s
 
 def _register_builtin() -> None:
     from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+    from tokenpak_mitm.dialects.gemini import GeminiTracker
+    from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
+    from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
 
     register_dialect("anthropic", AnthropicTracker)
+    register_dialect("openai_chat", OpenAIChatTracker)
+    register_dialect("openai_responses", OpenAIResponsesTracker)
+    register_dialect("gemini", GeminiTracker)
 
 
 _register_builtin()
