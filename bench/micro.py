@@ -1,0 +1,141 @@
+"""Microbenchmarks of the hot paths, in-process: ``python -m bench.micro``.
+
+Why: the end-to-end figures mix mitmproxy, the kernel and three processes; these isolate the
+code we own, per chunk and per frame, so a regression shows up as a number that moves.
+Targets (parser alone, content-delta stream): >= 200 MB/s and >= 1,000,000 frames/s.
+Uses ``timeit`` (best of N repeats), no extra dependency; writes ``bench/results/micro.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.frames import large_request, stream_frames
+from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.sse import SSEParser
+from tokenpak_mitm.tap import StreamTap
+
+RESULTS = Path(__file__).with_name("results")
+TARGET_MBS, TARGET_FPS = 200.0, 1_000_000.0
+
+
+def chunked(body: bytes, frames: list[bytes], size: int) -> list[bytes]:
+    """size 0 = one frame per chunk (what mitmproxy hands the callable for a chunk-per-event
+    upstream); otherwise fixed-size pieces that cut frames anywhere (TCP reads, HTTP/2 DATA)."""
+    if size == 0:
+        return frames
+    return [body[i:i + size] for i in range(0, len(body), size)]
+
+
+def parser_only(chunks: list[bytes]) -> Callable[[], int]:
+    def run() -> int:
+        p = SSEParser()
+        feed = p.feed
+        for c in chunks:
+            feed(c)
+        p.close()
+        return p.frames
+    return run
+
+
+def parser_and_tracker(chunks: list[bytes]) -> Callable[[], int]:
+    def run() -> int:
+        p, t = SSEParser(), AnthropicTracker()
+        feed, frame = p.feed, t.feed_frame
+        for c in chunks:
+            for raw in feed(c):
+                frame(raw)
+        for raw in p.close()[0]:
+            frame(raw)
+        assert t.extract.usage_final and t.extract.terminal_seen
+        return p.frames
+    return run
+
+
+def stream_tap(chunks: list[bytes]) -> Callable[[], int]:
+    def run() -> int:
+        tap = StreamTap(AnthropicTracker(), sse=True)
+        for c in chunks:
+            tap(c)
+        tap(b"")
+        assert tap.tracker.extract.usage_final and not tap.failed
+        return tap.parser.frames  # type: ignore[union-attr]
+    return run
+
+
+def best_seconds(fn: Callable[[], object], budget: float) -> float:
+    """Best time of one call, from enough repeats to fill about ``budget`` seconds."""
+    once = timeit.timeit(fn, number=1)
+    repeat = max(3, min(50, int(budget / max(once, 1e-6))))
+    return min(timeit.repeat(fn, number=1, repeat=repeat))
+
+
+def run_stream_benches(n_frames: int, budget: float) -> list[dict[str, object]]:
+    frames = stream_frames(n_frames)
+    body = b"".join(frames)
+    rows = []
+    for label, make in (("SSE parser alone", parser_only), ("parser + Anthropic tracker", parser_and_tracker),
+                        ("StreamTap.__call__ (end to end)", stream_tap)):
+        for size in (0, 1024, 16384, 65536):
+            chunks = chunked(body, frames, size)
+            fn = make(chunks)
+            assert fn() == len(frames)
+            s = best_seconds(fn, budget)
+            rows.append({"bench": label, "chunks": "1 frame/chunk" if size == 0 else f"{size // 1024} KiB",
+                         "MB/s": len(body) / s / 1e6, "frames/s": len(frames) / s, "ns/frame": s / len(frames) * 1e9,
+                         "bytes": len(body), "frames": len(frames), "mean_frame_bytes": len(body) / len(frames)})
+    return rows
+
+
+def run_insert_bench(budget: float) -> dict[str, object]:
+    try:
+        from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+    except ImportError as e:
+        return {"bench": "insert_markers (200 KB)", "skipped": f"cache_insert not available: {e}"}
+    body = large_request()
+    opts = CacheOptions(mode="auto")
+    result = insert_markers(body, None, opts)
+    s = best_seconds(lambda: insert_markers(body, None, opts), budget)
+    return {"bench": "insert_markers (200 KB)", "ms/call": s * 1e3, "MB/s": len(body) / s / 1e6, "bytes": len(body),
+            "markers": result.markers_inserted, "decision": result.decision}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=20_000, help="frames in the benchmark stream")
+    ap.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per case")
+    ap.add_argument("--json", type=Path, default=RESULTS / "micro.json")
+    args = ap.parse_args(argv)
+    rows = run_stream_benches(args.frames, args.budget)
+    insert = run_insert_bench(args.budget)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"hot paths, best of N (stream: {args.frames} frames, mostly content_block_delta)")
+    for col in ("bench", "chunks", "MB/s", "frames/s", "ns/frame"):
+        table.add_column(col, justify="left" if col in ("bench", "chunks") else "right")
+    for r in rows:
+        ok = r["bench"] != "SSE parser alone" or (r["MB/s"] >= TARGET_MBS and r["frames/s"] >= TARGET_FPS)  # type: ignore[operator]
+        style = "" if ok else "red"
+        table.add_row(str(r["bench"]), str(r["chunks"]), f"{r['MB/s']:.0f}", f"{r['frames/s']:,.0f}", f"{r['ns/frame']:.0f}", style=style)
+    console.print(table)
+    mean = rows[0]["mean_frame_bytes"]
+    console.print(f"mean frame {mean:.0f} bytes; parser targets: >= {TARGET_MBS:.0f} MB/s and >= {TARGET_FPS:,.0f} frames/s (red = missed)")
+    if "skipped" in insert:
+        console.print(f"insert_markers: skipped ({insert['skipped']})")
+    else:
+        console.print(f"insert_markers on a {insert['bytes']:,}-byte request: {insert['ms/call']:.2f} ms/call "
+                      f"({insert['MB/s']:.0f} MB/s), {insert['markers']} markers, decision {insert['decision']}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"stream": rows, "insert_markers": insert}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
