@@ -42,6 +42,7 @@ register("doctor", "check the installation, CA, database, client environment and
 # Add one line, e.g. register("conformance", "check recorded flows against the provider
 # protocols", "tokenpak_mitm.conformance_cmd"), with that module defining add_arguments/run.
 # ------------------------------------------------------------------------------------------------
+register("conformance", "replay recorded flows through the proxy and check invariants I1-I10", "tokenpak_mitm.conformance.runner")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,8 @@ DEFAULT_CANARIES: tuple[bytes, ...] = (
     b"sk-ant-api03-CANARY0tokenpak0canary0key0DO0NOT0LEAK",
     b"AIzaSyCANARY0tokenpak0canary0key0DONOTLEAK",
     b"sk-proj-CANARY0tokenpak0canary0key0DO0NOT0LEAK",
+    b"sk-ant-oat01-CANARY0tokenpak0oauth0DO0NOT0LEAK",
+    b"CANARYcookie0tokenpak0DO0NOT0LEAK",  # not key-shaped: only the canary check can see it
 )
 
 KEY_SHAPES: tuple[tuple[str, re.Pattern[bytes]], ...] = (
