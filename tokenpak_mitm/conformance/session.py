@@ -26,11 +26,19 @@ def chunk_fidelity(result: ReplayResult) -> Outcome:
     return [] if ok else [Violation("chunks", f"chunk sizes upstream {want[:12]}{'…' if len(want) > 12 else ''}, client {got[:12]}{'…' if len(got) > 12 else ''}")]
 
 
-def _live(row: dict | None) -> Outcome:
+def _live(row: dict | None, log: str, flow_id: str | None) -> Outcome:
+    """What the in-proxy checker (on during replays) said: its log lines, else the row's count.
+
+    The log is the authority: a violation found after the row was written (a second row for the
+    same request, which the store then ignores) can only be logged.
+    """
+    lines = [ln.split("): ", 1)[-1] for ln in log.splitlines() if flow_id and f"tokenpak conformance violation (flow {flow_id[:8]})" in ln]
+    if lines:
+        return [Violation("live", f"in-proxy checker: {ln}") for ln in lines]
     if row is None or row.get("conformance_violations") is None:
         return None
     n = int(row["conformance_violations"])
-    return [Violation("live", f"the in-proxy checker counted {n} violation(s) on this flow (see the mitmdump log)")] if n else []
+    return [Violation("live", f"the in-proxy checker counted {n} violation(s) on this flow")] if n else []
 
 
 def run_conformance(
@@ -90,5 +98,5 @@ def _check(result: ReplayResult, rows: dict[str, list[dict]], artifacts: dict[st
         write_golden(rec.golden_path, row)
     outcome.results["golden"] = compare_golden(rec.golden(), row)
     outcome.results["chunks"] = chunk_fidelity(result)
-    outcome.results["live"] = _live(row)
+    outcome.results["live"] = _live(row, artifacts.get("mitmdump log", b"").decode("utf-8", "replace"), result.flow_id)
     return outcome
