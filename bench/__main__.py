@@ -22,7 +22,7 @@ from rich.console import Console
 
 from bench import config
 from bench.procs import start_mitmdump, start_upstream
-from bench.report import print_table, write_json
+from bench.report import print_profiles, print_table, write_json
 from bench.workloads import WORKLOADS, Setup, run_workload
 
 RESULTS = Path(__file__).with_name("results")
@@ -34,6 +34,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", action="append", choices=sorted(WORKLOADS), metavar="WORKLOAD",
                     help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}")
     ap.add_argument("--rounds", type=int, help="A B C rounds of the streamed workloads")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="sample both proxies with py-spy during each workload; raw stacks go to DIR (perturbs timings)")
+    ap.add_argument("--addon-set", action="append", default=[], metavar="OPTION=VALUE",
+                    help="extra --set for the tokenpak proxy only (cost attribution, e.g. tokenpak_console=false)")
+    ap.add_argument("--addon-script", action="append", default=[], type=Path, metavar="PATH",
+                    help="extra -s script for the tokenpak proxy only (see bench/experiments/)")
     ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="where to write the results")
     return ap.parse_args(argv)
 
@@ -63,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenpak-bench-")))
         upstream = start_upstream()
         stack.callback(upstream.stop)
-        plain = start_mitmdump("plain", upstream.port, tmp / "conf-plain", addon=False)
+        plain = start_mitmdump("plain", upstream.port, tmp / "conf-plain")
         stack.callback(plain.stop)
         db = tmp / "bench.db"
-        addon = start_mitmdump("addon", upstream.port, tmp / "conf-addon", addon=True, db=db)
+        options = dict(kv.split("=", 1) for kv in args.addon_set)
+        addon = start_mitmdump("addon", upstream.port, tmp / "conf-addon", db=db, addon_options=options,
+                               scripts=[p.resolve() for p in args.addon_script], log=tmp / "addon.log")
         stack.callback(addon.stop)
         setups = [Setup("direct", upstream.port), Setup("plain", plain.port, plain), Setup("addon", addon.port, addon)]
         for s in setups:
@@ -76,18 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         for name in names:
             console.print(f"[bold]{name}[/] ...")
-            results.append(run_workload(name, setups, upstream, cfg))
+            results.append(run_workload(name, setups, upstream, cfg, args.profile))
         for s in setups:
             s.close()
         addon.stop()  # graceful: flushes the telemetry queue
         rows = _rows_logged(db)
+        log_lines = (tmp / "addon.log").read_text(errors="replace").splitlines()
         sent = setups[2].requests_sent
         total = time.monotonic() - started
     print_table(results, console)
+    print_profiles(results, console)
     check = f"addon logged {rows} telemetry rows for {sent} requests" + ("" if rows == sent else "  <-- MISMATCH")
     console.print(check)
+    if log_lines:  # -q leaves only errors: any line here means the addon hit a problem
+        console.print(f"[yellow]tokenpak proxy printed {len(log_lines)} lines (errors); first: {log_lines[:3]}[/]")
     console.print(f"total {total:.1f} s; JSON: {args.json}")
     write_json(args.json, results, {"config": asdict(cfg), "quick": args.quick, "telemetry_check": check,
+                                    "addon_variant": {"set": args.addon_set, "scripts": [str(p) for p in args.addon_script]},
                                     "total_seconds": round(total, 1)})
     return 0
 

@@ -110,7 +110,7 @@ def run_insert_bench(budget: float) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=20_000, help="frames in the benchmark stream")
+    ap.add_argument("--frames", type=int, default=5_000, help="frames in the benchmark stream")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per case")
     ap.add_argument("--json", type=Path, default=RESULTS / "micro.json")
     args = ap.parse_args(argv)

@@ -78,21 +78,44 @@ def start_upstream(max_seconds: float = 1800.0) -> Child:
     return Child("upstream", proc, int(line[1]))
 
 
-def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, addon: bool, db: Path | None = None,
-                   extra: list[str] | None = None) -> Child:
-    """``mitmdump -q`` in reverse mode to the upstream; the same flags for both proxies."""
+def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | None = None,
+                   addon_options: dict[str, str] | None = None, scripts: list[Path] | None = None,
+                   log: Path | None = None) -> Child:
+    """``mitmdump -q`` in reverse mode to the upstream; the same flags for both proxies.
+
+    ``db`` given = the tokenpak addon (insertion on unless ``addon_options`` says otherwise);
+    otherwise the pass-through streaming script. Each option is passed once: mitmproxy 12.2.3
+    silently skips a script whose own option is ``--set`` twice (verified), so they are merged.
+    """
     port = _free_port()
     args = [mitmdump_executable(), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
             "--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--set", f"confdir={confdir}"]
-    if addon:
-        args += ["-s", str(ADDON_SCRIPT), "--set", f"tokenpak_db={db}", "--set", "tokenpak_cache=auto"]
+    if db is not None:
+        args += ["-s", str(ADDON_SCRIPT)]
+        options = {"tokenpak_db": str(db), "tokenpak_cache": "auto", **(addon_options or {})}
+        args += [a for k, v in options.items() for a in ("--set", f"{k}={v}")]
     else:
         args += ["-s", str(PASSTHROUGH_SCRIPT)]
-    args += extra or []
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args += [a for p in scripts or [] for a in ("-s", str(p))]
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    if log:
+        out.close()
     child = Child(name, proc, port, signal.SIGINT)  # SIGINT: the addon's `done` flushes its rows
     _wait_listening(child, 30.0)
+    if db is not None:
+        _wait_for_file(child, db, 30.0)  # the addon opens its database when the script has loaded
     return child
+
+
+def _wait_for_file(child: Child, path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        time.sleep(0.05)
+    child.stop()
+    raise RuntimeError(f"{child.name}: the tokenpak addon did not load (no {path} after {timeout}s)")
 
 
 def cpu_seconds(pid: int) -> float:

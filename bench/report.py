@@ -15,7 +15,7 @@ from rich.table import Table
 
 from bench.results_model import SETUPS, WorkloadResult, ratio
 
-__all__ = ["machine_info", "print_table", "write_json"]
+__all__ = ["machine_info", "print_table", "print_profiles", "write_json"]
 
 
 def machine_info() -> dict[str, object]:
@@ -75,6 +75,19 @@ def print_table(results: list[WorkloadResult], console: Console | None = None) -
     for res in results:
         for note in res.notes:
             console.print(f"[dim]{res.name}: {note}[/]")
+
+
+def print_profiles(results: list[WorkloadResult], console: Console) -> None:
+    """Hot functions per proxy, as shares of the samples where the proxy was busy (not idle)."""
+    for res in results:
+        for setup, rows in res.profiles.items():
+            table = Table(title=f"py-spy: {res.name} / {setup} (share of busy samples)")
+            table.add_column("function")
+            table.add_column("inclusive %", justify="right")
+            table.add_column("self %", justify="right")
+            for fn, inc, own in rows:
+                table.add_row(fn, f"{inc:.1f}", f"{own:.1f}")
+            console.print(table)
 
 
 def write_json(path: Path, results: list[WorkloadResult], extra: dict[str, object]) -> None:

@@ -62,6 +62,7 @@ class WorkloadResult:
     metrics: list[Metric] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    profiles: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # setup -> hot functions
 
     def add(self, name: str, unit: str, values: dict[str, float | None]) -> Metric:
         m = Metric(name, unit, values)
@@ -70,4 +71,6 @@ class WorkloadResult:
 
     def to_json(self) -> dict:
         return {"name": self.name, "description": self.description, "seconds": round(self.seconds, 2),
-                "metrics": [m.to_json() for m in self.metrics], "notes": self.notes}
+                "metrics": [m.to_json() for m in self.metrics], "notes": self.notes,
+                "profiles": {k: [{"function": f, "inclusive_pct": round(i, 1), "self_pct": round(o, 1)} for f, i, o in v]
+                             for k, v in self.profiles.items()}}

@@ -10,11 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.client import Conn, frame_delays, read_streams, request_bytes
 from bench.config import Config
 from bench.frames import large_request, message_body
 from bench.procs import Child, RssSampler, cpu_seconds
+from bench.profiling import Sampler, summarise
 from bench.results_model import SETUPS, WorkloadResult, percentile, ratio
 
 __all__ = ["Setup", "WORKLOADS", "run_workload"]
@@ -198,8 +200,11 @@ WORKLOADS: dict[str, tuple[str, Callable[[list[Setup], Config, WorkloadResult], 
 }
 
 
-def run_workload(name: str, setups: list[Setup], upstream: Child, cfg: Config) -> WorkloadResult:
-    """Run one workload; add the proxies' CPU seconds and peak RSS over it, and the others' CPU."""
+def run_workload(name: str, setups: list[Setup], upstream: Child, cfg: Config, profile_dir: Path | None = None) -> WorkloadResult:
+    """Run one workload; add the proxies' CPU seconds and peak RSS over it, and the others' CPU.
+
+    With ``profile_dir``, py-spy samples each proxy during the workload (this perturbs timings:
+    use the figures of a run without it)."""
     desc, fn = WORKLOADS[name]
     res = WorkloadResult(name, desc)
     proxies = [s for s in setups if s.proxy is not None]
@@ -208,11 +213,16 @@ def run_workload(name: str, setups: list[Setup], upstream: Child, cfg: Config) -
     samplers = [RssSampler(s.proxy.pid, period=0.05) for s in proxies]  # type: ignore[union-attr]
     for r in samplers:
         r.__enter__()
+    spies = {s.name: Sampler(s.proxy.pid, profile_dir / f"{name}-{s.name}.txt") for s in proxies} if profile_dir else {}  # type: ignore[union-attr]
     try:
         fn(setups, cfg, res)
     finally:
         for r in samplers:
             r.__exit__()
+        for setup_name, spy in spies.items():
+            out = spy.stop()
+            if out is not None:
+                res.profiles[setup_name] = summarise(out)
     res.seconds = time.monotonic() - t0
     res.add("proxy CPU", "s", {"direct": None, **{s.name: cpu_seconds(s.proxy.pid) - cpu0[s.name] for s in proxies}})  # type: ignore[union-attr]
     res.add("proxy peak RSS", "MB", {"direct": None, **{s.name: r.peak_kb / 1024 for s, r in zip(proxies, samplers)}})

@@ -1,0 +1,1 @@
+"""Addon variants for cost attribution (``python -m bench --addon-script ...``), never shipped."""
