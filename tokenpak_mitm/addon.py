@@ -29,7 +29,7 @@ from mitmproxy.proxy import mode_specs
 from tokenpak_mitm import __version__, observer
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
-from tokenpak_mitm.redact import redact_query
+from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
@@ -248,7 +248,8 @@ class TokenPak:
         try:
             if st.tap is not None:
                 st.tap.close()
-            st.record.error_msg = flow.error.msg if flow.error else "unknown error"
+            # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
+            st.record.error_msg = redact_text(flow.error.msg, secret_values(flow.request.headers.items(), flow.request.path)) if flow.error else "unknown error"
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"

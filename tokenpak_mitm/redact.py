@@ -8,8 +8,9 @@ name says they are secret (camelCase included: ``apiKey``, ``accessToken``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-__all__ = ["PLACEHOLDER", "redact_text", "redact_query", "SECRET_HEADERS"]
+__all__ = ["PLACEHOLDER", "redact_text", "redact_query", "secret_values", "SECRET_HEADERS"]
 
 PLACEHOLDER = "[REDACTED]"
 
@@ -31,10 +32,40 @@ _PATTERNS = [
 ]
 
 
-def redact_text(text: str | None) -> str | None:
+_QUERY_SECRET = re.compile(r"(?i)[?&;](?:key|api_key|apikey|access_token|token|sig|signature)=([^&#\s]+)")
+_MIN_KNOWN = 8  # shorter values ("1", "true") would redact innocent text
+
+
+def secret_values(headers: Iterable[tuple[str, str]], path: str = "") -> tuple[str, ...]:
+    """The secrets a request actually carried: values of its secret headers (token part of
+    ``Bearer x``, each cookie value) and ``key=``-style query values.
+
+    Shape-based patterns cannot recognise an arbitrary gateway token; these exact values can be
+    redacted wherever they reappear (an upstream echoing them into an error message).
+    """
+    found: set[str] = set()
+    for name, value in headers:
+        if name.lower() not in SECRET_HEADERS or not value:
+            continue
+        found.add(value.strip())
+        scheme, _, rest = value.strip().partition(" ")
+        if rest and scheme.lower() in ("bearer", "basic", "token"):
+            found.add(rest.strip())
+        if name.lower() in ("cookie", "set-cookie"):
+            for part in value.split(";"):
+                found.add(part.partition("=")[2].strip())
+    found.update(m.group(1) for m in _QUERY_SECRET.finditer(path))
+    return tuple(sorted((v for v in found if len(v) >= _MIN_KNOWN), key=len, reverse=True))
+
+
+def redact_text(text: str | None, known: Iterable[str] = ()) -> str | None:
+    """``text`` with key-shaped strings, and any of the ``known`` secret values, replaced."""
     if not text:
         return text
     out = text
+    for value in known:  # longest first (see secret_values), so a prefix never leaves a tail
+        if len(value) >= _MIN_KNOWN and value in out:
+            out = out.replace(value, PLACEHOLDER)
     for pat in _PATTERNS:
         if pat.groups == 0:
             out = pat.sub(PLACEHOLDER, out)
