@@ -73,19 +73,22 @@ class SSEParser:
             return [data]
         frames: list[bytes] = []
         if buf:
-            # The pending frame never starts with LF and holds no blank line; only its last byte
-            # can pair with the new data, so the search resumes there: O(chunk), not O(buffer).
-            resume = len(buf) - 1
-            buf += data
-            i = buf.find(b"\n\n", resume)
-            if i < 0:
-                return frames
-            frames.append(bytes(buf[: i + 2]))
-            data = bytes(buf[i + 2 :])
+            # The pending frame never starts with LF and holds no blank line, so its end is either
+            # its last byte + the first new byte, or in the new data: O(chunk), not O(buffer).
+            if buf[-1] == 10 and data[0] == 10:
+                end = 1
+            else:
+                end = data.find(b"\n\n") + 2
+                if end < 2:
+                    buf += data
+                    return frames
+            # One copy of a large frame: join the pending bytes with a view of the new ones.
+            frames.append(b"".join((buf, memoryview(data)[:end])))
             buf.clear()
-            if not data:
+            if end == len(data):
                 self.frames += 1
                 return frames
+            data = data[end:]
         if data[0] == 10 or data.find(b"\n\n\n") >= 0:
             # A frame starting with LF (blank-line frames): the general splitter's rules.
             frames += self._split(data, 0, final=False)
