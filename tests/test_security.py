@@ -20,7 +20,6 @@ import pytest
 
 from conftest import Stack, make_stack, wait_for_rows
 from tokenpak_mitm.redact import PLACEHOLDER, redact_query, redact_text
-from tokenpak_mitm.testing.client import build_request, request
 from tokenpak_mitm.testing.upstream import Script, Step, sse_script
 from test_faults_e2e import FRAMES
 
