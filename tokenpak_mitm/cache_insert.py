@@ -1,0 +1,330 @@
+"""The one call the mitmproxy addon makes: add prompt-cache markers to a request body.
+
+Everything is a pure byte INSERTION into the client's body (`cache_planner` decides where,
+`jsonscan` finds the offsets), so the original is always recoverable:
+`remove_spans(decoded_output, result.spans) == decoded_input`, byte for byte.
+
+Span offsets refer to the DECODED body (after Content-Encoding is undone); with an
+identity body that is the body itself. A compressed body is decoded, spliced and
+re-encoded with the same coding (the compressed bytes differ, the content does not).
+
+`insert_markers` never raises: any failure returns the original body object unchanged
+with a decision saying why (see `cache_planner.DECISIONS`).
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import brotli
+import zstandard
+
+from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Plan, Sizes, count_markers, plan
+from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
+
+__all__ = [
+    "CacheOptions", "Span", "InsertResult", "insert_markers", "remove_spans", "count_markers",
+    "DECISIONS", "MAX_BODY_BYTES",
+]
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # raw and decoded cap; twice the API's 32 MB request limit
+
+
+@dataclass(frozen=True)
+class Span:
+    offset: int  # byte offset in the ORIGINAL decoded body where `text` is inserted
+    text: bytes
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    body: bytes  # bytes to send upstream; IS the original object when nothing was inserted
+    spans: tuple[Span, ...]  # sorted by offset, offsets into the decoded body; empty when nothing inserted
+    decision: str  # one of cache_planner.DECISIONS
+    markers_inserted: int  # block markers spliced, or 1 for the top-level field
+    client_markers: int  # markers the client placed (block-level + 1 for top-level)
+    client_ttls: tuple[str, ...]  # their TTLs, tools -> system -> messages -> top-level ("5m" when no ttl)
+    prefix_tokens_est: int | None  # largest estimated prefix among candidate breakpoints
+    model: str | None
+    content_encoding: str | None  # the coding as understood, lower-cased (None = identity)
+
+
+def insert_markers(body: bytes, content_encoding: str | None, opts: CacheOptions = CacheOptions()) -> InsertResult:
+    """Insert cache markers into a Messages request body; never raises."""
+    try:
+        return _insert(body, content_encoding, opts)
+    except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
+        return _unchanged(body, "error")
+
+
+def remove_spans(body: bytes, spans: Sequence[Span]) -> bytes:
+    """Undo `insert_markers` on a decoded body; ValueError if a span's text is not where expected."""
+    pieces: list[bytes] = []
+    source = shift = 0
+    for span in sorted(spans, key=lambda s: s.offset):
+        at = span.offset + shift  # where the inserted text sits in `body`
+        if body[at:at + len(span.text)] != span.text:
+            raise ValueError(f"span at original offset {span.offset} not found")
+        pieces.append(body[source:at])
+        source = at + len(span.text)
+        shift += len(span.text)
+    pieces.append(body[source:])
+    return b"".join(pieces)
+
+
+def _unchanged(body: bytes, decision: str, **fields: object) -> InsertResult:
+    defaults: dict = dict(
+        client_markers=0, client_ttls=(), prefix_tokens_est=None, model=None, content_encoding=None,
+    )
+    defaults.update(fields)
+    return InsertResult(body=body, spans=(), decision=decision, markers_inserted=0, **defaults)
+
+
+def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions) -> InsertResult:
+    if not isinstance(opts, CacheOptions) or not isinstance(body, bytes):
+        return _unchanged(body, "error")
+    encoding = _normalize_encoding(content_encoding)
+    if opts.mode == "off":
+        return _unchanged(body, "off", content_encoding=encoding)
+    if len(body) > MAX_BODY_BYTES:
+        return _unchanged(body, "too_large", content_encoding=encoding)
+    codec, flavor, decoded = None, 0, body
+    if encoding is not None:
+        codec = _CODECS.get(encoding)
+        if codec is None:
+            return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
+        try:
+            decoded, flavor = codec.decode(body)
+        except _TooLarge:
+            return _unchanged(body, "too_large", content_encoding=encoding)
+        except Exception:  # noqa: BLE001 - any codec failure means "cannot read it"
+            return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
+    request = _parse(decoded)
+    if request is _NOT_JSON:
+        return _unchanged(body, "not_json", content_encoding=encoding)
+    client_markers, client_ttls = count_markers(request)
+    model = request.get("model") if isinstance(request, dict) else None
+    seen = dict(
+        client_markers=client_markers, client_ttls=client_ttls, content_encoding=encoding,
+        model=model if isinstance(model, str) else None,
+    )
+    body_map: list[BodyMap] = []
+
+    def measure() -> Sizes:
+        body_map.append(scan(decoded))
+        if not agrees_with(request, body_map[0]):
+            raise _Disagreement
+        return _sizes(body_map[0])
+
+    try:
+        decided = plan(request, opts, measure)
+    except (_Disagreement, JsonScanError):  # json.loads and the scanner disagree: trust neither
+        return _unchanged(body, "error", **seen)
+    seen.update(prefix_tokens_est=decided.prefix_tokens_est)
+    if decided.decision != "inserted":
+        return _unchanged(body, decided.decision, **seen)
+    spans = _spans(decided, body_map[0], opts)
+    spliced = _splice(decoded, spans)
+    if not _markers_landed(spliced, decided, opts):
+        return _unchanged(body, "error", **seen)
+    out = spliced
+    if codec is not None:
+        out = codec.encode(spliced, flavor)
+        if codec.decode(out)[0] != spliced:
+            return _unchanged(body, "error", **seen)
+    inserted = 1 if decided.top_level else len(decided.breakpoints)
+    return InsertResult(out, spans, "inserted", inserted, **seen)  # type: ignore[arg-type]
+
+
+_NOT_JSON = object()
+
+
+class _Disagreement(Exception):
+    """The byte scanner and json.loads see different structures: do not splice."""
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(decoded: bytes) -> object:
+    """json.loads on strict UTF-8 (json.loads(bytes) would accept UTF-16 and encoded surrogates)."""
+    try:
+        return json.loads(decoded.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _NOT_JSON
+
+
+def _sizes(body_map: BodyMap) -> Sizes:
+    def length(loc: Loc) -> int:
+        return loc.end - loc.start
+
+    system: tuple[int, ...] = ()
+    if body_map.system_blocks is not None:
+        system = tuple(map(length, body_map.system_blocks))
+    elif body_map.system is not None and body_map.system.kind == "string":
+        system = (length(body_map.system),)
+    messages = tuple(
+        (length(m.content),) if m.blocks is None else tuple(map(length, m.blocks))  # type: ignore[arg-type]
+        for m in body_map.messages or ()
+    )
+    return Sizes(tuple(map(length, body_map.tools or ())), system, messages)
+
+
+def _spans(decided: Plan, body_map: BodyMap, opts: CacheOptions) -> tuple[Span, ...]:
+    member = b'"cache_control":' + json.dumps(opts.marker, separators=(",", ":")).encode()
+
+    def into_object(loc: Loc) -> list[Span]:
+        if loc.kind != "object":
+            raise ValueError("marker target is not an object")
+        return [Span(loc.close, member if loc.empty else b"," + member)]
+
+    def wrap_string(loc: Loc) -> list[Span]:
+        if loc.kind != "string":
+            raise ValueError("wrap target is not a string")
+        return [Span(loc.start, b'[{"type":"text","text":'), Span(loc.end, b"," + member + b"}]")]
+
+    if decided.top_level:
+        return tuple(into_object(body_map.root))
+    spans: list[Span] = []
+    for bp in decided.breakpoints:
+        loc = _target(bp, body_map)
+        spans.extend(wrap_string(loc) if bp.wraps_string else into_object(loc))
+    return tuple(sorted(spans, key=lambda s: s.offset))
+
+
+def _target(bp: Breakpoint, body_map: BodyMap) -> Loc:
+    if bp.section == "tools":
+        return body_map.tools[bp.index]  # type: ignore[index]
+    if bp.section == "system":
+        return body_map.system if bp.wraps_string else body_map.system_blocks[bp.index]  # type: ignore[return-value,index]
+    message = body_map.messages[bp.index]  # type: ignore[index]
+    return message.content if bp.block is None else message.blocks[bp.block]  # type: ignore[return-value,index]
+
+
+def _splice(data: bytes, spans: Sequence[Span]) -> bytes:
+    pieces: list[bytes] = []
+    previous = 0
+    for span in spans:
+        pieces += (data[previous:span.offset], span.text)
+        previous = span.offset
+    pieces.append(data[previous:])
+    return b"".join(pieces)
+
+
+def _markers_landed(spliced: bytes, decided: Plan, opts: CacheOptions) -> bool:
+    """Re-parse the output: exactly our markers, on exactly the planned blocks (guards the scanner)."""
+    result = _parse(spliced)
+    if not isinstance(result, dict):
+        return False
+    if decided.top_level:
+        return result.get("cache_control") == opts.marker and count_markers(result)[0] == 1
+    for bp in decided.breakpoints:
+        if bp.section == "tools":
+            block = result["tools"][bp.index]
+        elif bp.section == "system":
+            system = result["system"]
+            block = system[0] if bp.wraps_string else system[bp.index]
+        else:
+            content = result["messages"][bp.index]["content"]
+            block = content[0] if bp.block is None else content[bp.block]
+        if not isinstance(block, dict) or block.get("cache_control") != opts.marker:
+            return False
+    return count_markers(result)[0] == len(decided.breakpoints)
+
+
+# ---- Content-Encoding ---------------------------------------------------------------
+
+class _TooLarge(Exception):
+    pass
+
+
+_INPUT_CHUNK = 1024  # zstd can expand ~32000x: 1 KiB of input bounds one step's output to ~32 MiB
+
+
+@dataclass(frozen=True)
+class _Codec:
+    decode: Callable[[bytes], tuple[bytes, int]]  # -> (content, flavor to re-encode with)
+    encode: Callable[[bytes, int], bytes]
+
+
+def _normalize_encoding(header: str | None) -> str | None:
+    """'gzip', 'br', ... lower-cased; None for identity; stacked codings are kept as written."""
+    if header is None:
+        return None
+    codings = [c.strip().lower() for c in str(header).split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    return ", ".join(codings) or None
+
+
+def _decode_frames(data: bytes, new_decoder: Callable[[], object], multi: bool) -> bytes:
+    """Stream-decode (bounded) one frame, or consecutive frames/members when `multi`."""
+    out: list[bytes] = []
+    total = 0
+    rest = data
+    while True:
+        decoder = new_decoder()
+        view, pos = memoryview(rest), 0
+        while not decoder.eof and pos < len(view):  # type: ignore[attr-defined]
+            piece = decoder.decompress(view[pos:pos + _INPUT_CHUNK])  # type: ignore[attr-defined]
+            pos += _INPUT_CHUNK
+            total += len(piece)
+            if total > MAX_BODY_BYTES:
+                raise _TooLarge
+            out.append(piece)
+        if not decoder.eof:  # type: ignore[attr-defined]
+            raise ValueError("truncated compressed body")
+        rest = decoder.unused_data + bytes(view[pos:])  # type: ignore[attr-defined]
+        if not rest:
+            return b"".join(out)
+        if not multi:
+            raise ValueError("trailing data after compressed body")
+
+
+def _gunzip(data: bytes) -> tuple[bytes, int]:
+    return _decode_frames(data, lambda: zlib.decompressobj(31), multi=True), 31
+
+
+def _inflate(data: bytes) -> tuple[bytes, int]:
+    """HTTP 'deflate' is zlib-wrapped (RFC 9110), but some clients send raw deflate: accept both."""
+    try:
+        return _decode_frames(data, lambda: zlib.decompressobj(15), multi=False), 15
+    except zlib.error:
+        return _decode_frames(data, lambda: zlib.decompressobj(-15), multi=False), -15
+
+
+def _zlib_encode(data: bytes, wbits: int) -> bytes:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, wbits)  # level 1: latency matters more than ratio
+    return compressor.compress(data) + compressor.flush()
+
+
+def _unbrotli(data: bytes) -> tuple[bytes, int]:
+    decoder = brotli.Decompressor()
+    out = [decoder.process(data, output_buffer_limit=MAX_BODY_BYTES + 1)]
+    total = len(out[0])
+    while total <= MAX_BODY_BYTES and not decoder.can_accept_more_data():
+        piece = decoder.process(b"", output_buffer_limit=MAX_BODY_BYTES + 1 - total)
+        if not piece:
+            break
+        out.append(piece)
+        total += len(piece)
+    if total > MAX_BODY_BYTES:
+        raise _TooLarge
+    if not decoder.is_finished():
+        raise ValueError("truncated brotli body")
+    return b"".join(out), 0
+
+
+def _unzstd(data: bytes) -> tuple[bytes, int]:
+    return _decode_frames(data, lambda: zstandard.ZstdDecompressor().decompressobj(), multi=True), 0
+
+
+_CODECS: dict[str, _Codec] = {
+    "gzip": _Codec(_gunzip, _zlib_encode),
+    "x-gzip": _Codec(_gunzip, _zlib_encode),
+    "deflate": _Codec(_inflate, _zlib_encode),
+    "br": _Codec(_unbrotli, lambda data, _: brotli.compress(data, quality=4)),
+    "zstd": _Codec(_unzstd, lambda data, _: zstandard.ZstdCompressor(level=3).compress(data)),
+}
