@@ -15,10 +15,9 @@ Rules (see docs and ``shared/research/protocols.md`` §1.9, §2.3):
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract
+from tokenpak_mitm.dialects.base import Extract, decode_json
 from tokenpak_mitm.sse import event_name, parse_event
 from tokenpak_mitm.usage import Usage, as_count
 
@@ -62,10 +61,7 @@ class AnthropicTracker:
         ev = parse_event(raw)
         if ev is None:
             return False
-        try:
-            obj = json.loads(ev.data)
-        except (ValueError, RecursionError):  # deep nesting is malformed input, not a crash
-            return False
+        obj = decode_json(ev.data)
         if isinstance(obj, dict):
             self._on_event(obj)
         return False
@@ -93,10 +89,7 @@ class AnthropicTracker:
 
     # -- buffered -------------------------------------------------------------------------------
     def feed_body(self, body: bytes, status: int) -> None:
-        try:
-            obj = json.loads(body)
-        except (ValueError, RecursionError):
-            return
+        obj = decode_json(body)
         if not isinstance(obj, dict):
             return
         if status >= 400 or obj.get("type") == "error":

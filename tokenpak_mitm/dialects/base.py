@@ -7,12 +7,14 @@ must never raise: malformed input leaves fields unset instead.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.usage import Usage
 
-__all__ = ["Extract", "Tracker"]
+__all__ = ["Extract", "Tracker", "decode_json", "feed_sse_body", "looks_like_sse"]
 
 
 @dataclass(slots=True)
@@ -43,3 +45,27 @@ class Tracker(Protocol):
 
     def feed_body(self, body: bytes, status: int) -> None:
         """Observe a whole non-streamed (or replayed) response body."""
+
+
+def decode_json(text: str | bytes) -> Any:
+    """JSON or None; deep nesting (RecursionError) counts as malformed, never as a crash."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def looks_like_sse(body: bytes) -> bool:
+    """An event-stream body that reached us buffered (replays, mislabelled content types)."""
+    return body.lstrip()[:6].startswith((b"data:", b"event:", b":"))
+
+
+def feed_sse_body(tracker: Tracker, body: bytes) -> None:
+    """Replay a buffered SSE body through a tracker frame by frame, unterminated tail included."""
+    parser = SSEParser()
+    frames = parser.feed(body)
+    more, rest = parser.close()
+    for raw in frames + more:
+        tracker.feed_frame(raw)
+    if rest.strip():
+        tracker.feed_frame(rest)

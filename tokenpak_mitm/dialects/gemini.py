@@ -26,8 +26,8 @@ import json
 import re
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.sse import SSEParser, parse_event
+from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, looks_like_sse
+from tokenpak_mitm.sse import parse_event
 from tokenpak_mitm.usage import Usage, as_count
 
 __all__ = ["GeminiTracker", "gemini_usage", "iter_array_elements"]
@@ -61,22 +61,17 @@ class GeminiTracker:
         ev = parse_event(raw)
         if ev is None:
             return False
-        return self._on_chunk(_decode(ev.data))
+        return self._on_chunk(decode_json(ev.data))
 
     # -- buffered -------------------------------------------------------------------------------
     def feed_body(self, body: bytes, status: int) -> None:
-        head = body.lstrip()[:6]
-        if head.startswith((b"data:", b":")):  # an SSE body that reached us buffered
-            parser = SSEParser()
-            frames = parser.feed(body)
-            more, rest = parser.close()
-            for raw in frames + more + ([rest] if rest.strip() else []):
-                self.feed_frame(raw)
+        if looks_like_sse(body):
+            feed_sse_body(self, body)
             return
-        if head.startswith(b"["):
+        if body.lstrip()[:1] == b"[":
             elements = iter_array_elements(body)
         else:
-            obj = _decode(body)
+            obj = decode_json(body)
             elements = [obj] if obj is not None else []
         for obj in elements:
             if status >= 400:
@@ -147,13 +142,6 @@ class GeminiTracker:
         x.error_type = status if isinstance(status, str) and status else "error"
         msg = err.get("message")
         x.error_message = msg if isinstance(msg, str) else None
-
-
-def _decode(text: str | bytes) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
 
 
 def iter_array_elements(body: bytes) -> list[Any]:

@@ -19,15 +19,14 @@ Rules (``shared/research/protocols.md`` §3.1, §3.2):
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.sse import SSEParser, event_name, parse_event
+from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, looks_like_sse
+from tokenpak_mitm.sse import event_name, parse_event
 from tokenpak_mitm.usage import Usage, as_count
 
-__all__ = ["OpenAIChatTracker", "chat_usage", "decode_json", "feed_sse_body", "looks_like_sse", "openai_error_type"]
+__all__ = ["OpenAIChatTracker", "chat_usage", "openai_error_type"]
 
 # Key followed by a non-empty string, a non-empty tool-call list or an object. Escaped quotes
 # inside string values (\") can never match the unescaped key pattern. The shared leading quote
@@ -41,14 +40,6 @@ _NEEDS_DECODE = re.compile(rb'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*"|error"\
 _TEXT_KEYS = ("content", "refusal", "reasoning_content", "reasoning")
 
 
-def decode_json(text: str | bytes) -> Any:
-    """JSON or None; deep nesting (RecursionError) counts as malformed, never as a crash."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
 def openai_error_type(err: dict[str, Any]) -> str:
     """``code`` when it is a string (``rate_limit_exceeded`` says more than type ``tokens``),
     else ``type``, else the generic ``error``."""
@@ -57,22 +48,6 @@ def openai_error_type(err: dict[str, Any]) -> str:
         if isinstance(value, str) and value:
             return value
     return "error"
-
-
-def feed_sse_body(tracker: Any, body: bytes) -> None:
-    """Replay an SSE body that arrived buffered (e.g. mislabelled as JSON) frame by frame."""
-    parser = SSEParser()
-    frames = parser.feed(body)
-    more, rest = parser.close()
-    for raw in frames + more:
-        tracker.feed_frame(raw)
-    if rest.strip():
-        tracker.feed_frame(rest)
-
-
-def looks_like_sse(body: bytes) -> bool:
-    head = body.lstrip()[:6]
-    return head.startswith((b"data:", b"event:", b":"))
 
 
 class OpenAIChatTracker:

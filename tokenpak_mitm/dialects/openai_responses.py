@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.dialects.openai_chat import decode_json, feed_sse_body, looks_like_sse, openai_error_type
+from tokenpak_mitm.dialects.base import decode_json, feed_sse_body, looks_like_sse
+from tokenpak_mitm.dialects.openai_chat import openai_error_type
 from tokenpak_mitm.sse import event_name, parse_event
 from tokenpak_mitm.usage import Usage, as_count
 
