@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,15 +216,7 @@ class TokenPak:
             if not (sse or array_stream) or resp.status_code >= 400:
                 return
             st.record.stream = True
-            sink = None
-            if observer.active():
-                obs = observer.active()
-                fid, rclass = flow.id, st.record.route_class
-
-                def sink(event: str | None, raw: bytes) -> None:
-                    for o in obs:
-                        o.on_stream_frame(fid, rclass, event, raw)
-
+            sink = _frame_sink(flow.id, st.record.route_class) if observer.active() else None
             st.tap = StreamTap(st.tracker, sse=sse, content_encoding=resp.headers.get("content-encoding"), on_frame=sink)
             resp.stream = st.tap
         except Exception:
@@ -331,6 +323,17 @@ class TokenPak:
         stash = meta if isinstance(meta, dict) else {}
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms)
         flow.metadata[META] = stash
+
+
+def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes], None]:
+    """Reports each forwarded frame to the installed conformance observers (only when any are)."""
+    observers = observer.active()
+
+    def sink(event: str | None, raw: bytes) -> None:
+        for o in observers:
+            o.on_stream_frame(flow_id, route_class, event, raw)
+
+    return sink
 
 
 def _ms(seconds: float) -> float:
