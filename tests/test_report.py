@@ -40,12 +40,13 @@ def row(key: str, day: int, **values: Any) -> dict[str, Any]:
 
 
 ROWS = [
-    row("a", 1, input_tokens=100, cache_read_tokens=1000, output_tokens=50, cost_usd=0.01, savings_usd=0.002, cache_origin="proxy", markers_inserted=2),
+    row("a", 1, input_tokens=100, cache_read_tokens=1000, output_tokens=50, cost_usd=0.01, savings_usd=0.002, cache_origin="proxy", markers_inserted=2,
+        cache_decision="inserted"),
     row("b", 1, input_tokens=40, cache_write_tokens=2000, cache_write_5m_tokens=2000, output_tokens=10, cost_usd=0.02, savings_usd=-0.001,
-        cache_origin="proxy", markers_inserted=1),
+        cache_origin="proxy", markers_inserted=1, cache_decision="inserted"),
     row("c", 1, input_tokens=5, cache_read_tokens=500, output_tokens=20, cost_usd=0.005, savings_usd=0.001, cache_origin="client", client_markers=1,
-        route_class="sdk"),
-    row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30),  # unknown model: unpriced
+        route_class="sdk", cache_decision="stood_down"),
+    row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30, cache_decision="below_minimum"),  # unknown model: unpriced
     row("e", 2, status_code=529, terminal_state="error_response", usage_source="absent", input_tokens=None, cache_read_tokens=None,
         cache_write_tokens=None, output_tokens=None, error="overloaded_error"),  # no usage: a request, no tokens, unpriced
     row("f", 2, api="messages.count_tokens", billable=0, input_tokens=20, stream=0),  # free endpoint: not "unpriced"
@@ -86,9 +87,14 @@ def expected(rows: list[dict[str, Any]]) -> dict[str, Any]:
     savings = {o: sum(r["savings_usd"] for r in rows if r["cache_origin"] == o and r["savings_usd"] is not None)
                for o in ("proxy", "client", "unknown", "none")}
     states: dict[str, int] = {}
+    decisions: dict[str, int] = {}
     for r in rows:
         states[r["terminal_state"]] = states.get(r["terminal_state"], 0) + 1
+        if r.get("cache_decision"):
+            decisions[r["cache_decision"]] = decisions.get(r["cache_decision"], 0) + 1
     return {
+        "cache_decisions": decisions,
+        "markers_inserted": sum(r["markers_inserted"] or 0 for r in rows),
         "requests": len(rows),
         "requests_with_usage": len(with_usage),
         "tokens": tokens,
@@ -111,6 +117,8 @@ def check(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     for origin, value in want["savings"].items():
         assert summary["savings_usd"][origin] == pytest.approx(value)
     assert summary["terminal_states"] == want["terminal_states"]
+    assert summary["cache_decisions"] == want["cache_decisions"]
+    assert summary["markers_inserted"] == want["markers_inserted"]
 
 
 def report_json(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:

@@ -58,6 +58,8 @@ class Summary:
     _savings: dict[str, list[float]] = field(default_factory=lambda: {o: [] for o in ORIGINS})
     terminal_states: Counter[str] = field(default_factory=Counter)
     usage_sources: Counter[str] = field(default_factory=Counter)
+    cache_decisions: Counter[str] = field(default_factory=Counter)  # the planner's verdicts
+    markers_inserted: int = 0
 
     @property
     def cost_usd(self) -> float | None:
@@ -84,6 +86,9 @@ class Summary:
     def add(self, row: Row, unit_prices: UnitPrices) -> None:
         self.requests += 1
         self.terminal_states[row.get("terminal_state") or "unknown"] += 1
+        if row.get("cache_decision"):
+            self.cache_decisions[row["cache_decision"]] += 1
+        self.markers_inserted += row.get("markers_inserted") or 0
         source = row.get("usage_source") or "absent"
         self.usage_sources[source] += 1
         if source != "absent":
@@ -120,6 +125,8 @@ class Summary:
             "savings_usd": {**self.savings_usd, "total": math.fsum(self.savings_usd.values())},
             "terminal_states": dict(sorted(self.terminal_states.items())),
             "usage_sources": dict(sorted(self.usage_sources.items())),
+            "cache_decisions": dict(sorted(self.cache_decisions.items())),
+            "markers_inserted": self.markers_inserted,
         }
 
 
@@ -291,7 +298,7 @@ def _print_tables(report: Report, db: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=max(120, Console().width))
     t = report.totals
     console.print(f"[bold]tokenpak report[/] since {escape(report.since)} · {t.requests} requests · db {escape(db)}")
     if not t.requests:
@@ -317,7 +324,14 @@ def _print_tables(report: Report, db: str) -> None:
     states.add_column("requests", justify="right")
     for state, n in sorted(t.terminal_states.items(), key=lambda kv: -kv[1]):
         states.add_row(escape(state), str(n))
+    decisions = Table(title=f"Cache markers: {t.markers_inserted} inserted", title_justify="left")
+    decisions.add_column("planner decision")
+    decisions.add_column("requests", justify="right")
+    for decision, n in sorted(t.cache_decisions.items(), key=lambda kv: -kv[1]):
+        decisions.add_row(escape(decision), str(n))
     console.print(tokens, money, states)
+    if t.cache_decisions:
+        console.print(decisions)
     console.print(f"cache hit = {CACHE_HIT_RATIO_DEFINITION}.")
     if t.unpriced_requests:
         console.print(f"{t.unpriced_requests} unpriced requests: their cost is unknown and not included above.")
