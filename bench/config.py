@@ -10,7 +10,7 @@ __all__ = ["Config", "full", "quick"]
 @dataclass(frozen=True)
 class Config:
     requests: int = 500  # sequential small non-streamed requests per setup
-    rounds: int = 3  # A B C rounds of the streamed workloads
+    rounds: int = 5  # A B C rounds of the streamed workloads
     stream_frames: int = 1000
     stream_interval_us: int = 1000  # paced stream: one frame per ms; the burst stream is unpaced
     ttfb_streams: int = 60  # short streams per setup, for a time-to-first-byte percentile

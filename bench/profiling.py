@@ -26,7 +26,7 @@ def _py_spy() -> str | None:
 class Sampler:
     """``py-spy record --format raw`` on ``pid`` until :meth:`stop` (bounded by ``max_seconds``)."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 250, max_seconds: int = 600) -> None:
+    def __init__(self, pid: int, out: Path, rate: int = 1000, max_seconds: int = 600) -> None:
         exe = _py_spy()
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
