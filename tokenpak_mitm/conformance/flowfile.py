@@ -94,8 +94,16 @@ class Recording:
         return [(_s(k), _s(v)) for k, v in self.flow.response.headers.fields if _s(k).lower() not in _FRAMING]
 
     @property
+    def streamed(self) -> bool:
+        return bool((self.record.get("response") or {}).get("streamed"))
+
+    @property
     def chunked(self) -> bool:
-        return self.flow.response is not None and "chunked" in self.flow.response.headers.get("transfer-encoding", "").lower()
+        """Replay with chunked framing: it was chunked, or it was streamed (HTTP/2 has no chunking,
+        but its DATA frames are boundaries worth keeping)."""
+        if self.flow.response is None:
+            return False
+        return "chunked" in self.flow.response.headers.get("transfer-encoding", "").lower() or self.streamed
 
     @property
     def response_body(self) -> bytes:

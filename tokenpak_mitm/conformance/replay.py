@@ -196,7 +196,13 @@ class ReplayRig:
 
         body = rec.client_body
         lines = [f"{rec.method} {rec.request_path.replace(PLACEHOLDER, keys['google'])} HTTP/1.1"]
-        for name, value in rec.client_headers:
+        # The body is re-sent whole with a Content-Length, whatever framing the client used.
+        headers = [(k, v) for k, v in rec.client_headers if k.lower() != "transfer-encoding"]
+        if not any(k.lower() == "host" for k, _ in headers):  # recorded over HTTP/2 (:authority)
+            headers = [("host", ""), *headers]
+        if not any(k.lower() == "content-length" for k, _ in headers):
+            headers = [*headers, ("content-length", "")]
+        for name, value in headers:
             low = name.lower()
             if low == "host":
                 value = f"127.0.0.1:{self.proxy.port if self.proxy else 0}"
