@@ -7,6 +7,9 @@ STAMP   := $(VENV)/.installed
 HOST    ?= 127.0.0.1
 PORT    ?= 8766
 MODE    ?= reverse:https://api.anthropic.com
+# mitmdump's own per-flow lines print full URLs (a Gemini ?key= included); the addon prints its
+# own redacted line per LLM request instead. FLOW_DETAIL=1 brings mitmdump's lines back.
+FLOW_DETAIL ?= 0
 ARGS    ?=
 
 .PHONY: run test bench venv clean
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) -s addons/tokenpak.py $(ARGS)
+	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) -s addons/tokenpak.py $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

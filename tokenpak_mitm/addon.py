@@ -224,8 +224,8 @@ class TokenPak:
 
     def response(self, flow: http.HTTPFlow) -> None:
         st = self._flows.get(flow)
-        if st is None or st.emitted:
-            return
+        if st is None or st.emitted or flow.error is not None:
+            return  # a replayed cut-short flow gets `response` then `error`: the error reports it
         try:
             self._observe_body(flow, st)
         except Exception:
@@ -238,7 +238,10 @@ class TokenPak:
         if st is None or st.emitted:
             return
         try:
-            if st.tap is not None:
+            replayed_body = flow.response is not None and flow.response.raw_content and (st.tap is None or not st.tap.wire_bytes)
+            if replayed_body:
+                self._observe_body(flow, st)  # -nr of a cut-short flow: the bytes are in the body
+            elif st.tap is not None:
                 st.tap.close()
             # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
             st.record.error_msg = redact_text(flow.error.msg, secret_values(flow.request.headers.items(), flow.request.path)) if flow.error else "unknown error"
