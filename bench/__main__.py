@@ -22,7 +22,7 @@ from rich.console import Console
 
 from bench import config
 from bench.procs import start_mitmdump, start_upstream
-from bench.report import print_profiles, print_table, write_json
+from bench.report import loadavg, print_profiles, print_table, write_json
 from bench.workloads import WORKLOADS, Setup, run_workload
 
 RESULTS = Path(__file__).with_name("results")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(s.close)
         console.print(f"upstream pid {upstream.pid} :{upstream.port}, plain mitmdump pid {plain.pid} :{plain.port}, "
                       f"tokenpak mitmdump pid {addon.pid} :{addon.port}; workloads: {', '.join(names)}")
-        started = time.monotonic()
+        started, load_before = time.monotonic(), loadavg()
         for name in names:
             console.print(f"[bold]{name}[/] ...")
             results.append(run_workload(name, setups, upstream, cfg, args.profile))
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(check)
     if log_lines:  # -q leaves only errors: any line here means the addon hit a problem
         console.print(f"[yellow]tokenpak proxy printed {len(log_lines)} lines (errors); first: {log_lines[:3]}[/]")
-    console.print(f"total {total:.1f} s; JSON: {args.json}")
+    console.print(f"total {total:.1f} s; load average at start {load_before}, at end {loadavg()}; JSON: {args.json}")
     write_json(args.json, results, {"config": asdict(cfg), "quick": args.quick, "telemetry_check": check,
                                     "addon_variant": {"set": args.addon_set, "scripts": [str(p) for p in args.addon_script]},
-                                    "total_seconds": round(total, 1)})
+                                    "total_seconds": round(total, 1), "loadavg_at_start": load_before})
     return 0
 
 

@@ -15,7 +15,16 @@ from rich.table import Table
 
 from bench.results_model import SETUPS, WorkloadResult, ratio
 
-__all__ = ["machine_info", "print_table", "print_profiles", "write_json"]
+__all__ = ["loadavg", "machine_info", "print_table", "print_profiles", "write_json"]
+
+
+def loadavg() -> str:
+    """Other work on the box shows up in the tails; record how busy it was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def machine_info() -> dict[str, object]:
@@ -34,7 +43,7 @@ def machine_info() -> dict[str, object]:
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "?"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "mitmproxy": mitm_version,
+    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg_at_end": loadavg(), "python": platform.python_version(), "mitmproxy": mitm_version,
             "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit,
             "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]])}
 
