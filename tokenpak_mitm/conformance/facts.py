@@ -7,6 +7,7 @@ that merges usage wrongly or misses an error event disagrees with them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,8 +90,7 @@ def stream_errors(dialect: str, frames: list[bytes]) -> list[dict[str, Any]]:
 
 
 def body_error(body: bytes) -> Any:
-    import json
-
+    """An error body as JSON, or None (a gateway's HTML page, an empty body)."""
     try:
         return json.loads(body)
     except ValueError:

@@ -82,13 +82,13 @@ class Evidence:
         """Complete frames of what the upstream sent (decoded)."""
         if self.upstream_response_body is None:
             return []
-        plain = decode_body(self.upstream_response_body, self.response_encoding, partial=self.path != "completed")
+        plain = decode_body(self.upstream_response_body, self.response_encoding)
         return split_frames(plain, final=self.path == "completed")[0]
 
     def client_frames(self) -> list[bytes]:
         if self.client_response_body is None:
             return []
-        plain = decode_body(self.client_response_body, header_get(self.client_response_headers, "content-encoding"), partial=True)
+        plain = decode_body(self.client_response_body, header_get(self.client_response_headers, "content-encoding"))
         return split_frames(plain, final=self.path == "completed")[0]
 
 

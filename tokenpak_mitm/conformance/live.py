@@ -41,6 +41,7 @@ logger = logging.getLogger("tokenpak.conformance")
 MODES = ("off", "warn", "strict")
 _MAX_PENDING_FRAME = 4 * 1024 * 1024
 _MAX_FLOWS = 10_000
+_LOGGED_PER_FLOW = 5  # a broken tap would otherwise log every frame of every stream
 
 
 @dataclass
@@ -217,7 +218,10 @@ class LiveConformance:
     def _violate(self, fid: str, st: _LiveFlow, message: str) -> None:
         st.violations.append(message)
         self.violations += 1
-        logger.warning("tokenpak conformance violation (flow %s): %s", fid[:8], message)
+        if len(st.violations) <= _LOGGED_PER_FLOW:
+            logger.warning("tokenpak conformance violation (flow %s): %s", fid[:8], message)
+        elif len(st.violations) == _LOGGED_PER_FLOW + 1:
+            logger.warning("tokenpak conformance violation (flow %s): further violations on this flow are counted, not logged", fid[:8])
 
 
 def _flow_id(st: _LiveFlow) -> str:

@@ -63,8 +63,8 @@ def frame_json(frame: bytes) -> Any:
         return None
 
 
-def decode_body(data: bytes, encoding: str | None, *, partial: bool = False) -> bytes:
-    """Undo Content-Encoding (gzip, deflate, br, zstd). ``partial``: the body may be cut short."""
+def decode_body(data: bytes, encoding: str | None) -> bytes:
+    """Undo Content-Encoding (gzip, deflate, br, zstd); a body cut short decodes as far as it goes."""
     enc = (encoding or "").strip().lower()
     if enc in ("", "identity"):
         return data
