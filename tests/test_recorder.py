@@ -55,7 +55,7 @@ def recording_for(stack: Stack, key: str, timeout: float = 10.0) -> Recording:
     flow_id = stack.row(key)["request_key"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = list(stack.flows.glob(f"*-{flow_id[:8]}.mitm"))  # type: ignore[attr-defined]
+        found = list(stack.flows.glob(f"*-{flow_id}.mitm"))  # type: ignore[attr-defined]
         if found:
             return load_recording(found[0])
         time.sleep(0.02)

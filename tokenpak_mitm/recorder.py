@@ -303,4 +303,4 @@ _SLUG = re.compile(r"[^A-Za-z0-9]+")
 def _file_name(flow: http.HTTPFlow) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(flow.request.timestamp_start))
     slug = _SLUG.sub("-", flow.request.path.split("?", 1)[0]).strip("-")[-40:] or "root"
-    return f"{stamp}-{slug}-{flow.id[:8]}.mitm"
+    return f"{stamp}-{slug}-{flow.id}.mitm"  # the full id: names never collide
