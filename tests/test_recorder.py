@@ -289,3 +289,17 @@ def test_mitmdump_nr_on_cut_short_flows_gives_the_golden_rows(corpus_nr_rows: di
     assert cut
     mismatched = {rec.name: [v.message for v in compare_golden(rec.golden(), corpus_nr_rows.get(rec.flow.id)) or []] for rec in cut}
     assert not any(mismatched.values()), mismatched
+
+
+@pytest.mark.e2e
+def test_re_recording_a_replayed_flow_keeps_the_client_bytes_and_spans(tmp_path: Path):
+    original = load_recording(ROOT / "flows" / "anthropic_stream_proxy_insert.mitm")
+    assert original.spans
+    subprocess.run(
+        [mitmdump_executable(), "-q", "-nr", str(original.path), "-s", str(ADDON_SCRIPT), "--set", f"tokenpak_db={tmp_path / 'db'}",
+         "--set", f"tokenpak_record={tmp_path / 'again'}", "--set", f"confdir={tmp_path}"],
+        check=True, capture_output=True, timeout=60,
+    )
+    [again] = [load_recording(p) for p in find_flow_files([tmp_path / "again"])]
+    assert (again.client_body, again.spans) == (original.client_body, original.spans)
+    assert remove_inserted(again.flow.request.raw_content, again.spans) == again.client_body

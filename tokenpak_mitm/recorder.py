@@ -253,8 +253,13 @@ class Recorder:
         seen = self._observer.by_flow.pop(flow.id, None) if self._observer else None
         if seen is not None:
             return seen
-        # The addon reported no insertion (not an inserting route, or a replayed flow): the
-        # request went upstream as the client sent it.
+        earlier = flow.metadata.get(RECORD_KEY)
+        if isinstance(earlier, dict) and isinstance(earlier.get("client"), dict) and earlier["client"].get("body") is not None:
+            # A recorded flow replayed with -nr: the addon reuses its decisions and inserts
+            # nothing, so the original client bytes and spans are the recording's own.
+            return earlier["client"]["body"], [(int(o), bytes(t)) for o, t in earlier.get("spans") or []]
+        # The addon reported no insertion (not an inserting route): the request went upstream
+        # as the client sent it.
         return flow.request.raw_content, []
 
     def _response_record(self, flow: http.HTTPFlow, state: dict[str, Any]) -> tuple[dict[str, Any], int]:
