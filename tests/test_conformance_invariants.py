@@ -475,3 +475,23 @@ def test_live_mode_rejects_an_unknown_value():
         assert live in observer.active()
         tctx.configure(live, tokenpak_conformance="off")
         assert live not in observer.active()
+
+
+@pytest.mark.e2e
+def test_a_proxy_error_still_writes_exactly_one_row_and_leaves_traffic_alone(tmp_path: Path):
+    """The proxy-error path of I10: our own code fails mid-flow. The exchange itself is clean, so
+    the replay flags the state (an internal failure is a conformance failure), but the row is
+    there exactly once, after the terminal event, and the bytes are untouched."""
+    from tokenpak_mitm.conformance.session import run_conformance
+
+    script = tmp_path / "crash.py"
+    script.write_text("""
+from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+def _boom(self, body, status):
+    raise RuntimeError("deliberate tracker failure")
+AnthropicTracker.feed_body = _boom
+""")
+    [outcome] = run_conformance([FLOWS / "anthropic_json_basic.mitm"], fast=True, extra_scripts=[str(script)])
+    i10 = [v.message for v in outcome.results["I10"] or []]
+    assert i10 == ["terminal_state is 'proxy_error', this exchange (completed) calls for 'completed'"]
+    assert outcome.results["I8"] == [] and outcome.results["I5"] == [] and outcome.results["I1"] == []
