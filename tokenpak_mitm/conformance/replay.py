@@ -26,7 +26,8 @@ from typing import Any
 
 from tokenpak_mitm.conformance.flowfile import Recording
 from tokenpak_mitm.conformance.invariants import Evidence
-from tokenpak_mitm.redact import PLACEHOLDER
+from tokenpak_mitm.conformance.wire import header_pairs
+from tokenpak_mitm.redact import PLACEHOLDER, SECRET_HEADERS
 from tokenpak_mitm.testing.client import Response, request
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step
@@ -192,8 +193,6 @@ class ReplayRig:
         return script, [s.data for s in script.steps if s.data]
 
     def _client_request(self, rec: Recording, keys: dict[str, str]) -> bytes:
-        from tokenpak_mitm.redact import SECRET_HEADERS
-
         body = rec.client_body
         lines = [f"{rec.method} {rec.request_path.replace(PLACEHOLDER, keys['google'])} HTTP/1.1"]
         # The body is re-sent whole with a Content-Length, whatever framing the client used.
@@ -215,24 +214,23 @@ class ReplayRig:
 
     # -- evidence ---------------------------------------------------------------------------------
     def _probe_events(self, *, wait_for_row: bool, timeout: float = 15.0) -> list[dict[str, Any]]:
-        """New probe lines since the last call; waits until the flow's row (and its terminal) are in."""
+        """New probe lines since the last call; first waits until a row and a terminal are in."""
         deadline = time.monotonic() + timeout
-        events: list[dict[str, Any]] = []
-        while True:
-            data = self.probe_out.read_bytes() if self.probe_out.exists() else b""
-            chunk = data[self._probe_offset:]
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            lines = [json.loads(line) for line in complete.splitlines() if line.strip()]
-            kinds = {e["kind"] for e in lines}
-            if not wait_for_row or {"row", "terminal"} <= kinds or time.monotonic() > deadline:
-                time.sleep(0.02)  # a duplicate row would be written in the same hook: catch it too
-                data = self.probe_out.read_bytes() if self.probe_out.exists() else b""
-                chunk = data[self._probe_offset:]
-                complete = chunk[: chunk.rfind(b"\n") + 1]
-                self._probe_offset += len(complete)
-                return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        while wait_for_row and time.monotonic() < deadline:
+            kinds = {e["kind"] for e in self._read_probe(consume=False)}
+            if {"row", "terminal"} <= kinds:
+                break
             time.sleep(0.01)
-        return events
+        time.sleep(0.02)  # a duplicate row would be written in the same hook: catch it too
+        return self._read_probe(consume=True)
+
+    def _read_probe(self, *, consume: bool) -> list[dict[str, Any]]:
+        data = self.probe_out.read_bytes() if self.probe_out.exists() else b""
+        fresh = data[self._probe_offset:]
+        complete = fresh[: fresh.rfind(b"\n") + 1]  # a line being written is read next time
+        if consume:
+            self._probe_offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def _evidence(self, rec: Recording, result: ReplayResult, events: list[dict[str, Any]], received: Received | None, script: Script) -> Evidence:
         fid = result.flow_id
@@ -241,8 +239,6 @@ class ReplayRig:
         resp = result.response
         client_raw = self._client_request(rec, canaries_for(self.index))
         head, _, client_body = client_raw.partition(b"\r\n\r\n")
-        from tokenpak_mitm.conformance.wire import header_pairs
-
         framing = [("transfer-encoding", "chunked")] if script.chunked else [("content-length", str(sum(len(s.data) for s in script.steps)))]
         upstream_headers = [*script.headers, *framing] if rec.has_response else None
         spans = [(int(o), base64.b64decode(t)) for o, t in outbound["spans"]] if outbound else []
