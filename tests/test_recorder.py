@@ -301,5 +301,6 @@ def test_re_recording_a_replayed_flow_keeps_the_client_bytes_and_spans(tmp_path:
         check=True, capture_output=True, timeout=60,
     )
     [again] = [load_recording(p) for p in find_flow_files([tmp_path / "again"])]
-    assert (again.client_body, again.spans) == (original.client_body, original.spans)
+    assert (again.client_body, again.spans, again.client_headers) == (original.client_body, original.spans, original.client_headers)
+    assert (again.response_body, again.chunks, again.end) == (original.response_body, original.chunks, original.end)
     assert remove_inserted(again.flow.request.raw_content, again.spans) == again.client_body

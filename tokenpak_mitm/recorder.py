@@ -235,6 +235,9 @@ class Recorder:
         state["backup"] = None  # an intercept backup would hold the unredacted original
         record: dict[str, Any] = {"format": FORMAT, "cap": self.max_bytes}
         head = self._client_heads.pop(flow, None) or {}
+        earlier = flow.metadata.get(RECORD_KEY)
+        if isinstance(earlier, dict) and isinstance(earlier.get("client"), dict) and earlier["client"].get("headers") is not None:
+            head = {k: v for k, v in earlier["client"].items() if k in ("headers", "path", "method", "http_version")}
         client_body, spans = self._client_body(flow)
         request_truncated = client_body is not None and len(client_body) > self.max_bytes
         if request_truncated:
@@ -267,6 +270,11 @@ class Recorder:
         if resp is None:
             return {"streamed": False, "chunks": [], "truncated": False}, 0
         tap = self._taps.pop(flow, None)
+        earlier = flow.metadata.get(RECORD_KEY)
+        if not flow.live and resp.raw_content is not None and isinstance(earlier, dict):
+            # Re-recording a loaded flow (-nr): the tap never saw the wire; keep the recording's own.
+            state["response"]["content"] = resp.raw_content
+            return {**(earlier.get("response") or {})}, len(resp.raw_content)
         if tap is not None and tap.record_body is not None:
             body = bytes(tap.record_body)
             chunks = [[ms, n] for ms, n in tap.record_chunks or []]
