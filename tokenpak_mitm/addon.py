@@ -39,7 +39,6 @@ logger = logging.getLogger("tokenpak")
 
 CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h")
-CONFORMANCE_MODES = ("off", "warn", "strict")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
 OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thread
 
@@ -149,12 +148,15 @@ class TokenPak:
         if isinstance(meta, dict) and "cache_decision" in meta:
             self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
         elif flow.response is None:  # a response set by another addon means nothing goes upstream
+            client_body = flow.request.raw_content
             spans: list[list[Any]] = []
             try:
                 spans = await self._insert(flow, st)
             except Exception:
                 logger.exception("tokenpak: marker insertion failed; request sent unchanged")
                 st.record.cache_decision = "error"
+            if observer.active():
+                _report_outbound(flow, client_body, spans)
             rec = st.record
             flow.metadata[META] = {
                 "cache_decision": rec.cache_decision,
@@ -197,10 +199,6 @@ class TokenPak:
             flow.request.raw_content = result.body
             if "content-length" in flow.request.headers:
                 flow.request.headers["content-length"] = str(len(result.body))
-        if observer.active():
-            spans = [(s.offset, s.text) for s in result.spans]
-            for obs in observer.active():
-                obs.on_outbound_request(flow.id, body, flow.request.raw_content or b"", spans)
         return [[s.offset, s.text.decode("utf-8", "replace")] for s in result.spans]
 
     # -- response side --------------------------------------------------------------------------
@@ -326,6 +324,16 @@ class TokenPak:
         stash = meta if isinstance(meta, dict) else {}
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms)
         flow.metadata[META] = stash
+
+
+def _report_outbound(flow: http.HTTPFlow, client_body: bytes | None, spans: list[list[Any]]) -> None:
+    """Tell conformance observers what the client sent and what went upstream (every route)."""
+    inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
+    for obs in observer.active():
+        try:
+            obs.on_outbound_request(flow.id, client_body or b"", flow.request.raw_content or b"", inserted)
+        except Exception:
+            logger.exception("tokenpak: conformance observer failed")
 
 
 def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes], None]:
