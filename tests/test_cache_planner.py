@@ -303,3 +303,29 @@ def test_lookback_boundary_is_exact(assistant_blocks, intermediate):
     distance = assistant_blocks + 1
     assert [bp.purpose for bp in p.breakpoints] == (["intermediate", "final"] if intermediate else ["final"])
     assert (distance >= 20) is intermediate
+
+
+# -- volatile detection: the fast split form must agree with the original single regex ----------
+import re as _re
+
+from hypothesis import given as _given, settings as _settings, strategies as _st
+
+from tokenpak_mitm.cache_planner import is_volatile_text
+
+_REFERENCE = _re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
+    r"|\b\d{1,2}:\d{2}:\d{2}\b"
+    r"|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+    r"|\b(?:today\s+is|today's\s+date|current\s+(?:date|time)|the\s+(?:date|time)\s+is)\b"
+    r"|\brequest[-_ ]?id\b",
+    _re.IGNORECASE,
+)
+_PIECES = ["2026-11-21T13:40", "2026-11-21 13:40", "9:05:33", "12:30", "Today is", "TODAY'S DATE", "current time",
+           "The Date is", "request_id", "Request-ID", "requestid", "123e4567-e89b-12d3-a456-426614174000",
+           "123E4567-E89B-12D3-A456-426614174000", "x", " ", "\n", "-", ":", "a", "1", "today", "the", "timestamp"]
+
+
+@_settings(max_examples=500)
+@_given(_st.lists(_st.sampled_from(_PIECES), max_size=8).map("".join) | _st.text(max_size=60))
+def test_volatile_detection_matches_the_reference_regex(text):
+    assert is_volatile_text(text) == (_REFERENCE.search(text) is not None)
