@@ -62,6 +62,11 @@ class TokenPak:
         self.store: TelemetryStore | None = None
         self.otel: OtelExporter | None = None
         self.rows_emitted = 0
+        # Option values read per request are copied here in `configure`: ctx.options lookups
+        # cost microseconds each on the event loop, and they only change through configure.
+        self._hosts: frozenset[str] = frozenset()
+        self._cache_opts = CacheOptions()
+        self._console = True
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -79,6 +84,9 @@ class TokenPak:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m or 1h, not {opts.tokenpak_cache_ttl!r}")
+        self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
+        self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
+        self._console = opts.tokenpak_console
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
             if self.store is None or str(self.store.path) != str(path):
@@ -124,7 +132,8 @@ class TokenPak:
     def _start(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-        route = classify(req.method, req.pretty_host, req.path, extra_hosts=ctx.options.tokenpak_hosts, any_host=reverse)
+        host = req.pretty_host
+        route = classify(req.method, host, req.path, extra_hosts=self._hosts, any_host=reverse)
         if route is None:
             return
         tracker = tracker_for(route)
@@ -134,7 +143,7 @@ class TokenPak:
             request_key=flow.id,
             route=route,
             started_at=req.timestamp_start,
-            host=req.pretty_host,
+            host=host,
             path=redact_query(req.path),
             route_class=route_class(req.headers.get("user-agent"), "x-stainless-lang" in req.headers),
         )
@@ -184,7 +193,7 @@ class TokenPak:
             rec.cache_decision = "request_streamed"  # stream_large_bodies sent it already
             return []
         encoding = flow.request.headers.get("content-encoding")
-        opts = CacheOptions(mode=ctx.options.tokenpak_cache, ttl=ctx.options.tokenpak_cache_ttl)
+        opts = self._cache_opts
         if len(body) > OFFLOAD_BYTES:
             # Parsing a huge prompt would stall every other connection on mitmproxy's single
             # event-loop thread; in a worker thread only this flow waits.
@@ -293,7 +302,7 @@ class TokenPak:
             self.store.submit(row)
         if self.otel is not None:
             self.otel.export(row)
-        if ctx.options.tokenpak_console:
+        if self._console:
             logger.info(_console_line(row))
 
     def _fill_timing(self, flow: http.HTTPFlow, st: _FlowState) -> None:

@@ -12,7 +12,7 @@ free.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 __all__ = ["Usage"]
 
@@ -29,7 +29,7 @@ class Usage:
     web_search_requests: int | None = None
 
     def is_empty(self) -> bool:
-        return all(getattr(self, f.name) is None for f in fields(self))
+        return all(getattr(self, name) is None for name in _FIELDS)
 
     def total_input(self) -> int | None:
         """All prompt tokens (fresh + cache read + cache write); the OTel GenAI notion of input."""
@@ -38,7 +38,10 @@ class Usage:
         return (self.input_tokens or 0) + (self.cache_read_tokens or 0) + (self.cache_write_tokens or 0)
 
     def as_dict(self) -> dict[str, int | None]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 def as_count(value: object) -> int | None:
