@@ -61,6 +61,11 @@ class SSEParser:
         """Bytes received but not yet part of a complete frame."""
         return bytes(self._buf)
 
+    @property
+    def pending(self) -> int:
+        """How many bytes are waiting for their frame's end (O(1), unlike ``remainder``)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         if not data:
             return []

@@ -17,9 +17,13 @@ from tokenpak_mitm.decoders import incremental_decoder
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.sse import SSEParser, event_name
 
-__all__ = ["StreamTap", "observe_buffered_sse"]
+__all__ = ["StreamTap", "observe_buffered_sse", "MAX_PENDING_FRAME"]
 
 logger = logging.getLogger(__name__)
+
+# An unterminated frame larger than this stops the observation (the bytes still flow): a hostile
+# or broken upstream must not grow the proxy's memory without bound. Real frames are < 1 MiB.
+MAX_PENDING_FRAME = 16 * 1024 * 1024
 
 FrameSink = Callable[[str | None, bytes], None]
 
@@ -96,6 +100,10 @@ class StreamTap:
         plain = self.decoder(data)
         if self.parser is not None:
             self._frames(self.parser.feed(plain), now)
+            if self.parser.pending > MAX_PENDING_FRAME:
+                logger.warning("tokenpak: an SSE frame exceeded %d bytes; observation of this stream stops, bytes pass through", MAX_PENDING_FRAME)
+                self.parser = SSEParser()  # drop the buffered frame
+                self.failed = True
         elif self._raw_copy is not None and len(self._raw_copy) + len(plain) <= self._raw_cap:
             self._raw_copy += plain
 
