@@ -13,7 +13,7 @@ import random
 
 __all__ = [
     "DELTA_HEAD", "STAMP_RE", "message_body", "json_response", "stream_frames",
-    "envelope_head", "envelope_tail", "stamped_delta", "big_delta", "large_request",
+    "envelope_head", "envelope_tail", "stamped_delta", "big_delta", "large_request", "delta_texts",
 ]
 
 _WORDS = (

@@ -82,6 +82,12 @@ def _added_over_plain(limit_ms: float) -> Callable[[dict[str, float | None]], tu
     return check
 
 
+def _added_over_direct(samples: dict[str, list[int]], q: float = 50) -> dict[str, float | None]:
+    """What each setup adds to the direct figure at percentile ``q``, in ms."""
+    base = percentile(samples["direct"], q)
+    return {k: None if base is None or not v else _ms(percentile(v, q) - base) for k, v in samples.items()}  # type: ignore[operator]
+
+
 def stream(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
     deadline = lambda: time.monotonic() + cfg.deadline_s  # noqa: E731
     paced = request_bytes(f"/v1/messages?mode=stream&frames={cfg.stream_frames}&interval_us={cfg.stream_interval_us}", message_body(stream=True))
@@ -109,9 +115,11 @@ def stream(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
     res.add("time to first byte p50", "ms", {k: _ms(percentile(v, 50)) for k, v in ttfb.items()}).judge(
         "addon-plain <= 0.5 ms", _added_over_plain(0.5))
     res.add("time to first byte p99", "ms", {k: _ms(percentile(v, 99)) for k, v in ttfb.items()})
+    res.add("added time to first byte p50 (vs direct)", "ms", _added_over_direct(ttfb))
     res.add("per-frame delay p50", "ms", {k: _ms(percentile(v, 50)) for k, v in delays.items()}).judge(
         "addon-plain <= 0.1 ms", _added_over_plain(0.1))
     res.add("per-frame delay p99", "ms", {k: _ms(percentile(v, 99)) for k, v in delays.items()})
+    res.add("added per-frame delay p50 (vs direct)", "ms", _added_over_direct(delays))
     res.add("frames/s (unpaced)", "frames/s", {k: percentile(v, 50) for k, v in fps.items()})
     if missing:
         res.notes.append(f"{missing} stamped frames not found in paced streams (split by chunk framing)")
@@ -137,6 +145,8 @@ def concurrent(setups: list[Setup], cfg: Config, res: WorkloadResult) -> None:
     res.add("per-frame delay p99", "ms", {k: _ms(percentile(v, 99)) for k, v in delays.items()}).judge(
         "addon p99 <= plain p99", lambda v: (v["addon"] <= v["plain"], f"addon/plain {ratio(v['addon'], v['plain']):.2f}"))  # type: ignore[operator]
     res.add("per-frame delay max", "ms", {k: _ms(max(v)) if v else None for k, v in delays.items()})
+    res.add("added per-frame delay p50 (vs direct)", "ms", _added_over_direct(delays))
+    res.add("added per-frame delay p99 (vs direct)", "ms", _added_over_direct(delays, 99))
     res.notes.append(f"{n} streams x {cfg.concurrent_frames} frames at {cfg.concurrent_interval_us} us "
                      f"({n * 1e6 / cfg.concurrent_interval_us:.0f} frames/s total), {cfg.rounds} rounds")
     if incomplete:
