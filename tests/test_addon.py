@@ -140,23 +140,28 @@ def test_extra_hosts_option(addon):
     assert len(tp.store.rows) == 1 and tp.store.rows[0]["host"] == "llm.internal"
 
 
-@pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h")])
+@pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h"), ("tokenpak_console", "maybe")])
 def test_bad_option_values_are_rejected_clearly(addon, opt, value):
     tp, tctx = addon
     with pytest.raises(exceptions.OptionsError, match=opt):
         tctx.configure(tp, **{opt: value})
 
 
-def test_bad_option_value_makes_mitmdump_exit_non_zero(tmp_path: Path):
+@pytest.mark.parametrize("setting, message", [
+    ("tokenpak_cache=maybe", "tokenpak_cache must be one of"),
+    ("tokenpak_console=maybe", "tokenpak_console must be true or false"),
+    ("tokenpak_record_max_bytes=8 megs", "tokenpak_record_max_bytes must be a size"),
+])
+def test_bad_option_value_makes_mitmdump_exit_non_zero(tmp_path: Path, setting: str, message: str):
     # mitmproxy skips a script silently on a bad typed value; our string options are validated
     # in configure so the user gets a clear message and a failing exit code instead.
     proc = subprocess.run(
-        [mitmdump_executable(), "-n", "-s", str(ADDON_SCRIPT), "--set", "tokenpak_cache=maybe", "--set", f"confdir={tmp_path}",
+        [mitmdump_executable(), "-n", "-s", str(ADDON_SCRIPT), "--set", setting, "--set", f"confdir={tmp_path}",
          "--set", f"tokenpak_db={tmp_path / 't.db'}"],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0
-    assert "tokenpak_cache must be one of" in proc.stdout + proc.stderr
+    assert message in proc.stdout + proc.stderr
 
 
 def test_startup_line_names_version_db_and_mode(tmp_path: Path):
@@ -181,14 +186,14 @@ async def test_json_body_parse_failure_records_a_row_not_an_exception(addon):
 
 def test_console_line_can_be_switched_off(addon, caplog):
     tp, tctx = addon
-    tctx.configure(tp, tokenpak_console=False)
+    tctx.configure(tp, tokenpak_console="false")
     f = anthropic_flow()
     with caplog.at_level("INFO", logger="tokenpak"):
         tp.requestheaders(f)
         tp.responseheaders(f)
         tp.response(f)
     assert not [r for r in caplog.records if "cache=" in r.getMessage()]
-    tctx.configure(tp, tokenpak_console=True)
+    tctx.configure(tp, tokenpak_console="true")
     f = anthropic_flow()
     with caplog.at_level("INFO", logger="tokenpak"):
         tp.requestheaders(f)

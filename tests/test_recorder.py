@@ -67,7 +67,7 @@ def test_options_are_validated_in_configure(tmp_path: Path):
     rec = Recorder()
     with taddons.context(rec) as tctx:
         with pytest.raises(exceptions.OptionsError):
-            tctx.configure(rec, tokenpak_record_max_bytes=10)
+            tctx.configure(rec, tokenpak_record_max_bytes="10")
         (tmp_path / "a-file").write_text("x")
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(rec, tokenpak_record=str(tmp_path / "a-file"))

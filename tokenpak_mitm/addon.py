@@ -28,6 +28,7 @@ from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
@@ -75,7 +76,7 @@ class TokenPak:
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "5m", "TTL of inserted cache markers: 5m or 1h.")
-        loader.add_option("tokenpak_console", bool, True, "Log one concise line per LLM request.")
+        loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
     def configure(self, updated: set[str]) -> None:
@@ -86,7 +87,10 @@ class TokenPak:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m or 1h, not {opts.tokenpak_cache_ttl!r}")
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
-        self._console = opts.tokenpak_console
+        try:
+            self._console = parse_bool("tokenpak_console", opts.tokenpak_console)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
             if self.store is None or str(self.store.path) != str(path):

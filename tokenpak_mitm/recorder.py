@@ -39,6 +39,7 @@ from mitmproxy import ctx, exceptions, http, io
 from mitmproxy.addonmanager import Loader
 
 from tokenpak_mitm import observer
+from tokenpak_mitm.options import parse_size
 from tokenpak_mitm.record_redact import redact_recorded_flow
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import terminal_state_for_error
@@ -147,14 +148,15 @@ class Recorder:
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
         loader.add_option("tokenpak_record", str, "", "Directory to save every LLM flow in (redacted .mitm files, for conformance replay). Empty: off.")
-        loader.add_option("tokenpak_record_max_bytes", int, DEFAULT_MAX_BYTES, "Per-flow cap on recorded response bytes; the flow notes when it was cut.")
+        loader.add_option("tokenpak_record_max_bytes", str, str(DEFAULT_MAX_BYTES), "Per-flow cap on recorded response bytes (e.g. 8388608, 512k, 8m); the flow notes when it was cut.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         if "tokenpak_record_max_bytes" in updated:
-            if opts.tokenpak_record_max_bytes < 1024:
-                raise exceptions.OptionsError(f"tokenpak_record_max_bytes must be at least 1024, not {opts.tokenpak_record_max_bytes}")
-            self.max_bytes = opts.tokenpak_record_max_bytes
+            try:
+                self.max_bytes = parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from e
         if "tokenpak_record" in updated:
             self._set_directory(opts.tokenpak_record)
 
