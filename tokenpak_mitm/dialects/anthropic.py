@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract, decode_json
-from tokenpak_mitm.sse import event_name, parse_event
+from tokenpak_mitm.dialects.base import Extract, decode_json, frame_json
+from tokenpak_mitm.sse import event_name
 from tokenpak_mitm.usage import Usage, as_count
 
 __all__ = ["AnthropicTracker"]
@@ -58,10 +58,7 @@ class AnthropicTracker:
                 self.extract.content_frames += 1
                 return True
             return False
-        ev = parse_event(raw)
-        if ev is None:
-            return False
-        obj = decode_json(ev.data)
+        obj = frame_json(raw)
         if isinstance(obj, dict):
             self._on_event(obj)
         return False

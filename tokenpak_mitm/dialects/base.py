@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tokenpak_mitm.sse import SSEParser
+from tokenpak_mitm.sse import SSEParser, parse_event
 from tokenpak_mitm.usage import Usage
 
-__all__ = ["Extract", "Tracker", "decode_json", "feed_sse_body", "looks_like_sse"]
+__all__ = ["Extract", "Tracker", "decode_json", "frame_json", "feed_sse_body", "looks_like_sse"]
 
 
 @dataclass(slots=True)
@@ -29,6 +29,14 @@ class Extract:
     error_type: str | None = None
     error_message: str | None = None
     content_frames: int = 0
+
+    def note_identity(self, obj: dict[str, Any]) -> None:
+        """Model and response id from an object that names them (non-empty strings only)."""
+        model, rid = obj.get("model"), obj.get("id")
+        if isinstance(model, str) and model:
+            self.model = model
+        if isinstance(rid, str) and rid:
+            self.response_id = rid
 
     @property
     def usage_source(self) -> str:
@@ -53,6 +61,12 @@ def decode_json(text: str | bytes) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         return None
+
+
+def frame_json(raw: bytes) -> Any:
+    """The JSON payload of one SSE frame, or None (no data, or not JSON)."""
+    ev = parse_event(raw)
+    return None if ev is None else decode_json(ev.data)
 
 
 def looks_like_sse(body: bytes) -> bool:

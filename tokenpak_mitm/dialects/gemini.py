@@ -26,8 +26,7 @@ import json
 import re
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, looks_like_sse
-from tokenpak_mitm.sse import parse_event
+from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, frame_json, looks_like_sse
 from tokenpak_mitm.usage import Usage, as_count
 
 __all__ = ["GeminiTracker", "gemini_usage", "iter_array_elements"]
@@ -58,10 +57,7 @@ class GeminiTracker:
                 self.extract.content_frames += 1
                 return True
             return False
-        ev = parse_event(raw)
-        if ev is None:
-            return False
-        return self._on_chunk(decode_json(ev.data))
+        return self._on_chunk(frame_json(raw))
 
     # -- buffered -------------------------------------------------------------------------------
     def feed_body(self, body: bytes, status: int) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, looks_like_sse
+from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, frame_json, looks_like_sse
 from tokenpak_mitm.sse import event_name, parse_event
 from tokenpak_mitm.usage import Usage, as_count
 
@@ -77,10 +77,7 @@ class OpenAIChatTracker:
         return False
 
     def _decoded(self, raw: bytes, is_error_event: bool) -> bool:
-        ev = parse_event(raw)
-        if ev is None:
-            return False
-        obj = decode_json(ev.data)
+        obj = frame_json(raw)
         if not isinstance(obj, dict):
             return False
         x = self.extract
@@ -89,7 +86,7 @@ class OpenAIChatTracker:
             err = obj.get("error")
             self._on_error(err if isinstance(err, dict) else obj)
             return False
-        self._on_identity(obj)
+        self.extract.note_identity(obj)
         self._identified = True
         content = False
         choices = obj.get("choices")
@@ -142,7 +139,7 @@ class OpenAIChatTracker:
                 x.stream_error = True  # an error object inside a 2xx body is still a failure
             self._on_error(err if isinstance(err, dict) else obj)
             return
-        self._on_identity(obj)
+        self.extract.note_identity(obj)
         choices = obj.get("choices")
         if isinstance(choices, list):
             for choice in choices:
@@ -155,12 +152,6 @@ class OpenAIChatTracker:
         x.terminal_seen = True
 
     # -- shared ---------------------------------------------------------------------------------
-    def _on_identity(self, obj: dict[str, Any]) -> None:
-        x = self.extract
-        if isinstance(obj.get("model"), str) and obj["model"]:
-            x.model = obj["model"]
-        if isinstance(obj.get("id"), str) and obj["id"]:
-            x.response_id = obj["id"]
 
     def _on_usage(self, usage: dict[str, Any]) -> None:
         self.extract.usage = chat_usage(usage)

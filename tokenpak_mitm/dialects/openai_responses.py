@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.dialects.base import decode_json, feed_sse_body, looks_like_sse
+from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, frame_json, looks_like_sse
 from tokenpak_mitm.dialects.openai_chat import openai_error_type
-from tokenpak_mitm.sse import event_name, parse_event
+from tokenpak_mitm.sse import event_name
 from tokenpak_mitm.usage import Usage, as_count
 
 __all__ = ["OpenAIResponsesTracker", "responses_usage"]
@@ -55,10 +54,7 @@ class OpenAIResponsesTracker:
                 self.extract.content_frames += 1
                 return True
             return False
-        ev = parse_event(raw)
-        if ev is None:
-            return False
-        obj = decode_json(ev.data)
+        obj = frame_json(raw)
         if isinstance(obj, dict):
             kind = obj.get("type")
             self._on_event(kind if isinstance(kind, str) else (name or ""), obj)
@@ -75,7 +71,7 @@ class OpenAIResponsesTracker:
         if not isinstance(response, dict):
             return
         if kind == "response.created":
-            self._on_identity(response)
+            self.extract.note_identity(response)
         elif kind in _TERMINAL:
             self._on_response(response)
             x.terminal_seen = True
@@ -107,17 +103,11 @@ class OpenAIResponsesTracker:
             x.terminal_seen = True
 
     # -- shared ---------------------------------------------------------------------------------
-    def _on_identity(self, response: dict[str, Any]) -> None:
-        x = self.extract
-        if isinstance(response.get("model"), str) and response["model"]:
-            x.model = response["model"]
-        if isinstance(response.get("id"), str) and response["id"]:
-            x.response_id = response["id"]
 
     def _on_response(self, response: dict[str, Any]) -> None:
         """A whole Response object (terminal event or buffered body)."""
         x = self.extract
-        self._on_identity(response)
+        self.extract.note_identity(response)
         details = response.get("incomplete_details")
         reason = details.get("reason") if isinstance(details, dict) else None
         if isinstance(reason, str) and reason:
