@@ -21,6 +21,7 @@ from bench.frames import STAMP_RE
 __all__ = ["Conn", "StreamRead", "read_streams", "frame_delays", "request_bytes"]
 
 _END = b"0\r\n\r\n"
+_POST_DEADLINE_S = 30.0
 _STAMP = re.compile(STAMP_RE)
 
 
@@ -49,20 +50,21 @@ class Conn:
         """Send ``raw``; read a Content-Length response. Returns (ns, head, body)."""
         sock = self.sock
         t0 = time.perf_counter_ns()
+        deadline = time.monotonic() + _POST_DEADLINE_S
         sock.sendall(raw)
         buf = sock.recv(65536)
-        while b"\r\n\r\n" not in buf:
+        while buf.find(b"\r\n\r\n") < 0:
             more = sock.recv(65536)
-            if not more:
-                raise ConnectionError("closed before headers")
+            if not more or time.monotonic() > deadline:
+                raise ConnectionError("no complete headers")
             buf += more
         head, _, body = buf.partition(b"\r\n\r\n")
         i = head.lower().find(b"content-length:")
         need = int(head[i + 15:head.find(b"\r\n", i)]) if i >= 0 else 0
         while len(body) < need:
             more = sock.recv(65536)
-            if not more:
-                raise ConnectionError("closed mid-body")
+            if not more or time.monotonic() > deadline:
+                raise ConnectionError("incomplete body")
             body += more
         return time.perf_counter_ns() - t0, head, body
 

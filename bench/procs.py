@@ -9,6 +9,7 @@ accepts connections. Whether the addon really loaded is checked afterwards from 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -71,7 +72,8 @@ def start_upstream(max_seconds: float = 1800.0) -> Child:
         stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline().decode().split()
+    ready, _, _ = select.select([proc.stdout], [], [], 30.0)  # bounded: never hang on a dead child
+    line = proc.stdout.readline().decode().split() if ready else []
     if len(line) != 2 or line[0] != "PORT":
         proc.kill()
         raise RuntimeError(f"bench upstream did not start: {line!r}")
