@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-__all__ = ["incremental_decoder"]
+__all__ = ["incremental_decoder", "identity"]
 
 Decoder = Callable[[bytes], bytes]
 
@@ -18,7 +18,7 @@ def incremental_decoder(encoding: str | None) -> Decoder | None:
     """A chunk -> decoded-bytes function, identity for no encoding, None for an unknown one."""
     enc = (encoding or "identity").strip().lower()
     if enc in ("identity", ""):
-        return _identity
+        return identity
     if enc in ("gzip", "x-gzip"):
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
     if enc == "deflate":
@@ -34,7 +34,7 @@ def incremental_decoder(encoding: str | None) -> Decoder | None:
     return None
 
 
-def _identity(data: bytes) -> bytes:
+def identity(data: bytes) -> bytes:
     return data
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from tokenpak_mitm.decoders import incremental_decoder
+from tokenpak_mitm.decoders import identity, incremental_decoder
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.sse import SSEParser, event_name
 
@@ -97,10 +97,13 @@ class StreamTap:
             self._record(now, data)
         if self.failed or self.decoder is None:
             return
-        plain = self.decoder(data)
-        if self.parser is not None:
-            self._frames(self.parser.feed(plain), now)
-            if self.parser.pending > MAX_PENDING_FRAME:
+        plain = data if self.decoder is identity else self.decoder(data)
+        parser = self.parser
+        if parser is not None:
+            frames = parser.feed(plain)
+            if frames:
+                self._frames(frames, now)
+            elif parser.pending > MAX_PENDING_FRAME:  # only a chunk that completes nothing can grow it
                 logger.warning("tokenpak: an SSE frame exceeded %d bytes; observation of this stream stops, bytes pass through", MAX_PENDING_FRAME)
                 self.parser = SSEParser()  # drop the buffered frame
                 self.failed = True
