@@ -88,9 +88,11 @@ class TokenPak:
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
-            self._console = parse_bool("tokenpak_console", opts.tokenpak_console)
+            console = parse_bool("tokenpak_console", opts.tokenpak_console)
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
+        # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
+        self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
             if self.store is None or str(self.store.path) != str(path):
