@@ -212,3 +212,15 @@ async def test_metadata_survives_serialisation(addon):
     tp.response(f)
     json.dumps(f.metadata["tokenpak"])  # tnetstring-safe plain types only
     assert "ttfb_ms" in f.metadata["tokenpak"]
+
+
+def test_a_silently_skipped_script_is_reported(tmp_path: Path):
+    # A duplicated --set for one of our options makes mitmproxy 12 drop the script without a word
+    # and keep proxying; the startup watch says so on stderr.
+    from tokenpak_mitm.testing.proxy import MitmdumpProcess
+
+    p = MitmdumpProcess("regular", db=tmp_path / "t.db", confdir=tmp_path, options=["tokenpak_cache=auto", "tokenpak_cache=off"],
+                        env={"TOKENPAK_STARTUP_GRACE": "1"})
+    with pytest.raises(RuntimeError):  # it never prints the addon's startup line
+        p.start(timeout=8)
+    assert "mitmproxy never started it" in p.output()

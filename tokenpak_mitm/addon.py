@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -68,6 +71,7 @@ class TokenPak:
         self._hosts: frozenset[str] = frozenset()
         self._cache_opts = CacheOptions()
         self._console = True
+        self.started = threading.Event()  # set by `running`; see watch_startup
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -115,6 +119,7 @@ class TokenPak:
                     raise exceptions.OptionsError(str(e)) from e
 
     def running(self) -> None:
+        self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
         db = self.store.path if self.store else "-"
         logger.info(
@@ -339,6 +344,27 @@ class TokenPak:
         stash = meta if isinstance(meta, dict) else {}
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms)
         flow.metadata[META] = stash
+
+
+def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
+    """Say so on stderr when mitmproxy loaded the script but never started the addon.
+
+    mitmproxy 12 drops a script without a word (and keeps proxying, exit 0) when a deferred
+    ``--set`` value for one of its options cannot be parsed or is given twice. Traffic would then
+    flow with no telemetry and no markers, and nobody would know.
+    """
+    wait = grace if grace is not None else float(os.environ.get("TOKENPAK_STARTUP_GRACE", "20"))
+
+    def watch() -> None:
+        if not addon.started.wait(wait):
+            sys.stderr.write(
+                "tokenpak: ERROR: the addon was loaded but mitmproxy never started it, so no telemetry is being "
+                "recorded. mitmproxy skips a script silently when a --set tokenpak_* value cannot be parsed or is "
+                "given twice: check the --set options.\n"
+            )
+            sys.stderr.flush()
+
+    threading.Thread(target=watch, name="tokenpak-startup-watch", daemon=True).start()
 
 
 def _report_outbound(flow: http.HTTPFlow, client_body: bytes | None, spans: list[list[Any]]) -> None:
