@@ -10,6 +10,10 @@ MODE    ?= reverse:https://api.anthropic.com
 # mitmdump's own per-flow lines print full URLs (a Gemini ?key= included); the addon prints its
 # own redacted line per LLM request instead. FLOW_DETAIL=1 brings mitmdump's lines back.
 FLOW_DETAIL ?= 0
+# In regular mode (HTTPS_PROXY) only the LLM API hosts are decrypted; other traffic is tunnelled
+# untouched. `make run MODE=regular SCOPE=` intercepts everything.
+LLM_HOSTS := ^(api\.anthropic\.com|api\.openai\.com|generativelanguage\.googleapis\.com):443$$
+SCOPE   ?= $(if $(filter regular%,$(MODE)),--allow-hosts '$(LLM_HOSTS)')
 ARGS    ?=
 
 .PHONY: run test bench venv clean
@@ -24,7 +28,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) -s addons/tokenpak.py $(ARGS)
+	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) -s addons/tokenpak.py $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
