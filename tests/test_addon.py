@@ -224,3 +224,21 @@ def test_a_silently_skipped_script_is_reported(tmp_path: Path):
     with pytest.raises(RuntimeError):  # it never prints the addon's startup line
         p.start(timeout=8)
     assert "mitmproxy never started it" in p.output()
+
+
+async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
+    tp, _ = addon
+    import tokenpak_mitm.addon as addon_mod
+
+    def broken(rec):
+        raise RuntimeError("bug in build_row")
+
+    monkeypatch.setattr(addon_mod, "build_row", broken)
+    f = anthropic_flow()
+    tp.requestheaders(f)
+    await tp.request(f)
+    tp.responseheaders(f)
+    tp.response(f)
+    assert len(tp.store.rows) == 1
+    row = tp.store.rows[0]
+    assert row["terminal_state"] == "proxy_error" and row["request_key"] == f.id and row["usage_source"] == "absent"

@@ -301,8 +301,7 @@ class TokenPak:
             row = build_row(st.record)
         except Exception:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
-            st.record.terminal_override = "proxy_error"
-            row = build_row(st.record)
+            row = _minimal_row(st.record)
         self.rows_emitted += 1
         for obs in observer.active():  # before the write: a live checker may annotate the row
             try:
@@ -386,6 +385,16 @@ def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes],
             o.on_stream_frame(flow_id, route_class, event, raw)
 
     return sink
+
+
+def _minimal_row(rec: RequestRecord) -> dict[str, Any]:
+    """The row that is still written when building the real one failed: the request is counted."""
+    return {
+        "request_key": rec.request_key, "started_at": rec.started_at, "provider": rec.route.provider, "api": rec.route.api,
+        "route_class": rec.route_class, "host": rec.host, "path": rec.path, "stream": int(rec.stream),
+        "billable": int(rec.route.billable), "status_code": rec.status_code, "terminal_state": "proxy_error",
+        "usage_source": "absent", "error": "telemetry_error", "proxy_version": __version__,
+    }
 
 
 def _ms(seconds: float) -> float:
