@@ -217,13 +217,30 @@ async def test_metadata_survives_serialisation(addon):
 def test_a_silently_skipped_script_is_reported(tmp_path: Path):
     # A duplicated --set for one of our options makes mitmproxy 12 drop the script without a word
     # and keep proxying; the startup watch says so on stderr.
-    from tokenpak_mitm.testing.proxy import MitmdumpProcess
+    import os
+    import time
 
-    p = MitmdumpProcess("regular", db=tmp_path / "t.db", confdir=tmp_path, options=["tokenpak_cache=auto", "tokenpak_cache=off"],
-                        env={"TOKENPAK_STARTUP_GRACE": "1"})
-    with pytest.raises(RuntimeError):  # it never prints the addon's startup line
-        p.start(timeout=8)
-    assert "mitmproxy never started it" in p.output()
+    proc = subprocess.Popen(
+        [mitmdump_executable(), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(ADDON_SCRIPT), "--set", f"confdir={tmp_path}",
+         "--set", f"tokenpak_db={tmp_path / 't.db'}", "--set", "tokenpak_cache=auto", "--set", "tokenpak_cache=off"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TOKENPAK_STARTUP_GRACE": "1"},
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "mitmproxy never started it" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait(10)
+    out = "".join(lines)
+    assert "mitmproxy never started it" in out
+    assert "tokenpak-mitm 0.1.0 running" not in out
 
 
 async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):

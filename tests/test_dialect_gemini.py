@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dialect_helpers import ANY_JSON, feed_split
+
 from tokenpak_mitm.dialects.gemini import GeminiTracker, gemini_usage, iter_array_elements
 from tokenpak_mitm.error_shapes import check_error_shape
 from tokenpak_mitm.pricing import price
 from tokenpak_mitm.routes import classify, tracker_for
-from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import RequestRecord, build_row
 
@@ -23,19 +23,6 @@ MTOK = 1_000_000
 STREAM_PATH = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
 
 
-def feed_split(tracker: GeminiTracker, data: bytes, cuts: Sequence[int] = ()) -> list[bool]:
-    """Drive the tracker the way the tap does: parser chunks at ``cuts``, then close()."""
-    parser = SSEParser()
-    flags: list[bool] = []
-    prev = 0
-    for cut in sorted({c for c in cuts if 0 < c < len(data)}) + [len(data)]:
-        flags += [tracker.feed_frame(f) for f in parser.feed(data[prev:cut])]
-        prev = cut
-    more, rest = parser.close()
-    flags += [tracker.feed_frame(f) for f in more]
-    if rest.strip():
-        tracker.feed_frame(rest)
-    return flags
 
 
 def element(text: str | None = None, *, finish: str | None = None, usage: dict | None = None, **extra: object) -> dict:
@@ -278,11 +265,6 @@ def test_registered_for_both_gemini_verbs() -> None:
 
 # -- fuzz --------------------------------------------------------------------------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 
 
 @settings(max_examples=300, deadline=None)
@@ -308,7 +290,7 @@ def test_mutated_recorded_frames_never_raise(data: st.DataObject) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(JSON, JSON, JSON, JSON)
+@given(ANY_JSON, ANY_JSON, ANY_JSON, ANY_JSON)
 def test_wrong_types_in_known_fields_never_raise(candidates: object, usage: object, error: object, feedback: object) -> None:
     obj = {"candidates": candidates, "usageMetadata": usage, "error": error, "promptFeedback": feedback, "modelVersion": usage}
     t = GeminiTracker()

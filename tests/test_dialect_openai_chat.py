@@ -3,37 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dialect_helpers import ANY_JSON, feed_split
+
 from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
 from tokenpak_mitm.error_shapes import check_error_shape
 from tokenpak_mitm.pricing import price
 from tokenpak_mitm.routes import classify, tracker_for
-from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.telemetry import RequestRecord, build_row
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "openai_chat_include_usage.sse").read_bytes()
 MTOK = 1_000_000
 
 
-def feed_split(tracker: OpenAIChatTracker, data: bytes, cuts: Sequence[int] = ()) -> list[bool]:
-    """Drive the tracker the way the tap does: parser chunks at ``cuts``, then close()."""
-    parser = SSEParser()
-    flags: list[bool] = []
-    prev = 0
-    for cut in sorted({c for c in cuts if 0 < c < len(data)}) + [len(data)]:
-        flags += [tracker.feed_frame(f) for f in parser.feed(data[prev:cut])]
-        prev = cut
-    more, rest = parser.close()
-    flags += [tracker.feed_frame(f) for f in more]
-    if rest.strip():
-        tracker.feed_frame(rest)
-    return flags
 
 
 def chunk(choices: object = None, *, usage: object = None, model: str = "gpt-4o-2024-08-06", **extra: object) -> bytes:
@@ -279,11 +266,6 @@ def test_registered_for_the_chat_route() -> None:
 
 # -- fuzz --------------------------------------------------------------------------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 
 
 @settings(max_examples=300, deadline=None)
@@ -308,7 +290,7 @@ def test_mutated_recorded_frames_never_raise(data: st.DataObject) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(JSON, JSON, JSON, JSON)
+@given(ANY_JSON, ANY_JSON, ANY_JSON, ANY_JSON)
 def test_wrong_types_in_known_fields_never_raise(choices: object, usage: object, error: object, model: object) -> None:
     obj = {"id": "x", "model": model, "choices": choices, "usage": usage, "error": error}
     frame = b"data: " + json.dumps(obj).encode() + b"\n\n"

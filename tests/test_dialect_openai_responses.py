@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from dialect_helpers import ANY_JSON, feed_split
 
 from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
 from tokenpak_mitm.error_shapes import check_error_shape
@@ -21,19 +22,6 @@ FIXTURE = (Path(__file__).parent / "fixtures" / "openai_responses_basic_text.sse
 MTOK = 1_000_000
 
 
-def feed_split(tracker: OpenAIResponsesTracker, data: bytes, cuts: Sequence[int] = ()) -> list[bool]:
-    """Drive the tracker the way the tap does: parser chunks at ``cuts``, then close()."""
-    parser = SSEParser()
-    flags: list[bool] = []
-    prev = 0
-    for cut in sorted({c for c in cuts if 0 < c < len(data)}) + [len(data)]:
-        flags += [tracker.feed_frame(f) for f in parser.feed(data[prev:cut])]
-        prev = cut
-    more, rest = parser.close()
-    flags += [tracker.feed_frame(f) for f in more]
-    if rest.strip():
-        tracker.feed_frame(rest)
-    return flags
 
 
 def event(obj: dict, *, with_name: bool = True) -> bytes:
@@ -245,11 +233,6 @@ def test_registered_for_the_responses_route() -> None:
 
 # -- fuzz --------------------------------------------------------------------------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 KINDS = st.sampled_from(["response.created", "response.completed", "response.incomplete", "response.failed", "error", "response.output_text.delta"])
 
 
@@ -275,7 +258,7 @@ def test_mutated_recorded_frames_never_raise(data: st.DataObject) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(KINDS, JSON, JSON, JSON, JSON)
+@given(KINDS, ANY_JSON, ANY_JSON, ANY_JSON, ANY_JSON)
 def test_wrong_types_in_known_fields_never_raise(kind: str, resp: object, usage: object, error: object, details: object) -> None:
     inner = {"id": "r", "model": "m", "usage": usage, "error": error, "incomplete_details": details, "status": resp}
     for obj in ({"type": kind, "response": inner, "error": error}, {"type": kind, "response": resp}):
