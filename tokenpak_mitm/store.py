@@ -212,10 +212,12 @@ class TelemetryStore:
                 else:
                     batch.append(item)
                 # Linger briefly so a burst is one transaction: waking (and taking the GIL from
-                # the event loop) once per row was the proxy's main tail-latency cost.
-                deadline = time.monotonic() + LINGER
+                # the event loop) once per row was the proxy's main tail-latency cost. Sleeping,
+                # rather than waiting on the queue, keeps each submit a plain append meanwhile.
+                if not stop:
+                    time.sleep(LINGER)
                 while len(batch) < BATCH and not stop:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._queue.get_nowait()
                     if item is None:
                         stop = True
                     else:
