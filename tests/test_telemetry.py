@@ -36,6 +36,19 @@ def test_error_messages_map_to_who_ended_the_flow(msg, state):
     assert terminal_state_for_error(msg) == state
 
 
+@pytest.mark.parametrize(
+    "msg, closed_by, state",
+    [
+        ("peer closed connection", "client", "client_disconnected"),  # an HTTP/2 client went away
+        ("peer closed connection", "server", "upstream_disconnected"),
+        ("peer closed connection", None, "upstream_disconnected"),
+        ("Client disconnected.", "server", "client_disconnected"),  # the text names the side
+    ],
+)
+def test_ambiguous_error_text_is_settled_by_which_connection_closed(msg, closed_by, state):
+    assert terminal_state_for_error(msg, closed_by) == state
+
+
 def test_proxy_is_credited_only_when_it_inserted():
     u = Usage(input_tokens=10, cache_read_tokens=5000, cache_write_tokens=0, output_tokens=5)
     assert build_row(record(extract=extract(u), markers_inserted=2))["cache_origin"] == "proxy"

@@ -27,6 +27,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
@@ -263,6 +264,11 @@ class TokenPak:
                 st.tap.close()
             # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
             st.record.error_msg = redact_text(flow.error.msg, secret_values(flow.request.headers.items(), flow.request.path)) if flow.error else "unknown error"
+            meta = flow.metadata.get(META)
+            if flow.live or not isinstance(meta, dict) or "closed_by" not in meta:
+                st.record.closed_by = closed_by(flow)
+            else:
+                st.record.closed_by = meta.get("closed_by")  # replay: the live run's verdict
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -341,8 +347,19 @@ class TokenPak:
         end = (resp.timestamp_end if resp is not None else None) or (tap.last_byte_at if tap else None) or time.time()
         rec.duration_ms = _ms(end - sent)
         stash = meta if isinstance(meta, dict) else {}
-        stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms)
+        stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by)
         flow.metadata[META] = stash
+
+
+def closed_by(flow: http.HTTPFlow) -> str | None:
+    """Whose connection was already closed when the flow failed ("client", "server" or None)."""
+    client_closed = flow.client_conn.state is ConnectionState.CLOSED
+    server_closed = flow.server_conn.state is ConnectionState.CLOSED
+    if client_closed and not server_closed:
+        return "client"
+    if server_closed and not client_closed:
+        return "server"
+    return None
 
 
 def watch_startup(addon: TokenPak, grace: float | None = None) -> None:

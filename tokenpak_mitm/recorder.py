@@ -39,6 +39,7 @@ from mitmproxy import ctx, exceptions, http, io
 from mitmproxy.addonmanager import Loader
 
 from tokenpak_mitm import observer
+from tokenpak_mitm.addon import closed_by
 from tokenpak_mitm.options import parse_size
 from tokenpak_mitm.record_redact import redact_recorded_flow
 from tokenpak_mitm.tap import StreamTap
@@ -304,7 +305,7 @@ def _ending(flow: http.HTTPFlow, sent: int) -> dict[str, Any]:
     if flow.error is None:
         return {"path": "completed"}
     msg = flow.error.msg
-    path = terminal_state_for_error(msg)
+    path = terminal_state_for_error(msg, closed_by(flow))
     if path == "upstream_disconnected" and flow.response is None:
         where = "before_response"
     else:

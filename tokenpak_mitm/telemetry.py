@@ -39,6 +39,7 @@ class RequestRecord:
     response_bytes: int | None = None
     upstream_request_id: str | None = None
     error_msg: str | None = None  # mitmproxy's flow.error message, when the flow failed
+    closed_by: str | None = None  # "client" / "server": whose connection was closed at the error
     terminal_override: str | None = None  # e.g. proxy_error when our own code failed
     markers_inserted: int = 0
     client_markers: int = 0
@@ -50,13 +51,20 @@ class RequestRecord:
 _CLIENT_GONE = ("client disconnected", "stream reset by client (cancel)", "client closed")
 
 
-def terminal_state_for_error(msg: str) -> str:
-    """Map mitmproxy's error text to who ended the flow."""
+def terminal_state_for_error(msg: str, closed_by: str | None = None) -> str:
+    """Map mitmproxy's error text, and which side's connection had closed, to who ended the flow.
+
+    Some texts name the side ("Client disconnected."); others do not: an HTTP/2 client that closes
+    its connection and an upstream that does both read "peer closed connection". ``closed_by``
+    ("client" / "server", from the connection states when the error fired) settles those.
+    """
     low = msg.lower()
     if any(s in low for s in _CLIENT_GONE):
         return "client_disconnected"
     if "killed" in low:
         return "proxy_error"
+    if closed_by == "client":
+        return "client_disconnected"
     return "upstream_disconnected"
 
 
@@ -88,7 +96,7 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
     if rec.terminal_override:
         state = rec.terminal_override
     elif rec.error_msg is not None:
-        state = terminal_state_for_error(rec.error_msg)
+        state = terminal_state_for_error(rec.error_msg, rec.closed_by)
     elif rec.status_code is not None and rec.status_code >= 400:
         state = "error_response"
     elif x.stream_error:
