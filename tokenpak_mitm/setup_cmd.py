@@ -65,12 +65,18 @@ def allow_hosts_pattern(hosts: tuple[str, ...] = LLM_HOSTS) -> str:
     return "^(" + "|".join(re.escape(h) for h in hosts) + "):443$"
 
 
+def _mitmdump() -> str:
+    """The mitmdump next to this interpreter (the project's venv), so the line runs as printed."""
+    exe = Path(sys.executable).with_name("mitmdump")
+    return str(exe) if exe.is_file() else "mitmdump"
+
+
 def _export(name: str, value: str) -> str:
     return f"export {name}={shlex.quote(value)}"
 
 
 def _proxy_command(opts: SetupOptions, modes: list[str]) -> str:
-    parts = ["mitmdump", "--listen-host", opts.host]
+    parts = [_mitmdump(), "--listen-host", opts.host]
     if len(modes) == 1:
         parts += ["-p", str(opts.port)]
     for mode in modes:
