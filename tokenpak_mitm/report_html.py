@@ -23,6 +23,8 @@ LEFT, RIGHT, TOP, BOTTOM = 72, 12, 16, 44
 BUCKET_COLORS = {"input": "#4e79a7", "cache_read": "#59a14f", "cache_write": "#f28e2b", "output": "#b07aa1", "other": "#9c9c9c"}
 USD = "${:,.2f}"
 ORIGIN_COLORS = {"proxy": "#2f7d32", "client": "#4e79a7", "unknown": "#9c9c9c"}
+# "unknown": the provider cached with no marker from anyone (e.g. automatic caching); never the proxy's credit.
+ORIGIN_LABELS = {"proxy": "proxy markers", "client": "client markers", "unknown": "no marker (provider)"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,7 @@ def _charts(days: list[Summary]) -> str:
     buckets = [*BUCKETS, "other"]
     cost = [Series(b.replace("_", " "), BUCKET_COLORS[b], [d.cost_by_bucket.get(b) for d in days]) for b in buckets
             if any(d.cost_by_bucket.get(b) for d in days)]
-    savings = [Series(f"{o} markers", ORIGIN_COLORS[o], [d.savings_usd.get(o) for d in days]) for o in ORIGIN_COLORS]
+    savings = [Series(ORIGIN_LABELS.get(o, f"{o} markers"), ORIGIN_COLORS[o], [d.savings_usd.get(o) for d in days]) for o in ORIGIN_COLORS]
     return "\n".join([
         bar_chart("Cost per day (USD, priced requests) by token bucket", labels, cost, stacked=True),
         line_chart("Cache hit ratio per day", labels, Series("cache hit ratio", "#59a14f", [d.cache_hit_ratio for d in days])),
