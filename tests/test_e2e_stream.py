@@ -52,6 +52,7 @@ def test_stream_bytes_unchanged_and_one_correct_row(stack: Stack):
     assert row["cost_usd"] == pytest.approx((20 * 3 + 100 * 3.75 + 3000 * 0.30 + 15 * 15) / 1e6)
     assert row["savings_usd"] == pytest.approx(((3120 * 3) - (20 * 3 + 100 * 3.75 + 3000 * 0.30)) / 1e6)
     assert row["ttfb_ms"] is not None and row["ttft_ms"] is not None and row["ttft_ms"] >= row["ttfb_ms"]
+    assert row["proxy_request_ms"] is not None and row["proxy_request_ms"] >= 0
 
 
 def test_frame_before_upstream_pause_reaches_client_during_the_pause(stack: Stack):

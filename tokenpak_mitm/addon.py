@@ -339,7 +339,10 @@ class TokenPak:
         if isinstance(meta, dict) and "ttfb_ms" in meta and not live:
             # Replay: timings come from the live run, so the row matches it.
             rec.ttfb_ms, rec.ttft_ms, rec.duration_ms = meta.get("ttfb_ms"), meta.get("ttft_ms"), meta.get("duration_ms")
+            rec.proxy_request_ms = meta.get("proxy_request_ms")
             return
+        if st.sent_at is not None and flow.request.timestamp_end:
+            rec.proxy_request_ms = _ms(st.sent_at - flow.request.timestamp_end)
         if resp is not None and resp.timestamp_start:
             rec.ttfb_ms = _ms(resp.timestamp_start - sent)
         if tap is not None and tap.first_content_at is not None:
@@ -347,7 +350,8 @@ class TokenPak:
         end = (resp.timestamp_end if resp is not None else None) or (tap.last_byte_at if tap else None) or time.time()
         rec.duration_ms = _ms(end - sent)
         stash = meta if isinstance(meta, dict) else {}
-        stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by)
+        stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
+                     proxy_request_ms=rec.proxy_request_ms)
         flow.metadata[META] = stash
 
 

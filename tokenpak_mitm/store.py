@@ -32,8 +32,9 @@ __all__ = ["TelemetryStore", "COLUMNS", "connect_readonly", "default_db_path"]
 
 logger = logging.getLogger(__name__)
 
-# (name, SQL type). Order is the insert order; new columns arrive through MIGRATIONS only.
-COLUMNS: tuple[tuple[str, str], ...] = (
+# (name, SQL type). Schema v1 is frozen (it is what the first release created); columns added
+# later go in their own tuple below and arrive in existing databases through MIGRATIONS.
+COLUMNS_V1: tuple[tuple[str, str], ...] = (
     ("request_key", "TEXT NOT NULL UNIQUE"),
     ("started_at", "REAL NOT NULL"),
     ("provider", "TEXT"),
@@ -75,14 +76,20 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("conformance_violations", "INTEGER"),
     ("proxy_version", "TEXT"),
 )
+# v2: the proxy's own request-side time (classify, plan, splice) between the client's last
+# request byte and the request going upstream, so users can see what the proxy itself added.
+COLUMNS_V2: tuple[tuple[str, str], ...] = (("proxy_request_ms", "REAL"),)
+COLUMNS = COLUMNS_V1 + COLUMNS_V2
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
     "CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-    + ", ".join(f"{n} {t}" for n, t in COLUMNS)
+    + ", ".join(f"{n} {t}" for n, t in COLUMNS_V1)
     + ");"
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
+    # 2
+    "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V2),
 )
 
 SPILL_SUFFIX = ".spill.jsonl"

@@ -35,6 +35,7 @@ class RequestRecord:
     ttfb_ms: float | None = None
     ttft_ms: float | None = None
     duration_ms: float | None = None
+    proxy_request_ms: float | None = None  # client's last request byte -> sent upstream (our own time)
     frames: int | None = None
     response_bytes: int | None = None
     upstream_request_id: str | None = None
@@ -133,6 +134,7 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
         "ttfb_ms": rec.ttfb_ms,
         "ttft_ms": rec.ttft_ms,
         "duration_ms": rec.duration_ms,
+        "proxy_request_ms": rec.proxy_request_ms,
         "frames": rec.frames,
         "response_bytes": rec.response_bytes,
         "response_id": x.response_id,
