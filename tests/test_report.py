@@ -41,11 +41,11 @@ def row(key: str, day: int, **values: Any) -> dict[str, Any]:
 
 ROWS = [
     row("a", 1, input_tokens=100, cache_read_tokens=1000, output_tokens=50, cost_usd=0.01, savings_usd=0.002, cache_origin="proxy", markers_inserted=2,
-        cache_decision="inserted"),
+        cache_decision="inserted", proxy_request_ms=0.4),
     row("b", 1, input_tokens=40, cache_write_tokens=2000, cache_write_5m_tokens=2000, output_tokens=10, cost_usd=0.02, savings_usd=-0.001,
-        cache_origin="proxy", markers_inserted=1, cache_decision="inserted"),
+        cache_origin="proxy", markers_inserted=1, cache_decision="inserted", proxy_request_ms=1.5),
     row("c", 1, input_tokens=5, cache_read_tokens=500, output_tokens=20, cost_usd=0.005, savings_usd=0.001, cache_origin="client", client_markers=1,
-        route_class="sdk", cache_decision="stood_down"),
+        route_class="sdk", cache_decision="stood_down", proxy_request_ms=0.1),
     row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30, cache_decision="below_minimum"),  # unknown model: unpriced
     row("e", 2, status_code=529, terminal_state="error_response", usage_source="absent", input_tokens=None, cache_read_tokens=None,
         cache_write_tokens=None, output_tokens=None, error="overloaded_error"),  # no usage: a request, no tokens, unpriced
@@ -119,6 +119,12 @@ def check(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     assert summary["terminal_states"] == want["terminal_states"]
     assert summary["cache_decisions"] == want["cache_decisions"]
     assert summary["markers_inserted"] == want["markers_inserted"]
+    times = sorted(r["proxy_request_ms"] for r in rows if r.get("proxy_request_ms") is not None)
+    if times:
+        assert summary["proxy_request_ms"]["max"] == times[-1]
+        assert summary["proxy_request_ms"]["p50"] == times[min(len(times) - 1, len(times) // 2)]
+    else:
+        assert summary["proxy_request_ms"] is None
 
 
 def report_json(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:

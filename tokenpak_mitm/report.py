@@ -60,6 +60,7 @@ class Summary:
     usage_sources: Counter[str] = field(default_factory=Counter)
     cache_decisions: Counter[str] = field(default_factory=Counter)  # the planner's verdicts
     markers_inserted: int = 0
+    _proxy_ms: list[float] = field(default_factory=list)  # the proxy's own request-side time
 
     @property
     def cost_usd(self) -> float | None:
@@ -89,6 +90,8 @@ class Summary:
         if row.get("cache_decision"):
             self.cache_decisions[row["cache_decision"]] += 1
         self.markers_inserted += row.get("markers_inserted") or 0
+        if row.get("proxy_request_ms") is not None:
+            self._proxy_ms.append(float(row["proxy_request_ms"]))
         source = row.get("usage_source") or "absent"
         self.usage_sources[source] += 1
         if source != "absent":
@@ -127,7 +130,17 @@ class Summary:
             "usage_sources": dict(sorted(self.usage_sources.items())),
             "cache_decisions": dict(sorted(self.cache_decisions.items())),
             "markers_inserted": self.markers_inserted,
+            "proxy_request_ms": self.proxy_request_ms,
         }
+
+    @property
+    def proxy_request_ms(self) -> dict[str, float] | None:
+        """p50 / p95 / max of what the proxy itself added before sending each request upstream."""
+        if not self._proxy_ms:
+            return None
+        ordered = sorted(self._proxy_ms)
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        return {"p50": pick(0.50), "p95": pick(0.95), "max": ordered[-1]}
 
 
 @dataclass(slots=True)
@@ -333,6 +346,9 @@ def _print_tables(report: Report, db: str) -> None:
     if t.cache_decisions:
         console.print(decisions)
     console.print(f"cache hit = {CACHE_HIT_RATIO_DEFINITION}.")
+    if t.proxy_request_ms:
+        p = t.proxy_request_ms
+        console.print(f"proxy's own request-side time (classify, plan, splice): p50 {p['p50']:.2f} ms, p95 {p['p95']:.2f} ms, max {p['max']:.2f} ms.")
     if t.unpriced_requests:
         console.print(f"{t.unpriced_requests} unpriced requests: their cost is unknown and not included above.")
     if t.requests - t.requests_with_usage:
