@@ -72,6 +72,11 @@ class Stack:
         assert len(rows) == 1, f"expected one row for {key}, got {len(rows)}\n{self.proxy.output()[-3000:]}"
         return rows[0]
 
+    def close(self) -> None:
+        """Stop the proxy first (its shutdown flushes rows), then the upstream."""
+        self.proxy.stop()
+        self.upstream.stop()
+
     def received(self, key: str) -> Received:
         return next(r for r in self.upstream.received if r.header("x-test-id") == key)
 
@@ -102,5 +107,4 @@ def make_stack(tmp: Path, options: list[str] | None = None, extra_args: list[str
 def stack(tmp_path_factory: pytest.TempPathFactory):
     s = make_stack(tmp_path_factory.mktemp("stack"))
     yield s
-    s.proxy.stop()
-    s.upstream.stop()
+    s.close()

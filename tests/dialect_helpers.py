@@ -30,3 +30,11 @@ def feed_split(tracker: Tracker, data: bytes, cuts: Sequence[int] = ()) -> list[
     if rest.strip():
         tracker.feed_frame(rest)
     return flags
+
+
+def mutated(data: bytes, draw: st.DataObject) -> bytes:
+    """``data`` with 1-8 bytes overwritten at drawn positions (a corrupted real recording)."""
+    raw = bytearray(data)
+    for _ in range(draw.draw(st.integers(1, 8))):
+        raw[draw.draw(st.integers(0, len(raw) - 1))] = draw.draw(st.integers(0, 255))
+    return bytes(raw)

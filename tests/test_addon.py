@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +52,14 @@ async def addon(tmp_path: Path):
         yield tp, tctx
 
 
+async def drive_buffered(tp: TokenPak, f) -> None:
+    """The hook sequence of a buffered (or replayed) response, as mitmproxy runs it."""
+    tp.requestheaders(f)
+    await tp.request(f)
+    tp.responseheaders(f)
+    tp.response(f)
+
+
 async def drive_stream(tp: TokenPak, f, chunks: list[bytes]) -> list[bytes]:
     tp.requestheaders(f)
     await tp.request(f)
@@ -97,10 +104,7 @@ async def test_replayed_flow_parses_the_buffered_body(addon):
     # mitmdump -nr / server replay never call the stream callable: the response hook parses.
     tp, _ = addon
     f = anthropic_flow()
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
-    tp.response(f)
+    await drive_buffered(tp, f)
     row = tp.store.rows[0]
     assert (row["input_tokens"], row["output_tokens"], row["frames"]) == (7, 3, 3)
 
@@ -122,10 +126,7 @@ async def test_error_hook_alone_gives_one_row_with_partial_usage(addon):
 async def test_other_hosts_are_ignored(addon):
     tp, _ = addon
     f = tflow.tflow(resp=True)
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
-    tp.response(f)
+    await drive_buffered(tp, f)
     assert tp.store.rows == [] and f.response.stream is False
 
 
@@ -176,10 +177,7 @@ def test_startup_line_names_version_db_and_mode(tmp_path: Path):
 async def test_json_body_parse_failure_records_a_row_not_an_exception(addon):
     tp, _ = addon
     f = anthropic_flow(resp_body=b"{not json", ctype="application/json")
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
-    tp.response(f)
+    await drive_buffered(tp, f)
     row = tp.store.rows[0]
     assert row["terminal_state"] == "completed" and row["usage_source"] == "absent" and row["cost_usd"] is None
 
@@ -206,10 +204,7 @@ def test_console_line_can_be_switched_off(addon, caplog):
 async def test_metadata_survives_serialisation(addon):
     tp, _ = addon
     f = anthropic_flow()
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
-    tp.response(f)
+    await drive_buffered(tp, f)
     json.dumps(f.metadata["tokenpak"])  # tnetstring-safe plain types only
     assert "ttfb_ms" in f.metadata["tokenpak"]
 
@@ -252,10 +247,7 @@ async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
 
     monkeypatch.setattr(addon_mod, "build_row", broken)
     f = anthropic_flow()
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
-    tp.response(f)
+    await drive_buffered(tp, f)
     assert len(tp.store.rows) == 1
     row = tp.store.rows[0]
     assert row["terminal_state"] == "proxy_error" and row["request_key"] == f.id and row["usage_source"] == "absent"

@@ -310,7 +310,6 @@ import re as _re
 
 from hypothesis import given as _given, settings as _settings, strategies as _st
 
-from tokenpak_mitm.cache_planner import is_volatile_text
 
 _REFERENCE = _re.compile(
     r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialect_helpers import ANY_JSON, feed_split
+from dialect_helpers import ANY_JSON, feed_split, mutated
 
 from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
 from tokenpak_mitm.error_shapes import check_error_shape
@@ -280,13 +280,10 @@ def test_arbitrary_bytes_never_raise(data: bytes, status: int) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_mutated_recorded_frames_never_raise(data: st.DataObject) -> None:
-    raw = bytearray(FIXTURE)
-    for _ in range(data.draw(st.integers(1, 8))):
-        pos = data.draw(st.integers(0, len(raw) - 1))
-        raw[pos] = data.draw(st.integers(0, 255))
+    raw = mutated(FIXTURE, data)
     t = OpenAIChatTracker()
-    feed_split(t, bytes(raw), data.draw(st.lists(st.integers(0, len(raw)), max_size=10)))
-    t.feed_body(bytes(raw), 200)
+    feed_split(t, raw, data.draw(st.lists(st.integers(0, len(raw)), max_size=10)))
+    t.feed_body(raw, 200)
 
 
 @settings(max_examples=300, deadline=None)

@@ -78,8 +78,7 @@ def rows_with(db: Path, where: str, args: tuple, timeout: float = 15.0) -> list[
 def fstack(tmp_path_factory: pytest.TempPathFactory):
     s = make_stack(tmp_path_factory.mktemp("faults"))
     yield s
-    s.proxy.stop()
-    s.upstream.stop()
+    s.close()
 
 
 # -- client disconnect at every frame index -------------------------------------------------------

@@ -163,8 +163,7 @@ def wait_count(db: Path, n: int, timeout: float = 60.0) -> int:
 def lstack(tmp_path_factory: pytest.TempPathFactory):
     s = make_stack(tmp_path_factory.mktemp("load"), options=["tokenpak_console=false", "flow_detail=0"], extra_args=["-s", str(PROBE_ADDON)])
     yield s
-    s.proxy.stop()
-    s.upstream.stop()
+    s.close()
 
 
 def test_two_thousand_mixed_streams_give_two_thousand_correct_rows(lstack: Stack):

@@ -47,8 +47,7 @@ def rec_stack(tmp_path_factory: pytest.TempPathFactory):
     s = make_stack(tmp, options=[f"tokenpak_record={tmp / 'flows'}"])
     s.flows = tmp / "flows"  # type: ignore[attr-defined]
     yield s
-    s.proxy.stop()
-    s.upstream.stop()
+    s.close()
 
 
 def recording_for(stack: Stack, key: str, timeout: float = 10.0) -> Recording:

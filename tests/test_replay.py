@@ -36,8 +36,7 @@ def test_replay_gives_the_live_rows(tmp_path: Path):
         err = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
         s.call(Script(status=529, reason="Overloaded", headers=[("content-type", "application/json")], steps=[Step(err)], chunked=False))
     finally:
-        s.proxy.stop()
-        s.upstream.stop()
+        s.close()
     live = all_rows(s.db)
     assert len(live) == 3
 
