@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from tokenpak_mitm.sse import SSEParser, parse_event
 from tokenpak_mitm.usage import Usage
 
-__all__ = ["Extract", "Tracker", "decode_json", "frame_json", "feed_sse_body", "looks_like_sse"]
+__all__ = ["Extract", "Tracker", "body_object", "decode_json", "frame_json", "feed_sse_body", "looks_like_sse"]
 
 
 @dataclass(slots=True)
@@ -83,3 +83,13 @@ def feed_sse_body(tracker: Tracker, body: bytes) -> None:
         tracker.feed_frame(raw)
     if rest.strip():
         tracker.feed_frame(rest)
+
+
+def body_object(tracker: Tracker, body: bytes) -> dict[str, Any] | None:
+    """A buffered body's JSON object; an SSE body (mislabelled or replayed) is fed frame by frame
+    instead, and anything else is None."""
+    if looks_like_sse(body):
+        feed_sse_body(tracker, body)
+        return None
+    obj = decode_json(body)
+    return obj if isinstance(obj, dict) else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tokenpak_mitm.dialects.base import Extract, decode_json, feed_sse_body, frame_json, looks_like_sse
+from tokenpak_mitm.dialects.base import Extract, body_object, frame_json
 from tokenpak_mitm.sse import event_name, parse_event
 from tokenpak_mitm.usage import Usage, as_count
 
@@ -126,11 +126,8 @@ class OpenAIChatTracker:
 
     # -- buffered -------------------------------------------------------------------------------
     def feed_body(self, body: bytes, status: int) -> None:
-        if looks_like_sse(body):
-            feed_sse_body(self, body)
-            return
-        obj = decode_json(body)
-        if not isinstance(obj, dict):
+        obj = body_object(self, body)
+        if obj is None:
             return
         x = self.extract
         err = obj.get("error")
