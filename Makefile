@@ -3,7 +3,8 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 HOST    ?= 127.0.0.1
 PORT    ?= 8766
 MODE    ?= reverse:https://api.anthropic.com
@@ -16,25 +17,44 @@ LLM_HOSTS := ^(api\.anthropic\.com|api\.openai\.com|generativelanguage\.googleap
 SCOPE   ?= $(if $(filter regular%,$(MODE)),--allow-hosts '$(LLM_HOSTS)')
 ARGS    ?=
 
-.PHONY: run test bench venv clean
+.PHONY: run test test-fast bench venv lock clean
 
-$(STAMP): pyproject.toml
+# Installs come from the committed lock files (requirements/*.txt, exact versions with hashes),
+# so a fresh clone gets what CI tested. The proxy needs only run.txt; tests and benchmarks add dev.txt.
+$(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "tokenpak-mitm needs Python >= 3.12 (mitmproxy 12); install it or set PY=python3.12")'
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	@touch $(STAMP)
+	$(PY) -m venv $(VENV)
 
-venv: $(STAMP)
+$(RUN_STAMP): requirements/run.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/run.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
 
-run: $(STAMP)
+$(DEV_STAMP): requirements/dev.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@ $(RUN_STAMP)
+
+venv: $(DEV_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) -s addons/tokenpak.py $(ARGS)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-bench: $(STAMP)
+# The unit subset (no mitmdump subprocesses): make test-fast
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -m 'not e2e' $(ARGS)
+
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# Refresh the lock files after changing dependencies in pyproject.toml (needs the dev venv).
+LOCK_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock: $(DEV_STAMP)
+	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra otel -o requirements/run.txt pyproject.toml requirements/build.in
+	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra otel --extra dev -c requirements/run.txt -o requirements/dev.txt pyproject.toml requirements/build.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

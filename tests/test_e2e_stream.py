@@ -109,9 +109,9 @@ def test_compressed_sse_arrives_unchanged_and_is_measured(stack: Stack, encoding
 
         wire = brotli.compress(plain)
     else:
-        import zstandard
+        from tokenpak_mitm.decoders import zstd
 
-        wire = zstandard.ZstdCompressor().compress(plain)
+        wire = zstd.compress(plain)
     steps = [Step(wire[i : i + 37]) for i in range(0, len(wire), 37)]
     script = Script(headers=[("content-type", "text/event-stream"), ("content-encoding", encoding)], steps=steps)
     resp, key = stack.call(script)

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import brotli
-import zstandard
 
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Plan, Sizes, count_markers, plan
+from .decoders import zstd
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
 
 __all__ = [
@@ -318,7 +318,7 @@ def _unbrotli(data: bytes) -> tuple[bytes, int]:
 
 
 def _unzstd(data: bytes) -> tuple[bytes, int]:
-    return _decode_frames(data, lambda: zstandard.ZstdDecompressor().decompressobj(), multi=True), 0
+    return _decode_frames(data, zstd.ZstdDecompressor, multi=True), 0
 
 
 _CODECS: dict[str, _Codec] = {
@@ -326,5 +326,5 @@ _CODECS: dict[str, _Codec] = {
     "x-gzip": _Codec(_gunzip, _zlib_encode),
     "deflate": _Codec(_inflate, _zlib_encode),
     "br": _Codec(_unbrotli, lambda data, _: brotli.compress(data, quality=4)),
-    "zstd": _Codec(_unzstd, lambda data, _: zstandard.ZstdCompressor(level=3).compress(data)),
+    "zstd": _Codec(_unzstd, lambda data, _: zstd.compress(data, level=3)),
 }

@@ -6,10 +6,16 @@ copy is decoded, chunk by chunk, so compressed SSE is measured without buffering
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Callable
 
-__all__ = ["incremental_decoder", "identity"]
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # the binding mitmproxy itself depends on before 3.14, so users install only one
+    from backports import zstd
+
+__all__ = ["incremental_decoder", "identity", "zstd"]
 
 Decoder = Callable[[bytes], bytes]
 
@@ -28,9 +34,7 @@ def incremental_decoder(encoding: str | None) -> Decoder | None:
 
         return brotli.Decompressor().process
     if enc == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress
+        return _Zstd()
     return None
 
 
@@ -55,3 +59,18 @@ class _Deflate:
             self._obj = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
             data, self._pending = head, b""
         return self._obj.decompress(data)
+
+
+class _Zstd:
+    """zstd, frame after frame (a body may hold several concatenated frames)."""
+
+    def __init__(self) -> None:
+        self._obj = zstd.ZstdDecompressor()
+
+    def __call__(self, data: bytes) -> bytes:
+        out = [self._obj.decompress(data)]
+        while self._obj.eof and self._obj.unused_data:
+            rest = self._obj.unused_data
+            self._obj = zstd.ZstdDecompressor()
+            out.append(self._obj.decompress(rest))
+        return b"".join(out)

@@ -80,9 +80,11 @@ def decode_body(data: bytes, encoding: str | None) -> bytes:
 
         return brotli.Decompressor().process(data)
     if enc == "zstd":
-        import zstandard
+        from tokenpak_mitm.decoders import incremental_decoder
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        decode = incremental_decoder("zstd")
+        assert decode is not None
+        return decode(data)
     raise ValueError(f"unknown content-encoding {encoding!r}")
 
 

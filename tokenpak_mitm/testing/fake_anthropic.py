@@ -90,9 +90,9 @@ def decode_content(body: bytes, content_encoding: str | None) -> bytes:
 
             body = brotli.decompress(body)
         elif coding == "zstd":
-            import zstandard  # mitmproxy dependency
+            from tokenpak_mitm.decoders import zstd
 
-            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+            body = zstd.decompress(body)
         else:
             raise ValueError(f"unsupported content-encoding {coding!r}")
     return body
