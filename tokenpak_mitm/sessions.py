@@ -1,0 +1,367 @@
+"""The per-proxy session tracker: which session and turn each request is, why its cache missed,
+what the miss cost, and until when each session's cache is warm (pure: clock passed in, no I/O).
+
+The addon owns one ``SessionTracker``. It calls ``begin`` when a request goes upstream (the
+session and turn are decided then, from the request alone) and ``finish`` with the final usage
+(the miss verdict needs what the provider actually read). Both run on mitmproxy's event-loop
+thread; a lock still guards the state so the tracker is safe from any thread.
+
+Memory is bounded: at most ``max_sessions`` sessions (least recently active dropped first), a
+few recent requests per session, a global budget of retained blocks, and a bounded prefix index
+(least recently used boundary dropped first). What is dropped is only forgotten history: a
+forgotten prefix can make a later verdict ``cold`` or ``unknown``, never a wrong cause of
+another kind.
+
+Sessions: an explicit id (``session_id.identify``) wins. Otherwise a request whose non-system
+messages extend (share at least two messages with) an earlier request's messages continues that
+request's session, within the same credential scope; a single-message request continues one
+only when it repeats an earlier request exactly (a retry). Anything else starts a new session.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tokenpak_mitm.cache_miss import Evidence, Known, Prior, Verdict, diagnose
+from tokenpak_mitm.cache_planner import minimum_cacheable_tokens
+from tokenpak_mitm.request_shape import Shape
+from tokenpak_mitm.session_id import Hint, Source
+
+__all__ = ["SessionTracker", "Ticket", "Outcome", "UsageFacts", "TTL_SECONDS"]
+
+TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+REQUESTS_PER_SESSION = 4
+MAX_SESSIONS = 1000
+MAX_RETAINED_BLOCKS = 400_000
+MAX_INDEX = 200_000
+MAX_LINEAGE = 200_000
+MAX_RESPONSES = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFacts:
+    """The exact usage of a finished request (exclusive buckets, as in ``usage.Usage``)."""
+
+    fresh: int
+    read: int
+    write: int
+    completed: bool = True  # final usage from a completed response
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    first_seen: float
+    marked: bool
+    cached: bool | None  # None while undecided (near the minimum) or pending
+    cached_at: float | None
+    prev_cached_at: float | None
+    ttl_seconds: float
+    pending: int  # requests that sent it and have not reported usage
+
+
+@dataclass(slots=True)
+class _Request:
+    shape: Shape
+    started: float
+    cached_position: int | None = None
+    cached_tokens: int = 0
+    cached_at: float | None = None
+    ttl_seconds: float = 300.0
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class _Session:
+    id: str
+    source: Source
+    project: str | None
+    scope: str
+    turns: int = 0
+    last_active: float = 0.0
+    warm_until: float | None = None
+    requests: deque[_Request] = field(default_factory=lambda: deque(maxlen=REQUESTS_PER_SESSION))
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What ``begin`` decided; handed back to ``finish``."""
+
+    session_id: str
+    source: Source
+    project: str | None
+    turn: int
+    started: float
+    scope: str
+    shape: Shape | None = None
+    prior: _Request | None = None
+    request: _Request | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The row columns for one finished request."""
+
+    session_id: str
+    session_source: str
+    project: str | None
+    turn: int
+    verdict: Verdict | None = None
+    warm_until: float | None = None
+
+    def columns(self) -> dict[str, object]:
+        v = self.verdict
+        return {
+            "session_id": self.session_id,
+            "session_source": self.session_source,
+            "project": self.project,
+            "turn": self.turn,
+            "cache_miss_reason": v.reason if v else None,
+            "miss_section": v.section if v else None,
+            "miss_block": v.block if v else None,
+            "miss_change": v.change if v else None,
+            "miss_expected_tokens": v.expected_tokens if v else None,
+            "cache_warm_until": self.warm_until,
+        }
+
+
+class SessionTracker:
+    def __init__(self, clock: Callable[[], float] = time.time, *, max_sessions: int = MAX_SESSIONS,
+                 max_index: int = MAX_INDEX, max_blocks: int = MAX_RETAINED_BLOCKS) -> None:
+        self.clock = clock
+        self.max_sessions = max_sessions
+        self.max_index = max_index
+        self.max_blocks = max_blocks
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._index: OrderedDict[tuple[str, bytes], _Entry] = OrderedDict()
+        self._lineage: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._responses: OrderedDict[str, str] = OrderedDict()
+        self._blocks = 0
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(3).hex()
+        self.forgotten = 0  # index entries dropped for space
+
+    # -- the request ----------------------------------------------------------------------------
+    def begin(self, hint: Hint, shape: Shape | None, now: float | None = None) -> Ticket:
+        now = self.clock() if now is None else now
+        with self._lock:
+            sess, source = self._session_for(hint, shape, now)
+            sess.turns += 1
+            sess.last_active = now
+            self._sessions.move_to_end(sess.id)
+            prior = self._prior(sess, shape) if shape is not None else None
+            request = None
+            if shape is not None:
+                request = _Request(shape, now)
+                self._remember(sess, request)
+                self._see(hint.scope, shape, now)
+                keys = shape.turn_keys
+                for key in keys[1:] if len(keys) >= 2 else ():
+                    self._put(self._lineage, (sess.scope, key), sess.id, MAX_LINEAGE)
+                if len(keys) == 1 and shape.blocks:
+                    self._put(self._lineage, (sess.scope, b"retry" + shape.blocks[-1].prefix), sess.id, MAX_LINEAGE)
+            self._trim(now)
+            return Ticket(sess.id, source, sess.project, sess.turns, now, hint.scope, shape, prior, request)
+
+    def note_response(self, ticket: Ticket, response_id: str | None) -> None:
+        """Remember which session a response belongs to (OpenAI ``previous_response_id``)."""
+        if response_id:
+            with self._lock:
+                self._put(self._responses, response_id, ticket.session_id, MAX_RESPONSES)
+
+    def finish(self, ticket: Ticket, usage: UsageFacts | None, now: float | None = None) -> Outcome:
+        """Record what the provider did with the request and diagnose a miss (Anthropic only)."""
+        with self._lock:
+            sess = self._sessions.get(ticket.session_id)
+            verdict = None
+            shape, req = ticket.shape, ticket.request
+            if shape is not None and req is not None:
+                if usage is not None and usage.completed:
+                    verdict = self._diagnose(ticket, shape, usage)
+                    self._settle(ticket, shape, req, usage, sess)
+                else:
+                    self._release(ticket.scope, shape)
+                req.finished = True
+            warm = sess.warm_until if sess is not None else None
+            return Outcome(ticket.session_id, ticket.source, ticket.project, ticket.turn, verdict, warm)
+
+    def warm_until(self, session_id: str) -> float | None:
+        with self._lock:
+            sess = self._sessions.get(session_id)
+            return sess.warm_until if sess else None
+
+    # -- sessions -------------------------------------------------------------------------------
+    def _session_for(self, hint: Hint, shape: Shape | None, now: float) -> tuple[_Session, Source]:
+        sid: str | None = hint.session_id
+        source: Source = hint.source or "new"
+        if sid is None and hint.previous_response_id:
+            sid = self._responses.get(hint.previous_response_id)
+            source = "previous_response"
+        if sid is None and shape is not None:
+            sid = self._by_lineage(hint.scope, shape)
+            source = "lineage"
+        if sid is not None and sid in self._sessions:
+            sess = self._sessions[sid]
+            if hint.project and not sess.project:
+                sess.project = hint.project
+            return sess, (hint.source or source)
+        if sid is None:
+            sid = f"s-{self._prefix}-{next(self._ids)}"
+            source = "new"
+        sess = _Session(sid, source, hint.project, hint.scope)
+        self._sessions[sid] = sess
+        return sess, source
+
+    def _by_lineage(self, scope: str, shape: Shape) -> str | None:
+        keys = shape.turn_keys
+        if len(keys) == 1 and shape.blocks:
+            return self._lineage.get((scope, b"retry" + shape.blocks[-1].prefix))
+        for key in reversed(keys[1:]):  # at least two messages in common
+            sid = self._lineage.get((scope, key))
+            if sid is not None:
+                return sid
+        return None
+
+    @staticmethod
+    def _prior(sess: _Session, shape: Shape) -> _Request | None:
+        """The session's earlier request this one continues: longest shared message history."""
+        best, best_len = None, 0
+        for req in reversed(sess.requests):
+            n = _common(req.shape.turn_keys, shape.turn_keys)
+            if n > best_len:
+                best, best_len = req, n
+        if best is None and sess.requests and not shape.turn_keys:
+            best = sess.requests[-1]
+        return best
+
+    def _remember(self, sess: _Session, request: _Request) -> None:
+        if len(sess.requests) == sess.requests.maxlen:
+            self._blocks -= len(sess.requests[0].shape.blocks)
+        sess.requests.append(request)
+        self._blocks += len(request.shape.blocks)
+
+    def _trim(self, now: float) -> None:
+        while self._sessions and (len(self._sessions) > self.max_sessions or self._blocks > self.max_blocks):
+            _, old = self._sessions.popitem(last=False)
+            self._blocks -= sum(len(r.shape.blocks) for r in old.requests)
+
+    @staticmethod
+    def _put(table: OrderedDict, key: object, value: object, cap: int) -> None:  # type: ignore[type-arg]
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > cap:
+            table.popitem(last=False)
+
+    # -- the prefix index -----------------------------------------------------------------------
+    @staticmethod
+    def _indexed(shape: Shape) -> list[int]:
+        """Boundaries worth remembering: breakpoints, section ends and message ends."""
+        blocks = shape.blocks
+        points = set(shape.breakpoints())
+        for i, b in enumerate(blocks):
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            if nxt is None or nxt.section != b.section or nxt.message != b.message:
+                points.add(i)
+        return sorted(points)
+
+    def _see(self, scope: str, shape: Shape, now: float) -> None:
+        breakpoints = set(shape.breakpoints())
+        for i in self._indexed(shape):
+            key = (scope, shape.blocks[i].prefix)
+            e = self._index.get(key)
+            marked = i in breakpoints
+            if e is None:
+                e = _Entry(now, marked, False, None, None, TTL_SECONDS[shape.ttl_at(i)], 0)
+            else:
+                e = _Entry(e.first_seen, e.marked or marked, e.cached, e.cached_at, e.prev_cached_at, e.ttl_seconds, e.pending)
+                self._index.move_to_end(key)
+            self._index[key] = _Entry(e.first_seen, e.marked, e.cached, e.cached_at, e.prev_cached_at, e.ttl_seconds, e.pending + 1)
+        while len(self._index) > self.max_index:
+            self._index.popitem(last=False)
+            self.forgotten += 1
+
+    def _release(self, scope: str, shape: Shape) -> None:
+        for i in self._indexed(shape):
+            key = (scope, shape.blocks[i].prefix)
+            e = self._index.get(key)
+            if e is not None and e.pending > 0:
+                self._index[key] = _Entry(e.first_seen, e.marked, e.cached, e.cached_at, e.prev_cached_at, e.ttl_seconds, e.pending - 1)
+
+    def _known(self, scope: str, shape: Shape, started: float, own: int) -> tuple[Known | None, Known | None]:
+        """(deepest boundary confirmed cached before ``started``, deepest seen before it)."""
+        cached = seen = None
+        for i in reversed(self._indexed(shape)):
+            e = self._index.get((scope, shape.blocks[i].prefix))
+            if e is None or e.first_seen >= started:
+                continue  # first sent by this request, or by one that started with it
+            at = e.cached_at if e.cached_at is not None and e.cached_at < started else e.prev_cached_at
+            k = Known(i, e.cached if at is not None else False, e.marked, at, e.ttl_seconds,
+                      pending=e.pending > own and at is None)
+            if seen is None:
+                seen = k
+            if at is not None and e.cached is not False:
+                cached = k
+                break
+        return cached, seen
+
+    def _diagnose(self, t: Ticket, shape: Shape, usage: UsageFacts) -> Verdict | None:
+        if not shape.blocks:
+            return None
+        cached, seen = self._known(t.scope, shape, t.started, own=1)
+        prior = None
+        p = t.prior
+        if p is not None and p.finished:
+            prior = Prior(p.shape, p.cached_position, p.cached_tokens, p.cached_at, p.ttl_seconds)
+        ev = Evidence(shape, t.started, usage.read, usage.write, usage.fresh,
+                      minimum_cacheable_tokens(shape.model), cached, seen, prior)
+        return diagnose(ev)
+
+    def _settle(self, t: Ticket, shape: Shape, req: _Request, usage: UsageFacts, sess: _Session | None) -> None:
+        """Mark the boundaries the provider wrote or read, and the session's warm-until."""
+        total = usage.fresh + usage.read + usage.write
+        est = shape.tokens
+        scale = total / est if est > 0 else 0.0
+        minimum = minimum_cacheable_tokens(shape.model)
+        covered = usage.read + usage.write
+        deepest: int | None = None
+        breakpoints = set(shape.breakpoints())
+        for i in self._indexed(shape):
+            key = (t.scope, shape.blocks[i].prefix)
+            e = self._index.get(key)
+            if e is None:
+                continue
+            tokens = shape.blocks[i].tokens * scale
+            is_break = i in breakpoints
+            cached: bool | None = e.cached
+            at, prev = e.cached_at, e.prev_cached_at
+            ttl = e.ttl_seconds
+            if covered > 0 and is_break and tokens <= covered * 1.02 + 8:
+                if tokens >= minimum * (1 + 0.05):
+                    cached, prev, at, ttl = True, at, t.started, TTL_SECONDS[shape.ttl_at(i)]
+                    deepest = i
+                elif tokens >= minimum * (1 - 0.05) and cached is not True:
+                    cached = None  # too close to the minimum to say whether it was written
+            self._index[key] = _Entry(e.first_seen, e.marked, cached, at, prev, ttl, max(0, e.pending - 1))
+        if deepest is not None:
+            req.cached_position = deepest
+            req.cached_tokens = round(shape.blocks[deepest].tokens * scale)
+            req.cached_at = t.started
+            req.ttl_seconds = TTL_SECONDS[shape.ttl_at(deepest)]
+            if sess is not None:
+                until = t.started + req.ttl_seconds
+                sess.warm_until = until if sess.warm_until is None else max(sess.warm_until, until)
+
+
+def _common(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
