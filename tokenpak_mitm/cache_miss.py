@@ -37,18 +37,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from tokenpak_mitm.cache_facts import LOOKBACK_BLOCKS
 from tokenpak_mitm.pricing import price
 from tokenpak_mitm.request_shape import Shape, first_difference
 from tokenpak_mitm.usage import Usage
 
-__all__ = ["Reason", "Change", "REASONS", "CHANGES", "Prior", "Known", "Evidence", "Verdict", "diagnose", "change_between", "usage_with_read", "miss_cost_usd"]
+__all__ = ["CHANGES", "REASONS", "Change", "Evidence", "Known", "Prior", "Reason", "Verdict", "change_between", "diagnose", "miss_cost_usd", "usage_with_read"]
 
 Reason = Literal["cold", "ttl_expired", "prefix_changed", "below_minimum", "lookback_exceeded", "not_marked", "provider_evicted", "unknown"]
 REASONS: tuple[Reason, ...] = ("cold", "ttl_expired", "prefix_changed", "below_minimum", "lookback_exceeded", "not_marked", "provider_evicted", "unknown")
 Change = Literal["tools", "system", "volatile", "history", "model_params"]
 CHANGES: tuple[Change, ...] = ("tools", "system", "volatile", "history", "model_params")
 
-LOOKBACK_BLOCKS = 20  # positions a read checks per breakpoint, the breakpoint itself first
 READ_TOLERANCE = 0.9  # a read this close to the expected prefix is a full read (estimates are rescaled, not exact)
 MINIMUM_BAND = 0.05  # within 5% of the model minimum, "below minimum" is not decided
 TTL_MARGIN = 5.0  # seconds around a TTL edge where expiry is not decided
@@ -124,19 +124,13 @@ def change_between(prev: Shape, cur: Shape) -> tuple[int, Change] | None:
     if a.section != b.section:
         # a block added or removed at a section edge: the section that grew or shrank
         section = min((a.section, b.section), key=("tools", "system", "messages").index)
-        return position, "history" if section == "messages" else section  # type: ignore[return-value]
-    if a.section == "messages" and prev.params != cur.params and _first_message_position(cur) == position:
-        return position, "model_params"
+        return position, "history" if section == "messages" else section
     if a.digest == b.digest:
         # the block itself is equal: the difference is in the parameters folded in before messages
         return position, "model_params"
     if a.masked == b.masked:
         return position, "volatile"
-    return position, "history" if a.section == "messages" else a.section  # type: ignore[return-value]
-
-
-def _first_message_position(shape: Shape) -> int | None:
-    return next((i for i, b in enumerate(shape.blocks) if b.section == "messages"), None)
+    return position, "history" if a.section == "messages" else a.section
 
 
 def _reachable(shape: Shape, position: int) -> bool:

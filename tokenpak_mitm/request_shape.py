@@ -1,26 +1,18 @@
 """What the session tracker needs to know about one request's prompt (pure: JSON in, values out).
 
-A *shape* is the prompt as the provider caches it: blocks in prefix order (tools, then system,
-then every message's content blocks), each with
+Built on ``prefix_index.boundaries`` (the one fingerprinting scheme): each block of the prompt in
+the provider's prefix order (tools, system, messages) keeps the boundary's cumulative ``prefix``
+digest, flat position and estimated prefix tokens, and adds what a diagnosis needs beyond them:
 
-* ``digest`` — a short hash of the block itself (markers removed), so two requests can be
-  compared block by block and the first difference located;
-* ``masked`` — the same hash with volatile values (digits, UUIDs, hex ids) blanked, so a
-  difference that is only a changed date or id can be told from a real edit;
-* ``prefix`` — the cumulative prefix fingerprint up to and including the block (model, the
-  message-affecting parameters, and every earlier block), the key of the prefix index;
-* ``tokens`` — an estimate of the prefix length in tokens (bytes / 4; the tracker rescales it
-  with the exact total the provider reports);
+* ``digest`` — a short hash of the block itself (markers removed), so the kind of a difference
+  can be told (the block changed, or only a parameter folded in before it);
+* ``masked`` — the same hash with volatile values (digit runs, UUIDs, long hex ids, weekday and
+  month names) blanked, so a difference that is only a changed date or id can be told from an edit;
 * ``marker_ttl`` — the TTL of a ``cache_control`` marker on the block (``None`` = unmarked).
 
-and, for lineage, ``turn_keys``: one hash per message boundary over the non-system messages
-only, so a conversation whose system prompt changed is still recognised as the same
-conversation.
-
-The same builder serves the four dialects: Anthropic Messages (``tools``/``system``/
-``messages``), OpenAI Chat (``tools``/``messages``, system-role messages form the system
-section), OpenAI Responses (``tools``/``instructions``/``input``) and Gemini (``tools``/
-``systemInstruction``/``contents``). Only Anthropic carries markers.
+and, for lineage, ``turn_keys``: one cumulative hash per message over the conversation's
+messages only (system/developer messages skipped), so a conversation whose system prompt or tools
+changed is still recognised as the same conversation.
 """
 
 from __future__ import annotations
@@ -28,17 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-__all__ = ["Block", "Shape", "shape_of", "digest", "mask_volatile", "MAX_BLOCKS"]
+from tokenpak_mitm.prefix_index import Api, Section, boundaries, prompt_blocks
 
-Section = Literal["tools", "system", "messages"]
-MAX_BLOCKS = 4096  # blocks kept per request; a prompt longer than this is compared on its head only
-BYTES_PER_TOKEN_EST = 4
-_PARAMS = ("tool_choice", "thinking")  # change the message cache (Anthropic's invalidation table)
+__all__ = ["MAX_BLOCKS", "Block", "Shape", "first_difference", "mask_volatile", "shape_of"]
 
+MAX_BLOCKS = 4096  # blocks kept per request; a longer prompt is compared on its head only
+_APIS: tuple[Api, ...] = ("anthropic", "openai_chat", "openai_responses", "gemini")
 _VOLATILE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
     r"|\b[0-9a-fA-F]{16,}\b"  # long hex ids (request ids, hashes)
@@ -48,33 +39,33 @@ _VOLATILE = re.compile(
 )
 
 
-def digest(data: bytes) -> bytes:
+def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=8).digest()
 
 
 def mask_volatile(text: str) -> str:
-    """``text`` with every digit run, UUID and long hex id replaced by ``#``."""
+    """``text`` with every digit run, UUID, long hex id, weekday and month name replaced by ``#``."""
     return _VOLATILE.sub("#", text)
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
     section: Section
-    index: int  # position within its section (messages: content blocks counted across messages)
-    message: int | None  # message number, for message blocks
+    index: int | None  # the message number (messages) or the tool / system block index
+    position: int  # flat position: what the 20-block lookback counts
+    prefix: bytes  # prefix_index.Boundary.digest: cumulative digest up to and including the block
+    tokens: int  # estimated prefix tokens up to and including this block
     digest: bytes
     masked: bytes
-    prefix: bytes
-    tokens: int  # estimated prefix tokens up to and including this block
     marker_ttl: str | None
+    message_end: bool  # the last block of its message (or section)
 
 
 @dataclass(frozen=True, slots=True)
 class Shape:
     model: str
-    params: bytes  # digest of the message-affecting parameters (thinking, tool_choice)
     blocks: tuple[Block, ...]
-    turn_keys: tuple[bytes, ...]  # cumulative hash over the non-system messages, one per message
+    turn_keys: tuple[bytes, ...]
     top_level_ttl: str | None  # Anthropic automatic caching: the top-level cache_control's TTL
     truncated: bool = False
 
@@ -87,7 +78,7 @@ class Shape:
         return self.top_level_ttl is not None or any(b.marker_ttl for b in self.blocks)
 
     def breakpoints(self) -> list[int]:
-        """Positions (in ``blocks``) of the cache breakpoints, the automatic one included."""
+        """Positions of the cache breakpoints, the automatic (top-level) one included."""
         points = [i for i, b in enumerate(self.blocks) if b.marker_ttl]
         if self.top_level_ttl is not None and self.blocks and (not points or points[-1] != len(self.blocks) - 1):
             points.append(len(self.blocks) - 1)
@@ -99,7 +90,7 @@ class Shape:
 
 
 def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
 
 
 def _ttl(marker: object) -> str | None:
@@ -110,121 +101,59 @@ def _ttl(marker: object) -> str | None:
 
 
 def _strip(block: object) -> tuple[object, str | None]:
-    """The block without its marker(s), and the marker's TTL (a nested last-block marker counts)."""
+    """The block without its marker(s), and the marker's TTL (a nested block's marker counts)."""
+    if isinstance(block, str):
+        return {"type": "text", "text": block}, None
     if not isinstance(block, dict):
         return block, None
     ttl = _ttl(block.get("cache_control"))
-    clean = {k: v for k, v in block.items() if k != "cache_control"}
-    content = clean.get("content")
-    if isinstance(content, list):
-        items = []
-        for item in content:
-            if isinstance(item, dict) and "cache_control" in item:
-                ttl = ttl or _ttl(item.get("cache_control"))
-                item = {k: v for k, v in item.items() if k != "cache_control"}
-            items.append(item)
-        clean["content"] = items
+    clean = {k: v for k, v in block.items() if k not in ("cache_control", "prompt_cache_breakpoint")}
+    for key in ("content",):
+        content = clean.get(key)
+        if isinstance(content, list):
+            items = []
+            for item in content:
+                if isinstance(item, dict) and "cache_control" in item:
+                    ttl = ttl or _ttl(item.get("cache_control"))
+                    item = {k: v for k, v in item.items() if k != "cache_control"}
+                items.append(item)
+            clean[key] = items
     return clean, ttl
 
 
-def _as_list(value: object) -> list[object]:
-    if isinstance(value, str):
-        return [{"type": "text", "text": value}]  # a string is one text block (cache-equivalent)
-    if isinstance(value, list):
-        return value
-    if value is None:
-        return []
-    return [value]
-
-
-def _sections(dialect: str, req: Mapping[str, Any]) -> tuple[list[object], list[object], list[tuple[str, object]]]:
-    """(tools, system blocks, [(role, content)]) in the dialect's own terms."""
-    tools = _as_list(req.get("tools"))
-    if dialect == "anthropic":
-        msgs = [(str(m.get("role", "")), m.get("content")) for m in _as_list(req.get("messages")) if isinstance(m, dict)]
-        return tools, _as_list(req.get("system")), msgs
-    if dialect == "openai_chat":
-        system: list[object] = []
-        msgs = []
-        for m in _as_list(req.get("messages")):
-            if not isinstance(m, dict):
-                continue
-            role = str(m.get("role", ""))
-            rest = {k: v for k, v in m.items() if k not in ("role",)}
-            if role in ("system", "developer") and not msgs:
-                system.append(rest)
-            else:
-                msgs.append((role, rest))
-        return tools, system, msgs
-    if dialect == "openai_responses":
-        items = req.get("input")
-        msgs = [(str(i.get("role", i.get("type", ""))) if isinstance(i, dict) else "user", i) for i in _as_list(items)]
-        return tools, _as_list(req.get("instructions")), msgs
-    if dialect == "gemini":
-        sys_inst = req.get("systemInstruction") or req.get("system_instruction")
-        parts = sys_inst.get("parts") if isinstance(sys_inst, dict) else sys_inst
-        msgs = [(str(c.get("role", "")), c.get("parts")) for c in _as_list(req.get("contents")) if isinstance(c, dict)]
-        return tools, _as_list(parts), msgs
-    return [], [], []
-
-
-def shape_of(request: object, dialect: str = "anthropic", model: str | None = None) -> Shape | None:
+def shape_of(request: object, api: str = "anthropic") -> Shape | None:
     """The shape of a parsed request body, or None when it is not a request we understand."""
-    if not isinstance(request, dict):
+    if not isinstance(request, dict) or api not in _APIS:
         return None
-    name = request.get("model")
-    model = name if isinstance(name, str) and name else (model or "")
-    tools, system, messages = _sections(dialect, request)
-    params = digest(_canonical({k: request.get(k) for k in _PARAMS}))
-    running = hashlib.blake2b(f"model\0{model}".encode(), digest_size=16)
+    dialect: Api = api
+    model = request.get("model")
+    bounds = boundaries(request, dialect)[:MAX_BLOCKS]
+    values = list(prompt_blocks(request, dialect))[:MAX_BLOCKS]
+    if len(values) != len(bounds):
+        return None  # cannot happen (same walk); never pair blocks wrongly if it ever does
+    markers = dialect == "anthropic"
     blocks: list[Block] = []
-    total_bytes = 0
-    truncated = False
-
-    def add(section: Section, index: int, message: int | None, role: str, raw: object) -> bool:
-        nonlocal total_bytes
-        if len(blocks) >= MAX_BLOCKS:
-            return False
-        clean, ttl = _strip(raw)
-        canonical = _canonical(clean)
-        total_bytes += len(canonical)
-        running.update(f"\0{section}\0{role}\0".encode() + canonical)
-        masked = digest(mask_volatile(canonical.decode("utf-8", "replace")).encode())
-        blocks.append(Block(section, index, message, digest(canonical), masked, running.copy().digest()[:8],
-                            -(-total_bytes // BYTES_PER_TOKEN_EST), ttl))
-        return True
-
-    for i, tool in enumerate(tools):
-        truncated |= not add("tools", i, None, "", tool)
-    for i, block in enumerate(system):
-        truncated |= not add("system", i, None, "", block)
-    running.update(b"\0params\0" + params)
     turn = hashlib.blake2b(digest_size=8)
     turn_keys: list[bytes] = []
-    position = 0
-    for number, (role, content) in enumerate(messages):
-        content_blocks = _as_list(content) if dialect != "openai_chat" and dialect != "openai_responses" else [content]
-        for block in content_blocks:
-            truncated |= not add("messages", position, number, role, block)
-            position += 1
-        turn.update(f"\0{role}\0".encode() + _canonical(_strip_all(content)))
-        turn_keys.append(turn.copy().digest())
-    top = _ttl(request.get("cache_control")) if dialect == "anthropic" else None
-    return Shape(model, params, tuple(blocks), tuple(turn_keys), top, truncated)
+    for i, (b, (_, _, _, role, value)) in enumerate(zip(bounds, values)):
+        clean, ttl = _strip(value)
+        canonical = _canonical(clean)
+        nxt = bounds[i + 1] if i + 1 < len(bounds) else None
+        end = nxt is None or nxt.section != b.section or nxt.message != b.message
+        index = b.message if b.section == "messages" else b.block
+        digest = _digest(canonical)
+        masked = _digest(mask_volatile(canonical.decode("utf-8", "replace")).encode())
+        blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl if markers else None, end))
+        if b.section == "messages" and role not in ("system", "developer"):
+            turn.update(f"\0{role}\0".encode() + digest)
+            if end:
+                turn_keys.append(turn.copy().digest())
+    top = _ttl(request.get("cache_control")) if markers else None
+    return Shape(model if isinstance(model, str) else "", tuple(blocks), tuple(turn_keys), top,
+                 len(bounds) >= MAX_BLOCKS)
 
 
-def _strip_all(content: object) -> object:
-    """Message content with every marker removed (lineage must not depend on where markers sit)."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list):
-        return [_strip(b)[0] for b in content]
-    if isinstance(content, dict):
-        return _strip(content)[0]
-    return content
-
-
-def first_difference(a: Iterable[Block], b: Iterable[Block]) -> int | None:
+def first_difference(a: Sequence[Block], b: Sequence[Block]) -> int | None:
     """Position of the first block whose cumulative prefix differs; None when one is a prefix of the other."""
     for position, (x, y) in enumerate(zip(a, b)):
         if x.prefix != y.prefix:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["SESSION_HEADER", "PROJECT_HEADER", "Hint", "identify", "clean_id"]
+__all__ = ["PROJECT_HEADER", "SESSION_HEADER", "Hint", "clean_id", "identify"]
 
 SESSION_HEADER = "x-tokenpak-session"
 PROJECT_HEADER = "x-tokenpak-project"

@@ -28,20 +28,20 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tokenpak_mitm.cache_facts import TTL_SECONDS, minimum_tokens
 from tokenpak_mitm.cache_miss import Evidence, Known, Prior, Verdict, diagnose
-from tokenpak_mitm.cache_planner import minimum_cacheable_tokens
 from tokenpak_mitm.request_shape import Shape
 from tokenpak_mitm.session_id import Hint, Source
 
-__all__ = ["SessionTracker", "Ticket", "Outcome", "UsageFacts", "TTL_SECONDS"]
+__all__ = ["TTL_SECONDS", "Outcome", "SessionTracker", "Ticket", "UsageFacts"]
 
-TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 REQUESTS_PER_SESSION = 4
 MAX_SESSIONS = 1000
 MAX_RETAINED_BLOCKS = 400_000
 MAX_INDEX = 200_000
 MAX_LINEAGE = 200_000
 MAX_RESPONSES = 20_000
+RETRY_SECONDS = 120.0  # an identical request this soon after is a retry of the same session
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +161,10 @@ class SessionTracker:
                 request = _Request(shape, now)
                 self._remember(sess, request)
                 self._see(hint.scope, shape, now)
-                keys = shape.turn_keys
-                for key in keys[1:] if len(keys) >= 2 else ():
-                    self._put(self._lineage, (sess.scope, key), sess.id, MAX_LINEAGE)
-                if len(keys) == 1 and shape.blocks:
-                    self._put(self._lineage, (sess.scope, b"retry" + shape.blocks[-1].prefix), sess.id, MAX_LINEAGE)
+                if shape.turn_keys:
+                    full, head = shape.turn_keys[-1], _head(shape)
+                    self._put(self._lineage, (sess.scope, full), sess.id, MAX_LINEAGE)
+                    self._put(self._lineage, (sess.scope, full + head), sess.id, MAX_LINEAGE)
             self._trim(now)
             return Ticket(sess.id, source, sess.project, sess.turns, now, hint.scope, shape, prior, request)
 
@@ -204,7 +203,7 @@ class SessionTracker:
             sid = self._responses.get(hint.previous_response_id)
             source = "previous_response"
         if sid is None and shape is not None:
-            sid = self._by_lineage(hint.scope, shape)
+            sid = self._by_lineage(hint.scope, shape, now)
             source = "lineage"
         if sid is not None and sid in self._sessions:
             sess = self._sessions[sid]
@@ -218,12 +217,22 @@ class SessionTracker:
         self._sessions[sid] = sess
         return sess, source
 
-    def _by_lineage(self, scope: str, shape: Shape) -> str | None:
-        keys = shape.turn_keys
-        if len(keys) == 1 and shape.blocks:
-            return self._lineage.get((scope, b"retry" + shape.blocks[-1].prefix))
-        for key in reversed(keys[1:]):  # at least two messages in common
-            sid = self._lineage.get((scope, key))
+    def _by_lineage(self, scope: str, shape: Shape, now: float) -> str | None:
+        """The session whose last request's whole conversation this request extends.
+
+        At each length (longest first) a match that also has the same tools and system wins over
+        one on the messages alone (two conversations can open with the same message). A request
+        that repeats an earlier one exactly (same messages, tools and system) continues it only
+        within ``RETRY_SECONDS``: otherwise it is the same prompt run again, a new session.
+        """
+        keys, head = shape.turn_keys, _head(shape)
+        if keys:
+            sid = self._lineage.get((scope, keys[-1] + head))
+            sess = self._sessions.get(sid) if sid else None
+            if sess is not None and now - sess.last_active <= RETRY_SECONDS:
+                return sid
+        for key in reversed(keys[:-1]):
+            sid = self._lineage.get((scope, key + head)) or self._lineage.get((scope, key))
             if sid is not None:
                 return sid
         return None
@@ -262,12 +271,8 @@ class SessionTracker:
     @staticmethod
     def _indexed(shape: Shape) -> list[int]:
         """Boundaries worth remembering: breakpoints, section ends and message ends."""
-        blocks = shape.blocks
         points = set(shape.breakpoints())
-        for i, b in enumerate(blocks):
-            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-            if nxt is None or nxt.section != b.section or nxt.message != b.message:
-                points.add(i)
+        points.update(i for i, b in enumerate(shape.blocks) if b.message_end)
         return sorted(points)
 
     def _see(self, scope: str, shape: Shape, now: float) -> None:
@@ -319,7 +324,7 @@ class SessionTracker:
         if p is not None and p.finished:
             prior = Prior(p.shape, p.cached_position, p.cached_tokens, p.cached_at, p.ttl_seconds)
         ev = Evidence(shape, t.started, usage.read, usage.write, usage.fresh,
-                      minimum_cacheable_tokens(shape.model), cached, seen, prior)
+                      minimum_tokens(shape.model, "anthropic"), cached, seen, prior)
         return diagnose(ev)
 
     def _settle(self, t: Ticket, shape: Shape, req: _Request, usage: UsageFacts, sess: _Session | None) -> None:
@@ -327,7 +332,7 @@ class SessionTracker:
         total = usage.fresh + usage.read + usage.write
         est = shape.tokens
         scale = total / est if est > 0 else 0.0
-        minimum = minimum_cacheable_tokens(shape.model)
+        minimum = minimum_tokens(shape.model, "anthropic")
         covered = usage.read + usage.write
         deepest: int | None = None
         breakpoints = set(shape.breakpoints())
@@ -356,6 +361,16 @@ class SessionTracker:
             if sess is not None:
                 until = t.started + req.ttl_seconds
                 sess.warm_until = until if sess.warm_until is None else max(sess.warm_until, until)
+
+
+def _head(shape: Shape) -> bytes:
+    """The prefix digest of everything before the messages (tools and system)."""
+    head = b""
+    for b in shape.blocks:
+        if b.section == "messages":
+            break
+        head = b.prefix
+    return head
 
 
 def _common(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> int:
