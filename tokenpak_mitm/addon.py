@@ -15,6 +15,8 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -32,10 +34,14 @@ from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.cache_miss import miss_cost_usd
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
+from tokenpak_mitm.request_shape import shape_of
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
+from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
+from tokenpak_mitm.sessions import SessionTracker, Ticket, UsageFacts
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
@@ -57,6 +63,9 @@ class _FlowState:
     tap: StreamTap | None = None
     emitted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # the x-tokenpak-* headers, taken off the request
+    ticket: Ticket | None = None
+    session_task: asyncio.Task[None] | None = None
 
 
 class TokenPak:
@@ -73,6 +82,8 @@ class TokenPak:
         self._cache_opts = CacheOptions()
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
+        self.sessions = SessionTracker()
+        self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -136,8 +147,12 @@ class TokenPak:
 
     # -- request side ---------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        labels = _take_labels(flow.request.headers)  # on every flow: our headers never go upstream
         try:
             self._start(flow)
+            st = self._flows.get(flow)
+            if st is not None and labels:
+                st.labels = labels
         except Exception:
             logger.exception("tokenpak: could not classify %s; passing it through", flow.request.host)
 
@@ -165,6 +180,12 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None:
             return
+        await self._request(flow, st)
+        if st.route.api in _CONVERSATION_APIS:
+            # After the hook returns: parsing and hashing the prompt must not delay the request.
+            st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
+
+    async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         meta = flow.metadata.get(META)
         if isinstance(meta, dict) and "cache_decision" in meta:
             self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
@@ -187,6 +208,49 @@ class TokenPak:
                 "spans": spans,
             }
         st.sent_at = time.time()
+
+    async def _begin_session(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        try:
+            await self._begin_session_guarded(flow, st)
+        except Exception:
+            logger.exception("tokenpak: could not track the session; the row goes without it")
+
+    async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        """Decide the session and turn from what went upstream (markers included)."""
+        req = flow.request
+        body = req.raw_content or b""
+        shape, parsed = None, None
+        if body:
+            if len(body) > OFFLOAD_BYTES:
+                parsed, shape = await asyncio.to_thread(_parse_shape, req, st.route.dialect)
+            else:
+                parsed, shape = _parse_shape(req, st.route.dialect)
+        headers = _LabelledHeaders(req.headers, st.labels)
+        hint = identify(headers, parsed, st.route.dialect, self._scope(req))
+        st.ticket = self.sessions.begin(hint, shape, req.timestamp_start)
+
+    def _scope(self, req: http.Request) -> str:
+        key = req.headers.get("x-api-key") or req.headers.get("authorization") or req.headers.get("x-goog-api-key") or ""
+        return hashlib.blake2b(key.encode(), key=self._scope_salt, digest_size=8).hexdigest() if key else ""
+
+    def _finish_session(self, st: _FlowState, row: dict[str, Any]) -> None:
+        ticket = st.ticket
+        if ticket is None:
+            if st.session_task is not None:
+                st.session_task.cancel()  # still parsing when the flow ended (rare): no session columns
+            return
+        usage = st.record.extract.usage
+        facts = None
+        if (st.route.dialect == "anthropic" and row.get("terminal_state") == "completed"
+                and row.get("usage_source") == "final" and usage.input_tokens is not None):
+            facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0)
+        outcome = self.sessions.finish(ticket, facts)
+        self.sessions.note_response(ticket, row.get("response_id"))
+        row.update(outcome.columns())
+        verdict = outcome.verdict
+        row["miss_cost_usd"] = (
+            miss_cost_usd(st.route.provider, row.get("model"), usage, verdict.expected_tokens) if verdict else None
+        )
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -308,6 +372,10 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             row = _minimal_row(st.record)
+        try:
+            self._finish_session(st, row)
+        except Exception:
+            logger.exception("tokenpak: could not diagnose the request's cache; the row goes without it")
         self.rows_emitted += 1
         for obs in observer.active():  # before the write: a live checker may annotate the row
             try:
@@ -353,6 +421,40 @@ class TokenPak:
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
                      proxy_request_ms=rec.proxy_request_ms)
         flow.metadata[META] = stash
+
+
+_CONVERSATION_APIS = frozenset({"messages", "chat.completions", "responses", "generate_content"})
+
+
+def _take_labels(headers: http.Headers) -> dict[str, str]:
+    """Remove the proxy's own headers from a request; their values, for the session tracker."""
+    labels: dict[str, str] = {}
+    for name in (SESSION_HEADER, PROJECT_HEADER):
+        if name in headers:
+            labels[name] = headers.get(name, "")
+            del headers[name]
+    return labels
+
+
+class _LabelledHeaders:
+    """The request headers, plus the labels taken off them (case-insensitive lookups)."""
+
+    def __init__(self, headers: http.Headers, labels: dict[str, str]) -> None:
+        self._headers, self._labels = headers, labels
+
+    def get(self, name: str, default: None = None, /) -> str | None:
+        value = self._labels.get(name.lower())
+        return value if value is not None else self._headers.get(name)
+
+
+def _parse_shape(req: http.Request, dialect: str) -> tuple[Any, Any]:
+    """The parsed body and its shape; (None, None) when it is not JSON we can read."""
+    try:
+        content = req.get_content(strict=False)
+        parsed = json.loads(content) if content else None
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    return parsed, shape_of(parsed, dialect)
 
 
 def closed_by(flow: http.HTTPFlow) -> str | None:
@@ -429,10 +531,15 @@ def _console_line(row: dict[str, Any]) -> str:
 
     cost = row.get("cost_usd")
     ttft = row.get("ttft_ms")
+    reason = row.get("cache_miss_reason")
+    miss = ""
+    if reason:
+        lost = row.get("miss_cost_usd")
+        miss = f" miss={reason}" + (f"(+${lost:.6f})" if lost else "")
     return (
         f"tokenpak: {row.get('provider')}/{row.get('api')} {row.get('model') or '?'} "
         f"in={n('input_tokens')} cache_read={n('cache_read_tokens')} cache_write={n('cache_write_tokens')} "
         f"out={n('output_tokens')} cache={cache_verdict(row)} "
         f"cost={'?' if cost is None else f'${cost:.6f}'} ttft={'-' if ttft is None else f'{ttft:.0f}ms'} "
-        f"{row.get('terminal_state')}"
+        f"{row.get('terminal_state')}{miss}"
     )

@@ -26,7 +26,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 __all__ = ["PROJECT_HEADER", "SESSION_HEADER", "Hint", "clean_id", "identify"]
 
@@ -39,6 +39,12 @@ Source = Literal["header", "claude-code", "prompt_cache_key", "conversation", "p
 
 _LEGACY_CC = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+
+class Headers(Protocol):
+    """Case-insensitive header lookup (mitmproxy's ``Headers``, or a wrapper around it)."""
+
+    def get(self, name: str, default: None = None, /) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,7 @@ def clean_id(value: object) -> str | None:
     return value or None
 
 
-def _claude_code_session(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+def _claude_code_session(headers: Headers, body: Mapping[str, Any]) -> str | None:
     sid = clean_id(headers.get(CLAUDE_CODE_SESSION_HEADER))
     if sid:
         return sid
@@ -80,7 +86,7 @@ def _hashed(value: object) -> str:
     return hashlib.blake2b(str(value).encode(), digest_size=8).hexdigest() if value else ""
 
 
-def identify(headers: Mapping[str, str], body: object, dialect: str, credential: str = "") -> Hint:
+def identify(headers: Headers, body: object, dialect: str, credential: str = "") -> Hint:
     """The session hints a request carries. ``headers`` must be case-insensitive (mitmproxy's are).
 
     ``credential`` is an opaque scope (the addon passes a salted hash of the API key): lineage is

@@ -79,7 +79,22 @@ COLUMNS_V1: tuple[tuple[str, str], ...] = (
 # v2: the proxy's own request-side time (classify, plan, splice) between the client's last
 # request byte and the request going upstream, so users can see what the proxy itself added.
 COLUMNS_V2: tuple[tuple[str, str], ...] = (("proxy_request_ms", "REAL"),)
-COLUMNS = COLUMNS_V1 + COLUMNS_V2
+# v3: sessions and cache-miss diagnosis (sessions.py, cache_miss.py): which conversation and turn
+# a request is, why its cache missed, what the miss cost, and until when the session's cache is warm.
+COLUMNS_V3: tuple[tuple[str, str], ...] = (
+    ("session_id", "TEXT"),
+    ("session_source", "TEXT"),
+    ("project", "TEXT"),
+    ("turn", "INTEGER"),
+    ("cache_miss_reason", "TEXT"),
+    ("miss_section", "TEXT"),
+    ("miss_block", "INTEGER"),
+    ("miss_change", "TEXT"),
+    ("miss_expected_tokens", "INTEGER"),
+    ("miss_cost_usd", "REAL"),
+    ("cache_warm_until", "REAL"),
+)
+COLUMNS = COLUMNS_V1 + COLUMNS_V2 + COLUMNS_V3
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 MIGRATIONS: tuple[str, ...] = (
@@ -90,6 +105,9 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
     # 2
     "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V2),
+    # 3
+    "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V3)
+    + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
 )
 
 SPILL_SUFFIX = ".spill.jsonl"
