@@ -1,0 +1,355 @@
+"""Session tracker and miss diagnosis against the cache simulator, causes known by construction.
+
+Each request goes through the real planner/splicer (``insert_markers``, as the proxy sends it),
+the simulator answers with the usage the provider would report, and the tracker sees only what
+the proxy sees: the outgoing body, the time and that usage.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.request_shape import shape_of
+from tokenpak_mitm.session_id import Hint, identify
+from tokenpak_mitm.sessions import Outcome, SessionTracker, UsageFacts
+from tokenpak_mitm.testing.cache_sim import CacheSimulator
+
+MODEL = "claude-sonnet-4-6"
+
+
+def system_text(tag: str, rules: int = 200) -> str:
+    return f"Agent {tag}. " + " ".join(f"Rule {i}: answer tersely and cite section {i}." for i in range(rules))
+
+
+def tools(tag: str, n: int = 3) -> list[dict[str, Any]]:
+    return [{"name": f"{tag}_tool{i}", "description": f"Tool {i} of {tag}. " * 10, "input_schema": {"type": "object"}} for i in range(n)]
+
+
+class Driver:
+    """One simulated provider cache and one tracker, driven with an explicit clock."""
+
+    def __init__(self) -> None:
+        self.sim = CacheSimulator(clock=lambda: 0.0)
+        self.tracker = SessionTracker(clock=lambda: 0.0)
+
+    def send(self, request: dict[str, Any], now: float, *, cache: str = "auto", headers: dict[str, str] | None = None) -> tuple[Outcome, dict[str, Any]]:
+        body = json.dumps(request).encode()
+        sent = json.loads(insert_markers(body, None, CacheOptions(mode=cache)).body)
+        shape = shape_of(sent, "anthropic")
+        ticket = self.tracker.begin(identify(headers or {}, sent, "anthropic", "key-1"), shape, now)
+        usage = self.sim.handle(sent, now=now).usage
+        facts = UsageFacts(usage["input_tokens"], usage["cache_read_input_tokens"], usage["cache_creation_input_tokens"])
+        return self.tracker.finish(ticket, facts, now), usage
+
+
+@dataclass
+class Conversation:
+    tag: str
+    system: str
+    tools: list[dict[str, Any]]
+    cache: str = "auto"
+    client_marker: bool = False
+    pad: int = 0  # words added to each question
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    turn: int = 0
+
+    def request(self) -> dict[str, Any]:
+        self.messages.append({"role": "user", "content": f"[{self.tag}] question {self.turn}: " + "details " * self.pad})
+        msgs = json.loads(json.dumps(self.messages))
+        if self.client_marker:
+            last = msgs[-1]
+            content = last["content"] if isinstance(last["content"], list) else [{"type": "text", "text": last["content"]}]
+            content[-1] = {**content[-1], "cache_control": {"type": "ephemeral"}}
+            last["content"] = content
+        req: dict[str, Any] = {"model": MODEL, "max_tokens": 50, "system": self.system, "messages": msgs}
+        if self.tools:
+            req["tools"] = self.tools
+        return req
+
+    def answered(self) -> None:
+        self.messages.append({"role": "assistant", "content": f"[{self.tag}] answer {self.turn}"})
+        self.turn += 1
+
+    def jump(self, blocks: int) -> None:
+        """The next user turn carries `blocks` blocks (a long tool result, say)."""
+        self.messages.append({"role": "user", "content": [{"type": "text", "text": f"[{self.tag}] part {i}"} for i in range(blocks)]})
+        self.messages.append({"role": "assistant", "content": f"[{self.tag}] ok"})
+
+
+def run(d: Driver, conv: Conversation, now: float, **kw: Any) -> tuple[Outcome, dict[str, Any]]:
+    out = d.send(conv.request(), now, cache=conv.cache, **kw)
+    conv.answered()
+    return out
+
+
+def reasons(outcomes: list[tuple[Outcome, dict[str, Any]]]) -> list[str | None]:
+    return [o.verdict.reason if o.verdict else None for o, _ in outcomes]
+
+
+# -- one test per cause ---------------------------------------------------------------------------
+
+
+def test_cold_then_reads():
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    got = [run(d, c, t) for t in (0, 10, 20)]
+    assert reasons(got) == ["cold", None, None]
+    assert got[1][1]["cache_read_input_tokens"] > 0
+
+
+def test_ttl_expired_after_a_pause_longer_than_the_ttl():
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    got = [run(d, c, t) for t in (0, 10, 10 + 301 + 30, 400)]
+    assert reasons(got) == ["cold", None, "ttl_expired", None]
+    outcome, usage = got[2]
+    assert usage["cache_read_input_tokens"] == 0
+    assert outcome.verdict is not None and outcome.verdict.expected_tokens > 1000
+
+
+def test_tool_definition_change_is_prefix_changed_in_tools():
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    run(d, c, 0)
+    run(d, c, 10)
+    c.tools = [*c.tools[:1], {**c.tools[1], "description": "changed"}, *c.tools[2:]]
+    outcome, _ = run(d, c, 20)
+    v = outcome.verdict
+    assert v is not None and (v.reason, v.section, v.block, v.change) == ("prefix_changed", "tools", 1, "tools")
+
+
+def test_timestamp_in_system_prompt_is_a_volatile_change():
+    d = Driver()
+    c = Conversation("a", "Current time: 2026-11-30 10:00:01. " + system_text("a"), tools("a"))
+    run(d, c, 0)
+    run(d, c, 10)
+    c.system = c.system.replace("10:00:01", "10:00:21")
+    outcome, usage = run(d, c, 20)
+    v = outcome.verdict
+    assert v is not None and (v.reason, v.section, v.block, v.change) == ("prefix_changed", "system", 0, "volatile")
+
+
+def test_thinking_parameters_change():
+    d, c = Driver(), Conversation("a", system_text("a"), [], pad=400)
+    run(d, c, 0)
+    run(d, c, 10)
+    req = c.request()
+    req["thinking"] = {"type": "enabled", "budget_tokens": 2000}
+    outcome, _ = d.send(req, 20)
+    v = outcome.verdict
+    assert v is not None and (v.reason, v.section, v.block, v.change) == ("prefix_changed", "messages", 0, "model_params")
+
+
+def test_system_text_edit_is_a_system_change():
+    d, c = Driver(), Conversation("a", system_text("a"), [])
+    run(d, c, 0)
+    run(d, c, 10)
+    c.system += " Always answer in French."
+    v = run(d, c, 20)[0].verdict
+    assert v is not None and (v.reason, v.section, v.change) == ("prefix_changed", "system", "system")
+
+
+def test_history_rewritten():
+    d, c = Driver(), Conversation("a", system_text("a"), [], pad=400)
+    for t in range(3):
+        run(d, c, t * 10)
+    c.messages[2] = {"role": "user", "content": "[a] question 1, edited: " + "details " * 400}
+    v = run(d, c, 40)[0].verdict
+    assert v is not None and (v.reason, v.section, v.block, v.change) == ("prefix_changed", "messages", 2, "history")
+
+
+def test_lookback_exceeded_when_a_turn_adds_more_than_twenty_blocks_past_the_only_marker():
+    d = Driver()
+    c = Conversation("a", system_text("a"), [], client_marker=True)
+    run(d, c, 0)
+    run(d, c, 10)
+    c.jump(25)
+    outcome, usage = run(d, c, 20)
+    assert usage["cache_read_input_tokens"] == 0
+    assert outcome.verdict is not None and outcome.verdict.reason == "lookback_exceeded"
+
+
+def test_below_minimum():
+    d = Driver()
+    c = Conversation("a", "Be brief.", [], client_marker=True)
+    got = [run(d, c, t) for t in (0, 10, 20)]
+    assert reasons(got) == ["below_minimum"] * 3
+
+
+def test_not_marked():
+    d = Driver()
+    c = Conversation("a", system_text("a"), tools("a"), cache="off")
+    got = [run(d, c, t) for t in (0, 10, 20)]
+    assert reasons(got) == ["cold", "not_marked", "not_marked"]
+    assert got[1][0].verdict is not None and got[1][0].verdict.expected_tokens > 1000
+
+
+def test_provider_evicted_when_the_simulator_drops_entries():
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    run(d, c, 0)
+    run(d, c, 10)
+    d.sim.clear()
+    assert reasons([run(d, c, 20)]) == ["provider_evicted"]
+
+
+def test_warm_until_follows_the_last_cache_write_or_read():
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    assert run(d, c, 0)[0].warm_until == 300.0
+    assert run(d, c, 100)[0].warm_until == 400.0
+
+
+# -- the mixed workload ---------------------------------------------------------------------------
+
+
+def test_mixed_workload_names_the_right_cause_and_never_a_wrong_one():
+    rng = random.Random(14)
+    d = Driver()
+    kinds = ["auto"] * 5 + ["off", "client", "short"]
+    convs: list[tuple[Conversation, dict[str, Any]]] = []
+    for n in range(12):
+        kind = kinds[n % len(kinds)]
+        conv = Conversation(
+            f"c{n}", "Be brief." if kind == "short" else system_text(f"c{n}"), [] if kind == "short" else tools(f"c{n}"),
+            cache="off" if kind == "off" else "auto", client_marker=kind in ("client", "short"),
+        )
+        convs.append((conv, {"kind": kind, "last": None, "pending": None, "evicted": False}))
+    now, right, wrong, unknown, misses, false_alarms = 0.0, 0, [], 0, 0, []
+    for step in range(600):
+        roll = rng.random()
+        if roll < 0.01:
+            now += 400  # everybody pauses past the 5-minute TTL
+        elif roll < 0.02:
+            d.sim.clear()  # the provider evicts everything
+            for _, st in convs:
+                st["evicted"] = True
+        conv, st = convs[rng.randrange(len(convs))]
+        if st["kind"] == "short" and conv.turn >= 8:
+            conv.messages.clear()  # keep short conversations short: start over
+            conv.turn = 0
+            st["last"] = None
+        event = None
+        if st["last"] is not None and st["kind"] not in ("short", "off"):
+            r = rng.random()
+            if r < 0.05:
+                conv.tools = [{**conv.tools[0], "description": f"v{step}"}, *conv.tools[1:]]
+                event = "prefix_changed"
+            elif r < 0.10:
+                conv.system = system_text(conv.tag) + f" Version {step}."
+                event = "prefix_changed"
+            elif r < 0.14 and st["kind"] == "client":
+                conv.jump(24)
+                event = "lookback_exceeded"
+        if st["kind"] == "short":
+            label = "below_minimum"
+        elif st["last"] is None:
+            label = "cold"
+        elif st["kind"] == "off":
+            label = "not_marked"
+        elif now - st["last"] >= 300:
+            label = "ttl_expired"
+        elif event is not None:
+            label = event
+        elif st["evicted"]:
+            label = "provider_evicted"
+        else:
+            label = None
+        outcome, _ = run(d, conv, now)
+        st["last"], st["evicted"] = now, False
+        got = outcome.verdict.reason if outcome.verdict else None
+        if label is None:
+            if got is not None:
+                false_alarms.append((step, conv.tag, got))
+        else:
+            misses += 1
+            if got == label:
+                right += 1
+            elif got == "unknown":
+                unknown += 1
+            else:
+                wrong.append((step, conv.tag, label, got))
+        now += rng.uniform(1, 4)
+    assert misses >= 100
+    assert wrong == [] and false_alarms == []
+    assert right / misses >= 0.95, (right, unknown, misses)
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+
+def test_interleaved_conversations_are_separated_by_lineage():
+    rng = random.Random(3)
+    d = Driver()
+    convs = [Conversation(f"c{n}", system_text("shared"), tools("shared")) for n in range(6)]
+    seen: dict[str, set[str]] = {c.tag: set() for c in convs}
+    turns: dict[str, list[int]] = {c.tag: [] for c in convs}
+    now = 0.0
+    for _ in range(120):
+        c = rng.choice(convs)
+        outcome, _ = run(d, c, now)
+        seen[c.tag].add(outcome.session_id)
+        turns[c.tag].append(outcome.turn)
+        now += 1
+    assert all(len(ids) == 1 for ids in seen.values())
+    assert len({next(iter(ids)) for ids in seen.values()}) == len(convs)
+    assert all(t == list(range(1, len(t) + 1)) for t in turns.values())
+
+
+def test_a_changed_system_prompt_keeps_the_session():
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    first = run(d, c, 0)[0].session_id
+    c.system += " New rule."
+    assert run(d, c, 10)[0].session_id == first
+
+
+CC_SESSION = "54c1eb09-bc4c-4d2f-98eb-6d2ab2d5e2fe"
+
+
+@pytest.mark.parametrize("where", ["header", "json_user_id", "legacy_user_id"])
+def test_claude_code_requests_carry_their_own_session_id(where: str):
+    req: dict[str, Any] = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"user-agent": "claude-cli/2.1.90 (external, cli)"}
+    if where == "header":
+        headers["x-claude-code-session-id"] = CC_SESSION
+    elif where == "json_user_id":
+        req["metadata"] = {"user_id": json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": CC_SESSION})}
+    else:
+        req["metadata"] = {"user_id": f"user_{'a' * 64}_account__session_{CC_SESSION}"}
+    d = Driver()
+    outcome, _ = d.send(req, 0, headers=headers)
+    assert (outcome.session_id, outcome.session_source, outcome.turn) == (CC_SESSION, "claude-code", 1)
+    # a subagent of the same Claude Code session: same id, next turn, own thread (cold, not "changed")
+    sub = {**req, "system": "You are a subagent.", "messages": [{"role": "user", "content": "search"}]}
+    outcome, _ = d.send(sub, 1, headers=headers)
+    assert (outcome.session_id, outcome.turn) == (CC_SESSION, 2)
+
+
+def test_explicit_header_session_and_project_win():
+    h = identify({"x-tokenpak-session": "run-7", "x-tokenpak-project": "billing", "x-claude-code-session-id": CC_SESSION}, {}, "anthropic")
+    assert (h.session_id, h.source, h.project) == ("run-7", "header", "billing")
+
+
+def test_openai_identifiers():
+    assert identify({}, {"prompt_cache_key": "conv-1"}, "openai_chat").session_id == "conv-1"
+    assert identify({}, {"conversation": {"id": "conv_9"}}, "openai_responses").session_id == "conv_9"
+    prev = identify({}, {"previous_response_id": "resp_1", "user": "alice@example.com"}, "openai_responses")
+    assert prev.session_id is None and prev.previous_response_id == "resp_1" and "alice" not in prev.scope
+
+
+def test_previous_response_id_continues_the_session():
+    t = SessionTracker(clock=lambda: 0.0)
+    first = t.begin(Hint(), shape_of({"model": "gpt-5", "input": "hi"}, "openai_responses"), 0)
+    t.note_response(first, "resp_1")
+    t.finish(first, None)
+    second = t.begin(Hint(previous_response_id="resp_1"), shape_of({"model": "gpt-5", "input": "more"}, "openai_responses"), 1)
+    assert (second.session_id, second.turn, second.source) == (first.session_id, 2, "previous_response")
+
+
+def test_memory_is_bounded():
+    t = SessionTracker(clock=lambda: 0.0, max_sessions=50, max_index=500)
+    for n in range(400):
+        req = {"model": MODEL, "max_tokens": 5, "system": f"agent {n}", "messages": [{"role": "user", "content": f"q{n}"}]}
+        t.finish(t.begin(Hint(session_id=f"s{n}", source="header"), shape_of(req), n), UsageFacts(10, 0, 0), n)
+    assert len(t._sessions) <= 50 and len(t._index) <= 500
