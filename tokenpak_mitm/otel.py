@@ -106,6 +106,16 @@ def span_attributes(row: Mapping[str, Any]) -> dict[str, Any]:
         "tokenpak.stream": None if row.get("stream") is None else bool(row.get("stream")),
         "tokenpak.price_version": row.get("price_version"),
         "tokenpak.request_key": row.get("request_key"),
+        "session.id": row.get("session_id"),
+        "tokenpak.session.source": row.get("session_source"),
+        "tokenpak.session.project": row.get("project"),
+        "tokenpak.session.turn": row.get("turn"),
+        "tokenpak.cache.miss_reason": row.get("cache_miss_reason"),
+        "tokenpak.cache.miss_section": row.get("miss_section"),
+        "tokenpak.cache.miss_block": row.get("miss_block"),
+        "tokenpak.cache.miss_change": row.get("miss_change"),
+        "tokenpak.cache.miss_cost_usd": row.get("miss_cost_usd"),
+        "tokenpak.cache.warm_until": row.get("cache_warm_until"),
     }
     return {k: v for k, v in attrs.items() if v is not None}
 

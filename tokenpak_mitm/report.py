@@ -32,8 +32,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BUCKETS", "ORIGINS", "GROUPINGS", "Summary", "Report", "parse_since", "load_rows", "summarize",
-    "group_key", "build_report", "report_json", "day_of", "add_arguments", "run",
+    "BUCKETS",
+    "GROUPINGS",
+    "ORIGINS",
+    "Report",
+    "Summary",
+    "add_arguments",
+    "build_report",
+    "day_of",
+    "group_key",
+    "load_rows",
+    "parse_since",
+    "report_json",
+    "run",
+    "summarize",
 ]
 
 Row = Mapping[str, Any]
@@ -139,7 +151,7 @@ class Summary:
         if not self._proxy_ms:
             return None
         ordered = sorted(self._proxy_ms)
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
         return {"p50": pick(0.50), "p95": pick(0.95), "max": ordered[-1]}
 
 
@@ -357,7 +369,9 @@ def _print_tables(report: Report, db: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", default="7d", help="window: 7d, 24h, 30m, 2w, an ISO date, or all (default 7d)")
-    parser.add_argument("--by", choices=GROUPINGS, default="day", help="group rows by day, model, route (class) or provider")
+    parser.add_argument("--by", choices=(*GROUPINGS, "session", "project"), default="day",
+                        help="group rows by day, model, route (class), provider, session or project")
+    parser.add_argument("--misses", action="store_true", help="cache misses by cause, ranked by money lost, with their sessions and models")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
@@ -382,15 +396,27 @@ def run(args: argparse.Namespace) -> int:
     except sqlite3.Error as e:
         print(f"tokenpak report: cannot read {db}: {e}", file=sys.stderr)
         return 1
-    report = build_report(rows, by=args.by, since=args.since, since_ts=since_ts)
+    from tokenpak_mitm import report_sessions
+
+    session_view = args.by in ("session", "project")
+    misses = bool(getattr(args, "misses", False))
+    report = build_report(rows, by="day" if session_view else args.by, since=args.since, since_ts=since_ts)
+    now = time.time()
     if args.html:
         from tokenpak_mitm.report_html import write_html
 
-        write_html(report, Path(args.html).expanduser(), db=db)
+        write_html(report, Path(args.html).expanduser(), db=db, extra=report_sessions.html_sections(rows, now))
         print(f"tokenpak report: wrote {args.html}", file=sys.stderr)
     if args.json:
-        json.dump(report_json(report, db), sys.stdout, indent=2)
+        out = report_json(report, db)
+        out.update(report_sessions.views_json(rows, args.by, misses))
+        json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    elif session_view or misses:
+        if session_view:
+            report_sessions.print_groups(rows, args.by, now)
+        if misses:
+            report_sessions.print_misses(rows)
     else:
         _print_tables(report, db)
     return 0

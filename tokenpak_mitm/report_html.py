@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tokenpak_mitm.report import BUCKETS, CACHE_HIT_RATIO_DEFINITION, Report, Summary
 
-__all__ = ["render_html", "write_html", "bar_chart", "line_chart"]
+__all__ = ["bar_chart", "line_chart", "render_html", "write_html"]
 
 WIDTH, HEIGHT = 760, 260
 LEFT, RIGHT, TOP, BOTTOM = 72, 12, 16, 44
@@ -202,7 +202,8 @@ td:first-child,th:first-child{text-align:left}tr.total{font-weight:600;backgroun
 """
 
 
-def render_html(report: Report, db: str | None = None) -> str:
+def render_html(report: Report, db: str | None = None, extra: str = "") -> str:
+    """The page; ``extra`` is trusted markup placed after the tables (sessions and misses)."""
     t = report.totals
     sv = t.savings_usd
     cards = [("requests", str(t.requests)), ("cost (priced)", _money(t.cost_usd)), ("unpriced requests", str(t.unpriced_requests)),
@@ -220,11 +221,12 @@ def render_html(report: Report, db: str | None = None) -> str:
         '<div class="cards">' + "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards) + "</div>",
         _charts(report.days) if report.days else "<p>No requests in this window.</p>",
         _table(report),
+        extra,
         "<h2>How to read this</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>",
         "</body></html>",
     ])
 
 
-def write_html(report: Report, path: Path, db: str | None = None) -> None:
+def write_html(report: Report, path: Path, db: str | None = None, extra: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(report, db), encoding="utf-8")
+    path.write_text(render_html(report, db, extra), encoding="utf-8")

@@ -41,7 +41,20 @@ def format_line(row: Mapping[str, Any]) -> str:
         f"{when}  {row.get('route_class') or '-':<11} {row.get('model') or '?':<26} {tokens:<44} "
         f"{cache_verdict(dict(row)):<5} {'$?' if cost is None else f'${cost:.6f}':>10}  "
         f"ttft {'-' if ttft is None else f'{ttft:.0f}ms':>7}  {row.get('terminal_state') or '-'}"
+        f"{_session_note(row)}"
     )
+
+
+def _session_note(row: Mapping[str, Any]) -> str:
+    """The miss cause (and its cost) and until when the session's cache is warm, when known."""
+    parts = []
+    if row.get("cache_miss_reason"):
+        lost = row.get("miss_cost_usd")
+        parts.append(f"miss {row['cache_miss_reason']}" + (f" +${lost:.6f}" if lost else ""))
+    warm = row.get("cache_warm_until")
+    if warm is not None:
+        parts.append(f"warm until {datetime.fromtimestamp(float(warm)).strftime('%H:%M:%S')}")
+    return ("  " + "  ".join(parts)) if parts else ""
 
 
 def fetch_new(conn: sqlite3.Connection, last_id: int, limit: int = BATCH) -> list[dict[str, Any]]:
