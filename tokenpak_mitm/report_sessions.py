@@ -156,7 +156,7 @@ def print_groups(rows: list[Row], by: str, now: float) -> None:
 
     table = Table(title=f"By {by}", title_justify="left")
     for name in (by, "project" if by == "session" else "sessions", "requests", "turns", "cost", "hit ratio", "misses", "lost to misses", "cache"):
-        table.add_column(name, justify="left" if name in (by, "project", "cache") else "right")
+        table.add_column(name, justify="left" if name in (by, "project", "cache") else "right", overflow="fold")
     sessions_per_project: dict[str, set[str]] = {}
     if by == "project":
         for row in rows:
@@ -176,7 +176,8 @@ def print_misses(rows: list[Row]) -> None:
 
     table = Table(title="Cache misses by cause (money lost = paid above a full read of the expected prefix)", title_justify="left")
     for name in ("cause", "misses", "lost", "top sessions", "models", "what changed"):
-        table.add_column(name, justify="right" if name in ("misses", "lost") else "left")
+        table.add_column(name, justify="right" if name in ("misses", "lost") else "left", no_wrap=name in ("cause", "lost"),
+                         overflow="fold")
     causes = miss_causes(rows)
     for c in causes:
         d = c.as_dict()
