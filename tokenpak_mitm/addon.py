@@ -52,6 +52,7 @@ CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
 OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thread
+SHAPE_OFFLOAD_BYTES = 32 << 10  # request bodies above this are fingerprinted for the session tracker in a worker thread
 
 
 @dataclass(slots=True)
@@ -221,7 +222,7 @@ class TokenPak:
         body = req.raw_content or b""
         shape, parsed = None, None
         if body:
-            if len(body) > OFFLOAD_BYTES:
+            if len(body) > SHAPE_OFFLOAD_BYTES:  # ~15 ms of hashing per 200 KB: keep it off the event loop
                 parsed, shape = await asyncio.to_thread(_parse_shape, req, st.route.dialect)
             else:
                 parsed, shape = _parse_shape(req, st.route.dialect)

@@ -6,8 +6,9 @@ digest, flat position and estimated prefix tokens, and adds what a diagnosis nee
 
 * ``digest`` — a short hash of the block itself (markers removed), so the kind of a difference
   can be told (the block changed, or only a parameter folded in before it);
-* ``masked`` — the same hash with volatile values (digit runs, UUIDs, long hex ids, weekday and
-  month names) blanked, so a difference that is only a changed date or id can be told from an edit;
+* ``masked`` — for tools and system blocks, the same hash with volatile values (digit runs,
+  UUIDs, long hex ids, weekday and month names, case) blanked, so a difference that is only a
+  changed date or id can be told from an edit (message blocks: the plain hash);
 * ``marker_ttl`` — the TTL of a ``cache_control`` marker on the block (``None`` = unmarked).
 
 and, for lineage, ``turn_keys``: one cumulative hash per message over the conversation's
@@ -34,9 +35,13 @@ _VOLATILE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
     r"|\b[0-9a-fA-F]{16,}\b"  # long hex ids (request ids, hashes)
     r"|\d+"  # any run of digits: dates, times, counters
-    r"|(?i:\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b"  # weekday and month names
-    r"|\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\b)"
 )
+_NAMES = re.compile(  # weekday and month names, matched on lower-cased text
+    r"\b(?:(?:mon|tues|wednes|thurs|fri|satur|sun)day|jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec"
+    r"|january|february|march|april|june|july|august|september|october|november|december)\b"
+)
+_MASKED_CACHE: dict[bytes, bytes] = {}  # block digest -> masked digest; system prompts repeat every turn
+_MASKED_CACHE_MAX = 4096
 
 
 def _digest(data: bytes) -> bytes:
@@ -45,7 +50,17 @@ def _digest(data: bytes) -> bytes:
 
 def mask_volatile(text: str) -> str:
     """``text`` with every digit run, UUID, long hex id, weekday and month name replaced by ``#``."""
-    return _VOLATILE.sub("#", text)
+    return _NAMES.sub("#", _VOLATILE.sub("#", text).lower())
+
+
+def _masked(digest: bytes, canonical: bytes) -> bytes:
+    masked = _MASKED_CACHE.get(digest)
+    if masked is None:
+        masked = _digest(mask_volatile(canonical.decode("utf-8", "replace")).encode())
+        if len(_MASKED_CACHE) >= _MASKED_CACHE_MAX:
+            _MASKED_CACHE.clear()
+        _MASKED_CACHE[digest] = masked
+    return masked
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +157,9 @@ def shape_of(request: object, api: str = "anthropic") -> Shape | None:
         end = nxt is None or nxt.section != b.section or nxt.message != b.message
         index = b.message if b.section == "messages" else b.block
         digest = _digest(canonical)
-        masked = _digest(mask_volatile(canonical.decode("utf-8", "replace")).encode())
+        # Volatile values are told apart in tools and system only: a message that differs is
+        # history rewritten, whatever changed in it (and masking every message would cost the most).
+        masked = digest if b.section == "messages" else _masked(digest, canonical)
         blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl if markers else None, end))
         if b.section == "messages" and role not in ("system", "developer"):
             turn.update(f"\0{role}\0".encode() + digest)
