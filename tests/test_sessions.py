@@ -127,7 +127,7 @@ def test_timestamp_in_system_prompt_is_a_volatile_change():
     run(d, c, 0)
     run(d, c, 10)
     c.system = c.system.replace("10:00:01", "10:00:21")
-    outcome, usage = run(d, c, 20)
+    outcome, _ = run(d, c, 20)
     v = outcome.verdict
     assert v is not None and (v.reason, v.section, v.block, v.change) == ("prefix_changed", "system", 0, "volatile")
 
