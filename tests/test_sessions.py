@@ -326,18 +326,6 @@ def test_claude_code_requests_carry_their_own_session_id(where: str):
     assert (outcome.session_id, outcome.turn) == (CC_SESSION, 2)
 
 
-def test_explicit_header_session_and_project_win():
-    h = identify({"x-tokenpak-session": "run-7", "x-tokenpak-project": "billing", "x-claude-code-session-id": CC_SESSION}, {}, "anthropic")
-    assert (h.session_id, h.source, h.project) == ("run-7", "header", "billing")
-
-
-def test_openai_identifiers():
-    assert identify({}, {"prompt_cache_key": "conv-1"}, "openai_chat").session_id == "conv-1"
-    assert identify({}, {"conversation": {"id": "conv_9"}}, "openai_responses").session_id == "conv_9"
-    prev = identify({}, {"previous_response_id": "resp_1", "user": "alice@example.com"}, "openai_responses")
-    assert prev.session_id is None and prev.previous_response_id == "resp_1" and "alice" not in prev.scope
-
-
 def test_previous_response_id_continues_the_session():
     t = SessionTracker(clock=lambda: 0.0)
     first = t.begin(Hint(), shape_of({"model": "gpt-5", "input": "hi"}, "openai_responses"), 0)

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tokenpak_mitm.cache_facts import TTL_SECONDS, minimum_tokens
 from tokenpak_mitm.cache_miss import Evidence, Known, Prior, Verdict, diagnose
@@ -282,11 +282,10 @@ class SessionTracker:
             e = self._index.get(key)
             marked = i in breakpoints
             if e is None:
-                e = _Entry(now, marked, False, None, None, TTL_SECONDS[shape.ttl_at(i)], 0)
+                self._index[key] = _Entry(now, marked, False, None, None, TTL_SECONDS[shape.ttl_at(i)], 1)
             else:
-                e = _Entry(e.first_seen, e.marked or marked, e.cached, e.cached_at, e.prev_cached_at, e.ttl_seconds, e.pending)
+                self._index[key] = replace(e, marked=e.marked or marked, pending=e.pending + 1)
                 self._index.move_to_end(key)
-            self._index[key] = _Entry(e.first_seen, e.marked, e.cached, e.cached_at, e.prev_cached_at, e.ttl_seconds, e.pending + 1)
         while len(self._index) > self.max_index:
             self._index.popitem(last=False)
             self.forgotten += 1
@@ -296,7 +295,7 @@ class SessionTracker:
             key = (scope, shape.blocks[i].prefix)
             e = self._index.get(key)
             if e is not None and e.pending > 0:
-                self._index[key] = _Entry(e.first_seen, e.marked, e.cached, e.cached_at, e.prev_cached_at, e.ttl_seconds, e.pending - 1)
+                self._index[key] = replace(e, pending=e.pending - 1)
 
     def _known(self, scope: str, shape: Shape, started: float, own: int) -> tuple[Known | None, Known | None]:
         """(deepest boundary confirmed cached before ``started``, deepest seen before it)."""
@@ -352,7 +351,7 @@ class SessionTracker:
                     deepest = i
                 elif tokens >= minimum * (1 - 0.05) and cached is not True:
                     cached = None  # too close to the minimum to say whether it was written
-            self._index[key] = _Entry(e.first_seen, e.marked, cached, at, prev, ttl, max(0, e.pending - 1))
+            self._index[key] = replace(e, cached=cached, cached_at=at, prev_cached_at=prev, ttl_seconds=ttl, pending=max(0, e.pending - 1))
         if deepest is not None:
             req.cached_position = deepest
             req.cached_tokens = round(shape.blocks[deepest].tokens * scale)
