@@ -23,6 +23,7 @@ from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step
 
 MODEL = "claude-sonnet-4-6"
+CC = "54c1eb09-bc4c-4d2f-98eb-6d2ab2d5e2fe"
 SYSTEM = " ".join(f"Rule {i}: answer tersely, cite the policy section {i} and never invent facts." for i in range(160))
 REPLY = json.dumps({
     "id": "msg_1", "type": "message", "role": "assistant", "model": MODEL, "content": [{"type": "text", "text": "ok"}],
@@ -48,6 +49,15 @@ def test_session_headers_never_reach_upstream_and_every_other_header_does_unchan
         assert [(k, v) for k, v in got if k.lower() not in ("host", "content-length")] == others
         row = wait_for_rows(tmp_path / "t.db", "1=1", ())[0]
         assert (row["session_id"], row["session_source"], row["project"], row["turn"]) == ("run-7", "header", "billing", 1)
+        # A Claude Code-shaped request (2.1.78+ metadata form) gets its own session id, and the body goes up unchanged.
+        cc = json.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                         "metadata": {"user_id": json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": CC})}}).encode()
+        cc_headers = [("authorization", "Bearer sk-ant-oat01-canary-not-a-real-token-0000"), ("anthropic-version", "2023-06-01"),
+                      ("content-type", "application/json"), ("user-agent", "claude-cli/2.1.90 (external, cli)"), ("x-app", "cli")]
+        assert request(proxy.port, build_request("POST", "/v1/messages", cc, cc_headers)).status == 200
+        assert up.received[-1].body == cc
+        row = wait_for_rows(tmp_path / "t.db", "session_source = ?", ("claude-code",))[0]
+        assert (row["session_id"], row["route_class"], row["turn"]) == (CC, "claude-code", 1)
     finally:
         proxy.stop()
         up.stop()
