@@ -217,6 +217,7 @@ def test_mixed_workload_names_the_right_cause_and_never_a_wrong_one():
         )
         convs.append((conv, {"kind": kind, "last": None, "pending": None, "evicted": False}))
     now, right, wrong, unknown, misses, false_alarms = 0.0, 0, [], 0, 0, []
+    by_label: dict[str, int] = {}
     for step in range(600):
         roll = rng.random()
         if roll < 0.01:
@@ -264,6 +265,7 @@ def test_mixed_workload_names_the_right_cause_and_never_a_wrong_one():
                 false_alarms.append((step, conv.tag, got))
         else:
             misses += 1
+            by_label[label] = by_label.get(label, 0) + 1
             if got == label:
                 right += 1
             elif got == "unknown":
@@ -271,6 +273,8 @@ def test_mixed_workload_names_the_right_cause_and_never_a_wrong_one():
             else:
                 wrong.append((step, conv.tag, label, got))
         now += rng.uniform(1, 4)
+    print(f"mixed workload: {misses} misses, {right} right, {unknown} unknown, {len(wrong)} wrong, {len(false_alarms)} false alarms; {by_label}")
+    assert set(by_label) == {"cold", "below_minimum", "not_marked", "ttl_expired", "prefix_changed", "lookback_exceeded", "provider_evicted"}
     assert misses >= 100
     assert wrong == [] and false_alarms == []
     assert right / misses >= 0.95, (right, unknown, misses)

@@ -19,6 +19,8 @@ __all__ = ["GroupSummary", "MissCause", "group_summaries", "html_sections", "mis
 
 Row = Mapping[str, Any]
 TOP = 5  # sessions and models named per cause
+CHANGE_LABELS = {"tools": "tool definitions", "system": "system text", "volatile": "volatile value (date, id)",
+                 "history": "history rewritten", "model_params": "model or parameters"}
 
 
 @dataclass(slots=True)
@@ -97,7 +99,9 @@ class MissCause:
         model = str(row.get("model") or "(unknown)")
         self.models[model] = self.models.get(model, 0) + 1
         if row.get("miss_change"):
-            where = f"{row['miss_change']} ({row.get('miss_section')} {row.get('miss_block')})"
+            block = row.get("miss_block")
+            what = CHANGE_LABELS.get(str(row["miss_change"]), str(row["miss_change"]))
+            where = f"{what} @ {row.get('miss_section')}" + ("" if block is None else f"[{block}]")
             self.changes[where] = self.changes.get(where, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
