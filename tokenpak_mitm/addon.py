@@ -15,6 +15,7 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_shape import shape_of
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
+from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, Ticket, UsageFacts
 from tokenpak_mitm.store import TelemetryStore, default_db_path
@@ -234,24 +236,23 @@ class TokenPak:
         key = req.headers.get("x-api-key") or req.headers.get("authorization") or req.headers.get("x-goog-api-key") or ""
         return hashlib.blake2b(key.encode(), key=self._scope_salt, digest_size=8).hexdigest() if key else ""
 
-    def _finish_session(self, st: _FlowState, row: dict[str, Any]) -> None:
+    def _finish_session(self, st: _FlowState, row: TelemetryRow) -> TelemetryRow:
+        """The row with its session, turn, miss diagnosis and warm-until filled in."""
         ticket = st.ticket
         if ticket is None:
             if st.session_task is not None:
                 st.session_task.cancel()  # still parsing when the flow ended (rare): no session columns
-            return
+            return row
         usage = st.record.extract.usage
         facts = None
-        if (st.route.dialect == "anthropic" and row.get("terminal_state") == "completed"
-                and row.get("usage_source") == "final" and usage.input_tokens is not None):
+        if (st.route.dialect == "anthropic" and row.terminal_state == "completed"
+                and row.usage_source == "final" and usage.input_tokens is not None):
             facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0)
         outcome = self.sessions.finish(ticket, facts)
-        self.sessions.note_response(ticket, row.get("response_id"))
-        row.update(outcome.columns())
+        self.sessions.note_response(ticket, row.response_id)
         verdict = outcome.verdict
-        row["miss_cost_usd"] = (
-            miss_cost_usd(st.route.provider, row.get("model"), usage, verdict.expected_tokens) if verdict else None
-        )
+        lost = miss_cost_usd(st.route.provider, row.model, usage, verdict.expected_tokens) if verdict else None
+        return dataclasses.replace(row, **outcome.columns(), miss_cost_usd=lost)
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -374,13 +375,13 @@ class TokenPak:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             row = _minimal_row(st.record)
         try:
-            self._finish_session(st, row)
+            row = self._finish_session(st, row)
         except Exception:
             logger.exception("tokenpak: could not diagnose the request's cache; the row goes without it")
         self.rows_emitted += 1
         for obs in observer.active():  # before the write: a live checker may annotate the row
             try:
-                obs.on_telemetry_row(row)
+                row = obs.on_telemetry_row(row) or row
             except Exception:
                 logger.exception("tokenpak: conformance observer failed")
         if self.store is not None:
@@ -511,36 +512,35 @@ def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes],
     return sink
 
 
-def _minimal_row(rec: RequestRecord) -> dict[str, Any]:
+def _minimal_row(rec: RequestRecord) -> TelemetryRow:
     """The row that is still written when building the real one failed: the request is counted."""
-    return {
-        "request_key": rec.request_key, "started_at": rec.started_at, "provider": rec.route.provider, "api": rec.route.api,
-        "route_class": rec.route_class, "host": rec.host, "path": rec.path, "stream": int(rec.stream),
-        "billable": int(rec.route.billable), "status_code": rec.status_code, "terminal_state": "proxy_error",
-        "usage_source": "absent", "error": "telemetry_error", "proxy_version": __version__,
-    }
+    return TelemetryRow(
+        request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
+        route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
+        billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
+        usage_source="absent", error="telemetry_error", proxy_version=__version__,
+    )
 
 
 def _ms(seconds: float) -> float:
     return round(max(0.0, seconds) * 1000.0, 3)
 
 
-def _console_line(row: dict[str, Any]) -> str:
-    def n(key: str) -> str:
-        v = row.get(key)
+def _console_line(row: TelemetryRow) -> str:
+    def n(v: int | None) -> str:
         return "-" if v is None else str(v)
 
-    cost = row.get("cost_usd")
-    ttft = row.get("ttft_ms")
-    reason = row.get("cache_miss_reason")
+    cost = row.cost_usd
+    ttft = row.ttft_ms
+    reason = row.cache_miss_reason
     miss = ""
     if reason:
-        lost = row.get("miss_cost_usd")
+        lost = row.miss_cost_usd
         miss = f" miss={reason}" + (f"(+${lost:.6f})" if lost else "")
     return (
-        f"tokenpak: {row.get('provider')}/{row.get('api')} {row.get('model') or '?'} "
-        f"in={n('input_tokens')} cache_read={n('cache_read_tokens')} cache_write={n('cache_write_tokens')} "
-        f"out={n('output_tokens')} cache={cache_verdict(row)} "
+        f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
+        f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
+        f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
         f"cost={'?' if cost is None else f'${cost:.6f}'} ttft={'-' if ttft is None else f'{ttft:.0f}ms'} "
-        f"{row.get('terminal_state')}{miss}"
+        f"{row.terminal_state}{miss}"
     )

@@ -40,14 +40,15 @@ from typing import Literal
 from tokenpak_mitm.cache_facts import LOOKBACK_BLOCKS
 from tokenpak_mitm.pricing import price
 from tokenpak_mitm.request_shape import Shape, first_difference
+from tokenpak_mitm.row import MISS_CHANGES, MISS_REASONS, MissChange, MissReason
 from tokenpak_mitm.usage import Usage
 
 __all__ = ["CHANGES", "REASONS", "Change", "Evidence", "Known", "Prior", "Reason", "Verdict", "change_between", "diagnose", "miss_cost_usd", "usage_with_read"]
 
-Reason = Literal["cold", "ttl_expired", "prefix_changed", "below_minimum", "lookback_exceeded", "not_marked", "provider_evicted", "unknown"]
-REASONS: tuple[Reason, ...] = ("cold", "ttl_expired", "prefix_changed", "below_minimum", "lookback_exceeded", "not_marked", "provider_evicted", "unknown")
-Change = Literal["tools", "system", "volatile", "history", "model_params"]
-CHANGES: tuple[Change, ...] = ("tools", "system", "volatile", "history", "model_params")
+Reason = MissReason  # the vocabularies live with the row (row.py)
+REASONS = MISS_REASONS
+Change = MissChange
+CHANGES = MISS_CHANGES
 
 READ_TOLERANCE = 0.9  # a read this close to the expected prefix is a full read (estimates are rescaled, not exact)
 MINIMUM_BAND = 0.05  # within 5% of the model minimum, "below minimum" is not decided

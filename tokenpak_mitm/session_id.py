@@ -26,7 +26,9 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
+
+from tokenpak_mitm.row import SessionSource
 
 __all__ = ["PROJECT_HEADER", "SESSION_HEADER", "Hint", "clean_id", "identify"]
 
@@ -35,7 +37,7 @@ PROJECT_HEADER = "x-tokenpak-project"
 CLAUDE_CODE_SESSION_HEADER = "x-claude-code-session-id"
 MAX_ID = 128
 
-Source = Literal["header", "claude-code", "prompt_cache_key", "conversation", "previous_response", "lineage", "new"]
+Source = SessionSource  # the vocabulary lives with the row (row.py)
 
 _LEGACY_CC = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")

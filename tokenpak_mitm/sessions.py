@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from tokenpak_mitm.cache_facts import TTL_SECONDS, minimum_tokens
 from tokenpak_mitm.cache_miss import Evidence, Known, Prior, Verdict, diagnose
@@ -114,7 +115,8 @@ class Outcome:
     verdict: Verdict | None = None
     warm_until: float | None = None
 
-    def columns(self) -> dict[str, object]:
+    def columns(self) -> dict[str, Any]:
+        """The row fields this outcome fills (``row.TelemetryRow`` v3), ``miss_cost_usd`` aside."""
         v = self.verdict
         return {
             "session_id": self.session_id,
