@@ -29,10 +29,11 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   token ranges up to the last writing marker), so the remaining slots go to the last tool and
   last system block (`free_tools`, `free_system`): other requests sharing them can read them.
 * **TTL (`auto`)** per written prefix, from its sighting timeline (bursts closer than 2 s are
-  concurrent and cannot read each other's writes), plus one expected future sighting at the
-  median observed gap (60 s when there is none yet): the timeline is replayed under "no
-  marker" (1.0x per sighting), 5m and 1h (write 1.25x/2x, reads 0.1x while the entry lives,
-  every read refreshing it) and the cheapest wins. For a continuation, older tokens follow the
+  concurrent and cannot read each other's writes), followed by one expected future burst after
+  each gap observed so far, mixed with a prior (90% within a minute, 10% after 15 minutes, total
+  weight one observation): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
+  1h (write 1.25x/2x, reads 0.1x while the entry lives, every read refreshing it) and the cheapest
+  wins. For a continuation, older tokens follow the
   conversation's timeline and the new tail tokens the "now + next" one. 1h is therefore chosen
   exactly when reads come back after more than 5 minutes and within the hour often enough that
   one 2x write beats 1.25x rewrites. A 1h marker never follows a 5m one: markers before a 1h
@@ -53,7 +54,7 @@ from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligi
 from .prefix_index import CLUSTER_SECONDS, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
 from .token_estimate import TokenCalibration
 
-__all__ = ["REASONS", "Memory", "Ticket", "OpenAIPlan", "plan", "plan_openai", "observe_usage", "predict", "DEFAULT_FUTURE_GAP"]
+__all__ = ["REASONS", "Memory", "Ticket", "OpenAIPlan", "plan", "plan_openai", "observe_usage", "predict", "PRIOR_GAPS"]
 
 REASONS: Final[Mapping[str, str]] = {
     # placed
@@ -71,10 +72,14 @@ REASONS: Final[Mapping[str, str]] = {
     "not_read_back": "the observed gaps say no TTL would be read back before it lapses: a write would cost more",
     "below_minimum": "the prefix is below the model's minimum cacheable length",
     "no_slot": "all 4 markers are in use",
+    "ttl_upgrade": "a concurrent request writes this prefix for 5m; the bursts seen so far make a 1h write pay",
     "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
                      "so everything before it is written instead",
 }
-DEFAULT_FUTURE_GAP: Final = 60.0  # seconds to the next expected sighting when no gap was observed yet
+# The gap to the next sighting assumed before (and mixed with) what was observed: mostly within
+# 5 minutes (today's rules assume that), sometimes a pause between 5 minutes and an hour.
+PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 0.9), (900.0, 0.1))
+PAUSE_HORIZON: Final = 3  # gaps over which a 1h entry is expected to matter (it outlives several turns)
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,7 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
     kind = "repeat" if k == last else ("continuation" if anchor.ends > 0 else "branch")
     deepest_live = max((i for i, ok in enumerate(live) if ok), default=None)
     hit_tokens = tok[deepest_live] if deepest_live is not None else 0
+    protected_1h = max((tok[i] for i, s in enumerate(stats) if live[i] and s is not None and s.cached_ttl == "1h"), default=0)
     ttls = _ttl_choices(opts, facts)
     default_ttl = ttls[0]
     chosen: list[_Choice] = []
@@ -218,14 +224,19 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
             return
         s = stats[position]
         if s is not None and s.writing(now):
-            skip(position, "write_in_flight")
+            if s.cached_ttl != "1h" and "1h" in ttls and tok[position] >= minimum and _upgrade_pays(facts, now, s.clusters):
+                chosen.append(_Choice(position, "ttl_upgrade", "1h", True))
+            else:
+                skip(position, "write_in_flight")
             return
         if tok[position] < minimum:
             skip(position, "below_minimum", f"minimum {minimum}")
             return
         new = tok[position] - min(hit_tokens, tok[position])
         old = 0 if old_from is None else tok[position] - new
-        ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new)
+        ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=old_from is not None)
+        if ttl is not None and old_from is not None and len(ttls) > 1:
+            ttl, detail = _checkpoint(facts, clusters, now, tok[position], new, protected_1h), detail
         if ttl is None:
             skip(position, "not_read_back", detail)
         else:
@@ -302,25 +313,81 @@ def _evidence(stats: Sequence[PrefixStats | None], k: int) -> tuple[tuple[float,
 
 
 def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]],
-              old_tokens: int, new_tokens: int) -> tuple[str | None, str]:
-    """The TTL (None: no write) that the timeline says is cheapest, with the costs as a detail."""
+              old_tokens: int, new_tokens: int, fresh_tail: bool) -> tuple[str | None, str]:
+    """The TTL (None: no write) that the timeline says is cheapest, with the costs as a detail.
+
+    The timeline is this prefix's sighting history plus now, followed by one expected future burst
+    (of the median burst size so far) after each gap seen so far, weighted equally, mixed with a
+    prior (`PRIOR_GAPS`, total weight 1) so the first requests do not bet on no evidence.
+    `old_tokens` follow that timeline; `new_tokens` too, unless `fresh_tail` (a conversation's new
+    tail: written now, read by the next turn only, so its timeline starts now).
+    """
+    timeline = _with_now(clusters, now)
+    gaps = [b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]]
+    burst = max(1, round(statistics.median(n for _, n in timeline[:-1]))) if len(timeline) > 1 else timeline[-1][1]
+    scenarios = [(gap, 1.0) for gap in gaps] + list(PRIOR_GAPS)
+    r = facts.read_multiplier()
+    costs: dict[str | None, float] = {None: float(old_tokens + new_tokens)}
+    for ttl in ttls:
+        w, life = facts.write_multiplier(ttl), TTL_SECONDS[ttl]
+        total = weight = 0.0
+        for gap, p in scenarios:
+            future = timeline + [(now + gap, burst)]
+            fresh = [(now, 1), (now + gap, 1)] if fresh_tail else future
+            total += p * (old_tokens * _replay(future, life, w, r) + new_tokens * _replay(fresh, life, w, r))
+            weight += p
+        costs[ttl] = total / weight
+    best = min(costs, key=lambda t: (costs[t], t is not None, t == "1h"))
+    detail = " ".join(f"{t or 'none'}={c / max(1, old_tokens + new_tokens):.3f}" for t, c in costs.items())
+    typical = statistics.median(gaps) if gaps else PRIOR_GAPS[0][0]
+    return best, f"per-token cost {detail}; bursts of {burst}, gaps ~{typical:.0f}s"
+
+
+def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
+    """Chance that a pause of 5 minutes to an hour comes within the next `PAUSE_HORIZON` gaps.
+
+    p_mid = the share of gaps between 5 minutes and an hour among those observed between this
+    prefix's sighting bursts and the prior (`PRIOR_GAPS`, total weight one gap).
+    """
+    timeline = _with_now(clusters, now)
+    gaps = [(b[0] - a[0], 1.0) for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]] + list(PRIOR_GAPS)
+    p_mid = sum(p for gap, p in gaps if TTL_SECONDS["5m"] < gap <= TTL_SECONDS["1h"]) / sum(p for _, p in gaps)
+    return 1.0 - (1.0 - p_mid) ** PAUSE_HORIZON
+
+
+def _checkpoint(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, prefix: int, new: int,
+                protected: int) -> str:
+    """5m or 1h for a conversation's new tail (a 1h entry is a checkpoint that survives a pause).
+
+    A pause of 5 minutes to an hour lapses every 5m entry: the tokens past the deepest live 1h
+    entry (`protected`) are then written again (w5 instead of a 0.1 read). Writing this tail for
+    1h protects the whole prefix for the premium (w1 - w5) on the new tokens only, so it pays when
+    P(pause soon) x (w5 - r) x (prefix - protected) > (w1 - w5) x new. Checkpoints therefore
+    come every few turns once pauses have been seen, not on every turn.
+    """
+    w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
+    return "1h" if _pause_chance(clusters, now) * (w5 - r) * (prefix - protected) > (w1 - w5) * new else "5m"
+
+
+def _upgrade_pays(facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]]) -> bool:
+    """A concurrent request is writing this prefix for 5m: does writing it again for 1h now pay?
+
+    If a pause lapses the 5m entry, the next burst (as large as the largest so far, b) pays one
+    write and b - 1 plain inputs instead of b reads; upgrading costs this request w1 instead of
+    a plain input (1.0).
+    """
+    burst = max(n for _, n in _with_now(clusters, now))
+    w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
+    return _pause_chance(clusters, now) * (w5 + (burst - 1) - burst * r) > w1 - 1.0
+
+
+def _with_now(clusters: Sequence[tuple[float, int]], now: float) -> list[tuple[float, int]]:
     timeline = list(clusters)
     if timeline and 0 <= now - timeline[-1][0] < CLUSTER_SECONDS:
         timeline[-1] = (timeline[-1][0], timeline[-1][1] + 1)
     elif not timeline or now > timeline[-1][0]:
         timeline.append((now, 1))
-    gaps = [b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]]
-    future = statistics.median(gaps) if gaps else DEFAULT_FUTURE_GAP
-    timeline.append((timeline[-1][0] + future, 1))
-    fresh = [(now, 1), (now + future, 1)]
-    r = facts.read_multiplier()
-    costs: dict[str | None, float] = {None: float(old_tokens + new_tokens)}
-    for ttl in ttls:
-        w = facts.write_multiplier(ttl)
-        costs[ttl] = old_tokens * _replay(timeline, TTL_SECONDS[ttl], w, r) + new_tokens * _replay(fresh, TTL_SECONDS[ttl], w, r)
-    best = min(costs, key=lambda t: (costs[t], t is not None, t == "1h"))
-    detail = " ".join(f"{t or 'none'}={c / max(1, old_tokens + new_tokens):.3f}" for t, c in costs.items())
-    return best, f"per-token cost {detail}; next sighting in ~{future:.0f}s"
+    return timeline
 
 
 def _replay(timeline: Sequence[tuple[float, int]], ttl: float, write: float, read: float) -> float:
