@@ -18,7 +18,7 @@ from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
 from tokenpak_mitm.request_shape import shape_of
 from tokenpak_mitm.session_id import Hint, identify
 from tokenpak_mitm.sessions import Outcome, SessionTracker, UsageFacts
-from tokenpak_mitm.testing.cache_sim import CacheSimulator
+from tokenpak_mitm.testing.cache_sim import CacheSimulator, PendingWrite, analyse_request
 
 MODEL = "claude-sonnet-4-6"
 
@@ -345,3 +345,47 @@ def test_memory_is_bounded():
         req = {"model": MODEL, "max_tokens": 5, "system": f"agent {n}", "messages": [{"role": "user", "content": f"q{n}"}]}
         t.finish(t.begin(Hint(session_id=f"s{n}", source="header"), shape_of(req), n), UsageFacts(10, 0, 0), n)
     assert len(t._sessions) <= 50 and len(t._index) <= 500
+
+
+def test_overlapping_requests_are_not_blamed_on_the_provider():
+    """B starts while A's response (which writes the new prefix) has not begun: B cannot read A's write,
+    only what was cached before; the tracker expects exactly that (no miss), and never calls it eviction."""
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    run(d, c, 0)
+    c.pad = 2000  # this turn adds a long message: A writes far more than was cached before
+    body = json.loads(insert_markers(json.dumps(c.request()).encode(), None).body)
+    shape, analysis = shape_of(body), analyse_request(body)
+    a = d.tracker.begin(identify({}, body, "anthropic", "key-1"), shape, 10.0)
+    b = d.tracker.begin(identify({}, body, "anthropic", "key-1"), shape, 10.5)  # a parallel retry
+    pa: list[PendingWrite] = []
+    pb: list[PendingWrite] = []
+    ua, _ = d.sim.apply(analysis, 10.0, pending=pa)
+    ub, _ = d.sim.apply(analysis, 10.5, pending=pb)  # cannot see A's write: A's response has not begun
+    d.sim.commit(pa)
+    d.sim.commit(pb)
+    assert 0 < ub["cache_read_input_tokens"] == ua["cache_read_input_tokens"]
+    out_a = d.tracker.finish(a, UsageFacts(ua["input_tokens"], ua["cache_read_input_tokens"], ua["cache_creation_input_tokens"], response_started=11.0))
+    out_b = d.tracker.finish(b, UsageFacts(ub["input_tokens"], ub["cache_read_input_tokens"], ub["cache_creation_input_tokens"], response_started=11.5))
+    assert out_a.session_id == out_b.session_id
+    assert out_a.verdict is None and out_b.verdict is None
+
+
+def test_claude_code_subagents_share_the_session_and_start_cold():
+    d = Driver()
+    headers = {"x-claude-code-session-id": "cc-1"}
+    shared_tools = tools("cc", 12)
+    main = Conversation("main", system_text("main"), shared_tools)
+    sub = Conversation("sub", "You are a search subagent. " + system_text("sub", 50), shared_tools)
+    got: list[tuple[str, int, str | None]] = []
+    now = 0.0
+    for i in range(8):
+        o, _ = run(d, main, now, headers=headers)
+        got.append(("main", o.turn, o.verdict.reason if o.verdict else None))
+        now += 5
+        if 2 <= i < 6:
+            o, _ = run(d, sub, now, headers=headers)
+            got.append(("sub", o.turn, o.verdict.reason if o.verdict else None))
+            now += 5
+    assert [t for _, t, _ in got] == list(range(1, 13))
+    assert [r for who, _, r in got if who == "main"] == ["cold"] + [None] * 7
+    assert [r for who, _, r in got if who == "sub"] == ["cold", None, None, None]

@@ -236,7 +236,7 @@ class TokenPak:
         key = req.headers.get("x-api-key") or req.headers.get("authorization") or req.headers.get("x-goog-api-key") or ""
         return hashlib.blake2b(key.encode(), key=self._scope_salt, digest_size=8).hexdigest() if key else ""
 
-    def _finish_session(self, st: _FlowState, row: TelemetryRow) -> TelemetryRow:
+    def _finish_session(self, flow: http.HTTPFlow, st: _FlowState, row: TelemetryRow) -> TelemetryRow:
         """The row with its session, turn, miss diagnosis and warm-until filled in."""
         ticket = st.ticket
         if ticket is None:
@@ -247,7 +247,8 @@ class TokenPak:
         facts = None
         if (st.route.dialect == "anthropic" and row.terminal_state == "completed"
                 and row.usage_source == "final" and usage.input_tokens is not None):
-            facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0)
+            began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
+            facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0, response_started=began)
         outcome = self.sessions.finish(ticket, facts)
         self.sessions.note_response(ticket, row.response_id)
         verdict = outcome.verdict
@@ -375,7 +376,7 @@ class TokenPak:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             row = _minimal_row(st.record)
         try:
-            row = self._finish_session(st, row)
+            row = self._finish_session(flow, st, row)
         except Exception:
             logger.exception("tokenpak: could not diagnose the request's cache; the row goes without it")
         self.rows_emitted += 1

@@ -181,7 +181,7 @@ def diagnose(ev: Evidence) -> Verdict | None:
         if seen.pending:
             return Verdict("unknown", x)
         if x < ev.minimum * (1 - MINIMUM_BAND):
-            return Verdict("below_minimum", x)
+            return Verdict("cold", 0)  # what it shares with earlier requests is too short to cache: the rest is new
         if not ev.shape.marked or not seen.marked:
             return Verdict("not_marked", x)
         return Verdict("unknown", x)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokenpak_mitm.cache_facts import TTL_SECONDS, minimum_tokens
-from tokenpak_mitm.cache_miss import Evidence, Known, Prior, Verdict, diagnose
+from tokenpak_mitm.cache_miss import MINIMUM_BAND, Evidence, Known, Prior, Verdict, diagnose
 from tokenpak_mitm.request_shape import Shape
 from tokenpak_mitm.session_id import Hint, Source
 
@@ -53,6 +53,7 @@ class UsageFacts:
     read: int
     write: int
     completed: bool = True  # final usage from a completed response
+    response_started: float | None = None  # when the response began: what it wrote is readable from then on
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +61,9 @@ class _Entry:
     first_seen: float
     marked: bool
     cached: bool | None  # None while undecided (near the minimum) or pending
-    cached_at: float | None
-    prev_cached_at: float | None
+    cached_at: float | None  # start of the last request that wrote or read it
+    readable_at: float | None  # when that request's response began (a write is readable from then on)
+    prev_cached_at: float | None  # the write or read before that one
     ttl_seconds: float
     pending: int  # requests that sent it and have not reported usage
 
@@ -284,7 +286,7 @@ class SessionTracker:
             e = self._index.get(key)
             marked = i in breakpoints
             if e is None:
-                self._index[key] = _Entry(now, marked, False, None, None, TTL_SECONDS[shape.ttl_at(i)], 1)
+                self._index[key] = _Entry(now, marked, False, None, None, None, TTL_SECONDS[shape.ttl_at(i)], 1)
             else:
                 self._index[key] = replace(e, marked=e.marked or marked, pending=e.pending + 1)
                 self._index.move_to_end(key)
@@ -306,9 +308,11 @@ class SessionTracker:
             e = self._index.get((scope, shape.blocks[i].prefix))
             if e is None or e.first_seen >= started:
                 continue  # first sent by this request, or by one that started with it
-            at = e.cached_at if e.cached_at is not None and e.cached_at < started else e.prev_cached_at
-            k = Known(i, e.cached if at is not None else False, e.marked, at, e.ttl_seconds,
-                      pending=e.pending > own and at is None)
+            usable = e.cached_at is not None and e.cached_at < started and (e.readable_at or e.cached_at) <= started
+            at = e.cached_at if usable else e.prev_cached_at
+            # in flight: sent by a request still running, or written by one whose response began after this one started
+            in_flight = at is None and (e.pending > own or e.cached_at is not None)
+            k = Known(i, e.cached if at is not None else False, e.marked, at, e.ttl_seconds, pending=in_flight)
             if seen is None:
                 seen = k
             if at is not None and e.cached is not False:
@@ -335,6 +339,7 @@ class SessionTracker:
         scale = total / est if est > 0 else 0.0
         minimum = minimum_tokens(shape.model, "anthropic")
         covered = usage.read + usage.write
+        readable = usage.response_started if usage.response_started is not None else t.started
         deepest: int | None = None
         breakpoints = set(shape.breakpoints())
         for i in self._indexed(shape):
@@ -345,15 +350,16 @@ class SessionTracker:
             tokens = shape.blocks[i].tokens * scale
             is_break = i in breakpoints
             cached: bool | None = e.cached
-            at, prev = e.cached_at, e.prev_cached_at
+            at, prev, when = e.cached_at, e.prev_cached_at, e.readable_at
             ttl = e.ttl_seconds
             if covered > 0 and is_break and tokens <= covered * 1.02 + 8:
-                if tokens >= minimum * (1 + 0.05):
-                    cached, prev, at, ttl = True, at, t.started, TTL_SECONDS[shape.ttl_at(i)]
+                if tokens >= minimum * (1 + MINIMUM_BAND):
+                    cached, prev, at, when, ttl = True, at, t.started, readable, TTL_SECONDS[shape.ttl_at(i)]
                     deepest = i
-                elif tokens >= minimum * (1 - 0.05) and cached is not True:
+                elif tokens >= minimum * (1 - MINIMUM_BAND) and cached is not True:
                     cached = None  # too close to the minimum to say whether it was written
-            self._index[key] = replace(e, cached=cached, cached_at=at, prev_cached_at=prev, ttl_seconds=ttl, pending=max(0, e.pending - 1))
+            self._index[key] = replace(e, cached=cached, cached_at=at, readable_at=when, prev_cached_at=prev, ttl_seconds=ttl,
+                                       pending=max(0, e.pending - 1))
         if deepest is not None:
             req.cached_position = deepest
             req.cached_tokens = round(shape.blocks[deepest].tokens * scale)
