@@ -128,3 +128,20 @@ def test_report_misses_and_sessions_in_terminal_json_and_html(agent_run, tmp_pat
     assert "Cache misses by cause" in html and "prefix_changed" in html and "Sessions" in html
     tail = _tokenpak("tail", "--db", str(db), "--once")
     assert "miss prefix_changed" in tail and "warm until" in tail
+
+
+def test_a_restarted_proxy_does_not_claim_cold_for_what_an_earlier_run_may_have_cached(agent_run):
+    db, rows, _ = agent_run
+    with fake_anthropic_in_thread() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=db.parent).start()
+        try:
+            body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM + " Another agent.",
+                               "messages": [{"role": "user", "content": "Hello again"}]}).encode()
+            resp = request(proxy.port, build_request("POST", "/v1/messages", body, [
+                ("x-api-key", "sk-ant-api03-canary-not-a-real-key-000000"), ("anthropic-version", "2023-06-01"),
+                ("content-type", "application/json")]))
+            assert resp.status == 200
+            new = wait_for_rows(db, "id > ?", (max(r["id"] for r in rows),))
+        finally:
+            proxy.stop()
+    assert new[0]["cache_miss_reason"] == "unknown"  # the fake upstream is fresh, but the proxy cannot know that

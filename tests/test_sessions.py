@@ -389,3 +389,11 @@ def test_claude_code_subagents_share_the_session_and_start_cold():
     assert [t for _, t, _ in got] == list(range(1, 13))
     assert [r for who, _, r in got if who == "main"] == ["cold"] + [None] * 7
     assert [r for who, _, r in got if who == "sub"] == ["cold", None, None, None]
+
+
+def test_after_a_restart_nothing_known_is_unknown_not_cold():
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    d.tracker.blind_until = 3600.0  # an earlier proxy run recorded requests until t=0
+    assert reasons([run(d, c, 10), run(d, c, 20)]) == ["unknown", None]
+    fresh = Conversation("b", system_text("b"), tools("b"))
+    assert reasons([run(d, fresh, 3700)]) == ["cold"]

@@ -34,6 +34,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
+from tokenpak_mitm.cache_facts import TTL_SECONDS
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
 from tokenpak_mitm.cache_miss import miss_cost_usd
 from tokenpak_mitm.options import parse_bool
@@ -44,7 +45,7 @@ from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, Ticket, UsageFacts
-from tokenpak_mitm.store import TelemetryStore, default_db_path
+from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
 
@@ -117,6 +118,9 @@ class TokenPak:
             if self.store is None or str(self.store.path) != str(path):
                 if self.store is not None:
                     self.store.close()
+                # Before the store starts writing: were requests recorded by an earlier run within
+                # the longest TTL? Their cache entries may still be live, unknown to this tracker.
+                self.sessions.blind_until = _blind_until(last_request_at(path), time.time())
                 self.store = TelemetryStore(path)
                 self.store.start()
 
@@ -424,6 +428,14 @@ class TokenPak:
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
                      proxy_request_ms=rec.proxy_request_ms)
         flow.metadata[META] = stash
+
+
+def _blind_until(last: float | None, now: float) -> float | None:
+    """Until when this run cannot know what an earlier run cached (its last request + the longest TTL)."""
+    if last is None:
+        return None
+    until = min(last, now) + TTL_SECONDS["1h"]  # the longest Anthropic TTL (the diagnosis is Anthropic's)
+    return until if until > now else None
 
 
 _CONVERSATION_APIS = frozenset({"messages", "chat.completions", "responses", "generate_content"})

@@ -150,6 +150,10 @@ class SessionTracker:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self.forgotten = 0  # index entries dropped for space
+        # Until this time the tracker may not know what was cached before it started (an earlier
+        # proxy run wrote entries that can still be live): a request it knows nothing about is
+        # then "unknown", not "cold". The addon sets it from the database's newest row.
+        self.blind_until: float | None = None
 
     # -- the request ----------------------------------------------------------------------------
     def begin(self, hint: Hint, shape: Shape | None, now: float | None = None) -> Ticket:
@@ -330,7 +334,10 @@ class SessionTracker:
             prior = Prior(p.shape, p.cached_position, p.cached_tokens, p.cached_at, p.ttl_seconds)
         ev = Evidence(shape, t.started, usage.read, usage.write, usage.fresh,
                       minimum_tokens(shape.model, "anthropic"), cached, seen, prior)
-        return diagnose(ev)
+        verdict = diagnose(ev)
+        if verdict is not None and verdict.reason == "cold" and self.blind_until is not None and t.started < self.blind_until:
+            return replace(verdict, reason="unknown")  # an earlier run may have cached it
+        return verdict
 
     def _settle(self, t: Ticket, shape: Shape, req: _Request, usage: UsageFacts, sess: _Session | None) -> None:
         """Mark the boundaries the provider wrote or read, and the session's warm-until."""

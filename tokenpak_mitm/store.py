@@ -31,7 +31,7 @@ from typing import Any
 from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
 from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
 
-__all__ = ["TelemetryStore", "COLUMNS", "COLUMN_NAMES", "MIGRATIONS", "add_columns", "connect_readonly", "default_db_path", "migrate"]
+__all__ = ["TelemetryStore", "COLUMNS", "COLUMN_NAMES", "MIGRATIONS", "add_columns", "connect_readonly", "default_db_path", "last_request_at", "migrate"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,21 @@ def connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=2.0)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def last_request_at(path: str | os.PathLike[str]) -> float | None:
+    """Start time of the newest row in the database at ``path``; None when there is none or it cannot be read."""
+    if not Path(path).is_file():
+        return None
+    try:
+        conn = connect_readonly(path)
+        try:
+            value = conn.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 class TelemetryStore:
