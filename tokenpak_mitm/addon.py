@@ -34,6 +34,7 @@ from tokenpak_mitm import __version__, observer
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.store import TelemetryStore, default_db_path
@@ -165,6 +166,11 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None:
             return
+        if st.route.dialect == "anthropic" and "content-encoding" not in flow.request.headers:
+            try:  # the response normally reports both; this is the fallback
+                st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
+            except Exception:
+                logger.exception("tokenpak: could not read the request's price hints")
         meta = flow.metadata.get(META)
         if isinstance(meta, dict) and "cache_decision" in meta:
             self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers

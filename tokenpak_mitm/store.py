@@ -79,7 +79,26 @@ COLUMNS_V1: tuple[tuple[str, str], ...] = (
 # v2: the proxy's own request-side time (classify, plan, splice) between the client's last
 # request byte and the request going upstream, so users can see what the proxy itself added.
 COLUMNS_V2: tuple[tuple[str, str], ...] = (("proxy_request_ms", "REAL"),)
-COLUMNS = COLUMNS_V1 + COLUMNS_V2
+# v3: what changes the price (issue 18): service tier, fast mode, pinned region, the prompt's
+# modality parts, billed iterations outside the top-level usage, our multiplier, and why a
+# request is unpriced. Modality and iteration columns split buckets; they are never added to them.
+COLUMNS_V3: tuple[tuple[str, str], ...] = (
+    ("service_tier", "TEXT"),
+    ("speed", "TEXT"),
+    ("inference_geo", "TEXT"),
+    ("input_audio_tokens", "INTEGER"),
+    ("input_image_tokens", "INTEGER"),
+    ("input_video_tokens", "INTEGER"),
+    ("cache_read_audio_tokens", "INTEGER"),
+    ("cache_read_image_tokens", "INTEGER"),
+    ("cache_read_video_tokens", "INTEGER"),
+    ("extra_iterations", "INTEGER"),
+    ("extra_input_tokens", "INTEGER"),
+    ("extra_output_tokens", "INTEGER"),
+    ("price_multiplier", "REAL"),
+    ("unpriced_reason", "TEXT"),
+)
+COLUMNS = COLUMNS_V1 + COLUMNS_V2 + COLUMNS_V3
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 MIGRATIONS: tuple[str, ...] = (
@@ -90,6 +109,8 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
     # 2
     "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V2),
+    # 3
+    "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V3),
 )
 
 SPILL_SUFFIX = ".spill.jsonl"
