@@ -52,14 +52,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
+
 __all__ = [
     "CacheOptions", "Breakpoint", "Plan", "Sizes", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
     "BYTES_PER_TOKEN", "plan", "count_markers", "has_client_cache_control", "minimum_cacheable_tokens",
     "estimate_tokens", "is_eligible_block", "is_volatile_text", "marker_slots",
 ]
 
-MAX_MARKERS = 4  # "A maximum of 4 blocks with cache_control may be provided."
-LOOKBACK_BLOCKS = 20  # positions a read checks per breakpoint, the breakpoint included
+MAX_MARKERS = MAX_BREAKPOINTS  # "A maximum of 4 blocks with cache_control may be provided." (cache_facts)
 
 DECISIONS: Mapping[str, str] = {
     "inserted": "one or more markers (or the top-level field) were spliced in",
@@ -73,21 +74,6 @@ DECISIONS: Mapping[str, str] = {
     "too_large": "the body (raw or decoded) is over the size cap",
     "error": "an internal failure or scanner/parser disagreement; the original body is returned",
 }
-
-# Minimum cacheable prefix by model-id prefix (protocols.md 1.6). Longest prefix wins.
-MINIMUM_TOKENS_BY_MODEL: Mapping[str, int] = {
-    "claude-opus-5": 512, "claude-fable-5": 512, "claude-mythos-5": 512,
-    "claude-opus-4-8": 1024, "claude-sonnet-5": 1024, "claude-sonnet-4-6": 1024,
-    "claude-sonnet-4-5": 1024, "claude-opus-4-1": 1024, "claude-opus-4": 1024,
-    "claude-sonnet-4": 1024, "claude-3-7-sonnet": 1024,
-    "claude-opus-4-7": 2048, "claude-3-5-haiku": 2048, "claude-3-haiku": 2048,
-    "claude-mythos-preview": 2048,
-    "claude-opus-4-6": 4096, "claude-opus-4-5": 4096, "claude-haiku-4-5": 4096,
-}
-UNKNOWN_MODEL_MINIMUM = 4096  # the largest known minimum: never wrongly claim a short prefix caches
-# What may follow a table prefix: end, a date stamp, an alias, or a platform suffix
-# ("@20250514" on Vertex, "-v1:0" on Bedrock). "claude-opus-4-9" must NOT match "claude-opus-4".
-_MODEL_SUFFIX = re.compile(r"(?:-\d{8})?(?:-latest)?(?:-v\d+(?::\d+)?)?(?:[@:].*)?")
 
 BYTES_PER_TOKEN = 3
 THINKING_TYPES = frozenset({"thinking", "redacted_thinking"})
@@ -202,16 +188,13 @@ def estimate_tokens(prefix_bytes: int) -> int:
 
 
 def minimum_cacheable_tokens(model: object) -> int:
-    """The model's minimum cacheable prefix; UNKNOWN_MODEL_MINIMUM when not in the table."""
-    if not isinstance(model, str) or "claude-" not in model:
-        return UNKNOWN_MODEL_MINIMUM
-    name = model[model.index("claude-"):].lower()  # drops "anthropic." / "us.anthropic." prefixes
-    best: tuple[int, int] | None = None
-    for prefix, minimum in MINIMUM_TOKENS_BY_MODEL.items():
-        if name.startswith(prefix) and _MODEL_SUFFIX.fullmatch(name, len(prefix)):
-            if best is None or len(prefix) > best[0]:
-                best = (len(prefix), minimum)
-    return best[1] if best else UNKNOWN_MODEL_MINIMUM
+    """The model's minimum cacheable prefix, from the shared table (`cache_facts`).
+
+    An unknown model gets the table's fallback (1,024): a marker on a prefix below the real
+    minimum costs nothing (the API silently does not cache it), so the fallback only decides
+    which short prefixes we do not bother marking.
+    """
+    return facts_for(model, "anthropic").minimum_tokens
 
 
 def is_eligible_block(block: object) -> bool:

@@ -43,48 +43,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-TTL_SECONDS: dict[str, float] = {"5m": 300.0, "1h": 3600.0}
-MAX_BREAKPOINTS = 4
-LOOKBACK_WINDOW = 20
-DEFAULT_MIN_CACHEABLE_TOKENS = 1024
-DEFAULT_OUTPUT_TOKENS = 50
+from tokenpak_mitm import cache_facts
 
-# protocols.md §1.6 (Claude API table), plus older models per earlier snapshots.
-MIN_CACHEABLE_TOKENS: dict[str, int] = {
-    "claude-opus-5": 512,
-    "claude-fable-5": 512,
-    "claude-mythos-5": 512,
-    "claude-opus-4-8": 1024,
-    "claude-sonnet-5": 1024,
-    "claude-sonnet-4-6": 1024,
-    "claude-sonnet-4-5": 1024,
-    "claude-opus-4-1": 1024,
-    "claude-opus-4": 1024,
-    "claude-opus-4-0": 1024,
-    "claude-sonnet-4": 1024,
-    "claude-sonnet-4-0": 1024,
-    "claude-3-7-sonnet": 1024,
-    "claude-3-5-sonnet": 1024,
-    "claude-3-opus": 1024,
-    "claude-mythos-preview": 2048,
-    "claude-opus-4-7": 2048,
-    "claude-3-5-haiku": 2048,
-    "claude-haiku-3-5": 2048,
-    "claude-3-haiku": 2048,
-    "claude-opus-4-6": 4096,
-    "claude-opus-4-5": 4096,
-    "claude-haiku-4-5": 4096,
-}
+MAX_BREAKPOINTS = cache_facts.MAX_BREAKPOINTS
+LOOKBACK_WINDOW = cache_facts.LOOKBACK_BLOCKS
+DEFAULT_OUTPUT_TOKENS = 50
+TTL_SECONDS: dict[str, float] = {ttl: cache_facts.TTL_SECONDS[ttl] for ttl in ("5m", "1h")}
 
 UNMARKABLE_BLOCK_TYPES = frozenset({"thinking", "redacted_thinking"})
 ORDER_SENSITIVE_INPUT_TYPES = frozenset({"tool_use", "server_tool_use"})
-_DATE_SUFFIX = re.compile(r"(-\d{8}|-latest|@\d{8})$")
 
 
 class InvalidRequest(Exception):
@@ -92,8 +64,8 @@ class InvalidRequest(Exception):
 
 
 def min_cacheable_tokens(model: str) -> int:
-    """Minimum prefix length that can be cached for `model` (dated ids allowed)."""
-    return MIN_CACHEABLE_TOKENS.get(_DATE_SUFFIX.sub("", model), DEFAULT_MIN_CACHEABLE_TOKENS)
+    """Minimum prefix length that can be cached for `model` (the shared table, `cache_facts`)."""
+    return cache_facts.minimum_tokens(model, "anthropic")
 
 
 def error_body(message: str, error_type: str = "invalid_request_error") -> dict[str, Any]:
