@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,9 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
+from tokenpak_mitm.openai_cache import insert_openai_breakpoint
+from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.pricing import request_price_hints
@@ -72,6 +75,8 @@ class TokenPak:
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
         self._cache_opts = CacheOptions()
+        # Prefixes seen in OpenAI requests (digests and timings only): where explicit breakpoints go.
+        self._openai_index = PrefixIndex()
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
 
@@ -212,12 +217,22 @@ class TokenPak:
             return []
         encoding = flow.request.headers.get("content-encoding")
         opts = self._cache_opts
+        plan: Callable[[], InsertResult]
+        if st.route.dialect in ("openai_chat", "openai_responses"):
+            if opts.mode == "off":
+                rec.cache_decision = "off"
+                return []
+            api = st.route.dialect
+            index, now = self._openai_index, time.time()
+            plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
+        else:
+            plan = partial(insert_markers, body, encoding, opts)
         if len(body) > OFFLOAD_BYTES:
             # Parsing a huge prompt would stall every other connection on mitmproxy's single
             # event-loop thread; in a worker thread only this flow waits.
-            result = await asyncio.to_thread(insert_markers, body, encoding, opts)
+            result = await asyncio.to_thread(plan)
         else:
-            result = insert_markers(body, encoding, opts)
+            result = plan()
         rec.cache_decision = result.decision
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
