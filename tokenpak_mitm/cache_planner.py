@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
+from tokenpak_mitm.row import CacheDecision
 
 __all__ = [
     "CacheOptions", "Breakpoint", "Plan", "Sizes", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
@@ -62,7 +63,7 @@ __all__ = [
 
 MAX_MARKERS = MAX_BREAKPOINTS  # "A maximum of 4 blocks with cache_control may be provided." (cache_facts)
 
-DECISIONS: Mapping[str, str] = {
+DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planner can return
     "inserted": "one or more markers (or the top-level field) were spliced in",
     "stood_down": "the client already uses cache_control somewhere; its bytes go upstream untouched",
     "below_minimum": "eligible breakpoints exist but every estimated prefix is below the model's minimum",
@@ -137,7 +138,7 @@ class Breakpoint:
 
 @dataclass(frozen=True)
 class Plan:
-    decision: str
+    decision: CacheDecision
     breakpoints: tuple[Breakpoint, ...] = ()
     top_level: bool = False
     prefix_tokens_est: int | None = None  # largest estimated prefix among candidate breakpoints
