@@ -35,7 +35,7 @@ def where(p) -> list[tuple]:
 def test_decision_vocabulary_is_fixed():
     assert set(DECISIONS) == {
         "inserted", "stood_down", "below_minimum", "off", "not_json", "not_messages",
-        "no_eligible_block", "encoded_unsupported", "too_large", "error",
+        "no_eligible_block", "not_worth", "encoded_unsupported", "too_large", "error",
     }
 
 
@@ -132,6 +132,7 @@ def test_options_are_validated():
         CacheOptions(mode="sometimes")
     with pytest.raises(ValueError):
         CacheOptions(ttl="10m")
+    assert CacheOptions(ttl="auto").marker == {"type": "ephemeral"}
     assert CacheOptions().marker == {"type": "ephemeral"}
     assert CacheOptions(ttl="1h").marker == {"type": "ephemeral", "ttl": "1h"}
 

@@ -79,7 +79,7 @@ def test_continuation_and_branch_are_told_apart():
     rec = index.record([x.digest for x in boundaries(follow)], 30.0)
     assert rec.continuation_of == first[-1].digest
     (doc,) = index.stats([first[4].digest], 31.0)
-    assert doc is not None and doc.seen == 3 and doc.branches == 1 and doc.gaps_short == 2
+    assert doc is not None and doc.seen == 3 and doc.branches == 1 and doc.clusters == ((0.0, 2), (30.0, 1))
 
 
 def test_writes_are_in_flight_until_the_response_begins_and_expire():
@@ -114,12 +114,13 @@ def test_dump_and_load_keep_digests_and_timings_only():
     index = PrefixIndex()
     digests = [x.digest for x in boundaries(body())]
     index.response_began(index.record(digests, 10.0, writes={5: "1h"}))
+    index.record(digests, 100.0)
     data = index.dump()
     assert b"doc" not in data and b"You help" not in data
     restored = PrefixIndex()
-    assert restored.load(data, 20.0) == len(digests)
-    (s,) = restored.stats([digests[5]], 20.0)
-    assert s is not None and s.seen == 1 and s.cached_ttl == "1h" and s.live(20.0)
+    assert restored.load(data, 120.0) == len(digests)
+    (s,) = restored.stats([digests[5]], 120.0)
+    assert s is not None and s.seen == 2 and s.cached_ttl == "1h" and s.live(120.0) and s.clusters == ((10.0, 1), (100.0, 1))
 
 
 def test_concurrent_records_lose_nothing():

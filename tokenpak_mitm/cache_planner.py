@@ -56,7 +56,7 @@ from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
 from tokenpak_mitm.row import CacheDecision
 
 __all__ = [
-    "CacheOptions", "Breakpoint", "Plan", "Sizes", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
+    "CacheOptions", "Breakpoint", "Plan", "Note", "Sizes", "marker_for", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
     "BYTES_PER_TOKEN", "plan", "count_markers", "has_client_cache_control", "minimum_cacheable_tokens",
     "estimate_tokens", "is_eligible_block", "is_volatile_text", "marker_slots",
 ]
@@ -71,6 +71,7 @@ DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planne
     "not_json": "the (decoded) body is not strict UTF-8 JSON that Python's json can parse",
     "not_messages": "JSON, but not a well-formed Messages request (no messages array, wrong shapes)",
     "no_eligible_block": "nothing in tools, system or messages may carry a marker",
+    "not_worth": "the learning planner found no marker expected to pay (each candidate's reason is on the row)",
     "encoded_unsupported": "Content-Encoding unknown, stacked, or the body does not decode",
     "too_large": "the body (raw or decoded) is over the size cap",
     "error": "an internal failure or scanner/parser disagreement; the original body is returned",
@@ -101,7 +102,12 @@ _PHRASE_WORDS = ("today", "current", "the", "request")
 
 @dataclass(frozen=True)
 class CacheOptions:
-    """mode: auto | off | top-level; ttl: 5m | 1h (shared by every marker we insert)."""
+    """mode: auto | off | top-level; ttl: 5m | 1h | auto.
+
+    A fixed ttl is shared by every marker we insert. `auto` lets the learning planner choose per
+    marker from the gaps it has observed (1h only where 2x-write-once beats 1.25x-rewrite-each-
+    time, and never after a 5m marker); with no history it is 5m.
+    """
 
     mode: str = "auto"
     ttl: str = "5m"
@@ -109,13 +115,23 @@ class CacheOptions:
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "off", "top-level"):
             raise ValueError(f"mode must be auto, off or top-level, not {self.mode!r}")
-        if self.ttl not in ("5m", "1h"):
-            raise ValueError(f"ttl must be 5m or 1h, not {self.ttl!r}")
+        if self.ttl not in ("5m", "1h", "auto"):
+            raise ValueError(f"ttl must be 5m, 1h or auto, not {self.ttl!r}")
+
+    @property
+    def fixed_ttl(self) -> str:
+        """The TTL used when nothing was learned: the option itself, or 5m for auto."""
+        return "5m" if self.ttl == "auto" else self.ttl
 
     @property
     def marker(self) -> dict[str, str]:
-        """The cache_control value: no `ttl` key for 5m, the API default, so bytes stay minimal."""
-        return {"type": "ephemeral"} if self.ttl == "5m" else {"type": "ephemeral", "ttl": "1h"}
+        """The cache_control value for `fixed_ttl` (see `marker_for`)."""
+        return marker_for(self.fixed_ttl)
+
+
+def marker_for(ttl: str) -> dict[str, str]:
+    """The cache_control value: no `ttl` key for 5m, the API default, so bytes stay minimal."""
+    return {"type": "ephemeral"} if ttl == "5m" else {"type": "ephemeral", "ttl": ttl}
 
 
 @dataclass(frozen=True)
@@ -125,7 +141,8 @@ class Breakpoint:
     tools: `index` is the tool. system: `index` is the block (0 for a string system).
     messages: `index` is the message, `block` the content block (None: string content).
     `wraps_string` means the target is a JSON string that must become a one-block list.
-    purpose: tools | system | final | intermediate.
+    purpose: tools | system | final | intermediate (stateless rules), or the learning planner's
+    reason (see `learning_planner.REASONS`). ttl: this marker's TTL; None = the option's.
     """
 
     section: str
@@ -134,6 +151,7 @@ class Breakpoint:
     wraps_string: bool
     purpose: str
     prefix_tokens_est: int
+    ttl: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +162,28 @@ class Plan:
     prefix_tokens_est: int | None = None  # largest estimated prefix among candidate breakpoints
     model: str | None = None
     minimum_tokens: int | None = None
+    notes: tuple[Note, ...] = ()  # why each marker was placed and each candidate skipped (learning planner)
+
+
+@dataclass(frozen=True)
+class Note:
+    """One decision about one candidate position: placed (ttl set) or skipped (ttl None)."""
+
+    at: str  # e.g. "messages.3.content.1", "system.0", "tools.9"
+    reason: str
+    tokens_est: int
+    ttl: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"at": self.at, "why": self.reason, "tokens": self.tokens_est}
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
+        else:
+            out["skipped"] = True
+        if self.detail:
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass(frozen=True)

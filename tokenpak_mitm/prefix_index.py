@@ -39,6 +39,7 @@ import json
 import math
 import struct
 import threading
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -47,7 +48,7 @@ from .cache_facts import SECTION_PARAMETERS, TTL_SECONDS
 
 __all__ = [
     "Api", "Section", "Boundary", "boundaries", "section_parameters", "first_difference", "BYTES_PER_TOKEN",
-    "PrefixStats", "PrefixIndex", "Recorded",
+    "PrefixStats", "PrefixIndex", "Recorded", "CLUSTER_SECONDS",
 ]
 
 Api = Literal["anthropic", "openai_chat", "openai_responses", "gemini"]
@@ -228,6 +229,10 @@ def _blocks(request: Mapping[str, Any], api: Api) -> Iterator[_Part]:
 # ------------------------------------------------------------------------------------ the index
 
 
+CLUSTER_SECONDS: Final = 2.0  # sightings closer than this are one burst (concurrent: none can read another's write)
+MAX_CLUSTERS: Final = 12  # sighting bursts kept per prefix (the most recent ones)
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixStats:
     """A snapshot of what the index knows about one prefix digest (times in the caller's clock).
@@ -237,10 +242,11 @@ class PrefixStats:
     end (a conversation continuing from here). branches: later requests whose longest previously
     seen prefix was this one and that went on differently (siblings sharing it).
     branches_continued: how many of those siblings were themselves later continued.
-    gaps_short / gaps_mid / gaps_long: gaps between sightings of at most 5 minutes, between 5
-    minutes and 1 hour, and longer. cached_until: when the entry the proxy expects the provider
-    holds for this prefix lapses (None: none expected). cached_ttl: its TTL. in_flight: the
-    request that writes it has not begun its response yet (not readable by anyone else).
+    clusters: the most recent sighting bursts, oldest first, as (time of the burst's first
+    sighting, requests in it); sightings within CLUSTER_SECONDS of a burst's start join it.
+    cached_until: when the entry the proxy expects the provider holds for this prefix lapses
+    (None: none expected). cached_ttl: its TTL. in_flight: the request that writes it has not
+    begun its response yet (not readable by anyone else).
     """
 
     first_seen: float
@@ -250,9 +256,7 @@ class PrefixStats:
     continued: int
     branches: int
     branches_continued: int
-    gaps_short: int
-    gaps_mid: int
-    gaps_long: int
+    clusters: tuple[tuple[float, int], ...]
     cached_until: float | None
     cached_ttl: str | None
     in_flight: bool
@@ -260,6 +264,10 @@ class PrefixStats:
     def live(self, now: float) -> bool:
         """An entry is expected in the provider's cache and readable now."""
         return self.cached_until is not None and self.cached_until > now and not self.in_flight
+
+    def writing(self, now: float) -> bool:
+        """Another request is writing this entry right now (its response has not begun)."""
+        return self.in_flight and self.cached_until is not None and self.cached_until > now
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,33 +282,37 @@ class Recorded:
 
 class _Entry:
     __slots__ = ("first_seen", "last_seen", "seen", "ends", "continued", "branches", "branches_continued",
-                 "gaps", "cached_until", "cached_ttl", "in_flight", "origin")
+                 "clusters", "cached_until", "cached_ttl", "in_flight", "origin")
 
     def __init__(self, now: float) -> None:
         self.first_seen = self.last_seen = now
         self.seen = self.ends = self.continued = self.branches = self.branches_continued = 0
-        self.gaps = 0  # three 20-bit counters packed in one int: short | mid << 20 | long << 40
+        self.clusters = array("d")  # (start, count) pairs, flattened
         self.cached_until: float | None = None
         self.cached_ttl: str | None = None
         self.in_flight = False
         self.origin: bytes | None = None  # for an end: the prefix its request branched from
 
+    def sighting(self, now: float) -> None:
+        c = self.clusters
+        if c and 0 <= now - c[-2] < CLUSTER_SECONDS:
+            c[-1] += 1
+            return
+        if len(c) >= 2 * MAX_CLUSTERS:
+            del c[:2]
+        c.extend((now, 1.0))
+
     def snapshot(self) -> PrefixStats:
-        g = self.gaps
+        c = self.clusters
         return PrefixStats(self.first_seen, self.last_seen, self.seen, self.ends, self.continued, self.branches,
-                           self.branches_continued, g & _GAP_MASK, (g >> 20) & _GAP_MASK, (g >> 40) & _GAP_MASK,
+                           self.branches_continued, tuple((c[i], int(c[i + 1])) for i in range(0, len(c), 2)),
                            self.cached_until, self.cached_ttl, self.in_flight)
-
-
-_GAP_MASK: Final = (1 << 20) - 1
-_SHORT: Final = TTL_SECONDS["5m"]
-_LONG: Final = TTL_SECONDS["1h"]
 
 
 class PrefixIndex:
     """Bounded, thread-safe memory of prefix digests (see the module docstring)."""
 
-    def __init__(self, max_entries: int = 100_000, horizon: float = _LONG) -> None:
+    def __init__(self, max_entries: int = 100_000, horizon: float = TTL_SECONDS["1h"]) -> None:
         if max_entries < 1 or horizon <= 0:
             raise ValueError("max_entries and horizon must be positive")
         self.max_entries = max_entries
@@ -325,7 +337,7 @@ class PrefixIndex:
         writes: position -> TTL of the entries this request is expected to write (markers past the
         read hit, at or above the minimum). read: position of the entry it is expected to read.
         The writes are in flight (unreadable to others) until `response_began`. Positions index
-        `digests`. Call `stats` first (the planner decides on what was known before this request).
+        `digests`. Call `stats` first: the planner decides on what was known before this request.
         """
         if not digests:
             return Recorded((), None, None, None)
@@ -350,20 +362,17 @@ class PrefixIndex:
                 entry = entries.pop(digest, None)
                 if entry is None:
                     entry = _Entry(now)
-                else:
-                    gap = now - entry.last_seen
-                    shift = 0 if gap <= _SHORT else 20 if gap <= _LONG else 40
-                    if (entry.gaps >> shift) & _GAP_MASK < _GAP_MASK:
-                        entry.gaps += 1 << shift
-                    entry.last_seen = max(entry.last_seen, now)
+                entry.last_seen = max(entry.last_seen, now)
+                entry.sighting(now)
                 entry.seen += 1
                 if i == last:
                     entry.ends += 1
                     if deepest is not None and deepest < last:
                         entry.origin = digests[deepest]
                 entries[digest] = entry  # re-inserted: most recently seen last
-            if read is not None and 0 <= read < len(digests):
-                entry = entries[digests[read]]
+            hit = digests[read] if read is not None and 0 <= read < len(digests) else None
+            if hit is not None:
+                entry = entries[hit]
                 ttl = entry.cached_ttl or "5m"
                 entry.cached_until = max(entry.cached_until or now, now + TTL_SECONDS[ttl])
             written = []
@@ -375,8 +384,7 @@ class PrefixIndex:
             while len(entries) > self.max_entries:
                 del entries[next(iter(entries))]
                 self.evicted += 1
-            return Recorded(tuple(written), digests[read] if read is not None and 0 <= read < len(digests) else None,
-                            continuation, branch)
+            return Recorded(tuple(written), hit, continuation, branch)
 
     def response_began(self, recorded: Recorded) -> None:
         """The response of a request has begun: the entries it writes are now readable."""
@@ -386,12 +394,13 @@ class PrefixIndex:
                 if entry is not None:
                     entry.in_flight = False
 
-    def forget_writes(self, recorded: Recorded) -> None:
-        """The provider wrote nothing (request failed, or usage shows no write): drop the expectations."""
+    def forget(self, recorded: Recorded) -> None:
+        """The provider cached nothing for this request (it failed, or its usage shows no read and
+        no write): drop the entries it was expected to write or refresh."""
         with self._lock:
-            for digest in recorded.written:
+            for digest in (*recorded.written, *((recorded.read,) if recorded.read else ())):
                 entry = self._entries.get(digest)
-                if entry is not None and entry.in_flight:
+                if entry is not None:
                     entry.cached_until, entry.cached_ttl, entry.in_flight = None, None, False
 
     def _expire(self, now: float) -> None:
@@ -404,17 +413,19 @@ class PrefixIndex:
             del entries[digest]
 
     # -- persistence (digests and timings only) ----------------------------------------------
-    _RECORD: Final = struct.Struct("<16sddIIIIIQdB")
+    _HEAD: Final = struct.Struct("<16sddIIIIIdBB")
     _TTLS: Final = ("", *TTL_SECONDS)
+    _MAGIC: Final = b"TPXI2"
 
     def dump(self) -> bytes:
-        """Every entry as fixed-size binary records: digests, counters and times; never content."""
+        """Every entry as binary records: digest, counters, sighting times; never content."""
         with self._lock:
-            parts = [b"TPXI1"]
+            parts = [self._MAGIC]
             for digest, e in self._entries.items():
                 ttl = self._TTLS.index(e.cached_ttl) if e.cached_ttl in self._TTLS else 0
-                parts.append(self._RECORD.pack(digest, e.first_seen, e.last_seen, e.seen, e.ends, e.continued, e.branches,
-                                               e.branches_continued, e.gaps, e.cached_until or 0.0, ttl))
+                parts.append(self._HEAD.pack(digest, e.first_seen, e.last_seen, e.seen, e.ends, e.continued, e.branches,
+                                             e.branches_continued, e.cached_until or 0.0, ttl, len(e.clusters) // 2))
+                parts.append(e.clusters.tobytes())
             return b"".join(parts)
 
     def load(self, data: bytes, now: float) -> int:
@@ -422,20 +433,31 @@ class PrefixIndex:
 
         ValueError on data that is not a dump. In-flight marks and branch origins are not restored.
         """
-        if not data.startswith(b"TPXI1") or (len(data) - 5) % self._RECORD.size:
+        if not data.startswith(self._MAGIC):
             raise ValueError("not a prefix index dump")
-        loaded = 0
+        loaded, at, size = 0, len(self._MAGIC), self._HEAD.size
+        restored: list[tuple[bytes, _Entry]] = []
+        while at < len(data):
+            if at + size > len(data):
+                raise ValueError("truncated prefix index dump")
+            digest, first, last, seen, ends, cont, branches, bcont, until, ttl, n = self._HEAD.unpack_from(data, at)
+            at += size
+            end = at + 16 * n
+            if end > len(data) or n > MAX_CLUSTERS:
+                raise ValueError("truncated prefix index dump")
+            entry = _Entry(first)
+            entry.last_seen, entry.seen, entry.ends, entry.continued = last, seen, ends, cont
+            entry.branches, entry.branches_continued = branches, bcont
+            entry.clusters.frombytes(data[at:end])
+            at = end
+            if until and 0 < ttl < len(self._TTLS):
+                entry.cached_until, entry.cached_ttl = until, self._TTLS[ttl]
+            restored.append((digest, entry))
+            loaded += 1
         with self._lock:
-            for fields in self._RECORD.iter_unpack(data[5:]):
-                digest, first, last, seen, ends, cont, branches, bcont, gaps, until, ttl = fields
-                entry = _Entry(first)
-                entry.last_seen, entry.seen, entry.ends, entry.continued = last, seen, ends, cont
-                entry.branches, entry.branches_continued, entry.gaps = branches, bcont, gaps
-                if until and 0 < ttl < len(self._TTLS):
-                    entry.cached_until, entry.cached_ttl = until, self._TTLS[ttl]
+            for digest, entry in restored:
                 self._entries.pop(digest, None)
                 self._entries[digest] = entry
-                loaded += 1
             ordered = sorted(self._entries.items(), key=lambda item: item[1].last_seen)
             self._entries = dict(ordered[-self.max_entries:])
             self._expire(now)
