@@ -227,13 +227,20 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIn
     return InsertResult(out, spans, "inserted", 1, **seen)
 
 
-_GPT_NAME: Final = re.compile(rb'"(?:[^"\\]*/)?gpt-(\d+)(?:\.(\d+))?')
+_MODEL_VALUE: Final = re.compile(rb'\s*:\s*"([^"\\]{1,200})"')
 
 
 def _names_supported_model(decoded: bytes) -> bool:
-    """A cheap byte test: does any string start with a GPT-5.6+ model name? Skips the JSON parse
-    for the (common) older models; a false positive only costs the parse."""
-    return any((int(m[1]), int(m[2] or 0)) >= (5, 6) for m in _GPT_NAME.finditer(decoded))
+    """A cheap byte test: is any ``"model": "..."`` member a GPT-5.6+ name? Skips the JSON parse for
+    the (common) older models. Uses ``bytes.find`` (C speed; a 1 MB body costs microseconds); a
+    false positive only costs the parse, and the planner re-checks the parsed top-level model."""
+    pos = decoded.find(b'"model"')
+    while pos >= 0:
+        m = _MODEL_VALUE.match(decoded, pos + 7)
+        if m is not None and supports_breakpoints(m[1].decode("utf-8", "replace")):
+            return True
+        pos = decoded.find(b'"model"', pos + 7)
+    return False
 
 
 def cache_key(digest: bytes) -> str:
