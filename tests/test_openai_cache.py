@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 import json
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenpak_mitm.cache_insert import remove_spans
-from tokenpak_mitm.openai_cache import client_cache_fields, insert_openai_breakpoint, plan_openai
+from tokenpak_mitm.openai_cache import (
+    client_cache_fields,
+    insert_openai_breakpoint,
+    plan_openai,
+)
 from tokenpak_mitm.prefix_index import PrefixIndex
 
 DOC = " ".join(f"Section {i}: the service keeps records for seven years and answers within two days." for i in range(100))

@@ -235,7 +235,7 @@ class TokenPak:
         else:
             result = plan()
         # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
-        rec.cache_decision = None if result.decision == "not_supported" else result.decision  # type: ignore[assignment]
+        rec.cache_decision = None if result.decision == "not_supported" else result.decision
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
         rec.prefix_tokens_est = result.prefix_tokens_est

@@ -50,16 +50,37 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from .cache_facts import OPENAI_GPT56, facts_for
-from .cache_insert import _CODECS, _NOT_JSON, MAX_BODY_BYTES, InsertResult, Span, _normalize_encoding, _parse, _splice, _TooLarge
+from .cache_insert import (
+    _CODECS,
+    _NOT_JSON,
+    MAX_BODY_BYTES,
+    InsertResult,
+    Span,
+    _normalize_encoding,
+    _parse,
+    _splice,
+    _TooLarge,
+)
 from .cache_planner import DECISIONS
-from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
+from .jsonscan import BodyMap, Loc, agrees_with, scan
 from .prefix_index import Boundary, PrefixIndex, boundaries
+from .row import CacheDecision
 
-__all__ = ["Api", "OpenAIPlan", "BREAKPOINT", "KEY_PREFIX", "OPENAI_DECISIONS", "supports_breakpoints",
-           "client_cache_fields", "plan_openai", "insert_openai_breakpoint", "cache_key"]
+__all__ = [
+    "BREAKPOINT",
+    "KEY_PREFIX",
+    "OPENAI_DECISIONS",
+    "Api",
+    "OpenAIPlan",
+    "cache_key",
+    "client_cache_fields",
+    "insert_openai_breakpoint",
+    "plan_openai",
+    "supports_breakpoints",
+]
 
 # The Anthropic planner's decisions, plus one: a model that takes no explicit breakpoints.
-OPENAI_DECISIONS: Final[Mapping[str, str]] = {
+OPENAI_DECISIONS: Final[Mapping[CacheDecision, str]] = {
     **DECISIONS,
     "not_supported": "the model takes no explicit breakpoints (before GPT-5.6): its caching is automatic",
 }
@@ -78,7 +99,7 @@ class OpenAIPlan:
     """decision: one of cache_planner.DECISIONS. message/block: the target (block None = wrap a
     string content). reason: recurring_prefix | stateless. digest: the boundary's prefix digest."""
 
-    decision: str
+    decision: CacheDecision
     message: int | None = None
     block: int | None = None
     reason: str | None = None
@@ -175,8 +196,8 @@ def insert_openai_breakpoint(body: bytes, content_encoding: str | None, api: Api
         return _unchanged(body, "error")
 
 
-def _unchanged(body: bytes, decision: str, **fields: Any) -> InsertResult:
-    values: dict[str, Any] = dict(client_markers=0, client_ttls=(), prefix_tokens_est=None, model=None, content_encoding=None)
+def _unchanged(body: bytes, decision: CacheDecision, **fields: Any) -> InsertResult:
+    values: dict[str, Any] = {"client_markers": 0, "client_ttls": (), "prefix_tokens_est": None, "model": None, "content_encoding": None}
     values.update(fields)
     return InsertResult(body=body, spans=(), decision=decision, markers_inserted=0, **values)
 
@@ -205,8 +226,8 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIn
         return _unchanged(body, "not_messages", content_encoding=encoding)
     model = request.get("model") if isinstance(request.get("model"), str) else None
     decided = plan_openai(request, api, index, now)
-    seen: dict[str, Any] = dict(client_markers=decided.client_fields, client_ttls=(), content_encoding=encoding, model=model,
-                                prefix_tokens_est=decided.prefix_tokens_est)
+    seen: dict[str, Any] = {"client_markers": decided.client_fields, "client_ttls": (), "content_encoding": encoding,
+                             "model": model, "prefix_tokens_est": decided.prefix_tokens_est}
     if index is not None and decided.digests:
         index.record(decided.digests, now, writes={decided.position: "30m"} if decided.position is not None else {})
     if decided.decision != "inserted":

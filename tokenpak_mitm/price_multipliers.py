@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-__all__ = ["Multiplier", "MULTIPLIERS", "NEUTRAL_GEOS", "anthropic_version", "geo_multiplier"]
+__all__ = ["MULTIPLIERS", "NEUTRAL_GEOS", "Multiplier", "anthropic_version", "geo_multiplier"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from genai_prices import calc_price
 from tokenpak_mitm.price_multipliers import geo_multiplier
 from tokenpak_mitm.usage import ExtraIteration, Usage
 
-__all__ = ["Cost", "PriceFactors", "price", "price_context", "request_price_hints", "PRICE_TABLE_VERSION", "UNPRICED_REASONS", "UPDATE_HINT"]
+__all__ = ["PRICE_TABLE_VERSION", "UNPRICED_REASONS", "UPDATE_HINT", "Cost", "PriceFactors", "price", "price_context", "request_price_hints"]
 
 logger = logging.getLogger(__name__)
 

@@ -39,11 +39,13 @@ USAGE_SOURCES: Final[tuple[UsageSource, ...]] = get_args(UsageSource)
 CacheOrigin = Literal["proxy", "client", "unknown", "none"]
 CACHE_ORIGINS: Final[tuple[CacheOrigin, ...]] = get_args(CacheOrigin)
 # The marker planner's verdict for one request (descriptions: ``cache_planner.DECISIONS``), plus
-# ``request_streamed`` (the addon never saw the body: mitmproxy streamed it upstream). NULL when no
-# planner applies (Gemini; OpenAI models before GPT-5.6, which take no explicit breakpoints).
+# ``request_streamed`` (the addon never saw the body: mitmproxy streamed it upstream) and
+# ``openai_cache``'s ``not_supported`` (an OpenAI model before GPT-5.6), which the addon stores as
+# NULL: no planner applies, as for Gemini.
 CacheDecision = Literal[
     "inserted", "stood_down", "below_minimum", "off", "not_json", "not_messages", "no_eligible_block",
     "encoded_unsupported", "too_large", "error", "request_streamed", "not_worth",
+    "not_supported",
 ]
 CACHE_DECISIONS: Final[tuple[CacheDecision, ...]] = get_args(CacheDecision)
 # One word per request for console lines and ``tokenpak tail`` (derived, not stored).

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["Usage", "ExtraIteration", "MODALITY_FIELDS", "as_count", "with_extras"]
+__all__ = ["MODALITY_FIELDS", "ExtraIteration", "Usage", "as_count", "with_extras"]
 
 
 @dataclass(slots=True)
