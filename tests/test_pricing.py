@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 import pytest
+from genai_prices import Usage as GPUsage
+from genai_prices import calc_price, extract_usage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.pricing import PRICE_TABLE_VERSION, _model_price, _search_price, _table_total, _utc_day, price
+from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.dialects.gemini import GeminiTracker
+from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
+from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
+from tokenpak_mitm.price_multipliers import anthropic_version
+from tokenpak_mitm.pricing import PRICE_TABLE_VERSION, PriceFactors, _model_price, _search_price, _table_total, _utc_day, price
 from tokenpak_mitm.usage import Usage
 
 MODELS = [
@@ -33,6 +43,9 @@ def test_fast_path_equals_calc_price(which, fresh, read, w5, w1h, out, searches)
     got = price(provider, model, u)
     if u.total_input() is None and out is None:
         assert got.cost_usd is None
+        return
+    if fresh is None or out is None:  # a bucket unknown: never priced as if it were 0
+        assert got.cost_usd is None and got.unpriced_reason == "incomplete_usage"
         return
     if write and _model_price(pid, model, (), _utc_day()).cache_write_mtok is None:
         # gpt-4o / Gemini bill no cache writes: reported writes there have no known price.
@@ -72,18 +85,6 @@ def test_long_context_tier_is_priced_by_the_table():
 # does) and compares with an independent figure: genai-prices on the provider's raw usage where
 # it covers the case, the provider's list prices by hand where it does not.
 
-import json
-from decimal import Decimal
-
-from genai_prices import Usage as GPUsage
-from genai_prices import calc_price, extract_usage
-
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.dialects.gemini import GeminiTracker
-from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
-from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
-from tokenpak_mitm.pricing import PriceFactors
-from tokenpak_mitm.price_multipliers import anthropic_version
 
 
 def _priced(tracker, provider: str, body: dict, model: str | None = None):
@@ -281,6 +282,7 @@ def test_a_malformed_iteration_count_makes_the_bucket_unknown_not_short():
     usage = {"input_tokens": 100, "output_tokens": 10, "iterations": [{"type": "compaction", "input_tokens": "lots", "output_tokens": 5}]}
     x, got = _priced(AnthropicTracker(), "anthropic", _anthropic_message("claude-sonnet-4-6", usage))
     assert x.usage.input_tokens is None and x.usage.output_tokens == 15
+    assert got.cost_usd is None and got.unpriced_reason == "incomplete_usage"
 
 
 def test_unknown_models_are_unpriced_with_a_reason():

@@ -64,6 +64,7 @@ _MTOK = Decimal(1_000_000)
 UNPRICED_REASONS: Mapping[str, str] = {
     "no_model": "the response named no model",
     "no_usage": "the provider reported no usage",
+    "incomplete_usage": "the fresh input or output count was missing or malformed",
     "unknown_model": "the price table does not know the model (update genai-prices)",
     "unknown_service_tier": "the table has no price for this service tier on this model",
     "unknown_speed": "the table has no fast-mode price for this model",
@@ -116,6 +117,9 @@ def price(
         return Cost(None, None, None, "no_model")
     if usage.is_empty() or (usage.total_input() is None and usage.output_tokens is None):
         return Cost(None, None, None, "no_usage")
+    if usage.input_tokens is None or usage.output_tokens is None:
+        # A count the provider sent malformed (or left out) would price as 0: unknown, never short.
+        return Cost(None, None, None, "incomplete_usage")
     pid = _PROVIDER_IDS.get(provider, provider)
     try:
         ctx = price_context(provider, factors)
