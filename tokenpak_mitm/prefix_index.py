@@ -47,7 +47,7 @@ from typing import Any, Final, Literal
 from .cache_facts import SECTION_PARAMETERS, TTL_SECONDS
 
 __all__ = [
-    "Api", "Section", "Boundary", "boundaries", "section_parameters", "first_difference", "BYTES_PER_TOKEN",
+    "Api", "Section", "Boundary", "boundaries", "section_parameters", "first_difference", "part_at", "BYTES_PER_TOKEN",
     "PrefixStats", "PrefixIndex", "Recorded", "CLUSTER_SECONDS",
 ]
 
@@ -129,6 +129,21 @@ def section_parameters(request: Mapping[str, Any], api: Api = "anthropic") -> di
             derived[name] = request.get(name)
     return {section: {p: derived[p] for p in names if derived[p] not in (None, False)}
             for section, names in SECTION_PARAMETERS.items()}
+
+
+def part_at(request: Mapping[str, Any], api: Api, b: Boundary) -> object:
+    """The content part a messages-section boundary ends (None for a string content or a whole item)."""
+    items = request.get({"anthropic": "messages", "openai_chat": "messages", "openai_responses": "input",
+                         "gemini": "contents"}[api])
+    if b.section != "messages" or b.message is None or b.block is None or not isinstance(items, list) or b.message >= len(items):
+        return None
+    item = items[b.message]
+    if not isinstance(item, dict):
+        return None
+    content = item.get("parts" if api == "gemini" else "content")
+    if content is None and api == "openai_responses":
+        content = item.get("output")
+    return content[b.block] if isinstance(content, list) and b.block < len(content) else None
 
 
 def first_difference(a: Sequence[Boundary], b: Sequence[Boundary]) -> int | None:
@@ -213,12 +228,15 @@ def _blocks(request: Mapping[str, Any], api: Api) -> Iterator[_Part]:
     if not isinstance(messages, list):
         return
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or content_key not in message:
+        key = content_key
+        if api == "openai_responses" and isinstance(message, dict) and "content" not in message and isinstance(message.get("output"), list):
+            key = "output"  # a function_call_output whose output is a list of content parts
+        if not isinstance(message, dict) or key not in message:
             yield "messages", i, None, None, message  # e.g. a Responses function_call item: one block
             continue
         role = message.get("role")
         role = role if isinstance(role, str) else None
-        content = message[content_key]
+        content = message[key]
         if isinstance(content, list):
             for j, block in enumerate(content):
                 yield "messages", i, j, role, block
@@ -260,6 +278,7 @@ class PrefixStats:
     cached_until: float | None
     cached_ttl: str | None
     in_flight: bool
+    to_end: int = 0  # blocks between this prefix and the end of the latest request that contained it
 
     def live(self, now: float) -> bool:
         """An entry is expected in the provider's cache and readable now."""
@@ -282,7 +301,7 @@ class Recorded:
 
 class _Entry:
     __slots__ = ("first_seen", "last_seen", "seen", "ends", "continued", "branches", "branches_continued",
-                 "clusters", "cached_until", "cached_ttl", "in_flight", "origin")
+                 "clusters", "cached_until", "cached_ttl", "in_flight", "origin", "to_end")
 
     def __init__(self, now: float) -> None:
         self.first_seen = self.last_seen = now
@@ -292,6 +311,7 @@ class _Entry:
         self.cached_ttl: str | None = None
         self.in_flight = False
         self.origin: bytes | None = None  # for an end: the prefix its request branched from
+        self.to_end = 0
 
     def sighting(self, now: float) -> None:
         c = self.clusters
@@ -306,7 +326,7 @@ class _Entry:
         c = self.clusters
         return PrefixStats(self.first_seen, self.last_seen, self.seen, self.ends, self.continued, self.branches,
                            self.branches_continued, tuple((c[i], int(c[i + 1])) for i in range(0, len(c), 2)),
-                           self.cached_until, self.cached_ttl, self.in_flight)
+                           self.cached_until, self.cached_ttl, self.in_flight, self.to_end)
 
 
 class PrefixIndex:
@@ -365,6 +385,7 @@ class PrefixIndex:
                 entry.last_seen = max(entry.last_seen, now)
                 entry.sighting(now)
                 entry.seen += 1
+                entry.to_end = last - i
                 if i == last:
                     entry.ends += 1
                     if deepest is not None and deepest < last:
