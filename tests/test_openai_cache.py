@@ -38,14 +38,14 @@ def breakpoints(obj: object) -> int:
 def test_stateless_rule_marks_the_shared_document_not_the_question():
     req = chat({"role": "system", "content": DOC}, {"role": "user", "content": "What about section 4?"})
     plan = plan_openai(req, "openai_chat")
-    assert (plan.decision, plan.message, plan.block, plan.reason) == ("inserted", 0, None, "stateless")
+    assert (plan.decision, plan.targets, plan.reason) == ("inserted", ((0, None),), "stateless")
 
 
 def test_stateless_rule_picks_the_last_non_assistant_block_before_the_final_user_turn():
     req = chat({"role": "system", "content": DOC}, {"role": "user", "content": [{"type": "text", "text": "first question"}]},
                {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "second question"})
     plan = plan_openai(req, "openai_chat")
-    assert (plan.message, plan.block) == (1, 0)
+    assert plan.targets == ((1, 0),)
 
 
 def test_short_prompts_and_no_boundary_are_left_alone():
@@ -65,10 +65,10 @@ def test_history_moves_the_breakpoint_to_the_deepest_recurring_prefix():
                     {"role": "user", "content": [{"type": "text", "text": DOC + " appendix"}, {"type": "text", "text": f"question {q}"}]})
 
     first = plan_openai(request(0), "openai_chat", index, now=0.0)
-    assert (first.message, first.reason) == (0, "stateless")
+    assert (first.targets, first.reason) == (((0, None),), "stateless")
     insert_openai_breakpoint(json.dumps(request(0)).encode(), None, "openai_chat", index=index, now=0.0)
     second = plan_openai(request(1), "openai_chat", index, now=10.0)
-    assert (second.message, second.block, second.reason) == (1, 0, "recurring_prefix")
+    assert (second.targets, second.reason) == (((1, 0),), "recurring_prefix")
 
 
 def test_responses_input_is_addressed_and_assistant_output_never_marked():
@@ -161,3 +161,45 @@ def test_garbage_never_raises_and_is_never_changed(data, api):
     res = insert_openai_breakpoint(b'{"model":"gpt-5.6-sol",' + data, None, api)
     if res.decision != "inserted":
         assert res.body == b'{"model":"gpt-5.6-sol",' + data
+
+
+# ---- the learning planner's decisions, spliced by this module ------------------------------------
+def test_the_learning_planners_positions_are_spliced_for_a_document_batch():
+    from tokenpak_mitm.learning_planner import Memory
+    from tokenpak_mitm.openai_cache import learning_decide
+
+    memory = Memory()
+    results = []
+    for q in range(6):  # one shared document, a different question each time, a minute apart
+        req = {"model": "gpt-5.6-sol", "input": [
+            {"role": "developer", "content": [{"type": "input_text", "text": DOC}]},
+            {"role": "user", "content": [{"type": "input_text", "text": f"question {q}: what does section {q} say?"}]}]}
+        body = json.dumps(req).encode()
+        res = insert_openai_breakpoint(body, None, "openai_responses", decide=learning_decide(memory, "openai_responses", 60.0 * q))
+        assert res.body is body or remove_spans(res.body, res.spans) == body
+        results.append(res)
+    inserted = [r for r in results if r.decision == "inserted"]
+    assert inserted, [r.decision for r in results]
+    for r in inserted:
+        sent = json.loads(r.body)
+        assert sent["input"][0]["content"][0]["prompt_cache_breakpoint"] == {"mode": "explicit"}  # the shared document
+        assert breakpoints(sent["input"][1]) == 0  # never the unique question
+        assert 1 <= breakpoints(sent) <= 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=st.lists(MESSAGE, min_size=1, max_size=6), positions=st.lists(st.integers(-2, 30), max_size=6),
+       explicit_only=st.booleans(), style=st.integers(0, 2))
+def test_any_positions_either_splice_cleanly_or_leave_the_body_alone(messages, positions, explicit_only, style):
+    body = render(chat(*messages), style)
+    res = insert_openai_breakpoint(body, None, "openai_chat", decide=lambda _req: (positions, explicit_only))
+    if not res.spans:
+        assert res.body is body
+        return
+    assert remove_spans(res.body, res.spans) == body
+    sent = json.loads(res.body)
+    assert breakpoints(sent) == len(set(positions)) <= (4 if explicit_only else 3)
+    assert ("prompt_cache_options" in sent) == explicit_only
+    for message in sent["messages"]:
+        if message["role"] == "assistant":
+            assert breakpoints(message) == 0

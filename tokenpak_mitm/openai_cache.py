@@ -45,11 +45,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .cache_facts import OPENAI_GPT56, facts_for
+from .cache_facts import MAX_BREAKPOINTS, OPENAI_GPT56, facts_for
 from .cache_insert import (
     _CODECS,
     _NOT_JSON,
@@ -71,11 +71,14 @@ __all__ = [
     "KEY_PREFIX",
     "OPENAI_DECISIONS",
     "Api",
+    "Decide",
     "OpenAIPlan",
     "cache_key",
     "client_cache_fields",
     "insert_openai_breakpoint",
+    "learning_decide",
     "plan_openai",
+    "plan_positions",
     "supports_breakpoints",
 ]
 
@@ -90,24 +93,32 @@ BREAKPOINT: Final[Mapping[str, str]] = {"mode": "explicit"}
 KEY_PREFIX: Final = "tpk-"
 _BREAKPOINT_MEMBER: Final = b'"prompt_cache_breakpoint":' + json.dumps(dict(BREAKPOINT), separators=(",", ":")).encode()
 _TOP_LEVEL_FIELDS: Final = ("prompt_cache_key", "prompt_cache_options", "prompt_cache_retention")
+_EXPLICIT_ONLY: Final[dict[str, str]] = {"mode": "explicit"}  # prompt_cache_options, learning planner only
 _TEXT_PART: Final[Mapping[str, str]] = {"openai_chat": "text", "openai_responses": "input_text"}
 _ITEMS_KEY: Final[Mapping[str, str]] = {"openai_chat": "messages", "openai_responses": "input"}
 
 
 @dataclass(frozen=True, slots=True)
 class OpenAIPlan:
-    """decision: one of cache_planner.DECISIONS. message/block: the target (block None = wrap a
-    string content). reason: recurring_prefix | stateless. digest: the boundary's prefix digest."""
+    """decision: a row.CacheDecision. targets: (item index, part index) per breakpoint in prefix
+    order (part None = wrap a string content). reason: recurring_prefix | stateless | learning.
+    digest: the deepest breakpoint's prefix digest (the prompt_cache_key). explicit_only: also send
+    ``prompt_cache_options: {"mode": "explicit"}`` (only when a learning planner asks for it)."""
 
     decision: CacheDecision
-    message: int | None = None
-    block: int | None = None
+    targets: tuple[tuple[int, int | None], ...] = ()
     reason: str | None = None
     prefix_tokens_est: int | None = None
     digest: bytes | None = None
-    position: int | None = None
+    positions: tuple[int, ...] = ()
+    explicit_only: bool = False
     client_fields: int = 0
     digests: tuple[bytes, ...] = ()  # every boundary's digest, for recording in the index
+
+
+# A learning planner's answer for one parsed request: (boundary positions, explicit_only), or
+# None to leave the request alone (e.g. learning_planner.plan_openai, which records by itself).
+Decide = Callable[[dict[str, Any]], "tuple[Sequence[int], bool] | None"]
 
 
 def supports_breakpoints(model: object) -> bool:
@@ -160,19 +171,14 @@ def plan_openai(request: object, api: Api, index: PrefixIndex | None = None, now
     minimum = facts_for(request.get("model"), "openai").minimum_tokens
 
     def eligible(b: Boundary) -> bool:
-        if b.section != "messages" or b.message is None:
-            return False
-        item = items[b.message]
-        content = item.get("content")
-        part = content if b.block is None else (content[b.block] if isinstance(content, list) else None)
-        return _eligible(item, part, api)
+        return _eligible_boundary(items, b, api)
 
     last = len(bounds) - 1
     if index is not None:
         stats = index.stats([b.digest for b in bounds], now)
         for b in reversed(bounds[:last]):
             if stats[b.position] is not None and eligible(b) and b.tokens_est >= minimum:
-                return OpenAIPlan("inserted", b.message, b.block, "recurring_prefix", b.tokens_est, b.digest, b.position, 0, digests)
+                return _chosen(b, "recurring_prefix", digests)
     final_user = next((i for i in range(len(items) - 1, -1, -1) if items[i].get("role") == "user"), None)
     candidates = [b for b in bounds if final_user is not None and b.message is not None and b.message < final_user and eligible(b)]
     if not candidates:
@@ -180,18 +186,81 @@ def plan_openai(request: object, api: Api, index: PrefixIndex | None = None, now
     b = candidates[-1]
     if b.tokens_est < minimum:
         return OpenAIPlan("below_minimum", prefix_tokens_est=b.tokens_est, digests=digests)
-    return OpenAIPlan("inserted", b.message, b.block, "stateless", b.tokens_est, b.digest, b.position, 0, digests)
+    return _chosen(b, "stateless", digests)
+
+
+def _chosen(b: Boundary, reason: str, digests: tuple[bytes, ...]) -> OpenAIPlan:
+    assert b.message is not None
+    return OpenAIPlan("inserted", ((b.message, b.block),), reason, b.tokens_est, b.digest, (b.position,), False, 0, digests)
+
+
+def learning_decide(memory: Any, api: Api, now: float) -> Decide:
+    """``decide`` backed by ``learning_planner.plan_openai`` (which records in ``memory`` itself).
+
+    Its "unchanged" (nothing recurs yet, or a continuing conversation it leaves to the implicit
+    breakpoint) leaves the request alone; only "inserted" is spliced.
+    """
+    from . import learning_planner
+
+    def decide(request: dict[str, Any]) -> tuple[Sequence[int], bool] | None:
+        plan, _ticket = learning_planner.plan_openai(request, api, memory, now)
+        return (plan.positions, plan.explicit_only) if plan.decision == "inserted" else None
+
+    return decide
+
+
+def plan_positions(request: object, api: Api, positions: Sequence[int], explicit_only: bool = False) -> OpenAIPlan:
+    """A plan from boundary positions another planner chose (``learning_planner.plan_openai``).
+
+    Every position must end a part this module may mark (see ``_eligible``) or the plan is
+    ``error``; at most 4 breakpoints count (the implicit one takes a slot unless explicit_only).
+    The stand-down and model checks apply as in ``plan_openai``.
+    """
+    if not isinstance(request, dict):
+        return OpenAIPlan("not_messages")
+    if not supports_breakpoints(request.get("model")):
+        return OpenAIPlan("not_supported")
+    fields = client_cache_fields(request)
+    if fields:
+        return OpenAIPlan("stood_down", client_fields=fields)
+    items = request.get(_ITEMS_KEY[api])
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return OpenAIPlan("not_messages")
+    bounds = boundaries(request, api)
+    digests = tuple(b.digest for b in bounds)
+    chosen = sorted(set(positions))
+    if not chosen:
+        return OpenAIPlan("not_worth", digests=digests)
+    if len(chosen) > MAX_BREAKPOINTS - (0 if explicit_only else 1) or not all(0 <= p < len(bounds) for p in chosen):
+        return OpenAIPlan("error", digests=digests)
+    picked = [bounds[p] for p in chosen]
+    if not all(_eligible_boundary(items, b, api) for b in picked):
+        return OpenAIPlan("error", digests=digests)
+    deepest = picked[-1]
+    targets = tuple((b.message, b.block) for b in picked if b.message is not None)
+    return OpenAIPlan("inserted", targets, "learning", deepest.tokens_est, deepest.digest, tuple(chosen), explicit_only, 0, digests)
+
+
+def _eligible_boundary(items: list[dict[str, Any]], b: Boundary, api: Api) -> bool:
+    if b.section != "messages" or b.message is None or b.message >= len(items):
+        return False
+    item = items[b.message]
+    content = item.get("content")
+    part = content if b.block is None else (content[b.block] if isinstance(content, list) and b.block < len(content) else None)
+    return _eligible(item, part, api)
 
 
 def insert_openai_breakpoint(body: bytes, content_encoding: str | None, api: Api, *,
-                             index: PrefixIndex | None = None, now: float = 0.0) -> InsertResult:
-    """Splice one breakpoint (and a prompt_cache_key) into an OpenAI request body; never raises.
+                             index: PrefixIndex | None = None, now: float = 0.0, decide: Decide | None = None) -> InsertResult:
+    """Splice the breakpoint(s) (and a prompt_cache_key) into an OpenAI request body; never raises.
 
-    With an index, the request's boundaries are recorded in it (the breakpoint's prefix as
-    written), so later requests find what recurs.
+    Without ``decide``, ``plan_openai`` places one breakpoint; with an index the request's
+    boundaries are recorded in it (the breakpoint's prefix as written), so later requests find
+    what recurs. With ``decide`` (a learning planner that records by itself), its positions are
+    spliced instead (``plan_positions``).
     """
     try:
-        return _insert(body, content_encoding, api, index, now)
+        return _insert(body, content_encoding, api, index, now, decide)
     except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
         return _unchanged(body, "error")
 
@@ -202,7 +271,8 @@ def _unchanged(body: bytes, decision: CacheDecision, **fields: Any) -> InsertRes
     return InsertResult(body=body, spans=(), decision=decision, markers_inserted=0, **values)
 
 
-def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIndex | None, now: float) -> InsertResult:
+def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIndex | None, now: float,
+            decide: Decide | None) -> InsertResult:
     encoding = _normalize_encoding(content_encoding)
     if not isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
         return _unchanged(body, "too_large", content_encoding=encoding)
@@ -225,11 +295,16 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIn
     if not isinstance(request, dict):
         return _unchanged(body, "not_messages", content_encoding=encoding)
     model = request.get("model") if isinstance(request.get("model"), str) else None
-    decided = plan_openai(request, api, index, now)
+    if decide is not None and supports_breakpoints(model) and not client_cache_fields(request):
+        answer = decide(request)
+        decided = plan_positions(request, api, *answer) if answer is not None else OpenAIPlan("not_worth")
+        index = None  # the learning planner recorded the request itself
+    else:
+        decided = plan_openai(request, api, index, now)
     seen: dict[str, Any] = {"client_markers": decided.client_fields, "client_ttls": (), "content_encoding": encoding,
                              "model": model, "prefix_tokens_est": decided.prefix_tokens_est}
     if index is not None and decided.digests:
-        index.record(decided.digests, now, writes={decided.position: "30m"} if decided.position is not None else {})
+        index.record(decided.digests, now, writes={p: "30m" for p in decided.positions})
     if decided.decision != "inserted":
         return _unchanged(body, decided.decision, **seen)
     key = _ITEMS_KEY[api]
@@ -245,7 +320,7 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIn
         out = codec.encode(spliced, flavor)
         if codec.decode(out)[0] != spliced:
             return _unchanged(body, "error", **seen)
-    return InsertResult(out, spans, "inserted", 1, **seen)
+    return InsertResult(out, spans, "inserted", len(decided.targets), **seen)
 
 
 _MODEL_VALUE: Final = re.compile(rb'\s*:\s*"([^"\\]{1,200})"')
@@ -269,35 +344,42 @@ def cache_key(digest: bytes) -> str:
 
 
 def _spans(decided: OpenAIPlan, body_map: BodyMap, api: Api) -> tuple[Span, ...]:
-    assert decided.message is not None and decided.digest is not None and body_map.messages is not None
-    item = body_map.messages[decided.message]
+    assert decided.digest is not None and body_map.messages is not None
     spans: list[Span] = []
-    if decided.block is None:
-        loc = item.content
-        if loc is None or loc.kind != "string":
-            raise ValueError("wrap target is not a string")
-        opener = b'[{"type":' + json.dumps(_TEXT_PART[api]).encode() + b',"text":'
-        spans += [Span(loc.start, opener), Span(loc.end, b"," + _BREAKPOINT_MEMBER + b"}]")]
-    else:
-        blocks = item.blocks
-        loc = blocks[decided.block] if blocks is not None else None
-        if loc is None or loc.kind != "object":
-            raise ValueError("marker target is not an object")
-        spans.append(Span(loc.close, _BREAKPOINT_MEMBER if loc.empty else b"," + _BREAKPOINT_MEMBER))
+    for message, block in decided.targets:
+        item = body_map.messages[message]
+        if block is None:
+            loc = item.content
+            if loc is None or loc.kind != "string":
+                raise ValueError("wrap target is not a string")
+            opener = b'[{"type":' + json.dumps(_TEXT_PART[api]).encode() + b',"text":'
+            spans += [Span(loc.start, opener), Span(loc.end, b"," + _BREAKPOINT_MEMBER + b"}]")]
+        else:
+            blocks = item.blocks
+            part = blocks[block] if blocks is not None else None
+            if part is None or part.kind != "object":
+                raise ValueError("marker target is not an object")
+            spans.append(Span(part.close, _BREAKPOINT_MEMBER if part.empty else b"," + _BREAKPOINT_MEMBER))
     root: Loc = body_map.root
-    member = b'"prompt_cache_key":' + json.dumps(cache_key(decided.digest)).encode()
-    spans.append(Span(root.close, member if root.empty else b"," + member))
+    members = b'"prompt_cache_key":' + json.dumps(cache_key(decided.digest)).encode()
+    if decided.explicit_only:
+        members += b',"prompt_cache_options":' + json.dumps(_EXPLICIT_ONLY, separators=(",", ":")).encode()
+    spans.append(Span(root.close, members if root.empty else b"," + members))
     return tuple(sorted(spans, key=lambda s: s.offset))
 
 
 def _landed(spliced: bytes, decided: OpenAIPlan, api: Api) -> bool:
-    """Re-parse: exactly one breakpoint, on the planned part, and our key (guards the scanner)."""
+    """Re-parse: our breakpoints on exactly the planned parts, our key (and options), nothing else."""
     result = _parse(spliced)
     if not isinstance(result, dict) or decided.digest is None or result.get("prompt_cache_key") != cache_key(decided.digest):
         return False
-    items: Sequence[Any] = result[_ITEMS_KEY[api]]
-    content = items[decided.message]["content"]  # type: ignore[index]
-    part = content[0] if decided.block is None else content[decided.block]
-    if not isinstance(part, dict) or part.get("prompt_cache_breakpoint") != dict(BREAKPOINT):
+    if decided.explicit_only and result.get("prompt_cache_options") != _EXPLICIT_ONLY:
         return False
-    return client_cache_fields(result) == 2  # our breakpoint and our key, nothing else
+    items: Sequence[Any] = result[_ITEMS_KEY[api]]
+    for message, block in decided.targets:
+        content = items[message]["content"]
+        part = content[0] if block is None else content[block]
+        if not isinstance(part, dict) or part.get("prompt_cache_breakpoint") != dict(BREAKPOINT):
+            return False
+    # our breakpoints, our key, and the options when asked: nothing else
+    return client_cache_fields(result) == len(decided.targets) + 1 + int(decided.explicit_only)
