@@ -256,3 +256,14 @@ def test_unpriced_models_are_listed_with_counts_and_how_to_update(db: Path, caps
     data = json.loads(capsys.readouterr().out)
     assert {"provider": "anthropic", "model": "mystery-model", "reason": "unknown", "requests": 1} in data["unpriced_models"]
     assert "make lock" in data["price_table"]["update"]
+
+
+def test_the_cost_split_weights_come_from_the_price_table():
+    from tokenpak_mitm.report import _table_unit_prices
+
+    units = _table_unit_prices("anthropic", "claude-sonnet-4-6")
+    assert units is not None
+    assert {k: round(v * 1e6, 6) for k, v in units.items()} == {
+        "input": 3.0, "cache_read": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0, "output": 15.0}
+    gpt = _table_unit_prices("openai", "gpt-4o")  # no cache-write price: the split still works
+    assert gpt is not None and round(gpt["cache_read"] * 1e6, 6) == 1.25

@@ -185,16 +185,21 @@ def _table_unit_prices(provider: str | None, model: str | None) -> Mapping[str, 
         return None
     m = 1_000_000
     probes = {
-        "input": Usage(input_tokens=m),
-        "cache_read": Usage(cache_read_tokens=m),
-        "cache_write": Usage(cache_write_tokens=m),
-        "cache_write_1h": Usage(cache_write_tokens=m, cache_write_1h_tokens=m),
-        "output": Usage(output_tokens=m),
+        "input": Usage(input_tokens=m, output_tokens=0),
+        "cache_read": Usage(input_tokens=0, cache_read_tokens=m, output_tokens=0),
+        "cache_write": Usage(input_tokens=0, cache_write_tokens=m, output_tokens=0),
+        "cache_write_1h": Usage(input_tokens=0, cache_write_tokens=m, cache_write_1h_tokens=m, output_tokens=0),
+        "output": Usage(input_tokens=0, output_tokens=m),
     }
     units: dict[str, float] = {}
     for bucket, usage in probes.items():
         cost = price(provider, model, usage).cost_usd
         if cost is None:
+            if bucket.startswith("cache_write") and "input" in units:
+                # No write price (models that bill no cache writes): priced rows carry none, so the
+                # weight never applies; any finite figure keeps the split well defined.
+                units[bucket] = units["input"]
+                continue
             return None
         units[bucket] = cost / m
     return units
