@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tokenpak_mitm.report import BUCKETS, CACHE_HIT_RATIO_DEFINITION, Report, Summary
 
-__all__ = ["bar_chart", "line_chart", "render_html", "write_html"]
+__all__ = ["render_html", "write_html", "bar_chart", "line_chart"]
 
 WIDTH, HEIGHT = 760, 260
 LEFT, RIGHT, TOP, BOTTOM = 72, 12, 16, 44
