@@ -145,3 +145,48 @@ def test_a_restarted_proxy_does_not_claim_cold_for_what_an_earlier_run_may_have_
         finally:
             proxy.stop()
     assert new[0]["cache_miss_reason"] == "unknown"  # the fake upstream is fresh, but the proxy cannot know that
+
+
+def test_interleaved_clients_on_one_proxy_get_one_session_each(tmp_path: Path):
+    """Four agents at once (two API keys), each a five-turn conversation; rows are told apart by model."""
+    import threading
+
+    models = ["claude-sonnet-4-6", "claude-opus-4-8", "claude-sonnet-4-5", "claude-opus-4-1"]
+    keys = ["sk-ant-api03-canary-not-a-real-key-000000", "sk-ant-api03-canary-not-a-real-key-111111"]
+    db = tmp_path / "t.db"
+    errors: list[BaseException] = []
+    with fake_anthropic_in_thread() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path).start()
+
+        def agent(n: int) -> None:
+            try:
+                history: list[dict[str, str]] = []
+                for turn in range(5):
+                    history.append({"role": "user", "content": f"Agent {n}, question {turn}"})
+                    body = json.dumps({"model": models[n], "max_tokens": 10, "system": SYSTEM, "messages": history}).encode()
+                    resp = request(proxy.port, build_request("POST", "/v1/messages", body, [
+                        ("x-api-key", keys[n % 2]), ("anthropic-version", "2023-06-01"), ("content-type", "application/json")]))
+                    assert resp.status == 200
+                    history.append({"role": "assistant", "content": json.loads(resp.body)["content"][0]["text"]})
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                errors.append(e)
+
+        try:
+            threads = [threading.Thread(target=agent, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            rows = wait_for_rows(db, "1=1 ORDER BY id", (), n=20)
+        finally:
+            proxy.stop()
+    assert not errors
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    assert sorted(by_model) == sorted(models)
+    sessions = {m: {r["session_id"] for r in rs} for m, rs in by_model.items()}
+    assert all(len(s) == 1 for s in sessions.values())
+    assert len({next(iter(s)) for s in sessions.values()}) == 4
+    assert all(sorted(r["turn"] for r in rs) == [1, 2, 3, 4, 5] for rs in by_model.values())
+    assert [r["cache_miss_reason"] for rs in by_model.values() for r in sorted(rs, key=lambda r: r["turn"])] == (["cold"] + [None] * 4) * 4
