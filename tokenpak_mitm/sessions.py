@@ -82,7 +82,6 @@ class _Request:
 @dataclass(slots=True)
 class _Session:
     id: str
-    source: Source
     project: str | None
     scope: str
     turns: int = 0
@@ -118,7 +117,7 @@ class Outcome:
     warm_until: float | None = None
 
     def columns(self) -> dict[str, Any]:
-        """The row fields this outcome fills (``row.TelemetryRow`` v3), ``miss_cost_usd`` aside."""
+        """The session and miss fields of ``row.TelemetryRow`` this outcome fills (``miss_cost_usd`` aside: it needs prices)."""
         v = self.verdict
         return {
             "session_id": self.session_id,
@@ -221,7 +220,7 @@ class SessionTracker:
         if sid is None:
             sid = f"s-{self._prefix}-{next(self._ids)}"
             source = "new"
-        sess = _Session(sid, source, hint.project, hint.scope)
+        sess = _Session(sid, hint.project, hint.scope)
         self._sessions[sid] = sess
         return sess, source
 
@@ -230,8 +229,9 @@ class SessionTracker:
 
         At each length (longest first) a match that also has the same tools and system wins over
         one on the messages alone (two conversations can open with the same message). A request
-        that repeats an earlier one exactly (same messages, tools and system) continues it only
-        within ``RETRY_SECONDS``: otherwise it is the same prompt run again, a new session.
+        that repeats an earlier request's whole conversation (same messages, tools and system)
+        continues it at once only within ``RETRY_SECONDS`` (a retry); later, a single-message one
+        is the same prompt run again, a new session.
         """
         keys, head = shape.turn_keys, _head(shape)
         if keys:
