@@ -30,14 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokenpak_mitm.cache_facts import TTL_SECONDS, minimum_tokens
-from tokenpak_mitm.cache_miss import (
-    MINIMUM_BAND,
-    Evidence,
-    Known,
-    Prior,
-    Verdict,
-    diagnose,
-)
+from tokenpak_mitm.cache_miss import MINIMUM_BAND, Evidence, Known, Prior, Verdict, diagnose
 from tokenpak_mitm.request_shape import Shape
 from tokenpak_mitm.session_id import Hint, Source
 
