@@ -397,3 +397,107 @@ def test_after_a_restart_nothing_known_is_unknown_not_cold():
     assert reasons([run(d, c, 10), run(d, c, 20)]) == ["unknown", None]
     fresh = Conversation("b", system_text("b"), tools("b"))
     assert reasons([run(d, fresh, 3700)]) == ["cold"]
+
+
+# -- OpenAI (automatic, best-effort caching) -----------------------------------------------------
+
+
+class OpenAIChat:
+    """A Chat Completions conversation against the simulator's OpenAI model."""
+
+    def __init__(self, d: Driver, model: str, system: str, **extra: Any) -> None:
+        self.d, self.model, self.system, self.extra = d, model, system, extra
+        self.messages: list[dict[str, Any]] = []
+
+    def turn(self, now: float, text: str = "next question") -> Outcome:
+        self.messages.append({"role": "user", "content": text})
+        req = {"model": self.model, "messages": [{"role": "system", "content": self.system}, *self.messages], **self.extra}
+        shape = shape_of(req, "openai_chat")
+        ticket = self.d.tracker.begin(identify({}, req, "openai_chat", "key-1"), shape, now)
+        u = self.d.sim.handle_openai(req, "openai_chat", now=now).usage
+        details = u["prompt_tokens_details"]
+        read, written = details["cached_tokens"], details["cache_write_tokens"]
+        out = self.d.tracker.finish(ticket, UsageFacts(u["prompt_tokens"] - read - written, read, written), now)
+        self.messages.append({"role": "assistant", "content": f"answer {len(self.messages)}"})
+        return out
+
+
+def _r(o: Outcome) -> str | None:
+    return o.verdict.reason if o.verdict else None
+
+
+def test_openai_causes_are_named_where_the_facts_decide_and_unknown_where_they_do_not():
+    d = Driver()
+    c = OpenAIChat(d, "gpt-4.1", system_text("oa"))
+    assert [_r(c.turn(t)) for t in (0, 10, 20)] == ["cold", None, None]
+    c.system += " Always answer in French."
+    changed = c.turn(30)
+    assert changed.verdict is not None and (changed.verdict.reason, changed.verdict.section, changed.verdict.block,
+                                            changed.verdict.change) == ("prefix_changed", "system", 0, "system")
+    assert _r(c.turn(40)) is None
+    assert _r(c.turn(40 + 600)) == "unknown"  # gone after 10 minutes: OpenAI keeps entries 5-10 min "up to an hour"
+    assert _r(c.turn(700)) is None
+    assert _r(c.turn(700 + 3700)) == "ttl_expired"  # past the longest retention: a fact
+    d.sim.clear()
+    assert _r(c.turn(4500)) == "unknown"  # best effort: never "provider_evicted"
+    short = OpenAIChat(d, "gpt-4.1", "Be brief.")
+    assert [_r(short.turn(t)) for t in (5000, 5010)] == ["below_minimum", "below_minimum"]
+
+
+def test_openai_gpt56_ttl_and_explicit_only_mode():
+    d = Driver()
+    c = OpenAIChat(d, "gpt-5.6", system_text("g"))
+    assert [_r(c.turn(t)) for t in (0, 10, 10 + 1900)] == ["cold", None, "ttl_expired"]  # 30-minute TTL
+    e = OpenAIChat(d, "gpt-5.6", system_text("e"), prompt_cache_options={"mode": "explicit"})
+    assert [_r(e.turn(t)) for t in (3000, 3010)] == ["cold", "not_marked"]
+
+
+def test_openai_mixed_workload_never_names_a_wrong_cause():
+    rng = random.Random(56)
+    d = Driver()
+    convs = [OpenAIChat(d, "gpt-4.1" if n % 2 else "gpt-5.6", "Be brief." if n == 5 else system_text(f"o{n}")) for n in range(6)]
+    state = [{"last": None, "evicted": False} for _ in convs]
+    now, right, decidable, wrong = 0.0, 0, 0, []
+    for step in range(400):
+        roll = rng.random()
+        if roll < 0.01:
+            now += 3700  # past the longest retention
+        elif roll < 0.02:
+            now += 900  # past the usual retention, within the longest
+        elif roll < 0.03:
+            d.sim.clear()
+            for st in state:
+                st["evicted"] = True
+        n = rng.randrange(len(convs))
+        c, st = convs[n], state[n]
+        changed = st["last"] is not None and n != 5 and rng.random() < 0.06
+        if changed:
+            c.system += f" v{step}"
+        legacy = c.model == "gpt-4.1"
+        gap = None if st["last"] is None else now - st["last"]
+        if n == 5:
+            label = "below_minimum"
+        elif gap is None:
+            label = "cold"
+        elif gap >= (3600 if legacy else 1800):
+            label = "ttl_expired"
+        elif changed:
+            label = "prefix_changed"
+        elif st["evicted"] or (legacy and gap >= 300):
+            label = "unknown"  # the sim dropped it; OpenAI's docs do not promise otherwise
+        else:
+            label = None
+        got = _r(c.turn(now, f"question {step}"))
+        st["last"], st["evicted"] = now, False
+        if label in (None, "unknown"):
+            if got not in (label, "unknown"):
+                wrong.append((step, n, label, got))
+        else:
+            decidable += 1
+            right += got == label
+            if got not in (label, "unknown"):
+                wrong.append((step, n, label, got))
+        now += rng.uniform(1, 4)
+    print(f"openai mixed workload: {decidable} decidable misses, {right} right, {len(wrong)} wrong")
+    assert wrong == []
+    assert decidable >= 60 and right / decidable >= 0.95

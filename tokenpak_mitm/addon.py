@@ -260,7 +260,7 @@ class TokenPak:
             return row
         usage = st.record.extract.usage
         facts = None
-        if (st.route.dialect == "anthropic" and row.terminal_state == "completed"
+        if (st.route.dialect in _DIAGNOSED_DIALECTS and row.terminal_state == "completed"
                 and row.usage_source == "final" and usage.input_tokens is not None):
             began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
             facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0, response_started=began)
@@ -460,6 +460,7 @@ def _blind_until(last: float | None, now: float) -> float | None:
     return until if until > now else None
 
 
+_DIAGNOSED_DIALECTS = frozenset({"anthropic", "openai_chat", "openai_responses"})  # Gemini: sessions only
 _CONVERSATION_APIS = frozenset({"messages", "chat.completions", "responses", "generate_content"})
 
 

@@ -89,6 +89,9 @@ class Evidence:
     cached: Known | None  # deepest boundary confirmed cached before this request
     seen: Known | None  # deepest boundary seen before this request (cached or not)
     prior: Prior | None
+    lookback: int | None = LOOKBACK_BLOCKS  # positions a read checks back from a breakpoint (None: no limit)
+    blame_provider: bool = True  # the provider keeps entries for their TTL (Anthropic); False: best effort (OpenAI)
+    granularity: int = 1  # reported reads are rounded down to a multiple of this (OpenAI: 128)
 
     @property
     def total(self) -> int:
@@ -122,20 +125,20 @@ def change_between(prev: Shape, cur: Shape) -> tuple[int, Change] | None:
         position = len(cur.blocks)  # history cut short
         return position, "history"
     a, b = prev.blocks[position], cur.blocks[position]
-    if a.section != b.section:
+    if a.part != b.part:
         # a block added or removed at a section edge: the section that grew or shrank
-        section = min((a.section, b.section), key=("tools", "system", "messages").index)
-        return position, "history" if section == "messages" else section
+        part = min((a.part, b.part), key=("tools", "system", "messages").index)
+        return position, "history" if part == "messages" else part  # type: ignore[return-value]
     if a.digest == b.digest:
-        # the block itself is equal: the difference is in the parameters folded in before messages
+        # the block itself is equal: the difference is in the parameters folded in before it
         return position, "model_params"
     if a.masked == b.masked:
         return position, "volatile"
-    return position, "history" if a.section == "messages" else a.section
+    return position, "history" if a.part == "messages" else a.part  # type: ignore[return-value]
 
 
-def _reachable(shape: Shape, position: int) -> bool:
-    return any(position <= bp < position + LOOKBACK_BLOCKS for bp in shape.breakpoints())
+def _reachable(shape: Shape, position: int, lookback: int | None) -> bool:
+    return any(position <= bp and (lookback is None or bp < position + lookback) for bp in shape.breakpoints())
 
 
 def _ttl_state(known_at: float | None, ttl: float, now: float) -> Literal["live", "expired", "edge"]:
@@ -166,7 +169,7 @@ def diagnose(ev: Evidence) -> Verdict | None:
             expected_prior = prior.cached_tokens
     expected = max(expected_idx, expected_prior)
 
-    if expected > 0 and ev.read >= READ_TOLERANCE * expected:
+    if expected > 0 and ev.read >= READ_TOLERANCE * expected - (ev.granularity - 1):
         return None
     if expected == 0:
         if ev.read > 0:
@@ -199,8 +202,8 @@ def diagnose(ev: Evidence) -> Verdict | None:
         position, kind = change
         block = ev.shape.blocks[position] if position < len(ev.shape.blocks) else prior.shape.blocks[min(position, len(prior.shape.blocks) - 1)]
         if state == "edge":
-            return Verdict("unknown", expected, block.section, block.index, kind)
-        return Verdict("prefix_changed", expected, block.section, block.index, kind)
+            return Verdict("unknown", expected, block.part, block.index, kind)
+        return Verdict("prefix_changed", expected, block.part, block.index, kind)
     known = ev.cached
     if known is None:
         return Verdict("unknown", expected)
@@ -211,9 +214,11 @@ def diagnose(ev: Evidence) -> Verdict | None:
         return Verdict("ttl_expired", expected)
     if state == "edge":
         return Verdict("unknown", expected)
-    if not _reachable(ev.shape, known.position):
+    if not _reachable(ev.shape, known.position, ev.lookback):
         return Verdict("lookback_exceeded", expected)
-    return Verdict("provider_evicted", expected)
+    # Cached within its TTL, reachable, and not read: the provider dropped it, if it promises to keep
+    # entries for their TTL; a best-effort cache (OpenAI) may drop them any time, which says nothing.
+    return Verdict("provider_evicted" if ev.blame_provider else "unknown", expected)
 
 
 def usage_with_read(usage: Usage, expected_tokens: int) -> Usage | None:

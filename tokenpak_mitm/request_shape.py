@@ -30,6 +30,8 @@ from tokenpak_mitm.prefix_index import Api, Section, boundaries, prompt_blocks
 __all__ = ["MAX_BLOCKS", "Block", "Shape", "first_difference", "mask_volatile", "shape_of"]
 
 MAX_BLOCKS = 4096  # blocks kept per request; a longer prompt is compared on its head only
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+OPENAI_BREAKPOINT_TTL = "30m"  # cache_facts.OPENAI_GPT56: explicit breakpoints and the implicit one
 _APIS: tuple[Api, ...] = ("anthropic", "openai_chat", "openai_responses", "gemini")
 _VOLATILE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
@@ -74,6 +76,12 @@ class Block:
     masked: bytes
     marker_ttl: str | None
     message_end: bool  # the last block of its message (or section)
+    role: str | None = None  # the message role (messages section)
+
+    @property
+    def part(self) -> str:
+        """tools, system or messages; OpenAI system/developer messages count as system."""
+        return "system" if self.section == "messages" and self.role in _SYSTEM_ROLES else self.section
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +89,10 @@ class Shape:
     model: str
     blocks: tuple[Block, ...]
     turn_keys: tuple[bytes, ...]
-    top_level_ttl: str | None  # Anthropic automatic caching: the top-level cache_control's TTL
+    top_level_ttl: str | None  # Anthropic's top-level cache_control, or OpenAI's implicit breakpoint at the end
     truncated: bool = False
+    api: str = "anthropic"
+    long_retention: bool = False  # OpenAI prompt_cache_retention "24h"
 
     @property
     def tokens(self) -> int:
@@ -146,12 +156,14 @@ def shape_of(request: object, api: str = "anthropic") -> Shape | None:
     values = list(prompt_blocks(request, dialect))[:MAX_BLOCKS]
     if len(values) != len(bounds):
         return None  # cannot happen (same walk); never pair blocks wrongly if it ever does
-    markers = dialect == "anthropic"
+    anthropic = dialect == "anthropic"
     blocks: list[Block] = []
     turn = hashlib.blake2b(digest_size=8)
     turn_keys: list[bytes] = []
     for i, (b, (_, _, _, role, value)) in enumerate(zip(bounds, values)):
         clean, ttl = _strip(value)
+        if not anthropic:
+            ttl = OPENAI_BREAKPOINT_TTL if isinstance(value, dict) and value.get("prompt_cache_breakpoint") is not None else None
         canonical = _canonical(clean)
         nxt = bounds[i + 1] if i + 1 < len(bounds) else None
         end = nxt is None or nxt.section != b.section or nxt.message != b.message
@@ -159,15 +171,20 @@ def shape_of(request: object, api: str = "anthropic") -> Shape | None:
         digest = _digest(canonical)
         # Volatile values are told apart in tools and system only: a message that differs is
         # history rewritten, whatever changed in it (and masking every message would cost the most).
-        masked = digest if b.section == "messages" else _masked(digest, canonical)
-        blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl if markers else None, end))
-        if b.section == "messages" and role not in ("system", "developer"):
+        system = b.section != "messages" or role in _SYSTEM_ROLES
+        masked = _masked(digest, canonical) if system else digest
+        blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl, end, role))
+        if b.section == "messages" and role not in _SYSTEM_ROLES:
             turn.update(f"\0{role}\0".encode() + digest)
             if end:
                 turn_keys.append(turn.copy().digest())
-    top = _ttl(request.get("cache_control")) if markers else None
+    if anthropic:
+        top = _ttl(request.get("cache_control"))
+    else:  # OpenAI (and Gemini): the provider caches the prompt's end by itself, unless told explicit-only
+        options = request.get("prompt_cache_options")
+        top = None if isinstance(options, dict) and options.get("mode") == "explicit" else OPENAI_BREAKPOINT_TTL
     return Shape(model if isinstance(model, str) else "", tuple(blocks), tuple(turn_keys), top,
-                 len(bounds) >= MAX_BLOCKS)
+                 len(bounds) >= MAX_BLOCKS, api, request.get("prompt_cache_retention") == "24h")
 
 
 def first_difference(a: Sequence[Block], b: Sequence[Block]) -> int | None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tokenpak_mitm.cache_facts import TTL_SECONDS, minimum_tokens
+from tokenpak_mitm.cache_facts import TTL_SECONDS, facts_for
 from tokenpak_mitm.cache_miss import MINIMUM_BAND, Evidence, Known, Prior, Verdict, diagnose
 from tokenpak_mitm.request_shape import Shape
 from tokenpak_mitm.session_id import Hint, Source
@@ -43,6 +43,34 @@ MAX_INDEX = 200_000
 MAX_LINEAGE = 200_000
 MAX_RESPONSES = 20_000
 RETRY_SECONDS = 120.0  # an identical request this soon after is a retry of the same session
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """How one provider's prompt cache behaves, as far as the diagnosis needs it (from cache_facts)."""
+
+    minimum: int
+    lookback: int | None  # None: no lookback limit
+    blame_provider: bool  # entries are kept for their TTL (Anthropic); False: best effort (OpenAI)
+    ttl_seconds: float | None  # the entries' lifetime, None: from each marker's TTL
+    granularity: int  # reads are reported rounded down to this
+    implicit_write: bool  # the provider caches the prompt's end by itself and reports no write (OpenAI before GPT-5.6)
+
+
+def rules_for(shape: Shape) -> Rules | None:
+    """The rules for the shape's provider; None where misses are not diagnosed (Gemini)."""
+    if shape.api == "anthropic":
+        f = facts_for(shape.model, "anthropic")
+        return Rules(f.minimum_tokens, f.lookback_blocks, True, None, f.cached_granularity, False)
+    if shape.api in ("openai_chat", "openai_responses"):
+        f = facts_for(shape.model, "openai")
+        # Before GPT-5.6 retention is "5 to 10 minutes of inactivity, up to one hour" (or 24 h when
+        # asked): only the longest is a fact, so only past it is a miss put down to expiry.
+        ttl = TTL_SECONDS["30m"] if f.write else 3600.0
+        if shape.long_retention:
+            ttl = 24 * 3600.0
+        return Rules(f.minimum_tokens, f.lookback_blocks, False, ttl, f.cached_granularity, not f.write)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,15 +210,16 @@ class SessionTracker:
                 self._put(self._responses, response_id, ticket.session_id, MAX_RESPONSES)
 
     def finish(self, ticket: Ticket, usage: UsageFacts | None, now: float | None = None) -> Outcome:
-        """Record what the provider did with the request and diagnose a miss (Anthropic only)."""
+        """Record what the provider did with the request and diagnose a miss (Anthropic and OpenAI)."""
         with self._lock:
             sess = self._sessions.get(ticket.session_id)
             verdict = None
             shape, req = ticket.shape, ticket.request
             if shape is not None and req is not None:
-                if usage is not None and usage.completed:
-                    verdict = self._diagnose(ticket, shape, usage)
-                    self._settle(ticket, shape, req, usage, sess)
+                rules = rules_for(shape)
+                if usage is not None and usage.completed and rules is not None:
+                    verdict = self._diagnose(ticket, shape, usage, rules)
+                    self._settle(ticket, shape, req, usage, sess, rules)
                 else:
                     self._release(ticket.scope, shape)
                 req.finished = True
@@ -324,7 +353,7 @@ class SessionTracker:
                 break
         return cached, seen
 
-    def _diagnose(self, t: Ticket, shape: Shape, usage: UsageFacts) -> Verdict | None:
+    def _diagnose(self, t: Ticket, shape: Shape, usage: UsageFacts, rules: Rules) -> Verdict | None:
         if not shape.blocks:
             return None
         cached, seen = self._known(t.scope, shape, t.started, own=1)
@@ -332,20 +361,22 @@ class SessionTracker:
         p = t.prior
         if p is not None and p.finished:
             prior = Prior(p.shape, p.cached_position, p.cached_tokens, p.cached_at, p.ttl_seconds)
-        ev = Evidence(shape, t.started, usage.read, usage.write, usage.fresh,
-                      minimum_tokens(shape.model, "anthropic"), cached, seen, prior)
+        ev = Evidence(shape, t.started, usage.read, usage.write, usage.fresh, rules.minimum, cached, seen, prior,
+                      rules.lookback, rules.blame_provider, rules.granularity)
         verdict = diagnose(ev)
         if verdict is not None and verdict.reason == "cold" and self.blind_until is not None and t.started < self.blind_until:
             return replace(verdict, reason="unknown")  # an earlier run may have cached it
         return verdict
 
-    def _settle(self, t: Ticket, shape: Shape, req: _Request, usage: UsageFacts, sess: _Session | None) -> None:
+    def _settle(self, t: Ticket, shape: Shape, req: _Request, usage: UsageFacts, sess: _Session | None, rules: Rules) -> None:
         """Mark the boundaries the provider wrote or read, and the session's warm-until."""
         total = usage.fresh + usage.read + usage.write
         est = shape.tokens
         scale = total / est if est > 0 else 0.0
-        minimum = minimum_tokens(shape.model, "anthropic")
+        minimum = rules.minimum
         covered = usage.read + usage.write
+        if rules.implicit_write and shape.top_level_ttl is not None and total >= minimum:
+            covered = total  # the provider caches the whole prompt by itself and reports no write
         readable = usage.response_started if usage.response_started is not None else t.started
         deepest: int | None = None
         breakpoints = set(shape.breakpoints())
@@ -361,7 +392,7 @@ class SessionTracker:
             ttl = e.ttl_seconds
             if covered > 0 and is_break and tokens <= covered * 1.02 + 8:
                 if tokens >= minimum * (1 + MINIMUM_BAND):
-                    cached, prev, at, when, ttl = True, at, t.started, readable, TTL_SECONDS[shape.ttl_at(i)]
+                    cached, prev, at, when, ttl = True, at, t.started, readable, rules.ttl_seconds or TTL_SECONDS[shape.ttl_at(i)]
                     deepest = i
                 elif tokens >= minimum * (1 - MINIMUM_BAND) and cached is not True:
                     cached = None  # too close to the minimum to say whether it was written
@@ -371,7 +402,7 @@ class SessionTracker:
             req.cached_position = deepest
             req.cached_tokens = round(shape.blocks[deepest].tokens * scale)
             req.cached_at = t.started
-            req.ttl_seconds = TTL_SECONDS[shape.ttl_at(deepest)]
+            req.ttl_seconds = rules.ttl_seconds or TTL_SECONDS[shape.ttl_at(deepest)]
             if sess is not None:
                 until = t.started + req.ttl_seconds
                 sess.warm_until = until if sess.warm_until is None else max(sess.warm_until, until)
