@@ -190,3 +190,30 @@ def test_interleaved_clients_on_one_proxy_get_one_session_each(tmp_path: Path):
     assert len({next(iter(s)) for s in sessions.values()}) == 4
     assert all(sorted(r["turn"] for r in rs) == [1, 2, 3, 4, 5] for rs in by_model.values())
     assert [r["cache_miss_reason"] for rs in by_model.values() for r in sorted(rs, key=lambda r: r["turn"])] == (["cold"] + [None] * 4) * 4
+
+
+def test_bad_and_compressed_bodies_flow_and_keep_their_header_session(tmp_path: Path):
+    import gzip
+
+    def handler(_: Received) -> Script:
+        return Script(headers=[("content-type", "application/json")], steps=[Step(REPLY)], chunked=False)
+
+    up = ScriptedUpstream(handler).start()
+    proxy = MitmdumpProcess(f"reverse:{up.url}", db=tmp_path / "t.db", confdir=tmp_path).start()
+    try:
+        bodies = [
+            (b'{"model": "claude-sonnet-4-6", "messages": [', []),  # not JSON
+            (gzip.compress(json.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()),
+             [("content-encoding", "gzip")]),
+            (json.dumps({"model": MODEL, "messages": "not a list", "metadata": {"user_id": 42}}).encode(), []),
+        ]
+        for n, (body, extra) in enumerate(bodies):
+            headers = [("x-api-key", "sk-ant-api03-canary-not-a-real-key-000000"), ("content-type", "application/json"),
+                       ("x-tokenpak-session", f"odd-{n}"), *extra]
+            assert request(proxy.port, build_request("POST", "/v1/messages", body, headers)).status == 200
+            assert up.received[-1].body == body and up.received[-1].header("x-tokenpak-session") is None
+        rows = wait_for_rows(tmp_path / "t.db", "1=1 ORDER BY id", (), n=3)
+        assert [(r["session_id"], r["turn"]) for r in rows] == [("odd-0", 1), ("odd-1", 1), ("odd-2", 1)]
+    finally:
+        proxy.stop()
+        up.stop()

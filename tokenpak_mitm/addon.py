@@ -36,7 +36,7 @@ from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
 from tokenpak_mitm.cache_facts import TTL_SECONDS
-from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
+from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers
 from tokenpak_mitm.cache_miss import miss_cost_usd
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.prefix_index import PrefixIndex
@@ -486,10 +486,18 @@ class _LabelledHeaders:
 
 
 def _parse_shape(req: http.Request, dialect: str) -> tuple[Any, Any]:
-    """The parsed body and its shape; (None, None) when it is not JSON we can read."""
+    """The parsed body and its shape; (None, None) when it is not JSON we can read.
+
+    Only identity-encoded bodies up to the planner's cap are read: decoding a compressed body has
+    no size bound here (a small gzip bomb must not cost the proxy its memory), and clients that
+    compress requests are rare; their sessions still come from the headers.
+    """
+    body = req.raw_content
+    encoding = req.headers.get("content-encoding", "identity").strip().lower()
+    if not body or encoding != "identity" or len(body) > MAX_BODY_BYTES:
+        return None, None
     try:
-        content = req.get_content(strict=False)
-        parsed = json.loads(content) if content else None
+        parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None, None
     return parsed, shape_of(parsed, dialect)
