@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dialect_helpers import ANY_JSON
 
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
 from tokenpak_mitm.request_shape import shape_of
+from tokenpak_mitm.row import MISS_REASONS
 from tokenpak_mitm.session_id import Hint, identify
 from tokenpak_mitm.sessions import Outcome, SessionTracker, UsageFacts
 from tokenpak_mitm.testing.cache_sim import CacheSimulator, PendingWrite, analyse_request
@@ -501,3 +506,17 @@ def test_openai_mixed_workload_never_names_a_wrong_cause():
     print(f"openai mixed workload: {decidable} decidable misses, {right} right, {len(wrong)} wrong")
     assert wrong == []
     assert decidable >= 60 and right / decidable >= 0.95
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(ANY_JSON, st.sampled_from(["anthropic", "openai_chat", "openai_responses", "gemini"]),
+                          st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 5000), st.booleans()), max_size=12))
+def test_any_traffic_never_breaks_the_tracker(traffic: list[tuple[Any, str, int, int, int, bool]]):
+    t = SessionTracker(clock=lambda: 0.0, max_sessions=3, max_index=20, max_blocks=50)
+    tickets = []
+    for n, (body, api, fresh, read, write, done) in enumerate(traffic):
+        tickets.append((t.begin(identify({}, body, api, "k"), shape_of(body, api), float(n)), fresh, read, write, done))
+    for ticket, fresh, read, write, done in reversed(tickets):
+        out = t.finish(ticket, UsageFacts(fresh, read, write) if done else None, 100.0)
+        assert out.turn >= 1 and (out.verdict is None or out.verdict.reason in MISS_REASONS)
+    assert len(t._sessions) <= 3 and len(t._index) <= 20
