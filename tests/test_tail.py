@@ -102,3 +102,10 @@ def test_reader_connection_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError):
         conn.execute("DELETE FROM requests")
     conn.close()
+
+
+def test_the_line_names_the_miss_its_cost_and_until_when_the_cache_is_warm():
+    warm = time.time() + 300
+    line = format_line(row("m", cache_write_tokens=3000, cache_miss_reason="ttl_expired", miss_cost_usd=0.011388, cache_warm_until=warm))
+    assert line.endswith(f"miss ttl_expired +$0.011388  warm until {time.strftime('%H:%M:%S', time.localtime(warm))}")
+    assert "miss" not in format_line(row("ok", cache_read_tokens=4000)).split("completed")[1]
