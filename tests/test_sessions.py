@@ -520,3 +520,22 @@ def test_any_traffic_never_breaks_the_tracker(traffic: list[tuple[Any, str, int,
         out = t.finish(ticket, UsageFacts(fresh, read, write) if done else None, 100.0)
         assert out.turn >= 1 and (out.verdict is None or out.verdict.reason in MISS_REASONS)
     assert len(t._sessions) <= 3 and len(t._index) <= 20
+
+
+def test_a_read_through_lookback_refreshes_the_entry_it_read():
+    """An entry read from a later breakpoint (lookback) lives on from that read: a miss after it
+    is the provider's doing, not expiry."""
+    d = Driver()
+    c = Conversation("a", system_text("a"), [], client_marker=True)
+    first = c.request()
+    d.send(first, 0)  # writes the prefix ending at the first question (client marker)
+    longer = json.loads(json.dumps(first))
+    longer["messages"][-1]["content"][0].pop("cache_control")
+    longer["messages"] += [{"role": "assistant", "content": "a0"},
+                           {"role": "user", "content": [{"type": "text", "text": "q1", "cache_control": {"type": "ephemeral"}}]}]
+    _, usage = d.send(longer, 200)  # reads the first entry through lookback, refreshing it until t=500
+    assert usage["cache_read_input_tokens"] > 0
+    d.sim.clear()
+    outcome, usage = d.send(first, 400)  # back to the first prompt: only the refreshed entry could serve it
+    assert usage["cache_read_input_tokens"] == 0
+    assert outcome.verdict is not None and outcome.verdict.reason == "provider_evicted"

@@ -380,7 +380,13 @@ class SessionTracker:
         readable = usage.response_started if usage.response_started is not None else t.started
         deepest: int | None = None
         breakpoints = set(shape.breakpoints())
-        for i in self._indexed(shape):
+        indexed = self._indexed(shape)
+        # The entry the read came from (the deepest confirmed one the read covers): a read refreshes
+        # its lifetime, even when it is not one of this request's breakpoints (a lookback hit).
+        hit = next((i for i in reversed(indexed) if usage.read > 0
+                    and shape.blocks[i].tokens * scale <= usage.read * 1.02 + 8 + rules.granularity
+                    and (e := self._index.get((t.scope, shape.blocks[i].prefix))) is not None and e.cached is True), None)
+        for i in indexed:
             key = (t.scope, shape.blocks[i].prefix)
             e = self._index.get(key)
             if e is None:
@@ -396,6 +402,8 @@ class SessionTracker:
                     deepest = i
                 elif tokens >= minimum * (1 - MINIMUM_BAND) and cached is not True:
                     cached = None  # too close to the minimum to say whether it was written
+            if i == hit and at != t.started:
+                prev, at, when = at, t.started, t.started  # refreshed with its own TTL
             self._index[key] = replace(e, cached=cached, cached_at=at, readable_at=when, prev_cached_at=prev, ttl_seconds=ttl,
                                        pending=max(0, e.pending - 1))
         if deepest is not None:
