@@ -268,7 +268,16 @@ class TokenPak:
         self.sessions.note_response(ticket, row.response_id)
         verdict = outcome.verdict
         lost = miss_cost_usd(st.route.provider, row.model, usage, verdict.expected_tokens) if verdict else None
-        return dataclasses.replace(row, **outcome.columns(), miss_cost_usd=lost)
+        cols: dict[str, Any] = {**outcome.columns(), "miss_cost_usd": lost}
+        meta = flow.metadata.get(META)
+        live = st.tap is not None and st.tap.finished or flow.live
+        if isinstance(meta, dict):
+            stashed = meta.get("session")
+            if isinstance(stashed, dict) and not live:
+                cols = {k: stashed.get(k) for k in cols}  # a replay: the live run's session and verdict, so the rows match
+            else:
+                meta["session"] = cols
+        return dataclasses.replace(row, **cols)
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
