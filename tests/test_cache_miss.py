@@ -68,3 +68,10 @@ def test_prefix_change_from_the_previous_request_names_where():
     assert v is not None and (v.reason, v.section, v.block, v.change, v.expected_tokens) == ("prefix_changed", "system", None, "system", 2900)  # a string system has no block index
     expired = Evidence(cur, 500.0, 0, 3000, 0, 1024, None, None, Prior(prev, last, 2900, 90.0, 300.0))
     assert diagnose(expired).reason == "ttl_expired"  # type: ignore[union-attr]
+
+
+def test_a_model_change_points_at_no_section():
+    prev, cur = _shape(), _shape(model="claude-opus-4-8")
+    ev = Evidence(cur, 100.0, 0, 3000, 0, 1024, None, None, Prior(prev, len(prev.blocks) - 1, 2900, 90.0, 300.0))
+    v = diagnose(ev)
+    assert v is not None and (v.reason, v.section, v.block, v.change) == ("prefix_changed", None, None, "model_params")

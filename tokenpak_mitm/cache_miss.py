@@ -201,9 +201,10 @@ def diagnose(ev: Evidence) -> Verdict | None:
             return Verdict("ttl_expired", expected)
         position, kind = change
         block = ev.shape.blocks[position] if position < len(ev.shape.blocks) else prior.shape.blocks[min(position, len(prior.shape.blocks) - 1)]
-        if state == "edge":
-            return Verdict("unknown", expected, block.part, block.index, kind)
-        return Verdict("prefix_changed", expected, block.part, block.index, kind)
+        # A different model changes everything from the start: no section or block to point at.
+        moved = prior.shape.model != ev.shape.model
+        return Verdict("unknown" if state == "edge" else "prefix_changed", expected,
+                       None if moved else block.part, None if moved else block.index, kind)
     known = ev.cached
     if known is None:
         return Verdict("unknown", expected)
