@@ -47,3 +47,14 @@ def test_lineage_scope_is_per_credential_and_user():
     a = identify({}, {"user": "alice"}, "openai_chat", "k1")
     b = identify({}, {"user": "bob"}, "openai_chat", "k1")
     assert a.session_id is None and a.scope != b.scope and a.scope.startswith("k1/")
+
+
+def test_claude_code_project_is_the_working_directory_name_never_the_path():
+    system = [{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
+              {"type": "text", "text": "Here is useful information about the environment you are running in:\n<env>\n"
+                                       "Working directory: /Users/alice/src/tokenpak-mitm\nIs directory a git repo: Yes\n</env>"}]
+    body = {"system": system, "metadata": {"user_id": json.dumps({"session_id": CC})}}
+    h = identify({}, body, "anthropic")
+    assert (h.session_id, h.project) == (CC, "tokenpak-mitm")
+    assert identify({"x-tokenpak-project": "billing"}, body, "anthropic").project == "billing"  # the header wins
+    assert identify({}, {"system": "Working directory: /x/y", "metadata": body["metadata"]}, "anthropic").project is None  # not in <env>

@@ -15,6 +15,11 @@ In order of precedence:
    user, not a conversation: they only scope lineage inference.
 4. Otherwise none: the tracker infers the session by lineage.
 
+The project is the ``x-tokenpak-project`` header; for Claude Code without it, the last component
+of the working directory its system prompt names (``<env> ... Working directory: /path/to/repo``,
+as in the prompts published in LouisShark/chatgpt_system_prompt and bgauryy/open-docs): only the
+directory's name is kept, never the path.
+
 Identifiers are kept as the client sent them (trimmed to 128 printable characters), except the
 user-level ones, which are hashed: they can be e-mail addresses.
 """
@@ -84,6 +89,24 @@ def _claude_code_session(headers: Headers, body: Mapping[str, Any]) -> str | Non
     return clean_id(m.group(1)) if m else None
 
 
+_WORKING_DIRECTORY = "Working directory: "
+
+
+def _claude_code_project(system: object) -> str | None:
+    """The name of the working directory Claude Code's system prompt names, if it names one."""
+    texts = [system] if isinstance(system, str) else [b.get("text") for b in system if isinstance(b, dict)] if isinstance(system, list) else []
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        at = text.find(_WORKING_DIRECTORY)
+        if at < 0 or "<env>" not in text[:at]:
+            continue
+        line = text[at + len(_WORKING_DIRECTORY):].split("\n", 1)[0].strip().rstrip("/\\")
+        name = line.replace("\\", "/").rsplit("/", 1)[-1]
+        return clean_id(name)
+    return None
+
+
 def _hashed(value: object) -> str:
     return hashlib.blake2b(str(value).encode(), digest_size=8).hexdigest() if value else ""
 
@@ -102,7 +125,7 @@ def identify(headers: Headers, body: object, dialect: str, credential: str = "")
     if dialect == "anthropic":
         sid = _claude_code_session(headers, req)
         if sid:
-            return Hint(sid, "claude-code", project, scope=credential)
+            return Hint(sid, "claude-code", project or _claude_code_project(req.get("system")), scope=credential)
     user = ""
     if dialect in ("openai_chat", "openai_responses"):
         key = clean_id(req.get("prompt_cache_key"))
