@@ -58,3 +58,14 @@ def test_claude_code_project_is_the_working_directory_name_never_the_path():
     assert (h.session_id, h.project) == (CC, "tokenpak-mitm")
     assert identify({"x-tokenpak-project": "billing"}, body, "anthropic").project == "billing"  # the header wins
     assert identify({}, {"system": "Working directory: /x/y", "metadata": body["metadata"]}, "anthropic").project is None  # not in <env>
+
+
+def test_claude_code_scope_is_the_account_so_a_refreshed_token_keeps_the_cache_history():
+    meta = {"user_id": json.dumps({"device_id": "d", "account_uuid": "acc-1", "session_id": CC})}
+    a = identify({}, {"metadata": meta}, "anthropic", "token-hash-1")
+    b = identify({}, {"metadata": meta}, "anthropic", "token-hash-2")
+    assert a.scope == b.scope and "acc-1" not in a.scope
+    legacy = identify({}, {"metadata": {"user_id": f"user_{'a' * 64}_account_acc-1_session_{CC}"}}, "anthropic", "t")
+    assert legacy.scope == a.scope
+    no_account = {"user_id": json.dumps({"device_id": "d", "account_uuid": "", "session_id": CC})}
+    assert identify({}, {"metadata": no_account}, "anthropic", "token-hash-1").scope == "token-hash-1"

@@ -45,6 +45,7 @@ MAX_ID = 128
 Source = SessionSource  # the vocabulary lives with the row (row.py)
 
 _LEGACY_CC = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
+_LEGACY_ACCOUNT = re.compile(r"_account_([0-9A-Za-z-]{1,64})_session_")
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 
 
@@ -69,6 +70,22 @@ def clean_id(value: object) -> str | None:
         return None
     value = _UNPRINTABLE.sub("", value.strip())[:MAX_ID]
     return value or None
+
+
+def _claude_code_account(body: Mapping[str, Any]) -> str | None:
+    """The account id Claude Code's ``metadata.user_id`` carries (stable across OAuth token refreshes)."""
+    meta = body.get("metadata")
+    user_id = meta.get("user_id") if isinstance(meta, dict) else None
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):
+        try:
+            parsed = json.loads(user_id)
+        except ValueError:
+            return None
+        return clean_id(parsed.get("account_uuid")) if isinstance(parsed, dict) else None
+    m = _LEGACY_ACCOUNT.search(user_id)
+    return clean_id(m.group(1)) if m else None
 
 
 def _claude_code_session(headers: Headers, body: Mapping[str, Any]) -> str | None:
@@ -125,7 +142,11 @@ def identify(headers: Headers, body: object, dialect: str, credential: str = "")
     if dialect == "anthropic":
         sid = _claude_code_session(headers, req)
         if sid:
-            return Hint(sid, "claude-code", project or _claude_code_project(req.get("system")), scope=credential)
+            # Claude Code's OAuth token is refreshed every few hours; its account id is not, and
+            # the provider's cache belongs to the account: scope by it when it is there.
+            account = _claude_code_account(req)
+            scope = f"account:{_hashed(account)}" if account else credential
+            return Hint(sid, "claude-code", project or _claude_code_project(req.get("system")), scope=scope)
     user = ""
     if dialect in ("openai_chat", "openai_responses"):
         key = clean_id(req.get("prompt_cache_key"))
