@@ -84,8 +84,8 @@ class UsageFacts:
     response_started: float | None = None  # when the response began: what it wrote is readable from then on
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+@dataclass(slots=True)
+class _Entry:  # mutable, and only ever touched under the tracker's lock: no copy per update
     first_seen: float
     marked: bool
     cached: bool | None  # None while undecided (near the minimum) or pending
@@ -100,6 +100,7 @@ class _Entry:
 class _Request:
     shape: Shape
     started: float
+    indexed: tuple[int, ...] = ()  # the positions remembered in the prefix index (see _indexed)
     cached_position: int | None = None
     cached_tokens: int = 0
     cached_at: float | None = None
@@ -193,9 +194,9 @@ class SessionTracker:
             prior = self._prior(sess, shape) if shape is not None else None
             request = None
             if shape is not None:
-                request = _Request(shape, now)
+                request = _Request(shape, now, self._indexed(shape))
                 self._remember(sess, request)
-                self._see(hint.scope, shape, now)
+                self._see(hint.scope, shape, request.indexed, now)
                 if shape.turn_keys:
                     full, head = shape.turn_keys[-1], _head(shape)
                     self._put(self._lineage, (sess.scope, full), sess.id, MAX_LINEAGE)
@@ -221,7 +222,7 @@ class SessionTracker:
                     verdict = self._diagnose(ticket, shape, usage, rules)
                     self._settle(ticket, shape, req, usage, sess, rules)
                 else:
-                    self._release(ticket.scope, shape)
+                    self._release(ticket.scope, shape, req.indexed)
                 req.finished = True
             warm = sess.warm_until if sess is not None else None
             return Outcome(ticket.session_id, ticket.source, ticket.project, ticket.turn, verdict, warm)
@@ -306,38 +307,38 @@ class SessionTracker:
 
     # -- the prefix index -----------------------------------------------------------------------
     @staticmethod
-    def _indexed(shape: Shape) -> list[int]:
+    def _indexed(shape: Shape) -> tuple[int, ...]:
         """Boundaries worth remembering: breakpoints, section ends and message ends."""
         points = set(shape.breakpoints())
         points.update(i for i, b in enumerate(shape.blocks) if b.message_end)
-        return sorted(points)
+        return tuple(sorted(points))
 
-    def _see(self, scope: str, shape: Shape, now: float) -> None:
+    def _see(self, scope: str, shape: Shape, indexed: tuple[int, ...], now: float) -> None:
         breakpoints = set(shape.breakpoints())
-        for i in self._indexed(shape):
+        index = self._index
+        for i in indexed:
             key = (scope, shape.blocks[i].prefix)
-            e = self._index.get(key)
-            marked = i in breakpoints
+            e = index.get(key)
             if e is None:
-                self._index[key] = _Entry(now, marked, False, None, None, None, TTL_SECONDS[shape.ttl_at(i)], 1)
+                index[key] = _Entry(now, i in breakpoints, False, None, None, None, TTL_SECONDS[shape.ttl_at(i)], 1)
             else:
-                self._index[key] = replace(e, marked=e.marked or marked, pending=e.pending + 1)
-                self._index.move_to_end(key)
-        while len(self._index) > self.max_index:
-            self._index.popitem(last=False)
+                e.marked = e.marked or i in breakpoints
+                e.pending += 1
+                index.move_to_end(key)
+        while len(index) > self.max_index:
+            index.popitem(last=False)
             self.forgotten += 1
 
-    def _release(self, scope: str, shape: Shape) -> None:
-        for i in self._indexed(shape):
-            key = (scope, shape.blocks[i].prefix)
-            e = self._index.get(key)
+    def _release(self, scope: str, shape: Shape, indexed: tuple[int, ...]) -> None:
+        for i in indexed:
+            e = self._index.get((scope, shape.blocks[i].prefix))
             if e is not None and e.pending > 0:
-                self._index[key] = replace(e, pending=e.pending - 1)
+                e.pending -= 1
 
-    def _known(self, scope: str, shape: Shape, started: float, own: int) -> tuple[Known | None, Known | None]:
+    def _known(self, scope: str, shape: Shape, indexed: tuple[int, ...], started: float, own: int) -> tuple[Known | None, Known | None]:
         """(deepest boundary confirmed cached before ``started``, deepest seen before it)."""
         cached = seen = None
-        for i in reversed(self._indexed(shape)):
+        for i in reversed(indexed):
             e = self._index.get((scope, shape.blocks[i].prefix))
             if e is None or e.first_seen >= started:
                 continue  # first sent by this request, or by one that started with it
@@ -356,7 +357,8 @@ class SessionTracker:
     def _diagnose(self, t: Ticket, shape: Shape, usage: UsageFacts, rules: Rules) -> Verdict | None:
         if not shape.blocks:
             return None
-        cached, seen = self._known(t.scope, shape, t.started, own=1)
+        assert t.request is not None
+        cached, seen = self._known(t.scope, shape, t.request.indexed, t.started, own=1)
         prior = None
         p = t.prior
         if p is not None and p.finished:
@@ -380,7 +382,7 @@ class SessionTracker:
         readable = usage.response_started if usage.response_started is not None else t.started
         deepest: int | None = None
         breakpoints = set(shape.breakpoints())
-        indexed = self._indexed(shape)
+        indexed = req.indexed
         # The entry the read came from (the deepest confirmed one the read covers): a read refreshes
         # its lifetime, even when it is not one of this request's breakpoints (a lookback hit).
         hit = next((i for i in reversed(indexed) if usage.read > 0
@@ -404,8 +406,8 @@ class SessionTracker:
                     cached = None  # too close to the minimum to say whether it was written
             if i == hit and at != t.started:
                 prev, at, when = at, t.started, t.started  # refreshed with its own TTL
-            self._index[key] = replace(e, cached=cached, cached_at=at, readable_at=when, prev_cached_at=prev, ttl_seconds=ttl,
-                                       pending=max(0, e.pending - 1))
+            e.cached, e.cached_at, e.readable_at, e.prev_cached_at, e.ttl_seconds = cached, at, when, prev, ttl
+            e.pending = max(0, e.pending - 1)
         if deepest is not None:
             req.cached_position = deepest
             req.cached_tokens = round(shape.blocks[deepest].tokens * scale)
