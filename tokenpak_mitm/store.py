@@ -79,7 +79,11 @@ COLUMNS_V1: tuple[tuple[str, str], ...] = (
 # v2: the proxy's own request-side time (classify, plan, splice) between the client's last
 # request byte and the request going upstream, so users can see what the proxy itself added.
 COLUMNS_V2: tuple[tuple[str, str], ...] = (("proxy_request_ms", "REAL"),)
-COLUMNS = COLUMNS_V1 + COLUMNS_V2
+# v3: the learning planner's reason for each marker it placed and each candidate it skipped
+# (JSON list of {"at", "why", "tokens", "ttl" | "skipped", "detail"?}; vocabulary in
+# learning_planner.REASONS), so a user reading a row can see why each marker is there.
+COLUMNS_V3: tuple[tuple[str, str], ...] = (("cache_reasons", "TEXT"),)
+COLUMNS = COLUMNS_V1 + COLUMNS_V2 + COLUMNS_V3
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 MIGRATIONS: tuple[str, ...] = (
@@ -90,6 +94,8 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
     # 2
     "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V2),
+    # 3
+    "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V3),
 )
 
 SPILL_SUFFIX = ".spill.jsonl"
