@@ -115,6 +115,7 @@ def _problem(item: object) -> str | None:
 def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
     """Requests from a directory of recorded flows (``*.mitm``), in start order, t from the first."""
     from mitmproxy import http, io  # only this input needs mitmproxy
+    from mitmproxy.net import encoding
 
     found: list[tuple[float, str, dict[str, Any]]] = []
     problems: list[str] = []
@@ -127,9 +128,18 @@ def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
             continue
         for flow in flows:
             record = flow.metadata.get("tokenpak_record")
-            body = record.get("client", {}).get("body") if isinstance(record, dict) else None
+            client = record.get("client") if isinstance(record, dict) else None
+            body = client.get("body") if isinstance(client, dict) else None
             if body is None:
-                body = flow.request.get_content(strict=False)
+                body = flow.request.get_content(strict=False)  # no record: what went upstream
+            else:
+                coding = _header(client.get("headers"), "content-encoding") or flow.request.headers.get("content-encoding")
+                if coding:
+                    try:
+                        body = encoding.decode(body, coding)
+                    except (ValueError, TypeError):
+                        problems.append(f"{path.name}: request body does not decode ({coding})")
+                        continue
             route = flow.request.path.split("?", 1)[0]
             if route not in API_BY_PATH:
                 continue  # not a request the planner plans (count_tokens, Gemini, ...)
@@ -145,6 +155,18 @@ def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
     found.sort(key=lambda item: item[0])
     start = found[0][0] if found else 0.0
     return [WorkloadRequest(t - start, route, body) for t, route, body in found], problems
+
+
+def _header(headers: object, name: str) -> str | None:
+    """A header from a recorded head (a list of [name, value] byte or text pairs)."""
+    if not isinstance(headers, (list, tuple)):
+        return None
+    for pair in headers:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2:
+            key, value = (v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in pair)
+            if key.lower() == name:
+                return value
+    return None
 
 
 def load(path: Path) -> tuple[list[WorkloadRequest], list[str]]:
