@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 import weakref
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -38,6 +38,7 @@ from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
+from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
@@ -360,7 +361,7 @@ class TokenPak:
             self._learn(st.ticket, row)
         for obs in observer.active():  # before the write: a live checker may annotate the row
             try:
-                obs.on_telemetry_row(row)
+                row = obs.on_telemetry_row(row) or row
             except Exception:
                 logger.exception("tokenpak: conformance observer failed")
         if self.store is not None:
@@ -370,13 +371,13 @@ class TokenPak:
         if self._console:
             logger.info(_console_line(row))
 
-    def _learn(self, ticket: Ticket, row: dict[str, Any]) -> None:
+    def _learn(self, ticket: Ticket, row: TelemetryRow) -> None:
         """Feed the response's usage back to the learning planner (calibration, lost cache entries)."""
         try:
-            if row.get("terminal_state") != "completed" and not row.get("input_tokens"):
+            if row.terminal_state != "completed" and not row.input_tokens:
                 self.memory.index.forget(ticket.recorded)  # nothing was written upstream
                 return
-            read, write, fresh = row.get("cache_read_tokens"), row.get("cache_write_tokens"), row.get("input_tokens")
+            read, write, fresh = row.cache_read_tokens, row.cache_write_tokens, row.input_tokens
             prompt = None if fresh is None else fresh + (read or 0) + (write or 0)
             observe_usage(self.memory, ticket, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
         except Exception:
@@ -469,31 +470,30 @@ def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes],
     return sink
 
 
-def _minimal_row(rec: RequestRecord) -> dict[str, Any]:
+def _minimal_row(rec: RequestRecord) -> TelemetryRow:
     """The row that is still written when building the real one failed: the request is counted."""
-    return {
-        "request_key": rec.request_key, "started_at": rec.started_at, "provider": rec.route.provider, "api": rec.route.api,
-        "route_class": rec.route_class, "host": rec.host, "path": rec.path, "stream": int(rec.stream),
-        "billable": int(rec.route.billable), "status_code": rec.status_code, "terminal_state": "proxy_error",
-        "usage_source": "absent", "error": "telemetry_error", "proxy_version": __version__,
-    }
+    return TelemetryRow(
+        request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
+        route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
+        billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
+        usage_source="absent", error="telemetry_error", proxy_version=__version__,
+    )
 
 
 def _ms(seconds: float) -> float:
     return round(max(0.0, seconds) * 1000.0, 3)
 
 
-def _console_line(row: dict[str, Any]) -> str:
-    def n(key: str) -> str:
-        v = row.get(key)
+def _console_line(row: TelemetryRow) -> str:
+    def n(v: int | None) -> str:
         return "-" if v is None else str(v)
 
-    cost = row.get("cost_usd")
-    ttft = row.get("ttft_ms")
+    cost = row.cost_usd
+    ttft = row.ttft_ms
     return (
-        f"tokenpak: {row.get('provider')}/{row.get('api')} {row.get('model') or '?'} "
-        f"in={n('input_tokens')} cache_read={n('cache_read_tokens')} cache_write={n('cache_write_tokens')} "
-        f"out={n('output_tokens')} cache={cache_verdict(row)} "
+        f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
+        f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
+        f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
         f"cost={'?' if cost is None else f'${cost:.6f}'} ttft={'-' if ttft is None else f'{ttft:.0f}ms'} "
-        f"{row.get('terminal_state')}"
+        f"{row.terminal_state}"
     )

@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from tokenpak_mitm.row import CacheDecision
+
 from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
 
 __all__ = [
@@ -62,7 +64,7 @@ __all__ = [
 
 MAX_MARKERS = MAX_BREAKPOINTS  # "A maximum of 4 blocks with cache_control may be provided." (cache_facts)
 
-DECISIONS: Mapping[str, str] = {
+DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planner can return
     "inserted": "one or more markers (or the top-level field) were spliced in",
     "stood_down": "the client already uses cache_control somewhere; its bytes go upstream untouched",
     "below_minimum": "eligible breakpoints exist but every estimated prefix is below the model's minimum",
@@ -155,7 +157,7 @@ class Breakpoint:
 
 @dataclass(frozen=True)
 class Plan:
-    decision: str
+    decision: CacheDecision
     breakpoints: tuple[Breakpoint, ...] = ()
     top_level: bool = False
     prefix_tokens_est: int | None = None  # largest estimated prefix among candidate breakpoints
