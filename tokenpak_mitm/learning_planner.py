@@ -30,8 +30,8 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   last system block (`free_tools`, `free_system`): other requests sharing them can read them.
 * **TTL (`auto`)** per written prefix, from its sighting timeline (bursts closer than 2 s are
   concurrent and cannot read each other's writes), followed by one expected future burst after
-  each gap observed so far, mixed with a prior (90% within a minute, 10% after 15 minutes, total
-  weight one observation): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
+  each gap observed so far, mixed with a prior (a gap of a minute, with the weight of one
+  observation; a pause is never assumed): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
   1h (write 1.25x/2x, reads 0.1x while the entry lives, every read refreshing it) and the cheapest
   wins. For a continuation, older tokens follow the
   conversation's timeline and the new tail tokens the "now + next" one. 1h is therefore chosen
@@ -76,10 +76,11 @@ REASONS: Final[Mapping[str, str]] = {
     "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
                      "so everything before it is written instead",
 }
-# The gap to the next sighting assumed before (and mixed with) what was observed: mostly within
-# 5 minutes (today's rules assume that), sometimes a pause between 5 minutes and an hour.
-PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 0.9), (900.0, 0.1))
-PAUSE_HORIZON: Final = 3  # gaps over which a 1h entry is expected to matter (it outlives several turns)
+# The gap to the next sighting assumed before (and mixed with) what was observed: within 5
+# minutes, as today's rules assume. A pause is never assumed: 1h is chosen only on evidence (gaps
+# between 5 minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
+PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
+PAUSE_HORIZON: Final = 2  # gaps over which a 1h entry is expected to matter (it outlives several turns)
 
 
 @dataclass(frozen=True)

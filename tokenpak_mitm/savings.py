@@ -466,11 +466,12 @@ class Replay:
                 "best": round(self.best, 6), "share": round(self.share, 4), "requests": self.requests}
 
 
-def evaluate(requests: Sequence[WorkloadRequest], search: bool = True) -> Replay:
+def evaluate(requests: Sequence[WorkloadRequest], search: bool = True, ttl: str = "auto") -> Replay:
+    """Cost the workload four ways (see the module docstring); `ttl` is the learning planner's option."""
     turns = build_turns(requests)
     none = [as_sent(t) for t in turns]
     stateless = stateless_plan(turns)
-    learned, notes = learning_plan(turns)
+    learned, notes = learning_plan(turns, CacheOptions(ttl=ttl))
     starts = [none, stateless, learned]
     best = search_best(turns, starts) if search else min(starts, key=lambda p: plan_cost(turns, p))
     return Replay(plan_cost(turns, none), plan_cost(turns, stateless), plan_cost(turns, learned), plan_cost(turns, best),
