@@ -148,8 +148,8 @@ def test_the_learning_planner_never_costs_more_than_no_markers_on_the_batch():
 # ---------------------------------------------------------------- TTL from observed gaps
 
 
-def chat_ttls(gaps: list[float]) -> list[list[str]]:
-    """The TTLs `auto` puts on each turn of a chat with these gaps between turns."""
+def chat_ttls(gaps: list[float], opts: CacheOptions = CacheOptions(ttl="auto")) -> list[tuple[str, ...]]:
+    """The TTLs the planner puts on each turn of a chat with these gaps between turns."""
     memory, sim = Memory(), CacheSimulator()
     messages: list[dict] = []
     system = text(2500, 3)
@@ -157,7 +157,7 @@ def chat_ttls(gaps: list[float]) -> list[list[str]]:
     for turn, gap in enumerate([0.0, *gaps]):
         now += gap
         messages.append({"role": "user", "content": text(60, turn)})
-        _, sent, _ = send(memory, sim, {"model": "claude-sonnet-4-6", "max_tokens": 50, "system": system, "messages": messages}, now)
+        _, sent, _ = send(memory, sim, {"model": "claude-sonnet-4-6", "max_tokens": 50, "system": system, "messages": messages}, now, opts)
         ttls.append(count_markers(sent)[1])
         messages.append({"role": "assistant", "content": text(150, turn + 50)})
     return ttls
@@ -174,9 +174,14 @@ def test_auto_ttl_chooses_1h_once_pauses_between_5_minutes_and_an_hour_are_seen(
     assert any(t == ("5m",) for t in ttls[4:])  # but not on every turn: the premium is paid on new tokens
 
 
-def test_auto_ttl_writes_nothing_when_reads_never_come_back_within_an_hour():
-    ttls = chat_ttls([5000.0] * 6)
-    assert all(t == () for t in ttls[2:])
+def test_with_ttl_5m_and_every_gap_over_5_minutes_no_tail_is_written():
+    ttls = chat_ttls([420.0] * 6, CacheOptions(ttl="5m"))
+    assert ttls[0] and all(t == () for t in ttls[2:])  # history says a 5m write is never read back
+
+
+def test_after_more_than_an_hour_the_index_has_forgotten_and_todays_rules_apply():
+    ttls = chat_ttls([5000.0] * 3)
+    assert all(t == ("5m", "5m") for t in ttls)  # memory is bounded by the longest TTL: no history
 
 
 def test_a_1h_marker_never_follows_a_5m_one_and_the_provider_accepts_it():
