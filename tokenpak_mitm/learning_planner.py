@@ -72,6 +72,8 @@ REASONS: Final[Mapping[str, str]] = {
     "not_read_back": "the observed gaps say no TTL would be read back before it lapses: a write would cost more",
     "below_minimum": "the prefix is below the model's minimum cacheable length",
     "no_slot": "all 4 markers are in use",
+    "pause_checkpoint": "pauses of 5 minutes to an hour were seen: a 1h entry on the first new block protects the "
+                        "conversation's prefix for the premium on that block only",
     "ttl_upgrade": "a concurrent request writes this prefix for 5m; the bursts seen so far make a 1h write pay",
     "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
                      "so everything before it is written instead",
@@ -80,7 +82,7 @@ REASONS: Final[Mapping[str, str]] = {
 # minutes, as today's rules assume. A pause is never assumed: 1h is chosen only on evidence (gaps
 # between 5 minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
 PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
-PAUSE_HORIZON: Final = 2  # gaps over which a 1h entry is expected to matter (it outlives several turns)
+PAUSE_HORIZON: Final = 3  # gaps over which a 1h checkpoint is expected to matter (it outlives several turns)
 
 
 @dataclass(frozen=True)
@@ -235,13 +237,27 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
             return
         new = tok[position] - min(hit_tokens, tok[position])
         old = 0 if old_from is None else tok[position] - new
-        ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=old_from is not None)
-        if ttl is not None and old_from is not None and len(ttls) > 1:
-            ttl, detail = _checkpoint(facts, clusters, now, tok[position], new, protected_1h), detail
+        tail = old_from is not None
+        # A conversation's tail: 5m when a 5m write pays at all (1h then comes as a checkpoint,
+        # below); 1h alone only when no 5m write would ever be read back but a 1h one would.
+        ttl, detail = _cheapest(ttls[:1] if tail else ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
+        if ttl is None and tail and len(ttls) > 1:
+            ttl, detail = _cheapest(ttls[1:], facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
         if ttl is None:
             skip(position, "not_read_back", detail)
-        else:
-            chosen.append(_Choice(position, reason, ttl, True))
+            return
+        chosen.append(_Choice(position, reason, ttl, True))
+        if ttl == "5m" and old_from is not None and "1h" in ttls:
+            # A pause checkpoint: the cheapest 1h entry that protects this conversation's prefix is
+            # on the first new block (its premium is paid on that block's tokens only).
+            start = 0 if deepest_live is None else deepest_live + 1
+            first_new = next((i for i in range(start, position + 1) if eligible(i)), None)
+            if first_new is not None and tok[first_new] >= minimum and _checkpoint_pays(
+                    facts, clusters, now, tok[first_new] - protected_1h, tok[first_new] - min(hit_tokens, tok[first_new])):
+                if first_new == position:
+                    chosen[-1].ttl = "1h"
+                else:
+                    chosen.append(_Choice(first_new, "pause_checkpoint", "1h", True))
 
     tail = before(last)
     if tail is not None and kind in ("continuation", "repeat"):
@@ -356,18 +372,17 @@ def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
     return 1.0 - (1.0 - p_mid) ** PAUSE_HORIZON
 
 
-def _checkpoint(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, prefix: int, new: int,
-                protected: int) -> str:
-    """5m or 1h for a conversation's new tail (a 1h entry is a checkpoint that survives a pause).
+def _checkpoint_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, unprotected: int, premium_tokens: int) -> bool:
+    """Does a 1h entry (a checkpoint that survives a pause) pay here?
 
-    A pause of 5 minutes to an hour lapses every 5m entry: the tokens past the deepest live 1h
-    entry (`protected`) are then written again (w5 instead of a 0.1 read). Writing this tail for
-    1h protects the whole prefix for the premium (w1 - w5) on the new tokens only, so it pays when
-    P(pause soon) x (w5 - r) x (prefix - protected) > (w1 - w5) x new. Checkpoints therefore
-    come every few turns once pauses have been seen, not on every turn.
+    A pause of 5 minutes to an hour lapses every 5m entry: the `unprotected` tokens (past the
+    deepest live 1h entry) are then written again (w5 instead of a 0.1 read). A 1h entry costs
+    (w1 - w5) more on the `premium_tokens` it writes, so it pays when
+    P(pause within PAUSE_HORIZON gaps) x (w5 - r) x unprotected > (w1 - w5) x premium_tokens.
+    With no pause observed for this prefix P(pause) is 0: no checkpoint, ever.
     """
     w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
-    return "1h" if _pause_chance(clusters, now) * (w5 - r) * (prefix - protected) > (w1 - w5) * new else "5m"
+    return _pause_chance(clusters, now) * (w5 - r) * unprotected > (w1 - w5) * premium_tokens
 
 
 def _upgrade_pays(facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]]) -> bool:
