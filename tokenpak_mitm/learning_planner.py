@@ -51,7 +51,8 @@ from typing import Any, Final
 from . import cache_planner
 from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, TTL_SECONDS, CacheFacts, facts_for
 from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
-from .prefix_index import CLUSTER_SECONDS, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .row import CacheDecision
 from .token_estimate import TokenCalibration
 
 __all__ = ["REASONS", "Memory", "Ticket", "OpenAIPlan", "plan", "plan_openai", "observe_usage", "predict", "PRIOR_GAPS"]
@@ -190,7 +191,7 @@ def _learned(request: dict[str, Any], opts: CacheOptions, bounds: Sequence[Bound
             if bp.purpose in ("tools", "system") and _key_of_bp(bp) in positions]
     chosen, notes = _decide(bounds, stats, now, facts, opts, lambda i: _eligible_at(request, bounds, i), free)
     breakpoints = tuple(_breakpoint(request, bounds[c.position], c.reason, c.ttl) for c in chosen)
-    decision = "inserted" if breakpoints else "not_worth"
+    decision: CacheDecision = "inserted" if breakpoints else "not_worth"
     return Plan(decision, breakpoints, prefix_tokens_est=stateless.prefix_tokens_est or bounds[-1].tokens_est,
                 model=stateless.model, minimum_tokens=facts.minimum_tokens, notes=notes)
 
@@ -529,7 +530,7 @@ class OpenAIPlan:
     notes: tuple[Note, ...] = ()
 
 
-def plan_openai(request: object, api: str, memory: Memory, now: float) -> tuple[OpenAIPlan, Ticket | None]:
+def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[OpenAIPlan, Ticket | None]:
     """The learning planner for OpenAI Chat Completions / Responses; records the request in `memory`.
 
     OpenAI caches by itself (the implicit breakpoint): with no history, or when a conversation
@@ -545,7 +546,7 @@ def plan_openai(request: object, api: str, memory: Memory, now: float) -> tuple[
     model = request.get("model") if isinstance(request.get("model"), str) else None
     facts = facts_for(model, "openai")
     bpt = memory.calibration.bytes_per_token(model)
-    bounds = boundaries(request, api, bpt)  # type: ignore[arg-type]
+    bounds = boundaries(request, api, bpt)
     if not bounds:
         return OpenAIPlan("unsupported"), None
     digests = [b.digest for b in bounds]

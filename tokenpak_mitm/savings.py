@@ -130,7 +130,7 @@ def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
             record = flow.metadata.get("tokenpak_record")
             client = record.get("client") if isinstance(record, dict) else None
             body = client.get("body") if isinstance(client, dict) else None
-            if body is None:
+            if body is None or not isinstance(client, dict):
                 body = flow.request.get_content(strict=False)  # no record: what went upstream
             else:
                 coding = _header(client.get("headers"), "content-encoding") or flow.request.headers.get("content-encoding")
