@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,12 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
 from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
+from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import TelemetryRow
@@ -75,8 +78,9 @@ class TokenPak:
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
         self._cache_opts = CacheOptions()
-        # What the learning planner remembers (prefix digests and timings, never content), one per
-        # proxy; the planner reads and feeds it, in a worker thread for large bodies (it is locked).
+        # What the cache planners remember (prefix digests and timings, never content), one per
+        # proxy, Anthropic and OpenAI requests alike (digests are seeded by API, so they never
+        # collide); read and fed in a worker thread for large bodies (it is locked).
         self.memory = Memory()
         self._index_path = ""  # tokenpak_cache_index
         self._console = True
@@ -207,6 +211,11 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None:
             return
+        if st.route.dialect == "anthropic" and "content-encoding" not in flow.request.headers:
+            try:  # the response normally reports both; this is the fallback
+                st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
+            except Exception:
+                logger.exception("tokenpak: could not read the request's price hints")
         meta = flow.metadata.get(META)
         if isinstance(meta, dict) and "cache_decision" in meta:
             self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
@@ -250,15 +259,25 @@ class TokenPak:
             return []
         encoding = flow.request.headers.get("content-encoding")
         opts, now = self._cache_opts, flow.request.timestamp_start
+        plan: Callable[[], InsertResult]
+        if st.route.dialect in ("openai_chat", "openai_responses"):
+            if opts.mode == "off":
+                rec.cache_decision = "off"
+                return []
+            api = st.route.dialect
+            plan = partial(insert_openai_breakpoint, body, encoding, api, index=self.memory.index, now=now)  # type: ignore[arg-type]
+        else:
+            plan = partial(insert_markers, body, encoding, opts, self.memory, now)
         if len(body) > OFFLOAD_BYTES:
             # Parsing a huge prompt would stall every other connection on mitmproxy's single
             # event-loop thread; in a worker thread only this flow waits.
-            result = await asyncio.to_thread(insert_markers, body, encoding, opts, self.memory, now)
+            result = await asyncio.to_thread(plan)
         else:
-            result = insert_markers(body, encoding, opts, self.memory, now)
+            result = plan()
         st.ticket = result.ticket
         rec.cache_reasons = result.reasons_json()
-        rec.cache_decision = result.decision
+        # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
+        rec.cache_decision = None if result.decision == "not_supported" else result.decision
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
         rec.prefix_tokens_est = result.prefix_tokens_est
