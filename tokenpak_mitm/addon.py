@@ -83,6 +83,7 @@ class TokenPak:
         # collide); read and fed in a worker thread for large bodies (it is locked).
         self.memory = Memory()
         self._index_path = ""  # tokenpak_cache_index
+        self._history = True  # tokenpak_cache_history
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
 
@@ -93,6 +94,7 @@ class TokenPak:
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps make it pay), 5m or 1h.")
+        loader.add_option("tokenpak_cache_history", str, "true", "Let the cache planner learn from the traffic it sees (true), or decide each request alone by fixed rules (false).")
         loader.add_option("tokenpak_cache_index", str, "", "File where the cache planner keeps prefix digests and timings across restarts (never content); empty: memory only.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
@@ -119,6 +121,10 @@ class TokenPak:
                 self.store = TelemetryStore(path)
                 self.store.start()
 
+        try:
+            self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
         if "tokenpak_cache_index" in updated:
             self._index_path = opts.tokenpak_cache_index
             if self._index_path:
@@ -265,9 +271,10 @@ class TokenPak:
                 rec.cache_decision = "off"
                 return []
             api = st.route.dialect
-            plan = partial(insert_openai_breakpoint, body, encoding, api, index=self.memory.index, now=now)  # type: ignore[arg-type]
+            index = self.memory.index if self._history else None
+            plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
         else:
-            plan = partial(insert_markers, body, encoding, opts, self.memory, now)
+            plan = partial(insert_markers, body, encoding, opts, self.memory if self._history else None, now)
         if len(body) > OFFLOAD_BYTES:
             # Parsing a huge prompt would stall every other connection on mitmproxy's single
             # event-loop thread; in a worker thread only this flow waits.

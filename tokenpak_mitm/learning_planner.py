@@ -121,7 +121,7 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory:
     positions = {_key_of(b): b.position for b in bounds}
     if stateless.decision == "stood_down":
         chosen, markers = stateless, _client_markers(request, bounds)
-    elif opts.mode != "auto" or stateless.decision == "no_eligible_block":
+    elif opts.mode != "auto" or stateless.decision in ("no_eligible_block", "below_minimum"):
         chosen = stateless
         if stateless.top_level:
             tail = _last_eligible(request, bounds, len(bounds) - 1)
