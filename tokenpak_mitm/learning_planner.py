@@ -30,8 +30,7 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   last system block (`free_tools`, `free_system`): other requests sharing them can read them.
 * **TTL (`auto`)** per written prefix, from its sighting timeline (bursts closer than 2 s are
   concurrent and cannot read each other's writes), followed by one expected future burst after
-  each gap observed so far, mixed with a prior (a gap of a minute, with the weight of one
-  observation; a pause is never assumed): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
+  each gap observed so far (before any gap is seen: one a minute later; a pause is never assumed): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
   1h (write 1.25x/2x, reads 0.1x while the entry lives, every read refreshing it) and the cheapest
   wins. For a continuation, older tokens follow the
   conversation's timeline and the new tail tokens the "now + next" one. 1h is therefore chosen
@@ -79,9 +78,10 @@ REASONS: Final[Mapping[str, str]] = {
     "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
                      "so everything before it is written instead",
 }
-# The gap to the next sighting assumed before (and mixed with) what was observed: within 5
-# minutes, as today's rules assume. A pause is never assumed: 1h is chosen only on evidence (gaps
-# between 5 minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
+# The gap to the next sighting assumed before any gap was observed: within 5 minutes, as today's
+# rules assume (the TTL replay uses it only until a gap is seen; the pause estimate mixes it with
+# the observed gaps). A pause is never assumed: 1h is chosen only on evidence (gaps between 5
+# minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
 PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
 PAUSE_HORIZON: Final = 3  # gaps over which a 1h checkpoint is expected to matter (it outlives several turns)
 
@@ -335,15 +335,15 @@ def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequ
     """The TTL (None: no write) that the timeline says is cheapest, with the costs as a detail.
 
     The timeline is this prefix's sighting history plus now, followed by one expected future burst
-    (of the median burst size so far) after each gap seen so far, weighted equally, mixed with a
-    prior (`PRIOR_GAPS`, total weight 1) so the first requests do not bet on no evidence.
+    (of the median burst size so far) after each gap seen so far, weighted equally (before any gap
+    is seen, after the prior's gap, `PRIOR_GAPS`).
     `old_tokens` follow that timeline; `new_tokens` too, unless `fresh_tail` (a conversation's new
     tail: written now, read by the next turn only, so its timeline starts now).
     """
     timeline = _with_now(clusters, now)
     gaps = [b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]]
     burst = max(1, round(statistics.median(n for _, n in timeline[:-1]))) if len(timeline) > 1 else timeline[-1][1]
-    scenarios = [(gap, 1.0) for gap in gaps] + list(PRIOR_GAPS)
+    scenarios = [(gap, 1.0) for gap in gaps] or list(PRIOR_GAPS)  # the prior only until a gap is seen
     r = facts.read_multiplier()
     costs: dict[str | None, float] = {None: float(old_tokens + new_tokens)}
     for ttl in ttls:
