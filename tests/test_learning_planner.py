@@ -11,23 +11,38 @@ import json
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_cache_insert import MESSAGES, marked_blocks, requests, spelled, without_our_markers
+from test_cache_insert import (
+    MESSAGES,
+    marked_blocks,
+    requests,
+    spelled,
+    without_our_markers,
+)
 
-from tokenpak_mitm.cache_insert import DECISIONS, CacheOptions, count_markers, insert_markers, remove_spans
+from tokenpak_mitm.cache_insert import (
+    DECISIONS,
+    CacheOptions,
+    count_markers,
+    insert_markers,
+    remove_spans,
+)
 from tokenpak_mitm.cache_planner import is_eligible_block
 from tokenpak_mitm.learning_planner import REASONS, Memory, observe_usage, plan_openai
 from tokenpak_mitm.prefix_index import boundaries
 from tokenpak_mitm.testing.cache_sim import CacheSimulator, analyse_request
 from tokenpak_mitm.token_estimate import TokenCalibration
 
-WORDS = "the cache holds a prefix of tokens that later requests read back cheaply while it lives ".split()
+WORDS = ["the", "cache", "holds", "a", "prefix", "of", "tokens", "that", "later", "requests", "read", "back", "cheaply", "while", "it", "lives"]
 
 
 def text(n_words: int, seed: int) -> str:
     return " ".join(WORDS[(seed + i * 7) % len(WORDS)] for i in range(n_words))
 
 
-def send(memory: Memory, sim: CacheSimulator, body: dict, now: float, opts: CacheOptions = CacheOptions(ttl="auto")):
+AUTO = CacheOptions(ttl="auto")
+
+
+def send(memory: Memory, sim: CacheSimulator, body: dict, now: float, opts: CacheOptions = AUTO):
     """One request through the learning planner and the simulator, its usage fed back."""
     result = insert_markers(json.dumps(body).encode(), None, opts, memory, now)
     sent = json.loads(result.body)
@@ -148,7 +163,7 @@ def test_the_learning_planner_never_costs_more_than_no_markers_on_the_batch():
 # ---------------------------------------------------------------- TTL from observed gaps
 
 
-def chat_ttls(gaps: list[float], opts: CacheOptions = CacheOptions(ttl="auto")) -> list[tuple[str, ...]]:
+def chat_ttls(gaps: list[float], opts: CacheOptions = AUTO) -> list[tuple[str, ...]]:
     """The TTLs the planner puts on each turn of a chat with these gaps between turns."""
     memory, sim = Memory(), CacheSimulator()
     messages: list[dict] = []
@@ -187,13 +202,18 @@ def test_after_more_than_an_hour_the_index_has_forgotten_and_todays_rules_apply(
 def test_a_1h_marker_never_follows_a_5m_one_and_the_provider_accepts_it():
     memory, sim = Memory(), CacheSimulator()
     messages: list[dict] = []
-    for turn, gap in enumerate([0, 600, 30, 600, 30, 30, 600]):
+    now, mixed = 0.0, 0
+    for turn, gap in enumerate([0, 600, 30, 600, 30, 30, 600, 30, 30]):
+        now += gap
         messages.append({"role": "user", "content": [{"type": "text", "text": text(400, turn)}]})
         body = {"model": "claude-sonnet-4-6", "max_tokens": 5, "system": [{"type": "text", "text": text(2000, 9)}], "messages": messages}
-        result, sent, _ = send(memory, sim, body, 1000.0 * turn + gap)
+        _, sent, _ = send(memory, sim, body, now)
         ttls = count_markers(sent)[1]
         assert "5m" not in ttls or "1h" not in ttls[ttls.index("5m"):]
+        assert sim.handle(sent, now=now + 1).status == 200  # the provider's rules accept it
+        mixed += {"1h", "5m"} <= set(ttls)
         messages.append({"role": "assistant", "content": [{"type": "text", "text": text(100, turn)}]})
+    assert mixed  # a 1h checkpoint before a 5m tail happened, in the allowed order
 
 
 # ---------------------------------------------------------------- reasons, calibration
@@ -208,7 +228,7 @@ def test_every_marker_and_skipped_candidate_has_a_reason_on_the_row():
     assert {r["why"] for r in reasons} == {"shared_prefix", "tail_not_reused"}
     placed = [r for r in reasons if "ttl" in r]
     assert placed == [{"at": "messages.0.content.0", "why": "shared_prefix", "tokens": placed[0]["tokens"], "ttl": "5m"}]
-    assert [r for r in reasons if r.get("skipped")][0]["at"] == "messages.0.content.1"
+    assert next(r for r in reasons if r.get("skipped"))["at"] == "messages.0.content.1"
 
 
 def test_the_token_estimate_is_calibrated_from_reported_input_tokens():
@@ -244,7 +264,7 @@ def responses_request(turn: int, context: str, **extra: object) -> dict:
 
 
 def test_openai_gets_a_breakpoint_before_a_per_request_tail():
-    memory, sim = Memory(), CacheSimulator()
+    memory = Memory()
     plans = []
     for turn in range(4):
         body = responses_request(turn, f"<context>turn {turn} at {turn * 11}s</context>")

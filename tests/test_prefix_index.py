@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ def test_boundaries_follow_provider_order_and_grow():
     b = boundaries(body())
     assert [x.section for x in b] == ["tools"] * 3 + ["system"] + ["messages"] * 2
     assert [x.position for x in b] == list(range(6))
-    assert all(x.tokens_est < y.tokens_est for x, y in zip(b, b[1:]))
+    assert all(x.tokens_est < y.tokens_est for x, y in pairwise(b))
     assert (b[-1].message, b[-1].block, b[-1].role) == (0, 1, "user")
     assert b[3].block is None  # string system: one block
 

@@ -28,15 +28,17 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
 * **Free markers**: a marker before the last writing marker costs nothing (writes are billed by
   token ranges up to the last writing marker), so the remaining slots go to the last tool and
   last system block (`free_tools`, `free_system`): other requests sharing them can read them.
-* **TTL (`auto`)** per written prefix, from its sighting timeline (bursts closer than 2 s are
-  concurrent and cannot read each other's writes), followed by one expected future burst after
-  each gap observed so far (before any gap is seen: one a minute later; a pause is never assumed): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
-  1h (write 1.25x/2x, reads 0.1x while the entry lives, every read refreshing it) and the cheapest
-  wins. For a continuation, older tokens follow the
-  conversation's timeline and the new tail tokens the "now + next" one. 1h is therefore chosen
-  exactly when reads come back after more than 5 minutes and within the hour often enough that
-  one 2x write beats 1.25x rewrites. A 1h marker never follows a 5m one: markers before a 1h
-  marker are raised to 1h, which is free (those tokens are billed as 1h writes already).
+* **TTL (`auto`)**: a write is placed only when it beats no write on the prefix's sighting timeline
+  (bursts closer than 2 s are concurrent and cannot read each other's writes) followed by one
+  expected burst after each gap seen so far (before any gap: one a minute later), replayed under
+  no marker (1.0x per request), 5m and 1h (a write per lapsed entry, then 0.1x reads that refresh
+  it); otherwise `not_read_back`. A conversation's tail is written for 5m (or 1h when only 1h is
+  ever read back), and once pauses of 5 minutes to an hour have been seen, a 1h `pause_checkpoint`
+  goes on the first new block when P(pause within 3 gaps) x 1.15 x unprotected tokens > 0.75 x
+  that block's tokens. A concurrent 5m write of a shared prefix is redone for 1h (`ttl_upgrade`)
+  when a lapse before the next burst would cost more. 1h is chosen only on evidence, never
+  assumed. A 1h marker never follows a 5m one: markers before a 1h marker are raised to 1h, which
+  is free (those tokens are billed as 1h writes already).
 * At most 4 markers, none on an ineligible block, none below the model's minimum, and nothing
   at all when the client marks anything itself (the index still learns from that request).
 """
@@ -45,16 +47,34 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any, Final
 
 from . import cache_planner
-from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, TTL_SECONDS, CacheFacts, facts_for
-from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
-from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .cache_facts import TTL_SECONDS, CacheFacts, facts_for
+from .cache_planner import (
+    Breakpoint,
+    CacheOptions,
+    Note,
+    Plan,
+    Sizes,
+    is_eligible_block,
+    is_volatile_text,
+)
+from .prefix_index import (
+    CLUSTER_SECONDS,
+    Api,
+    Boundary,
+    PrefixIndex,
+    PrefixStats,
+    Recorded,
+    boundaries,
+    part_at,
+)
 from .row import CacheDecision
 from .token_estimate import TokenCalibration
 
-__all__ = ["REASONS", "Memory", "Ticket", "OpenAIPlan", "plan", "plan_openai", "observe_usage", "predict", "PRIOR_GAPS"]
+__all__ = ["PRIOR_GAPS", "REASONS", "Memory", "OpenAIPlan", "Ticket", "observe_usage", "plan", "plan_openai", "predict"]
 
 REASONS: Final[Mapping[str, str]] = {
     # placed
@@ -282,9 +302,10 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
             write(shared, "shared_prefix", s.clusters if s is not None else (), old_from=None)
 
     # Read the deepest live entry when nothing placed reaches it through the lookback.
-    if facts.lookback_blocks is not None and deepest_live is not None and eligible(deepest_live):
-        if not any(deepest_live <= c.position < deepest_live + facts.lookback_blocks for c in chosen):
-            chosen.append(_Choice(deepest_live, "read_live", default_ttl, False))
+    reach = facts.lookback_blocks
+    if (reach is not None and deepest_live is not None and eligible(deepest_live)
+            and not any(deepest_live <= c.position < deepest_live + reach for c in chosen)):
+        chosen.append(_Choice(deepest_live, "read_live", default_ttl, False))
 
     # Free markers before the last writer: the last tool, the last system block.
     writers = [c.position for c in chosen if c.writes]
@@ -341,7 +362,7 @@ def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequ
     tail: written now, read by the next turn only, so its timeline starts now).
     """
     timeline = _with_now(clusters, now)
-    gaps = [b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]]
+    gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
     burst = max(1, round(statistics.median(n for _, n in timeline[:-1]))) if len(timeline) > 1 else timeline[-1][1]
     scenarios = [(gap, 1.0) for gap in gaps] or list(PRIOR_GAPS)  # the prior only until a gap is seen
     r = facts.read_multiplier()
@@ -368,7 +389,7 @@ def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
     prefix's sighting bursts and the prior (`PRIOR_GAPS`, total weight one gap).
     """
     timeline = _with_now(clusters, now)
-    gaps = [(b[0] - a[0], 1.0) for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]] + list(PRIOR_GAPS)
+    gaps = [(b[0] - a[0], 1.0) for a, b in pairwise(timeline) if b[0] > a[0]] + list(PRIOR_GAPS)
     p_mid = sum(p for gap, p in gaps if TTL_SECONDS["5m"] < gap <= TTL_SECONDS["1h"]) / sum(p for _, p in gaps)
     return 1.0 - (1.0 - p_mid) ** PAUSE_HORIZON
 

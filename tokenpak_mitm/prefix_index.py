@@ -47,8 +47,18 @@ from typing import Any, Final, Literal
 from .cache_facts import SECTION_PARAMETERS, TTL_SECONDS
 
 __all__ = [
-    "Api", "Section", "Boundary", "boundaries", "section_parameters", "first_difference", "part_at", "BYTES_PER_TOKEN",
-    "PrefixStats", "PrefixIndex", "Recorded", "CLUSTER_SECONDS",
+    "BYTES_PER_TOKEN",
+    "CLUSTER_SECONDS",
+    "Api",
+    "Boundary",
+    "PrefixIndex",
+    "PrefixStats",
+    "Recorded",
+    "Section",
+    "boundaries",
+    "first_difference",
+    "part_at",
+    "section_parameters",
 ]
 
 Api = Literal["anthropic", "openai_chat", "openai_responses", "gemini"]
@@ -303,8 +313,21 @@ class Recorded:
 
 
 class _Entry:
-    __slots__ = ("first_seen", "last_seen", "seen", "ends", "continued", "branches", "branches_continued",
-                 "clusters", "cached_until", "cached_ttl", "in_flight", "origin", "to_end")
+    __slots__ = (
+        "branches",
+        "branches_continued",
+        "cached_ttl",
+        "cached_until",
+        "clusters",
+        "continued",
+        "ends",
+        "first_seen",
+        "in_flight",
+        "last_seen",
+        "origin",
+        "seen",
+        "to_end",
+    )
 
     def __init__(self, now: float) -> None:
         self.first_seen = self.last_seen = now

@@ -34,11 +34,10 @@ with its line number) and skipped; the run goes on with the rest.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -48,11 +47,27 @@ from . import learning_planner
 from .cache_facts import facts_for
 from .cache_insert import CacheOptions, insert_markers
 from .testing.cache_sim import (
-    Breakpoint, CacheSimulator, InvalidRequest, OpenAIAnalysis, PendingWrite, RequestAnalysis, analyse_openai, analyse_request,
+    Breakpoint,
+    CacheSimulator,
+    InvalidRequest,
+    OpenAIAnalysis,
+    PendingWrite,
+    RequestAnalysis,
+    analyse_openai,
+    analyse_request,
 )
 
-__all__ = ["WorkloadRequest", "Replay", "parse_workload", "read_flows", "load", "evaluate", "add_arguments", "run",
-           "DEFAULT_OUTPUT_TOKENS"]
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "Replay",
+    "WorkloadRequest",
+    "add_arguments",
+    "evaluate",
+    "load",
+    "parse_workload",
+    "read_flows",
+    "run",
+]
 
 DEFAULT_OUTPUT_TOKENS = 300
 API_BY_PATH: dict[str, Literal["anthropic", "openai_chat", "openai_responses"]] = {
@@ -316,7 +331,10 @@ def stateless_plan(turns: Sequence[Turn]) -> list[Placement]:
     return plan
 
 
-def learning_plan(turns: Sequence[Turn], opts: CacheOptions = CacheOptions(ttl="auto")) -> tuple[list[Placement], list[tuple[Any, ...]]]:
+AUTO = CacheOptions(ttl="auto")
+
+
+def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[list[Placement], list[tuple[Any, ...]]]:
     """The learning planner replayed at the file's clock, fed the simulated usage; (plan, notes per turn)."""
     memory = learning_planner.Memory()
     state = State()
