@@ -52,8 +52,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
 from tokenpak_mitm.row import CacheDecision
+
+from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
 
 __all__ = [
     "CacheOptions", "Breakpoint", "Plan", "Note", "Sizes", "marker_for", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",

@@ -34,11 +34,10 @@ with its line number) and skipped; the run goes on with the rest.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -48,11 +47,27 @@ from . import learning_planner
 from .cache_facts import facts_for
 from .cache_insert import CacheOptions, insert_markers
 from .testing.cache_sim import (
-    Breakpoint, CacheSimulator, InvalidRequest, OpenAIAnalysis, PendingWrite, RequestAnalysis, analyse_openai, analyse_request,
+    Breakpoint,
+    CacheSimulator,
+    InvalidRequest,
+    OpenAIAnalysis,
+    PendingWrite,
+    RequestAnalysis,
+    analyse_openai,
+    analyse_request,
 )
 
-__all__ = ["WorkloadRequest", "Replay", "parse_workload", "read_flows", "load", "evaluate", "add_arguments", "run",
-           "DEFAULT_OUTPUT_TOKENS"]
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "Replay",
+    "WorkloadRequest",
+    "add_arguments",
+    "evaluate",
+    "load",
+    "parse_workload",
+    "read_flows",
+    "run",
+]
 
 DEFAULT_OUTPUT_TOKENS = 300
 API_BY_PATH: dict[str, Literal["anthropic", "openai_chat", "openai_responses"]] = {
@@ -115,6 +130,7 @@ def _problem(item: object) -> str | None:
 def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
     """Requests from a directory of recorded flows (``*.mitm``), in start order, t from the first."""
     from mitmproxy import http, io  # only this input needs mitmproxy
+    from mitmproxy.net import encoding
 
     found: list[tuple[float, str, dict[str, Any]]] = []
     problems: list[str] = []
@@ -127,9 +143,18 @@ def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
             continue
         for flow in flows:
             record = flow.metadata.get("tokenpak_record")
-            body = record.get("client", {}).get("body") if isinstance(record, dict) else None
-            if body is None:
-                body = flow.request.get_content(strict=False)
+            client = record.get("client") if isinstance(record, dict) else None
+            body = client.get("body") if isinstance(client, dict) else None
+            if body is None or not isinstance(client, dict):
+                body = flow.request.get_content(strict=False)  # no record: what went upstream
+            else:
+                coding = _header(client.get("headers"), "content-encoding") or flow.request.headers.get("content-encoding")
+                if coding:
+                    try:
+                        body = encoding.decode(body, coding)
+                    except (ValueError, TypeError):
+                        problems.append(f"{path.name}: request body does not decode ({coding})")
+                        continue
             route = flow.request.path.split("?", 1)[0]
             if route not in API_BY_PATH:
                 continue  # not a request the planner plans (count_tokens, Gemini, ...)
@@ -145,6 +170,18 @@ def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
     found.sort(key=lambda item: item[0])
     start = found[0][0] if found else 0.0
     return [WorkloadRequest(t - start, route, body) for t, route, body in found], problems
+
+
+def _header(headers: object, name: str) -> str | None:
+    """A header from a recorded head (a list of [name, value] byte or text pairs)."""
+    if not isinstance(headers, (list, tuple)):
+        return None
+    for pair in headers:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2:
+            key, value = (v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in pair)
+            if key.lower() == name:
+                return value
+    return None
 
 
 def load(path: Path) -> tuple[list[WorkloadRequest], list[str]]:
@@ -294,7 +331,10 @@ def stateless_plan(turns: Sequence[Turn]) -> list[Placement]:
     return plan
 
 
-def learning_plan(turns: Sequence[Turn], opts: CacheOptions = CacheOptions(ttl="auto")) -> tuple[list[Placement], list[tuple[Any, ...]]]:
+AUTO = CacheOptions(ttl="auto")
+
+
+def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[list[Placement], list[tuple[Any, ...]]]:
     """The learning planner replayed at the file's clock, fed the simulated usage; (plan, notes per turn)."""
     memory = learning_planner.Memory()
     state = State()
@@ -444,11 +484,12 @@ class Replay:
                 "best": round(self.best, 6), "share": round(self.share, 4), "requests": self.requests}
 
 
-def evaluate(requests: Sequence[WorkloadRequest], search: bool = True) -> Replay:
+def evaluate(requests: Sequence[WorkloadRequest], search: bool = True, ttl: str = "auto") -> Replay:
+    """Cost the workload four ways (see the module docstring); `ttl` is the learning planner's option."""
     turns = build_turns(requests)
     none = [as_sent(t) for t in turns]
     stateless = stateless_plan(turns)
-    learned, notes = learning_plan(turns)
+    learned, notes = learning_plan(turns, CacheOptions(ttl=ttl))
     starts = [none, stateless, learned]
     best = search_best(turns, starts) if search else min(starts, key=lambda p: plan_cost(turns, p))
     return Replay(plan_cost(turns, none), plan_cost(turns, stateless), plan_cost(turns, learned), plan_cost(turns, best),

@@ -61,8 +61,10 @@ MIGRATIONS: tuple[str, ...] = (
     add_columns(2),
     # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
     add_columns(3),
-    # 4: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
-    add_columns(4) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
+    # 4: cache_reasons (issue 13): why each marker was placed and each candidate skipped
+    add_columns(4),
+    # 5: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
+    add_columns(5) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
 )
 if len(MIGRATIONS) != SCHEMA_VERSION:  # a field declared with a `since` that no migration adds
     raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
