@@ -58,6 +58,7 @@ __all__ = [
     "boundaries",
     "first_difference",
     "part_at",
+    "prompt_blocks",
     "section_parameters",
 ]
 
