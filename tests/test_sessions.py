@@ -539,3 +539,14 @@ def test_a_read_through_lookback_refreshes_the_entry_it_read():
     outcome, usage = d.send(first, 400)  # back to the first prompt: only the refreshed entry could serve it
     assert usage["cache_read_input_tokens"] == 0
     assert outcome.verdict is not None and outcome.verdict.reason == "provider_evicted"
+
+
+def test_when_the_index_had_to_forget_nothing_known_is_unknown_not_cold():
+    d = Driver()
+    d.tracker.max_index = 2  # tiny: every new conversation pushes older prefixes out
+    a, b = Conversation("a", system_text("a"), tools("a")), Conversation("b", system_text("b"), tools("b"))
+    run(d, a, 0)
+    assert d.tracker.forgotten > 0
+    assert reasons([run(d, b, 10)]) == ["unknown"]  # b's prefix could have been among the forgotten
+    c = Conversation("c", system_text("c"), tools("c"))
+    assert reasons([run(d, c, 10 + 3700)]) == ["cold"]  # an hour later, whatever was forgotten has expired anyway

@@ -9,7 +9,7 @@ thread; a lock still guards the state so the tracker is safe from any thread.
 Memory is bounded: at most ``max_sessions`` sessions (least recently active dropped first), a
 few recent requests per session, a global budget of retained blocks, and a bounded prefix index
 (least recently used boundary dropped first). What is dropped is only forgotten history: a
-forgotten prefix can make a later verdict ``cold`` or ``unknown``, never a wrong cause of
+forgotten prefix can make a later verdict ``unknown`` (never ``cold``: see ``_blind``), never a wrong cause of
 another kind.
 
 Sessions: an explicit id (``session_id.identify``) wins. Otherwise a request whose non-system
@@ -178,6 +178,7 @@ class SessionTracker:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self.forgotten = 0  # index entries dropped for space
+        self._forgot_at: deque[float] = deque(maxlen=8)  # when the index last dropped entries for space
         # Until this time the tracker may not know what was cached before it started (an earlier
         # proxy run wrote entries that can still be live): a request it knows nothing about is
         # then "unknown", not "cold". The addon sets it from the database's newest row.
@@ -328,6 +329,8 @@ class SessionTracker:
         while len(index) > self.max_index:
             index.popitem(last=False)
             self.forgotten += 1
+            if not self._forgot_at or self._forgot_at[-1] != now:
+                self._forgot_at.append(now)
 
     def _release(self, scope: str, shape: Shape, indexed: tuple[int, ...]) -> None:
         for i in indexed:
@@ -366,9 +369,21 @@ class SessionTracker:
         ev = Evidence(shape, t.started, usage.read, usage.write, usage.fresh, rules.minimum, cached, seen, prior,
                       rules.lookback, rules.blame_provider, rules.granularity)
         verdict = diagnose(ev)
-        if verdict is not None and verdict.reason == "cold" and self.blind_until is not None and t.started < self.blind_until:
-            return replace(verdict, reason="unknown")  # an earlier run may have cached it
+        if verdict is not None and verdict.reason == "cold" and self._blind(t.started):
+            return replace(verdict, reason="unknown")  # it may have been cached where the tracker cannot see
         return verdict
+
+    def _blind(self, started: float) -> bool:
+        """Could a prefix have been cached without the tracker knowing, at ``started``?
+
+        After a restart (an earlier run's entries may still live), or within the longest TTL of the
+        index dropping an entry for space (it may have been this one).
+        """
+        longest = TTL_SECONDS["1h"]
+        if self.blind_until is not None and started < self.blind_until:
+            return True
+        # (a request's own start never forgets its own prefixes: they are looked up before anything is dropped)
+        return any(at < started and started - at < longest for at in self._forgot_at)
 
     def _settle(self, t: Ticket, shape: Shape, req: _Request, usage: UsageFacts, sess: _Session | None, rules: Rules) -> None:
         """Mark the boundaries the provider wrote or read, and the session's warm-until."""
