@@ -13,9 +13,9 @@ forgotten prefix can make a later verdict ``unknown`` (never ``cold``: see ``_bl
 another kind.
 
 Sessions: an explicit id (``session_id.identify``) wins. Otherwise a request whose non-system
-messages extend (share at least two messages with) an earlier request's messages continues that
-request's session, within the same credential scope; a single-message request continues one
-only when it repeats an earlier request exactly (a retry). Anything else starts a new session.
+messages extend an earlier request's whole conversation continues that request's session, within
+the same credential scope (see ``_by_lineage``); a single-message request continues one only when
+it repeats an earlier request exactly and soon (a retry). Anything else starts a new session.
 """
 
 from __future__ import annotations
