@@ -550,3 +550,13 @@ def test_when_the_index_had_to_forget_nothing_known_is_unknown_not_cold():
     assert reasons([run(d, b, 10)]) == ["unknown"]  # b's prefix could have been among the forgotten
     c = Conversation("c", system_text("c"), tools("c"))
     assert reasons([run(d, c, 10 + 3700)]) == ["cold"]  # an hour later, whatever was forgotten has expired anyway
+
+
+def test_expiry_comes_before_a_missing_marker():
+    """After a pause past the TTL nothing could be read even with a marker: ttl_expired; the next
+    unmarked request, within the TTL of nothing, is not_marked."""
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    run(d, c, 0)
+    run(d, c, 10)
+    c.cache = "off"
+    assert reasons([run(d, c, 10 + 400), run(d, c, 420)]) == ["ttl_expired", "not_marked"]

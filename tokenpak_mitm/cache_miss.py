@@ -28,7 +28,7 @@ request of the same conversation. The verdict names one cause:
     still in flight, a marked prefix that was never confirmed written).
 
 ``None`` means no miss: the request read what could be read. When causes overlap the first in
-this order is reported: below_minimum, not_marked, ttl_expired, prefix_changed,
+this order is reported: below_minimum, ttl_expired, not_marked, prefix_changed,
 lookback_exceeded, provider_evicted (each earlier one would have missed even without the later).
 """
 
@@ -192,27 +192,30 @@ def diagnose(ev: Evidence) -> Verdict | None:
     # Something could have been read, and less was.
     if below:
         return Verdict("below_minimum", expected)
-    if not ev.shape.marked:
-        return Verdict("not_marked", expected)
-    if change is not None and expected_prior > expected_idx:
+    prior_path = change is not None and expected_prior > expected_idx
+    known = ev.cached
+    # An expired entry could not have been read whatever this request carried: expiry comes first.
+    if prior_path:
         assert prior is not None
         state = _ttl_state(prior.cached_at, prior.ttl_seconds, ev.started)
-        if state == "expired":
-            return Verdict("ttl_expired", expected)
+    else:
+        state = _ttl_state(known.cached_at, known.ttl_seconds, ev.started) if known is not None else "edge"
+    if state == "expired" and (prior_path or known is not None):
+        return Verdict("ttl_expired", expected)
+    if not ev.shape.marked:
+        return Verdict("not_marked", expected)
+    if prior_path:
+        assert prior is not None and change is not None
         position, kind = change
         block = ev.shape.blocks[position] if position < len(ev.shape.blocks) else prior.shape.blocks[min(position, len(prior.shape.blocks) - 1)]
         # A different model changes everything from the start: no section or block to point at.
         moved = prior.shape.model != ev.shape.model
         return Verdict("unknown" if state == "edge" else "prefix_changed", expected,
                        None if moved else block.part, None if moved else block.index, kind)
-    known = ev.cached
     if known is None:
         return Verdict("unknown", expected)
     if ev.tokens(known.position) < ev.minimum * (1 + MINIMUM_BAND):
         return Verdict("unknown", expected)  # a short prefix near the minimum: cannot tell
-    state = _ttl_state(known.cached_at, known.ttl_seconds, ev.started)
-    if state == "expired":
-        return Verdict("ttl_expired", expected)
     if state == "edge":
         return Verdict("unknown", expected)
     if not _reachable(ev.shape, known.position, ev.lookback):
