@@ -76,6 +76,8 @@ class Prior:
     cached_tokens: int  # tokens of that prefix (exact-scaled)
     cached_at: float | None
     ttl_seconds: float
+    started: float = 0.0
+    marked: bool = True  # it carried a cache marker (or the provider caches by itself)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,12 @@ def diagnose(ev: Evidence) -> Verdict | None:
     else:
         state = _ttl_state(known.cached_at, known.ttl_seconds, ev.started) if known is not None else "edge"
     if state == "expired" and (prior_path or known is not None):
+        expired_at = (prior.cached_at or 0.0) + prior.ttl_seconds if prior_path and prior else (
+            (known.cached_at or 0.0) + known.ttl_seconds if known is not None else 0.0)
+        if prior is not None and not prior.marked and prior.started >= expired_at:
+            # the conversation's previous request came after the expiry and could have written the
+            # prefix again, but carried no marker: that is what this request lacks
+            return Verdict("not_marked", expected)
         return Verdict("ttl_expired", expected)
     if not ev.shape.marked:
         return Verdict("not_marked", expected)

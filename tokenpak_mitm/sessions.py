@@ -365,7 +365,7 @@ class SessionTracker:
         prior = None
         p = t.prior
         if p is not None and p.finished:
-            prior = Prior(p.shape, p.cached_position, p.cached_tokens, p.cached_at, p.ttl_seconds)
+            prior = Prior(p.shape, p.cached_position, p.cached_tokens, p.cached_at, p.ttl_seconds, p.started, p.shape.marked)
         ev = Evidence(shape, t.started, usage.read, usage.write, usage.fresh, rules.minimum, cached, seen, prior,
                       rules.lookback, rules.blame_provider, rules.granularity)
         verdict = diagnose(ev)
