@@ -295,7 +295,8 @@ class TokenPak:
         st.session_ticket = self.sessions.begin(hint, shape, req.timestamp_start)
 
     def _scope(self, req: http.Request) -> str:
-        key = req.headers.get("x-api-key") or req.headers.get("authorization") or req.headers.get("x-goog-api-key") or ""
+        key = (req.headers.get("x-api-key") or req.headers.get("authorization") or req.headers.get("x-goog-api-key")
+               or req.query.get("key") or "")
         return hashlib.blake2b(key.encode(), key=self._scope_salt, digest_size=8).hexdigest() if key else ""
 
     def _finish_session(self, flow: http.HTTPFlow, st: _FlowState, row: TelemetryRow) -> TelemetryRow:
