@@ -17,7 +17,7 @@ LLM_HOSTS := ^(api\.anthropic\.com|api\.openai\.com|generativelanguage\.googleap
 SCOPE   ?= $(if $(filter regular%,$(MODE)),--allow-hosts '$(LLM_HOSTS)')
 ARGS    ?=
 
-.PHONY: run test test-fast bench venv lock clean
+.PHONY: run test test-fast check bench venv lock clean
 
 # Installs come from the committed lock files (requirements/*.txt, exact versions with hashes),
 # so a fresh clone gets what CI tested. The proxy needs only run.txt; tests and benchmarks add dev.txt.
@@ -46,6 +46,10 @@ test: $(DEV_STAMP)
 # The unit subset (no mitmdump subprocesses): make test-fast
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m 'not e2e' $(ARGS)
+
+# Static gates: ruff, mypy --strict, import-linter layer contracts (the same script CI calls).
+check: $(DEV_STAMP)
+	BIN=$(BIN) .ci/checks
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench $(ARGS)

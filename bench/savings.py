@@ -54,8 +54,7 @@ Plan = list[Placement]
 
 # ---------------------------------------------------------------- workloads
 
-WORDS = ("cache prefix token stream request proxy model system tool result message budget latency "
-         "write read marker window turn agent search file patch test build deploy config error").split()
+WORDS = ["cache", "prefix", "token", "stream", "request", "proxy", "model", "system", "tool", "result", "message", "budget", "latency", "write", "read", "marker", "window", "turn", "agent", "search", "file", "patch", "test", "build", "deploy", "config", "error"]
 
 
 def prose(rng: random.Random, tokens: int) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tokenpak_mitm.conformance.invariants import Evidence, check_all, check_i1, check_i2, check_i3, check_i4, check_i5, check_i6, check_i7, check_i8, check_i9, check_i10
-from tokenpak_mitm.conformance.secrets import DEFAULT_CANARIES, scan_bytes
 from tokenpak_mitm.conformance.wire import count_cache_markers, split_frames
+from tokenpak_mitm.secret_scan import DEFAULT_CANARIES, scan_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = ROOT / "flows"
@@ -410,6 +410,7 @@ BASIC = [
 
 def _live_run(tmp_path: Path, mode: str, broken: str | None = None) -> tuple[dict, int | None, str]:
     from conftest import make_stack
+
     from tokenpak_mitm.testing.upstream import sse_script
 
     extra: list[str] = []

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from dialect_helpers import ANY_JSON, feed_split, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from dialect_helpers import ANY_JSON, feed_split, mutated
 
 from tokenpak_mitm.dialects.gemini import GeminiTracker, gemini_usage, iter_array_elements
 from tokenpak_mitm.error_shapes import check_error_shape
@@ -44,7 +43,7 @@ def json_array(*objs: dict) -> bytes:
     return b"[" + b",\r\n".join(json.dumps(o, indent=2).encode() for o in objs) + b"]"
 
 
-def row_for(x, status: int = 200) -> dict:  # noqa: ANN001 - Extract
+def row_for(x, status: int = 200) -> dict:
     route = classify("POST", "generativelanguage.googleapis.com", STREAM_PATH)
     assert route is not None
     return build_row(RequestRecord("k", route, 0.0, "generativelanguage.googleapis.com", STREAM_PATH, stream=True, status_code=status, extract=x))

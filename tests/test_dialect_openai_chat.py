@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from dialect_helpers import ANY_JSON, feed_split, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from dialect_helpers import ANY_JSON, feed_split, mutated
 
 from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
 from tokenpak_mitm.error_shapes import check_error_shape

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from dialect_helpers import ANY_JSON, feed_split, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from dialect_helpers import ANY_JSON, feed_split, mutated
 
 from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
 from tokenpak_mitm.error_shapes import check_error_shape
@@ -49,7 +48,7 @@ def run(*frames: bytes) -> OpenAIResponsesTracker:
     return t
 
 
-def row_for(x, status: int = 200) -> dict:  # noqa: ANN001 - Extract
+def row_for(x, status: int = 200) -> dict:
     route = classify("POST", "api.openai.com", "/v1/responses")
     assert route is not None
     return build_row(RequestRecord("k", route, 0.0, "api.openai.com", "/v1/responses", stream=True, status_code=status, extract=x))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import anthropic
 import pytest
-
 from conftest import Stack, wait_for_rows
+
 from tokenpak_mitm.cache_insert import remove_spans
 from tokenpak_mitm.testing.client import build_request, request
 from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread

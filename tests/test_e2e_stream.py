@@ -8,8 +8,8 @@ import threading
 import zlib
 
 import pytest
-
 from conftest import Stack, fixture_bytes
+
 from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.testing.upstream import Script, Step, sse_script
 

@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Stack, make_stack
 from mitmproxy import exceptions, io
 from mitmproxy.test import taddons
 
-from conftest import Stack, make_stack
 from tokenpak_mitm.conformance.flowfile import Recording, find_flow_files, load_recording
 from tokenpak_mitm.conformance.golden import compare_golden, stable_row
 from tokenpak_mitm.conformance.replay import ReplayResult
-from tokenpak_mitm.conformance.secrets import scan_paths
 from tokenpak_mitm.conformance.session import run_conformance
 from tokenpak_mitm.conformance.wire import remove_inserted
 from tokenpak_mitm.record_redact import redact_chunks, redact_request_bodies
 from tokenpak_mitm.recorder import Recorder, _Writer
+from tokenpak_mitm.secret_scan import scan_paths
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess, mitmdump_executable
 from tokenpak_mitm.testing.upstream import Script, Step, sse_script
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import fixture_bytes, make_stack
+
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
 from tokenpak_mitm.testing.upstream import Script, Step
 

@@ -36,7 +36,7 @@ from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
-from tokenpak_mitm.row import TelemetryRow
+from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
@@ -269,7 +269,7 @@ class TokenPak:
             if flow.live or not isinstance(meta, dict) or "closed_by" not in meta:
                 st.record.closed_by = closed_by(flow)
             else:
-                st.record.closed_by = meta.get("closed_by")  # replay: the live run's verdict
+                st.record.closed_by = _closed_by_word(meta.get("closed_by"))  # replay: the live run's verdict
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -327,7 +327,7 @@ class TokenPak:
         x = st.tracker.extract
         rec.extract = x
         meta = flow.metadata.get(META)
-        live = tap is not None and tap.finished or flow.live
+        live = (tap is not None and tap.finished) or flow.live
         if resp is not None:
             rec.status_code = resp.status_code
             rec.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
@@ -356,7 +356,7 @@ class TokenPak:
         flow.metadata[META] = stash
 
 
-def closed_by(flow: http.HTTPFlow) -> str | None:
+def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:
     """Whose connection was already closed when the flow failed ("client", "server" or None)."""
     client_closed = flow.client_conn.state is ConnectionState.CLOSED
     server_closed = flow.server_conn.state is ConnectionState.CLOSED
@@ -365,6 +365,10 @@ def closed_by(flow: http.HTTPFlow) -> str | None:
     if server_closed and not client_closed:
         return "server"
     return None
+
+
+def _closed_by_word(value: object) -> ClosedBy | None:
+    return "client" if value == "client" else "server" if value == "server" else None
 
 
 def watch_startup(addon: TokenPak, grace: float | None = None) -> None:

@@ -17,6 +17,7 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import brotli
 
@@ -56,7 +57,7 @@ def insert_markers(body: bytes, content_encoding: str | None, opts: CacheOptions
     """Insert cache markers into a Messages request body; never raises."""
     try:
         return _insert(body, content_encoding, opts)
-    except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
+    except Exception:
         return _unchanged(body, "error")
 
 
@@ -76,7 +77,7 @@ def remove_spans(body: bytes, spans: Sequence[Span]) -> bytes:
 
 
 def _unchanged(body: bytes, decision: CacheDecision, **fields: object) -> InsertResult:
-    defaults: dict = dict(
+    defaults: dict[str, Any] = dict(
         client_markers=0, client_ttls=(), prefix_tokens_est=None, model=None, content_encoding=None,
     )
     defaults.update(fields)
@@ -100,7 +101,7 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions) -> In
             decoded, flavor = codec.decode(body)
         except _TooLarge:
             return _unchanged(body, "too_large", content_encoding=encoding)
-        except Exception:  # noqa: BLE001 - any codec failure means "cannot read it"
+        except Exception:
             return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
     request = _parse(decoded)
     if request is _NOT_JSON:

@@ -51,6 +51,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from tokenpak_mitm.row import CacheDecision
 
@@ -170,7 +171,7 @@ class Sizes:
     messages: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
 
     @classmethod
-    def measure(cls, request: Mapping) -> Sizes:
+    def measure(cls, request: Mapping[str, Any]) -> Sizes:
         """Sizes from compact re-serialization: for callers that have no original bytes."""
 
         def size(value: object) -> int:
@@ -243,7 +244,7 @@ def _volatile(text: str) -> bool:
     return any(w in low for w in _PHRASE_WORDS) and _PHRASE.search(low) is not None
 
 
-def marker_slots(request: Mapping) -> Iterator[dict]:
+def marker_slots(request: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every object that can carry a block marker, in the provider's order.
 
     Tools, then system blocks, then each message's content blocks; a block's nested
@@ -272,7 +273,7 @@ def marker_slots(request: Mapping) -> Iterator[dict]:
             pending += [iter(n) for n in reversed(nested) if isinstance(n, list)]
 
 
-def has_client_cache_control(request: Mapping) -> bool:
+def has_client_cache_control(request: Mapping[str, Any]) -> bool:
     """True if the client wrote a `cache_control` key (even null): top level, a marker slot, or a message.
 
     (A message-level field is not a documented marker place, but a client writing one is
@@ -345,7 +346,7 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Callable[[], Sizes]
 _Candidate = tuple[str, int, "int | None", bool, str]
 
 
-def _candidates(request: dict, mode: str) -> list[_Candidate]:
+def _candidates(request: dict[str, Any], mode: str) -> list[_Candidate]:
     """Breakpoint positions before the minimum-length filter, in tools -> system -> messages order."""
     tools, system, messages = request.get("tools") or [], request.get("system"), request["messages"]
     blocks = _message_blocks(messages)
@@ -375,7 +376,7 @@ def _candidates(request: dict, mode: str) -> list[_Candidate]:
     return found
 
 
-def _message_blocks(messages: list) -> list[tuple[int, int | None, object]]:
+def _message_blocks(messages: list[Any]) -> list[tuple[int, int | None, object]]:
     """Every message block in provider order: (message index, block index or None, block)."""
     flat: list[tuple[int, int | None, object]] = []
     append = flat.append
@@ -397,7 +398,7 @@ def _last_eligible(blocks: Sequence[tuple[int, int | None, object]], stop: int) 
     return None
 
 
-def _previous_breakpoint(messages: list, blocks: list[tuple[int, int | None, object]]) -> int | None:
+def _previous_breakpoint(messages: list[Any], blocks: list[tuple[int, int | None, object]]) -> int | None:
     """Where the previous turn's final marker went: see the module docstring, point 4."""
     last = len(messages) - 1
     assistant = next((i for i in range(last - 1, -1, -1) if messages[i].get("role") == "assistant"), None)

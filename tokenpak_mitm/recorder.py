@@ -114,12 +114,13 @@ class _Writer:
 
     def _write(self, path: Path, state: dict[str, Any]) -> None:
         f = http.HTTPFlow.from_state(state)
+        assert isinstance(f, http.HTTPFlow)
         record = f.metadata[RECORD_KEY]
         record["redactions"] = redact_recorded_flow(f, record)
         buf = BytesIO()
         io.FlowWriter(buf).add(f)
         data = buf.getvalue()
-        from tokenpak_mitm.conformance.secrets import scan_bytes  # belt and braces: a second opinion
+        from tokenpak_mitm.secret_scan import scan_bytes  # belt and braces: a second opinion
 
         leaks = scan_bytes(data, path.name, canaries=())
         if leaks:
@@ -243,7 +244,7 @@ class Recorder:
             head = {k: v for k, v in earlier["client"].items() if k in ("headers", "path", "method", "http_version")}
         client_body, spans = self._client_body(flow)
         request_truncated = client_body is not None and len(client_body) > self.max_bytes
-        if request_truncated:
+        if client_body is not None and request_truncated:
             client_body = client_body[: self.max_bytes]
             state["request"]["content"] = (state["request"]["content"] or b"")[: self.max_bytes]
         record["client"] = {**head, "body": client_body, "request_truncated": request_truncated}

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenpak_mitm.conformance import facts
-from tokenpak_mitm.conformance.secrets import DEFAULT_CANARIES, scan_bytes
 from tokenpak_mitm.conformance.wire import count_cache_markers, decode_body, header_get, remove_inserted, split_frames
+from tokenpak_mitm.secret_scan import DEFAULT_CANARIES, scan_bytes
 
 __all__ = ["Violation", "Evidence", "INVARIANTS", "check_all", "expected_terminal_state"] + [f"check_i{n}" for n in range(1, 11)]
 
