@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import shlex
 import re
+import shlex
 import ssl
 import subprocess
 import sys
