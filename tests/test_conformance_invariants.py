@@ -465,17 +465,27 @@ def test_live_mode_rejects_an_unknown_value():
     from mitmproxy import exceptions
     from mitmproxy.test import taddons
 
-    from tokenpak_mitm import observer
+    from mitmproxy.test import tflow
+
+    from tokenpak_mitm import hooks
+    from tokenpak_mitm.addon import TokenPak
     from tokenpak_mitm.conformance.live import LiveConformance
 
     live = LiveConformance()
-    with taddons.context(live) as tctx:
+    with taddons.context(TokenPak(), live) as tctx:
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(live, tokenpak_conformance="loud")
         tctx.configure(live, tokenpak_conformance="warn")
-        assert live in observer.active()
+        # (was: installed as a global observer) on: it asks TokenPak for the stream and row hooks
+        flow = tflow.tflow()
+        flow.request.method, flow.request.host, flow.request.path = "POST", "api.anthropic.com", "/v1/messages"
+        live.requestheaders(flow)
+        assert live.active and hooks.wanted(flow, hooks.STREAM) and hooks.wanted(flow, hooks.ROW)
         tctx.configure(live, tokenpak_conformance="off")
-        assert live not in observer.active()
+        flow = tflow.tflow()
+        flow.request.method, flow.request.host, flow.request.path = "POST", "api.anthropic.com", "/v1/messages"
+        live.requestheaders(flow)
+        assert not live.active and not hooks.wanted(flow, hooks.STREAM)
 
 
 @pytest.mark.e2e

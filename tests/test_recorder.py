@@ -23,7 +23,7 @@ from tokenpak_mitm.conformance.replay import ReplayResult
 from tokenpak_mitm.conformance.session import run_conformance
 from tokenpak_mitm.conformance.wire import remove_inserted
 from tokenpak_mitm.record_redact import redact_chunks, redact_request_bodies
-from tokenpak_mitm.recorder import Recorder, _Writer
+from tokenpak_mitm.recorder import Recorder, RecordingStream, _Writer
 from tokenpak_mitm.secret_scan import scan_paths
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess, mitmdump_executable
 from tokenpak_mitm.testing.upstream import Script, Step, sse_script
@@ -303,3 +303,22 @@ def test_re_recording_a_replayed_flow_keeps_the_client_bytes_and_spans(tmp_path:
     assert (again.client_body, again.spans, again.client_headers) == (original.client_body, original.spans, original.client_headers)
     assert (again.response_body, again.chunks, again.end) == (original.response_body, original.chunks, original.end)
     assert remove_inserted(again.flow.request.raw_content, again.spans) == again.client_body
+
+
+def test_recording_keeps_bytes_and_chunk_offsets_up_to_the_cap():
+    # (was a test of the tap's own recording; recording now wraps the tap)
+    from test_tap import DELTA, END, START, Clock
+
+    from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+    from tokenpak_mitm.tap import StreamTap
+
+    clock = Clock()
+    tap = StreamTap(AnthropicTracker(), sse=True, clock=clock)
+    recording = RecordingStream(tap, len(START) + len(DELTA), clock=clock)
+    for chunk, t in [(START, 100.0), (DELTA, 100.010), (END, 100.020)]:
+        clock.t = t
+        assert recording(chunk) is chunk  # the wrapper returns what the tap returns: the same bytes
+    assert bytes(recording.body) == START + DELTA
+    assert recording.chunks == [(0.0, len(START)), (10.0, len(DELTA))]
+    assert recording.truncated
+    assert recording.wire_bytes == tap.wire_bytes == len(START + DELTA + END)
