@@ -463,9 +463,7 @@ def test_live_off_installs_nothing(tmp_path: Path):
 
 def test_live_mode_rejects_an_unknown_value():
     from mitmproxy import exceptions
-    from mitmproxy.test import taddons
-
-    from mitmproxy.test import tflow
+    from mitmproxy.test import taddons, tflow
 
     from tokenpak_mitm import hooks
     from tokenpak_mitm.addon import TokenPak
