@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from tokenpak_mitm.conformance.scenarios import FIXTURES  # recorded streams ship with the package
 from tokenpak_mitm.testing.client import Response, build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def fixture_bytes(name: str) -> bytes:
-    """A recorded stream: our copy in tests/fixtures (with its licence), else shared/fixtures."""
+    """A recorded stream: our copy in conformance/fixtures (with its licence), else shared/fixtures."""
     for base in (FIXTURES, SHARED_FIXTURES):
         if (base / name).exists():
             return (base / name).read_bytes()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from dialect_helpers import ANY_JSON, feed_split, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokenpak_mitm.conformance.scenarios import FIXTURES
 from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
 from tokenpak_mitm.error_shapes import check_error_shape
 from tokenpak_mitm.pricing import price
@@ -17,7 +17,7 @@ from tokenpak_mitm.routes import classify, tracker_for
 from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.telemetry import RequestRecord, build_row
 
-FIXTURE = (Path(__file__).parent / "fixtures" / "openai_responses_basic_text.sse").read_bytes()
+FIXTURE = (FIXTURES / "openai_responses_basic_text.sse").read_bytes()
 MTOK = 1_000_000
 
 

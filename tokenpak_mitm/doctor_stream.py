@@ -184,14 +184,9 @@ class StreamCheck:
 
 
 def _addon_script(tmp: Path) -> str:
-    from tokenpak_mitm.setup_cmd import addon_script_path
+    from tokenpak_mitm.script import SCRIPT  # inside the package: a pip install has it too
 
-    script = Path(addon_script_path())
-    if script.is_file():
-        return str(script)
-    fallback = tmp / "tokenpak_addon.py"  # installed without the checkout: same two lines
-    fallback.write_text("from tokenpak_mitm.addon import TokenPak\naddons = [TokenPak()]\n")
-    return str(fallback)
+    return str(SCRIPT)
 
 
 def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:

@@ -3,8 +3,8 @@
 Each covers one path through the proxy (dialect × streamed or not × who placed markers × how it
 ended × wire quirks). Requests carry the canary keys from ``secrets.DEFAULT_CANARIES`` in the
 places real clients put keys (headers, ``?key=``, an error message that echoes the key), so the
-recorded files prove redaction. The recorded provider streams come from ``tests/fixtures``
-(origins and licences in ``tests/fixtures/README.md``).
+recorded files prove redaction. The recorded provider streams come from ``conformance/fixtures``
+(package data; origins and licences in its ``README.md``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tokenpak_mitm.testing.upstream import Script, Step
 
 __all__ = ["Scenario", "SCENARIOS", "FIXTURES"]
 
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # package data: recorded provider streams
 ANTHROPIC_KEY, GOOGLE_KEY, OPENAI_KEY, OAUTH_TOKEN, COOKIE = (k.decode() for k in DEFAULT_CANARIES)
 
 SSE = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]

@@ -1,4 +1,4 @@
-"""Run a real ``mitmdump -s addons/tokenpak.py`` subprocess on a loopback port.
+"""Run a real ``mitmdump -s`` subprocess with the package's addon script on a loopback port.
 
 Used by the end-to-end tests, ``tokenpak conformance`` and the benchmarks, so all of them run
 the addon exactly as users do (script loading, option parsing, chain position, shutdown flush).
@@ -13,21 +13,16 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
+
+from tokenpak_mitm.script import SCRIPT, mitmdump_executable
 
 __all__ = ["MitmdumpProcess", "ADDON_SCRIPT", "mitmdump_executable"]
 
-ADDON_SCRIPT = Path(__file__).resolve().parents[2] / "addons" / "tokenpak.py"
+ADDON_SCRIPT = SCRIPT  # the package's own entry: what `tokenpak run` and a pip install use
 _LISTEN = re.compile(r"listening at (?:\S+://)?\[?([0-9a-fA-F.:]+?)\]?:(\d+)")
-
-
-def mitmdump_executable() -> str:
-    candidate = Path(sys.executable).with_name("mitmdump")
-    return str(candidate) if candidate.exists() else "mitmdump"
 
 
 class MitmdumpProcess:
