@@ -21,8 +21,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -31,9 +32,12 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
+from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.prefix_index import PrefixIndex
+from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
@@ -77,6 +81,8 @@ class TokenPak:
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
         self._cache_opts = CacheOptions()
+        # Prefixes seen in OpenAI requests (digests and timings only): where explicit breakpoints go.
+        self._openai_index = PrefixIndex()
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
 
@@ -173,6 +179,11 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None:
             return
+        if st.route.dialect == "anthropic" and "content-encoding" not in flow.request.headers:
+            try:  # the response normally reports both; this is the fallback
+                st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
+            except Exception:
+                logger.exception("tokenpak: could not read the request's price hints")
         if st.earlier is not None:
             self._reuse_decision(st.record, st.earlier)  # a recorded flow already carries our markers
         elif flow.response is None:  # a response set by another addon means nothing goes upstream
@@ -217,13 +228,24 @@ class TokenPak:
             return []
         encoding = flow.request.headers.get("content-encoding")
         opts = self._cache_opts
+        plan: Callable[[], InsertResult]
+        if st.route.dialect in ("openai_chat", "openai_responses"):
+            if opts.mode == "off":
+                rec.cache_decision = "off"
+                return []
+            api = st.route.dialect
+            index, now = self._openai_index, time.time()
+            plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
+        else:
+            plan = partial(insert_markers, body, encoding, opts)
         if len(body) > OFFLOAD_BYTES:
             # Parsing a huge prompt would stall every other connection on mitmproxy's single
             # event-loop thread; in a worker thread only this flow waits.
-            result = await asyncio.to_thread(insert_markers, body, encoding, opts)
+            result = await asyncio.to_thread(plan)
         else:
-            result = insert_markers(body, encoding, opts)
-        rec.cache_decision = result.decision
+            result = plan()
+        # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
+        rec.cache_decision = None if result.decision == "not_supported" else result.decision
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
         rec.prefix_tokens_est = result.prefix_tokens_est
