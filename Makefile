@@ -50,7 +50,7 @@ run: $(RUN_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The unit subset (no mitmdump subprocesses): make test-fast
+# The unit subset (no mitmdump subprocesses; e2e tests are marked, see tests/conftest.py): make test-fast
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m 'not e2e' $(ARGS)
 

@@ -20,6 +20,8 @@ from test_e2e_stream import ANTHROPIC_BASIC
 
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
+
 hypercorn = pytest.importorskip("hypercorn")
 
 RELEASE: dict[str, threading.Event] = {}

@@ -19,6 +19,8 @@ from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Script, Step
 
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
+
 MODEL = "claude-sonnet-4-6"
 # claude-sonnet-4-6 list prices, USD per million tokens.
 IN, W5, READ, OUT = 3.0, 3.75, 0.30, 15.0

@@ -80,7 +80,6 @@ DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planne
 }
 
 BYTES_PER_TOKEN = 3
-THINKING_TYPES = frozenset({"thinking", "redacted_thinking"})
 # Block types whose request schema carries `cache_control` (protocols.md 1.2). `text` is
 # handled separately (it must be non-blank).
 MARKABLE_TYPES = frozenset({
