@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from tokenpak_mitm.cli import SUBCOMMANDS, build_parser, main
-from tokenpak_mitm.doctor_stream import Mitmdump
 from tokenpak_mitm.setup_cmd import CLIENTS, SetupOptions, addon_script_path, allow_hosts_pattern, render, write_bundle
 from tokenpak_mitm.store import connect_readonly
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
 
 VENV_BIN = Path(sys.executable).parent
 MESSAGE = {"id": "msg_stub", "type": "message", "role": "assistant", "model": "claude-stub", "content": [{"type": "text", "text": "hi"}],
@@ -217,7 +217,7 @@ def test_reverse_mode_setup_routes_curl_and_python(tmp_path: Path, tokenpak_on_p
     args = ["--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:http://127.0.0.1:{stub.server_address[1]}",
             "-s", addon_script_path(), "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp_path / 'conf'}"]
     try:
-        with Mitmdump(args) as proxy:
+        with MitmdumpProcess.from_args(args) as proxy:
             curl_out = _shell(
                 f'eval "$(tokenpak setup curl --port {proxy.port})"\n'
                 f'curl -sS --fail -X POST "$ANTHROPIC_BASE_URL/v1/messages" -H "content-type: application/json" -d {json.dumps(REQUEST)!r}',
@@ -244,7 +244,7 @@ def test_regular_mode_setup_routes_curl_and_python_through_the_generated_ca(tmp_
             "--set", "ssl_insecure=true",  # upstream is the self-signed stub; the client leg is what is tested
             "--set", "tokenpak_hosts=127.0.0.1"]
     try:
-        with Mitmdump(args) as proxy:
+        with MitmdumpProcess.from_args(args) as proxy:
             setup = f"--mode regular --port {proxy.port} --confdir {confdir}"
             curl_out = _shell(
                 f'eval "$(tokenpak setup curl {setup} --write-bundle {bundle})"\n'

@@ -12,24 +12,19 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import re
+import signal
 import socketserver
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Mitmdump", "mitmdump_command", "StreamCheck", "check_streaming", "SseStub", "FRAMES"]
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
 
-_LISTENING = re.compile(r"listening at \[?([0-9a-fA-F.:]+?)\]?:(\d+)\.?\s*$")
-_ADDON_RUNNING = "tokenpak-mitm"
+__all__ = ["StreamCheck", "check_streaming", "SseStub", "FRAMES"]
 PAUSE = 5.0  # seconds the upstream holds the rest of the stream when the first frame is not seen
 
 
@@ -48,83 +43,6 @@ FRAMES: tuple[bytes, ...] = (
     _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
     _sse("message_stop", {"type": "message_stop"}),
 )
-
-
-def mitmdump_command() -> list[str]:
-    """mitmdump of *this* environment: the script beside the interpreter, else the module."""
-    script = Path(sys.executable).parent / "mitmdump"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())"]
-
-
-@dataclass
-class Mitmdump:
-    """A mitmdump subprocess; ``start`` returns once every listener reports its port."""
-
-    args: Sequence[str]
-    expect_listeners: int = 1
-    expect_addon: bool = True
-    env: dict[str, str] | None = None
-    output: list[str] = field(default_factory=list)
-    ports: list[int] = field(default_factory=list)
-    proc: subprocess.Popen[str] | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _addon_seen: bool = False
-
-    def start(self, timeout: float = 60.0) -> Mitmdump:
-        self.proc = subprocess.Popen(
-            [*mitmdump_command(), *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True,
-        )
-        threading.Thread(target=self._read, name="mitmdump-output", daemon=True).start()
-        if not self._ready.wait(timeout) or len(self.ports) < self.expect_listeners:
-            self.stop()
-            raise RuntimeError("mitmdump did not start listening:\n" + self.text)
-        if self.expect_addon and not self._addon_seen:
-            self.stop()
-            raise RuntimeError("mitmdump started but the tokenpak addon did not load:\n" + self.text)
-        return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip("\n"))
-            m = _LISTENING.search(line)
-            if m:
-                self.ports.append(int(m[2]))
-            if _ADDON_RUNNING in line and "running" in line:
-                self._addon_seen = True
-            if len(self.ports) >= self.expect_listeners and (self._addon_seen or not self.expect_addon):
-                self._ready.set()
-        self._ready.set()  # exited: let start() report the output
-
-    @property
-    def port(self) -> int:
-        return self.ports[0]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.output)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (mitmdump runs its ``done`` hooks, so the store flushes), then kill."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
-
-    def __enter__(self) -> Mitmdump:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class SseStub(socketserver.ThreadingTCPServer):
@@ -197,7 +115,8 @@ def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:
         stub = SseStub(pause)
         args = ["--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:http://127.0.0.1:{stub.port}",
                 "-s", _addon_script(tmp), "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp / 'confdir'}"]
-        proxy = Mitmdump(args)
+        # SIGTERM and its own session: a Ctrl-C at the doctor's terminal is not also sent to it.
+        proxy = MitmdumpProcess.from_args(args, stop_signal=signal.SIGTERM, start_new_session=True)
         try:
             try:
                 proxy.start(timeout)

@@ -7,11 +7,12 @@ executes the script (it re-executes it on reload).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCRIPT", "make_addons", "mitmdump_executable"]
+__all__ = ["SCRIPT", "make_addons", "mitmdump_command", "mitmdump_executable"]
 
 SCRIPT = Path(__file__).resolve().with_name("mitmdump_entry.py")
 
@@ -31,3 +32,12 @@ def mitmdump_executable() -> str:
     """The mitmdump installed next to this interpreter (the same environment), else from PATH."""
     candidate = Path(sys.executable).with_name("mitmdump")
     return str(candidate) if candidate.exists() else "mitmdump"
+
+
+def mitmdump_command() -> list[str]:
+    """argv prefix that runs *this* environment's mitmdump: the script beside the interpreter,
+    else mitmproxy's entry point through this interpreter (never another installation's)."""
+    candidate = Path(sys.executable).with_name("mitmdump")
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return [str(candidate)]
+    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())"]

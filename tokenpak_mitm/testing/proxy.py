@@ -1,6 +1,7 @@
 """Run a real ``mitmdump -s`` subprocess with the package's addon script on a loopback port.
 
-Used by the end-to-end tests, ``tokenpak conformance`` and the benchmarks, so all of them run
+The one mitmdump process helper: used by the end-to-end tests, ``tokenpak conformance``,
+``tokenpak doctor``'s streaming check and the benchmarks, so all of them run
 the addon exactly as users do (script loading, option parsing, chain position, shutdown flush).
 The port is whatever the OS gave (``-p 0``), read back from mitmdump's own listening line; the
 addon's startup line is awaited so a silently skipped script (mitmproxy's bad ``--set`` pitfall)
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from tokenpak_mitm.script import SCRIPT, mitmdump_executable
+from tokenpak_mitm.script import SCRIPT, mitmdump_command, mitmdump_executable
 
 __all__ = ["MitmdumpProcess", "ADDON_SCRIPT", "mitmdump_executable"]
 
@@ -36,8 +37,10 @@ class MitmdumpProcess:
         options: Sequence[str] = (),
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        stop_signal: int = signal.SIGINT,
+        start_new_session: bool = False,
     ) -> None:
-        args = [mitmdump_executable(), "--listen-host", "127.0.0.1", "-p", "0", "--mode", mode, "--set", f"confdir={confdir}"]
+        args = [*mitmdump_command(), "--listen-host", "127.0.0.1", "-p", "0", "--mode", mode, "--set", f"confdir={confdir}"]
         if addon:
             args += ["-s", str(ADDON_SCRIPT)]
             if db is not None:
@@ -48,19 +51,37 @@ class MitmdumpProcess:
         self.args = args
         self.addon = addon
         self.env = {**os.environ, **(env or {})}
+        self.stop_signal = stop_signal  # SIGINT or SIGTERM: either runs the addon's `done` (rows flushed)
+        self.start_new_session = start_new_session
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        self.ports: list[int] = []  # every listener's port, in the order mitmdump reported them
+        self.expect_listeners = 1
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self._started = threading.Event()
         self._port_seen = threading.Event()
+
+    @classmethod
+    def from_args(cls, args: Sequence[str], *, addon: bool = True, expect_listeners: int = 1, env: dict[str, str] | None = None,
+                  stop_signal: int = signal.SIGINT, start_new_session: bool = False) -> MitmdumpProcess:
+        """mitmdump with exactly these arguments (they must listen on a port, ``-p 0`` is fine)."""
+        proc = cls("unused", confdir=".", addon=addon, env=env, stop_signal=stop_signal, start_new_session=start_new_session)
+        proc.args = [*mitmdump_command(), *args]
+        proc.expect_listeners = expect_listeners
+        return proc
+
+    @property
+    def text(self) -> str:
+        return self.output()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> MitmdumpProcess:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, bufsize=1)
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=self.env, bufsize=1, start_new_session=self.start_new_session)
         threading.Thread(target=self._pump, daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -77,10 +98,11 @@ class MitmdumpProcess:
         for line in self.proc.stdout:
             with self._lock:
                 self.lines.append(line.rstrip("\n"))
-            if not self._port_seen.is_set():
-                m = _LISTEN.search(line)
-                if m:
-                    self.port = int(m.group(2))
+            m = _LISTEN.search(line)
+            if m:
+                self.ports.append(int(m.group(2)))
+                self.port = self.ports[0]
+                if len(self.ports) >= self.expect_listeners:
                     self._port_seen.set()
             if "tokenpak-mitm" in line and "running" in line:
                 self._started.set()
@@ -93,7 +115,7 @@ class MitmdumpProcess:
         """Graceful stop (SIGINT): the addon's ``done`` flushes every queued row."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(self.stop_signal)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
