@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenpak_mitm.script import SCRIPT  # inside the package: a pip install has it too
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 
 __all__ = ["StreamCheck", "check_streaming", "SseStub", "FRAMES"]
@@ -101,12 +102,6 @@ class StreamCheck:
     row: dict[str, Any] | None = None
 
 
-def _addon_script(tmp: Path) -> str:
-    from tokenpak_mitm.script import SCRIPT  # inside the package: a pip install has it too
-
-    return str(SCRIPT)
-
-
 def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:
     """Run the whole check in a throwaway confdir and database; never touches the user's."""
     with tempfile.TemporaryDirectory(prefix="tokenpak-doctor-") as tmp_name:
@@ -114,7 +109,7 @@ def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:
         db = tmp / "doctor.db"
         stub = SseStub(pause)
         args = ["--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:http://127.0.0.1:{stub.port}",
-                "-s", _addon_script(tmp), "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp / 'confdir'}"]
+                "-s", str(SCRIPT), "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp / 'confdir'}"]
         # SIGTERM and its own session: a Ctrl-C at the doctor's terminal is not also sent to it.
         proxy = MitmdumpProcess.from_args(args, stop_signal=signal.SIGTERM, start_new_session=True)
         try:
