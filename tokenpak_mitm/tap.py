@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 MAX_PENDING_FRAME = 16 * 1024 * 1024
 
 FrameSink = Callable[[str | None, bytes], None]
+REPLAY_PIECE = 16 * 1024  # bytes per piece when a buffered body is observed as if streamed
 
 
 class StreamTap:
@@ -113,8 +114,12 @@ class StreamTap:
                 sink(event_name(raw), raw)
 
     def feed_buffered(self, body: bytes) -> None:
-        """Observe a whole buffered body at once (a replayed flow: the callable never ran), then close."""
-        self._observe(body)
+        """Observe a whole buffered body (a replayed flow: the callable never ran), then close.
+
+        Fed in wire-sized pieces, so per-chunk limits apply as they do live."""
+        view = memoryview(body)
+        for pos in range(0, len(view), REPLAY_PIECE):
+            self._observe(bytes(view[pos:pos + REPLAY_PIECE]))
         self.close()
 
     def _finish(self) -> None:
