@@ -13,16 +13,24 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tokenpak_mitm.script import SCRIPT, mitmdump_command, mitmdump_executable
 
 __all__ = ["MitmdumpProcess", "ADDON_SCRIPT", "mitmdump_executable"]
 
 ADDON_SCRIPT = SCRIPT  # the package's own entry: what `tokenpak run` and a pip install use
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 _LISTEN = re.compile(r"listening at (?:\S+://)?\[?([0-9a-fA-F.:]+?)\]?:(\d+)")
 
 
@@ -57,6 +65,8 @@ class MitmdumpProcess:
         self.port = 0
         self.ports: list[int] = []  # every listener's port, in the order mitmdump reported them
         self.expect_listeners = 1
+        self.listen_port = 0  # quiet(): the port picked here, polled instead of read from the output
+        self.log: Path | None = None
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self._started = threading.Event()
@@ -79,7 +89,25 @@ class MitmdumpProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @classmethod
+    def quiet(cls, args: Sequence[str], *, log: Path | None = None, env: dict[str, str] | None = None) -> MitmdumpProcess:
+        """``mitmdump -q`` on a free port picked here (``-q`` hides the "listening at" line): ready
+        once the port accepts connections; output goes to ``log`` (or nowhere), not through a pipe
+        this process must read. Whether the addon loaded is for the caller to check (its database)."""
+        port = _free_port()
+        proc = cls("unused", confdir=".", addon=False, env=env)
+        proc.args = [*mitmdump_command(), "-q", "--listen-host", "127.0.0.1", "-p", str(port), *args]
+        proc.listen_port, proc.log = port, log
+        return proc
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def start(self, timeout: float = 30.0) -> MitmdumpProcess:
+        if self.listen_port:
+            return self._start_quiet(timeout)
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=self.env, bufsize=1, start_new_session=self.start_new_session)
         threading.Thread(target=self._pump, daemon=True).start()
@@ -92,6 +120,28 @@ class MitmdumpProcess:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError("mitmdump did not start:\n" + self.output())
+
+    def _start_quiet(self, timeout: float) -> MitmdumpProcess:
+        out = open(self.log, "w") if self.log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
+        try:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                         env=self.env, start_new_session=self.start_new_session)
+        finally:
+            if self.log:
+                out.close()  # type: ignore[union-attr]
+        self.port = self.listen_port
+        self.ports = [self.port]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.proc.returncode}" + (f" (log: {self.log})" if self.log else ""))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mitmdump did not listen on {self.port} within {timeout}s")
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
