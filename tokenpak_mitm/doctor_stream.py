@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import socketserver
 import sqlite3
 import tempfile
 import threading
@@ -24,8 +23,9 @@ from typing import Any
 
 from tokenpak_mitm.script import SCRIPT  # inside the package: a pip install has it too
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.testing.upstream import Script, ScriptedUpstream, Step
 
-__all__ = ["StreamCheck", "check_streaming", "SseStub", "FRAMES"]
+__all__ = ["StreamCheck", "check_streaming", "FRAMES"]
 PAUSE = 5.0  # seconds the upstream holds the rest of the stream when the first frame is not seen
 
 
@@ -46,50 +46,27 @@ FRAMES: tuple[bytes, ...] = (
 )
 
 
-class SseStub(socketserver.ThreadingTCPServer):
-    """Loopback upstream: first frame, then the rest only once ``release`` is set (or PAUSE ends)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
+class _HeldStream:
+    """The loopback upstream (the shared ScriptedUpstream): the first frame, then the rest only once
+    ``release`` is set or ``pause`` ends; ``rest_step.waited`` stays empty while it is held."""
 
     def __init__(self, pause: float = PAUSE) -> None:
-        self.pause = pause
         self.release = threading.Event()
-        self.rest_sent = threading.Event()
-        super().__init__(("127.0.0.1", 0), _StubHandler)
-        threading.Thread(target=self.serve_forever, name="doctor-sse-stub", daemon=True).start()
+        self.rest_step = Step(b"".join(FRAMES[1:]), wait_for=self.release, wait_timeout=pause)
+        script = Script(headers=[("content-type", "text/event-stream")], steps=[Step(FRAMES[0]), self.rest_step], close=True)
+        self.upstream = ScriptedUpstream(lambda _req: script).start()
 
     @property
     def port(self) -> int:
-        return self.server_address[1]
+        return self.upstream.port
+
+    @property
+    def rest_sent(self) -> bool:
+        return bool(self.rest_step.waited)
 
     def close(self) -> None:
         self.release.set()
-        self.shutdown()
-        self.server_close()
-
-
-class _StubHandler(socketserver.StreamRequestHandler):
-    server: SseStub
-
-    def handle(self) -> None:
-        length = 0
-        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        self.rfile.read(length)
-        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-        self.wfile.write(head + _chunk(FRAMES[0]))
-        self.wfile.flush()
-        self.server.release.wait(self.server.pause)
-        self.server.rest_sent.set()
-        self.wfile.write(b"".join(_chunk(f) for f in FRAMES[1:]) + b"0\r\n\r\n")
-        self.wfile.flush()
-
-
-def _chunk(data: bytes) -> bytes:
-    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+        self.upstream.stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +84,7 @@ def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:
     with tempfile.TemporaryDirectory(prefix="tokenpak-doctor-") as tmp_name:
         tmp = Path(tmp_name)
         db = tmp / "doctor.db"
-        stub = SseStub(pause)
+        stub = _HeldStream(pause)
         args = ["--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:http://127.0.0.1:{stub.port}",
                 "-s", str(SCRIPT), "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp / 'confdir'}"]
         # SIGTERM and its own session: a Ctrl-C at the doctor's terminal is not also sent to it.
@@ -136,7 +113,7 @@ def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:
         return StreamCheck(not problems, unbuffered, intact, recorded, "; ".join(problems) or "first frame arrived before the rest was sent; row recorded", row)
 
 
-def _stream_once(port: int, stub: SseStub, timeout: float) -> tuple[bool, bytes]:
+def _stream_once(port: int, stub: _HeldStream, timeout: float) -> tuple[bool, bytes]:
     """Returns (first frame seen while the rest was still held, whole body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -149,7 +126,7 @@ def _stream_once(port: int, stub: SseStub, timeout: float) -> tuple[bool, bytes]
             if not line:
                 break
             received += line
-        unbuffered = received == FRAMES[0] and not stub.rest_sent.is_set()
+        unbuffered = received == FRAMES[0] and not stub.rest_sent
         stub.release.set()
         return unbuffered, received + resp.read()
     finally:
