@@ -33,6 +33,7 @@ from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
 from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
+from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
@@ -57,7 +58,7 @@ OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thr
 class _FlowState:
     route: Route
     record: RequestRecord
-    tracker: Any
+    tracker: Tracker
     # Decided once, when the flow starts: do its bytes come from the network now (else it is a
     # loaded flow replayed from a file, whose stream callable never runs), and did an earlier run
     # of this addon already handle it (a recorded flow: markers in the body, timings stashed)?

@@ -51,7 +51,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from tokenpak_mitm.row import CacheDecision
 
@@ -365,7 +365,17 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Callable[[], Sizes]
     return Plan("inserted", kept[:MAX_MARKERS], prefix_tokens_est=largest, model=model, minimum_tokens=minimum)
 
 
-_Candidate = tuple[str, int, "int | None", bool, str]
+StatelessPurpose = Literal["tools", "system", "final", "intermediate"]
+
+
+class _Candidate(NamedTuple):
+    """A breakpoint position before the minimum-length filter."""
+
+    section: str  # tools | system | messages
+    idx: int  # tool, system block or message index
+    block: int | None
+    wraps: bool  # a string that must become a one-block list to carry a marker
+    purpose: StatelessPurpose
 
 
 def _candidates(request: dict[str, Any], mode: str) -> list[_Candidate]:
@@ -376,25 +386,26 @@ def _candidates(request: dict[str, Any], mode: str) -> list[_Candidate]:
     if mode == "top-level":
         # The provider places the automatic breakpoint itself; we only need its prefix to size it.
         if final is not None:
-            return [("messages", *blocks[final][:2], isinstance(blocks[final][2], str), "final")]
+            msg, blk, block = blocks[final]
+            return [_Candidate("messages", msg, blk, isinstance(block, str), "final")]
         sys_idx = _system_target(system)
         if sys_idx is not None:
-            return [("system", sys_idx, None, isinstance(system, str), "system")]
-        return [("tools", len(tools) - 1, None, False, "tools")] if tools else []
+            return [_Candidate("system", sys_idx, None, isinstance(system, str), "system")]
+        return [_Candidate("tools", len(tools) - 1, None, False, "tools")] if tools else []
     found: list[_Candidate] = []
     if tools:
         stable = [i for i, t in enumerate(tools) if not is_volatile_text(t.get("description"))]
-        found.append(("tools", _stable_or_last(stable, len(tools) - 1), None, False, "tools"))
+        found.append(_Candidate("tools", _stable_or_last(stable, len(tools) - 1), None, False, "tools"))
     sys_idx = _system_target(system)
     if sys_idx is not None:
-        found.append(("system", sys_idx, None, isinstance(system, str), "system"))
+        found.append(_Candidate("system", sys_idx, None, isinstance(system, str), "system"))
     if final is not None:
         previous = _previous_breakpoint(messages, blocks)
         if previous is not None and final - previous >= LOOKBACK_BLOCKS:
             msg, blk, block = blocks[previous]
-            found.append(("messages", msg, blk, isinstance(block, str), "intermediate"))
+            found.append(_Candidate("messages", msg, blk, isinstance(block, str), "intermediate"))
         msg, blk, block = blocks[final]
-        found.append(("messages", msg, blk, isinstance(block, str), "final"))
+        found.append(_Candidate("messages", msg, blk, isinstance(block, str), "final"))
     return found
 
 
