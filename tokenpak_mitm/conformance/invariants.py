@@ -53,7 +53,7 @@ class Evidence:
     client_response_body: bytes | None = None
     path: str = "completed"  # how the exchange ended: completed | client_disconnected | upstream_disconnected | proxy_error
     # from inside the proxy
-    observed_frames: list[bytes] | None = None  # ConformanceObserver.on_stream_frame, in call order
+    observed_frames: list[bytes] | None = None  # frames the tap reported to its sinks, in call order
     rows: list[Mapping[str, Any]] | None = None  # every telemetry row written for this request
     timeline: list[str] | None = None  # "frame" / "terminal" / "row", in the order the proxy did them
     # at rest: everything we wrote (db, spill, flow files, log lines, traces) and the canaries used
