@@ -45,6 +45,7 @@ logger = logging.getLogger("tokenpak.conformance")
 MODES = ("off", "warn", "strict")
 _MAX_PENDING_FRAME = 4 * 1024 * 1024
 _MAX_FLOWS = 10_000
+ROW_GRACE = 1.0  # seconds an ended flow may still take to emit its row (an awaiting hook)
 _LOGGED_PER_FLOW = 5  # a broken tap would otherwise log every frame of every stream
 
 
@@ -84,6 +85,7 @@ class LiveConformance:
         self.mode = "off"
         self.violations = 0
         self._flows: OrderedDict[str, _LiveFlow] = OrderedDict()
+        self._ended: set[str] = set()  # flows whose end was seen and whose row check is scheduled
         self._exit_hook_added = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -112,6 +114,8 @@ class LiveConformance:
         return self.mode != "off"
 
     def done(self) -> None:
+        for fid in list(self._ended):  # ended flows whose grace had not run out yet
+            self._check_row_written(fid, False)
         if self.violations and self.mode != "strict":
             logger.warning("tokenpak: %d conformance violation(s) seen (tokenpak_conformance=warn)", self.violations)
 
@@ -152,15 +156,26 @@ class LiveConformance:
 
     def _end(self, flow: http.HTTPFlow) -> None:
         """The flow ended: its row must exist. Checked once every addon's hook for this event ran
-        (TokenPak may come after this addon in the list), i.e. on the next turn of the loop."""
-        if flow.id not in self._flows:
+        (TokenPak may come after this addon in the list), i.e. on the next turn of the loop; a
+        flow still without its row then gets ROW_GRACE seconds more (a hook that awaits), and
+        whatever is still pending at shutdown is checked in ``done``."""
+        if flow.id not in self._flows or flow.id in self._ended:
             return
+        self._ended.add(flow.id)
         try:
-            asyncio.get_running_loop().call_soon(self._check_row_written, flow.id)
+            asyncio.get_running_loop().call_soon(self._check_row_written, flow.id, True)
         except RuntimeError:  # no loop (driven synchronously, e.g. by a test harness)
-            self._check_row_written(flow.id)
+            self._check_row_written(flow.id, False)
 
-    def _check_row_written(self, fid: str) -> None:
+    def _check_row_written(self, fid: str, may_wait: bool) -> None:
+        st = self._flows.get(fid)
+        if st is not None and st.rows == 0 and may_wait:
+            try:
+                asyncio.get_running_loop().call_later(ROW_GRACE, self._check_row_written, fid, False)
+                return
+            except RuntimeError:
+                pass
+        self._ended.discard(fid)
         st = self._flows.pop(fid, None)
         if st is not None and st.rows == 0:
             self._violate(fid, st, "I10: no telemetry row was emitted for this LLM request")
