@@ -504,3 +504,37 @@ AnthropicTracker.feed_body = _boom
     i10 = [v.message for v in outcome.results["I10"] or []]
     assert i10 == ["terminal_state is 'proxy_error', this exchange (completed) calls for 'completed'"]
     assert outcome.results["I8"] == [] and outcome.results["I5"] == [] and outcome.results["I1"] == []
+
+
+def test_live_checker_accepts_a_row_that_comes_after_its_own_end_hook():
+    """Order independence: the checker may see response/error before TokenPak emitted the row."""
+    import asyncio
+
+    from mitmproxy.test import taddons, tflow
+
+    from tokenpak_mitm import hooks
+    from tokenpak_mitm.addon import TokenPak
+    from tokenpak_mitm.conformance.live import LiveConformance
+    from tokenpak_mitm.row import TelemetryRow
+
+    live = LiveConformance()
+    with taddons.context(TokenPak(), live) as tctx:
+        tctx.configure(live, tokenpak_conformance="warn")
+        late, missing = tflow.tflow(resp=True), tflow.tflow(resp=True)
+        for f in (late, missing):
+            f.request.method, f.request.host, f.request.path = "POST", "api.anthropic.com", "/v1/messages"
+            live.requestheaders(f)
+
+        async def run() -> TelemetryRow:
+            live.response(late)
+            live.response(missing)
+            slot = hooks.RowSlot(TelemetryRow(request_key=late.id, started_at=1.0))
+            live.tokenpak_row(late, slot)  # TokenPak came after the checker in the list
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            return slot.row
+
+        row = asyncio.run(run())
+        live.done()  # the flow that never got a row is reported by shutdown at the latest
+    assert row.conformance_violations == 0
+    assert live.violations == 1
