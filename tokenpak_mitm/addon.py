@@ -39,7 +39,6 @@ from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
-from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for

@@ -556,10 +556,10 @@ def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[
     digests = [b.digest for b in bounds]
     stats = memory.index.stats(digests, now)
     stood_down = any(f in request for f in OPENAI_CACHE_FIELDS) or any(
-        isinstance(block := part_at(request, api, b), dict) and "prompt_cache_breakpoint" in block for b in bounds)  # type: ignore[arg-type]
+        isinstance(block := part_at(request, api, b), dict) and "prompt_cache_breakpoint" in block for b in bounds)
     result = OpenAIPlan("stood_down" if stood_down else "unchanged")
     if not stood_down and facts.explicit_markers and any(s is not None for s in stats):
-        eligible = [b.section == "messages" and b.role != "assistant" and isinstance(part_at(request, api, b), dict)  # type: ignore[arg-type]
+        eligible = [b.section == "messages" and b.role != "assistant" and isinstance(part_at(request, api, b), dict)
                     for b in bounds]
         chosen, notes = _decide(bounds, stats, now, facts, CacheOptions(ttl="auto"), lambda i: eligible[i], ())
         tail_skipped = any(n.reason == "tail_not_reused" for n in notes)
