@@ -34,15 +34,12 @@ def register(name: str, help: str, module: str) -> None:
     SUBCOMMANDS[name] = Subcommand(name, help, module)
 
 
+register("run", "start the proxy (mitmdump with the tokenpak addon script)", "tokenpak_mitm.run_cmd")
 register("setup", "print the environment variables that route a client through the proxy", "tokenpak_mitm.setup_cmd")
 register("report", "tokens, cost, cache hit ratio and savings from the telemetry database", "tokenpak_mitm.report")
 register("tail", "follow a running proxy's requests, one line each", "tokenpak_mitm.tail")
 register("savings", "what prompt caching would cost on a workload file or recorded flows: none, planner, best", "tokenpak_mitm.savings")
 register("doctor", "check the installation, CA, database, client environment and streaming", "tokenpak_mitm.doctor")
-# ---- EXTENSION POINT: `tokenpak conformance` (not implemented here) --------------------------
-# Add one line, e.g. register("conformance", "check recorded flows against the provider
-# protocols", "tokenpak_mitm.conformance_cmd"), with that module defining add_arguments/run.
-# ------------------------------------------------------------------------------------------------
 register("conformance", "replay recorded flows through the proxy and check invariants I1-I10", "tokenpak_mitm.conformance.runner")
 
 
@@ -52,14 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for sub in SUBCOMMANDS.values():
         sub_parser = subparsers.add_parser(sub.name, help=sub.help, description=sub.help)
-        module = importlib.import_module(sub.module)
+        try:
+            module = importlib.import_module(sub.module)
+        except ImportError as e:  # a broken install must not take `tokenpak doctor` down with it
+            sub_parser.set_defaults(_module=sub.module, _broken=f"{type(e).__name__}: {e}")
+            sub_parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            continue
         module.add_arguments(sub_parser)
-        sub_parser.set_defaults(_module=sub.module)
+        sub_parser.set_defaults(_module=sub.module, _broken=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args._broken:
+        print(f"tokenpak {args.command}: cannot load ({args._broken}); run `tokenpak doctor` for the fix", file=sys.stderr)
+        return 1
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

@@ -52,25 +52,8 @@ from typing import Any, Final
 
 from . import cache_planner
 from .cache_facts import TTL_SECONDS, CacheFacts, facts_for
-from .cache_planner import (
-    Breakpoint,
-    CacheOptions,
-    Note,
-    Plan,
-    Sizes,
-    is_eligible_block,
-    is_volatile_text,
-)
-from .prefix_index import (
-    CLUSTER_SECONDS,
-    Api,
-    Boundary,
-    PrefixIndex,
-    PrefixStats,
-    Recorded,
-    boundaries,
-    part_at,
-)
+from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
+from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
 from .row import CacheDecision
 from .token_estimate import TokenCalibration
 
