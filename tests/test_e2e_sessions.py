@@ -22,6 +22,8 @@ from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step
 
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
+
 MODEL = "claude-sonnet-4-6"
 CC = "54c1eb09-bc4c-4d2f-98eb-6d2ab2d5e2fe"
 SYSTEM = " ".join(f"Rule {i}: answer tersely, cite the policy section {i} and never invent facts." for i in range(160))
