@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_for_rows
+
 from tokenpak_mitm.testing.client import build_request, request
 from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread
 from tokenpak_mitm.testing.proxy import MitmdumpProcess

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_sessions import Conversation, Driver, system_text, tools
+
 from tokenpak_mitm import report
 from tokenpak_mitm.cache_miss import miss_cost_usd, usage_with_read
 from tokenpak_mitm.pricing import price

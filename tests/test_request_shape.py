@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from dialect_helpers import ANY_JSON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialect_helpers import ANY_JSON
 from tokenpak_mitm.prefix_index import boundaries
 from tokenpak_mitm.request_shape import mask_volatile, shape_of
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from dialect_helpers import ANY_JSON
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from dialect_helpers import ANY_JSON
 
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
 from tokenpak_mitm.request_shape import shape_of

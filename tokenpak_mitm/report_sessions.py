@@ -10,7 +10,7 @@ Unpriced misses (unknown model) are counted, never taken as $0 lost.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -134,7 +134,7 @@ def miss_causes(rows: Iterable[Row]) -> list[MissCause]:
     return sorted(causes.values(), key=lambda c: (-c.cost_usd, -c.misses, c.reason))
 
 
-def views_json(rows: list[Row], by: str | None, misses: bool) -> dict[str, Any]:
+def views_json(rows: Sequence[Row], by: str | None, misses: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if by in ("session", "project"):
         out[f"by_{by}"] = [g.as_dict() for g in group_summaries(rows, by)]
@@ -154,7 +154,7 @@ def _warm(ts: float | None, now: float) -> str:
     return f"warm until {_clock(ts)}" if ts > now else f"cold since {_clock(ts)}"
 
 
-def print_groups(rows: list[Row], by: str, now: float) -> None:
+def print_groups(rows: Sequence[Row], by: str, now: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -174,7 +174,7 @@ def print_groups(rows: list[Row], by: str, now: float) -> None:
     Console().print(table)
 
 
-def print_misses(rows: list[Row]) -> None:
+def print_misses(rows: Sequence[Row]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -195,7 +195,7 @@ def print_misses(rows: list[Row]) -> None:
         console.print("No cache misses diagnosed in this window.")
 
 
-def html_sections(rows: list[Row], now: float) -> str:
+def html_sections(rows: Sequence[Row], now: float) -> str:
     """The HTML page's sessions table and misses section (self-contained markup, escaped)."""
     e = html.escape
     parts = ["<h2>Cache misses by cause</h2>"]
