@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from tokenpak_mitm.cli import main
-from tokenpak_mitm.report import build_report, parse_since, split_cost, summarize
+from tokenpak_mitm.report import empty_report, parse_since, split_cost
 from tokenpak_mitm.report_html import render_html
+from tokenpak_mitm.report_query import latency_bucket
 from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore
 
 MODEL = "claude-sonnet-4-5"
@@ -41,19 +42,22 @@ def row(key: str, day: int, **values: Any) -> dict[str, Any]:
 
 ROWS = [
     row("a", 1, input_tokens=100, cache_read_tokens=1000, output_tokens=50, cost_usd=0.01, savings_usd=0.002, cache_origin="proxy", markers_inserted=2,
-        cache_decision="inserted", proxy_request_ms=0.4),
+        cache_decision="inserted", proxy_request_ms=0.4, ttft_ms=412.4, duration_ms=2300.0),
     row("b", 1, input_tokens=40, cache_write_tokens=2000, cache_write_5m_tokens=2000, output_tokens=10, cost_usd=0.02, savings_usd=-0.001,
-        cache_origin="proxy", markers_inserted=1, cache_decision="inserted", proxy_request_ms=1.5),
+        cache_origin="proxy", markers_inserted=1, cache_decision="inserted", proxy_request_ms=1.5, ttft_ms=1234.5678, duration_ms=15_432.1),
     row("c", 1, input_tokens=5, cache_read_tokens=500, output_tokens=20, cost_usd=0.005, savings_usd=0.001, cache_origin="client", client_markers=1,
-        route_class="sdk", cache_decision="stood_down", proxy_request_ms=0.1),
-    row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30, cache_decision="below_minimum"),  # unknown model: unpriced
+        route_class="sdk", cache_decision="stood_down", proxy_request_ms=0.1, ttft_ms=95.25, duration_ms=700.0),
+    row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30, cache_decision="below_minimum", stream=0, duration_ms=880.0),  # unknown model: unpriced
     row("e", 2, status_code=529, terminal_state="error_response", usage_source="absent", input_tokens=None, cache_read_tokens=None,
-        cache_write_tokens=None, output_tokens=None, error="overloaded_error"),  # no usage: a request, no tokens, unpriced
+        cache_write_tokens=None, output_tokens=None, error="overloaded_error", duration_ms=120.0),  # 5xx, no usage: unpriced
     row("f", 2, api="messages.count_tokens", billable=0, input_tokens=20, stream=0),  # free endpoint: not "unpriced"
     row("g", 4, provider="openai", api="chat.completions", model="gpt-4o-mini", route_class="sdk", host="api.openai.com", input_tokens=60,
         cache_read_tokens=300, output_tokens=9, cost_usd=0.003, savings_usd=0.0005, cache_origin="unknown", terminal_state="stream_error",
-        usage_source="partial"),
-    row("h", 4, input_tokens=10, output_tokens=1, cost_usd=0.0001, savings_usd=0.0, terminal_state="client_disconnected", usage_source="partial"),
+        usage_source="partial", ttft_ms=300.0, duration_ms=5000.0),
+    row("h", 4, input_tokens=10, output_tokens=1, cost_usd=0.0001, savings_usd=0.0, terminal_state="client_disconnected", usage_source="partial",
+        ttft_ms=0.9996),
+    row("i", 4, status_code=429, terminal_state="error_response", usage_source="absent", input_tokens=None, cache_read_tokens=None,
+        cache_write_tokens=None, output_tokens=None, error="rate_limit_error", duration_ms=80.0),  # rejected: not billed, $0, not unpriced
 ]
 
 
@@ -83,7 +87,8 @@ def expected(rows: list[dict[str, Any]]) -> dict[str, Any]:
     with_usage = [r for r in rows if r["usage_source"] != "absent"]
     tokens = {b: sum(r[f"{b}_tokens"] or 0 for r in with_usage) for b in ("input", "cache_read", "cache_write", "output")}
     prompt = tokens["input"] + tokens["cache_read"] + tokens["cache_write"]
-    priced = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
+    unbilled = [r for r in rows if r["cost_usd"] is None and 400 <= (r["status_code"] or 0) < 500 and r["usage_source"] == "absent"]
+    priced = [r["cost_usd"] for r in rows if r["cost_usd"] is not None] + [0.0 for _ in unbilled]
     savings = {o: sum(r["savings_usd"] for r in rows if r["cache_origin"] == o and r["savings_usd"] is not None)
                for o in ("proxy", "client", "unknown", "none")}
     states: dict[str, int] = {}
@@ -100,7 +105,7 @@ def expected(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens": tokens,
         "cache_hit_ratio": tokens["cache_read"] / prompt if prompt else None,
         "cost_usd": sum(priced) if priced else None,
-        "unpriced_requests": sum(1 for r in rows if r["cost_usd"] is None and r["billable"]),
+        "unpriced_requests": sum(1 for r in rows if r["cost_usd"] is None and r["billable"] and r not in unbilled),
         "savings": savings,
         "terminal_states": states,
     }
@@ -122,9 +127,16 @@ def check(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     times = sorted(r["proxy_request_ms"] for r in rows if r.get("proxy_request_ms") is not None)
     if times:
         assert summary["proxy_request_ms"]["max"] == times[-1]
-        assert summary["proxy_request_ms"]["p50"] == times[min(len(times) - 1, len(times) // 2)]
+        assert summary["proxy_request_ms"]["p50"] == latency_bucket(times[min(len(times) - 1, len(times) // 2)])
     else:
         assert summary["proxy_request_ms"] is None
+    for column in ("ttft_ms", "duration_ms"):
+        values = sorted(r[column] for r in rows if r[column] is not None)
+        if not values:
+            assert summary[column] is None
+            continue
+        want_p = {q: latency_bucket(values[min(len(values) - 1, int(f * len(values)))]) for q, f in (("p50", .5), ("p95", .95), ("p99", .99))}
+        assert summary[column] == {**want_p, "n": len(values)}, column
 
 
 def report_json(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
@@ -143,8 +155,10 @@ def test_totals_equal_independent_sums(db: Path, capsys: pytest.CaptureFixture[s
     assert data["totals"]["cost_usd"] == pytest.approx(sql_cost)
     assert data["totals"]["tokens"]["cache_read"] == sql_read
     # The fixed figures, so a wrong "independent" computation cannot hide a wrong report.
-    assert data["totals"]["unpriced_requests"] == 2  # d (unknown model) and e (no usage); f is free
-    assert data["totals"]["requests"] == 8 and data["totals"]["requests_without_usage"] == 1
+    assert data["totals"]["unpriced_requests"] == 2  # d (unknown model) and e (no usage); f is free, i rejected (not billed)
+    assert data["totals"]["requests"] == 9 and data["totals"]["requests_without_usage"] == 2 and data["totals"]["errors"] == 4
+    assert data["totals"]["ttft_ms"] == {"p50": 300.0, "p95": 1230.0, "p99": 1230.0, "n": 5}  # 1.00, 95.3, 300, 412, 1230
+    assert data["totals"]["duration_ms"]["p50"] == 880.0 and data["totals"]["duration_ms"]["p99"] == 15_400.0
     assert data["totals"]["cache_hit_ratio"] == pytest.approx(1800 / (535 + 1800 + 2000))
     assert data["definitions"]["cache_hit_ratio"].startswith("cache_read / (input + cache_read + cache_write)")
 
@@ -177,15 +191,6 @@ def test_unpriced_only_group_reports_unknown_cost_not_zero(db: Path, capsys: pyt
     assert mystery["cost_usd"] is None and mystery["unpriced_requests"] == 1
 
 
-def test_absent_usage_counts_as_request_not_tokens() -> None:
-    rows = [row("x", 1, usage_source="absent", input_tokens=999, output_tokens=999, cost_usd=None),
-            row("y", 1, input_tokens=1, output_tokens=2, cost_usd=0.5)]
-    s = summarize(rows, unit_prices=lambda p, m: None)
-    assert s.requests == 2 and s.requests_with_usage == 1
-    assert s.tokens["input"] == 1 and s.tokens["output"] == 2
-    assert s.cost_usd == 0.5 and s.unpriced_requests == 1
-
-
 def test_cost_split_by_bucket_sums_to_recorded_cost() -> None:
     units = {"input": 3e-6, "cache_read": 0.3e-6, "cache_write": 3.75e-6, "cache_write_1h": 6e-6, "output": 15e-6}
     r = row("s", 1, input_tokens=1000, cache_read_tokens=10000, cache_write_tokens=2000, cache_write_1h_tokens=500, output_tokens=100)
@@ -199,7 +204,7 @@ def test_cost_split_by_bucket_sums_to_recorded_cost() -> None:
 def test_console_tables(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--db", str(db), "--since", "all", "--by", "model"]) == 0
     out = capsys.readouterr().out
-    assert "2 unpriced requests" in out and "1 requests reported no usage" in out
+    assert "2 unpriced requests" in out and "2 requests reported no usage" in out
     assert MODEL in out and "mystery-model" in out and "cache hit" in out
 
 
@@ -208,10 +213,12 @@ def test_html_is_self_contained_with_charts(db: Path, tmp_path: Path, capsys: py
     assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
     html = page.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
-    assert html.count("<svg") == 3 and html.count("</svg>") == 3
+    assert html.count("<svg") == 5 and html.count("</svg>") == 5
     assert "<rect" in html and "<polyline" in html
-    for needle in ("Cost per day", "Cache hit ratio per day", "Savings per day"):
-        assert needle in html
+    for needle in ("Cost per day (USD, priced requests) by model", "by token bucket", "Cache hit ratio per day", "Latency per day",
+                   "Savings per day", "planner decision", "Proxy's own request-side time", MODEL, "gpt-4o-mini"):
+        assert needle in html, needle
+    assert "no marker (provider)" in html  # g was cached by the provider: that series and card show
     lowered = html.lower()
     for forbidden in ("http://", "https://", "//cdn", "<script", "xmlns", "src=", "href=", "url(", "@import"):
         assert forbidden not in lowered, forbidden
@@ -219,7 +226,7 @@ def test_html_is_self_contained_with_charts(db: Path, tmp_path: Path, capsys: py
 
 
 def test_html_with_no_rows() -> None:
-    html = render_html(build_report([], since="7d"))
+    html = render_html(empty_report(since="7d"))
     assert "No requests in this window." in html and "<svg" not in html
 
 

@@ -90,6 +90,12 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
     # 2
     "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V2),
+    # 3: indexes for `tokenpak report` (aggregation runs in SQL): the price lookup reads the
+    # distinct (provider, model) pairs from an index, and the latency histograms read a narrow
+    # covering index instead of the wide table rows.
+    "CREATE INDEX IF NOT EXISTS requests_provider_model ON requests(provider, model);"
+    "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
+    "ttft_ms, duration_ms, proxy_request_ms);",
 )
 
 SPILL_SUFFIX = ".spill.jsonl"
