@@ -242,14 +242,14 @@ def _order(groups: dict[str, Summary], by: str) -> list[Summary]:
     return sorted(groups.values(), key=lambda s: (-(s.cost_usd or 0.0), -s.requests, s.key))
 
 
-def choose_period(conn: sqlite3.Connection, filters: Filters, now: float | None = None) -> str:
-    """``hour`` when the window (or, for an open window, the data) spans under two days."""
+def choose_period(conn: sqlite3.Connection, filters: Filters, now: float | None = None) -> tuple[str, float, float]:
+    """``hour`` when the window (or, for an open window, the data) spans under two days; and the span."""
     first_last = rq.span(conn, filters)
     if first_last is None:
-        return "day"
+        return "day", 0.0, 0.0
     lo = filters.since_ts if filters.since_ts is not None else first_last[0]
     hi = filters.until_ts if filters.until_ts is not None else (first_last[1] if filters.since_ts is None else (time.time() if now is None else now))
-    return "hour" if hi - lo < HOURLY_BELOW else "day"
+    return ("hour" if hi - lo < HOURLY_BELOW else "day"), first_last[0], first_last[1]
 
 
 def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", filters: Filters | None = None,
@@ -257,14 +257,29 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     """Aggregate the filtered rows of an open database (a connection from ``connect_readonly``)."""
     filters = filters or Filters()
     prices = unit_prices or _table_unit_prices
-    period = period or choose_period(conn, filters)
-    group_sql, period_sql = GROUPINGS[by], rq.PERIODS[period]
+    chosen, first, last = choose_period(conn, filters)
+    period = period or chosen
+    offsets = rq.utc_offsets(first, last)
+    period_sql = rq.local_period_sql(period, offsets)
+    group_sql = GROUPINGS[by] or rq.local_period_sql("day", offsets)
+    labels: dict[tuple[str, str], str] = {}
+
+    def label(kind: str, number: str) -> str:
+        """Day/hour numbers from SQL become ISO labels; other group keys stay as they are."""
+        if kind not in ("day", "hour"):
+            return number
+        if (kind, number) not in labels:
+            labels[kind, number] = rq.period_label(kind, int(number))
+        return labels[kind, number]
+
+    group_kind = "day" if by == "day" else by
     totals = Summary("total")
     groups: dict[str, Summary] = {}
     periods: dict[str, Summary] = {}
     model_cost: dict[str, dict[str, float]] = {}
     for c in rq.cube(conn, filters, group_sql, period_sql, prices):
         totals.merge(c)
+        c.group, c.period = label(group_kind, c.group), label(period, c.period)
         groups.setdefault(c.group, Summary(c.group)).merge(c)
         periods.setdefault(c.period, Summary(c.period)).merge(c)
         if c.priced:
@@ -272,8 +287,9 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
             by_model[c.model] = by_model.get(c.model, 0.0) + c.cost
     for metric, g, p, value, n in rq.histograms(conn, filters, group_sql, period_sql):
         totals.add_latency(metric, value, n)
-        groups[g].add_latency(metric, value, n)
-        periods[p].add_latency(metric, value, n)
+        if g is not None and p is not None:
+            groups[label(group_kind, g)].add_latency(metric, value, n)
+            periods[label(period, p)].add_latency(metric, value, n)
     ordered_periods = _fill_periods(_order(periods, "day"), period)
     if by == "day" and period == "day":
         ordered_groups = ordered_periods

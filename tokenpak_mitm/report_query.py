@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 __all__ = [
-    "ColumnFilter", "COLUMN_FILTERS", "Filters", "GROUPINGS", "PERIODS", "LATENCY_COLUMNS", "PERCENTILES", "where",
-    "latency_bucket", "percentiles", "CubeRow", "cube", "histograms", "UnitPrices",
+    "ColumnFilter", "COLUMN_FILTERS", "Filters", "GROUPINGS", "utc_offsets", "local_period_sql", "period_label", "LATENCY_COLUMNS", "PERCENTILES", "where",
+    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "UnitPrices",
 ]
 
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
@@ -101,17 +103,54 @@ def where(filters: Filters, available: Iterable[str] | None = None) -> tuple[str
 
 
 # -- groupings ----------------------------------------------------------------------------------
-# Local calendar days and hours: users read reports in their own time zone.
-PERIODS: dict[str, str] = {
-    "day": "date(started_at, 'unixepoch', 'localtime')",
-    "hour": "strftime('%Y-%m-%d %H:00', started_at, 'unixepoch', 'localtime')",
-}
 GROUPINGS: dict[str, str] = {
-    "day": PERIODS["day"],
+    "day": "",  # the local day: filled in by local_period_sql
     "model": "COALESCE(model, '(unknown)')",
     "route": "COALESCE(route_class, '(unknown)')",
     "provider": "COALESCE(provider, '(unknown)')",
 }
+PERIOD_SECONDS = {"day": 86400, "hour": 3600}
+
+
+def utc_offsets(lo: float, hi: float) -> list[tuple[float, int]]:
+    """[(from timestamp, local UTC offset in seconds)] covering [lo, hi]: the time zone's changes.
+
+    Users read reports in their own time zone. Asking SQLite for ``'localtime'`` per row costs
+    microseconds each; the offset changes only at DST transitions, so the periods are computed
+    with plain arithmetic from this short list instead.
+    """
+    def off(t: float) -> int:
+        return time.localtime(t).tm_gmtoff
+
+    segments = [(-math.inf, off(lo))]
+    t = lo
+    while t < hi:
+        nxt = min(t + 3600, hi)
+        if off(nxt) != segments[-1][1]:  # a change within this hour: find its quarter-hour
+            q = t
+            while off(q) == segments[-1][1]:
+                q += 900
+            segments.append((q - q % 900, off(q)))
+        t = nxt
+    return segments
+
+
+def local_period_sql(period: str, offsets: Sequence[tuple[float, int]]) -> str:
+    """SQL for the local day (hour) number of ``started_at``: days (hours) since 1970-01-01 local."""
+    if len(offsets) == 1:
+        shifted = f"started_at + {offsets[0][1]}"
+    else:
+        cases = " ".join(f"WHEN started_at < {start!r} THEN {prev}" for (_, prev), (start, _) in zip(offsets, offsets[1:], strict=False))
+        shifted = f"started_at + (CASE {cases} ELSE {offsets[-1][1]} END)"
+    return f"CAST(({shifted}) / {PERIOD_SECONDS[period]} AS INTEGER)"
+
+
+def period_label(period: str, number: int) -> str:
+    """``2026-05-16`` for a day number, ``2026-05-16 14:00`` for an hour number."""
+    if period == "day":
+        return (date(1970, 1, 1) + timedelta(days=number)).isoformat()
+    return (datetime(1970, 1, 1) + timedelta(hours=number)).strftime("%Y-%m-%d %H:00")
+
 
 # -- latency ------------------------------------------------------------------------------------
 LATENCY_COLUMNS: dict[str, str] = {"ttft": "ttft_ms", "duration": "duration_ms", "proxy": "proxy_request_ms"}
@@ -158,16 +197,14 @@ def percentiles(hist: Mapping[float, int]) -> dict[str, float] | None:
 
 
 # -- aggregation --------------------------------------------------------------------------------
-BUCKET_PARTS = ("input", "cache_read", "cache_write", "output", "other")
-ORIGIN_SUMS = ("proxy", "client", "unknown", "none")
-
 
 @dataclass(slots=True)
 class CubeRow:
-    """Sums over the rows sharing (group, period, model, terminal state, usage source, cache decision)."""
+    """Sums over the rows sharing (group, period, provider, model, terminal state, usage source, cache decision)."""
 
     group: str
     period: str
+    provider: str | None
     model: str
     terminal_state: str
     usage_source: str
@@ -182,20 +219,6 @@ class CubeRow:
     savings: dict[str, float]
     markers_inserted: int
     proxy_max: float | None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _units_cte(conn: sqlite3.Connection, unit_prices: UnitPrices) -> tuple[str, list[Any]]:
-    """A ``units`` CTE of per-token prices for every (provider, model) in the table."""
-    rows: list[Any] = []
-    for provider, model in conn.execute("SELECT DISTINCT provider, model FROM requests"):
-        u = unit_prices(provider, model)
-        if u:
-            rows.append((provider, model, u["input"], u["cache_read"], u["cache_write"], u.get("cache_write_1h", u["cache_write"]), u["output"]))
-    if not rows:
-        return "units(u_provider, u_model, u_in, u_cr, u_cw, u_cw1h, u_out) AS (SELECT NULL, NULL, 0, 0, 0, 0, 0 WHERE 0)", []
-    values = ", ".join("(?, ?, ?, ?, ?, ?, ?)" for _ in rows)
-    return f"units(u_provider, u_model, u_in, u_cr, u_cw, u_cw1h, u_out) AS (VALUES {values})", [v for r in rows for v in r]
 
 
 def table_columns(conn: sqlite3.Connection) -> list[str]:
@@ -204,71 +227,99 @@ def table_columns(conn: sqlite3.Connection) -> list[str]:
 
 # A request the provider rejected (4xx) and that reported no usage is not billed: zero cost, priced.
 _UNBILLED = "(cost_usd IS NULL AND status_code BETWEEN 400 AND 499 AND COALESCE(usage_source, 'absent') = 'absent')"
-_HAS_USAGE = "(COALESCE(usage_source, 'absent') != 'absent')"
+_USAGE = "usage_source != 'absent'"  # NULL (never written) counts as absent too: CASE WHEN NULL is false
+_PRICED_USAGE = f"{_USAGE} AND cost_usd IS NOT NULL"
+
+
+def split_cell(cost_with_usage: float, cost_without: float, tokens: Mapping[str, int], units: Mapping[str, float] | None) -> dict[str, float]:
+    """Apportion a cell's cost to token buckets by the current unit prices (``other`` when unknown).
+
+    Every row of a cell has the same provider and model, so its unit prices are the cell's; when
+    each row's recorded cost was computed from those prices (the normal case), this equals the
+    per-row split ``report.split_cost`` summed over the rows, and it always sums to the cost.
+    """
+    parts: dict[str, float] = {}
+    weights = {}
+    if units:
+        w1h = tokens["cache_write_1h"]
+        weights = {
+            "input": tokens["input"] * units["input"],
+            "cache_read": tokens["cache_read"] * units["cache_read"],
+            "cache_write": (tokens["cache_write"] - w1h) * units["cache_write"] + w1h * units.get("cache_write_1h", units["cache_write"]),
+            "output": tokens["output"] * units["output"],
+        }
+    total = math.fsum(weights.values())
+    if total > 0:
+        parts = {b: cost_with_usage * w / total for b, w in weights.items() if w}
+    elif cost_with_usage:
+        parts["other"] = cost_with_usage
+    if cost_without:
+        parts["other"] = parts.get("other", 0.0) + cost_without
+    return parts
 
 
 def cube(conn: sqlite3.Connection, filters: Filters, group_sql: str, period_sql: str, unit_prices: UnitPrices) -> list[CubeRow]:
-    """One pass over the filtered rows: sums per (group, period, state, usage source, decision).
+    """One pass over the filtered rows: sums per (group, period, provider, model, state, usage source, decision).
 
-    The per-bucket cost split (each row's recorded cost apportioned by the current unit prices of
-    its buckets, ``report.split_cost``) is computed per row inside SQLite.
+    Each expression appears once: SQLite evaluates every aggregate argument per row, so the
+    per-bucket cost split is done per cell in Python (``split_cell``), not per row in SQL.
     """
-    units, unit_params = _units_cte(conn, unit_prices)
     cond, params = where(filters, table_columns(conn))
-    tok = {b: f"CASE WHEN {_HAS_USAGE} THEN COALESCE({b}_tokens, 0) ELSE 0 END" for b in ("input", "cache_read", "cache_write", "output", "reasoning")}
     w1h = "MIN(COALESCE(cache_write_1h_tokens, 0), COALESCE(cache_write_tokens, 0))"
-    inner = f"""
-        SELECT {group_sql} AS g, {period_sql} AS p, COALESCE(model, '(unknown)') AS m, COALESCE(terminal_state, 'unknown') AS st,
-               COALESCE(usage_source, 'absent') AS src, cache_decision AS dec,
-               {_HAS_USAGE} AS has_usage, {tok['input']} AS t_in, {tok['cache_read']} AS t_cr, {tok['cache_write']} AS t_cw,
-               {tok['output']} AS t_out, {tok['reasoning']} AS t_rs,
-               (cost_usd IS NOT NULL OR {_UNBILLED}) AS priced,
-               (cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND NOT {_UNBILLED}) AS unpriced,
-               cost_usd AS c, savings_usd AS sv,
-               CASE WHEN cache_origin IN ('proxy', 'client', 'none') THEN cache_origin ELSE 'unknown' END AS origin,
-               COALESCE(markers_inserted, 0) AS mk, proxy_request_ms AS pm,
-               CASE WHEN {_HAS_USAGE} AND u.u_in IS NOT NULL THEN COALESCE(input_tokens, 0) * u.u_in ELSE 0 END AS w_in,
-               CASE WHEN {_HAS_USAGE} AND u.u_in IS NOT NULL THEN COALESCE(cache_read_tokens, 0) * u.u_cr ELSE 0 END AS w_cr,
-               CASE WHEN {_HAS_USAGE} AND u.u_in IS NOT NULL
-                    THEN (COALESCE(cache_write_tokens, 0) - {w1h}) * u.u_cw + {w1h} * u.u_cw1h ELSE 0 END AS w_cw,
-               CASE WHEN {_HAS_USAGE} AND u.u_in IS NOT NULL THEN COALESCE(output_tokens, 0) * u.u_out ELSE 0 END AS w_out
-        FROM requests LEFT JOIN units u ON u.u_provider IS requests.provider AND u.u_model IS requests.model{cond}"""
     sql = f"""
-        WITH {units}
-        SELECT g, p, m, st, src, dec, COUNT(*), SUM(has_usage), SUM(t_in), SUM(t_cr), SUM(t_cw), SUM(t_out), SUM(t_rs),
-               SUM(priced), SUM(unpriced), TOTAL(c),
-               TOTAL(CASE WHEN w_in + w_cr + w_cw + w_out > 0 THEN c * w_in / (w_in + w_cr + w_cw + w_out) END),
-               TOTAL(CASE WHEN w_in + w_cr + w_cw + w_out > 0 THEN c * w_cr / (w_in + w_cr + w_cw + w_out) END),
-               TOTAL(CASE WHEN w_in + w_cr + w_cw + w_out > 0 THEN c * w_cw / (w_in + w_cr + w_cw + w_out) END),
-               TOTAL(CASE WHEN w_in + w_cr + w_cw + w_out > 0 THEN c * w_out / (w_in + w_cr + w_cw + w_out) END),
-               TOTAL(CASE WHEN w_in + w_cr + w_cw + w_out > 0 THEN 0 ELSE c END),
-               {", ".join(f"TOTAL(CASE WHEN origin = '{o}' THEN sv END)" for o in ORIGIN_SUMS)},
-               SUM(mk), MAX(pm)
-        FROM ({inner})
-        GROUP BY g, p, m, st, src, dec"""
+        SELECT {group_sql}, {period_sql}, provider, COALESCE(model, '(unknown)'), COALESCE(terminal_state, 'unknown'),
+               COALESCE(usage_source, 'absent'), cache_decision,
+               COUNT(*), COUNT(CASE WHEN {_USAGE} THEN 1 END),
+               TOTAL(CASE WHEN {_USAGE} THEN input_tokens END), TOTAL(CASE WHEN {_USAGE} THEN cache_read_tokens END),
+               TOTAL(CASE WHEN {_USAGE} THEN cache_write_tokens END), TOTAL(CASE WHEN {_USAGE} THEN output_tokens END),
+               TOTAL(CASE WHEN {_USAGE} THEN reasoning_tokens END),
+               COUNT(cost_usd) + COUNT(CASE WHEN {_UNBILLED} THEN 1 END),
+               COUNT(CASE WHEN cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND NOT {_UNBILLED} THEN 1 END),
+               TOTAL(cost_usd), TOTAL(CASE WHEN {_USAGE} THEN cost_usd END),
+               TOTAL(CASE WHEN {_PRICED_USAGE} THEN input_tokens END), TOTAL(CASE WHEN {_PRICED_USAGE} THEN cache_read_tokens END),
+               TOTAL(CASE WHEN {_PRICED_USAGE} THEN cache_write_tokens END), TOTAL(CASE WHEN {_PRICED_USAGE} THEN {w1h} END),
+               TOTAL(CASE WHEN {_PRICED_USAGE} THEN output_tokens END),
+               TOTAL(CASE cache_origin WHEN 'proxy' THEN savings_usd END), TOTAL(CASE cache_origin WHEN 'client' THEN savings_usd END),
+               TOTAL(CASE WHEN cache_origin IN ('proxy', 'client', 'none') THEN NULL ELSE savings_usd END),
+               TOTAL(CASE cache_origin WHEN 'none' THEN savings_usd END),
+               TOTAL(markers_inserted), MAX(proxy_request_ms)
+        FROM requests{cond}
+        GROUP BY 1, 2, 3, 4, 5, 6, 7"""
     out = []
-    for r in conn.execute(sql, [*unit_params, *params]):
-        g, p, m, st, src, dec, n, wu, t_in, t_cr, t_cw, t_out, t_rs, priced, unpriced, cost, *rest = r
-        parts, savings, (mk, pmax) = rest[:5], rest[5:9], rest[9:]
+    units_of: dict[tuple[str | None, str], Mapping[str, float] | None] = {}
+    for r in conn.execute(sql, params):
+        (g, p, provider, model, st, src, dec, n, wu, t_in, t_cr, t_cw, t_out, t_rs, priced, unpriced, cost, cost_u,
+         p_in, p_cr, p_cw, p_cw1h, p_out, s_proxy, s_client, s_unknown, s_none, mk, pmax) = r
+        key = (provider, model)
+        if key not in units_of:
+            units_of[key] = unit_prices(provider, model)
+        priced_tokens = {"input": int(p_in), "cache_read": int(p_cr), "cache_write": int(p_cw), "cache_write_1h": int(p_cw1h), "output": int(p_out)}
         out.append(CubeRow(
-            group=str(g), period=str(p), model=str(m), terminal_state=st, usage_source=src, cache_decision=dec, requests=n, with_usage=wu or 0,
-            tokens={"input": t_in or 0, "cache_read": t_cr or 0, "cache_write": t_cw or 0, "output": t_out or 0, "reasoning": t_rs or 0},
-            priced=priced or 0, unpriced=unpriced or 0, cost=cost, cost_by_bucket={b: v for b, v in zip(BUCKET_PARTS, parts, strict=True) if v},
-            savings=dict(zip(ORIGIN_SUMS, savings, strict=True)), markers_inserted=mk or 0, proxy_max=pmax,
+            group=str(g), period=str(p), provider=provider, model=str(model), terminal_state=st, usage_source=src, cache_decision=dec,
+            requests=n, with_usage=wu,
+            tokens={"input": int(t_in), "cache_read": int(t_cr), "cache_write": int(t_cw), "output": int(t_out), "reasoning": int(t_rs)},
+            priced=priced, unpriced=unpriced, cost=cost, cost_by_bucket=split_cell(cost_u, cost - cost_u, priced_tokens, units_of[key]),
+            savings={"proxy": s_proxy, "client": s_client, "unknown": s_unknown, "none": s_none}, markers_inserted=int(mk), proxy_max=pmax,
         ))
     return out
 
 
 def histograms(conn: sqlite3.Connection, filters: Filters, group_sql: str, period_sql: str,
-               metrics: Sequence[str] = ("ttft", "duration", "proxy")) -> Iterable[tuple[str, str, str, float, int]]:
-    """(metric, group, period, rounded value, count) for each latency metric."""
+               metrics: Sequence[str] = ("ttft", "duration"), totals_only: Sequence[str] = ("proxy",)) -> Iterable[tuple[str, str | None, str | None, float, int]]:
+    """(metric, group, period, rounded value, count) for each latency metric.
+
+    ``totals_only`` metrics are counted over the whole window (group and period are None).
+    """
     cond, params = where(filters, table_columns(conn))
-    for metric in metrics:
+    for metric in (*metrics, *totals_only):
         col = LATENCY_COLUMNS[metric]
         extra = f"{' AND' if cond else ' WHERE'} {col} IS NOT NULL"
-        sql = f"SELECT {group_sql}, {period_sql}, {_bucket_sql(col)} AS b, COUNT(*) FROM requests{cond}{extra} GROUP BY 1, 2, 3"
+        if metric in totals_only:
+            sql = f"SELECT NULL, NULL, {_bucket_sql(col)} AS b, COUNT(*) FROM requests{cond}{extra} GROUP BY 3"
+        else:
+            sql = f"SELECT {group_sql}, {period_sql}, {_bucket_sql(col)} AS b, COUNT(*) FROM requests{cond}{extra} GROUP BY 1, 2, 3"
         for g, p, b, n in conn.execute(sql, params):
-            yield metric, str(g), str(p), float(b), int(n)
+            yield metric, None if g is None else str(g), None if p is None else str(p), float(b), int(n)
 
 
 def span(conn: sqlite3.Connection, filters: Filters) -> tuple[float, float] | None:
@@ -277,7 +328,3 @@ def span(conn: sqlite3.Connection, filters: Filters) -> tuple[float, float] | No
     lo = conn.execute(f"SELECT MIN(started_at) FROM requests{cond}", params).fetchone()[0]
     hi = conn.execute(f"SELECT MAX(started_at) FROM requests{cond}", params).fetchone()[0]
     return None if lo is None else (float(lo), float(hi))
-
-
-def fsum(values: Iterable[float]) -> float:
-    return math.fsum(values)
