@@ -35,10 +35,11 @@ from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
+from tokenpak_mitm.request_model import request_model
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
-from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
+from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label
 
 logger = logging.getLogger("tokenpak")
 
@@ -213,6 +214,7 @@ class TokenPak:
         else:
             result = insert_markers(body, encoding, opts)
         rec.cache_decision = result.decision
+        rec.request_model = result.model
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
         rec.prefix_tokens_est = result.prefix_tokens_est
@@ -325,6 +327,9 @@ class TokenPak:
         rec, tap, resp = st.record, st.tap, flow.response
         x = st.tracker.extract
         rec.extract = x
+        if x.model is None and rec.route.model_hint is None and rec.request_model is None:
+            # Errors and count_tokens name no model in the response: the request does.
+            rec.request_model = request_model(flow.request.raw_content, flow.request.headers.get("content-encoding"))
         meta = flow.metadata.get(META)
         live = tap is not None and tap.finished or flow.live
         if resp is not None:
@@ -429,10 +434,13 @@ def _console_line(row: dict[str, Any]) -> str:
 
     cost = row.get("cost_usd")
     ttft = row.get("ttft_ms")
+    dur = row.get("duration_ms")
+    err = error_label(row)
+    timing = f"ttft={ttft:.0f}ms" if ttft is not None else f"dur={dur:.0f}ms" if dur is not None else "ttft=-"
     return (
         f"tokenpak: {row.get('provider')}/{row.get('api')} {row.get('model') or '?'} "
         f"in={n('input_tokens')} cache_read={n('cache_read_tokens')} cache_write={n('cache_write_tokens')} "
         f"out={n('output_tokens')} cache={cache_verdict(row)} "
-        f"cost={'?' if cost is None else f'${cost:.6f}'} ttft={'-' if ttft is None else f'{ttft:.0f}ms'} "
-        f"{row.get('terminal_state')}"
+        f"cost={'unknown' if cost is None else f'${cost:.6f}'} {timing} "
+        f"{row.get('terminal_state')}{f' {err}' if err else ''}"
     )

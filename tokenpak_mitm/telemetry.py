@@ -16,7 +16,7 @@ from tokenpak_mitm.pricing import price
 from tokenpak_mitm.redact import redact_text
 from tokenpak_mitm.routes import Route
 
-__all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict"]
+__all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict", "error_label", "rejected_unbilled"]
 
 TERMINAL_STATES = ("completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error")
 
@@ -47,6 +47,7 @@ class RequestRecord:
     cache_decision: str | None = None
     prefix_tokens_est: int | None = None
     conformance_violations: int | None = None
+    request_model: str | None = None  # the model the request asked for (used when the response names none)
 
 
 _CLIENT_GONE = ("client disconnected", "stream reset by client (cancel)", "client closed")
@@ -81,6 +82,24 @@ def cache_origin(rec: RequestRecord) -> str:
     return "none"
 
 
+def rejected_unbilled(status_code: int | None, usage_source: str | None) -> bool:
+    """A request the provider rejected (4xx) and that reported no usage: not billed, costs $0."""
+    return status_code is not None and 400 <= status_code < 500 and (usage_source or "absent") == "absent"
+
+
+def error_label(row: dict[str, Any]) -> str | None:
+    """``429 rate_limit_error`` / ``stream_error overloaded_error`` / None for a completed row."""
+    state = row.get("terminal_state")
+    if state in (None, "completed"):
+        return None
+    status = row.get("status_code")
+    error = row.get("error")
+    parts = [str(status)] if status and status >= 400 else []
+    if error and not (status and error == f"http_{status}"):
+        parts.append(str(error))
+    return " ".join(parts) or None
+
+
 def cache_verdict(row: dict[str, Any]) -> str:
     """hit / write / miss / none, for console lines and ``tokenpak tail``."""
     if row.get("input_tokens") is None and row.get("cache_read_tokens") is None:
@@ -113,8 +132,13 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
     source = x.usage_source
     if state in ("client_disconnected", "upstream_disconnected", "proxy_error") and source == "final" and not x.terminal_seen:
         source = "partial"
-    model = x.model or rec.route.model_hint
+    model = x.model or rec.route.model_hint or rec.request_model
     cost = price(rec.route.provider, model, usage) if rec.route.billable else None
+    if rec.route.billable and rejected_unbilled(rec.status_code, source):
+        cost = None
+        unbilled = True
+    else:
+        unbilled = False
     row: dict[str, Any] = {
         "request_key": rec.request_key,
         "started_at": rec.started_at,
@@ -145,9 +169,9 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
         "client_markers": rec.client_markers,
         "cache_decision": rec.cache_decision,
         "prefix_tokens_est": rec.prefix_tokens_est,
-        "cost_usd": cost.cost_usd if cost else None,
-        "savings_usd": cost.savings_usd if cost else None,
-        "price_version": cost.price_version if cost else None,
+        "cost_usd": 0.0 if unbilled else cost.cost_usd if cost else None,
+        "savings_usd": 0.0 if unbilled else cost.savings_usd if cost else None,
+        "price_version": "unbilled" if unbilled else cost.price_version if cost else None,
         "conformance_violations": rec.conformance_violations,
         "proxy_version": __version__,
     }
