@@ -37,6 +37,7 @@ from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
+from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label
@@ -85,8 +86,18 @@ class TokenPak:
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
+    @property
+    def is_running(self) -> bool:
+        return self.started.is_set()
+
+    @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        if not self.is_running:
+            known = [name for name in opts.keys() if name.startswith(PREFIX)]
+            message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
+            if message:
+                exit_startup(message)
         if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
