@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,16 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
+from tokenpak_mitm.openai_cache import insert_openai_breakpoint
+from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
+from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
@@ -73,6 +78,8 @@ class TokenPak:
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
         self._cache_opts = CacheOptions()
+        # Prefixes seen in OpenAI requests (digests and timings only): where explicit breakpoints go.
+        self._openai_index = PrefixIndex()
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
 
@@ -177,6 +184,11 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None:
             return
+        if st.route.dialect == "anthropic" and "content-encoding" not in flow.request.headers:
+            try:  # the response normally reports both; this is the fallback
+                st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
+            except Exception:
+                logger.exception("tokenpak: could not read the request's price hints")
         meta = flow.metadata.get(META)
         if isinstance(meta, dict) and "cache_decision" in meta:
             self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
@@ -218,13 +230,24 @@ class TokenPak:
             return []
         encoding = flow.request.headers.get("content-encoding")
         opts = self._cache_opts
+        plan: Callable[[], InsertResult]
+        if st.route.dialect in ("openai_chat", "openai_responses"):
+            if opts.mode == "off":
+                rec.cache_decision = "off"
+                return []
+            api = st.route.dialect
+            index, now = self._openai_index, time.time()
+            plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
+        else:
+            plan = partial(insert_markers, body, encoding, opts)
         if len(body) > OFFLOAD_BYTES:
             # Parsing a huge prompt would stall every other connection on mitmproxy's single
             # event-loop thread; in a worker thread only this flow waits.
-            result = await asyncio.to_thread(insert_markers, body, encoding, opts)
+            result = await asyncio.to_thread(plan)
         else:
-            result = insert_markers(body, encoding, opts)
-        rec.cache_decision = result.decision
+            result = plan()
+        # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
+        rec.cache_decision = None if result.decision == "not_supported" else result.decision
         rec.request_model = result.model
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
@@ -324,7 +347,7 @@ class TokenPak:
         self.rows_emitted += 1
         for obs in observer.active():  # before the write: a live checker may annotate the row
             try:
-                obs.on_telemetry_row(row)
+                row = obs.on_telemetry_row(row) or row
             except Exception:
                 logger.exception("tokenpak: conformance observer failed")
         if self.store is not None:
@@ -424,34 +447,32 @@ def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes],
     return sink
 
 
-def _minimal_row(rec: RequestRecord) -> dict[str, Any]:
+def _minimal_row(rec: RequestRecord) -> TelemetryRow:
     """The row that is still written when building the real one failed: the request is counted."""
-    return {
-        "request_key": rec.request_key, "started_at": rec.started_at, "provider": rec.route.provider, "api": rec.route.api,
-        "route_class": rec.route_class, "host": rec.host, "path": rec.path, "stream": int(rec.stream),
-        "billable": int(rec.route.billable), "status_code": rec.status_code, "terminal_state": "proxy_error",
-        "usage_source": "absent", "error": "telemetry_error", "proxy_version": __version__,
-    }
+    return TelemetryRow(
+        request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
+        route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
+        billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
+        usage_source="absent", error="telemetry_error", proxy_version=__version__,
+    )
 
 
 def _ms(seconds: float) -> float:
     return round(max(0.0, seconds) * 1000.0, 3)
 
 
-def _console_line(row: dict[str, Any]) -> str:
-    def n(key: str) -> str:
-        v = row.get(key)
+def _console_line(row: TelemetryRow) -> str:
+    def n(v: int | None) -> str:
         return "-" if v is None else str(v)
 
-    cost = row.get("cost_usd")
-    ttft = row.get("ttft_ms")
-    dur = row.get("duration_ms")
+    cost = row.cost_usd
+    ttft, dur = row.ttft_ms, row.duration_ms
     err = error_label(row)
     timing = f"ttft={ttft:.0f}ms" if ttft is not None else f"dur={dur:.0f}ms" if dur is not None else "ttft=-"
     return (
-        f"tokenpak: {row.get('provider')}/{row.get('api')} {row.get('model') or '?'} "
-        f"in={n('input_tokens')} cache_read={n('cache_read_tokens')} cache_write={n('cache_write_tokens')} "
-        f"out={n('output_tokens')} cache={cache_verdict(row)} "
+        f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
+        f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
+        f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
         f"cost={'unknown' if cost is None else f'${cost:.6f}'} {timing} "
-        f"{row.get('terminal_state')}{f' {err}' if err else ''}"
+        f"{row.terminal_state}{f' {err}' if err else ''}"
     )

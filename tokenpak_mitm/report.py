@@ -28,7 +28,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -37,15 +37,16 @@ from typing import Any
 
 from tokenpak_mitm import report_query as rq
 from tokenpak_mitm.report_query import COLUMN_FILTERS, GROUPINGS, Filters
+from tokenpak_mitm.row import CACHE_ORIGINS
 
 __all__ = [
     "BUCKETS", "ORIGINS", "GROUPINGS", "Summary", "Report", "parse_since", "build_report", "report_json", "add_arguments",
-    "add_filter_arguments", "filters_from_args", "run", "split_cost",
+    "add_filter_arguments", "filters_from_args", "run", "split_cost", "unpriced_models",
 ]
 
 Row = Mapping[str, Any]
 BUCKETS = ("input", "cache_read", "cache_write", "output")
-ORIGINS = ("proxy", "client", "unknown", "none")
+ORIGINS = CACHE_ORIGINS
 CACHE_HIT_RATIO_DEFINITION = "cache_read / (input + cache_read + cache_write); input is fresh (uncached) input"
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
 HOURLY_BELOW = 2 * 86400  # windows shorter than this are charted per hour
@@ -171,6 +172,31 @@ class Report:
     filters: Filters = field(default_factory=Filters)
     until: str | None = None
     model_cost: dict[str, dict[str, float]] = field(default_factory=dict)  # period -> model -> priced cost
+    unpriced: list[dict[str, Any]] = field(default_factory=list)  # see unpriced_models
+
+
+def unpriced_models(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """Billable requests left unpriced, by provider, model and reason, most requests first.
+
+    ``rows`` are stored rows, or aggregates of them carrying a ``requests`` count. Rows written
+    before schema v3 carry no ``unpriced_reason``: no model, no usage, or else ``unknown`` (most
+    often a model the price table did not know then). Rejected requests (4xx) without usage are
+    not billed, so not unpriced.
+    """
+    from tokenpak_mitm.telemetry import rejected_unbilled
+
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for row in rows:
+        if row.get("cost_usd") is not None or row.get("billable", 1) == 0:
+            continue
+        if rejected_unbilled(row.get("status_code"), row.get("usage_source")):
+            continue
+        reason = row.get("unpriced_reason")
+        if reason is None:
+            reason = "no_model" if not row.get("model") else "no_usage" if (row.get("usage_source") or "absent") == "absent" else "unknown"
+        counts[(row.get("provider") or "?", row.get("model") or "?", reason)] += int(row.get("requests", 1))
+    return [{"provider": p, "model": m, "reason": r, "requests": c}
+            for (p, m, r), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 # -- pricing weights ----------------------------------------------------------------------------
@@ -184,16 +210,21 @@ def _table_unit_prices(provider: str | None, model: str | None) -> Mapping[str, 
         return None
     m = 1_000_000
     probes = {
-        "input": Usage(input_tokens=m),
-        "cache_read": Usage(cache_read_tokens=m),
-        "cache_write": Usage(cache_write_tokens=m),
-        "cache_write_1h": Usage(cache_write_tokens=m, cache_write_1h_tokens=m),
-        "output": Usage(output_tokens=m),
+        "input": Usage(input_tokens=m, output_tokens=0),
+        "cache_read": Usage(input_tokens=0, cache_read_tokens=m, output_tokens=0),
+        "cache_write": Usage(input_tokens=0, cache_write_tokens=m, output_tokens=0),
+        "cache_write_1h": Usage(input_tokens=0, cache_write_tokens=m, cache_write_1h_tokens=m, output_tokens=0),
+        "output": Usage(input_tokens=0, output_tokens=m),
     }
     units: dict[str, float] = {}
     for bucket, usage in probes.items():
         cost = price(provider, model, usage).cost_usd
         if cost is None:
+            if bucket.startswith("cache_write") and "input" in units:
+                # No write price (models that bill no cache writes): priced rows carry none, so the
+                # weight never applies; any finite figure keeps the split well defined.
+                units[bucket] = units["input"]
+                continue
             return None
         units[bucket] = cost / m
     return units
@@ -296,7 +327,8 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     else:
         ordered_groups = _order(groups, by)
     return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
-                  period=period, filters=filters, until=until, model_cost=model_cost)
+                  period=period, filters=filters, until=until, model_cost=model_cost,
+                  unpriced=unpriced_models(rq.unpriced_groups(conn, filters)) if totals.unpriced_requests else [])
 
 
 def empty_report(by: str = "day", since: str = "7d") -> Report:
@@ -325,7 +357,21 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
         "totals": report.totals.as_dict(),
         "groups": [g.as_dict() for g in report.groups],
         "periods": [p.as_dict() for p in report.periods] if report.by != "day" or report.period != "day" else None,
+        "unpriced_models": report.unpriced,
+        "price_table": {"version": _price_table_version(), "update": _update_hint()},
     }
+
+
+def _price_table_version() -> str:
+    from tokenpak_mitm.pricing import PRICE_TABLE_VERSION
+
+    return PRICE_TABLE_VERSION
+
+
+def _update_hint() -> str:
+    from tokenpak_mitm.pricing import UPDATE_HINT
+
+    return UPDATE_HINT
 
 
 # -- arguments ----------------------------------------------------------------------------------
@@ -443,6 +489,18 @@ def _print_tables(report: Report, db: str) -> None:
         console.print(f"proxy's own request-side time (classify, plan, splice): p50 {p['p50']:.2f} ms, p95 {p['p95']:.2f} ms, max {p['max']:.2f} ms.")
     if t.unpriced_requests:
         console.print(f"{t.unpriced_requests} unpriced requests: their cost is {UNKNOWN_COST} and not included above.")
+    if report.unpriced:
+        from tokenpak_mitm.pricing import UNPRICED_REASONS
+
+        unpriced = Table(title=f"Unpriced requests by model (price table: {_price_table_version()})", title_justify="left")
+        for col in ("provider", "model", "requests", "why"):
+            unpriced.add_column(col, justify="right" if col == "requests" else "left")
+        for item in report.unpriced:
+            why = UNPRICED_REASONS.get(item["reason"], item["reason"])
+            unpriced.add_row(escape(item["provider"]), escape(item["model"]), str(item["requests"]), escape(why))
+        console.print(unpriced)
+        if any(i["reason"] in ("unknown_model", "unknown", "no_cache_write_price", "unknown_speed", "unknown_service_tier") for i in report.unpriced):
+            console.print(f"To update the price table: {_update_hint()}.")
     if t.requests - t.requests_with_usage:
         console.print(f"{t.requests - t.requests_with_usage} requests reported no usage: counted as requests, not as tokens.")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 __all__ = [
     "ColumnFilter", "COLUMN_FILTERS", "Filters", "GROUPINGS", "utc_offsets", "local_period_sql", "period_label", "LATENCY_COLUMNS", "PERCENTILES", "where",
-    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "UnitPrices",
+    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "UnitPrices",
 ]
 
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
@@ -302,6 +302,17 @@ def cube(conn: sqlite3.Connection, filters: Filters, group_sql: str, period_sql:
             savings={"proxy": s_proxy, "client": s_client, "unknown": s_unknown, "none": s_none}, markers_inserted=int(mk), proxy_max=pmax,
         ))
     return out
+
+
+def unpriced_groups(conn: sqlite3.Connection, filters: Filters) -> list[dict[str, Any]]:
+    """Counts of unpriced billable rows by (provider, model, reason, usage source, status)."""
+    cond, params = where(filters, have := table_columns(conn))
+    reason = "unpriced_reason" if "unpriced_reason" in have else "NULL"
+    extra = f"{' AND' if cond else ' WHERE'} cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND NOT {_UNBILLED}"
+    sql = (f"SELECT provider, model, {reason}, usage_source, status_code, COUNT(*) FROM requests{cond}{extra} "
+           "GROUP BY 1, 2, 3, 4, 5")
+    return [{"provider": p, "model": m, "unpriced_reason": r, "usage_source": u, "status_code": st, "cost_usd": None, "requests": n}
+            for p, m, r, u, st, n in conn.execute(sql, params)]
 
 
 def histograms(conn: sqlite3.Connection, filters: Filters, group_sql: str, period_sql: str,

@@ -28,59 +28,28 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TelemetryStore", "COLUMNS", "connect_readonly", "default_db_path"]
+from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
+from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
+
+__all__ = ["TelemetryStore", "COLUMNS", "COLUMN_NAMES", "MIGRATIONS", "add_columns", "connect_readonly", "default_db_path", "migrate"]
 
 logger = logging.getLogger(__name__)
 
-# (name, SQL type). Schema v1 is frozen (it is what the first release created); columns added
-# later go in their own tuple below and arrive in existing databases through MIGRATIONS.
-COLUMNS_V1: tuple[tuple[str, str], ...] = (
-    ("request_key", "TEXT NOT NULL UNIQUE"),
-    ("started_at", "REAL NOT NULL"),
-    ("provider", "TEXT"),
-    ("api", "TEXT"),
-    ("route_class", "TEXT"),
-    ("host", "TEXT"),
-    ("path", "TEXT"),
-    ("model", "TEXT"),
-    ("stream", "INTEGER"),
-    ("billable", "INTEGER"),
-    ("status_code", "INTEGER"),
-    ("terminal_state", "TEXT"),
-    ("stop_reason", "TEXT"),
-    ("input_tokens", "INTEGER"),
-    ("cache_read_tokens", "INTEGER"),
-    ("cache_write_tokens", "INTEGER"),
-    ("cache_write_5m_tokens", "INTEGER"),
-    ("cache_write_1h_tokens", "INTEGER"),
-    ("output_tokens", "INTEGER"),
-    ("reasoning_tokens", "INTEGER"),
-    ("web_search_requests", "INTEGER"),
-    ("usage_source", "TEXT"),
-    ("ttfb_ms", "REAL"),
-    ("ttft_ms", "REAL"),
-    ("duration_ms", "REAL"),
-    ("frames", "INTEGER"),
-    ("response_bytes", "INTEGER"),
-    ("response_id", "TEXT"),
-    ("upstream_request_id", "TEXT"),
-    ("error", "TEXT"),
-    ("cache_origin", "TEXT"),
-    ("markers_inserted", "INTEGER"),
-    ("client_markers", "INTEGER"),
-    ("cache_decision", "TEXT"),
-    ("prefix_tokens_est", "INTEGER"),
-    ("cost_usd", "REAL"),
-    ("savings_usd", "REAL"),
-    ("price_version", "TEXT"),
-    ("conformance_violations", "INTEGER"),
-    ("proxy_version", "TEXT"),
-)
-# v2: the proxy's own request-side time (classify, plan, splice) between the client's last
-# request byte and the request going upstream, so users can see what the proxy itself added.
-COLUMNS_V2: tuple[tuple[str, str], ...] = (("proxy_request_ms", "REAL"),)
-COLUMNS = COLUMNS_V1 + COLUMNS_V2
-COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+# The columns are TelemetryRow's fields (row.py); each field says which schema version added it.
+# Schema v1 is what the first release created; later columns arrive in existing databases through
+# MIGRATIONS, one entry per version, so older databases upgrade in place and keep their rows.
+COLUMNS: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS)
+COLUMN_NAMES: tuple[str, ...] = FIELD_NAMES
+COLUMNS_V1: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS if c.since == 1)
+
+
+def add_columns(version: int) -> str:
+    """The migration that adds the row fields declared with ``since=version``."""
+    added = [c for c in ROW_COLUMNS if c.since == version]
+    if not added:
+        raise ValueError(f"no TelemetryRow field is declared with since={version}")
+    return "".join(f"ALTER TABLE requests ADD COLUMN {c.name} {c.sql};" for c in added)
+
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -88,15 +57,19 @@ MIGRATIONS: tuple[str, ...] = (
     + ", ".join(f"{n} {t}" for n, t in COLUMNS_V1)
     + ");"
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
-    # 2
-    "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V2),
-    # 3: indexes for `tokenpak report` (aggregation runs in SQL): the price lookup reads the
+    # 2: proxy_request_ms
+    add_columns(2),
+    # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
+    add_columns(3),
+    # 4: indexes for `tokenpak report` (aggregation runs in SQL): the price lookup reads the
     # distinct (provider, model) pairs from an index, and the latency histograms read a narrow
     # covering index instead of the wide table rows.
     "CREATE INDEX IF NOT EXISTS requests_provider_model ON requests(provider, model);"
     "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
     "ttft_ms, duration_ms, proxy_request_ms);",
 )
+if len(MIGRATIONS) != SCHEMA_VERSION:  # a field declared with a `since` that no migration adds
+    raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
 
 SPILL_SUFFIX = ".spill.jsonl"
 MAX_PENDING = 100_000  # rows kept in memory while the database is unavailable
@@ -175,8 +148,8 @@ class TelemetryStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self.spill_path = Path(str(self.path) + SPILL_SUFFIX)
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._pending: deque[dict[str, Any]] = deque()
+        self._queue: queue.SimpleQueue[TelemetryRow | None] = queue.SimpleQueue()
+        self._pending: deque[TelemetryRow] = deque()
         self._conn: sqlite3.Connection | None = None
         self._conn_identity: tuple[int, int] | None = None
         self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
@@ -190,16 +163,20 @@ class TelemetryStore:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, row: Mapping[str, Any]) -> None:
+    def submit(self, row: TelemetryRow | Mapping[str, Any]) -> None:
         """Non-blocking; safe from the event loop.
 
+        A mapping is turned into a ``TelemetryRow`` first, so a key that is not a column raises
+        ``ValueError`` here instead of becoming a silent NULL.
         A row that arrives after ``close`` (a flow that errors while mitmproxy shuts down) has no
         writer left to take it, so it goes straight to the spill file the next start imports.
         """
+        if not isinstance(row, TelemetryRow):
+            row = TelemetryRow.from_mapping(row)
         if self._closed.is_set():
-            self._spill([dict(row)])
+            self._spill([row])
             return
-        self._queue.put(dict(row))
+        self._queue.put(row)
 
     def close(self, timeout: float = 10.0) -> None:
         self._closed.set()
@@ -217,7 +194,7 @@ class TelemetryStore:
             logger.exception("tokenpak: store start-up failed; rows will be kept and spilled")
         stop = False
         while not stop:
-            batch: list[dict[str, Any]] = []
+            batch: list[TelemetryRow] = []
             try:
                 item = self._queue.get(timeout=FLUSH_INTERVAL)
                 if item is None:
@@ -245,7 +222,7 @@ class TelemetryStore:
                 logger.exception("tokenpak: store writer error; rows kept for the next attempt")
                 self._drop_connection()
                 time.sleep(0.05)
-        fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
+        fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
         if fresh:
             self._spill(fresh)
         self._pending.clear()
@@ -294,10 +271,10 @@ class TelemetryStore:
             self._warned = False
             self._import_spill()
 
-    def _insert(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def _insert(self, rows: Iterable[TelemetryRow]) -> None:
         assert self._conn is not None
         sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
-        values = [tuple(_sql_value(r.get(c)) for c in COLUMN_NAMES) for r in rows]
+        values = [tuple(_sql_value(getattr(r, c)) for c in COLUMN_NAMES) for r in rows]
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.executemany(sql, values)
@@ -312,19 +289,19 @@ class TelemetryStore:
 
     def _overflow(self) -> None:
         """Database unavailable: spill to JSONL so a crash loses nothing; keep memory bounded."""
-        fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
+        fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
         if fresh and self._spill(fresh):
-            self._spilled_keys.update(r.get("request_key") for r in fresh)
+            self._spilled_keys.update(r.request_key for r in fresh)
         while len(self._pending) > MAX_PENDING:
             self._pending.popleft()
             self.dropped += 1
 
-    def _spill(self, rows: list[dict[str, Any]]) -> bool:
+    def _spill(self, rows: list[TelemetryRow]) -> bool:
         try:
             fd = os.open(self.spill_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
             with os.fdopen(fd, "a", encoding="utf-8") as f:
                 for r in rows:
-                    f.write(json.dumps(r, separators=(",", ":"), default=str) + "\n")
+                    f.write(json.dumps(dict(r), separators=(",", ":"), default=str) + "\n")
             return True
         except OSError as e:
             self._note_failure(e)
@@ -333,7 +310,7 @@ class TelemetryStore:
     def _import_spill(self) -> None:
         if self._conn is None or not self.spill_path.exists():
             return
-        rows: list[dict[str, Any]] = []
+        rows: list[TelemetryRow] = []
         try:
             with open(self.spill_path, encoding="utf-8") as f:
                 for line in f:
@@ -341,8 +318,10 @@ class TelemetryStore:
                         row = json.loads(line)
                     except ValueError:
                         continue  # a torn last line from a crash
-                    if isinstance(row, dict) and isinstance(row.get("request_key"), str):
-                        rows.append(row)
+                    # Keys of another version's schema are left out; a row without its key or start
+                    # time could not be stored (NOT NULL) and is skipped, as before.
+                    if isinstance(row, dict) and isinstance(row.get("request_key"), str) and row.get("started_at") is not None:
+                        rows.append(TelemetryRow.from_stored(row))
             self._insert(rows)  # INSERT OR IGNORE: rows already written are not doubled
             self.spill_path.unlink()
             self._spilled_keys.clear()
