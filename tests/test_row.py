@@ -69,7 +69,7 @@ def test_every_field_is_a_column_with_the_sql_type_of_its_python_type():
 
 def test_a_fresh_database_has_exactly_the_row_fields_as_columns(tmp_path: Path):
     conn = sqlite3.connect(tmp_path / "t.db")
-    assert store.migrate(conn) == SCHEMA_VERSION == len(MIGRATIONS)
+    assert store.migrate(conn) == len(MIGRATIONS) >= SCHEMA_VERSION  # later migrations may add only indexes
     assert [n for n, _ in table_columns(conn)] == list(FIELD_NAMES)
 
 

@@ -68,7 +68,8 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
     "ttft_ms, duration_ms, proxy_request_ms);",
 )
-if len(MIGRATIONS) != SCHEMA_VERSION:  # a field declared with a `since` that no migration adds
+# A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
+if len(MIGRATIONS) < SCHEMA_VERSION:
     raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
 
 SPILL_SUFFIX = ".spill.jsonl"
