@@ -38,6 +38,7 @@ from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.pricing import request_price_hints
+from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
@@ -91,6 +92,9 @@ class TokenPak:
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "5m", "TTL of inserted cache markers: 5m or 1h.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
+        loader.add_option("tokenpak_quiet", str, "false",
+                          "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
+                          "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
     @property
@@ -113,8 +117,11 @@ class TokenPak:
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
             console = parse_bool("tokenpak_console", opts.tokenpak_console)
+            quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
+        if "tokenpak_quiet" in updated:
+            set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
         if "tokenpak_db" in updated:
