@@ -38,6 +38,7 @@ from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.pricing import request_price_hints
+from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
@@ -162,10 +163,31 @@ class TokenPak:
 
     # -- request side ---------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if PROBE_HEADER in flow.request.headers:
+            self._answer_probe(flow)  # `tokenpak doctor`: answered here, never sent upstream, no row
+            return
         try:
             self._start(flow)
         except Exception:
             logger.exception("tokenpak: could not classify %s; passing it through", flow.request.host)
+
+    def _answer_probe(self, flow: http.HTTPFlow) -> None:
+        nonce = flow.request.headers.get(PROBE_HEADER)
+        if not valid_nonce(nonce):
+            flow.response = http.Response.make(400, b"bad probe", {"content-type": "text/plain"})
+            return
+        assert nonce is not None
+        store = self.store
+        identity = None
+        if store is not None:
+            try:
+                st = os.stat(store.path)
+                identity = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=str(store.path) if store else None, db_identity=identity,
+                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
+        flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
     def _start(self, flow: http.HTTPFlow) -> None:
         req = flow.request
