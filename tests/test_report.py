@@ -276,3 +276,96 @@ def test_the_cost_split_weights_come_from_the_price_table():
         "input": 3.0, "cache_read": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0, "output": 15.0}
     gpt = _table_unit_prices("openai", "gpt-4o")  # no cache-write price: the split still works
     assert gpt is not None and round(gpt["cache_read"] * 1e6, 6) == 1.25
+
+
+@pytest.mark.parametrize("args, keep", [
+    (("--model", MODEL), lambda r: r["model"] == MODEL),
+    (("--model", "claude-*"), lambda r: r["model"].startswith("claude-")),
+    (("--model", "gpt-4o-mini", "--model", "mystery-model"), lambda r: r["model"] in ("gpt-4o-mini", "mystery-model")),
+    (("--provider", "openai"), lambda r: r["provider"] == "openai"),
+    (("--route", "sdk"), lambda r: r["route_class"] == "sdk"),
+    (("--state", "error_response"), lambda r: r["terminal_state"] == "error_response"),
+    (("--errors",), lambda r: r["terminal_state"] != "completed"),
+    (("--since", "2026-05-02", "--until", "2026-05-04"), lambda r: ts(2, 0) <= r["started_at"] < ts(4, 0)),
+    (("--errors", "--provider", "anthropic"), lambda r: r["terminal_state"] != "completed" and r["provider"] == "anthropic"),
+])
+def test_each_filter_narrows_the_rows_as_documented(db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], keep: Any) -> None:
+    argv = ["--since", "all", *args] if "--since" not in args else list(args)
+    data = report_json(db, capsys, *argv)
+    rows = [r for r in raw_rows(db) if keep(r)]
+    assert rows and len(rows) < len(ROWS)  # the filter keeps some rows and drops others
+    check(data["totals"], rows)
+    assert data["filters"]["errors"] == ("--errors" in args)
+
+
+def test_a_filter_that_matches_nothing_says_so(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", str(db), "--since", "all", "--model", "no-such-model"]) == 0
+    assert "No LLM requests recorded in this window" in capsys.readouterr().out
+    data = report_json(db, capsys, "--since", "all", "--model", "no-such-model")
+    assert data["totals"]["requests"] == 0 and data["totals"]["cost_usd"] is None
+
+
+def test_bad_until_is_one_line(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", str(db), "--since", "2026-05-03", "--until", "2026-05-02"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--until must be later than --since" in err
+
+
+def test_the_sql_cost_split_equals_the_per_row_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenpak_mitm.report import _table_unit_prices
+
+    rows = [row(f"s{i}", 1, model="claude-sonnet-4-6", input_tokens=100 * i, cache_read_tokens=1000 + i, cache_write_tokens=50 * i,
+                cache_write_1h_tokens=10 * i, output_tokens=7 * i) for i in range(1, 6)]
+    units = _table_unit_prices("anthropic", "claude-sonnet-4-6")
+    assert units is not None
+    for r in rows:  # each row's cost is what the price table says, as the proxy records it
+        w1h = r["cache_write_1h_tokens"]
+        r["cost_usd"] = (r["input_tokens"] * units["input"] + r["cache_read_tokens"] * units["cache_read"]
+                         + (r["cache_write_tokens"] - w1h) * units["cache_write"] + w1h * units["cache_write_1h"] + r["output_tokens"] * units["output"])
+    path = tmp_path / "split.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in rows:
+        store.submit(r)
+    store.close()
+    data = report_json(path, capsys, "--since", "all")
+    want: dict[str, float] = {}
+    for r in rows:
+        for bucket, part in split_cost(r, r["cost_usd"]).items():
+            want[bucket] = want.get(bucket, 0.0) + part
+    assert data["totals"]["cost_by_bucket_usd"] == pytest.approx(want)
+
+
+def test_local_days_follow_daylight_saving_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as time_mod
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time_mod.tzset()
+    try:
+        # 2026-03-29: clocks go from 02:00 to 03:00 local; rows every 40 minutes across two days.
+        start = datetime(2026, 3, 28, 20, 0).timestamp()
+        rows = [row(f"d{i}", 1, started_at=start + i * 2400, cost_usd=0.001) for i in range(60)]
+        path = tmp_path / "dst.db"
+        store = TelemetryStore(path)
+        store.start()
+        for r in rows:
+            store.submit(r)
+        store.close()
+        data = report_json(path, capsys, "--since", "all", "--by", "day")
+        got = {g["key"]: g["requests"] for g in data["groups"] if g["requests"]}
+        want: dict[str, int] = {}
+        for r in rows:
+            k = datetime.fromtimestamp(r["started_at"]).date().isoformat()
+            want[k] = want.get(k, 0) + 1
+        assert got == want and len(want) >= 2
+        hourly = report_json(path, capsys, "--since", "all", "--by", "model")
+        hours = {p["key"]: p["requests"] for p in hourly["periods"] if p["requests"]}
+        want_h: dict[str, int] = {}
+        for r in rows:
+            k = datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:00")
+            want_h[k] = want_h.get(k, 0) + 1
+        assert hourly["period"] == "hour" and hours == want_h
+        assert "2026-03-29 02:00" not in hours  # that local hour does not exist
+    finally:
+        monkeypatch.delenv("TZ")
+        time_mod.tzset()
