@@ -427,7 +427,7 @@ def ratio(v: float | None) -> str:
 def ms(v: float | None) -> str:
     if v is None:
         return "-"
-    return f"{v / 1000:.2f}s" if v >= 10_000 else f"{v:,.0f}ms" if v >= 10 else f"{v:.2f}ms"
+    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:,.0f}ms" if v >= 10 else f"{v:.2f}ms"
 
 
 def _latency_cells(s: Summary) -> list[str]:

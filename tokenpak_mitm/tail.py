@@ -46,17 +46,17 @@ def _short_count(v: int | None) -> str:
     return f"{v / 1_000_000:.1f}M"
 
 
-def _ms(v: float) -> str:
-    return f"{v:.0f}ms" if v < 10_000 else f"{v / 1000:.1f}s"
+def _ms(v: float, compact: bool = False) -> str:
+    return f"{v:.0f}ms" if v < (1000 if compact else 10_000) else f"{v / 1000:.1f}s"
 
 
 def _latency(row: Mapping[str, Any], compact: bool) -> str:
     """TTFT for streamed rows; the whole duration for the others (``dur``)."""
     ttft, dur = row.get("ttft_ms"), row.get("duration_ms")
     if ttft is not None:
-        return _ms(ttft) if compact else f"ttft {_ms(ttft):>7}"
+        return _ms(ttft, compact) if compact else f"ttft {_ms(ttft):>7}"
     if dur is not None:
-        return f"d{_ms(dur)}" if compact else f"dur  {_ms(dur):>7}"
+        return f"d{_ms(dur, compact)}" if compact else f"dur  {_ms(dur):>7}"
     return "-" if compact else f"ttft {'-':>7}"
 
 

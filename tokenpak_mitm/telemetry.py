@@ -105,6 +105,8 @@ def error_label(row: Mapping[str, Any]) -> str | None:
 
 def cache_verdict(row: Mapping[str, Any]) -> CacheVerdict:
     """hit / write / miss / none, for console lines and ``tokenpak tail``."""
+    if row.get("usage_source") == "absent":  # no usage reported: nothing to judge
+        return "none"
     if row.get("input_tokens") is None and row.get("cache_read_tokens") is None:
         return "none"
     if (row.get("cache_read_tokens") or 0) > 0:
