@@ -50,6 +50,7 @@ ORIGINS = CACHE_ORIGINS
 CACHE_HIT_RATIO_DEFINITION = "cache_read / (input + cache_read + cache_write); input is fresh (uncached) input"
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
 HOURLY_BELOW = 2 * 86400  # windows shorter than this are charted per hour
+GROUP_COLUMNS = {"model": "model", "route": "route_class", "provider": "provider"}  # the column each --by reads (day: none)
 
 
 @dataclass(slots=True)
@@ -308,7 +309,9 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     groups: dict[str, Summary] = {}
     periods: dict[str, Summary] = {}
     model_cost: dict[str, dict[str, float]] = {}
-    for c in rq.cube(conn, filters, group_sql, period_sql, prices):
+    group_columns = frozenset() if by == "day" else frozenset({GROUP_COLUMNS.get(by, by)})
+    srcs = rq.sources(conn, filters, period, group_columns)
+    for c in (c for src in srcs for c in rq.cube(conn, src, group_sql, period_sql, prices)):
         totals.merge(c)
         c.group, c.period = label(group_kind, c.group), label(period, c.period)
         groups.setdefault(c.group, Summary(c.group)).merge(c)
@@ -316,11 +319,18 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
         if c.priced:
             by_model = model_cost.setdefault(c.period, {})
             by_model[c.model] = by_model.get(c.model, 0.0) + c.cost
-    for metric, g, p, value, n in rq.histograms(conn, filters, group_sql, period_sql):
-        totals.add_latency(metric, value, n)
-        if g is not None and p is not None:
-            groups[label(group_kind, g)].add_latency(metric, value, n)
-            periods[label(period, p)].add_latency(metric, value, n)
+    latency_srcs = rq.sources(conn, filters, period, group_columns, latency=True)
+    same = by == "day" and period == "day"
+    for metric, level, key, value, n in (h for src in latency_srcs for h in rq.histograms(conn, src, group_sql, period_sql, same=same)):
+        if level == "total":
+            totals.add_latency(metric, value, n)
+            continue
+        assert key is not None
+        if level == "group":
+            totals.add_latency(metric, value, n)
+            groups.setdefault(label(group_kind, key), Summary(label(group_kind, key))).add_latency(metric, value, n)
+        if level == "period" or same:
+            periods.setdefault(label(period, key), Summary(label(period, key))).add_latency(metric, value, n)
     ordered_periods = _fill_periods(_order(periods, "day"), period)
     if by == "day" and period == "day":
         ordered_groups = ordered_periods
@@ -328,7 +338,7 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
         ordered_groups = _order(groups, by)
     return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
                   period=period, filters=filters, until=until, model_cost=model_cost,
-                  unpriced=unpriced_models(rq.unpriced_groups(conn, filters)) if totals.unpriced_requests else [])
+                  unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [])
 
 
 def empty_report(by: str = "day", since: str = "7d") -> Report:

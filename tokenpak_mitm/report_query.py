@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from tokenpak_mitm.report_rollup import MEASURES
+
 __all__ = [
     "ColumnFilter", "COLUMN_FILTERS", "Filters", "GROUPINGS", "utc_offsets", "local_period_sql", "period_label", "LATENCY_COLUMNS", "PERCENTILES", "where",
-    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "UnitPrices",
+    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "Source", "sources", "raw_source", "bucket_sql", "UnitPrices",
 ]
 
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
@@ -170,7 +172,7 @@ def latency_bucket(v: float) -> float:
     return float(int(v / d + 0.5) * d)
 
 
-def _bucket_sql(col: str) -> str:
+def bucket_sql(col: str) -> str:
     cases = []
     for bound, m, d in _STEPS:
         expr = f"CAST({col} * {m} + 0.5 AS INTEGER) / {m}.0" if m > 1 else f"CAST(CAST({col} / {d} + 0.5 AS INTEGER) * {d} AS REAL)"
@@ -258,79 +260,195 @@ def split_cell(cost_with_usage: float, cost_without: float, tokens: Mapping[str,
     return parts
 
 
-def cube(conn: sqlite3.Connection, filters: Filters, group_sql: str, period_sql: str, unit_prices: UnitPrices) -> list[CubeRow]:
-    """One pass over the filtered rows: sums per (group, period, provider, model, state, usage source, decision).
+# -- sources: the raw rows, or the daily summaries plus the raw rows they do not cover ------------
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a pass reads: ``requests`` (rollup False) or a daily summary table (rollup True).
 
-    Each expression appears once: SQLite evaluates every aggregate argument per row, so the
-    per-bucket cost split is done per cell in Python (``split_cell``), not per row in SQL.
+    ``days`` (rollup) are the local day numbers read from the summary; ``cond``/``params`` the
+    filter for the raw rows (their time window minus the days the summary covers).
     """
+
+    rollup: bool
+    cond: str
+    params: tuple[Any, ...]
+    days: tuple[tuple[int, int], ...] = ()  # inclusive day-number runs (rollup)
+    filters: Filters = Filters()
+
+
+SUMS_COLUMNS = frozenset({"provider", "model", "route_class", "terminal_state"})  # what report_daily can filter and group on
+LATENCY_KEY_COLUMNS = frozenset({"provider", "model"})  # report_latency_daily
+
+
+def raw_source(conn: sqlite3.Connection, filters: Filters, ranges: Sequence[tuple[float, float]] | None = None) -> Source:
+    """Raw rows matching ``filters``; with ``ranges``, only those [start, end) time ranges (index ranges)."""
     cond, params = where(filters, table_columns(conn))
-    w1h = "MIN(COALESCE(cache_write_1h_tokens, 0), COALESCE(cache_write_tokens, 0))"
+    if ranges is not None:
+        ors = " OR ".join("(started_at >= ? AND started_at < ?)" for _ in ranges) or "0"
+        cond += (" AND" if cond else " WHERE") + f" ({ors})"
+        params += [v for r in ranges for v in r]
+    return Source(rollup=False, cond=cond, params=tuple(params), filters=filters)
+
+
+def _day_start(day: int) -> float:
+    """The Unix time of local midnight starting day number ``day`` (days since 1970-01-01 local)."""
+    d = date(1970, 1, 1) + timedelta(days=day)
+    return datetime(d.year, d.month, d.day).timestamp()
+
+
+def _local_day(ts: float) -> int:
+    return (datetime.fromtimestamp(ts).date() - date(1970, 1, 1)).days
+
+
+def sources(conn: sqlite3.Connection, filters: Filters, period: str, group_columns: frozenset[str] = frozenset(),
+            latency: bool = False) -> list[Source]:
+    """The daily summaries for the whole local days they can serve, and raw rows for the rest.
+
+    A day is read from the summary when it lies wholly inside the window and the offsets the
+    writer stored for it are ones this time zone has on that day; hourly views, filters or
+    groupings on columns the summary lacks, and databases without it read raw rows only.
+    ``latency``: for ``report_latency_daily``, which has fewer key columns (no route, no state).
+    """
+    raw = [raw_source(conn, filters)]
+    table, keys = ("report_latency_daily", LATENCY_KEY_COLUMNS) if latency else ("report_daily", SUMS_COLUMNS)
+    used = {_FILTER_COLUMNS[name] for name, _ in filters.columns} | set(group_columns) | ({"terminal_state"} if filters.errors else set())
+    if period != "day" or not used <= keys:
+        return raw
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+        return raw
+    first_last = span(conn, filters)
+    if first_last is None:
+        return raw
+    lo = filters.since_ts if filters.since_ts is not None else first_last[0]
+    hi = filters.until_ts if filters.until_ts is not None else first_last[1] + 1e-3
+    first, last = _local_day(lo), _local_day(hi)
+    if _day_start(first) < lo:
+        first += 1
+    if _day_start(last + 1) > hi:
+        last -= 1
+    if last < first:
+        return raw
+    stored: dict[int, set[int]] = {}
+    for day, off in conn.execute("SELECT DISTINCT day, utc_offset FROM report_daily WHERE day BETWEEN ? AND ?", (first, last)):
+        stored.setdefault(int(day), set()).add(int(off))
+    runs: list[list[int]] = []
+    for day in range(first, last + 1):
+        start, end = _day_start(day), _day_start(day + 1)
+        ours = {time.localtime(start).tm_gmtoff, time.localtime(end - 1).tm_gmtoff}
+        if not stored.get(day, set()) <= ours:
+            continue  # written in another time zone: those rows are read raw
+        if runs and runs[-1][1] == day - 1:
+            runs[-1][1] = day
+        else:
+            runs.append([day, day])
+    if not runs:
+        return raw
+    cond, params = where(Filters(errors=filters.errors, columns=filters.columns), keys)
+    rollup = Source(rollup=True, cond=cond, params=tuple(params), days=tuple((a, b) for a, b in runs), filters=filters)
+    # Raw rows: the window minus the days read from the summary, as index ranges.
+    gaps, at = [], lo
+    for a, b in runs:
+        gaps.append((at, _day_start(a)))
+        at = _day_start(b + 1)
+    gaps.append((at, hi))
+    return [rollup, raw_source(conn, filters, [(x, y) for x, y in gaps if y > x])]
+
+
+def _from(src: Source, table: str, columns: str, keys: Sequence[str] = ("provider", "model", "route_class", "terminal_state")) -> tuple[str, list[Any]]:
+    """The FROM item of a pass and its parameters: a summary table exposed with ``requests``' column names."""
+    if not src.rollup:
+        return "requests", []
+    days = " OR ".join("day BETWEEN ? AND ?" for _ in src.days)
+    exposed = ", ".join(f"NULLIF({c}, '') AS {c}" if c != "terminal_state" else c for c in keys)
+    sub = (f"(SELECT day * 86400 + 43200 - utc_offset AS started_at, {exposed}, {columns} "
+           f"FROM {table} WHERE {days})")
+    return sub, [v for run in src.days for v in run]
+
+
+_MEASURE_COLUMNS = ", ".join(name for name, _, _ in MEASURES)
+
+
+def cube(conn: sqlite3.Connection, src: Source, group_sql: str, period_sql: str, unit_prices: UnitPrices) -> list[CubeRow]:
+    """One pass: sums per (group, period, provider, model, state, usage source, decision).
+
+    Raw rows and summary rows give the same sums (``report_rollup.MEASURES`` defines both). The
+    per-bucket cost split is done per cell in Python (``split_cell``): written per row in SQL,
+    SQLite re-evaluated the weights for every aggregate.
+    """
+    table, from_params = _from(src, "report_daily", "usage_source, NULLIF(cache_decision, '') AS cache_decision, " + _MEASURE_COLUMNS)
+    if src.rollup:
+        aggs = ", ".join(f"{'MAX' if how == 'max' else 'TOTAL'}({name})" for name, _, how in MEASURES)
+    else:
+        aggs = ", ".join(f"{'MAX' if how == 'max' else 'TOTAL'}({expr.format(r='')})" for _, expr, how in MEASURES)
     sql = f"""
         SELECT {group_sql}, {period_sql}, provider, COALESCE(model, '(unknown)'), COALESCE(terminal_state, 'unknown'),
-               COALESCE(usage_source, 'absent'), cache_decision,
-               COUNT(*), COUNT(CASE WHEN {_USAGE} THEN 1 END),
-               TOTAL(CASE WHEN {_USAGE} THEN input_tokens END), TOTAL(CASE WHEN {_USAGE} THEN cache_read_tokens END),
-               TOTAL(CASE WHEN {_USAGE} THEN cache_write_tokens END), TOTAL(CASE WHEN {_USAGE} THEN output_tokens END),
-               TOTAL(CASE WHEN {_USAGE} THEN reasoning_tokens END),
-               COUNT(cost_usd) + COUNT(CASE WHEN {_UNBILLED} THEN 1 END),
-               COUNT(CASE WHEN cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND NOT {_UNBILLED} THEN 1 END),
-               TOTAL(cost_usd), TOTAL(CASE WHEN {_USAGE} THEN cost_usd END),
-               TOTAL(CASE WHEN {_PRICED_USAGE} THEN input_tokens END), TOTAL(CASE WHEN {_PRICED_USAGE} THEN cache_read_tokens END),
-               TOTAL(CASE WHEN {_PRICED_USAGE} THEN cache_write_tokens END), TOTAL(CASE WHEN {_PRICED_USAGE} THEN {w1h} END),
-               TOTAL(CASE WHEN {_PRICED_USAGE} THEN output_tokens END),
-               TOTAL(CASE cache_origin WHEN 'proxy' THEN savings_usd END), TOTAL(CASE cache_origin WHEN 'client' THEN savings_usd END),
-               TOTAL(CASE WHEN cache_origin IN ('proxy', 'client', 'none') THEN NULL ELSE savings_usd END),
-               TOTAL(CASE cache_origin WHEN 'none' THEN savings_usd END),
-               TOTAL(markers_inserted), MAX(proxy_request_ms)
-        FROM requests{cond}
+               COALESCE(usage_source, 'absent'), cache_decision, {aggs}
+        FROM {table}{src.cond}
         GROUP BY 1, 2, 3, 4, 5, 6, 7"""
     out = []
     units_of: dict[tuple[str | None, str], Mapping[str, float] | None] = {}
-    for r in conn.execute(sql, params):
-        (g, p, provider, model, st, src, dec, n, wu, t_in, t_cr, t_cw, t_out, t_rs, priced, unpriced, cost, cost_u,
-         p_in, p_cr, p_cw, p_cw1h, p_out, s_proxy, s_client, s_unknown, s_none, mk, pmax) = r
+    for r in conn.execute(sql, [*from_params, *src.params]):
+        g, p, provider, model, st, src_, dec = r[:7]
+        m = dict(zip((name for name, _, _ in MEASURES), r[7:], strict=True))
         key = (provider, model)
         if key not in units_of:
             units_of[key] = unit_prices(provider, model)
-        priced_tokens = {"input": int(p_in), "cache_read": int(p_cr), "cache_write": int(p_cw), "cache_write_1h": int(p_cw1h), "output": int(p_out)}
+        priced_tokens = {"input": int(m["p_in"]), "cache_read": int(m["p_cr"]), "cache_write": int(m["p_cw"]),
+                         "cache_write_1h": int(m["p_cw1h"]), "output": int(m["p_out"])}
         out.append(CubeRow(
-            group=str(g), period=str(p), provider=provider, model=str(model), terminal_state=st, usage_source=src, cache_decision=dec,
-            requests=n, with_usage=wu,
-            tokens={"input": int(t_in), "cache_read": int(t_cr), "cache_write": int(t_cw), "output": int(t_out), "reasoning": int(t_rs)},
-            priced=priced, unpriced=unpriced, cost=cost, cost_by_bucket=split_cell(cost_u, cost - cost_u, priced_tokens, units_of[key]),
-            savings={"proxy": s_proxy, "client": s_client, "unknown": s_unknown, "none": s_none}, markers_inserted=int(mk), proxy_max=pmax,
+            group=str(g), period=str(p), provider=provider, model=str(model), terminal_state=st, usage_source=src_, cache_decision=dec,
+            requests=int(m["requests"]), with_usage=int(m["with_usage"]),
+            tokens={"input": int(m["t_in"]), "cache_read": int(m["t_cr"]), "cache_write": int(m["t_cw"]), "output": int(m["t_out"]),
+                    "reasoning": int(m["t_rs"])},
+            priced=int(m["priced"]), unpriced=int(m["unpriced"]), cost=m["cost"],
+            cost_by_bucket=split_cell(m["cost_u"], m["cost"] - m["cost_u"], priced_tokens, units_of[key]),
+            savings={"proxy": m["s_proxy"], "client": m["s_client"], "unknown": m["s_unknown"], "none": m["s_none"]},
+            markers_inserted=int(m["markers"]), proxy_max=m["proxy_max"],
         ))
     return out
 
 
-def unpriced_groups(conn: sqlite3.Connection, filters: Filters) -> list[dict[str, Any]]:
+def unpriced_groups(conn: sqlite3.Connection, src: Source) -> list[dict[str, Any]]:
     """Counts of unpriced billable rows by (provider, model, reason, usage source, status)."""
-    cond, params = where(filters, have := table_columns(conn))
-    reason = "unpriced_reason" if "unpriced_reason" in have else "NULL"
-    extra = f"{' AND' if cond else ' WHERE'} cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND NOT {_UNBILLED}"
-    sql = (f"SELECT provider, model, {reason}, usage_source, status_code, COUNT(*) FROM requests{cond}{extra} "
-           "GROUP BY 1, 2, 3, 4, 5")
+    if src.rollup:
+        table, from_params = _from(src, "report_daily", "usage_source, NULLIF(unpriced_reason, '') AS unpriced_reason, unpriced")
+        extra = f"{' AND' if src.cond else ' WHERE'} unpriced > 0"
+        sql = f"SELECT provider, model, unpriced_reason, usage_source, NULL, SUM(unpriced) FROM {table}{src.cond}{extra} GROUP BY 1, 2, 3, 4"
+    else:
+        from_params = []
+        reason = "unpriced_reason" if "unpriced_reason" in table_columns(conn) else "NULL"
+        extra = f"{' AND' if src.cond else ' WHERE'} cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND NOT {_UNBILLED}"
+        sql = f"SELECT provider, model, {reason}, usage_source, status_code, COUNT(*) FROM requests{src.cond}{extra} GROUP BY 1, 2, 3, 4, 5"
     return [{"provider": p, "model": m, "unpriced_reason": r, "usage_source": u, "status_code": st, "cost_usd": None, "requests": n}
-            for p, m, r, u, st, n in conn.execute(sql, params)]
+            for p, m, r, u, st, n in conn.execute(sql, [*from_params, *src.params])]
 
 
-def histograms(conn: sqlite3.Connection, filters: Filters, group_sql: str, period_sql: str,
-               metrics: Sequence[str] = ("ttft", "duration"), totals_only: Sequence[str] = ("proxy",)) -> Iterable[tuple[str, str | None, str | None, float, int]]:
-    """(metric, group, period, rounded value, count) for each latency metric.
-
-    ``totals_only`` metrics are counted over the whole window (group and period are None).
+def histograms(conn: sqlite3.Connection, src: Source, group_sql: str, period_sql: str, *, same: bool = False,
+               metrics: Sequence[str] = ("ttft", "duration"), totals_only: Sequence[str] = ("proxy",)) -> Iterable[tuple[str, str, str | None, float, int]]:
+    """(metric, level, key, rounded value, count): level "group" (key = group), "period" (key =
+    period) or "total" (key None). Groups and periods are counted separately (the report shows
+    latency per group and per period, never per group and period), which keeps the counts few.
+    ``same``: the grouping is the period (``--by day``), so one pass serves both.
     """
-    cond, params = where(filters, table_columns(conn))
-    for metric in (*metrics, *totals_only):
-        col = LATENCY_COLUMNS[metric]
-        extra = f"{' AND' if cond else ' WHERE'} {col} IS NOT NULL"
-        if metric in totals_only:
-            sql = f"SELECT NULL, NULL, {_bucket_sql(col)} AS b, COUNT(*) FROM requests{cond}{extra} GROUP BY 3"
+    passes: list[tuple[str, str, str]] = []
+    for metric in metrics:
+        passes.append((metric, "group", group_sql))
+        if not same:
+            passes.append((metric, "period", period_sql))
+    passes += [(metric, "total", "NULL") for metric in totals_only]
+    for metric, level, key_sql in passes:
+        if src.rollup:
+            table, from_params = _from(src, "report_latency_daily", "metric, bucket, n", ("provider", "model"))
+            extra = f"{' AND' if src.cond else ' WHERE'} metric = ?"
+            sql = f"SELECT {key_sql}, bucket, SUM(n) FROM {table}{src.cond}{extra} GROUP BY 1, 2"
+            params = [*from_params, *src.params, metric]
         else:
-            sql = f"SELECT {group_sql}, {period_sql}, {_bucket_sql(col)} AS b, COUNT(*) FROM requests{cond}{extra} GROUP BY 1, 2, 3"
-        for g, p, b, n in conn.execute(sql, params):
-            yield metric, None if g is None else str(g), None if p is None else str(p), float(b), int(n)
+            col = LATENCY_COLUMNS[metric]
+            extra = f"{' AND' if src.cond else ' WHERE'} {col} IS NOT NULL"
+            sql = f"SELECT {key_sql}, {bucket_sql(col)} AS b, COUNT(*) FROM requests{src.cond}{extra} GROUP BY 1, 2"
+            params = list(src.params)
+        for key, b, n in conn.execute(sql, params):
+            yield metric, level, None if key is None else str(key), float(b), int(n)
 
 
 def span(conn: sqlite3.Connection, filters: Filters) -> tuple[float, float] | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
+from tokenpak_mitm import report_query, report_rollup
 from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
 
 __all__ = ["TelemetryStore", "COLUMNS", "COLUMN_NAMES", "MIGRATIONS", "add_columns", "connect_readonly", "default_db_path", "migrate"]
@@ -61,12 +62,14 @@ MIGRATIONS: tuple[str, ...] = (
     add_columns(2),
     # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
     add_columns(3),
-    # 4: indexes for `tokenpak report` (aggregation runs in SQL): the price lookup reads the
-    # distinct (provider, model) pairs from an index, and the latency histograms read a narrow
-    # covering index instead of the wide table rows.
+    # 4: for `tokenpak report` (aggregation runs in SQL): an index for the price lookup's
+    # distinct (provider, model) pairs, a narrow covering index for windows and latency, and the
+    # daily summary tables with the triggers that keep them (report_rollup), filled from the
+    # rows already stored.
     "CREATE INDEX IF NOT EXISTS requests_provider_model ON requests(provider, model);"
     "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
-    "ttft_ms, duration_ms, proxy_request_ms);",
+    "ttft_ms, duration_ms, proxy_request_ms);"
+    + report_rollup.migration_sql(report_query.bucket_sql),
 )
 # A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
 if len(MIGRATIONS) < SCHEMA_VERSION:
