@@ -154,3 +154,19 @@ def test_json_round_trip_of_a_summarised_report(tmp_path: Path, monkeypatch: pyt
     db = write(tmp_path / "t.db", rows(100))
     summarised, _, _ = both(db, monkeypatch, by="day", since="all")
     assert json.loads(json.dumps(summarised)) == summarised
+
+
+def test_rows_on_the_midnight_boundaries_are_counted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = rows(1)[0]
+    data = []
+    for day in range(2, 9):
+        midnight = datetime(2026, 5, day).timestamp()
+        for i, t in enumerate((midnight - 0.001, midnight, midnight + 0.001, midnight + 43200)):
+            data.append({**base, "request_key": f"b{day}-{i}", "started_at": t})
+    db = write(tmp_path / "t.db", data)
+    for since, until in ((None, None), (datetime(2026, 5, 3).timestamp(), datetime(2026, 5, 7).timestamp()),
+                         (datetime(2026, 5, 3).timestamp() + 0.0005, datetime(2026, 5, 7).timestamp() + 0.0005)):
+        summarised, raw, used = both(db, monkeypatch, by="day", since="x", filters=Filters(since_ts=since, until_ts=until))
+        assert any(s.rollup for s in used)
+        same(summarised, raw)
+    assert summarised["totals"]["requests"] == sum(1 for r in data if since <= r["started_at"] < until)
