@@ -120,7 +120,10 @@ class Summary:
             self._proxy_max = c.proxy_max if self._proxy_max is None else max(self._proxy_max, c.proxy_max)
 
     def add_latency(self, metric: str, value: float, count: int) -> None:
-        self.latency_hist.setdefault(metric, Counter())[value] += count
+        hist = self.latency_hist.get(metric)
+        if hist is None:
+            hist = self.latency_hist[metric] = Counter()
+        hist[value] += count
 
     def latency(self, metric: str) -> dict[str, float] | None:
         """p50/p95/p99 in ms (three significant digits) and n, or None without values."""
@@ -274,6 +277,13 @@ def _order(groups: dict[str, Summary], by: str) -> list[Summary]:
     return sorted(groups.values(), key=lambda s: (-(s.cost_usd or 0.0), -s.requests, s.key))
 
 
+def _summary(summaries: dict[str, Summary], key: str) -> Summary:
+    found = summaries.get(key)
+    if found is None:
+        found = summaries[key] = Summary(key)
+    return found
+
+
 def choose_period(conn: sqlite3.Connection, filters: Filters, now: float | None = None) -> tuple[str, float, float]:
     """``hour`` when the window (or, for an open window, the data) spans under two days; and the span."""
     first_last = rq.span(conn, filters)
@@ -314,8 +324,8 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     for c in (c for src in srcs for c in rq.cube(conn, src, group_sql, period_sql, prices)):
         totals.merge(c)
         c.group, c.period = label(group_kind, c.group), label(period, c.period)
-        groups.setdefault(c.group, Summary(c.group)).merge(c)
-        periods.setdefault(c.period, Summary(c.period)).merge(c)
+        _summary(groups, c.group).merge(c)
+        _summary(periods, c.period).merge(c)
         if c.priced:
             by_model = model_cost.setdefault(c.period, {})
             by_model[c.model] = by_model.get(c.model, 0.0) + c.cost
@@ -328,9 +338,9 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
         assert key is not None
         if level == "group":
             totals.add_latency(metric, value, n)
-            groups.setdefault(label(group_kind, key), Summary(label(group_kind, key))).add_latency(metric, value, n)
+            _summary(groups, label(group_kind, key)).add_latency(metric, value, n)
         if level == "period" or same:
-            periods.setdefault(label(period, key), Summary(label(period, key))).add_latency(metric, value, n)
+            _summary(periods, label(period, key)).add_latency(metric, value, n)
     ordered_periods = _fill_periods(_order(periods, "day"), period)
     if by == "day" and period == "day":
         ordered_groups = ordered_periods
