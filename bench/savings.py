@@ -43,8 +43,7 @@ from tokenpak_mitm.savings import WorkloadRequest, evaluate
 MODEL = "claude-sonnet-4-6"
 OPENAI_MODEL = "gpt-5.6"
 RESULTS_PATH = Path(__file__).parent / "results" / "savings.json"
-WORDS = ("cache prefix token stream request proxy model system tool result message budget latency "
-         "write read marker window turn agent search file patch test build deploy config error").split()
+WORDS = ["cache", "prefix", "token", "stream", "request", "proxy", "model", "system", "tool", "result", "message", "budget", "latency", "write", "read", "marker", "window", "turn", "agent", "search", "file", "patch", "test", "build", "deploy", "config", "error"]
 GOAL_SHARE = 0.95
 
 

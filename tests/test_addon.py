@@ -154,6 +154,7 @@ def test_bad_option_values_are_rejected_clearly(addon, opt, value, capsys):
         tctx.configure(tp, **{opt: value})
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("setting, message", [
     ("tokenpak_cache=maybe", "tokenpak_cache must be one of"),
     ("tokenpak_console=maybe", "tokenpak_console must be true or false"),
@@ -188,6 +189,7 @@ def test_an_unknown_tokenpak_option_stops_start_up_naming_the_closest(tmp_path: 
     assert "Traceback" not in proc.stdout + proc.stderr and "listening" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 def test_startup_line_names_version_db_and_mode(tmp_path: Path):
     from tokenpak_mitm.testing.proxy import MitmdumpProcess
 
@@ -232,6 +234,7 @@ async def test_metadata_survives_serialisation(addon):
     assert "ttfb_ms" in f.metadata["tokenpak"]
 
 
+@pytest.mark.e2e
 def test_a_silently_skipped_script_is_reported(tmp_path: Path):
     # A duplicated --set for one of our options makes mitmproxy 12 drop the script without a word
     # and keep proxying; the startup watch says so on stderr.

@@ -37,7 +37,7 @@ def chromium() -> str:
 
 
 def _row(key: str, when: float, **values: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {name: None for name in COLUMN_NAMES}
+    base: dict[str, Any] = dict.fromkeys(COLUMN_NAMES)
     base.update(request_key=key, started_at=when, provider="anthropic", api="messages", route_class="claude-code",
                 host="api.anthropic.com", path="/v1/messages", model="claude-sonnet-4-6", stream=1, billable=1, status_code=200,
                 terminal_state="completed", usage_source="final", input_tokens=100, cache_read_tokens=5000, cache_write_tokens=200,

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import anthropic
 import pytest
-
 from conftest import Stack, wait_for_rows
+
 from tokenpak_mitm.cache_insert import remove_spans
 from tokenpak_mitm.testing.client import build_request, request
 from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Script, Step
+
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
 MODEL = "claude-sonnet-4-6"
 # claude-sonnet-4-6 list prices, USD per million tokens.

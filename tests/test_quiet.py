@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_stack
+
 from tokenpak_mitm.quiet import ChatterFilter
 from tokenpak_mitm.testing.upstream import sse_script
 

@@ -33,7 +33,7 @@ def rows(n: int, seed: int = 7, start: datetime = datetime(2026, 5, 1, 7, 30)) -
         provider, model = rnd.choice(MODELS)
         state = rnd.choice(["completed"] * 6 + ["error_response", "client_disconnected", "stream_error", None])
         usage = rnd.choice(["final", "final", "partial", "absent", None])
-        r: dict[str, Any] = {c: None for c in COLUMN_NAMES}
+        r: dict[str, Any] = dict.fromkeys(COLUMN_NAMES)
         r.update(request_key=f"k{i}", started_at=t0 + i * 9 * 3600 / 7, provider=provider, model=model,
                  route_class=rnd.choice(["claude-code", "sdk", "other", None]), terminal_state=state, usage_source=usage,
                  billable=rnd.choice([1, 1, 1, 0, None]), status_code=rnd.choice([200, 200, 429, 529, None]),
@@ -124,7 +124,7 @@ def test_the_migration_fills_the_summaries_from_stored_rows(tmp_path: Path, monk
     for n, script in enumerate(MIGRATIONS[:3], start=1):  # a v3 database, before the summaries existed
         conn.executescript("BEGIN;" + script + f"PRAGMA user_version={n};COMMIT;")
     data = rows(200)
-    names = [c for c in COLUMN_NAMES]
+    names = list(COLUMN_NAMES)
     conn.executemany(f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                      [tuple(r[c] for c in names) for r in data])
     conn.commit()

@@ -14,7 +14,7 @@ def v1_database(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.executescript("BEGIN;" + MIGRATIONS[0] + "PRAGMA user_version=1;COMMIT;")
     names = [n for n, _ in COLUMNS_V1]
-    values = {n: None for n in names} | {"request_key": "old", "started_at": 1.0, "provider": "anthropic", "input_tokens": 42}
+    values = dict.fromkeys(names) | {"request_key": "old", "started_at": 1.0, "provider": "anthropic", "input_tokens": 42}
     conn.execute(f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", [values[n] for n in names])
     conn.commit()
     conn.close()

@@ -22,8 +22,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -31,22 +31,23 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
-from tokenpak_mitm import __version__, observer
+from tokenpak_mitm import __version__, hooks
 from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
+from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
-from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
-from tokenpak_mitm.row import TelemetryRow
+from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path
-from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
+from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label
 
 logger = logging.getLogger("tokenpak")
@@ -61,7 +62,12 @@ OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thr
 class _FlowState:
     route: Route
     record: RequestRecord
-    tracker: Any
+    tracker: Tracker
+    # Decided once, when the flow starts: do its bytes come from the network now (else it is a
+    # loaded flow replayed from a file, whose stream callable never runs), and did an earlier run
+    # of this addon already handle it (a recorded flow: markers in the body, timings stashed)?
+    live: bool
+    earlier: dict[str, Any] | None
     sent_at: float | None = None
     tap: StreamTap | None = None
     emitted: bool = False
@@ -106,7 +112,7 @@ class TokenPak:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         if not self.is_running:
-            known = [name for name in opts.keys() if name.startswith(PREFIX)]
+            known = [name for name in opts.keys() if name.startswith(PREFIX)]  # noqa: SIM118 - OptManager is not iterable
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
@@ -207,7 +213,9 @@ class TokenPak:
             path=redact_query(req.path),
             route_class=route_class(req.headers.get("user-agent"), "x-stainless-lang" in req.headers),
         )
-        self._flows[flow] = _FlowState(route=route, record=rec, tracker=tracker)
+        meta = flow.metadata.get(META)
+        earlier = meta if isinstance(meta, dict) and "cache_decision" in meta else None
+        self._flows[flow] = _FlowState(route=route, record=rec, tracker=tracker, live=flow.live, earlier=earlier)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         st = self._flows.get(flow)
@@ -218,28 +226,31 @@ class TokenPak:
                 st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
             except Exception:
                 logger.exception("tokenpak: could not read the request's price hints")
-        meta = flow.metadata.get(META)
-        if isinstance(meta, dict) and "cache_decision" in meta:
-            self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
+        if st.earlier is not None:
+            self._reuse_decision(st.record, st.earlier)  # a recorded flow already carries our markers
         elif flow.response is None:  # a response set by another addon means nothing goes upstream
-            client_body = flow.request.raw_content
-            spans: list[list[Any]] = []
-            try:
-                spans = await self._insert(flow, st)
-            except Exception:
-                logger.exception("tokenpak: marker insertion failed; request sent unchanged")
-                st.record.cache_decision = "error"
-            if observer.active():
-                _report_outbound(flow, client_body, spans)
-            rec = st.record
-            flow.metadata[META] = {
-                "cache_decision": rec.cache_decision,
-                "markers_inserted": rec.markers_inserted,
-                "client_markers": rec.client_markers,
-                "prefix_tokens_est": rec.prefix_tokens_est,
-                "spans": spans,
-            }
+            await self._plan(flow, st)
         st.sent_at = time.time()
+
+    async def _plan(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        client_body = flow.request.raw_content
+        spans: list[list[Any]] = []
+        try:
+            spans = await self._insert(flow, st)
+        except Exception:
+            logger.exception("tokenpak: marker insertion failed; request sent unchanged")
+            st.record.cache_decision = "error"
+        rec = st.record
+        flow.metadata[META] = {
+            "cache_decision": rec.cache_decision,
+            "markers_inserted": rec.markers_inserted,
+            "client_markers": rec.client_markers,
+            "prefix_tokens_est": rec.prefix_tokens_est,
+            "spans": spans,
+        }
+        if hooks.wanted(flow, hooks.OUTBOUND):
+            inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
+            hooks.fire(hooks.TokenpakOutboundHook(flow, client_body or b"", inserted))
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -300,9 +311,9 @@ class TokenPak:
             if not (sse or array_stream) or resp.status_code >= 400:
                 return
             st.record.stream = True
-            sink = _frame_sink(flow.id, st.record.route_class) if observer.active() else None
-            st.tap = StreamTap(st.tracker, sse=sse, content_encoding=resp.headers.get("content-encoding"), on_frame=sink)
+            st.tap = StreamTap(st.tracker, sse=sse, content_encoding=resp.headers.get("content-encoding"))
             resp.stream = st.tap
+            hooks.fire(hooks.TokenpakStreamHook(flow, st.tap))
         except Exception:
             logger.exception("tokenpak: could not attach the stream observer; response passes through")
 
@@ -329,11 +340,10 @@ class TokenPak:
                 st.tap.close()
             # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
             st.record.error_msg = redact_text(flow.error.msg, secret_values(flow.request.headers.items(), flow.request.path)) if flow.error else "unknown error"
-            meta = flow.metadata.get(META)
-            if flow.live or not isinstance(meta, dict) or "closed_by" not in meta:
+            if st.live or st.earlier is None or "closed_by" not in st.earlier:
                 st.record.closed_by = closed_by(flow)
             else:
-                st.record.closed_by = meta.get("closed_by")  # replay: the live run's verdict
+                st.record.closed_by = _closed_by_word(st.earlier.get("closed_by"))  # replay: the live run's verdict
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -345,7 +355,7 @@ class TokenPak:
         tap = st.tap
         if tap is not None:
             if not tap.finished and resp.raw_content:
-                observe_buffered_sse(tap, resp.raw_content)  # replay: the callable never ran
+                tap.feed_buffered(resp.raw_content)  # replay: the callable never ran
             elif not tap.finished:
                 tap.close()
             return
@@ -355,7 +365,7 @@ class TokenPak:
         ctype = resp.headers.get("content-type", "").lower()
         if "text/event-stream" in ctype:  # an SSE body we did not stream (e.g. replayed error)
             tap = StreamTap(st.tracker, sse=True, content_encoding=resp.headers.get("content-encoding"))
-            observe_buffered_sse(tap, body)
+            tap.feed_buffered(body)
             st.tap = tap
             st.record.stream = True
             return
@@ -374,11 +384,10 @@ class TokenPak:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             row = _minimal_row(st.record)
         self.rows_emitted += 1
-        for obs in observer.active():  # before the write: a live checker may annotate the row
-            try:
-                row = obs.on_telemetry_row(row) or row
-            except Exception:
-                logger.exception("tokenpak: conformance observer failed")
+        if hooks.wanted(flow, hooks.ROW):  # before the write: a live checker may annotate the row
+            slot = hooks.RowSlot(row)
+            hooks.fire(hooks.TokenpakRowHook(flow, slot))
+            row = slot.row
         if self.store is not None:
             self.store.submit(row)
         if self.otel is not None:
@@ -393,8 +402,6 @@ class TokenPak:
         if x.model is None and rec.route.model_hint is None and rec.request_model is None:
             # Errors and count_tokens name no model in the response: the request does.
             rec.request_model = request_model(flow.request.raw_content, flow.request.headers.get("content-encoding"))
-        meta = flow.metadata.get(META)
-        live = tap is not None and tap.finished or flow.live
         if resp is not None:
             rec.status_code = resp.status_code
             rec.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
@@ -404,10 +411,11 @@ class TokenPak:
             rec.response_bytes = tap.wire_bytes
         elif resp is not None and resp.raw_content is not None:
             rec.response_bytes = len(resp.raw_content)
-        if isinstance(meta, dict) and "ttfb_ms" in meta and not live:
+        earlier = st.earlier
+        if not st.live and earlier is not None and "ttfb_ms" in earlier:
             # Replay: timings come from the live run, so the row matches it.
-            rec.ttfb_ms, rec.ttft_ms, rec.duration_ms = meta.get("ttfb_ms"), meta.get("ttft_ms"), meta.get("duration_ms")
-            rec.proxy_request_ms = meta.get("proxy_request_ms")
+            rec.ttfb_ms, rec.ttft_ms, rec.duration_ms = earlier.get("ttfb_ms"), earlier.get("ttft_ms"), earlier.get("duration_ms")
+            rec.proxy_request_ms = earlier.get("proxy_request_ms")
             return
         if st.sent_at is not None and flow.request.timestamp_end:
             rec.proxy_request_ms = _ms(st.sent_at - flow.request.timestamp_end)
@@ -417,13 +425,14 @@ class TokenPak:
             rec.ttft_ms = _ms(tap.first_content_at - sent)
         end = (resp.timestamp_end if resp is not None else None) or (tap.last_byte_at if tap else None) or time.time()
         rec.duration_ms = _ms(end - sent)
+        meta = flow.metadata.get(META)
         stash = meta if isinstance(meta, dict) else {}
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
                      proxy_request_ms=rec.proxy_request_ms)
         flow.metadata[META] = stash
 
 
-def closed_by(flow: http.HTTPFlow) -> str | None:
+def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:
     """Whose connection was already closed when the flow failed ("client", "server" or None)."""
     client_closed = flow.client_conn.state is ConnectionState.CLOSED
     server_closed = flow.server_conn.state is ConnectionState.CLOSED
@@ -432,6 +441,10 @@ def closed_by(flow: http.HTTPFlow) -> str | None:
     if server_closed and not client_closed:
         return "server"
     return None
+
+
+def _closed_by_word(value: object) -> ClosedBy | None:
+    return "client" if value == "client" else "server" if value == "server" else None
 
 
 def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
@@ -453,27 +466,6 @@ def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
             sys.stderr.flush()
 
     threading.Thread(target=watch, name="tokenpak-startup-watch", daemon=True).start()
-
-
-def _report_outbound(flow: http.HTTPFlow, client_body: bytes | None, spans: list[list[Any]]) -> None:
-    """Tell conformance observers what the client sent and what went upstream (every route)."""
-    inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
-    for obs in observer.active():
-        try:
-            obs.on_outbound_request(flow.id, client_body or b"", flow.request.raw_content or b"", inserted)
-        except Exception:
-            logger.exception("tokenpak: conformance observer failed")
-
-
-def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes], None]:
-    """Reports each forwarded frame to the installed conformance observers (only when any are)."""
-    observers = observer.active()
-
-    def sink(event: str | None, raw: bytes) -> None:
-        for o in observers:
-            o.on_stream_frame(flow_id, route_class, event, raw)
-
-    return sink
 
 
 def _minimal_row(rec: RequestRecord) -> TelemetryRow:

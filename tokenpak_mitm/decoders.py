@@ -32,7 +32,8 @@ def incremental_decoder(encoding: str | None) -> Decoder | None:
     if enc == "br":
         import brotli
 
-        return brotli.Decompressor().process
+        process: Callable[[bytes], bytes] = brotli.Decompressor().process
+        return process
     if enc == "zstd":
         return _Zstd()
     return None

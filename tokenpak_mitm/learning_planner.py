@@ -49,9 +49,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from . import cache_planner
-from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, TTL_SECONDS, CacheFacts, facts_for
+from .cache_facts import TTL_SECONDS, CacheFacts, facts_for
 from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
 from .prefix_index import CLUSTER_SECONDS, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .row import CacheDecision
 from .token_estimate import TokenCalibration
 
 __all__ = ["REASONS", "Memory", "Ticket", "OpenAIPlan", "plan", "plan_openai", "observe_usage", "predict", "PRIOR_GAPS"]
@@ -187,7 +188,7 @@ def _learned(request: dict[str, Any], opts: CacheOptions, bounds: Sequence[Bound
             if bp.purpose in ("tools", "system") and _key_of_bp(bp) in positions]
     chosen, notes = _decide(bounds, stats, now, facts, opts, lambda i: _eligible_at(request, bounds, i), free)
     breakpoints = tuple(_breakpoint(request, bounds[c.position], c.reason, c.ttl) for c in chosen)
-    decision = "inserted" if breakpoints else "not_worth"
+    decision: CacheDecision = "inserted" if breakpoints else "not_worth"
     return Plan(decision, breakpoints, prefix_tokens_est=stateless.prefix_tokens_est or bounds[-1].tokens_est,
                 model=stateless.model, minimum_tokens=facts.minimum_tokens, notes=notes)
 
@@ -535,10 +536,10 @@ def plan_openai(request: object, api: str, memory: Memory, now: float) -> tuple[
     digests = [b.digest for b in bounds]
     stats = memory.index.stats(digests, now)
     stood_down = any(f in request for f in OPENAI_CACHE_FIELDS) or any(
-        isinstance(block := part_at(request, api, b), dict) and "prompt_cache_breakpoint" in block for b in bounds)
+        isinstance(block := part_at(request, api, b), dict) and "prompt_cache_breakpoint" in block for b in bounds)  # type: ignore[arg-type]
     result = OpenAIPlan("stood_down" if stood_down else "unchanged")
     if not stood_down and facts.explicit_markers and any(s is not None for s in stats):
-        eligible = [b.section == "messages" and b.role != "assistant" and isinstance(part_at(request, api, b), dict)
+        eligible = [b.section == "messages" and b.role != "assistant" and isinstance(part_at(request, api, b), dict)  # type: ignore[arg-type]
                     for b in bounds]
         chosen, notes = _decide(bounds, stats, now, facts, CacheOptions(ttl="auto"), lambda i: eligible[i], ())
         tail_skipped = any(n.reason == "tail_not_reused" for n in notes)

@@ -126,7 +126,7 @@ def _decode_if_secret(message: http.Message, notes: dict[str, Any], label: str, 
         message.raw_content = plain
         del message.headers["content-encoding"]
         notes[f"{label}_decoded_for_redaction"] = True
-        return enc
+        return str(enc)
     return None
 
 

@@ -93,7 +93,7 @@ def migration_sql(bucket_sql: Callable[[str], str]) -> str:
     lat_keys = ", ".join(name for name, _ in LATENCY_DIMS)
     measure_cols = ", ".join(f"{name} {'REAL' if name.startswith(('cost', 's_', 'proxy')) else 'INTEGER'}" for name, _, _ in MEASURES)
     ddl = (
-        f"CREATE TABLE IF NOT EXISTS report_daily (day INTEGER NOT NULL, utc_offset INTEGER NOT NULL, "
+        "CREATE TABLE IF NOT EXISTS report_daily (day INTEGER NOT NULL, utc_offset INTEGER NOT NULL, "
         + ", ".join(f"{name} TEXT NOT NULL" for name, _ in DIMS)
         + f", {measure_cols}, PRIMARY KEY (day, utc_offset, {keys})) WITHOUT ROWID;"
         f"CREATE TABLE IF NOT EXISTS report_latency_daily (day INTEGER NOT NULL, utc_offset INTEGER NOT NULL, "

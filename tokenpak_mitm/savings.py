@@ -34,11 +34,10 @@ with its line number) and skipped; the run goes on with the rest.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -48,7 +47,14 @@ from . import learning_planner
 from .cache_facts import facts_for
 from .cache_insert import CacheOptions, insert_markers
 from .testing.cache_sim import (
-    Breakpoint, CacheSimulator, InvalidRequest, OpenAIAnalysis, PendingWrite, RequestAnalysis, analyse_openai, analyse_request,
+    Breakpoint,
+    CacheSimulator,
+    InvalidRequest,
+    OpenAIAnalysis,
+    PendingWrite,
+    RequestAnalysis,
+    analyse_openai,
+    analyse_request,
 )
 
 __all__ = ["WorkloadRequest", "Replay", "parse_workload", "read_flows", "load", "evaluate", "add_arguments", "run",

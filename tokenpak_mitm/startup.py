@@ -16,14 +16,13 @@ import difflib
 import functools
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from mitmproxy import exceptions
 
 __all__ = ["guard_configure", "unknown_option_message", "exit_startup", "PREFIX"]
 
 PREFIX = "tokenpak_"
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def exit_startup(message: str) -> NoReturn:
@@ -47,7 +46,7 @@ def unknown_option_message(names: Iterable[str], known: Iterable[str]) -> str | 
     return f"unknown option {', '.join(parts)}{listing}"
 
 
-def guard_configure(method: F) -> F:
+def guard_configure[F: Callable[..., Any]](method: F) -> F:
     """Wrap an addon's ``configure``: before ``running``, a bad option value exits with one line."""
 
     @functools.wraps(method)

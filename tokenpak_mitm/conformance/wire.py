@@ -78,7 +78,8 @@ def decode_body(data: bytes, encoding: str | None) -> bytes:
     if enc == "br":
         import brotli
 
-        return brotli.Decompressor().process(data)
+        out: bytes = brotli.Decompressor().process(data)
+        return out
     if enc == "zstd":
         from tokenpak_mitm.decoders import incremental_decoder
 

@@ -591,7 +591,7 @@ def analyse_openai(request: dict[str, Any], api: str) -> OpenAIAnalysis:
         model=str(request.get("model")), api=api, facts=facts,
         tokens=tuple(b.tokens_est for b in bounds), keys=tuple(f"openai\0{b.digest.hex()}" for b in bounds),
         markable=tuple(b.section == "messages" and b.block is not None and b.role != "assistant"
-                       and isinstance(part_at(request, api, b), dict) for b in bounds),
+                       and isinstance(part_at(request, api, b), dict) for b in bounds),  # type: ignore[arg-type]
         explicit=tuple(b.position for b in bounds if _has_openai_breakpoint(request, api, b)),
         explicit_only=isinstance(options, dict) and options.get("mode") == "explicit",
     )
@@ -601,5 +601,5 @@ def _has_openai_breakpoint(request: dict[str, Any], api: str, b: Boundary) -> bo
     """Does the block at `b` carry ``prompt_cache_breakpoint``? (system, user and tool content; not assistant output)"""
     if b.role == "assistant":
         return False
-    block = part_at(request, api, b)
+    block = part_at(request, api, b)  # type: ignore[arg-type]
     return isinstance(block, dict) and block.get("prompt_cache_breakpoint") is not None
