@@ -173,6 +173,7 @@ def test_bad_option_value_makes_mitmdump_exit_non_zero(tmp_path: Path, setting: 
     assert "Traceback" not in proc.stdout + proc.stderr and "listening" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("setting, suggestion", [
     ("tokenpak_cach=off", "unknown option tokenpak_cach (did you mean tokenpak_cache?)"),
     ("tokenpak_recod=/tmp/x", "unknown option tokenpak_recod (did you mean tokenpak_record?)"),
