@@ -369,3 +369,17 @@ def test_local_days_follow_daylight_saving_changes(tmp_path: Path, capsys: pytes
     finally:
         monkeypatch.delenv("TZ")
         time_mod.tzset()
+
+
+def test_errors_are_listed_with_their_status_and_type(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(db, capsys, "--since", "all")
+    want: dict[tuple[Any, ...], int] = {}
+    for r in raw_rows(db):
+        if r["terminal_state"] != "completed":
+            k = (r["terminal_state"], r["status_code"], r["error"])
+            want[k] = want.get(k, 0) + 1
+    got = {(e["terminal_state"], e["status_code"], e["error"]): e["requests"] for e in data["errors"]}
+    assert got == want and ("error_response", 429, "rate_limit_error") in got
+    assert main(["report", "--db", str(db), "--since", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "by status and error type" in out and "rate_limit_error" in out and "overloaded_error" in out

@@ -177,6 +177,7 @@ class Report:
     until: str | None = None
     model_cost: dict[str, dict[str, float]] = field(default_factory=dict)  # period -> model -> priced cost
     unpriced: list[dict[str, Any]] = field(default_factory=list)  # see unpriced_models
+    errors: list[dict[str, Any]] = field(default_factory=list)  # failed requests by state, status and error type
 
 
 def unpriced_models(rows: Iterable[Row]) -> list[dict[str, Any]]:
@@ -346,9 +347,17 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
         ordered_groups = ordered_periods
     else:
         ordered_groups = _order(groups, by)
+    errors: Counter[tuple[str, int | None, str | None]] = Counter()
+    if totals.errors:
+        for src in srcs:
+            for state, status, error, n in rq.error_groups(conn, src):
+                errors[state, status, error] += n
+    error_list = [{"terminal_state": st, "status_code": code, "error": err, "requests": n}
+                  for (st, code, err), n in sorted(errors.items(), key=lambda kv: (-kv[1], str(kv[0])))]
     return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
                   period=period, filters=filters, until=until, model_cost=model_cost,
-                  unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [])
+                  unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [],
+                  errors=error_list)
 
 
 def empty_report(by: str = "day", since: str = "7d") -> Report:
@@ -378,6 +387,7 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
         "groups": [g.as_dict() for g in report.groups],
         "periods": [p.as_dict() for p in report.periods] if report.by != "day" or report.period != "day" else None,
         "unpriced_models": report.unpriced,
+        "errors": report.errors,
         "price_table": {"version": _price_table_version(), "update": _update_hint()},
     }
 
@@ -501,6 +511,13 @@ def _print_tables(report: Report, db: str) -> None:
     for decision, n in sorted(t.cache_decisions.items(), key=lambda kv: -kv[1]):
         decisions.add_row(escape(decision), str(n))
     console.print(tokens, money_t, latency, states)
+    if report.errors:
+        errs = Table(title="Requests that did not complete, by status and error type", title_justify="left")
+        for col in ("state", "status", "error", "requests"):
+            errs.add_column(col, justify="right" if col in ("status", "requests") else "left")
+        for e in report.errors[:20]:
+            errs.add_row(escape(e["terminal_state"]), str(e["status_code"] or "-"), escape(e["error"] or "-"), str(e["requests"]))
+        console.print(errs)
     if t.cache_decisions:
         console.print(decisions)
     console.print(f"cache hit = {CACHE_HIT_RATIO_DEFINITION}.")

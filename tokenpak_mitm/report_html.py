@@ -233,6 +233,11 @@ def _table(report: Report) -> str:
     out = (f'<h2>By {escape(report.by)}</h2><div class="wide"><table><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head)
            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
            + f"<h2>Terminal states</h2><table><thead><tr><th>state</th><th>requests</th></tr></thead><tbody>{states}</tbody></table>")
+    if report.errors:
+        errs = "".join(f"<tr><td>{escape(e['terminal_state'])}</td><td>{e['status_code'] or '-'}</td><td>{escape(e['error'] or '-')}</td>"
+                       f"<td>{e['requests']}</td></tr>" for e in report.errors[:20])
+        out += ("<h2>Requests that did not complete</h2><table><thead><tr><th>state</th><th>status</th><th>error</th><th>requests</th></tr>"
+                f"</thead><tbody>{errs}</tbody></table>")
     if t.cache_decisions:
         decisions = "".join(f"<tr><td>{escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(t.cache_decisions.items(), key=lambda kv: -kv[1]))
         out += (f"<h2>Cache markers: {t.markers_inserted} inserted</h2><table><thead><tr><th>planner decision</th><th>requests</th></tr>"

@@ -31,7 +31,7 @@ from tokenpak_mitm.report_rollup import MEASURES
 
 __all__ = [
     "ColumnFilter", "COLUMN_FILTERS", "Filters", "GROUPINGS", "utc_offsets", "local_period_sql", "period_label", "LATENCY_COLUMNS", "PERCENTILES", "where",
-    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "Source", "sources", "raw_source", "bucket_sql", "UnitPrices",
+    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "Source", "sources", "raw_source", "bucket_sql", "error_groups", "UnitPrices",
 ]
 
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
@@ -421,6 +421,19 @@ def unpriced_groups(conn: sqlite3.Connection, src: Source) -> list[dict[str, Any
         sql = f"SELECT provider, model, {reason}, usage_source, status_code, COUNT(*) FROM requests{src.cond}{extra} GROUP BY 1, 2, 3, 4, 5"
     return [{"provider": p, "model": m, "unpriced_reason": r, "usage_source": u, "status_code": st, "cost_usd": None, "requests": n}
             for p, m, r, u, st, n in conn.execute(sql, [*from_params, *src.params])]
+
+
+def error_groups(conn: sqlite3.Connection, src: Source) -> list[tuple[str, int | None, str | None, int]]:
+    """(terminal state, status code, error type, requests) of the requests that did not complete."""
+    if src.rollup:
+        table, from_params = _from(src, "report_daily", "status_code, error, requests")
+        extra = f"{' AND' if src.cond else ' WHERE'} terminal_state != 'completed'"
+        sql = f"SELECT terminal_state, NULLIF(status_code, ''), NULLIF(error, ''), SUM(requests) FROM {table}{src.cond}{extra} GROUP BY 1, 2, 3"
+    else:
+        from_params = []
+        extra = f"{' AND' if src.cond else ' WHERE'} COALESCE(terminal_state, '') != 'completed'"
+        sql = f"SELECT COALESCE(terminal_state, 'unknown'), status_code, error, COUNT(*) FROM requests{src.cond}{extra} GROUP BY 1, 2, 3"
+    return [(str(st), None if code is None else int(code), err, int(n)) for st, code, err, n in conn.execute(sql, [*from_params, *src.params])]
 
 
 def histograms(conn: sqlite3.Connection, src: Source, group_sql: str, period_sql: str, *, same: bool = False,

@@ -5,7 +5,8 @@ spill import included, feeds them, and an ignored duplicate does not) and filled
 existing rows by the migration that creates them:
 
 * ``report_daily``: per (local day, UTC offset, provider, model, route class, terminal state,
-  usage source, planner decision, unpriced reason) the sums ``report_query.cube`` computes
+  usage source, planner decision, unpriced reason, status code, error type of a failed request)
+  the sums ``report_query.cube`` computes
   (``MEASURES``, the one definition both use);
 * ``report_latency_daily``: per (local day, UTC offset, provider, model, metric) the number of
   requests at each latency rounded to three significant digits (reports filtered or grouped by
@@ -33,6 +34,8 @@ DIMS: tuple[tuple[str, str], ...] = (
     ("usage_source", "COALESCE({r}usage_source, 'absent')"),
     ("cache_decision", "COALESCE({r}cache_decision, '')"),
     ("unpriced_reason", "COALESCE({r}unpriced_reason, '')"),
+    ("status_code", "COALESCE(CAST({r}status_code AS TEXT), '')"),
+    ("error", "CASE WHEN COALESCE({r}terminal_state, '') = 'completed' THEN '' ELSE COALESCE({r}error, '') END"),
 )
 LATENCY_DIMS = DIMS[:2]  # provider, model: more keys multiply the rows (one per distinct latency value)
 
