@@ -141,7 +141,7 @@ def test_extra_hosts_option(addon):
     assert len(tp.store.rows) == 1 and tp.store.rows[0]["host"] == "llm.internal"
 
 
-@pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h"), ("tokenpak_console", "maybe")])
+@pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h"), ("tokenpak_console", "maybe"), ("tokenpak_cache_history", "maybe")])
 def test_bad_option_values_are_rejected_clearly(addon, opt, value, capsys):
     tp, tctx = addon
     with pytest.raises(SystemExit) as stopped:  # at start-up: one line and exit status 2

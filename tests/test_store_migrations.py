@@ -25,12 +25,13 @@ def test_a_v1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path):
     v1_database(db)
     s = TelemetryStore(db)
     s.start()
-    s.submit({"request_key": "new", "started_at": 2.0, "provider": "anthropic", "proxy_request_ms": 0.25})
+    s.submit({"request_key": "new", "started_at": 2.0, "provider": "anthropic", "proxy_request_ms": 0.25,
+              "cache_reasons": '[{"at":"system","why":"no_history","tokens":2000,"ttl":"5m"}]'})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         conn = sqlite3.connect(db)
         try:
-            rows = conn.execute("SELECT request_key, input_tokens, proxy_request_ms FROM requests ORDER BY id").fetchall()
+            rows = conn.execute("SELECT request_key, input_tokens, proxy_request_ms, cache_reasons FROM requests ORDER BY id").fetchall()
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.OperationalError:  # not migrated yet
             rows, version = [], 1
@@ -40,12 +41,12 @@ def test_a_v1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path):
             break
         time.sleep(0.05)
     s.close()
-    assert version == len(MIGRATIONS) == 4
-    assert rows == [("old", 42, None), ("new", None, 0.25)]
+    assert version == len(MIGRATIONS) == 5
+    assert rows == [("old", 42, None, None), ("new", None, 0.25, '[{"at":"system","why":"no_history","tokens":2000,"ttl":"5m"}]')]
     conn = sqlite3.connect(db)
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     conn.close()
-    assert {"requests_started_at", "requests_provider_model", "requests_latency"} <= indexes  # v4: report indexes
+    assert {"requests_started_at", "requests_provider_model", "requests_latency"} <= indexes  # v5: report indexes
 
 
 def test_every_column_written_exists_after_migrating(tmp_path: Path):

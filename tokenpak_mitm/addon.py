@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -34,10 +35,10 @@ from mitmproxy.proxy import mode_specs
 from tokenpak_mitm import __version__, hooks
 from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers
 from tokenpak_mitm.dialects.base import Tracker
+from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
-from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.quiet import set_quiet
@@ -53,7 +54,7 @@ from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, err
 logger = logging.getLogger("tokenpak")
 
 CACHE_MODES = ("auto", "off", "top-level")
-CACHE_TTLS = ("5m", "1h")
+CACHE_TTLS = ("5m", "1h", "auto")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
 OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thread
 
@@ -72,6 +73,7 @@ class _FlowState:
     tap: StreamTap | None = None
     emitted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    ticket: Ticket | None = None  # the learning planner's record of this request, for the response side
 
 
 class TokenPak:
@@ -86,8 +88,12 @@ class TokenPak:
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
         self._cache_opts = CacheOptions()
-        # Prefixes seen in OpenAI requests (digests and timings only): where explicit breakpoints go.
-        self._openai_index = PrefixIndex()
+        # What the cache planners remember (prefix digests and timings, never content), one per
+        # proxy, Anthropic and OpenAI requests alike (digests are seeded by API, so they never
+        # collide); read and fed in a worker thread for large bodies (it is locked).
+        self.memory = Memory()
+        self._index_path = ""  # tokenpak_cache_index
+        self._history = True  # tokenpak_cache_history
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
 
@@ -97,7 +103,9 @@ class TokenPak:
         loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
-        loader.add_option("tokenpak_cache_ttl", str, "5m", "TTL of inserted cache markers: 5m or 1h.")
+        loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps make it pay), 5m or 1h.")
+        loader.add_option("tokenpak_cache_history", str, "true", "Let the cache planner learn from the traffic it sees (true), or decide each request alone by fixed rules (false).")
+        loader.add_option("tokenpak_cache_index", str, "", "File where the cache planner keeps prefix digests and timings across restarts (never content); empty: memory only.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
         loader.add_option("tokenpak_quiet", str, "false",
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
@@ -119,7 +127,7 @@ class TokenPak:
         if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
-            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m or 1h, not {opts.tokenpak_cache_ttl!r}")
+            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
@@ -138,6 +146,15 @@ class TokenPak:
                     self.store.close()
                 self.store = TelemetryStore(path)
                 self.store.start()
+
+        try:
+            self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        if "tokenpak_cache_index" in updated:
+            self._index_path = opts.tokenpak_cache_index
+            if self._index_path:
+                self._load_index(self._index_path)
 
         if "tokenpak_otlp" in updated:
             if self.otel is not None:
@@ -161,7 +178,35 @@ class TokenPak:
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
         )
 
+    def _load_index(self, path: str) -> None:
+        try:
+            data = Path(path).expanduser().read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            logger.warning("tokenpak: cache index %s not read (%s); starting without history", path, e)
+            return
+        try:
+            loaded = self.memory.index.load(data, time.time())
+        except ValueError as e:
+            logger.warning("tokenpak: cache index %s ignored: %s; starting without history", path, e)
+            return
+        logger.info("tokenpak: cache planner history: %d prefixes from %s", loaded, path)
+
+    def _save_index(self) -> None:
+        path = self._index_path
+        if not path:
+            return
+        target = Path(path).expanduser()
+        try:
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(self.memory.index.dump())
+            os.replace(tmp, target)
+        except OSError as e:
+            logger.warning("tokenpak: cache index not saved to %s: %s", path, e)
+
     def done(self) -> None:
+        self._save_index()
         if self.otel is not None:
             self.otel.shutdown()
         if self.store is not None:
@@ -246,6 +291,7 @@ class TokenPak:
             "markers_inserted": rec.markers_inserted,
             "client_markers": rec.client_markers,
             "prefix_tokens_est": rec.prefix_tokens_est,
+            "cache_reasons": rec.cache_reasons,
             "spans": spans,
         }
         if hooks.wanted(flow, hooks.OUTBOUND):
@@ -258,6 +304,7 @@ class TokenPak:
         rec.markers_inserted = int(meta.get("markers_inserted") or 0)
         rec.client_markers = int(meta.get("client_markers") or 0)
         rec.prefix_tokens_est = meta.get("prefix_tokens_est")
+        rec.cache_reasons = meta.get("cache_reasons")
 
     async def _insert(self, flow: http.HTTPFlow, st: _FlowState) -> list[list[Any]]:
         """Splice cache markers into the request; returns the inserted spans for the metadata."""
@@ -269,23 +316,25 @@ class TokenPak:
             rec.cache_decision = "request_streamed"  # stream_large_bodies sent it already
             return []
         encoding = flow.request.headers.get("content-encoding")
-        opts = self._cache_opts
+        opts, now = self._cache_opts, flow.request.timestamp_start
         plan: Callable[[], InsertResult]
         if st.route.dialect in ("openai_chat", "openai_responses"):
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
             api = st.route.dialect
-            index, now = self._openai_index, time.time()
+            index = self.memory.index if self._history else None
             plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
         else:
-            plan = partial(insert_markers, body, encoding, opts)
+            plan = partial(insert_markers, body, encoding, opts, self.memory if self._history else None, now)
         if len(body) > OFFLOAD_BYTES:
             # Parsing a huge prompt would stall every other connection on mitmproxy's single
             # event-loop thread; in a worker thread only this flow waits.
             result = await asyncio.to_thread(plan)
         else:
             result = plan()
+        st.ticket = result.ticket
+        rec.cache_reasons = result.reasons_json()
         # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
         rec.cache_decision = None if result.decision == "not_supported" else result.decision
         rec.request_model = result.model
@@ -303,6 +352,8 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None or flow.response is None:
             return
+        if st.ticket is not None and flow.response.status_code < 400:
+            self.memory.index.response_began(st.ticket.recorded)  # its cache writes are readable now
         try:
             resp = flow.response
             ctype = resp.headers.get("content-type", "").lower()
@@ -384,6 +435,8 @@ class TokenPak:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             row = _minimal_row(st.record)
         self.rows_emitted += 1
+        if st.ticket is not None:
+            self._learn(st.ticket, row)
         if hooks.wanted(flow, hooks.ROW):  # before the write: a live checker may annotate the row
             slot = hooks.RowSlot(row)
             hooks.fire(hooks.TokenpakRowHook(flow, slot))
@@ -394,6 +447,18 @@ class TokenPak:
             self.otel.export(row)
         if self._console:
             logger.info(_console_line(row))
+
+    def _learn(self, ticket: Ticket, row: TelemetryRow) -> None:
+        """Feed the response's usage back to the learning planner (calibration, lost cache entries)."""
+        try:
+            if row.terminal_state != "completed" and not row.input_tokens:
+                self.memory.index.forget(ticket.recorded)  # nothing was written upstream
+                return
+            read, write, fresh = row.cache_read_tokens, row.cache_write_tokens, row.input_tokens
+            prompt = None if fresh is None else fresh + (read or 0) + (write or 0)
+            observe_usage(self.memory, ticket, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
+        except Exception:
+            logger.exception("tokenpak: could not feed usage back to the cache planner")
 
     def _fill_timing(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         rec, tap, resp = st.record, st.tap, flow.response

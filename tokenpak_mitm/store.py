@@ -62,7 +62,9 @@ MIGRATIONS: tuple[str, ...] = (
     add_columns(2),
     # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
     add_columns(3),
-    # 4: for `tokenpak report` (aggregation runs in SQL): an index for the price lookup's
+    # 4: cache_reasons (issue 13): why each marker was placed and each candidate skipped
+    add_columns(4),
+    # 5: for `tokenpak report` (aggregation runs in SQL): an index for the price lookup's
     # distinct (provider, model) pairs, a narrow covering index for windows and latency, and the
     # daily summary tables with the triggers that keep them (report_rollup), filled from the
     # rows already stored.

@@ -46,6 +46,7 @@ class RequestRecord:
     client_markers: int = 0
     cache_decision: CacheDecision | None = None
     prefix_tokens_est: int | None = None
+    cache_reasons: str | None = None  # JSON: why each marker was placed and each candidate skipped
     conformance_violations: int | None = None
     request_model: str | None = None  # the model the request asked for (used when the response names none)
     # Price factors the client asked for, used when the response does not report them.
@@ -188,6 +189,7 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         client_markers=rec.client_markers,
         cache_decision=rec.cache_decision,
         prefix_tokens_est=rec.prefix_tokens_est,
+        cache_reasons=rec.cache_reasons,
         cost_usd=0.0 if unbilled else cost.cost_usd if cost else None,
         savings_usd=0.0 if unbilled else cost.savings_usd if cost else None,
         price_version="unbilled" if unbilled else cost.price_version if cost else None,

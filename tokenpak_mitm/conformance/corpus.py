@@ -50,7 +50,8 @@ def record_scenarios(out: Path, scenarios: list[Scenario], workdir: Path) -> dic
 
     rec_dir, db = workdir / "recorded", workdir / "live.db"
     upstream = ScriptedUpstream(handle).start()
-    proxy = MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=workdir, options=[f"tokenpak_record={rec_dir}", "flow_detail=0"]).start()
+    proxy = MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=workdir, options=[f"tokenpak_record={rec_dir}", "flow_detail=0",
+                                                                                   "tokenpak_cache_history=false"]).start()
     ids: dict[str, str] = {}
     try:
         known: set[Path] = set()
