@@ -125,3 +125,12 @@ def test_miss_cost_is_the_price_of_the_missed_read():
     # claude-sonnet-4-6: 5m write $3.75/MTok, read $0.30/MTok: 2900 tokens written instead of read
     assert miss_cost_usd("anthropic", "claude-sonnet-4-6", u, 2900) == pytest.approx(2900 * (3.75 - 0.30) / 1e6, rel=1e-9)
     assert miss_cost_usd("anthropic", "no-such-model", u, 2900) is None  # unpriced, never $0
+
+
+def test_the_html_page_has_the_sessions_and_misses_and_escapes_what_users_typed(db: Path, tmp_path: Path):
+    page = tmp_path / "r.html"
+    _report(db, "--html", str(page))
+    html = page.read_text()
+    assert "<h2>Cache misses by cause</h2>" in html and "<h2>Sessions</h2>" in html and "ttl_expired" in html
+    _report(db, "--html", str(page), "--model", "<script>x</script>")
+    assert "<script>x" not in page.read_text()

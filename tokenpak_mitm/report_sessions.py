@@ -10,14 +10,20 @@ Unpriced misses (unknown model) are counted, never taken as $0 lost.
 from __future__ import annotations
 
 import html
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tokenpak_mitm.report_query import Filters, table_columns, where
+
 __all__ = ["GroupSummary", "MissCause", "group_summaries", "html_sections", "miss_causes", "print_groups", "print_misses", "views_json"]
 
 Row = Mapping[str, Any]
+COLUMNS = ("started_at", "session_id", "project", "turn", "model", "cost_usd", "input_tokens", "cache_read_tokens",
+           "cache_write_tokens", "cache_miss_reason", "miss_section", "miss_block", "miss_change", "miss_cost_usd",
+           "cache_warm_until")
 TOP = 5  # sessions and models named per cause
 CHANGE_LABELS = {"tools": "tool definitions", "system": "system text", "volatile": "volatile value (date, id)",
                  "history": "history rewritten", "model_params": "model or parameters"}
@@ -112,6 +118,16 @@ class MissCause:
             "models": dict(sorted(self.models.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]),
             "changes": dict(sorted(self.changes.items(), key=lambda kv: (-kv[1], kv[0]))),
         }
+
+
+def load_rows(conn: sqlite3.Connection, filters: Filters) -> list[dict[str, Any]]:
+    """The columns these views read, for the rows the report's filters select (none before schema v6)."""
+    have = table_columns(conn)
+    if "session_id" not in have:
+        return []  # a database from before sessions: nothing to show
+    cond, params = where(filters, have)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM requests{cond} ORDER BY started_at, id"
+    return [dict(zip(COLUMNS, r, strict=True)) for r in conn.execute(sql, params)]
 
 
 def group_summaries(rows: Iterable[Row], by: str) -> list[GroupSummary]:

@@ -151,20 +151,20 @@ class TelemetryRow(Mapping[str, Any]):
     # v4: why the cache planner placed each marker and skipped each candidate: a JSON list of
     # {"at", "why", "tokens", "ttl" | "skipped": true, "detail"?} (reasons: learning_planner.REASONS).
     cache_reasons: str | None = column("TEXT", since=4)
-    # v5: sessions and cache-miss diagnosis (docs/sessions.md): which conversation and turn the
+    # v6: sessions and cache-miss diagnosis (docs/sessions.md): which conversation and turn the
     # request is, why its cache missed, where the prompt changed, what the miss cost, and until
     # when the session's cache is warm (a Unix time).
-    session_id: str | None = column("TEXT", since=5)
-    session_source: SessionSource | None = column("TEXT", since=5)
-    project: str | None = column("TEXT", since=5)
-    turn: int | None = column("INTEGER", since=5)
-    cache_miss_reason: MissReason | None = column("TEXT", since=5)
-    miss_section: str | None = column("TEXT", since=5)  # tools | system | messages
-    miss_block: int | None = column("INTEGER", since=5)  # tool / system block index, or message number
-    miss_change: MissChange | None = column("TEXT", since=5)
-    miss_expected_tokens: int | None = column("INTEGER", since=5)
-    miss_cost_usd: float | None = column("REAL", since=5)
-    cache_warm_until: float | None = column("REAL", since=5)
+    session_id: str | None = column("TEXT", since=6)
+    session_source: SessionSource | None = column("TEXT", since=6)
+    project: str | None = column("TEXT", since=6)
+    turn: int | None = column("INTEGER", since=6)
+    cache_miss_reason: MissReason | None = column("TEXT", since=6)
+    miss_section: str | None = column("TEXT", since=6)  # tools | system | messages
+    miss_block: int | None = column("INTEGER", since=6)  # tool / system block index, or message number
+    miss_change: MissChange | None = column("TEXT", since=6)
+    miss_expected_tokens: int | None = column("INTEGER", since=6)
+    miss_cost_usd: float | None = column("REAL", since=6)
+    cache_warm_until: float | None = column("REAL", since=6)
 
     # -- construction from stored forms -----------------------------------------------------------
     @classmethod
