@@ -272,7 +272,10 @@ def test_openai_gets_a_breakpoint_before_a_per_request_tail():
         plans.append(plan)
         assert ticket is not None
         memory.index.response_began(ticket.recorded)
-    assert plans[0].decision == "unchanged"  # no history: OpenAI's implicit caching is left alone
+    first = boundaries(responses_request(0, "x"), "openai_responses")
+    # no history: the stable boundary before the final user turn (free: the implicit one writes past it)
+    assert (plans[0].decision, plans[0].positions, plans[0].explicit_only) == ("inserted", (len(first) - 2,), False)
+    assert [n.reason for n in plans[0].notes] == ["no_history"]
     later = plans[-1]
     bounds = boundaries(responses_request(3, "x"), "openai_responses")
     assert later.decision == "inserted" and later.explicit_only  # the per-turn tail is not written
