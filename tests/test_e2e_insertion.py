@@ -267,7 +267,10 @@ def test_openai_agent_loop_live_uses_the_learning_planner_and_marks_tool_results
     assert any(tool_marked[1:]), tool_marked
     for body in sent_bodies:
         assert not any("prompt_cache_breakpoint" in json.dumps(item) for item in body["input"] if item.get("type") == "function_call")
-    for key in keys:
+    for key, marked in zip(keys, tool_marked, strict=True):
         row = stack.row(key)
         assert row["cache_decision"] in ("inserted", "not_worth") and row["cache_reasons"]
-        assert all(r["why"] for r in json.loads(row["cache_reasons"]))
+        reasons = json.loads(row["cache_reasons"])
+        assert all(r["why"] and r["at"].startswith("input.") for r in reasons)
+        if marked:  # the row names the tool result it marked, in the request's own terms
+            assert any(".output." in r["at"] and "ttl" in r for r in reasons), reasons

@@ -54,7 +54,7 @@ from . import cache_planner
 from .cache_facts import TTL_SECONDS, CacheFacts, facts_for
 from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
 from .openai_eligibility import ITEMS_KEY, breakpoint_eligible, client_cache_fields
-from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries
+from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, item_content
 from .row import CacheDecision
 from .token_estimate import TokenCalibration
 
@@ -572,6 +572,7 @@ def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[
             result = _openai_learned(bounds, stats, now, facts, eligible)
         else:
             result = _openai_no_history(request, api, bounds, facts, eligible)
+        result = replace(result, notes=_openai_addresses(request, api, bounds, result.notes))
     markers = [(p, facts.ttls[0]) for p in result.positions]
     if not result.explicit_only:
         markers.append((len(bounds) - 1, facts.ttls[0]))  # the implicit breakpoint
@@ -609,3 +610,15 @@ def _openai_no_history(request: Mapping[str, Any], api: Api, bounds: Sequence[Bo
         return OpenAIPlan("below_minimum", (), False, (Note(_address(b), "below_minimum", b.tokens_est, None, f"minimum {facts.minimum_tokens}"),))
     note = Note(_address(b), "no_history", b.tokens_est, facts.ttls[0], "the stable boundary before the final user turn")
     return OpenAIPlan("inserted", (b.position,), False, (note,))
+
+
+def _openai_addresses(request: Mapping[str, Any], api: Api, bounds: Sequence[Boundary], notes: tuple[Note, ...]) -> tuple[Note, ...]:
+    """The notes' places in the request's own terms: ``input.3.output.0`` for a Responses tool result."""
+    items = request.get(ITEMS_KEY[api])
+    names: dict[str, str] = {}
+    for b in bounds:
+        if b.section == "messages" and b.message is not None and isinstance(items, list) and b.message < len(items):
+            item = items[b.message]
+            key = item_content(item, api)[0] if isinstance(item, dict) else "content"
+            names[_address(b)] = f"{ITEMS_KEY[api]}.{b.message}.{key}" + ("" if b.block is None else f".{b.block}")
+    return tuple(replace(n, at=names.get(n.at, n.at)) for n in notes)
