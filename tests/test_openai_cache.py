@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tokenpak_mitm.cache_insert import remove_spans
@@ -251,3 +251,34 @@ def test_any_positions_either_splice_cleanly_or_leave_the_body_alone(messages, p
     for message in sent["messages"]:
         if message["role"] == "assistant":
             assert breakpoints(message) == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages=st.lists(MESSAGE, min_size=1, max_size=6), steps=st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0.5, 30.0, 400.0])), max_size=4),
+       style=st.integers(0, 2))
+def test_whatever_the_planner_decides_is_exactly_what_goes_upstream(messages, steps, style):
+    """Parity as a property: with any history, the splice sends the planner's positions (read back
+    from the bytes, as the simulator reads them) and explicit-only mode, or the planner chose nothing."""
+    from tokenpak_mitm import learning_planner
+    from tokenpak_mitm.testing.cache_sim import analyse_openai
+
+    live, shadow = Memory(), Memory()
+    now, current = 0.0, list(messages)
+    for grow, gap in [(0, 0.0), *steps]:
+        now += gap
+        current = current + [{"role": "user", "content": DOC[: 200 * (grow + 1)]}] * grow
+        request = chat(*current, {"role": "user", "content": f"now {now}"})
+        body = render(request, style)
+        res = insert_openai_breakpoint(body, None, "openai_chat", memory=live, now=now)
+        plan, ticket = learning_planner.plan_openai(json.loads(body), "openai_chat", shadow, now)
+        assert res.decision != "error"
+        event(f"{plan.decision} {len(plan.positions)} explicit_only={plan.explicit_only}")
+        if plan.decision == "inserted":
+            sent = analyse_openai(json.loads(res.body), "openai_chat")
+            assert (res.decision, sent.explicit, sent.explicit_only) == ("inserted", plan.positions, plan.explicit_only)
+            assert remove_spans(res.body, res.spans) == body
+        else:
+            assert res.body is body and res.decision == plan.decision
+        for memory, t in ((live, res.ticket), (shadow, ticket)):
+            if t is not None:
+                memory.index.response_began(t.recorded)
