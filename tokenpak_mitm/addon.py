@@ -402,9 +402,8 @@ class TokenPak:
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
-            api = st.route.dialect
-            index = self.memory.index if self._history else None
-            plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
+            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
+                           memory=self.memory if self._history else None, now=now)
         else:
             plan = partial(insert_markers, body, encoding, opts, self.memory if self._history else None, now)
         if len(body) > OFFLOAD_BYTES:
