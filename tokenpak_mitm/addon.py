@@ -36,7 +36,8 @@ from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
-from tokenpak_mitm.store import TelemetryStore, default_db_path
+from tokenpak_mitm.store import default_db_path
+from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
 
@@ -64,7 +65,7 @@ class TokenPak:
 
     def __init__(self) -> None:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowState] = weakref.WeakKeyDictionary()
-        self.store: TelemetryStore | None = None
+        self.store: StoreProcess | None = None
         self.otel: OtelExporter | None = None
         self.rows_emitted = 0
         # Option values read per request are copied here in `configure`: ctx.options lookups
@@ -103,7 +104,7 @@ class TokenPak:
             if self.store is None or str(self.store.path) != str(path):
                 if self.store is not None:
                     self.store.close()
-                self.store = TelemetryStore(path)
+                self.store = StoreProcess(path)  # SQLite in its own process: its faults never reach the proxy
                 self.store.start()
 
         if "tokenpak_otlp" in updated:

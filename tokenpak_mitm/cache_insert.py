@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import brotli
 
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Plan, Sizes, count_markers, plan
-from .decoders import zstd
+from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
 
 __all__ = [
@@ -235,13 +235,10 @@ def _markers_landed(spliced: bytes, decided: Plan, opts: CacheOptions) -> bool:
     return count_markers(result)[0] == len(decided.breakpoints)
 
 
-# ---- Content-Encoding ---------------------------------------------------------------
+# ---- Content-Encoding (decoding lives in `decoders`; re-encoding with the same flavor here) ----
 
 class _TooLarge(Exception):
     pass
-
-
-_INPUT_CHUNK = 1024  # zstd can expand ~32000x: 1 KiB of input bounds one step's output to ~32 MiB
 
 
 @dataclass(frozen=True)
@@ -252,47 +249,23 @@ class _Codec:
 
 def _normalize_encoding(header: str | None) -> str | None:
     """'gzip', 'br', ... lower-cased; None for identity; stacked codings are kept as written."""
-    if header is None:
-        return None
-    codings = [c.strip().lower() for c in str(header).split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    return ", ".join(codings) or None
+    return ", ".join(codings(header)) or None
 
 
-def _decode_frames(data: bytes, new_decoder: Callable[[], object], multi: bool) -> bytes:
-    """Stream-decode (bounded) one frame, or consecutive frames/members when `multi`."""
-    out: list[bytes] = []
-    total = 0
-    rest = data
-    while True:
-        decoder = new_decoder()
-        view, pos = memoryview(rest), 0
-        while not decoder.eof and pos < len(view):  # type: ignore[attr-defined]
-            piece = decoder.decompress(view[pos:pos + _INPUT_CHUNK])  # type: ignore[attr-defined]
-            pos += _INPUT_CHUNK
-            total += len(piece)
-            if total > MAX_BODY_BYTES:
-                raise _TooLarge
-            out.append(piece)
-        if not decoder.eof:  # type: ignore[attr-defined]
-            raise ValueError("truncated compressed body")
-        rest = decoder.unused_data + bytes(view[pos:])  # type: ignore[attr-defined]
-        if not rest:
-            return b"".join(out)
-        if not multi:
-            raise ValueError("trailing data after compressed body")
+def _decoded(data: bytes, coding: str) -> bytes:
+    try:
+        return decode_body(data, coding, MAX_BODY_BYTES, strict=True)
+    except DecodeLimit:
+        raise _TooLarge from None
 
 
 def _gunzip(data: bytes) -> tuple[bytes, int]:
-    return _decode_frames(data, lambda: zlib.decompressobj(31), multi=True), 31
+    return _decoded(data, "gzip"), 31
 
 
 def _inflate(data: bytes) -> tuple[bytes, int]:
     """HTTP 'deflate' is zlib-wrapped (RFC 9110), but some clients send raw deflate: accept both."""
-    try:
-        return _decode_frames(data, lambda: zlib.decompressobj(15), multi=False), 15
-    except zlib.error:
-        return _decode_frames(data, lambda: zlib.decompressobj(-15), multi=False), -15
+    return _decoded(data, "deflate"), (15 if deflate_is_zlib(data) else -15)
 
 
 def _zlib_encode(data: bytes, wbits: int) -> bytes:
@@ -300,31 +273,10 @@ def _zlib_encode(data: bytes, wbits: int) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def _unbrotli(data: bytes) -> tuple[bytes, int]:
-    decoder = brotli.Decompressor()
-    out = [decoder.process(data, output_buffer_limit=MAX_BODY_BYTES + 1)]
-    total = len(out[0])
-    while total <= MAX_BODY_BYTES and not decoder.can_accept_more_data():
-        piece = decoder.process(b"", output_buffer_limit=MAX_BODY_BYTES + 1 - total)
-        if not piece:
-            break
-        out.append(piece)
-        total += len(piece)
-    if total > MAX_BODY_BYTES:
-        raise _TooLarge
-    if not decoder.is_finished():
-        raise ValueError("truncated brotli body")
-    return b"".join(out), 0
-
-
-def _unzstd(data: bytes) -> tuple[bytes, int]:
-    return _decode_frames(data, zstd.ZstdDecompressor, multi=True), 0
-
-
 _CODECS: dict[str, _Codec] = {
     "gzip": _Codec(_gunzip, _zlib_encode),
     "x-gzip": _Codec(_gunzip, _zlib_encode),
     "deflate": _Codec(_inflate, _zlib_encode),
-    "br": _Codec(_unbrotli, lambda data, _: brotli.compress(data, quality=4)),
-    "zstd": _Codec(_unzstd, lambda data, _: zstd.compress(data, level=3)),
+    "br": _Codec(lambda data: (_decoded(data, "br"), 0), lambda data, _: brotli.compress(data, quality=4)),
+    "zstd": _Codec(lambda data: (_decoded(data, "zstd"), 0), lambda data, _: zstd.compress(data, level=3)),
 }

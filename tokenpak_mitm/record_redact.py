@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import http
-from mitmproxy.net import encoding
 
+from tokenpak_mitm.decoders import DecodeError, decode_body
 from tokenpak_mitm.redact import PLACEHOLDER, SECRET_HEADERS, redact_text, secret_values
 
 __all__ = ["redact_bytes", "redact_headers", "redact_recorded_flow", "redact_request_bodies"]
 
 _PLACEHOLDER_B = PLACEHOLDER.encode()
+MAX_DECODED = 64 * 1024 * 1024  # a recorded body decoded for redaction never costs more than this
 
 
 def redact_bytes(data: bytes, known: Sequence[str] = ()) -> bytes:
@@ -119,8 +120,8 @@ def _decode_if_secret(message: http.Message, notes: dict[str, Any], label: str, 
     if not enc or not message.raw_content:
         return None
     try:
-        plain = encoding.decode(message.raw_content, enc)
-    except ValueError:
+        plain = decode_body(message.raw_content, enc, MAX_DECODED, strict=False)
+    except DecodeError:  # corrupt, or a bomb: left encoded (the secret scan of the file still runs)
         return None
     if isinstance(plain, bytes) and redact_bytes(plain, known) != plain:
         message.raw_content = plain
@@ -142,8 +143,8 @@ def redact_recorded_flow(f: http.HTTPFlow, record: dict[str, Any]) -> int:
     req_enc = _decode_if_secret(req, record, "request", known)
     if req_enc and (record.get("client") or {}).get("body") is not None:
         try:
-            record["client"]["body"] = encoding.decode(record["client"]["body"], req_enc)
-        except ValueError:
+            record["client"]["body"] = decode_body(record["client"]["body"], req_enc, MAX_DECODED, strict=False)
+        except DecodeError:
             record["client"]["body"] = b""
     if f.response is not None:
         _decode_if_secret(f.response, record, "response", known)
