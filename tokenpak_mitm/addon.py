@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,8 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.cache_insert import CacheOptions, insert_markers, plan_off_loop
+from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
@@ -46,7 +47,12 @@ logger = logging.getLogger("tokenpak")
 CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
-OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thread
+INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded and parsed in a worker thread
+MAX_OBSERVED_BODY = 32 * 1024 * 1024  # and above this not parsed at all (the row says so)
+
+
+class _Heavy(Exception):
+    """Raised on the event loop when a body is too big to decode or parse there."""
 
 
 @dataclass(slots=True)
@@ -71,6 +77,7 @@ class TokenPak:
         # Option values read per request are copied here in `configure`: ctx.options lookups
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
+        self._secret_names: frozenset[str] = frozenset()
         self._cache_opts = CacheOptions()
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
@@ -83,6 +90,7 @@ class TokenPak:
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "5m", "TTL of inserted cache markers: 5m or 1h.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
+        loader.add_option("tokenpak_secret_headers", Sequence[str], [], "Extra request header names whose values are secrets (besides any name containing auth, token, key, secret, session, cookie, password, signature or credential).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
     def configure(self, updated: set[str]) -> None:
@@ -92,6 +100,7 @@ class TokenPak:
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m or 1h, not {opts.tokenpak_cache_ttl!r}")
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
+        self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
             console = parse_bool("tokenpak_console", opts.tokenpak_console)
@@ -207,9 +216,9 @@ class TokenPak:
             return []
         encoding = flow.request.headers.get("content-encoding")
         opts = self._cache_opts
-        if len(body) > OFFLOAD_BYTES:
-            # Parsing a huge prompt would stall every other connection on mitmproxy's single
-            # event-loop thread; in a worker thread only this flow waits.
+        if plan_off_loop(body, encoding):
+            # Planning a big or many-block prompt would stall every other connection on mitmproxy's
+            # single event-loop thread; in a worker thread only this flow waits.
             result = await asyncio.to_thread(insert_markers, body, encoding, opts)
         else:
             result = insert_markers(body, encoding, opts)
@@ -242,12 +251,26 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not attach the stream observer; response passes through")
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         st = self._flows.get(flow)
         if st is None or st.emitted or flow.error is not None:
-            return  # a replayed cut-short flow gets `response` then `error`: the error reports it
+            return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         try:
-            self._observe_body(flow, st)
+            self._observe_body(flow, st, inline=True)
+        except _Heavy:
+            # A big (or bomb-sized) body: decoding and parsing it would stall every other stream on
+            # mitmproxy's one event-loop thread. mitmproxy awaits what a hook returns, so only this
+            # flow waits for the worker thread; the common small body never leaves the loop.
+            return self._observe_off_loop(flow, st)
+        except Exception:
+            logger.exception("tokenpak: could not read the response; recording proxy_error")
+            st.record.terminal_override = "proxy_error"
+        self._emit(flow, st)
+        return None
+
+    async def _observe_off_loop(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        try:
+            await asyncio.to_thread(self._observe_body, flow, st, False)
         except Exception:
             logger.exception("tokenpak: could not read the response; recording proxy_error")
             st.record.terminal_override = "proxy_error"
@@ -264,7 +287,9 @@ class TokenPak:
             elif st.tap is not None:
                 st.tap.close()
             # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
-            st.record.error_msg = redact_text(flow.error.msg, secret_values(flow.request.headers.items(), flow.request.path)) if flow.error else "unknown error"
+            st.record.error_msg = redact_text(flow.error.msg, self._known_secrets(flow)) if flow.error else "unknown error"
+            if flow.live and _shutting_down():
+                st.record.terminal_override = "proxy_shutdown"  # cut by our own stop, not by a peer
             meta = flow.metadata.get(META)
             if flow.live or not isinstance(meta, dict) or "closed_by" not in meta:
                 st.record.closed_by = closed_by(flow)
@@ -275,7 +300,9 @@ class TokenPak:
             st.record.terminal_override = "proxy_error"
         self._emit(flow, st)
 
-    def _observe_body(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+    def _observe_body(self, flow: http.HTTPFlow, st: _FlowState, inline: bool = False) -> None:
+        """Feed the buffered response to the tracker. ``inline`` (on the event loop): raise
+        ``_Heavy`` rather than decode or parse more than a few milliseconds' worth."""
         resp = flow.response
         assert resp is not None
         tap = st.tap
@@ -295,16 +322,33 @@ class TokenPak:
             st.tap = tap
             st.record.stream = True
             return
+        if inline and len(body) > INLINE_PARSE_BYTES:
+            raise _Heavy
         try:
-            decoded = resp.get_content(strict=False) or b""
-        except ValueError:
-            decoded = body
+            decoded = decode_body(body, resp.headers.get("content-encoding"), INLINE_PARSE_BYTES if inline else MAX_OBSERVED_BODY, strict=False)
+        except DecodeLimit:
+            if inline:
+                raise _Heavy from None
+            logger.warning("tokenpak: a response body decodes to more than %d bytes; not parsed (usage unknown)", MAX_OBSERVED_BODY)
+            st.record.observe_note = "response_body_too_large"
+            return
+        except DecodeError as e:
+            logger.warning("tokenpak: response body not decoded (%s); usage unknown, bytes passed through unchanged", e)
+            st.record.observe_note = "response_body_undecodable"
+            return
         st.tracker.feed_body(decoded, resp.status_code)
+
+    def _known_secrets(self, flow: http.HTTPFlow) -> tuple[str, ...]:
+        """This request's own secret values, each repeated header on its own (``fields``)."""
+        return secret_values(flow.request.headers.fields, flow.request.path, self._secret_names)
 
     def _emit(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         st.emitted = True
         try:
             self._fill_timing(flow, st)
+            rec = st.record
+            if rec.error_msg is not None or (rec.status_code or 0) >= 400 or rec.extract.stream_error:
+                rec.known_secrets = self._known_secrets(flow)  # the row's error text may echo them
             row = build_row(st.record)
         except Exception:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
@@ -354,6 +398,15 @@ class TokenPak:
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
                      proxy_request_ms=rec.proxy_request_ms)
         flow.metadata[META] = stash
+
+
+def _shutting_down() -> bool:
+    """True once mitmproxy has been asked to stop (SIGTERM, SIGINT, ``q``): flows failing from
+    then on were cut by the proxy's own shutdown, whatever text their error carries."""
+    try:
+        return bool(ctx.master.should_exit.is_set())
+    except AttributeError:  # no master (unit tests driving the hooks directly)
+        return False
 
 
 def closed_by(flow: http.HTTPFlow) -> str | None:

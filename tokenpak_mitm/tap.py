@@ -154,6 +154,12 @@ class StreamTap:
 
 
 def observe_buffered_sse(tap: StreamTap, body: bytes) -> None:
-    """Feed a whole buffered SSE body (replay, or a stream the callable never saw) through a tap."""
-    tap._observe(body)
+    """Feed a whole buffered SSE body (replay, or a stream the callable never saw) through a tap,
+    in wire-sized pieces so the per-chunk decode cap applies as it does live."""
+    view = memoryview(body)
+    for pos in range(0, len(view), _REPLAY_PIECE):
+        tap._observe(bytes(view[pos:pos + _REPLAY_PIECE]))
     tap.close()
+
+
+_REPLAY_PIECE = 16 * 1024

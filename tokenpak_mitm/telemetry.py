@@ -18,7 +18,9 @@ from tokenpak_mitm.routes import Route
 
 __all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict"]
 
-TERMINAL_STATES = ("completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error")
+# proxy_shutdown (added in 0.x): a stream cut because the proxy itself was stopping. The column is
+# TEXT without a constraint, so older databases take the new value with no schema change.
+TERMINAL_STATES = ("completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown")
 
 
 @dataclass(slots=True)
@@ -47,6 +49,8 @@ class RequestRecord:
     cache_decision: str | None = None
     prefix_tokens_est: int | None = None
     conformance_violations: int | None = None
+    observe_note: str | None = None  # why a response was not parsed (too large, undecodable)
+    known_secrets: tuple[str, ...] = ()  # the request's own secret values, removed from the error text
 
 
 _CLIENT_GONE = ("client disconnected", "stream reset by client (cancel)", "client closed")
@@ -109,9 +113,11 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
         error = x.error_type or (f"http_{rec.status_code}" if rec.status_code else "error")
     elif rec.error_msg is not None:
         error = rec.error_msg
+    elif rec.observe_note is not None:
+        error = rec.observe_note
     usage = x.usage
     source = x.usage_source
-    if state in ("client_disconnected", "upstream_disconnected", "proxy_error") and source == "final" and not x.terminal_seen:
+    if state in ("client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown") and source == "final" and not x.terminal_seen:
         source = "partial"
     model = x.model or rec.route.model_hint
     cost = price(rec.route.provider, model, usage) if rec.route.billable else None
@@ -139,7 +145,7 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
         "response_bytes": rec.response_bytes,
         "response_id": x.response_id,
         "upstream_request_id": rec.upstream_request_id,
-        "error": redact_text(error),
+        "error": redact_text(error, rec.known_secrets),
         "cache_origin": cache_origin(rec),
         "markers_inserted": rec.markers_inserted,
         "client_markers": rec.client_markers,
