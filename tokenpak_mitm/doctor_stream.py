@@ -190,7 +190,9 @@ def _addon_script(tmp: Path) -> str:
     if script.is_file():
         return str(script)
     fallback = tmp / "tokenpak_addon.py"  # installed without the checkout: same two lines
-    fallback.write_text("from tokenpak_mitm.addon import TokenPak\naddons = [TokenPak()]\n")
+    from tokenpak_mitm.files import write_private
+
+    write_private(fallback, "from tokenpak_mitm.addon import TokenPak\naddons = [TokenPak()]\n")
     return str(fallback)
 
 

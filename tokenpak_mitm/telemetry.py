@@ -106,6 +106,8 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
         state = "error_response"
     elif x.stream_error:
         state = "stream_error"
+    elif rec.stream and rec.route.dialect == "anthropic" and not x.terminal_seen and not x.usage_final:
+        state = "upstream_disconnected"  # the stream ended cleanly but before message_delta/message_stop
     else:
         state = "completed"
     error: str | None = None
@@ -115,6 +117,8 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
         error = rec.error_msg
     elif rec.observe_note is not None:
         error = rec.observe_note
+    elif state == "upstream_disconnected":
+        error = "stream ended without message_delta or message_stop"
     usage = x.usage
     source = x.usage_source
     if state in ("client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown") and source == "final" and not x.terminal_seen:
