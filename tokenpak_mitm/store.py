@@ -304,11 +304,17 @@ class TelemetryStore:
     to the database or appended to a spill file. The writer process acknowledges rows with it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], on_durable: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        on_durable: Callable[[list[str]], None] | None = None,
+        on_lost: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.path = Path(path).expanduser()
         self.spill_paths = spill_paths(self.path)
         self.spill_path = self.spill_paths[0]
         self._on_durable = on_durable
+        self._on_lost = on_lost  # keys of rows counted as lost here (so nobody counts them twice)
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._pending: deque[dict[str, Any]] = deque()
         self._conn: sqlite3.Connection | None = None
@@ -335,7 +341,7 @@ class TelemetryStore:
         """
         if self._closed.is_set():
             if not self._spill([dict(row)]):
-                self._lose(1)
+                self._lose([dict(row)])
             return
         self._queue.put(dict(row))
 
@@ -386,7 +392,7 @@ class TelemetryStore:
                 time.sleep(0.05)
         fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
         if fresh and not self._spill(fresh):
-            self._lose(len(fresh))
+            self._lose(fresh)
         self._pending.clear()
         self._drop_connection()
 
@@ -394,9 +400,12 @@ class TelemetryStore:
         if self._on_durable is not None:
             self._on_durable([str(r.get("request_key")) for r in rows])
 
-    def _lose(self, n: int) -> None:
+    def _lose(self, rows: list[dict[str, Any]]) -> None:
         """Count, log and ledger rows that could be neither written nor spilled."""
+        n = len(rows)
         self.dropped += n
+        if self._on_lost is not None:
+            self._on_lost([str(r.get("request_key")) for r in rows])
         self.lost_reason = self.last_error or "unknown"
         logger.error("tokenpak: %d telemetry rows LOST: %s could not be written and no spill file could be (%s)", n, self.path, self.lost_reason)
         record_loss(self.path, n, self.lost_reason)
@@ -466,11 +475,11 @@ class TelemetryStore:
         fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
         if fresh and self._spill(fresh):
             self._spilled_keys.update(str(r.get("request_key")) for r in fresh)
-        lost = 0
+        lost = []
         while len(self._pending) > MAX_PENDING:
             old = self._pending.popleft()
             if old.get("request_key") not in self._spilled_keys:
-                lost += 1  # neither in the database nor in a spill file: counted, never silent
+                lost.append(old)  # neither in the database nor in a spill file: counted, never silent
         if lost:
             self._lose(lost)
 

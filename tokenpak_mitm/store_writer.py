@@ -8,7 +8,8 @@ So the proxy keeps no SQLite connection at all:
 * ``StoreProcess`` (in the proxy) queues rows from the event loop (a plain append, as before);
   a feeder thread sends them in batches, one JSON line per batch, to the writer process's stdin.
 * The writer process (``python -m tokenpak_mitm.store_writer DB``) runs ``TelemetryStore`` and
-  acknowledges each row once it is durable (written to the database or appended to a spill file).
+  acknowledges each row once it is durable (written to the database or appended to a spill file),
+  or once it has counted it as lost (so no row is counted twice).
 * The proxy keeps every row it sent until it is acknowledged. When the writer dies (SIGBUS,
   OOM kill, anything), the unacknowledged rows are appended to the spill file by the proxy
   (plain file appends, no memory map) and a new writer is started, with a back-off; it imports
@@ -219,6 +220,10 @@ class StoreProcess:
                     for key in msg["ack"]:
                         if self._unacked.pop(str(key), None) is not None:
                             self.acked += 1
+            elif isinstance(msg.get("lost"), list):  # counted, logged and ledgered by the writer
+                with self._lock:
+                    for key in msg["lost"]:
+                        self._unacked.pop(str(key), None)
             elif isinstance(msg.get("stats"), dict):
                 self.writer_stats = msg["stats"]
 
@@ -291,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ValueError):
                 pass  # the proxy is gone; rows still reach the database or the spill file
 
-    store = TelemetryStore(args[0], on_durable=lambda keys: say({"ack": keys}))
+    store = TelemetryStore(args[0], on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
     store.start()
     for line in sys.stdin.buffer:
         try:

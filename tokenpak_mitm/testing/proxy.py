@@ -64,6 +64,22 @@ class MitmdumpProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def store_writer_pid(self, timeout: float = 10.0) -> int:
+        """The pid of the addon's store writer process (a child running tokenpak_mitm.store_writer)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                try:
+                    children = (task / "children").read_text().split()
+                    for pid in children:
+                        if b"tokenpak_mitm.store_writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            return int(pid)
+                except OSError:
+                    continue  # a thread or child that just ended
+            time.sleep(0.05)
+        raise RuntimeError("no store writer process under mitmdump")
+
     def start(self, timeout: float = 30.0) -> MitmdumpProcess:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, bufsize=1)
         threading.Thread(target=self._pump, daemon=True).start()
