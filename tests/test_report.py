@@ -235,3 +235,11 @@ def test_parse_since() -> None:
 def test_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--db", str(tmp_path / "none.db")]) == 1
     assert "no database" in capsys.readouterr().err
+
+
+def test_html_report_file_is_owner_only(db: Path, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text("old")
+    page.chmod(0o644)  # an existing looser file is replaced, not reused
+    assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
+    assert page.stat().st_mode & 0o777 == 0o600 and page.read_text().startswith("<!DOCTYPE html>")
