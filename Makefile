@@ -12,9 +12,16 @@ MODE    ?= reverse:https://api.anthropic.com
 # own redacted line per LLM request instead. FLOW_DETAIL=1 brings mitmdump's lines back.
 FLOW_DETAIL ?= 0
 # In regular mode (HTTPS_PROXY) only the LLM API hosts are decrypted; other traffic is tunnelled
-# untouched. `make run MODE=regular SCOPE=` intercepts everything.
-LLM_HOSTS := ^(api\.anthropic\.com|api\.openai\.com|generativelanguage\.googleapis\.com):443$$
+# untouched. EXTRA_HOSTS=gateway.corp.example,llm.local adds hosts (a company gateway, a local
+# model server) to both the interception scope and the addon's LLM hosts (tokenpak_hosts).
+# `make run MODE=regular SCOPE=` intercepts everything.
+EXTRA_HOSTS ?=
+comma   := ,
+space   := $(subst ,, )
+API_HOSTS := api.anthropic.com api.openai.com generativelanguage.googleapis.com $(subst $(comma),$(space),$(EXTRA_HOSTS))
+LLM_HOSTS := ^($(subst $(space),|,$(strip $(subst .,\.,$(API_HOSTS))))):[0-9]+$$
 SCOPE   ?= $(if $(filter regular%,$(MODE)),--allow-hosts '$(LLM_HOSTS)')
+HOSTS_OPT := $(foreach h,$(subst $(comma),$(space),$(EXTRA_HOSTS)),--set tokenpak_hosts=$(h))
 ARGS    ?=
 
 .PHONY: run test test-fast bench venv lock clean
@@ -38,7 +45,7 @@ $(DEV_STAMP): requirements/dev.txt pyproject.toml | $(BIN)/python
 venv: $(DEV_STAMP)
 
 run: $(RUN_STAMP)
-	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) -s addons/tokenpak.py $(ARGS)
+	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) $(HOSTS_OPT) -s addons/tokenpak.py $(ARGS)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import shlex
 import re
 import ssl
 import subprocess
@@ -103,7 +104,21 @@ def test_write_bundle_copies_certificates_only(tmp_path: Path) -> None:
 def test_write_bundle_without_ca_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["setup", "python", "--mode", "regular", "--confdir", str(tmp_path), "--write-bundle", str(tmp_path / "b.pem")])
     assert rc == 2 and not (tmp_path / "b.pem").exists()
-    assert capsys.readouterr().out == ""  # nothing for eval to run
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing for eval to run
+    assert captured.err.count("\n") == 1 and "start the proxy once" in captured.err
+    assert "so mitmproxy creates its CA, then run this again" in captured.err
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("mode", ["reverse", "regular"])
+def test_printed_proxy_command_keeps_query_strings_off_the_console(client: str, mode: str, tmp_path: Path) -> None:
+    """mitmdump's default flow lines print URLs with a Gemini ?key=; make run passes flow_detail=0, so must setup."""
+    commands = [line for line in render(SetupOptions(client, mode=mode, confdir=tmp_path)).splitlines() if "mitmdump" in line]
+    assert commands
+    for line in commands:
+        args = shlex.split(line.lstrip("# "))
+        assert "flow_detail=0" in [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
 
 
 def test_cli_registry_lists_the_subcommands() -> None:

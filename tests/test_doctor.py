@@ -172,3 +172,38 @@ def test_versions() -> None:
     assert check_mitmproxy("12.2.2").status == "fail"
     assert check_mitmproxy("13.0.0").status == "fail"
     assert check_mitmproxy().status == "ok"  # this environment
+
+
+_BLOCKED_IMPORT = """
+import sys
+class _Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r} or name.startswith({module!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, _Missing())
+from tokenpak_mitm.cli import main
+sys.exit(main(["doctor", "--no-stream-check", "--db", {db!r}, "--confdir", {confdir!r}]))
+"""
+
+
+@pytest.mark.parametrize(("module", "requirement"), [("backports.zstd", "backports.zstd>=1.0"), ("brotli", "brotli>=1.1")])
+def test_doctor_names_a_missing_module_and_the_command_that_installs_it(tmp_path: Path, module: str, requirement: str) -> None:
+    """The zstandard drift: mitmdump said only 'error in script'. doctor must name the module and the fix."""
+    import subprocess
+    import sys
+
+    code = _BLOCKED_IMPORT.format(module=module, db=str(tmp_path / "t.db"), confdir=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert f"module '{module}' is missing" in out
+    assert f"-m pip install '{requirement}'" in out
+
+
+def test_doctor_dependency_check_passes_on_this_install() -> None:
+    from tokenpak_mitm.doctor import check_dependencies
+
+    checks = check_dependencies()
+    assert [c.status for c in checks] == ["ok"], checks

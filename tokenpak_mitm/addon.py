@@ -37,6 +37,7 @@ from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
+from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.store import default_db_path
 from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
@@ -356,7 +357,7 @@ class TokenPak:
         self.rows_emitted += 1
         for obs in observer.active():  # before the write: a live checker may annotate the row
             try:
-                obs.on_telemetry_row(row)
+                row = obs.on_telemetry_row(row) or row
             except Exception:
                 logger.exception("tokenpak: conformance observer failed")
         if self.store is not None:
@@ -462,31 +463,30 @@ def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes],
     return sink
 
 
-def _minimal_row(rec: RequestRecord) -> dict[str, Any]:
+def _minimal_row(rec: RequestRecord) -> TelemetryRow:
     """The row that is still written when building the real one failed: the request is counted."""
-    return {
-        "request_key": rec.request_key, "started_at": rec.started_at, "provider": rec.route.provider, "api": rec.route.api,
-        "route_class": rec.route_class, "host": rec.host, "path": rec.path, "stream": int(rec.stream),
-        "billable": int(rec.route.billable), "status_code": rec.status_code, "terminal_state": "proxy_error",
-        "usage_source": "absent", "error": "telemetry_error", "proxy_version": __version__,
-    }
+    return TelemetryRow(
+        request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
+        route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
+        billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
+        usage_source="absent", error="telemetry_error", proxy_version=__version__,
+    )
 
 
 def _ms(seconds: float) -> float:
     return round(max(0.0, seconds) * 1000.0, 3)
 
 
-def _console_line(row: dict[str, Any]) -> str:
-    def n(key: str) -> str:
-        v = row.get(key)
+def _console_line(row: TelemetryRow) -> str:
+    def n(v: int | None) -> str:
         return "-" if v is None else str(v)
 
-    cost = row.get("cost_usd")
-    ttft = row.get("ttft_ms")
+    cost = row.cost_usd
+    ttft = row.ttft_ms
     return (
-        f"tokenpak: {row.get('provider')}/{row.get('api')} {row.get('model') or '?'} "
-        f"in={n('input_tokens')} cache_read={n('cache_read_tokens')} cache_write={n('cache_write_tokens')} "
-        f"out={n('output_tokens')} cache={cache_verdict(row)} "
+        f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
+        f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
+        f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
         f"cost={'?' if cost is None else f'${cost:.6f}'} ttft={'-' if ttft is None else f'{ttft:.0f}ms'} "
-        f"{row.get('terminal_state')}"
+        f"{row.terminal_state}"
     )

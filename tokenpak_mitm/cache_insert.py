@@ -23,6 +23,7 @@ import brotli
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Plan, Sizes, count_markers, plan
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
+from .row import CacheDecision
 
 __all__ = [
     "CacheOptions", "Span", "InsertResult", "insert_markers", "remove_spans", "count_markers",
@@ -56,7 +57,7 @@ class Span:
 class InsertResult:
     body: bytes  # bytes to send upstream; IS the original object when nothing was inserted
     spans: tuple[Span, ...]  # sorted by offset, offsets into the decoded body; empty when nothing inserted
-    decision: str  # one of cache_planner.DECISIONS
+    decision: CacheDecision  # described in cache_planner.DECISIONS
     markers_inserted: int  # block markers spliced, or 1 for the top-level field
     client_markers: int  # markers the client placed (block-level + 1 for top-level)
     client_ttls: tuple[str, ...]  # their TTLs, tools -> system -> messages -> top-level ("5m" when no ttl)
@@ -88,7 +89,7 @@ def remove_spans(body: bytes, spans: Sequence[Span]) -> bytes:
     return b"".join(pieces)
 
 
-def _unchanged(body: bytes, decision: str, **fields: object) -> InsertResult:
+def _unchanged(body: bytes, decision: CacheDecision, **fields: object) -> InsertResult:
     defaults: dict = dict(
         client_markers=0, client_ttls=(), prefix_tokens_est=None, model=None, content_encoding=None,
     )

@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from tokenpak_mitm.row import CacheDecision
+
 __all__ = [
     "CacheOptions", "Breakpoint", "Plan", "Sizes", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
     "BYTES_PER_TOKEN", "plan", "count_markers", "has_client_cache_control", "minimum_cacheable_tokens",
@@ -61,7 +63,7 @@ __all__ = [
 MAX_MARKERS = 4  # "A maximum of 4 blocks with cache_control may be provided."
 LOOKBACK_BLOCKS = 20  # positions a read checks per breakpoint, the breakpoint included
 
-DECISIONS: Mapping[str, str] = {
+DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planner can return
     "inserted": "one or more markers (or the top-level field) were spliced in",
     "stood_down": "the client already uses cache_control somewhere; its bytes go upstream untouched",
     "below_minimum": "eligible breakpoints exist but every estimated prefix is below the model's minimum",
@@ -151,7 +153,7 @@ class Breakpoint:
 
 @dataclass(frozen=True)
 class Plan:
-    decision: str
+    decision: CacheDecision
     breakpoints: tuple[Breakpoint, ...] = ()
     top_level: bool = False
     prefix_tokens_est: int | None = None  # largest estimated prefix among candidate breakpoints

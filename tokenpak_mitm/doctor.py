@@ -70,6 +70,82 @@ def check_mitmproxy(installed: str | None = None) -> Check:
     return Check("mitmproxy", "fail", f"{installed}: tokenpak-mitm supports >=12.2.3,<13", "pip install 'mitmproxy>=12.2.3,<13'")
 
 
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_PY_MARKER = re.compile(r"python_version\s*(<|<=|>=|>)\s*['\"](\d+)\.(\d+)['\"]")
+
+
+def _applies(marker: str, version: tuple[int, ...], extras: frozenset[str]) -> bool:
+    """The few marker forms our own requirements use: ``extra == 'x'`` and ``python_version < 'X.Y'``."""
+    extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+    if extra and extra.group(1) not in extras:
+        return False
+    for op, major, minor in _PY_MARKER.findall(marker):
+        bound, have = (int(major), int(minor)), tuple(version[:2])
+        if not {"<": have < bound, "<=": have <= bound, ">=": have >= bound, ">": have > bound}[op]:
+            return False
+    return True
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _requirement_for(module: str, wanted: dict[str, str]) -> str:
+    """The declared requirement that provides ``module`` (``backports.zstd`` -> ``backports.zstd>=1.0``)."""
+    top = module.split(".")[0]
+    for key in (_normalise(module), _normalise(top)):
+        if key in wanted:
+            return wanted[key]
+    return next((spec for key, spec in wanted.items() if key.startswith(_normalise(top) + "-")), top)
+
+
+def _install_fix(requirement: str) -> str:
+    return f"{sys.executable} -m pip install '{requirement}'   (or, in the checkout: rm -rf .venv && make run)"
+
+
+def check_dependencies(extras: frozenset[str] = frozenset({"otel"})) -> list[Check]:
+    """Every declared runtime requirement is installed, and the addon's modules import.
+
+    The second half catches what the first cannot: a module the package imports but never declared
+    (the drift that once locked new users out), named with the command that installs it.
+    """
+    try:
+        requires = metadata.requires("tokenpak-mitm") or []
+    except metadata.PackageNotFoundError:
+        return [Check("dependencies", "fail", f"tokenpak-mitm is not installed in {sys.executable}",
+                      "make run (installs the locked versions into .venv) or pip install tokenpak-mitm")]
+    out: list[Check] = []
+    wanted: dict[str, str] = {}  # normalised distribution name -> requirement as declared
+    for req in requires:
+        spec, _, marker = req.partition(";")
+        match = _REQ_NAME.match(spec)
+        if match and _applies(marker, tuple(sys.version_info[:2]), extras):
+            wanted[_normalise(match.group(1))] = spec.strip()
+    missing = [spec for name, spec in wanted.items() if not _installed(name)]
+    if missing:
+        out.append(Check("dependencies", "fail", "not installed: " + ", ".join(missing), _install_fix(" ".join(missing))))
+    try:
+        import tokenpak_mitm.addon  # noqa: F401  (what mitmdump -s addons/tokenpak.py loads)
+    except ImportError as e:  # ModuleNotFoundError, or `from backports import zstd` with zstd absent
+        named = re.search(r"cannot import name '([^']+)' from '([^']+)'", str(e))
+        name = f"{named.group(2)}.{named.group(1)}" if named else (e.name or str(e))
+        out.append(Check("addon imports", "fail", f"module '{name}' is missing: mitmdump would stop with 'error in script'",
+                         _install_fix(_requirement_for(name, wanted))))
+    except Exception as e:  # noqa: BLE001 - any import-time failure is a broken install: say which
+        out.append(Check("addon imports", "fail", f"{type(e).__name__}: {e}", "rm -rf .venv && make run (reinstalls from the lock)"))
+    if not out:
+        out.append(Check("dependencies", "ok", f"{len(wanted)} runtime requirements installed; the addon imports"))
+    return out
+
+
 def _cert_blocks(path: Path) -> set[bytes]:
     return {re.sub(rb"\s", b"", m) for m in _PEM_CERT.findall(path.read_bytes())}
 
@@ -258,13 +334,13 @@ def check_stream() -> Check:
     result = check_streaming()
     if result.ok:
         return Check("streaming", "ok", "temporary mitmdump + addon: " + result.detail)
-    fix = "run make venv to reinstall; if the addon did not load, run mitmdump -s addons/tokenpak.py and read its errors"
+    fix = "fix the dependency checks above first; if the addon still does not load, run mitmdump -s addons/tokenpak.py and read its errors"
     return Check("streaming", "fail", result.detail, fix)
 
 
 def run_checks(db: Path, confdir: Path, confdir_given: bool, env: Mapping[str, str], stream: bool = True) -> list[Check]:
     regular = any(env.get(k) for k in ("HTTPS_PROXY", "https_proxy"))
-    checks = [check_python(), check_mitmproxy()]
+    checks = [check_python(), check_mitmproxy(), *check_dependencies()]
     checks += check_ca(confdir, required=confdir_given or regular)
     checks += check_database(db)
     checks += check_environment(env, confdir)

@@ -7,8 +7,10 @@ forwarded to the client (in receipt order, raw bytes) and each telemetry row. Th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
+
+from tokenpak_mitm.row import TelemetryRow
 
 __all__ = ["ConformanceObserver", "install", "uninstall", "active"]
 
@@ -18,7 +20,8 @@ class ConformanceObserver(Protocol):
 
     def on_stream_frame(self, flow_id: str, route_class: str, event_type: str | None, raw: bytes) -> None: ...
 
-    def on_telemetry_row(self, row: Mapping[str, Any]) -> None: ...
+    def on_telemetry_row(self, row: TelemetryRow) -> TelemetryRow | None:
+        """Sees each row before it is written; may return a replacement (e.g. with violations counted)."""
 
 
 _observers: tuple[ConformanceObserver, ...] = ()

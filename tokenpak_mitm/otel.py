@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tokenpak_mitm import __version__
+from tokenpak_mitm.row import TelemetryRow
 
 __all__ = ["OtelExporter", "OtelUnavailable", "span_name", "span_attributes", "inclusive_input_tokens"]
 
@@ -50,62 +51,71 @@ class OtelUnavailable(RuntimeError):
     """The optional OpenTelemetry packages are not installed."""
 
 
-def operation_name(row: Mapping[str, Any]) -> str:
-    api = row.get("api")
+RowLike = TelemetryRow | Mapping[str, Any]
+
+
+def _row(row: RowLike) -> TelemetryRow:
+    return row if isinstance(row, TelemetryRow) else TelemetryRow.from_stored(row)
+
+
+def operation_name(row: RowLike) -> str:
+    api = _row(row).api
     return OPERATIONS.get(api or "", api or "chat")
 
 
-def span_name(row: Mapping[str, Any]) -> str:
+def span_name(row: RowLike) -> str:
     """``{gen_ai.operation.name} {gen_ai.request.model}``, e.g. ``chat claude-sonnet-4-6``."""
-    model = row.get("model")
-    return f"{operation_name(row)} {model}" if model else operation_name(row)
+    r = _row(row)
+    return f"{operation_name(r)} {r.model}" if r.model else operation_name(r)
 
 
-def inclusive_input_tokens(row: Mapping[str, Any]) -> int | None:
+def inclusive_input_tokens(row: RowLike) -> int | None:
     """GenAI ``input_tokens``: fresh + cache read + cache write (None when nothing was reported)."""
-    parts = [row.get("input_tokens"), row.get("cache_read_tokens"), row.get("cache_write_tokens")]
-    if row.get("usage_source") == "absent" or all(p is None for p in parts):
+    r = _row(row)
+    parts = [r.input_tokens, r.cache_read_tokens, r.cache_write_tokens]
+    if r.usage_source == "absent" or all(p is None for p in parts):
         return None
     return sum(p or 0 for p in parts)
 
 
-def _failed(row: Mapping[str, Any]) -> bool:
-    return (row.get("terminal_state") or "completed") != "completed"
+def _failed(row: TelemetryRow) -> bool:
+    return (row.terminal_state or "completed") != "completed"
 
 
-def span_attributes(row: Mapping[str, Any]) -> dict[str, Any]:
+def span_attributes(row: RowLike) -> dict[str, Any]:
     """Span attributes for one row; None values are left out (OpenTelemetry rejects them)."""
-    provider = row.get("provider") or ""
-    ttft = row.get("ttft_ms")
-    usage = row.get("usage_source") != "absent"
+    r = _row(row)
+    provider = r.provider or ""
+    ttft = r.ttft_ms
+    usage = r.usage_source != "absent"
     attrs: dict[str, Any] = {
-        "gen_ai.operation.name": operation_name(row),
+        "gen_ai.operation.name": operation_name(r),
         "gen_ai.provider.name": PROVIDER_NAMES.get(provider, provider or None),
         "gen_ai.system": LEGACY_SYSTEMS.get(provider, provider or None),
-        "gen_ai.request.model": row.get("model"),
-        "gen_ai.response.model": row.get("model"),
-        "gen_ai.response.id": row.get("response_id"),
-        "gen_ai.response.finish_reasons": [row["stop_reason"]] if row.get("stop_reason") else None,
-        "gen_ai.usage.input_tokens": inclusive_input_tokens(row),
-        "gen_ai.usage.output_tokens": row.get("output_tokens") if usage else None,
-        "gen_ai.usage.cache_read.input_tokens": row.get("cache_read_tokens") if usage else None,
-        "gen_ai.usage.cache_creation.input_tokens": row.get("cache_write_tokens") if usage else None,
-        "gen_ai.usage.reasoning.output_tokens": row.get("reasoning_tokens") if usage else None,
+        "gen_ai.request.model": r.model,
+        "gen_ai.response.model": r.model,
+        "gen_ai.response.id": r.response_id,
+        "gen_ai.response.finish_reasons": [r.stop_reason] if r.stop_reason else None,
+        "gen_ai.usage.input_tokens": inclusive_input_tokens(r),
+        "gen_ai.usage.output_tokens": r.output_tokens if usage else None,
+        "gen_ai.usage.cache_read.input_tokens": r.cache_read_tokens if usage else None,
+        "gen_ai.usage.cache_creation.input_tokens": r.cache_write_tokens if usage else None,
+        "gen_ai.usage.reasoning.output_tokens": r.reasoning_tokens if usage else None,
         "gen_ai.response.time_to_first_chunk": None if ttft is None else ttft / 1000.0,
-        "server.address": row.get("host"),
-        "http.response.status_code": row.get("status_code"),
-        "error.type": (row.get("error") or row.get("terminal_state")) if _failed(row) else None,
-        "tokenpak.cost_usd": row.get("cost_usd"),
-        "tokenpak.savings_usd": row.get("savings_usd"),
-        "tokenpak.cache_origin": row.get("cache_origin"),
-        "tokenpak.terminal_state": row.get("terminal_state"),
-        "tokenpak.usage_source": row.get("usage_source"),
-        "tokenpak.route_class": row.get("route_class"),
-        "tokenpak.cache_decision": row.get("cache_decision"),
-        "tokenpak.markers_inserted": row.get("markers_inserted"),
-        "tokenpak.stream": None if row.get("stream") is None else bool(row.get("stream")),
-        "tokenpak.price_version": row.get("price_version"),
-        "tokenpak.request_key": row.get("request_key"),
+        "server.address": r.host,
+        "http.response.status_code": r.status_code,
+        "error.type": (r.error or r.terminal_state) if _failed(r) else None,
+        "tokenpak.cost_usd": r.cost_usd,
+        "tokenpak.savings_usd": r.savings_usd,
+        "tokenpak.cache_origin": r.cache_origin,
+        "tokenpak.terminal_state": r.terminal_state,
+        "tokenpak.usage_source": r.usage_source,
+        "tokenpak.route_class": r.route_class,
+        "tokenpak.cache_decision": r.cache_decision,
+        "tokenpak.markers_inserted": r.markers_inserted,
+        "tokenpak.stream": None if r.stream is None else bool(r.stream),
+        "tokenpak.price_version": r.price_version,
+        "tokenpak.request_key": r.request_key or None,
     }
     return {k: v for k, v in attrs.items() if v is not None}
 
@@ -255,7 +265,7 @@ class OtelExporter:
         )
         self._closed = False
 
-    def export(self, row: Mapping[str, Any]) -> None:
+    def export(self, row: RowLike) -> None:
         """Queue one row as a span and metric points; never raises, never does network I/O."""
         if self._closed:
             return
@@ -264,14 +274,15 @@ class OtelExporter:
         except Exception:
             logger.warning("tokenpak: could not convert a row for OpenTelemetry; skipped", exc_info=True)
 
-    def _export(self, row: Mapping[str, Any]) -> None:
+    def _export(self, row: RowLike) -> None:
+        row = _row(row)
         attrs = span_attributes(row)
-        start_ns = int(float(row["started_at"]) * 1e9)
-        duration_ms = row.get("duration_ms")
+        start_ns = int(float(row.started_at) * 1e9)
+        duration_ms = row.duration_ms
         end_ns = start_ns + int(float(duration_ms) * 1e6) if duration_ms is not None else None
         span = self._tracer.start_span(span_name(row), kind=self._kind, start_time=start_ns, attributes=attrs)
         if _failed(row):
-            span.set_status(self._status(self._error_code, str(attrs.get("error.type", row.get("terminal_state")))))
+            span.set_status(self._status(self._error_code, str(attrs.get("error.type", row.terminal_state))))
         span.end(end_time=end_ns)
         metric_attrs = _metric_attributes(attrs)
         input_tokens = attrs.get("gen_ai.usage.input_tokens")

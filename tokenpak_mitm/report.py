@@ -31,6 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tokenpak_mitm.row import CACHE_ORIGINS, TelemetryRow
+
 __all__ = [
     "BUCKETS", "ORIGINS", "GROUPINGS", "Summary", "Report", "parse_since", "load_rows", "summarize",
     "group_key", "build_report", "report_json", "day_of", "add_arguments", "run",
@@ -39,7 +41,7 @@ __all__ = [
 Row = Mapping[str, Any]
 BUCKETS = ("input", "cache_read", "cache_write", "output")
 BUCKET_COLUMNS = {"input": "input_tokens", "cache_read": "cache_read_tokens", "cache_write": "cache_write_tokens", "output": "output_tokens"}
-ORIGINS = ("proxy", "client", "unknown", "none")
+ORIGINS = CACHE_ORIGINS
 GROUPINGS = ("day", "model", "route", "provider")
 CACHE_HIT_RATIO_DEFINITION = "cache_read / (input + cache_read + cache_write); input is fresh (uncached) input"
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
@@ -284,7 +286,8 @@ def parse_since(text: str, now: float | None = None) -> float | None:
         raise ValueError(f"--since: expected e.g. 7d, 24h, 30m, 2w, 2026-05-01 or all, not {text!r}") from None
 
 
-def load_rows(db: str | Path, since_ts: float | None) -> list[dict[str, Any]]:
+def load_rows(db: str | Path, since_ts: float | None) -> list[TelemetryRow]:
+    """Stored rows as ``TelemetryRow``s: reading a column that is not a field raises, never NULL."""
     from tokenpak_mitm.store import connect_readonly
 
     conn = connect_readonly(db)
@@ -292,7 +295,7 @@ def load_rows(db: str | Path, since_ts: float | None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM requests", ()
         if since_ts is not None:
             sql, params = sql + " WHERE started_at >= ?", (since_ts,)
-        return [dict(r) for r in conn.execute(sql + " ORDER BY started_at, id", params)]
+        return [TelemetryRow.from_stored(r) for r in conn.execute(sql + " ORDER BY started_at, id", params)]
     finally:
         conn.close()
 

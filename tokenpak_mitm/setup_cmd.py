@@ -81,7 +81,8 @@ def _proxy_command(opts: SetupOptions, modes: list[str]) -> str:
         parts += ["-p", str(opts.port)]
     for mode in modes:
         parts += ["--mode", mode]
-    parts += ["-s", addon_script_path()]
+    # mitmdump's own per-flow lines print full URLs (a Gemini ?key= included): keep them off, as make run does.
+    parts += ["--set", "flow_detail=0", "-s", addon_script_path()]
     if opts.mode == "regular":
         if opts.confdir != Path(DEFAULT_CONFDIR).expanduser():
             parts += ["--set", f"confdir={opts.confdir}"]
@@ -200,6 +201,10 @@ def run(args: argparse.Namespace) -> int:
     if bundle is not None:
         if args.mode != "regular":
             print("tokenpak setup: --write-bundle only applies to --mode regular", file=sys.stderr)
+            return 2
+        if not opts.ca_cert.is_file():
+            print(f"tokenpak setup: no mitmproxy CA at {opts.ca_cert} yet: start the proxy once "
+                  "(make run MODE=regular) so mitmproxy creates its CA, then run this again", file=sys.stderr)
             return 2
         try:
             count = write_bundle(opts.ca_cert, bundle)

@@ -38,62 +38,31 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
+from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
+
 __all__ = [
-    "TelemetryStore", "COLUMNS", "connect_readonly", "default_db_path", "spill_paths", "fallback_spill_path",
-    "loss_ledger_paths", "losses", "append_jsonl", "record_loss",
+    "TelemetryStore", "COLUMNS", "COLUMN_NAMES", "MIGRATIONS", "add_columns", "connect_readonly", "default_db_path", "migrate",
+    "spill_paths", "fallback_spill_path", "loss_ledger_paths", "losses", "append_jsonl", "take_jsonl", "record_loss",
 ]
 
 logger = logging.getLogger(__name__)
 
-# (name, SQL type). Schema v1 is frozen (it is what the first release created); columns added
-# later go in their own tuple below and arrive in existing databases through MIGRATIONS.
-COLUMNS_V1: tuple[tuple[str, str], ...] = (
-    ("request_key", "TEXT NOT NULL UNIQUE"),
-    ("started_at", "REAL NOT NULL"),
-    ("provider", "TEXT"),
-    ("api", "TEXT"),
-    ("route_class", "TEXT"),
-    ("host", "TEXT"),
-    ("path", "TEXT"),
-    ("model", "TEXT"),
-    ("stream", "INTEGER"),
-    ("billable", "INTEGER"),
-    ("status_code", "INTEGER"),
-    ("terminal_state", "TEXT"),
-    ("stop_reason", "TEXT"),
-    ("input_tokens", "INTEGER"),
-    ("cache_read_tokens", "INTEGER"),
-    ("cache_write_tokens", "INTEGER"),
-    ("cache_write_5m_tokens", "INTEGER"),
-    ("cache_write_1h_tokens", "INTEGER"),
-    ("output_tokens", "INTEGER"),
-    ("reasoning_tokens", "INTEGER"),
-    ("web_search_requests", "INTEGER"),
-    ("usage_source", "TEXT"),
-    ("ttfb_ms", "REAL"),
-    ("ttft_ms", "REAL"),
-    ("duration_ms", "REAL"),
-    ("frames", "INTEGER"),
-    ("response_bytes", "INTEGER"),
-    ("response_id", "TEXT"),
-    ("upstream_request_id", "TEXT"),
-    ("error", "TEXT"),
-    ("cache_origin", "TEXT"),
-    ("markers_inserted", "INTEGER"),
-    ("client_markers", "INTEGER"),
-    ("cache_decision", "TEXT"),
-    ("prefix_tokens_est", "INTEGER"),
-    ("cost_usd", "REAL"),
-    ("savings_usd", "REAL"),
-    ("price_version", "TEXT"),
-    ("conformance_violations", "INTEGER"),
-    ("proxy_version", "TEXT"),
-)
-# v2: the proxy's own request-side time (classify, plan, splice) between the client's last
-# request byte and the request going upstream, so users can see what the proxy itself added.
-COLUMNS_V2: tuple[tuple[str, str], ...] = (("proxy_request_ms", "REAL"),)
-COLUMNS = COLUMNS_V1 + COLUMNS_V2
-COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+# The columns are TelemetryRow's fields (row.py); each field says which schema version added it.
+# Schema v1 is what the first release created; later columns arrive in existing databases through
+# MIGRATIONS, one entry per version, so older databases upgrade in place and keep their rows.
+COLUMNS: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS)
+COLUMN_NAMES: tuple[str, ...] = FIELD_NAMES
+COLUMNS_V1: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS if c.since == 1)
+
+
+def add_columns(version: int) -> str:
+    """The migration that adds the row fields declared with ``since=version``."""
+    added = [c for c in ROW_COLUMNS if c.since == version]
+    if not added:
+        raise ValueError(f"no TelemetryRow field is declared with since={version}")
+    return "".join(f"ALTER TABLE requests ADD COLUMN {c.name} {c.sql};" for c in added)
+
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -101,9 +70,11 @@ MIGRATIONS: tuple[str, ...] = (
     + ", ".join(f"{n} {t}" for n, t in COLUMNS_V1)
     + ");"
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
-    # 2
-    "".join(f"ALTER TABLE requests ADD COLUMN {n} {t};" for n, t in COLUMNS_V2),
+    # 2: proxy_request_ms
+    add_columns(2),
 )
+if len(MIGRATIONS) != SCHEMA_VERSION:  # a field declared with a `since` that no migration adds
+    raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
 
 SPILL_SUFFIX = ".spill.jsonl"
 MAX_PENDING = 100_000  # rows kept in memory while the database is unavailable
@@ -315,8 +286,8 @@ class TelemetryStore:
         self.spill_path = self.spill_paths[0]
         self._on_durable = on_durable
         self._on_lost = on_lost  # keys of rows counted as lost here (so nobody counts them twice)
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._pending: deque[dict[str, Any]] = deque()
+        self._queue: queue.SimpleQueue[TelemetryRow | None] = queue.SimpleQueue()
+        self._pending: deque[TelemetryRow] = deque()
         self._conn: sqlite3.Connection | None = None
         self._conn_identity: tuple[int, int] | None = None
         self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
@@ -333,17 +304,21 @@ class TelemetryStore:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, row: Mapping[str, Any]) -> None:
+    def submit(self, row: TelemetryRow | Mapping[str, Any]) -> None:
         """Non-blocking; safe from the event loop.
 
+        A mapping is turned into a ``TelemetryRow`` first, so a key that is not a column raises
+        ``ValueError`` here instead of becoming a silent NULL.
         A row that arrives after ``close`` (a flow that errors while mitmproxy shuts down) has no
         writer left to take it, so it goes straight to the spill file the next start imports.
         """
+        if not isinstance(row, TelemetryRow):
+            row = TelemetryRow.from_mapping(row)
         if self._closed.is_set():
-            if not self._spill([dict(row)]):
-                self._lose([dict(row)])
+            if not self._spill([row]):
+                self._lose([row])
             return
-        self._queue.put(dict(row))
+        self._queue.put(row)
 
     def close(self, timeout: float = 10.0) -> None:
         self._closed.set()
@@ -362,7 +337,7 @@ class TelemetryStore:
             logger.exception("tokenpak: store start-up failed; rows will be kept and spilled")
         stop = False
         while not stop:
-            batch: list[dict[str, Any]] = []
+            batch: list[TelemetryRow] = []
             try:
                 item = self._queue.get(timeout=FLUSH_INTERVAL)
                 if item is None:
@@ -390,22 +365,22 @@ class TelemetryStore:
                 logger.exception("tokenpak: store writer error; rows kept for the next attempt")
                 self._drop_connection()
                 time.sleep(0.05)
-        fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
+        fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
         if fresh and not self._spill(fresh):
             self._lose(fresh)
         self._pending.clear()
         self._drop_connection()
 
-    def _durable(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def _durable(self, rows: Iterable[TelemetryRow]) -> None:
         if self._on_durable is not None:
-            self._on_durable([str(r.get("request_key")) for r in rows])
+            self._on_durable([r.request_key for r in rows])
 
-    def _lose(self, rows: list[dict[str, Any]]) -> None:
+    def _lose(self, rows: list[TelemetryRow]) -> None:
         """Count, log and ledger rows that could be neither written nor spilled."""
         n = len(rows)
         self.dropped += n
         if self._on_lost is not None:
-            self._on_lost([str(r.get("request_key")) for r in rows])
+            self._on_lost([r.request_key for r in rows])
         self.lost_reason = self.last_error or "unknown"
         logger.error("tokenpak: %d telemetry rows LOST: %s could not be written and no spill file could be (%s)", n, self.path, self.lost_reason)
         record_loss(self.path, n, self.lost_reason)
@@ -454,10 +429,10 @@ class TelemetryStore:
             self._warned = False
             self._import_spill()
 
-    def _insert(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def _insert(self, rows: Iterable[TelemetryRow]) -> None:
         assert self._conn is not None
         sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
-        values = [tuple(_sql_value(r.get(c)) for c in COLUMN_NAMES) for r in rows]
+        values = [tuple(_sql_value(getattr(r, c)) for c in COLUMN_NAMES) for r in rows]
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.executemany(sql, values)
@@ -470,20 +445,25 @@ class TelemetryStore:
             raise
         self.written += len(values)
 
+    def _insert_stored(self, rows: list[dict[str, Any]]) -> None:
+        # Keys of another version's schema are left out; a row without its start time could not be
+        # stored (NOT NULL) and is skipped, as before.
+        self._insert([TelemetryRow.from_stored(r) for r in rows if r.get("started_at") is not None])
+
     def _overflow(self) -> None:
         """Database unavailable: spill to JSONL so a crash loses nothing; keep memory bounded."""
-        fresh = [r for r in self._pending if r.get("request_key") not in self._spilled_keys]
+        fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
         if fresh and self._spill(fresh):
-            self._spilled_keys.update(str(r.get("request_key")) for r in fresh)
-        lost = []
+            self._spilled_keys.update(str(r.request_key) for r in fresh)
+        lost: list[TelemetryRow] = []
         while len(self._pending) > MAX_PENDING:
             old = self._pending.popleft()
-            if old.get("request_key") not in self._spilled_keys:
+            if old.request_key not in self._spilled_keys:
                 lost.append(old)  # neither in the database nor in a spill file: counted, never silent
         if lost:
             self._lose(lost)
 
-    def _spill(self, rows: list[dict[str, Any]]) -> bool:
+    def _spill(self, rows: list[TelemetryRow]) -> bool:
         """Append rows to the first spill location that takes them; False when none does."""
         for n, path in enumerate(self.spill_paths):
             try:
@@ -505,7 +485,7 @@ class TelemetryStore:
         ok = True
         for path in self.spill_paths:
             try:
-                n = take_jsonl(path, self._insert)  # INSERT OR IGNORE: rows already written are not doubled
+                n = take_jsonl(path, self._insert_stored)  # INSERT OR IGNORE: rows already written are not doubled
             except (sqlite3.Error, OSError) as e:
                 self._note_failure(e)
                 ok = False

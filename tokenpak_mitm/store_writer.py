@@ -55,8 +55,8 @@ class StoreProcess:
         self.path = Path(path).expanduser()
         self.spill_path = spill_paths(self.path)[0]
         self._python = python or sys.executable
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._unacked: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._queue: queue.SimpleQueue[Mapping[str, Any] | None] = queue.SimpleQueue()
+        self._unacked: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -79,9 +79,9 @@ class StoreProcess:
     def submit(self, row: Mapping[str, Any]) -> None:
         """Non-blocking; safe from the event loop (a row after ``close`` is spilled directly)."""
         if self._closed.is_set():
-            self._spill_or_lose([dict(row)], "submitted after the store closed")
+            self._spill_or_lose([row], "submitted after the store closed")
             return
-        self._queue.put(dict(row))
+        self._queue.put(row)  # a TelemetryRow (or a mapping): serialized on the feeder thread
 
     def close(self, timeout: float = 15.0) -> None:
         if self._closed.is_set():
@@ -110,13 +110,13 @@ class StoreProcess:
             if batch:
                 with self._lock:
                     for row in batch:
-                        self._unacked[str(row.get("request_key"))] = row
+                        self._unacked[str(row["request_key"])] = row
                 self._send(batch)
             self._watch()
         self._stop_writer()
 
-    def _next_batch(self) -> tuple[list[dict[str, Any]], bool]:
-        batch: list[dict[str, Any]] = []
+    def _next_batch(self) -> tuple[list[Mapping[str, Any]], bool]:
+        batch: list[Mapping[str, Any]] = []
         try:
             item = self._queue.get(timeout=FLUSH_INTERVAL)
             if item is None:
@@ -136,7 +136,7 @@ class StoreProcess:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return  # kept unacknowledged; _watch spills them
-        line = json.dumps(list(rows), separators=(",", ":"), default=str).encode() + b"\n"
+        line = json.dumps([dict(r) for r in rows], separators=(",", ":"), default=str).encode() + b"\n"
         try:
             proc.stdin.write(line)
             proc.stdin.flush()
@@ -250,7 +250,7 @@ class StoreProcess:
         self._spill_unacked("not acknowledged by the store writer at shutdown")
 
     # -- files (no SQLite in this process) -----------------------------------------------------
-    def _spill_or_lose(self, rows: list[dict[str, Any]], why: str) -> None:
+    def _spill_or_lose(self, rows: Sequence[Mapping[str, Any]], why: str) -> None:
         error = ""
         for path in spill_paths(self.path):
             try:
@@ -306,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(rows, list):
             for row in rows:
                 if isinstance(row, dict):
-                    store.submit(row)
+                    try:
+                        store.submit(row)
+                    except ValueError as e:  # not a row of this schema: a bug, said once per row
+                        logging.getLogger("tokenpak.store").error("tokenpak: store writer rejected a row (%s)", e)
     store.close(timeout=30.0)
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0

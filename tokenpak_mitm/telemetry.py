@@ -7,6 +7,7 @@ tested without a proxy, and replays produce the same row as the live run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +16,9 @@ from tokenpak_mitm.dialects.base import Extract
 from tokenpak_mitm.pricing import price
 from tokenpak_mitm.redact import redact_text
 from tokenpak_mitm.routes import Route
+from tokenpak_mitm.row import CacheDecision, CacheOrigin, CacheVerdict, ClosedBy, RouteClass, TelemetryRow, TerminalState, UsageSource
 
-__all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict"]
-
-# proxy_shutdown (added in 0.x): a stream cut because the proxy itself was stopping. The column is
-# TEXT without a constraint, so older databases take the new value with no schema change.
-TERMINAL_STATES = ("completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown")
+__all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict", "cache_origin"]
 
 
 @dataclass(slots=True)
@@ -30,7 +28,7 @@ class RequestRecord:
     started_at: float
     host: str
     path: str
-    route_class: str = "other"
+    route_class: RouteClass = "other"
     stream: bool = False
     status_code: int | None = None
     extract: Extract = field(default_factory=Extract)
@@ -42,11 +40,11 @@ class RequestRecord:
     response_bytes: int | None = None
     upstream_request_id: str | None = None
     error_msg: str | None = None  # mitmproxy's flow.error message, when the flow failed
-    closed_by: str | None = None  # "client" / "server": whose connection was closed at the error
-    terminal_override: str | None = None  # e.g. proxy_error when our own code failed
+    closed_by: ClosedBy | None = None  # "client" / "server": whose connection was closed at the error
+    terminal_override: TerminalState | None = None  # e.g. proxy_error when our own code failed
     markers_inserted: int = 0
     client_markers: int = 0
-    cache_decision: str | None = None
+    cache_decision: CacheDecision | None = None
     prefix_tokens_est: int | None = None
     conformance_violations: int | None = None
     observe_note: str | None = None  # why a response was not parsed (too large, undecodable)
@@ -56,7 +54,7 @@ class RequestRecord:
 _CLIENT_GONE = ("client disconnected", "stream reset by client (cancel)", "client closed")
 
 
-def terminal_state_for_error(msg: str, closed_by: str | None = None) -> str:
+def terminal_state_for_error(msg: str, closed_by: ClosedBy | None = None) -> TerminalState:
     """Map mitmproxy's error text, and which side's connection had closed, to who ended the flow.
 
     Some texts name the side ("Client disconnected."); others do not: an HTTP/2 client that closes
@@ -73,7 +71,7 @@ def terminal_state_for_error(msg: str, closed_by: str | None = None) -> str:
     return "upstream_disconnected"
 
 
-def cache_origin(rec: RequestRecord) -> str:
+def cache_origin(rec: RequestRecord) -> CacheOrigin:
     """Who placed the markers. Never ``proxy`` unless the proxy inserted at least one."""
     u = rec.extract.usage
     if rec.markers_inserted > 0:
@@ -85,7 +83,7 @@ def cache_origin(rec: RequestRecord) -> str:
     return "none"
 
 
-def cache_verdict(row: dict[str, Any]) -> str:
+def cache_verdict(row: Mapping[str, Any]) -> CacheVerdict:
     """hit / write / miss / none, for console lines and ``tokenpak tail``."""
     if row.get("input_tokens") is None and row.get("cache_read_tokens") is None:
         return "none"
@@ -96,8 +94,9 @@ def cache_verdict(row: dict[str, Any]) -> str:
     return "miss" if (row.get("markers_inserted") or row.get("client_markers")) else "none"
 
 
-def build_row(rec: RequestRecord) -> dict[str, Any]:
+def build_row(rec: RequestRecord) -> TelemetryRow:
     x = rec.extract
+    state: TerminalState
     if rec.terminal_override:
         state = rec.terminal_override
     elif rec.error_msg is not None:
@@ -120,45 +119,51 @@ def build_row(rec: RequestRecord) -> dict[str, Any]:
     elif state == "upstream_disconnected":
         error = "stream ended without message_delta or message_stop"
     usage = x.usage
-    source = x.usage_source
+    source: UsageSource = x.usage_source
     if state in ("client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown") and source == "final" and not x.terminal_seen:
         source = "partial"
     model = x.model or rec.route.model_hint
     cost = price(rec.route.provider, model, usage) if rec.route.billable else None
-    row: dict[str, Any] = {
-        "request_key": rec.request_key,
-        "started_at": rec.started_at,
-        "provider": rec.route.provider,
-        "api": rec.route.api,
-        "route_class": rec.route_class,
-        "host": rec.host,
-        "path": rec.path,
-        "model": model,
-        "stream": int(rec.stream),
-        "billable": int(rec.route.billable),
-        "status_code": rec.status_code,
-        "terminal_state": state,
-        "stop_reason": x.stop_reason,
-        **usage.as_dict(),
-        "usage_source": source,
-        "ttfb_ms": rec.ttfb_ms,
-        "ttft_ms": rec.ttft_ms,
-        "duration_ms": rec.duration_ms,
-        "proxy_request_ms": rec.proxy_request_ms,
-        "frames": rec.frames,
-        "response_bytes": rec.response_bytes,
-        "response_id": x.response_id,
-        "upstream_request_id": rec.upstream_request_id,
-        "error": redact_text(error, rec.known_secrets),
-        "cache_origin": cache_origin(rec),
-        "markers_inserted": rec.markers_inserted,
-        "client_markers": rec.client_markers,
-        "cache_decision": rec.cache_decision,
-        "prefix_tokens_est": rec.prefix_tokens_est,
-        "cost_usd": cost.cost_usd if cost else None,
-        "savings_usd": cost.savings_usd if cost else None,
-        "price_version": cost.price_version if cost else None,
-        "conformance_violations": rec.conformance_violations,
-        "proxy_version": __version__,
-    }
-    return row
+    return TelemetryRow(
+        request_key=rec.request_key,
+        started_at=rec.started_at,
+        provider=rec.route.provider,
+        api=rec.route.api,
+        route_class=rec.route_class,
+        host=rec.host,
+        path=rec.path,
+        model=model,
+        stream=int(rec.stream),
+        billable=int(rec.route.billable),
+        status_code=rec.status_code,
+        terminal_state=state,
+        stop_reason=x.stop_reason,
+        input_tokens=usage.input_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_5m_tokens=usage.cache_write_5m_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        web_search_requests=usage.web_search_requests,
+        usage_source=source,
+        ttfb_ms=rec.ttfb_ms,
+        ttft_ms=rec.ttft_ms,
+        duration_ms=rec.duration_ms,
+        proxy_request_ms=rec.proxy_request_ms,
+        frames=rec.frames,
+        response_bytes=rec.response_bytes,
+        response_id=x.response_id,
+        upstream_request_id=rec.upstream_request_id,
+        error=redact_text(error, rec.known_secrets),
+        cache_origin=cache_origin(rec),
+        markers_inserted=rec.markers_inserted,
+        client_markers=rec.client_markers,
+        cache_decision=rec.cache_decision,
+        prefix_tokens_est=rec.prefix_tokens_est,
+        cost_usd=cost.cost_usd if cost else None,
+        savings_usd=cost.savings_usd if cost else None,
+        price_version=cost.price_version if cost else None,
+        conformance_violations=rec.conformance_violations,
+        proxy_version=__version__,
+    )

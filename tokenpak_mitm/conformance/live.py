@@ -17,10 +17,10 @@ Memory per flow is one partial frame (capped; a flow with a larger frame is left
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from tokenpak_mitm import observer
 from tokenpak_mitm.conformance.wire import split_frames
 from tokenpak_mitm.decoders import incremental_decoder
 from tokenpak_mitm.routes import classify, tracker_for
+from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.tap import StreamTap
 
 __all__ = ["LiveConformance", "MODES"]
@@ -159,11 +160,11 @@ class LiveConformance:
         if st is not None and not st.unchecked:
             st.reported.append(bytes(raw))
 
-    def on_telemetry_row(self, row: Mapping[str, Any]) -> None:
-        fid = str(row.get("request_key"))
+    def on_telemetry_row(self, row: TelemetryRow) -> TelemetryRow | None:
+        fid = row.request_key
         st = self._flows.get(fid)
         if st is None:
-            return
+            return None
         st.rows += 1
         if st.rows > 1:
             self._violate(fid, st, f"I10: telemetry row #{st.rows} for one request")
@@ -173,8 +174,7 @@ class LiveConformance:
             self._violate(fid, st, "I10: row emitted before the terminal event (stream end, response or error)")
         if st.streamed:
             self._settle(fid, st)
-        if isinstance(row, dict):
-            row["conformance_violations"] = len(st.violations)
+        return dataclasses.replace(row, conformance_violations=len(st.violations))
 
     # -- checks ---------------------------------------------------------------------------------
     def _forwarded(self, st: _LiveFlow, data: bytes, out: Any) -> None:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tokenpak_mitm.row import UsageSource
 from tokenpak_mitm.sse import SSEParser, parse_event
 from tokenpak_mitm.usage import Usage
 
@@ -39,7 +40,7 @@ class Extract:
             self.response_id = rid
 
     @property
-    def usage_source(self) -> str:
+    def usage_source(self) -> UsageSource:
         if self.usage.is_empty():
             return "absent"  # a usage object whose every value was malformed counts nothing
         return "final" if self.usage_final else "partial"
