@@ -33,6 +33,7 @@ from mitmproxy.proxy import mode_specs
 from tokenpak_mitm import __version__, observer
 from tokenpak_mitm.cache_insert import CacheOptions, insert_markers, plan_off_loop
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
+from tokenpak_mitm.offload import Offloader
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
@@ -49,7 +50,7 @@ CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
 INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded and parsed in a worker thread
-MAX_OBSERVED_BODY = 32 * 1024 * 1024  # and above this not parsed at all (the row says so)
+MAX_OBSERVED_BODY = 16 * 1024 * 1024  # and above this not parsed at all (the row says so)
 
 
 class _Heavy(Exception):
@@ -79,6 +80,7 @@ class TokenPak:
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
         self._secret_names: frozenset[str] = frozenset()
+        self._offload = Offloader()  # planning of heavy bodies, in a worker process
         self._cache_opts = CacheOptions()
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
@@ -140,6 +142,7 @@ class TokenPak:
         )
 
     def done(self) -> None:
+        self._offload.close()
         if self.otel is not None:
             self.otel.shutdown()
         if self.store is not None:
@@ -219,8 +222,9 @@ class TokenPak:
         opts = self._cache_opts
         if plan_off_loop(body, encoding):
             # Planning a big or many-block prompt would stall every other connection on mitmproxy's
-            # single event-loop thread; in a worker thread only this flow waits.
-            result = await asyncio.to_thread(insert_markers, body, encoding, opts)
+            # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
+            # process only this flow waits.
+            result = await self._offload.run(insert_markers, body, encoding, opts)
         else:
             result = insert_markers(body, encoding, opts)
         rec.cache_decision = result.decision
