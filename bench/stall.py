@@ -15,6 +15,7 @@ frames; a 1 MB request body of 26k small messages (planning cost by block count,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import tempfile
@@ -26,7 +27,13 @@ from pathlib import Path
 from tokenpak_mitm.decoders import zstd
 from tokenpak_mitm.testing.client import Response, build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step, sse_script
+from tokenpak_mitm.testing.upstream import (
+    Received,
+    Script,
+    ScriptedUpstream,
+    Step,
+    sse_script,
+)
 
 PACE = 0.005
 FRAMES = 400
@@ -58,7 +65,7 @@ def _peak_kib(pid: int) -> int:
 
 def _max_gap(resp: Response) -> float:
     times = [t for t, _ in resp.pieces]
-    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def run_case(name: str, addon: bool, rounds: int) -> dict[str, float]:

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body, identity, incremental_decoder, zstd
+from tokenpak_mitm.decoders import (
+    DecodeError,
+    DecodeLimit,
+    decode_body,
+    identity,
+    incremental_decoder,
+    zstd,
+)
 
 DATA = b'data: {"type":"content_block_delta","delta":{"text":"hello"}}\n\n' * 400
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tokenpak_mitm.record_redact import redact_headers
-from tokenpak_mitm.redact import PLACEHOLDER, is_secret_header, redact_text, secret_values
+from tokenpak_mitm.redact import (
+    PLACEHOLDER,
+    is_secret_header,
+    redact_text,
+    secret_values,
+)
 
 
 @pytest.mark.parametrize("name", [

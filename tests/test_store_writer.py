@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_store_faults import exactly_once, keys_in, row, wait_until
+
 from tokenpak_mitm import store as store_mod
 from tokenpak_mitm.doctor import check_losses
 from tokenpak_mitm.store import TelemetryStore, fallback_spill_path, losses, spill_paths

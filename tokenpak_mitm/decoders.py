@@ -30,8 +30,16 @@ else:  # the binding mitmproxy itself depends on before 3.14, so users install o
     from backports import zstd
 
 __all__ = [
-    "DecodeError", "DecodeLimit", "Decoder", "incremental_decoder", "identity", "decode_body",
-    "codings", "deflate_is_zlib", "zstd", "MAX_CHUNK_OUTPUT",
+    "MAX_CHUNK_OUTPUT",
+    "DecodeError",
+    "DecodeLimit",
+    "Decoder",
+    "codings",
+    "decode_body",
+    "deflate_is_zlib",
+    "identity",
+    "incremental_decoder",
+    "zstd",
 ]
 
 # What one streamed chunk may decode to. Real SSE chunks are a few KiB and text compresses

@@ -21,7 +21,12 @@ from typing import Any
 from mitmproxy import http
 
 from tokenpak_mitm.decoders import DecodeError, decode_body
-from tokenpak_mitm.redact import PLACEHOLDER, is_secret_header, redact_text, secret_values
+from tokenpak_mitm.redact import (
+    PLACEHOLDER,
+    is_secret_header,
+    redact_text,
+    secret_values,
+)
 
 __all__ = ["redact_bytes", "redact_headers", "redact_recorded_flow", "redact_request_bodies"]
 
@@ -129,7 +134,7 @@ def _decode_if_secret(message: http.Message, notes: dict[str, Any], label: str, 
         message.raw_content = plain
         del message.headers["content-encoding"]
         notes[f"{label}_decoded_for_redaction"] = True
-        return enc
+        return str(enc)
     return None
 
 

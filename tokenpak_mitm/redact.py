@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["PLACEHOLDER", "redact_text", "redact_query", "secret_values", "SECRET_HEADERS", "SECRET_NAME_PARTS", "is_secret_header"]
+__all__ = ["PLACEHOLDER", "SECRET_HEADERS", "SECRET_NAME_PARTS", "is_secret_header", "redact_query", "redact_text", "secret_values"]
 
 PLACEHOLDER = "[REDACTED]"
 

@@ -42,8 +42,21 @@ from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
 from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
 
 __all__ = [
-    "TelemetryStore", "COLUMNS", "COLUMN_NAMES", "MIGRATIONS", "add_columns", "connect_readonly", "default_db_path", "migrate",
-    "spill_paths", "fallback_spill_path", "loss_ledger_paths", "losses", "append_jsonl", "take_jsonl", "record_loss",
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "MIGRATIONS",
+    "TelemetryStore",
+    "add_columns",
+    "append_jsonl",
+    "connect_readonly",
+    "default_db_path",
+    "fallback_spill_path",
+    "loss_ledger_paths",
+    "losses",
+    "migrate",
+    "record_loss",
+    "spill_paths",
+    "take_jsonl",
 ]
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tokenpak_mitm.store import BATCH, FLUSH_INTERVAL, LINGER, MAX_PENDING, TelemetryStore, append_jsonl, record_loss, spill_paths
+from tokenpak_mitm.store import (
+    BATCH,
+    FLUSH_INTERVAL,
+    LINGER,
+    MAX_PENDING,
+    TelemetryStore,
+    append_jsonl,
+    record_loss,
+    spill_paths,
+)
 
 __all__ = ["StoreProcess", "main"]
 
