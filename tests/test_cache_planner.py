@@ -35,7 +35,7 @@ def where(p) -> list[tuple]:
 def test_decision_vocabulary_is_fixed():
     assert set(DECISIONS) == {
         "inserted", "stood_down", "below_minimum", "off", "not_json", "not_messages",
-        "no_eligible_block", "encoded_unsupported", "too_large", "error",
+        "no_eligible_block", "not_worth", "encoded_unsupported", "too_large", "error",
     }
 
 
@@ -48,7 +48,10 @@ def test_decision_vocabulary_is_fixed():
     ("claude-mythos-preview", 2048),
     ("claude-opus-4-6", 4096), ("claude-opus-4-5@20251101", 4096), ("claude-haiku-4-5-20251001", 4096),
     ("us.anthropic.claude-sonnet-4-20250514-v1:0", 1024),
-    ("claude-opus-4-9", 4096), ("gpt-4o", 4096), (None, 4096), (42, 4096), ("", 4096),
+    ("claude-opus-5-5", 512), ("claude-sonnet-5-5-20261001", 512), ("claude-haiku-5-5", 512),
+    ("claude-fable-5-1", 512), ("claude-mythos-5-1", 512),
+    # Unknown: the shared table's fallback (a marker below the real minimum costs nothing).
+    ("claude-opus-4-9", 1024), ("gpt-4o", 1024), (None, 1024), (42, 1024), ("", 1024),
 ])
 def test_minimum_cacheable_tokens_by_model(model, minimum):
     assert minimum_cacheable_tokens(model) == minimum
@@ -129,6 +132,7 @@ def test_options_are_validated():
         CacheOptions(mode="sometimes")
     with pytest.raises(ValueError):
         CacheOptions(ttl="10m")
+    assert CacheOptions(ttl="auto").marker == {"type": "ephemeral"}
     assert CacheOptions().marker == {"type": "ephemeral"}
     assert CacheOptions(ttl="1h").marker == {"type": "ephemeral", "ttl": "1h"}
 

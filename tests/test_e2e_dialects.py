@@ -115,3 +115,50 @@ def test_responses_error_event_in_stream(stack: Stack):
     resp, key = stack.call(Script(headers=[("content-type", "text/event-stream")], steps=[Step(f) for f in frames]), path="/v1/responses", body=b"{}")
     row = stack.row(key)
     assert row["terminal_state"] == "stream_error" and row["error"] == "rate_limit_exceeded"
+
+
+# ---- issue 18: each price factor, through the proxy ------------------------------------------------
+def _json_reply(obj: dict) -> Script:
+    return Script(headers=[("content-type", "application/json")], steps=[Step(json.dumps(obj).encode())], chunked=False)
+
+
+def _sse_reply(events: list[dict]) -> Script:
+    frames = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+    return Script(headers=[("content-type", "text/event-stream")], steps=[Step(f) for f in frames])
+
+
+def test_price_factors_reach_the_row(stack: Stack):
+    # Anthropic, streamed: a compaction iteration outside the top-level usage, pinned to the US.
+    events = [
+        {"type": "message_start", "message": {"id": "m1", "model": "claude-opus-4-6", "usage": {"input_tokens": 23000, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
+            "input_tokens": 23000, "output_tokens": 1000, "inference_geo": "us", "service_tier": "standard", "speed": "standard",
+            "iterations": [{"type": "compaction", "input_tokens": 180000, "output_tokens": 3500},
+                           {"type": "message", "input_tokens": 23000, "output_tokens": 1000}]}},
+        {"type": "message_stop"},
+    ]
+    _, key = stack.call(_sse_reply(events))
+    row = stack.row(key)
+    assert (row["input_tokens"], row["output_tokens"], row["extra_iterations"], row["extra_input_tokens"]) == (203000, 4500, 1, 180000)
+    assert row["inference_geo"] == "us" and row["price_multiplier"] == pytest.approx(1.1)
+    assert row["cost_usd"] == pytest.approx((203000 * 5 + 4500 * 25) / 1e6 * 1.1)
+
+    # Gemini: 9,000 audio + 1,000 text prompt tokens.
+    body = {"modelVersion": "gemini-2.5-flash", "candidates": [{"content": {"parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 10000, "candidatesTokenCount": 50, "totalTokenCount": 10050,
+                              "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 9000}, {"modality": "TEXT", "tokenCount": 1000}]}}
+    _, key = stack.call(_json_reply(body), path="/v1beta/models/gemini-2.5-flash:generateContent", body=b"{}")
+    row = stack.row(key)
+    assert row["input_audio_tokens"] == 9000 and row["cost_usd"] == pytest.approx(0.009425)
+
+    # OpenAI priority tier; and an unknown model stays unpriced with its reason.
+    chat = {"id": "c", "object": "chat.completion", "model": "gpt-5.4-mini", "service_tier": "priority", "choices": [],
+            "usage": {"prompt_tokens": 5000, "completion_tokens": 300, "total_tokens": 5300, "prompt_tokens_details": {"cached_tokens": 2048}}}
+    _, key = stack.call(_json_reply(chat), path="/v1/chat/completions", body=b'{"model":"gpt-5.4-mini"}')
+    row = stack.row(key)
+    assert row["service_tier"] == "priority" and row["cost_usd"] == pytest.approx((2952 * 1.5 + 2048 * 0.15 + 300 * 9) / 1e6)
+    _, key = stack.call(_json_reply({**chat, "model": "gpt-imaginary-9", "service_tier": "default"}), path="/v1/chat/completions", body=b"{}")
+    row = stack.row(key)
+    assert row["cost_usd"] is None and row["unpriced_reason"] == "unknown_model"

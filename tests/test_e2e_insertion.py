@@ -127,3 +127,82 @@ def test_insertion_off_sends_client_bytes(tmp_path: Path):
             row = rows(tmp_path / "t.db", 1)[-1]
         assert fake.requests[-1] == body
     assert row["cache_decision"] == "off" and row["cache_origin"] == "none"
+
+
+# ---- OpenAI explicit breakpoints (GPT-5.6+), through a real mitmdump ------------------------------
+OPENAI_DOC = " ".join(f"Clause {i}: the tenant keeps the premises clean and pays the rent on the first day." for i in range(120))
+
+
+def _openai_reply(path: str, usage: dict) -> Script:
+    if path.endswith("/responses"):
+        obj = {"id": "resp_1", "object": "response", "model": "gpt-5.6-sol", "status": "completed", "output": [], "usage": usage}
+    else:
+        obj = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-5.6-sol", "service_tier": "default",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}], "usage": usage}
+    return Script(headers=[("content-type", "application/json")], steps=[Step(json.dumps(obj).encode())], chunked=False)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_openai_gpt_5_6_request_without_cache_fields_gets_a_breakpoint(stack: Stack, path: str):
+    from tokenpak_mitm.openai_cache import insert_openai_breakpoint
+
+    if path.endswith("/responses"):
+        request_obj = {"model": "gpt-5.6-sol", "instructions": "Answer from the lease.",
+                       "input": [{"role": "developer", "content": [{"type": "input_text", "text": OPENAI_DOC + " (r)"}]},
+                                 {"role": "user", "content": "What does clause 7 say?"}]}
+        usage = {"input_tokens": 1500, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 1400},
+                 "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 1520}
+        api = "openai_responses"
+    else:
+        request_obj = {"model": "gpt-5.6-sol", "messages": [{"role": "system", "content": OPENAI_DOC + " (c)"},
+                                                           {"role": "user", "content": "What does clause 7 say?"}]}
+        usage = {"prompt_tokens": 1500, "completion_tokens": 20, "total_tokens": 1520,
+                 "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 1400}}
+        api = "openai_chat"
+    body = json.dumps(request_obj, indent=1).encode()
+    resp, key = stack.call(_openai_reply(path, usage), body=body, path=path, headers=[("authorization", "Bearer sk-test-canary")])
+    assert resp.status == 200
+    sent = stack.received(key).body
+    assert b'"prompt_cache_breakpoint":{"mode":"explicit"}' in sent and b'"prompt_cache_key":"tpk-' in sent
+    # The same splice, recomputed without history, explains every added byte.
+    again = insert_openai_breakpoint(body, None, api)  # type: ignore[arg-type]
+    assert again.body == sent and remove_spans(sent, again.spans) == body
+    row = stack.row(key)
+    assert row["cache_decision"] == "inserted" and row["markers_inserted"] == 1 and row["cache_origin"] == "proxy"
+    assert (row["input_tokens"], row["cache_write_tokens"], row["cache_read_tokens"]) == (100, 1400, 0)
+    # gpt-5.6-sol: $4 input, writes 1.25x ($5), $20 output per MTok; a write never read costs 0.25x more.
+    assert row["cost_usd"] == pytest.approx((100 * 4 + 1400 * 5 + 20 * 20) / 1e6)
+    assert row["savings_usd"] == pytest.approx(-1400 * 1 / 1e6)
+
+
+CACHE_FIELDS = [
+    ("prompt_cache_key", {"prompt_cache_key": "mine"}),
+    ("prompt_cache_options", {"prompt_cache_options": {"mode": "implicit", "ttl": "30m"}}),
+    ("prompt_cache_retention", {"prompt_cache_retention": "24h"}),
+    ("breakpoint", None),
+]
+
+
+@pytest.mark.parametrize("name,extra", CACHE_FIELDS, ids=[c[0] for c in CACHE_FIELDS])
+def test_openai_request_with_any_cache_field_reaches_upstream_byte_identical(stack: Stack, name, extra):
+    system: object = OPENAI_DOC + f" ({name})"
+    if extra is None:  # a client breakpoint of its own, on the system prompt
+        system, extra = [{"type": "text", "text": system, "prompt_cache_breakpoint": {"mode": "explicit"}}], {}
+    body = json.dumps({"model": "gpt-5.6-sol", **extra, "messages": [{"role": "system", "content": system},
+                                                                      {"role": "user", "content": "hi"}]}).encode()
+    usage = {"prompt_tokens": 1500, "completion_tokens": 2, "total_tokens": 1502, "prompt_tokens_details": {"cached_tokens": 1408}}
+    resp, key = stack.call(_openai_reply("/v1/chat/completions", usage), body=body, path="/v1/chat/completions")
+    assert resp.status == 200
+    assert stack.received(key).body == body
+    row = stack.row(key)
+    assert row["cache_decision"] == "stood_down" and row["markers_inserted"] == 0 and row["client_markers"] >= 1
+    assert row["cache_origin"] == "client" and row["savings_usd"] > 0
+
+
+def test_openai_models_before_5_6_are_left_alone(stack: Stack):
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "system", "content": OPENAI_DOC}, {"role": "user", "content": "hi"}]}).encode()
+    usage = {"prompt_tokens": 1500, "completion_tokens": 2, "total_tokens": 1502}
+    resp, key = stack.call(_openai_reply("/v1/chat/completions", usage), body=body, path="/v1/chat/completions")
+    assert stack.received(key).body == body
+    row = stack.row(key)
+    assert row["cache_decision"] is None and row["markers_inserted"] == 0 and row["cache_origin"] == "none"

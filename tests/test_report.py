@@ -237,6 +237,38 @@ def test_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "no database" in capsys.readouterr().err
 
 
+def test_unpriced_models_are_listed_with_counts_and_how_to_update(db: Path, capsys: pytest.CaptureFixture[str]):
+    from tokenpak_mitm.report import unpriced_models
+
+    extra = [row("i", 3, model="claude-mythos-5", input_tokens=5, output_tokens=1, unpriced_reason="unknown_model"),
+             row("j", 3, model="claude-mythos-5", input_tokens=7, output_tokens=1, unpriced_reason="unknown_model")]
+    got = unpriced_models(ROWS + extra)
+    assert got == [
+        {"provider": "anthropic", "model": "claude-mythos-5", "reason": "unknown_model", "requests": 2},
+        {"provider": "anthropic", "model": MODEL, "reason": "no_usage", "requests": 1},  # e: no usage (pre-v3 row)
+        {"provider": "anthropic", "model": "mystery-model", "reason": "unknown", "requests": 1},  # d: pre-v3 row
+    ]
+    assert main(["report", "--db", str(db), "--since", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "Unpriced requests by model" in out and "mystery-model" in out
+    assert "make lock" in out and "genai-prices" in out
+    assert main(["report", "--db", str(db), "--since", "all", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"provider": "anthropic", "model": "mystery-model", "reason": "unknown", "requests": 1} in data["unpriced_models"]
+    assert "make lock" in data["price_table"]["update"]
+
+
+def test_the_cost_split_weights_come_from_the_price_table():
+    from tokenpak_mitm.report import _table_unit_prices
+
+    units = _table_unit_prices("anthropic", "claude-sonnet-4-6")
+    assert units is not None
+    assert {k: round(v * 1e6, 6) for k, v in units.items()} == {
+        "input": 3.0, "cache_read": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0, "output": 15.0}
+    gpt = _table_unit_prices("openai", "gpt-4o")  # no cache-write price: the split still works
+    assert gpt is not None and round(gpt["cache_read"] * 1e6, 6) == 1.25
+
+
 def test_html_report_file_is_owner_only(db: Path, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text("old")

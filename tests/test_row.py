@@ -163,7 +163,10 @@ def test_the_minimal_row_is_a_row():
 
 
 def test_vocabularies_have_one_home():
-    assert set(DECISIONS) | {"request_streamed"} == set(CACHE_DECISIONS)
+    from tokenpak_mitm.openai_cache import OPENAI_DECISIONS
+
+    assert set(DECISIONS) | {"request_streamed", "not_supported"} == set(CACHE_DECISIONS)
+    assert set(OPENAI_DECISIONS) | {"request_streamed"} == set(CACHE_DECISIONS)
     assert report.ORIGINS == CACHE_ORIGINS
     assert not hasattr(telemetry, "TERMINAL_STATES")
 

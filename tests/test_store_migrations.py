@@ -40,7 +40,7 @@ def test_a_v1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path):
             break
         time.sleep(0.05)
     s.close()
-    assert version == len(MIGRATIONS) == 2
+    assert version == len(MIGRATIONS) == 3
     assert rows == [("old", 42, None), ("new", None, 0.25)]
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +32,14 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers, plan_off_loop
+from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.offload import Offloader
+from tokenpak_mitm.openai_cache import insert_openai_breakpoint
+from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import TelemetryRow
@@ -82,6 +86,8 @@ class TokenPak:
         self._secret_names: frozenset[str] = frozenset()
         self._offload = Offloader()  # planning of heavy bodies, in a worker process
         self._cache_opts = CacheOptions()
+        # Prefixes seen in OpenAI requests (digests and timings only): where explicit breakpoints go.
+        self._openai_index = PrefixIndex()
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
 
@@ -179,6 +185,11 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None:
             return
+        if st.route.dialect == "anthropic" and "content-encoding" not in flow.request.headers:
+            try:  # the response normally reports both; this is the fallback
+                st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
+            except Exception:
+                logger.exception("tokenpak: could not read the request's price hints")
         meta = flow.metadata.get(META)
         if isinstance(meta, dict) and "cache_decision" in meta:
             self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
@@ -220,14 +231,27 @@ class TokenPak:
             return []
         encoding = flow.request.headers.get("content-encoding")
         opts = self._cache_opts
+        plan: Callable[[], InsertResult]
+        stateless = True  # a pure function of its arguments: may run in the worker process
+        if st.route.dialect in ("openai_chat", "openai_responses"):
+            if opts.mode == "off":
+                rec.cache_decision = "off"
+                return []
+            api = st.route.dialect
+            index, now = self._openai_index, time.time()
+            plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
+            stateless = False  # it updates this process's prefix index
+        else:
+            plan = partial(insert_markers, body, encoding, opts)
         if plan_off_loop(body, encoding):
             # Planning a big or many-block prompt would stall every other connection on mitmproxy's
             # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
-            # process only this flow waits.
-            result = await self._offload.run(insert_markers, body, encoding, opts)
+            # process only this flow waits. Stateful planning stays in this process, in a thread.
+            result = await (self._offload.run(plan) if stateless else asyncio.to_thread(plan))
         else:
-            result = insert_markers(body, encoding, opts)
-        rec.cache_decision = result.decision
+            result = plan()
+        # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
+        rec.cache_decision = None if result.decision == "not_supported" else result.decision
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
         rec.prefix_tokens_est = result.prefix_tokens_est

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import brotli
 
-from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Plan, Sizes, count_markers, plan
+from . import learning_planner
+from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Sizes, count_markers, marker_for, plan
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
+from .learning_planner import Memory, Ticket
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
 from .row import CacheDecision
 
@@ -64,12 +66,23 @@ class InsertResult:
     prefix_tokens_est: int | None  # largest estimated prefix among candidate breakpoints
     model: str | None
     content_encoding: str | None  # the coding as understood, lower-cased (None = identity)
+    notes: tuple[Note, ...] = ()  # the learning planner's reason for each marker and skipped candidate
+    ticket: Ticket | None = None  # for `learning_planner.observe_usage` once the response's usage is known
+
+    def reasons_json(self) -> str | None:
+        """The notes as the JSON text stored on the telemetry row (None when there are none)."""
+        return json.dumps([n.as_dict() for n in self.notes], separators=(",", ":")) if self.notes else None
 
 
-def insert_markers(body: bytes, content_encoding: str | None, opts: CacheOptions = CacheOptions()) -> InsertResult:
-    """Insert cache markers into a Messages request body; never raises."""
+def insert_markers(body: bytes, content_encoding: str | None, opts: CacheOptions = CacheOptions(),
+                   memory: Memory | None = None, now: float | None = None) -> InsertResult:
+    """Insert cache markers into a Messages request body; never raises.
+
+    With `memory` (and the time `now`), the learning planner decides and the request is recorded
+    in `memory`'s prefix index; without it, today's stateless rules.
+    """
     try:
-        return _insert(body, content_encoding, opts)
+        return _insert(body, content_encoding, opts, memory, now)
     except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
         return _unchanged(body, "error")
 
@@ -97,7 +110,7 @@ def _unchanged(body: bytes, decision: CacheDecision, **fields: object) -> Insert
     return InsertResult(body=body, spans=(), decision=decision, markers_inserted=0, **defaults)
 
 
-def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions) -> InsertResult:
+def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memory: Memory | None, now: float | None) -> InsertResult:
     if not isinstance(opts, CacheOptions) or not isinstance(body, bytes):
         return _unchanged(body, "error")
     encoding = _normalize_encoding(content_encoding)
@@ -133,11 +146,17 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions) -> In
             raise _Disagreement
         return _sizes(body_map[0])
 
+    ticket: Ticket | None = None
     try:
-        decided = plan(request, opts, measure)
+        if memory is not None and now is not None:
+            decided, ticket = learning_planner.plan(request, opts, measure, memory, now)
+        else:
+            decided = plan(request, opts, measure)
     except (_Disagreement, JsonScanError):  # json.loads and the scanner disagree: trust neither
         return _unchanged(body, "error", **seen)
-    seen.update(prefix_tokens_est=decided.prefix_tokens_est)
+    seen.update(prefix_tokens_est=decided.prefix_tokens_est, notes=decided.notes, ticket=ticket)
+    if decided.breakpoints and not body_map:
+        measure()  # the learning planner sized from fingerprints: the splice still needs the byte map
     if decided.decision != "inserted":
         return _unchanged(body, decided.decision, **seen)
     spans = _spans(decided, body_map[0], opts)
@@ -188,25 +207,27 @@ def _sizes(body_map: BodyMap) -> Sizes:
     return Sizes(tuple(map(length, body_map.tools or ())), system, messages)
 
 
-def _spans(decided: Plan, body_map: BodyMap, opts: CacheOptions) -> tuple[Span, ...]:
-    member = b'"cache_control":' + json.dumps(opts.marker, separators=(",", ":")).encode()
+def _member(ttl: str) -> bytes:
+    return b'"cache_control":' + json.dumps(marker_for(ttl), separators=(",", ":")).encode()
 
-    def into_object(loc: Loc) -> list[Span]:
+
+def _spans(decided: Plan, body_map: BodyMap, opts: CacheOptions) -> tuple[Span, ...]:
+    def into_object(loc: Loc, member: bytes) -> list[Span]:
         if loc.kind != "object":
             raise ValueError("marker target is not an object")
         return [Span(loc.close, member if loc.empty else b"," + member)]
 
-    def wrap_string(loc: Loc) -> list[Span]:
+    def wrap_string(loc: Loc, member: bytes) -> list[Span]:
         if loc.kind != "string":
             raise ValueError("wrap target is not a string")
         return [Span(loc.start, b'[{"type":"text","text":'), Span(loc.end, b"," + member + b"}]")]
 
     if decided.top_level:
-        return tuple(into_object(body_map.root))
+        return tuple(into_object(body_map.root, _member(opts.fixed_ttl)))
     spans: list[Span] = []
     for bp in decided.breakpoints:
-        loc = _target(bp, body_map)
-        spans.extend(wrap_string(loc) if bp.wraps_string else into_object(loc))
+        loc, member = _target(bp, body_map), _member(bp.ttl or opts.fixed_ttl)
+        spans.extend(wrap_string(loc, member) if bp.wraps_string else into_object(loc, member))
     return tuple(sorted(spans, key=lambda s: s.offset))
 
 
@@ -245,7 +266,7 @@ def _markers_landed(spliced: bytes, decided: Plan, opts: CacheOptions) -> bool:
         else:
             content = result["messages"][bp.index]["content"]
             block = content[0] if bp.block is None else content[bp.block]
-        if not isinstance(block, dict) or block.get("cache_control") != opts.marker:
+        if not isinstance(block, dict) or block.get("cache_control") != marker_for(bp.ttl or opts.fixed_ttl):
             return False
     return count_markers(result)[0] == len(decided.breakpoints)
 

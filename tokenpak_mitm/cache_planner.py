@@ -52,16 +52,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
 from tokenpak_mitm.row import CacheDecision
 
 __all__ = [
-    "CacheOptions", "Breakpoint", "Plan", "Sizes", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
+    "CacheOptions", "Breakpoint", "Plan", "Note", "Sizes", "marker_for", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
     "BYTES_PER_TOKEN", "plan", "count_markers", "has_client_cache_control", "minimum_cacheable_tokens",
     "estimate_tokens", "is_eligible_block", "is_volatile_text", "marker_slots",
 ]
 
-MAX_MARKERS = 4  # "A maximum of 4 blocks with cache_control may be provided."
-LOOKBACK_BLOCKS = 20  # positions a read checks per breakpoint, the breakpoint included
+MAX_MARKERS = MAX_BREAKPOINTS  # "A maximum of 4 blocks with cache_control may be provided." (cache_facts)
 
 DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planner can return
     "inserted": "one or more markers (or the top-level field) were spliced in",
@@ -71,25 +71,11 @@ DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planne
     "not_json": "the (decoded) body is not strict UTF-8 JSON that Python's json can parse",
     "not_messages": "JSON, but not a well-formed Messages request (no messages array, wrong shapes)",
     "no_eligible_block": "nothing in tools, system or messages may carry a marker",
+    "not_worth": "the learning planner found no marker expected to pay (each candidate's reason is on the row)",
     "encoded_unsupported": "Content-Encoding unknown, stacked, or the body does not decode",
     "too_large": "the body (raw or decoded) is over the size cap",
     "error": "an internal failure or scanner/parser disagreement; the original body is returned",
 }
-
-# Minimum cacheable prefix by model-id prefix (protocols.md 1.6). Longest prefix wins.
-MINIMUM_TOKENS_BY_MODEL: Mapping[str, int] = {
-    "claude-opus-5": 512, "claude-fable-5": 512, "claude-mythos-5": 512,
-    "claude-opus-4-8": 1024, "claude-sonnet-5": 1024, "claude-sonnet-4-6": 1024,
-    "claude-sonnet-4-5": 1024, "claude-opus-4-1": 1024, "claude-opus-4": 1024,
-    "claude-sonnet-4": 1024, "claude-3-7-sonnet": 1024,
-    "claude-opus-4-7": 2048, "claude-3-5-haiku": 2048, "claude-3-haiku": 2048,
-    "claude-mythos-preview": 2048,
-    "claude-opus-4-6": 4096, "claude-opus-4-5": 4096, "claude-haiku-4-5": 4096,
-}
-UNKNOWN_MODEL_MINIMUM = 4096  # the largest known minimum: never wrongly claim a short prefix caches
-# What may follow a table prefix: end, a date stamp, an alias, or a platform suffix
-# ("@20250514" on Vertex, "-v1:0" on Bedrock). "claude-opus-4-9" must NOT match "claude-opus-4".
-_MODEL_SUFFIX = re.compile(r"(?:-\d{8})?(?:-latest)?(?:-v\d+(?::\d+)?)?(?:[@:].*)?")
 
 BYTES_PER_TOKEN = 3
 THINKING_TYPES = frozenset({"thinking", "redacted_thinking"})
@@ -116,7 +102,12 @@ _PHRASE_WORDS = ("today", "current", "the", "request")
 
 @dataclass(frozen=True)
 class CacheOptions:
-    """mode: auto | off | top-level; ttl: 5m | 1h (shared by every marker we insert)."""
+    """mode: auto | off | top-level; ttl: 5m | 1h | auto.
+
+    A fixed ttl is shared by every marker we insert. `auto` lets the learning planner choose per
+    marker from the gaps it has observed (1h only where 2x-write-once beats 1.25x-rewrite-each-
+    time, and never after a 5m marker); with no history it is 5m.
+    """
 
     mode: str = "auto"
     ttl: str = "5m"
@@ -124,13 +115,23 @@ class CacheOptions:
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "off", "top-level"):
             raise ValueError(f"mode must be auto, off or top-level, not {self.mode!r}")
-        if self.ttl not in ("5m", "1h"):
-            raise ValueError(f"ttl must be 5m or 1h, not {self.ttl!r}")
+        if self.ttl not in ("5m", "1h", "auto"):
+            raise ValueError(f"ttl must be 5m, 1h or auto, not {self.ttl!r}")
+
+    @property
+    def fixed_ttl(self) -> str:
+        """The TTL used when nothing was learned: the option itself, or 5m for auto."""
+        return "5m" if self.ttl == "auto" else self.ttl
 
     @property
     def marker(self) -> dict[str, str]:
-        """The cache_control value: no `ttl` key for 5m, the API default, so bytes stay minimal."""
-        return {"type": "ephemeral"} if self.ttl == "5m" else {"type": "ephemeral", "ttl": "1h"}
+        """The cache_control value for `fixed_ttl` (see `marker_for`)."""
+        return marker_for(self.fixed_ttl)
+
+
+def marker_for(ttl: str) -> dict[str, str]:
+    """The cache_control value: no `ttl` key for 5m, the API default, so bytes stay minimal."""
+    return {"type": "ephemeral"} if ttl == "5m" else {"type": "ephemeral", "ttl": ttl}
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ class Breakpoint:
     tools: `index` is the tool. system: `index` is the block (0 for a string system).
     messages: `index` is the message, `block` the content block (None: string content).
     `wraps_string` means the target is a JSON string that must become a one-block list.
-    purpose: tools | system | final | intermediate.
+    purpose: tools | system | final | intermediate (stateless rules), or the learning planner's
+    reason (see `learning_planner.REASONS`). ttl: this marker's TTL; None = the option's.
     """
 
     section: str
@@ -149,6 +151,7 @@ class Breakpoint:
     wraps_string: bool
     purpose: str
     prefix_tokens_est: int
+    ttl: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,28 @@ class Plan:
     prefix_tokens_est: int | None = None  # largest estimated prefix among candidate breakpoints
     model: str | None = None
     minimum_tokens: int | None = None
+    notes: tuple[Note, ...] = ()  # why each marker was placed and each candidate skipped (learning planner)
+
+
+@dataclass(frozen=True)
+class Note:
+    """One decision about one candidate position: placed (ttl set) or skipped (ttl None)."""
+
+    at: str  # e.g. "messages.3.content.1", "system.0", "tools.9"
+    reason: str
+    tokens_est: int
+    ttl: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"at": self.at, "why": self.reason, "tokens": self.tokens_est}
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
+        else:
+            out["skipped"] = True
+        if self.detail:
+            out["detail"] = self.detail
+        return out
 
 
 @dataclass(frozen=True)
@@ -204,16 +229,13 @@ def estimate_tokens(prefix_bytes: int) -> int:
 
 
 def minimum_cacheable_tokens(model: object) -> int:
-    """The model's minimum cacheable prefix; UNKNOWN_MODEL_MINIMUM when not in the table."""
-    if not isinstance(model, str) or "claude-" not in model:
-        return UNKNOWN_MODEL_MINIMUM
-    name = model[model.index("claude-"):].lower()  # drops "anthropic." / "us.anthropic." prefixes
-    best: tuple[int, int] | None = None
-    for prefix, minimum in MINIMUM_TOKENS_BY_MODEL.items():
-        if name.startswith(prefix) and _MODEL_SUFFIX.fullmatch(name, len(prefix)):
-            if best is None or len(prefix) > best[0]:
-                best = (len(prefix), minimum)
-    return best[1] if best else UNKNOWN_MODEL_MINIMUM
+    """The model's minimum cacheable prefix, from the shared table (`cache_facts`).
+
+    An unknown model gets the table's fallback (1,024): a marker on a prefix below the real
+    minimum costs nothing (the API silently does not cache it), so the fallback only decides
+    which short prefixes we do not bother marking.
+    """
+    return facts_for(model, "anthropic").minimum_tokens
 
 
 def is_eligible_block(block: object) -> bool:

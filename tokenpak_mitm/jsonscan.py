@@ -8,7 +8,9 @@ us *where* each relevant structure sits in the original bytes.
 What is located (all offsets are byte offsets into the original body, ends exclusive):
 the root value; every top-level key's value; the `tools` array elements; `system`
 (its value, and its elements when it is an array); `messages` elements and, for each
-message, its `content` value and (when an array) the content elements.
+message, its `content` value and (when an array) the content elements. For an OpenAI
+Responses body, `scan(body, messages_key="input")` maps the `input` items the same way
+(each item's `content` and its parts); Chat Completions bodies use `messages` as is.
 
 Semantics match `json.loads` exactly:
 - grammar is RFC 8259 (whitespace is ` \\t\\n\\r`; numbers like `-0`, `1.0`, `1E+2`;
@@ -121,8 +123,11 @@ _OBJECT_RUN = re.compile(rf"(?:{_W}{_STRING}{_W}:{_W}{_SHALLOW_VALUE}{_W},)*+")
 _VALUE, _KEY, _AFTER = range(3)
 
 
-def scan(body: bytes) -> BodyMap:
-    """Map `body`; raise JsonScanError if it is not valid UTF-8 JSON (never anything else)."""
+def scan(body: bytes, messages_key: str = "messages") -> BodyMap:
+    """Map `body`; raise JsonScanError if it is not valid UTF-8 JSON (never anything else).
+
+    `messages_key` names the top-level array mapped as `messages` ("input" for OpenAI Responses).
+    """
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise JsonScanError(f"expected bytes, got {type(body).__name__}")
     raw = bytes(body)
@@ -131,7 +136,7 @@ def scan(body: bytes) -> BodyMap:
     except UnicodeDecodeError as exc:
         raise JsonScanError(f"invalid UTF-8 at byte {exc.start}") from None
     try:
-        return _Walk(raw.decode("latin-1")).run()
+        return _Walk(raw.decode("latin-1"), messages_key).run()
     except JsonScanError:
         raise
     except (ValueError, IndexError) as exc:  # JSONDecodeError from the string scanner, or ran off the end
@@ -153,8 +158,11 @@ class _Frame:
 
 
 class _Walk:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, messages_key: str = "messages") -> None:
         self.s = text  # latin-1 view: index == byte offset
+        self.messages_key = messages_key
+        self.root_roles = _ROOT_ARRAY_ROLES if messages_key == "messages" else {
+            "tools": _TOOLS, "system": _SYSTEM, messages_key: _MESSAGES}
         self.keys: dict[str, Loc] = {}
         self.tools: tuple[Loc, ...] | None = None
         self.system: Loc | None = None
@@ -174,7 +182,7 @@ class _Walk:
                     i = ws(s, _ARRAY_RUN.match(s, i).end()).end()
                 c = s[i] if i < n else ""
                 if c == "{" or c == "[":
-                    role = self._child_role(top, c)
+                    role = self._child_role(top, c, self.root_roles)
                     if role == _NONE or role == _ELEMENT:  # nothing inside matters: try one regex call
                         m = _SHALLOW_CONTAINER.match(s, i)
                         if m is not None:
@@ -238,12 +246,12 @@ class _Walk:
         return BodyMap(self.root, self.keys, self.tools, self.system, self.system_blocks, self.messages)
 
     @staticmethod
-    def _child_role(parent: _Frame | None, opener: str) -> int:
+    def _child_role(parent: _Frame | None, opener: str, root_roles: Mapping[str, int] = _ROOT_ARRAY_ROLES) -> int:
         if parent is None:
             return _ROOT if opener == "{" else _NONE
         role = parent.role
         if role == _ROOT:
-            return _ROOT_ARRAY_ROLES.get(parent.key, _NONE) if opener == "[" else _NONE  # type: ignore[arg-type]
+            return root_roles.get(parent.key, _NONE) if opener == "[" else _NONE  # type: ignore[arg-type]
         if role == _MESSAGES:
             return _MESSAGE if opener == "{" else _ELEMENT
         if role in (_TOOLS, _SYSTEM, _CONTENT):
@@ -273,7 +281,7 @@ class _Walk:
                 self.tools = items
             elif key == "system":
                 self.system, self.system_blocks = loc, items
-            elif key == "messages":
+            elif key == self.messages_key:
                 self.messages = items  # type: ignore[assignment]
         elif role == _MESSAGES:
             content, blocks = (child.content if child is not None and child.content else (None, None))
@@ -301,7 +309,7 @@ def _same_elements(values: list, locs: tuple[Loc, ...] | None) -> bool:
     return locs is not None and len(values) == len(locs) and all(map(_same_kind, values, locs))
 
 
-def agrees_with(obj: object, body_map: BodyMap) -> bool:
+def agrees_with(obj: object, body_map: BodyMap, messages_key: str = "messages") -> bool:
     """Cross-check the scanner against `json.loads`: same keys, element counts and kinds.
 
     Any disagreement means one of the two views is wrong; callers must then leave the
@@ -313,7 +321,7 @@ def agrees_with(obj: object, body_map: BodyMap) -> bool:
         return True
     if set(obj) != set(body_map.keys) or not all(_same_kind(v, body_map.keys[k]) for k, v in obj.items()):
         return False
-    tools, system, messages = obj.get("tools"), obj.get("system"), obj.get("messages")
+    tools, system, messages = obj.get("tools"), obj.get("system"), obj.get(messages_key)
     if isinstance(tools, list) != (body_map.tools is not None):
         return False
     if isinstance(tools, list) and not _same_elements(tools, body_map.tools):

@@ -35,7 +35,7 @@ from tokenpak_mitm.row import CACHE_ORIGINS, TelemetryRow
 
 __all__ = [
     "BUCKETS", "ORIGINS", "GROUPINGS", "Summary", "Report", "parse_since", "load_rows", "summarize",
-    "group_key", "build_report", "report_json", "day_of", "add_arguments", "run",
+    "group_key", "build_report", "report_json", "day_of", "add_arguments", "run", "unpriced_models",
 ]
 
 Row = Mapping[str, Any]
@@ -153,6 +153,25 @@ class Report:
     totals: Summary
     groups: list[Summary]
     days: list[Summary]  # always per day, for the charts
+    unpriced: list[dict[str, Any]] = field(default_factory=list)  # see unpriced_models
+
+
+def unpriced_models(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """Billable requests left unpriced, by provider, model and reason, most requests first.
+
+    Rows written before schema v3 carry no ``unpriced_reason``: no model, no usage, or else
+    ``unknown`` (most often a model the price table did not know then).
+    """
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for row in rows:
+        if row.get("cost_usd") is not None or row.get("billable", 1) == 0:
+            continue
+        reason = row.get("unpriced_reason")
+        if reason is None:
+            reason = "no_model" if not row.get("model") else "no_usage" if (row.get("usage_source") or "absent") == "absent" else "unknown"
+        counts[(row.get("provider") or "?", row.get("model") or "?", reason)] += 1
+    return [{"provider": p, "model": m, "reason": r, "requests": c}
+            for (p, m, r), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 # -- pricing weights ----------------------------------------------------------------------------
@@ -166,16 +185,21 @@ def _table_unit_prices(provider: str | None, model: str | None) -> Mapping[str, 
         return None
     m = 1_000_000
     probes = {
-        "input": Usage(input_tokens=m),
-        "cache_read": Usage(cache_read_tokens=m),
-        "cache_write": Usage(cache_write_tokens=m),
-        "cache_write_1h": Usage(cache_write_tokens=m, cache_write_1h_tokens=m),
-        "output": Usage(output_tokens=m),
+        "input": Usage(input_tokens=m, output_tokens=0),
+        "cache_read": Usage(input_tokens=0, cache_read_tokens=m, output_tokens=0),
+        "cache_write": Usage(input_tokens=0, cache_write_tokens=m, output_tokens=0),
+        "cache_write_1h": Usage(input_tokens=0, cache_write_tokens=m, cache_write_1h_tokens=m, output_tokens=0),
+        "output": Usage(input_tokens=0, output_tokens=m),
     }
     units: dict[str, float] = {}
     for bucket, usage in probes.items():
         cost = price(provider, model, usage).cost_usd
         if cost is None:
+            if bucket.startswith("cache_write") and "input" in units:
+                # No write price (models that bill no cache writes): priced rows carry none, so the
+                # weight never applies; any finite figure keeps the split well defined.
+                units[bucket] = units["input"]
+                continue
             return None
         units[bucket] = cost / m
     return units
@@ -247,7 +271,8 @@ def build_report(rows: Iterable[Row], by: str = "day", since: str = "7d", since_
     rows = list(rows)
     days = _fill_days(_grouped(rows, "day", unit_prices))
     groups = days if by == "day" else _grouped(rows, by, unit_prices)
-    return Report(by=by, since=since, since_ts=since_ts, totals=summarize(rows, "total", unit_prices), groups=groups, days=days)
+    return Report(by=by, since=since, since_ts=since_ts, totals=summarize(rows, "total", unit_prices), groups=groups, days=days,
+                  unpriced=unpriced_models(rows))
 
 
 def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
@@ -264,7 +289,21 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
         },
         "totals": report.totals.as_dict(),
         "groups": [g.as_dict() for g in report.groups],
+        "unpriced_models": report.unpriced,
+        "price_table": {"version": _price_table_version(), "update": _update_hint()},
     }
+
+
+def _price_table_version() -> str:
+    from tokenpak_mitm.pricing import PRICE_TABLE_VERSION
+
+    return PRICE_TABLE_VERSION
+
+
+def _update_hint() -> str:
+    from tokenpak_mitm.pricing import UPDATE_HINT
+
+    return UPDATE_HINT
 
 
 # -- I/O ----------------------------------------------------------------------------------------
@@ -354,6 +393,18 @@ def _print_tables(report: Report, db: str) -> None:
         console.print(f"proxy's own request-side time (classify, plan, splice): p50 {p['p50']:.2f} ms, p95 {p['p95']:.2f} ms, max {p['max']:.2f} ms.")
     if t.unpriced_requests:
         console.print(f"{t.unpriced_requests} unpriced requests: their cost is unknown and not included above.")
+    if report.unpriced:
+        from tokenpak_mitm.pricing import UNPRICED_REASONS
+
+        unpriced = Table(title=f"Unpriced requests by model (price table: {_price_table_version()})", title_justify="left")
+        for col in ("provider", "model", "requests", "why"):
+            unpriced.add_column(col, justify="right" if col == "requests" else "left")
+        for item in report.unpriced:
+            why = UNPRICED_REASONS.get(item["reason"], item["reason"])
+            unpriced.add_row(escape(item["provider"]), escape(item["model"]), str(item["requests"]), escape(why))
+        console.print(unpriced)
+        if any(i["reason"] in ("unknown_model", "unknown", "no_cache_write_price", "unknown_speed", "unknown_service_tier") for i in report.unpriced):
+            console.print(f"To update the price table: {_update_hint()}.")
     if t.requests - t.requests_with_usage:
         console.print(f"{t.requests - t.requests_with_usage} requests reported no usage: counted as requests, not as tokens.")
 

@@ -32,7 +32,7 @@ class Route:
     dialect: str
     billable: bool = True
     model_hint: str | None = None  # model named by the URL (Gemini)
-    inserts: bool = False  # the cache planner applies (Anthropic Messages)
+    inserts: bool = False  # a cache planner applies (Anthropic Messages; OpenAI Chat / Responses, GPT-5.6+ only)
 
 
 def classify(method: str, host: str, path: str, *, extra_hosts: Collection[str] = (), any_host: bool = False) -> Route | None:
@@ -49,9 +49,9 @@ def classify(method: str, host: str, path: str, *, extra_hosts: Collection[str] 
     if path.endswith("/v1/messages/count_tokens"):
         return Route("anthropic" if known in (None, "anthropic") else known, "messages.count_tokens", "anthropic", billable=False)
     if path.endswith("/chat/completions"):
-        return Route("openai" if known in (None, "openai") else known, "chat.completions", "openai_chat")
+        return Route("openai" if known in (None, "openai") else known, "chat.completions", "openai_chat", inserts=True)
     if path.endswith("/responses"):
-        return Route("openai" if known in (None, "openai") else known, "responses", "openai_responses")
+        return Route("openai" if known in (None, "openai") else known, "responses", "openai_responses", inserts=True)
     m = _GEMINI_PATH.search(path)
     if m:
         return Route("gemini" if known in (None, "gemini") else known, "generate_content", "gemini", model_hint=m["model"])

@@ -41,10 +41,13 @@ USAGE_SOURCES: Final[tuple[UsageSource, ...]] = get_args(UsageSource)
 CacheOrigin = Literal["proxy", "client", "unknown", "none"]
 CACHE_ORIGINS: Final[tuple[CacheOrigin, ...]] = get_args(CacheOrigin)
 # The marker planner's verdict for one request (descriptions: ``cache_planner.DECISIONS``), plus
-# ``request_streamed`` (the addon never saw the body: mitmproxy streamed it upstream).
+# ``request_streamed`` (the addon never saw the body: mitmproxy streamed it upstream) and
+# ``openai_cache``'s ``not_supported`` (an OpenAI model before GPT-5.6), which the addon stores as
+# NULL: no planner applies, as for Gemini.
 CacheDecision = Literal[
     "inserted", "stood_down", "below_minimum", "off", "not_json", "not_messages", "no_eligible_block",
-    "encoded_unsupported", "too_large", "error", "request_streamed",
+    "encoded_unsupported", "too_large", "error", "request_streamed", "not_worth",
+    "not_supported",
 ]
 CACHE_DECISIONS: Final[tuple[CacheDecision, ...]] = get_args(CacheDecision)
 # One word per request for console lines and ``tokenpak tail`` (derived, not stored).
@@ -121,6 +124,22 @@ class TelemetryRow(Mapping[str, Any]):
     proxy_version: str | None = column("TEXT")
     # v2: the proxy's own request-side time (client's last request byte -> request sent upstream).
     proxy_request_ms: float | None = column("REAL", since=2)
+    # v3: what changes the price (issue 18; docs/dialects.md "Pricing"). The modality and iteration
+    # columns split buckets above and are never added to them.
+    service_tier: str | None = column("TEXT", since=3)  # as the provider reported it, lower-case
+    speed: str | None = column("TEXT", since=3)  # Anthropic fast mode: "fast"
+    inference_geo: str | None = column("TEXT", since=3)  # Anthropic pinned region ("us": x1.1 on 4.6+)
+    input_audio_tokens: int | None = column("INTEGER", since=3)  # part of input_tokens
+    input_image_tokens: int | None = column("INTEGER", since=3)  # part of input_tokens
+    input_video_tokens: int | None = column("INTEGER", since=3)  # part of input_tokens
+    cache_read_audio_tokens: int | None = column("INTEGER", since=3)  # part of cache_read_tokens
+    cache_read_image_tokens: int | None = column("INTEGER", since=3)  # part of cache_read_tokens
+    cache_read_video_tokens: int | None = column("INTEGER", since=3)  # part of cache_read_tokens
+    extra_iterations: int | None = column("INTEGER", since=3)  # billed iterations outside the top-level usage
+    extra_input_tokens: int | None = column("INTEGER", since=3)  # their input (fresh + cache), part of the buckets
+    extra_output_tokens: int | None = column("INTEGER", since=3)  # their output, part of output_tokens
+    price_multiplier: float | None = column("REAL", since=3)  # price_multipliers' factor on token charges
+    unpriced_reason: str | None = column("TEXT", since=3)  # pricing.UNPRICED_REASONS, when cost_usd is NULL
 
     # -- construction from stored forms -----------------------------------------------------------
     @classmethod

@@ -85,6 +85,8 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
     # 2: proxy_request_ms
     add_columns(2),
+    # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
+    add_columns(3),
 )
 if len(MIGRATIONS) != SCHEMA_VERSION:  # a field declared with a `since` that no migration adds
     raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenpak_mitm import __version__
 from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.pricing import price
+from tokenpak_mitm.pricing import PriceFactors, price
 from tokenpak_mitm.redact import redact_text
 from tokenpak_mitm.routes import Route
 from tokenpak_mitm.row import CacheDecision, CacheOrigin, CacheVerdict, ClosedBy, RouteClass, TelemetryRow, TerminalState, UsageSource
@@ -49,6 +49,9 @@ class RequestRecord:
     conformance_violations: int | None = None
     observe_note: str | None = None  # why a response was not parsed (too large, undecodable)
     known_secrets: tuple[str, ...] = ()  # the request's own secret values, removed from the error text
+    # Price factors the client asked for, used when the response does not report them.
+    request_speed: str | None = None
+    request_inference_geo: str | None = None
 
 
 _CLIENT_GONE = ("client disconnected", "stream reset by client (cancel)", "client closed")
@@ -123,7 +126,8 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
     if state in ("client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown") and source == "final" and not x.terminal_seen:
         source = "partial"
     model = x.model or rec.route.model_hint
-    cost = price(rec.route.provider, model, usage) if rec.route.billable else None
+    factors = PriceFactors(x.service_tier, x.speed or rec.request_speed, x.inference_geo or rec.request_inference_geo)
+    cost = price(rec.route.provider, model, usage, factors, x.extras) if rec.route.billable else None
     return TelemetryRow(
         request_key=rec.request_key,
         started_at=rec.started_at,
@@ -146,6 +150,15 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         output_tokens=usage.output_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         web_search_requests=usage.web_search_requests,
+        input_audio_tokens=usage.input_audio_tokens,
+        input_image_tokens=usage.input_image_tokens,
+        input_video_tokens=usage.input_video_tokens,
+        cache_read_audio_tokens=usage.cache_read_audio_tokens,
+        cache_read_image_tokens=usage.cache_read_image_tokens,
+        cache_read_video_tokens=usage.cache_read_video_tokens,
+        extra_iterations=usage.extra_iterations,
+        extra_input_tokens=usage.extra_input_tokens,
+        extra_output_tokens=usage.extra_output_tokens,
         usage_source=source,
         ttfb_ms=rec.ttfb_ms,
         ttft_ms=rec.ttft_ms,
@@ -164,6 +177,11 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         cost_usd=cost.cost_usd if cost else None,
         savings_usd=cost.savings_usd if cost else None,
         price_version=cost.price_version if cost else None,
+        service_tier=factors.service_tier,
+        speed=factors.speed,
+        inference_geo=factors.inference_geo,
+        price_multiplier=cost.multiplier if cost else None,
+        unpriced_reason=cost.unpriced_reason if cost else None,
         conformance_violations=rec.conformance_violations,
         proxy_version=__version__,
     )

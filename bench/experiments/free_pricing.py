@@ -11,7 +11,7 @@ from tokenpak_mitm.pricing import Cost
 _FIXED = Cost(0.0, 0.0, "bench-fixed")
 
 
-def _free_price(provider: str, model: object, usage: object) -> Cost:
+def _free_price(provider: str, model: object, usage: object, *_factors: object) -> Cost:
     return _FIXED
 
 

@@ -9,6 +9,14 @@ Rules (see docs and ``shared/research/protocols.md`` §1.9, §2.3):
   ``message_stop`` never does.
 * The 5m/1h write split only exists in ``message_start`` (``cache_creation``); when the final
   write total exceeds the split, the difference is 5m (server-tool breakpoints are always 5m).
+* ``usage.iterations`` (compaction, advisor calls): each sampling step the request billed. The
+  top-level figures are the ``message`` iteration(s) only ("top-level input_tokens/output_tokens
+  reflect only the final message iteration"; compaction docs), so every iteration of another type
+  is added to the buckets once, and ``message`` iterations are not (the top level already holds
+  them). The list is cumulative like the rest of the usage: the last one seen replaces earlier
+  ones. An advisor iteration names its own ``model`` and is priced at that model's rates.
+* ``usage.service_tier`` / ``speed`` / ``inference_geo`` say how the request was billed (priority
+  or batch tier, fast mode, a pinned region): recorded as the provider said them.
 * JSON is decoded only for ``message_start``, ``message_delta``, ``message_stop`` and ``error``;
   deltas are recognised from their ``event:`` line without decoding.
 """
@@ -19,7 +27,7 @@ from typing import Any
 
 from tokenpak_mitm.dialects.base import Extract, decode_json, frame_json
 from tokenpak_mitm.sse import event_name
-from tokenpak_mitm.usage import Usage, as_count
+from tokenpak_mitm.usage import ExtraIteration, Usage, as_count, with_extras
 
 __all__ = ["AnthropicTracker"]
 
@@ -32,13 +40,15 @@ _DELTA_LINE = b"event: content_block_delta\n"
 
 
 class AnthropicTracker:
-    __slots__ = ("extract", "_split_5m", "_split_1h", "_raw_usage")
+    __slots__ = ("extract", "_split_5m", "_split_1h", "_raw_usage", "_extras", "_extras_malformed")
 
     def __init__(self) -> None:
         self.extract = Extract()
         self._split_5m: int | None = None
         self._split_1h: int | None = None
         self._raw_usage: dict[str, Any] = {}
+        self._extras: tuple[ExtraIteration, ...] = ()
+        self._extras_malformed: frozenset[str] = frozenset()
 
     # -- streaming ----------------------------------------------------------------------------
     def feed_frame(self, raw: bytes) -> bool:
@@ -130,7 +140,16 @@ class AnthropicTracker:
         stu = usage.get("server_tool_use")
         if isinstance(stu, dict) and as_count(stu.get("web_search_requests")) is not None:
             self._raw_usage["web_search_requests"] = as_count(stu.get("web_search_requests"))
-        self.extract.usage = self._buckets()
+        x = self.extract
+        for key in ("service_tier", "speed", "inference_geo"):
+            value = usage.get(key)
+            if isinstance(value, str) and value:
+                setattr(x, key, value.lower())
+        iterations = usage.get("iterations")
+        if isinstance(iterations, list):
+            self._extras, self._extras_malformed = _extra_iterations(iterations)
+            x.extras = self._extras
+        x.usage = self._buckets()
 
     def _buckets(self) -> Usage:
         raw = self._raw_usage
@@ -141,7 +160,7 @@ class AnthropicTracker:
             w5 = (w5 or 0) + max(0, writes - (w5 or 0) - w1)
         else:
             w5 = w1 = None
-        return Usage(
+        top = Usage(
             input_tokens=raw.get("input_tokens"),
             cache_read_tokens=raw.get("cache_read_input_tokens"),
             cache_write_tokens=writes,
@@ -151,6 +170,10 @@ class AnthropicTracker:
             reasoning_tokens=raw.get("thinking_tokens"),
             web_search_requests=raw.get("web_search_requests"),
         )
+        total = with_extras(top, self._extras)
+        for name in self._extras_malformed:  # an iteration sent a bad count: unknown, never short
+            setattr(total, name, None)
+        return total
 
     def _on_error(self, obj: dict[str, Any]) -> None:
         err = obj.get("error")
@@ -161,3 +184,53 @@ class AnthropicTracker:
             x.error_message = msg if isinstance(msg, str) else None
         else:
             x.error_type = "error"
+
+
+# iteration key -> bucket; absent keys count 0 (compaction entries often carry only in/out).
+_ITERATION_KEYS = (
+    ("input_tokens", "input_tokens"),
+    ("cache_read_input_tokens", "cache_read_tokens"),
+    ("cache_creation_input_tokens", "cache_write_tokens"),
+    ("output_tokens", "output_tokens"),
+)
+
+
+def _extra_iterations(iterations: list[Any]) -> tuple[tuple[ExtraIteration, ...], frozenset[str]]:
+    """The iterations billed outside the top-level usage, and the buckets a malformed one spoils.
+
+    ``message`` iterations are what the top level reports; everything else (``compaction``,
+    ``advisor_message``, future kinds) is extra. An entry without a string ``type`` is treated
+    as a message (the top level covers it): counting it would risk counting it twice.
+    """
+    extras: list[ExtraIteration] = []
+    malformed: set[str] = set()
+    for it in iterations:
+        if not isinstance(it, dict):
+            continue
+        kind = it.get("type")
+        if not isinstance(kind, str) or not kind or kind == "message":
+            continue
+        counts: dict[str, int] = {}
+        for key, bucket in _ITERATION_KEYS:
+            if key in it and it[key] is not None:
+                value = as_count(it[key])
+                if value is None:
+                    malformed.add(bucket)
+                    if bucket == "cache_write_tokens":
+                        malformed.update(("cache_write_5m_tokens", "cache_write_1h_tokens"))
+                else:
+                    counts[bucket] = value
+        write = counts.get("cache_write_tokens", 0)
+        split = it.get("cache_creation")
+        w1 = as_count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else None
+        w1 = min(w1 or 0, write)
+        model = it.get("model")
+        extras.append(ExtraIteration(kind, model if isinstance(model, str) and model else None, Usage(
+            input_tokens=counts.get("input_tokens", 0),
+            cache_read_tokens=counts.get("cache_read_tokens", 0),
+            cache_write_tokens=write,
+            cache_write_5m_tokens=write - w1,
+            cache_write_1h_tokens=w1,
+            output_tokens=counts.get("output_tokens", 0),
+        )))
+    return tuple(extras), frozenset(malformed)

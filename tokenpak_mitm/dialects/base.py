@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from tokenpak_mitm.row import UsageSource
 from tokenpak_mitm.sse import SSEParser, parse_event
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.usage import ExtraIteration, Usage
 
 __all__ = ["Extract", "Tracker", "body_object", "decode_json", "frame_json", "feed_sse_body", "looks_like_sse"]
 
@@ -30,14 +30,21 @@ class Extract:
     error_type: str | None = None
     error_message: str | None = None
     content_frames: int = 0
+    # What changes the price besides the tokens, as the provider reported it (lower-cased).
+    service_tier: str | None = None
+    speed: str | None = None
+    inference_geo: str | None = None
+    extras: tuple[ExtraIteration, ...] = ()  # billed iterations outside the top-level totals
 
     def note_identity(self, obj: dict[str, Any]) -> None:
-        """Model and response id from an object that names them (non-empty strings only)."""
-        model, rid = obj.get("model"), obj.get("id")
+        """Model, response id and service tier from an object that names them (non-empty strings)."""
+        model, rid, tier = obj.get("model"), obj.get("id"), obj.get("service_tier")
         if isinstance(model, str) and model:
             self.model = model
         if isinstance(rid, str) and rid:
             self.response_id = rid
+        if isinstance(tier, str) and tier:
+            self.service_tier = tier.lower()
 
     @property
     def usage_source(self) -> UsageSource:

@@ -11,6 +11,12 @@ Rules (``shared/research/protocols.md`` §4):
   priced at the model's input rate.
 * ``candidatesTokenCount`` EXCLUDES ``thoughtsTokenCount`` -> output = candidates + thoughts,
   reasoning = thoughts (thoughts are billed as output).
+* Prompt modalities: ``promptTokensDetails`` splits the whole prompt (cached included) by
+  modality, ``cacheTokensDetails`` the cached part, ``toolUsePromptTokensDetails`` the tool-use
+  part; fresh audio = prompt audio - cached audio + tool-use audio (clamped to fresh input).
+  ``DOCUMENT`` counts as image, as genai-prices' own Gemini extractor maps it. Audio is priced
+  at its own rate on most models.
+* ``serviceTier`` (when sent) is recorded lower-cased, without a ``service_tier_`` prefix.
 * There is no terminal event: a chunk with a ``finishReason`` (or a ``promptFeedback``
   ``blockReason``) ends generation. Usage is final when it came with or after that chunk.
 * The model comes from the URL (the route's ``model_hint``); ``modelVersion`` refines it.
@@ -106,6 +112,9 @@ class GeminiTracker:
         if isinstance(meta, dict):
             x.usage = gemini_usage(meta)
             x.usage_final = self._finished
+            tier = meta.get("serviceTier", obj.get("serviceTier"))
+            if isinstance(tier, str) and tier:
+                x.service_tier = tier.lower().removeprefix("service_tier_")
         if content:
             x.content_frames += 1
         return content
@@ -174,12 +183,38 @@ def gemini_usage(meta: dict[str, Any]) -> Usage:
         return Usage()
     prompt, cached, tool_use, candidates, thoughts = (_count(meta, k) for k in _USAGE_KEYS)
     fresh = None if prompt is None or cached is None or tool_use is None else max(0, prompt - cached) + tool_use
+    whole, cache, tool = (_modalities(meta.get(k)) for k in ("promptTokensDetails", "cacheTokensDetails", "toolUsePromptTokensDetails"))
+    parts: dict[str, int | None] = {}
+    for modality in ("audio", "image", "video"):
+        cached_part = min(cache.get(modality, 0), cached or 0)
+        fresh_part = max(0, whole.get(modality, 0) - cached_part) + tool.get(modality, 0)
+        parts[f"input_{modality}_tokens"] = min(fresh_part, fresh) if fresh_part and fresh is not None else None
+        parts[f"cache_read_{modality}_tokens"] = cached_part or None
     return Usage(
         input_tokens=fresh,
         cache_read_tokens=cached,
         output_tokens=None if candidates is None or thoughts is None else candidates + thoughts,
         reasoning_tokens=thoughts,
+        **parts,
     )
+
+
+_MODALITY = {"AUDIO": "audio", "IMAGE": "image", "DOCUMENT": "image", "VIDEO": "video"}
+
+
+def _modalities(details: object) -> dict[str, int]:
+    """``[{"modality": "AUDIO", "tokenCount": 9000}, ...]`` -> {"audio": 9000}; TEXT and junk skipped."""
+    out: dict[str, int] = {}
+    if not isinstance(details, list):
+        return out
+    for item in details:
+        if not isinstance(item, dict):
+            continue
+        name = _MODALITY.get(str(item.get("modality")))
+        count = as_count(item.get("tokenCount"))
+        if name is not None and count:
+            out[name] = out.get(name, 0) + count
+    return out
 
 
 def _count(meta: dict[str, Any], key: str) -> int | None:

@@ -11,6 +11,9 @@ Rules (``shared/research/protocols.md`` §3.1, §3.2):
   DeepSeek-style servers report the cached part as ``prompt_cache_hit_tokens`` instead.
 * ``completion_tokens`` INCLUDES ``completion_tokens_details.reasoning_tokens``, so output is
   ``completion_tokens`` as is and reasoning is only reported beside it.
+* ``prompt_tokens_details.audio_tokens`` / ``image_tokens`` are the prompt's non-text parts; as
+  genai-prices does, they are taken to be fresh input (the details do not split them by cache
+  state) and clamped to it. The top-level ``service_tier`` the response reports is recorded.
 * Usage on a chunk that still carries choices (servers streaming running totals) is kept but
   only counts as final once ``[DONE]`` confirms the stream finished.
 * Hot path: plain delta chunks are classified with one byte regex; JSON is decoded only for the
@@ -171,10 +174,21 @@ def chat_usage(usage: dict[str, Any]) -> Usage:
     written = as_count(details.get("cache_write_tokens"))
     out_details = usage.get("completion_tokens_details")
     reasoning = as_count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else None
+    fresh = None if prompt is None else max(0, prompt - (cached or 0) - (written or 0))
     return Usage(
-        input_tokens=None if prompt is None else max(0, prompt - (cached or 0) - (written or 0)),
+        input_tokens=fresh,
         cache_read_tokens=cached,
         cache_write_tokens=written,
         output_tokens=as_count(usage.get("completion_tokens")),
         reasoning_tokens=reasoning,
+        input_audio_tokens=_part(details.get("audio_tokens"), fresh),
+        input_image_tokens=_part(details.get("image_tokens"), fresh),
     )
+
+
+def _part(value: object, whole: int | None) -> int | None:
+    """A reported sub-count, clamped to the bucket it splits; 0 and absent both mean none."""
+    count = as_count(value)
+    if not count or whole is None:
+        return None
+    return min(count, whole)

@@ -1,11 +1,13 @@
-"""A pure, deterministic model of Anthropic prompt caching (no I/O).
+"""A pure, deterministic model of provider prompt caching (no I/O).
 
 Why: the proxy's value is the cache reads it causes and the writes it avoids.
 Tests and the savings benchmark need a provider stand-in that applies the
-documented rules (docs/…/prompt-caching, summarised in protocols.md §1) so they
-can assert exact usage figures without a network or an API key.
+documented rules (Anthropic's prompt-caching guide and OpenAI's, summarised in
+/work/shared/research/provider-facts-2026-11.md and protocols.md) so they can
+assert exact usage figures without a network or an API key. Per-model facts
+(minimums, TTLs, multipliers, lookback) come from ``tokenpak_mitm.cache_facts``.
 
-Model of a request
+Model of an Anthropic request
     The prompt is a sequence of *blocks* in prefix order tools → system →
     messages: every tool definition, every system block (a string system is
     one text block) and every message content block (a string content is one
@@ -17,13 +19,16 @@ Model of a request
       ``document`` content), and the ``input`` of ``tool_use`` blocks kept in
       client key order (the docs warn that order matters there);
     * a cumulative prefix hash over the model, each earlier block (with its
-      section and message role) and, at the start of ``messages``, the
-      ``tool_choice`` / ``thinking`` parameters (they invalidate the message
-      cache per the docs' invalidation table).
+      section and message role) and the parameters the docs' invalidation
+      table lists, folded in where they take effect: ``speed`` and whether
+      citations are enabled on any document at the start of ``system`` (they
+      invalidate system and messages); ``tool_choice`` (which carries
+      ``disable_parallel_tool_use``), ``thinking``, ``output_config.effort`` and
+      whether any image is present at the start of ``messages`` (they
+      invalidate messages). Tool definitions, the web-search tool included,
+      are the tools section itself, so changing them invalidates everything.
 
-    Markers therefore never change token counts or hashes. A string
-    ``system``/``content`` hashes like the equivalent single text block, so a
-    proxy that rewrites one into the other keeps its cache.
+    Markers therefore never change token counts or hashes.
 
 Caching rules honoured
     breakpoints = blocks with ``cache_control`` (no ttl = 5m) + the top-level
@@ -33,8 +38,35 @@ Caching rules honoured
     Writes: every breakpoint beyond A whose prefix reaches the model minimum;
     billing A/B/C (B = highest writing 1h breakpoint after A, C = last writing
     breakpoint): 1h = B−A, 5m = C−B, ``input_tokens`` = total − max(A, C).
-    Entries written by a request are visible only to later requests; a read
-    refreshes the entry with its own TTL, counted from the request start.
+    A read refreshes the entry with its own TTL, counted from the request start.
+    An entry is readable only once the response that writes it has begun: with
+    ``apply(..., pending=[...])`` the writes are held back until
+    ``commit(pending)`` (requests sent concurrently, e.g. one wave of a batch,
+    cannot read each other's writes); without it they are visible to every
+    later call.
+
+OpenAI (``handle_openai``), GPT-5.6 and later (``cache_facts.OPENAI_GPT56``)
+    Blocks are ``prefix_index.boundaries`` of the request (tools, then
+    ``instructions`` / messages / input items) with tokens = bytes / 4. Breakpoints: every
+    block carrying ``prompt_cache_breakpoint``, plus the implicit one at the
+    end of the newest message unless ``prompt_cache_options.mode`` is
+    ``explicit``; at most 4 writes per request (the latest ones). A read is the
+    deepest position whose prefix was written at a breakpoint and is live (no
+    lookback limit; an exact match at a breakpoint, no fallback to a shorter
+    unmarked prefix). Writes at 1.25x for breakpoints past the read, from 1,024
+    tokens; TTL 30 minutes. Usage in the API's shape (``prompt_tokens`` /
+    ``input_tokens`` include cached and written tokens). Earlier models: the
+    implicit breakpoint only, writes free, ``cached_tokens`` rounded down to 128.
+
+Assumptions (not documented, chosen to match the docs' examples):
+    * a string ``content`` / ``system`` caches like the equivalent one-block
+      list, so a proxy that rewrites one into the other keeps its cache;
+    * thinking settings invalidate only ``messages`` (the docs say tools and
+      system too "on some models", without naming them);
+    * OpenAI's block order (tools before instructions and messages) and that
+      its implicit breakpoint sits exactly at the end of the newest message;
+    * the 80-breakpoint matching window of OpenAI is not modelled (all live
+      entries match).
 
 Output tokens: ``min(max_tokens, CacheSimulator.output_tokens)`` (default 50).
 """
@@ -43,48 +75,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TTL_SECONDS: dict[str, float] = {"5m": 300.0, "1h": 3600.0}
-MAX_BREAKPOINTS = 4
-LOOKBACK_WINDOW = 20
-DEFAULT_MIN_CACHEABLE_TOKENS = 1024
-DEFAULT_OUTPUT_TOKENS = 50
+from tokenpak_mitm import cache_facts
+from tokenpak_mitm.prefix_index import Boundary, boundaries, part_at
 
-# protocols.md §1.6 (Claude API table), plus older models per earlier snapshots.
-MIN_CACHEABLE_TOKENS: dict[str, int] = {
-    "claude-opus-5": 512,
-    "claude-fable-5": 512,
-    "claude-mythos-5": 512,
-    "claude-opus-4-8": 1024,
-    "claude-sonnet-5": 1024,
-    "claude-sonnet-4-6": 1024,
-    "claude-sonnet-4-5": 1024,
-    "claude-opus-4-1": 1024,
-    "claude-opus-4": 1024,
-    "claude-opus-4-0": 1024,
-    "claude-sonnet-4": 1024,
-    "claude-sonnet-4-0": 1024,
-    "claude-3-7-sonnet": 1024,
-    "claude-3-5-sonnet": 1024,
-    "claude-3-opus": 1024,
-    "claude-mythos-preview": 2048,
-    "claude-opus-4-7": 2048,
-    "claude-3-5-haiku": 2048,
-    "claude-haiku-3-5": 2048,
-    "claude-3-haiku": 2048,
-    "claude-opus-4-6": 4096,
-    "claude-opus-4-5": 4096,
-    "claude-haiku-4-5": 4096,
-}
+MAX_BREAKPOINTS = cache_facts.MAX_BREAKPOINTS
+LOOKBACK_WINDOW = cache_facts.LOOKBACK_BLOCKS
+DEFAULT_OUTPUT_TOKENS = 50
+TTL_SECONDS: dict[str, float] = {ttl: cache_facts.TTL_SECONDS[ttl] for ttl in ("5m", "1h")}
 
 UNMARKABLE_BLOCK_TYPES = frozenset({"thinking", "redacted_thinking"})
 ORDER_SENSITIVE_INPUT_TYPES = frozenset({"tool_use", "server_tool_use"})
-_DATE_SUFFIX = re.compile(r"(-\d{8}|-latest|@\d{8})$")
 
 
 class InvalidRequest(Exception):
@@ -92,8 +97,8 @@ class InvalidRequest(Exception):
 
 
 def min_cacheable_tokens(model: str) -> int:
-    """Minimum prefix length that can be cached for `model` (dated ids allowed)."""
-    return MIN_CACHEABLE_TOKENS.get(_DATE_SUFFIX.sub("", model), DEFAULT_MIN_CACHEABLE_TOKENS)
+    """Minimum prefix length that can be cached for `model` (the shared table, `cache_facts`)."""
+    return cache_facts.minimum_tokens(model, "anthropic")
 
 
 def error_body(message: str, error_type: str = "invalid_request_error") -> dict[str, Any]:
@@ -252,17 +257,15 @@ def _flatten(request: dict[str, Any], model: str) -> list[Block]:
             parts.append(("messages", str(message.get("role", "")), path, block, not isinstance(content, str)))
 
     digest = hashlib.sha256(f"model\0{model}".encode()).digest()
-    message_params = json.dumps(
-        _sorted_tree({"tool_choice": request.get("tool_choice"), "thinking": request.get("thinking")}),
-        separators=(",", ":"),
-    )
+    params = _section_params(request)
     blocks: list[Block] = []
     total = 0
-    entered_messages = False
+    entered: set[str] = set()
     for index, (section, role, path, block, list_form) in enumerate(parts):
-        if section == "messages" and not entered_messages:
-            digest = hashlib.sha256(digest + b"\0params\0" + message_params.encode()).digest()
-            entered_messages = True
+        for start in ("system", "messages"):
+            if start not in entered and _SECTION_ORDER.index(section) >= _SECTION_ORDER.index(start):
+                digest = hashlib.sha256(digest + f"\0params\0{start}\0".encode() + params[start].encode()).digest()
+                entered.add(start)
         canonical = canonical_block_json(block)
         tokens = math.ceil(len(canonical) / 4)
         total += tokens
@@ -282,6 +285,36 @@ def _flatten(request: dict[str, Any], model: str) -> list[Block]:
             )
         )
     return blocks
+
+
+_SECTION_ORDER = ("tools", "system", "messages")
+
+
+def _section_params(request: dict[str, Any]) -> dict[str, str]:
+    """The invalidating parameters of each section as canonical JSON (see the module docstring)."""
+    def any_block(node: Any, kind: str, test: Callable[[dict[str, Any]], bool]) -> bool:
+        pending = [node]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, list):
+                pending.extend(item)
+            elif isinstance(item, dict):
+                if item.get("type") == kind and test(item):
+                    return True
+                pending.extend(v for k, v in item.items() if k in ("content", "source") and isinstance(v, (list, dict)))
+        return False
+
+    citations = any_block([request.get("system"), request.get("messages")], "document",
+                          lambda b: isinstance(b.get("citations"), dict) and bool(b["citations"].get("enabled")))
+    output_config = request.get("output_config")
+    system = {"speed": request.get("speed"), "citations": citations}
+    messages = {
+        "tool_choice": request.get("tool_choice"), "thinking": request.get("thinking"),
+        "effort": output_config.get("effort") if isinstance(output_config, dict) else None,
+        "images": any_block(request.get("messages"), "image", lambda b: True),
+    }
+    return {name: json.dumps(_sorted_tree(values), separators=(",", ":")) for name, values in
+            (("system", system), ("messages", messages))}
 
 
 def _breakpoints(request: dict[str, Any], blocks: list[Block]) -> list[Breakpoint]:
@@ -336,6 +369,14 @@ def analyse_request(request: Any) -> RequestAnalysis:
 class CacheEntry:
     expires_at: float
     ttl: str
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A write held back until the response that makes it has begun (see ``commit``)."""
+
+    prefix_hash: str
+    entry: CacheEntry
 
 
 @dataclass(frozen=True)
@@ -417,12 +458,19 @@ class CacheSimulator:
         entry = self.entries.get(prefix_hash)
         return entry if entry is not None and entry.expires_at > now else None
 
-    def apply(self, analysis: RequestAnalysis, now: float) -> tuple[dict[str, Any], int | None]:
+    def commit(self, pending: list[PendingWrite]) -> None:
+        """The responses of held-back writes have begun: their entries become readable."""
+        for write in pending:
+            self.entries[write.prefix_hash] = write.entry
+        pending.clear()
+
+    def apply(self, analysis: RequestAnalysis, now: float, pending: list[PendingWrite] | None = None) -> tuple[dict[str, Any], int | None]:
         """Cache effect of an analysed request: (usage without output, hit block index).
 
         Public so searches can try breakpoint sets on a pre-analysed request
         (``dataclasses.replace(analysis, breakpoints=...)``) without re-hashing;
         the caller is then responsible for the 4-marker and TTL-order rules.
+        With `pending`, writes are appended there instead of stored (see ``commit``).
         """
         blocks, total = analysis.blocks, analysis.total_tokens
         hit_index = -1
@@ -443,7 +491,11 @@ class CacheSimulator:
             key = blocks[hit_index].prefix_hash
             self.entries[key] = CacheEntry(now + TTL_SECONDS[self.entries[key].ttl], self.entries[key].ttl)
         for point in writers:  # written after all reads: only later requests can see them
-            self.entries[blocks[point.index].prefix_hash] = CacheEntry(now + TTL_SECONDS[point.ttl], point.ttl)
+            write = PendingWrite(blocks[point.index].prefix_hash, CacheEntry(now + TTL_SECONDS[point.ttl], point.ttl))
+            if pending is None:
+                self.entries[write.prefix_hash] = write.entry
+            else:
+                pending.append(write)
         usage = usage_json(
             input_tokens=total - written_end,
             read=read,
@@ -452,3 +504,102 @@ class CacheSimulator:
             output_tokens=0,
         )
         return usage, (hit_index if hit_index >= 0 else None)
+
+    # ------------------------------------------------------------ OpenAI
+
+    def handle_openai(self, request: Any, api: str = "openai_chat", now: float | None = None,
+                      pending: list[PendingWrite] | None = None) -> SimResult:
+        """One Chat Completions (``api="openai_chat"``) or Responses (``"openai_responses"``) request."""
+        if not isinstance(request, dict) or not isinstance(request.get("model"), str):
+            return SimResult(status=400, error={"error": {"message": "model: Field required", "type": "invalid_request_error"}})
+        analysis = analyse_openai(request, api)
+        started = self.clock() if now is None else now
+        usage, hit = self.apply_openai(analysis, started, pending=pending)
+        max_tokens = request.get("max_output_tokens") or request.get("max_completion_tokens") or request.get("max_tokens")
+        output = min(max_tokens, self.output_tokens) if isinstance(max_tokens, int) else self.output_tokens
+        if api == "openai_responses":
+            usage["output_tokens"] = output
+            usage["total_tokens"] = usage["input_tokens"] + output
+        else:
+            usage["completion_tokens"] = output
+            usage["total_tokens"] = usage["prompt_tokens"] + output
+        return SimResult(status=200, usage=usage, hit_index=hit)
+
+    def apply_openai(self, analysis: OpenAIAnalysis, now: float, *, pending: list[PendingWrite] | None = None,
+                     points: Sequence[int] | None = None, explicit_only: bool | None = None) -> tuple[dict[str, Any], int | None]:
+        """Cache effect of an analysed OpenAI request (usage without output, hit position).
+
+        `points` / `explicit_only` override the request's own breakpoints and mode (for searches).
+        """
+        facts, tokens, keys = analysis.facts, analysis.tokens, analysis.keys
+        total = tokens[-1] if tokens else 0
+        hit = -1
+        for i in range(len(keys) - 1, -1, -1):
+            if self._live(keys[i], now):
+                hit = i
+                break
+        chosen = list(analysis.explicit if points is None else points)
+        only = analysis.explicit_only if explicit_only is None else explicit_only
+        if not facts.explicit_markers:
+            chosen, only = [], False
+        if not only and keys and len(keys) - 1 not in chosen:
+            chosen.append(len(keys) - 1)  # the implicit breakpoint: the end of the newest message
+        chosen = sorted(set(chosen))
+        if facts.max_breakpoints:
+            chosen = chosen[-facts.max_breakpoints:]
+        read = tokens[hit] if hit >= 0 else 0
+        writers = [p for p in chosen if p > hit and tokens[p] >= facts.minimum_tokens]
+        ttl = facts.ttls[0] if facts.ttls[0] in cache_facts.TTL_SECONDS else "5m"  # legacy in-memory retention: "5 to 10 minutes"
+        if hit >= 0:
+            entry = self.entries[keys[hit]]
+            self.entries[keys[hit]] = CacheEntry(now + cache_facts.TTL_SECONDS[entry.ttl], entry.ttl)
+        for p in writers:
+            write = PendingWrite(keys[p], CacheEntry(now + cache_facts.TTL_SECONDS[ttl], ttl))
+            if pending is None:
+                self.entries[write.prefix_hash] = write.entry
+            else:
+                pending.append(write)
+        written = (tokens[writers[-1]] - read) if writers and facts.write else 0
+        if facts.cached_granularity > 1:
+            read -= read % facts.cached_granularity
+        if analysis.api == "openai_responses":
+            usage: dict[str, Any] = {"input_tokens": total, "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written}}
+        else:
+            usage = {"prompt_tokens": total, "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written}}
+        return usage, (hit if hit >= 0 else None)
+
+
+@dataclass(frozen=True)
+class OpenAIAnalysis:
+    """What an OpenAI request's cache effect depends on (see the module docstring)."""
+
+    model: str
+    api: str
+    facts: cache_facts.CacheFacts
+    tokens: tuple[int, ...]  # cumulative tokens at each block boundary
+    keys: tuple[str, ...]  # cache keys (prefix digests) at each boundary
+    markable: tuple[bool, ...]  # may carry prompt_cache_breakpoint (system, user and tool content)
+    explicit: tuple[int, ...]  # positions carrying prompt_cache_breakpoint
+    explicit_only: bool  # prompt_cache_options.mode == "explicit"
+
+
+def analyse_openai(request: dict[str, Any], api: str) -> OpenAIAnalysis:
+    facts = cache_facts.facts_for(request.get("model"), "openai")
+    bounds = boundaries(request, api, 4.0)  # type: ignore[arg-type]
+    options = request.get("prompt_cache_options")
+    return OpenAIAnalysis(
+        model=str(request.get("model")), api=api, facts=facts,
+        tokens=tuple(b.tokens_est for b in bounds), keys=tuple(f"openai\0{b.digest.hex()}" for b in bounds),
+        markable=tuple(b.section == "messages" and b.block is not None and b.role != "assistant"
+                       and isinstance(part_at(request, api, b), dict) for b in bounds),
+        explicit=tuple(b.position for b in bounds if _has_openai_breakpoint(request, api, b)),
+        explicit_only=isinstance(options, dict) and options.get("mode") == "explicit",
+    )
+
+
+def _has_openai_breakpoint(request: dict[str, Any], api: str, b: Boundary) -> bool:
+    """Does the block at `b` carry ``prompt_cache_breakpoint``? (system, user and tool content; not assistant output)"""
+    if b.role == "assistant":
+        return False
+    block = part_at(request, api, b)
+    return isinstance(block, dict) and block.get("prompt_cache_breakpoint") is not None

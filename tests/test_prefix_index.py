@@ -1,0 +1,140 @@
+"""prefix_index: fingerprints of the cacheable prefix, and the bounded index that remembers them."""
+from __future__ import annotations
+
+import copy
+import threading
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenpak_mitm.prefix_index import PrefixIndex, boundaries, first_difference
+
+TOOLS = [{"name": f"t{i}", "description": "does a thing " * 20, "input_schema": {"type": "object"}} for i in range(3)]
+
+
+def body(**fields):
+    base = {"model": "claude-sonnet-4-6", "max_tokens": 10, "tools": TOOLS, "system": "You help. " * 50,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "doc " * 400}, {"type": "text", "text": "q1"}]}]}
+    return {**copy.deepcopy(base), **fields}
+
+
+def test_boundaries_follow_provider_order_and_grow():
+    b = boundaries(body())
+    assert [x.section for x in b] == ["tools"] * 3 + ["system"] + ["messages"] * 2
+    assert [x.position for x in b] == list(range(6))
+    assert all(x.tokens_est < y.tokens_est for x, y in zip(b, b[1:]))
+    assert (b[-1].message, b[-1].block, b[-1].role) == (0, 1, "user")
+    assert b[3].block is None  # string system: one block
+
+
+def test_markers_and_string_form_do_not_change_digests():
+    plain = body()
+    marked = body()
+    marked["messages"][0]["content"][0]["cache_control"] = {"type": "ephemeral"}
+    marked["system"] = [{"type": "text", "text": plain["system"], "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    assert [x.digest for x in boundaries(plain)] == [x.digest for x in boundaries(marked)]
+
+
+def test_shared_document_differs_only_at_the_question():
+    a, b = boundaries(body()), boundaries(body(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "doc " * 400}, {"type": "text", "text": "q2"}]}]))
+    assert first_difference(a, b) == 5
+
+
+def test_invalidating_parameters_change_only_their_sections():
+    base = boundaries(body())
+    thinking = boundaries(body(thinking={"type": "enabled", "budget_tokens": 2000}))
+    speed = boundaries(body(speed="fast"))
+    tools_changed = boundaries(body(tools=TOOLS[:2] + [{**TOOLS[2], "description": "other"}]))
+    assert first_difference(base, thinking) == 4  # first messages block
+    assert first_difference(base, speed) == 3  # the system section
+    assert first_difference(base, tools_changed) == 2
+    assert first_difference(base, boundaries(body(model="claude-opus-5"))) == 0
+
+
+def test_openai_shapes():
+    chat = boundaries({"model": "gpt-5.6", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, "openai_chat")
+    assert [(x.section, x.message, x.block) for x in chat] == [("messages", 0, None), ("messages", 1, 0)]
+    responses = boundaries({"model": "gpt-5.6", "instructions": "be brief", "input": "hello"}, "openai_responses")
+    assert [x.section for x in responses] == ["system", "messages"]
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=10))
+@settings(max_examples=200)
+def test_boundaries_never_raise_on_odd_shapes(junk):
+    for api in ("anthropic", "openai_chat", "openai_responses", "gemini"):
+        boundaries({"model": "m", "messages": junk, "tools": junk, "system": junk, "input": junk, "contents": junk}, api)
+
+
+def test_continuation_and_branch_are_told_apart():
+    index = PrefixIndex()
+    first = boundaries(body())
+    index.record([x.digest for x in first], 0.0)
+    sibling = boundaries(body(messages=[{"role": "user", "content": [{"type": "text", "text": "doc " * 400}, {"type": "text", "text": "q2"}]}]))
+    rec = index.record([x.digest for x in sibling], 1.0)
+    assert rec.branch_of == first[4].digest and rec.continuation_of is None
+    follow = body()
+    follow["messages"] += [{"role": "assistant", "content": "answer"}, {"role": "user", "content": "more"}]
+    rec = index.record([x.digest for x in boundaries(follow)], 30.0)
+    assert rec.continuation_of == first[-1].digest
+    (doc,) = index.stats([first[4].digest], 31.0)
+    assert doc is not None and doc.seen == 3 and doc.branches == 1 and doc.clusters == ((0.0, 2), (30.0, 1))
+
+
+def test_writes_are_in_flight_until_the_response_begins_and_expire():
+    index = PrefixIndex()
+    digests = [x.digest for x in boundaries(body())]
+    rec = index.record(digests, 0.0, writes={4: "5m"})
+    (s,) = index.stats([digests[4]], 1.0)
+    assert s is not None and s.in_flight and not s.live(1.0)
+    index.response_began(rec)
+    (s,) = index.stats([digests[4]], 2.0)
+    assert s is not None and s.live(2.0) and not s.live(301.0)
+
+
+def test_entries_expire_after_the_horizon():
+    index = PrefixIndex(horizon=3600.0)
+    index.record([b"a" * 16, b"b" * 16], 0.0)
+    index.record([b"c" * 16], 3000.0)
+    assert index.stats([b"a" * 16, b"c" * 16], 3700.0)[0] is None
+    assert len(index) == 1
+
+
+def test_memory_bound_holds_under_100k_distinct_prefixes():
+    index = PrefixIndex(max_entries=50_000)
+    for i in range(100_000):
+        index.record([i.to_bytes(16, "big")], float(i) * 0.001)
+    assert len(index) == 50_000 and index.evicted == 50_000
+    kept = index.stats([(99_999).to_bytes(16, "big"), (0).to_bytes(16, "big")], 100.0)
+    assert kept[0] is not None and kept[1] is None  # least recently seen went first
+
+
+def test_dump_and_load_keep_digests_and_timings_only():
+    index = PrefixIndex()
+    digests = [x.digest for x in boundaries(body())]
+    index.response_began(index.record(digests, 10.0, writes={5: "1h"}))
+    index.record(digests, 100.0)
+    data = index.dump()
+    assert b"doc" not in data and b"You help" not in data
+    restored = PrefixIndex()
+    assert restored.load(data, 120.0) == len(digests)
+    (s,) = restored.stats([digests[5]], 120.0)
+    assert s is not None and s.seen == 2 and s.cached_ttl == "1h" and s.live(120.0) and s.clusters == ((10.0, 1), (100.0, 1))
+
+
+def test_concurrent_records_lose_nothing():
+    index = PrefixIndex()
+    shared = b"s" * 16
+
+    def work(n: int) -> None:
+        for i in range(500):
+            index.record([shared, (n * 1000 + i).to_bytes(16, "big")], float(i))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (s,) = index.stats([shared], 500.0)
+    assert s is not None and s.seen == 2000

@@ -1,0 +1,557 @@
+"""The learning cache planner: markers where this proxy's traffic shows prefixes recur (pure).
+
+`cache_planner.plan` decides each request alone (today's fixed rules). This module adds memory:
+a `PrefixIndex` of every prefix the proxy has seen (digests and times only) and a token-count
+calibration, both held by the caller (the addon, one per proxy; `tokenpak savings`, one per
+replay) and passed in with the time. `plan` reads what the index knows about each block
+boundary of the request, decides, records the request (and the cache entries it expects the
+provider to read and write) and returns the plan with a reason for every marker and every
+skipped candidate.
+
+How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
+
+* **Nothing seen before** -> today's rules (last tool, last system block, the conversation tail,
+  the lookback intermediate), TTL 5m under `auto`: reason `no_history`.
+* **Continuation** (the longest prefix seen before is where an earlier request ended): the
+  conversation is going on, so the new tail is written for the next turn (`conversation_tail`),
+  with the TTL that the timeline says is cheapest (below); no write when neither TTL beats none.
+* **Branch** (the longest prefix seen before is one other requests passed through and went on
+  differently: the shared document, not the unique question): the shared prefix is marked
+  (`shared_prefix`) unless a concurrent request is already writing it (`write_in_flight`: it is
+  readable once that response begins, a second write would be wasted); the unique tail is marked
+  only while the share of earlier siblings that were continued makes a write pay, p x 0.9 > 0.25
+  at 5m, with p = (continued + 1) / (siblings + 2): no history gives p = 1/3 (mark, today's rule);
+  after two siblings that were not continued p = 1/4 and the tail is left alone (`tail_not_reused`).
+  A batch sharing one document is therefore recognised by its third request.
+* **Read the deepest live entry**: when no placed marker is within the 20-block lookback of the
+  deepest prefix the index expects the provider to hold, one is placed on it (`read_live`).
+* **Free markers**: a marker before the last writing marker costs nothing (writes are billed by
+  token ranges up to the last writing marker), so the remaining slots go to the last tool and
+  last system block (`free_tools`, `free_system`): other requests sharing them can read them.
+* **TTL (`auto`)** per written prefix, from its sighting timeline (bursts closer than 2 s are
+  concurrent and cannot read each other's writes), followed by one expected future burst after
+  each gap observed so far, mixed with a prior (90% within a minute, 10% after 15 minutes, total
+  weight one observation): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
+  1h (write 1.25x/2x, reads 0.1x while the entry lives, every read refreshing it) and the cheapest
+  wins. For a continuation, older tokens follow the
+  conversation's timeline and the new tail tokens the "now + next" one. 1h is therefore chosen
+  exactly when reads come back after more than 5 minutes and within the hour often enough that
+  one 2x write beats 1.25x rewrites. A 1h marker never follows a 5m one: markers before a 1h
+  marker are raised to 1h, which is free (those tokens are billed as 1h writes already).
+* At most 4 markers, none on an ineligible block, none below the model's minimum, and nothing
+  at all when the client marks anything itself (the index still learns from that request).
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from . import cache_planner
+from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, TTL_SECONDS, CacheFacts, facts_for
+from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
+from .prefix_index import CLUSTER_SECONDS, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .token_estimate import TokenCalibration
+
+__all__ = ["REASONS", "Memory", "Ticket", "OpenAIPlan", "plan", "plan_openai", "observe_usage", "predict", "PRIOR_GAPS"]
+
+REASONS: Final[Mapping[str, str]] = {
+    # placed
+    "no_history": "nothing in this request was seen before: today's fixed rules",
+    "conversation_tail": "the request continues an earlier one: the tail is written for the next turn",
+    "repeat": "this exact prompt was seen before",
+    "shared_prefix": "this prefix recurs in requests that go on differently (the shared part, not the unique tail)",
+    "tail_may_continue": "earlier requests sharing this prefix were continued often enough for a tail write to pay",
+    "read_live": "reads the deepest entry expected in the cache (no other marker within its 20-block lookback)",
+    "free_tools": "free: a later marker writes past it; other requests with these tools can read it",
+    "free_system": "free: a later marker writes past it; other requests with this system prompt can read it",
+    # skipped
+    "tail_not_reused": "requests sharing this prefix were not continued: a write of the unique tail would not be read",
+    "write_in_flight": "a concurrent request is writing this prefix; it becomes readable when that response begins",
+    "not_read_back": "the observed gaps say no TTL would be read back before it lapses: a write would cost more",
+    "below_minimum": "the prefix is below the model's minimum cacheable length",
+    "no_slot": "all 4 markers are in use",
+    "ttl_upgrade": "a concurrent request writes this prefix for 5m; the bursts seen so far make a 1h write pay",
+    "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
+                     "so everything before it is written instead",
+}
+# The gap to the next sighting assumed before (and mixed with) what was observed: mostly within
+# 5 minutes (today's rules assume that), sometimes a pause between 5 minutes and an hour.
+PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 0.9), (900.0, 0.1))
+PAUSE_HORIZON: Final = 3  # gaps over which a 1h entry is expected to matter (it outlives several turns)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the learning planner remembers between requests (one per proxy, or per replay)."""
+
+    index: PrefixIndex = field(default_factory=PrefixIndex)
+    calibration: TokenCalibration = field(default_factory=TokenCalibration)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Links a planned request to its response (see `observe_usage`)."""
+
+    recorded: Recorded
+    model: str | None
+    prompt_bytes: int  # fingerprinted bytes of the whole prompt (for the calibration)
+    expected_read_tokens: int
+    expected_write_tokens: int
+
+
+def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory: Memory, now: float) -> tuple[Plan, Ticket | None]:
+    """Decide the markers for one Messages request with what `memory` knows; record it there."""
+    stateless = cache_planner.plan(request, opts, sizes)
+    if stateless.decision in ("off", "not_messages") or not isinstance(request, dict):
+        return stateless, None
+    model = stateless.model
+    facts = facts_for(model, "anthropic")
+    bpt = memory.calibration.bytes_per_token(model)
+    bounds = boundaries(request, "anthropic", bpt)
+    if not bounds:
+        return stateless, None
+    digests = [b.digest for b in bounds]
+    stats = memory.index.stats(digests, now)
+    positions = {_key_of(b): b.position for b in bounds}
+    if stateless.decision == "stood_down":
+        chosen, markers = stateless, _client_markers(request, bounds)
+    elif opts.mode != "auto" or stateless.decision == "no_eligible_block":
+        chosen = stateless
+        if stateless.top_level:
+            tail = _last_eligible(request, bounds, len(bounds) - 1)
+            markers = [] if tail is None else [(tail, opts.fixed_ttl)]
+        else:
+            markers = [(positions[_key_of_bp(bp)], bp.ttl or opts.fixed_ttl) for bp in stateless.breakpoints]
+    else:
+        chosen = _learned(request, opts, bounds, stats, now, facts, stateless)
+        markers = [(positions[_key_of_bp(bp)], bp.ttl or opts.fixed_ttl) for bp in chosen.breakpoints]
+    read, writes = predict(bounds, stats, now, markers, facts)
+    recorded = memory.index.record(digests, now, writes=writes, read=read)
+    read_tokens = bounds[read].tokens_est if read is not None else 0
+    write_tokens = max((bounds[p].tokens_est for p in writes), default=read_tokens) - read_tokens
+    prompt_bytes = round(bounds[-1].tokens_est * bpt)
+    return chosen, Ticket(recorded, model, prompt_bytes, read_tokens, write_tokens)
+
+
+def observe_usage(memory: Memory, ticket: Ticket, *, prompt_tokens: int | None, read_tokens: int | None,
+                  write_tokens: int | None) -> None:
+    """Feed back the usage the provider reported for a planned request.
+
+    prompt_tokens (input + cache read + cache write) calibrates bytes per token; no read and no
+    write where some were expected means the provider holds no entry the index thought it had.
+    """
+    memory.calibration.observe(ticket.model, ticket.prompt_bytes, prompt_tokens)
+    expected = ticket.expected_read_tokens or ticket.expected_write_tokens
+    if expected and read_tokens == 0 and write_tokens == 0:
+        memory.index.forget(ticket.recorded)
+
+
+def predict(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now: float,
+            markers: Sequence[tuple[int, str]], facts: CacheFacts) -> tuple[int | None, dict[int, str]]:
+    """The provider's rule applied to what the index expects: (position read, positions written -> TTL).
+
+    Each marker looks back `lookback_blocks` positions (itself first) for a readable entry; the
+    deepest hit is read; every marker past it whose prefix reaches the minimum writes.
+    """
+    reach = facts.lookback_blocks or len(bounds)
+    hit = -1
+    for position, _ in markers:
+        for q in range(position, max(-1, position - reach), -1):
+            s = stats[q]
+            if s is not None and s.live(now):
+                hit = max(hit, q)
+                break
+    writes = {p: ttl for p, ttl in sorted(markers) if p > hit and bounds[p].tokens_est >= facts.minimum_tokens}
+    return (hit if hit >= 0 else None), writes
+
+
+# ------------------------------------------------------------------------------------ deciding
+
+
+@dataclass
+class _Choice:
+    position: int
+    reason: str
+    ttl: str
+    writes: bool
+
+
+def _learned(request: dict[str, Any], opts: CacheOptions, bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None],
+             now: float, facts: CacheFacts, stateless: Plan) -> Plan:
+    if not any(s is not None for s in stats):
+        return _no_history(stateless, opts, bounds)
+    positions = {_key_of(b): b.position for b in bounds}
+    free = [(positions[_key_of_bp(bp)], f"free_{bp.purpose}") for bp in stateless.breakpoints
+            if bp.purpose in ("tools", "system") and _key_of_bp(bp) in positions]
+    chosen, notes = _decide(bounds, stats, now, facts, opts, lambda i: _eligible_at(request, bounds, i), free)
+    breakpoints = tuple(_breakpoint(request, bounds[c.position], c.reason, c.ttl) for c in chosen)
+    decision = "inserted" if breakpoints else "not_worth"
+    return Plan(decision, breakpoints, prefix_tokens_est=stateless.prefix_tokens_est or bounds[-1].tokens_est,
+                model=stateless.model, minimum_tokens=facts.minimum_tokens, notes=notes)
+
+
+def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now: float, facts: CacheFacts,
+            opts: CacheOptions, eligible: Callable[[int], bool], free: Sequence[tuple[int, str]]) -> tuple[list[_Choice], tuple[Note, ...]]:
+    """The markers for a request with some history (see the module docstring), in position order."""
+    last = len(bounds) - 1
+    minimum = facts.minimum_tokens
+    tok = [b.tokens_est for b in bounds]
+    live = [s is not None and s.live(now) for s in stats]
+    k = max(i for i, s in enumerate(stats) if s is not None)
+    anchor = stats[k]
+    assert anchor is not None
+    kind = "repeat" if k == last else ("continuation" if anchor.ends > 0 else "branch")
+    deepest_live = max((i for i, ok in enumerate(live) if ok), default=None)
+    hit_tokens = tok[deepest_live] if deepest_live is not None else 0
+    protected_1h = max((tok[i] for i, s in enumerate(stats) if live[i] and s is not None and s.cached_ttl == "1h"), default=0)
+    ttls = _ttl_choices(opts, facts)
+    default_ttl = ttls[0]
+    chosen: list[_Choice] = []
+    notes: list[Note] = []
+
+    def before(start: int) -> int | None:
+        return next((i for i in range(start, -1, -1) if eligible(i)), None)
+
+    def skip(position: int, reason: str, detail: str = "") -> None:
+        notes.append(Note(_address(bounds[position]), reason, tok[position], None, detail))
+
+    def write(position: int, reason: str, clusters: Sequence[tuple[float, int]], old_from: int | None) -> None:
+        """Place a writing marker at `position` if some TTL beats no write on the timeline."""
+        if live[position]:
+            chosen.append(_Choice(position, reason, default_ttl, False))
+            return
+        s = stats[position]
+        if s is not None and s.writing(now):
+            if s.cached_ttl != "1h" and "1h" in ttls and tok[position] >= minimum and _upgrade_pays(facts, now, s.clusters):
+                chosen.append(_Choice(position, "ttl_upgrade", "1h", True))
+            else:
+                skip(position, "write_in_flight")
+            return
+        if tok[position] < minimum:
+            skip(position, "below_minimum", f"minimum {minimum}")
+            return
+        new = tok[position] - min(hit_tokens, tok[position])
+        old = 0 if old_from is None else tok[position] - new
+        ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=old_from is not None)
+        if ttl is not None and old_from is not None and len(ttls) > 1:
+            ttl, detail = _checkpoint(facts, clusters, now, tok[position], new, protected_1h), detail
+        if ttl is None:
+            skip(position, "not_read_back", detail)
+        else:
+            chosen.append(_Choice(position, reason, ttl, True))
+
+    tail = before(last)
+    if tail is not None and kind in ("continuation", "repeat"):
+        write(tail, "repeat" if kind == "repeat" else "conversation_tail", _evidence(stats, k), old_from=k)
+    elif tail is not None:  # a branch: k is shared with requests that went on differently
+        siblings, continued = anchor.branches + 1, anchor.branches_continued
+        p = (continued + 1) / (siblings + 2)
+        r = facts.read_multiplier()
+        volatile_tail = anchor.to_end == 1 and last - 1 > k  # earlier requests ended one block past k: a per-request tail
+        stable = before(last - 1) if volatile_tail else None
+        if tail > k and (volatile_tail or p * (1 - r) <= facts.write_multiplier(default_ttl) - 1):
+            detail = "the last block changes every request" if volatile_tail else f"p={p:.2f} ({continued} of {siblings} siblings continued)"
+            skip(tail, "tail_not_reused", detail)
+        elif tail > k:
+            write(tail, "tail_may_continue", _evidence(stats, k), old_from=k)
+        if stable is not None and stable > k:
+            write(stable, "stable_prefix", _evidence(stats, k), old_from=k)
+        shared = before(k)
+        if shared is not None and not any(c.position == shared for c in chosen):
+            s = stats[shared]
+            write(shared, "shared_prefix", s.clusters if s is not None else (), old_from=None)
+
+    # Read the deepest live entry when nothing placed reaches it through the lookback.
+    if facts.lookback_blocks is not None and deepest_live is not None and eligible(deepest_live):
+        if not any(deepest_live <= c.position < deepest_live + facts.lookback_blocks for c in chosen):
+            chosen.append(_Choice(deepest_live, "read_live", default_ttl, False))
+
+    # Free markers before the last writer: the last tool, the last system block.
+    writers = [c.position for c in chosen if c.writes]
+    if writers:
+        for position, reason in free:
+            if position >= max(writers) or any(c.position == position for c in chosen) or tok[position] < minimum:
+                continue
+            if deepest_live is not None and position <= deepest_live:
+                continue
+            if len(chosen) >= facts.max_breakpoints:
+                skip(position, "no_slot")
+                continue
+            chosen.append(_Choice(position, reason, default_ttl, True))
+
+    chosen.sort(key=lambda c: c.position)
+    for i in range(len(chosen) - 2, -1, -1):  # 1h never after 5m: raise earlier markers (free, see above)
+        if chosen[i + 1].ttl == "1h":
+            chosen[i].ttl = "1h"
+    placed = [Note(_address(bounds[c.position]), c.reason, tok[c.position], c.ttl) for c in chosen]
+    return chosen, tuple(sorted(placed + notes, key=lambda n: n.tokens_est))
+
+
+def _ttl_choices(opts: CacheOptions, facts: CacheFacts) -> tuple[str, ...]:
+    if facts.provider != "anthropic":
+        return tuple(t for t in facts.ttls if t in TTL_SECONDS) or ("5m",)
+    return ("5m", "1h") if opts.ttl == "auto" else (opts.ttl,)
+
+
+def _no_history(stateless: Plan, opts: CacheOptions, bounds: Sequence[Boundary]) -> Plan:
+    ttl = opts.fixed_ttl
+    notes = tuple(Note(_address_of_bp(bp), "no_history", bp.prefix_tokens_est, ttl, bp.purpose) for bp in stateless.breakpoints)
+    return replace(stateless, breakpoints=tuple(replace(bp, ttl=ttl) for bp in stateless.breakpoints), notes=notes)
+
+
+def _evidence(stats: Sequence[PrefixStats | None], k: int) -> tuple[tuple[float, int], ...]:
+    """The sighting timeline that best describes this conversation: the prefix up to `k` seen in
+    the most bursts (the deepest one on a tie: the conversation's own history before shared parts)."""
+    best: tuple[tuple[float, int], ...] = ()
+    for i in range(k + 1):
+        s = stats[i]
+        if s is not None and len(s.clusters) >= len(best):
+            best = s.clusters
+    return best
+
+
+def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]],
+              old_tokens: int, new_tokens: int, fresh_tail: bool) -> tuple[str | None, str]:
+    """The TTL (None: no write) that the timeline says is cheapest, with the costs as a detail.
+
+    The timeline is this prefix's sighting history plus now, followed by one expected future burst
+    (of the median burst size so far) after each gap seen so far, weighted equally, mixed with a
+    prior (`PRIOR_GAPS`, total weight 1) so the first requests do not bet on no evidence.
+    `old_tokens` follow that timeline; `new_tokens` too, unless `fresh_tail` (a conversation's new
+    tail: written now, read by the next turn only, so its timeline starts now).
+    """
+    timeline = _with_now(clusters, now)
+    gaps = [b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]]
+    burst = max(1, round(statistics.median(n for _, n in timeline[:-1]))) if len(timeline) > 1 else timeline[-1][1]
+    scenarios = [(gap, 1.0) for gap in gaps] + list(PRIOR_GAPS)
+    r = facts.read_multiplier()
+    costs: dict[str | None, float] = {None: float(old_tokens + new_tokens)}
+    for ttl in ttls:
+        w, life = facts.write_multiplier(ttl), TTL_SECONDS[ttl]
+        total = weight = 0.0
+        for gap, p in scenarios:
+            future = timeline + [(now + gap, burst)]
+            fresh = [(now, 1), (now + gap, 1)] if fresh_tail else future
+            total += p * (old_tokens * _replay(future, life, w, r) + new_tokens * _replay(fresh, life, w, r))
+            weight += p
+        costs[ttl] = total / weight
+    best = min(costs, key=lambda t: (costs[t], t is not None, t == "1h"))
+    detail = " ".join(f"{t or 'none'}={c / max(1, old_tokens + new_tokens):.3f}" for t, c in costs.items())
+    typical = statistics.median(gaps) if gaps else PRIOR_GAPS[0][0]
+    return best, f"per-token cost {detail}; bursts of {burst}, gaps ~{typical:.0f}s"
+
+
+def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
+    """Chance that a pause of 5 minutes to an hour comes within the next `PAUSE_HORIZON` gaps.
+
+    p_mid = the share of gaps between 5 minutes and an hour among those observed between this
+    prefix's sighting bursts and the prior (`PRIOR_GAPS`, total weight one gap).
+    """
+    timeline = _with_now(clusters, now)
+    gaps = [(b[0] - a[0], 1.0) for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]] + list(PRIOR_GAPS)
+    p_mid = sum(p for gap, p in gaps if TTL_SECONDS["5m"] < gap <= TTL_SECONDS["1h"]) / sum(p for _, p in gaps)
+    return 1.0 - (1.0 - p_mid) ** PAUSE_HORIZON
+
+
+def _checkpoint(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, prefix: int, new: int,
+                protected: int) -> str:
+    """5m or 1h for a conversation's new tail (a 1h entry is a checkpoint that survives a pause).
+
+    A pause of 5 minutes to an hour lapses every 5m entry: the tokens past the deepest live 1h
+    entry (`protected`) are then written again (w5 instead of a 0.1 read). Writing this tail for
+    1h protects the whole prefix for the premium (w1 - w5) on the new tokens only, so it pays when
+    P(pause soon) x (w5 - r) x (prefix - protected) > (w1 - w5) x new. Checkpoints therefore
+    come every few turns once pauses have been seen, not on every turn.
+    """
+    w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
+    return "1h" if _pause_chance(clusters, now) * (w5 - r) * (prefix - protected) > (w1 - w5) * new else "5m"
+
+
+def _upgrade_pays(facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]]) -> bool:
+    """A concurrent request is writing this prefix for 5m: does writing it again for 1h now pay?
+
+    If a pause lapses the 5m entry, the next burst (as large as the largest so far, b) pays one
+    write and b - 1 plain inputs instead of b reads; upgrading costs this request w1 instead of
+    a plain input (1.0).
+    """
+    burst = max(n for _, n in _with_now(clusters, now))
+    w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
+    return _pause_chance(clusters, now) * (w5 + (burst - 1) - burst * r) > w1 - 1.0
+
+
+def _with_now(clusters: Sequence[tuple[float, int]], now: float) -> list[tuple[float, int]]:
+    timeline = list(clusters)
+    if timeline and 0 <= now - timeline[-1][0] < CLUSTER_SECONDS:
+        timeline[-1] = (timeline[-1][0], timeline[-1][1] + 1)
+    elif not timeline or now > timeline[-1][0]:
+        timeline.append((now, 1))
+    return timeline
+
+
+def _replay(timeline: Sequence[tuple[float, int]], ttl: float, write: float, read: float) -> float:
+    """Per-token cost of caching one prefix over a sighting timeline with one TTL (see module docstring)."""
+    alive_until = float("-inf")
+    cost = 0.0
+    count = 0
+    for start, n in timeline:
+        if start < alive_until:
+            cost += n * read
+        else:
+            cost += write + (n - 1)  # one writes; the rest of a concurrent burst cannot read it yet
+        alive_until = start + ttl
+        count += n
+    return cost / max(1, count)
+
+
+# ------------------------------------------------------------------------------------ addressing
+
+
+def _block_of(request: Mapping[str, Any], b: Boundary) -> object:
+    if b.section == "tools":
+        return request["tools"][b.block]
+    if b.section == "system":
+        system = request["system"]
+        return system if b.block is None else system[b.block]
+    content = request["messages"][b.message]["content"]
+    return content if b.block is None else content[b.block]
+
+
+def _eligible_at(request: Mapping[str, Any], bounds: Sequence[Boundary], i: int) -> bool:
+    """May the block at position i carry a marker, and is it worth one (not a per-request system block)?"""
+    b = bounds[i]
+    if b.section == "tools":
+        return True
+    block = _block_of(request, b)
+    if not is_eligible_block(block):
+        return False
+    return not (b.section == "system" and isinstance(block, dict) and is_volatile_text(block.get("text")))
+
+
+def _last_eligible(request: Mapping[str, Any], bounds: Sequence[Boundary], start: int) -> int | None:
+    return next((i for i in range(start, -1, -1) if _eligible_at(request, bounds, i)), None)
+
+
+def _key_of(b: Boundary) -> tuple[str, int | None, int | None]:
+    return (b.section, b.message, b.block)
+
+
+def _key_of_bp(bp: Breakpoint) -> tuple[str, int | None, int | None]:
+    if bp.section == "tools":
+        return ("tools", None, bp.index)
+    if bp.section == "system":
+        return ("system", None, None if bp.wraps_string else bp.index)
+    return ("messages", bp.index, bp.block)
+
+
+def _breakpoint(request: Mapping[str, Any], b: Boundary, reason: str, ttl: str) -> Breakpoint:
+    if b.section == "tools":
+        return Breakpoint("tools", b.block or 0, None, False, reason, b.tokens_est, ttl)
+    if b.section == "system":
+        return Breakpoint("system", b.block or 0, None, b.block is None, reason, b.tokens_est, ttl)
+    assert b.message is not None
+    return Breakpoint("messages", b.message, b.block, b.block is None, reason, b.tokens_est, ttl)
+
+
+def _address(b: Boundary) -> str:
+    if b.section == "messages":
+        return f"messages.{b.message}.content" + ("" if b.block is None else f".{b.block}")
+    return b.section + ("" if b.block is None else f".{b.block}")
+
+
+def _address_of_bp(bp: Breakpoint) -> str:
+    if bp.section == "messages":
+        return f"messages.{bp.index}.content" + ("" if bp.block is None else f".{bp.block}")
+    return bp.section + ("" if bp.wraps_string else f".{bp.index}")
+
+
+def _client_markers(request: Mapping[str, Any], bounds: Sequence[Boundary]) -> list[tuple[int, str]]:
+    """Positions and TTLs of the client's own markers (the top-level field lands on the last eligible block)."""
+    found: list[tuple[int, str]] = []
+    for b in bounds:
+        block = _block_of(request, b)
+        if not isinstance(block, dict):
+            continue
+        marker = block.get("cache_control")
+        nested = block.get("content")
+        if marker is None and isinstance(nested, list) and nested and isinstance(nested[-1], dict):
+            marker = nested[-1].get("cache_control")
+        if isinstance(marker, dict):
+            found.append((b.position, _ttl_of(marker)))
+    top = request.get("cache_control")
+    if isinstance(top, dict):
+        tail = _last_eligible(request, bounds, len(bounds) - 1)
+        if tail is not None and all(p != tail for p, _ in found):
+            found.append((tail, _ttl_of(top)))
+    return found
+
+
+def _ttl_of(marker: Mapping[str, Any]) -> str:
+    ttl = marker.get("ttl")
+    return ttl if isinstance(ttl, str) and ttl in TTL_SECONDS else "5m"
+
+
+# ------------------------------------------------------------------------------------ OpenAI
+
+OPENAI_CACHE_FIELDS: Final = ("prompt_cache_key", "prompt_cache_options", "prompt_cache_retention")
+
+
+@dataclass(frozen=True)
+class OpenAIPlan:
+    """Where explicit ``prompt_cache_breakpoint`` fields should go in an OpenAI request (GPT-5.6+).
+
+    positions: boundary positions (``prefix_index.boundaries(request, api)``) whose content part
+    gets a breakpoint. explicit_only: send ``prompt_cache_options: {"mode": "explicit"}`` so the
+    implicit breakpoint (the end of the newest message) does not write a tail nobody reads.
+    decision: inserted | unchanged | stood_down | unsupported.
+    """
+
+    decision: str
+    positions: tuple[int, ...] = ()
+    explicit_only: bool = False
+    notes: tuple[Note, ...] = ()
+
+
+def plan_openai(request: object, api: str, memory: Memory, now: float) -> tuple[OpenAIPlan, Ticket | None]:
+    """The learning planner for OpenAI Chat Completions / Responses; records the request in `memory`.
+
+    OpenAI caches by itself (the implicit breakpoint): with no history, or when a conversation
+    continues, it is left alone. What the index adds: a stable prefix followed by a part that
+    changes every request (a shared document, a per-request environment block) gets an explicit
+    breakpoint at the stable boundary, and the implicit one is switched off when the history says
+    the tail is never read back. The byte splicing belongs to the OpenAI insertion module; this
+    only decides. Any cache field set by the client (a breakpoint, prompt_cache_options,
+    prompt_cache_key, prompt_cache_retention): stand down.
+    """
+    if not isinstance(request, dict) or api not in ("openai_chat", "openai_responses"):
+        return OpenAIPlan("unsupported"), None
+    model = request.get("model") if isinstance(request.get("model"), str) else None
+    facts = facts_for(model, "openai")
+    bpt = memory.calibration.bytes_per_token(model)
+    bounds = boundaries(request, api, bpt)  # type: ignore[arg-type]
+    if not bounds:
+        return OpenAIPlan("unsupported"), None
+    digests = [b.digest for b in bounds]
+    stats = memory.index.stats(digests, now)
+    stood_down = any(f in request for f in OPENAI_CACHE_FIELDS) or any(
+        isinstance(block := part_at(request, api, b), dict) and "prompt_cache_breakpoint" in block for b in bounds)
+    result = OpenAIPlan("stood_down" if stood_down else "unchanged")
+    if not stood_down and facts.explicit_markers and any(s is not None for s in stats):
+        eligible = [b.section == "messages" and b.role != "assistant" and isinstance(part_at(request, api, b), dict)
+                    for b in bounds]
+        chosen, notes = _decide(bounds, stats, now, facts, CacheOptions(ttl="auto"), lambda i: eligible[i], ())
+        tail_skipped = any(n.reason == "tail_not_reused" for n in notes)
+        positions = tuple(c.position for c in chosen if c.position != len(bounds) - 1)
+        if positions or tail_skipped:
+            result = OpenAIPlan("inserted", positions, tail_skipped, notes)
+        else:
+            result = OpenAIPlan("unchanged", (), False, notes)
+    markers = [(p, facts.ttls[0]) for p in result.positions]
+    if not result.explicit_only:
+        markers.append((len(bounds) - 1, facts.ttls[0]))  # the implicit breakpoint
+    read, writes = predict(bounds, stats, now, markers, facts)
+    recorded = memory.index.record(digests, now, writes=writes, read=read)
+    read_tokens = bounds[read].tokens_est if read is not None else 0
+    write_tokens = max((bounds[p].tokens_est for p in writes), default=read_tokens) - read_tokens
+    return result, Ticket(recorded, model, round(bounds[-1].tokens_est * bpt), read_tokens, write_tokens)
