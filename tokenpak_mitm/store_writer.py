@@ -99,12 +99,27 @@ class StoreProcess:
         if self._feeder.is_alive():
             self._queue.put(None)
             self._feeder.join(timeout)
-        lost = self.lost + int(self.writer_stats.get("dropped") or 0)
+        lost = self.dropped
         if lost:
             reason = self.lost_reason or self.writer_stats.get("lost_reason")
             logger.error("tokenpak: store closed: %d telemetry rows LOST (%s); `tokenpak doctor` shows the count", lost, reason)
         else:
             logger.info("tokenpak: store closed: %d rows written or spilled, none lost", self.acked + self.spilled_here)
+
+    @property
+    def written(self) -> int:
+        """Rows the writer reported durable (written or spilled by it)."""
+        return self.acked
+
+    @property
+    def dropped(self) -> int:
+        """Rows counted as lost, here or (as last reported) by the writer."""
+        return self.lost + int(self.writer_stats.get("dropped") or 0)
+
+    @property
+    def pending(self) -> int:
+        """Rows sent or queued but not yet acknowledged."""
+        return len(self._unacked) + self._queue.qsize()
 
     @property
     def pid(self) -> int | None:
