@@ -289,3 +289,4 @@ def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(stack: 
     assert resp.body == b"".join(FRAMES)
     row = stack.row(key)
     assert row["cache_decision"] == "inserted" and row["markers_inserted"] >= 1
+    assert "planning worker process unavailable" not in stack.proxy.output()  # planned in the worker process
