@@ -290,3 +290,27 @@ def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(stack: 
     row = stack.row(key)
     assert row["cache_decision"] == "inserted" and row["markers_inserted"] >= 1
     assert "planning worker process unavailable" not in stack.proxy.output()  # planned in the worker process
+
+
+# -- point 8, through the proxy ------------------------------------------------------------------------
+
+_S = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-6","usage":{"input_tokens":10,"output_tokens":1}}}\n\n'
+_D = b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":42}}\n\n'
+_E = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+_BAD_S = b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":"x","output_tokens":-1}}}\n\n'
+_BAD_D = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":"many"}}\n\n'
+_UNTYPED_S = b'event: message_start\ndata: {"message":{"id":"m","usage":{"input_tokens":10,"output_tokens":1}}}\n\n'
+_UNTYPED_ERR = b'event: error\ndata: {"error":{"type":"overloaded_error","message":"busy"}}\n\n'
+
+
+@pytest.mark.parametrize(("frames", "expect"), [
+    ([_BAD_S, _BAD_D, _E], {"usage_source": "absent", "input_tokens": None, "output_tokens": None}),
+    ([_D, _S, _E], {"output_tokens": 42, "input_tokens": 10, "usage_source": "final", "terminal_state": "completed"}),
+    ([_S], {"terminal_state": "upstream_disconnected", "usage_source": "partial"}),
+    ([_UNTYPED_S, _UNTYPED_ERR], {"terminal_state": "stream_error", "error": "overloaded_error", "input_tokens": 10}),
+], ids=["malformed-usage", "reversed", "no-delta-no-stop", "event-line-only"])
+def test_point_8_stream_rules_through_the_proxy(stack: Stack, frames: list[bytes], expect: dict):
+    resp, key = stack.call(sse_script(frames))
+    assert resp.body == b"".join(frames)
+    row = stack.row(key)
+    assert {k: row[k] for k in expect} == expect
