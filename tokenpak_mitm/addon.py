@@ -317,9 +317,13 @@ class TokenPak:
                 st.tap.close()
             # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
             st.record.error_msg = redact_text(flow.error.msg, self._known_secrets(flow)) if flow.error else "unknown error"
+            meta = flow.metadata.get(META)
             if flow.live and _shutting_down():
                 st.record.terminal_override = "proxy_shutdown"  # cut by our own stop, not by a peer
-            meta = flow.metadata.get(META)
+                if isinstance(meta, dict):
+                    meta["proxy_shutdown"] = True  # saved with a recording: its replay agrees
+            elif not flow.live and isinstance(meta, dict) and meta.get("proxy_shutdown"):
+                st.record.terminal_override = "proxy_shutdown"
             if flow.live or not isinstance(meta, dict) or "closed_by" not in meta:
                 st.record.closed_by = closed_by(flow)
             else:
