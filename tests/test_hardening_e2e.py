@@ -314,3 +314,13 @@ def test_point_8_stream_rules_through_the_proxy(stack: Stack, frames: list[bytes
     assert resp.body == b"".join(frames)
     row = stack.row(key)
     assert {k: row[k] for k in expect} == expect
+
+
+def test_a_corrupt_gzip_json_response_is_one_line_and_the_row_says_why(stack: Stack):
+    garbage = b"\x1f\x8b\x08\x00 this is not a gzip member"
+    resp, key = stack.call(Script(headers=[("content-type", "application/json"), ("content-encoding", "gzip")], steps=[Step(garbage)], chunked=False))
+    assert resp.body == garbage
+    row = stack.row(key)
+    assert row["error"] == "response_body_undecodable" and row["usage_source"] == "absent"
+    lines = [line for line in stack.proxy.lines if "response body not decoded" in line]
+    assert len(lines) == 1 and "corrupt gzip data" in lines[0]

@@ -22,7 +22,6 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -37,6 +36,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; appends and imports are then not coordinated across processes
+    fcntl = None  # type: ignore[assignment]
 
 from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
 from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
@@ -151,7 +155,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _fallback_root() -> Path:
-    return Path(tempfile.gettempdir()) / f"tokenpak-{os.getuid()}"
+    return Path(tempfile.gettempdir()) / f"tokenpak-{_uid()}"
 
 
 def _fallback_dir() -> Path:
@@ -159,7 +163,7 @@ def _fallback_dir() -> Path:
     d = _fallback_root()
     d.mkdir(mode=0o700, exist_ok=True)
     st = os.lstat(d)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != _uid() or st.st_mode & 0o077:
         raise PermissionError(f"{d} is not an owner-only directory of ours")
     return d
 
@@ -183,6 +187,19 @@ def loss_ledger_paths(db: Path) -> tuple[Path, Path]:
     return Path(str(db) + LOSS_SUFFIX), _fallback_root() / _fallback_name(db, LOSS_SUFFIX)
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a planted symlink is not followed (POSIX)
+
+
+def _uid() -> int:
+    return os.getuid() if hasattr(os, "getuid") else 0
+
+
+def _lock(fd: int) -> None:
+    """An exclusive lock on the open file, released when ``fd`` is closed."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Append rows to an owner-only JSONL file under an exclusive lock; raises OSError.
 
@@ -193,9 +210,9 @@ def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     if path.parent == _fallback_root():
         _fallback_dir()  # created owner-only, and refused if someone else made it first
     for _ in range(5):
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | _NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock(fd)
             if _identity(path) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
                 continue  # imported and removed while we waited: append to the new file
             view = memoryview(data)
@@ -214,11 +231,11 @@ def take_jsonl(path: Path, consume: Callable[[list[dict[str, Any]]], None]) -> i
     ``consume`` raising leaves the file in place. Returns how many rows were consumed.
     """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW)
     except FileNotFoundError:
         return 0
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         if _identity(path) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
             return 0
         rows: list[dict[str, Any]] = []
