@@ -8,7 +8,8 @@ goes through beside it; the table gives the largest gap between two frames of th
     .venv/bin/python -m bench.stall                 # all cases, about a minute
     .venv/bin/python -m bench.stall --case json_bomb --rounds 5
 
-Cases: a 16 KB zstd JSON body that expands to 512 MiB; the same bomb as an SSE stream of valid
+Cases: ``baseline``, an ordinary small request (the jitter every figure should be read against);
+a 16 KB zstd JSON body that expands to 512 MiB; the same bomb as an SSE stream of valid
 frames; a 1 MB request body of 26k small messages (planning cost by block count, not bytes).
 """
 
@@ -52,6 +53,7 @@ def _cases() -> dict[str, tuple[Script, bytes]]:
     many = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "s" * 8000, "messages": msgs}).encode()
     ok = Script(headers=[("content-type", "application/json")], steps=[Step(b'{"type":"message","usage":{"input_tokens":1,"output_tokens":1}}')], chunked=False)
     return {
+        "baseline": (ok, small),  # an ordinary request beside the stream: the jitter to compare with
         "json_bomb": (Script(headers=[("content-type", "application/json"), ("content-encoding", "zstd")], steps=[Step(_bomb(b" "))], chunked=False), small),
         "sse_bomb": (Script(headers=[("content-type", "text/event-stream"), ("content-encoding", "zstd")], steps=[Step(_bomb(b'event: ping\ndata: {"type": "ping"}\n\n'))]), small),
         "many_blocks": (ok, many),
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_CASE_NAMES = ("json_bomb", "sse_bomb", "many_blocks")
+_CASE_NAMES = ("baseline", "json_bomb", "sse_bomb", "many_blocks")
 
 if __name__ == "__main__":
     raise SystemExit(main())
