@@ -155,3 +155,20 @@ def test_spill_and_import_do_not_lose_a_concurrent_append(tmp_path: Path):
     t.join()
     store_mod.take_jsonl(path, lambda rows: taken.extend(r["request_key"] for r in rows))
     assert sorted(taken, key=lambda k: int(k[1:])) == [f"r{i}" for i in range(appended[0])]
+
+
+def test_a_writer_that_cannot_start_leaves_every_row_spilled_for_the_next_start(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    db = tmp_path / "t.db"
+    s = StoreProcess(db, python=str(tmp_path / "no-such-python"))
+    with caplog.at_level(logging.WARNING, logger="tokenpak.store"):
+        s.start()
+        keys = [f"n{i}" for i in range(30)]
+        for k in keys:
+            s.submit(row(k))
+        s.close()
+    assert "cannot start the store writer" in caplog.text
+    assert s.lost == 0 and s.spilled_here == 30
+    t = TelemetryStore(db)  # the next start (writer or not) imports them
+    t.start()
+    t.close()
+    exactly_once(db, keys)
