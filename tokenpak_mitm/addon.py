@@ -22,8 +22,8 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -32,18 +32,23 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, observer
-from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.cache_insert import (
+    CacheOptions,
+    InsertResult,
+    insert_markers,
+    plan_off_loop,
+)
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.offload import Offloader
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
-from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import TelemetryRow
-from tokenpak_mitm.store import default_db_path
+from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
@@ -77,7 +82,7 @@ class TokenPak:
 
     def __init__(self) -> None:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowState] = weakref.WeakKeyDictionary()
-        self.store: StoreProcess | None = None
+        self.store: StoreProcess | TelemetryStore | None = None
         self.otel: OtelExporter | None = None
         self.rows_emitted = 0
         # Option values read per request are copied here in `configure`: ctx.options lookups
@@ -122,7 +127,7 @@ class TokenPak:
             if self.store is None or str(self.store.path) != str(path):
                 if self.store is not None:
                     self.store.close()
-                self.store = StoreProcess(path)  # SQLite in its own process: its faults never reach the proxy
+                self.store = _make_store(path)
                 self.store.start()
 
         if "tokenpak_otlp" in updated:
@@ -431,6 +436,20 @@ class TokenPak:
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
                      proxy_request_ms=rec.proxy_request_ms)
         flow.metadata[META] = stash
+
+
+def _make_store(path: str) -> StoreProcess | TelemetryStore:
+    """SQLite in its own process, so its faults (a truncated ``-shm``: SIGBUS) never reach the proxy.
+
+    A frozen mitmdump (the standalone binaries) has no Python to start ``-m store_writer`` with:
+    there the store runs in-process, as before, and says so.
+    """
+    if getattr(sys, "frozen", False):
+        logger.warning("tokenpak: frozen mitmdump: the telemetry store runs inside the proxy process (no fault isolation)")
+        store: StoreProcess | TelemetryStore = TelemetryStore(path)
+    else:
+        store = StoreProcess(path)
+    return store
 
 
 def _shutting_down() -> bool:
