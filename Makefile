@@ -24,7 +24,7 @@ SCOPE   ?= $(if $(filter regular%,$(MODE)),--allow-hosts '$(LLM_HOSTS)')
 HOSTS_OPT := $(foreach h,$(subst $(comma),$(space),$(EXTRA_HOSTS)),--set tokenpak_hosts=$(h))
 ARGS    ?=
 
-.PHONY: run test test-fast bench venv lock clean
+.PHONY: run test test-fast check bench venv lock clean
 
 # Installs come from the committed lock files (requirements/*.txt, exact versions with hashes),
 # so a fresh clone gets what CI tested. The proxy needs only run.txt; tests and benchmarks add dev.txt.
@@ -50,9 +50,13 @@ run: $(RUN_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The unit subset (no mitmdump subprocesses): make test-fast
+# The unit subset (no mitmdump subprocesses; e2e tests are marked, see tests/conftest.py): make test-fast
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m 'not e2e' $(ARGS)
+
+# Static gates: ruff, mypy --strict, import-linter layer contracts (the same script CI calls).
+check: $(DEV_STAMP)
+	BIN=$(BIN) .ci/checks
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench $(ARGS)

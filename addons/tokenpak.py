@@ -1,8 +1,4 @@
-"""Entry point for `mitmdump -s addons/tokenpak.py`: exposes the addon instances; all logic lives in the package."""
-from tokenpak_mitm.addon import TokenPak, watch_startup
-from tokenpak_mitm.conformance.live import LiveConformance
-from tokenpak_mitm.recorder import Recorder
+"""Entry point for `mitmdump -s addons/tokenpak.py` in a checkout; the package's own is tokenpak_mitm/mitmdump_entry.py."""
+from tokenpak_mitm.script import make_addons
 
-# Order matters: Recorder and LiveConformance hook in after TokenPak has decided and emitted its row.
-addons = [TokenPak(), Recorder(), LiveConformance()]
-watch_startup(addons[0])  # mitmproxy drops a script silently on a bad or duplicated --set
+addons = make_addons()

@@ -39,7 +39,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--addon-set", action="append", default=[], metavar="OPTION=VALUE",
                     help="extra --set for the tokenpak proxy only (cost attribution, e.g. tokenpak_console=false)")
     ap.add_argument("--addon-script", action="append", default=[], type=Path, metavar="PATH",
-                    help="extra -s script for the tokenpak proxy only (see bench/experiments/)")
+                    help="extra -s script for the tokenpak proxy only (e.g. a variant that times or disables a part)")
     ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="where to write the results")
     return ap.parse_args(argv)
 

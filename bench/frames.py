@@ -16,11 +16,7 @@ __all__ = [
     "envelope_head", "envelope_tail", "stamped_delta", "big_delta", "large_request", "delta_texts",
 ]
 
-_WORDS = (
-    "the model reads your prompt and streams tokens back as small text deltas while the proxy "
-    "watches every byte without changing any of them so latency must stay tiny per frame "
-    "cache markers let a long shared prefix be billed at a tenth of the input price"
-).split()
+_WORDS = ["the", "model", "reads", "your", "prompt", "and", "streams", "tokens", "back", "as", "small", "text", "deltas", "while", "the", "proxy", "watches", "every", "byte", "without", "changing", "any", "of", "them", "so", "latency", "must", "stay", "tiny", "per", "frame", "cache", "markers", "let", "a", "long", "shared", "prefix", "be", "billed", "at", "a", "tenth", "of", "the", "input", "price"]
 
 DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
 DELTA_TAIL = b'"}}\n\n'

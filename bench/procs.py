@@ -1,9 +1,9 @@
 """Start and always stop the benchmark's processes; read their CPU time and RSS from /proc.
 
-Why our own launcher instead of ``tokenpak_mitm.testing.proxy.MitmdumpProcess``: the benchmark
-runs both proxies with ``-q`` (as production would), and ``-q`` hides the "listening at" line
-that helper reads its port from. So we pick a free port, pass it with ``-p`` and wait until it
-accepts connections. Whether the addon really loaded is checked afterwards from its database.
+Both proxies run through the one mitmdump helper, ``MitmdumpProcess.quiet``: ``-q`` (as
+production would) hides the "listening at" line, so it picks a free port, passes it with ``-p``
+and waits until it accepts connections. Whether the addon really loaded is checked from its
+database. The loopback upstream is a plain ``Child``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
+from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
 
 __all__ = ["Child", "start_upstream", "start_mitmdump", "cpu_seconds", "rss_kb", "RssSampler", "PASSTHROUGH_SCRIPT"]
 
@@ -46,26 +45,6 @@ class Child:
                 self.proc.wait(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(child: Child, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", child.port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    child.stop()
-    raise RuntimeError(f"{child.name} did not listen on {child.port} within {timeout}s")
-
-
 def start_upstream(max_seconds: float = 1800.0) -> Child:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.upstream", "--max-seconds", str(max_seconds)],
@@ -82,16 +61,14 @@ def start_upstream(max_seconds: float = 1800.0) -> Child:
 
 def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | None = None,
                    addon_options: dict[str, str] | None = None, scripts: list[Path] | None = None,
-                   log: Path | None = None) -> Child:
+                   log: Path | None = None) -> MitmdumpProcess:
     """``mitmdump -q`` in reverse mode to the upstream; the same flags for both proxies.
 
     ``db`` given = the tokenpak addon (insertion on unless ``addon_options`` says otherwise);
     otherwise the pass-through streaming script. Each option is passed once: mitmproxy 12.2.3
     silently skips a script whose own option is ``--set`` twice (verified), so they are merged.
     """
-    port = _free_port()
-    args = [mitmdump_executable(), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
-            "--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--set", f"confdir={confdir}"]
+    args = ["--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--set", f"confdir={confdir}"]
     if db is not None:
         args += ["-s", str(ADDON_SCRIPT)]
         options = {"tokenpak_db": str(db), "tokenpak_cache": "auto", **(addon_options or {})}
@@ -99,25 +76,20 @@ def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | N
     else:
         args += ["-s", str(PASSTHROUGH_SCRIPT)]
     args += [a for p in scripts or [] for a in ("-s", str(p))]
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    if log:
-        out.close()
-    child = Child(name, proc, port, signal.SIGINT)  # SIGINT: the addon's `done` flushes its rows
-    _wait_listening(child, 30.0)
+    proxy = MitmdumpProcess.quiet(args, log=log).start()  # stops with SIGINT: the addon's `done` flushes its rows
     if db is not None:
-        _wait_for_file(child, db, 30.0)  # the addon opens its database when the script has loaded
-    return child
+        _wait_for_file(proxy, db, 30.0)  # the addon opens its database when the script has loaded
+    return proxy
 
 
-def _wait_for_file(child: Child, path: Path, timeout: float) -> None:
+def _wait_for_file(child: MitmdumpProcess, path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
             return
         time.sleep(0.05)
     child.stop()
-    raise RuntimeError(f"{child.name}: the tokenpak addon did not load (no {path} after {timeout}s)")
+    raise RuntimeError(f"the tokenpak addon did not load (no {path} after {timeout}s)")
 
 
 def cpu_seconds(pid: int) -> float:

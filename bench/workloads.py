@@ -18,6 +18,7 @@ from bench.frames import large_request, message_body
 from bench.procs import Child, RssSampler, cpu_seconds
 from bench.profiling import Sampler, summarise
 from bench.results_model import SETUPS, WorkloadResult, percentile, ratio
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
 
 __all__ = ["Setup", "WORKLOADS", "run_workload"]
 
@@ -28,7 +29,7 @@ MS = 1e6  # ns per ms
 class Setup:
     name: str
     port: int
-    proxy: Child | None = None
+    proxy: MitmdumpProcess | None = None
     requests_sent: int = 0
     _conns: list[Conn] = field(default_factory=list)
 

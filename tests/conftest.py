@@ -2,25 +2,64 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tokenpak_mitm.conformance.scenarios import FIXTURES  # recorded streams ship with the package
 from tokenpak_mitm.testing.client import Response, build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
+# -- every test that starts a real mitmdump is marked e2e (make test-fast runs the rest) -----------
+# Enforced, not just a convention: outside an e2e test (and its fixtures' setup), starting a
+# mitmdump process (directly, through `tokenpak run` or doctor's stream check) fails the test.
+_E2E_ALLOWED = [True]
+_real_popen_init = subprocess.Popen.__init__
+
+
+def _starts_mitmdump(args: Any) -> bool:
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    names = [os.path.basename(a) for a in argv]
+    return "mitmdump" in names or (names[:1] == ["tokenpak"] and "run" in names[1:2])
+
+
+def _guarded_popen_init(self: subprocess.Popen[Any], args: Any, *a: Any, **kw: Any) -> None:
+    if not _E2E_ALLOWED[0] and _starts_mitmdump(args):
+        raise RuntimeError("this test starts a real mitmdump: mark it @pytest.mark.e2e")
+    _real_popen_init(self, args, *a, **kw)
+
+
+subprocess.Popen.__init__ = _guarded_popen_init  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    _E2E_ALLOWED[0] = item.get_closest_marker("e2e") is not None
+    yield
+    _E2E_ALLOWED[0] = True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    _E2E_ALLOWED[0] = item.get_closest_marker("e2e") is not None
+    yield
+    _E2E_ALLOWED[0] = True
+
+
 def fixture_bytes(name: str) -> bytes:
-    """A recorded stream: our copy in tests/fixtures (with its licence), else shared/fixtures."""
+    """A recorded stream: our copy in conformance/fixtures (with its licence), else shared/fixtures."""
     for base in (FIXTURES, SHARED_FIXTURES):
         if (base / name).exists():
             return (base / name).read_bytes()

@@ -141,13 +141,14 @@ def test_extra_hosts_option(addon):
     assert len(tp.store.rows) == 1 and tp.store.rows[0]["host"] == "llm.internal"
 
 
-@pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h"), ("tokenpak_console", "maybe")])
+@pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h"), ("tokenpak_console", "maybe"), ("tokenpak_cache_history", "maybe")])
 def test_bad_option_values_are_rejected_clearly(addon, opt, value):
     tp, tctx = addon
     with pytest.raises(exceptions.OptionsError, match=opt):
         tctx.configure(tp, **{opt: value})
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("setting, message", [
     ("tokenpak_cache=maybe", "tokenpak_cache must be one of"),
     ("tokenpak_console=maybe", "tokenpak_console must be true or false"),
@@ -165,6 +166,7 @@ def test_bad_option_value_makes_mitmdump_exit_non_zero(tmp_path: Path, setting: 
     assert message in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 def test_startup_line_names_version_db_and_mode(tmp_path: Path):
     from tokenpak_mitm.testing.proxy import MitmdumpProcess
 
@@ -209,6 +211,7 @@ async def test_metadata_survives_serialisation(addon):
     assert "ttfb_ms" in f.metadata["tokenpak"]
 
 
+@pytest.mark.e2e
 def test_a_silently_skipped_script_is_reported(tmp_path: Path):
     # A duplicated --set for one of our options makes mitmproxy 12 drop the script without a word
     # and keep proxying; the startup watch says so on stderr.

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from tokenpak_mitm import cache_facts, cache_planner
-from tokenpak_mitm.cache_facts import OPENAI_GPT56, OPENAI_LEGACY, facts_for, minimum_tokens
+from tokenpak_mitm.cache_facts import (
+    OPENAI_GPT56,
+    OPENAI_LEGACY,
+    facts_for,
+    minimum_tokens,
+)
 from tokenpak_mitm.testing import cache_sim
 
 

@@ -8,15 +8,22 @@ import zlib
 
 import brotli
 import pytest
-from tokenpak_mitm.decoders import zstd
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tokenpak_mitm import cache_insert
 from tokenpak_mitm.cache_insert import (
-    DECISIONS, MAX_BODY_BYTES, CacheOptions, InsertResult, Span, count_markers, insert_markers, remove_spans,
+    DECISIONS,
+    MAX_BODY_BYTES,
+    CacheOptions,
+    InsertResult,
+    Span,
+    count_markers,
+    insert_markers,
+    remove_spans,
 )
 from tokenpak_mitm.cache_planner import is_eligible_block
+from tokenpak_mitm.decoders import zstd
 from tokenpak_mitm.jsonscan import scan
 
 AUTO = CacheOptions()

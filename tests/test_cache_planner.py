@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 
 from tokenpak_mitm.cache_planner import (
-    DECISIONS, CacheOptions, Sizes, count_markers, estimate_tokens, has_client_cache_control,
-    is_eligible_block, is_volatile_text, minimum_cacheable_tokens, plan,
+    DECISIONS,
+    CacheOptions,
+    Sizes,
+    count_markers,
+    estimate_tokens,
+    has_client_cache_control,
+    is_eligible_block,
+    is_volatile_text,
+    minimum_cacheable_tokens,
+    plan,
 )
 
 AUTO = CacheOptions()
@@ -312,8 +320,9 @@ def test_lookback_boundary_is_exact(assistant_blocks, intermediate):
 # -- volatile detection: the fast split form must agree with the original single regex ----------
 import re as _re
 
-from hypothesis import given as _given, settings as _settings, strategies as _st
-
+from hypothesis import given as _given
+from hypothesis import settings as _settings
+from hypothesis import strategies as _st
 
 _REFERENCE = _re.compile(
     r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"

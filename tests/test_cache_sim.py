@@ -310,3 +310,75 @@ def test_reads_writes_and_input_add_up_to_the_prompt(conversation: list[tuple[fl
         read, write_5m, write_1h, uncached, written = cache_figures(result)
         assert min(read, write_5m, write_1h, uncached) >= 0
         assert read + written + uncached == sim.count_tokens(body).usage["input_tokens"]
+
+
+# ---------------------------------------------------------------- issue 13: the simulator follows the providers
+
+from tokenpak_mitm.testing.cache_sim import PendingWrite, analyse_openai  # noqa: E402
+
+_DOC = "cached prefix material " * 1500
+
+
+def _req(**fields):
+    base = {"model": "claude-sonnet-4-6", "max_tokens": 10, "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+            "system": [{"type": "text", "text": _DOC, "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": _DOC, "cache_control": {"type": "ephemeral"}}]}]}
+    return {**base, **fields}
+
+
+def _reads_after(first: dict, second: dict) -> int:
+    sim = CacheSimulator()
+    sim.handle(first, now=0.0)
+    return sim.handle(second, now=1.0).usage["cache_read_input_tokens"]
+
+
+def test_documented_invalidations_reach_exactly_their_sections():
+    full = _reads_after(_req(), _req())
+    system_only = _reads_after(_req(), _req(tool_choice={"type": "any"}))
+    assert 0 < system_only < full  # tool_choice: messages only
+    for change in ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, {"output_config": {"effort": "low"}}):
+        assert _reads_after(_req(), _req(**change)) == system_only
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    with_image = _req(messages=[{"role": "user", "content": [image, {"type": "text", "text": _DOC, "cache_control": {"type": "ephemeral"}}]}])
+    plain = _req(messages=[{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": _DOC, "cache_control": {"type": "ephemeral"}}]}])
+    assert _reads_after(plain, with_image) == system_only  # images present/absent: messages
+    assert _reads_after(_req(), _req(speed="fast")) == 0  # speed: system and messages (nothing marked in tools)
+    cited = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}, "citations": {"enabled": True}}
+    assert _reads_after(_req(), _req(messages=[{"role": "user", "content": [cited, {"type": "text", "text": _DOC, "cache_control": {"type": "ephemeral"}}]}])) == 0
+
+
+def test_writes_held_back_until_the_response_begins():
+    sim = CacheSimulator()
+    pending: list[PendingWrite] = []
+    first = sim.apply(analyse_request(_req()), 0.0, pending=pending)[0]
+    concurrent = sim.apply(analyse_request(_req()), 0.0, pending=pending)[0]
+    assert first["cache_creation_input_tokens"] > 0 and concurrent["cache_read_input_tokens"] == 0
+    sim.commit(pending)
+    assert pending == [] and sim.handle(_req(), now=1.0).usage["cache_read_input_tokens"] > 0
+
+
+def test_openai_gpt56_writes_at_breakpoints_and_reads_exact_prefixes():
+    sim = CacheSimulator()
+    stable = [{"role": "user", "content": [{"type": "input_text", "text": _DOC}]}]
+
+    def body(tail: str, mark: bool) -> dict:
+        items = [dict(stable[0], content=[dict(stable[0]["content"][0], **({"prompt_cache_breakpoint": {"mode": "explicit"}} if mark else {}))])]
+        return {"model": "gpt-5.6", "input": items + [{"role": "user", "content": [{"type": "input_text", "text": tail}]}]}
+
+    first = sim.handle_openai(body("a", False), "openai_responses", now=0.0).usage
+    assert first["input_tokens_details"]["cache_write_tokens"] == first["input_tokens"]  # the implicit breakpoint
+    miss = sim.handle_openai(body("b", False), "openai_responses", now=1.0).usage
+    assert miss["input_tokens_details"]["cached_tokens"] == 0  # a changed tail: the implicit entry never matches
+    sim.handle_openai(body("c", True), "openai_responses", now=2.0)
+    hit = sim.handle_openai(body("d", True), "openai_responses", now=3.0).usage
+    assert hit["input_tokens_details"]["cached_tokens"] > 0.9 * hit["input_tokens"]
+    assert analyse_openai(body("e", True), "openai_responses").explicit == (0,)
+
+
+def test_openai_before_56_writes_for_free_and_rounds_reads_to_128():
+    sim = CacheSimulator()
+    body = {"model": "gpt-5", "messages": [{"role": "user", "content": _DOC}]}
+    sim.handle_openai(body, "openai_chat", now=0.0)
+    usage = sim.handle_openai(body, "openai_chat", now=1.0).usage
+    assert usage["prompt_tokens_details"]["cache_write_tokens"] == 0
+    assert usage["prompt_tokens_details"]["cached_tokens"] % 128 == 0 and usage["prompt_tokens_details"]["cached_tokens"] > 0

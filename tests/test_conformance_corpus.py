@@ -14,8 +14,8 @@ from tokenpak_mitm.conformance.flowfile import find_flow_files, load_recording
 from tokenpak_mitm.conformance.invariants import check_all
 from tokenpak_mitm.conformance.replay import ReplayResult
 from tokenpak_mitm.conformance.report import failed, write_junit
-from tokenpak_mitm.conformance.secrets import scan_paths
 from tokenpak_mitm.conformance.session import run_conformance
+from tokenpak_mitm.secret_scan import scan_paths
 
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
 FLOW_FILES = find_flow_files([FLOWS])

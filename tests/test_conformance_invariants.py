@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tokenpak_mitm.conformance.invariants import Evidence, check_all, check_i1, check_i2, check_i3, check_i4, check_i5, check_i6, check_i7, check_i8, check_i9, check_i10
-from tokenpak_mitm.conformance.secrets import DEFAULT_CANARIES, scan_bytes
 from tokenpak_mitm.conformance.wire import count_cache_markers, split_frames
+from tokenpak_mitm.secret_scan import DEFAULT_CANARIES, scan_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = ROOT / "flows"
@@ -410,6 +410,7 @@ BASIC = [
 
 def _live_run(tmp_path: Path, mode: str, broken: str | None = None) -> tuple[dict, int | None, str]:
     from conftest import make_stack
+
     from tokenpak_mitm.testing.upstream import sse_script
 
     extra: list[str] = []
@@ -462,19 +463,27 @@ def test_live_off_installs_nothing(tmp_path: Path):
 
 def test_live_mode_rejects_an_unknown_value():
     from mitmproxy import exceptions
-    from mitmproxy.test import taddons
+    from mitmproxy.test import taddons, tflow
 
-    from tokenpak_mitm import observer
+    from tokenpak_mitm import hooks
+    from tokenpak_mitm.addon import TokenPak
     from tokenpak_mitm.conformance.live import LiveConformance
 
     live = LiveConformance()
-    with taddons.context(live) as tctx:
+    with taddons.context(TokenPak(), live) as tctx:
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(live, tokenpak_conformance="loud")
         tctx.configure(live, tokenpak_conformance="warn")
-        assert live in observer.active()
+        # (was: installed as a global observer) on: it asks TokenPak for the stream and row hooks
+        flow = tflow.tflow()
+        flow.request.method, flow.request.host, flow.request.path = "POST", "api.anthropic.com", "/v1/messages"
+        live.requestheaders(flow)
+        assert live.active and hooks.wanted(flow, hooks.STREAM) and hooks.wanted(flow, hooks.ROW)
         tctx.configure(live, tokenpak_conformance="off")
-        assert live not in observer.active()
+        flow = tflow.tflow()
+        flow.request.method, flow.request.host, flow.request.path = "POST", "api.anthropic.com", "/v1/messages"
+        live.requestheaders(flow)
+        assert not live.active and not hooks.wanted(flow, hooks.STREAM)
 
 
 @pytest.mark.e2e
@@ -495,3 +504,37 @@ AnthropicTracker.feed_body = _boom
     i10 = [v.message for v in outcome.results["I10"] or []]
     assert i10 == ["terminal_state is 'proxy_error', this exchange (completed) calls for 'completed'"]
     assert outcome.results["I8"] == [] and outcome.results["I5"] == [] and outcome.results["I1"] == []
+
+
+def test_live_checker_accepts_a_row_that_comes_after_its_own_end_hook():
+    """Order independence: the checker may see response/error before TokenPak emitted the row."""
+    import asyncio
+
+    from mitmproxy.test import taddons, tflow
+
+    from tokenpak_mitm import hooks
+    from tokenpak_mitm.addon import TokenPak
+    from tokenpak_mitm.conformance.live import LiveConformance
+    from tokenpak_mitm.row import TelemetryRow
+
+    live = LiveConformance()
+    with taddons.context(TokenPak(), live) as tctx:
+        tctx.configure(live, tokenpak_conformance="warn")
+        late, missing = tflow.tflow(resp=True), tflow.tflow(resp=True)
+        for f in (late, missing):
+            f.request.method, f.request.host, f.request.path = "POST", "api.anthropic.com", "/v1/messages"
+            live.requestheaders(f)
+
+        async def run() -> TelemetryRow:
+            live.response(late)
+            live.response(missing)
+            slot = hooks.RowSlot(TelemetryRow(request_key=late.id, started_at=1.0))
+            live.tokenpak_row(late, slot)  # TokenPak came after the checker in the list
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            return slot.row
+
+        row = asyncio.run(run())
+        live.done()  # the flow that never got a row is reported by shutdown at the latest
+    assert row.conformance_violations == 0
+    assert live.violations == 1

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from dialect_helpers import ANY_JSON, feed_split, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialect_helpers import ANY_JSON, feed_split, mutated
-
+from tokenpak_mitm.conformance.scenarios import FIXTURES
 from tokenpak_mitm.dialects.gemini import GeminiTracker, gemini_usage, iter_array_elements
 from tokenpak_mitm.error_shapes import check_error_shape
 from tokenpak_mitm.pricing import price
@@ -18,7 +17,7 @@ from tokenpak_mitm.routes import classify, tracker_for
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import RequestRecord, build_row
 
-FIXTURE = (Path(__file__).parent / "fixtures" / "gemini_crlf_thoughts.sse").read_bytes()
+FIXTURE = (FIXTURES / "gemini_crlf_thoughts.sse").read_bytes()
 MTOK = 1_000_000
 STREAM_PATH = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
 
@@ -44,7 +43,7 @@ def json_array(*objs: dict) -> bytes:
     return b"[" + b",\r\n".join(json.dumps(o, indent=2).encode() for o in objs) + b"]"
 
 
-def row_for(x, status: int = 200) -> dict:  # noqa: ANN001 - Extract
+def row_for(x, status: int = 200) -> dict:
     route = classify("POST", "generativelanguage.googleapis.com", STREAM_PATH)
     assert route is not None
     return build_row(RequestRecord("k", route, 0.0, "generativelanguage.googleapis.com", STREAM_PATH, stream=True, status_code=status, extract=x))

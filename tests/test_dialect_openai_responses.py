@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from dialect_helpers import ANY_JSON, feed_split, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialect_helpers import ANY_JSON, feed_split, mutated
-
+from tokenpak_mitm.conformance.scenarios import FIXTURES
 from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
 from tokenpak_mitm.error_shapes import check_error_shape
 from tokenpak_mitm.pricing import price
@@ -18,7 +17,7 @@ from tokenpak_mitm.routes import classify, tracker_for
 from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.telemetry import RequestRecord, build_row
 
-FIXTURE = (Path(__file__).parent / "fixtures" / "openai_responses_basic_text.sse").read_bytes()
+FIXTURE = (FIXTURES / "openai_responses_basic_text.sse").read_bytes()
 MTOK = 1_000_000
 
 
@@ -49,7 +48,7 @@ def run(*frames: bytes) -> OpenAIResponsesTracker:
     return t
 
 
-def row_for(x, status: int = 200) -> dict:  # noqa: ANN001 - Extract
+def row_for(x, status: int = 200) -> dict:
     route = classify("POST", "api.openai.com", "/v1/responses")
     assert route is not None
     return build_row(RequestRecord("k", route, 0.0, "api.openai.com", "/v1/responses", stream=True, status_code=status, extract=x))

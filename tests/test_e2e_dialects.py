@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import Stack, fixture_bytes
+
 from tokenpak_mitm.testing.upstream import Script, Step
+
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
 GEMINI_PATH = "/v1beta/models/gemini-3-pro-preview:streamGenerateContent?alt=sse&key=AIzaSyCANARYcanary0123456789abcdefg"
 

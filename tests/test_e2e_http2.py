@@ -15,10 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import wait_for_rows
 from test_e2e_stream import ANTHROPIC_BASIC
+
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
+
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
 hypercorn = pytest.importorskip("hypercorn")
 
@@ -53,7 +55,7 @@ def _self_signed(tmp: Path) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=2)).sign(key, hashes.SHA256()))

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import anthropic
 import pytest
-
 from conftest import Stack, wait_for_rows
+
 from tokenpak_mitm.cache_insert import remove_spans
 from tokenpak_mitm.testing.client import build_request, request
 from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Script, Step
+
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
 MODEL = "claude-sonnet-4-6"
 # claude-sonnet-4-6 list prices, USD per million tokens.
@@ -127,6 +129,28 @@ def test_insertion_off_sends_client_bytes(tmp_path: Path):
             row = rows(tmp_path / "t.db", 1)[-1]
         assert fake.requests[-1] == body
     assert row["cache_decision"] == "off" and row["cache_origin"] == "none"
+
+
+def test_a_document_batch_through_mitmdump_marks_the_shared_document_and_says_why(fake_stack):
+    """The learning planner runs in the proxy: after two siblings the unique question is left
+    unmarked, the shared document is read, and every row says why."""
+    fake, proxy, db = fake_stack
+    before = len(fake.results)
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-api03-canary-not-a-real-key-000000", max_retries=0)
+    document = " ".join(f"Clause {i}: the supplier delivers part {i} within {i % 9 + 1} days." for i in range(400))
+    for i in range(5):
+        client.messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": [
+            {"type": "text", "text": document}, {"type": "text", "text": f"Question {i}: when is part {i * 7} due?"}]}])
+    got = rows(db, before + 5)[-5:]
+    usage = [r.usage for r in fake.results[before:]]
+    reasons = [json.loads(r["cache_reasons"]) for r in got]
+    assert reasons[0] and all(n["why"] == "no_history" for n in reasons[0])
+    for row_reasons in reasons[2:]:
+        by_place = {n["at"]: n for n in row_reasons}
+        assert by_place["messages.0.content.0"]["why"] == "shared_prefix" and "ttl" in by_place["messages.0.content.0"]
+        assert by_place["messages.0.content.1"] == {**by_place["messages.0.content.1"], "why": "tail_not_reused", "skipped": True}
+    assert all(u["cache_read_input_tokens"] > 0 for u in usage[2:])
+    assert all(u["cache_creation_input_tokens"] == 0 for u in usage[3:])  # nothing written that is not read back
 
 
 # ---- OpenAI explicit breakpoints (GPT-5.6+), through a real mitmdump ------------------------------

@@ -8,10 +8,12 @@ import threading
 import zlib
 
 import pytest
-
 from conftest import Stack, fixture_bytes
+
 from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.testing.upstream import Script, Step, sse_script
+
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
 
 def frames(data: bytes) -> list[bytes]:

@@ -24,8 +24,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import Stack, make_stack, wait_for_rows
+
 from tokenpak_mitm.dialects.anthropic import AnthropicTracker
 from tokenpak_mitm.store import SPILL_SUFFIX, TelemetryStore
 from tokenpak_mitm.testing.client import build_request, request
@@ -291,6 +291,7 @@ def test_database_directory_deleted_while_running(tmp_path: Path):
     home.mkdir()
     scripts: dict = {}
     from conftest import _handler
+
     from tokenpak_mitm.testing.proxy import MitmdumpProcess
     from tokenpak_mitm.testing.upstream import ScriptedUpstream
 

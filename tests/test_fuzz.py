@@ -385,4 +385,4 @@ def test_insert_markers_on_adversarial_bodies(case: str):
     payload = ADVERSARIAL[case]
     for body in (payload, b'{"model":"claude-sonnet-4-6","messages":[{"role":"user","content":' + payload + b"}]}"):
         res = cache_insert.insert_markers(body, None)
-        assert res.spans == () and res.body is body or cache_insert.remove_spans(res.body, res.spans) == body
+        assert (res.spans == () and res.body is body) or cache_insert.remove_spans(res.body, res.spans) == body

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import Stack, fixture_bytes, make_stack
+
 from tokenpak_mitm.routes import Route, tracker_for
 from tokenpak_mitm.sse import SSEParser
 from tokenpak_mitm.testing.client import build_request, request

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ def test_boundaries_follow_provider_order_and_grow():
     b = boundaries(body())
     assert [x.section for x in b] == ["tools"] * 3 + ["system"] + ["messages"] * 2
     assert [x.position for x in b] == list(range(6))
-    assert all(x.tokens_est < y.tokens_est for x, y in zip(b, b[1:]))
+    assert all(x.tokens_est < y.tokens_est for x, y in pairwise(b))
     assert (b[-1].message, b[-1].block, b[-1].role) == (0, 1, "user")
     assert b[3].block is None  # string system: one block
 
@@ -138,3 +139,22 @@ def test_concurrent_records_lose_nothing():
         t.join()
     (s,) = index.stats([shared], 500.0)
     assert s is not None and s.seen == 2000
+
+
+@given(st.lists(st.tuples(st.lists(st.integers(0, 40), min_size=1, max_size=6), st.floats(0, 5000), st.booleans()), max_size=60),
+       st.integers(1, 30))
+@settings(max_examples=150, deadline=None)
+def test_any_sequence_of_requests_keeps_the_bound_and_the_counts(requests, cap):
+    index = PrefixIndex(max_entries=cap, horizon=3600.0)
+    now = 0.0
+    for chain, gap, began in requests:
+        now += gap
+        digests = [n.to_bytes(16, "big") for n in dict.fromkeys(chain)]
+        rec = index.record(digests, now, writes={len(digests) - 1: "5m"})
+        if began:
+            index.response_began(rec)
+        assert len(index) <= cap
+        for s in index.stats(digests, now):
+            assert s is None or (s.seen >= 1 and s.ends <= s.seen and s.first_seen <= s.last_seen <= now
+                                 and sum(n for _, n in s.clusters) <= s.seen)
+    assert PrefixIndex(max_entries=cap).load(index.dump(), now) == len(index)

@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Stack, make_stack
 from mitmproxy import exceptions, io
 from mitmproxy.test import taddons
 
-from conftest import Stack, make_stack
 from tokenpak_mitm.conformance.flowfile import Recording, find_flow_files, load_recording
 from tokenpak_mitm.conformance.golden import compare_golden, stable_row
 from tokenpak_mitm.conformance.replay import ReplayResult
-from tokenpak_mitm.conformance.secrets import scan_paths
 from tokenpak_mitm.conformance.session import run_conformance
 from tokenpak_mitm.conformance.wire import remove_inserted
 from tokenpak_mitm.record_redact import redact_chunks, redact_request_bodies
-from tokenpak_mitm.recorder import Recorder, _Writer
+from tokenpak_mitm.recorder import Recorder, RecordingStream, _Writer
+from tokenpak_mitm.secret_scan import scan_paths
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess, mitmdump_executable
 from tokenpak_mitm.testing.upstream import Script, Step, sse_script
 
@@ -77,6 +77,7 @@ def test_options_are_validated_in_configure(tmp_path: Path):
         rec.done()
 
 
+@pytest.mark.e2e
 def test_a_bad_option_value_stops_mitmdump(tmp_path: Path):
     proc = MitmdumpProcess("reverse:http://127.0.0.1:9", db=tmp_path / "db", confdir=tmp_path, options=["tokenpak_record_max_bytes=5"])
     with pytest.raises(RuntimeError, match="tokenpak_record_max_bytes"):
@@ -303,3 +304,58 @@ def test_re_recording_a_replayed_flow_keeps_the_client_bytes_and_spans(tmp_path:
     assert (again.client_body, again.spans, again.client_headers) == (original.client_body, original.spans, original.client_headers)
     assert (again.response_body, again.chunks, again.end) == (original.response_body, original.chunks, original.end)
     assert remove_inserted(again.flow.request.raw_content, again.spans) == again.client_body
+
+
+def test_recording_keeps_bytes_and_chunk_offsets_up_to_the_cap():
+    # (was a test of the tap's own recording; recording now wraps the tap)
+    from test_tap import DELTA, END, START, Clock
+
+    from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+    from tokenpak_mitm.tap import StreamTap
+
+    clock = Clock()
+    tap = StreamTap(AnthropicTracker(), sse=True, clock=clock)
+    recording = RecordingStream(tap, len(START) + len(DELTA), clock=clock)
+    for chunk, t in [(START, 100.0), (DELTA, 100.010), (END, 100.020)]:
+        clock.t = t
+        assert recording(chunk) is chunk  # the wrapper returns what the tap returns: the same bytes
+    assert bytes(recording.body) == START + DELTA
+    assert recording.chunks == [(0.0, len(START)), (10.0, len(DELTA))]
+    assert recording.truncated
+    assert recording.wire_bytes == tap.wire_bytes == len(START + DELTA + END)
+
+
+@pytest.mark.e2e
+def test_the_addon_list_works_in_reverse_order(tmp_path: Path):
+    """Recorder and the live checker build on TokenPak through its hooks, not their list position."""
+    from conftest import _handler
+
+    from tokenpak_mitm.testing.upstream import ScriptedUpstream
+
+    script = tmp_path / "reversed.py"
+    script.write_text(
+        "from tokenpak_mitm.addon import TokenPak\n"
+        "from tokenpak_mitm.conformance.live import LiveConformance\n"
+        "from tokenpak_mitm.recorder import Recorder\n"
+        "addons = [LiveConformance(), Recorder(), TokenPak()]\n"
+    )
+    scripts: dict = {}
+    up = ScriptedUpstream(_handler(scripts)).start()
+    db, flows = tmp_path / "t.db", tmp_path / "flows"
+    proxy = MitmdumpProcess(f"reverse:{up.url}", confdir=tmp_path, addon=False, extra_args=["-s", str(script)],
+                            options=[f"tokenpak_db={db}", f"tokenpak_record={flows}", "tokenpak_conformance=strict"]).start()
+    stack = Stack(upstream=up, proxy=proxy, db=db, scripts=scripts)
+    stack.flows = flows  # type: ignore[attr-defined]
+    try:
+        body = b"".join(FRAMES)
+        cuts = [body[:50], body[50:51], body[51:400], body[400:]]
+        resp, key = stack.call(Script(headers=[("content-type", "text/event-stream")], steps=[Step(c) for c in cuts]))
+        assert resp.body == body
+        row = stack.row(key)
+        rec = recording_for(stack, key)
+    finally:
+        rc = proxy.stop()
+        up.stop()
+    assert row["conformance_violations"] == 0 and row["output_tokens"] == 7
+    assert rec.response_body == body and [n for _, n in rec.chunks] == [len(c) for c in cuts]
+    assert rc == 0 and "conformance violation" not in proxy.output()

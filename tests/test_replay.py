@@ -10,9 +10,13 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import fixture_bytes, make_stack
+
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
 from tokenpak_mitm.testing.upstream import Script, Step
+
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
 VOLATILE = {"id"}
 

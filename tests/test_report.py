@@ -30,7 +30,7 @@ def ts(day: int, hour: int = 12) -> float:
 
 
 def row(key: str, day: int, **values: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {name: None for name in COLUMN_NAMES}
+    base: dict[str, Any] = dict.fromkeys(COLUMN_NAMES)
     base.update(request_key=key, started_at=ts(day), provider="anthropic", api="messages", route_class="claude-code",
                 host="api.anthropic.com", path="/v1/messages", model=MODEL, stream=1, billable=1, status_code=200,
                 terminal_state="completed", usage_source="final", input_tokens=0, cache_read_tokens=0, cache_write_tokens=0,

@@ -17,11 +17,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import Stack, make_stack, wait_for_rows
+from test_faults_e2e import FRAMES
+
 from tokenpak_mitm.redact import PLACEHOLDER, redact_query, redact_text
 from tokenpak_mitm.testing.upstream import Script, Step, sse_script
-from test_faults_e2e import FRAMES
 
 pytestmark = pytest.mark.e2e
 

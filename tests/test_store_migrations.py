@@ -14,7 +14,7 @@ def v1_database(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.executescript("BEGIN;" + MIGRATIONS[0] + "PRAGMA user_version=1;COMMIT;")
     names = [n for n, _ in COLUMNS_V1]
-    values = {n: None for n in names} | {"request_key": "old", "started_at": 1.0, "provider": "anthropic", "input_tokens": 42}
+    values = dict.fromkeys(names) | {"request_key": "old", "started_at": 1.0, "provider": "anthropic", "input_tokens": 42}
     conn.execute(f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", [values[n] for n in names])
     conn.commit()
     conn.close()
@@ -25,12 +25,13 @@ def test_a_v1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path):
     v1_database(db)
     s = TelemetryStore(db)
     s.start()
-    s.submit({"request_key": "new", "started_at": 2.0, "provider": "anthropic", "proxy_request_ms": 0.25})
+    s.submit({"request_key": "new", "started_at": 2.0, "provider": "anthropic", "proxy_request_ms": 0.25,
+              "cache_reasons": '[{"at":"system","why":"no_history","tokens":2000,"ttl":"5m"}]'})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         conn = sqlite3.connect(db)
         try:
-            rows = conn.execute("SELECT request_key, input_tokens, proxy_request_ms FROM requests ORDER BY id").fetchall()
+            rows = conn.execute("SELECT request_key, input_tokens, proxy_request_ms, cache_reasons FROM requests ORDER BY id").fetchall()
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.OperationalError:  # not migrated yet
             rows, version = [], 1
@@ -40,8 +41,8 @@ def test_a_v1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path):
             break
         time.sleep(0.05)
     s.close()
-    assert version == len(MIGRATIONS) == 3
-    assert rows == [("old", 42, None), ("new", None, 0.25)]
+    assert version == len(MIGRATIONS) == 4
+    assert rows == [("old", 42, None, None), ("new", None, 0.25, '[{"at":"system","why":"no_history","tokens":2000,"ttl":"5m"}]')]
 
 
 def test_every_column_written_exists_after_migrating(tmp_path: Path):

@@ -18,7 +18,7 @@ from tokenpak_mitm.tail import follow, format_line
 
 
 def row(key: str, **values: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {name: None for name in COLUMN_NAMES}
+    base: dict[str, Any] = dict.fromkeys(COLUMN_NAMES)
     base.update(request_key=key, started_at=time.time(), provider="anthropic", api="messages", route_class="claude-code",
                 model="claude-sonnet-4-5", terminal_state="completed", usage_source="final", input_tokens=12,
                 cache_read_tokens=0, cache_write_tokens=0, output_tokens=5, cost_usd=0.000123, ttft_ms=250.0)

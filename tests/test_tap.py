@@ -52,18 +52,6 @@ def test_compressed_stream_is_measured_from_a_decoded_copy():
     assert tap.parser.frames == 3 and tap.wire_bytes == len(wire)
 
 
-def test_recording_keeps_bytes_and_chunk_offsets_up_to_the_cap():
-    clock = Clock()
-    tap = StreamTap(AnthropicTracker(), sse=True, clock=clock)
-    tap.enable_recording(len(START) + len(DELTA))
-    for chunk, t in [(START, 100.0), (DELTA, 100.010), (END, 100.020)]:
-        clock.t = t
-        tap(chunk)
-    assert bytes(tap.record_body) == START + DELTA
-    assert tap.record_chunks == [(0.0, len(START)), (10.0, len(DELTA))]
-    assert tap.record_truncated
-
-
 def test_an_endless_frame_stops_observation_but_not_the_bytes():
     tap = StreamTap(AnthropicTracker(), sse=True)
     tap(START)

@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -31,32 +32,28 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
-from tokenpak_mitm import __version__, observer
-from tokenpak_mitm.cache_insert import (
-    CacheOptions,
-    InsertResult,
-    insert_markers,
-    plan_off_loop,
-)
+from tokenpak_mitm import __version__, hooks
+from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
+from tokenpak_mitm.dialects.base import Tracker
+from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.offload import Offloader
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
-from tokenpak_mitm.prefix_index import PrefixIndex
 from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
-from tokenpak_mitm.row import TelemetryRow
+from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.store_writer import StoreProcess
-from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
+from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
 
 logger = logging.getLogger("tokenpak")
 
 CACHE_MODES = ("auto", "off", "top-level")
-CACHE_TTLS = ("5m", "1h")
+CACHE_TTLS = ("5m", "1h", "auto")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
 INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded and parsed in a worker thread
 MAX_OBSERVED_BODY = 16 * 1024 * 1024  # and above this not parsed at all (the row says so)
@@ -70,11 +67,17 @@ class _Heavy(Exception):
 class _FlowState:
     route: Route
     record: RequestRecord
-    tracker: Any
+    tracker: Tracker
+    # Decided once, when the flow starts: do its bytes come from the network now (else it is a
+    # loaded flow replayed from a file, whose stream callable never runs), and did an earlier run
+    # of this addon already handle it (a recorded flow: markers in the body, timings stashed)?
+    live: bool
+    earlier: dict[str, Any] | None
     sent_at: float | None = None
     tap: StreamTap | None = None
     emitted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    ticket: Ticket | None = None  # the learning planner's record of this request, for the response side
 
 
 class TokenPak:
@@ -91,8 +94,12 @@ class TokenPak:
         self._secret_names: frozenset[str] = frozenset()
         self._offload = Offloader()  # planning of heavy bodies, in a worker process
         self._cache_opts = CacheOptions()
-        # Prefixes seen in OpenAI requests (digests and timings only): where explicit breakpoints go.
-        self._openai_index = PrefixIndex()
+        # What the cache planners remember (prefix digests and timings, never content), one per
+        # proxy, Anthropic and OpenAI requests alike (digests are seeded by API, so they never
+        # collide); read and fed in a worker thread for large bodies (it is locked).
+        self.memory = Memory()
+        self._index_path = ""  # tokenpak_cache_index
+        self._history = True  # tokenpak_cache_history
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
 
@@ -102,7 +109,9 @@ class TokenPak:
         loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
-        loader.add_option("tokenpak_cache_ttl", str, "5m", "TTL of inserted cache markers: 5m or 1h.")
+        loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps make it pay), 5m or 1h.")
+        loader.add_option("tokenpak_cache_history", str, "true", "Let the cache planner learn from the traffic it sees (true), or decide each request alone by fixed rules (false).")
+        loader.add_option("tokenpak_cache_index", str, "", "File where the cache planner keeps prefix digests and timings across restarts (never content); empty: memory only.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
         loader.add_option("tokenpak_secret_headers", Sequence[str], [], "Extra request header names whose values are secrets (besides any name containing auth, token, key, secret, session, cookie, password, signature or credential).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
@@ -112,7 +121,7 @@ class TokenPak:
         if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
-            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m or 1h, not {opts.tokenpak_cache_ttl!r}")
+            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
@@ -129,6 +138,15 @@ class TokenPak:
                     self.store.close()
                 self.store = _make_store(path)
                 self.store.start()
+
+        try:
+            self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        if "tokenpak_cache_index" in updated:
+            self._index_path = opts.tokenpak_cache_index
+            if self._index_path:
+                self._load_index(self._index_path)
 
         if "tokenpak_otlp" in updated:
             if self.otel is not None:
@@ -152,7 +170,35 @@ class TokenPak:
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
         )
 
+    def _load_index(self, path: str) -> None:
+        try:
+            data = Path(path).expanduser().read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            logger.warning("tokenpak: cache index %s not read (%s); starting without history", path, e)
+            return
+        try:
+            loaded = self.memory.index.load(data, time.time())
+        except ValueError as e:
+            logger.warning("tokenpak: cache index %s ignored: %s; starting without history", path, e)
+            return
+        logger.info("tokenpak: cache planner history: %d prefixes from %s", loaded, path)
+
+    def _save_index(self) -> None:
+        path = self._index_path
+        if not path:
+            return
+        target = Path(path).expanduser()
+        try:
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(self.memory.index.dump())
+            os.replace(tmp, target)
+        except OSError as e:
+            logger.warning("tokenpak: cache index not saved to %s: %s", path, e)
+
     def done(self) -> None:
+        self._save_index()
         self._offload.close()
         if self.otel is not None:
             self.otel.shutdown()
@@ -184,7 +230,9 @@ class TokenPak:
             path=redact_query(req.path),
             route_class=route_class(req.headers.get("user-agent"), "x-stainless-lang" in req.headers),
         )
-        self._flows[flow] = _FlowState(route=route, record=rec, tracker=tracker)
+        meta = flow.metadata.get(META)
+        earlier = meta if isinstance(meta, dict) and "cache_decision" in meta else None
+        self._flows[flow] = _FlowState(route=route, record=rec, tracker=tracker, live=flow.live, earlier=earlier)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         st = self._flows.get(flow)
@@ -195,28 +243,32 @@ class TokenPak:
                 st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
             except Exception:
                 logger.exception("tokenpak: could not read the request's price hints")
-        meta = flow.metadata.get(META)
-        if isinstance(meta, dict) and "cache_decision" in meta:
-            self._reuse_decision(st.record, meta)  # a replayed flow already carries our markers
+        if st.earlier is not None:
+            self._reuse_decision(st.record, st.earlier)  # a recorded flow already carries our markers
         elif flow.response is None:  # a response set by another addon means nothing goes upstream
-            client_body = flow.request.raw_content
-            spans: list[list[Any]] = []
-            try:
-                spans = await self._insert(flow, st)
-            except Exception:
-                logger.exception("tokenpak: marker insertion failed; request sent unchanged")
-                st.record.cache_decision = "error"
-            if observer.active():
-                _report_outbound(flow, client_body, spans)
-            rec = st.record
-            flow.metadata[META] = {
-                "cache_decision": rec.cache_decision,
-                "markers_inserted": rec.markers_inserted,
-                "client_markers": rec.client_markers,
-                "prefix_tokens_est": rec.prefix_tokens_est,
-                "spans": spans,
-            }
+            await self._plan(flow, st)
         st.sent_at = time.time()
+
+    async def _plan(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        client_body = flow.request.raw_content
+        spans: list[list[Any]] = []
+        try:
+            spans = await self._insert(flow, st)
+        except Exception:
+            logger.exception("tokenpak: marker insertion failed; request sent unchanged")
+            st.record.cache_decision = "error"
+        rec = st.record
+        flow.metadata[META] = {
+            "cache_decision": rec.cache_decision,
+            "markers_inserted": rec.markers_inserted,
+            "client_markers": rec.client_markers,
+            "prefix_tokens_est": rec.prefix_tokens_est,
+            "cache_reasons": rec.cache_reasons,
+            "spans": spans,
+        }
+        if hooks.wanted(flow, hooks.OUTBOUND):
+            inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
+            hooks.fire(hooks.TokenpakOutboundHook(flow, client_body or b"", inserted))
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -224,6 +276,7 @@ class TokenPak:
         rec.markers_inserted = int(meta.get("markers_inserted") or 0)
         rec.client_markers = int(meta.get("client_markers") or 0)
         rec.prefix_tokens_est = meta.get("prefix_tokens_est")
+        rec.cache_reasons = meta.get("cache_reasons")
 
     async def _insert(self, flow: http.HTTPFlow, st: _FlowState) -> list[list[Any]]:
         """Splice cache markers into the request; returns the inserted spans for the metadata."""
@@ -235,7 +288,7 @@ class TokenPak:
             rec.cache_decision = "request_streamed"  # stream_large_bodies sent it already
             return []
         encoding = flow.request.headers.get("content-encoding")
-        opts = self._cache_opts
+        opts, now = self._cache_opts, flow.request.timestamp_start
         plan: Callable[[], InsertResult]
         stateless = True  # a pure function of its arguments: may run in the worker process
         if st.route.dialect in ("openai_chat", "openai_responses"):
@@ -243,11 +296,13 @@ class TokenPak:
                 rec.cache_decision = "off"
                 return []
             api = st.route.dialect
-            index, now = self._openai_index, time.time()
+            index = self.memory.index if self._history else None
             plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
             stateless = False  # it updates this process's prefix index
         else:
-            plan = partial(insert_markers, body, encoding, opts)
+            memory = self.memory if self._history else None
+            plan = partial(insert_markers, body, encoding, opts, memory, now)
+            stateless = memory is None  # the learning planner updates this process's memory
         if plan_off_loop(body, encoding):
             # Planning a big or many-block prompt would stall every other connection on mitmproxy's
             # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
@@ -255,6 +310,8 @@ class TokenPak:
             result = await (self._offload.run(plan) if stateless else asyncio.to_thread(plan))
         else:
             result = plan()
+        st.ticket = result.ticket
+        rec.cache_reasons = result.reasons_json()
         # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
         rec.cache_decision = None if result.decision == "not_supported" else result.decision
         rec.markers_inserted = result.markers_inserted
@@ -271,6 +328,8 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None or flow.response is None:
             return
+        if st.ticket is not None and flow.response.status_code < 400:
+            self.memory.index.response_began(st.ticket.recorded)  # its cache writes are readable now
         try:
             resp = flow.response
             ctype = resp.headers.get("content-type", "").lower()
@@ -279,9 +338,9 @@ class TokenPak:
             if not (sse or array_stream) or resp.status_code >= 400:
                 return
             st.record.stream = True
-            sink = _frame_sink(flow.id, st.record.route_class) if observer.active() else None
-            st.tap = StreamTap(st.tracker, sse=sse, content_encoding=resp.headers.get("content-encoding"), on_frame=sink)
+            st.tap = StreamTap(st.tracker, sse=sse, content_encoding=resp.headers.get("content-encoding"))
             resp.stream = st.tap
+            hooks.fire(hooks.TokenpakStreamHook(flow, st.tap))
         except Exception:
             logger.exception("tokenpak: could not attach the stream observer; response passes through")
 
@@ -323,16 +382,16 @@ class TokenPak:
             # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
             st.record.error_msg = redact_text(flow.error.msg, self._known_secrets(flow)) if flow.error else "unknown error"
             meta = flow.metadata.get(META)
-            if flow.live and _shutting_down():
+            if st.live and _shutting_down():
                 st.record.terminal_override = "proxy_shutdown"  # cut by our own stop, not by a peer
                 if isinstance(meta, dict):
                     meta["proxy_shutdown"] = True  # saved with a recording: its replay agrees
-            elif not flow.live and isinstance(meta, dict) and meta.get("proxy_shutdown"):
+            elif not st.live and st.earlier is not None and st.earlier.get("proxy_shutdown"):
                 st.record.terminal_override = "proxy_shutdown"
-            if flow.live or not isinstance(meta, dict) or "closed_by" not in meta:
+            if st.live or st.earlier is None or "closed_by" not in st.earlier:
                 st.record.closed_by = closed_by(flow)
             else:
-                st.record.closed_by = meta.get("closed_by")  # replay: the live run's verdict
+                st.record.closed_by = _closed_by_word(st.earlier.get("closed_by"))  # replay: the live run's verdict
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -346,7 +405,7 @@ class TokenPak:
         tap = st.tap
         if tap is not None:
             if not tap.finished and resp.raw_content:
-                observe_buffered_sse(tap, resp.raw_content)  # replay: the callable never ran
+                tap.feed_buffered(resp.raw_content)  # replay: the callable never ran
             elif not tap.finished:
                 tap.close()
             return
@@ -356,7 +415,7 @@ class TokenPak:
         ctype = resp.headers.get("content-type", "").lower()
         if "text/event-stream" in ctype:  # an SSE body we did not stream (e.g. replayed error)
             tap = StreamTap(st.tracker, sse=True, content_encoding=resp.headers.get("content-encoding"))
-            observe_buffered_sse(tap, body)
+            tap.feed_buffered(body)
             st.tap = tap
             st.record.stream = True
             return
@@ -392,11 +451,12 @@ class TokenPak:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             row = _minimal_row(st.record)
         self.rows_emitted += 1
-        for obs in observer.active():  # before the write: a live checker may annotate the row
-            try:
-                row = obs.on_telemetry_row(row) or row
-            except Exception:
-                logger.exception("tokenpak: conformance observer failed")
+        if st.ticket is not None:
+            self._learn(st.ticket, row)
+        if hooks.wanted(flow, hooks.ROW):  # before the write: a live checker may annotate the row
+            slot = hooks.RowSlot(row)
+            hooks.fire(hooks.TokenpakRowHook(flow, slot))
+            row = slot.row
         if self.store is not None:
             self.store.submit(row)
         if self.otel is not None:
@@ -404,12 +464,22 @@ class TokenPak:
         if self._console:
             logger.info(_console_line(row))
 
+    def _learn(self, ticket: Ticket, row: TelemetryRow) -> None:
+        """Feed the response's usage back to the learning planner (calibration, lost cache entries)."""
+        try:
+            if row.terminal_state != "completed" and not row.input_tokens:
+                self.memory.index.forget(ticket.recorded)  # nothing was written upstream
+                return
+            read, write, fresh = row.cache_read_tokens, row.cache_write_tokens, row.input_tokens
+            prompt = None if fresh is None else fresh + (read or 0) + (write or 0)
+            observe_usage(self.memory, ticket, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
+        except Exception:
+            logger.exception("tokenpak: could not feed usage back to the cache planner")
+
     def _fill_timing(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         rec, tap, resp = st.record, st.tap, flow.response
         x = st.tracker.extract
         rec.extract = x
-        meta = flow.metadata.get(META)
-        live = tap is not None and tap.finished or flow.live
         if resp is not None:
             rec.status_code = resp.status_code
             rec.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
@@ -419,10 +489,11 @@ class TokenPak:
             rec.response_bytes = tap.wire_bytes
         elif resp is not None and resp.raw_content is not None:
             rec.response_bytes = len(resp.raw_content)
-        if isinstance(meta, dict) and "ttfb_ms" in meta and not live:
+        earlier = st.earlier
+        if not st.live and earlier is not None and "ttfb_ms" in earlier:
             # Replay: timings come from the live run, so the row matches it.
-            rec.ttfb_ms, rec.ttft_ms, rec.duration_ms = meta.get("ttfb_ms"), meta.get("ttft_ms"), meta.get("duration_ms")
-            rec.proxy_request_ms = meta.get("proxy_request_ms")
+            rec.ttfb_ms, rec.ttft_ms, rec.duration_ms = earlier.get("ttfb_ms"), earlier.get("ttft_ms"), earlier.get("duration_ms")
+            rec.proxy_request_ms = earlier.get("proxy_request_ms")
             return
         if st.sent_at is not None and flow.request.timestamp_end:
             rec.proxy_request_ms = _ms(st.sent_at - flow.request.timestamp_end)
@@ -432,6 +503,7 @@ class TokenPak:
             rec.ttft_ms = _ms(tap.first_content_at - sent)
         end = (resp.timestamp_end if resp is not None else None) or (tap.last_byte_at if tap else None) or time.time()
         rec.duration_ms = _ms(end - sent)
+        meta = flow.metadata.get(META)
         stash = meta if isinstance(meta, dict) else {}
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
                      proxy_request_ms=rec.proxy_request_ms)
@@ -461,7 +533,7 @@ def _shutting_down() -> bool:
         return False
 
 
-def closed_by(flow: http.HTTPFlow) -> str | None:
+def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:
     """Whose connection was already closed when the flow failed ("client", "server" or None)."""
     client_closed = flow.client_conn.state is ConnectionState.CLOSED
     server_closed = flow.server_conn.state is ConnectionState.CLOSED
@@ -470,6 +542,10 @@ def closed_by(flow: http.HTTPFlow) -> str | None:
     if server_closed and not client_closed:
         return "server"
     return None
+
+
+def _closed_by_word(value: object) -> ClosedBy | None:
+    return "client" if value == "client" else "server" if value == "server" else None
 
 
 def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
@@ -491,27 +567,6 @@ def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
             sys.stderr.flush()
 
     threading.Thread(target=watch, name="tokenpak-startup-watch", daemon=True).start()
-
-
-def _report_outbound(flow: http.HTTPFlow, client_body: bytes | None, spans: list[list[Any]]) -> None:
-    """Tell conformance observers what the client sent and what went upstream (every route)."""
-    inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
-    for obs in observer.active():
-        try:
-            obs.on_outbound_request(flow.id, client_body or b"", flow.request.raw_content or b"", inserted)
-        except Exception:
-            logger.exception("tokenpak: conformance observer failed")
-
-
-def _frame_sink(flow_id: str, route_class: str) -> Callable[[str | None, bytes], None]:
-    """Reports each forwarded frame to the installed conformance observers (only when any are)."""
-    observers = observer.active()
-
-    def sink(event: str | None, raw: bytes) -> None:
-        for o in observers:
-            o.on_stream_frame(flow_id, route_class, event, raw)
-
-    return sink
 
 
 def _minimal_row(rec: RequestRecord) -> TelemetryRow:

@@ -34,8 +34,20 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 __all__ = [
-    "Provider", "CacheFacts", "TTL_SECONDS", "MAX_BREAKPOINTS", "LOOKBACK_BLOCKS", "ANTHROPIC", "OPENAI_GPT56",
-    "OPENAI_LEGACY", "GEMINI", "FALLBACK", "SECTION_PARAMETERS", "facts_for", "minimum_tokens", "all_facts",
+    "ANTHROPIC",
+    "FALLBACK",
+    "GEMINI",
+    "LOOKBACK_BLOCKS",
+    "MAX_BREAKPOINTS",
+    "OPENAI_GPT56",
+    "OPENAI_LEGACY",
+    "SECTION_PARAMETERS",
+    "TTL_SECONDS",
+    "CacheFacts",
+    "Provider",
+    "all_facts",
+    "facts_for",
+    "minimum_tokens",
 ]
 
 Provider = Literal["anthropic", "openai", "gemini"]
@@ -193,9 +205,9 @@ def facts_for(model: object, provider: Provider | None = None) -> CacheFacts:
         name = name[name.index(marker):]  # drops "anthropic." / "us.anthropic." / "models/" prefixes
         best: CacheFacts | None = None
         for family, facts in _BY_FAMILY.items():
-            if name.startswith(family) and (provider == "gemini" or _SUFFIX.fullmatch(name, len(family))):
-                if best is None or len(family) > len(best.family):
-                    best = facts
+            matches = name.startswith(family) and (provider == "gemini" or _SUFFIX.fullmatch(name, len(family)))
+            if matches and (best is None or len(family) > len(best.family)):
+                best = facts
         if best is not None:
             return best
     return FALLBACK[provider]

@@ -17,14 +17,15 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import brotli
 
 from . import learning_planner
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Sizes, count_markers, marker_for, plan
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
-from .learning_planner import Memory, Ticket
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
+from .learning_planner import Memory, Ticket
 from .row import CacheDecision
 
 __all__ = [
@@ -103,7 +104,7 @@ def remove_spans(body: bytes, spans: Sequence[Span]) -> bytes:
 
 
 def _unchanged(body: bytes, decision: CacheDecision, **fields: object) -> InsertResult:
-    defaults: dict = dict(
+    defaults: dict[str, Any] = dict(
         client_markers=0, client_ttls=(), prefix_tokens_est=None, model=None, content_encoding=None,
     )
     defaults.update(fields)
@@ -127,7 +128,7 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
             decoded, flavor = codec.decode(body)
         except _TooLarge:
             return _unchanged(body, "too_large", content_encoding=encoding)
-        except Exception:  # noqa: BLE001 - any codec failure means "cannot read it"
+        except Exception:
             return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
     request = _parse(decoded)
     if request is _NOT_JSON:

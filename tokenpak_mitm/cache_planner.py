@@ -51,9 +51,11 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, Literal, NamedTuple
+
+from tokenpak_mitm.row import CacheDecision
 
 from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, facts_for
-from tokenpak_mitm.row import CacheDecision
 
 __all__ = [
     "CacheOptions", "Breakpoint", "Plan", "Note", "Sizes", "marker_for", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
@@ -78,7 +80,6 @@ DECISIONS: Mapping[CacheDecision, str] = {  # every row.CacheDecision the planne
 }
 
 BYTES_PER_TOKEN = 3
-THINKING_TYPES = frozenset({"thinking", "redacted_thinking"})
 # Block types whose request schema carries `cache_control` (protocols.md 1.2). `text` is
 # handled separately (it must be non-blank).
 MARKABLE_TYPES = frozenset({
@@ -195,7 +196,7 @@ class Sizes:
     messages: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
 
     @classmethod
-    def measure(cls, request: Mapping) -> Sizes:
+    def measure(cls, request: Mapping[str, Any]) -> Sizes:
         """Sizes from compact re-serialization: for callers that have no original bytes."""
 
         def size(value: object) -> int:
@@ -265,7 +266,7 @@ def _volatile(text: str) -> bool:
     return any(w in low for w in _PHRASE_WORDS) and _PHRASE.search(low) is not None
 
 
-def marker_slots(request: Mapping) -> Iterator[dict]:
+def marker_slots(request: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every object that can carry a block marker, in the provider's order.
 
     Tools, then system blocks, then each message's content blocks; a block's nested
@@ -294,7 +295,7 @@ def marker_slots(request: Mapping) -> Iterator[dict]:
             pending += [iter(n) for n in reversed(nested) if isinstance(n, list)]
 
 
-def has_client_cache_control(request: Mapping) -> bool:
+def has_client_cache_control(request: Mapping[str, Any]) -> bool:
     """True if the client wrote a `cache_control` key (even null): top level, a marker slot, or a message.
 
     (A message-level field is not a documented marker place, but a client writing one is
@@ -364,10 +365,20 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Callable[[], Sizes]
     return Plan("inserted", kept[:MAX_MARKERS], prefix_tokens_est=largest, model=model, minimum_tokens=minimum)
 
 
-_Candidate = tuple[str, int, "int | None", bool, str]
+StatelessPurpose = Literal["tools", "system", "final", "intermediate"]
 
 
-def _candidates(request: dict, mode: str) -> list[_Candidate]:
+class _Candidate(NamedTuple):
+    """A breakpoint position before the minimum-length filter."""
+
+    section: str  # tools | system | messages
+    idx: int  # tool, system block or message index
+    block: int | None
+    wraps: bool  # a string that must become a one-block list to carry a marker
+    purpose: StatelessPurpose
+
+
+def _candidates(request: dict[str, Any], mode: str) -> list[_Candidate]:
     """Breakpoint positions before the minimum-length filter, in tools -> system -> messages order."""
     tools, system, messages = request.get("tools") or [], request.get("system"), request["messages"]
     blocks = _message_blocks(messages)
@@ -375,29 +386,30 @@ def _candidates(request: dict, mode: str) -> list[_Candidate]:
     if mode == "top-level":
         # The provider places the automatic breakpoint itself; we only need its prefix to size it.
         if final is not None:
-            return [("messages", *blocks[final][:2], isinstance(blocks[final][2], str), "final")]
+            msg, blk, block = blocks[final]
+            return [_Candidate("messages", msg, blk, isinstance(block, str), "final")]
         sys_idx = _system_target(system)
         if sys_idx is not None:
-            return [("system", sys_idx, None, isinstance(system, str), "system")]
-        return [("tools", len(tools) - 1, None, False, "tools")] if tools else []
+            return [_Candidate("system", sys_idx, None, isinstance(system, str), "system")]
+        return [_Candidate("tools", len(tools) - 1, None, False, "tools")] if tools else []
     found: list[_Candidate] = []
     if tools:
         stable = [i for i, t in enumerate(tools) if not is_volatile_text(t.get("description"))]
-        found.append(("tools", _stable_or_last(stable, len(tools) - 1), None, False, "tools"))
+        found.append(_Candidate("tools", _stable_or_last(stable, len(tools) - 1), None, False, "tools"))
     sys_idx = _system_target(system)
     if sys_idx is not None:
-        found.append(("system", sys_idx, None, isinstance(system, str), "system"))
+        found.append(_Candidate("system", sys_idx, None, isinstance(system, str), "system"))
     if final is not None:
         previous = _previous_breakpoint(messages, blocks)
         if previous is not None and final - previous >= LOOKBACK_BLOCKS:
             msg, blk, block = blocks[previous]
-            found.append(("messages", msg, blk, isinstance(block, str), "intermediate"))
+            found.append(_Candidate("messages", msg, blk, isinstance(block, str), "intermediate"))
         msg, blk, block = blocks[final]
-        found.append(("messages", msg, blk, isinstance(block, str), "final"))
+        found.append(_Candidate("messages", msg, blk, isinstance(block, str), "final"))
     return found
 
 
-def _message_blocks(messages: list) -> list[tuple[int, int | None, object]]:
+def _message_blocks(messages: list[Any]) -> list[tuple[int, int | None, object]]:
     """Every message block in provider order: (message index, block index or None, block)."""
     flat: list[tuple[int, int | None, object]] = []
     append = flat.append
@@ -419,7 +431,7 @@ def _last_eligible(blocks: Sequence[tuple[int, int | None, object]], stop: int) 
     return None
 
 
-def _previous_breakpoint(messages: list, blocks: list[tuple[int, int | None, object]]) -> int | None:
+def _previous_breakpoint(messages: list[Any], blocks: list[tuple[int, int | None, object]]) -> int | None:
     """Where the previous turn's final marker went: see the module docstring, point 4."""
     last = len(messages) - 1
     assistant = next((i for i in range(last - 1, -1, -1) if messages[i].get("role") == "assistant"), None)

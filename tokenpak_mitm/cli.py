@@ -34,14 +34,12 @@ def register(name: str, help: str, module: str) -> None:
     SUBCOMMANDS[name] = Subcommand(name, help, module)
 
 
+register("run", "start the proxy (mitmdump with the tokenpak addon script)", "tokenpak_mitm.run_cmd")
 register("setup", "print the environment variables that route a client through the proxy", "tokenpak_mitm.setup_cmd")
 register("report", "tokens, cost, cache hit ratio and savings from the telemetry database", "tokenpak_mitm.report")
 register("tail", "follow a running proxy's requests, one line each", "tokenpak_mitm.tail")
+register("savings", "what prompt caching would cost on a workload file or recorded flows: none, planner, best", "tokenpak_mitm.savings")
 register("doctor", "check the installation, CA, database, client environment and streaming", "tokenpak_mitm.doctor")
-# ---- EXTENSION POINT: `tokenpak conformance` (not implemented here) --------------------------
-# Add one line, e.g. register("conformance", "check recorded flows against the provider
-# protocols", "tokenpak_mitm.conformance_cmd"), with that module defining add_arguments/run.
-# ------------------------------------------------------------------------------------------------
 register("conformance", "replay recorded flows through the proxy and check invariants I1-I10", "tokenpak_mitm.conformance.runner")
 
 

@@ -288,7 +288,7 @@ def check_environment(env: Mapping[str, str], confdir: Path) -> list[Check]:
             out.append(Check("HTTPS_PROXY", "warn", f"{proxy}: nothing listens on {host}:{port}", "start the proxy in regular mode (tokenpak setup shell --mode regular shows the command)"))
         else:
             out.append(Check("HTTPS_PROXY", "ok", f"{proxy} (regular mode, proxy listening)"))
-    out += _check_ca_vars(env, confdir, regular=bool(proxy) and _is_loopback(proxy))
+    out += _check_ca_vars(env, confdir, regular=bool(proxy) and _is_loopback(proxy or ""))
     if not base_urls and not proxies:
         out.append(Check("client routing", "warn", "no ANTHROPIC_BASE_URL / OPENAI_BASE_URL / GOOGLE_GEMINI_BASE_URL / HTTPS_PROXY in this shell: clients here bypass the proxy",
                          SETUP_HINT))

@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import re
-import socketserver
+import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Mitmdump", "mitmdump_command", "StreamCheck", "check_streaming", "SseStub", "FRAMES"]
+from tokenpak_mitm.script import SCRIPT  # inside the package: a pip install has it too
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.testing.upstream import Script, ScriptedUpstream, Step
 
-_LISTENING = re.compile(r"listening at \[?([0-9a-fA-F.:]+?)\]?:(\d+)\.?\s*$")
-_ADDON_RUNNING = "tokenpak-mitm"
+__all__ = ["StreamCheck", "check_streaming", "FRAMES"]
 PAUSE = 5.0  # seconds the upstream holds the rest of the stream when the first frame is not seen
 
 
@@ -50,127 +46,27 @@ FRAMES: tuple[bytes, ...] = (
 )
 
 
-def mitmdump_command() -> list[str]:
-    """mitmdump of *this* environment: the script beside the interpreter, else the module."""
-    script = Path(sys.executable).parent / "mitmdump"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())"]
-
-
-@dataclass
-class Mitmdump:
-    """A mitmdump subprocess; ``start`` returns once every listener reports its port."""
-
-    args: Sequence[str]
-    expect_listeners: int = 1
-    expect_addon: bool = True
-    env: dict[str, str] | None = None
-    output: list[str] = field(default_factory=list)
-    ports: list[int] = field(default_factory=list)
-    proc: subprocess.Popen[str] | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _addon_seen: bool = False
-
-    def start(self, timeout: float = 60.0) -> Mitmdump:
-        self.proc = subprocess.Popen(
-            [*mitmdump_command(), *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True,
-        )
-        threading.Thread(target=self._read, name="mitmdump-output", daemon=True).start()
-        if not self._ready.wait(timeout) or len(self.ports) < self.expect_listeners:
-            self.stop()
-            raise RuntimeError("mitmdump did not start listening:\n" + self.text)
-        if self.expect_addon and not self._addon_seen:
-            self.stop()
-            raise RuntimeError("mitmdump started but the tokenpak addon did not load:\n" + self.text)
-        return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip("\n"))
-            m = _LISTENING.search(line)
-            if m:
-                self.ports.append(int(m[2]))
-            if _ADDON_RUNNING in line and "running" in line:
-                self._addon_seen = True
-            if len(self.ports) >= self.expect_listeners and (self._addon_seen or not self.expect_addon):
-                self._ready.set()
-        self._ready.set()  # exited: let start() report the output
-
-    @property
-    def port(self) -> int:
-        return self.ports[0]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.output)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (mitmdump runs its ``done`` hooks, so the store flushes), then kill."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
-
-    def __enter__(self) -> Mitmdump:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class SseStub(socketserver.ThreadingTCPServer):
-    """Loopback upstream: first frame, then the rest only once ``release`` is set (or PAUSE ends)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
+class _HeldStream:
+    """The loopback upstream (the shared ScriptedUpstream): the first frame, then the rest only once
+    ``release`` is set or ``pause`` ends; ``rest_step.waited`` stays empty while it is held."""
 
     def __init__(self, pause: float = PAUSE) -> None:
-        self.pause = pause
         self.release = threading.Event()
-        self.rest_sent = threading.Event()
-        super().__init__(("127.0.0.1", 0), _StubHandler)
-        threading.Thread(target=self.serve_forever, name="doctor-sse-stub", daemon=True).start()
+        self.rest_step = Step(b"".join(FRAMES[1:]), wait_for=self.release, wait_timeout=pause)
+        script = Script(headers=[("content-type", "text/event-stream")], steps=[Step(FRAMES[0]), self.rest_step], close=True)
+        self.upstream = ScriptedUpstream(lambda _req: script).start()
 
     @property
     def port(self) -> int:
-        return self.server_address[1]
+        return self.upstream.port
+
+    @property
+    def rest_sent(self) -> bool:
+        return bool(self.rest_step.waited)
 
     def close(self) -> None:
         self.release.set()
-        self.shutdown()
-        self.server_close()
-
-
-class _StubHandler(socketserver.StreamRequestHandler):
-    server: SseStub
-
-    def handle(self) -> None:
-        length = 0
-        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        self.rfile.read(length)
-        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-        self.wfile.write(head + _chunk(FRAMES[0]))
-        self.wfile.flush()
-        self.server.release.wait(self.server.pause)
-        self.server.rest_sent.set()
-        self.wfile.write(b"".join(_chunk(f) for f in FRAMES[1:]) + b"0\r\n\r\n")
-        self.wfile.flush()
-
-
-def _chunk(data: bytes) -> bytes:
-    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+        self.upstream.stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,28 +79,16 @@ class StreamCheck:
     row: dict[str, Any] | None = None
 
 
-def _addon_script(tmp: Path) -> str:
-    from tokenpak_mitm.setup_cmd import addon_script_path
-
-    script = Path(addon_script_path())
-    if script.is_file():
-        return str(script)
-    fallback = tmp / "tokenpak_addon.py"  # installed without the checkout: same two lines
-    from tokenpak_mitm.files import write_private
-
-    write_private(fallback, "from tokenpak_mitm.addon import TokenPak\naddons = [TokenPak()]\n")
-    return str(fallback)
-
-
 def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:
     """Run the whole check in a throwaway confdir and database; never touches the user's."""
     with tempfile.TemporaryDirectory(prefix="tokenpak-doctor-") as tmp_name:
         tmp = Path(tmp_name)
         db = tmp / "doctor.db"
-        stub = SseStub(pause)
+        stub = _HeldStream(pause)
         args = ["--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:http://127.0.0.1:{stub.port}",
-                "-s", _addon_script(tmp), "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp / 'confdir'}"]
-        proxy = Mitmdump(args)
+                "-s", str(SCRIPT), "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp / 'confdir'}"]
+        # SIGTERM and its own session: a Ctrl-C at the doctor's terminal is not also sent to it.
+        proxy = MitmdumpProcess.from_args(args, stop_signal=signal.SIGTERM, start_new_session=True)
         try:
             try:
                 proxy.start(timeout)
@@ -229,7 +113,7 @@ def check_streaming(pause: float = PAUSE, timeout: float = 60.0) -> StreamCheck:
         return StreamCheck(not problems, unbuffered, intact, recorded, "; ".join(problems) or "first frame arrived before the rest was sent; row recorded", row)
 
 
-def _stream_once(port: int, stub: SseStub, timeout: float) -> tuple[bool, bytes]:
+def _stream_once(port: int, stub: _HeldStream, timeout: float) -> tuple[bool, bytes]:
     """Returns (first frame seen while the rest was still held, whole body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -242,7 +126,7 @@ def _stream_once(port: int, stub: SseStub, timeout: float) -> tuple[bool, bytes]
             if not line:
                 break
             received += line
-        unbuffered = received == FRAMES[0] and not stub.rest_sent.is_set()
+        unbuffered = received == FRAMES[0] and not stub.rest_sent
         stub.release.set()
         return unbuffered, received + resp.read()
     finally:

@@ -9,7 +9,7 @@ providers add fields over time; what they pin down is what our trackers rely on.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -46,7 +46,7 @@ def check_error_shape(dialect: str, obj: dict[str, Any] | list[Any]) -> list[str
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str) -> Draft202012Validator:
     text = resources.files("tokenpak_mitm").joinpath("schemas", name).read_text(encoding="utf-8")
     schema = json.loads(text)

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
-from json.decoder import scanstring as _scan_string  # C-accelerated in CPython
+from json.decoder import scanstring as _scan_string  # type: ignore[attr-defined]  # C-accelerated in CPython
+from typing import Any, NamedTuple, cast
 
 __all__ = ["JsonScanError", "Loc", "MessageLoc", "BodyMap", "scan", "agrees_with"]
 
@@ -119,6 +119,12 @@ _SHALLOW_CONTAINER = re.compile(_nested_value_pattern(_FAST_DEPTH))
 # The trailing comma is required, so the last member is always left to the main loop.
 _ARRAY_RUN = re.compile(rf"(?:{_W}{_SHALLOW_VALUE}{_W},)*+")
 _OBJECT_RUN = re.compile(rf"(?:{_W}{_STRING}{_W}:{_W}{_SHALLOW_VALUE}{_W},)*+")
+# These three patterns can match the empty string, so .match never returns None: typed as such
+# (no per-call None check on the scanner's hot path).
+_AlwaysMatch = Callable[[str, int], "re.Match[str]"]
+_ws_match = cast(_AlwaysMatch, _WS.match)
+_array_run = cast(_AlwaysMatch, _ARRAY_RUN.match)
+_object_run = cast(_AlwaysMatch, _OBJECT_RUN.match)
 
 _VALUE, _KEY, _AFTER = range(3)
 
@@ -153,7 +159,7 @@ class _Frame:
         self.role = role
         self.start = start
         self.key: str | None = None  # current member name (only read for keyed roles)
-        self.items: list | None = [] if role in _LIST_ROLES else None
+        self.items: list[Any] | None = [] if role in _LIST_ROLES else None
         self.content: tuple[Loc, tuple[Loc, ...] | None] | None = None  # for messages
 
 
@@ -171,7 +177,7 @@ class _Walk:
         self.root: Loc | None = None
 
     def run(self) -> BodyMap:
-        s, n, ws = self.s, len(self.s), _WS.match
+        s, n, ws = self.s, len(self.s), _ws_match
         stack: list[_Frame] = []
         i = ws(s, 0).end()
         state = _VALUE
@@ -179,7 +185,7 @@ class _Walk:
             if state == _VALUE:
                 top = stack[-1] if stack else None
                 if top is not None and top.role == _NONE and not top.is_object:
-                    i = ws(s, _ARRAY_RUN.match(s, i).end()).end()
+                    i = ws(s, _array_run(s, i).end()).end()
                 c = s[i] if i < n else ""
                 if c == "{" or c == "[":
                     role = self._child_role(top, c, self.root_roles)
@@ -214,7 +220,7 @@ class _Walk:
             elif state == _KEY:
                 top = stack[-1]
                 if top.role not in _KEYED_ROLES:
-                    i = ws(s, _OBJECT_RUN.match(s, i).end()).end()
+                    i = ws(s, _object_run(s, i).end()).end()
                 if i >= n or s[i] != '"':
                     raise JsonScanError(f"expected a member name at byte {i}")
                 key, end = _scan_string(s, i + 1, True)
@@ -282,7 +288,7 @@ class _Walk:
             elif key == "system":
                 self.system, self.system_blocks = loc, items
             elif key == self.messages_key:
-                self.messages = items  # type: ignore[assignment]
+                self.messages = items
         elif role == _MESSAGES:
             content, blocks = (child.content if child is not None and child.content else (None, None))
             parent.items.append(MessageLoc(loc, content, blocks))  # type: ignore[union-attr]
@@ -298,14 +304,14 @@ def _kind(frame: _Frame) -> str:
     return "object" if frame.is_object else "array"
 
 
-_KIND_OF = {dict: "object", list: "array", str: "string"}
+_KIND_OF: dict[type, str] = {dict: "object", list: "array", str: "string"}
 
 
 def _same_kind(value: object, loc: Loc | None) -> bool:
     return loc is not None and _KIND_OF.get(type(value), "scalar") == loc.kind
 
 
-def _same_elements(values: list, locs: tuple[Loc, ...] | None) -> bool:
+def _same_elements(values: list[Any], locs: tuple[Loc, ...] | None) -> bool:
     return locs is not None and len(values) == len(locs) and all(map(_same_kind, values, locs))
 
 

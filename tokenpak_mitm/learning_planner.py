@@ -28,16 +28,17 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
 * **Free markers**: a marker before the last writing marker costs nothing (writes are billed by
   token ranges up to the last writing marker), so the remaining slots go to the last tool and
   last system block (`free_tools`, `free_system`): other requests sharing them can read them.
-* **TTL (`auto`)** per written prefix, from its sighting timeline (bursts closer than 2 s are
-  concurrent and cannot read each other's writes), followed by one expected future burst after
-  each gap observed so far, mixed with a prior (90% within a minute, 10% after 15 minutes, total
-  weight one observation): the timeline is replayed under "no marker" (1.0x per sighting), 5m and
-  1h (write 1.25x/2x, reads 0.1x while the entry lives, every read refreshing it) and the cheapest
-  wins. For a continuation, older tokens follow the
-  conversation's timeline and the new tail tokens the "now + next" one. 1h is therefore chosen
-  exactly when reads come back after more than 5 minutes and within the hour often enough that
-  one 2x write beats 1.25x rewrites. A 1h marker never follows a 5m one: markers before a 1h
-  marker are raised to 1h, which is free (those tokens are billed as 1h writes already).
+* **TTL (`auto`)**: a write is placed only when it beats no write on the prefix's sighting timeline
+  (bursts closer than 2 s are concurrent and cannot read each other's writes) followed by one
+  expected burst after each gap seen so far (before any gap: one a minute later), replayed under
+  no marker (1.0x per request), 5m and 1h (a write per lapsed entry, then 0.1x reads that refresh
+  it); otherwise `not_read_back`. A conversation's tail is written for 5m (or 1h when only 1h is
+  ever read back), and once pauses of 5 minutes to an hour have been seen, a 1h `pause_checkpoint`
+  goes on the first new block when P(pause within 3 gaps) x 1.15 x unprotected tokens > 0.75 x
+  that block's tokens. A concurrent 5m write of a shared prefix is redone for 1h (`ttl_upgrade`)
+  when a lapse before the next burst would cost more. 1h is chosen only on evidence, never
+  assumed. A 1h marker never follows a 5m one: markers before a 1h marker are raised to 1h, which
+  is free (those tokens are billed as 1h writes already).
 * At most 4 markers, none on an ineligible block, none below the model's minimum, and nothing
   at all when the client marks anything itself (the index still learns from that request).
 """
@@ -46,15 +47,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any, Final
 
 from . import cache_planner
-from .cache_facts import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, TTL_SECONDS, CacheFacts, facts_for
+from .cache_facts import TTL_SECONDS, CacheFacts, facts_for
 from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
-from .prefix_index import CLUSTER_SECONDS, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .row import CacheDecision
 from .token_estimate import TokenCalibration
 
-__all__ = ["REASONS", "Memory", "Ticket", "OpenAIPlan", "plan", "plan_openai", "observe_usage", "predict", "PRIOR_GAPS"]
+__all__ = ["PRIOR_GAPS", "REASONS", "Memory", "OpenAIPlan", "Ticket", "observe_usage", "plan", "plan_openai", "predict"]
 
 REASONS: Final[Mapping[str, str]] = {
     # placed
@@ -72,14 +75,18 @@ REASONS: Final[Mapping[str, str]] = {
     "not_read_back": "the observed gaps say no TTL would be read back before it lapses: a write would cost more",
     "below_minimum": "the prefix is below the model's minimum cacheable length",
     "no_slot": "all 4 markers are in use",
+    "pause_checkpoint": "pauses of 5 minutes to an hour were seen: a 1h entry on the first new block protects the "
+                        "conversation's prefix for the premium on that block only",
     "ttl_upgrade": "a concurrent request writes this prefix for 5m; the bursts seen so far make a 1h write pay",
     "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
                      "so everything before it is written instead",
 }
-# The gap to the next sighting assumed before (and mixed with) what was observed: mostly within
-# 5 minutes (today's rules assume that), sometimes a pause between 5 minutes and an hour.
-PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 0.9), (900.0, 0.1))
-PAUSE_HORIZON: Final = 3  # gaps over which a 1h entry is expected to matter (it outlives several turns)
+# The gap to the next sighting assumed before any gap was observed: within 5 minutes, as today's
+# rules assume (the TTL replay uses it only until a gap is seen; the pause estimate mixes it with
+# the observed gaps). A pause is never assumed: 1h is chosen only on evidence (gaps between 5
+# minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
+PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
+PAUSE_HORIZON: Final = 3  # gaps over which a 1h checkpoint is expected to matter (it outlives several turns)
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory:
     positions = {_key_of(b): b.position for b in bounds}
     if stateless.decision == "stood_down":
         chosen, markers = stateless, _client_markers(request, bounds)
-    elif opts.mode != "auto" or stateless.decision == "no_eligible_block":
+    elif opts.mode != "auto" or stateless.decision in ("no_eligible_block", "below_minimum"):
         chosen = stateless
         if stateless.top_level:
             tail = _last_eligible(request, bounds, len(bounds) - 1)
@@ -187,7 +194,7 @@ def _learned(request: dict[str, Any], opts: CacheOptions, bounds: Sequence[Bound
             if bp.purpose in ("tools", "system") and _key_of_bp(bp) in positions]
     chosen, notes = _decide(bounds, stats, now, facts, opts, lambda i: _eligible_at(request, bounds, i), free)
     breakpoints = tuple(_breakpoint(request, bounds[c.position], c.reason, c.ttl) for c in chosen)
-    decision = "inserted" if breakpoints else "not_worth"
+    decision: CacheDecision = "inserted" if breakpoints else "not_worth"
     return Plan(decision, breakpoints, prefix_tokens_est=stateless.prefix_tokens_est or bounds[-1].tokens_est,
                 model=stateless.model, minimum_tokens=facts.minimum_tokens, notes=notes)
 
@@ -234,13 +241,27 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
             return
         new = tok[position] - min(hit_tokens, tok[position])
         old = 0 if old_from is None else tok[position] - new
-        ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=old_from is not None)
-        if ttl is not None and old_from is not None and len(ttls) > 1:
-            ttl, detail = _checkpoint(facts, clusters, now, tok[position], new, protected_1h), detail
+        tail = old_from is not None
+        # A conversation's tail: 5m when a 5m write pays at all (1h then comes as a checkpoint,
+        # below); 1h alone only when no 5m write would ever be read back but a 1h one would.
+        ttl, detail = _cheapest(ttls[:1] if tail else ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
+        if ttl is None and tail and len(ttls) > 1:
+            ttl, detail = _cheapest(ttls[1:], facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
         if ttl is None:
             skip(position, "not_read_back", detail)
-        else:
-            chosen.append(_Choice(position, reason, ttl, True))
+            return
+        chosen.append(_Choice(position, reason, ttl, True))
+        if ttl == "5m" and old_from is not None and "1h" in ttls:
+            # A pause checkpoint: the cheapest 1h entry that protects this conversation's prefix is
+            # on the first new block (its premium is paid on that block's tokens only).
+            start = 0 if deepest_live is None else deepest_live + 1
+            first_new = next((i for i in range(start, position + 1) if eligible(i)), None)
+            if first_new is not None and tok[first_new] >= minimum and _checkpoint_pays(
+                    facts, clusters, now, tok[first_new] - protected_1h, tok[first_new] - min(hit_tokens, tok[first_new])):
+                if first_new == position:
+                    chosen[-1].ttl = "1h"
+                else:
+                    chosen.append(_Choice(first_new, "pause_checkpoint", "1h", True))
 
     tail = before(last)
     if tail is not None and kind in ("continuation", "repeat"):
@@ -264,9 +285,10 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
             write(shared, "shared_prefix", s.clusters if s is not None else (), old_from=None)
 
     # Read the deepest live entry when nothing placed reaches it through the lookback.
-    if facts.lookback_blocks is not None and deepest_live is not None and eligible(deepest_live):
-        if not any(deepest_live <= c.position < deepest_live + facts.lookback_blocks for c in chosen):
-            chosen.append(_Choice(deepest_live, "read_live", default_ttl, False))
+    reach = facts.lookback_blocks
+    if (reach is not None and deepest_live is not None and eligible(deepest_live)
+            and not any(deepest_live <= c.position < deepest_live + reach for c in chosen)):
+        chosen.append(_Choice(deepest_live, "read_live", default_ttl, False))
 
     # Free markers before the last writer: the last tool, the last system block.
     writers = [c.position for c in chosen if c.writes]
@@ -317,15 +339,15 @@ def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequ
     """The TTL (None: no write) that the timeline says is cheapest, with the costs as a detail.
 
     The timeline is this prefix's sighting history plus now, followed by one expected future burst
-    (of the median burst size so far) after each gap seen so far, weighted equally, mixed with a
-    prior (`PRIOR_GAPS`, total weight 1) so the first requests do not bet on no evidence.
+    (of the median burst size so far) after each gap seen so far, weighted equally (before any gap
+    is seen, after the prior's gap, `PRIOR_GAPS`).
     `old_tokens` follow that timeline; `new_tokens` too, unless `fresh_tail` (a conversation's new
     tail: written now, read by the next turn only, so its timeline starts now).
     """
     timeline = _with_now(clusters, now)
-    gaps = [b[0] - a[0] for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]]
+    gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
     burst = max(1, round(statistics.median(n for _, n in timeline[:-1]))) if len(timeline) > 1 else timeline[-1][1]
-    scenarios = [(gap, 1.0) for gap in gaps] + list(PRIOR_GAPS)
+    scenarios = [(gap, 1.0) for gap in gaps] or list(PRIOR_GAPS)  # the prior only until a gap is seen
     r = facts.read_multiplier()
     costs: dict[str | None, float] = {None: float(old_tokens + new_tokens)}
     for ttl in ttls:
@@ -350,23 +372,22 @@ def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
     prefix's sighting bursts and the prior (`PRIOR_GAPS`, total weight one gap).
     """
     timeline = _with_now(clusters, now)
-    gaps = [(b[0] - a[0], 1.0) for a, b in zip(timeline, timeline[1:]) if b[0] > a[0]] + list(PRIOR_GAPS)
+    gaps = [(b[0] - a[0], 1.0) for a, b in pairwise(timeline) if b[0] > a[0]] + list(PRIOR_GAPS)
     p_mid = sum(p for gap, p in gaps if TTL_SECONDS["5m"] < gap <= TTL_SECONDS["1h"]) / sum(p for _, p in gaps)
     return 1.0 - (1.0 - p_mid) ** PAUSE_HORIZON
 
 
-def _checkpoint(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, prefix: int, new: int,
-                protected: int) -> str:
-    """5m or 1h for a conversation's new tail (a 1h entry is a checkpoint that survives a pause).
+def _checkpoint_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, unprotected: int, premium_tokens: int) -> bool:
+    """Does a 1h entry (a checkpoint that survives a pause) pay here?
 
-    A pause of 5 minutes to an hour lapses every 5m entry: the tokens past the deepest live 1h
-    entry (`protected`) are then written again (w5 instead of a 0.1 read). Writing this tail for
-    1h protects the whole prefix for the premium (w1 - w5) on the new tokens only, so it pays when
-    P(pause soon) x (w5 - r) x (prefix - protected) > (w1 - w5) x new. Checkpoints therefore
-    come every few turns once pauses have been seen, not on every turn.
+    A pause of 5 minutes to an hour lapses every 5m entry: the `unprotected` tokens (past the
+    deepest live 1h entry) are then written again (w5 instead of a 0.1 read). A 1h entry costs
+    (w1 - w5) more on the `premium_tokens` it writes, so it pays when
+    P(pause within PAUSE_HORIZON gaps) x (w5 - r) x unprotected > (w1 - w5) x premium_tokens.
+    With no pause observed for this prefix P(pause) is 0: no checkpoint, ever.
     """
     w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
-    return "1h" if _pause_chance(clusters, now) * (w5 - r) * (prefix - protected) > (w1 - w5) * new else "5m"
+    return _pause_chance(clusters, now) * (w5 - r) * unprotected > (w1 - w5) * premium_tokens
 
 
 def _upgrade_pays(facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]]) -> bool:
@@ -513,7 +534,7 @@ class OpenAIPlan:
     notes: tuple[Note, ...] = ()
 
 
-def plan_openai(request: object, api: str, memory: Memory, now: float) -> tuple[OpenAIPlan, Ticket | None]:
+def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[OpenAIPlan, Ticket | None]:
     """The learning planner for OpenAI Chat Completions / Responses; records the request in `memory`.
 
     OpenAI caches by itself (the implicit breakpoint): with no history, or when a conversation
@@ -529,7 +550,7 @@ def plan_openai(request: object, api: str, memory: Memory, now: float) -> tuple[
     model = request.get("model") if isinstance(request.get("model"), str) else None
     facts = facts_for(model, "openai")
     bpt = memory.calibration.bytes_per_token(model)
-    bounds = boundaries(request, api, bpt)  # type: ignore[arg-type]
+    bounds = boundaries(request, api, bpt)
     if not bounds:
         return OpenAIPlan("unsupported"), None
     digests = [b.digest for b in bounds]

@@ -304,7 +304,7 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIn
     seen: dict[str, Any] = {"client_markers": decided.client_fields, "client_ttls": (), "content_encoding": encoding,
                              "model": model, "prefix_tokens_est": decided.prefix_tokens_est}
     if index is not None and decided.digests:
-        index.record(decided.digests, now, writes={p: "30m" for p in decided.positions})
+        index.record(decided.digests, now, writes=dict.fromkeys(decided.positions, "30m"))
     if decided.decision != "inserted":
         return _unchanged(body, decided.decision, **seen)
     key = _ITEMS_KEY[api]

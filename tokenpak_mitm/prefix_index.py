@@ -47,8 +47,18 @@ from typing import Any, Final, Literal
 from .cache_facts import SECTION_PARAMETERS, TTL_SECONDS
 
 __all__ = [
-    "Api", "Section", "Boundary", "boundaries", "section_parameters", "first_difference", "part_at", "BYTES_PER_TOKEN",
-    "PrefixStats", "PrefixIndex", "Recorded", "CLUSTER_SECONDS",
+    "BYTES_PER_TOKEN",
+    "CLUSTER_SECONDS",
+    "Api",
+    "Boundary",
+    "PrefixIndex",
+    "PrefixStats",
+    "Recorded",
+    "Section",
+    "boundaries",
+    "first_difference",
+    "part_at",
+    "section_parameters",
 ]
 
 Api = Literal["anthropic", "openai_chat", "openai_responses", "gemini"]
@@ -115,13 +125,10 @@ def section_parameters(request: Mapping[str, Any], api: Api = "anthropic") -> di
     """The invalidating parameters folded into each section's digests (see the module docstring)."""
     if api != "anthropic":
         return {}
-    derived: dict[str, Any] = {}
-    for name in {p for names in SECTION_PARAMETERS.values() for p in names}:
-        if name == "citations":
-            derived[name] = _any_block(request, lambda b: b.get("type") == "document" and _enabled(b.get("citations")), True)
-        elif name == "images":
-            derived[name] = _any_block(request, lambda b: b.get("type") == "image", False)
-        elif "." in name:
+    citations, images = _scan_blocks(request)
+    derived: dict[str, Any] = {"citations": citations, "images": images}
+    for name in {p for names in SECTION_PARAMETERS.values() for p in names} - derived.keys():
+        if "." in name:
             outer, inner = name.split(".", 1)
             parent = request.get(outer)
             derived[name] = parent.get(inner) if isinstance(parent, dict) else None
@@ -129,6 +136,29 @@ def section_parameters(request: Mapping[str, Any], api: Api = "anthropic") -> di
             derived[name] = request.get(name)
     return {section: {p: derived[p] for p in names if derived[p] not in (None, False)}
             for section, names in SECTION_PARAMETERS.items()}
+
+
+def _scan_blocks(request: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(some document in system or messages enables citations, some image appears in the messages)."""
+    citations = images = False
+    pending: list[tuple[Any, bool]] = [(request.get("system"), False), (request.get("messages"), True)]
+    while pending:
+        node, in_messages = pending.pop()
+        if isinstance(node, list):
+            pending.extend((item, in_messages) for item in node if isinstance(item, (list, dict)))
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind == "image" and in_messages:
+                images = True
+            elif kind == "document" and _enabled(node.get("citations")):
+                citations = True
+            if citations and images:
+                break
+            for key in ("content", "source"):
+                child = node.get(key)
+                if isinstance(child, (list, dict)):
+                    pending.append((child, in_messages))
+    return citations, images
 
 
 def part_at(request: Mapping[str, Any], api: Api, b: Boundary) -> object:
@@ -156,23 +186,6 @@ def first_difference(a: Sequence[Boundary], b: Sequence[Boundary]) -> int | None
 
 def _enabled(value: object) -> bool:
     return isinstance(value, dict) and bool(value.get("enabled"))
-
-
-def _any_block(request: Mapping[str, Any], test: Any, include_system: bool) -> bool:
-    pending: list[Any] = [request.get("messages")]
-    if include_system:
-        pending.append(request.get("system"))
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            pending.extend(node)
-        elif isinstance(node, dict):
-            if test(node):
-                return True
-            for key in ("content", "source"):
-                if isinstance(node.get(key), (list, dict)):
-                    pending.append(node[key])
-    return False
 
 
 def _step(h: bytes, data: bytes) -> bytes:
@@ -300,8 +313,21 @@ class Recorded:
 
 
 class _Entry:
-    __slots__ = ("first_seen", "last_seen", "seen", "ends", "continued", "branches", "branches_continued",
-                 "clusters", "cached_until", "cached_ttl", "in_flight", "origin", "to_end")
+    __slots__ = (
+        "branches",
+        "branches_continued",
+        "cached_ttl",
+        "cached_until",
+        "clusters",
+        "continued",
+        "ends",
+        "first_seen",
+        "in_flight",
+        "last_seen",
+        "origin",
+        "seen",
+        "to_end",
+    )
 
     def __init__(self, now: float) -> None:
         self.first_seen = self.last_seen = now
@@ -325,7 +351,7 @@ class _Entry:
     def snapshot(self) -> PrefixStats:
         c = self.clusters
         return PrefixStats(self.first_seen, self.last_seen, self.seen, self.ends, self.continued, self.branches,
-                           self.branches_continued, tuple((c[i], int(c[i + 1])) for i in range(0, len(c), 2)),
+                           self.branches_continued, tuple(zip(c[0::2], map(int, c[1::2]))),
                            self.cached_until, self.cached_ttl, self.in_flight, self.to_end)
 
 

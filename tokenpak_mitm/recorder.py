@@ -1,16 +1,18 @@
 """``--set tokenpak_record=DIR``: save every LLM flow as a replayable, redacted ``.mitm`` file.
 
-A second addon, listed after ``TokenPak`` so its hooks see the flow after the addon has decided
-and emitted its row. Per flow it keeps what a conformance replay needs and mitmproxy would lose:
+A second addon that builds on ``TokenPak`` through its hooks (``hooks.py``), so its place in the
+addon list does not matter. Per flow it keeps what a conformance replay needs and mitmproxy would
+lose:
 
-* the streamed response body (the tap's ``record_body``; mitmproxy keeps none) with each chunk's
-  size and receive offset, capped by ``tokenpak_record_max_bytes`` (a note says when it cut);
+* the streamed response body (mitmproxy keeps none) with each chunk's size and receive offset,
+  capped by ``tokenpak_record_max_bytes`` (a note says when it cut): ``RecordingStream`` wraps the
+  tap in ``flow.response.stream`` when TokenPak fires ``tokenpak_stream``;
 * the client's original request bytes and the inserted spans, next to the request actually sent
-  (reported by the addon through the ``ConformanceObserver`` seam, the one place both are known);
+  (``tokenpak_outbound``: the one place both are known);
 * how the exchange ended: completed, client disconnect or upstream reset, and after how many bytes.
 
-Which flows: those the TokenPak addon tracked — its ``flow.metadata["tokenpak"]`` entry is the
-marker (set for every tracked flow by the time ``response``/``error`` reach us).
+Which flows: those the TokenPak addon tracked, i.e. those it fires ``tokenpak_row`` for (once per
+request, after its own ``response``/``error`` work, so the timings it stashed are there).
 
 Writing: ``response``/``error`` only take a snapshot (``get_state``: dict copies, bytes shared)
 and queue it; a writer thread redacts, serializes and writes one file per flow (temp name,
@@ -30,7 +32,7 @@ import re
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -38,14 +40,14 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http, io
 from mitmproxy.addonmanager import Loader
 
-from tokenpak_mitm import observer
+from tokenpak_mitm import hooks
 from tokenpak_mitm.addon import closed_by
 from tokenpak_mitm.options import parse_size
 from tokenpak_mitm.record_redact import redact_recorded_flow
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import terminal_state_for_error
 
-__all__ = ["Recorder", "RECORD_KEY", "FORMAT", "DEFAULT_MAX_BYTES"]
+__all__ = ["Recorder", "RecordingStream", "RECORD_KEY", "FORMAT", "DEFAULT_MAX_BYTES"]
 
 logger = logging.getLogger("tokenpak.recorder")
 
@@ -53,25 +55,42 @@ RECORD_KEY = "tokenpak_record"  # flow.metadata key of what this module adds
 FORMAT = 1
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 _QUEUE_BUDGET_FLOWS = 8  # queued snapshots may hold this many capped flows' worth of bytes
-_PENDING_CLIENT_BODIES = 1024
 
 
-class _ClientBytes:
-    """ConformanceObserver that keeps the client's original body and the inserted spans per flow."""
+class RecordingStream:
+    """Wraps a stream callable: returns exactly what it returns, and keeps a bounded copy of the
+    wire bytes with each chunk's size and offset (ms after the first chunk)."""
 
-    def __init__(self) -> None:
-        self.by_flow: OrderedDict[str, tuple[bytes, list[tuple[int, bytes]]]] = OrderedDict()
+    __slots__ = ("inner", "cap", "clock", "body", "chunks", "truncated", "wire_bytes", "_first_at")
 
-    def on_outbound_request(self, flow_id: str, client_bytes: bytes, sent_bytes: bytes, spans: Any) -> None:
-        self.by_flow[flow_id] = (bytes(client_bytes), [(int(o), bytes(t)) for o, t in spans])
-        while len(self.by_flow) > _PENDING_CLIENT_BODIES:  # flows that never finished
-            self.by_flow.popitem(last=False)
+    def __init__(self, inner: Callable[[bytes], Iterable[bytes] | bytes], cap: int, clock: Callable[[], float] = time.time) -> None:
+        self.inner = inner
+        self.cap = cap
+        self.clock = clock
+        self.body = bytearray()
+        self.chunks: list[tuple[float, int]] = []
+        self.truncated = False
+        self.wire_bytes = 0
+        self._first_at: float | None = None
 
-    def on_stream_frame(self, flow_id: str, route_class: str, event_type: str | None, raw: bytes) -> None:
-        pass
+    def __call__(self, data: bytes) -> Iterable[bytes] | bytes:
+        try:
+            if data:
+                self._keep(data)
+        except Exception:  # recording must never touch the bytes
+            logger.exception("tokenpak: recording a chunk failed; bytes pass through unchanged")
+        return self.inner(data)
 
-    def on_telemetry_row(self, row: Any) -> None:
-        pass
+    def _keep(self, data: bytes) -> None:
+        now = self.clock()
+        if self._first_at is None:
+            self._first_at = now
+        self.wire_bytes += len(data)
+        if len(self.body) + len(data) > self.cap:
+            self.truncated = True
+            return
+        self.chunks.append((round((now - self._first_at) * 1000.0, 3), len(data)))
+        self.body += data
 
 
 class _Writer:
@@ -115,12 +134,13 @@ class _Writer:
 
     def _write(self, path: Path, state: dict[str, Any]) -> None:
         f = http.HTTPFlow.from_state(state)
+        assert isinstance(f, http.HTTPFlow)
         record = f.metadata[RECORD_KEY]
         record["redactions"] = redact_recorded_flow(f, record, self.secret_headers)
         buf = BytesIO()
         io.FlowWriter(buf).add(f)
         data = buf.getvalue()
-        from tokenpak_mitm.conformance.secrets import scan_bytes  # belt and braces: a second opinion
+        from tokenpak_mitm.secret_scan import scan_bytes  # belt and braces: a second opinion
 
         leaks = scan_bytes(data, path.name, canaries=())
         if leaks:
@@ -140,12 +160,11 @@ class Recorder:
     def __init__(self) -> None:
         self.directory: Path | None = None
         self.max_bytes = DEFAULT_MAX_BYTES
-        self._observer: _ClientBytes | None = None
         self._writer: _Writer | None = None
         self._client_heads: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, Any]] = weakref.WeakKeyDictionary()
+        self._client_bodies: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[bytes, list[tuple[int, bytes]]]] = weakref.WeakKeyDictionary()
         self._done: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        # The tap itself, not flow.response.stream: a later addon (live conformance) may wrap it.
-        self._taps: weakref.WeakKeyDictionary[http.HTTPFlow, StreamTap] = weakref.WeakKeyDictionary()
+        self._streams: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[RecordingStream, StreamTap]] = weakref.WeakKeyDictionary()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -167,9 +186,6 @@ class Recorder:
     def _set_directory(self, value: str) -> None:
         if not value:
             self.directory = None
-            if self._observer is not None:
-                observer.uninstall(self._observer)
-                self._observer = None
             return
         path = Path(value).expanduser()
         try:
@@ -181,9 +197,6 @@ class Recorder:
         self.directory = path
         if self._writer is None:
             self._writer = _Writer(budget=self.max_bytes * _QUEUE_BUDGET_FLOWS)
-        if self._observer is None:
-            self._observer = _ClientBytes()
-            observer.install(self._observer)
 
     def running(self) -> None:
         if self.directory is not None:
@@ -194,8 +207,6 @@ class Recorder:
             self._writer.close()
             if self._writer.dropped:
                 logger.warning("tokenpak: %d flow(s) not recorded (recorder queue full)", self._writer.dropped)
-        if self._observer is not None:
-            observer.uninstall(self._observer)
 
     # -- hooks ----------------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -205,27 +216,26 @@ class Recorder:
         # upstream authority here (mitmproxy rewrites it before any hook), so it is not the client's.
         req = flow.request
         self._client_heads[flow] = {"headers": [[k, v] for k, v in req.headers.fields], "path": req.path, "method": req.method, "http_version": req.http_version}
+        hooks.want(flow, hooks.OUTBOUND, hooks.STREAM, hooks.ROW)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if self.directory is None or flow.response is None:
+    def tokenpak_outbound(self, flow: http.HTTPFlow, client_body: bytes, spans: list[tuple[int, bytes]]) -> None:
+        if self.directory is not None:
+            self._client_bodies[flow] = (bytes(client_body), list(spans))
+
+    def tokenpak_stream(self, flow: http.HTTPFlow, tap: StreamTap) -> None:
+        if self.directory is None or flow.response is None or not callable(flow.response.stream):
             return
-        tap = flow.response.stream
-        if isinstance(tap, StreamTap):
-            tap.enable_recording(self.max_bytes)
-            self._taps[flow] = tap
+        recording = RecordingStream(flow.response.stream, self.max_bytes)
+        flow.response.stream = recording
+        self._streams[flow] = (recording, tap)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._capture(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
+    def tokenpak_row(self, flow: http.HTTPFlow, slot: hooks.RowSlot) -> None:
         self._capture(flow)
 
     # -- capture --------------------------------------------------------------------------------
     def _capture(self, flow: http.HTTPFlow) -> None:
         if self.directory is None or self._writer is None or flow in self._done:
             return
-        if not isinstance(flow.metadata.get("tokenpak"), dict):
-            return  # not an LLM flow the TokenPak addon tracked
         self._done.add(flow)
         try:
             state, size = self._snapshot(flow)
@@ -239,6 +249,7 @@ class Recorder:
     def _snapshot(self, flow: http.HTTPFlow) -> tuple[dict[str, Any], int]:
         state = flow.get_state()
         state["backup"] = None  # an intercept backup would hold the unredacted original
+        state["metadata"].pop(hooks.WANT_KEY, None)  # this run's wiring, not part of the exchange
         record: dict[str, Any] = {"format": FORMAT, "cap": self.max_bytes}
         head = self._client_heads.pop(flow, None) or {}
         earlier = flow.metadata.get(RECORD_KEY)
@@ -246,7 +257,7 @@ class Recorder:
             head = {k: v for k, v in earlier["client"].items() if k in ("headers", "path", "method", "http_version")}
         client_body, spans = self._client_body(flow)
         request_truncated = client_body is not None and len(client_body) > self.max_bytes
-        if request_truncated:
+        if client_body is not None and request_truncated:
             client_body = client_body[: self.max_bytes]
             state["request"]["content"] = (state["request"]["content"] or b"")[: self.max_bytes]
         record["client"] = {**head, "body": client_body, "request_truncated": request_truncated}
@@ -259,7 +270,7 @@ class Recorder:
         return state, 2 * len(client_body or b"") + response_bytes
 
     def _client_body(self, flow: http.HTTPFlow) -> tuple[bytes | None, list[tuple[int, bytes]]]:
-        seen = self._observer.by_flow.pop(flow.id, None) if self._observer else None
+        seen = self._client_bodies.pop(flow, None)
         if seen is not None:
             return seen
         earlier = flow.metadata.get(RECORD_KEY)
@@ -275,17 +286,18 @@ class Recorder:
         resp = flow.response
         if resp is None:
             return {"streamed": False, "chunks": [], "truncated": False}, 0
-        tap = self._taps.pop(flow, None)
+        streamed = self._streams.pop(flow, None)
         earlier = flow.metadata.get(RECORD_KEY)
         if not flow.live and resp.raw_content is not None and isinstance(earlier, dict):
             # Re-recording a loaded flow (-nr): the tap never saw the wire; keep the recording's own.
             state["response"]["content"] = resp.raw_content
             return {**(earlier.get("response") or {})}, len(resp.raw_content)
-        if tap is not None and tap.record_body is not None:
-            body = bytes(tap.record_body)
-            chunks = [[ms, n] for ms, n in tap.record_chunks or []]
-            truncated = tap.record_truncated
-            sent = tap.wire_bytes
+        if streamed is not None:
+            recording, _ = streamed
+            body = bytes(recording.body)
+            chunks = [[ms, n] for ms, n in recording.chunks]
+            truncated = recording.truncated
+            sent = recording.wire_bytes
         else:
             raw = resp.raw_content or b""
             truncated = len(raw) > self.max_bytes
@@ -295,7 +307,7 @@ class Recorder:
         state["response"]["content"] = body
         meta = flow.metadata.get("tokenpak") or {}
         return {
-            "streamed": tap is not None,
+            "streamed": streamed is not None,
             "chunks": chunks,
             "truncated": truncated,
             "bytes": sent,

@@ -141,7 +141,9 @@ class Summary:
         if not self._proxy_ms:
             return None
         ordered = sorted(self._proxy_ms)
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        def pick(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
         return {"p50": pick(0.50), "p95": pick(0.95), "max": ordered[-1]}
 
 
@@ -331,7 +333,8 @@ def load_rows(db: str | Path, since_ts: float | None) -> list[TelemetryRow]:
 
     conn = connect_readonly(db)
     try:
-        sql, params = "SELECT * FROM requests", ()
+        sql = "SELECT * FROM requests"
+        params: tuple[float, ...] = ()
         if since_ts is not None:
             sql, params = sql + " WHERE started_at >= ?", (since_ts,)
         return [TelemetryRow.from_stored(r) for r in conn.execute(sql + " ORDER BY started_at, id", params)]

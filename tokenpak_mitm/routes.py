@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from tokenpak_mitm.dialects.base import Tracker
+from tokenpak_mitm.row import RouteClass
 
 __all__ = ["Route", "classify", "route_class", "tracker_for", "register_dialect", "PROVIDER_HOSTS"]
 
@@ -73,7 +74,7 @@ def tracker_for(route: Route) -> Tracker | None:
 _SDK_UA = re.compile(r"^(?:Anthropic|OpenAI|AsyncAnthropic|AsyncOpenAI)/|google-genai-sdk|google-api-(?:python|nodejs)-client|genai-js", re.I)
 
 
-def route_class(user_agent: str | None, has_stainless_header: bool = False) -> str:
+def route_class(user_agent: str | None, has_stainless_header: bool = False) -> RouteClass:
     """``claude-code`` for Claude Code, ``sdk`` for official SDKs, ``other`` for the rest."""
     ua = user_agent or ""
     if ua.startswith("claude-cli/") or ua.startswith("claude-code/"):

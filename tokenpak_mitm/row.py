@@ -140,6 +140,9 @@ class TelemetryRow(Mapping[str, Any]):
     extra_output_tokens: int | None = column("INTEGER", since=3)  # their output, part of output_tokens
     price_multiplier: float | None = column("REAL", since=3)  # price_multipliers' factor on token charges
     unpriced_reason: str | None = column("TEXT", since=3)  # pricing.UNPRICED_REASONS, when cost_usd is NULL
+    # v4: why the cache planner placed each marker and skipped each candidate: a JSON list of
+    # {"at", "why", "tokens", "ttl" | "skipped": true, "detail"?} (reasons: learning_planner.REASONS).
+    cache_reasons: str | None = column("TEXT", since=4)
 
     # -- construction from stored forms -----------------------------------------------------------
     @classmethod

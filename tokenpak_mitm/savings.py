@@ -34,11 +34,10 @@ with its line number) and skipped; the run goes on with the rest.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -48,11 +47,27 @@ from . import learning_planner
 from .cache_facts import facts_for
 from .cache_insert import CacheOptions, insert_markers
 from .testing.cache_sim import (
-    Breakpoint, CacheSimulator, InvalidRequest, OpenAIAnalysis, PendingWrite, RequestAnalysis, analyse_openai, analyse_request,
+    Breakpoint,
+    CacheSimulator,
+    InvalidRequest,
+    OpenAIAnalysis,
+    PendingWrite,
+    RequestAnalysis,
+    analyse_openai,
+    analyse_request,
 )
 
-__all__ = ["WorkloadRequest", "Replay", "parse_workload", "read_flows", "load", "evaluate", "add_arguments", "run",
-           "DEFAULT_OUTPUT_TOKENS"]
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "Replay",
+    "WorkloadRequest",
+    "add_arguments",
+    "evaluate",
+    "load",
+    "parse_workload",
+    "read_flows",
+    "run",
+]
 
 DEFAULT_OUTPUT_TOKENS = 300
 API_BY_PATH: dict[str, Literal["anthropic", "openai_chat", "openai_responses"]] = {
@@ -115,6 +130,7 @@ def _problem(item: object) -> str | None:
 def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
     """Requests from a directory of recorded flows (``*.mitm``), in start order, t from the first."""
     from mitmproxy import http, io  # only this input needs mitmproxy
+    from mitmproxy.net import encoding
 
     found: list[tuple[float, str, dict[str, Any]]] = []
     problems: list[str] = []
@@ -127,9 +143,18 @@ def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
             continue
         for flow in flows:
             record = flow.metadata.get("tokenpak_record")
-            body = record.get("client", {}).get("body") if isinstance(record, dict) else None
-            if body is None:
-                body = flow.request.get_content(strict=False)
+            client = record.get("client") if isinstance(record, dict) else None
+            body = client.get("body") if isinstance(client, dict) else None
+            if body is None or not isinstance(client, dict):
+                body = flow.request.get_content(strict=False)  # no record: what went upstream
+            else:
+                coding = _header(client.get("headers"), "content-encoding") or flow.request.headers.get("content-encoding")
+                if coding:
+                    try:
+                        body = encoding.decode(body, coding)
+                    except (ValueError, TypeError):
+                        problems.append(f"{path.name}: request body does not decode ({coding})")
+                        continue
             route = flow.request.path.split("?", 1)[0]
             if route not in API_BY_PATH:
                 continue  # not a request the planner plans (count_tokens, Gemini, ...)
@@ -145,6 +170,18 @@ def read_flows(directory: Path) -> tuple[list[WorkloadRequest], list[str]]:
     found.sort(key=lambda item: item[0])
     start = found[0][0] if found else 0.0
     return [WorkloadRequest(t - start, route, body) for t, route, body in found], problems
+
+
+def _header(headers: object, name: str) -> str | None:
+    """A header from a recorded head (a list of [name, value] byte or text pairs)."""
+    if not isinstance(headers, (list, tuple)):
+        return None
+    for pair in headers:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2:
+            key, value = (v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in pair)
+            if key.lower() == name:
+                return value
+    return None
 
 
 def load(path: Path) -> tuple[list[WorkloadRequest], list[str]]:
@@ -294,7 +331,10 @@ def stateless_plan(turns: Sequence[Turn]) -> list[Placement]:
     return plan
 
 
-def learning_plan(turns: Sequence[Turn], opts: CacheOptions = CacheOptions(ttl="auto")) -> tuple[list[Placement], list[tuple[Any, ...]]]:
+AUTO = CacheOptions(ttl="auto")
+
+
+def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[list[Placement], list[tuple[Any, ...]]]:
     """The learning planner replayed at the file's clock, fed the simulated usage; (plan, notes per turn)."""
     memory = learning_planner.Memory()
     state = State()
@@ -346,30 +386,40 @@ def _placement_of(turn: Turn, body: dict[str, Any]) -> Placement:
 # ------------------------------------------------------------------------------------ best search
 
 
-HORIZON = 6  # requests scored ahead when trying a turn's options (the winner is checked to the end)
+HORIZON = 6  # requests scored ahead when trying a turn's options
+VERIFY_HORIZON = 400  # requests the winner is checked over (the whole rest of any workload up to that size)
 
 
-def candidate_positions(turns: Sequence[Turn], i: int, starts: Sequence[Sequence[Placement]]) -> list[int]:
-    """Where a marker might pay: section ends, the deepest prefix shared with any earlier request,
-    the end of every message past it, every 10th block past it, and the start plans' own positions."""
+def shared_positions(turns: Sequence[Turn]) -> list[int]:
+    """For each request, the deepest block position whose prefix some earlier request also had (-1: none)."""
+    seen: set[str] = set()
+    out: list[int] = []
+    for turn in turns:
+        a = turn.analysis
+        keys: Sequence[str] = () if a is None else a.keys if isinstance(a, OpenAIAnalysis) else [b.prefix_hash for b in a.blocks]
+        out.append(max((p for p, k in enumerate(keys) if k in seen), default=-1))
+        seen.update(keys)
+    return out
+
+
+def candidate_positions(turns: Sequence[Turn], i: int, starts: Sequence[Sequence[Placement]], shared: int) -> list[int]:
+    """Where a marker might pay: section ends, the deepest prefix shared with any earlier request
+    (`shared`), the end of every message past it, every 10th block past it, and the start plans'
+    own positions."""
     a = turns[i].analysis
     if a is None:
         return []
     if isinstance(a, OpenAIAnalysis):
         keys, markable = a.keys, a.markable
-        earlier = {k for t in turns[:i] if isinstance(t.analysis, OpenAIAnalysis) for k in t.analysis.keys}
-        shared = max((p for p, k in enumerate(keys) if k in earlier), default=-1)
         found = {p for p in range(max(0, shared), len(keys)) if markable[p]} if len(keys) - shared < 12 else {shared}
         found |= {p for s in starts for p in s[i][0]}
         return sorted(p for p in found if 0 <= p < len(keys) and markable[p])
     blocks = a.blocks
-    earlier = {b.prefix_hash for t in turns[:i] if isinstance(t.analysis, RequestAnalysis) for b in t.analysis.blocks}
-    shared = max((b.index for b in blocks if b.prefix_hash in earlier), default=-1)
     found = {max(b.index for b in blocks if b.section == s) for s in ("tools", "system") if any(b.section == s for b in blocks)}
     if shared >= 0:
         found.add(shared)
     found.update(range(max(shared, 0) + 10, len(blocks), 10))
-    ends = [b.index for b, after in zip(blocks, (*blocks[1:], None)) if b.section == "messages"
+    ends = [b.index for b, after in zip(blocks, (*blocks[1:], None), strict=True) if b.section == "messages"
             and (after is None or after.path.split(".")[1] != b.path.split(".")[1])]
     found.update(e for e in ends if e >= shared)
     found.update(bp.index for s in starts for bp in s[i])
@@ -393,9 +443,11 @@ def options(turns: Sequence[Turn], i: int, positions: Sequence[int]) -> list[Pla
 
 def search_best(turns: Sequence[Turn], starts: Sequence[list[Placement]], sweeps: int = 2) -> list[Placement]:
     """Cheapest plan found: from each start plan, re-plan one request at a time (its options scored
-    over the next HORIZON requests, the winner kept only if the full replay from there is cheaper),
-    sweeping until nothing improves; the cheapest result. Never dearer than any start plan."""
+    over the next HORIZON requests, the winner kept only if the replay of the next VERIFY_HORIZON
+    requests is cheaper), sweeping until nothing improves; the cheapest of the results and the start
+    plans, so never dearer than any start plan. Time grows linearly with the requests."""
     results = []
+    shared = shared_positions(turns)
     for start in starts:
         plan = list(start)
         for _ in range(sweeps):
@@ -403,19 +455,20 @@ def search_best(turns: Sequence[Turn], starts: Sequence[list[Placement]], sweeps
             state = State()
             for i in range(len(turns)):
                 if turns[i].analysis is not None:
-                    tried = options(turns, i, candidate_positions(turns, i, starts))
+                    tried = options(turns, i, candidate_positions(turns, i, starts, shared[i]))
                     scored = min(((plan_cost(turns, plan[:i] + [o] + plan[i + 1:], i, state.copy(), i + HORIZON), _size(o), o)
                                   for o in tried), key=lambda x: (x[0], x[1]))
                     choice = scored[2]
                     if choice != plan[i]:
                         trial = plan[:i] + [choice] + plan[i + 1:]
-                        if plan_cost(turns, trial, i, state.copy()) < plan_cost(turns, plan, i, state.copy()) - 1e-12:
+                        stop = i + VERIFY_HORIZON
+                        if plan_cost(turns, trial, i, state.copy(), stop) < plan_cost(turns, plan, i, state.copy(), stop) - 1e-12:
                             plan, changed = trial, True
                 turn_cost(state, turns, i, plan[i])
             if not changed:
                 break
         results.append(plan)
-    return min(results, key=lambda p: plan_cost(turns, p))
+    return min([*results, *starts], key=lambda p: plan_cost(turns, p))  # never dearer than a start plan
 
 
 def _size(option: Placement) -> int:
@@ -444,11 +497,12 @@ class Replay:
                 "best": round(self.best, 6), "share": round(self.share, 4), "requests": self.requests}
 
 
-def evaluate(requests: Sequence[WorkloadRequest], search: bool = True) -> Replay:
+def evaluate(requests: Sequence[WorkloadRequest], search: bool = True, ttl: str = "auto") -> Replay:
+    """Cost the workload four ways (see the module docstring); `ttl` is the learning planner's option."""
     turns = build_turns(requests)
     none = [as_sent(t) for t in turns]
     stateless = stateless_plan(turns)
-    learned, notes = learning_plan(turns)
+    learned, notes = learning_plan(turns, CacheOptions(ttl=ttl))
     starts = [none, stateless, learned]
     best = search_best(turns, starts) if search else min(starts, key=lambda p: plan_cost(turns, p))
     return Replay(plan_cost(turns, none), plan_cost(turns, stateless), plan_cost(turns, learned), plan_cost(turns, best),
@@ -461,6 +515,9 @@ def evaluate(requests: Sequence[WorkloadRequest], search: bool = True) -> Replay
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, help="a JSONL workload, or a directory of recorded flows (tokenpak_record)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-search", action="store_true",
+                        help="skip the search for the best placement (best = the cheapest of no markers and the two planners); "
+                             "the search takes about 30 s per 1,000 requests")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -471,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
     requests, problems = load(path)
     for problem in problems:
         print(f"tokenpak savings: skipped {problem}", file=sys.stderr)
-    result = evaluate(requests)
+    result = evaluate(requests, search=not args.no_search)
     if args.json:
         print(json.dumps(result.as_json()))
         return 0

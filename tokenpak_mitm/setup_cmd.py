@@ -55,9 +55,10 @@ class SetupOptions:
 
 
 def addon_script_path() -> str:
-    """``addons/tokenpak.py`` of this checkout as an absolute path (relative when not found)."""
-    script = Path(__file__).resolve().parent.parent / "addons" / "tokenpak.py"
-    return str(script) if script.is_file() else "addons/tokenpak.py"
+    """The package's ``mitmdump -s`` entry as an absolute path (present in a pip install too)."""
+    from tokenpak_mitm.script import SCRIPT
+
+    return str(SCRIPT)
 
 
 def allow_hosts_pattern(hosts: tuple[str, ...] = LLM_HOSTS) -> str:
@@ -67,8 +68,9 @@ def allow_hosts_pattern(hosts: tuple[str, ...] = LLM_HOSTS) -> str:
 
 def _mitmdump() -> str:
     """The mitmdump next to this interpreter (the project's venv), so the line runs as printed."""
-    exe = Path(sys.executable).with_name("mitmdump")
-    return str(exe) if exe.is_file() else "mitmdump"
+    from tokenpak_mitm.script import mitmdump_executable
+
+    return mitmdump_executable()
 
 
 def _export(name: str, value: str) -> str:

@@ -48,13 +48,12 @@ class Event:
 class SSEParser:
     """Incremental frame splitter. ``feed`` returns the complete raw frames in receipt order."""
 
-    __slots__ = ("_buf", "_cr_seen", "frames", "bytes_in")
+    __slots__ = ("_buf", "_cr_seen", "frames")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._cr_seen = False
         self.frames = 0
-        self.bytes_in = 0
 
     @property
     def remainder(self) -> bytes:
@@ -69,7 +68,6 @@ class SSEParser:
     def feed(self, data: bytes) -> list[bytes]:
         if not data:
             return []
-        self.bytes_in += len(data)
         # find() rather than `in`: bytes.__contains__ first tries the needle as an int and
         # raises/clears a TypeError, about 0.4 us per call here, more than the search itself.
         if self._cr_seen or data.find(b"\r") >= 0:

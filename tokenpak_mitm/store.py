@@ -91,6 +91,8 @@ MIGRATIONS: tuple[str, ...] = (
     add_columns(2),
     # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
     add_columns(3),
+    # 4: cache_reasons (issue 13): why each marker was placed and each candidate skipped
+    add_columns(4),
 )
 if len(MIGRATIONS) != SCHEMA_VERSION:  # a field declared with a `since` that no migration adds
     raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")

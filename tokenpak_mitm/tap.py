@@ -26,13 +26,17 @@ logger = logging.getLogger(__name__)
 MAX_PENDING_FRAME = 16 * 1024 * 1024
 
 FrameSink = Callable[[str | None, bytes], None]
+REPLAY_PIECE = 16 * 1024  # bytes per piece when a buffered body is observed as if streamed
 
 
 class StreamTap:
+    """Observes one response's bytes for its dialect tracker. Knows nothing of recording or checks:
+    those wrap ``flow.response.stream`` or add a frame sink (``add_frame_sink``)."""
+
     __slots__ = (
-        "tracker", "sse", "parser", "decoder", "on_frame", "clock",
+        "tracker", "sse", "parser", "decoder", "sinks", "clock",
         "first_byte_at", "first_content_at", "last_byte_at", "wire_bytes", "finished", "failed",
-        "record_chunks", "record_body", "record_cap", "record_truncated", "_raw_copy", "_raw_cap",
+        "_raw_copy", "_raw_cap",
     )
 
     def __init__(
@@ -42,7 +46,6 @@ class StreamTap:
         sse: bool,
         content_encoding: str | None = None,
         on_frame: FrameSink | None = None,
-        record_cap: int = 0,
         clock: Callable[[], float] = time.time,
         raw_cap: int = 32 * 1024 * 1024,
     ) -> None:
@@ -50,7 +53,7 @@ class StreamTap:
         self.sse = sse
         self.parser = SSEParser() if sse else None
         self.decoder = incremental_decoder(content_encoding)
-        self.on_frame = on_frame
+        self.sinks: tuple[FrameSink, ...] = (on_frame,) if on_frame is not None else ()
         self.clock = clock
         self.first_byte_at: float | None = None
         self.first_content_at: float | None = None
@@ -58,22 +61,15 @@ class StreamTap:
         self.wire_bytes = 0
         self.finished = False  # set by mitmproxy's final b"" call; stays False in replays
         self.failed = False
-        # Recording keeps the wire bytes and chunk timing (bounded), only when asked for.
-        self.record_cap = record_cap
-        self.record_chunks: list[tuple[float, int]] | None = [] if record_cap else None
-        self.record_body: bytearray | None = bytearray() if record_cap else None
-        self.record_truncated = False
         # Non-SSE streams (Gemini JSON arrays) are measured from a bounded decoded copy.
         self._raw_copy: bytearray | None = None if sse else bytearray()
         self._raw_cap = raw_cap
         if self.decoder is None:
             logger.warning("tokenpak: unknown content-encoding %r; stream passes through unmeasured", content_encoding)
 
-    def enable_recording(self, cap: int) -> None:
-        """Keep the wire bytes and chunk timing (up to ``cap`` bytes) for a recorded flow."""
-        self.record_cap = cap
-        if self.record_body is None:
-            self.record_chunks, self.record_body = [], bytearray()
+    def add_frame_sink(self, sink: FrameSink) -> None:
+        """Also report each complete frame (event name, raw bytes), in order, to ``sink``."""
+        self.sinks = (*self.sinks, sink)
 
     def __call__(self, data: bytes) -> bytes:
         try:
@@ -93,8 +89,6 @@ class StreamTap:
             self.first_byte_at = now
         self.last_byte_at = now
         self.wire_bytes += len(data)
-        if self.record_body is not None:
-            self._record(now, data)
         if self.failed or self.decoder is None:
             return
         try:
@@ -117,21 +111,21 @@ class StreamTap:
 
     def _frames(self, frames: list[bytes], now: float) -> None:
         feed = self.tracker.feed_frame
-        sink = self.on_frame
+        sinks = self.sinks
         for raw in frames:
             if feed(raw) and self.first_content_at is None:
                 self.first_content_at = now
-            if sink is not None:
+            for sink in sinks:
                 sink(event_name(raw), raw)
 
-    def _record(self, now: float, data: bytes) -> None:
-        assert self.record_body is not None and self.record_chunks is not None
-        if len(self.record_body) + len(data) > self.record_cap:
-            self.record_truncated = True
-            return
-        start = self.first_byte_at or now
-        self.record_chunks.append((round((now - start) * 1000.0, 3), len(data)))
-        self.record_body += data
+    def feed_buffered(self, body: bytes) -> None:
+        """Observe a whole buffered body (a replayed flow: the callable never ran), then close.
+
+        Fed in wire-sized pieces, so per-chunk limits apply as they do live."""
+        view = memoryview(body)
+        for pos in range(0, len(view), REPLAY_PIECE):
+            self._observe(bytes(view[pos:pos + REPLAY_PIECE]))
+        self.close()
 
     def _finish(self) -> None:
         self.finished = True
@@ -154,12 +148,5 @@ class StreamTap:
 
 
 def observe_buffered_sse(tap: StreamTap, body: bytes) -> None:
-    """Feed a whole buffered SSE body (replay, or a stream the callable never saw) through a tap,
-    in wire-sized pieces so the per-chunk decode cap applies as it does live."""
-    view = memoryview(body)
-    for pos in range(0, len(view), _REPLAY_PIECE):
-        tap._observe(bytes(view[pos:pos + _REPLAY_PIECE]))
-    tap.close()
-
-
-_REPLAY_PIECE = 16 * 1024
+    """Feed a whole buffered SSE body (replay, or a stream the callable never saw) through a tap."""
+    tap.feed_buffered(body)

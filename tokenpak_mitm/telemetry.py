@@ -46,6 +46,7 @@ class RequestRecord:
     client_markers: int = 0
     cache_decision: CacheDecision | None = None
     prefix_tokens_est: int | None = None
+    cache_reasons: str | None = None  # JSON: why each marker was placed and each candidate skipped
     conformance_violations: int | None = None
     observe_note: str | None = None  # why a response was not parsed (too large, undecodable)
     known_secrets: tuple[str, ...] = ()  # the request's own secret values, removed from the error text
@@ -174,6 +175,7 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         client_markers=rec.client_markers,
         cache_decision=rec.cache_decision,
         prefix_tokens_est=rec.prefix_tokens_est,
+        cache_reasons=rec.cache_reasons,
         cost_usd=cost.cost_usd if cost else None,
         savings_usd=cost.savings_usd if cost else None,
         price_version=cost.price_version if cost else None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Final
 
-__all__ = ["TokenCalibration", "MARGIN"]
+__all__ = ["MARGIN", "TokenCalibration"]
 
 MARGIN: Final = 0.9  # use 90% of the observed bytes/token: estimates stay ~10% high
 MIN_TOKENS: Final = 256  # smaller prompts say little about the ratio (fixed overheads dominate)

@@ -7,7 +7,7 @@
 * ``flowfile`` — a recorded ``.mitm`` flow (written by :mod:`tokenpak_mitm.recorder`).
 * ``runner`` (CLI) / ``session`` / ``replay`` / ``golden`` / ``report`` — ``tokenpak conformance``:
   replay each flow through a real mitmdump, check everything, table + JUnit; ``probe`` is the
-  ``-s`` script that collects the observer's evidence inside mitmdump.
+  ``-s`` script that collects the evidence inside mitmdump through TokenPak's hooks.
 * ``live`` — ``--set tokenpak_conformance=warn|strict`` on user traffic.
 * ``scenarios`` / ``corpus`` — what the ``flows/`` corpus records, and its generator.
 """

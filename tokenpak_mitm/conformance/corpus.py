@@ -18,11 +18,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tokenpak_mitm.conformance.flowfile import load_recording
 from tokenpak_mitm.conformance.golden import compare_golden, stable_row
 from tokenpak_mitm.conformance.scenarios import SCENARIOS, Scenario
-from tokenpak_mitm.conformance.secrets import scan_paths
+from tokenpak_mitm.secret_scan import scan_paths
 from tokenpak_mitm.testing.client import Response, build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream
@@ -40,7 +41,7 @@ def _wait_for_file(directory: Path, known: set[Path], timeout: float = 15.0) -> 
     raise TimeoutError(f"no recording appeared in {directory}")
 
 
-def record_scenarios(out: Path, scenarios: list[Scenario], workdir: Path) -> dict[str, dict]:
+def record_scenarios(out: Path, scenarios: list[Scenario], workdir: Path) -> dict[str, dict[str, Any]]:
     """Record each scenario into ``out/<name>.mitm``; returns the live rows by scenario name."""
     slot: list[Script] = []
 
@@ -49,7 +50,8 @@ def record_scenarios(out: Path, scenarios: list[Scenario], workdir: Path) -> dic
 
     rec_dir, db = workdir / "recorded", workdir / "live.db"
     upstream = ScriptedUpstream(handle).start()
-    proxy = MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=workdir, options=[f"tokenpak_record={rec_dir}", "flow_detail=0"]).start()
+    proxy = MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=workdir, options=[f"tokenpak_record={rec_dir}", "flow_detail=0",
+                                                                                   "tokenpak_cache_history=false"]).start()
     ids: dict[str, str] = {}
     try:
         known: set[Path] = set()

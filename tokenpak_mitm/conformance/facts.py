@@ -80,11 +80,7 @@ def stream_errors(dialect: str, frames: list[bytes]) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             continue
         kind = obj.get("type")
-        if dialect == "anthropic" and (kind == "error" or event == "error"):
-            out.append(obj)
-        elif dialect == "openai_responses" and (kind in ("error", "response.failed") or event == "error"):
-            out.append(obj)
-        elif dialect in ("openai_chat", "gemini") and isinstance(obj.get("error"), dict):
+        if (dialect == "anthropic" and (kind == "error" or event == "error")) or (dialect == "openai_responses" and (kind in ("error", "response.failed") or event == "error")) or (dialect in ("openai_chat", "gemini") and isinstance(obj.get("error"), dict)):
             out.append(obj)
     return out
 
@@ -112,10 +108,13 @@ def error_type(dialect: str, obj: Any) -> str | None:
     if not isinstance(err, dict):
         return None
     if dialect == "anthropic":
-        return err.get("type") if isinstance(err.get("type"), str) else None
+        kind = err.get("type")
+        return kind if isinstance(kind, str) else None
     if dialect == "gemini":
-        return err.get("status") if isinstance(err.get("status"), str) else None
+        status = err.get("status")
+        return status if isinstance(status, str) else None
     for key in ("code", "type"):  # OpenAI: the specific code says more than the generic type
-        if isinstance(err.get(key), str) and err[key]:
-            return err[key]
+        value = err.get(key)
+        if isinstance(value, str) and value:
+            return value
     return None

@@ -34,7 +34,7 @@ def stable_row(row: Mapping[str, Any]) -> dict[str, Any]:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
+    return bool(a == b)
 
 
 def compare_golden(golden: Mapping[str, Any] | None, row: Mapping[str, Any] | None) -> list[Violation] | None:

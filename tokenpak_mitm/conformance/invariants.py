@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenpak_mitm.conformance import facts
-from tokenpak_mitm.conformance.secrets import DEFAULT_CANARIES, scan_bytes
 from tokenpak_mitm.conformance.wire import count_cache_markers, decode_body, header_get, remove_inserted, split_frames
+from tokenpak_mitm.secret_scan import DEFAULT_CANARIES, scan_bytes
 
 __all__ = ["Violation", "Evidence", "INVARIANTS", "check_all", "expected_terminal_state"] + [f"check_i{n}" for n in range(1, 11)]
 
@@ -53,7 +53,7 @@ class Evidence:
     client_response_body: bytes | None = None
     path: str = "completed"  # how the exchange ended: completed | client_disconnected | upstream_disconnected | proxy_error
     # from inside the proxy
-    observed_frames: list[bytes] | None = None  # ConformanceObserver.on_stream_frame, in call order
+    observed_frames: list[bytes] | None = None  # frames the tap reported to its sinks, in call order
     rows: list[Mapping[str, Any]] | None = None  # every telemetry row written for this request
     timeline: list[str] | None = None  # "frame" / "terminal" / "row", in the order the proxy did them
     # at rest: everything we wrote (db, spill, flow files, log lines, traces) and the canaries used

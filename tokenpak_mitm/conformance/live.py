@@ -2,25 +2,28 @@
 
 Runs I6 (every forwarded frame reported once, in order, byte-identical, nothing synthesized),
 I8 (every chunk forwarded exactly as received) and I10 (one row per LLM request, after its
-terminal event) through the ``ConformanceObserver`` seam, on every flow, as it happens:
+terminal event) through TokenPak's hooks (``hooks.py``), on every flow, as it happens:
 
 * ``warn`` logs each violation and writes the flow's count into its row's
-  ``conformance_violations`` (the observer sees the row before it is written);
+  ``conformance_violations`` (``tokenpak_row`` comes before the row is written);
 * ``strict`` also makes mitmdump exit non-zero at shutdown, so a test run that enabled it fails;
-* ``off`` (default) installs nothing: no observer, no wrapper, zero cost.
+* ``off`` (default) asks for no hooks: no wrapper, no frame sink, zero cost.
 
-How: after TokenPak attached its stream tap, this addon wraps it with a thin callable that sees
-what the tap returns (i.e. what mitmproxy forwards), splits it into frames with the checker's
-own splitter and matches them against the frames the observer reported for the same chunk.
+How: when TokenPak fires ``tokenpak_stream``, this addon adds a frame sink to the tap and wraps
+``flow.response.stream`` with a thin callable that sees what is returned (i.e. what mitmproxy
+forwards), splits it into frames with the checker's own splitter and matches them against the
+frames the tap reported for the same chunk.
 Memory per flow is one partial frame (capped; a flow with a larger frame is left unchecked).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +31,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
-from tokenpak_mitm import observer
+from tokenpak_mitm import hooks
 from tokenpak_mitm.conformance.wire import split_frames
 from tokenpak_mitm.decoders import incremental_decoder
 from tokenpak_mitm.routes import classify, tracker_for
@@ -42,6 +45,7 @@ logger = logging.getLogger("tokenpak.conformance")
 MODES = ("off", "warn", "strict")
 _MAX_PENDING_FRAME = 4 * 1024 * 1024
 _MAX_FLOWS = 10_000
+ROW_GRACE = 1.0  # seconds an ended flow may still take to emit its row (an awaiting hook)
 _LOGGED_PER_FLOW = 5  # a broken tap would otherwise log every frame of every stream
 
 
@@ -52,7 +56,7 @@ class _LiveFlow:
     final: bool = False  # the stream's final b"" call was forwarded
     rows: int = 0
     violations: list[str] = field(default_factory=list)
-    reported: deque[bytes] = field(default_factory=deque)  # observer frames not yet matched
+    reported: deque[bytes] = field(default_factory=deque)  # frames the tap reported, not yet matched
     buffer: bytearray = field(default_factory=bytearray)  # forwarded, decoded, not yet a frame
     decoder: Any = None
     unchecked: bool = False
@@ -60,11 +64,11 @@ class _LiveFlow:
 
 
 class _ForwardCheck:
-    """Wraps the tap: returns exactly what the tap returns, and checks it (never raises)."""
+    """Wraps the stream callable: returns exactly what it returns, and checks it (never raises)."""
 
     __slots__ = ("inner", "state", "owner")
 
-    def __init__(self, inner: StreamTap, state: _LiveFlow, owner: LiveConformance) -> None:
+    def __init__(self, inner: Callable[[bytes], Any], state: _LiveFlow, owner: LiveConformance) -> None:
         self.inner, self.state, self.owner = inner, state, owner
 
     def __call__(self, data: bytes) -> Any:
@@ -81,7 +85,7 @@ class LiveConformance:
         self.mode = "off"
         self.violations = 0
         self._flows: OrderedDict[str, _LiveFlow] = OrderedDict()
-        self._installed = False
+        self._ended: set[str] = set()  # flows whose end was seen and whose row check is scheduled
         self._exit_hook_added = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -95,12 +99,6 @@ class LiveConformance:
         if mode not in MODES:
             raise exceptions.OptionsError(f"tokenpak_conformance must be one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
-        if mode == "off" and self._installed:
-            observer.uninstall(self)
-            self._installed = False
-        elif mode != "off" and not self._installed:
-            observer.install(self)
-            self._installed = True
 
     def running(self) -> None:
         if self.mode == "strict" and not self._exit_hook_added:
@@ -111,10 +109,13 @@ class LiveConformance:
         if self.mode != "off":
             logger.info("tokenpak: live conformance checks on (%s): I6 frame ordering, I8 byte identity, I10 one row per request", self.mode)
 
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
     def done(self) -> None:
-        if self._installed:
-            observer.uninstall(self)
-            self._installed = False
+        for fid in list(self._ended):  # ended flows whose grace had not run out yet
+            self._check_row_written(fid, False)
         if self.violations and self.mode != "strict":
             logger.warning("tokenpak: %d conformance violation(s) seen (tokenpak_conformance=warn)", self.violations)
 
@@ -130,14 +131,21 @@ class LiveConformance:
         self._flows[flow.id] = _LiveFlow(weakref.ref(flow))
         while len(self._flows) > _MAX_FLOWS:
             self._flows.popitem(last=False)
+        hooks.want(flow, hooks.STREAM, hooks.ROW)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def tokenpak_stream(self, flow: http.HTTPFlow, tap: StreamTap) -> None:
         st = self._flows.get(flow.id)
-        if st is None or flow.response is None or not isinstance(flow.response.stream, StreamTap):
+        if st is None or flow.response is None or not callable(flow.response.stream):
             return
         st.streamed = True
         st.decoder = incremental_decoder(flow.response.headers.get("content-encoding"))
         st.unchecked = st.decoder is None
+
+        def reported(event_type: str | None, raw: bytes) -> None:
+            if not st.unchecked:
+                st.reported.append(bytes(raw))
+
+        tap.add_frame_sink(reported)
         flow.response.stream = _ForwardCheck(flow.response.stream, st, self)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -147,20 +155,35 @@ class LiveConformance:
         self._end(flow)
 
     def _end(self, flow: http.HTTPFlow) -> None:
-        st = self._flows.pop(flow.id, None)
+        """The flow ended: its row must exist. Checked once every addon's hook for this event ran
+        (TokenPak may come after this addon in the list), i.e. on the next turn of the loop; a
+        flow still without its row then gets ROW_GRACE seconds more (a hook that awaits), and
+        whatever is still pending at shutdown is checked in ``done``."""
+        if flow.id not in self._flows or flow.id in self._ended:
+            return
+        self._ended.add(flow.id)
+        try:
+            asyncio.get_running_loop().call_soon(self._check_row_written, flow.id, True)
+        except RuntimeError:  # no loop (driven synchronously, e.g. by a test harness)
+            self._check_row_written(flow.id, False)
+
+    def _check_row_written(self, fid: str, may_wait: bool) -> None:
+        st = self._flows.get(fid)
+        if st is not None and st.rows == 0 and may_wait:
+            try:
+                asyncio.get_running_loop().call_later(ROW_GRACE, self._check_row_written, fid, False)
+                return
+            except RuntimeError:
+                pass
+        self._ended.discard(fid)
+        st = self._flows.pop(fid, None)
         if st is not None and st.rows == 0:
-            self._violate(flow.id, st, "I10: no telemetry row was emitted for this LLM request")
+            self._violate(fid, st, "I10: no telemetry row was emitted for this LLM request")
 
-    # -- observer seam --------------------------------------------------------------------------
-    def on_outbound_request(self, flow_id: str, client_bytes: bytes, sent_bytes: bytes, spans: Any) -> None:
-        pass
+    def tokenpak_row(self, flow: http.HTTPFlow, slot: hooks.RowSlot) -> None:
+        slot.row = self._on_row(slot.row) or slot.row
 
-    def on_stream_frame(self, flow_id: str, route_class: str, event_type: str | None, raw: bytes) -> None:
-        st = self._flows.get(flow_id)
-        if st is not None and not st.unchecked:
-            st.reported.append(bytes(raw))
-
-    def on_telemetry_row(self, row: TelemetryRow) -> TelemetryRow | None:
+    def _on_row(self, row: TelemetryRow) -> TelemetryRow | None:
         fid = row.request_key
         st = self._flows.get(fid)
         if st is None:

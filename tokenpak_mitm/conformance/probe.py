@@ -1,7 +1,7 @@
 """Evidence probe for replays: ``mitmdump -s probe.py -s addons/tokenpak.py --set tokenpak_probe_out=F``.
 
-The ``ConformanceObserver`` seam is in-process, so whoever collects I1/I6/I10 evidence has to run
-inside mitmdump. This script installs an observer and writes one JSON line per observation to
+TokenPak's hooks (``hooks.py``) are in-process, so whoever collects I1/I6/I10 evidence has to run
+inside mitmdump. This script implements them and writes one JSON line per observation to
 the file given by ``tokenpak_probe_out`` (or ``$TOKENPAK_PROBE_OUT``): the request as the addon
 sent it (with the client's bytes and the spans), every stream frame, the terminal hook and the
 row. Loaded *before* the addon, its ``response``/``error`` hooks run before the addon's, so a
@@ -14,14 +14,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Mapping
 from typing import IO, Any
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from tokenpak_mitm import observer
+from tokenpak_mitm import hooks
+from tokenpak_mitm.hooks import RowSlot
 from tokenpak_mitm.redact import redact_query
+from tokenpak_mitm.tap import StreamTap
 
 ENV = "TOKENPAK_PROBE_OUT"
 
@@ -47,12 +48,8 @@ class Probe:
             if target:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 self._out = os.fdopen(fd, "a", encoding="utf-8")
-                observer.install(self)
-            else:
-                observer.uninstall(self)
 
     def done(self) -> None:
-        observer.uninstall(self)
         if self._out is not None:
             self._out.close()
             self._out = None
@@ -66,6 +63,9 @@ class Probe:
 
     # -- hooks (run before the TokenPak addon's) ----------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self._out is None:
+            return
+        hooks.want(flow, hooks.OUTBOUND, hooks.STREAM, hooks.ROW)
         self._write("request", flow.id, path=redact_query(flow.request.path))
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -74,15 +74,21 @@ class Probe:
     def error(self, flow: http.HTTPFlow) -> None:
         self._write("terminal", flow.id, how="error", error=flow.error.msg if flow.error else None)
 
-    # -- observer -------------------------------------------------------------------------------
-    def on_outbound_request(self, flow_id: str, client_bytes: bytes, sent_bytes: bytes, spans: Any) -> None:
-        self._write("outbound", flow_id, client=_b64(client_bytes), sent=_b64(sent_bytes), spans=[[int(o), _b64(bytes(t))] for o, t in spans])
+    # -- TokenPak's hooks ------------------------------------------------------------------------
+    def tokenpak_outbound(self, flow: http.HTTPFlow, client_body: bytes, spans: list[tuple[int, bytes]]) -> None:
+        sent = flow.request.raw_content or b""
+        self._write("outbound", flow.id, client=_b64(client_body), sent=_b64(sent), spans=[[int(o), _b64(bytes(t))] for o, t in spans])
 
-    def on_stream_frame(self, flow_id: str, route_class: str, event_type: str | None, raw: bytes) -> None:
-        self._write("frame", flow_id, event=event_type, raw=_b64(raw))
+    def tokenpak_stream(self, flow: http.HTTPFlow, tap: StreamTap) -> None:
+        fid = flow.id
 
-    def on_telemetry_row(self, row: Mapping[str, Any]) -> None:
-        self._write("row", str(row.get("request_key")), row=dict(row))
+        def frame(event_type: str | None, raw: bytes) -> None:
+            self._write("frame", fid, event=event_type, raw=_b64(raw))
+
+        tap.add_frame_sink(frame)
+
+    def tokenpak_row(self, flow: http.HTTPFlow, slot: RowSlot) -> None:
+        self._write("row", slot.row.request_key, row=slot.row.as_dict())
 
 
 addons = [Probe()]

@@ -75,7 +75,7 @@ class ReplayResult:
 class ReplayRig:
     def __init__(self, workdir: Path | None = None, *, fast: bool = False, extra_options: list[str] | None = None, extra_scripts: list[str] | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="tokenpak-conformance-") if workdir is None else None
-        self.workdir = Path(self._tmp.name) if self._tmp else Path(workdir)
+        self.workdir = Path(self._tmp.name) if self._tmp is not None else Path(workdir or ".")
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fast = fast
         self.db = self.workdir / "replay.db"
@@ -98,7 +98,10 @@ class ReplayRig:
             args += ["-s", script]
         options = [
             f"tokenpak_db={self.db}", f"tokenpak_probe_out={self.probe_out}", f"tokenpak_record={self.rerecord}",
-            "tokenpak_conformance=warn", "flow_detail=0", *self.extra_options,
+            "tokenpak_conformance=warn", "flow_detail=0",
+            # Each recorded flow is checked alone: with the planner's memory of the flows replayed
+            # before it, a flow's markers (and golden row) would depend on the replay order.
+            "tokenpak_cache_history=false", *self.extra_options,
         ]
         self.proxy = MitmdumpProcess(f"reverse:{self.upstream.url}", confdir=self.workdir, addon=False, options=options, extra_args=args)
         self.proxy.addon = True  # the addon IS loaded (after the probe): wait for its startup line

@@ -3,8 +3,8 @@
 Each covers one path through the proxy (dialect × streamed or not × who placed markers × how it
 ended × wire quirks). Requests carry the canary keys from ``secrets.DEFAULT_CANARIES`` in the
 places real clients put keys (headers, ``?key=``, an error message that echoes the key), so the
-recorded files prove redaction. The recorded provider streams come from ``tests/fixtures``
-(origins and licences in ``tests/fixtures/README.md``).
+recorded files prove redaction. The recorded provider streams come from ``conformance/fixtures``
+(package data; origins and licences in its ``README.md``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenpak_mitm.conformance.secrets import DEFAULT_CANARIES
+from tokenpak_mitm.secret_scan import DEFAULT_CANARIES
 from tokenpak_mitm.testing.upstream import Script, Step
 
 __all__ = ["Scenario", "SCENARIOS", "FIXTURES"]
 
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # package data: recorded provider streams
 ANTHROPIC_KEY, GOOGLE_KEY, OPENAI_KEY, OAUTH_TOKEN, COOKIE = (k.decode() for k in DEFAULT_CANARIES)
 
 SSE = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenpak_mitm.conformance.flowfile import Recording, find_flow_files, load_recording
 from tokenpak_mitm.conformance.golden import compare_golden, write_golden
 from tokenpak_mitm.conformance.invariants import Outcome, Violation, check_all
 from tokenpak_mitm.conformance.replay import ReplayResult, ReplayRig
 from tokenpak_mitm.conformance.report import FlowOutcome
-from tokenpak_mitm.conformance.secrets import DEFAULT_CANARIES
+from tokenpak_mitm.secret_scan import DEFAULT_CANARIES
 
 __all__ = ["run_conformance", "chunk_fidelity"]
 
@@ -26,7 +27,7 @@ def chunk_fidelity(result: ReplayResult) -> Outcome:
     return [] if ok else [Violation("chunks", f"chunk sizes upstream {want[:12]}{'…' if len(want) > 12 else ''}, client {got[:12]}{'…' if len(got) > 12 else ''}")]
 
 
-def _live(row: dict | None, log: str, flow_id: str | None) -> Outcome:
+def _live(row: Mapping[str, Any] | None, log: str, flow_id: str | None) -> Outcome:
     """What the in-proxy checker (on during replays) said: its log lines, else the row's count.
 
     The log is the authority: a violation found after the row was written (a second row for the
@@ -84,12 +85,12 @@ def run_conformance(
     return sorted(outcomes, key=lambda o: order.get(o.name, -1))
 
 
-def _check(result: ReplayResult, rows: dict[str, list[dict]], artifacts: dict[str, bytes], update_golden: bool) -> FlowOutcome:
+def _check(result: ReplayResult, rows: Mapping[str, list[dict[str, Any]]], artifacts: dict[str, bytes], update_golden: bool) -> FlowOutcome:
     rec = result.recording
     if result.skipped:
         return FlowOutcome(rec.name, skipped=result.skipped)
     ev = result.evidence
-    ev.rows = rows.get(result.flow_id or "", [])
+    ev.rows = list(rows.get(result.flow_id or "", []))
     ev.artifacts = {**artifacts, rec.path.name: rec.path.read_bytes()}
     ev.canaries = [*result.canaries, *DEFAULT_CANARIES]
     outcome = FlowOutcome(rec.name, results=dict(check_all(ev)))

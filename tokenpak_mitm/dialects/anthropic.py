@@ -1,6 +1,6 @@
 """Anthropic Messages: usage, ids and terminal state from SSE frames or a JSON body.
 
-Rules (see docs and ``shared/research/protocols.md`` §1.9, §2.3):
+Rules (docs/dialects.md has the field-to-bucket table):
 
 * ``input_tokens`` already excludes cache reads and writes, so it maps to fresh input directly.
 * ``message_start`` carries a full usage object; every ``message_delta`` carries *cumulative*

@@ -1,6 +1,6 @@
 """Gemini ``generateContent`` / ``streamGenerateContent`` (SSE or JSON array): usage and state.
 
-Rules (``shared/research/protocols.md`` §4):
+Rules (docs/dialects.md has the field-to-bucket table):
 
 * ``usageMetadata`` repeats on chunks with running totals, so the LAST one replaces all earlier
   ones (never summed). Fields are proto3 JSON: an absent count means 0.

@@ -1,6 +1,6 @@
 """OpenAI Chat Completions (and compatible servers): usage, ids and terminal state.
 
-Rules (``shared/research/protocols.md`` §3.1, §3.2):
+Rules (docs/dialects.md has the field-to-bucket table):
 
 * Streamed usage exists only when the client sent ``stream_options.include_usage``: one extra
   chunk with empty (or, on compatible servers, null/missing) ``choices`` just before

@@ -1,6 +1,6 @@
 """OpenAI Responses API (``POST /v1/responses``): usage, ids and terminal state.
 
-Rules (``shared/research/protocols.md`` §3.3):
+Rules (docs/dialects.md has the field-to-bucket table):
 
 * Every event has an ``event:`` line equal to its JSON ``type`` and there is no ``[DONE]``; the
   terminal events ``response.completed``, ``response.incomplete`` and ``response.failed`` carry the

@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenpak_mitm import cache_facts
-from tokenpak_mitm.prefix_index import Boundary, boundaries, part_at
+from tokenpak_mitm.prefix_index import Api, Boundary, boundaries, part_at
 
 MAX_BREAKPOINTS = cache_facts.MAX_BREAKPOINTS
 LOOKBACK_WINDOW = cache_facts.LOOKBACK_BLOCKS
@@ -507,7 +507,7 @@ class CacheSimulator:
 
     # ------------------------------------------------------------ OpenAI
 
-    def handle_openai(self, request: Any, api: str = "openai_chat", now: float | None = None,
+    def handle_openai(self, request: Any, api: Api = "openai_chat", now: float | None = None,
                       pending: list[PendingWrite] | None = None) -> SimResult:
         """One Chat Completions (``api="openai_chat"``) or Responses (``"openai_responses"``) request."""
         if not isinstance(request, dict) or not isinstance(request.get("model"), str):
@@ -583,9 +583,9 @@ class OpenAIAnalysis:
     explicit_only: bool  # prompt_cache_options.mode == "explicit"
 
 
-def analyse_openai(request: dict[str, Any], api: str) -> OpenAIAnalysis:
+def analyse_openai(request: dict[str, Any], api: Api) -> OpenAIAnalysis:
     facts = cache_facts.facts_for(request.get("model"), "openai")
-    bounds = boundaries(request, api, 4.0)  # type: ignore[arg-type]
+    bounds = boundaries(request, api, 4.0)
     options = request.get("prompt_cache_options")
     return OpenAIAnalysis(
         model=str(request.get("model")), api=api, facts=facts,
@@ -597,7 +597,7 @@ def analyse_openai(request: dict[str, Any], api: str) -> OpenAIAnalysis:
     )
 
 
-def _has_openai_breakpoint(request: dict[str, Any], api: str, b: Boundary) -> bool:
+def _has_openai_breakpoint(request: dict[str, Any], api: Api, b: Boundary) -> bool:
     """Does the block at `b` carry ``prompt_cache_breakpoint``? (system, user and tool content; not assistant output)"""
     if b.role == "assistant":
         return False

@@ -116,7 +116,7 @@ async def read_request(reader: asyncio.StreamReader) -> ReceivedRequest | None:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         size_line = await reader.readuntil(b"\r\n")
         try:
@@ -172,7 +172,7 @@ def stream_frames(
             key: result.usage[key]
             for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
         }
-    start = {
+    start: dict[str, Any] = {
         "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
         "stop_reason": None, "stop_sequence": None, "usage": start_usage,
     }

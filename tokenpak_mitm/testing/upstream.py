@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tokenpak_mitm.testing.fake_anthropic import HttpParseError, read_request
+
 __all__ = ["Step", "Script", "Received", "ScriptedUpstream", "sse_script"]
 
 
@@ -142,7 +144,7 @@ class ScriptedUpstream:
                     return
                 if script.close:
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, HttpParseError):
             pass
         finally:
             if not writer.is_closing():
@@ -196,22 +198,8 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Received | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
+    """One request, read by the HTTP/1.1 reader the fake Anthropic API uses (one parser for both)."""
+    req = await read_request(reader)
+    if req is None:
         return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    headers = [tuple(x.strip() for x in ln.split(":", 1)) for ln in lines[1:] if ":" in ln]
-    hmap = {k.lower(): v for k, v in headers}
-    if hmap.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += chunk[:-2]
-    else:
-        body = await reader.readexactly(int(hmap.get("content-length", "0")))
-    return Received(method, path, headers, body)  # type: ignore[arg-type]
+    return Received(req.method, req.target, list(req.headers), req.body)

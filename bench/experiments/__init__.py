@@ -1,1 +1,0 @@
-"""Addon variants for cost attribution (``python -m bench --addon-script ...``), never shipped."""

@@ -1,0 +1,292 @@
+"""learning_planner: markers where this proxy's traffic shows prefixes recur, TTL from observed gaps.
+
+The invariants of today's planner hold with any history; a shared-document batch is recognised
+and read; `auto` picks 1h only where the gaps make it pay; OpenAI requests get a breakpoint at a
+stable boundary and are left alone when the client set a cache field.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from test_cache_insert import (
+    MESSAGES,
+    marked_blocks,
+    requests,
+    spelled,
+    without_our_markers,
+)
+
+from tokenpak_mitm.cache_insert import (
+    DECISIONS,
+    CacheOptions,
+    count_markers,
+    insert_markers,
+    remove_spans,
+)
+from tokenpak_mitm.cache_planner import is_eligible_block
+from tokenpak_mitm.learning_planner import REASONS, Memory, observe_usage, plan_openai
+from tokenpak_mitm.prefix_index import boundaries
+from tokenpak_mitm.testing.cache_sim import CacheSimulator, analyse_request
+from tokenpak_mitm.token_estimate import TokenCalibration
+
+WORDS = ["the", "cache", "holds", "a", "prefix", "of", "tokens", "that", "later", "requests", "read", "back", "cheaply", "while", "it", "lives"]
+
+
+def text(n_words: int, seed: int) -> str:
+    return " ".join(WORDS[(seed + i * 7) % len(WORDS)] for i in range(n_words))
+
+
+AUTO = CacheOptions(ttl="auto")
+
+
+def send(memory: Memory, sim: CacheSimulator, body: dict, now: float, opts: CacheOptions = AUTO):
+    """One request through the learning planner and the simulator, its usage fed back."""
+    result = insert_markers(json.dumps(body).encode(), None, opts, memory, now)
+    sent = json.loads(result.body)
+    usage = sim.handle(sent, now=now).usage
+    if result.ticket is not None:
+        memory.index.response_began(result.ticket.recorded)
+        read, write = usage["cache_read_input_tokens"], usage["cache_creation_input_tokens"]
+        observe_usage(memory, result.ticket, prompt_tokens=usage["input_tokens"] + read + write, read_tokens=read, write_tokens=write)
+    return result, sent, usage
+
+
+# ---------------------------------------------------------------- invariants with history
+
+
+@st.composite
+def histories(draw):
+    """A first request and follow-ups that continue it, branch from it, repeat it or start afresh."""
+    first = draw(requests())
+    steps = []
+    current = first
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["continue", "branch", "repeat", "fresh"]))
+        if kind == "continue":
+            nxt = copy.deepcopy(current)
+            nxt["messages"] += draw(MESSAGES)
+        elif kind == "branch":
+            nxt = copy.deepcopy(current)
+            nxt["messages"][-1] = draw(MESSAGES)[0]
+        elif kind == "repeat":
+            nxt = copy.deepcopy(current)
+        else:
+            nxt = draw(requests())
+        gap = draw(st.sampled_from([0.0, 0.5, 30.0, 200.0, 420.0, 4000.0]))
+        steps.append((nxt, gap, draw(st.booleans())))
+        current = nxt
+    return first, steps
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_with_any_history_the_output_keeps_every_invariant(data):
+    first, steps = data.draw(histories())
+    opts = data.draw(st.sampled_from([CacheOptions(ttl="auto"), CacheOptions(), CacheOptions(ttl="1h"), CacheOptions(mode="top-level")]))
+    memory, now = Memory(), 1000.0
+    for request, gap, response_began in [(first, 0.0, True), *steps]:
+        now += gap
+        body = data.draw(spelled(request))
+        result = insert_markers(body, None, opts, memory, now)
+        event(f"{result.decision} {[n.reason for n in result.notes]}")
+        assert result.decision in DECISIONS and result.decision not in ("error", "not_json", "not_messages")
+        assert all(n.reason in REASONS or n.reason in ("tools", "system", "final", "intermediate") or n.detail for n in result.notes)
+        if "cache_control" in json.dumps(request):
+            assert result.decision == "stood_down"
+        if result.ticket is not None and response_began:
+            memory.index.response_began(result.ticket.recorded)
+        if result.decision != "inserted":
+            assert result.body is body and result.spans == ()
+            continue
+        assert remove_spans(result.body, result.spans) == body
+        out = json.loads(result.body)
+        assert without_our_markers(out, request) == request
+        total, ttls = count_markers(out)
+        assert total == result.markers_inserted <= 4
+        assert "5m" not in ttls or "1h" not in ttls[ttls.index("5m"):]  # never 1h after 5m
+        if opts.ttl != "auto":
+            assert set(ttls) == {opts.ttl}
+        for kind, block in marked_blocks(out):
+            assert kind == "tool" or is_eligible_block(block)
+        analyse_request(out)  # the provider's rules accept it (raises InvalidRequest otherwise)
+
+
+# ---------------------------------------------------------------- the document batch
+
+
+def document_request(question: str) -> dict:
+    return {"model": "claude-sonnet-4-6", "max_tokens": 100, "system": "Answer about the document.",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": text(4000, 1)},
+                                                      {"type": "text", "text": question}]}]}
+
+
+def test_a_document_batch_marks_the_shared_document_and_reads_it():
+    memory, sim = Memory(), CacheSimulator()
+    results = []
+    for wave in range(4):
+        pending: list = []
+        for i in range(5):  # one concurrent wave: nobody reads what another of its wave writes
+            body = document_request(f"question {wave}-{i}: {text(12, wave * 5 + i)}?")
+            result = insert_markers(json.dumps(body).encode(), None, CacheOptions(ttl="auto"), memory, wave * 30.0)
+            sent = json.loads(result.body)
+            usage = sim.apply(analyse_request(sent), wave * 30.0, pending=pending)[0]
+            results.append((result, sent, usage))
+        sim.commit(pending)
+        for result, _, _ in results[-5:]:
+            memory.index.response_began(result.ticket.recorded)
+    # From the third request on, no marker sits on the unique question.
+    for result, sent, _ in results[2:]:
+        question = sent["messages"][0]["content"][1]
+        assert "cache_control" not in question
+        assert any(n.reason == "tail_not_reused" for n in result.notes)
+    # The shared document is written once per lifetime and read by every later wave.
+    later = [usage for _, _, usage in results[5:]]
+    assert all(u["cache_read_input_tokens"] > 3000 for u in later)
+    writes = [u["cache_creation_input_tokens"] for _, _, u in results]
+    assert sum(1 for w in writes if w) <= 3  # the first request (today's rule), then the shared document
+    assert any(n.reason == "write_in_flight" for result, _, _ in results[2:5] for n in result.notes)
+
+
+def test_the_learning_planner_never_costs_more_than_no_markers_on_the_batch():
+    from tokenpak_mitm.savings import WorkloadRequest, evaluate
+
+    workload = [WorkloadRequest(wave * 20.0, "/v1/messages", document_request(f"q{wave}-{i} {text(10, i)}"), wave, 100)
+                for wave in range(6) for i in range(6)]
+    result = evaluate(workload)
+    assert result.planner < result.none < result.stateless  # the old planner lost money here
+    assert result.share >= 0.95
+
+
+# ---------------------------------------------------------------- TTL from observed gaps
+
+
+def chat_ttls(gaps: list[float], opts: CacheOptions = AUTO) -> list[tuple[str, ...]]:
+    """The TTLs the planner puts on each turn of a chat with these gaps between turns."""
+    memory, sim = Memory(), CacheSimulator()
+    messages: list[dict] = []
+    system = text(2500, 3)
+    now, ttls = 0.0, []
+    for turn, gap in enumerate([0.0, *gaps]):
+        now += gap
+        messages.append({"role": "user", "content": text(60, turn)})
+        _, sent, _ = send(memory, sim, {"model": "claude-sonnet-4-6", "max_tokens": 50, "system": system, "messages": messages}, now, opts)
+        ttls.append(count_markers(sent)[1])
+        messages.append({"role": "assistant", "content": text(150, turn + 50)})
+    return ttls
+
+
+def test_auto_ttl_stays_5m_when_turns_come_back_quickly():
+    assert all(set(t) <= {"5m"} for t in chat_ttls([30.0] * 12))
+
+
+def test_auto_ttl_chooses_1h_once_pauses_between_5_minutes_and_an_hour_are_seen():
+    ttls = chat_ttls([30.0, 30.0, 420.0, 30.0, 30.0, 420.0, 30.0, 30.0, 30.0, 30.0])
+    assert all("1h" not in t for t in ttls[:3])  # no pause seen yet
+    assert any("1h" in t for t in ttls[4:])  # after a pause: a 1h checkpoint pays
+    assert any(t == ("5m",) for t in ttls[4:])  # but not on every turn: the premium is paid on new tokens
+
+
+def test_with_ttl_5m_and_every_gap_over_5_minutes_no_tail_is_written():
+    ttls = chat_ttls([420.0] * 6, CacheOptions(ttl="5m"))
+    assert ttls[0] and all(t == () for t in ttls[2:])  # history says a 5m write is never read back
+
+
+def test_after_more_than_an_hour_the_index_has_forgotten_and_todays_rules_apply():
+    ttls = chat_ttls([5000.0] * 3)
+    assert all(t == ("5m", "5m") for t in ttls)  # memory is bounded by the longest TTL: no history
+
+
+def test_a_1h_marker_never_follows_a_5m_one_and_the_provider_accepts_it():
+    memory, sim = Memory(), CacheSimulator()
+    messages: list[dict] = []
+    now, mixed = 0.0, 0
+    for turn, gap in enumerate([0, 600, 30, 600, 30, 30, 600, 30, 30]):
+        now += gap
+        messages.append({"role": "user", "content": [{"type": "text", "text": text(400, turn)}]})
+        body = {"model": "claude-sonnet-4-6", "max_tokens": 5, "system": [{"type": "text", "text": text(2000, 9)}], "messages": messages}
+        _, sent, _ = send(memory, sim, body, now)
+        ttls = count_markers(sent)[1]
+        assert "5m" not in ttls or "1h" not in ttls[ttls.index("5m"):]
+        assert sim.handle(sent, now=now + 1).status == 200  # the provider's rules accept it
+        mixed += {"1h", "5m"} <= set(ttls)
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": text(100, turn)}]})
+    assert mixed  # a 1h checkpoint before a 5m tail happened, in the allowed order
+
+
+# ---------------------------------------------------------------- reasons, calibration
+
+
+def test_every_marker_and_skipped_candidate_has_a_reason_on_the_row():
+    memory, sim = Memory(), CacheSimulator()
+    send(memory, sim, document_request("first?"), 0.0)
+    send(memory, sim, document_request("second?"), 10.0)
+    result, _, _ = send(memory, sim, document_request("third?"), 20.0)
+    reasons = json.loads(result.reasons_json())
+    assert {r["why"] for r in reasons} == {"shared_prefix", "tail_not_reused"}
+    placed = [r for r in reasons if "ttl" in r]
+    assert placed == [{"at": "messages.0.content.0", "why": "shared_prefix", "tokens": placed[0]["tokens"], "ttl": "5m"}]
+    assert next(r for r in reasons if r.get("skipped"))["at"] == "messages.0.content.1"
+
+
+def test_the_token_estimate_is_calibrated_from_reported_input_tokens():
+    calibration = TokenCalibration()
+    assert calibration.bytes_per_token("m") == 3.0
+    calibration.observe("m", 40_000, 10_000)  # the provider counted 4 bytes per token
+    assert 3.5 <= calibration.bytes_per_token("m") < 4.0  # errs high, with a margin
+    calibration.observe("m", 10, 1)  # too small to say anything
+    calibration.observe("m", 1_000_000, 10_000)  # 100 bytes per token: a measurement error
+    assert 3.5 <= calibration.bytes_per_token("m") < 4.0
+    assert calibration.bytes_per_token("other") == 3.0
+
+
+def test_usage_without_any_cache_activity_drops_the_expected_entry():
+    memory, sim = Memory(), CacheSimulator()
+    first, _, _ = send(memory, sim, document_request("first?"), 0.0)
+    assert first.ticket is not None and first.ticket.expected_write_tokens > 0
+    observe_usage(memory, first.ticket, prompt_tokens=5000, read_tokens=0, write_tokens=0)
+    stats = memory.index.stats(first.ticket.recorded.written, 1.0)
+    assert all(s is not None and s.cached_until is None for s in stats)
+
+
+# ---------------------------------------------------------------- OpenAI
+
+
+def responses_request(turn: int, context: str, **extra: object) -> dict:
+    items: list[dict] = [{"role": "user", "content": [{"type": "input_text", "text": text(300, 2)}]}]
+    for n in range(turn):
+        items.append({"type": "function_call", "call_id": f"c{n}", "name": "f", "arguments": "{}"})
+        items.append({"type": "function_call_output", "call_id": f"c{n}", "output": [{"type": "input_text", "text": text(200, n)}]})
+    items.append({"role": "user", "content": [{"type": "input_text", "text": context}]})
+    return {"model": "gpt-5.6", "instructions": text(1500, 4), "input": items, **extra}
+
+
+def test_openai_gets_a_breakpoint_before_a_per_request_tail():
+    memory = Memory()
+    plans = []
+    for turn in range(4):
+        body = responses_request(turn, f"<context>turn {turn} at {turn * 11}s</context>")
+        plan, ticket = plan_openai(body, "openai_responses", memory, turn * 10.0)
+        plans.append(plan)
+        assert ticket is not None
+        memory.index.response_began(ticket.recorded)
+    assert plans[0].decision == "unchanged"  # no history: OpenAI's implicit caching is left alone
+    later = plans[-1]
+    bounds = boundaries(responses_request(3, "x"), "openai_responses")
+    assert later.decision == "inserted" and later.explicit_only  # the per-turn tail is not written
+    assert max(later.positions) == len(bounds) - 2  # the block just before the changing context
+    assert any(n.reason == "stable_prefix" for n in later.notes)
+
+
+def test_openai_stands_down_on_any_client_cache_field():
+    memory = Memory()
+    for turn in range(3):
+        plan_openai(responses_request(turn, f"ctx {turn}"), "openai_responses", memory, float(turn))
+    for extra in ({"prompt_cache_key": "k"}, {"prompt_cache_options": {"mode": "implicit"}}, {"prompt_cache_retention": "24h"}):
+        plan, _ = plan_openai(responses_request(3, "ctx 3", **extra), "openai_responses", memory, 5.0)
+        assert plan.decision == "stood_down" and plan.positions == ()
+    marked = responses_request(3, "ctx 3")
+    marked["input"][0]["content"][0]["prompt_cache_breakpoint"] = {"mode": "explicit"}
+    assert plan_openai(marked, "openai_responses", memory, 6.0)[0].decision == "stood_down"

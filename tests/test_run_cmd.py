@@ -1,0 +1,75 @@
+"""``tokenpak run``: the package starts the proxy by itself (no checkout, no Makefile needed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_for_rows
+
+from tokenpak_mitm import run_cmd
+from tokenpak_mitm.script import SCRIPT, make_addons
+from tokenpak_mitm.testing.client import build_request, request
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.testing.upstream import ScriptedUpstream, sse_script
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENPAK = Path(sys.executable).with_name("tokenpak")
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    run_cmd.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_the_command_loads_the_package_script_with_make_runs_defaults():
+    argv = run_cmd.command(parse())
+    assert argv[argv.index("-s") + 1] == str(SCRIPT) and SCRIPT.is_file()
+    assert SCRIPT.resolve().is_relative_to((ROOT / "tokenpak_mitm").resolve())  # inside the package, not the checkout
+    assert argv[argv.index("--mode") + 1] == "reverse:https://api.anthropic.com"
+    assert "flow_detail=0" in argv and "--allow-hosts" not in argv
+
+
+def test_regular_mode_is_scoped_to_the_llm_hosts_and_extras_pass_through():
+    argv = run_cmd.command(parse("--mode", "regular", "--extra-hosts", "gw.corp.example", "--", "--set", "tokenpak_cache=off"))
+    scope = argv[argv.index("--allow-hosts") + 1]
+    assert "api\\.anthropic\\.com" in scope and "gw\\.corp\\.example" in scope
+    assert "tokenpak_hosts=gw.corp.example" in argv
+    assert argv[-2:] == ["--set", "tokenpak_cache=off"]
+    assert "--allow-hosts" not in run_cmd.command(parse("--mode", "regular", "--intercept-all"))
+
+
+def test_the_checkout_entry_and_the_package_entry_are_the_same_two_lines():
+    code = [line for line in (ROOT / "addons" / "tokenpak.py").read_text().splitlines() if line and not line.startswith('"""')]
+    assert code == [line for line in SCRIPT.read_text().splitlines() if line and not line.startswith('"""')]
+    kinds = [type(a).__name__ for a in make_addons()]
+    assert kinds == ["TokenPak", "Recorder", "LiveConformance"]
+
+
+@pytest.mark.e2e
+def test_tokenpak_run_proxies_and_records_a_row(tmp_path: Path):
+    if not TOKENPAK.exists():
+        pytest.skip("the tokenpak console script is not installed in this environment")
+    frames = [
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_run","model":"claude-sonnet-4-6","usage":{"input_tokens":4,"output_tokens":1}}}\n\n',
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}\n\n',
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+    ]
+    up = ScriptedUpstream(lambda req: sse_script(frames)).start()
+    db = tmp_path / "t.db"
+    proxy = MitmdumpProcess("unused", confdir=tmp_path)
+    proxy.args = [str(TOKENPAK), "run", "--port", "0", "--mode", f"reverse:{up.url}", "--",
+                  "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp_path}"]
+    try:
+        proxy.start()
+        body = b'{"model":"claude-sonnet-4-6","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+        resp = request(proxy.port, build_request("POST", "/v1/messages", body, [("content-type", "application/json")]))
+        assert resp.body == b"".join(frames)
+        rows = wait_for_rows(db, "response_id = ?", ("msg_run",))
+    finally:
+        proxy.stop()
+        up.stop()
+    assert len(rows) == 1 and rows[0]["output_tokens"] == 2 and rows[0]["terminal_state"] == "completed"
