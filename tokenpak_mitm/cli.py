@@ -49,14 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for sub in SUBCOMMANDS.values():
         sub_parser = subparsers.add_parser(sub.name, help=sub.help, description=sub.help)
-        module = importlib.import_module(sub.module)
+        try:
+            module = importlib.import_module(sub.module)
+        except ImportError as e:  # a broken install must not take `tokenpak doctor` down with it
+            sub_parser.set_defaults(_module=sub.module, _broken=f"{type(e).__name__}: {e}")
+            sub_parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            continue
         module.add_arguments(sub_parser)
-        sub_parser.set_defaults(_module=sub.module)
+        sub_parser.set_defaults(_module=sub.module, _broken=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args._broken:
+        print(f"tokenpak {args.command}: cannot load ({args._broken}); run `tokenpak doctor` for the fix", file=sys.stderr)
+        return 1
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
