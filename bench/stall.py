@@ -70,7 +70,7 @@ def _max_gap(resp: Response) -> float:
     return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
-def run_case(name: str, addon: bool, rounds: int) -> dict[str, float]:
+def run_case(name: str, addon: bool, rounds: int, options: list[str] | None = None) -> dict[str, float]:
     scripts: dict[str, Script] = {}
 
     def handle(req: Received) -> Script:
@@ -79,7 +79,7 @@ def run_case(name: str, addon: bool, rounds: int) -> dict[str, float]:
     hostile, body = _cases()[name]
     up = ScriptedUpstream(handle).start()
     with tempfile.TemporaryDirectory() as tmp:
-        proxy = MitmdumpProcess(f"reverse:{up.url}", db=Path(tmp) / "t.db", confdir=tmp, addon=addon).start()
+        proxy = MitmdumpProcess(f"reverse:{up.url}", db=Path(tmp) / "t.db", confdir=tmp, addon=addon, options=(options or []) if addon else []).start()
         assert proxy.proc is not None
         gaps, grown = [], []
         try:
@@ -110,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", action="append", choices=sorted(_CASE_NAMES), help="repeatable; default: all")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="extra --set for the addon proxy (e.g. tokenpak_cache_history=false)")
     args = ap.parse_args(argv)
     rows: list[tuple[str, str, dict[str, float]]] = []
     for name in args.case or sorted(_CASE_NAMES):
         for label, addon in (("addon", True), ("plain", False)):
-            rows.append((name, label, run_case(name, addon, args.rounds)))
+            rows.append((name, label, run_case(name, addon, args.rounds, args.set)))
     print(f"{'case':<12} {'proxy':<6} {'stall max ms':>13} {'stall median ms':>16} {'peak +MiB':>10}")
     for name, label, r in rows:
         print(f"{name:<12} {label:<6} {r['stall_ms_max']:>13.1f} {r['stall_ms_median']:>16.1f} {r['peak_mib_grown_max']:>10.1f}")
