@@ -281,15 +281,27 @@ def test_sigterm_with_streams_in_flight_records_proxy_shutdown(tmp_path: Path):
         stack.close()
 
 
-def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(stack: Stack):
+@pytest.mark.parametrize("history", ["true", "false"])
+def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(tmp_path: Path, history: str):
+    """Offloaded by object count: stateless planning (no history) in the worker process, the
+    learning planner (its memory lives in the proxy) in a thread; markers either way."""
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
     body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "system": "s" * 8000, "messages": msgs}).encode()
     assert 900_000 < len(body) < 1 << 20  # under the byte threshold: only the object count offloads it
-    resp, key = stack.call(sse_script(FRAMES), body)
-    assert resp.body == b"".join(FRAMES)
-    row = stack.row(key)
-    assert row["cache_decision"] == "inserted" and row["markers_inserted"] >= 1
-    assert "planning worker process unavailable" not in stack.proxy.output()  # planned in the worker process
+    stack = make_stack(tmp_path, options=[f"tokenpak_cache_history={history}"])
+    try:
+        resp, key = stack.call(sse_script(FRAMES), body)
+        assert resp.body == b"".join(FRAMES)
+        row = stack.row(key)
+        assert row["cache_decision"] == "inserted" and row["markers_inserted"] >= 1
+        assert stack.proxy.proc is not None
+        children = [Path(f"/proc/{c}/cmdline").read_bytes() for t in Path(f"/proc/{stack.proxy.proc.pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+        worker = any(b"spawn_main" in c for c in children)
+        assert worker == (history == "false")  # stateless planning ran in the worker process
+    finally:
+        stack.close()
+    assert "planning worker process unavailable" not in stack.proxy.output()
 
 
 # -- point 8, through the proxy ------------------------------------------------------------------------
