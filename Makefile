@@ -11,6 +11,9 @@ MODE    ?= reverse:https://api.anthropic.com
 # mitmdump's own per-flow lines print full URLs (a Gemini ?key= included); the addon prints its
 # own redacted line per LLM request instead. FLOW_DETAIL=1 brings mitmdump's lines back.
 FLOW_DETAIL ?= 0
+# Quiet by default: the startup line, one line per LLM request, warnings and errors. QUIET=false
+# brings back mitmproxy's per-connection lines (client connect/disconnect, "Streaming response from").
+QUIET   ?= true
 # In regular mode (HTTPS_PROXY) only the LLM API hosts are decrypted; other traffic is tunnelled
 # untouched. EXTRA_HOSTS=gateway.corp.example,llm.local adds hosts (a company gateway, a local
 # model server) to both the interception scope and the addon's LLM hosts (tokenpak_hosts).
@@ -45,7 +48,7 @@ $(DEV_STAMP): requirements/dev.txt pyproject.toml | $(BIN)/python
 venv: $(DEV_STAMP)
 
 run: $(RUN_STAMP)
-	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) $(HOSTS_OPT) -s addons/tokenpak.py $(ARGS)
+	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) $(HOSTS_OPT) -s addons/tokenpak.py --set tokenpak_quiet=$(QUIET) $(ARGS)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -142,8 +142,14 @@ def test_extra_hosts_option(addon):
 
 
 @pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h"), ("tokenpak_console", "maybe"), ("tokenpak_cache_history", "maybe")])
-def test_bad_option_values_are_rejected_clearly(addon, opt, value):
+def test_bad_option_values_are_rejected_clearly(addon, opt, value, capsys):
     tp, tctx = addon
+    with pytest.raises(SystemExit) as stopped:  # at start-up: one line and exit status 2
+        tctx.configure(tp, **{opt: value})
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and opt in err and "not started" in err
+    tp.started.set()  # once running (e.g. mitmweb's options editor), mitmproxy rejects the change itself
     with pytest.raises(exceptions.OptionsError, match=opt):
         tctx.configure(tp, **{opt: value})
 
@@ -162,8 +168,26 @@ def test_bad_option_value_makes_mitmdump_exit_non_zero(tmp_path: Path, setting: 
          "--set", f"tokenpak_db={tmp_path / 't.db'}"],
         capture_output=True, text=True, timeout=60,
     )
-    assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"tokenpak: {proc.stderr.split('tokenpak: ', 1)[1].strip()}"] and message in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "listening" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("setting, suggestion", [
+    ("tokenpak_cach=off", "unknown option tokenpak_cach (did you mean tokenpak_cache?)"),
+    ("tokenpak_recod=/tmp/x", "unknown option tokenpak_recod (did you mean tokenpak_record?)"),
+    ("tokenpak_zzz=1", "unknown option tokenpak_zzz; valid: tokenpak_cache,"),
+])
+def test_an_unknown_tokenpak_option_stops_start_up_naming_the_closest(tmp_path: Path, setting: str, suggestion: str):
+    proc = subprocess.run(
+        [mitmdump_executable(), "-n", "-s", str(ADDON_SCRIPT), "--set", setting, "--set", f"confdir={tmp_path}",
+         "--set", f"tokenpak_db={tmp_path / 't.db'}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and suggestion in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "listening" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.e2e

@@ -470,6 +470,7 @@ def test_live_mode_rejects_an_unknown_value():
     from tokenpak_mitm.conformance.live import LiveConformance
 
     live = LiveConformance()
+    live.is_running = True  # a change while running is rejected; at start-up it stops mitmdump (test_addon)
     with taddons.context(TokenPak(), live) as tctx:
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(live, tokenpak_conformance="loud")

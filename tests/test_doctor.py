@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from tokenpak_mitm.cli import main
-from tokenpak_mitm.doctor import CA_VARS, check_ca, check_database, check_environment, check_mitmproxy, check_python
+from tokenpak_mitm.doctor import CA_VARS, check_ca, check_database, check_environment, check_mitmproxy, check_proxy, check_python
 from tokenpak_mitm.setup_cmd import write_bundle
 from tokenpak_mitm.store import TelemetryStore
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.testing.upstream import Script, ScriptedUpstream, Step
 
 ROUTING_VARS = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "HTTPS_PROXY", "https_proxy",
                 "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", *CA_VARS)
@@ -51,16 +53,64 @@ def statuses(checks: list) -> dict[str, str]:
     return {c.name: c.status for c in checks}
 
 
+@pytest.fixture
+def upstream() -> Iterator[ScriptedUpstream]:
+    """A loopback upstream that answers everything (and notes what it received)."""
+    up = ScriptedUpstream(lambda req: Script(status=200, headers=[("content-type", "application/json")], steps=[Step(b'{"ok": true}')],
+                                             chunked=False)).start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, confdir: Path, upstream: ScriptedUpstream) -> Iterator[tuple[str, Path]]:
+    """A real tokenpak proxy in reverse mode, writing to its own database."""
+    db = tmp_path / "proxy.db"
+    with MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=tmp_path / "conf") as p:
+        yield f"http://127.0.0.1:{p.port}", db
+
+
 @pytest.mark.e2e
-def test_healthy_setup_passes_including_streaming(clean_env: None, confdir: Path, tmp_path: Path, listening: str,
+def test_healthy_setup_passes_including_streaming(clean_env: None, confdir: Path, proxy: tuple[str, Path],
                                                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", listening)
-    rc = main(["doctor", "--db", str(tmp_path / "t.db"), "--confdir", str(confdir)])
+    url, db = proxy
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    rc = main(["doctor", "--db", str(db), "--confdir", str(confdir)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "0 failures" in out and "✗" not in out
     assert "first frame arrived before the rest was sent; row recorded" in out
-    assert "reverse mode, proxy listening" in out
+    assert "reverse mode, port open" in out and "answers and writes to" in out
+
+
+@pytest.mark.e2e
+def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path], upstream: ScriptedUpstream, tmp_path: Path,
+                                                         listening: str) -> None:
+    url, db = proxy
+    ok = check_proxy({"ANTHROPIC_BASE_URL": url}, db)
+    assert [c.status for c in ok] == ["ok"] and "tokenpak-mitm" in ok[0].detail and str(db) in ok[0].detail
+    other = check_proxy({"ANTHROPIC_BASE_URL": url}, tmp_path / "another.db")  # this proxy writes elsewhere
+    assert [c.status for c in other] == ["fail"] and f"writes to {db}, not to" in other[0].detail
+    assert f"--db {db}" in other[0].fix
+    # The probe is answered by the addon itself: nothing reached the upstream, no row was written.
+    assert upstream.received == []
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 0
+
+
+@pytest.mark.e2e
+def test_an_open_port_that_is_not_tokenpak_fails(upstream: ScriptedUpstream, listening: str, tmp_path: Path) -> None:
+    # The upstream itself (an HTTP server answering 200 JSON) and a bare listening socket.
+    for url in (upstream.url, listening):
+        checks = check_proxy({"ANTHROPIC_BASE_URL": url}, tmp_path / "t.db")
+        assert [c.status for c in checks] == ["fail"] and "not tokenpak-mitm" in checks[0].detail, url
+
+
+@pytest.mark.e2e
+def test_the_probe_works_through_a_regular_mode_proxy(tmp_path: Path) -> None:
+    db = tmp_path / "regular.db"
+    with MitmdumpProcess("regular", db=db, confdir=tmp_path / "conf") as p:
+        checks = check_proxy({"HTTPS_PROXY": f"http://127.0.0.1:{p.port}"}, db)
+    assert [c.status for c in checks] == ["ok"], checks
 
 
 def test_missing_confdir_fails(clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

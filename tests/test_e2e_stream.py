@@ -146,7 +146,9 @@ def test_http_429_gives_error_response(stack: Stack):
     assert resp.status == 429 and resp.body == body
     row = stack.row(key)
     assert row["terminal_state"] == "error_response" and row["error"] == "rate_limit_error"
-    assert row["status_code"] == 429 and row["usage_source"] == "absent" and row["cost_usd"] is None
+    assert row["status_code"] == 429 and row["usage_source"] == "absent"
+    assert row["cost_usd"] == 0.0 and row["price_version"] == "unbilled"  # rejected, not billed: $0, not unpriced
+    assert row["model"] == "claude-sonnet-4-6"  # the response names none: the request's model
 
 
 def test_error_frame_inside_stream(stack: Stack):

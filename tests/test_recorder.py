@@ -65,6 +65,9 @@ def recording_for(stack: Stack, key: str, timeout: float = 10.0) -> Recording:
 def test_options_are_validated_in_configure(tmp_path: Path):
     rec = Recorder()
     with taddons.context(rec) as tctx:
+        with pytest.raises(SystemExit):  # before running: mitmdump stops with one line
+            tctx.configure(rec, tokenpak_record_max_bytes="10")
+        rec.is_running = True  # after: the error goes back to mitmproxy, which rejects the change
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(rec, tokenpak_record_max_bytes="10")
         (tmp_path / "a-file").write_text("x")

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from tokenpak_mitm.cli import main
-from tokenpak_mitm.report import build_report, parse_since, split_cost, summarize
+from tokenpak_mitm.report import empty_report, parse_since, split_cost
 from tokenpak_mitm.report_html import render_html
+from tokenpak_mitm.report_query import latency_bucket
 from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore
 
 MODEL = "claude-sonnet-4-5"
@@ -41,19 +42,22 @@ def row(key: str, day: int, **values: Any) -> dict[str, Any]:
 
 ROWS = [
     row("a", 1, input_tokens=100, cache_read_tokens=1000, output_tokens=50, cost_usd=0.01, savings_usd=0.002, cache_origin="proxy", markers_inserted=2,
-        cache_decision="inserted", proxy_request_ms=0.4),
+        cache_decision="inserted", proxy_request_ms=0.4, ttft_ms=412.4, duration_ms=2300.0),
     row("b", 1, input_tokens=40, cache_write_tokens=2000, cache_write_5m_tokens=2000, output_tokens=10, cost_usd=0.02, savings_usd=-0.001,
-        cache_origin="proxy", markers_inserted=1, cache_decision="inserted", proxy_request_ms=1.5),
+        cache_origin="proxy", markers_inserted=1, cache_decision="inserted", proxy_request_ms=1.5, ttft_ms=1234.5678, duration_ms=15_432.1),
     row("c", 1, input_tokens=5, cache_read_tokens=500, output_tokens=20, cost_usd=0.005, savings_usd=0.001, cache_origin="client", client_markers=1,
-        route_class="sdk", cache_decision="stood_down", proxy_request_ms=0.1),
-    row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30, cache_decision="below_minimum"),  # unknown model: unpriced
+        route_class="sdk", cache_decision="stood_down", proxy_request_ms=0.1, ttft_ms=95.25, duration_ms=700.0),
+    row("d", 2, model="mystery-model", input_tokens=300, output_tokens=30, cache_decision="below_minimum", stream=0, duration_ms=880.0),  # unknown model: unpriced
     row("e", 2, status_code=529, terminal_state="error_response", usage_source="absent", input_tokens=None, cache_read_tokens=None,
-        cache_write_tokens=None, output_tokens=None, error="overloaded_error"),  # no usage: a request, no tokens, unpriced
+        cache_write_tokens=None, output_tokens=None, error="overloaded_error", duration_ms=120.0),  # 5xx, no usage: unpriced
     row("f", 2, api="messages.count_tokens", billable=0, input_tokens=20, stream=0),  # free endpoint: not "unpriced"
     row("g", 4, provider="openai", api="chat.completions", model="gpt-4o-mini", route_class="sdk", host="api.openai.com", input_tokens=60,
         cache_read_tokens=300, output_tokens=9, cost_usd=0.003, savings_usd=0.0005, cache_origin="unknown", terminal_state="stream_error",
-        usage_source="partial"),
-    row("h", 4, input_tokens=10, output_tokens=1, cost_usd=0.0001, savings_usd=0.0, terminal_state="client_disconnected", usage_source="partial"),
+        usage_source="partial", ttft_ms=300.0, duration_ms=5000.0),
+    row("h", 4, input_tokens=10, output_tokens=1, cost_usd=0.0001, savings_usd=0.0, terminal_state="client_disconnected", usage_source="partial",
+        ttft_ms=0.9996),
+    row("i", 4, status_code=429, terminal_state="error_response", usage_source="absent", input_tokens=None, cache_read_tokens=None,
+        cache_write_tokens=None, output_tokens=None, error="rate_limit_error", duration_ms=80.0),  # rejected: not billed, $0, not unpriced
 ]
 
 
@@ -83,7 +87,8 @@ def expected(rows: list[dict[str, Any]]) -> dict[str, Any]:
     with_usage = [r for r in rows if r["usage_source"] != "absent"]
     tokens = {b: sum(r[f"{b}_tokens"] or 0 for r in with_usage) for b in ("input", "cache_read", "cache_write", "output")}
     prompt = tokens["input"] + tokens["cache_read"] + tokens["cache_write"]
-    priced = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
+    unbilled = [r for r in rows if r["cost_usd"] is None and 400 <= (r["status_code"] or 0) < 500 and r["usage_source"] == "absent"]
+    priced = [r["cost_usd"] for r in rows if r["cost_usd"] is not None] + [0.0 for _ in unbilled]
     savings = {o: sum(r["savings_usd"] for r in rows if r["cache_origin"] == o and r["savings_usd"] is not None)
                for o in ("proxy", "client", "unknown", "none")}
     states: dict[str, int] = {}
@@ -100,13 +105,13 @@ def expected(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens": tokens,
         "cache_hit_ratio": tokens["cache_read"] / prompt if prompt else None,
         "cost_usd": sum(priced) if priced else None,
-        "unpriced_requests": sum(1 for r in rows if r["cost_usd"] is None and r["billable"]),
+        "unpriced_requests": sum(1 for r in rows if r["cost_usd"] is None and r["billable"] and r not in unbilled),
         "savings": savings,
         "terminal_states": states,
     }
 
 
-def check(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def check(summary: dict[str, Any], rows: list[dict[str, Any]], totals: bool = True) -> None:
     want = expected(rows)
     assert summary["requests"] == want["requests"]
     assert summary["requests_with_usage"] == want["requests_with_usage"]
@@ -120,11 +125,20 @@ def check(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     assert summary["cache_decisions"] == want["cache_decisions"]
     assert summary["markers_inserted"] == want["markers_inserted"]
     times = sorted(r["proxy_request_ms"] for r in rows if r.get("proxy_request_ms") is not None)
-    if times:
+    if not totals:
+        assert summary["proxy_request_ms"] is None  # the proxy's own time is a whole-window figure
+    elif times:
         assert summary["proxy_request_ms"]["max"] == times[-1]
-        assert summary["proxy_request_ms"]["p50"] == times[min(len(times) - 1, len(times) // 2)]
+        assert summary["proxy_request_ms"]["p50"] == latency_bucket(times[min(len(times) - 1, len(times) // 2)])
     else:
         assert summary["proxy_request_ms"] is None
+    for column in ("ttft_ms", "duration_ms"):
+        values = sorted(r[column] for r in rows if r[column] is not None)
+        if not values:
+            assert summary[column] is None
+            continue
+        want_p = {q: latency_bucket(values[min(len(values) - 1, int(f * len(values)))]) for q, f in (("p50", .5), ("p95", .95), ("p99", .99))}
+        assert summary[column] == {**want_p, "n": len(values)}, column
 
 
 def report_json(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
@@ -143,8 +157,10 @@ def test_totals_equal_independent_sums(db: Path, capsys: pytest.CaptureFixture[s
     assert data["totals"]["cost_usd"] == pytest.approx(sql_cost)
     assert data["totals"]["tokens"]["cache_read"] == sql_read
     # The fixed figures, so a wrong "independent" computation cannot hide a wrong report.
-    assert data["totals"]["unpriced_requests"] == 2  # d (unknown model) and e (no usage); f is free
-    assert data["totals"]["requests"] == 8 and data["totals"]["requests_without_usage"] == 1
+    assert data["totals"]["unpriced_requests"] == 2  # d (unknown model) and e (no usage); f is free, i rejected (not billed)
+    assert data["totals"]["requests"] == 9 and data["totals"]["requests_without_usage"] == 2 and data["totals"]["errors"] == 4
+    assert data["totals"]["ttft_ms"] == {"p50": 300.0, "p95": 1230.0, "p99": 1230.0, "n": 5}  # 1.00, 95.3, 300, 412, 1230
+    assert data["totals"]["duration_ms"]["p50"] == 880.0 and data["totals"]["duration_ms"]["p99"] == 15_400.0
     assert data["totals"]["cache_hit_ratio"] == pytest.approx(1800 / (535 + 1800 + 2000))
     assert data["definitions"]["cache_hit_ratio"].startswith("cache_read / (input + cache_read + cache_write)")
 
@@ -156,7 +172,7 @@ def test_groups_equal_independent_sums(db: Path, capsys: pytest.CaptureFixture[s
     keys = {r[column] for r in rows}
     assert {g["key"] for g in data["groups"]} == keys
     for group in data["groups"]:
-        check(group, [r for r in rows if r[column] == group["key"]])
+        check(group, [r for r in rows if r[column] == group["key"]], totals=False)
 
 
 def test_days_and_since(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,7 +183,7 @@ def test_days_and_since(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert list(days) == ["2026-05-02", "2026-05-03", "2026-05-04"]  # the empty day is shown, as zero requests
     assert days["2026-05-03"]["requests"] == 0 and days["2026-05-03"]["cost_usd"] is None
     for key, day in (("2026-05-02", 2), ("2026-05-04", 4)):
-        check(days[key], [r for r in rows if datetime.fromtimestamp(r["started_at"]).day == day])
+        check(days[key], [r for r in rows if datetime.fromtimestamp(r["started_at"]).day == day], totals=False)
         assert math.fsum(days[key]["cost_by_bucket_usd"].values()) == pytest.approx(days[key]["cost_usd"] or 0.0)
 
 
@@ -175,15 +191,6 @@ def test_unpriced_only_group_reports_unknown_cost_not_zero(db: Path, capsys: pyt
     data = report_json(db, capsys, "--since", "all", "--by", "model")
     mystery = next(g for g in data["groups"] if g["key"] == "mystery-model")
     assert mystery["cost_usd"] is None and mystery["unpriced_requests"] == 1
-
-
-def test_absent_usage_counts_as_request_not_tokens() -> None:
-    rows = [row("x", 1, usage_source="absent", input_tokens=999, output_tokens=999, cost_usd=None),
-            row("y", 1, input_tokens=1, output_tokens=2, cost_usd=0.5)]
-    s = summarize(rows, unit_prices=lambda p, m: None)
-    assert s.requests == 2 and s.requests_with_usage == 1
-    assert s.tokens["input"] == 1 and s.tokens["output"] == 2
-    assert s.cost_usd == 0.5 and s.unpriced_requests == 1
 
 
 def test_cost_split_by_bucket_sums_to_recorded_cost() -> None:
@@ -199,7 +206,7 @@ def test_cost_split_by_bucket_sums_to_recorded_cost() -> None:
 def test_console_tables(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--db", str(db), "--since", "all", "--by", "model"]) == 0
     out = capsys.readouterr().out
-    assert "2 unpriced requests" in out and "1 requests reported no usage" in out
+    assert "2 unpriced requests" in out and "2 requests reported no usage" in out
     assert MODEL in out and "mystery-model" in out and "cache hit" in out
 
 
@@ -208,10 +215,12 @@ def test_html_is_self_contained_with_charts(db: Path, tmp_path: Path, capsys: py
     assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
     html = page.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
-    assert html.count("<svg") == 3 and html.count("</svg>") == 3
+    assert html.count("<svg") == 5 and html.count("</svg>") == 5
     assert "<rect" in html and "<polyline" in html
-    for needle in ("Cost per day", "Cache hit ratio per day", "Savings per day"):
-        assert needle in html
+    for needle in ("Cost per day (USD, priced requests) by model", "by token bucket", "Cache hit ratio per day", "Latency per day",
+                   "Savings per day", "planner decision", "Proxy's own request-side time", MODEL, "gpt-4o-mini"):
+        assert needle in html, needle
+    assert "no marker (provider)" in html  # g was cached by the provider: that series and card show
     lowered = html.lower()
     for forbidden in ("http://", "https://", "//cdn", "<script", "xmlns", "src=", "href=", "url(", "@import"):
         assert forbidden not in lowered, forbidden
@@ -219,7 +228,7 @@ def test_html_is_self_contained_with_charts(db: Path, tmp_path: Path, capsys: py
 
 
 def test_html_with_no_rows() -> None:
-    html = render_html(build_report([], since="7d"))
+    html = render_html(empty_report(since="7d"))
     assert "No requests in this window." in html and "<svg" not in html
 
 
@@ -267,6 +276,113 @@ def test_the_cost_split_weights_come_from_the_price_table():
         "input": 3.0, "cache_read": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0, "output": 15.0}
     gpt = _table_unit_prices("openai", "gpt-4o")  # no cache-write price: the split still works
     assert gpt is not None and round(gpt["cache_read"] * 1e6, 6) == 1.25
+
+
+@pytest.mark.parametrize("args, keep", [
+    (("--model", MODEL), lambda r: r["model"] == MODEL),
+    (("--model", "claude-*"), lambda r: r["model"].startswith("claude-")),
+    (("--model", "gpt-4o-mini", "--model", "mystery-model"), lambda r: r["model"] in ("gpt-4o-mini", "mystery-model")),
+    (("--provider", "openai"), lambda r: r["provider"] == "openai"),
+    (("--route", "sdk"), lambda r: r["route_class"] == "sdk"),
+    (("--state", "error_response"), lambda r: r["terminal_state"] == "error_response"),
+    (("--errors",), lambda r: r["terminal_state"] != "completed"),
+    (("--since", "2026-05-02", "--until", "2026-05-04"), lambda r: ts(2, 0) <= r["started_at"] < ts(4, 0)),
+    (("--errors", "--provider", "anthropic"), lambda r: r["terminal_state"] != "completed" and r["provider"] == "anthropic"),
+])
+def test_each_filter_narrows_the_rows_as_documented(db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], keep: Any) -> None:
+    argv = ["--since", "all", *args] if "--since" not in args else list(args)
+    data = report_json(db, capsys, *argv)
+    rows = [r for r in raw_rows(db) if keep(r)]
+    assert rows and len(rows) < len(ROWS)  # the filter keeps some rows and drops others
+    check(data["totals"], rows)
+    assert data["filters"]["errors"] == ("--errors" in args)
+
+
+def test_a_filter_that_matches_nothing_says_so(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", str(db), "--since", "all", "--model", "no-such-model"]) == 0
+    assert "No LLM requests recorded in this window" in capsys.readouterr().out
+    data = report_json(db, capsys, "--since", "all", "--model", "no-such-model")
+    assert data["totals"]["requests"] == 0 and data["totals"]["cost_usd"] is None
+
+
+def test_bad_until_is_one_line(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", str(db), "--since", "2026-05-03", "--until", "2026-05-02"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--until must be later than --since" in err
+
+
+def test_the_sql_cost_split_equals_the_per_row_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenpak_mitm.report import _table_unit_prices
+
+    rows = [row(f"s{i}", 1, model="claude-sonnet-4-6", input_tokens=100 * i, cache_read_tokens=1000 + i, cache_write_tokens=50 * i,
+                cache_write_1h_tokens=10 * i, output_tokens=7 * i) for i in range(1, 6)]
+    units = _table_unit_prices("anthropic", "claude-sonnet-4-6")
+    assert units is not None
+    for r in rows:  # each row's cost is what the price table says, as the proxy records it
+        w1h = r["cache_write_1h_tokens"]
+        r["cost_usd"] = (r["input_tokens"] * units["input"] + r["cache_read_tokens"] * units["cache_read"]
+                         + (r["cache_write_tokens"] - w1h) * units["cache_write"] + w1h * units["cache_write_1h"] + r["output_tokens"] * units["output"])
+    path = tmp_path / "split.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in rows:
+        store.submit(r)
+    store.close()
+    data = report_json(path, capsys, "--since", "all")
+    want: dict[str, float] = {}
+    for r in rows:
+        for bucket, part in split_cost(r, r["cost_usd"]).items():
+            want[bucket] = want.get(bucket, 0.0) + part
+    assert data["totals"]["cost_by_bucket_usd"] == pytest.approx(want)
+
+
+def test_local_days_follow_daylight_saving_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as time_mod
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time_mod.tzset()
+    try:
+        # 2026-03-29: clocks go from 02:00 to 03:00 local; rows every 40 minutes across two days.
+        start = datetime(2026, 3, 28, 20, 0).timestamp()
+        rows = [row(f"d{i}", 1, started_at=start + i * 2400, cost_usd=0.001) for i in range(60)]
+        path = tmp_path / "dst.db"
+        store = TelemetryStore(path)
+        store.start()
+        for r in rows:
+            store.submit(r)
+        store.close()
+        data = report_json(path, capsys, "--since", "all", "--by", "day")
+        got = {g["key"]: g["requests"] for g in data["groups"] if g["requests"]}
+        want: dict[str, int] = {}
+        for r in rows:
+            k = datetime.fromtimestamp(r["started_at"]).date().isoformat()
+            want[k] = want.get(k, 0) + 1
+        assert got == want and len(want) >= 2
+        hourly = report_json(path, capsys, "--since", "all", "--by", "model")
+        hours = {p["key"]: p["requests"] for p in hourly["periods"] if p["requests"]}
+        want_h: dict[str, int] = {}
+        for r in rows:
+            k = datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:00")
+            want_h[k] = want_h.get(k, 0) + 1
+        assert hourly["period"] == "hour" and hours == want_h
+        assert "2026-03-29 02:00" not in hours  # that local hour does not exist
+    finally:
+        monkeypatch.delenv("TZ")
+        time_mod.tzset()
+
+
+def test_errors_are_listed_with_their_status_and_type(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(db, capsys, "--since", "all")
+    want: dict[tuple[Any, ...], int] = {}
+    for r in raw_rows(db):
+        if r["terminal_state"] != "completed":
+            k = (r["terminal_state"], r["status_code"], r["error"])
+            want[k] = want.get(k, 0) + 1
+    got = {(e["terminal_state"], e["status_code"], e["error"]): e["requests"] for e in data["errors"]}
+    assert got == want and ("error_response", 429, "rate_limit_error") in got
+    assert main(["report", "--db", str(db), "--since", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "by status and error type" in out and "rate_limit_error" in out and "overloaded_error" in out
 
 
 def test_html_report_file_is_owner_only(db: Path, tmp_path: Path) -> None:

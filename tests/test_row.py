@@ -69,7 +69,7 @@ def test_every_field_is_a_column_with_the_sql_type_of_its_python_type():
 
 def test_a_fresh_database_has_exactly_the_row_fields_as_columns(tmp_path: Path):
     conn = sqlite3.connect(tmp_path / "t.db")
-    assert store.migrate(conn) == SCHEMA_VERSION == len(MIGRATIONS)
+    assert store.migrate(conn) == len(MIGRATIONS) >= SCHEMA_VERSION  # later migrations may add only indexes
     assert [n for n, _ in table_columns(conn)] == list(FIELD_NAMES)
 
 
@@ -97,7 +97,11 @@ def test_a_stored_row_reads_back_equal(tmp_path: Path):
     while s.written < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     s.close()
-    assert report.load_rows(db, None) == [original]
+    conn = store.connect_readonly(db)
+    try:
+        assert [TelemetryRow.from_stored(r) for r in conn.execute("SELECT * FROM requests")] == [original]
+    finally:
+        conn.close()
 
 
 def test_a_spilled_row_reads_back_equal(tmp_path: Path):
@@ -142,11 +146,20 @@ def test_the_otel_mapping_reads_the_row():
     assert attrs["gen_ai.usage.input_tokens"] == 3  # input + cache_read + cache_write, all 1
 
 
-def test_the_report_reads_the_row():
-    summary = report.summarize([full_row(usage_source="final")], unit_prices=lambda p, m: None)
+def test_the_report_reads_the_row(tmp_path: Path):
+    # The report aggregates in SQL over the columns the row declares: an unknown column name in
+    # its queries would fail here (SQLite rejects it), as would a figure read from the wrong one.
+    db = tmp_path / "t.db"
+    s = TelemetryStore(db)
+    s.start()
+    s.submit(full_row(usage_source="final"))
+    s.close()
+    conn = store.connect_readonly(db)
+    try:
+        summary = report.build_report(conn, since="all", unit_prices=lambda p, m: None).totals
+    finally:
+        conn.close()
     assert summary.requests == 1 and summary.tokens["input"] == 1 and summary.cost_usd == 1.5
-    for column in report.BUCKET_COLUMNS.values():
-        assert column in FIELD_NAMES
 
 
 def test_the_console_line_reads_the_row():

@@ -41,8 +41,12 @@ def test_a_v1_database_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path):
             break
         time.sleep(0.05)
     s.close()
-    assert version == len(MIGRATIONS) == 4
+    assert version == len(MIGRATIONS) == 5
     assert rows == [("old", 42, None, None), ("new", None, 0.25, '[{"at":"system","why":"no_history","tokens":2000,"ttl":"5m"}]')]
+    conn = sqlite3.connect(db)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    assert {"requests_started_at", "requests_provider_model", "requests_latency"} <= indexes  # v5: report indexes
 
 
 def test_every_column_written_exists_after_migrating(tmp_path: Path):

@@ -14,7 +14,7 @@ import pytest
 
 from tokenpak_mitm.cli import main
 from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore, connect_readonly
-from tokenpak_mitm.tail import follow, format_line
+from tokenpak_mitm.tail import COMPACT_BELOW, follow, format_compact, format_line, render
 
 
 def row(key: str, **values: Any) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def test_once_prints_every_existing_row(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(lines) == len(ROWS)
     assert [f" {v} " in line for v, line in zip(["hit", "write", "miss", "none", "none"], lines, strict=True)] == [True] * 5
     assert "in 12 read 4,000 write 0 out 5" in lines[0] and "$0.000123" in lines[0] and re.search(r"ttft +250ms", lines[0])
-    assert "mystery" in lines[3] and "$?" in lines[3] and re.search(r"ttft +- ", lines[3])
+    assert "mystery" in lines[3] and "unknown" in lines[3] and re.search(r"ttft +- ", lines[3])
     assert "usage not reported" in lines[4] and lines[4].endswith("upstream_disconnected") and " sdk " in lines[4]
 
 
@@ -102,3 +102,70 @@ def test_reader_connection_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError):
         conn.execute("DELETE FROM requests")
     conn.close()
+
+
+MIXED = [
+    row("ok", model="claude-sonnet-4-6", cache_read_tokens=123_456, input_tokens=20, output_tokens=1500, cost_usd=0.0421, ttft_ms=412.0),
+    row("err", model="claude-sonnet-4-6", terminal_state="error_response", status_code=429, error="rate_limit_error", usage_source="absent",
+        input_tokens=None, cache_read_tokens=None, cache_write_tokens=None, output_tokens=None, cost_usd=0.0, ttft_ms=None, duration_ms=95.0),
+    row("json", provider="openai", model="gpt-4o-mini-2024-07-18", route_class="sdk", stream=0, ttft_ms=None, duration_ms=12_345.0),
+    row("gem", provider="gemini", model="gemini-2.5-flash", route_class="other", terminal_state="client_disconnected",
+        error="Client disconnected.", ttft_ms=900.0),
+]
+
+
+@pytest.mark.parametrize("width", [60, 80, 99])
+def test_compact_layout_fits_narrow_panes(width: int) -> None:
+    for r in MIXED + ROWS:
+        line = render(r, width, colour=False)
+        assert len(line) <= width, line
+        assert line == format_compact(r)[:width - 1] + "…" if len(format_compact(r)) > width else line == format_compact(r)
+    line80 = render(MIXED[0], 80, colour=False)
+    assert "sonnet-4-6" in line80 and "20/123k/0/1.5k" in line80 and "$0.0421" in line80 and "412ms" in line80 and line80.endswith(" ok")
+    assert render(MIXED[1], 80, colour=False).endswith("429 rate_limit")  # status and error type, not just "error_response"
+    assert render(MIXED[3], 80, colour=False).endswith(" client closed")
+    assert all(len(format_compact(r)) <= 80 for r in MIXED + ROWS)  # an 80-column pane never cuts a line
+    assert "d12.3s" in render(MIXED[2], 80, colour=False)  # a non-streamed row shows its duration
+
+
+def test_wide_layout_names_state_error_and_duration() -> None:
+    assert len(render(MIXED[0], COMPACT_BELOW, colour=False)) <= 140
+    assert render(MIXED[1], None, colour=False).endswith("error_response 429 rate_limit_error")
+    assert re.search(r"dur +12\.3s", render(MIXED[2], None, colour=False))
+    assert render(MIXED[3], None, colour=False).endswith("client_disconnected Client disconnected.")
+
+
+def test_colour_only_when_asked() -> None:
+    assert "\x1b[" not in render(MIXED[0], 80, colour=False)
+    assert render(MIXED[0], 80, colour=True).startswith("\x1b[32m")  # a hit is green
+    assert render(MIXED[1], 80, colour=True).startswith("\x1b[31m")  # an error is red
+
+
+def test_filters_narrow_tail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "t.db"
+    write(db, MIXED)
+    cases = {
+        ("--errors",): {"err", "gem"},
+        ("--provider", "openai"): {"json"},
+        ("--model", "gemini-*"): {"gem"},
+        ("--model", "claude-sonnet-4-6", "--state", "completed"): {"ok"},
+        ("--route", "sdk", "--route", "other"): {"json", "gem"},
+    }
+    for args, want in cases.items():
+        assert main(["tail", "--once", "--db", str(db), "--width", "200", *args]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        got = {k for k, r in zip(["ok", "err", "json", "gem"], MIXED, strict=True) if any(_same(line, r) for line in lines)}
+        assert got == want and len(lines) == len(want), (args, lines)
+
+
+def _same(line: str, r: dict[str, Any]) -> bool:
+    return line == format_line(r)
+
+
+def test_follow_with_a_filter_shows_only_matching_new_rows(tmp_path: Path) -> None:
+    from tokenpak_mitm.report_query import Filters
+
+    db = tmp_path / "t.db"
+    write(db, MIXED)
+    lines = list(follow(db, once=True, interval=0.05, backlog=1, filters=Filters.of(errors=True), width=None))
+    assert lines == [format_line(MIXED[3])]  # the last matching row only

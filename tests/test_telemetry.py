@@ -6,7 +6,7 @@ import pytest
 
 from tokenpak_mitm.dialects.base import Extract
 from tokenpak_mitm.routes import Route
-from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, terminal_state_for_error
+from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label, terminal_state_for_error
 from tokenpak_mitm.usage import Usage
 
 ANTHROPIC = Route("anthropic", "messages", "anthropic", inserts=True)
@@ -111,6 +111,28 @@ def test_error_text_is_redacted():
 )
 def test_cache_verdict(row, verdict):
     assert cache_verdict(row) == verdict
+
+
+def test_an_error_row_takes_its_model_from_the_request():
+    row = build_row(record(status_code=529, extract=Extract(error_type="overloaded_error"), request_model="claude-sonnet-4-6"))
+    assert row["model"] == "claude-sonnet-4-6" and row["terminal_state"] == "error_response"
+    assert error_label(row) == "529 overloaded_error"
+    assert row["cost_usd"] is None  # a 5xx is not "rejected": its cost stays unknown, not $0
+    answered = build_row(record(extract=extract(Usage(input_tokens=1, output_tokens=1)), request_model="asked-for-model"))
+    assert answered["model"] == "claude-sonnet-4-6"  # the response's model wins
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413, 429])
+def test_a_rejected_request_without_usage_costs_zero_not_unknown(status):
+    row = build_row(record(status_code=status, extract=Extract(error_type="rate_limit_error"), request_model="claude-sonnet-4-6"))
+    assert row["cost_usd"] == 0.0 and row["savings_usd"] == 0.0 and row["price_version"] == "unbilled"
+    assert error_label(row) == f"{status} rate_limit_error"
+
+
+def test_error_label_for_states_without_status():
+    assert error_label({"terminal_state": "completed", "status_code": 200}) is None
+    assert error_label({"terminal_state": "error_response", "status_code": 500, "error": "http_500"}) == "500"
+    assert error_label({"terminal_state": "client_disconnected", "status_code": 200, "error": "Client disconnected."}) == "Client disconnected."
 
 
 # -- issue 15, point 8 ----------------------------------------------------------------------------

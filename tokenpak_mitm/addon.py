@@ -42,13 +42,17 @@ from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.pricing import request_price_hints
+from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
+from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
+from tokenpak_mitm.request_model import request_model
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
+from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path
 from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap
-from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict
+from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label
 
 logger = logging.getLogger("tokenpak")
 
@@ -114,10 +118,23 @@ class TokenPak:
         loader.add_option("tokenpak_cache_index", str, "", "File where the cache planner keeps prefix digests and timings across restarts (never content); empty: memory only.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
         loader.add_option("tokenpak_secret_headers", Sequence[str], [], "Extra request header names whose values are secrets (besides any name containing auth, token, key, secret, session, cookie, password, signature or credential).")
+        loader.add_option("tokenpak_quiet", str, "false",
+                          "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
+                          "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
+    @property
+    def is_running(self) -> bool:
+        return self.started.is_set()
+
+    @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        if not self.is_running:
+            known = [name for name in opts.keys() if name.startswith(PREFIX)]  # noqa: SIM118 - OptManager is not iterable
+            message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
+            if message:
+                exit_startup(message)
         if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
@@ -127,8 +144,11 @@ class TokenPak:
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
             console = parse_bool("tokenpak_console", opts.tokenpak_console)
+            quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
+        if "tokenpak_quiet" in updated:
+            set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
         if "tokenpak_db" in updated:
@@ -207,10 +227,31 @@ class TokenPak:
 
     # -- request side ---------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if PROBE_HEADER in flow.request.headers:
+            self._answer_probe(flow)  # `tokenpak doctor`: answered here, never sent upstream, no row
+            return
         try:
             self._start(flow)
         except Exception:
             logger.exception("tokenpak: could not classify %s; passing it through", flow.request.host)
+
+    def _answer_probe(self, flow: http.HTTPFlow) -> None:
+        nonce = flow.request.headers.get(PROBE_HEADER)
+        if not valid_nonce(nonce):
+            flow.response = http.Response.make(400, b"bad probe", {"content-type": "text/plain"})
+            return
+        assert nonce is not None
+        store = self.store
+        identity = None
+        if store is not None:
+            try:
+                st = os.stat(store.path)
+                identity = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=str(store.path) if store else None, db_identity=identity,
+                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
+        flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
     def _start(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -314,6 +355,7 @@ class TokenPak:
         rec.cache_reasons = result.reasons_json()
         # An OpenAI model without explicit breakpoints has no planner: NULL, as before (and as Gemini).
         rec.cache_decision = None if result.decision == "not_supported" else result.decision
+        rec.request_model = result.model
         rec.markers_inserted = result.markers_inserted
         rec.client_markers = result.client_markers
         rec.prefix_tokens_est = result.prefix_tokens_est
@@ -480,6 +522,9 @@ class TokenPak:
         rec, tap, resp = st.record, st.tap, flow.response
         x = st.tracker.extract
         rec.extract = x
+        if x.model is None and rec.route.model_hint is None and rec.request_model is None:
+            # Errors and count_tokens name no model in the response: the request does.
+            rec.request_model = request_model(flow.request.raw_content, flow.request.headers.get("content-encoding"))
         if resp is not None:
             rec.status_code = resp.status_code
             rec.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
@@ -588,11 +633,13 @@ def _console_line(row: TelemetryRow) -> str:
         return "-" if v is None else str(v)
 
     cost = row.cost_usd
-    ttft = row.ttft_ms
+    ttft, dur = row.ttft_ms, row.duration_ms
+    err = error_label(row)
+    timing = f"ttft={ttft:.0f}ms" if ttft is not None else f"dur={dur:.0f}ms" if dur is not None else "ttft=-"
     return (
         f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
         f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
         f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
-        f"cost={'?' if cost is None else f'${cost:.6f}'} ttft={'-' if ttft is None else f'{ttft:.0f}ms'} "
-        f"{row.terminal_state}"
+        f"cost={'unknown' if cost is None else f'${cost:.6f}'} {timing} "
+        f"{row.terminal_state}{f' {err}' if err else ''}"
     )

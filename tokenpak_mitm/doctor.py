@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from tokenpak_mitm.probe import ProbeAnswer
 from tokenpak_mitm.setup_cmd import CA_CERT_NAME, DEFAULT_CONFDIR
 
 __all__ = [
     "Check", "check_python", "check_mitmproxy", "check_ca", "check_database", "check_environment",
-    "check_stream", "run_checks", "add_arguments", "run",
+    "check_stream", "check_proxy", "probe", "run_checks", "add_arguments", "run",
 ]
 
 Status = Literal["ok", "warn", "fail"]
@@ -243,6 +244,72 @@ def _no_proxy_covers(env: Mapping[str, str], host: str) -> bool:
     return "*" in entries or host in entries
 
 
+def probe(url: str, *, via_proxy: bool, timeout: float = 5.0) -> ProbeAnswer | None:
+    """Ask the proxy at ``url`` who it is (reverse listener, or regular proxy with ``via_proxy``)."""
+    import http.client
+    import secrets
+
+    from tokenpak_mitm.probe import PROBE_HEADER, PROBE_PATH, parse_answer
+
+    host, port = _host_port(url)
+    nonce = secrets.token_hex(12)
+    target = f"http://tokenpak-probe.invalid{PROBE_PATH}" if via_proxy else PROBE_PATH  # absolute form through a proxy
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", target, headers={PROBE_HEADER: nonce, "user-agent": "tokenpak-doctor"})
+        resp = conn.getresponse()
+        body = resp.read(64 * 1024)
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    return parse_answer(body, nonce) if resp.status == 200 else None
+
+
+def _same_file(a: Path, identity: tuple[int, int] | None, b_path: str | None) -> bool:
+    """Same database file: by (device, inode) when both exist, else by resolved path."""
+    try:
+        st = os.stat(a)
+    except OSError:
+        st = None
+    if st is not None and identity is not None:
+        return (st.st_dev, st.st_ino) == identity
+    return b_path is not None and Path(b_path).expanduser().resolve() == a.expanduser().resolve()
+
+
+def check_proxy(env: Mapping[str, str], db: Path) -> list[Check]:
+    """The proxy each local client variable points at answers the probe as tokenpak and writes to ``db``."""
+    targets = [(k, env[k], False) for k in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL") if env.get(k)]
+    proxy = env.get("HTTPS_PROXY") or env.get("https_proxy")
+    if proxy:
+        targets.append(("HTTPS_PROXY", proxy, True))
+    out: list[Check] = []
+    seen: set[tuple[str, int]] = set()
+    for name, url, via in targets:
+        if urlsplit(url).scheme != "http" or not _is_loopback(url) or _host_port(url) in seen:
+            continue
+        seen.add(_host_port(url))
+        host, port = _host_port(url)
+        if not _listening(host, port):
+            continue  # check_environment already says nothing listens there
+        answer = probe(url, via_proxy=via)
+        label = f"proxy at {host}:{port}"
+        if answer is None:
+            out.append(Check(label, "fail", f"something listens on {host}:{port} ({name}) but it is not tokenpak-mitm: it did not answer the "
+                             "probe, so requests sent there are not recorded (or, in reverse mode, its upstream is unreachable)",
+                             "start the proxy there (make run) or point the variable at it (tokenpak setup)"))
+        elif not _same_file(db, answer.db_identity, answer.db):
+            out.append(Check(label, "fail", f"tokenpak-mitm {answer.version} (pid {answer.pid}) writes to {answer.db}, not to {db}",
+                             f"read its database: tokenpak report --db {answer.db} (or restart the proxy with --set tokenpak_db={db})"))
+        elif answer.store_error:
+            out.append(Check(label, "warn", f"tokenpak-mitm {answer.version} (pid {answer.pid}) writes to {db} but reported: {answer.store_error}",
+                             "see the proxy's warnings; rows are kept and spilled until the database is writable"))
+        else:
+            out.append(Check(label, "ok", f"tokenpak-mitm {answer.version} (pid {answer.pid}) answers and writes to {db} "
+                             f"({answer.rows_written} rows since it started)"))
+    return out
+
+
 def check_environment(env: Mapping[str, str], confdir: Path) -> list[Check]:
     """Client variables: present, consistent with each other, and (regular mode) trusting the CA."""
     out: list[Check] = []
@@ -271,7 +338,7 @@ def check_environment(env: Mapping[str, str], confdir: Path) -> list[Check]:
             out.append(Check(name, "warn", f"{url} is plain HTTP and HTTP_PROXY is set: some clients would send it to that proxy",
                              "export NO_PROXY=127.0.0.1,localhost"))
         else:
-            out.append(Check(name, "ok", f"{url} (reverse mode, proxy listening)"))
+            out.append(Check(name, "ok", f"{url} (reverse mode, port open)"))
     if len(set(proxies.values())) > 1:
         out.append(Check("https_proxy", "fail", f"HTTPS_PROXY={proxies['HTTPS_PROXY']} but https_proxy={proxies['https_proxy']}: clients disagree",
                          "set both to the same proxy URL (tokenpak setup shell --mode regular)"))
@@ -287,7 +354,7 @@ def check_environment(env: Mapping[str, str], confdir: Path) -> list[Check]:
         elif not _listening(host, port):
             out.append(Check("HTTPS_PROXY", "warn", f"{proxy}: nothing listens on {host}:{port}", "start the proxy in regular mode (tokenpak setup shell --mode regular shows the command)"))
         else:
-            out.append(Check("HTTPS_PROXY", "ok", f"{proxy} (regular mode, proxy listening)"))
+            out.append(Check("HTTPS_PROXY", "ok", f"{proxy} (regular mode, port open)"))
     out += _check_ca_vars(env, confdir, regular=bool(proxy) and _is_loopback(proxy or ""))
     if not base_urls and not proxies:
         out.append(Check("client routing", "warn", "no ANTHROPIC_BASE_URL / OPENAI_BASE_URL / GOOGLE_GEMINI_BASE_URL / HTTPS_PROXY in this shell: clients here bypass the proxy",
@@ -344,6 +411,7 @@ def run_checks(db: Path, confdir: Path, confdir_given: bool, env: Mapping[str, s
     checks += check_ca(confdir, required=confdir_given or regular)
     checks += check_database(db)
     checks += check_environment(env, confdir)
+    checks += check_proxy(env, db)
     if stream:
         checks.append(check_stream())
     return checks

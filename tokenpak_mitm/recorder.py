@@ -44,6 +44,7 @@ from tokenpak_mitm import hooks
 from tokenpak_mitm.addon import closed_by
 from tokenpak_mitm.options import parse_size
 from tokenpak_mitm.record_redact import redact_recorded_flow
+from tokenpak_mitm.startup import guard_configure
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import terminal_state_for_error
 
@@ -158,6 +159,7 @@ class Recorder:
     """Saves tracked LLM flows as redacted flow files readable by ``mitmdump -nr`` and mitmweb."""
 
     def __init__(self) -> None:
+        self.is_running = False
         self.directory: Path | None = None
         self.max_bytes = DEFAULT_MAX_BYTES
         self._writer: _Writer | None = None
@@ -171,6 +173,7 @@ class Recorder:
         loader.add_option("tokenpak_record", str, "", "Directory to save every LLM flow in (redacted .mitm files, for conformance replay). Empty: off.")
         loader.add_option("tokenpak_record_max_bytes", str, str(DEFAULT_MAX_BYTES), "Per-flow cap on recorded response bytes (e.g. 8388608, 512k, 8m); the flow notes when it was cut.")
 
+    @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         if "tokenpak_record_max_bytes" in updated:
@@ -199,6 +202,7 @@ class Recorder:
             self._writer = _Writer(budget=self.max_bytes * _QUEUE_BUDGET_FLOWS)
 
     def running(self) -> None:
+        self.is_running = True
         if self.directory is not None:
             logger.info("tokenpak: recording LLM flows to %s (cap %d bytes per flow)", self.directory, self.max_bytes)
 

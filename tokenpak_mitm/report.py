@@ -1,10 +1,12 @@
 """``tokenpak report``: what the proxy saw, summed honestly.
 
-Aggregation is a set of pure functions over row dicts (the ``requests`` table's columns), so every
-figure is testable without a proxy. Three rules keep the figures honest:
+SQLite does the summing (``report_query``): the report moves aggregate rows, never every request,
+into Python. This module turns those aggregates into ``Summary`` values and prints them. Three
+rules keep the figures honest:
 
 * A NULL cost is *unknown*, never 0: cost sums only priced rows and reports how many billable
-  requests are unpriced.
+  requests are unpriced. A request the provider rejected (4xx) with no usage is not billed: it
+  counts as priced at $0, not as unpriced.
 * Rows with ``usage_source = 'absent'`` count as requests but add no tokens (their buckets are
   NULL; treating them as 0 would make them look free and cached-nothing).
 * Buckets are exclusive (``input`` is fresh input only), so the cache hit ratio is
@@ -12,7 +14,8 @@ figure is testable without a proxy. Three rules keep the figures honest:
   from the cache.
 
 Cost is also split per bucket for the HTML chart: each row's recorded cost is apportioned by the
-bucket prices of the current table, so the split always sums to the recorded cost.
+bucket prices of the current table (``split_cost``), so the split always sums to the recorded cost.
+Latency (TTFT, duration, the proxy's own time) is given as p50/p95/p99 to three significant digits.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import math
 import re
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -31,20 +35,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tokenpak_mitm.row import CACHE_ORIGINS, TelemetryRow
+from tokenpak_mitm import report_query as rq
+from tokenpak_mitm.report_query import COLUMN_FILTERS, GROUPINGS, Filters
+from tokenpak_mitm.row import CACHE_ORIGINS
 
 __all__ = [
-    "BUCKETS", "ORIGINS", "GROUPINGS", "Summary", "Report", "parse_since", "load_rows", "summarize",
-    "group_key", "build_report", "report_json", "day_of", "add_arguments", "run", "unpriced_models",
+    "BUCKETS", "ORIGINS", "GROUPINGS", "Summary", "Report", "parse_since", "build_report", "report_json", "add_arguments",
+    "add_filter_arguments", "filters_from_args", "run", "split_cost", "unpriced_models",
 ]
 
 Row = Mapping[str, Any]
 BUCKETS = ("input", "cache_read", "cache_write", "output")
-BUCKET_COLUMNS = {"input": "input_tokens", "cache_read": "cache_read_tokens", "cache_write": "cache_write_tokens", "output": "output_tokens"}
 ORIGINS = CACHE_ORIGINS
-GROUPINGS = ("day", "model", "route", "provider")
 CACHE_HIT_RATIO_DEFINITION = "cache_read / (input + cache_read + cache_write); input is fresh (uncached) input"
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
+HOURLY_BELOW = 2 * 86400  # windows shorter than this are charted per hour
+GROUP_COLUMNS = {"model": "model", "route": "route_class", "provider": "provider"}  # the column each --by reads (day: none)
 
 
 @dataclass(slots=True)
@@ -62,12 +68,13 @@ class Summary:
     usage_sources: Counter[str] = field(default_factory=Counter)
     cache_decisions: Counter[str] = field(default_factory=Counter)  # the planner's verdicts
     markers_inserted: int = 0
-    _proxy_ms: list[float] = field(default_factory=list)  # the proxy's own request-side time
+    _proxy_max: float | None = None
+    latency_hist: dict[str, Counter[float]] = field(default_factory=dict)  # metric -> rounded ms -> rows
 
     @property
     def cost_usd(self) -> float | None:
         """Sum of known costs; None when no row was priced (unknown, not free)."""
-        return math.fsum(self._cost) if self._cost else None
+        return math.fsum(self._cost) if self.priced_requests else None
 
     @property
     def cost_by_bucket(self) -> dict[str, float]:
@@ -86,33 +93,51 @@ class Summary:
         total = self.prompt_tokens
         return self.tokens["cache_read"] / total if total else None
 
-    def add(self, row: Row, unit_prices: UnitPrices) -> None:
-        self.requests += 1
-        self.terminal_states[row.get("terminal_state") or "unknown"] += 1
-        if row.get("cache_decision"):
-            self.cache_decisions[row["cache_decision"]] += 1
-        self.markers_inserted += row.get("markers_inserted") or 0
-        if row.get("proxy_request_ms") is not None:
-            self._proxy_ms.append(float(row["proxy_request_ms"]))
-        source = row.get("usage_source") or "absent"
-        self.usage_sources[source] += 1
-        if source != "absent":
-            self.requests_with_usage += 1
-            for bucket, column in BUCKET_COLUMNS.items():
-                self.tokens[bucket] += row.get(column) or 0
-            self.tokens["reasoning"] += row.get("reasoning_tokens") or 0
-        cost = row.get("cost_usd")
-        if cost is None:
-            if row.get("billable", 1) != 0:
-                self.unpriced_requests += 1
-        else:
-            self.priced_requests += 1
-            self._cost.append(float(cost))
-            for bucket, part in split_cost(row, float(cost), unit_prices).items():
-                self._bucket_cost.setdefault(bucket, []).append(part)
-        savings = row.get("savings_usd")
-        if savings is not None:
-            self._savings.setdefault(row.get("cache_origin") or "unknown", []).append(float(savings))
+    @property
+    def errors(self) -> int:
+        return self.requests - self.terminal_states.get("completed", 0)
+
+    def merge(self, c: rq.CubeRow) -> None:
+        """Add one aggregate row from ``report_query.cube``."""
+        self.requests += c.requests
+        self.requests_with_usage += c.with_usage
+        for k, n in c.tokens.items():
+            self.tokens[k] = self.tokens.get(k, 0) + n
+        self.priced_requests += c.priced
+        self.unpriced_requests += c.unpriced
+        if c.priced:
+            self._cost.append(c.cost)
+        for b, v in c.cost_by_bucket.items():
+            self._bucket_cost.setdefault(b, []).append(v)
+        for o, v in c.savings.items():
+            self._savings.setdefault(o, []).append(v)
+        self.terminal_states[c.terminal_state] += c.requests
+        self.usage_sources[c.usage_source] += c.requests
+        if c.cache_decision:
+            self.cache_decisions[c.cache_decision] += c.requests
+        self.markers_inserted += c.markers_inserted
+        if c.proxy_max is not None:
+            self._proxy_max = c.proxy_max if self._proxy_max is None else max(self._proxy_max, c.proxy_max)
+
+    def add_latency(self, metric: str, value: float, count: int) -> None:
+        hist = self.latency_hist.get(metric)
+        if hist is None:
+            hist = self.latency_hist[metric] = Counter()
+        hist[value] += count
+
+    def latency(self, metric: str) -> dict[str, float] | None:
+        """p50/p95/p99 in ms (three significant digits) and n, or None without values."""
+        hist = self.latency_hist.get(metric)
+        p = rq.percentiles(hist) if hist else None
+        return None if p is None or hist is None else {**p, "n": sum(hist.values())}
+
+    @property
+    def proxy_request_ms(self) -> dict[str, float] | None:
+        """p50 / p95 / max of what the proxy itself added before sending each request upstream."""
+        p = self.latency("proxy")
+        if p is None or self._proxy_max is None:
+            return None
+        return {"p50": p["p50"], "p95": p["p95"], "max": self._proxy_max}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,22 +154,14 @@ class Summary:
             "cost_by_bucket_usd": self.cost_by_bucket,
             "savings_usd": {**self.savings_usd, "total": math.fsum(self.savings_usd.values())},
             "terminal_states": dict(sorted(self.terminal_states.items())),
+            "errors": self.errors,
             "usage_sources": dict(sorted(self.usage_sources.items())),
             "cache_decisions": dict(sorted(self.cache_decisions.items())),
             "markers_inserted": self.markers_inserted,
+            "ttft_ms": self.latency("ttft"),
+            "duration_ms": self.latency("duration"),
             "proxy_request_ms": self.proxy_request_ms,
         }
-
-    @property
-    def proxy_request_ms(self) -> dict[str, float] | None:
-        """p50 / p95 / max of what the proxy itself added before sending each request upstream."""
-        if not self._proxy_ms:
-            return None
-        ordered = sorted(self._proxy_ms)
-        def pick(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-        return {"p50": pick(0.50), "p95": pick(0.95), "max": ordered[-1]}
 
 
 @dataclass(slots=True)
@@ -154,24 +171,35 @@ class Report:
     since_ts: float | None
     totals: Summary
     groups: list[Summary]
-    days: list[Summary]  # always per day, for the charts
+    periods: list[Summary]  # always per day (or per hour for short windows), for the charts
+    period: str = "day"
+    filters: Filters = field(default_factory=Filters)
+    until: str | None = None
+    model_cost: dict[str, dict[str, float]] = field(default_factory=dict)  # period -> model -> priced cost
     unpriced: list[dict[str, Any]] = field(default_factory=list)  # see unpriced_models
+    errors: list[dict[str, Any]] = field(default_factory=list)  # failed requests by state, status and error type
 
 
 def unpriced_models(rows: Iterable[Row]) -> list[dict[str, Any]]:
     """Billable requests left unpriced, by provider, model and reason, most requests first.
 
-    Rows written before schema v3 carry no ``unpriced_reason``: no model, no usage, or else
-    ``unknown`` (most often a model the price table did not know then).
+    ``rows`` are stored rows, or aggregates of them carrying a ``requests`` count. Rows written
+    before schema v3 carry no ``unpriced_reason``: no model, no usage, or else ``unknown`` (most
+    often a model the price table did not know then). Rejected requests (4xx) without usage are
+    not billed, so not unpriced.
     """
+    from tokenpak_mitm.telemetry import rejected_unbilled
+
     counts: Counter[tuple[str, str, str]] = Counter()
     for row in rows:
         if row.get("cost_usd") is not None or row.get("billable", 1) == 0:
             continue
+        if rejected_unbilled(row.get("status_code"), row.get("usage_source")):
+            continue
         reason = row.get("unpriced_reason")
         if reason is None:
             reason = "no_model" if not row.get("model") else "no_usage" if (row.get("usage_source") or "absent") == "absent" else "unknown"
-        counts[(row.get("provider") or "?", row.get("model") or "?", reason)] += 1
+        counts[(row.get("provider") or "?", row.get("model") or "?", reason)] += int(row.get("requests", 1))
     return [{"provider": p, "model": m, "reason": r, "requests": c}
             for (p, m, r), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
@@ -225,56 +253,115 @@ def split_cost(row: Row, cost: float, unit_prices: UnitPrices = _table_unit_pric
     return {"other": cost} if cost else {}
 
 
-# -- grouping -----------------------------------------------------------------------------------
-def day_of(ts: float) -> str:
-    """Local calendar day of a Unix timestamp (users read reports in their own time zone)."""
-    return datetime.fromtimestamp(ts).date().isoformat()
+# -- building -----------------------------------------------------------------------------------
+def _fill_periods(periods: list[Summary], period: str) -> list[Summary]:
+    """Insert empty days (hours) between the first and last, so chart x-axes are real time."""
+    if not periods:
+        return periods
+    have = {s.key: s for s in periods}
+    out = []
+    if period == "day":
+        first, last = date.fromisoformat(periods[0].key), date.fromisoformat(periods[-1].key)
+        keys = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+    else:
+        fmt = "%Y-%m-%d %H:00"
+        first_h, last_h = datetime.strptime(periods[0].key, fmt), datetime.strptime(periods[-1].key, fmt)
+        keys = [(first_h + timedelta(hours=n)).strftime(fmt) for n in range(int((last_h - first_h).total_seconds() // 3600) + 1)]
+    for k in keys:
+        out.append(have.get(k) or Summary(k))
+    return out
 
 
-def group_key(row: Row, by: str) -> str:
-    if by == "day":
-        return day_of(float(row["started_at"]))
-    column = {"model": "model", "route": "route_class", "provider": "provider"}[by]
-    return str(row.get(column) or "(unknown)")
-
-
-def summarize(rows: Iterable[Row], key: str = "total", unit_prices: UnitPrices = _table_unit_prices) -> Summary:
-    summary = Summary(key)
-    for row in rows:
-        summary.add(row, unit_prices)
-    return summary
-
-
-def _grouped(rows: list[Row], by: str, unit_prices: UnitPrices) -> list[Summary]:
-    groups: dict[str, Summary] = {}
-    for row in rows:
-        k = group_key(row, by)
-        groups.setdefault(k, Summary(k)).add(row, unit_prices)
+def _order(groups: dict[str, Summary], by: str) -> list[Summary]:
     if by == "day":
         return [groups[k] for k in sorted(groups)]
     return sorted(groups.values(), key=lambda s: (-(s.cost_usd or 0.0), -s.requests, s.key))
 
 
-def _fill_days(days: list[Summary]) -> list[Summary]:
-    """Insert empty days between the first and last, so chart x-axes are real time."""
-    if not days:
-        return days
-    have = {s.key: s for s in days}
-    first, last = date.fromisoformat(days[0].key), date.fromisoformat(days[-1].key)
-    out = []
-    for n in range((last - first).days + 1):
-        k = (first + timedelta(days=n)).isoformat()
-        out.append(have.get(k) or Summary(k))
-    return out
+def _summary(summaries: dict[str, Summary], key: str) -> Summary:
+    found = summaries.get(key)
+    if found is None:
+        found = summaries[key] = Summary(key)
+    return found
 
 
-def build_report(rows: Iterable[Row], by: str = "day", since: str = "7d", since_ts: float | None = None,
-                 unit_prices: UnitPrices = _table_unit_prices) -> Report:
-    rows = list(rows)
-    days = _fill_days(_grouped(rows, "day", unit_prices))
-    groups = days if by == "day" else _grouped(rows, by, unit_prices)
-    return Report(by=by, since=since, since_ts=since_ts, totals=summarize(rows, "total", unit_prices), groups=groups, days=days,
-                  unpriced=unpriced_models(rows))
+def choose_period(conn: sqlite3.Connection, filters: Filters, now: float | None = None) -> tuple[str, float, float]:
+    """``hour`` when the window (or, for an open window, the data) spans under two days; and the span."""
+    first_last = rq.span(conn, filters)
+    if first_last is None:
+        return "day", 0.0, 0.0
+    lo = filters.since_ts if filters.since_ts is not None else first_last[0]
+    hi = filters.until_ts if filters.until_ts is not None else (first_last[1] if filters.since_ts is None else (time.time() if now is None else now))
+    return ("hour" if hi - lo < HOURLY_BELOW else "day"), first_last[0], first_last[1]
+
+
+def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", filters: Filters | None = None,
+                 unit_prices: UnitPrices | None = None, period: str | None = None, until: str | None = None) -> Report:
+    """Aggregate the filtered rows of an open database (a connection from ``connect_readonly``)."""
+    filters = filters or Filters()
+    prices = unit_prices or _table_unit_prices
+    chosen, first, last = choose_period(conn, filters)
+    period = period or chosen
+    offsets = rq.utc_offsets(first, last)
+    period_sql = rq.local_period_sql(period, offsets)
+    group_sql = GROUPINGS[by] or rq.local_period_sql("day", offsets)
+    labels: dict[tuple[str, str], str] = {}
+
+    def label(kind: str, number: str) -> str:
+        """Day/hour numbers from SQL become ISO labels; other group keys stay as they are."""
+        if kind not in ("day", "hour"):
+            return number
+        if (kind, number) not in labels:
+            labels[kind, number] = rq.period_label(kind, int(number))
+        return labels[kind, number]
+
+    group_kind = "day" if by == "day" else by
+    totals = Summary("total")
+    groups: dict[str, Summary] = {}
+    periods: dict[str, Summary] = {}
+    model_cost: dict[str, dict[str, float]] = {}
+    group_columns = frozenset() if by == "day" else frozenset({GROUP_COLUMNS.get(by, by)})
+    srcs = rq.sources(conn, filters, period, group_columns)
+    for c in (c for src in srcs for c in rq.cube(conn, src, group_sql, period_sql, prices)):
+        totals.merge(c)
+        c.group, c.period = label(group_kind, c.group), label(period, c.period)
+        _summary(groups, c.group).merge(c)
+        _summary(periods, c.period).merge(c)
+        if c.priced:
+            by_model = model_cost.setdefault(c.period, {})
+            by_model[c.model] = by_model.get(c.model, 0.0) + c.cost
+    latency_srcs = rq.sources(conn, filters, period, group_columns, latency=True)
+    same = by == "day" and period == "day"
+    for metric, level, key, value, n in (h for src in latency_srcs for h in rq.histograms(conn, src, group_sql, period_sql, same=same)):
+        if level == "total":
+            totals.add_latency(metric, value, n)
+            continue
+        assert key is not None
+        if level == "group":
+            totals.add_latency(metric, value, n)
+            _summary(groups, label(group_kind, key)).add_latency(metric, value, n)
+        if level == "period" or same:
+            _summary(periods, label(period, key)).add_latency(metric, value, n)
+    ordered_periods = _fill_periods(_order(periods, "day"), period)
+    if by == "day" and period == "day":
+        ordered_groups = ordered_periods
+    else:
+        ordered_groups = _order(groups, by)
+    errors: Counter[tuple[str, int | None, str | None]] = Counter()
+    if totals.errors:
+        for src in srcs:
+            for state, status, error, n in rq.error_groups(conn, src):
+                errors[state, status, error] += n
+    error_list = [{"terminal_state": st, "status_code": code, "error": err, "requests": n}
+                  for (st, code, err), n in sorted(errors.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
+                  period=period, filters=filters, until=until, model_cost=model_cost,
+                  unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [],
+                  errors=error_list)
+
+
+def empty_report(by: str = "day", since: str = "7d") -> Report:
+    return Report(by=by, since=since, since_ts=None, totals=Summary("total"), groups=[], periods=[])
 
 
 def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
@@ -282,16 +369,25 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
         "db": db,
         "since": report.since,
         "since_ts": report.since_ts,
+        "until": report.until,
+        "until_ts": report.filters.until_ts,
+        "filters": {**{k: list(v) for k, v in report.filters.columns}, "errors": report.filters.errors},
         "by": report.by,
+        "period": report.period,
         "definitions": {
             "cache_hit_ratio": CACHE_HIT_RATIO_DEFINITION,
-            "cost_usd": "sum of priced requests only; unpriced_requests are billable requests of unknown cost",
+            "cost_usd": "sum of priced requests only; unpriced_requests are billable requests of unknown cost; "
+                        "rejected requests (4xx) that reported no usage are not billed and count as $0",
             "savings_usd": "cost without prompt caching minus actual cost, by who placed the cache markers",
             "tokens": "exclusive buckets; rows with usage_source='absent' add no tokens",
+            "latency_ms": "p50/p95/p99 = sorted[min(n-1, int(q*n))], rounded to three significant digits; "
+                          "ttft: request sent to first content; duration: request sent to last byte",
         },
         "totals": report.totals.as_dict(),
         "groups": [g.as_dict() for g in report.groups],
+        "periods": [p.as_dict() for p in report.periods] if report.by != "day" or report.period != "day" else None,
         "unpriced_models": report.unpriced,
+        "errors": report.errors,
         "price_table": {"version": _price_table_version(), "update": _update_hint()},
     }
 
@@ -308,13 +404,13 @@ def _update_hint() -> str:
     return UPDATE_HINT
 
 
-# -- I/O ----------------------------------------------------------------------------------------
+# -- arguments ----------------------------------------------------------------------------------
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_since(text: str, now: float | None = None) -> float | None:
-    """``7d``/``24h``/``30m``/``2w``, an ISO date or datetime, or ``all`` -> cutoff timestamp."""
+def parse_since(text: str, now: float | None = None, flag: str = "--since") -> float | None:
+    """``7d``/``24h``/``30m``/``2w`` (ago), an ISO date or datetime, or ``all`` -> timestamp."""
     text = text.strip().lower()
     if text in ("all", ""):
         return None
@@ -324,31 +420,52 @@ def parse_since(text: str, now: float | None = None) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise ValueError(f"--since: expected e.g. 7d, 24h, 30m, 2w, 2026-05-01 or all, not {text!r}") from None
+        raise ValueError(f"{flag}: expected e.g. 7d, 24h, 30m, 2w, 2026-05-01 or all, not {text!r}") from None
 
 
-def load_rows(db: str | Path, since_ts: float | None) -> list[TelemetryRow]:
-    """Stored rows as ``TelemetryRow``s: reading a column that is not a field raises, never NULL."""
-    from tokenpak_mitm.store import connect_readonly
+def add_filter_arguments(parser: argparse.ArgumentParser, since_default: str | None = "7d") -> None:
+    """The row filters shared by ``report`` and ``tail`` (one per COLUMN_FILTERS entry)."""
+    window = f" (default {since_default})" if since_default else ""
+    parser.add_argument("--since", default=since_default, help=f"from: 7d, 24h, 30m, 2w (ago), an ISO date or datetime, or all{window}")
+    parser.add_argument("--until", default=None, help="up to (excluded): same forms as --since; default now")
+    for f in COLUMN_FILTERS:
+        parser.add_argument(f"--{f.name}", action="append", metavar=f.name.upper(), help=f.help)
+    parser.add_argument("--errors", action="store_true", help="only requests that did not complete (any state but completed)")
 
-    conn = connect_readonly(db)
-    try:
-        sql = "SELECT * FROM requests"
-        params: tuple[float, ...] = ()
-        if since_ts is not None:
-            sql, params = sql + " WHERE started_at >= ?", (since_ts,)
-        return [TelemetryRow.from_stored(r) for r in conn.execute(sql + " ORDER BY started_at, id", params)]
-    finally:
-        conn.close()
+
+def filters_from_args(args: argparse.Namespace, now: float | None = None) -> Filters:
+    """Raises ValueError with a one-line message for a bad --since/--until."""
+    since_ts = parse_since(args.since, now) if args.since else None
+    until_ts = parse_since(args.until, now, flag="--until") if args.until else None
+    if since_ts is not None and until_ts is not None and until_ts <= since_ts:
+        raise ValueError("--until must be later than --since")
+    return Filters.of(since_ts, until_ts, errors=args.errors, **{f.name: getattr(args, f.name) for f in COLUMN_FILTERS})
 
 
 # -- console ------------------------------------------------------------------------------------
-def _money(v: float | None) -> str:
-    return "?" if v is None else f"${v:,.4f}"
+UNKNOWN_COST = "unknown"  # the same word in the terminal, the HTML page and tail
 
 
-def _ratio(v: float | None) -> str:
+def money(v: float | None) -> str:
+    return UNKNOWN_COST if v is None else f"${v:,.4f}"
+
+
+def ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
+
+
+def ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:,.0f}ms" if v >= 10 else f"{v:.2f}ms"
+
+
+def _latency_cells(s: Summary) -> list[str]:
+    cells = []
+    for metric in ("ttft", "duration"):
+        p = s.latency(metric)
+        cells += [ms(p["p50"]) if p else "-", ms(p["p95"]) if p else "-", ms(p["p99"]) if p else "-"]
+    return cells
 
 
 def _print_tables(report: Report, db: str) -> None:
@@ -358,25 +475,31 @@ def _print_tables(report: Report, db: str) -> None:
 
     console = Console(highlight=False, width=max(120, Console().width))
     t = report.totals
-    console.print(f"[bold]tokenpak report[/] since {escape(report.since)} · {t.requests} requests · db {escape(db)}")
+    window = f"since {report.since}" + (f" until {report.until}" if report.until else "")
+    extra = report.filters.describe()
+    console.print(f"[bold]tokenpak report[/] {escape(window)}{' · ' + escape(extra) if extra else ''} · {t.requests} requests · db {escape(db)}")
     if not t.requests:
-        console.print("No LLM requests recorded in this window (try --since all, or see `tokenpak doctor`).")
+        console.print("No LLM requests recorded in this window (try --since all, fewer filters, or see `tokenpak doctor`).")
         return
-    label = {"day": "day", "model": "model", "route": "route class", "provider": "provider"}[report.by]
-    groups = [g for g in report.groups if g.requests] if report.by == "day" else report.groups
+    label = {"day": "day", "model": "model", "route": "route class", "provider": "provider"}.get(report.by, report.by)
+    groups = [g for g in report.groups if g.requests]
     tokens = Table(title=f"Tokens by {label}", title_justify="left")
-    for col in (label, "requests", "no usage", "input", "cache read", "cache write", "output", "cache hit"):
-        tokens.add_column(col, justify="left" if col == label else "right")
-    money = Table(title=f"Cost and savings by {label}", title_justify="left")
-    for col in (label, "cost", "unpriced", "saved: proxy", "client", "unknown"):
-        money.add_column(col, justify="left" if col == label else "right")
+    for col in (label, "requests", "errors", "no usage", "input", "cache read", "cache write", "output", "cache hit"):
+        tokens.add_column(col, justify="left" if col == label else "right", no_wrap=col == label)
+    money_t = Table(title=f"Cost and savings by {label}", title_justify="left")
+    for col in (label, "cost", "unpriced", "saved: proxy", "client", "no marker (provider)"):
+        money_t.add_column(col, justify="left" if col == label else "right", no_wrap=col == label)
+    latency = Table(title=f"Latency by {label} (ms, three significant digits)", title_justify="left")
+    for col in (label, "ttft p50", "p95", "p99", "duration p50", "p95", "p99"):
+        latency.add_column(col, justify="left" if col == label else "right", no_wrap=col == label)
     for s, style in [*((g, None) for g in groups), (t, "bold")]:
         k = s.tokens
-        tokens.add_row(escape(s.key), str(s.requests), str(s.requests - s.requests_with_usage), f"{k['input']:,}", f"{k['cache_read']:,}",
-                       f"{k['cache_write']:,}", f"{k['output']:,}", _ratio(s.cache_hit_ratio), style=style)
+        tokens.add_row(escape(s.key), str(s.requests), str(s.errors), str(s.requests - s.requests_with_usage), f"{k['input']:,}",
+                       f"{k['cache_read']:,}", f"{k['cache_write']:,}", f"{k['output']:,}", ratio(s.cache_hit_ratio), style=style)
         sv = s.savings_usd
-        money.add_row(escape(s.key), _money(s.cost_usd), str(s.unpriced_requests), _money(sv["proxy"]), _money(sv["client"]),
-                      _money(sv["unknown"]), style=style)
+        money_t.add_row(escape(s.key), money(s.cost_usd), str(s.unpriced_requests), money(sv["proxy"]), money(sv["client"]),
+                        money(sv["unknown"]), style=style)
+        latency.add_row(escape(s.key), *_latency_cells(s), style=style)
     states = Table(title="Terminal states", title_justify="left")
     states.add_column("state")
     states.add_column("requests", justify="right")
@@ -387,7 +510,14 @@ def _print_tables(report: Report, db: str) -> None:
     decisions.add_column("requests", justify="right")
     for decision, n in sorted(t.cache_decisions.items(), key=lambda kv: -kv[1]):
         decisions.add_row(escape(decision), str(n))
-    console.print(tokens, money, states)
+    console.print(tokens, money_t, latency, states)
+    if report.errors:
+        errs = Table(title="Requests that did not complete, by status and error type", title_justify="left")
+        for col in ("state", "status", "error", "requests"):
+            errs.add_column(col, justify="right" if col in ("status", "requests") else "left")
+        for e in report.errors[:20]:
+            errs.add_row(escape(e["terminal_state"]), str(e["status_code"] or "-"), escape(e["error"] or "-"), str(e["requests"]))
+        console.print(errs)
     if t.cache_decisions:
         console.print(decisions)
     console.print(f"cache hit = {CACHE_HIT_RATIO_DEFINITION}.")
@@ -395,7 +525,7 @@ def _print_tables(report: Report, db: str) -> None:
         p = t.proxy_request_ms
         console.print(f"proxy's own request-side time (classify, plan, splice): p50 {p['p50']:.2f} ms, p95 {p['p95']:.2f} ms, max {p['max']:.2f} ms.")
     if t.unpriced_requests:
-        console.print(f"{t.unpriced_requests} unpriced requests: their cost is unknown and not included above.")
+        console.print(f"{t.unpriced_requests} unpriced requests: their cost is {UNKNOWN_COST} and not included above.")
     if report.unpriced:
         from tokenpak_mitm.pricing import UNPRICED_REASONS
 
@@ -413,21 +543,19 @@ def _print_tables(report: Report, db: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", default="7d", help="window: 7d, 24h, 30m, 2w, an ISO date, or all (default 7d)")
-    parser.add_argument("--by", choices=GROUPINGS, default="day", help="group rows by day, model, route (class) or provider")
+    add_filter_arguments(parser)
+    parser.add_argument("--by", choices=tuple(GROUPINGS), default="day", help="group rows by day, model, route (class) or provider")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
 
 
 def run(args: argparse.Namespace) -> int:
-    import sqlite3
-
-    from tokenpak_mitm.store import default_db_path
+    from tokenpak_mitm.store import connect_readonly, default_db_path
 
     db = str(Path(args.db).expanduser() if args.db else default_db_path())
     try:
-        since_ts = parse_since(args.since)
+        filters = filters_from_args(args)
     except ValueError as e:
         print(f"tokenpak report: {e}", file=sys.stderr)
         return 2
@@ -435,11 +563,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenpak report: no database at {db} (has the proxy run yet? see `tokenpak doctor`)", file=sys.stderr)
         return 1
     try:
-        rows = load_rows(db, since_ts)
+        conn = connect_readonly(db)
+        try:
+            report = build_report(conn, by=args.by, since=args.since or "all", filters=filters, until=args.until)
+        finally:
+            conn.close()
     except sqlite3.Error as e:
         print(f"tokenpak report: cannot read {db}: {e}", file=sys.stderr)
         return 1
-    report = build_report(rows, by=args.by, since=args.since, since_ts=since_ts)
     if args.html:
         from tokenpak_mitm.report_html import write_html
 

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 
 from tokenpak_mitm.files import write_private
-from tokenpak_mitm.report import BUCKETS, CACHE_HIT_RATIO_DEFINITION, Report, Summary
+from tokenpak_mitm.report import BUCKETS, CACHE_HIT_RATIO_DEFINITION, Report, money, ms, ratio
 
 __all__ = ["render_html", "write_html", "bar_chart", "line_chart"]
 
@@ -76,7 +76,7 @@ def _frame(title: str, labels: Sequence[str], lo: float, hi: float, ticks: list[
     slot = plot_w / max(1, len(labels))
     for i, label in enumerate(labels):
         if i % every == 0:
-            out.append(f'<text x="{LEFT + slot * (i + 0.5):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{escape(label[5:] if len(label) == 10 else label)}</text>')
+            out.append(f'<text x="{LEFT + slot * (i + 0.5):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{escape(_short(label))}</text>')
     out += body
     x = LEFT
     for s in legend:
@@ -85,6 +85,15 @@ def _frame(title: str, labels: Sequence[str], lo: float, hi: float, ticks: list[
         x += 24 + 7 * len(s.label)
     out.append("</svg></figure>")
     return "\n".join(out)
+
+
+def _short(label: str) -> str:
+    """``05-16`` for a day, ``14:00`` for an hour (``05-16`` at midnight)."""
+    if len(label) == 10:
+        return label[5:]
+    if len(label) == 16:
+        return label[5:10] if label.endswith("00:00") else label[11:]
+    return label
 
 
 def _exact(fmt: str, v: float) -> str:
@@ -130,74 +139,125 @@ def bar_chart(title: str, labels: Sequence[str], series: Sequence[Series], *, st
     return _frame(title, labels, lo, hi, ticks, fmt, body, series)
 
 
-def line_chart(title: str, labels: Sequence[str], series: Series, *, lo: float = 0.0, hi: float = 1.0, fmt: str = "{:.0%}") -> str:
-    """A line with dots; days without a value break the line instead of pretending 0."""
-    _, _, ticks = _axis(lo, hi)
-    ticks = [t for t in ticks if lo <= t <= hi]
+def line_chart(title: str, labels: Sequence[str], series: Sequence[Series], *, lo: float = 0.0, hi: float | None = 1.0,
+               fmt: str = "{:.0%}") -> str:
+    """Lines with dots; periods without a value break the line instead of pretending 0.
+
+    ``hi=None`` scales the axis to the largest value.
+    """
+    if hi is None:
+        lo, hi, ticks = _axis(lo, max((v for s in series for v in s.values if v is not None), default=1.0))
+    else:
+        _, _, ticks = _axis(lo, hi)
+        ticks = [t for t in ticks if lo <= t <= hi]
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(1, len(labels))
-    body, run = [], []
-    points = [(LEFT + slot * (i + 0.5), TOP + plot_h * (hi - v) / (hi - lo)) if v is not None else None for i, v in enumerate(series.values)]
-    for i, p in enumerate(points + [None]):
-        if p is not None:
-            run.append(p)
-            v = series.values[i]
-            body.append(f'<circle cx="{p[0]:.1f}" cy="{p[1]:.1f}" r="3" fill="{series.color}"><title>{escape(labels[i])}: {escape(fmt.format(v))}</title></circle>')
-        elif run:
-            if len(run) > 1:
-                pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
-                body.append(f'<polyline points="{pts}" fill="none" stroke="{series.color}" stroke-width="2"/>')
-            run = []
-    return _frame(title, labels, lo, hi, ticks, fmt, body, [series])
+    body: list[str] = []
+    for s in series:
+        run: list[tuple[float, float]] = []
+        points = [(LEFT + slot * (i + 0.5), TOP + plot_h * (hi - v) / (hi - lo)) if v is not None else None for i, v in enumerate(s.values)]
+        for i, p in enumerate([*points, None]):
+            v = s.values[i] if i < len(s.values) else None
+            if p is not None and v is not None:
+                run.append(p)
+                body.append(f'<circle cx="{p[0]:.1f}" cy="{p[1]:.1f}" r="3" fill="{s.color}"><title>{escape(labels[i])} {escape(s.label)}: '
+                            f'{escape(fmt.format(v))}</title></circle>')
+            elif run:
+                if len(run) > 1:
+                    pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
+                    body.append(f'<polyline points="{pts}" fill="none" stroke="{s.color}" stroke-width="2"/>')
+                run = []
+    return _frame(title, labels, lo, hi, ticks, fmt, body, series)
 
 
-def _charts(days: list[Summary]) -> str:
-    labels = [d.key for d in days]
+MODEL_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7")
+MAX_MODELS = len(MODEL_COLORS)  # more are summed as "other models"
+
+
+def _model_series(report: Report, labels: list[str]) -> list[Series]:
+    totals: dict[str, float] = {}
+    for per_model in report.model_cost.values():
+        for m, v in per_model.items():
+            totals[m] = totals.get(m, 0.0) + v
+    ranked = [m for m, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v]
+    top, rest = ranked[:MAX_MODELS], set(ranked[MAX_MODELS:])
+    series = [Series(m, MODEL_COLORS[i], [report.model_cost.get(p, {}).get(m) for p in labels]) for i, m in enumerate(top)]
+    if rest:
+        other = [sum(v for m, v in report.model_cost.get(p, {}).items() if m in rest) or None for p in labels]
+        series.append(Series("other models", "#9c9c9c", other))
+    return series
+
+
+def _charts(report: Report) -> str:
+    periods = report.periods
+    labels = [d.key for d in periods]
+    per = "hour" if report.period == "hour" else "day"
     buckets = [*BUCKETS, "other"]
-    cost = [Series(b.replace("_", " "), BUCKET_COLORS[b], [d.cost_by_bucket.get(b) for d in days]) for b in buckets
-            if any(d.cost_by_bucket.get(b) for d in days)]
-    savings = [Series(ORIGIN_LABELS.get(o, f"{o} markers"), ORIGIN_COLORS[o], [d.savings_usd.get(o) for d in days]) for o in ORIGIN_COLORS]
-    return "\n".join([
-        bar_chart("Cost per day (USD, priced requests) by token bucket", labels, cost, stacked=True),
-        line_chart("Cache hit ratio per day", labels, Series("cache hit ratio", "#59a14f", [d.cache_hit_ratio for d in days])),
-        bar_chart("Savings per day (USD) by who placed the cache markers", labels, savings, stacked=False),
-    ])
-
-
-def _money(v: float | None) -> str:
-    return "unknown" if v is None else f"${v:,.4f}"
-
-
-def _ratio(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1%}"
+    cost = [Series(b.replace("_", " "), BUCKET_COLORS[b], [d.cost_by_bucket.get(b) for d in periods]) for b in buckets
+            if any(d.cost_by_bucket.get(b) for d in periods)]
+    savings = [Series(ORIGIN_LABELS.get(o, f"{o} markers"), ORIGIN_COLORS[o], [d.savings_usd.get(o) for d in periods])
+               for o in ORIGIN_COLORS if any(d.savings_usd.get(o) for d in periods)]
+    charts = [bar_chart(f"Cost per {per} (USD, priced requests) by model", labels, _model_series(report, labels), stacked=True),
+              bar_chart(f"Cost per {per} (USD, priced requests) by token bucket", labels, cost, stacked=True),
+              line_chart(f"Cache hit ratio per {per}", labels, [Series("cache hit ratio", "#59a14f", [d.cache_hit_ratio for d in periods])])]
+    lat = []
+    for metric, name, colors in (("ttft", "TTFT", ("#4e79a7", "#a0cbe8")), ("duration", "duration", ("#e15759", "#ff9d9a"))):
+        for q, color in zip(("p50", "p95"), colors, strict=True):
+            values = [(d.latency(metric) or {}).get(q) for d in periods]
+            if any(v is not None for v in values):
+                lat.append(Series(f"{name} {q}", color, values))
+    if lat:
+        charts.append(line_chart(f"Latency per {per} (ms)", labels, lat, hi=None, fmt="{:,.0f}"))
+    if savings:
+        charts.append(bar_chart(f"Savings per {per} (USD) by who placed the cache markers", labels, savings, stacked=False))
+    return "\n".join(charts)
 
 
 def _table(report: Report) -> str:
-    head = ["", "requests", "no usage", "input", "cache read", "cache write", "output", "cache hit", "cost", "unpriced",
-            "saved: proxy", "client", "unknown"]
+    head = ["", "requests", "errors", "no usage", "input", "cache read", "cache write", "output", "cache hit", "cost", "unpriced",
+            "saved: proxy", "client", "no marker (provider)", "ttft p50", "p95", "p99", "duration p50", "p95", "p99"]
     rows = []
     groups = [g for g in report.groups if g.requests]
     for s in [*groups, report.totals]:
         k, sv = s.tokens, s.savings_usd
-        cells = [s.key, s.requests, s.requests - s.requests_with_usage, f"{k['input']:,}", f"{k['cache_read']:,}",
-                 f"{k['cache_write']:,}", f"{k['output']:,}", _ratio(s.cache_hit_ratio), _money(s.cost_usd),
-                 s.unpriced_requests, _money(sv["proxy"]), _money(sv["client"]), _money(sv["unknown"])]
+        lat = []
+        for metric in ("ttft", "duration"):
+            p = s.latency(metric)
+            lat += [ms(p[q]) if p else "-" for q in ("p50", "p95", "p99")]
+        cells = [s.key, s.requests, s.errors, s.requests - s.requests_with_usage, f"{k['input']:,}", f"{k['cache_read']:,}",
+                 f"{k['cache_write']:,}", f"{k['output']:,}", ratio(s.cache_hit_ratio), money(s.cost_usd),
+                 s.unpriced_requests, money(sv["proxy"]), money(sv["client"]), money(sv["unknown"]), *lat]
         cls = ' class="total"' if s is report.totals else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
-    states = "".join(f"<tr><td>{escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(report.totals.terminal_states.items(), key=lambda kv: -kv[1]))
-    return (f"<h2>By {escape(report.by)}</h2><table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-            + f"<h2>Terminal states</h2><table><thead><tr><th>state</th><th>requests</th></tr></thead><tbody>{states}</tbody></table>")
+    t = report.totals
+    states = "".join(f"<tr><td>{escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(t.terminal_states.items(), key=lambda kv: -kv[1]))
+    out = (f'<h2>By {escape(report.by)}</h2><div class="wide"><table><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head)
+           + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
+           + f"<h2>Terminal states</h2><table><thead><tr><th>state</th><th>requests</th></tr></thead><tbody>{states}</tbody></table>")
+    if report.errors:
+        errs = "".join(f"<tr><td>{escape(e['terminal_state'])}</td><td>{e['status_code'] or '-'}</td><td>{escape(e['error'] or '-')}</td>"
+                       f"<td>{e['requests']}</td></tr>" for e in report.errors[:20])
+        out += ("<h2>Requests that did not complete</h2><table><thead><tr><th>state</th><th>status</th><th>error</th><th>requests</th></tr>"
+                f"</thead><tbody>{errs}</tbody></table>")
+    if t.cache_decisions:
+        decisions = "".join(f"<tr><td>{escape(k)}</td><td>{n}</td></tr>" for k, n in sorted(t.cache_decisions.items(), key=lambda kv: -kv[1]))
+        out += (f"<h2>Cache markers: {t.markers_inserted} inserted</h2><table><thead><tr><th>planner decision</th><th>requests</th></tr>"
+                f"</thead><tbody>{decisions}</tbody></table>")
+    if t.proxy_request_ms:
+        p = t.proxy_request_ms
+        out += (f'<p class="note">Proxy\'s own request-side time (classify, plan, splice): p50 {p["p50"]:.2f} ms, '
+                f'p95 {p["p95"]:.2f} ms, max {p["max"]:.2f} ms.</p>')
+    return out
 
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
 .cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:120px}
-.card b{display:block;font-size:1.3em}
+.card b{display:block;font-size:1.3em;white-space:nowrap}
 figure{margin:1.2em 0}figcaption{font-weight:600;margin-bottom:4px}
 svg text{font-size:11px;fill:#444}svg .grid{stroke:#eee}svg .zero{stroke:#888}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+.wide{overflow-x:auto}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
 td:first-child,th:first-child{text-align:left}tr.total{font-weight:600;background:#f6f6f6}
 .note{color:#555}
 """
@@ -206,20 +266,28 @@ td:first-child,th:first-child{text-align:left}tr.total{font-weight:600;backgroun
 def render_html(report: Report, db: str | None = None) -> str:
     t = report.totals
     sv = t.savings_usd
-    cards = [("requests", str(t.requests)), ("cost (priced)", _money(t.cost_usd)), ("unpriced requests", str(t.unpriced_requests)),
-             ("cache hit ratio", _ratio(t.cache_hit_ratio)), ("saved by proxy markers", _money(sv["proxy"])),
-             ("saved by client markers", _money(sv["client"])), ("saved, origin unknown", _money(sv["unknown"]))]
+    cards = [("requests", str(t.requests)), ("errors", str(t.errors)), ("cost (priced)", money(t.cost_usd)),
+             ("unpriced requests", str(t.unpriced_requests)), ("cache hit ratio", ratio(t.cache_hit_ratio)),
+             ("saved by proxy markers", money(sv["proxy"])), ("saved by client markers", money(sv["client"]))]
+    if sv["unknown"]:  # an all-zero "no marker" card says nothing
+        cards.append(("saved, no marker (provider)", money(sv["unknown"])))
+    ttft = t.latency("ttft")
+    if ttft:
+        cards.append(("TTFT p50 / p95", f"{ms(ttft['p50'])} / {ms(ttft['p95'])}"))
     notes = [f"Cache hit ratio = {CACHE_HIT_RATIO_DEFINITION}.",
-             "Costs of unpriced requests are unknown and are not counted as zero.",
+             "Costs of unpriced requests are unknown and are not counted as zero; rejected requests (4xx) without usage are not billed.",
              "Requests without reported usage are counted as requests but add no tokens.",
-             "Savings = cost without prompt caching minus actual cost; negative when cache writes were never read back."]
+             "Savings = cost without prompt caching minus actual cost; negative when cache writes were never read back.",
+             "Latency: p50/p95/p99 to three significant digits; TTFT from the request going upstream to its first content, duration to its last byte."]
+    window = f"since {report.since}" + (f" until {report.until}" if report.until else "")
+    extra = report.filters.describe()
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>tokenpak report</title>',
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>tokenpak report</h1><p class=\"note\">since {escape(report.since)} · database {escape(db or '-')}</p>",
+        f'<h1>tokenpak report</h1><p class="note">{escape(window)}{" · " + escape(extra) if extra else ""} · database {escape(db or "-")}</p>',
         '<div class="cards">' + "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards) + "</div>",
-        _charts(report.days) if report.days else "<p>No requests in this window.</p>",
+        _charts(report) if report.periods else "<p>No requests in this window.</p>",
         _table(report),
         "<h2>How to read this</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>",
         "</body></html>",

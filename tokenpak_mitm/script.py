@@ -18,14 +18,16 @@ SCRIPT = Path(__file__).resolve().with_name("mitmdump_entry.py")
 
 
 def make_addons() -> list[Any]:
-    """The addon list: TokenPak, the recorder and the live checker (any order works, see hooks.py)."""
+    """The addon list: TokenPak, the recorder, the live checker (any order works, see hooks.py) and
+    the registration of mitmweb's "LLM (tokenpak)" content view."""
     from tokenpak_mitm.addon import TokenPak, watch_startup
     from tokenpak_mitm.conformance.live import LiveConformance
+    from tokenpak_mitm.contentview import ContentviewAddon
     from tokenpak_mitm.recorder import Recorder
 
     tokenpak = TokenPak()
     watch_startup(tokenpak)  # mitmproxy drops a script silently on a bad or duplicated --set
-    return [tokenpak, Recorder(), LiveConformance()]
+    return [tokenpak, Recorder(), LiveConformance(), ContentviewAddon()]
 
 
 def mitmdump_executable() -> str:

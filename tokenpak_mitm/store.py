@@ -42,6 +42,7 @@ try:
 except ImportError:  # Windows: no flock; appends and imports are then not coordinated across processes
     fcntl = None  # type: ignore[assignment]
 
+from tokenpak_mitm import report_query, report_rollup
 from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
 from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
 
@@ -93,8 +94,17 @@ MIGRATIONS: tuple[str, ...] = (
     add_columns(3),
     # 4: cache_reasons (issue 13): why each marker was placed and each candidate skipped
     add_columns(4),
+    # 5: for `tokenpak report` (aggregation runs in SQL): an index for the price lookup's
+    # distinct (provider, model) pairs, a narrow covering index for windows and latency, and the
+    # daily summary tables with the triggers that keep them (report_rollup), filled from the
+    # rows already stored.
+    "CREATE INDEX IF NOT EXISTS requests_provider_model ON requests(provider, model);"
+    "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
+    "ttft_ms, duration_ms, proxy_request_ms);"
+    + report_rollup.migration_sql(report_query.bucket_sql),
 )
-if len(MIGRATIONS) != SCHEMA_VERSION:  # a field declared with a `since` that no migration adds
+# A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
+if len(MIGRATIONS) < SCHEMA_VERSION:
     raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
 
 SPILL_SUFFIX = ".spill.jsonl"

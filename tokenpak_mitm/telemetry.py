@@ -18,7 +18,7 @@ from tokenpak_mitm.redact import redact_text
 from tokenpak_mitm.routes import Route
 from tokenpak_mitm.row import CacheDecision, CacheOrigin, CacheVerdict, ClosedBy, RouteClass, TelemetryRow, TerminalState, UsageSource
 
-__all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict", "cache_origin"]
+__all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict", "cache_origin", "error_label", "rejected_unbilled"]
 
 
 @dataclass(slots=True)
@@ -50,6 +50,7 @@ class RequestRecord:
     conformance_violations: int | None = None
     observe_note: str | None = None  # why a response was not parsed (too large, undecodable)
     known_secrets: tuple[str, ...] = ()  # the request's own secret values, removed from the error text
+    request_model: str | None = None  # the model the request asked for (used when the response names none)
     # Price factors the client asked for, used when the response does not report them.
     request_speed: str | None = None
     request_inference_geo: str | None = None
@@ -87,8 +88,28 @@ def cache_origin(rec: RequestRecord) -> CacheOrigin:
     return "none"
 
 
+def rejected_unbilled(status_code: int | None, usage_source: str | None) -> bool:
+    """A request the provider rejected (4xx) and that reported no usage: not billed, costs $0."""
+    return status_code is not None and 400 <= status_code < 500 and (usage_source or "absent") == "absent"
+
+
+def error_label(row: Mapping[str, Any]) -> str | None:
+    """``429 rate_limit_error`` / ``stream_error overloaded_error`` / None for a completed row."""
+    state = row.get("terminal_state")
+    if state in (None, "completed"):
+        return None
+    status = row.get("status_code")
+    error = row.get("error")
+    parts = [str(status)] if status and status >= 400 else []
+    if error and not (status and error == f"http_{status}"):
+        parts.append(str(error))
+    return " ".join(parts) or None
+
+
 def cache_verdict(row: Mapping[str, Any]) -> CacheVerdict:
     """hit / write / miss / none, for console lines and ``tokenpak tail``."""
+    if row.get("usage_source") == "absent":  # no usage reported: nothing to judge
+        return "none"
     if row.get("input_tokens") is None and row.get("cache_read_tokens") is None:
         return "none"
     if (row.get("cache_read_tokens") or 0) > 0:
@@ -126,9 +147,10 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
     source: UsageSource = x.usage_source
     if state in ("client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown") and source == "final" and not x.terminal_seen:
         source = "partial"
-    model = x.model or rec.route.model_hint
+    model = x.model or rec.route.model_hint or rec.request_model
     factors = PriceFactors(x.service_tier, x.speed or rec.request_speed, x.inference_geo or rec.request_inference_geo)
     cost = price(rec.route.provider, model, usage, factors, x.extras) if rec.route.billable else None
+    unbilled = rec.route.billable and rejected_unbilled(rec.status_code, source)  # $0, not unknown
     return TelemetryRow(
         request_key=rec.request_key,
         started_at=rec.started_at,
@@ -176,14 +198,14 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         cache_decision=rec.cache_decision,
         prefix_tokens_est=rec.prefix_tokens_est,
         cache_reasons=rec.cache_reasons,
-        cost_usd=cost.cost_usd if cost else None,
-        savings_usd=cost.savings_usd if cost else None,
-        price_version=cost.price_version if cost else None,
+        cost_usd=0.0 if unbilled else cost.cost_usd if cost else None,
+        savings_usd=0.0 if unbilled else cost.savings_usd if cost else None,
+        price_version="unbilled" if unbilled else cost.price_version if cost else None,
         service_tier=factors.service_tier,
         speed=factors.speed,
         inference_geo=factors.inference_geo,
         price_multiplier=cost.multiplier if cost else None,
-        unpriced_reason=cost.unpriced_reason if cost else None,
+        unpriced_reason=None if unbilled else cost.unpriced_reason if cost else None,
         conformance_violations=rec.conformance_violations,
         proxy_version=__version__,
     )

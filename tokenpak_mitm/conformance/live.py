@@ -36,6 +36,7 @@ from tokenpak_mitm.conformance.wire import split_frames
 from tokenpak_mitm.decoders import incremental_decoder
 from tokenpak_mitm.routes import classify, tracker_for
 from tokenpak_mitm.row import TelemetryRow
+from tokenpak_mitm.startup import guard_configure
 from tokenpak_mitm.tap import StreamTap
 
 __all__ = ["LiveConformance", "MODES"]
@@ -82,6 +83,7 @@ class _ForwardCheck:
 
 class LiveConformance:
     def __init__(self) -> None:
+        self.is_running = False
         self.mode = "off"
         self.violations = 0
         self._flows: OrderedDict[str, _LiveFlow] = OrderedDict()
@@ -92,6 +94,7 @@ class LiveConformance:
     def load(self, loader: Loader) -> None:
         loader.add_option("tokenpak_conformance", str, "off", "Check streaming invariants (I6, I8, I10) on live traffic: off, warn, or strict (exit non-zero at shutdown on any violation).")
 
+    @guard_configure
     def configure(self, updated: set[str]) -> None:
         if "tokenpak_conformance" not in updated:
             return
@@ -101,6 +104,7 @@ class LiveConformance:
         self.mode = mode
 
     def running(self) -> None:
+        self.is_running = True
         if self.mode == "strict" and not self._exit_hook_added:
             # Appended after every other addon, so its `done` runs last (after mitmdump's own
             # flushes, e.g. the -w flow file) and can end the process like ErrorCheck does.

@@ -1,0 +1,126 @@
+"""``python -m bench.report_scale``: how long ``tokenpak report`` takes on a big database, and its memory.
+
+It writes a database of N synthetic rows (five models, three routes, a mix of states, NULL
+latencies and unpriced rows, spread over 30 days) through the store's own schema and migrations,
+then runs the report (``--by day`` and ``--by model``, a 7-day window, a model filter) in a fresh
+child process per case, timing the report alone and reading the child's peak RSS. Comparing N =
+100k and 1M shows whether memory grows with the row count. Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tokenpak_mitm.store import COLUMN_NAMES, _open
+
+MODELS = (("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini"),
+          ("gemini", "gemini-2.5-flash"), ("anthropic", "mystery-model"))
+DAY = 86400.0
+CASES = {
+    "by day, all": ["--since", "all", "--by", "day"],
+    "by model, all": ["--since", "all", "--by", "model"],
+    "by day, last 7d": ["--since", "7d", "--by", "day"],
+    "by model, one model": ["--since", "all", "--by", "model", "--model", "claude-sonnet-4-5"],
+}
+
+
+def build(path: Path, rows: int, seed: int = 1) -> None:
+    if path.exists():
+        path.unlink()
+    conn = _open(path)
+    rnd = random.Random(seed)
+    start = time.time() - 30 * DAY
+    step = 30 * DAY / rows
+    sql = f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
+    batch = []
+    conn.execute("BEGIN")
+    for i in range(rows):
+        provider, model = rnd.choice(MODELS)
+        state = rnd.choices(("completed", "error_response", "client_disconnected"), (95, 4, 1))[0]
+        stream = rnd.random() < 0.8
+        r = dict(request_key=f"r{i}", started_at=start + i * step, provider=provider, api="messages", model=model,
+                 route_class=rnd.choice(("claude-code", "sdk", "other")), stream=int(stream), billable=1,
+                 status_code=200 if state != "error_response" else rnd.choice((429, 529)), terminal_state=state,
+                 usage_source="final" if state == "completed" else "absent",
+                 input_tokens=rnd.randint(0, 5000), cache_read_tokens=rnd.randint(0, 80_000), cache_write_tokens=rnd.randint(0, 4000),
+                 output_tokens=rnd.randint(1, 2000), ttft_ms=rnd.lognormvariate(6.5, 0.6) if stream else None,
+                 duration_ms=rnd.lognormvariate(8.5, 0.8), proxy_request_ms=rnd.lognormvariate(-1, 0.5),
+                 cost_usd=None if model == "mystery-model" or state != "completed" else rnd.random() * 0.05,
+                 savings_usd=rnd.random() * 0.01, cache_origin=rnd.choice(("proxy", "client", "unknown", "none")),
+                 cache_decision=rnd.choice(("inserted", "stood_down", "below_minimum")), markers_inserted=rnd.randint(0, 2))
+        batch.append(tuple(r.get(c) for c in COLUMN_NAMES))
+        if len(batch) == 20_000:
+            conn.executemany(sql, batch)
+            batch = []
+    conn.executemany(sql, batch)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _child(db: str, args: list[str]) -> None:
+    """Runs in the child: one report, prints seconds and peak RSS (MiB) as JSON."""
+    import contextlib
+    import io
+
+    from tokenpak_mitm.cli import main
+
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["report", "--json", "--db", db, *args])
+    elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rc": rc, "seconds": elapsed, "peak_rss_mib": peak}))
+
+
+def measure(db: Path, args: list[str], repeat: int) -> dict[str, float]:
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-m", "bench.report_scale", "--child", str(db), *args],
+                             capture_output=True, text=True, check=True).stdout
+        runs.append(json.loads(out))
+    best = min(runs, key=lambda r: r["seconds"])
+    return {"seconds_best": best["seconds"], "seconds_median": sorted(r["seconds"] for r in runs)[len(runs) // 2],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--child":
+        _child(argv[1], argv[2:])
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m bench.report_scale", description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, action="append", help="database sizes (repeatable; default 100000 and 1000000)")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/tokenpak-report-bench"), help="where the databases are kept (reused)")
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args(argv)
+    a.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        load = open("/proc/loadavg").read().split()[0]  # noqa: SIM115
+    except OSError:
+        load = "?"
+    print(f"load average at start: {load}")
+    for n in a.rows or [100_000, 1_000_000]:
+        db = a.dir / f"report-{n}.db"
+        if not db.exists():
+            t0 = time.perf_counter()
+            build(db, n)
+            print(f"built {db} ({n:,} rows) in {time.perf_counter() - t0:.1f} s")
+        else:
+            conn = _open(db)  # applies any newer migration (indexes) to a kept database
+            conn.close()
+        for name, args in CASES.items():
+            r = measure(db, args, a.repeat)
+            print(f"{n:>9,} rows  {name:<22} best {r['seconds_best']:.3f} s  median {r['seconds_median']:.3f} s  peak RSS {r['peak_rss_mib']:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Start-up checks of the addons' options: a mistake stops mitmdump with one line, before it listens.
+
+mitmproxy loads a script while its servers come up, and an ``OptionsError`` raised in
+``configure`` then prints a traceback, the "proxy listening" line, and only then exits. And a
+misspelt ``--set tokenpak_cach=off`` is kept aside as an option no addon declared, silently: the
+proxy would run with insertion on. So, before the addons report running:
+
+* ``guard_configure`` turns an ``OptionsError`` into one line on stderr and exit status 2 (later,
+  e.g. an edit in mitmweb's options editor, the error is raised as usual so mitmproxy rejects it);
+* ``unknown_option_message`` names the closest valid option for an unknown ``tokenpak_*`` name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+from mitmproxy import exceptions
+
+__all__ = ["guard_configure", "unknown_option_message", "exit_startup", "PREFIX"]
+
+PREFIX = "tokenpak_"
+
+
+def exit_startup(message: str) -> NoReturn:
+    sys.stderr.write(f"tokenpak: {message} (proxy not started)\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def unknown_option_message(names: Iterable[str], known: Iterable[str]) -> str | None:
+    """One line for the unknown ``tokenpak_*`` names among ``names``, or None when there are none."""
+    known = sorted(known)
+    unknown = sorted(n for n in names if n.startswith(PREFIX) and n not in known)
+    if not unknown:
+        return None
+    parts = []
+    suffixes = {k.removeprefix(PREFIX): k for k in known}  # the shared prefix would make everything look close
+    for name in unknown:
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), list(suffixes), n=1, cutoff=0.6)
+        parts.append(f"{name} (did you mean {suffixes[close[0]]}?)" if close else name)
+    listing = "" if any("did you mean" in p for p in parts) else f"; valid: {', '.join(known)}"
+    return f"unknown option {', '.join(parts)}{listing}"
+
+
+def guard_configure[F: Callable[..., Any]](method: F) -> F:
+    """Wrap an addon's ``configure``: before ``running``, a bad option value exits with one line."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, updated: set[str]) -> Any:
+        try:
+            return method(self, updated)
+        except exceptions.OptionsError as e:
+            if getattr(self, "is_running", False):
+                raise
+            exit_startup(str(e))
+
+    return wrapper  # type: ignore[return-value]
