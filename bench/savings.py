@@ -205,6 +205,7 @@ def index_memory(prefixes: int = 100_000) -> dict[str, Any]:
 
 def main() -> int:
     reports, goals_met, auto_never_loses = [], True, True
+    worst: tuple[float, float, str] = (0.0, 0.0, "")  # auto's largest extra cost over 5m: (USD, share, workload)
     table = Table(title="Prompt-cache cost per workload (simulator, list prices)")
     for column in ("workload", "requests", "no markers", "stateless", "planner", "planner 5m", "best", "planner share"):
         table.add_column(column, justify="left" if column == "workload" else "right", no_wrap=column == "workload")
@@ -216,6 +217,8 @@ def main() -> int:
         ok = result.share >= GOAL_SHARE and result.planner <= result.none + 1e-9
         goals_met &= ok or name in INFORMATIVE
         auto_never_loses &= result.planner <= fixed_5m + 1e-9
+        if result.planner - fixed_5m > worst[0]:
+            worst = (result.planner - fixed_5m, (result.planner - fixed_5m) / fixed_5m, name)
         reports.append({"workload": name, "description": what, **result.as_json(), "planner_ttl_5m": round(fixed_5m, 6),
                         "goal_met": ok, "gated": name not in INFORMATIVE,
                         "seconds": round(time.perf_counter() - started, 1),
@@ -227,12 +230,15 @@ def main() -> int:
     console = Console()
     console.width = max(console.width, 120)
     console.print(table)
-    console.print(f"ttl=auto {'never costs more than' if auto_never_loses else 'COSTS MORE than'} ttl=5m on these workloads")
+    console.print("ttl=auto never costs more than ttl=5m on these workloads" if auto_never_loses else
+                  f"ttl=auto costs more than ttl=5m at worst by ${worst[0]:.4f} ({worst[1]:.2%}, {worst[2]}); "
+                  "docs/caching.md, \"TTL\", says why and how it is bounded")
     memory = index_memory()
     console.print(f"prefix index: {memory['entries']:,} prefixes in {memory['bytes'] / 1e6:.1f} MB "
                   f"({memory['bytes_per_prefix']:.0f} B each), {memory['record_us_per_prefix']} us per record")
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps({"workloads": reports, "auto_never_loses_to_5m": auto_never_loses,
+                                        "auto_worst_loss_vs_5m": {"usd": round(worst[0], 6), "share": round(worst[1], 6), "workload": worst[2]},
                                         "index_memory": memory}, indent=1) + "\n")
     print(f"wrote {RESULTS_PATH}")
     return 0 if goals_met else 1

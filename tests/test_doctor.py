@@ -80,7 +80,7 @@ def test_healthy_setup_passes_including_streaming(clean_env: None, confdir: Path
     assert rc == 0, out
     assert "0 failures" in out and "✗" not in out
     assert "first frame arrived before the rest was sent; row recorded" in out
-    assert "reverse mode, port open" in out and "answers and writes to" in out
+    assert "reverse mode, port open" in out and "answers and writes to" in out, out
 
 
 @pytest.mark.e2e

@@ -230,3 +230,47 @@ def test_openai_models_before_5_6_are_left_alone(stack: Stack):
     assert stack.received(key).body == body
     row = stack.row(key)
     assert row["cache_decision"] is None and row["markers_inserted"] == 0 and row["cache_origin"] == "none"
+
+
+def _without_ours(obj: object) -> object:
+    """The request with our breakpoints, prompt_cache_key and prompt_cache_options removed."""
+    if isinstance(obj, dict):
+        return {k: _without_ours(v) for k, v in obj.items() if k not in ("prompt_cache_breakpoint", "prompt_cache_key", "prompt_cache_options")}
+    if isinstance(obj, list):
+        return [_without_ours(v) for v in obj]
+    return obj
+
+
+def test_openai_agent_loop_live_uses_the_learning_planner_and_marks_tool_results(stack: Stack):
+    """Through mitmdump, the proxy's one memory learns from each request of a Responses agent loop:
+    from the second turn the stable prefix before the per-turn context item ends on the last tool
+    result, which gets the breakpoint (the savings tool's decision, not a rule of the proxy's own),
+    and every row says why."""
+    usage = {"input_tokens": 3000, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 2500},
+             "output_tokens": 10, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 3010}
+    items: list[dict] = [{"role": "user", "content": [{"type": "input_text", "text": OPENAI_DOC + " (agent)"}]}]
+    sent_bodies, keys = [], []
+    for turn in range(4):
+        context = {"role": "user", "content": [{"type": "input_text", "text": f"<turn_context>turn {turn}</turn_context>"}]}
+        request_obj = {"model": "gpt-5.6-sol", "instructions": "You are a coding agent.", "input": [*items, context]}
+        resp, key = stack.call(_openai_reply("/v1/responses", usage), body=json.dumps(request_obj).encode(), path="/v1/responses")
+        assert resp.status == 200
+        sent = json.loads(stack.received(key).body)
+        assert _without_ours(sent) == request_obj  # only our fields were added
+        sent_bodies.append(sent)
+        keys.append(key)
+        items += [{"type": "function_call", "call_id": f"c{turn}", "name": "read", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": f"c{turn}",
+                   "output": [{"type": "input_text", "text": f"file {turn}: " + OPENAI_DOC[: 2000 + 300 * turn]}]}]
+    tool_marked = [any("prompt_cache_breakpoint" in part for item in body["input"] if item.get("type") == "function_call_output"
+                       for part in item["output"]) for body in sent_bodies]
+    assert any(tool_marked[1:]), tool_marked
+    for body in sent_bodies:
+        assert not any("prompt_cache_breakpoint" in json.dumps(item) for item in body["input"] if item.get("type") == "function_call")
+    for key, marked in zip(keys, tool_marked, strict=True):
+        row = stack.row(key)
+        assert row["cache_decision"] in ("inserted", "not_worth") and row["cache_reasons"]
+        reasons = json.loads(row["cache_reasons"])
+        assert all(r["why"] and r["at"].startswith("input.") for r in reasons)
+        if marked:  # the row names the tool result it marked, in the request's own terms
+            assert any(".output." in r["at"] and "ttl" in r for r in reasons), reasons

@@ -114,6 +114,25 @@ def test_with_any_history_the_output_keeps_every_invariant(data):
         analyse_request(out)  # the provider's rules accept it (raises InvalidRequest otherwise)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_auto_places_exactly_what_5m_places_until_a_gap_of_5_minutes_to_an_hour_is_seen(data):
+    """The bound on what `auto` can cost over `5m`: it differs only on evidence. With every gap
+    between sightings under 5 minutes (or over an hour, when the index has forgotten), `auto`
+    sends the same bytes as `ttl=5m`, request by request (docs/caching.md, "TTL")."""
+    first, steps = data.draw(histories())
+    memories = {"auto": Memory(), "5m": Memory()}
+    now = 1000.0
+    for request, _gap, response_began in [(first, 0.0, True), *steps]:
+        now += data.draw(st.sampled_from([0.0, 0.5, 30.0, 4000.0]))  # 5 steps x 30 s < 5 minutes
+        body = json.dumps(request).encode()
+        results = {ttl: insert_markers(body, None, CacheOptions(ttl=ttl), memory, now) for ttl, memory in memories.items()}
+        assert results["auto"].body == results["5m"].body
+        for ttl, result in results.items():
+            if result.ticket is not None and response_began:
+                memories[ttl].index.response_began(result.ticket.recorded)
+
+
 # ---------------------------------------------------------------- the document batch
 
 
@@ -272,7 +291,10 @@ def test_openai_gets_a_breakpoint_before_a_per_request_tail():
         plans.append(plan)
         assert ticket is not None
         memory.index.response_began(ticket.recorded)
-    assert plans[0].decision == "unchanged"  # no history: OpenAI's implicit caching is left alone
+    first = boundaries(responses_request(0, "x"), "openai_responses")
+    # no history: the stable boundary before the final user turn (free: the implicit one writes past it)
+    assert (plans[0].decision, plans[0].positions, plans[0].explicit_only) == ("inserted", (len(first) - 2,), False)
+    assert [n.reason for n in plans[0].notes] == ["no_history"]
     later = plans[-1]
     bounds = boundaries(responses_request(3, "x"), "openai_responses")
     assert later.decision == "inserted" and later.explicit_only  # the per-turn tail is not written

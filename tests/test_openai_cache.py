@@ -5,16 +5,14 @@ from __future__ import annotations
 import gzip
 import json
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tokenpak_mitm.cache_insert import remove_spans
-from tokenpak_mitm.openai_cache import (
-    client_cache_fields,
-    insert_openai_breakpoint,
-    plan_openai,
-)
-from tokenpak_mitm.prefix_index import PrefixIndex
+from tokenpak_mitm.learning_planner import Memory
+from tokenpak_mitm.openai_cache import client_cache_fields, insert_openai_breakpoint, plan_positions
+from tokenpak_mitm.openai_eligibility import breakpoint_eligible
+from tokenpak_mitm.prefix_index import boundaries
 
 DOC = " ".join(f"Section {i}: the service keeps records for seven years and answers within two days." for i in range(100))
 
@@ -35,40 +33,88 @@ def breakpoints(obj: object) -> int:
     return n
 
 
-def test_stateless_rule_marks_the_shared_document_not_the_question():
-    req = chat({"role": "system", "content": DOC}, {"role": "user", "content": "What about section 4?"})
-    plan = plan_openai(req, "openai_chat")
-    assert (plan.decision, plan.targets, plan.reason) == ("inserted", ((0, None),), "stateless")
+def marked_at(res) -> list[tuple[int, int | None]]:
+    """(message, part) of every breakpoint in a spliced Chat body (part None: a wrapped string)."""
+    sent = json.loads(res.body)
+    return [(i, j) for i, m in enumerate(sent["messages"]) if isinstance(m.get("content"), list)
+            for j, part in enumerate(m["content"]) if "prompt_cache_breakpoint" in part]
 
 
-def test_stateless_rule_picks_the_last_non_assistant_block_before_the_final_user_turn():
+def test_without_history_the_shared_document_is_marked_not_the_question():
+    body = json.dumps(chat({"role": "system", "content": DOC}, {"role": "user", "content": "What about section 4?"})).encode()
+    res = insert_openai_breakpoint(body, None, "openai_chat")
+    assert res.decision == "inserted" and marked_at(res) == [(0, 0)]  # the string content, wrapped
+    assert json.loads(res.body)["messages"][0]["content"] == [{"type": "text", "text": DOC, "prompt_cache_breakpoint": {"mode": "explicit"}}]
+    assert [n.reason for n in res.notes] == ["no_history"] and res.ticket is not None
+
+
+def test_without_history_the_last_eligible_block_before_the_final_user_turn_is_marked():
     req = chat({"role": "system", "content": DOC}, {"role": "user", "content": [{"type": "text", "text": "first question"}]},
                {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "second question"})
-    plan = plan_openai(req, "openai_chat")
-    assert plan.targets == ((1, 0),)
+    res = insert_openai_breakpoint(json.dumps(req).encode(), None, "openai_chat")
+    assert marked_at(res) == [(1, 0)]
 
 
 def test_short_prompts_and_no_boundary_are_left_alone():
-    assert plan_openai(chat({"role": "system", "content": "short"}, {"role": "user", "content": "q"}), "openai_chat").decision == "below_minimum"
-    assert plan_openai(chat({"role": "user", "content": DOC}), "openai_chat").decision == "no_eligible_block"
-    assert plan_openai(chat({"role": "system", "content": DOC}, {"role": "user", "content": "q"}, model="gpt-5.5"), "openai_chat").decision == "not_supported"
+    def decision(*messages: dict, model: str = "gpt-5.6-sol") -> str:
+        return insert_openai_breakpoint(json.dumps(chat(*messages, model=model)).encode(), None, "openai_chat").decision
+    assert decision({"role": "system", "content": "short"}, {"role": "user", "content": "q"}) == "below_minimum"
+    assert decision({"role": "user", "content": DOC}) == "no_eligible_block"
+    assert decision({"role": "system", "content": DOC}, {"role": "user", "content": "q"}, model="gpt-5.5") == "not_supported"
 
 
-def test_history_moves_the_breakpoint_to_the_deepest_recurring_prefix():
-    """A shared system prompt AND a shared document in the first user turn: without history the
-    stateless rule can only mark the system prompt (the document sits in the final user turn);
-    once the index has seen the document recur, the breakpoint moves onto it."""
-    index = PrefixIndex()
+def test_history_moves_the_breakpoint_to_the_shared_document():
+    """A shared system prompt AND a shared document in the first user turn, then a new question:
+    with no history only the system prompt can be marked (the document sits in the final user
+    turn); once the proxy's memory has seen requests share the document, the breakpoint is on it
+    and the unique question is never marked."""
+    memory = Memory()
 
-    def request(q: int) -> dict:
-        return chat({"role": "system", "content": DOC},
-                    {"role": "user", "content": [{"type": "text", "text": DOC + " appendix"}, {"type": "text", "text": f"question {q}"}]})
+    def request(q: int) -> bytes:
+        return json.dumps(chat({"role": "system", "content": DOC},
+                               {"role": "user", "content": [{"type": "text", "text": DOC + " appendix"},
+                                                            {"type": "text", "text": f"question {q}"}]})).encode()
 
-    first = plan_openai(request(0), "openai_chat", index, now=0.0)
-    assert (first.targets, first.reason) == (((0, None),), "stateless")
-    insert_openai_breakpoint(json.dumps(request(0)).encode(), None, "openai_chat", index=index, now=0.0)
-    second = plan_openai(request(1), "openai_chat", index, now=10.0)
-    assert (second.targets, second.reason) == (((1, 0),), "recurring_prefix")
+    results = []
+    for q in range(4):
+        res = insert_openai_breakpoint(request(q), None, "openai_chat", memory=memory, now=30.0 * q)
+        assert res.ticket is not None
+        memory.index.response_began(res.ticket.recorded)
+        results.append(res)
+    assert marked_at(results[0]) == [(0, 0)]
+    for res in results[2:]:
+        assert res.decision == "inserted" and (1, 0) in marked_at(res) and (1, 1) not in marked_at(res)
+
+
+def test_tool_results_may_carry_a_breakpoint_in_both_apis():
+    """Tool-result content is eligible (provider facts: "system, user and tool-result content");
+    the planner, the splice and the simulator all say so through one function."""
+    responses = {"model": "gpt-5.6", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "go"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": DOC}]},
+        {"type": "function_call_output", "call_id": "c2", "output": DOC},
+        {"role": "assistant", "content": [{"type": "output_text", "text": DOC}]},
+        {"type": "reasoning", "content": [{"type": "reasoning_text", "text": DOC}]},
+        {"role": "user", "content": "next"}]}
+    bounds = boundaries(responses, "openai_responses")
+    eligible = [(b.message, b.block) for b in bounds if breakpoint_eligible(responses, "openai_responses", b)]
+    assert eligible == [(0, 0), (2, 0), (6, None)]  # never the call, the string output, assistant output or reasoning
+    body = json.dumps(responses).encode()
+    position = next(b.position for b in bounds if b.message == 2)
+    res = insert_openai_breakpoint(body, None, "openai_responses", decide=lambda _req: ([position], False))
+    sent = json.loads(res.body)
+    assert res.decision == "inserted" and sent["input"][2]["output"][0]["prompt_cache_breakpoint"] == {"mode": "explicit"}
+    assert remove_spans(res.body, res.spans) == body
+    chat_req = chat({"role": "system", "content": "be brief"}, {"role": "user", "content": "read the file"},
+                    {"role": "assistant", "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "t1", "content": [{"type": "text", "text": DOC}]},
+                    {"role": "user", "content": "and now?"})
+    bounds = boundaries(chat_req, "openai_chat")
+    tool = next(b.position for b in bounds if b.message == 3)
+    assert plan_positions(chat_req, "openai_chat", [tool]).decision == "inserted"
+    res = insert_openai_breakpoint(json.dumps(chat_req).encode(), None, "openai_chat")  # no history: the tool result
+    assert marked_at(res) == [(3, 0)]
 
 
 def test_responses_input_is_addressed_and_assistant_output_never_marked():
@@ -123,17 +169,18 @@ def render(obj: dict, style: int) -> bytes:
        model=st.sampled_from(["gpt-5.6-sol", "gpt-6-luna", "gpt-4o"]), history=st.booleans())
 def test_output_is_the_client_body_plus_removable_spans_and_at_most_four_breakpoints(messages, style, model, history):
     body = render(chat(*messages, model=model), style)
-    index = PrefixIndex() if history else None
-    if index is not None:  # a previous request sharing the prefix
-        insert_openai_breakpoint(body, None, "openai_chat", index=index, now=0.0)
-    res = insert_openai_breakpoint(body, None, "openai_chat", index=index, now=60.0)
+    memory = Memory() if history else None
+    if memory is not None:  # previous requests sharing the prefix
+        for t in (0.0, 30.0):
+            insert_openai_breakpoint(body, None, "openai_chat", memory=memory, now=t)
+    res = insert_openai_breakpoint(body, None, "openai_chat", memory=memory, now=60.0)
     if not res.spans:
         assert res.body is body
         return
     assert res.decision == "inserted" and model != "gpt-4o"
     assert remove_spans(res.body, res.spans) == body
     sent = json.loads(res.body)
-    assert 1 == breakpoints(sent) <= 4
+    assert breakpoints(sent) <= (4 if "prompt_cache_options" in sent else 3)
     for message in sent["messages"]:  # never on assistant output
         if message["role"] == "assistant":
             assert breakpoints(message) == 0
@@ -151,8 +198,10 @@ def test_any_client_cache_field_means_the_body_is_untouched(messages, field, whe
         req[field] = "24h" if field == "prompt_cache_retention" else ({"mode": "explicit"} if field == "prompt_cache_options" else "k")
     body = render(req, style)
     assert client_cache_fields(req) >= 1
-    res = insert_openai_breakpoint(body, None, "openai_chat", index=PrefixIndex(), now=0.0)
-    assert res.body is body and res.decision == "stood_down" and res.client_markers >= 1
+    memory = Memory()
+    for t in (0.0, 10.0):  # with or without history
+        res = insert_openai_breakpoint(body, None, "openai_chat", memory=memory, now=t)
+        assert res.body is body and res.decision == "stood_down" and res.client_markers >= 1
 
 
 @settings(max_examples=300, deadline=None)
@@ -165,9 +214,6 @@ def test_garbage_never_raises_and_is_never_changed(data, api):
 
 # ---- the learning planner's decisions, spliced by this module ------------------------------------
 def test_the_learning_planners_positions_are_spliced_for_a_document_batch():
-    from tokenpak_mitm.learning_planner import Memory
-    from tokenpak_mitm.openai_cache import learning_decide
-
     memory = Memory()
     results = []
     for q in range(6):  # one shared document, a different question each time, a minute apart
@@ -175,16 +221,18 @@ def test_the_learning_planners_positions_are_spliced_for_a_document_batch():
             {"role": "developer", "content": [{"type": "input_text", "text": DOC}]},
             {"role": "user", "content": [{"type": "input_text", "text": f"question {q}: what does section {q} say?"}]}]}
         body = json.dumps(req).encode()
-        res = insert_openai_breakpoint(body, None, "openai_responses", decide=learning_decide(memory, "openai_responses", 60.0 * q))
+        res = insert_openai_breakpoint(body, None, "openai_responses", memory=memory, now=60.0 * q)
         assert res.body is body or remove_spans(res.body, res.spans) == body
+        assert res.ticket is not None
+        memory.index.response_began(res.ticket.recorded)
         results.append(res)
-    inserted = [r for r in results if r.decision == "inserted"]
-    assert inserted, [r.decision for r in results]
-    for r in inserted:
+    assert all(r.decision == "inserted" for r in results), [r.decision for r in results]
+    for r in results:
         sent = json.loads(r.body)
         assert sent["input"][0]["content"][0]["prompt_cache_breakpoint"] == {"mode": "explicit"}  # the shared document
         assert breakpoints(sent["input"][1]) == 0  # never the unique question
         assert 1 <= breakpoints(sent) <= 4
+    assert any(n.reason == "shared_prefix" for n in results[-1].notes)
 
 
 @settings(max_examples=200, deadline=None)
@@ -203,3 +251,34 @@ def test_any_positions_either_splice_cleanly_or_leave_the_body_alone(messages, p
     for message in sent["messages"]:
         if message["role"] == "assistant":
             assert breakpoints(message) == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages=st.lists(MESSAGE, min_size=1, max_size=6), steps=st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0.5, 30.0, 400.0])), max_size=4),
+       style=st.integers(0, 2))
+def test_whatever_the_planner_decides_is_exactly_what_goes_upstream(messages, steps, style):
+    """Parity as a property: with any history, the splice sends the planner's positions (read back
+    from the bytes, as the simulator reads them) and explicit-only mode, or the planner chose nothing."""
+    from tokenpak_mitm import learning_planner
+    from tokenpak_mitm.testing.cache_sim import analyse_openai
+
+    live, shadow = Memory(), Memory()
+    now, current = 0.0, list(messages)
+    for grow, gap in [(0, 0.0), *steps]:
+        now += gap
+        current = current + [{"role": "user", "content": DOC[: 200 * (grow + 1)]}] * grow
+        request = chat(*current, {"role": "user", "content": f"now {now}"})
+        body = render(request, style)
+        res = insert_openai_breakpoint(body, None, "openai_chat", memory=live, now=now)
+        plan, ticket = learning_planner.plan_openai(json.loads(body), "openai_chat", shadow, now)
+        assert res.decision != "error"
+        event(f"{plan.decision} {len(plan.positions)} explicit_only={plan.explicit_only}")
+        if plan.decision == "inserted":
+            sent = analyse_openai(json.loads(res.body), "openai_chat")
+            assert (res.decision, sent.explicit, sent.explicit_only) == ("inserted", plan.positions, plan.explicit_only)
+            assert remove_spans(res.body, res.spans) == body
+        else:
+            assert res.body is body and res.decision == plan.decision
+        for memory, t in ((live, res.ticket), (shadow, ticket)):
+            if t is not None:
+                memory.index.response_began(t.recorded)

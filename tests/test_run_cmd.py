@@ -46,7 +46,7 @@ def test_the_checkout_entry_and_the_package_entry_are_the_same_two_lines():
     code = [line for line in (ROOT / "addons" / "tokenpak.py").read_text().splitlines() if line and not line.startswith('"""')]
     assert code == [line for line in SCRIPT.read_text().splitlines() if line and not line.startswith('"""')]
     kinds = [type(a).__name__ for a in make_addons()]
-    assert kinds == ["TokenPak", "Recorder", "LiveConformance"]
+    assert kinds == ["TokenPak", "Recorder", "LiveConformance", "ContentviewAddon"]
 
 
 @pytest.mark.e2e

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tokenpak_mitm.prefix_index import boundaries
 from tokenpak_mitm.savings import WorkloadRequest, evaluate, parse_workload
 
 DOC = "the shared document says many things about caches and prefixes " * 400
@@ -81,3 +82,84 @@ def test_openai_requests_are_priced_with_their_cache_fields():
         {"role": "user", "content": [{"type": "input_text", "text": f"now is {t}"}]}]}) for t in (0.0, 10.0, 20.0, 30.0)]
     result = evaluate(workload)
     assert result.best <= result.planner < result.none  # an explicit breakpoint before the changing tail pays
+
+
+# ---- parity: the live OpenAI path and the savings tool are one decision ---------------------------
+def responses_agent(turns: int = 14) -> list[WorkloadRequest]:
+    """A GPT-5.6 Responses agent loop: instructions, tools, tool results as content parts (and
+    strings), a string user turn, and a per-turn context item last (changes every turn)."""
+    tools = [{"type": "function", "name": f"fn_{n}", "description": DOC[: 300 + 40 * n],
+              "parameters": {"type": "object", "properties": {"arg": {"type": "string"}}}} for n in range(4)]
+    items: list[dict] = [{"role": "user", "content": "fix the failing test " + DOC[:900]}]
+    out = []
+    for turn in range(turns):
+        context = {"role": "user", "content": [{"type": "input_text", "text": f"<turn_context>turn {turn} t={turn * 9}</turn_context>"}]}
+        body = {"model": "gpt-5.6", "instructions": DOC[:6000], "tools": tools, "input": [*items, context]}
+        out.append(WorkloadRequest(turn * 9.0, "/v1/responses", json.loads(json.dumps(body)), None, 100))
+        items.append({"type": "function_call", "call_id": f"c{turn}", "name": "fn_1", "arguments": "{}"})
+        output: object = [{"type": "input_text", "text": f"result {turn}: " + DOC[: 400 + 150 * (turn % 5)]}] if turn % 3 else f"ok {turn}"
+        items.append({"type": "function_call_output", "call_id": f"c{turn}", "output": output})
+    return out
+
+
+def chat_agent(turns: int = 12) -> list[WorkloadRequest]:
+    """A GPT-5.6 Chat Completions loop: a string system prompt, tool messages (string and parts),
+    a growing conversation, a per-request environment message last, a pause (entries lapse)."""
+    messages: list[dict] = [{"role": "system", "content": DOC[:7000]}, {"role": "user", "content": "review the patch"}]
+    out, t = [], 0.0
+    for turn in range(turns):
+        env = {"role": "user", "content": f"<env>turn {turn}, clock {t:.0f}</env>"}  # changes every request
+        out.append(WorkloadRequest(t, "/v1/chat/completions", {"model": "gpt-5.6", "messages": json.loads(json.dumps([*messages, env]))},
+                                   None, 80))
+        messages.append({"role": "assistant", "content": None,
+                         "tool_calls": [{"id": f"t{turn}", "type": "function", "function": {"name": "read", "arguments": "{}"}}]})
+        content: object = [{"type": "text", "text": f"file {turn}: " + DOC[: 600 + 100 * (turn % 4)]}] if turn % 2 else f"short {turn}"
+        messages.append({"role": "tool", "tool_call_id": f"t{turn}", "content": content})
+        t += 2000.0 if turn == 6 else 12.0
+    return out
+
+
+def planner_replay(requests: list[WorkloadRequest]):
+    """learning_planner.plan_openai's decisions alone, replayed as tokenpak savings replays them
+    (its own memory, the file's clock, the simulated usage fed back): (placements, cost)."""
+    from tokenpak_mitm import learning_planner
+    from tokenpak_mitm.savings import State, _usage_counts, build_turns, plan_cost, turn_cost
+
+    turns = build_turns(requests)
+    memory, state, placements = learning_planner.Memory(), State(), []
+    for i, turn in enumerate(turns):
+        plan, ticket = learning_planner.plan_openai(turn.request.body, turn.request.api, memory, turn.request.t)
+        placement = (plan.positions, plan.explicit_only) if plan.decision == "inserted" else ((), False)
+        placements.append(placement)
+        _, usage = turn_cost(state, turns, i, placement)
+        assert ticket is not None
+        memory.index.response_began(ticket.recorded)
+        read, write, prompt = _usage_counts(turn, usage)
+        learning_planner.observe_usage(memory, ticket, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
+    return placements, plan_cost(turns, placements), turns
+
+
+def test_the_live_openai_splice_places_and_costs_exactly_what_the_planner_decides():
+    """The savings a user is shown are what the proxy does: replaying a workload through the
+    proxy's own path (insert_openai_breakpoint with one memory, as addon.py calls it; the savings
+    tool's replay) gives, request by request, the breakpoint positions plan_openai chose (read
+    back from the spliced bytes) and the same simulated cost, tool-result breakpoints included."""
+    from tokenpak_mitm.savings import learning_plan, plan_cost
+
+    for requests in (responses_agent(), chat_agent()):
+        decided, decided_cost, turns = planner_replay(requests)
+        live, _notes = learning_plan(turns)
+        assert live == decided
+        assert plan_cost(turns, live) == decided_cost
+        result = evaluate(requests, search=False)
+        assert result.planner == decided_cost < result.none
+        api = requests[0].api
+        items = "input" if api == "openai_responses" else "messages"
+        tool_marked = False
+        for turn, (positions, _only) in zip(turns, live, strict=True):
+            bounds = boundaries(turn.request.body, api)
+            for p in positions:
+                item = turn.request.body[items][bounds[p].message]
+                assert item.get("role") != "assistant"
+                tool_marked |= item.get("type") == "function_call_output" or item.get("role") == "tool"
+        assert tool_marked, "the planner never used tool-result content on an agent loop"

@@ -336,10 +336,9 @@ class TokenPak:
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
-            api = st.route.dialect
-            index = self.memory.index if self._history else None
-            plan = partial(insert_openai_breakpoint, body, encoding, api, index=index, now=now)  # type: ignore[arg-type]
-            stateless = False  # it updates this process's prefix index
+            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
+                           memory=self.memory if self._history else None, now=now)
+            stateless = False  # it may update this process's planner memory
         else:
             memory = self.memory if self._history else None
             plan = partial(insert_markers, body, encoding, opts, memory, now)

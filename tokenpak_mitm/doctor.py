@@ -224,7 +224,7 @@ def check_losses(path: Path) -> list[Check]:
 
 def _listening(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=2.0):
             return True
     except OSError:
         return False

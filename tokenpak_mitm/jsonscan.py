@@ -10,7 +10,9 @@ the root value; every top-level key's value; the `tools` array elements; `system
 (its value, and its elements when it is an array); `messages` elements and, for each
 message, its `content` value and (when an array) the content elements. For an OpenAI
 Responses body, `scan(body, messages_key="input")` maps the `input` items the same way
-(each item's `content` and its parts); Chat Completions bodies use `messages` as is.
+(each item's `content` and its parts, or, for an item without `content`, its `output` when that
+is an array: a `function_call_output` carrying content parts, as `prefix_index.item_content`
+reads it); Chat Completions bodies use `messages` as is.
 
 Semantics match `json.loads` exactly:
 - grammar is RFC 8259 (whitespace is ` \\t\\n\\r`; numbers like `-0`, `1.0`, `1E+2`;
@@ -152,7 +154,7 @@ def scan(body: bytes, messages_key: str = "messages") -> BodyMap:
 class _Frame:
     """An open container on the explicit stack."""
 
-    __slots__ = ("is_object", "role", "start", "key", "items", "content")
+    __slots__ = ("is_object", "role", "start", "key", "items", "content", "output")
 
     def __init__(self, is_object: bool, role: int, start: int) -> None:
         self.is_object = is_object
@@ -161,12 +163,14 @@ class _Frame:
         self.key: str | None = None  # current member name (only read for keyed roles)
         self.items: list[Any] | None = [] if role in _LIST_ROLES else None
         self.content: tuple[Loc, tuple[Loc, ...] | None] | None = None  # for messages
+        self.output: tuple[Loc, tuple[Loc, ...] | None] | None = None  # for Responses items without content
 
 
 class _Walk:
     def __init__(self, text: str, messages_key: str = "messages") -> None:
         self.s = text  # latin-1 view: index == byte offset
         self.messages_key = messages_key
+        self.content_keys = ("content",) if messages_key == "messages" else ("content", "output")
         self.root_roles = _ROOT_ARRAY_ROLES if messages_key == "messages" else {
             "tools": _TOOLS, "system": _SYSTEM, messages_key: _MESSAGES}
         self.keys: dict[str, Loc] = {}
@@ -188,7 +192,7 @@ class _Walk:
                     i = ws(s, _array_run(s, i).end()).end()
                 c = s[i] if i < n else ""
                 if c == "{" or c == "[":
-                    role = self._child_role(top, c, self.root_roles)
+                    role = self._child_role(top, c, self.root_roles, self.content_keys)
                     if role == _NONE or role == _ELEMENT:  # nothing inside matters: try one regex call
                         m = _SHALLOW_CONTAINER.match(s, i)
                         if m is not None:
@@ -252,7 +256,8 @@ class _Walk:
         return BodyMap(self.root, self.keys, self.tools, self.system, self.system_blocks, self.messages)
 
     @staticmethod
-    def _child_role(parent: _Frame | None, opener: str, root_roles: Mapping[str, int] = _ROOT_ARRAY_ROLES) -> int:
+    def _child_role(parent: _Frame | None, opener: str, root_roles: Mapping[str, int] = _ROOT_ARRAY_ROLES,
+                    content_keys: tuple[str, ...] = ("content",)) -> int:
         if parent is None:
             return _ROOT if opener == "{" else _NONE
         role = parent.role
@@ -262,7 +267,7 @@ class _Walk:
             return _MESSAGE if opener == "{" else _ELEMENT
         if role in (_TOOLS, _SYSTEM, _CONTENT):
             return _ELEMENT
-        if role == _MESSAGE and parent.key == "content" and opener == "[":
+        if role == _MESSAGE and parent.key in content_keys and opener == "[":
             return _CONTENT
         return _NONE
 
@@ -275,7 +280,7 @@ class _Walk:
             return
         parent = stack[-1]
         role = parent.role
-        if role == _NONE or role == _ELEMENT or (role == _MESSAGE and parent.key != "content"):
+        if role == _NONE or role == _ELEMENT or (role == _MESSAGE and parent.key not in self.content_keys):
             return
         loc = Loc(start, end, kind, empty)
         if role == _ROOT:
@@ -290,12 +295,16 @@ class _Walk:
             elif key == self.messages_key:
                 self.messages = items
         elif role == _MESSAGES:
-            content, blocks = (child.content if child is not None and child.content else (None, None))
+            chosen = None if child is None else child.content or (
+                child.output if child.output is not None and child.output[0].kind == "array" else None)
+            content, blocks = chosen or (None, None)
             parent.items.append(MessageLoc(loc, content, blocks))  # type: ignore[union-attr]
         elif role == _MESSAGE:
+            items = tuple(child.items) if child is not None and child.items is not None else None
             if parent.key == "content":
-                items = tuple(child.items) if child is not None and child.items is not None else None
                 parent.content = (loc, items)
+            else:  # "output", in a Responses item
+                parent.output = (loc, items)
         else:  # _TOOLS, _SYSTEM, _CONTENT
             parent.items.append(loc)  # type: ignore[union-attr]
 
@@ -345,8 +354,8 @@ def agrees_with(obj: object, body_map: BodyMap, messages_key: str = "messages") 
     for message, where in zip(messages, body_map.messages):
         if not _same_kind(message, where.loc):
             return False
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(message, dict) and ("content" in message) != (where.content is not None):
+        content, present = _content_of(message, messages_key)
+        if isinstance(message, dict) and present != (where.content is not None):
             return False
         if content is not None and not _same_kind(content, where.content):
             return False
@@ -355,3 +364,12 @@ def agrees_with(obj: object, body_map: BodyMap, messages_key: str = "messages") 
         if isinstance(content, list) and not _same_elements(content, where.blocks):
             return False
     return True
+
+
+def _content_of(message: object, messages_key: str) -> tuple[object, bool]:
+    """The value mapped as a message's content, and whether there is one (see ``scan``)."""
+    if not isinstance(message, dict):
+        return None, False
+    if messages_key != "messages" and "content" not in message and isinstance(message.get("output"), list):
+        return message["output"], True
+    return message.get("content"), "content" in message

@@ -53,7 +53,8 @@ from typing import Any, Final
 from . import cache_planner
 from .cache_facts import TTL_SECONDS, CacheFacts, facts_for
 from .cache_planner import Breakpoint, CacheOptions, Note, Plan, Sizes, is_eligible_block, is_volatile_text
-from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, part_at
+from .openai_eligibility import ITEMS_KEY, breakpoint_eligible, client_cache_fields
+from .prefix_index import CLUSTER_SECONDS, Api, Boundary, PrefixIndex, PrefixStats, Recorded, boundaries, item_content
 from .row import CacheDecision
 from .token_estimate import TokenCalibration
 
@@ -515,20 +516,18 @@ def _ttl_of(marker: Mapping[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------ OpenAI
 
-OPENAI_CACHE_FIELDS: Final = ("prompt_cache_key", "prompt_cache_options", "prompt_cache_retention")
-
-
 @dataclass(frozen=True)
 class OpenAIPlan:
     """Where explicit ``prompt_cache_breakpoint`` fields should go in an OpenAI request (GPT-5.6+).
 
     positions: boundary positions (``prefix_index.boundaries(request, api)``) whose content part
-    gets a breakpoint. explicit_only: send ``prompt_cache_options: {"mode": "explicit"}`` so the
-    implicit breakpoint (the end of the newest message) does not write a tail nobody reads.
-    decision: inserted | unchanged | stood_down | unsupported.
+    gets a breakpoint, ascending. explicit_only: send ``prompt_cache_options: {"mode": "explicit"}``
+    so the implicit breakpoint (the end of the newest message) does not write a tail nobody reads.
+    decision: a ``row.CacheDecision``: inserted | not_worth | stood_down | not_supported (a model
+    without explicit breakpoints) | below_minimum | no_eligible_block | not_messages.
     """
 
-    decision: str
+    decision: CacheDecision
     positions: tuple[int, ...] = ()
     explicit_only: bool = False
     notes: tuple[Note, ...] = ()
@@ -537,37 +536,43 @@ class OpenAIPlan:
 def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[OpenAIPlan, Ticket | None]:
     """The learning planner for OpenAI Chat Completions / Responses; records the request in `memory`.
 
-    OpenAI caches by itself (the implicit breakpoint): with no history, or when a conversation
-    continues, it is left alone. What the index adds: a stable prefix followed by a part that
-    changes every request (a shared document, a per-request environment block) gets an explicit
-    breakpoint at the stable boundary, and the implicit one is switched off when the history says
-    the tail is never read back. The byte splicing belongs to the OpenAI insertion module; this
-    only decides. Any cache field set by the client (a breakpoint, prompt_cache_options,
-    prompt_cache_key, prompt_cache_retention): stand down.
+    The one decision the proxy makes live (``openai_cache.insert_openai_breakpoint`` splices it)
+    and ``tokenpak savings`` replays. Where a breakpoint may go: ``openai_eligibility``.
+
+    * Nothing seen before: the stable boundary, the last eligible block before the final user
+      turn (the shared document before a new question; the conversation so far before the newest
+      turn), if it reaches the model's minimum (`no_history`). It is free: the implicit
+      breakpoint at the end writes past it anyway (writes are counted once per request).
+    * With history: the same decision as for Anthropic (`_decide`): the shared prefix, the stable
+      prefix before a per-request last block, the live entry; the conversation tail is left to the
+      implicit breakpoint, and when the history says the tail is never read back the implicit
+      breakpoint is switched off (``explicit_only``). At most 4 breakpoints, the implicit one
+      counting unless it is switched off (the deepest are kept).
+    * Any cache field set by the client (a breakpoint, prompt_cache_options, prompt_cache_key,
+      prompt_cache_retention): stand down. A model before GPT-5.6: nothing (its caching is
+      automatic). Either way the request is still recorded, so the index learns from it.
     """
     if not isinstance(request, dict) or api not in ("openai_chat", "openai_responses"):
-        return OpenAIPlan("unsupported"), None
+        return OpenAIPlan("not_messages"), None
     model = request.get("model") if isinstance(request.get("model"), str) else None
     facts = facts_for(model, "openai")
     bpt = memory.calibration.bytes_per_token(model)
     bounds = boundaries(request, api, bpt)
     if not bounds:
-        return OpenAIPlan("unsupported"), None
+        return OpenAIPlan("no_eligible_block"), None
     digests = [b.digest for b in bounds]
     stats = memory.index.stats(digests, now)
-    stood_down = any(f in request for f in OPENAI_CACHE_FIELDS) or any(
-        isinstance(block := part_at(request, api, b), dict) and "prompt_cache_breakpoint" in block for b in bounds)
-    result = OpenAIPlan("stood_down" if stood_down else "unchanged")
-    if not stood_down and facts.explicit_markers and any(s is not None for s in stats):
-        eligible = [b.section == "messages" and b.role != "assistant" and isinstance(part_at(request, api, b), dict)
-                    for b in bounds]
-        chosen, notes = _decide(bounds, stats, now, facts, CacheOptions(ttl="auto"), lambda i: eligible[i], ())
-        tail_skipped = any(n.reason == "tail_not_reused" for n in notes)
-        positions = tuple(c.position for c in chosen if c.position != len(bounds) - 1)
-        if positions or tail_skipped:
-            result = OpenAIPlan("inserted", positions, tail_skipped, notes)
+    if client_cache_fields(request):
+        result = OpenAIPlan("stood_down")
+    elif not facts.explicit_markers:
+        result = OpenAIPlan("not_supported")
+    else:
+        eligible = [breakpoint_eligible(request, api, b) for b in bounds]
+        if any(s is not None for s in stats):
+            result = _openai_learned(bounds, stats, now, facts, eligible)
         else:
-            result = OpenAIPlan("unchanged", (), False, notes)
+            result = _openai_no_history(request, api, bounds, facts, eligible)
+        result = replace(result, notes=_openai_addresses(request, api, bounds, result.notes))
     markers = [(p, facts.ttls[0]) for p in result.positions]
     if not result.explicit_only:
         markers.append((len(bounds) - 1, facts.ttls[0]))  # the implicit breakpoint
@@ -576,3 +581,44 @@ def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[
     read_tokens = bounds[read].tokens_est if read is not None else 0
     write_tokens = max((bounds[p].tokens_est for p in writes), default=read_tokens) - read_tokens
     return result, Ticket(recorded, model, round(bounds[-1].tokens_est * bpt), read_tokens, write_tokens)
+
+
+def _openai_learned(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now: float, facts: CacheFacts,
+                    eligible: Sequence[bool]) -> OpenAIPlan:
+    chosen, notes = _decide(bounds, stats, now, facts, CacheOptions(ttl="auto"), lambda i: eligible[i], ())
+    explicit_only = any(n.reason == "tail_not_reused" for n in notes)
+    positions = sorted({c.position for c in chosen if c.position != len(bounds) - 1})
+    slots = facts.max_breakpoints - (0 if explicit_only else 1)
+    drop = max(0, len(positions) - slots)  # the shallowest go first: the deepest read the most
+    kept, dropped = positions[drop:], {_address(bounds[p]) for p in positions[:drop]}
+    notes = tuple(replace(n, ttl=None, reason="no_slot") if n.ttl is not None and n.at in dropped else n for n in notes)
+    if kept or explicit_only:
+        return OpenAIPlan("inserted", tuple(kept), explicit_only, notes)
+    return OpenAIPlan("not_worth", (), False, notes)
+
+
+def _openai_no_history(request: Mapping[str, Any], api: Api, bounds: Sequence[Boundary], facts: CacheFacts,
+                       eligible: Sequence[bool]) -> OpenAIPlan:
+    items = request.get(ITEMS_KEY[api])
+    items = items if isinstance(items, list) else []
+    final_user = next((i for i in range(len(items) - 1, -1, -1) if isinstance(items[i], dict) and items[i].get("role") == "user"), None)
+    candidates = [b for b in bounds if eligible[b.position] and final_user is not None and b.message is not None and b.message < final_user]
+    if not candidates:
+        return OpenAIPlan("no_eligible_block")
+    b = candidates[-1]
+    if b.tokens_est < facts.minimum_tokens:
+        return OpenAIPlan("below_minimum", (), False, (Note(_address(b), "below_minimum", b.tokens_est, None, f"minimum {facts.minimum_tokens}"),))
+    note = Note(_address(b), "no_history", b.tokens_est, facts.ttls[0], "the stable boundary before the final user turn")
+    return OpenAIPlan("inserted", (b.position,), False, (note,))
+
+
+def _openai_addresses(request: Mapping[str, Any], api: Api, bounds: Sequence[Boundary], notes: tuple[Note, ...]) -> tuple[Note, ...]:
+    """The notes' places in the request's own terms: ``input.3.output.0`` for a Responses tool result."""
+    items = request.get(ITEMS_KEY[api])
+    names: dict[str, str] = {}
+    for b in bounds:
+        if b.section == "messages" and b.message is not None and isinstance(items, list) and b.message < len(items):
+            item = items[b.message]
+            key = item_content(item, api)[0] if isinstance(item, dict) else "content"
+            names[_address(b)] = f"{ITEMS_KEY[api]}.{b.message}.{key}" + ("" if b.block is None else f".{b.block}")
+    return tuple(replace(n, at=names.get(n.at, n.at)) for n in notes)

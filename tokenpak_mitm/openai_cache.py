@@ -1,45 +1,43 @@
-"""OpenAI explicit prompt-cache breakpoints (GPT-5.6 and later): where, and the byte splice.
+"""OpenAI explicit prompt-cache breakpoints (GPT-5.6 and later): the byte splice of the planner's choice.
 
 Why: from GPT-5.6 on OpenAI bills cache writes (1.25x input) and accepts explicit breakpoints,
 but its implicit breakpoint sits near the latest message, so a long stable prefix followed by a
 changing suffix (one document, many questions; an agent's system prompt and tools) can miss
-entirely. Clients such as Codex cannot emit the field. This module places ONE explicit breakpoint
-at the stable boundary and, so requests sharing that prefix are routed together, a
-``prompt_cache_key`` derived from it.
+entirely. Clients such as Codex cannot emit the field.
 
-Pure: bytes / JSON / an optional ``PrefixIndex`` and the time in, an ``InsertResult`` out; never
-raises. Every change is a byte INSERTION into the client's body (the same splicing as Anthropic's
-``cache_insert``): ``remove_spans(decoded_output, result.spans) == decoded_input``.
+Where the breakpoints go is decided by ONE planner, ``learning_planner.plan_openai``, with the
+proxy's prefix index (``learning_planner.Memory``, shared with the Anthropic planner) and the
+request's time; ``tokenpak savings`` replays traffic through this same function, so the savings
+it shows are what the proxy does. Which parts may carry one is ONE rule,
+``openai_eligibility.breakpoint_eligible`` (system, developer, user and tool-result text; never
+assistant output), used by the planner, by this splice and by the cache simulator.
 
-Where the breakpoint goes:
+Pure: bytes / JSON / a ``Memory`` and the time in, an ``InsertResult`` out; never raises. Every
+change is a byte INSERTION into the client's body (the same splicing as Anthropic's
+``cache_insert``): ``remove_spans(decoded_output, result.spans) == decoded_input``. Inserted:
 
-* With history (a ``PrefixIndex``): the deepest block boundary whose prefix digest
-  (``prefix_index.boundaries``) was seen in an earlier request, that may carry a breakpoint and
-  whose estimated prefix reaches the model's minimum (``cache_facts``: 1,024 tokens for GPT-5.6+).
-  The whole prompt recurring (a retry) does not count: the boundary must leave a suffix.
-* Without history, or when nothing recurs yet: the stateless rule, the end of the last
-  non-assistant block before the final user turn (the system prompt and shared document before a
-  new question; the conversation so far before the newest turn), if it reaches the minimum.
+* ``"prompt_cache_breakpoint": {"mode": "explicit"}`` as a member of each chosen content part (a
+  string ``content`` is wrapped into a one-part list carrying the field, of the part type the API
+  uses for that message kind: ``text`` in Chat Completions, ``input_text`` in Responses);
+* ``prompt_cache_key`` ("tpk-" + 24 hex digits of the deepest breakpoint's prefix digest), so
+  requests sharing that prefix are routed together;
+* ``prompt_cache_options: {"mode": "explicit"}`` when the planner switches the implicit
+  breakpoint off (its tail is never read back).
 
-Which blocks may carry it (provider-facts-2026-11.md: "system, user and tool-result content; not
-assistant output"): text parts (``text`` in Chat Completions, ``input_text`` in Responses) of
-messages whose role is not ``assistant``, non-blank. A string ``content`` is wrapped into a
-one-part list carrying the field (the part type the API uses for that message kind).
+At most 4 breakpoints, the implicit one counting unless it is switched off.
 
 Stand-down: if the client set ANY cache field (``prompt_cache_key``, ``prompt_cache_options``,
 ``prompt_cache_retention``, a ``prompt_cache_breakpoint`` anywhere, or a ``cache_control``
-anywhere) the body goes upstream byte-identical: the client manages caching.
+anywhere) the body goes upstream byte-identical: the client manages caching. Models before
+GPT-5.6 are not even parsed (a cheap byte test on the model name).
 
 Field shapes (ASSUMPTIONS, derived from the research notes; the exact schema is not on disk):
-``"prompt_cache_breakpoint": {"mode": "explicit"}`` as a member of the content part, the form the
-notes quote for ``input_text`` blocks (protocols.md §3.2), taken to be the same on Chat
-Completions ``text`` parts; ``prompt_cache_key`` a top-level string ("tpk-" + 24 hex digits of the
-prefix digest, well under the key's documented use as a short routing key).
-``prompt_cache_options`` is NOT added: its ``mode`` switches implicit caching, and "an implicit
-breakpoint uses one of the four slots" says the default mode already honours explicit ones.
-Cost: marking the stable boundary adds no write premium of its own on the assumption that, as
-on Anthropic, written tokens are counted once per request (OpenAI's ``cache_write_tokens`` is a
-part of ``input_tokens``); the implicit breakpoint writes the whole prompt at 1.25x anyway.
+the breakpoint member has the form the notes quote for ``input_text`` blocks (protocols.md §3.2),
+taken to be the same on Chat Completions ``text`` parts; ``prompt_cache_key`` is a top-level
+string. Cost: a breakpoint before the last writing one adds no write premium of its own on the
+assumption that, as on Anthropic, written tokens are counted once per request (OpenAI's
+``cache_write_tokens`` is a part of ``input_tokens``); the implicit breakpoint writes the whole
+prompt at 1.25x anyway.
 """
 from __future__ import annotations
 
@@ -47,8 +45,9 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
+from . import learning_planner
 from .cache_facts import MAX_BREAKPOINTS, OPENAI_GPT56, facts_for
 from .cache_insert import (
     _CODECS,
@@ -61,9 +60,11 @@ from .cache_insert import (
     _splice,
     _TooLarge,
 )
-from .cache_planner import DECISIONS
+from .cache_planner import DECISIONS, Note
 from .jsonscan import BodyMap, Loc, agrees_with, scan
-from .prefix_index import Boundary, PrefixIndex, boundaries
+from .learning_planner import Memory, Ticket
+from .openai_eligibility import ITEMS_KEY, TEXT_PART, OpenAIApi, breakpoint_eligible, client_cache_fields
+from .prefix_index import boundaries, item_content
 from .row import CacheDecision
 
 __all__ = [
@@ -76,8 +77,6 @@ __all__ = [
     "cache_key",
     "client_cache_fields",
     "insert_openai_breakpoint",
-    "learning_decide",
-    "plan_openai",
     "plan_positions",
     "supports_breakpoints",
 ]
@@ -88,36 +87,31 @@ OPENAI_DECISIONS: Final[Mapping[CacheDecision, str]] = {
     "not_supported": "the model takes no explicit breakpoints (before GPT-5.6): its caching is automatic",
 }
 
-Api = Literal["openai_chat", "openai_responses"]
+Api = OpenAIApi
 BREAKPOINT: Final[Mapping[str, str]] = {"mode": "explicit"}
 KEY_PREFIX: Final = "tpk-"
 _BREAKPOINT_MEMBER: Final = b'"prompt_cache_breakpoint":' + json.dumps(dict(BREAKPOINT), separators=(",", ":")).encode()
-_TOP_LEVEL_FIELDS: Final = ("prompt_cache_key", "prompt_cache_options", "prompt_cache_retention")
-_EXPLICIT_ONLY: Final[dict[str, str]] = {"mode": "explicit"}  # prompt_cache_options, learning planner only
-_TEXT_PART: Final[Mapping[str, str]] = {"openai_chat": "text", "openai_responses": "input_text"}
-_ITEMS_KEY: Final[Mapping[str, str]] = {"openai_chat": "messages", "openai_responses": "input"}
+_EXPLICIT_ONLY: Final[dict[str, str]] = {"mode": "explicit"}  # prompt_cache_options: the implicit breakpoint off
 
 
 @dataclass(frozen=True, slots=True)
 class OpenAIPlan:
-    """decision: a row.CacheDecision. targets: (item index, part index) per breakpoint in prefix
-    order (part None = wrap a string content). reason: recurring_prefix | stateless | learning.
-    digest: the deepest breakpoint's prefix digest (the prompt_cache_key). explicit_only: also send
-    ``prompt_cache_options: {"mode": "explicit"}`` (only when a learning planner asks for it)."""
+    """What to splice. decision: a row.CacheDecision. targets: (item index, part index) per
+    breakpoint in prefix order (part None = wrap a string content). digest: the deepest
+    breakpoint's prefix digest (the prompt_cache_key; None without a breakpoint). explicit_only:
+    also send ``prompt_cache_options: {"mode": "explicit"}``."""
 
     decision: CacheDecision
     targets: tuple[tuple[int, int | None], ...] = ()
-    reason: str | None = None
     prefix_tokens_est: int | None = None
     digest: bytes | None = None
     positions: tuple[int, ...] = ()
     explicit_only: bool = False
     client_fields: int = 0
-    digests: tuple[bytes, ...] = ()  # every boundary's digest, for recording in the index
 
 
-# A learning planner's answer for one parsed request: (boundary positions, explicit_only), or
-# None to leave the request alone (e.g. learning_planner.plan_openai, which records by itself).
+# Positions chosen by something other than the planner (tests of the splice): (positions,
+# explicit_only), or None to leave the request alone.
 Decide = Callable[[dict[str, Any]], "tuple[Sequence[int], bool] | None"]
 
 
@@ -126,95 +120,13 @@ def supports_breakpoints(model: object) -> bool:
     return isinstance(model, str) and facts_for(model, "openai") is OPENAI_GPT56
 
 
-def client_cache_fields(request: Mapping[str, Any]) -> int:
-    """How many cache fields the client set: top-level options plus every breakpoint / cache_control
-    anywhere in the body (tool schemas included: conservative, a false positive only stands down)."""
-    found = sum(1 for key in _TOP_LEVEL_FIELDS if key in request)
-    pending: list[Any] = [v for k, v in request.items() if k not in _TOP_LEVEL_FIELDS]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, dict):
-            found += sum(1 for k in node if k in ("prompt_cache_breakpoint", "cache_control"))
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
-    return found
-
-
-def _eligible(item: object, part: object, api: Api) -> bool:
-    if not isinstance(item, dict) or item.get("role") == "assistant" or not isinstance(item.get("role"), str):
-        return False
-    if api == "openai_responses" and item.get("type", "message") != "message":
-        return False
-    if isinstance(part, str):
-        return bool(part.strip())
-    return (isinstance(part, dict) and part.get("type") == _TEXT_PART[api]
-            and isinstance(part.get("text"), str) and bool(part["text"].strip()))
-
-
-def plan_openai(request: object, api: Api, index: PrefixIndex | None = None, now: float = 0.0) -> OpenAIPlan:
-    """Decide the breakpoint for one request (see the module docstring). Does not record."""
-    if not isinstance(request, dict):
-        return OpenAIPlan("not_messages")
-    if not supports_breakpoints(request.get("model")):
-        return OpenAIPlan("not_supported")
-    fields = client_cache_fields(request)
-    if fields:
-        return OpenAIPlan("stood_down", client_fields=fields)
-    items = request.get(_ITEMS_KEY[api])
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        return OpenAIPlan("not_messages")
-    bounds = boundaries(request, api)
-    if not bounds:
-        return OpenAIPlan("no_eligible_block")
-    digests = tuple(b.digest for b in bounds)
-    minimum = facts_for(request.get("model"), "openai").minimum_tokens
-
-    def eligible(b: Boundary) -> bool:
-        return _eligible_boundary(items, b, api)
-
-    last = len(bounds) - 1
-    if index is not None:
-        stats = index.stats([b.digest for b in bounds], now)
-        for b in reversed(bounds[:last]):
-            if stats[b.position] is not None and eligible(b) and b.tokens_est >= minimum:
-                return _chosen(b, "recurring_prefix", digests)
-    final_user = next((i for i in range(len(items) - 1, -1, -1) if items[i].get("role") == "user"), None)
-    candidates = [b for b in bounds if final_user is not None and b.message is not None and b.message < final_user and eligible(b)]
-    if not candidates:
-        return OpenAIPlan("no_eligible_block", digests=digests)
-    b = candidates[-1]
-    if b.tokens_est < minimum:
-        return OpenAIPlan("below_minimum", prefix_tokens_est=b.tokens_est, digests=digests)
-    return _chosen(b, "stateless", digests)
-
-
-def _chosen(b: Boundary, reason: str, digests: tuple[bytes, ...]) -> OpenAIPlan:
-    assert b.message is not None
-    return OpenAIPlan("inserted", ((b.message, b.block),), reason, b.tokens_est, b.digest, (b.position,), False, 0, digests)
-
-
-def learning_decide(memory: Any, api: Api, now: float) -> Decide:
-    """``decide`` backed by ``learning_planner.plan_openai`` (which records in ``memory`` itself).
-
-    Its "unchanged" (nothing recurs yet, or a continuing conversation it leaves to the implicit
-    breakpoint) leaves the request alone; only "inserted" is spliced.
-    """
-    from . import learning_planner
-
-    def decide(request: dict[str, Any]) -> tuple[Sequence[int], bool] | None:
-        plan, _ticket = learning_planner.plan_openai(request, api, memory, now)
-        return (plan.positions, plan.explicit_only) if plan.decision == "inserted" else None
-
-    return decide
-
-
 def plan_positions(request: object, api: Api, positions: Sequence[int], explicit_only: bool = False) -> OpenAIPlan:
-    """A plan from boundary positions another planner chose (``learning_planner.plan_openai``).
+    """The splice plan for boundary positions chosen by the planner.
 
-    Every position must end a part this module may mark (see ``_eligible``) or the plan is
-    ``error``; at most 4 breakpoints count (the implicit one takes a slot unless explicit_only).
-    The stand-down and model checks apply as in ``plan_openai``.
+    Every position must end a part that may carry a breakpoint (``breakpoint_eligible``) or the
+    plan is ``error``; at most 4 breakpoints count (the implicit one takes a slot unless
+    explicit_only). No position and not explicit_only: ``not_worth``. Stand-down and model checks
+    come first.
     """
     if not isinstance(request, dict):
         return OpenAIPlan("not_messages")
@@ -223,44 +135,35 @@ def plan_positions(request: object, api: Api, positions: Sequence[int], explicit
     fields = client_cache_fields(request)
     if fields:
         return OpenAIPlan("stood_down", client_fields=fields)
-    items = request.get(_ITEMS_KEY[api])
+    items = request.get(ITEMS_KEY[api])
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         return OpenAIPlan("not_messages")
     bounds = boundaries(request, api)
-    digests = tuple(b.digest for b in bounds)
     chosen = sorted(set(positions))
-    if not chosen:
-        return OpenAIPlan("not_worth", digests=digests)
+    if not chosen and not explicit_only:
+        return OpenAIPlan("not_worth")
     if len(chosen) > MAX_BREAKPOINTS - (0 if explicit_only else 1) or not all(0 <= p < len(bounds) for p in chosen):
-        return OpenAIPlan("error", digests=digests)
+        return OpenAIPlan("error")
     picked = [bounds[p] for p in chosen]
-    if not all(_eligible_boundary(items, b, api) for b in picked):
-        return OpenAIPlan("error", digests=digests)
-    deepest = picked[-1]
+    if not all(breakpoint_eligible(request, api, b) for b in picked):
+        return OpenAIPlan("error")
     targets = tuple((b.message, b.block) for b in picked if b.message is not None)
-    return OpenAIPlan("inserted", targets, "learning", deepest.tokens_est, deepest.digest, tuple(chosen), explicit_only, 0, digests)
+    deepest = picked[-1] if picked else bounds[-1] if bounds else None
+    return OpenAIPlan("inserted", targets, deepest.tokens_est if deepest is not None else None,
+                      picked[-1].digest if picked else None, tuple(chosen), explicit_only)
 
 
-def _eligible_boundary(items: list[dict[str, Any]], b: Boundary, api: Api) -> bool:
-    if b.section != "messages" or b.message is None or b.message >= len(items):
-        return False
-    item = items[b.message]
-    content = item.get("content")
-    part = content if b.block is None else (content[b.block] if isinstance(content, list) and b.block < len(content) else None)
-    return _eligible(item, part, api)
+def insert_openai_breakpoint(body: bytes, content_encoding: str | None, api: Api, *, memory: Memory | None = None,
+                             now: float = 0.0, decide: Decide | None = None) -> InsertResult:
+    """Splice the planner's breakpoints (and a prompt_cache_key) into an OpenAI request body; never raises.
 
-
-def insert_openai_breakpoint(body: bytes, content_encoding: str | None, api: Api, *,
-                             index: PrefixIndex | None = None, now: float = 0.0, decide: Decide | None = None) -> InsertResult:
-    """Splice the breakpoint(s) (and a prompt_cache_key) into an OpenAI request body; never raises.
-
-    Without ``decide``, ``plan_openai`` places one breakpoint; with an index the request's
-    boundaries are recorded in it (the breakpoint's prefix as written), so later requests find
-    what recurs. With ``decide`` (a learning planner that records by itself), its positions are
-    spliced instead (``plan_positions``).
+    ``learning_planner.plan_openai`` decides, with ``memory`` (the proxy's one prefix index; None:
+    the request is planned alone, as with no history) at time ``now``, and records the request
+    there; the result carries its notes (the row's ``cache_reasons``) and the ticket for
+    ``learning_planner.observe_usage``. ``decide`` replaces the planner (tests of the splice).
     """
     try:
-        return _insert(body, content_encoding, api, index, now, decide)
+        return _insert(body, content_encoding, api, memory, now, decide)
     except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
         return _unchanged(body, "error")
 
@@ -271,7 +174,7 @@ def _unchanged(body: bytes, decision: CacheDecision, **fields: Any) -> InsertRes
     return InsertResult(body=body, spans=(), decision=decision, markers_inserted=0, **values)
 
 
-def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIndex | None, now: float,
+def _insert(body: bytes, content_encoding: str | None, api: Api, memory: Memory | None, now: float,
             decide: Decide | None) -> InsertResult:
     encoding = _normalize_encoding(content_encoding)
     if not isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
@@ -295,19 +198,23 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIn
     if not isinstance(request, dict):
         return _unchanged(body, "not_messages", content_encoding=encoding)
     model = request.get("model") if isinstance(request.get("model"), str) else None
-    if decide is not None and supports_breakpoints(model) and not client_cache_fields(request):
+    notes: tuple[Note, ...] = ()
+    ticket: Ticket | None = None
+    if decide is not None:
         answer = decide(request)
-        decided = plan_positions(request, api, *answer) if answer is not None else OpenAIPlan("not_worth")
-        index = None  # the learning planner recorded the request itself
+        decided = plan_positions(request, api, *answer) if answer is not None else plan_positions(request, api, ())
     else:
-        decided = plan_openai(request, api, index, now)
+        planned, ticket = learning_planner.plan_openai(request, api, memory if memory is not None else Memory(), now)
+        notes = planned.notes
+        if planned.decision == "inserted":
+            decided = plan_positions(request, api, planned.positions, planned.explicit_only)
+        else:
+            decided = OpenAIPlan(planned.decision, client_fields=client_cache_fields(request) if planned.decision == "stood_down" else 0)
     seen: dict[str, Any] = {"client_markers": decided.client_fields, "client_ttls": (), "content_encoding": encoding,
-                             "model": model, "prefix_tokens_est": decided.prefix_tokens_est}
-    if index is not None and decided.digests:
-        index.record(decided.digests, now, writes=dict.fromkeys(decided.positions, "30m"))
+                            "model": model, "prefix_tokens_est": decided.prefix_tokens_est, "notes": notes, "ticket": ticket}
     if decided.decision != "inserted":
         return _unchanged(body, decided.decision, **seen)
-    key = _ITEMS_KEY[api]
+    key = ITEMS_KEY[api]
     body_map = scan(decoded, messages_key=key)
     if not agrees_with(request, body_map, messages_key=key):
         return _unchanged(body, "error", **seen)
@@ -320,7 +227,7 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, index: PrefixIn
         out = codec.encode(spliced, flavor)
         if codec.decode(out)[0] != spliced:
             return _unchanged(body, "error", **seen)
-    return InsertResult(out, spans, "inserted", len(decided.targets), **seen)
+    return InsertResult(out, spans, "inserted", len(decided.targets) or 1, **seen)
 
 
 _MODEL_VALUE: Final = re.compile(rb'\s*:\s*"([^"\\]{1,200})"')
@@ -344,7 +251,7 @@ def cache_key(digest: bytes) -> str:
 
 
 def _spans(decided: OpenAIPlan, body_map: BodyMap, api: Api) -> tuple[Span, ...]:
-    assert decided.digest is not None and body_map.messages is not None
+    assert body_map.messages is not None
     spans: list[Span] = []
     for message, block in decided.targets:
         item = body_map.messages[message]
@@ -352,7 +259,7 @@ def _spans(decided: OpenAIPlan, body_map: BodyMap, api: Api) -> tuple[Span, ...]
             loc = item.content
             if loc is None or loc.kind != "string":
                 raise ValueError("wrap target is not a string")
-            opener = b'[{"type":' + json.dumps(_TEXT_PART[api]).encode() + b',"text":'
+            opener = b'[{"type":' + json.dumps(TEXT_PART[api]).encode() + b',"text":'
             spans += [Span(loc.start, opener), Span(loc.end, b"," + _BREAKPOINT_MEMBER + b"}]")]
         else:
             blocks = item.blocks
@@ -361,25 +268,30 @@ def _spans(decided: OpenAIPlan, body_map: BodyMap, api: Api) -> tuple[Span, ...]
                 raise ValueError("marker target is not an object")
             spans.append(Span(part.close, _BREAKPOINT_MEMBER if part.empty else b"," + _BREAKPOINT_MEMBER))
     root: Loc = body_map.root
-    members = b'"prompt_cache_key":' + json.dumps(cache_key(decided.digest)).encode()
+    members: list[bytes] = []
+    if decided.digest is not None:
+        members.append(b'"prompt_cache_key":' + json.dumps(cache_key(decided.digest)).encode())
     if decided.explicit_only:
-        members += b',"prompt_cache_options":' + json.dumps(_EXPLICIT_ONLY, separators=(",", ":")).encode()
-    spans.append(Span(root.close, members if root.empty else b"," + members))
+        members.append(b'"prompt_cache_options":' + json.dumps(_EXPLICIT_ONLY, separators=(",", ":")).encode())
+    joined = b",".join(members)
+    spans.append(Span(root.close, joined if root.empty else b"," + joined))
     return tuple(sorted(spans, key=lambda s: s.offset))
 
 
 def _landed(spliced: bytes, decided: OpenAIPlan, api: Api) -> bool:
     """Re-parse: our breakpoints on exactly the planned parts, our key (and options), nothing else."""
     result = _parse(spliced)
-    if not isinstance(result, dict) or decided.digest is None or result.get("prompt_cache_key") != cache_key(decided.digest):
+    if not isinstance(result, dict):
+        return False
+    if decided.digest is not None and result.get("prompt_cache_key") != cache_key(decided.digest):
         return False
     if decided.explicit_only and result.get("prompt_cache_options") != _EXPLICIT_ONLY:
         return False
-    items: Sequence[Any] = result[_ITEMS_KEY[api]]
+    items: Sequence[Any] = result[ITEMS_KEY[api]]
     for message, block in decided.targets:
-        content = items[message]["content"]
-        part = content[0] if block is None else content[block]
+        content = item_content(items[message], api)[1]
+        part = content[0 if block is None else block] if isinstance(content, list) else None
         if not isinstance(part, dict) or part.get("prompt_cache_breakpoint") != dict(BREAKPOINT):
             return False
     # our breakpoints, our key, and the options when asked: nothing else
-    return client_cache_fields(result) == len(decided.targets) + 1 + int(decided.explicit_only)
+    return client_cache_fields(result) == len(decided.targets) + int(decided.digest is not None) + int(decided.explicit_only)

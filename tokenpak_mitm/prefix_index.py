@@ -11,7 +11,9 @@ Pure (no I/O, no mitmproxy, no clock: every time is an argument). Two layers, us
    differ (``first_difference``), and the boundary's ``section`` says in which part.
    Hashed per block: compact JSON in the client's key order, with ``cache_control`` /
    ``prompt_cache_breakpoint`` removed (markers do not change the cached content), a string
-   ``content`` / ``system`` hashed as the one text block the provider treats it as. Folded in:
+   ``content`` / ``system`` hashed as the one text block the provider treats it as (and a
+   Responses ``input_text`` part holding only its text as that same block: the one-part list a
+   string ``content`` is wrapped into when a breakpoint is spliced onto it). Folded in:
    the model (at the start), and per section the request parameters that invalidate it
    (``cache_facts.SECTION_PARAMETERS``: e.g. ``tool_choice`` and thinking settings before the
    first message block, so changing them changes every messages digest but no tools/system one).
@@ -57,6 +59,7 @@ __all__ = [
     "Section",
     "boundaries",
     "first_difference",
+    "item_content",
     "part_at",
     "section_parameters",
 ]
@@ -161,6 +164,20 @@ def _scan_blocks(request: Mapping[str, Any]) -> tuple[bool, bool]:
     return citations, images
 
 
+def item_content(item: Mapping[str, Any], api: Api) -> tuple[str, object]:
+    """The key holding a message's (input item's) content parts, and its value.
+
+    ``content``; for a Responses item without one whose ``output`` is a list of content parts (a
+    ``function_call_output`` carrying parts, i.e. tool-result content), ``output``; Gemini's
+    ``parts``. The one rule the fingerprints, the byte scanner and the OpenAI splice share.
+    """
+    if api == "gemini":
+        return "parts", item.get("parts")
+    if api == "openai_responses" and "content" not in item and isinstance(item.get("output"), list):
+        return "output", item["output"]
+    return "content", item.get("content")
+
+
 def part_at(request: Mapping[str, Any], api: Api, b: Boundary) -> object:
     """The content part a messages-section boundary ends (None for a string content or a whole item)."""
     items = request.get({"anthropic": "messages", "openai_chat": "messages", "openai_responses": "input",
@@ -170,9 +187,7 @@ def part_at(request: Mapping[str, Any], api: Api, b: Boundary) -> object:
     item = items[b.message]
     if not isinstance(item, dict):
         return None
-    content = item.get("parts" if api == "gemini" else "content")
-    if content is None and api == "openai_responses":
-        content = item.get("output")
+    content = item_content(item, api)[1]
     return content[b.block] if isinstance(content, list) and b.block < len(content) else None
 
 
@@ -197,6 +212,8 @@ def _canonical(value: object) -> bytes:
         value = {"type": "text", "text": value}
     elif isinstance(value, dict):
         value = _strip(value)
+        if value.get("type") == "input_text" and value.keys() == {"type", "text"} and isinstance(value["text"], str):
+            value = {"type": "text", "text": value["text"]}  # the same text block as a string content
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
 
 
@@ -241,9 +258,7 @@ def _blocks(request: Mapping[str, Any], api: Api) -> Iterator[_Part]:
     if not isinstance(messages, list):
         return
     for i, message in enumerate(messages):
-        key = content_key
-        if api == "openai_responses" and isinstance(message, dict) and "content" not in message and isinstance(message.get("output"), list):
-            key = "output"  # a function_call_output whose output is a list of content parts
+        key = item_content(message, api)[0] if isinstance(message, dict) else content_key
         if not isinstance(message, dict) or key not in message:
             yield "messages", i, None, None, message  # e.g. a Responses function_call item: one block
             continue

@@ -25,8 +25,9 @@ rules, per-model facts from ``cache_facts``) four ways and priced at list prices
 per-token rates (long-context tiers are not applied); a model it does not know is priced at
 $3 / $15 per MTok input / output with ``cache_facts`` multipliers. Output tokens: the request's
 ``output_tokens``, else ``DEFAULT_OUTPUT_TOKENS``. OpenAI requests: the stateless planner adds
-nothing (OpenAI breakpoint insertion is its own module); the learning planner's OpenAI placement
-is ``learning_planner.plan_openai``.
+nothing; the planner's are what the proxy sends: ``openai_cache.insert_openai_breakpoint`` (the
+learning planner's ``plan_openai`` decision, spliced into the request's bytes) with the replay's
+memory and clock, then read back from the spliced body.
 
 Bad input never stops a run: a line that is not a request is reported on stderr (one line each,
 with its line number) and skipped; the run goes on with the rest.
@@ -46,6 +47,7 @@ from typing import Any, Literal
 from . import learning_planner
 from .cache_facts import facts_for
 from .cache_insert import CacheOptions, insert_markers
+from .openai_cache import insert_openai_breakpoint
 from .testing.cache_sim import (
     Breakpoint,
     CacheSimulator,
@@ -349,9 +351,10 @@ def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[lis
         elif turn.request.api == "anthropic":
             result = insert_markers(json.dumps(turn.request.body).encode(), None, opts, memory, turn.request.t)
             placement, note, ticket = _placement_of(turn, json.loads(result.body)), result.notes, result.ticket
-        else:
-            openai_plan, ticket = learning_planner.plan_openai(turn.request.body, turn.request.api, memory, turn.request.t)
-            placement, note = (openai_plan.positions, openai_plan.explicit_only), openai_plan.notes
+        else:  # the proxy's own path: the planner's decision spliced into the client's bytes
+            result = insert_openai_breakpoint(json.dumps(turn.request.body).encode(), None, turn.request.api,
+                                              memory=memory, now=turn.request.t)
+            placement, note, ticket = _openai_placement(turn, json.loads(result.body)), result.notes, result.ticket
         plan.append(placement)
         notes.append(tuple(note))
         _, usage = turn_cost(state, turns, i, placement)
@@ -374,6 +377,15 @@ def _usage_counts(turn: Turn, usage: dict[str, Any]) -> tuple[int | None, int | 
         return read, write, usage["input_tokens"] + read + write
     details = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
     return details.get("cached_tokens"), details.get("cache_write_tokens"), usage.get("input_tokens", usage.get("prompt_tokens"))
+
+
+def _openai_placement(turn: Turn, body: dict[str, Any]) -> Placement:
+    """(explicit breakpoint positions, explicit-only mode) of a body as it would go upstream."""
+    try:
+        analysis = analyse_openai(body, turn.request.api)
+    except InvalidRequest:
+        return as_sent(turn)
+    return (analysis.explicit, analysis.explicit_only)
 
 
 def _placement_of(turn: Turn, body: dict[str, Any]) -> Placement:

@@ -81,6 +81,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenpak_mitm import cache_facts
+from tokenpak_mitm.openai_eligibility import breakpoint_eligible
 from tokenpak_mitm.prefix_index import Api, Boundary, boundaries, part_at
 
 MAX_BREAKPOINTS = cache_facts.MAX_BREAKPOINTS
@@ -590,8 +591,7 @@ def analyse_openai(request: dict[str, Any], api: Api) -> OpenAIAnalysis:
     return OpenAIAnalysis(
         model=str(request.get("model")), api=api, facts=facts,
         tokens=tuple(b.tokens_est for b in bounds), keys=tuple(f"openai\0{b.digest.hex()}" for b in bounds),
-        markable=tuple(b.section == "messages" and b.block is not None and b.role != "assistant"
-                       and isinstance(part_at(request, api, b), dict) for b in bounds),
+        markable=tuple(breakpoint_eligible(request, api, b) for b in bounds),
         explicit=tuple(b.position for b in bounds if _has_openai_breakpoint(request, api, b)),
         explicit_only=isinstance(options, dict) and options.get("mode") == "explicit",
     )
