@@ -118,6 +118,33 @@ def run_insert_bench(budget: float) -> dict[str, object]:
             "markers": result.markers_inserted, "decision": result.decision}
 
 
+def run_session_bench(budget: float) -> dict[str, object]:
+    """The session tracker's work per request on the 200 KB request: fingerprint it, then begin + finish."""
+    import json as _json
+
+    from tokenpak_mitm.request_shape import shape_of
+    from tokenpak_mitm.session_id import identify
+    from tokenpak_mitm.sessions import SessionTracker, UsageFacts
+
+    body = large_request()
+    request = _json.loads(body)
+    shape = shape_of(request)
+    assert shape is not None
+    tracker = SessionTracker(clock=lambda: 0.0)
+    clock = iter(range(10**9))
+
+    def track() -> None:
+        now = float(next(clock))
+        ticket = tracker.begin(identify({}, request, "anthropic"), shape, now)
+        tracker.finish(ticket, UsageFacts(10, shape.tokens, 50), now)
+
+    parse = best_seconds(lambda: _json.loads(body), budget)
+    fingerprint = best_seconds(lambda: shape_of(request), budget)
+    tracked = best_seconds(track, budget)
+    return {"bench": "session tracker (200 KB)", "parse_ms": parse * 1e3, "shape_ms": fingerprint * 1e3,
+            "track_ms": tracked * 1e3, "blocks": len(shape.blocks), "bytes": len(body)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=5_000, help="frames in the benchmark stream")
@@ -127,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_stream_benches(args.frames, args.budget)
     rows.append(run_big_frame_bench(args.budget))
     insert = run_insert_bench(args.budget)
+    session = run_session_bench(args.budget)
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"hot paths, best of N (stream: {args.frames} frames, mostly content_block_delta)")
     for col in ("bench", "chunks", "MB/s", "frames/s", "ns/frame"):
@@ -143,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print(f"insert_markers on a {insert['bytes']:,}-byte request: {insert['ms/call']:.2f} ms/call "
                       f"({insert['MB/s']:.0f} MB/s), {insert['markers']} markers, decision {insert['decision']}")
+    console.print(f"session tracker on the same request ({session['blocks']} blocks, after the request is forwarded, "
+                  f"in a worker thread above 32 KB): json.loads {session['parse_ms']:.2f} ms, fingerprints "
+                  f"{session['shape_ms']:.2f} ms, begin+finish {session['track_ms']:.2f} ms")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"stream": rows, "insert_markers": insert}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"stream": rows, "insert_markers": insert, "session_tracker": session}, indent=2) + "\n")
     return 0
 
 

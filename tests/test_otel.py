@@ -209,3 +209,19 @@ def test_export_after_shutdown_is_ignored(collector: Collector) -> None:
     exporter.export(OK_ROW)
     exporter.shutdown()
     assert _spans(collector) == {}
+
+
+def test_session_and_miss_attributes_reach_the_collector_but_not_the_metrics(collector: Collector) -> None:
+    row = {**OK_ROW, "request_key": "flow-s", "session_id": "cc-1", "session_source": "claude-code", "project": "billing",
+           "turn": 3, "cache_miss_reason": "prefix_changed", "miss_section": "system", "miss_block": 0,
+           "miss_change": "volatile", "miss_expected_tokens": 3000, "miss_cost_usd": 0.0104, "cache_warm_until": STARTED + 300}
+    exporter = OtelExporter(collector.url)
+    exporter.export(row)
+    exporter.shutdown()
+    a = _attrs(_spans(collector)["flow-s"].attributes)
+    assert (a["session.id"], a["tokenpak.session_source"], a["tokenpak.project"], a["tokenpak.turn"]) == ("cc-1", "claude-code", "billing", 3)
+    assert (a["tokenpak.cache_miss_reason"], a["tokenpak.miss_section"], a["tokenpak.miss_block"], a["tokenpak.miss_change"]) == (
+        "prefix_changed", "system", 0, "volatile")
+    assert a["tokenpak.miss_cost_usd"] == pytest.approx(0.0104) and a["tokenpak.cache_warm_until"] == pytest.approx(STARTED + 300)
+    for points in _histograms(collector).values():
+        assert all("session.id" not in _attrs(p.attributes) for p in points)  # no per-session metric series

@@ -5,10 +5,11 @@ import copy
 import threading
 from itertools import pairwise
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.prefix_index import PrefixIndex, boundaries, first_difference
+from tokenpak_mitm.prefix_index import PrefixIndex, boundaries, first_difference, prompt_blocks
 
 TOOLS = [{"name": f"t{i}", "description": "does a thing " * 20, "input_schema": {"type": "object"}} for i in range(3)]
 
@@ -158,3 +159,17 @@ def test_any_sequence_of_requests_keeps_the_bound_and_the_counts(requests, cap):
             assert s is None or (s.seen >= 1 and s.ends <= s.seen and s.first_seen <= s.last_seen <= now
                                  and sum(n for _, n in s.clusters) <= s.seen)
     assert PrefixIndex(max_entries=cap).load(index.dump(), now) == len(index)
+
+
+@pytest.mark.parametrize(("api", "request_"), [
+    ("anthropic", {"model": "m", "tools": [{"name": "t"}], "system": [{"type": "text", "text": "s"}],
+                   "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "tool_use", "id": "1", "name": "t", "input": {}}]}]}),
+    ("openai_chat", {"model": "gpt-5", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "q"}]}]}),
+    ("openai_responses", {"model": "gpt-5", "instructions": "s", "input": [{"role": "user", "content": "q"}, {"type": "function_call", "name": "f"}]}),
+    ("gemini", {"systemInstruction": {"parts": [{"text": "s"}]}, "contents": [{"role": "user", "parts": [{"text": "q"}, {"text": "r"}]}]}),
+])
+def test_prompt_blocks_walks_exactly_what_boundaries_fingerprints(api, request_):
+    walked = list(prompt_blocks(request_, api))
+    bounds = boundaries(request_, api)
+    assert len(walked) == len(bounds) > 0
+    assert [(s, m, b, r) for s, m, b, r, _ in walked] == [(x.section, x.message, x.block, x.role) for x in bounds]

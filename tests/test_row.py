@@ -83,8 +83,8 @@ def test_a_v1_database_upgrades_to_exactly_the_row_fields(tmp_path: Path):
 
 def test_each_migration_adds_the_fields_declared_with_its_version():
     for version in range(2, SCHEMA_VERSION + 1):
-        added = [c.name for c in COLUMNS if c.since == version]
-        assert added and all(f"ADD COLUMN {n} " in MIGRATIONS[version - 1] for n in added), version
+        added = [c.name for c in COLUMNS if c.since == version]  # none for an index-only migration (v5)
+        assert all(f"ADD COLUMN {n} " in MIGRATIONS[version - 1] for n in added), version
 
 
 def test_a_stored_row_reads_back_equal(tmp_path: Path):

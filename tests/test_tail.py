@@ -169,3 +169,15 @@ def test_follow_with_a_filter_shows_only_matching_new_rows(tmp_path: Path) -> No
     write(db, MIXED)
     lines = list(follow(db, once=True, interval=0.05, backlog=1, filters=Filters.of(errors=True), width=None))
     assert lines == [format_line(MIXED[3])]  # the last matching row only
+
+
+def test_the_line_names_the_miss_its_cost_and_until_when_the_cache_is_warm():
+    warm = time.time() + 300
+    line = format_line(row("m", cache_write_tokens=3000, cache_miss_reason="ttl_expired", miss_cost_usd=0.011388, cache_warm_until=warm))
+    assert line.endswith(f"miss ttl_expired +$0.011388  warm until {time.strftime('%H:%M:%S', time.localtime(warm))}")
+    assert "miss" not in format_line(row("ok", cache_read_tokens=4000)).split("completed")[1]
+
+
+def test_the_compact_line_names_the_miss_in_a_word():
+    line = format_compact(row("m", model="claude-sonnet-4-6", cache_write_tokens=3000, cache_miss_reason="prefix_changed", miss_cost_usd=0.011))
+    assert line.endswith(" miss:changed") and len(line) <= 80

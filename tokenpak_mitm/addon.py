@@ -15,6 +15,9 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -33,7 +36,9 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
-from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.cache_facts import TTL_SECONDS
+from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.cache_miss import miss_cost_usd
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
@@ -46,10 +51,14 @@ from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_no
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
+from tokenpak_mitm.request_shape import shape_of
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
+from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
+from tokenpak_mitm.sessions import SessionTracker, UsageFacts
+from tokenpak_mitm.sessions import Ticket as SessionTicket
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
-from tokenpak_mitm.store import TelemetryStore, default_db_path
+from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label
@@ -59,6 +68,7 @@ logger = logging.getLogger("tokenpak")
 CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h", "auto")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
+SHAPE_OFFLOAD_BYTES = 32 << 10  # request bodies above this are fingerprinted for the session tracker in a worker thread
 INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded and parsed in a worker thread
 MAX_OBSERVED_BODY = 16 * 1024 * 1024  # and above this not parsed at all (the row says so)
 
@@ -82,6 +92,9 @@ class _FlowState:
     emitted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     ticket: Ticket | None = None  # the learning planner's record of this request, for the response side
+    labels: dict[str, str] = field(default_factory=dict)  # the x-tokenpak-* headers, taken off the request
+    session_ticket: SessionTicket | None = None  # the session tracker's record of this request
+    session_task: asyncio.Task[None] | None = None
 
 
 class TokenPak:
@@ -106,6 +119,8 @@ class TokenPak:
         self._history = True  # tokenpak_cache_history
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
+        self.sessions = SessionTracker()
+        self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -156,6 +171,9 @@ class TokenPak:
             if self.store is None or str(self.store.path) != str(path):
                 if self.store is not None:
                     self.store.close()
+                # Before the store starts writing: were requests recorded by an earlier run within
+                # the longest TTL? Their cache entries may still be live, unknown to this tracker.
+                self.sessions.blind_until = _blind_until(last_request_at(path), time.time())
                 self.store = _make_store(path)
                 self.store.start()
 
@@ -230,8 +248,12 @@ class TokenPak:
         if PROBE_HEADER in flow.request.headers:
             self._answer_probe(flow)  # `tokenpak doctor`: answered here, never sent upstream, no row
             return
+        labels = _take_labels(flow.request.headers)  # on every flow: our headers never go upstream
         try:
             self._start(flow)
+            st = self._flows.get(flow)
+            if st is not None and labels:
+                st.labels = labels
         except Exception:
             logger.exception("tokenpak: could not classify %s; passing it through", flow.request.host)
 
@@ -279,6 +301,12 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None:
             return
+        await self._request(flow, st)
+        if st.route.api in _CONVERSATION_APIS:
+            # After the hook returns: parsing and hashing the prompt must not delay the request.
+            st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
+
+    async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         if st.route.dialect == "anthropic" and "content-encoding" not in flow.request.headers:
             try:  # the response normally reports both; this is the fallback
                 st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
@@ -289,6 +317,58 @@ class TokenPak:
         elif flow.response is None:  # a response set by another addon means nothing goes upstream
             await self._plan(flow, st)
         st.sent_at = time.time()
+
+    async def _begin_session(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        try:
+            await self._begin_session_guarded(flow, st)
+        except Exception:
+            logger.exception("tokenpak: could not track the session; the row goes without it")
+
+    async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        """Decide the session and turn from what went upstream (markers included)."""
+        req = flow.request
+        body = req.raw_content or b""
+        shape, parsed = None, None
+        if body:
+            if len(body) > SHAPE_OFFLOAD_BYTES:  # ~15 ms of hashing per 200 KB: keep it off the event loop
+                parsed, shape = await asyncio.to_thread(_parse_shape, req, st.route.dialect)
+            else:
+                parsed, shape = _parse_shape(req, st.route.dialect)
+        headers = _LabelledHeaders(req.headers, st.labels)
+        hint = identify(headers, parsed, st.route.dialect, self._scope(req))
+        st.session_ticket = self.sessions.begin(hint, shape, req.timestamp_start)
+
+    def _scope(self, req: http.Request) -> str:
+        key = (req.headers.get("x-api-key") or req.headers.get("authorization") or req.headers.get("x-goog-api-key")
+               or req.query.get("key") or "")
+        return hashlib.blake2b(key.encode(), key=self._scope_salt, digest_size=8).hexdigest() if key else ""
+
+    def _finish_session(self, flow: http.HTTPFlow, st: _FlowState, row: TelemetryRow) -> TelemetryRow:
+        """The row with its session, turn, miss diagnosis and warm-until filled in."""
+        ticket = st.session_ticket
+        if ticket is None:
+            if st.session_task is not None:
+                st.session_task.cancel()  # still parsing when the flow ended (rare): no session columns
+            return row
+        usage = st.record.extract.usage
+        facts = None
+        if (st.route.dialect in _DIAGNOSED_DIALECTS and row.terminal_state == "completed"
+                and row.usage_source == "final" and usage.input_tokens is not None):
+            began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
+            facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0, response_started=began)
+        outcome = self.sessions.finish(ticket, facts)
+        self.sessions.note_response(ticket, row.response_id)
+        verdict = outcome.verdict
+        lost = miss_cost_usd(st.route.provider, row.model, usage, verdict.expected_tokens) if verdict else None
+        cols: dict[str, Any] = {**outcome.columns(), "miss_cost_usd": lost}
+        stashed = st.earlier.get("session") if st.earlier is not None else None
+        if not st.live and isinstance(stashed, dict):
+            cols = {k: stashed.get(k) for k in cols}  # a replay: the live run's session and verdict, so the rows match
+        else:
+            meta = flow.metadata.get(META)
+            if isinstance(meta, dict):
+                meta["session"] = cols
+        return dataclasses.replace(row, **cols)
 
     async def _plan(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         client_body = flow.request.raw_content
@@ -491,6 +571,10 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             row = _minimal_row(st.record)
+        try:
+            row = self._finish_session(flow, st, row)
+        except Exception:
+            logger.exception("tokenpak: could not diagnose the request's cache; the row goes without it")
         self.rows_emitted += 1
         if st.ticket is not None:
             self._learn(st.ticket, row)
@@ -577,6 +661,57 @@ def _shutting_down() -> bool:
         return False
 
 
+def _blind_until(last: float | None, now: float) -> float | None:
+    """Until when this run cannot know what an earlier run cached (its last request + the longest TTL)."""
+    if last is None:
+        return None
+    until = min(last, now) + TTL_SECONDS["1h"]  # the longest Anthropic TTL (the diagnosis is Anthropic's)
+    return until if until > now else None
+
+
+_DIAGNOSED_DIALECTS = frozenset({"anthropic", "openai_chat", "openai_responses"})  # Gemini: sessions only
+_CONVERSATION_APIS = frozenset({"messages", "chat.completions", "responses", "generate_content"})
+
+
+def _take_labels(headers: http.Headers) -> dict[str, str]:
+    """Remove the proxy's own headers from a request; their values, for the session tracker."""
+    labels: dict[str, str] = {}
+    for name in (SESSION_HEADER, PROJECT_HEADER):
+        if name in headers:
+            labels[name] = headers.get(name, "")
+            del headers[name]
+    return labels
+
+
+class _LabelledHeaders:
+    """The request headers, plus the labels taken off them (case-insensitive lookups)."""
+
+    def __init__(self, headers: http.Headers, labels: dict[str, str]) -> None:
+        self._headers, self._labels = headers, labels
+
+    def get(self, name: str, default: None = None, /) -> str | None:
+        value = self._labels.get(name.lower())
+        return value if value is not None else self._headers.get(name)
+
+
+def _parse_shape(req: http.Request, dialect: str) -> tuple[Any, Any]:
+    """The parsed body and its shape; (None, None) when it is not JSON we can read.
+
+    Only identity-encoded bodies up to the planner's cap are read: decoding a compressed body has
+    no size bound here (a small gzip bomb must not cost the proxy its memory), and clients that
+    compress requests are rare; their sessions still come from the headers.
+    """
+    body = req.raw_content
+    encoding = req.headers.get("content-encoding", "identity").strip().lower()
+    if not body or encoding != "identity" or len(body) > MAX_BODY_BYTES:
+        return None, None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    return parsed, shape_of(parsed, dialect)
+
+
 def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:
     """Whose connection was already closed when the flow failed ("client", "server" or None)."""
     client_closed = flow.client_conn.state is ConnectionState.CLOSED
@@ -635,10 +770,15 @@ def _console_line(row: TelemetryRow) -> str:
     ttft, dur = row.ttft_ms, row.duration_ms
     err = error_label(row)
     timing = f"ttft={ttft:.0f}ms" if ttft is not None else f"dur={dur:.0f}ms" if dur is not None else "ttft=-"
+    reason = row.cache_miss_reason
+    miss = ""
+    if reason:
+        lost = row.miss_cost_usd
+        miss = f" miss={reason}" + (f"(+${lost:.6f})" if lost else "")
     return (
         f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
         f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
         f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
         f"cost={'unknown' if cost is None else f'${cost:.6f}'} {timing} "
-        f"{row.terminal_state}{f' {err}' if err else ''}"
+        f"{row.terminal_state}{f' {err}' if err else ''}{miss}"
     )

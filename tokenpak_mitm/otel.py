@@ -116,6 +116,18 @@ def span_attributes(row: RowLike) -> dict[str, Any]:
         "tokenpak.stream": None if r.stream is None else bool(r.stream),
         "tokenpak.price_version": r.price_version,
         "tokenpak.request_key": r.request_key or None,
+        "session.id": r.session_id,
+        "tokenpak.session_id": r.session_id,
+        "tokenpak.session_source": r.session_source,
+        "tokenpak.project": r.project,
+        "tokenpak.turn": r.turn,
+        "tokenpak.cache_miss_reason": r.cache_miss_reason,
+        "tokenpak.miss_section": r.miss_section,
+        "tokenpak.miss_block": r.miss_block,
+        "tokenpak.miss_change": r.miss_change,
+        "tokenpak.miss_expected_tokens": r.miss_expected_tokens,
+        "tokenpak.miss_cost_usd": r.miss_cost_usd,
+        "tokenpak.cache_warm_until": r.cache_warm_until,
     }
     return {k: v for k, v in attrs.items() if v is not None}
 

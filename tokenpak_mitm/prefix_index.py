@@ -61,6 +61,7 @@ __all__ = [
     "first_difference",
     "item_content",
     "part_at",
+    "prompt_blocks",
     "section_parameters",
 ]
 
@@ -524,3 +525,13 @@ class PrefixIndex:
             self._entries = dict(ordered[-self.max_entries:])
             self._expire(now)
         return loaded
+
+
+def prompt_blocks(request: Mapping[str, Any], api: Api = "anthropic") -> Iterator[tuple[Section, int | None, int | None, str | None, object]]:
+    """The blocks `boundaries` fingerprints, in the same order: (section, message, block, role, value).
+
+    ``value`` is the block as the client sent it (markers included), so a caller can read what
+    `boundaries` deliberately ignores (a block's own content hash, its marker) without walking the
+    request a second, possibly different, way. Added for the session tracker (request_shape).
+    """
+    return _blocks(request, api)

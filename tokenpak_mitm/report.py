@@ -544,7 +544,9 @@ def _print_tables(report: Report, db: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_filter_arguments(parser)
-    parser.add_argument("--by", choices=tuple(GROUPINGS), default="day", help="group rows by day, model, route (class) or provider")
+    parser.add_argument("--by", choices=(*GROUPINGS, "session", "project"), default="day",
+                        help="group rows by day, model, route (class), provider, session or project")
+    parser.add_argument("--misses", action="store_true", help="cache misses by cause, ranked by money lost, with their sessions and models")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
@@ -562,23 +564,37 @@ def run(args: argparse.Namespace) -> int:
     if not Path(db).is_file():
         print(f"tokenpak report: no database at {db} (has the proxy run yet? see `tokenpak doctor`)", file=sys.stderr)
         return 1
+    from tokenpak_mitm import report_sessions
+
+    session_view = args.by in ("session", "project")
+    misses = bool(getattr(args, "misses", False))
     try:
         conn = connect_readonly(db)
         try:
-            report = build_report(conn, by=args.by, since=args.since or "all", filters=filters, until=args.until)
+            report = build_report(conn, by="day" if session_view else args.by, since=args.since or "all", filters=filters, until=args.until)
+            # the session and miss views read their own few columns (only when asked for)
+            rows = report_sessions.load_rows(conn, filters) if (session_view or misses or args.html) else []
         finally:
             conn.close()
     except sqlite3.Error as e:
         print(f"tokenpak report: cannot read {db}: {e}", file=sys.stderr)
         return 1
+    now = time.time()
     if args.html:
         from tokenpak_mitm.report_html import write_html
 
-        write_html(report, Path(args.html).expanduser(), db=db)
+        write_html(report, Path(args.html).expanduser(), db=db, sections=report_sessions.html_sections(rows, now))
         print(f"tokenpak report: wrote {args.html}", file=sys.stderr)
     if args.json:
-        json.dump(report_json(report, db), sys.stdout, indent=2)
+        out = report_json(report, db)
+        out.update(report_sessions.views_json(rows, args.by, misses))
+        json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    elif session_view or misses:
+        if session_view:
+            report_sessions.print_groups(rows, args.by, now)
+        if misses:
+            report_sessions.print_misses(rows)
     else:
         _print_tables(report, db)
     return 0

@@ -263,7 +263,8 @@ td:first-child,th:first-child{text-align:left}tr.total{font-weight:600;backgroun
 """
 
 
-def render_html(report: Report, db: str | None = None) -> str:
+def render_html(report: Report, db: str | None = None, sections: str = "") -> str:
+    """The page; ``sections`` is trusted markup placed after the tables (sessions and misses, already escaped)."""
     t = report.totals
     sv = t.savings_usd
     cards = [("requests", str(t.requests)), ("errors", str(t.errors)), ("cost (priced)", money(t.cost_usd)),
@@ -289,10 +290,11 @@ def render_html(report: Report, db: str | None = None) -> str:
         '<div class="cards">' + "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards) + "</div>",
         _charts(report) if report.periods else "<p>No requests in this window.</p>",
         _table(report),
+        sections,
         "<h2>How to read this</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>",
         "</body></html>",
     ])
 
 
-def write_html(report: Report, path: Path, db: str | None = None) -> None:
-    write_private(path, render_html(report, db))  # owner-only, like every file the CLI writes
+def write_html(report: Report, path: Path, db: str | None = None, sections: str = "") -> None:
+    write_private(path, render_html(report, db, sections))  # owner-only, like every file the CLI writes

@@ -26,6 +26,7 @@ __all__ = [
     "TelemetryRow", "Column", "COLUMNS", "FIELD_NAMES", "SCHEMA_VERSION", "column",
     "TerminalState", "TERMINAL_STATES", "UsageSource", "USAGE_SOURCES", "CacheOrigin", "CACHE_ORIGINS",
     "CacheDecision", "CACHE_DECISIONS", "CacheVerdict", "CACHE_VERDICTS", "ClosedBy", "RouteClass", "ROUTE_CLASSES",
+    "SessionSource", "SESSION_SOURCES", "MissReason", "MISS_REASONS", "MissChange", "MISS_CHANGES",
 ]
 
 # -- vocabularies -------------------------------------------------------------------------------
@@ -57,6 +58,15 @@ CACHE_VERDICTS: Final[tuple[CacheVerdict, ...]] = get_args(CacheVerdict)
 ClosedBy = Literal["client", "server"]
 RouteClass = Literal["claude-code", "sdk", "other"]
 ROUTE_CLASSES: Final[tuple[RouteClass, ...]] = get_args(RouteClass)
+# Where a row's session id came from (session_id.py, sessions.py).
+SessionSource = Literal["header", "claude-code", "prompt_cache_key", "conversation", "previous_response", "lineage", "new"]
+SESSION_SOURCES: Final[tuple[SessionSource, ...]] = get_args(SessionSource)
+# Why a cache read that was possible did not happen (cache_miss.py; NULL: no miss).
+MissReason = Literal["cold", "ttl_expired", "prefix_changed", "below_minimum", "lookback_exceeded", "not_marked", "provider_evicted", "unknown"]
+MISS_REASONS: Final[tuple[MissReason, ...]] = get_args(MissReason)
+# What changed between a conversation's previous request and this one, for prefix_changed.
+MissChange = Literal["tools", "system", "volatile", "history", "model_params"]
+MISS_CHANGES: Final[tuple[MissChange, ...]] = get_args(MissChange)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +153,20 @@ class TelemetryRow(Mapping[str, Any]):
     # v4: why the cache planner placed each marker and skipped each candidate: a JSON list of
     # {"at", "why", "tokens", "ttl" | "skipped": true, "detail"?} (reasons: learning_planner.REASONS).
     cache_reasons: str | None = column("TEXT", since=4)
+    # v6: sessions and cache-miss diagnosis (docs/sessions.md): which conversation and turn the
+    # request is, why its cache missed, where the prompt changed, what the miss cost, and until
+    # when the session's cache is warm (a Unix time).
+    session_id: str | None = column("TEXT", since=6)
+    session_source: SessionSource | None = column("TEXT", since=6)
+    project: str | None = column("TEXT", since=6)
+    turn: int | None = column("INTEGER", since=6)
+    cache_miss_reason: MissReason | None = column("TEXT", since=6)
+    miss_section: str | None = column("TEXT", since=6)  # tools | system | messages
+    miss_block: int | None = column("INTEGER", since=6)  # tool / system block index, or message number
+    miss_change: MissChange | None = column("TEXT", since=6)
+    miss_expected_tokens: int | None = column("INTEGER", since=6)
+    miss_cost_usd: float | None = column("REAL", since=6)
+    cache_warm_until: float | None = column("REAL", since=6)
 
     # -- construction from stored forms -----------------------------------------------------------
     @classmethod

@@ -56,6 +56,7 @@ __all__ = [
     "connect_readonly",
     "default_db_path",
     "fallback_spill_path",
+    "last_request_at",
     "loss_ledger_paths",
     "losses",
     "migrate",
@@ -102,6 +103,8 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
     "ttft_ms, duration_ms, proxy_request_ms);"
     + report_rollup.migration_sql(report_query.bucket_sql),
+    # 6: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
+    add_columns(6) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
 )
 # A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
 if len(MIGRATIONS) < SCHEMA_VERSION:
@@ -310,6 +313,21 @@ def connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=2.0)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def last_request_at(path: str | os.PathLike[str]) -> float | None:
+    """Start time of the newest row in the database at ``path``; None when there is none or it cannot be read."""
+    if not Path(path).is_file():
+        return None
+    try:
+        conn = connect_readonly(path)
+        try:
+            value = conn.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 class TelemetryStore:

@@ -94,7 +94,20 @@ def format_line(row: Mapping[str, Any]) -> str:
     return (
         f"{when}  {row.get('route_class') or '-':<11} {row.get('model') or '?':<26} {tokens:<44} "
         f"{cache_verdict(dict(row)):<5} {_cost(row, 6):>10}  {_latency(row, False)}  {_state(row, False)}"
+        f"{_session_note(row)}"
     )
+
+
+def _session_note(row: Mapping[str, Any]) -> str:
+    """The miss cause (and its cost) and until when the session's cache is warm, when known."""
+    parts = []
+    if row.get("cache_miss_reason"):
+        lost = row.get("miss_cost_usd")
+        parts.append(f"miss {row['cache_miss_reason']}" + (f" +${lost:.6f}" if lost else ""))
+    warm = row.get("cache_warm_until")
+    if warm is not None:
+        parts.append(f"warm until {datetime.fromtimestamp(float(warm)).strftime('%H:%M:%S')}")
+    return ("  " + "  ".join(parts)) if parts else ""
 
 
 def format_compact(row: Mapping[str, Any]) -> str:
@@ -109,8 +122,14 @@ def format_compact(row: Mapping[str, Any]) -> str:
         tokens = "no usage"
     else:
         tokens = "/".join(_short_count(row.get(c)) for c in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"))
+    reason = row.get("cache_miss_reason")
+    miss = f" miss:{_SHORT_REASONS.get(str(reason), str(reason))}" if reason else ""
     return (f"{when} {model:<14} {tokens:>17} {cache_verdict(dict(row)):<5} {_cost(row, 4):>7} {_latency(row, True):>6} "
-            f"{_state(row, True)}")
+            f"{_state(row, True)}{miss}")
+
+
+_SHORT_REASONS = {"ttl_expired": "ttl", "prefix_changed": "changed", "below_minimum": "short", "lookback_exceeded": "lookback",
+                  "not_marked": "unmarked", "provider_evicted": "evicted"}
 
 
 def _colour(row: Mapping[str, Any], line: str) -> str:

@@ -222,6 +222,7 @@ def check_i4(ev: Evidence) -> Outcome:
 
 # -- I5 header preservation ----------------------------------------------------------------------
 _REWRITTEN = ("host", "content-length")
+_REMOVED = ("x-tokenpak-session", "x-tokenpak-project")  # the proxy's own headers: taken out, never sent on
 
 
 def check_i5(ev: Evidence) -> Outcome:
@@ -229,7 +230,10 @@ def check_i5(ev: Evidence) -> Outcome:
     applicable = False
     if ev.client_request_headers is not None and ev.sent_request_headers is not None:
         applicable = True
-        keep = [(k, v) for k, v in ev.client_request_headers if k.lower() not in _REWRITTEN]
+        keep = [(k, v) for k, v in ev.client_request_headers if k.lower() not in _REWRITTEN + _REMOVED]
+        leaked = [k for k, _ in ev.sent_request_headers if k.lower() in _REMOVED]
+        if leaked:
+            out.append(Violation("I5", f"the proxy's own header {leaked[0]} reached the upstream"))
         got = [(k, v) for k, v in ev.sent_request_headers if k.lower() not in _REWRITTEN]
         if keep != got:
             out.append(Violation("I5", f"request headers changed on the way upstream: client sent {_header_diff(keep, got)}"))
