@@ -56,6 +56,7 @@ from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, UsageFacts
+from tokenpak_mitm.split_plan import Snapshot, apply_record, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.sessions import Ticket as SessionTicket
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
@@ -68,6 +69,7 @@ logger = logging.getLogger("tokenpak")
 CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h", "auto")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
+SNAPSHOT_CHUNK = 2048  # prefix digests looked up per event-loop turn (~5 ms when all are known)
 SHAPE_OFFLOAD_BYTES = 32 << 10  # request bodies above this are fingerprinted for the session tracker in a worker thread
 INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded and parsed in a worker thread
 MAX_OBSERVED_BODY = 16 * 1024 * 1024  # and above this not parsed at all (the row says so)
@@ -426,8 +428,14 @@ class TokenPak:
         if plan_off_loop(body, encoding):
             # Planning a big or many-block prompt would stall every other connection on mitmproxy's
             # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
-            # process only this flow waits. Stateful planning stays in this process, in a thread.
-            result = await (self._offload.run(plan) if stateless else asyncio.to_thread(plan))
+            # process only this flow waits. The learning planner's memory stays in this process:
+            # the worker fingerprints and decides, this process only looks up and records.
+            if stateless:
+                result = await self._offload.run(plan)
+            elif st.route.dialect == "anthropic" and self._history:
+                result = await self._plan_split(body, encoding, opts, now)
+            else:
+                result = await asyncio.to_thread(plan)
         else:
             result = plan()
         st.ticket = result.ticket
@@ -443,6 +451,18 @@ class TokenPak:
             if "content-length" in flow.request.headers:
                 flow.request.headers["content-length"] = str(len(result.body))
         return [[s.offset, s.text.decode("utf-8", "replace")] for s in result.spans]
+
+    async def _plan_split(self, body: bytes, encoding: str | None, opts: CacheOptions, now: float) -> InsertResult:
+        """The learning planner with the pure work in the worker process (see `split_plan`)."""
+        digests = await self._offload.run(prompt_digests, body, encoding)
+        known: list[bytes] = []
+        bpt = self.memory.calibration.bytes_per_token(digests.model if digests is not None else None)
+        ds = digests.split() if digests is not None else []
+        for start in range(0, len(ds), SNAPSHOT_CHUNK):  # a turn of the event loop between slices
+            known.append(take_snapshot(self.memory, ds[start:start + SNAPSHOT_CHUNK], now))
+            await asyncio.sleep(0)
+        result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, Snapshot(b"".join(known), bpt), now)
+        return apply_record(self.memory, digests, result, call) if digests is not None else result
 
     # -- response side --------------------------------------------------------------------------
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -30,7 +30,7 @@ from .row import CacheDecision
 
 __all__ = [
     "CacheOptions", "Span", "InsertResult", "insert_markers", "remove_spans", "count_markers",
-    "DECISIONS", "MAX_BODY_BYTES", "plan_off_loop",
+    "DECISIONS", "MAX_BODY_BYTES", "parse_decoded", "plan_off_loop",
 ]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # raw and decoded cap; twice the API's 32 MB request limit
@@ -86,6 +86,24 @@ def insert_markers(body: bytes, content_encoding: str | None, opts: CacheOptions
         return _insert(body, content_encoding, opts, memory, now)
     except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
         return _unchanged(body, "error")
+
+
+def parse_decoded(body: bytes, content_encoding: str | None) -> object:
+    """The request as `insert_markers` parses it (None when it would not plan: too large, undecodable, not JSON)."""
+    encoding = _normalize_encoding(content_encoding)
+    if len(body) > MAX_BODY_BYTES:
+        return None
+    decoded = body
+    if encoding is not None:
+        codec = _CODECS.get(encoding)
+        if codec is None:
+            return None
+        try:
+            decoded = codec.decode(body)[0]
+        except Exception:  # noqa: BLE001 - insert_markers says why; here it only means "nothing to look up"
+            return None
+    request = _parse(decoded)
+    return None if request is _NOT_JSON else request
 
 
 def remove_spans(body: bytes, spans: Sequence[Span]) -> bytes:

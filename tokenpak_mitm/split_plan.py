@@ -1,0 +1,122 @@
+"""Learning-planner planning split in two, so the heavy pure part can run in a worker process (pure).
+
+`cache_insert.insert_markers(..., memory, now)` reads the proxy's planner memory twice
+(`PrefixIndex.stats` on the prompt's boundary digests, the calibration's bytes per token) and
+writes it once (`PrefixIndex.record`). Everything else (decoding, `json.loads`, `jsonscan`,
+fingerprinting, choosing, splicing) is a pure function of the body, which is most of the cost of
+a many-block prompt. The memory itself stays in the proxy's process. So:
+
+1. ``prompt_digests(body, encoding)`` (worker): the boundary digests and the model.
+2. The proxy looks those digests up (``PrefixIndex.stats``) and the model's bytes per token.
+3. ``plan_with_snapshot(body, encoding, opts, snapshot, now)`` (worker): the unchanged
+   `insert_markers` against a `Memory` that answers from the snapshot and, instead of writing,
+   returns the `record` call it would have made.
+4. The proxy makes that `record` call on its own index and puts the real `Recorded` in the ticket.
+
+Given the same memory, the result is the one in-process planning gives (the same code decides;
+tests/test_offload_split.py checks it). Between steps 2 and 4 another request may change the
+memory, as it already may between `stats` and `record` when two plans run in threads.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from .cache_insert import CacheOptions, InsertResult, insert_markers, parse_decoded
+from .learning_planner import Memory
+from .prefix_index import DIGEST_BYTES, PrefixIndex, PrefixStats, Recorded, boundaries
+from .token_estimate import TokenCalibration
+
+__all__ = ["Digests", "RecordCall", "Snapshot", "apply_record", "plan_with_snapshot", "prompt_digests", "take_snapshot"]
+
+_NO_RECORD = Recorded((), None, None, None)
+
+
+@dataclass(frozen=True)
+class Digests:
+    """Step 1's answer: the prompt's boundary digests, concatenated (one bytes object pickles fast)."""
+
+    blob: bytes
+    model: str | None
+
+    def split(self) -> list[bytes]:
+        b, n = self.blob, DIGEST_BYTES
+        return [b[i:i + n] for i in range(0, len(b), n)]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Step 2's answer: what the memory knows about those digests (`PrefixIndex.export_stats` records)."""
+
+    known: bytes
+    bytes_per_token: float
+
+
+@dataclass(frozen=True)
+class RecordCall:
+    """The `PrefixIndex.record` call planning would have made (step 4 makes it on the real index)."""
+
+    count: int  # digests recorded: those of step 1 (checked)
+    now: float
+    writes: Mapping[int, str]
+    read: int | None
+
+
+def prompt_digests(body: bytes, content_encoding: str | None) -> Digests | None:
+    """The boundary digests `learning_planner.plan` will look up (None: not a JSON object body)."""
+    request = parse_decoded(body, content_encoding)
+    if not isinstance(request, dict):
+        return None
+    model = request.get("model")
+    return Digests(b"".join(b.digest for b in boundaries(request, "anthropic")), model if isinstance(model, str) else None)
+
+
+def take_snapshot(memory: Memory, digests: Sequence[bytes], now: float) -> bytes:
+    """The known stats of `digests` from `memory` (a caller may take them a slice at a time and join them)."""
+    return memory.index.export_stats(digests, now)
+
+
+def plan_with_snapshot(body: bytes, content_encoding: str | None, opts: CacheOptions, snapshot: Snapshot,
+                       now: float) -> tuple[InsertResult, RecordCall | None]:
+    """`insert_markers` with the learning planner answering from `snapshot`; never raises."""
+    index = _SnapshotIndex(PrefixIndex.stats_from_export(snapshot.known))
+    result = insert_markers(body, content_encoding, opts, Memory(index, _FixedCalibration(snapshot.bytes_per_token)), now)
+    return result, index.call
+
+
+def apply_record(memory: Memory, digests: Digests, result: InsertResult, call: RecordCall | None) -> InsertResult:
+    """Make the recorded call on the real memory; the result's ticket then carries the real `Recorded`."""
+    if call is None or result.ticket is None:
+        return result
+    ds = digests.split()
+    if len(ds) != call.count:
+        raise ValueError("the planner fingerprinted other blocks than step 1")
+    recorded = memory.index.record(ds, call.now, writes=call.writes, read=call.read)
+    return replace(result, ticket=replace(result.ticket, recorded=recorded))
+
+
+class _SnapshotIndex(PrefixIndex):
+    """Answers `stats` from a snapshot; `record` is remembered, not done."""
+
+    def __init__(self, known: Mapping[bytes, PrefixStats]) -> None:
+        super().__init__()
+        self._known = known
+        self.call: RecordCall | None = None
+
+    def stats(self, digests: Sequence[bytes], now: float) -> tuple[PrefixStats | None, ...]:
+        known = self._known
+        return tuple(known.get(d) for d in digests)
+
+    def record(self, digests: Sequence[bytes], now: float, *, writes: Mapping[int, str] = {},
+               read: int | None = None) -> Recorded:
+        self.call = RecordCall(len(digests), now, dict(writes), read)
+        return _NO_RECORD
+
+
+class _FixedCalibration(TokenCalibration):
+    def __init__(self, bytes_per_token: float) -> None:
+        super().__init__()
+        self._bpt = bytes_per_token
+
+    def bytes_per_token(self, model: str | None) -> float:
+        return self._bpt
