@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -51,13 +50,13 @@ from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_no
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
-from tokenpak_mitm.request_shape import shape_of
+from tokenpak_mitm.request_shape import parse_shape
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, UsageFacts
-from tokenpak_mitm.split_plan import Snapshot, apply_record, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.sessions import Ticket as SessionTicket
+from tokenpak_mitm.split_plan import Snapshot, apply_record, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store_writer import StoreProcess
@@ -329,13 +328,16 @@ class TokenPak:
     async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         """Decide the session and turn from what went upstream (markers included)."""
         req = flow.request
-        body = req.raw_content or b""
         shape, parsed = None, None
-        if body:
-            if len(body) > SHAPE_OFFLOAD_BYTES:  # ~15 ms of hashing per 200 KB: keep it off the event loop
-                parsed, shape = await asyncio.to_thread(_parse_shape, req, st.route.dialect)
+        readable = _shape_input(req)
+        if readable is not None:
+            if len(readable) > SHAPE_OFFLOAD_BYTES:
+                # ~15 ms of hashing per 200 KB: in the worker process, not a thread, which would
+                # hold the GIL the event loop needs (250 ms for 26k blocks); only the session
+                # hints and the shape come back.
+                parsed, shape = await self._offload.run(parse_shape, readable, st.route.dialect, True)
             else:
-                parsed, shape = _parse_shape(req, st.route.dialect)
+                parsed, shape = parse_shape(readable, st.route.dialect)
         headers = _LabelledHeaders(req.headers, st.labels)
         hint = identify(headers, parsed, st.route.dialect, self._scope(req))
         st.session_ticket = self.sessions.begin(hint, shape, req.timestamp_start)
@@ -714,8 +716,8 @@ class _LabelledHeaders:
         return value if value is not None else self._headers.get(name)
 
 
-def _parse_shape(req: http.Request, dialect: str) -> tuple[Any, Any]:
-    """The parsed body and its shape; (None, None) when it is not JSON we can read.
+def _shape_input(req: http.Request) -> bytes | None:
+    """The body the session tracker reads (`request_shape.parse_shape`); None when it reads none.
 
     Only identity-encoded bodies up to the planner's cap are read: decoding a compressed body has
     no size bound here (a small gzip bomb must not cost the proxy its memory), and clients that
@@ -724,12 +726,8 @@ def _parse_shape(req: http.Request, dialect: str) -> tuple[Any, Any]:
     body = req.raw_content
     encoding = req.headers.get("content-encoding", "identity").strip().lower()
     if not body or encoding != "identity" or len(body) > MAX_BODY_BYTES:
-        return None, None
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    return parsed, shape_of(parsed, dialect)
+        return None
+    return body
 
 
 def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:

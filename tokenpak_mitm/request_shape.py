@@ -27,7 +27,7 @@ from typing import Any
 
 from tokenpak_mitm.prefix_index import Api, Section, boundaries, prompt_blocks
 
-__all__ = ["MAX_BLOCKS", "Block", "Shape", "first_difference", "mask_volatile", "shape_of"]
+__all__ = ["MAX_BLOCKS", "Block", "Shape", "first_difference", "mask_volatile", "parse_shape", "shape_of"]
 
 MAX_BLOCKS = 4096  # blocks kept per request; a longer prompt is compared on its head only
 _SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -144,6 +144,25 @@ def _strip(block: object) -> tuple[object, str | None]:
                 items.append(item)
             clean[key] = items
     return clean, ttl
+
+
+_BULK_KEYS = frozenset({"messages", "tools", "input", "contents"})  # the prompt itself: session_id.identify reads none of it
+
+
+def parse_shape(body: bytes, api: str, slim: bool = False) -> tuple[object, Shape | None]:
+    """The parsed body and its shape; (None, None) when the body is not JSON.
+
+    slim: the parsed body without its bulk (messages, tools, input, contents), for a caller in
+    another process: what `session_id.identify` reads is kept, and sending it back costs little.
+    """
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    shape = shape_of(parsed, api)
+    if slim and isinstance(parsed, dict):
+        parsed = {k: v for k, v in parsed.items() if k not in _BULK_KEYS}
+    return parsed, shape
 
 
 def shape_of(request: object, api: str = "anthropic") -> Shape | None:
