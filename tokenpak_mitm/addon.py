@@ -56,7 +56,7 @@ from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, UsageFacts
 from tokenpak_mitm.sessions import Ticket as SessionTicket
-from tokenpak_mitm.split_plan import Snapshot, apply_record, plan_with_snapshot, prompt_digests, take_snapshot
+from tokenpak_mitm.split_plan import Snapshot, apply_record_stepwise, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store_writer import StoreProcess
@@ -464,7 +464,11 @@ class TokenPak:
             known.append(take_snapshot(self.memory, ds[start:start + SNAPSHOT_CHUNK], now))
             await asyncio.sleep(0)
         result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, Snapshot(b"".join(known), bpt), now)
-        return apply_record(self.memory, digests, result, call) if digests is not None else result
+        for done in apply_record_stepwise(self.memory, ds, result, call, SNAPSHOT_CHUNK):
+            if done is not None:
+                return done
+            await asyncio.sleep(0)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- response side --------------------------------------------------------------------------
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -404,23 +404,53 @@ class PrefixIndex:
         if not digests:
             return Recorded((), None, None, None)
         with self._lock:
-            self._expire(now)
-            entries = self._entries
-            deepest = next((i for i in range(len(digests) - 1, -1, -1) if digests[i] in entries), None)
-            last = len(digests) - 1
-            continuation = branch = None
-            if deepest is not None and deepest < last:  # (deepest == last: a repeat, e.g. a retry)
-                anchor = entries[digests[deepest]]
-                if anchor.ends > 0:  # an earlier request ended here: this one continues it
-                    continuation = digests[deepest]
-                    anchor.continued += 1
-                    origin = entries.get(anchor.origin) if anchor.origin is not None else None
-                    if anchor.continued == 1 and origin is not None:
-                        origin.branches_continued += 1
-                else:  # only passed through: this one shares the prefix and goes on differently
-                    branch = digests[deepest]
-                    anchor.branches += 1
-            for i, digest in enumerate(digests):
+            for done in self._record_steps(digests, now, writes, read, len(digests)):
+                if done is not None:
+                    return done
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def record_stepwise(self, digests: Sequence[bytes], now: float, *, writes: Mapping[int, str] = {},
+                        read: int | None = None, step: int = 2048) -> Iterator[Recorded | None]:
+        """`record` in slices of `step` digests, for a caller that must not hold the CPU for long
+        (the proxy's event loop): each `next` does one slice under the lock, the last yields the
+        `Recorded`. Between slices other requests may be recorded (as between `stats` and `record`).
+        """
+        if not digests:
+            yield Recorded((), None, None, None)
+            return
+        steps = self._record_steps(digests, now, writes, read, max(1, step))
+        while True:
+            with self._lock:
+                done = next(steps)
+            yield done
+            if done is not None:
+                return
+
+    def _record_steps(self, digests: Sequence[bytes], now: float, writes: Mapping[int, str], read: int | None,
+                      step: int) -> Iterator[Recorded | None]:
+        """The work of `record` (the caller holds the lock), pausing with None after every `step` digests."""
+        self._expire(now)
+        entries = self._entries
+        deepest = next((i for i in range(len(digests) - 1, -1, -1) if digests[i] in entries), None)
+        last = len(digests) - 1
+        continuation = branch = None
+        if deepest is not None and deepest < last:  # (deepest == last: a repeat, e.g. a retry)
+            anchor = entries[digests[deepest]]
+            if anchor.ends > 0:  # an earlier request ended here: this one continues it
+                continuation = digests[deepest]
+                anchor.continued += 1
+                origin = entries.get(anchor.origin) if anchor.origin is not None else None
+                if anchor.continued == 1 and origin is not None:
+                    origin.branches_continued += 1
+            else:  # only passed through: this one shares the prefix and goes on differently
+                branch = digests[deepest]
+                anchor.branches += 1
+        for start in range(0, len(digests), step):
+            if start:
+                yield None
+                entries = self._entries
+            for i in range(start, min(start + step, len(digests))):
+                digest = digests[i]
                 entry = entries.pop(digest, None)
                 if entry is None:
                     entry = _Entry(now)
@@ -433,21 +463,19 @@ class PrefixIndex:
                     if deepest is not None and deepest < last:
                         entry.origin = digests[deepest]
                 entries[digest] = entry  # re-inserted: most recently seen last
-            hit = digests[read] if read is not None and 0 <= read < len(digests) else None
-            if hit is not None:
-                entry = entries[hit]
-                ttl = entry.cached_ttl or "5m"
-                entry.cached_until = max(entry.cached_until or now, now + TTL_SECONDS[ttl])
-            written = []
-            for position, ttl in writes.items():
-                if 0 <= position < len(digests):
-                    entry = entries[digests[position]]
-                    entry.cached_until, entry.cached_ttl, entry.in_flight = now + TTL_SECONDS[ttl], ttl, True
-                    written.append(digests[position])
-            while len(entries) > self.max_entries:
-                del entries[next(iter(entries))]
-                self.evicted += 1
-            return Recorded(tuple(written), hit, continuation, branch)
+        hit = digests[read] if read is not None and 0 <= read < len(digests) else None
+        if hit is not None and (entry := entries.get(hit)) is not None:  # (stepwise: another request may have evicted it)
+            ttl = entry.cached_ttl or "5m"
+            entry.cached_until = max(entry.cached_until or now, now + TTL_SECONDS[ttl])
+        written = []
+        for position, ttl in writes.items():
+            if 0 <= position < len(digests) and (entry := entries.get(digests[position])) is not None:
+                entry.cached_until, entry.cached_ttl, entry.in_flight = now + TTL_SECONDS[ttl], ttl, True
+                written.append(digests[position])
+        while len(entries) > self.max_entries:
+            del entries[next(iter(entries))]
+            self.evicted += 1
+        yield Recorded(tuple(written), hit, continuation, branch)
 
     def response_began(self, recorded: Recorded) -> None:
         """The response of a request has begun: the entries it writes are now readable."""

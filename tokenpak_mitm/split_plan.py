@@ -19,7 +19,7 @@ memory, as it already may between `stats` and `record` when two plans run in thr
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .cache_insert import CacheOptions, InsertResult, insert_markers, parse_decoded
@@ -27,7 +27,7 @@ from .learning_planner import Memory
 from .prefix_index import DIGEST_BYTES, PrefixIndex, PrefixStats, Recorded, boundaries
 from .token_estimate import TokenCalibration
 
-__all__ = ["Digests", "RecordCall", "Snapshot", "apply_record", "plan_with_snapshot", "prompt_digests", "take_snapshot"]
+__all__ = ["Digests", "RecordCall", "Snapshot", "apply_record", "apply_record_stepwise", "plan_with_snapshot", "prompt_digests", "take_snapshot"]
 
 _NO_RECORD = Recorded((), None, None, None)
 
@@ -86,13 +86,26 @@ def plan_with_snapshot(body: bytes, content_encoding: str | None, opts: CacheOpt
 
 def apply_record(memory: Memory, digests: Digests, result: InsertResult, call: RecordCall | None) -> InsertResult:
     """Make the recorded call on the real memory; the result's ticket then carries the real `Recorded`."""
+    for done in apply_record_stepwise(memory, digests.split(), result, call, step=max(1, call.count if call else 1)):
+        if done is not None:
+            return done
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def apply_record_stepwise(memory: Memory, digests: Sequence[bytes], result: InsertResult, call: RecordCall | None,
+                          step: int = 2048) -> Iterator[InsertResult | None]:
+    """`apply_record` a slice of `step` digests per `next` (None until the last, which yields the result)."""
     if call is None or result.ticket is None:
-        return result
-    ds = digests.split()
-    if len(ds) != call.count:
+        yield result
+        return
+    if len(digests) != call.count:
         raise ValueError("the planner fingerprinted other blocks than step 1")
-    recorded = memory.index.record(ds, call.now, writes=call.writes, read=call.read)
-    return replace(result, ticket=replace(result.ticket, recorded=recorded))
+    for recorded in memory.index.record_stepwise(digests, call.now, writes=call.writes, read=call.read, step=step):
+        if recorded is None:
+            yield None
+        else:
+            yield replace(result, ticket=replace(result.ticket, recorded=recorded))
+            return
 
 
 class _SnapshotIndex(PrefixIndex):
