@@ -283,8 +283,9 @@ def test_sigterm_with_streams_in_flight_records_proxy_shutdown(tmp_path: Path):
 
 @pytest.mark.parametrize("history", ["true", "false"])
 def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(tmp_path: Path, history: str):
-    """Offloaded by object count: stateless planning (no history) in the worker process, the
-    learning planner (its memory lives in the proxy) in a thread; markers either way."""
+    """Offloaded by object count to the worker process with or without history: stateless planning
+    whole, the learning planner split (the worker fingerprints and decides, the proxy keeps the
+    memory: the second identical request is planned from what the first left there)."""
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
     body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "system": "s" * 8000, "messages": msgs}).encode()
     assert 900_000 < len(body) < 1 << 20  # under the byte threshold: only the object count offloads it
@@ -297,8 +298,10 @@ def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(tmp_pat
         assert stack.proxy.proc is not None
         children = [Path(f"/proc/{c}/cmdline").read_bytes() for t in Path(f"/proc/{stack.proxy.proc.pid}/task").iterdir()
                     for c in (t / "children").read_text().split()]
-        worker = any(b"spawn_main" in c for c in children)
-        assert worker == (history == "false")  # stateless planning ran in the worker process
+        assert any(b"spawn_main" in c for c in children)  # planning ran in the worker process
+        _, again = stack.call(sse_script(FRAMES), body)
+        reasons = stack.row(again)["cache_reasons"] or ""
+        assert ("no_history" in reasons) == (history == "false")  # the memory in the proxy was recorded and read
     finally:
         stack.close()
     assert "planning worker process unavailable" not in stack.proxy.output()
