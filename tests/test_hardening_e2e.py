@@ -310,6 +310,28 @@ def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(tmp_pat
     assert "planning worker process unavailable" not in stack.proxy.output()
 
 
+def test_a_big_body_gets_its_session_from_the_worker_process(tmp_path: Path):
+    """Above 32 KB the session tracker's fingerprinting runs in the worker process (a thread would
+    hold the GIL the event loop needs): the continued conversation is still recognised, turn by turn.
+    The responses are slowed so the fingerprints are back before the rows are written."""
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(2001)]
+    first = {"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "messages": msgs}
+    second = {**first, "messages": [*msgs, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and then?"}]}
+    stack = make_stack(tmp_path)
+    try:
+        keys = []
+        for request in (first, second):
+            body = json.dumps(request).encode()
+            assert len(body) > 32 << 10
+            _, key = stack.call(sse_script(FRAMES, delay=0.2), body)
+            keys.append(key)
+        rows = [stack.row(k) for k in keys]
+        assert rows[0]["session_id"] is not None and rows[0]["session_id"] == rows[1]["session_id"]
+        assert [r["turn"] for r in rows] == [1, 2]
+    finally:
+        stack.close()
+
+
 # -- point 8, through the proxy ------------------------------------------------------------------------
 
 _S = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-6","usage":{"input_tokens":10,"output_tokens":1}}}\n\n'
