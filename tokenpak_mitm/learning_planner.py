@@ -87,6 +87,8 @@ REASONS: Final[Mapping[str, str]] = {
 # the observed gaps). A pause is never assumed: 1h is chosen only on evidence (gaps between 5
 # minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
 PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
+# The prior of a conversation tail's read-back estimate (`_tail_ttl`): (close gaps, long gaps).
+TAIL_PRIOR: Final = (1.0, 2.0)
 PAUSE_HORIZON: Final = 3  # gaps over which a 1h checkpoint is expected to matter (it outlives several turns)
 
 
@@ -245,9 +247,12 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
         tail = old_from is not None
         # A conversation's tail: 5m when a 5m write pays at all (1h then comes as a checkpoint,
         # below); 1h alone only when no 5m write would ever be read back but a 1h one would.
-        ttl, detail = _cheapest(ttls[:1] if tail else ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
-        if ttl is None and tail and len(ttls) > 1:
-            ttl, detail = _cheapest(ttls[1:], facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
+        if tail:
+            ttl, detail = _tail_ttl(ttls[:1], facts, now, clusters)
+            if ttl is None and len(ttls) > 1:
+                ttl, detail = _tail_ttl(ttls[1:], facts, now, clusters)
+        else:
+            ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=False)
         if ttl is None:
             skip(position, "not_read_back", detail)
             return
@@ -364,6 +369,43 @@ def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequ
     detail = " ".join(f"{t or 'none'}={c / max(1, old_tokens + new_tokens):.3f}" for t, c in costs.items())
     typical = statistics.median(gaps) if gaps else PRIOR_GAPS[0][0]
     return best, f"per-token cost {detail}; bursts of {burst}, gaps ~{typical:.0f}s"
+
+
+def _tail_ttl(ttls: Sequence[str], facts: CacheFacts, now: float,
+              clusters: Sequence[tuple[float, int]]) -> tuple[str | None, str]:
+    """The TTL (None: no write) for a conversation's new tail, with the costs as a detail.
+
+    The tail is written now and read only by the next turn, if that comes within the TTL. So the
+    one question is P(next gap <= TTL), and it is asked of the conversation as it is now: after
+    a gap within the TTL (the conversation is going on), the share of the earlier such gaps that
+    were followed by another one; after a longer gap, the share of those that were, each with
+    the prior `TAIL_PRIOR` (one close, two long: 1/3 with no such evidence, enough for a 5m
+    write; one miss of the same kind and no hit since, 1/4, is not). So a conversation that goes
+    on after a pause is going on, whatever pauses came before: only evidence about reuse from
+    the same state counts, and an entry that lapsed in a pause says nothing about turns that come
+    close together after it (it costs one re-write, on the first turn after the pause).
+    Per token over this turn and the next: no write 1 + 1; a write w, then r if read back, else
+    1 (the next turn pays its own write, if it makes one, on its own account), so a write pays
+    when p x (1 - r) > w - 1 (5m: p > 0.28).
+    """
+    timeline = _with_now(clusters, now)
+    gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
+    r = facts.read_multiplier()
+    costs: dict[str | None, float] = {None: 2.0}
+    shares: list[str] = []
+    for ttl in ttls:
+        life = TTL_SECONDS[ttl]
+        if gaps:
+            close = gaps[-1] <= life
+            after = [b <= life for a, b in pairwise(gaps) if (a <= life) == close]
+        else:
+            close, after = True, [g <= life for g, _ in PRIOR_GAPS]  # the first continuation: the prior
+        p = (sum(after) + TAIL_PRIOR[0]) / (len(after) + sum(TAIL_PRIOR))
+        costs[ttl] = facts.write_multiplier(ttl) + p * r + (1 - p)
+        shares.append(f"P(read within {ttl})={p:.2f} ({sum(after)} of {len(after)} {'close' if close else 'long'} gaps followed by a close one)")
+    best = min(costs, key=lambda t: (costs[t], t is not None, t == "1h"))
+    detail = " ".join(f"{t or 'none'}={c / 2:.3f}" for t, c in costs.items())
+    return best, f"per-token cost {detail}; " + "; ".join(shares)
 
 
 def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
