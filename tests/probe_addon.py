@@ -45,7 +45,7 @@ class Probe:
             "rss_kb": _rss_kb(),
             "rows_emitted": getattr(tp, "rows_emitted", None),
             "store_written": getattr(store, "written", None),
-            "store_pending": len(getattr(store, "_pending", ())),
+            "store_pending": getattr(store, "pending", None),
             "store_dropped": getattr(store, "dropped", None),
         }
         flow.response = http.Response.make(200, json.dumps(body).encode(), {"content-type": "application/json"})

@@ -588,3 +588,15 @@ def test_fuzz_never_raises_and_never_corrupts(data):
 def test_model_is_reported_even_when_not_a_messages_request():
     result = insert_markers(b'{"model":"claude-opus-5","prompt":"x"}', None, AUTO)
     assert (result.decision, result.model) == ("not_messages", "claude-opus-5")
+
+
+def test_planning_moves_off_the_event_loop_by_object_count_as_well_as_bytes():
+    from tokenpak_mitm.cache_insert import OFFLOAD_OBJECTS, plan_off_loop
+
+    many = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"} for _ in range(26000)]}).encode()
+    assert len(many) < 1 << 20 and plan_off_loop(many, None)  # 1 MB of tiny blocks: 0.4-0.8 s of planning
+    few = json.dumps({"model": "m", "system": "s" * 500_000, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    assert not plan_off_loop(few, None)  # big but few objects: cheap to plan
+    assert plan_off_loop(b"{" * (OFFLOAD_OBJECTS + 1), None) and not plan_off_loop(b"{" * OFFLOAD_OBJECTS, None)
+    assert plan_off_loop(b"x" * (2 << 20), None)
+    assert len(gzip.compress(many)) < 8192 and plan_off_loop(gzip.compress(many), "gzip")  # compressed: always

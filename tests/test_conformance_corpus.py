@@ -49,6 +49,7 @@ def test_the_corpus_replays_green_through_a_real_mitmdump(tmp_path: Path):
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0" and suite.get("errors") == "0"
     assert int(suite.get("tests") or 0) == len(outcomes) * 13
+    assert junit.stat().st_mode & 0o777 == 0o600  # files the CLI writes are owner-only
 
 
 def test_the_corpus_holds_no_secret():

@@ -345,7 +345,7 @@ def test_disk_full_keeps_rows_until_space_returns(tmp_path: Path):
     frees the disk. Python ignores SIGXFSZ, so only the writes fail."""
     stack = make_stack(tmp_path)
     assert stack.proxy.proc is not None
-    pid = stack.proxy.proc.pid
+    pid = stack.proxy.store_writer_pid()  # the process that writes the database and spill files
     try:
         before = _burst(stack, 3)
         _assert_exactly_once(stack.db, before)

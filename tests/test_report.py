@@ -383,3 +383,11 @@ def test_errors_are_listed_with_their_status_and_type(db: Path, capsys: pytest.C
     assert main(["report", "--db", str(db), "--since", "all"]) == 0
     out = capsys.readouterr().out
     assert "by status and error type" in out and "rate_limit_error" in out and "overloaded_error" in out
+
+
+def test_html_report_file_is_owner_only(db: Path, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text("old")
+    page.chmod(0o644)  # an existing looser file is replaced, not reused
+    assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
+    assert page.stat().st_mode & 0o777 == 0o600 and page.read_text().startswith("<!DOCTYPE html>")

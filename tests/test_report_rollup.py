@@ -19,6 +19,7 @@ import pytest
 from tokenpak_mitm import report_query as rq
 from tokenpak_mitm.report import build_report, report_json
 from tokenpak_mitm.report_query import Filters
+from tokenpak_mitm.row import COLUMNS
 from tokenpak_mitm.store import COLUMN_NAMES, MIGRATIONS, TelemetryStore, connect_readonly, migrate
 
 MODELS = [("anthropic", "claude-sonnet-4-6"), ("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini"), ("gemini", "gemini-2.5-flash"),
@@ -124,7 +125,7 @@ def test_the_migration_fills_the_summaries_from_stored_rows(tmp_path: Path, monk
     for n, script in enumerate(MIGRATIONS[:4], start=1):  # a v4 database, before the summaries existed
         conn.executescript("BEGIN;" + script + f"PRAGMA user_version={n};COMMIT;")
     data = rows(200)
-    names = list(COLUMN_NAMES)
+    names = [c.name for c in COLUMNS if c.since <= 4]  # the columns a v4 database has
     conn.executemany(f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                      [tuple(r[c] for c in names) for r in data])
     conn.commit()

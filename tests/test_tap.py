@@ -79,3 +79,22 @@ def test_buffered_body_of_a_replay_gives_the_same_figures():
     observe_buffered_sse(replay, START + DELTA + END)
     assert replay.tracker.extract == live.tracker.extract
     assert replay.parser.frames == live.parser.frames
+
+
+def test_corrupt_gzip_stream_logs_one_line_and_passes_bytes(caplog):
+    tap = StreamTap(AnthropicTracker(), sse=True, content_encoding="gzip")
+    chunks = [b"\x1f\x8b\x08\x00 not deflate", b"more garbage"]
+    with caplog.at_level("WARNING"):
+        assert [tap(c) for c in chunks] + [tap(b"")] == [*chunks, b""]
+    assert tap.failed
+    lines = [r for r in caplog.records if "tokenpak" in r.getMessage()]
+    assert len(lines) == 1 and "corrupt gzip data" in lines[0].getMessage() and lines[0].exc_info is None
+
+
+def test_a_zstd_bomb_chunk_stops_observation_at_the_cap():
+    from tokenpak_mitm.decoders import MAX_CHUNK_OUTPUT, zstd
+
+    bomb = zstd.compress(b'event: ping\ndata: {"type": "ping"}\n\n' * (4 * MAX_CHUNK_OUTPUT // 35))
+    tap = StreamTap(AnthropicTracker(), sse=True, content_encoding="zstd")
+    assert tap(bomb) is bomb
+    assert tap.failed and tap.parser is not None and tap.parser.frames == 0  # nothing parsed from it

@@ -133,3 +133,67 @@ def test_error_label_for_states_without_status():
     assert error_label({"terminal_state": "completed", "status_code": 200}) is None
     assert error_label({"terminal_state": "error_response", "status_code": 500, "error": "http_500"}) == "500"
     assert error_label({"terminal_state": "client_disconnected", "status_code": 200, "error": "Client disconnected."}) == "Client disconnected."
+
+
+# -- issue 15, point 8 ----------------------------------------------------------------------------
+
+
+def _frames_row(frames: list[bytes], **kw) -> dict:
+    from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+
+    t = AnthropicTracker()
+    for f in frames:
+        t.feed_frame(f)
+    return build_row(record(stream=True, extract=t.extract, **kw))
+
+
+_START = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-6","usage":{"input_tokens":10,"output_tokens":1}}}\n\n'
+_DELTA = b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":42}}\n\n'
+_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+
+def test_usage_of_only_malformed_values_is_absent_not_final():
+    bad = b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":"x","output_tokens":-1}}}\n\n'
+    bad_delta = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":"many"}}\n\n'
+    row = _frames_row([bad, bad_delta, _STOP])
+    assert row["input_tokens"] is None and row["output_tokens"] is None
+    assert row["usage_source"] == "absent"
+
+
+def test_a_reordered_stream_keeps_message_delta_final_output_tokens():
+    row = _frames_row([_DELTA, _START, _STOP])
+    assert row["output_tokens"] == 42 and row["input_tokens"] == 10 and row["usage_source"] == "final"
+
+
+def test_an_anthropic_stream_without_message_delta_or_stop_is_not_completed():
+    row = _frames_row([_START])
+    assert row["terminal_state"] == "upstream_disconnected" and row["usage_source"] == "partial"
+    assert _frames_row([_START, _DELTA, _STOP])["terminal_state"] == "completed"
+    assert _frames_row([_START, _DELTA])["terminal_state"] == "completed"  # final usage arrived
+
+
+def test_frames_naming_their_kind_only_in_the_event_line():
+    start = b'event: message_start\ndata: {"message":{"id":"m","usage":{"input_tokens":10,"output_tokens":1}}}\n\n'
+    delta = b'event: message_delta\ndata: {"delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}\n\n'
+    row = _frames_row([start, delta, b"event: message_stop\ndata: {}\n\n"])
+    assert (row["input_tokens"], row["output_tokens"], row["usage_source"], row["terminal_state"]) == (10, 7, "final", "completed")
+    err = b'event: error\ndata: {"error":{"type":"overloaded_error","message":"busy"}}\n\n'
+    row = _frames_row([start, err])
+    assert row["terminal_state"] == "stream_error" and row["error"] == "overloaded_error"
+
+
+def test_proxy_shutdown_is_a_terminal_state_with_partial_usage():
+    x = extract(Usage(input_tokens=5, output_tokens=3))
+    row = build_row(record(stream=True, extract=x, error_msg="Connection killed.", terminal_override="proxy_shutdown"))
+    assert row["terminal_state"] == "proxy_shutdown" and row["usage_source"] == "partial"
+
+
+def test_the_requests_own_secret_values_leave_the_error_text():
+    x = extract(Usage(), final=False, error_type="gw-token-of-no-shape-123 rejected")
+    row = build_row(record(status_code=401, extract=x, known_secrets=("gw-token-of-no-shape-123",)))
+    assert "gw-token" not in row["error"]
+
+
+def test_a_body_not_parsed_says_why():
+    row = build_row(record(observe_note="response_body_too_large"))
+    assert row["error"] == "response_body_too_large" and row["terminal_state"] == "completed" and row["usage_source"] == "absent"

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,10 +37,12 @@ from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
 from tokenpak_mitm.cache_facts import TTL_SECONDS
-from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers
+from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.cache_miss import miss_cost_usd
+from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
+from tokenpak_mitm.offload import Offloader
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
@@ -57,6 +59,7 @@ from tokenpak_mitm.sessions import SessionTracker, UsageFacts
 from tokenpak_mitm.sessions import Ticket as SessionTicket
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
+from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label
 
@@ -65,8 +68,13 @@ logger = logging.getLogger("tokenpak")
 CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h", "auto")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
-OFFLOAD_BYTES = 1 << 20  # request bodies above this are planned in a worker thread
 SHAPE_OFFLOAD_BYTES = 32 << 10  # request bodies above this are fingerprinted for the session tracker in a worker thread
+INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded and parsed in a worker thread
+MAX_OBSERVED_BODY = 16 * 1024 * 1024  # and above this not parsed at all (the row says so)
+
+
+class _Heavy(Exception):
+    """Raised on the event loop when a body is too big to decode or parse there."""
 
 
 @dataclass(slots=True)
@@ -94,12 +102,14 @@ class TokenPak:
 
     def __init__(self) -> None:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowState] = weakref.WeakKeyDictionary()
-        self.store: TelemetryStore | None = None
+        self.store: StoreProcess | TelemetryStore | None = None
         self.otel: OtelExporter | None = None
         self.rows_emitted = 0
         # Option values read per request are copied here in `configure`: ctx.options lookups
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
+        self._secret_names: frozenset[str] = frozenset()
+        self._offload = Offloader()  # planning of heavy bodies, in a worker process
         self._cache_opts = CacheOptions()
         # What the cache planners remember (prefix digests and timings, never content), one per
         # proxy, Anthropic and OpenAI requests alike (digests are seeded by API, so they never
@@ -122,6 +132,7 @@ class TokenPak:
         loader.add_option("tokenpak_cache_history", str, "true", "Let the cache planner learn from the traffic it sees (true), or decide each request alone by fixed rules (false).")
         loader.add_option("tokenpak_cache_index", str, "", "File where the cache planner keeps prefix digests and timings across restarts (never content); empty: memory only.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
+        loader.add_option("tokenpak_secret_headers", Sequence[str], [], "Extra request header names whose values are secrets (besides any name containing auth, token, key, secret, session, cookie, password, signature or credential).")
         loader.add_option("tokenpak_quiet", str, "false",
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
@@ -144,6 +155,7 @@ class TokenPak:
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
+        self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
             console = parse_bool("tokenpak_console", opts.tokenpak_console)
@@ -162,7 +174,7 @@ class TokenPak:
                 # Before the store starts writing: were requests recorded by an earlier run within
                 # the longest TTL? Their cache entries may still be live, unknown to this tracker.
                 self.sessions.blind_until = _blind_until(last_request_at(path), time.time())
-                self.store = TelemetryStore(path)
+                self.store = _make_store(path)
                 self.store.start()
 
         try:
@@ -225,6 +237,7 @@ class TokenPak:
 
     def done(self) -> None:
         self._save_index()
+        self._offload.close()
         if self.otel is not None:
             self.otel.shutdown()
         if self.store is not None:
@@ -398,18 +411,23 @@ class TokenPak:
         encoding = flow.request.headers.get("content-encoding")
         opts, now = self._cache_opts, flow.request.timestamp_start
         plan: Callable[[], InsertResult]
+        stateless = True  # a pure function of its arguments: may run in the worker process
         if st.route.dialect in ("openai_chat", "openai_responses"):
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
             plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
                            memory=self.memory if self._history else None, now=now)
+            stateless = False  # it may update this process's planner memory
         else:
-            plan = partial(insert_markers, body, encoding, opts, self.memory if self._history else None, now)
-        if len(body) > OFFLOAD_BYTES:
-            # Parsing a huge prompt would stall every other connection on mitmproxy's single
-            # event-loop thread; in a worker thread only this flow waits.
-            result = await asyncio.to_thread(plan)
+            memory = self.memory if self._history else None
+            plan = partial(insert_markers, body, encoding, opts, memory, now)
+            stateless = memory is None  # the learning planner updates this process's memory
+        if plan_off_loop(body, encoding):
+            # Planning a big or many-block prompt would stall every other connection on mitmproxy's
+            # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
+            # process only this flow waits. Stateful planning stays in this process, in a thread.
+            result = await (self._offload.run(plan) if stateless else asyncio.to_thread(plan))
         else:
             result = plan()
         st.ticket = result.ticket
@@ -447,12 +465,26 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not attach the stream observer; response passes through")
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         st = self._flows.get(flow)
         if st is None or st.emitted or flow.error is not None:
-            return  # a replayed cut-short flow gets `response` then `error`: the error reports it
+            return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         try:
-            self._observe_body(flow, st)
+            self._observe_body(flow, st, inline=True)
+        except _Heavy:
+            # A big (or bomb-sized) body: decoding and parsing it would stall every other stream on
+            # mitmproxy's one event-loop thread. mitmproxy awaits what a hook returns, so only this
+            # flow waits for the worker thread; the common small body never leaves the loop.
+            return self._observe_off_loop(flow, st)
+        except Exception:
+            logger.exception("tokenpak: could not read the response; recording proxy_error")
+            st.record.terminal_override = "proxy_error"
+        self._emit(flow, st)
+        return None
+
+    async def _observe_off_loop(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        try:
+            await asyncio.to_thread(self._observe_body, flow, st, False)
         except Exception:
             logger.exception("tokenpak: could not read the response; recording proxy_error")
             st.record.terminal_override = "proxy_error"
@@ -469,7 +501,14 @@ class TokenPak:
             elif st.tap is not None:
                 st.tap.close()
             # mitmproxy's error text can quote upstream bytes, which can echo the client's own token.
-            st.record.error_msg = redact_text(flow.error.msg, secret_values(flow.request.headers.items(), flow.request.path)) if flow.error else "unknown error"
+            st.record.error_msg = redact_text(flow.error.msg, self._known_secrets(flow)) if flow.error else "unknown error"
+            meta = flow.metadata.get(META)
+            if st.live and _shutting_down():
+                st.record.terminal_override = "proxy_shutdown"  # cut by our own stop, not by a peer
+                if isinstance(meta, dict):
+                    meta["proxy_shutdown"] = True  # saved with a recording: its replay agrees
+            elif not st.live and st.earlier is not None and st.earlier.get("proxy_shutdown"):
+                st.record.terminal_override = "proxy_shutdown"
             if st.live or st.earlier is None or "closed_by" not in st.earlier:
                 st.record.closed_by = closed_by(flow)
             else:
@@ -479,7 +518,9 @@ class TokenPak:
             st.record.terminal_override = "proxy_error"
         self._emit(flow, st)
 
-    def _observe_body(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+    def _observe_body(self, flow: http.HTTPFlow, st: _FlowState, inline: bool = False) -> None:
+        """Feed the buffered response to the tracker. ``inline`` (on the event loop): raise
+        ``_Heavy`` rather than decode or parse more than a few milliseconds' worth."""
         resp = flow.response
         assert resp is not None
         tap = st.tap
@@ -499,16 +540,33 @@ class TokenPak:
             st.tap = tap
             st.record.stream = True
             return
+        if inline and len(body) > INLINE_PARSE_BYTES:
+            raise _Heavy
         try:
-            decoded = resp.get_content(strict=False) or b""
-        except ValueError:
-            decoded = body
+            decoded = decode_body(body, resp.headers.get("content-encoding"), INLINE_PARSE_BYTES if inline else MAX_OBSERVED_BODY, strict=False)
+        except DecodeLimit:
+            if inline:
+                raise _Heavy from None
+            logger.warning("tokenpak: a response body decodes to more than %d bytes; not parsed (usage unknown)", MAX_OBSERVED_BODY)
+            st.record.observe_note = "response_body_too_large"
+            return
+        except DecodeError as e:
+            logger.warning("tokenpak: response body not decoded (%s); usage unknown, bytes passed through unchanged", e)
+            st.record.observe_note = "response_body_undecodable"
+            return
         st.tracker.feed_body(decoded, resp.status_code)
+
+    def _known_secrets(self, flow: http.HTTPFlow) -> tuple[str, ...]:
+        """This request's own secret values, each repeated header on its own (``fields``)."""
+        return secret_values(flow.request.headers.fields, flow.request.path, self._secret_names)
 
     def _emit(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         st.emitted = True
         try:
             self._fill_timing(flow, st)
+            rec = st.record
+            if rec.error_msg is not None or (rec.status_code or 0) >= 400 or rec.extract.stream_error:
+                rec.known_secrets = self._known_secrets(flow)  # the row's error text may echo them
             row = build_row(st.record)
         except Exception:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
@@ -578,6 +636,29 @@ class TokenPak:
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
                      proxy_request_ms=rec.proxy_request_ms)
         flow.metadata[META] = stash
+
+
+def _make_store(path: str) -> StoreProcess | TelemetryStore:
+    """SQLite in its own process, so its faults (a truncated ``-shm``: SIGBUS) never reach the proxy.
+
+    A frozen mitmdump (the standalone binaries) has no Python to start ``-m store_writer`` with:
+    there the store runs in-process, as before, and says so.
+    """
+    if getattr(sys, "frozen", False):
+        logger.warning("tokenpak: frozen mitmdump: the telemetry store runs inside the proxy process (no fault isolation)")
+        store: StoreProcess | TelemetryStore = TelemetryStore(path)
+    else:
+        store = StoreProcess(path)
+    return store
+
+
+def _shutting_down() -> bool:
+    """True once mitmproxy has been asked to stop (SIGTERM, SIGINT, ``q``): flows failing from
+    then on were cut by the proxy's own shutdown, whatever text their error carries."""
+    try:
+        return bool(ctx.master.should_exit.is_set())
+    except AttributeError:  # no master (unit tests driving the hooks directly)
+        return False
 
 
 def _blind_until(last: float | None, now: float) -> float | None:

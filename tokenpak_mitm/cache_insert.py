@@ -23,17 +23,31 @@ import brotli
 
 from . import learning_planner
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Sizes, count_markers, marker_for, plan
-from .decoders import zstd
+from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
 from .learning_planner import Memory, Ticket
 from .row import CacheDecision
 
 __all__ = [
     "CacheOptions", "Span", "InsertResult", "insert_markers", "remove_spans", "count_markers",
-    "DECISIONS", "MAX_BODY_BYTES",
+    "DECISIONS", "MAX_BODY_BYTES", "plan_off_loop",
 ]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # raw and decoded cap; twice the API's 32 MB request limit
+# Planning costs ~10-20 us per JSON object (block, message) on this 2-core VM, whatever its size:
+# a 1 MB body of 32k tiny messages took 0.4-0.8 s. So the off-event-loop decision counts objects
+# (a C-speed byte count) as well as bytes; 200 objects is about 2-4 ms of planning.
+OFFLOAD_BYTES = 1 << 20
+OFFLOAD_OBJECTS = 200
+
+
+def plan_off_loop(body: bytes, content_encoding: str | None) -> bool:
+    """Whether planning this request body may take more than a few milliseconds (pure, O(n) in C)."""
+    if len(body) > OFFLOAD_BYTES:
+        return True
+    if codings(content_encoding):
+        return True  # a compressed body hides its size and object count (4 KB can hold 1 MB of blocks)
+    return body.count(b"{") > OFFLOAD_OBJECTS
 
 
 @dataclass(frozen=True)
@@ -258,13 +272,10 @@ def _markers_landed(spliced: bytes, decided: Plan, opts: CacheOptions) -> bool:
     return count_markers(result)[0] == len(decided.breakpoints)
 
 
-# ---- Content-Encoding ---------------------------------------------------------------
+# ---- Content-Encoding (decoding lives in `decoders`; re-encoding with the same flavor here) ----
 
 class _TooLarge(Exception):
     pass
-
-
-_INPUT_CHUNK = 1024  # zstd can expand ~32000x: 1 KiB of input bounds one step's output to ~32 MiB
 
 
 @dataclass(frozen=True)
@@ -275,47 +286,23 @@ class _Codec:
 
 def _normalize_encoding(header: str | None) -> str | None:
     """'gzip', 'br', ... lower-cased; None for identity; stacked codings are kept as written."""
-    if header is None:
-        return None
-    codings = [c.strip().lower() for c in str(header).split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    return ", ".join(codings) or None
+    return ", ".join(codings(header)) or None
 
 
-def _decode_frames(data: bytes, new_decoder: Callable[[], object], multi: bool) -> bytes:
-    """Stream-decode (bounded) one frame, or consecutive frames/members when `multi`."""
-    out: list[bytes] = []
-    total = 0
-    rest = data
-    while True:
-        decoder = new_decoder()
-        view, pos = memoryview(rest), 0
-        while not decoder.eof and pos < len(view):  # type: ignore[attr-defined]
-            piece = decoder.decompress(view[pos:pos + _INPUT_CHUNK])  # type: ignore[attr-defined]
-            pos += _INPUT_CHUNK
-            total += len(piece)
-            if total > MAX_BODY_BYTES:
-                raise _TooLarge
-            out.append(piece)
-        if not decoder.eof:  # type: ignore[attr-defined]
-            raise ValueError("truncated compressed body")
-        rest = decoder.unused_data + bytes(view[pos:])  # type: ignore[attr-defined]
-        if not rest:
-            return b"".join(out)
-        if not multi:
-            raise ValueError("trailing data after compressed body")
+def _decoded(data: bytes, coding: str) -> bytes:
+    try:
+        return decode_body(data, coding, MAX_BODY_BYTES, strict=True)
+    except DecodeLimit:
+        raise _TooLarge from None
 
 
 def _gunzip(data: bytes) -> tuple[bytes, int]:
-    return _decode_frames(data, lambda: zlib.decompressobj(31), multi=True), 31
+    return _decoded(data, "gzip"), 31
 
 
 def _inflate(data: bytes) -> tuple[bytes, int]:
     """HTTP 'deflate' is zlib-wrapped (RFC 9110), but some clients send raw deflate: accept both."""
-    try:
-        return _decode_frames(data, lambda: zlib.decompressobj(15), multi=False), 15
-    except zlib.error:
-        return _decode_frames(data, lambda: zlib.decompressobj(-15), multi=False), -15
+    return _decoded(data, "deflate"), (15 if deflate_is_zlib(data) else -15)
 
 
 def _zlib_encode(data: bytes, wbits: int) -> bytes:
@@ -323,31 +310,10 @@ def _zlib_encode(data: bytes, wbits: int) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def _unbrotli(data: bytes) -> tuple[bytes, int]:
-    decoder = brotli.Decompressor()
-    out = [decoder.process(data, output_buffer_limit=MAX_BODY_BYTES + 1)]
-    total = len(out[0])
-    while total <= MAX_BODY_BYTES and not decoder.can_accept_more_data():
-        piece = decoder.process(b"", output_buffer_limit=MAX_BODY_BYTES + 1 - total)
-        if not piece:
-            break
-        out.append(piece)
-        total += len(piece)
-    if total > MAX_BODY_BYTES:
-        raise _TooLarge
-    if not decoder.is_finished():
-        raise ValueError("truncated brotli body")
-    return b"".join(out), 0
-
-
-def _unzstd(data: bytes) -> tuple[bytes, int]:
-    return _decode_frames(data, zstd.ZstdDecompressor, multi=True), 0
-
-
 _CODECS: dict[str, _Codec] = {
     "gzip": _Codec(_gunzip, _zlib_encode),
     "x-gzip": _Codec(_gunzip, _zlib_encode),
     "deflate": _Codec(_inflate, _zlib_encode),
-    "br": _Codec(_unbrotli, lambda data, _: brotli.compress(data, quality=4)),
-    "zstd": _Codec(_unzstd, lambda data, _: zstd.compress(data, level=3)),
+    "br": _Codec(lambda data: (_decoded(data, "br"), 0), lambda data, _: brotli.compress(data, quality=4)),
+    "zstd": _Codec(lambda data: (_decoded(data, "zstd"), 0), lambda data, _: zstd.compress(data, level=3)),
 }

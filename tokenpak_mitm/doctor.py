@@ -184,7 +184,7 @@ def check_ca(confdir: Path, required: bool) -> list[Check]:
 
 def check_database(path: Path) -> list[Check]:
     """Open the database the way the proxy does, take the write lock, release it, write nothing."""
-    from tokenpak_mitm.store import SPILL_SUFFIX, _open
+    from tokenpak_mitm.store import _open
 
     try:
         conn = _open(path)
@@ -197,12 +197,28 @@ def check_database(path: Path) -> list[Check]:
             conn.close()
     except (sqlite3.Error, OSError) as e:
         return [Check("database", "fail", f"{path} is not writable: {type(e).__name__}: {e}",
-                      f"make {path.parent} writable by you, or point the proxy elsewhere: --set tokenpak_db=PATH (and tokenpak report --db PATH)")]
+                      f"make {path.parent} writable by you, or point the proxy elsewhere: --set tokenpak_db=PATH (and tokenpak report --db PATH)"),
+                *check_losses(path)]
     out = [Check("database", "ok", f"{path} writable, schema v{version}, {rows} rows")]
-    spill = Path(str(path) + SPILL_SUFFIX)
-    if spill.exists():
-        out.append(Check("spilled rows", "warn", f"{spill} holds rows written while the database was unavailable",
-                         "start the proxy: it imports them on start"))
+    out.extend(check_losses(path))
+    return out
+
+
+def check_losses(path: Path) -> list[Check]:
+    """Spilled rows waiting for the next start, and rows lost (counted by the store's loss ledger)."""
+    from tokenpak_mitm.store import loss_ledger_paths, losses, spill_paths
+
+    out = []
+    for spill in spill_paths(path):
+        if spill.exists():
+            out.append(Check("spilled rows", "warn", f"{spill} holds rows written while the database was unavailable",
+                             "start the proxy: it imports them on start"))
+    lost, reasons = losses(path)
+    if lost:
+        out.append(Check("lost rows", "warn", f"{lost} telemetry rows could be neither written nor spilled ({'; '.join(reasons[:3])})",
+                         f"free disk space / fix permissions; delete {loss_ledger_paths(path)[0]} to reset the count"))
+    else:
+        out.append(Check("lost rows", "ok", "none recorded"))
     return out
 
 

@@ -19,13 +19,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import http
-from mitmproxy.net import encoding
 
-from tokenpak_mitm.redact import PLACEHOLDER, SECRET_HEADERS, redact_text, secret_values
+from tokenpak_mitm.decoders import DecodeError, decode_body
+from tokenpak_mitm.redact import (
+    PLACEHOLDER,
+    is_secret_header,
+    redact_text,
+    secret_values,
+)
 
 __all__ = ["redact_bytes", "redact_headers", "redact_recorded_flow", "redact_request_bodies"]
 
 _PLACEHOLDER_B = PLACEHOLDER.encode()
+MAX_DECODED = 64 * 1024 * 1024  # a recorded body decoded for redaction never costs more than this
 
 
 def redact_bytes(data: bytes, known: Sequence[str] = ()) -> bytes:
@@ -38,12 +44,14 @@ def redact_bytes(data: bytes, known: Sequence[str] = ()) -> bytes:
     return data if out == text else (out or "").encode("utf-8", "surrogateescape")
 
 
-def redact_headers(fields: list[tuple[bytes, bytes]], known: Sequence[str] = ()) -> tuple[list[tuple[bytes, bytes]], int]:
-    """(redacted header fields, how many values changed)."""
+def redact_headers(
+    fields: list[tuple[bytes, bytes]], known: Sequence[str] = (), extra: frozenset[str] = frozenset()
+) -> tuple[list[tuple[bytes, bytes]], int]:
+    """(redacted header fields, how many values changed); each repeated field on its own."""
     out: list[tuple[bytes, bytes]] = []
     changed = 0
     for name, value in fields:
-        if name.decode("latin-1").lower() in SECRET_HEADERS:
+        if is_secret_header(name, extra):
             new = _PLACEHOLDER_B
         else:
             new = redact_bytes(value, known)
@@ -119,8 +127,8 @@ def _decode_if_secret(message: http.Message, notes: dict[str, Any], label: str, 
     if not enc or not message.raw_content:
         return None
     try:
-        plain = encoding.decode(message.raw_content, enc)
-    except ValueError:
+        plain = decode_body(message.raw_content, enc, MAX_DECODED, strict=False)
+    except DecodeError:  # corrupt, or a bomb: left encoded (the secret scan of the file still runs)
         return None
     if isinstance(plain, bytes) and redact_bytes(plain, known) != plain:
         message.raw_content = plain
@@ -130,35 +138,37 @@ def _decode_if_secret(message: http.Message, notes: dict[str, Any], label: str, 
     return None
 
 
-def redact_recorded_flow(f: http.HTTPFlow, record: dict[str, Any]) -> int:
-    """Redact a detached flow and its recording metadata in place; returns how many values changed."""
+def redact_recorded_flow(f: http.HTTPFlow, record: dict[str, Any], extra: frozenset[str] = frozenset()) -> int:
+    """Redact a detached flow and its recording metadata in place; returns how many values changed.
+
+    ``extra``: header names the user declared secret (``tokenpak_secret_headers``)."""
     changed = 0
     req = f.request
     # The request's own secret values, read before its headers are redacted: an upstream may echo
     # a token of no recognisable shape (a gateway key) into a body or an error message.
     client = record.get("client") or {}
     client_headers = [(_text(k), _text(v)) for k, v in client.get("headers") or []]
-    known = secret_values([*req.headers.items(), *client_headers], req.path)
+    known = secret_values([*req.headers.fields, *client_headers], req.path, extra)
     req_enc = _decode_if_secret(req, record, "request", known)
     if req_enc and (record.get("client") or {}).get("body") is not None:
         try:
-            record["client"]["body"] = encoding.decode(record["client"]["body"], req_enc)
-        except ValueError:
+            record["client"]["body"] = decode_body(record["client"]["body"], req_enc, MAX_DECODED, strict=False)
+        except DecodeError:
             record["client"]["body"] = b""
     if f.response is not None:
         _decode_if_secret(f.response, record, "response", known)
         if record.get("response_decoded_for_redaction"):
             record.setdefault("response", {})["chunks"] = [[0.0, len(f.response.raw_content or b"")]]
-    fields, n = redact_headers(list(req.headers.fields), known)
+    fields, n = redact_headers(list(req.headers.fields), known, extra)
     req.headers.fields, changed = tuple(fields), changed + n
     new_path = redact_text(req.path, known) or req.path
     if new_path != req.path:
         req.path, changed = new_path, changed + 1
     if req.trailers is not None:
-        fields, n = redact_headers(list(req.trailers.fields), known)
+        fields, n = redact_headers(list(req.trailers.fields), known, extra)
         req.trailers.fields, changed = tuple(fields), changed + n
     if client.get("headers") is not None:
-        fields, n = redact_headers([(k, v) for k, v in client["headers"]], known)
+        fields, n = redact_headers([(k, v) for k, v in client["headers"]], known, extra)
         client["headers"], changed = [[k, v] for k, v in fields], changed + n
     if client.get("path"):
         client["path"] = redact_text(client["path"], known)
@@ -173,10 +183,10 @@ def redact_recorded_flow(f: http.HTTPFlow, record: dict[str, Any]) -> int:
         req.raw_content = new
     resp = f.response
     if resp is not None:
-        fields, n = redact_headers(list(resp.headers.fields), known)
+        fields, n = redact_headers(list(resp.headers.fields), known, extra)
         resp.headers.fields, changed = tuple(fields), changed + n
         if resp.trailers is not None:
-            fields, n = redact_headers(list(resp.trailers.fields), known)
+            fields, n = redact_headers(list(resp.trailers.fields), known, extra)
             resp.trailers.fields, changed = tuple(fields), changed + n
         if resp.raw_content:
             chunks = (record.get("response") or {}).get("chunks") or [[0.0, len(resp.raw_content)]]

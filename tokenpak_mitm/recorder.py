@@ -106,6 +106,7 @@ class _Writer:
         self._thread.start()
         self.written: list[Path] = []
         self.dropped = 0
+        self.secret_headers: frozenset[str] = frozenset()  # user-declared secret header names
 
     def submit(self, path: Path, state: dict[str, Any], size: int) -> bool:
         with self._lock:
@@ -136,7 +137,7 @@ class _Writer:
         f = http.HTTPFlow.from_state(state)
         assert isinstance(f, http.HTTPFlow)
         record = f.metadata[RECORD_KEY]
-        record["redactions"] = redact_recorded_flow(f, record)
+        record["redactions"] = redact_recorded_flow(f, record, self.secret_headers)
         buf = BytesIO()
         io.FlowWriter(buf).add(f)
         data = buf.getvalue()
@@ -182,6 +183,8 @@ class Recorder:
                 raise exceptions.OptionsError(str(e)) from e
         if "tokenpak_record" in updated:
             self._set_directory(opts.tokenpak_record)
+        if self._writer is not None:  # the option belongs to TokenPak; absent when used alone
+            self._writer.secret_headers = frozenset(n.lower() for n in getattr(opts, "tokenpak_secret_headers", ()) or ())
 
     def _set_directory(self, value: str) -> None:
         if not value:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
+from tokenpak_mitm.files import write_private
 from tokenpak_mitm.report import BUCKETS, CACHE_HIT_RATIO_DEFINITION, Report, money, ms, ratio
 
 __all__ = ["render_html", "write_html", "bar_chart", "line_chart"]
@@ -296,5 +297,4 @@ def render_html(report: Report, db: str | None = None, sections: str = "") -> st
 
 
 def write_html(report: Report, path: Path, db: str | None = None, sections: str = "") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(report, db, sections), encoding="utf-8")
+    write_private(path, render_html(report, db, sections))  # owner-only, like every file the CLI writes

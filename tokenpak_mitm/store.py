@@ -7,8 +7,14 @@ Why it looks like this:
 * ``request_key`` (the flow id) is UNIQUE and inserts are ``INSERT OR IGNORE``: a row can never be
   doubled, even if a path reports twice or a spill file is imported again.
 * When the database cannot be written (read-only, deleted directory, locked, disk full), rows
-  are kept in memory (bounded) and appended to a JSONL spill file beside the database; the next
-  start imports the spill file. A clean shutdown flushes everything.
+  are kept in memory (bounded) and appended to a JSONL spill file beside the database, or, when
+  that directory cannot be written either, to an owner-only fallback in the system temp
+  directory; the next start imports both. A clean shutdown flushes everything.
+* No row disappears without a count: a row that can be neither written nor spilled is counted
+  as lost, logged at the time and again at close, and appended to a loss ledger that
+  ``tokenpak doctor`` reads (see ``losses``).
+* In the proxy this class runs in a separate writer process (``store_writer``), so a fault of
+  SQLite itself (a truncated memory-mapped ``-shm`` raises SIGBUS) costs rows, never the proxy.
 * The schema is versioned with ``PRAGMA user_version`` and upgraded by migrations, so users keep
   their history across upgrades. WAL lets ``tokenpak report`` read while the proxy writes.
 * Files are created owner-only (0600); the database holds no secrets by construction.
@@ -16,23 +22,48 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import queue
 import sqlite3
+import stat
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; appends and imports are then not coordinated across processes
+    fcntl = None  # type: ignore[assignment]
 
 from tokenpak_mitm import report_query, report_rollup
 from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
 from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
 
-__all__ = ["TelemetryStore", "COLUMNS", "COLUMN_NAMES", "MIGRATIONS", "add_columns", "connect_readonly", "default_db_path", "last_request_at", "migrate"]
+__all__ = [
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "MIGRATIONS",
+    "TelemetryStore",
+    "add_columns",
+    "append_jsonl",
+    "connect_readonly",
+    "default_db_path",
+    "fallback_spill_path",
+    "last_request_at",
+    "loss_ledger_paths",
+    "losses",
+    "migrate",
+    "record_loss",
+    "spill_paths",
+    "take_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +117,9 @@ FLUSH_INTERVAL = 0.2  # seconds; a crash loses at most this window (plus LINGER)
 LINGER = 0.1  # seconds a batch may wait for more rows before it is written
 
 
+LOSS_SUFFIX = ".lost.jsonl"
+
+
 def default_db_path() -> Path:
     return Path(os.environ.get("TOKENPAK_HOME", Path.home() / ".tokenpak")) / "tokenpak.db"
 
@@ -135,6 +169,137 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _fallback_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"tokenpak-{_uid()}"
+
+
+def _fallback_dir() -> Path:
+    """An owner-only directory in the system temp dir (created 0700, refused if not ours)."""
+    d = _fallback_root()
+    d.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != _uid() or st.st_mode & 0o077:
+        raise PermissionError(f"{d} is not an owner-only directory of ours")
+    return d
+
+
+def _fallback_name(db: Path, suffix: str) -> str:
+    digest = hashlib.sha256(str(db.expanduser().absolute()).encode()).hexdigest()[:16]
+    return f"{db.name}-{digest}{suffix}"
+
+
+def fallback_spill_path(db: Path) -> Path:
+    """The second spill location for ``db``: used when the database's own directory refuses."""
+    return _fallback_root() / _fallback_name(db, SPILL_SUFFIX)
+
+
+def spill_paths(db: Path) -> tuple[Path, Path]:
+    """Where rows of ``db`` may be spilled, in the order they are tried."""
+    return Path(str(db) + SPILL_SUFFIX), fallback_spill_path(db)
+
+
+def loss_ledger_paths(db: Path) -> tuple[Path, Path]:
+    return Path(str(db) + LOSS_SUFFIX), _fallback_root() / _fallback_name(db, LOSS_SUFFIX)
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a planted symlink is not followed (POSIX)
+
+
+def _uid() -> int:
+    return os.getuid() if hasattr(os, "getuid") else 0
+
+
+def _lock(fd: int) -> None:
+    """An exclusive lock on the open file, released when ``fd`` is closed."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append rows to an owner-only JSONL file under an exclusive lock; raises OSError.
+
+    The lock (and the re-check that the path still names the locked file) makes appends from
+    the proxy and from the writer process safe against an import that takes the file away.
+    """
+    data = "".join(json.dumps(dict(r), separators=(",", ":"), default=str) + "\n" for r in rows).encode()
+    if path.parent == _fallback_root():
+        _fallback_dir()  # created owner-only, and refused if someone else made it first
+    for _ in range(5):
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | _NOFOLLOW, 0o600)
+        try:
+            _lock(fd)
+            if _identity(path) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                continue  # imported and removed while we waited: append to the new file
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            return
+        finally:
+            os.close(fd)
+    raise OSError("spill file keeps being replaced")
+
+
+def take_jsonl(path: Path, consume: Callable[[list[dict[str, Any]]], None]) -> int:
+    """Read every row of ``path``, hand them to ``consume`` and remove the file, under the lock.
+
+    ``consume`` raising leaves the file in place. Returns how many rows were consumed.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW)
+    except FileNotFoundError:
+        return 0
+    try:
+        _lock(fd)
+        if _identity(path) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            return 0
+        rows: list[dict[str, Any]] = []
+        with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from a crash
+                if isinstance(row, dict) and isinstance(row.get("request_key"), str):
+                    rows.append(row)
+        consume(rows)
+        os.unlink(path)
+        return len(rows)
+    finally:
+        os.close(fd)
+
+
+def record_loss(db: Path, count: int, reason: str) -> Path | None:
+    """Append a loss entry to the ledger beside ``db`` (or its fallback); None if neither took it."""
+    entry = {"at": time.time(), "lost": count, "reason": reason}
+    for path in loss_ledger_paths(db):
+        try:
+            append_jsonl(path, [entry])
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def losses(db: Path) -> tuple[int, list[str]]:
+    """(rows lost in total, the distinct reasons) from the loss ledgers of ``db``."""
+    total, reasons = 0, []
+    for path in loss_ledger_paths(db):
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                total += int(entry["lost"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if entry.get("reason") not in reasons:
+                reasons.append(str(entry.get("reason")))
+    return total, reasons
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the newest version in place; returns that version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -166,11 +331,23 @@ def last_request_at(path: str | os.PathLike[str]) -> float | None:
 
 
 class TelemetryStore:
-    """Queue rows from any thread; a daemon thread writes them. ``close`` flushes everything."""
+    """Queue rows from any thread; a daemon thread writes them. ``close`` flushes everything.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``on_durable`` (called on the writer thread) receives the keys of rows that are safe: written
+    to the database or appended to a spill file. The writer process acknowledges rows with it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        on_durable: Callable[[list[str]], None] | None = None,
+        on_lost: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.path = Path(path).expanduser()
-        self.spill_path = Path(str(self.path) + SPILL_SUFFIX)
+        self.spill_paths = spill_paths(self.path)
+        self.spill_path = self.spill_paths[0]
+        self._on_durable = on_durable
+        self._on_lost = on_lost  # keys of rows counted as lost here (so nobody counts them twice)
         self._queue: queue.SimpleQueue[TelemetryRow | None] = queue.SimpleQueue()
         self._pending: deque[TelemetryRow] = deque()
         self._conn: sqlite3.Connection | None = None
@@ -178,9 +355,12 @@ class TelemetryStore:
         self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
         self._closed = threading.Event()
         self.written = 0
-        self.dropped = 0
+        self.spilled = 0
+        self.dropped = 0  # rows lost: neither written nor spilled (see ``lost_reason``)
+        self.lost_reason: str | None = None
         self.last_error: str | None = None
         self._warned = False
+        self._fallback_warned = False
         self._spilled_keys: set[str] = set()
 
     def start(self) -> None:
@@ -197,16 +377,18 @@ class TelemetryStore:
         if not isinstance(row, TelemetryRow):
             row = TelemetryRow.from_mapping(row)
         if self._closed.is_set():
-            self._spill([row])
+            if not self._spill([row]):
+                self._lose([row])
             return
         self._queue.put(row)
 
     def close(self, timeout: float = 10.0) -> None:
         self._closed.set()
-        if not self._thread.is_alive():
-            return
-        self._queue.put(None)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        if self.dropped:
+            logger.error("tokenpak: store closed with %d rows LOST (%s); see %s", self.dropped, self.lost_reason, loss_ledger_paths(self.path)[0])
 
     # -- writer thread --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -246,10 +428,24 @@ class TelemetryStore:
                 self._drop_connection()
                 time.sleep(0.05)
         fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
-        if fresh:
-            self._spill(fresh)
+        if fresh and not self._spill(fresh):
+            self._lose(fresh)
         self._pending.clear()
         self._drop_connection()
+
+    def _durable(self, rows: Iterable[TelemetryRow]) -> None:
+        if self._on_durable is not None:
+            self._on_durable([r.request_key for r in rows])
+
+    def _lose(self, rows: list[TelemetryRow]) -> None:
+        """Count, log and ledger rows that could be neither written nor spilled."""
+        n = len(rows)
+        self.dropped += n
+        if self._on_lost is not None:
+            self._on_lost([r.request_key for r in rows])
+        self.lost_reason = self.last_error or "unknown"
+        logger.error("tokenpak: %d telemetry rows LOST: %s could not be written and no spill file could be (%s)", n, self.path, self.lost_reason)
+        record_loss(self.path, n, self.lost_reason)
 
     def _connect(self) -> bool:
         if self._conn is not None and _identity(self.path) != self._conn_identity:
@@ -289,6 +485,7 @@ class TelemetryStore:
             self._overflow()
             return
         self._pending.clear()
+        self._durable(rows)
         if self._warned:
             logger.warning("tokenpak: database %s writable again; pending rows written", self.path)
             self._warned = False
@@ -310,51 +507,60 @@ class TelemetryStore:
             raise
         self.written += len(values)
 
+    def _insert_stored(self, rows: list[dict[str, Any]]) -> None:
+        # Keys of another version's schema are left out; a row without its start time could not be
+        # stored (NOT NULL) and is skipped, as before.
+        self._insert([TelemetryRow.from_stored(r) for r in rows if r.get("started_at") is not None])
+
     def _overflow(self) -> None:
         """Database unavailable: spill to JSONL so a crash loses nothing; keep memory bounded."""
         fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
         if fresh and self._spill(fresh):
-            self._spilled_keys.update(r.request_key for r in fresh)
+            self._spilled_keys.update(str(r.request_key) for r in fresh)
+        lost: list[TelemetryRow] = []
         while len(self._pending) > MAX_PENDING:
-            self._pending.popleft()
-            self.dropped += 1
+            old = self._pending.popleft()
+            if old.request_key not in self._spilled_keys:
+                lost.append(old)  # neither in the database nor in a spill file: counted, never silent
+        if lost:
+            self._lose(lost)
 
     def _spill(self, rows: list[TelemetryRow]) -> bool:
-        try:
-            fd = os.open(self.spill_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps(dict(r), separators=(",", ":"), default=str) + "\n")
+        """Append rows to the first spill location that takes them; False when none does."""
+        for n, path in enumerate(self.spill_paths):
+            try:
+                append_jsonl(path, rows)
+            except OSError as e:
+                self._note_failure(e)
+                continue
+            if n and not self._fallback_warned:
+                logger.warning("tokenpak: %s cannot be written; spilling rows to the fallback %s", self.spill_path, path)
+                self._fallback_warned = True
+            self.spilled += len(rows)
+            self._durable(rows)
             return True
-        except OSError as e:
-            self._note_failure(e)
-            return False
+        return False
 
     def _import_spill(self) -> None:
-        if self._conn is None or not self.spill_path.exists():
+        if self._conn is None:
             return
-        rows: list[TelemetryRow] = []
-        try:
-            with open(self.spill_path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except ValueError:
-                        continue  # a torn last line from a crash
-                    # Keys of another version's schema are left out; a row without its key or start
-                    # time could not be stored (NOT NULL) and is skipped, as before.
-                    if isinstance(row, dict) and isinstance(row.get("request_key"), str) and row.get("started_at") is not None:
-                        rows.append(TelemetryRow.from_stored(row))
-            self._insert(rows)  # INSERT OR IGNORE: rows already written are not doubled
-            self.spill_path.unlink()
+        ok = True
+        for path in self.spill_paths:
+            try:
+                n = take_jsonl(path, self._insert_stored)  # INSERT OR IGNORE: rows already written are not doubled
+            except (sqlite3.Error, OSError) as e:
+                self._note_failure(e)
+                ok = False
+                continue
+            if n:
+                logger.info("tokenpak: imported %d spilled rows from %s into %s", n, path, self.path)
+        if ok:
             self._spilled_keys.clear()
-            logger.info("tokenpak: imported %d spilled rows into %s", len(rows), self.path)
-        except (sqlite3.Error, OSError) as e:
-            self._note_failure(e)
 
     def _note_failure(self, e: BaseException) -> None:
         self.last_error = f"{type(e).__name__}: {e}"
         if not self._warned:
             logger.warning("tokenpak: cannot write %s (%s); keeping rows and spilling to %s", self.path, self.last_error, self.spill_path)
             self._warned = True
-        time.sleep(0.05)  # on the writer thread only: avoid a hot retry loop
+        if threading.current_thread() is self._thread:
+            time.sleep(0.05)  # on the writer thread only: avoid a hot retry loop

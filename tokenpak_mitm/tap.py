@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from tokenpak_mitm.decoders import identity, incremental_decoder
+from tokenpak_mitm.decoders import DecodeError, identity, incremental_decoder
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.sse import SSEParser, event_name
 
@@ -91,7 +91,12 @@ class StreamTap:
         self.wire_bytes += len(data)
         if self.failed or self.decoder is None:
             return
-        plain = data if self.decoder is identity else self.decoder(data)
+        try:
+            plain = data if self.decoder is identity else self.decoder(data)
+        except DecodeError as e:  # corrupt, or a bomb past the per-chunk cap: one line, not a traceback
+            logger.warning("tokenpak: %s; observation of this stream stops, bytes pass through unchanged", e)
+            self.failed = True
+            return
         parser = self.parser
         if parser is not None:
             frames = parser.feed(plain)

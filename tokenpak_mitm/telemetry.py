@@ -48,6 +48,8 @@ class RequestRecord:
     prefix_tokens_est: int | None = None
     cache_reasons: str | None = None  # JSON: why each marker was placed and each candidate skipped
     conformance_violations: int | None = None
+    observe_note: str | None = None  # why a response was not parsed (too large, undecodable)
+    known_secrets: tuple[str, ...] = ()  # the request's own secret values, removed from the error text
     request_model: str | None = None  # the model the request asked for (used when the response names none)
     # Price factors the client asked for, used when the response does not report them.
     request_speed: str | None = None
@@ -128,6 +130,8 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         state = "error_response"
     elif x.stream_error:
         state = "stream_error"
+    elif rec.stream and rec.route.dialect == "anthropic" and not x.terminal_seen and not x.usage_final:
+        state = "upstream_disconnected"  # the stream ended cleanly but before message_delta/message_stop
     else:
         state = "completed"
     error: str | None = None
@@ -135,9 +139,13 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         error = x.error_type or (f"http_{rec.status_code}" if rec.status_code else "error")
     elif rec.error_msg is not None:
         error = rec.error_msg
+    elif rec.observe_note is not None:
+        error = rec.observe_note
+    elif state == "upstream_disconnected":
+        error = "stream ended without message_delta or message_stop"
     usage = x.usage
     source: UsageSource = x.usage_source
-    if state in ("client_disconnected", "upstream_disconnected", "proxy_error") and source == "final" and not x.terminal_seen:
+    if state in ("client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown") and source == "final" and not x.terminal_seen:
         source = "partial"
     model = x.model or rec.route.model_hint or rec.request_model
     factors = PriceFactors(x.service_tier, x.speed or rec.request_speed, x.inference_geo or rec.request_inference_geo)
@@ -183,7 +191,7 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         response_bytes=rec.response_bytes,
         response_id=x.response_id,
         upstream_request_id=rec.upstream_request_id,
-        error=redact_text(error),
+        error=redact_text(error, rec.known_secrets),
         cache_origin=cache_origin(rec),
         markers_inserted=rec.markers_inserted,
         client_markers=rec.client_markers,

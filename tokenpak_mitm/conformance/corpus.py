@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="record only these scenarios")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     with tempfile.TemporaryDirectory(prefix="tokenpak-corpus-") as tmp:
         live = record_scenarios(out, chosen, Path(tmp))

@@ -76,7 +76,7 @@ class ReplayRig:
     def __init__(self, workdir: Path | None = None, *, fast: bool = False, extra_options: list[str] | None = None, extra_scripts: list[str] | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="tokenpak-conformance-") if workdir is None else None
         self.workdir = Path(self._tmp.name) if self._tmp is not None else Path(workdir or ".")
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fast = fast
         self.db = self.workdir / "replay.db"
         self.probe_out = self.workdir / "probe.jsonl"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenpak_mitm.conformance.invariants import INVARIANTS, Outcome
+from tokenpak_mitm.files import write_private
 
 __all__ = ["FlowOutcome", "COLUMNS", "render_table", "write_junit", "failed"]
 
@@ -93,4 +95,6 @@ def write_junit(outcomes: Sequence[FlowOutcome], path: str | Path) -> None:
     suite.set("skipped", str(skipped))
     root = ET.Element("testsuites")
     root.append(suite)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    buf = io.BytesIO()
+    ET.ElementTree(root).write(buf, encoding="utf-8", xml_declaration=True)
+    write_private(Path(path), buf.getvalue())  # owner-only, like every file the CLI writes

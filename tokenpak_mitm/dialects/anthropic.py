@@ -70,16 +70,19 @@ class AnthropicTracker:
             return False
         obj = frame_json(raw)
         if isinstance(obj, dict):
-            self._on_event(obj)
+            self._on_event(obj, name)
         return False
 
-    def _on_event(self, obj: dict[str, Any]) -> None:
-        kind = obj.get("type")
+    def _on_event(self, obj: dict[str, Any], event: str | None = None) -> None:
+        # Some compatible upstreams name the kind only in the SSE `event:` line.
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else event
         x = self.extract
         if kind == "message_start":
             msg = obj.get("message")
             if isinstance(msg, dict):
-                self._on_message(msg)
+                # Arriving after a message_delta (a reordered stream), its placeholder figures
+                # (output_tokens: 1) must not override the cumulative final ones.
+                self._on_message(msg, override=not x.usage_final)
         elif kind == "message_delta":
             delta = obj.get("delta")
             if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
@@ -110,7 +113,7 @@ class AnthropicTracker:
             self.extract.usage_final = True
 
     # -- shared ---------------------------------------------------------------------------------
-    def _on_message(self, msg: dict[str, Any]) -> None:
+    def _on_message(self, msg: dict[str, Any], override: bool = True) -> None:
         x = self.extract
         if isinstance(msg.get("id"), str):
             x.response_id = msg["id"]
@@ -124,12 +127,12 @@ class AnthropicTracker:
             if isinstance(split, dict):
                 self._split_5m = as_count(split.get("ephemeral_5m_input_tokens"))
                 self._split_1h = as_count(split.get("ephemeral_1h_input_tokens"))
-            self._merge_usage(usage)
+            self._merge_usage(usage, override)
 
-    def _merge_usage(self, usage: dict[str, Any]) -> None:
+    def _merge_usage(self, usage: dict[str, Any], override: bool = True) -> None:
         for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"):
             value = as_count(usage.get(key))
-            if value is not None:
+            if value is not None and (override or key not in self._raw_usage):
                 self._raw_usage[key] = value
         details = usage.get("output_tokens_details")
         if isinstance(details, dict) and as_count(details.get("thinking_tokens")) is not None:

@@ -48,9 +48,9 @@ class Extract:
 
     @property
     def usage_source(self) -> UsageSource:
-        if self.usage_final:
-            return "final"
-        return "absent" if self.usage.is_empty() else "partial"
+        if self.usage.is_empty():
+            return "absent"  # a usage object whose every value was malformed counts nothing
+        return "final" if self.usage_final else "partial"
 
 
 class Tracker(Protocol):

@@ -17,16 +17,15 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
-import gzip
 import json
 import secrets
 import sys
 import threading
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tokenpak_mitm.decoders import decode_body
 from tokenpak_mitm.testing.cache_sim import CacheSimulator, SimResult, error_body
 
 HOST = "127.0.0.1"
@@ -78,24 +77,7 @@ class ReceivedRequest:
 
 def decode_content(body: bytes, content_encoding: str | None) -> bytes:
     """Undo a request ``Content-Encoding`` (a proxy may forward compressed bodies)."""
-    for coding in reversed([c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]):
-        if coding in ("identity", ""):
-            continue
-        if coding in ("gzip", "x-gzip"):
-            body = gzip.decompress(body)
-        elif coding == "deflate":
-            body = zlib.decompress(body)
-        elif coding == "br":
-            import brotli  # mitmproxy dependency
-
-            body = brotli.decompress(body)
-        elif coding == "zstd":
-            from tokenpak_mitm.decoders import zstd
-
-            body = zstd.decompress(body)
-        else:
-            raise ValueError(f"unsupported content-encoding {coding!r}")
-    return body
+    return decode_body(body, content_encoding, 256 * 1024 * 1024, strict=True)
 
 
 async def read_request(reader: asyncio.StreamReader) -> ReceivedRequest | None:

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -58,6 +59,7 @@ class MitmdumpProcess:
         args += list(extra_args)
         self.args = args
         self.addon = addon
+        self.db = Path(db) if addon and db is not None else None
         self.env = {**os.environ, **(env or {})}
         self.stop_signal = stop_signal  # SIGINT or SIGTERM: either runs the addon's `done` (rows flushed)
         self.start_new_session = start_new_session
@@ -105,6 +107,22 @@ class MitmdumpProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def store_writer_pid(self, timeout: float = 10.0) -> int:
+        """The pid of the addon's store writer process (a child running tokenpak_mitm.store_writer)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                try:
+                    children = (task / "children").read_text().split()
+                    for pid in children:
+                        if b"tokenpak_mitm.store_writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            return int(pid)
+                except OSError:
+                    continue  # a thread or child that just ended
+            time.sleep(0.05)
+        raise RuntimeError("no store writer process under mitmdump")
+
     def start(self, timeout: float = 30.0) -> MitmdumpProcess:
         if self.listen_port:
             return self._start_quiet(timeout)
@@ -114,12 +132,30 @@ class MitmdumpProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._port_seen.is_set() and (self._started.is_set() or not self.addon):
+                self._wait_for_database()
                 return self
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
         self.stop()
         raise RuntimeError("mitmdump did not start:\n" + self.output())
+
+    def _wait_for_database(self, timeout: float = 5.0) -> None:
+        """The store writer process creates the database a moment after the addon starts: wait
+        (briefly, without failing: a test may have made it impossible) until its table exists."""
+        if self.db is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=0.1)
+                try:
+                    con.execute("SELECT 1 FROM requests LIMIT 1")
+                    return
+                finally:
+                    con.close()
+            except sqlite3.Error:
+                time.sleep(0.02)
 
     def _start_quiet(self, timeout: float) -> MitmdumpProcess:
         out = open(self.log, "w") if self.log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy

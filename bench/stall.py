@@ -1,0 +1,128 @@
+"""``python -m bench.stall``: what one hostile request costs everyone else (issue 15's figures).
+
+For each case a paced stream (frames every 5 ms) runs through the proxy while one hostile request
+goes through beside it; the table gives the largest gap between two frames of the paced stream
+(its pacing subtracted: the stall every other stream saw) and how much the proxy's peak memory
+(VmHWM) grew. Run against mitmdump with the addon and against plain mitmdump, same upstream.
+
+    .venv/bin/python -m bench.stall                 # all cases, about a minute
+    .venv/bin/python -m bench.stall --case json_bomb --rounds 5
+
+Cases: ``baseline``, an ordinary small request (the jitter every figure should be read against);
+a 16 KB zstd JSON body that expands to 512 MiB; the same bomb as an SSE stream of valid
+frames; a 1 MB request body of 26k small messages (planning cost by block count, not bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from tokenpak_mitm.decoders import zstd
+from tokenpak_mitm.testing.client import Response, build_request, request
+from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.testing.upstream import (
+    Received,
+    Script,
+    ScriptedUpstream,
+    Step,
+    sse_script,
+)
+
+PACE = 0.005
+FRAMES = 400
+_FRAME = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}\n\n'
+
+
+def _bomb(unit: bytes, size: int = 512 * 1024 * 1024) -> bytes:
+    comp = zstd.ZstdCompressor(level=1)
+    block = unit * (1024 * 1024 // len(unit))
+    return b"".join(comp.compress(block) for _ in range(size // len(block))) + comp.flush()
+
+
+def _cases() -> dict[str, tuple[Script, bytes]]:
+    small = b'{"model":"claude-sonnet-4-6","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
+    many = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "s" * 8000, "messages": msgs}).encode()
+    ok = Script(headers=[("content-type", "application/json")], steps=[Step(b'{"type":"message","usage":{"input_tokens":1,"output_tokens":1}}')], chunked=False)
+    return {
+        "baseline": (ok, small),  # an ordinary request beside the stream: the jitter to compare with
+        "json_bomb": (Script(headers=[("content-type", "application/json"), ("content-encoding", "zstd")], steps=[Step(_bomb(b" "))], chunked=False), small),
+        "sse_bomb": (Script(headers=[("content-type", "text/event-stream"), ("content-encoding", "zstd")], steps=[Step(_bomb(b'event: ping\ndata: {"type": "ping"}\n\n'))]), small),
+        "many_blocks": (ok, many),
+    }
+
+
+def _peak_kib(pid: int) -> int:
+    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) if m else 0
+
+
+def _max_gap(resp: Response) -> float:
+    times = [t for t, _ in resp.pieces]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def run_case(name: str, addon: bool, rounds: int, options: list[str] | None = None) -> dict[str, float]:
+    scripts: dict[str, Script] = {}
+
+    def handle(req: Received) -> Script:
+        return scripts.pop(req.header("x-test-id") or "", Script(status=404, steps=[], chunked=False))
+
+    hostile, body = _cases()[name]
+    up = ScriptedUpstream(handle).start()
+    with tempfile.TemporaryDirectory() as tmp:
+        proxy = MitmdumpProcess(f"reverse:{up.url}", db=Path(tmp) / "t.db", confdir=tmp, addon=addon, options=(options or []) if addon else []).start()
+        assert proxy.proc is not None
+        gaps, grown = [], []
+        try:
+            def call(script: Script, payload: bytes, sink: list[Response]) -> None:
+                key = uuid.uuid4().hex
+                scripts[key] = script
+                sink.append(request(proxy.port, build_request("POST", "/v1/messages", payload, [("content-type", "application/json"), ("x-test-id", key)]), timeout=120))
+
+            warm: list[Response] = []
+            call(sse_script([_FRAME] * 20), body if name == "many_blocks" else b"{}", warm)
+            for _ in range(rounds):
+                base = _peak_kib(proxy.proc.pid)
+                paced: list[Response] = []
+                t = threading.Thread(target=call, args=(sse_script([_FRAME] * FRAMES, delay=PACE), b'{"model":"claude-sonnet-4-6","stream":true,"messages":[]}', paced))
+                t.start()
+                time.sleep(0.3)
+                call(hostile, body, [])
+                t.join(120)
+                gaps.append(max(0.0, _max_gap(paced[0]) - PACE) * 1000)
+                grown.append((_peak_kib(proxy.proc.pid) - base) / 1024)
+        finally:
+            proxy.stop()
+            up.stop()
+    return {"stall_ms_max": max(gaps), "stall_ms_median": sorted(gaps)[len(gaps) // 2], "peak_mib_grown_max": max(grown)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", action="append", choices=sorted(_CASE_NAMES), help="repeatable; default: all")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="extra --set for the addon proxy (e.g. tokenpak_cache_history=false)")
+    args = ap.parse_args(argv)
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    for name in args.case or sorted(_CASE_NAMES):
+        for label, addon in (("addon", True), ("plain", False)):
+            rows.append((name, label, run_case(name, addon, args.rounds, args.set)))
+    print(f"{'case':<12} {'proxy':<6} {'stall max ms':>13} {'stall median ms':>16} {'peak +MiB':>10}")
+    for name, label, r in rows:
+        print(f"{name:<12} {label:<6} {r['stall_ms_max']:>13.1f} {r['stall_ms_median']:>16.1f} {r['peak_mib_grown_max']:>10.1f}")
+    return 0
+
+
+_CASE_NAMES = ("baseline", "json_bomb", "sse_bomb", "many_blocks")
+
+if __name__ == "__main__":
+    raise SystemExit(main())

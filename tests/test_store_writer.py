@@ -1,0 +1,174 @@
+"""The store in its own process: the writer can die (SIGBUS from a truncated -shm, OOM, a kill)
+and the proxy side loses no row; spills fall back to an owner-only temp dir; a row that cannot be
+kept anywhere is counted, logged and shown by doctor. Real writer processes, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from test_store_faults import exactly_once, keys_in, row, wait_until
+
+from tokenpak_mitm import store as store_mod
+from tokenpak_mitm.doctor import check_losses
+from tokenpak_mitm.store import TelemetryStore, fallback_spill_path, losses, spill_paths
+from tokenpak_mitm.store_writer import StoreProcess
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own system temp dir (the fallback spill location), in the child too."""
+    tmp = tmp_path / "systmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def test_rows_reach_the_database_through_the_writer_process(tmp_path: Path):
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    s.start()
+    keys = [f"k{i}" for i in range(200)]
+    for k in keys:
+        s.submit(row(k))
+    assert wait_until(lambda: len(keys_in(db)) == 200)
+    s.close()
+    exactly_once(db, keys)
+    assert s.acked == 200 and s.lost == 0
+
+
+def test_a_killed_writer_costs_no_row_and_is_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    s.start()
+    first = [f"a{i}" for i in range(50)]
+    for k in first:
+        s.submit(row(k))
+    assert wait_until(lambda: len(keys_in(db)) == 50)
+    assert wait_until(lambda: s.pid is not None)
+    pid = s.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen: rows sent now stay unacknowledged...
+    second = [f"b{i}" for i in range(50)]
+    for k in second:
+        s.submit(row(k))
+    time.sleep(0.6)  # (the feeder sends them to the stopped writer)
+    with caplog.at_level(logging.WARNING, logger="tokenpak.store"):
+        os.kill(pid, signal.SIGBUS)  # ...and it dies the way a truncated -shm kills SQLite's process
+        os.kill(pid, signal.SIGCONT)
+        assert wait_until(lambda: s.restarts >= 1 and s.pid not in (None, pid))
+    assert "killed by SIGBUS" in caplog.text
+    third = [f"c{i}" for i in range(50)]
+    for k in third:
+        s.submit(row(k))
+    s.close()
+    exactly_once(db, first + second + third)  # the new writer imported what the proxy spilled
+    assert s.lost == 0
+
+
+def test_an_unwritable_database_directory_spills_to_the_owner_only_fallback(tmp_path: Path, private_tmp: Path):
+    db = tmp_path / "missing-parent" / "file-not-dir"
+    db.parent.write_text("a file where the directory should be")  # nothing can be created beside the db
+    s = TelemetryStore(db)
+    s.start()
+    for k in ("x1", "x2"):
+        s.submit(row(k))
+    s.close()
+    spilled = fallback_spill_path(db)
+    assert spilled.parent.parent == private_tmp
+    assert [json.loads(line)["request_key"] for line in spilled.read_text().splitlines()] == ["x1", "x2"]
+    assert stat.S_IMODE(spilled.parent.stat().st_mode) == 0o700 and stat.S_IMODE(spilled.stat().st_mode) == 0o600
+    assert s.dropped == 0
+    db.parent.unlink()  # the directory can be created now: the next start imports the fallback
+    db.parent.mkdir()
+    s = TelemetryStore(db)
+    s.start()
+    s.close()
+    exactly_once(db, ["x1", "x2"])
+    assert not spilled.exists()
+
+
+def test_a_fallback_dir_not_ours_is_refused(tmp_path: Path, private_tmp: Path):
+    other = private_tmp / f"tokenpak-{os.getuid()}"
+    other.mkdir(mode=0o755)
+    other.chmod(0o755)  # group/world-readable: someone else could read the spilled rows
+    with pytest.raises(PermissionError):
+        store_mod.append_jsonl(fallback_spill_path(tmp_path / "t.db"), [row("k")])
+
+
+class NowhereToWrite(TelemetryStore):
+    """The database and both spill locations fail (a full disk)."""
+
+    def _insert(self, rows):  # type: ignore[override]
+        raise OSError(28, "No space left on device")
+
+
+def test_rows_that_cannot_be_kept_are_counted_logged_and_shown_by_doctor(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    db = tmp_path / "t.db"
+    s = NowhereToWrite(db)
+    s.spill_paths = (tmp_path / "no-such-dir" / "a.jsonl", tmp_path / "no-such-dir" / "b.jsonl")
+    s.start()
+    with caplog.at_level(logging.ERROR, logger="tokenpak_mitm.store"):
+        for i in range(7):
+            s.submit(row(f"z{i}"))
+        s.close()
+    assert s.dropped == 7
+    assert "7 telemetry rows LOST" in caplog.text  # at the time...
+    assert "store closed with 7 rows LOST" in caplog.text  # ...and again at shutdown
+    total, reasons = losses(db)
+    assert total == 7 and "b.jsonl" in reasons[0]  # the last failure: where it could not spill
+    checks = {c.name: c for c in check_losses(db)}
+    assert checks["lost rows"].status == "warn" and "7 telemetry rows" in checks["lost rows"].detail
+
+
+def test_spill_and_import_do_not_lose_a_concurrent_append(tmp_path: Path):
+    """The proxy appends while the writer imports: the lock + inode re-check keep every row."""
+    import threading
+
+    db = tmp_path / "t.db"
+    path = spill_paths(db)[0]
+    taken: list[str] = []
+    stop = threading.Event()
+
+    def appender() -> None:
+        i = 0
+        while not stop.is_set():
+            store_mod.append_jsonl(path, [row(f"r{i}")])
+            i += 1
+        appended.append(i)
+
+    appended: list[int] = []
+    t = threading.Thread(target=appender)
+    t.start()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        store_mod.take_jsonl(path, lambda rows: taken.extend(r["request_key"] for r in rows))
+    stop.set()
+    t.join()
+    store_mod.take_jsonl(path, lambda rows: taken.extend(r["request_key"] for r in rows))
+    assert sorted(taken, key=lambda k: int(k[1:])) == [f"r{i}" for i in range(appended[0])]
+
+
+def test_a_writer_that_cannot_start_leaves_every_row_spilled_for_the_next_start(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    db = tmp_path / "t.db"
+    s = StoreProcess(db, python=str(tmp_path / "no-such-python"))
+    with caplog.at_level(logging.WARNING, logger="tokenpak.store"):
+        s.start()
+        keys = [f"n{i}" for i in range(30)]
+        for k in keys:
+            s.submit(row(k))
+        s.close()
+    assert "cannot start the store writer" in caplog.text
+    assert s.lost == 0 and s.spilled_here == 30
+    t = TelemetryStore(db)  # the next start (writer or not) imports them
+    t.start()
+    t.close()
+    exactly_once(db, keys)
