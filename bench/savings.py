@@ -17,7 +17,11 @@ Workloads (generated with fixed seeds):
 * ``openai-responses-agent``: GPT-5.6 Responses loop with instructions, 12 tools, growing tool
   history and a per-turn context item at the end (it changes every turn, so OpenAI's implicit
   breakpoint alone never reads);
-* ``agent-tool-loop`` and ``batch-long-system``: the earlier benchmark's shapes.
+* ``agent-tool-loop`` and ``batch-long-system``: the earlier benchmark's shapes;
+* ``agent-pause-in-the-middle``: a 10-turn agent loop, turns 8 s apart, one 320 s pause after the
+  fifth (the run through mitmdump that found the planner going quiet after a pause);
+* ``agent-pauses-then-burst``: the same loop, one turn 8 s on, then three pauses (320-400 s), then 8 s turns
+  (before the fix the first turn of the burst after the first close one was `not_worth`).
 
 Goal (exit 1 otherwise): the planner reaches at least 95% of the best saving on every gated
 workload and is never dearer than no markers. Also shows the learning planner with ttl=5m (so
@@ -158,6 +162,24 @@ def agent_tool_loop() -> tuple[str, str, list[WorkloadRequest]]:
     return "agent-tool-loop", f"10 tools, {call} tool calls (turns of 12 and 22 parallel calls)", requests
 
 
+def agent_with_pauses(name: str, gaps: list[float]) -> tuple[str, str, list[WorkloadRequest]]:
+    rng = random.Random(60)
+    tools = [{"name": f"tool_{n}", "description": prose(rng, rng.randint(100, 200)),
+              "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}} for n in range(6)]
+    system = [{"type": "text", "text": prose(rng, 2500)}]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": prose(rng, 150)}]}]
+    requests, t = [], 0.0
+    for turn, gap in enumerate([0.0, *gaps]):
+        t += gap
+        requests.append(messages_request(t, messages, tools=tools, system=system))
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": prose(rng, 40)}, {
+            "type": "tool_use", "id": f"toolu_{turn:04d}", "name": f"tool_{rng.randrange(6)}", "input": {"path": "src/x.py"}}]})
+        messages.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": f"toolu_{turn:04d}", "content": prose(rng, rng.randint(150, 600))}]})
+    pauses = ", ".join(f"{g:.0f} s" for g in gaps if g > 300)
+    return name, f"{len(gaps) + 1}-turn agent loop, 2.5k-token system, turns 8 s apart, pauses of {pauses}", requests
+
+
 def batch_long_system() -> tuple[str, str, list[WorkloadRequest]]:
     rng = random.Random(20)
     system = prose(rng, 5000)
@@ -172,6 +194,10 @@ def batch_long_system() -> tuple[str, str, list[WorkloadRequest]]:
 # (the first pause of a batch job lapses its 5m entry; the best placement, knowing the future,
 # writes 1h in the first wave). Reported, not gated.
 INFORMATIVE = frozenset({"document-batch-slow-waves"})
+# Pauses the planner cannot foresee: the best placement writes 1h before each pause, the planner
+# pays one re-write after it (docs/caching.md, "Pauses"). Gated on never costing more than no
+# markers (and the tests on every continuing turn being marked), not on the share of the best.
+PAUSES = frozenset({"agent-pause-in-the-middle", "agent-pauses-then-burst"})
 
 WORKLOADS: tuple[Callable[[], tuple[str, str, list[WorkloadRequest]]], ...] = (
     lambda: document_batch("document-batch-waves", (15, 45)),
@@ -182,6 +208,8 @@ WORKLOADS: tuple[Callable[[], tuple[str, str, list[WorkloadRequest]]], ...] = (
     openai_responses_agent,
     agent_tool_loop,
     batch_long_system,
+    lambda: agent_with_pauses("agent-pause-in-the-middle", [8.0] * 4 + [320.0] + [8.0] * 4),
+    lambda: agent_with_pauses("agent-pauses-then-burst", [8.0, 320.0, 400.0, 400.0] + [8.0] * 7),
 )
 
 
@@ -214,7 +242,7 @@ def main() -> int:
         started = time.perf_counter()
         result = evaluate(requests)
         fixed_5m = evaluate(requests, search=False, ttl="5m").planner  # is `auto` ever dearer than 5m?
-        ok = result.share >= GOAL_SHARE and result.planner <= result.none + 1e-9
+        ok = (name in PAUSES or result.share >= GOAL_SHARE) and result.planner <= result.none + 1e-9
         goals_met &= ok or name in INFORMATIVE
         auto_never_loses &= result.planner <= fixed_5m + 1e-9
         if result.planner - fixed_5m > worst[0]:
@@ -224,7 +252,7 @@ def main() -> int:
                         "seconds": round(time.perf_counter() - started, 1),
                         "reasons": [[n.as_dict() for n in notes] for notes in result.notes]})
         colour = "green" if ok else "yellow" if name in INFORMATIVE else "red"
-        table.add_row(name + (" (not gated)" if name in INFORMATIVE else ""), str(result.requests), f"${result.none:.4f}",
+        table.add_row(name + (" (not gated)" if name in INFORMATIVE else " (gated: <= none)" if name in PAUSES else ""), str(result.requests), f"${result.none:.4f}",
                       f"${result.stateless:.4f}", f"${result.planner:.4f}", f"${fixed_5m:.4f}", f"${result.best:.4f}",
                       f"[{colour}]{result.share:.1%}[/]")
     console = Console()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_cache_insert import (
@@ -312,3 +313,71 @@ def test_openai_stands_down_on_any_client_cache_field():
     marked = responses_request(3, "ctx 3")
     marked["input"][0]["content"][0]["prompt_cache_breakpoint"] = {"mode": "explicit"}
     assert plan_openai(marked, "openai_responses", memory, 6.0)[0].decision == "stood_down"
+
+
+# ---------------------------------------------------------------- a conversation that goes on after a pause
+
+
+def agent_turns(gaps: list[float], sizes: list[int] | None = None) -> list:
+    """An agent conversation growing by a tool call and its result each turn, these gaps apart."""
+    from tokenpak_mitm.savings import WorkloadRequest, build_turns
+    system = [{"type": "text", "text": text(2500, 3)}]
+    messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": text(80, 1)}]}]
+    requests, now = [], 0.0
+    for turn, gap in enumerate([0.0, *gaps]):
+        now += gap
+        requests.append(WorkloadRequest(now, "/v1/messages", {"model": "claude-sonnet-4-6", "max_tokens": 50, "system": system,
+                                                              "messages": copy.deepcopy(messages)}, None, 50))
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": text(40, turn)},
+                                                          {"type": "tool_use", "id": f"toolu_{turn}", "name": "read", "input": {"path": f"f{turn}"}}]})
+        result = text(300 if sizes is None else sizes[turn], turn + 9)
+        messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{turn}", "content": result}]})
+    return build_turns(requests)
+
+
+@pytest.mark.parametrize("gaps", [
+    [8.0] * 4 + [320.0] + [8.0] * 4,  # the shape of the run that found the defect: one pause in the middle
+    [320.0] + [8.0] * 8,  # a pause after the first turn (the post-pause turn used to be left unmarked)
+    [320.0, 400.0, 400.0] + [8.0] * 5,  # pauses first: the turns 8 s apart used to be `not_worth`, every one
+], ids=["pause-in-the-middle", "pause-after-the-first-turn", "pauses-then-a-burst"])
+def test_a_conversation_going_on_after_a_pause_is_marked_again_and_pays_at_most_one_rewrite(gaps):
+    from tokenpak_mitm.savings import State, as_sent, learning_plan, plan_cost, search_best, stateless_plan, turn_cost
+    turns = agent_turns(gaps)
+    plan, notes = learning_plan(turns)
+    state, usages = State(), []
+    for i in range(len(turns)):
+        usages.append(turn_cost(state, turns, i, plan[i])[1])
+    for i in range(1, len(turns)):
+        if gaps[i - 1] <= 300:  # its predecessor was seen within the TTL: the conversation is going on
+            assert plan[i], f"turn {i} unmarked: {[(n.at, n.reason) for n in notes[i]]}"
+            assert usages[i]["cache_read_input_tokens"] > 0, f"turn {i} read nothing"
+    none = [as_sent(t) for t in turns]
+    best = search_best(turns, [none, stateless_plan(turns), plan])
+    cost, best_cost = plan_cost(turns, plan), plan_cost(turns, best)
+    # Not knowing the future, a pause costs the planner one re-write of the prompt it finds lapsed
+    # (at most at the 1h price, a pause checkpoint); apart from that, within 5% of the best placement.
+    first_after_pause = next(i + 1 for i, g in enumerate(gaps) if g > 300)
+    rewrite = turns[first_after_pause].rates.write_1h * sum(usages[first_after_pause]["cache_creation"].values())
+    assert cost <= plan_cost(turns, none)
+    assert cost <= best_cost * 1.05 + rewrite
+
+
+_close = st.floats(3.0, 290.0)
+_pauses = st.lists(st.floats(301.0, 3000.0), min_size=0, max_size=2)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.tuples(_pauses, st.lists(_close, min_size=2, max_size=4)), min_size=1, max_size=4), st.data())
+def test_any_conversation_that_goes_on_after_its_pauses_is_marked_and_never_dearer_than_no_markers(segments, data):
+    """Any gaps, as long as the conversation goes on (each run of pauses is followed by two or more
+    turns within the TTL): every turn whose predecessor came within the TTL carries a marker, and
+    the planner never costs more than sending no markers."""
+    from tokenpak_mitm.savings import as_sent, learning_plan, plan_cost
+    gaps = [g for pauses, close in segments for g in (*pauses, *close)]
+    sizes = data.draw(st.lists(st.integers(20, 1500), min_size=len(gaps) + 1, max_size=len(gaps) + 1))
+    turns = agent_turns(gaps, sizes)
+    plan, notes = learning_plan(turns)
+    for i in range(1, len(turns)):
+        if gaps[i - 1] <= 300:
+            assert plan[i], f"turn {i} of {gaps} unmarked: {[(n.at, n.reason) for n in notes[i]]}"
+    assert plan_cost(turns, plan) <= plan_cost(turns, [as_sent(t) for t in turns]) + 1e-9

@@ -32,8 +32,13 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   (bursts closer than 2 s are concurrent and cannot read each other's writes) followed by one
   expected burst after each gap seen so far (before any gap: one a minute later), replayed under
   no marker (1.0x per request), 5m and 1h (a write per lapsed entry, then 0.1x reads that refresh
-  it); otherwise `not_read_back`. A conversation's tail is written for 5m (or 1h when only 1h is
-  ever read back), and once pauses of 5 minutes to an hour have been seen, a 1h `pause_checkpoint`
+  it); otherwise `not_read_back`. A conversation's tail (read by the next turn only) is written
+  when P(next gap <= TTL) x (1 - 0.1) > the write premium (5m: P > 0.28), P asked of the
+  conversation as it is now: after a gap within the TTL it is going on (P = 1); after a pause,
+  the share of earlier pauses followed by a close turn (prior: one close, two long, so 1/3
+  without evidence). A pause therefore costs one re-write and the turns that follow it are
+  marked again: a lapse in a pause is no evidence against them. 5m (or 1h when only
+  1h is read back), and once pauses of 5 minutes to an hour have been seen, a 1h `pause_checkpoint`
   goes on the first new block when P(pause within 3 gaps) x 1.15 x unprotected tokens > 0.75 x
   that block's tokens. A concurrent 5m write of a shared prefix is redone for 1h (`ttl_upgrade`)
   when a lapse before the next burst would cost more. 1h is chosen only on evidence, never
@@ -87,6 +92,8 @@ REASONS: Final[Mapping[str, str]] = {
 # the observed gaps). A pause is never assumed: 1h is chosen only on evidence (gaps between 5
 # minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
 PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
+# The prior of a conversation tail's read-back estimate (`_tail_ttl`): (close gaps, long gaps).
+TAIL_PRIOR: Final = (1.0, 2.0)
 PAUSE_HORIZON: Final = 3  # gaps over which a 1h checkpoint is expected to matter (it outlives several turns)
 
 
@@ -245,9 +252,12 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
         tail = old_from is not None
         # A conversation's tail: 5m when a 5m write pays at all (1h then comes as a checkpoint,
         # below); 1h alone only when no 5m write would ever be read back but a 1h one would.
-        ttl, detail = _cheapest(ttls[:1] if tail else ttls, facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
-        if ttl is None and tail and len(ttls) > 1:
-            ttl, detail = _cheapest(ttls[1:], facts, now, clusters, old_tokens=old, new_tokens=new, fresh_tail=tail)
+        if tail:
+            ttl, detail = _tail_ttl(ttls[:1], facts, now, clusters)
+            if ttl is None and len(ttls) > 1:
+                ttl, detail = _tail_ttl(ttls[1:], facts, now, clusters)
+        else:
+            ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new)
         if ttl is None:
             skip(position, "not_read_back", detail)
             return
@@ -336,14 +346,14 @@ def _evidence(stats: Sequence[PrefixStats | None], k: int) -> tuple[tuple[float,
 
 
 def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]],
-              old_tokens: int, new_tokens: int, fresh_tail: bool) -> tuple[str | None, str]:
+              old_tokens: int, new_tokens: int) -> tuple[str | None, str]:
     """The TTL (None: no write) that the timeline says is cheapest, with the costs as a detail.
 
     The timeline is this prefix's sighting history plus now, followed by one expected future burst
     (of the median burst size so far) after each gap seen so far, weighted equally (before any gap
     is seen, after the prior's gap, `PRIOR_GAPS`).
-    `old_tokens` follow that timeline; `new_tokens` too, unless `fresh_tail` (a conversation's new
-    tail: written now, read by the next turn only, so its timeline starts now).
+    Both `old_tokens` and `new_tokens` follow that timeline (a shared prefix; a conversation's new
+    tail, read by the next turn only, is `_tail_ttl`'s question).
     """
     timeline = _with_now(clusters, now)
     gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
@@ -356,14 +366,51 @@ def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequ
         total = weight = 0.0
         for gap, p in scenarios:
             future = timeline + [(now + gap, burst)]
-            fresh = [(now, 1), (now + gap, 1)] if fresh_tail else future
-            total += p * (old_tokens * _replay(future, life, w, r) + new_tokens * _replay(fresh, life, w, r))
+            total += p * (old_tokens + new_tokens) * _replay(future, life, w, r)
             weight += p
         costs[ttl] = total / weight
     best = min(costs, key=lambda t: (costs[t], t is not None, t == "1h"))
     detail = " ".join(f"{t or 'none'}={c / max(1, old_tokens + new_tokens):.3f}" for t, c in costs.items())
     typical = statistics.median(gaps) if gaps else PRIOR_GAPS[0][0]
     return best, f"per-token cost {detail}; bursts of {burst}, gaps ~{typical:.0f}s"
+
+
+def _tail_ttl(ttls: Sequence[str], facts: CacheFacts, now: float,
+              clusters: Sequence[tuple[float, int]]) -> tuple[str | None, str]:
+    """The TTL (None: no write) for a conversation's new tail, with the costs as a detail.
+
+    The tail is written now and read only by the next turn, if that comes within the TTL:
+    per token over this turn and the next, no write costs 1 + 1; a write w, then r if read back,
+    else 1 (the next turn pays its own write, if it makes one, on its own account), so a write
+    pays when P(next gap <= TTL) x (1 - r) > w - 1 (5m: P > 0.28).
+    P is asked of the conversation as it is now. After a gap within the TTL the conversation is
+    going on: it is written (P = 1). A pause that may come next costs the premium on this tail's
+    new tokens, never a lost conversation, and an entry that lapsed in an earlier pause is no
+    evidence about turns that come close together: only reuse counts. After a longer gap, P is
+    the share of the earlier such gaps that were followed by one within the TTL, with the prior
+    `TAIL_PRIOR` (one close, two long: 1/3 without evidence, enough for a 5m write; after pauses
+    that only ever led to pauses, not), so a conversation resumed once more after pauses is
+    written for its next turn again as soon as it comes close.
+    """
+    timeline = _with_now(clusters, now)
+    gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
+    r = facts.read_multiplier()
+    costs: dict[str | None, float] = {None: 2.0}
+    shares: list[str] = []
+    for ttl in ttls:
+        life = TTL_SECONDS[ttl]
+        if not gaps or gaps[-1] <= life:
+            p = 1.0
+            shares.append(f"the conversation is going on (last gap within {ttl})")
+        else:
+            after = [b <= life for a, b in pairwise(gaps) if a > life]
+            p = (sum(after) + TAIL_PRIOR[0]) / (len(after) + sum(TAIL_PRIOR))
+            shares.append(f"P(read within {ttl})={p:.2f} ({sum(after)} of {len(after)} earlier gaps over {ttl} "
+                          f"followed by one within it)")
+        costs[ttl] = facts.write_multiplier(ttl) + p * r + (1 - p)
+    best = min(costs, key=lambda t: (costs[t], t is not None, t == "1h"))
+    detail = " ".join(f"{t or 'none'}={c / 2:.3f}" for t, c in costs.items())
+    return best, f"per-token cost {detail}; " + "; ".join(shares)
 
 
 def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
