@@ -129,25 +129,34 @@ def _unchanged(body: bytes, decision: CacheDecision, **fields: object) -> Insert
     return InsertResult(body=body, spans=(), decision=decision, markers_inserted=0, **defaults)
 
 
+def _open_body(body: bytes, encoding: str | None) -> tuple[bytes, _Codec | None, int] | CacheDecision:
+    """The decoded body with the codec (and flavor) to re-encode it, or why it cannot be read."""
+    if len(body) > MAX_BODY_BYTES:
+        return "too_large"
+    if encoding is None:
+        return body, None, 0
+    codec = _CODECS.get(encoding)
+    if codec is None:
+        return "encoded_unsupported"
+    try:
+        decoded, flavor = codec.decode(body)
+    except _TooLarge:
+        return "too_large"
+    except Exception:  # noqa: BLE001 - any codec failure means "cannot read it"
+        return "encoded_unsupported"
+    return decoded, codec, flavor
+
+
 def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memory: Memory | None, now: float | None) -> InsertResult:
     if not isinstance(opts, CacheOptions) or not isinstance(body, bytes):
         return _unchanged(body, "error")
     encoding = _normalize_encoding(content_encoding)
     if opts.mode == "off":
         return _unchanged(body, "off", content_encoding=encoding)
-    if len(body) > MAX_BODY_BYTES:
-        return _unchanged(body, "too_large", content_encoding=encoding)
-    codec, flavor, decoded = None, 0, body
-    if encoding is not None:
-        codec = _CODECS.get(encoding)
-        if codec is None:
-            return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
-        try:
-            decoded, flavor = codec.decode(body)
-        except _TooLarge:
-            return _unchanged(body, "too_large", content_encoding=encoding)
-        except Exception:
-            return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
+    opened = _open_body(body, encoding)
+    if isinstance(opened, str):
+        return _unchanged(body, opened, content_encoding=encoding)
+    decoded, codec, flavor = opened
     request = _parse(decoded)
     if request is _NOT_JSON:
         return _unchanged(body, "not_json", content_encoding=encoding)

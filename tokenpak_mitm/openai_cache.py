@@ -50,15 +50,13 @@ from typing import Any, Final
 from . import learning_planner
 from .cache_facts import MAX_BREAKPOINTS, OPENAI_GPT56, facts_for
 from .cache_insert import (
-    _CODECS,
     _NOT_JSON,
-    MAX_BODY_BYTES,
     InsertResult,
     Span,
     _normalize_encoding,
+    _open_body,
     _parse,
     _splice,
-    _TooLarge,
 )
 from .cache_planner import DECISIONS, Note
 from .jsonscan import BodyMap, Loc, agrees_with, scan
@@ -177,19 +175,12 @@ def _unchanged(body: bytes, decision: CacheDecision, **fields: Any) -> InsertRes
 def _insert(body: bytes, content_encoding: str | None, api: Api, memory: Memory | None, now: float,
             decide: Decide | None) -> InsertResult:
     encoding = _normalize_encoding(content_encoding)
-    if not isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
+    if not isinstance(body, bytes):
         return _unchanged(body, "too_large", content_encoding=encoding)
-    codec, flavor, decoded = None, 0, body
-    if encoding is not None:
-        codec = _CODECS.get(encoding)
-        if codec is None:
-            return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
-        try:
-            decoded, flavor = codec.decode(body)
-        except _TooLarge:
-            return _unchanged(body, "too_large", content_encoding=encoding)
-        except Exception:  # noqa: BLE001 - any codec failure means "cannot read it"
-            return _unchanged(body, "encoded_unsupported", content_encoding=encoding)
+    opened = _open_body(body, encoding)
+    if isinstance(opened, str):
+        return _unchanged(body, opened, content_encoding=encoding)
+    decoded, codec, flavor = opened
     if not _names_supported_model(decoded):
         return _unchanged(body, "not_supported", content_encoding=encoding)  # no parse for older models
     request = _parse(decoded)

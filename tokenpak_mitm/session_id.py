@@ -72,8 +72,8 @@ def clean_id(value: object) -> str | None:
     return value or None
 
 
-def _claude_code_account(body: Mapping[str, Any]) -> str | None:
-    """The account id Claude Code's ``metadata.user_id`` carries (stable across OAuth token refreshes)."""
+def _user_id_field(body: Mapping[str, Any], key: str, legacy: re.Pattern[str]) -> str | None:
+    """One field of Claude Code's ``metadata.user_id``: a JSON object now, ``user_..._account_..._session_...`` before."""
     meta = body.get("metadata")
     user_id = meta.get("user_id") if isinstance(meta, dict) else None
     if not isinstance(user_id, str):
@@ -83,27 +83,18 @@ def _claude_code_account(body: Mapping[str, Any]) -> str | None:
             parsed = json.loads(user_id)
         except ValueError:
             return None
-        return clean_id(parsed.get("account_uuid")) if isinstance(parsed, dict) else None
-    m = _LEGACY_ACCOUNT.search(user_id)
+        return clean_id(parsed.get(key)) if isinstance(parsed, dict) else None
+    m = legacy.search(user_id)
     return clean_id(m.group(1)) if m else None
+
+
+def _claude_code_account(body: Mapping[str, Any]) -> str | None:
+    """The account id Claude Code's ``metadata.user_id`` carries (stable across OAuth token refreshes)."""
+    return _user_id_field(body, "account_uuid", _LEGACY_ACCOUNT)
 
 
 def _claude_code_session(headers: Headers, body: Mapping[str, Any]) -> str | None:
-    sid = clean_id(headers.get(CLAUDE_CODE_SESSION_HEADER))
-    if sid:
-        return sid
-    meta = body.get("metadata")
-    user_id = meta.get("user_id") if isinstance(meta, dict) else None
-    if not isinstance(user_id, str):
-        return None
-    if user_id.startswith("{"):
-        try:
-            parsed = json.loads(user_id)
-        except ValueError:
-            return None
-        return clean_id(parsed.get("session_id")) if isinstance(parsed, dict) else None
-    m = _LEGACY_CC.search(user_id)
-    return clean_id(m.group(1)) if m else None
+    return clean_id(headers.get(CLAUDE_CODE_SESSION_HEADER)) or _user_id_field(body, "session_id", _LEGACY_CC)
 
 
 _WORKING_DIRECTORY = "Working directory: "
