@@ -202,6 +202,7 @@ def loss_ledger_paths(db: Path) -> tuple[Path, Path]:
     return Path(str(db) + LOSS_SUFFIX), _fallback_root() / _fallback_name(db, LOSS_SUFFIX)
 
 
+APPEND_RETRY_SECONDS = 5.0
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a planted symlink is not followed (POSIX)
 
 
@@ -224,7 +225,10 @@ def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     data = "".join(json.dumps(dict(r), separators=(",", ":"), default=str) + "\n" for r in rows).encode()
     if path.parent == _fallback_root():
         _fallback_dir()  # created owner-only, and refused if someone else made it first
-    for _ in range(5):
+    # An import that keeps taking the file can win the race between our open and our lock several
+    # times in a row; retry for a while (imports are rare and short) rather than a fixed count.
+    give_up = time.monotonic() + APPEND_RETRY_SECONDS
+    while time.monotonic() < give_up:
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | _NOFOLLOW, 0o600)
         try:
             _lock(fd)
