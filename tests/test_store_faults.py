@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tokenpak_mitm import store as store_mod
-from tokenpak_mitm.store import TelemetryStore
+from tokenpak_mitm.store import TelemetryStore, last_request_at
 
 
 def row(key: str, **extra: object) -> dict:
@@ -286,3 +286,29 @@ def test_sigkill_mid_write_never_corrupts_and_loses_only_the_last_moment(tmp_pat
     assert len(got) == len(set(got))
     have = set(got)
     assert all(f"k{i}" in have for i in range(submitted_early)), "rows older than one second were lost"
+
+
+def test_last_request_at_reads_without_the_wal_index_and_counts_unchecked_rows(tmp_path: Path) -> None:
+    """The proxy reads the newest request time at start: a mapped -shm there is a SIGBUS waiting to
+    happen (another process truncates it), so the read opens the database immutable; rows still only in
+    the WAL, with the index unavailable, must not make the answer earlier than the truth."""
+    import os
+
+    db = tmp_path / "t.db"
+    writer = sqlite3.connect(db)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("CREATE TABLE requests (started_at REAL)")
+        writer.execute("INSERT INTO requests VALUES (1000.0)")
+        writer.commit()
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        writer.execute("INSERT INTO requests VALUES (2000.0)")  # only in the WAL
+        writer.commit()
+        shm = Path(str(db) + "-shm")
+        os.rename(shm, tmp_path / "moved-shm")
+        shm.mkdir()  # any attempt to open the WAL index now fails
+        newest = last_request_at(db)
+    finally:
+        writer.close()
+    assert newest is not None and newest >= 2000.0

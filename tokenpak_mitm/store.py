@@ -320,18 +320,33 @@ def connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
 
 
 def last_request_at(path: str | os.PathLike[str]) -> float | None:
-    """Start time of the newest row in the database at ``path``; None when there is none or it cannot be read."""
-    if not Path(path).is_file():
+    """Newest request time in the database at ``path`` (an upper bound); None when none or unreadable.
+
+    Called inside the proxy process, which must never map the WAL index (a truncated ``-shm`` is a
+    SIGBUS there): the file is opened ``immutable`` (no ``-shm``, no locks), which reads only what
+    was checkpointed, so a non-empty ``-wal`` counts by its modification time, a later moment than
+    any row it holds.
+    """
+    db = Path(path)
+    if not db.is_file():
         return None
+    newest: float | None = None
     try:
-        conn = connect_readonly(path)
+        conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True, timeout=2.0)
         try:
             value = conn.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
         finally:
             conn.close()
+        newest = float(value) if isinstance(value, (int, float)) else None
     except sqlite3.Error:
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
+        pass
+    try:
+        wal = os.stat(str(db) + "-wal")
+    except OSError:
+        return newest
+    if wal.st_size > 0:
+        newest = max(newest or 0.0, wal.st_mtime)
+    return newest
 
 
 class TelemetryStore:
