@@ -10,7 +10,8 @@ goes through beside it; the table gives the largest gap between two frames of th
 
 Cases: ``baseline``, an ordinary small request (the jitter every figure should be read against);
 a 16 KB zstd JSON body that expands to 512 MiB; the same bomb as an SSE stream of valid
-frames; a 1 MB request body of 26k small messages (planning cost by block count, not bytes).
+frames; a 1 MB request body of 26k small messages (planning cost by block count, not bytes);
+the same for OpenAI, a 1 MB GPT-5.6 Chat Completions body of 26k small messages.
 """
 
 from __future__ import annotations
@@ -51,13 +52,19 @@ def _cases() -> dict[str, tuple[Script, bytes]]:
     small = b'{"model":"claude-sonnet-4-6","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
     many = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "s" * 8000, "messages": msgs}).encode()
+    openai_msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
+    many_openai = json.dumps({"model": "gpt-5.6", "max_completion_tokens": 8, "messages": [{"role": "system", "content": "s" * 8000}, *openai_msgs]}).encode()
     ok = Script(headers=[("content-type", "application/json")], steps=[Step(b'{"type":"message","usage":{"input_tokens":1,"output_tokens":1}}')], chunked=False)
     return {
         "baseline": (ok, small),  # an ordinary request beside the stream: the jitter to compare with
         "json_bomb": (Script(headers=[("content-type", "application/json"), ("content-encoding", "zstd")], steps=[Step(_bomb(b" "))], chunked=False), small),
         "sse_bomb": (Script(headers=[("content-type", "text/event-stream"), ("content-encoding", "zstd")], steps=[Step(_bomb(b'event: ping\ndata: {"type": "ping"}\n\n'))]), small),
         "many_blocks": (ok, many),
+        "many_blocks_openai": (ok, many_openai),
     }
+
+
+_PATHS = {"many_blocks_openai": "/v1/chat/completions"}  # the hostile request's path (default /v1/messages)
 
 
 def _peak_kib(pid: int) -> int:
@@ -83,20 +90,20 @@ def run_case(name: str, addon: bool, rounds: int, options: list[str] | None = No
         assert proxy.proc is not None
         gaps, grown = [], []
         try:
-            def call(script: Script, payload: bytes, sink: list[Response]) -> None:
+            def call(script: Script, payload: bytes, sink: list[Response], path: str = "/v1/messages") -> None:
                 key = uuid.uuid4().hex
                 scripts[key] = script
-                sink.append(request(proxy.port, build_request("POST", "/v1/messages", payload, [("content-type", "application/json"), ("x-test-id", key)]), timeout=120))
+                sink.append(request(proxy.port, build_request("POST", path, payload, [("content-type", "application/json"), ("x-test-id", key)]), timeout=120))
 
             warm: list[Response] = []
-            call(sse_script([_FRAME] * 20), body if name == "many_blocks" else b"{}", warm)
+            call(sse_script([_FRAME] * 20), body if name.startswith("many_blocks") else b"{}", warm, _PATHS.get(name, "/v1/messages"))
             for _ in range(rounds):
                 base = _peak_kib(proxy.proc.pid)
                 paced: list[Response] = []
                 t = threading.Thread(target=call, args=(sse_script([_FRAME] * FRAMES, delay=PACE), b'{"model":"claude-sonnet-4-6","stream":true,"messages":[]}', paced))
                 t.start()
                 time.sleep(0.3)
-                call(hostile, body, [])
+                call(hostile, body, [], _PATHS.get(name, "/v1/messages"))
                 t.join(120)
                 gaps.append(max(0.0, _max_gap(paced[0]) - PACE) * 1000)
                 grown.append((_peak_kib(proxy.proc.pid) - base) / 1024)
@@ -116,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.case or sorted(_CASE_NAMES):
         for label, addon in (("addon", True), ("plain", False)):
             rows.append((name, label, run_case(name, addon, args.rounds, args.set)))
-    print(f"{'case':<12} {'proxy':<6} {'stall max ms':>13} {'stall median ms':>16} {'peak +MiB':>10}")
+    print(f"{'case':<18} {'proxy':<6} {'stall max ms':>13} {'stall median ms':>16} {'peak +MiB':>10}")
     for name, label, r in rows:
-        print(f"{name:<12} {label:<6} {r['stall_ms_max']:>13.1f} {r['stall_ms_median']:>16.1f} {r['peak_mib_grown_max']:>10.1f}")
+        print(f"{name:<18} {label:<6} {r['stall_ms_max']:>13.1f} {r['stall_ms_median']:>16.1f} {r['peak_mib_grown_max']:>10.1f}")
     return 0
 
 
-_CASE_NAMES = ("baseline", "json_bomb", "sse_bomb", "many_blocks")
+_CASE_NAMES = ("baseline", "json_bomb", "sse_bomb", "many_blocks", "many_blocks_openai")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -32,7 +32,7 @@ from test_otel import Collector
 from tokenpak_mitm.decoders import zstd
 from tokenpak_mitm.store import fallback_spill_path
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Script, ScriptedUpstream, Step, sse_script
+from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step, sse_script
 
 pytestmark = pytest.mark.e2e
 
@@ -305,6 +305,40 @@ def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(tmp_pat
             assert second["cache_reasons"] and "no_history" not in second["cache_reasons"]
         else:  # fixed rules, no memory: the same markers again
             assert second["cache_decision"] == "inserted" and second["cache_reasons"] is None
+    finally:
+        stack.close()
+    assert "planning worker process unavailable" not in stack.proxy.output()
+
+
+@pytest.mark.parametrize("history", ["true", "false"])
+def test_one_megabyte_openai_body_of_many_small_messages_is_planned_in_the_worker(tmp_path: Path, history: str):
+    """The same for a GPT-5.6 Chat Completions body: with history on the learning planner is split
+    (the worker fingerprints, decides and splices; the proxy looks up and records), so the second
+    identical request is planned from what the first left in the proxy's memory."""
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
+    body = json.dumps({"model": "gpt-5.6", "max_completion_tokens": 8, "messages": [{"role": "system", "content": "s" * 8000}, *msgs]}).encode()
+    assert 900_000 < len(body) < 1 << 20
+    def ok(req: Received) -> Script:  # OpenAI's request id header names the row
+        return Script(headers=[("content-type", "application/json"), ("x-request-id", req.header("x-test-id") or "")], chunked=False,
+                      steps=[Step(b'{"object":"chat.completion","usage":{"prompt_tokens":1,"completion_tokens":1}}')])
+
+    stack = make_stack(tmp_path, options=[f"tokenpak_cache_history={history}"])
+    try:
+        _, key = stack.call(ok, body, path="/v1/chat/completions")
+        row = stack.row(key)
+        assert row["cache_decision"] == "inserted" and row["markers_inserted"] == 1
+        assert "no_history" in row["cache_reasons"]
+        assert stack.proxy.proc is not None
+        children = [Path(f"/proc/{c}/cmdline").read_bytes() for t in Path(f"/proc/{stack.proxy.proc.pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+        assert any(b"spawn_main" in c for c in children)  # planning ran in the worker process
+        _, again = stack.call(ok, body, path="/v1/chat/completions")
+        second = stack.row(again)
+        assert second["cache_decision"] == "inserted"
+        if history == "true":  # the proxy's memory was recorded and read
+            assert "no_history" not in second["cache_reasons"] and "repeat" in second["cache_reasons"]
+        else:
+            assert "no_history" in second["cache_reasons"]
     finally:
         stack.close()
     assert "planning worker process unavailable" not in stack.proxy.output()

@@ -12,18 +12,22 @@ import gzip
 import json
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_cache_insert import MESSAGES, requests
+from test_openai_cache import DOC
+from test_openai_cache import MESSAGE as OPENAI_MESSAGE
 
 from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers, remove_spans
 from tokenpak_mitm.learning_planner import Memory, observe_usage
+from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.prefix_index import PrefixIndex, boundaries
 from tokenpak_mitm.split_plan import (
     Digests,
     Snapshot,
     apply_record,
     apply_record_stepwise,
+    plan_openai_with_snapshot,
     plan_with_snapshot,
     prompt_digests,
     take_snapshot,
@@ -82,6 +86,78 @@ def test_split_planning_decides_and_remembers_exactly_as_in_process_planning(run
                 memory.index.response_began(ticket.recorded)
                 # 2 bytes per token: the calibration moves away from its default for this model
                 observe_usage(memory, ticket, prompt_tokens=ticket.prompt_bytes // 2, read_tokens=0, write_tokens=written)
+
+
+def split_openai(body: bytes, encoding: str | None, api: str, memory: Memory, now: float, step: int) -> InsertResult:
+    """What the addon's `_plan_split` does for an OpenAI body, the worker's two calls made here."""
+    digests = prompt_digests(body, encoding, api)
+    ds = digests.split() if digests is not None else []
+    known = b"".join(take_snapshot(memory, ds[i:i + step], now) for i in range(0, len(ds), step))
+    bpt = memory.calibration.bytes_per_token(digests.model if digests is not None else None)
+    result, call = plan_openai_with_snapshot(body, encoding, api, Snapshot(known, bpt), now)
+    *pauses, done = apply_record_stepwise(memory, ds, result, call, step)
+    assert all(p is None for p in pauses) and done is not None
+    return done
+
+
+OPENAI_MESSAGES = st.lists(st.one_of(OPENAI_MESSAGE, st.just({"role": "user", "content": DOC[:1500]})), min_size=1, max_size=4)
+
+
+@st.composite
+def openai_runs(draw):
+    """Related Chat Completions or Responses requests (same moves as `runs`), sometimes with a client cache field."""
+    api = draw(st.sampled_from(["openai_chat", "openai_responses"]))
+    key = "messages" if api == "openai_chat" else "input"
+    model = draw(st.sampled_from(["gpt-5.6-sol", "gpt-5.6", "gpt-6-luna", "gpt-4o"]))
+    extra = draw(st.sampled_from([{}, {}, {"prompt_cache_key": "k"}]))
+    items = [{"role": "system", "content": DOC}, *draw(OPENAI_MESSAGES)]
+    out, now = [], 1_000.0
+    for _ in range(draw(st.integers(1, 5))):
+        out.append(({"model": model, **extra, key: copy.deepcopy(items + [{"role": "user", "content": f"q {now}"}])}, now))
+        now += draw(st.sampled_from([0.5, 3.0, 90.0, 400.0, 4_000.0]))
+        move = draw(st.sampled_from(["continue", "continue", "repeat", "branch"]))
+        if move == "continue":
+            items = items + draw(OPENAI_MESSAGES)
+        elif move == "branch":
+            items = items[:draw(st.integers(1, len(items)))] + draw(OPENAI_MESSAGES)
+    return api, out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(run=openai_runs(), step=st.sampled_from([1, 3, 2048]), gzipped=st.booleans(), data=st.data())
+def test_split_openai_planning_decides_and_remembers_exactly_as_in_process_planning(run, step, gzipped, data):
+    api, requests_ = run
+    in_process, split_memory = Memory(), Memory()
+    for request, now in requests_:
+        raw = json.dumps(request).encode()
+        body, encoding = (gzip.compress(raw), "gzip") if gzipped else (raw, None)
+        a = insert_openai_breakpoint(body, encoding, api, memory=in_process, now=now)
+        b = split_openai(body, encoding, api, split_memory, now, step)
+        assert b == a  # body, spans, decision, reasons and the ticket (its Recorded included)
+        assert a.decision != "error"
+        event(f"{api} {a.decision}")
+        if a.spans:
+            assert remove_spans(gzip.decompress(b.body) if gzipped else b.body, b.spans) == raw
+        assert split_memory.index.dump() == in_process.index.dump()
+        digests = [x.digest for x in boundaries(request, api)]
+        assert split_memory.index.stats(digests, now) == in_process.index.stats(digests, now)
+        if a.ticket is not None and data.draw(st.booleans()):
+            written = data.draw(st.sampled_from([0, 100]))
+            for memory, ticket in ((in_process, a.ticket), (split_memory, b.ticket)):
+                memory.index.response_began(ticket.recorded)
+                observe_usage(memory, ticket, prompt_tokens=ticket.prompt_bytes // 2, read_tokens=0, write_tokens=written)
+
+
+def test_an_openai_body_the_planner_is_not_given_is_answered_without_a_record():
+    """Unreadable, not an object, too old a model: no digests, no record, the in-process answer."""
+    old = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": DOC}]}).encode()
+    for body, encoding in ((b"not json", None), (b"\x1f\x8b broken", "gzip"), (b'["gpt-5.6"]', None), (old, None),
+                           (b'{"model": "gpt-5.6", "messages": [', None)):
+        for api in ("openai_chat", "openai_responses"):
+            assert prompt_digests(body, encoding, api) is None
+            result, call = plan_openai_with_snapshot(body, encoding, api, Snapshot(b"", 3.0), 1.0)
+            assert call is None and result.body is body and result.spans == ()
+            assert result == insert_openai_breakpoint(body, encoding, api, memory=Memory(), now=1.0)
 
 
 def test_a_body_the_planner_cannot_read_is_answered_without_a_record():

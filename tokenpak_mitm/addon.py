@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -56,7 +56,7 @@ from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, UsageFacts
 from tokenpak_mitm.sessions import Ticket as SessionTicket
-from tokenpak_mitm.split_plan import Snapshot, apply_record_stepwise, plan_with_snapshot, prompt_digests, take_snapshot
+from tokenpak_mitm.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store_writer import StoreProcess
@@ -422,7 +422,7 @@ class TokenPak:
                 return []
             plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
                            memory=self.memory if self._history else None, now=now)
-            stateless = False  # it may update this process's planner memory
+            stateless = not self._history  # the learning planner updates this process's memory
         else:
             memory = self.memory if self._history else None
             plan = partial(insert_markers, body, encoding, opts, memory, now)
@@ -434,8 +434,8 @@ class TokenPak:
             # the worker fingerprints and decides, this process only looks up and records.
             if stateless:
                 result = await self._offload.run(plan)
-            elif st.route.dialect == "anthropic" and self._history:
-                result = await self._plan_split(body, encoding, opts, now)
+            elif st.route.dialect in ("anthropic", "openai_chat", "openai_responses"):
+                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)  # type: ignore[arg-type]
             else:
                 result = await asyncio.to_thread(plan)
         else:
@@ -454,16 +454,21 @@ class TokenPak:
                 flow.request.headers["content-length"] = str(len(result.body))
         return [[s.offset, s.text.decode("utf-8", "replace")] for s in result.spans]
 
-    async def _plan_split(self, body: bytes, encoding: str | None, opts: CacheOptions, now: float) -> InsertResult:
+    async def _plan_split(self, body: bytes, encoding: str | None, api: Literal["anthropic", "openai_chat", "openai_responses"],
+                          opts: CacheOptions, now: float) -> InsertResult:
         """The learning planner with the pure work in the worker process (see `split_plan`)."""
-        digests = await self._offload.run(prompt_digests, body, encoding)
+        digests = await self._offload.run(prompt_digests, body, encoding, api)
         known: list[bytes] = []
         bpt = self.memory.calibration.bytes_per_token(digests.model if digests is not None else None)
         ds = digests.split() if digests is not None else []
         for start in range(0, len(ds), SNAPSHOT_CHUNK):  # a turn of the event loop between slices
             known.append(take_snapshot(self.memory, ds[start:start + SNAPSHOT_CHUNK], now))
             await asyncio.sleep(0)
-        result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, Snapshot(b"".join(known), bpt), now)
+        snapshot = Snapshot(b"".join(known), bpt)
+        if api == "anthropic":
+            result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, snapshot, now)
+        else:
+            result, call = await self._offload.run(plan_openai_with_snapshot, body, encoding, api, snapshot, now)
         for done in apply_record_stepwise(self.memory, ds, result, call, SNAPSHOT_CHUNK):
             if done is not None:
                 return done

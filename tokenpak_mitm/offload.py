@@ -1,5 +1,6 @@
 """CPU-heavy pure work in one worker *process*: planning a big or many-block prompt (stateless
-planning whole; the learning planner split by `split_plan`, its memory staying in the proxy) and
+planning whole; the learning planner, Anthropic or OpenAI, split by `split_plan`, its memory
+staying in the proxy) and
 the session tracker's fingerprinting of bodies over 32 KB.
 
 A worker thread is not enough: planning is Python code that holds the GIL, and mitmproxy's event

@@ -70,6 +70,7 @@ __all__ = [
     "KEY_PREFIX",
     "OPENAI_DECISIONS",
     "Api",
+    "parse_for_planner",
     "Decide",
     "OpenAIPlan",
     "cache_key",
@@ -164,6 +165,17 @@ def insert_openai_breakpoint(body: bytes, content_encoding: str | None, api: Api
         return _insert(body, content_encoding, api, memory, now, decide)
     except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
         return _unchanged(body, "error")
+
+
+def parse_for_planner(body: bytes, content_encoding: str | None) -> dict[str, Any] | None:
+    """The request `insert_openai_breakpoint` hands the planner (None: it would not plan this body)."""
+    if not isinstance(body, bytes):
+        return None
+    opened = _open_body(body, _normalize_encoding(content_encoding))
+    if isinstance(opened, str) or not _names_supported_model(opened[0]):
+        return None
+    request = _parse(opened[0])
+    return request if isinstance(request, dict) else None
 
 
 def _unchanged(body: bytes, decision: CacheDecision, **fields: Any) -> InsertResult:

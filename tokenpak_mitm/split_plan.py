@@ -14,20 +14,27 @@ a many-block prompt. The memory itself stays in the proxy's process. So:
 4. The proxy makes that `record` call on its own index and puts the real `Recorded` in the ticket.
 
 Given the same memory, the result is the one in-process planning gives (the same code decides;
-tests/test_offload_split.py checks it). Between steps 2 and 4 another request may change the
+tests/test_split_plan.py checks it). Between steps 2 and 4 another request may change the
 memory, as it already may between `stats` and `record` when two plans run in threads.
+
+OpenAI Chat Completions / Responses bodies (`openai_cache.insert_openai_breakpoint`, whose
+`learning_planner.plan_openai` reads and writes the memory the same way) take the same steps:
+``prompt_digests(body, encoding, api)`` and ``plan_openai_with_snapshot``.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from .cache_insert import CacheOptions, InsertResult, insert_markers, parse_decoded
 from .learning_planner import Memory
+from .openai_cache import Api as OpenAIApi
+from .openai_cache import insert_openai_breakpoint, parse_for_planner
 from .prefix_index import DIGEST_BYTES, PrefixIndex, PrefixStats, Recorded, boundaries
 from .token_estimate import TokenCalibration
 
-__all__ = ["Digests", "RecordCall", "Snapshot", "apply_record", "apply_record_stepwise", "plan_with_snapshot", "prompt_digests", "take_snapshot"]
+__all__ = ["Digests", "RecordCall", "Snapshot", "apply_record", "apply_record_stepwise", "plan_openai_with_snapshot", "plan_with_snapshot", "prompt_digests", "take_snapshot"]
 
 _NO_RECORD = Recorded((), None, None, None)
 
@@ -62,13 +69,15 @@ class RecordCall:
     read: int | None
 
 
-def prompt_digests(body: bytes, content_encoding: str | None) -> Digests | None:
-    """The boundary digests `learning_planner.plan` will look up (None: not a JSON object body)."""
-    request = parse_decoded(body, content_encoding)
+def prompt_digests(body: bytes, content_encoding: str | None, api: Literal["anthropic"] | OpenAIApi = "anthropic") -> Digests | None:
+    """The boundary digests `learning_planner.plan` (for ``api`` "anthropic") or `plan_openai` will
+    look up (None: a body the planner is not given: not a JSON object; for OpenAI also too large,
+    undecodable or naming no GPT-5.6+ model, as `insert_openai_breakpoint` decides)."""
+    request = parse_decoded(body, content_encoding) if api == "anthropic" else parse_for_planner(body, content_encoding)
     if not isinstance(request, dict):
         return None
     model = request.get("model")
-    return Digests(b"".join(b.digest for b in boundaries(request, "anthropic")), model if isinstance(model, str) else None)
+    return Digests(b"".join(b.digest for b in boundaries(request, api)), model if isinstance(model, str) else None)
 
 
 def take_snapshot(memory: Memory, digests: Sequence[bytes], now: float) -> bytes:
@@ -81,6 +90,14 @@ def plan_with_snapshot(body: bytes, content_encoding: str | None, opts: CacheOpt
     """`insert_markers` with the learning planner answering from `snapshot`; never raises."""
     index = _SnapshotIndex(PrefixIndex.stats_from_export(snapshot.known))
     result = insert_markers(body, content_encoding, opts, Memory(index, _FixedCalibration(snapshot.bytes_per_token)), now)
+    return result, index.call
+
+
+def plan_openai_with_snapshot(body: bytes, content_encoding: str | None, api: OpenAIApi, snapshot: Snapshot,
+                              now: float) -> tuple[InsertResult, RecordCall | None]:
+    """`insert_openai_breakpoint` with the learning planner answering from `snapshot`; never raises."""
+    index = _SnapshotIndex(PrefixIndex.stats_from_export(snapshot.known))
+    result = insert_openai_breakpoint(body, content_encoding, api, memory=Memory(index, _FixedCalibration(snapshot.bytes_per_token)), now=now)
     return result, index.call
 
 
