@@ -147,6 +147,14 @@ def _open_body(body: bytes, encoding: str | None) -> tuple[bytes, _Codec | None,
     return decoded, codec, flavor
 
 
+def _close_body(spliced: bytes, codec: _Codec | None, flavor: int) -> bytes | None:
+    """The spliced body in the client's encoding; None when the round trip does not give it back."""
+    if codec is None:
+        return spliced
+    out = codec.encode(spliced, flavor)
+    return out if codec.decode(out)[0] == spliced else None
+
+
 def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memory: Memory | None, now: float | None) -> InsertResult:
     if not isinstance(opts, CacheOptions) or not isinstance(body, bytes):
         return _unchanged(body, "error")
@@ -191,11 +199,9 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
     spliced = _splice(decoded, spans)
     if not _markers_landed(spliced, decided, opts):
         return _unchanged(body, "error", **seen)
-    out = spliced
-    if codec is not None:
-        out = codec.encode(spliced, flavor)
-        if codec.decode(out)[0] != spliced:
-            return _unchanged(body, "error", **seen)
+    out = _close_body(spliced, codec, flavor)
+    if out is None:
+        return _unchanged(body, "error", **seen)
     inserted = 1 if decided.top_level else len(decided.breakpoints)
     return InsertResult(out, spans, "inserted", inserted, **seen)  # type: ignore[arg-type]
 

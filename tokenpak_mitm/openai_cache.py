@@ -53,6 +53,7 @@ from .cache_insert import (
     _NOT_JSON,
     InsertResult,
     Span,
+    _close_body,
     _normalize_encoding,
     _open_body,
     _parse,
@@ -225,11 +226,9 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, memory: Memory 
     spliced = _splice(decoded, spans)
     if not _landed(spliced, decided, api):
         return _unchanged(body, "error", **seen)
-    out = spliced
-    if codec is not None:
-        out = codec.encode(spliced, flavor)
-        if codec.decode(out)[0] != spliced:
-            return _unchanged(body, "error", **seen)
+    out = _close_body(spliced, codec, flavor)
+    if out is None:
+        return _unchanged(body, "error", **seen)
     return InsertResult(out, spans, "inserted", len(decided.targets) or 1, **seen)
 
 
