@@ -273,3 +273,68 @@ def test_acceptance_matches_json_loads_on_mutated_and_random_bytes(data):
         return
     assert loads_accepts(body)
     assert agrees_with(strict_loads(body), bm)
+
+
+# ---- the fast path (C-scanner skipping) gives exactly the reference walker's answer -------------
+
+from tokenpak_mitm import jsonscan  # noqa: E402
+from tokenpak_mitm.jsonscan import scan_reference  # noqa: E402
+
+
+def both(body: bytes, messages_key: str = "messages") -> object:
+    """scan's answer and the reference walker's, asserted equal (a map, or both reject)."""
+    try:
+        expected: object = scan_reference(body, messages_key)
+    except JsonScanError:
+        expected = JsonScanError
+    try:
+        got: object = scan(body, messages_key)
+    except JsonScanError:
+        got = JsonScanError
+    assert got == expected
+    return got
+
+
+responses_items = st.lists(st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": st.one_of(texts, st.lists(blocks, max_size=3))}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": texts,
+                           "output": st.one_of(texts, st.lists(blocks, max_size=3))}),
+    json_values,
+), max_size=4)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fast_path_equals_reference_on_requests(data):
+    if data.draw(st.booleans()):
+        request, key = data.draw(requests), "messages"
+    else:
+        request, key = {"input": data.draw(responses_items), **data.draw(st.fixed_dictionaries({}, optional={"tools": st.lists(json_values, max_size=2), "instructions": texts}))}, "input"
+    body = data.draw(spelled(request)).encode()
+    assert both(body, key) is not JsonScanError
+    # the fast path itself answered (it only hands over on bodies it rejects or nests past C recursion)
+    assert jsonscan._fast(body.decode("latin-1"), key) == scan_reference(body, key)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fast_path_equals_reference_on_mutated_bodies(data):
+    request = data.draw(requests)
+    body = mutate(data.draw(spelled(request)).encode(), data)
+    if data.draw(st.booleans()):
+        body = mutate(body, data)
+    both(body, data.draw(st.sampled_from(["messages", "input"])))
+
+
+@pytest.mark.parametrize("body", INVALID + [b'{"messages":[{"content":[NaN]}]}', b'{"tools":[-Infinity]}',
+                                            b'{"messages":[{"role":"user","content":[1,]}]}', b'{"system":[{"a":1}}]}'])
+def test_fast_path_rejects_what_the_reference_rejects(body):
+    assert both(body) is JsonScanError
+
+
+def test_fast_path_hands_deep_values_to_the_reference():
+    depth = 5000
+    body = b'{"messages":[{"role":"user","content":[{"type":"text","meta":' + b"[" * depth + b"]" * depth + b"}]}]}"
+    with pytest.raises(jsonscan._Fallback):
+        jsonscan._fast(body.decode("latin-1"), "messages")
+    assert both(body).messages[0].blocks[0].end == len(body) - 4
