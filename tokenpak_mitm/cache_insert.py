@@ -26,6 +26,7 @@ from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Size
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
 from .learning_planner import Memory, Ticket
+from .prefix_index import prompt_blocks
 from .row import CacheDecision
 
 __all__ = [
@@ -175,17 +176,30 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
         model=model if isinstance(model, str) else None,
     )
     body_map: list[BodyMap] = []
+    raw: list[bytes | None] | None = None
+    if memory is not None and now is not None and isinstance(request, dict):
+        # The learning planner fingerprints every block: mapped first (cheap), it hashes the
+        # client's bytes where they are already canonical instead of re-serialising each block.
+        # A body the scanner cannot map is left to `measure` below, which fails as it always did.
+        try:
+            early = scan(decoded)
+        except JsonScanError:
+            early = None
+        if early is not None and agrees_with(request, early):
+            body_map.append(early)
+            raw = _raw_blocks(decoded, early, request)
 
     def measure() -> Sizes:
-        body_map.append(scan(decoded))
-        if not agrees_with(request, body_map[0]):
-            raise _Disagreement
+        if not body_map:
+            body_map.append(scan(decoded))
+            if not agrees_with(request, body_map[0]):
+                raise _Disagreement
         return _sizes(body_map[0])
 
     ticket: Ticket | None = None
     try:
         if memory is not None and now is not None:
-            decided, ticket = learning_planner.plan(request, opts, measure, memory, now)
+            decided, ticket = learning_planner.plan(request, opts, measure, memory, now, raw)
         else:
             decided = plan(request, opts, measure)
     except (_Disagreement, JsonScanError):  # json.loads and the scanner disagree: trust neither
@@ -239,6 +253,32 @@ def _sizes(body_map: BodyMap) -> Sizes:
         for m in body_map.messages or ()
     )
     return Sizes(tuple(map(length, body_map.tools or ())), system, messages)
+
+
+def _raw_blocks(decoded: bytes, body_map: BodyMap, request: dict[str, Any]) -> list[bytes | None]:
+    """The bytes of each block `prefix_index.prompt_blocks(request)` yields, in its order (None where unmapped).
+
+    `body_map` agrees with `request` (`agrees_with`): same sections, element counts and kinds.
+    """
+    out: list[bytes | None] = []
+    messages = body_map.messages or ()
+    for section, message, block, _, _ in prompt_blocks(request, "anthropic"):
+        loc: Loc | None = None
+        if section == "tools":
+            loc = body_map.tools[block] if body_map.tools is not None and block is not None else None
+        elif section == "system":
+            if block is None:
+                loc = body_map.system if body_map.system is not None and body_map.system.kind == "string" else None
+            elif body_map.system_blocks is not None:
+                loc = body_map.system_blocks[block]
+        elif message is not None and message < len(messages):
+            where = messages[message]
+            if block is not None:
+                loc = where.blocks[block] if where.blocks is not None else None
+            else:  # a string (or other non-list) content, or a message without content: one block
+                loc = where.content if where.content is not None else where.loc
+        out.append(decoded[loc.start:loc.end] if loc is not None else None)
+    return out
 
 
 def _member(ttl: str) -> bytes:

@@ -116,15 +116,19 @@ class Ticket:
     expected_write_tokens: int
 
 
-def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory: Memory, now: float) -> tuple[Plan, Ticket | None]:
-    """Decide the markers for one Messages request with what `memory` knows; record it there."""
+def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory: Memory, now: float,
+         raw: Sequence[bytes | None] | None = None) -> tuple[Plan, Ticket | None]:
+    """Decide the markers for one Messages request with what `memory` knows; record it there.
+
+    raw: the client's bytes of each prompt block, if known (`prefix_index.boundaries`: only faster).
+    """
     stateless = cache_planner.plan(request, opts, sizes)
     if stateless.decision in ("off", "not_messages") or not isinstance(request, dict):
         return stateless, None
     model = stateless.model
     facts = facts_for(model, "anthropic")
     bpt = memory.calibration.bytes_per_token(model)
-    bounds = boundaries(request, "anthropic", bpt)
+    bounds = boundaries(request, "anthropic", bpt, raw)
     if not bounds:
         return stateless, None
     digests = [b.digest for b in bounds]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 import threading
 from array import array
@@ -58,6 +59,7 @@ __all__ = [
     "Recorded",
     "Section",
     "boundaries",
+    "canonical_from_raw",
     "first_difference",
     "item_content",
     "part_at",
@@ -94,11 +96,18 @@ class Boundary:
     kind: str
 
 
-def boundaries(request: Mapping[str, Any], api: Api = "anthropic", bytes_per_token: float = BYTES_PER_TOKEN) -> tuple[Boundary, ...]:
+def boundaries(request: Mapping[str, Any], api: Api = "anthropic", bytes_per_token: float = BYTES_PER_TOKEN,
+               raw: Sequence[bytes | None] | None = None) -> tuple[Boundary, ...]:
     """Every block boundary of `request` with its cumulative digest and estimated prefix tokens.
 
     Never raises on odd shapes: parts that are not what the API documents are hashed as they are
     (a non-dict block is one block). An empty tuple when there is nothing to fingerprint.
+
+    raw: optionally, the client's own bytes of each block, in `prompt_blocks` order (None where
+    not known), as `jsonscan` locates them in the body `request` was parsed from. A block whose
+    bytes already are its canonical form (compact, in the canonical escapes, no marker, no
+    duplicate key: `canonical_from_raw`) is hashed from them, skipping the re-serialisation
+    that is most of the cost of a big prompt. The digests are the same either way.
     """
     model = request.get("model")
     h = hashlib.blake2b(f"{api}\0{model if isinstance(model, str) else ''}".encode(), digest_size=DIGEST_BYTES).digest()
@@ -106,14 +115,28 @@ def boundaries(request: Mapping[str, Any], api: Api = "anthropic", bytes_per_tok
     out: list[Boundary] = []
     total = 0
     current: str | None = None
-    for section, message, block, role, value in _blocks(request, api):
+    for k, (section, message, block, role, value) in enumerate(_blocks(request, api)):
         if section != current:
             current = section
             folded = json.dumps(params.get(section, {}), sort_keys=True, separators=(",", ":"), default=str)
             h = _step(h, f"\0section\0{section}\0{folded}".encode())
-        data = _canonical(value)
-        total += len(data)
-        h = _step(h, b"\0" + (role or "").encode() + b"\0" + data)
+        piece = raw[k] if raw is not None and k < len(raw) else None
+        head = b"\0" + (role or "").encode() + b"\0"
+        known = _STEPS.get((h, head, piece)) if piece is not None else None
+        if known is not None:
+            h, size = known
+        else:
+            data = canonical_from_raw(value, piece) if piece is not None else None
+            if data is None:
+                data = _canonical(value)
+            size = len(data)
+            step = hashlib.blake2b(h, digest_size=DIGEST_BYTES)  # == _step(h, head + data), without copying data
+            step.update(head)
+            step.update(data)
+            previous, h = h, step.digest()
+            if piece is not None:
+                _STEPS.put((previous, head, piece), (h, size))
+        total += size
         kind = value.get("type") if isinstance(value, dict) else ("text" if isinstance(value, str) else None)
         out.append(Boundary(
             section, message, block, len(out), h, math.ceil(total / bytes_per_token), role,
@@ -216,6 +239,111 @@ def _canonical(value: object) -> bytes:
         if value.get("type") == "input_text" and value.keys() == {"type", "text"} and isinstance(value["text"], str):
             value = {"type": "text", "text": value["text"]}  # the same text block as a string content
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
+
+
+class _StepMemo:
+    """The digest steps of recent requests' blocks: (previous digest, role, the block's bytes) -> (digest, canonical length).
+
+    Clients send each turn as the previous prompt plus new messages, so nearly every block of a
+    request was hashed, after the same prefix, by the one before it. The key is the block's own
+    bytes (its canonical form, so the step, is a function of them), compared whole: a hit is
+    exact. Looking it up costs Python's bytes hash (~5 GB/s) against blake2b (~1 GB/s) plus the
+    canonical form. Bounded by entries and by bytes held (least recently used out first), in
+    memory only. Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 8192, max_bytes: int = 8 << 20) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._steps: dict[tuple[bytes, bytes, bytes], tuple[bytes, int]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[bytes, bytes, bytes]) -> tuple[bytes, int] | None:
+        with self._lock:
+            found = self._steps.pop(key, None)
+            if found is not None:
+                self._steps[key] = found  # most recently used last
+            return found
+
+    def put(self, key: tuple[bytes, bytes, bytes], value: tuple[bytes, int]) -> None:
+        size = len(key[2])
+        if size > self.max_bytes // 4:
+            return  # one huge block would flush everything else
+        with self._lock:
+            if key in self._steps:
+                return
+            self._steps[key] = value
+            self._bytes += size
+            while len(self._steps) > self.max_entries or self._bytes > self.max_bytes:
+                oldest = next(iter(self._steps))
+                del self._steps[oldest]
+                self._bytes -= len(oldest[2])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._steps.clear()
+            self._bytes = 0
+
+
+_STEPS: Final = _StepMemo()
+
+
+# What is left of a block's bytes once its strings are cut out, when nothing in it needs rewriting
+# for the canonical form: no whitespace, ints spelled as Python prints them (no "-0", no float,
+# whose spelling json.dumps may change), literals, punctuation.
+_CANONICAL_SKELETON: Final = re.compile(rb"(?:[{}\[\],:]|true|false|null|0|-?[1-9][0-9]*+)*+")
+_TEXT_BLOCK_OPEN: Final = b'{"type":"text","text":'
+_MARKER_KEYS_RAW: Final = frozenset(k.encode() for k in _MARKER_KEYS)
+
+
+def canonical_from_raw(value: object, raw: bytes) -> bytes | None:
+    """``_canonical(value)`` taken from the client's bytes of `value` (`raw`), or None when they differ from it.
+
+    `raw` must be the exact bytes `value` was parsed from (valid JSON). They ARE the canonical form
+    when: every escape is one json.dumps(ensure_ascii=False) writes the same way (``\\"``,
+    ``\\\\``, ``\\n``, ``\\r``, ``\\t``, ``\\b``, ``\\f``; no ``\\uXXXX``, no ``\\/``), so each string
+    reads back to its own bytes; the skeleton outside the strings is compact with canonical ints
+    (`_CANONICAL_SKELETON`); no member name occurs twice in an object (json.loads would drop one:
+    the ``:`` count equals the members parsed); and nothing is rewritten (no marker key anywhere,
+    not an ``input_text`` part). A string `value` is the text block it stands for. Anything else:
+    None (the caller serialises). Cheap: C-speed passes over the bytes, Python work per container.
+    """
+    if b"\\" in raw:
+        r = raw.replace(b"\\\\", b"")  # escaped backslashes out first: every other backslash then starts an escape
+        if b"\\u" in r or b"\\/" in r:
+            return None
+        r = r.replace(b'\\"', b"")  # escaped quotes out: every quote left delimits a string
+    else:
+        r = raw
+    if isinstance(value, str):
+        return _TEXT_BLOCK_OPEN + raw + b"}" if raw[:1] == b'"' else None
+    if type(value) is dict and len(value) == 2 and r.startswith(_TEXT_BLOCK_OPEN) and r.endswith(b'"}'):
+        # The common big block, {"type":"text","text":"..."} exactly: one string from the opening quote
+        # to the end (so no other member hides in it) is all there is to check.
+        return raw if r.find(b'"', len(_TEXT_BLOCK_OPEN) + 1) == len(r) - 2 else None
+    parts = r.split(b'"')
+    if any(parts[k] in _MARKER_KEYS_RAW for k in range(1, len(parts) - 1, 2) if parts[k + 1][:1] == b":"):
+        return None  # a marker: _strip removes it (wherever it is: none is kept)
+    if isinstance(value, dict) and value.get("type") == "input_text":
+        return None
+    skeleton = b"".join(parts[0::2])
+    if _CANONICAL_SKELETON.fullmatch(skeleton) is None or skeleton.count(b":") != _members(value):
+        return None
+    return raw
+
+
+def _members(value: object) -> int:
+    """Object members in `value`, nested ones included."""
+    count = 0
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            count += len(node)
+            pending.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            pending.extend(v for v in node if isinstance(v, (dict, list)))
+    return count
 
 
 def _strip(block: dict[str, Any]) -> dict[str, Any]:
