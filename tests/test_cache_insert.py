@@ -600,3 +600,32 @@ def test_planning_moves_off_the_event_loop_by_object_count_as_well_as_bytes():
     assert plan_off_loop(b"{" * (OFFLOAD_OBJECTS + 1), None) and not plan_off_loop(b"{" * OFFLOAD_OBJECTS, None)
     assert plan_off_loop(b"x" * (2 << 20), None)
     assert len(gzip.compress(many)) < 8192 and plan_off_loop(gzip.compress(many), "gzip")  # compressed: always
+
+
+# ---- the view of the upstream body handed to the session tracker --------------------------------
+
+from spelling import MARKABLE, REQUESTS, spell  # noqa: E402
+
+from tokenpak_mitm.learning_planner import Memory  # noqa: E402
+from tokenpak_mitm.request_shape import parse_shape, shape_of  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(MARKABLE | REQUESTS, st.integers(0, 2**32), st.booleans()), min_size=1, max_size=3),
+       st.sampled_from([CacheOptions(mode="auto", ttl="auto"), CacheOptions(mode="auto"), CacheOptions(mode="top-level")]),
+       st.booleans())
+def test_view_is_the_upstream_body_parsed_and_changes_nothing(turns, opts, learning):
+    import random
+
+    with_view, without = Memory(), Memory()
+    for n, (req, seed, canonical) in enumerate(turns):
+        if n and turns[0][0].get("messages"):  # a conversation going on: the previous request plus more
+            req = {**turns[0][0], "messages": turns[0][0]["messages"] + req["messages"]}
+        body = spell(req, random.Random(seed), canonical).encode()
+        a = insert_markers(body, None, opts, with_view if learning else None, 100.0 * n, view=True)
+        b = insert_markers(body, None, opts, without if learning else None, 100.0 * n)
+        assert (a.body, a.spans, a.decision, a.notes, a.markers_inserted) == (b.body, b.spans, b.decision, b.notes, b.markers_inserted)
+        assert a.view is not None and a.view.body is a.body
+        parsed, shape = parse_shape(a.body, "anthropic")
+        assert a.view.request == parsed
+        assert shape_of(a.view.request, "anthropic", a.view.raw) == shape

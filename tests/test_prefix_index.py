@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import random
 import threading
 from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from spelling import BLOCKS, REQUESTS, TEXTS, spell
 
+from tokenpak_mitm import prefix_index
+from tokenpak_mitm.cache_insert import _raw_blocks
+from tokenpak_mitm.jsonscan import agrees_with, scan
 from tokenpak_mitm.prefix_index import PrefixIndex, boundaries, first_difference, prompt_blocks
 
 TOOLS = [{"name": f"t{i}", "description": "does a thing " * 20, "input_schema": {"type": "object"}} for i in range(3)]
@@ -177,86 +183,9 @@ def test_prompt_blocks_walks_exactly_what_boundaries_fingerprints(api, request_)
 
 # ---- hashing from the client's bytes gives exactly the digests of re-serialising ---------------
 
-import json  # noqa: E402
-import random  # noqa: E402
-
-from tokenpak_mitm import prefix_index  # noqa: E402
-from tokenpak_mitm.cache_insert import _raw_blocks  # noqa: E402
-from tokenpak_mitm.jsonscan import agrees_with, scan  # noqa: E402
-
-_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def spell(value: object, rnd: random.Random, canonical: bool) -> str:
-    """JSON for `value`: canonical (json.dumps, compact, ensure_ascii=False) or any valid spelling
-    (whitespace, \\u and \\/ escapes, upper-case hex, floats as exponents, -0, duplicate keys)."""
-    if canonical:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-    def ws() -> str:
-        return rnd.choice(["", "", "", " ", "\n", "\t "])
-
-    def string(s: str) -> str:
-        out = []
-        for ch in s:
-            roll = rnd.random()
-            if roll < 0.15 and ord(ch) < 0x10000:
-                out.append(("\\u%04x" if rnd.random() < 0.5 else "\\u%04X") % ord(ch))
-            elif ch == "/" and roll < 0.5:
-                out.append("\\/")
-            elif ch in _SHORT:
-                out.append(_SHORT[ch])
-            elif ord(ch) < 0x20:
-                out.append("\\u%04x" % ord(ch))
-            else:
-                out.append(ch)
-        return '"' + "".join(out) + '"'
-
-    def render(v: object) -> str:
-        if isinstance(v, dict):
-            members = [f"{ws()}{string(k)}{ws()}:{ws()}{render(x)}{ws()}" for k, x in v.items()]
-            if v and rnd.random() < 0.1:  # an earlier duplicate json.loads drops
-                members.insert(0, f"{string(next(iter(v)))}:{render('shadowed')}")
-            return "{" + (",".join(members) or ws()) + "}"
-        if isinstance(v, list):
-            return "[" + (",".join(f"{ws()}{render(x)}{ws()}" for x in v) or ws()) + "]"
-        if isinstance(v, str):
-            return string(v)
-        if isinstance(v, float) and rnd.random() < 0.3:
-            return f"{v:e}" if v == v else "0"
-        if v == 0 and not isinstance(v, bool) and rnd.random() < 0.2:
-            return "-0"
-        return json.dumps(v)
-
-    return render(value)
-
-
-_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=30) | st.sampled_from(["", 'a "q" \\ / \n\t\x01 é ☃ 𝄞', "cache_control"])
-_MARK = st.sampled_from([{"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}])
-_SCALAR = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | _TEXT
-_JSON = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3), max_leaves=8)
-_TEXT_BLOCK = st.builds(lambda t, m: {"type": "text", "text": t, **({"cache_control": m} if m else {})}, _TEXT, st.none() | _MARK)
-_BLOCK = st.one_of(
-    _TEXT_BLOCK,
-    st.builds(lambda t: {"type": "input_text", "text": t}, _TEXT),
-    st.builds(lambda i, x: {"type": "tool_use", "id": i, "name": "f", "input": x}, _TEXT, _JSON),
-    st.builds(lambda i, c: {"type": "tool_result", "tool_use_id": i, "content": c}, _TEXT, _TEXT | st.lists(_TEXT_BLOCK, max_size=2)),
-    st.builds(lambda c: {"type": "document", "source": {"type": "content", "content": c}}, st.lists(_TEXT_BLOCK, max_size=2)),
-    _JSON,
-)
-_REQUEST = st.fixed_dictionaries(
-    {"model": st.sampled_from(["claude-sonnet-4-6", "claude-opus-4-1"]),
-     "messages": st.lists(st.one_of(
-         st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": _TEXT | st.lists(_BLOCK, max_size=4)}),
-         st.fixed_dictionaries({"role": st.just("user")}), _TEXT, _JSON), max_size=5)},
-    optional={"tools": st.lists(st.builds(lambda n, d, x: {"name": n, "description": d, "input_schema": x}, _TEXT, _TEXT, _JSON) | _JSON, max_size=3),
-              "system": _TEXT | st.lists(_TEXT_BLOCK | _JSON, max_size=3),
-              "tool_choice": st.just({"type": "any"})},
-)
-
 
 @settings(max_examples=400, deadline=None)
-@given(_REQUEST, st.integers(0, 2**32), st.booleans())
+@given(REQUESTS, st.integers(0, 2**32), st.booleans())
 def test_hashing_the_clients_bytes_gives_the_same_digests(request_, seed, canonical):
     body = spell(request_, random.Random(seed), canonical).encode()
     parsed = json.loads(body)
@@ -271,7 +200,7 @@ def test_hashing_the_clients_bytes_gives_the_same_digests(request_, seed, canoni
 
 
 @settings(max_examples=400, deadline=None)
-@given(_BLOCK | _TEXT, st.integers(0, 2**32), st.booleans())
+@given(BLOCKS | TEXTS, st.integers(0, 2**32), st.booleans())
 def test_canonical_from_raw_is_the_canonical_form_or_nothing(value, seed, canonical):
     raw = spell(value, random.Random(seed), canonical).encode()
     parsed = json.loads(raw)

@@ -82,3 +82,30 @@ def test_volatile_values_are_masked_and_words_are_not():
     assert mask_volatile("Today is Monday, 30 November 2026, 10:00:01") == mask_volatile("Today is Tuesday, 1 December 2026, 11:59:59")
     assert mask_volatile("id 1b4e28ba-2fa1-11d2-883f-0016d3cca427") == mask_volatile("id 6fa459ea-ee8a-3ca4-894e-db77e160355e")
     assert mask_volatile("Answer in French.") != mask_volatile("Answer in German.")
+
+
+# ---- the shape from the client's bytes (planning's byte map) is the shape ------------------------
+
+import json  # noqa: E402
+import random  # noqa: E402
+
+from spelling import REQUESTS, spell  # noqa: E402
+
+from tokenpak_mitm import prefix_index, request_shape  # noqa: E402
+from tokenpak_mitm.cache_insert import _raw_blocks  # noqa: E402
+from tokenpak_mitm.jsonscan import agrees_with, scan  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(REQUESTS, st.integers(0, 2**32), st.booleans())
+def test_shape_from_the_clients_bytes_is_the_same(req, seed, canonical):
+    body = spell(req, random.Random(seed), canonical).encode()
+    parsed = json.loads(body)
+    body_map = scan(body)
+    assert agrees_with(parsed, body_map)
+    expected = shape_of(parsed)
+    prefix_index._STEPS.clear()
+    request_shape._FACTS.clear()
+    request_shape._MASKED_CACHE.clear()
+    assert shape_of(parsed, "anthropic", _raw_blocks(body, body_map, parsed)) == expected  # computed from the bytes
+    assert shape_of(parsed, "anthropic", _raw_blocks(body, body_map, parsed)) == expected  # remembered

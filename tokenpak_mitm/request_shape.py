@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from tokenpak_mitm.prefix_index import Api, Section, boundaries, prompt_blocks
+from tokenpak_mitm.prefix_index import Api, Section, boundaries, canonical_from_raw, prompt_blocks
 
 __all__ = ["MAX_BLOCKS", "Block", "Shape", "first_difference", "mask_volatile", "parse_shape", "shape_of"]
 
@@ -55,10 +57,10 @@ def mask_volatile(text: str) -> str:
     return _NAMES.sub("#", _VOLATILE.sub("#", text).lower())
 
 
-def _masked(digest: bytes, canonical: bytes) -> bytes:
+def _masked(digest: bytes, canonical: Callable[[], bytes]) -> bytes:
     masked = _MASKED_CACHE.get(digest)
     if masked is None:
-        masked = _digest(mask_volatile(canonical.decode("utf-8", "replace")).encode())
+        masked = _digest(mask_volatile(canonical().decode("utf-8", "replace")).encode())
         if len(_MASKED_CACHE) >= _MASKED_CACHE_MAX:
             _MASKED_CACHE.clear()
         _MASKED_CACHE[digest] = masked
@@ -118,6 +120,10 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
 
 
+def _block_facts_canonical(value: object) -> bytes:
+    return _canonical(_strip(value)[0])
+
+
 def _ttl(marker: object) -> str | None:
     if not isinstance(marker, dict):
         return None
@@ -165,13 +171,79 @@ def parse_shape(body: bytes, api: str, slim: bool = False) -> tuple[object, Shap
     return parsed, shape
 
 
-def shape_of(request: object, api: str = "anthropic") -> Shape | None:
-    """The shape of a parsed request body, or None when it is not a request we understand."""
+def _block_facts(value: object, anthropic: bool) -> tuple[bytes, str | None, Callable[[], bytes]]:
+    """(digest, marker TTL, the canonical bytes on demand) of one block, from its parsed value."""
+    clean, ttl = _strip(value)
+    if not anthropic:
+        ttl = OPENAI_BREAKPOINT_TTL if isinstance(value, dict) and value.get("prompt_cache_breakpoint") is not None else None
+    canonical = _canonical(clean)
+    return _digest(canonical), ttl, lambda: canonical
+
+
+def _raw_facts(value: object, raw: bytes) -> tuple[bytes, str | None, Callable[[], bytes]] | None:
+    """`_block_facts` of a plain text block (or string content) from the client's bytes, or None.
+
+    When `prefix_index.canonical_from_raw` finds the bytes are the block's canonical form and the
+    block is exactly {"type": "text", "text": ...} (no marker: TTL None), its sorted-keys canonical
+    form is b'{"text":' + the text's bytes + b',"type":"text"}': hashed without re-serialising.
+    """
+    if not (type(value) is str or (type(value) is dict and len(value) == 2 and value.get("type") == "text"
+                                   and type(value.get("text")) is str)):
+        return None
+    same = canonical_from_raw(value, raw)
+    if same is None or not same.startswith(_TEXT_OPEN):
+        return None
+    text = memoryview(same)[len(_TEXT_OPEN):-1]
+    h = hashlib.blake2b(digest_size=8)
+    h.update(b'{"text":')
+    h.update(text)
+    h.update(b',"type":"text"}')
+    return h.digest(), None, lambda: b'{"text":' + bytes(text) + b',"type":"text"}'
+
+
+_TEXT_OPEN = b'{"type":"text","text":'
+# (api is anthropic, a block's bytes) -> (digest, marker TTL): the blocks of recent requests, which
+# a conversation resends every turn. Bounded like prefix_index's step memo (entries and bytes held).
+_FACTS: dict[tuple[bool, bytes], tuple[bytes, str | None]] = {}
+_FACTS_MAX, _FACTS_MAX_BYTES = 8192, 8 << 20
+_facts_bytes = 0
+_facts_lock = threading.Lock()
+
+
+def _remember(key: tuple[bool, bytes], facts: tuple[bytes, str | None]) -> None:
+    global _facts_bytes
+    if len(key[1]) > _FACTS_MAX_BYTES // 4:
+        return
+    with _facts_lock:
+        if key in _FACTS:
+            return
+        _FACTS[key] = facts
+        _facts_bytes += len(key[1])
+        while len(_FACTS) > _FACTS_MAX or _facts_bytes > _FACTS_MAX_BYTES:
+            oldest = next(iter(_FACTS))
+            del _FACTS[oldest]
+            _facts_bytes -= len(oldest[1])
+
+
+def _recall(key: tuple[bool, bytes]) -> tuple[bytes, str | None] | None:
+    with _facts_lock:
+        found = _FACTS.pop(key, None)
+        if found is not None:
+            _FACTS[key] = found  # most recently used last
+        return found
+
+
+def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None] | None = None) -> Shape | None:
+    """The shape of a parsed request body, or None when it is not a request we understand.
+
+    raw: optionally the client's bytes of each prompt block in `prefix_index.prompt_blocks` order
+    (None where unknown), as for `prefix_index.boundaries`: the same shape, computed faster.
+    """
     if not isinstance(request, dict) or api not in _APIS:
         return None
     dialect: Api = api
     model = request.get("model")
-    bounds = boundaries(request, dialect)[:MAX_BLOCKS]
+    bounds = boundaries(request, dialect, raw=raw)[:MAX_BLOCKS]
     values = list(prompt_blocks(request, dialect))[:MAX_BLOCKS]
     if len(values) != len(bounds):
         return None  # cannot happen (same walk); never pair blocks wrongly if it ever does
@@ -180,14 +252,20 @@ def shape_of(request: object, api: str = "anthropic") -> Shape | None:
     turn = hashlib.blake2b(digest_size=8)
     turn_keys: list[bytes] = []
     for i, (b, (_, _, _, role, value)) in enumerate(zip(bounds, values)):
-        clean, ttl = _strip(value)
-        if not anthropic:
-            ttl = OPENAI_BREAKPOINT_TTL if isinstance(value, dict) and value.get("prompt_cache_breakpoint") is not None else None
-        canonical = _canonical(clean)
+        piece = raw[i] if raw is not None and i < len(raw) else None
+        known = _recall((anthropic, piece)) if piece is not None else None
+        canonical: Callable[[], bytes]
+        if known is not None:
+            digest, ttl = known
+            canonical = partial(_block_facts_canonical, value)
+        else:
+            facts = _raw_facts(value, piece) if piece is not None else None
+            digest, ttl, canonical = facts if facts is not None else _block_facts(value, anthropic)
+            if piece is not None:
+                _remember((anthropic, piece), (digest, ttl))
         nxt = bounds[i + 1] if i + 1 < len(bounds) else None
         end = nxt is None or nxt.section != b.section or nxt.message != b.message
         index = b.message if b.section == "messages" else b.block
-        digest = _digest(canonical)
         # Volatile values are told apart in tools and system only: a message that differs is
         # history rewritten, whatever changed in it (and masking every message would cost the most).
         system = b.section != "messages" or role in _SYSTEM_ROLES
