@@ -105,7 +105,7 @@ def test_shape_from_the_clients_bytes_is_the_same(req, seed, canonical):
     assert agrees_with(parsed, body_map)
     expected = shape_of(parsed)
     prefix_index._STEPS.clear()
-    request_shape._FACTS.clear()
+    request_shape._DIGESTS.clear()
     request_shape._MASKED_CACHE.clear()
     assert shape_of(parsed, "anthropic", _raw_blocks(body, body_map, parsed)) == expected  # computed from the bytes
     assert shape_of(parsed, "anthropic", _raw_blocks(body, body_map, parsed)) == expected  # remembered

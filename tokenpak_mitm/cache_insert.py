@@ -62,8 +62,10 @@ class UpstreamView:
     """What planning already knows about the body that goes upstream, for the session tracker.
 
     body: that body (identity-encoded: the InsertResult's body). request: it, parsed (`json.loads`).
-    raw: the bytes of each of its prompt blocks in `prefix_index.prompt_blocks` order, None where
-    not known (`request_shape.shape_of(request, "anthropic", raw)` then equals `parse_shape(body)`'s).
+    raw: for each of its prompt blocks in `prefix_index.prompt_blocks` order, bytes that parse to the
+    block once markers are removed, None where not known: the block's own bytes, or for a block we
+    spliced a marker into, its bytes before (we splice only into bodies without markers).
+    `request_shape.shape_of(request, "anthropic", raw)` then equals `parse_shape(body)`'s.
     """
 
     body: bytes
@@ -119,7 +121,7 @@ def _upstream_view(result: InsertResult, seen: dict[str, Any]) -> UpstreamView |
         return UpstreamView(result.body, seen["request"], tuple(raw) if raw is not None else None)
     if "landed" not in seen:
         return None
-    if raw is not None:  # a block the splice touched has other bytes now: unknown (hashed the slow way)
+    if raw is not None and result.client_markers:  # (cannot happen: a client's marker stands us down)
         offsets = [span.offset for span in result.spans]
         raw = [None if loc is None or any(loc.start <= o <= loc.end for o in offsets) else piece
                for loc, piece in zip(seen["locs"], raw)]

@@ -120,7 +120,7 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
 
 
-def _block_facts_canonical(value: object) -> bytes:
+def _block_canonical(value: object) -> bytes:
     return _canonical(_strip(value)[0])
 
 
@@ -171,21 +171,18 @@ def parse_shape(body: bytes, api: str, slim: bool = False) -> tuple[object, Shap
     return parsed, shape
 
 
-def _block_facts(value: object, anthropic: bool) -> tuple[bytes, str | None, Callable[[], bytes]]:
-    """(digest, marker TTL, the canonical bytes on demand) of one block, from its parsed value."""
-    clean, ttl = _strip(value)
-    if not anthropic:
-        ttl = OPENAI_BREAKPOINT_TTL if isinstance(value, dict) and value.get("prompt_cache_breakpoint") is not None else None
-    canonical = _canonical(clean)
-    return _digest(canonical), ttl, lambda: canonical
+def _block_digest(value: object) -> tuple[bytes, Callable[[], bytes]]:
+    """(digest, the canonical bytes on demand) of one block (markers removed), from its parsed value."""
+    canonical = _canonical(_strip(value)[0])
+    return _digest(canonical), lambda: canonical
 
 
-def _raw_facts(value: object, raw: bytes) -> tuple[bytes, str | None, Callable[[], bytes]] | None:
-    """`_block_facts` of a plain text block (or string content) from the client's bytes, or None.
+def _raw_digest(value: object, raw: bytes) -> tuple[bytes, Callable[[], bytes]] | None:
+    """`_block_digest` of a plain text block (or string content) from the client's bytes, or None.
 
     When `prefix_index.canonical_from_raw` finds the bytes are the block's canonical form and the
-    block is exactly {"type": "text", "text": ...} (no marker: TTL None), its sorted-keys canonical
-    form is b'{"text":' + the text's bytes + b',"type":"text"}': hashed without re-serialising.
+    block is exactly {"type": "text", "text": ...}, its sorted-keys canonical form is
+    b'{"text":' + the text's bytes + b',"type":"text"}': hashed without re-serialising.
     """
     if not (type(value) is str or (type(value) is dict and len(value) == 2 and value.get("type") == "text"
                                    and type(value.get("text")) is str)):
@@ -198,46 +195,62 @@ def _raw_facts(value: object, raw: bytes) -> tuple[bytes, str | None, Callable[[
     h.update(b'{"text":')
     h.update(text)
     h.update(b',"type":"text"}')
-    return h.digest(), None, lambda: b'{"text":' + bytes(text) + b',"type":"text"}'
+    return h.digest(), lambda: b'{"text":' + bytes(text) + b',"type":"text"}'
+
+
+def _marker_ttl(value: object, anthropic: bool) -> str | None:
+    """The TTL `_strip` reads off a block (Anthropic); OpenAI: its breakpoint's."""
+    if not isinstance(value, dict):
+        return None
+    if not anthropic:
+        return OPENAI_BREAKPOINT_TTL if value.get("prompt_cache_breakpoint") is not None else None
+    ttl = _ttl(value.get("cache_control"))
+    content = value.get("content")
+    if ttl is None and isinstance(content, list):
+        for item in content:
+            if isinstance(item, dict) and "cache_control" in item:
+                return _ttl(item.get("cache_control"))
+    return ttl
 
 
 _TEXT_OPEN = b'{"type":"text","text":'
-# (api is anthropic, a block's bytes) -> (digest, marker TTL): the blocks of recent requests, which
-# a conversation resends every turn. Bounded like prefix_index's step memo (entries and bytes held).
-_FACTS: dict[tuple[bool, bytes], tuple[bytes, str | None]] = {}
-_FACTS_MAX, _FACTS_MAX_BYTES = 8192, 8 << 20
-_facts_bytes = 0
-_facts_lock = threading.Lock()
+# A block's bytes (markers aside: see shape_of) -> its digest, for the blocks of recent requests,
+# which a conversation resends every turn. Bounded like prefix_index's step memo (entries, bytes held).
+_DIGESTS: dict[bytes, bytes] = {}
+_DIGESTS_MAX, _DIGESTS_MAX_BYTES = 8192, 8 << 20
+_digests_bytes = 0
+_digests_lock = threading.Lock()
 
 
-def _remember(key: tuple[bool, bytes], facts: tuple[bytes, str | None]) -> None:
-    global _facts_bytes
-    if len(key[1]) > _FACTS_MAX_BYTES // 4:
+def _remember(raw: bytes, digest: bytes) -> None:
+    global _digests_bytes
+    if len(raw) > _DIGESTS_MAX_BYTES // 4:
         return
-    with _facts_lock:
-        if key in _FACTS:
+    with _digests_lock:
+        if raw in _DIGESTS:
             return
-        _FACTS[key] = facts
-        _facts_bytes += len(key[1])
-        while len(_FACTS) > _FACTS_MAX or _facts_bytes > _FACTS_MAX_BYTES:
-            oldest = next(iter(_FACTS))
-            del _FACTS[oldest]
-            _facts_bytes -= len(oldest[1])
+        _DIGESTS[raw] = digest
+        _digests_bytes += len(raw)
+        while len(_DIGESTS) > _DIGESTS_MAX or _digests_bytes > _DIGESTS_MAX_BYTES:
+            oldest = next(iter(_DIGESTS))
+            del _DIGESTS[oldest]
+            _digests_bytes -= len(oldest)
 
 
-def _recall(key: tuple[bool, bytes]) -> tuple[bytes, str | None] | None:
-    with _facts_lock:
-        found = _FACTS.pop(key, None)
+def _recall(raw: bytes) -> bytes | None:
+    with _digests_lock:
+        found = _DIGESTS.pop(raw, None)
         if found is not None:
-            _FACTS[key] = found  # most recently used last
+            _DIGESTS[raw] = found  # most recently used last
         return found
 
 
 def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None] | None = None) -> Shape | None:
     """The shape of a parsed request body, or None when it is not a request we understand.
 
-    raw: optionally the client's bytes of each prompt block in `prefix_index.prompt_blocks` order
-    (None where unknown), as for `prefix_index.boundaries`: the same shape, computed faster.
+    raw: optionally, for each prompt block in `prefix_index.prompt_blocks` order, bytes that parse
+    to the block once markers are removed (None where unknown), e.g. the client's, as for
+    `prefix_index.boundaries`: the same shape, computed faster (markers are read off the values).
     """
     if not isinstance(request, dict) or api not in _APIS:
         return None
@@ -253,16 +266,18 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
     turn_keys: list[bytes] = []
     for i, (b, (_, _, _, role, value)) in enumerate(zip(bounds, values)):
         piece = raw[i] if raw is not None and i < len(raw) else None
-        known = _recall((anthropic, piece)) if piece is not None else None
+        known = _recall(piece) if piece is not None else None
         canonical: Callable[[], bytes]
         if known is not None:
-            digest, ttl = known
-            canonical = partial(_block_facts_canonical, value)
+            digest, canonical = known, partial(_block_canonical, value)
         else:
-            facts = _raw_facts(value, piece) if piece is not None else None
-            digest, ttl, canonical = facts if facts is not None else _block_facts(value, anthropic)
+            fast = None
+            if piece is not None:  # (the bytes may be the block's before a marker was spliced in: they parse to it stripped)
+                fast = _raw_digest(value if _marker_ttl(value, True) is None else _strip(value)[0], piece)
+            digest, canonical = fast if fast is not None else _block_digest(value)
             if piece is not None:
-                _remember((anthropic, piece), (digest, ttl))
+                _remember(piece, digest)
+        ttl = _marker_ttl(value, anthropic)
         nxt = bounds[i + 1] if i + 1 < len(bounds) else None
         end = nxt is None or nxt.section != b.section or nxt.message != b.message
         index = b.message if b.section == "messages" else b.block
