@@ -15,7 +15,7 @@ from tokenpak_mitm.doctor import CA_VARS, check_ca, check_database, check_enviro
 from tokenpak_mitm.setup_cmd import write_bundle
 from tokenpak_mitm.store import TelemetryStore
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Script, ScriptedUpstream, Step
+from tokenpak_mitm.testing.upstream import FakeUpstream, Script, Step
 
 ROUTING_VARS = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "HTTPS_PROXY", "https_proxy",
                 "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", *CA_VARS)
@@ -54,16 +54,16 @@ def statuses(checks: list) -> dict[str, str]:
 
 
 @pytest.fixture
-def upstream() -> Iterator[ScriptedUpstream]:
+def upstream() -> Iterator[FakeUpstream]:
     """A loopback upstream that answers everything (and notes what it received)."""
-    up = ScriptedUpstream(lambda req: Script(status=200, headers=[("content-type", "application/json")], steps=[Step(b'{"ok": true}')],
+    up = FakeUpstream(lambda req: Script(status=200, headers=[("content-type", "application/json")], steps=[Step(b'{"ok": true}')],
                                              chunked=False)).start()
     yield up
     up.stop()
 
 
 @pytest.fixture
-def proxy(tmp_path: Path, confdir: Path, upstream: ScriptedUpstream) -> Iterator[tuple[str, Path]]:
+def proxy(tmp_path: Path, confdir: Path, upstream: FakeUpstream) -> Iterator[tuple[str, Path]]:
     """A real tokenpak proxy in reverse mode, writing to its own database."""
     db = tmp_path / "proxy.db"
     with MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=tmp_path / "conf") as p:
@@ -84,7 +84,7 @@ def test_healthy_setup_passes_including_streaming(clean_env: None, confdir: Path
 
 
 @pytest.mark.e2e
-def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path], upstream: ScriptedUpstream, tmp_path: Path,
+def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path], upstream: FakeUpstream, tmp_path: Path,
                                                          listening: str) -> None:
     url, db = proxy
     ok = check_proxy({"ANTHROPIC_BASE_URL": url}, db)
@@ -98,7 +98,7 @@ def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path]
 
 
 @pytest.mark.e2e
-def test_an_open_port_that_is_not_tokenpak_fails(upstream: ScriptedUpstream, listening: str, tmp_path: Path) -> None:
+def test_an_open_port_that_is_not_tokenpak_fails(upstream: FakeUpstream, listening: str, tmp_path: Path) -> None:
     # The upstream itself (an HTTP server answering 200 JSON) and a bare listening socket.
     for url in (upstream.url, listening):
         checks = check_proxy({"ANTHROPIC_BASE_URL": url}, tmp_path / "t.db")

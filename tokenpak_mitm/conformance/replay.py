@@ -1,6 +1,6 @@
 """Replay recorded flows through a REAL mitmdump and collect the evidence the checkers need.
 
-One rig per run: a loopback :class:`ScriptedUpstream`, and ``mitmdump -s probe.py -s
+One rig per run: a loopback :class:`FakeUpstream`, and ``mitmdump -s probe.py -s
 addons/tokenpak.py`` in reverse mode in front of it (temporary db, confdir, probe file and
 re-recording directory). Flows are replayed one at a time:
 
@@ -30,7 +30,7 @@ from tokenpak_mitm.conformance.wire import header_pairs
 from tokenpak_mitm.redact import PLACEHOLDER, SECRET_HEADERS
 from tokenpak_mitm.testing.client import Response, request
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step
+from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step
 
 __all__ = ["ReplayRig", "ReplayResult", "canaries_for"]
 
@@ -84,7 +84,7 @@ class ReplayRig:
         self.extra_options = extra_options or []
         self.extra_scripts = extra_scripts or []
         self._script: Script | None = None
-        self.upstream: ScriptedUpstream | None = None
+        self.upstream: FakeUpstream | None = None
         self.proxy: MitmdumpProcess | None = None
         self._probe_offset = 0
         self.index = 0
@@ -92,7 +92,7 @@ class ReplayRig:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> ReplayRig:
-        self.upstream = ScriptedUpstream(self._handle).start()
+        self.upstream = FakeUpstream(self._handle).start()
         args = ["-s", str(PROBE_SCRIPT), "-s", str(ADDON_SCRIPT)]
         for script in self.extra_scripts:
             args += ["-s", script]
