@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sqlite3
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tokenpak_mitm import doctor
 from tokenpak_mitm.cli import main
 from tokenpak_mitm.doctor import CA_VARS, check_ca, check_database, check_environment, check_mitmproxy, check_proxy, check_python
 from tokenpak_mitm.setup_cmd import write_bundle
@@ -98,8 +100,11 @@ def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path]
 
 
 @pytest.mark.e2e
-def test_an_open_port_that_is_not_tokenpak_fails(upstream: FakeUpstream, listening: str, tmp_path: Path) -> None:
-    # The upstream itself (an HTTP server answering 200 JSON) and a bare listening socket.
+def test_an_open_port_that_is_not_tokenpak_fails(upstream: FakeUpstream, listening: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upstream itself (an HTTP server answering 200 JSON) and a bare listening socket, which
+    # never answers: the probe's wait for it is cut from 5 s to 0.5 s (the verdict is the same).
+    monkeypatch.setattr(doctor, "probe", functools.partial(doctor.probe, timeout=0.5))
     for url in (upstream.url, listening):
         checks = check_proxy({"ANTHROPIC_BASE_URL": url}, tmp_path / "t.db")
         assert [c.status for c in checks] == ["fail"] and "not tokenpak-mitm" in checks[0].detail, url

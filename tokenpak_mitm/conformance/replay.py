@@ -38,6 +38,7 @@ PROBE_SCRIPT = Path(__file__).with_name("probe.py")
 FAST_PACE = 0.001  # seconds between chunks with --fast
 MAX_GAP = 2.0  # a recorded stall longer than this is replayed as this (keeps CI bounded)
 RESET_GRACE = 0.05  # let the proxy drain the last chunk before the RST (a RST can discard unread data)
+SETTLED_GRACE = 1.0  # after every terminal hook returned without a row: how long a late row may still take
 
 
 def canaries_for(index: int) -> dict[str, str]:
@@ -217,12 +218,15 @@ class ReplayRig:
 
     # -- evidence ---------------------------------------------------------------------------------
     def _probe_events(self, *, wait_for_row: bool, timeout: float = 15.0) -> list[dict[str, Any]]:
-        """New probe lines since the last call; first waits until a row and a terminal are in."""
+        """New probe lines since the last call; first waits until a row and a terminal are in, or
+        until every addon's terminal hook has returned without a row (``settled``, then a grace)."""
         deadline = time.monotonic() + timeout
         while wait_for_row and time.monotonic() < deadline:
             kinds = {e["kind"] for e in self._read_probe(consume=False)}
             if {"row", "terminal"} <= kinds:
                 break
+            if "settled" in kinds:  # no row from the terminal hook: allow a little for a late one, no more
+                deadline = min(deadline, time.monotonic() + SETTLED_GRACE)
             time.sleep(0.01)
         time.sleep(0.02)  # a duplicate row would be written in the same hook: catch it too
         return self._read_probe(consume=True)
