@@ -106,6 +106,11 @@ class TokenPak:
         self.store: StoreProcess | TelemetryStore | None = None
         self.otel: OtelExporter | None = None
         self.rows_emitted = 0
+        # Flows whose response went out and whose accounting waits for the next loop turn (see
+        # `response`); flushed by `done`. Tasks: heavy bodies being read off the loop.
+        self._deferred: dict[str, tuple[http.HTTPFlow, _FlowState]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._saving = False  # mitmproxy's save_stream_file (-w) is set
         # Option values read per request are copied here in `configure`: ctx.options lookups
         # cost microseconds each on the event loop, and they only change through configure.
         self._hosts: frozenset[str] = frozenset()
@@ -156,6 +161,7 @@ class TokenPak:
         if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
+        self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
@@ -237,6 +243,8 @@ class TokenPak:
             logger.warning("tokenpak: cache index not saved to %s: %s", path, e)
 
     def done(self) -> None:
+        for flow_id in list(self._deferred):  # rows still waiting for a turn of the loop
+            self._run_deferred(flow_id, True)
         self._save_index()
         self._offload.close()
         if self.otel is not None:
@@ -500,6 +508,36 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
+        st.emitted = True
+        loop = _running_loop()
+        if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
+            # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
+            # this hook), or one another tokenpak addon watches (a recorder, a live checker that
+            # reads the row): account now.
+            return self._observe_and_account(flow, st)
+        # mitmproxy sends a buffered response only after this hook returns: reading the usage and
+        # accounting (row, price, session, planner feedback, console) wait for the next turn of
+        # the event loop, so they never delay the response they describe.
+        self._deferred[flow.id] = (flow, st)
+        loop.call_soon(self._run_deferred, flow.id, False)
+        return None
+
+    def _run_deferred(self, flow_id: str, final: bool) -> None:
+        entry = self._deferred.pop(flow_id, None)
+        if entry is None:
+            return
+        flow, st = entry
+        if final:  # at shutdown: no event loop turn left to wait for
+            self._observe_guarded(flow, st, inline=False)
+            self._emit(flow, st)
+            return
+        pending = self._observe_and_account(flow, st)
+        if pending is not None:
+            task = asyncio.get_running_loop().create_task(pending)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _observe_and_account(self, flow: http.HTTPFlow, st: _FlowState) -> Awaitable[None] | None:
         try:
             self._observe_body(flow, st, inline=True)
         except _Heavy:
@@ -512,6 +550,13 @@ class TokenPak:
             st.record.terminal_override = "proxy_error"
         self._emit(flow, st)
         return None
+
+    def _observe_guarded(self, flow: http.HTTPFlow, st: _FlowState, inline: bool) -> None:
+        try:
+            self._observe_body(flow, st, inline)
+        except Exception:
+            logger.exception("tokenpak: could not read the response; recording proxy_error")
+            st.record.terminal_override = "proxy_error"
 
     async def _observe_off_loop(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         try:
@@ -592,9 +637,11 @@ class TokenPak:
         return secret_values(flow.request.headers.fields, flow.request.path, self._secret_names)
 
     def _emit(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        """Build the row (timings, usage, price, session, miss diagnosis) and hand it on; never raises."""
         st.emitted = True
         try:
             self._fill_timing(flow, st)
+            self._fill_usage(flow, st)
             rec = st.record
             if rec.error_msg is not None or (rec.status_code or 0) >= 400 or rec.extract.stream_error:
                 rec.known_secrets = self._known_secrets(flow)  # the row's error text may echo them
@@ -632,13 +679,16 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not feed usage back to the cache planner")
 
-    def _fill_timing(self, flow: http.HTTPFlow, st: _FlowState) -> None:
-        rec, tap, resp = st.record, st.tap, flow.response
+    def _fill_usage(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        rec = st.record
         x = st.tracker.extract
         rec.extract = x
         if x.model is None and rec.route.model_hint is None and rec.request_model is None:
             # Errors and count_tokens name no model in the response: the request does.
             rec.request_model = request_model(flow.request.raw_content, flow.request.headers.get("content-encoding"))
+
+    def _fill_timing(self, flow: http.HTTPFlow, st: _FlowState) -> None:
+        rec, tap, resp = st.record, st.tap, flow.response
         if resp is not None:
             rec.status_code = resp.status_code
             rec.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
@@ -681,6 +731,13 @@ def _make_store(path: str) -> StoreProcess | TelemetryStore:
     else:
         store = StoreProcess(path)
     return store
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # hooks driven directly (unit tests, tools): account at once
+        return None
 
 
 def _shutting_down() -> bool:
