@@ -308,7 +308,7 @@ async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
     tp, _ = addon
     import tokenpak_mitm.addon as addon_mod
 
-    def broken(rec):
+    def broken(*args):
         raise RuntimeError("bug in build_row")
 
     monkeypatch.setattr(addon_mod, "build_row", broken)
