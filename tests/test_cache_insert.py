@@ -309,9 +309,12 @@ def test_scanner_disagreement_stands_down(monkeypatch):
     assert result.decision == "error" and result.body is PLAIN
 
 
-def test_wrong_offsets_are_caught_before_sending(monkeypatch):
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_wrong_offsets_are_caught_before_sending(monkeypatch, one_pass):
     shifted = PLAIN.replace(b'"messages":', b'"messages" :')  # same structure, offsets off by one
     monkeypatch.setattr(cache_insert, "scan", lambda body: scan(shifted))
+    # the map comes with the parse (parse_and_scan), or from scan when that pass hands over
+    monkeypatch.setattr(cache_insert, "parse_and_scan", lambda body: (json.loads(body), scan(shifted)) if one_pass else None)
     result = insert_markers(PLAIN, None, AUTO)
     assert result.decision == "error" and result.body is PLAIN
 

@@ -338,3 +338,62 @@ def test_fast_path_hands_deep_values_to_the_reference():
     with pytest.raises(jsonscan._Fallback):
         jsonscan._fast(body.decode("latin-1"), "messages")
     assert both(body).messages[0].blocks[0].end == len(body) - 4
+
+
+# ---- parse_and_scan: json.loads and scan in one pass ------------------------------------------
+
+import random  # noqa: E402
+
+from spelling import spell  # noqa: E402
+
+from tokenpak_mitm.jsonscan import parse_and_scan  # noqa: E402
+
+
+@st.composite
+def spelled_request(draw, value: object) -> str:
+    """Spellings json.dumps would not write: escapes, duplicate names, -0, exponents (spelling.py)."""
+    return spell(value, random.Random(draw(st.integers(0, 2**32))), canonical=False)
+
+
+def same_json(a: object, b: object) -> bool:
+    """Equal, with the same types (1 vs 1.0 vs True) and the same key order."""
+    return a == b and json.dumps(a, ensure_ascii=False) == json.dumps(b, ensure_ascii=False)
+
+
+def check_parse_and_scan(body: bytes, messages_key: str = "messages") -> bool:
+    got = parse_and_scan(body, messages_key)
+    if got is None:
+        return False
+    obj, bm = got
+    assert same_json(obj, strict_loads(body))
+    assert bm == scan_reference(body, messages_key)
+    return True
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_parse_and_scan_is_json_loads_and_scan(data):
+    if data.draw(st.booleans()):
+        request, key = data.draw(requests), "messages"
+    else:
+        request, key = {"input": data.draw(responses_items)}, "input"
+    body = data.draw(spelled(request)).encode()
+    assert check_parse_and_scan(body, key)  # a valid body is always answered
+    body = data.draw(spelled_request(request)).encode()  # escapes, duplicate names, -0, exponents
+    assert check_parse_and_scan(body, key)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_parse_and_scan_answers_only_what_json_loads_accepts(data):
+    body = mutate(data.draw(spelled(data.draw(requests))).encode(), data)
+    if not check_parse_and_scan(body):
+        return
+    assert loads_accepts(body)
+
+
+def test_parse_and_scan_hands_over_deep_and_invalid_bodies():
+    deep = b'{"messages":[{"role":"user","content":[{"type":"text","meta":' + b"[" * 5000 + b"]" * 5000 + b"}]}]}"
+    assert parse_and_scan(deep) is None
+    for body in INVALID:
+        assert parse_and_scan(body) is None

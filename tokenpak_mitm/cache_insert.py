@@ -24,7 +24,7 @@ import brotli
 from . import learning_planner
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Sizes, count_markers, marker_for, plan
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
-from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, scan
+from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, parse_and_scan, scan
 from .learning_planner import Memory, Ticket
 from .prefix_index import prompt_blocks
 from .row import CacheDecision
@@ -206,7 +206,12 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
     if isinstance(opened, str):
         return _unchanged(body, opened, content_encoding=encoding)
     decoded, codec, flavor = opened
-    request = _parse(decoded)
+    both = parse_and_scan(decoded)  # json.loads and the byte map in one pass (None: ask each on its own)
+    mapped = None
+    if both is not None:
+        request, mapped = both
+    else:
+        request = _parse(decoded)
     if request is _NOT_JSON:
         return _unchanged(body, "not_json", content_encoding=encoding)
     client_markers, client_ttls = count_markers(request)
@@ -221,20 +226,24 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
         view["request"] = request
     body_map: list[BodyMap] = []
     raw: list[bytes | None] | None = None
-    if ((memory is not None and now is not None) or view is not None) and isinstance(request, dict):
-        # The learning planner fingerprints every block: mapped first (cheap), it hashes the
+    fingerprints = (memory is not None and now is not None) or view is not None
+    if isinstance(request, dict) and (mapped is not None or fingerprints):
+        # The learning planner fingerprints every block: with the map at hand it hashes the
         # client's bytes where they are already canonical instead of re-serialising each block.
         # A body the scanner cannot map is left to `measure` below, which fails as it always did.
-        try:
-            early = scan(decoded)
-        except JsonScanError:
-            early = None
+        early = mapped
+        if early is None:
+            try:
+                early = scan(decoded)
+            except JsonScanError:
+                early = None
         if early is not None and agrees_with(request, early):
             body_map.append(early)
-            locs = _block_locs(early, request)
-            raw = [decoded[loc.start:loc.end] if loc is not None else None for loc in locs]
-            if view is not None:
-                view["raw"], view["locs"] = raw, locs
+            if fingerprints:
+                locs = _block_locs(early, request)
+                raw = [decoded[loc.start:loc.end] if loc is not None else None for loc in locs]
+                if view is not None:
+                    view["raw"], view["locs"] = raw, locs
 
     def measure() -> Sizes:
         if not body_map:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from json.decoder import scanstring as _scan_string  # type: ignore[attr-defined]  # C-accelerated in CPython
 from typing import Any, NamedTuple, cast
 
-__all__ = ["JsonScanError", "Loc", "MessageLoc", "BodyMap", "scan", "scan_reference", "agrees_with"]
+__all__ = ["JsonScanError", "Loc", "MessageLoc", "BodyMap", "scan", "scan_reference", "parse_and_scan", "agrees_with"]
 
 
 class JsonScanError(ValueError):
@@ -215,18 +215,26 @@ _WS_CHARS = " \t\n\r"
 _new_loc = tuple.__new__
 
 
-def _fast(s: str, messages_key: str) -> BodyMap:
+def _fast(s: str, messages_key: str, latin1: bool = True) -> BodyMap:
     """The map `_Walk` would give, or `_Fallback` (see above). IndexError (ran off the end) included."""
+    return _fast_parse(s, messages_key, latin1)[1]
+
+
+def _fast_parse(s: str, messages_key: str, latin1: bool) -> tuple[object, BodyMap]:
+    """(the value, its map) of `s`, offsets being indexes into `s`; or `_Fallback`.
+
+    On a latin-1 view (`latin1`) the strings in the value are mojibake (only the map is wanted).
+    """
     try:
-        return _FastWalk(s, messages_key).run()
+        return _FastWalk(s, messages_key, latin1).run()
     except IndexError:
         raise _Fallback from None
 
 
-def _skip(s: str, i: int) -> tuple[Loc, int]:
-    """A value we do not look inside, skipped by the C scanner: its Loc and end."""
+def _skip(s: str, i: int) -> tuple[Loc, int, object]:
+    """A value we do not look inside, parsed by the C scanner: its Loc, end and value."""
     try:
-        end: int = _scan_value(s, i)[1]  # type: ignore[misc]
+        value, end = _scan_value(s, i)  # type: ignore[misc]
     except (StopIteration, ValueError, RecursionError):
         raise _Fallback from None
     c = s[i]
@@ -234,11 +242,11 @@ def _skip(s: str, i: int) -> tuple[Loc, int]:
         j = i + 1
         if s[j] in _WS_CHARS:
             j = _ws_match(s, j).end()
-        return _new_loc(Loc, (i, end, "object" if c == "{" else "array", j == end - 1)), end
-    return _new_loc(Loc, (i, end, "string" if c == '"' else "scalar", False)), end
+        return _new_loc(Loc, (i, end, "object" if c == "{" else "array", j == end - 1)), end, value
+    return _new_loc(Loc, (i, end, "string" if c == '"' else "scalar", False)), end, value
 
 
-def _key(s: str, i: int) -> tuple[str, int]:
+def _key(s: str, i: int, latin1: bool) -> tuple[str, int]:
     """A member name at `i` and the offset of its value (past the colon and whitespace)."""
     if s[i] != '"':
         raise _Fallback
@@ -246,7 +254,7 @@ def _key(s: str, i: int) -> tuple[str, int]:
         key, end = _scan_string(s, i + 1, True)
     except ValueError:
         raise _Fallback from None
-    if not key.isascii():
+    if latin1 and not key.isascii():
         key = json.loads(s[i:end].encode("latin-1"))
     if s[end] != ":":
         end = _ws_match(s, end).end()
@@ -274,41 +282,47 @@ def _next(s: str, i: int, close: str) -> tuple[int, bool]:
     raise _Fallback
 
 
-def _list(s: str, start: int) -> tuple[Loc, int, tuple[Loc, ...]]:
-    """An array whose elements are recorded (tools, system, content)."""
+def _list(s: str, start: int) -> tuple[Loc, int, tuple[Loc, ...], list[object]]:
+    """An array whose elements are recorded (tools, system, content), and its value."""
     i = start + 1
     if s[i] in _WS_CHARS:
         i = _ws_match(s, i).end()
     if s[i] == "]":
-        return _new_loc(Loc, (start, i + 1, "array", True)), i + 1, ()
+        return _new_loc(Loc, (start, i + 1, "array", True)), i + 1, (), []
     items = []
+    values = []
     while True:
-        loc, i = _skip(s, i)
+        loc, i, value = _skip(s, i)
         items.append(loc)
+        values.append(value)
         i, done = _next(s, i, "]")
         if done:
-            return _new_loc(Loc, (start, i, "array", False)), i, tuple(items)
+            return _new_loc(Loc, (start, i, "array", False)), i, tuple(items), values
 
 
 class _FastWalk:
-    __slots__ = ("s", "messages_key", "content_keys", "root_roles")
+    __slots__ = ("s", "messages_key", "content_keys", "root_roles", "latin1")
 
-    def __init__(self, text: str, messages_key: str) -> None:
+    def __init__(self, text: str, messages_key: str, latin1: bool) -> None:
         self.s = text
+        self.latin1 = latin1
         self.messages_key = messages_key
         self.content_keys = ("content",) if messages_key == "messages" else ("content", "output")
         self.root_roles = _ROOT_ARRAY_ROLES if messages_key == "messages" else {
             "tools": _TOOLS, "system": _SYSTEM, messages_key: _MESSAGES}
 
-    def run(self) -> BodyMap:
-        s = self.s
+    def run(self) -> tuple[object, BodyMap]:
+        s, latin1 = self.s, self.latin1
         i = _ws_match(s, 0).end()
         keys: dict[str, Loc] = {}
         tools = system_blocks = None
         system = None
         messages = None
+        obj: object
         if s.startswith("{", i):
             start, roles, messages_key = i, self.root_roles, self.messages_key
+            members: dict[str, object] = {}
+            obj = members
             i += 1
             if s[i] in _WS_CHARS:
                 i = _ws_match(s, i).end()
@@ -316,16 +330,18 @@ class _FastWalk:
                 root, i = _new_loc(Loc, (start, i + 1, "object", True)), i + 1
             else:
                 while True:
-                    key, i = _key(s, i)
+                    key, i = _key(s, i, latin1)
                     role = roles.get(key, _NONE) if s[i] == "[" else _NONE
                     items: tuple[Any, ...] | None = None
+                    value: object
                     if role == _MESSAGES:
-                        loc, i, items = self._messages(i)
+                        loc, i, items, value = self._messages(i)
                     elif role != _NONE:
-                        loc, i, items = _list(s, i)
+                        loc, i, items, value = _list(s, i)
                     else:
-                        loc, i = _skip(s, i)
+                        loc, i, value = _skip(s, i)
                     keys[key] = loc
+                    members[key] = value
                     if key == "tools":
                         tools = items
                     elif key == "system":
@@ -337,25 +353,28 @@ class _FastWalk:
                         root = _new_loc(Loc, (start, i, "object", False))
                         break
         else:
-            root, i = _skip(s, i)
+            root, i, obj = _skip(s, i)
         if _ws_match(s, i).end() != len(s):
             raise _Fallback
-        return BodyMap(root, keys, tools, system, system_blocks, messages)
+        return obj, BodyMap(root, keys, tools, system, system_blocks, messages)
 
-    def _messages(self, start: int) -> tuple[Loc, int, tuple[MessageLoc, ...]]:
-        s, content_keys = self.s, self.content_keys
+    def _messages(self, start: int) -> tuple[Loc, int, tuple[MessageLoc, ...], list[object]]:
+        s, content_keys, latin1 = self.s, self.content_keys, self.latin1
         i = start + 1
         if s[i] in _WS_CHARS:
             i = _ws_match(s, i).end()
         if s[i] == "]":
-            return _new_loc(Loc, (start, i + 1, "array", True)), i + 1, ()
+            return _new_loc(Loc, (start, i + 1, "array", True)), i + 1, (), []
         out = []
+        values: list[object] = []
         while True:
             if s[i] != "{":
-                loc, i = _skip(s, i)
+                loc, i, value = _skip(s, i)
                 out.append(_new_loc(MessageLoc, (loc, None, None)))
+                values.append(value)
             else:
                 opened = i
+                members: dict[str, object] = {}
                 i += 1
                 if s[i] in _WS_CHARS:
                     i = _ws_match(s, i).end()
@@ -365,28 +384,83 @@ class _FastWalk:
                 else:
                     content = output = None
                     while True:
-                        key, i = _key(s, i)
+                        key, i = _key(s, i, latin1)
                         if key in content_keys:
                             items = None
                             if s[i] == "[":
-                                loc, i, items = _list(s, i)
+                                loc, i, items, members[key] = _list(s, i)
                             else:
-                                loc, i = _skip(s, i)
+                                loc, i, members[key] = _skip(s, i)
                             if key == "content":
                                 content = (loc, items)
                             else:
                                 output = (loc, items)
                         else:
-                            i = _skip(s, i)[1]
+                            i, members[key] = _skip(s, i)[1:]
                         i, done = _next(s, i, "}")
                         if done:
                             break
                     chosen = content or (output if output is not None and output[0].kind == "array" else None)
                     found, blocks = chosen or (None, None)
                     out.append(_new_loc(MessageLoc, (_new_loc(Loc, (opened, i, "object", False)), found, blocks)))
+                values.append(members)
             i, done = _next(s, i, "]")
             if done:
-                return _new_loc(Loc, (start, i, "array", False)), i, tuple(out)
+                return _new_loc(Loc, (start, i, "array", False)), i, tuple(out), values
+
+
+def parse_and_scan(body: bytes, messages_key: str = "messages") -> tuple[object, BodyMap] | None:
+    """``(json.loads(body), scan(body))`` in one pass, or None when it cannot tell (then call both).
+
+    json.loads as `cache_insert` runs it: strict UTF-8, NaN and Infinity rejected. The fast walk
+    above run on the decoded text: every value the map points at is parsed once, by the C scanner
+    the map is taken with, and the containers the walk records are assembled from those values in
+    order (a repeated member name keeps its first place and its last value, as a dict does in
+    json.loads). Offsets are then converted from characters to bytes (nothing to convert for an
+    ASCII body). None on anything the fast walk hands over (invalid JSON, very deep nesting).
+    """
+    if _scan_value is None or not isinstance(body, bytes):
+        return None  # pragma: no cover - CPython has the C scanner
+    try:
+        text = body.decode("utf-8")
+        obj, body_map = _fast_parse(text, messages_key, latin1=False)
+    except (UnicodeDecodeError, _Fallback):
+        return None
+    if len(text) != len(body):
+        body_map = _in_bytes(body_map, text)
+    return obj, body_map
+
+
+def _in_bytes(body_map: BodyMap, text: str) -> BodyMap:
+    """`body_map` with its character offsets into `text` made byte offsets into its UTF-8 encoding."""
+    locs: list[Loc] = [body_map.root, *body_map.keys.values(), *(body_map.tools or ()), *(body_map.system_blocks or ())]
+    if body_map.system is not None:
+        locs.append(body_map.system)
+    for m in body_map.messages or ():
+        locs.append(m.loc)
+        if m.content is not None:
+            locs.append(m.content)
+        locs.extend(m.blocks or ())
+    at: dict[int, int] = {}
+    chars = nbytes = 0
+    for point in sorted({p for loc in locs for p in (loc.start, loc.end)}):
+        nbytes += len(text[chars:point].encode("utf-8"))
+        chars = point
+        at[point] = nbytes
+
+    def move(loc: Loc) -> Loc:
+        return _new_loc(Loc, (at[loc.start], at[loc.end], loc.kind, loc.empty))
+
+    def moved(locs: tuple[Loc, ...] | None) -> tuple[Loc, ...] | None:
+        return None if locs is None else tuple(map(move, locs))
+
+    return BodyMap(
+        move(body_map.root), {k: move(v) for k, v in body_map.keys.items()}, moved(body_map.tools),
+        None if body_map.system is None else move(body_map.system), moved(body_map.system_blocks),
+        None if body_map.messages is None else tuple(
+            _new_loc(MessageLoc, (move(m.loc), None if m.content is None else move(m.content), moved(m.blocks)))
+            for m in body_map.messages),
+    )
 
 
 class _Frame:
