@@ -118,6 +118,36 @@ def run_insert_bench(budget: float) -> dict[str, object]:
             "markers": result.markers_inserted, "decision": result.decision}
 
 
+def run_learning_insert_bench(budget: float) -> dict[str, object]:
+    """The proxy's request-side planning of the 200 KB request as the addon runs it: the learning
+    planner (one memory, a turn every 30 s), the upstream view for the session tracker, and the
+    session shape taken from that view; next to what the shape cost without it (parse_shape, which
+    ran in the worker process for bodies above 32 KB)."""
+    from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+    from tokenpak_mitm.learning_planner import Memory
+    from tokenpak_mitm.request_shape import parse_shape, shape_of
+
+    body = large_request()
+    opts = CacheOptions(mode="auto", ttl="auto")
+    memory = Memory()
+    clock = iter(range(10**9))
+
+    def plan() -> object:
+        return insert_markers(body, None, opts, memory, 1000.0 + 30.0 * next(clock), view=True)
+
+    fresh = insert_markers(body, None, opts, Memory(), 0.0, view=True)
+    assert fresh.view is not None and fresh.decision == "inserted"
+    view = fresh.view
+    plan_s = best_seconds(plan, budget)
+    fresh_s = best_seconds(lambda: insert_markers(body, None, opts, Memory(), 0.0, view=True), budget)
+    shape_s = best_seconds(lambda: shape_of(view.request, "anthropic", view.raw), budget)
+    parse_shape_s = best_seconds(lambda: parse_shape(fresh.body, "anthropic", True), budget)
+    assert shape_of(view.request, "anthropic", view.raw) == parse_shape(fresh.body, "anthropic")[1]
+    return {"bench": "learning planner + session shape (200 KB)", "bytes": len(body), "plan_ms": plan_s * 1e3,
+            "plan_new_memory_ms": fresh_s * 1e3, "shape_from_view_ms": shape_s * 1e3, "parse_shape_ms": parse_shape_s * 1e3,
+            "markers": fresh.markers_inserted}
+
+
 def run_session_bench(budget: float) -> dict[str, object]:
     """The session tracker's work per request on the 200 KB request: fingerprint it, then begin + finish."""
     import json as _json
@@ -154,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_stream_benches(args.frames, args.budget)
     rows.append(run_big_frame_bench(args.budget))
     insert = run_insert_bench(args.budget)
+    learning = run_learning_insert_bench(args.budget)
     session = run_session_bench(args.budget)
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"hot paths, best of N (stream: {args.frames} frames, mostly content_block_delta)")
@@ -171,11 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print(f"insert_markers on a {insert['bytes']:,}-byte request: {insert['ms/call']:.2f} ms/call "
                       f"({insert['MB/s']:.0f} MB/s), {insert['markers']} markers, decision {insert['decision']}")
-    console.print(f"session tracker on the same request ({session['blocks']} blocks, after the request is forwarded, "
-                  f"in a worker thread above 32 KB): json.loads {session['parse_ms']:.2f} ms, fingerprints "
+    console.print(f"learning planner on it (one memory, a turn every 30 s, view for the session tracker): "
+                  f"{learning['plan_ms']:.2f} ms/call ({learning['plan_new_memory_ms']:.2f} ms with an empty memory, "
+                  f"{learning['markers']} markers); session shape from that view {learning['shape_from_view_ms']:.2f} ms "
+                  f"(parse_shape of the sent body: {learning['parse_shape_ms']:.2f} ms)")
+    console.print(f"session tracker on the same request ({session['blocks']} blocks, shape from a parsed request without "
+                  f"the byte map): json.loads {session['parse_ms']:.2f} ms, fingerprints "
                   f"{session['shape_ms']:.2f} ms, begin+finish {session['track_ms']:.2f} ms")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"stream": rows, "insert_markers": insert, "session_tracker": session}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"stream": rows, "insert_markers": insert, "learning_planner": learning,
+                                     "session_tracker": session}, indent=2) + "\n")
     return 0
 
 

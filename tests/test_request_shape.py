@@ -109,3 +109,14 @@ def test_shape_from_the_clients_bytes_is_the_same(req, seed, canonical):
     request_shape._MASKED_CACHE.clear()
     assert shape_of(parsed, "anthropic", _raw_blocks(body, body_map, parsed)) == expected  # computed from the bytes
     assert shape_of(parsed, "anthropic", _raw_blocks(body, body_map, parsed)) == expected  # remembered
+
+
+@settings(max_examples=200, deadline=None)
+@given(REQUESTS, st.integers(0, 2**32), st.booleans(), st.sampled_from(["anthropic", "openai_chat", "openai_responses"]))
+def test_parse_shape_is_json_loads_then_shape_of(req, seed, canonical, api):
+    body = spell(req, random.Random(seed), canonical).encode()
+    parsed = json.loads(body)
+    request_shape._DIGESTS.clear()
+    assert request_shape.parse_shape(body, api) == (parsed, shape_of(parsed, api))
+    assert request_shape.parse_shape(body, api) == (parsed, shape_of(parsed, api))  # remembered
+    assert request_shape.parse_shape(body + b"x", api) == (None, None)

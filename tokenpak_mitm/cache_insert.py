@@ -24,7 +24,7 @@ import brotli
 from . import learning_planner
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Sizes, count_markers, marker_for, plan
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
-from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, parse_and_scan, scan
+from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, block_locs, parse_and_scan, scan
 from .learning_planner import Memory, Ticket
 from .prefix_index import prompt_blocks
 from .row import CacheDecision
@@ -315,29 +315,8 @@ def _sizes(body_map: BodyMap) -> Sizes:
 
 
 def _block_locs(body_map: BodyMap, request: dict[str, Any]) -> list[Loc | None]:
-    """Where each block `prefix_index.prompt_blocks(request)` yields sits, in its order (None where unmapped).
-
-    `body_map` agrees with `request` (`agrees_with`): same sections, element counts and kinds.
-    """
-    out: list[Loc | None] = []
-    messages = body_map.messages or ()
-    for section, message, block, _, _ in prompt_blocks(request, "anthropic"):
-        loc: Loc | None = None
-        if section == "tools":
-            loc = body_map.tools[block] if body_map.tools is not None and block is not None else None
-        elif section == "system":
-            if block is None:
-                loc = body_map.system if body_map.system is not None and body_map.system.kind == "string" else None
-            elif body_map.system_blocks is not None:
-                loc = body_map.system_blocks[block]
-        elif message is not None and message < len(messages):
-            where = messages[message]
-            if block is not None:
-                loc = where.blocks[block] if where.blocks is not None else None
-            else:  # a string (or other non-list) content, or a message without content: one block
-                loc = where.content if where.content is not None else where.loc
-        out.append(loc)
-    return out
+    """Where each block `prefix_index.prompt_blocks(request)` yields sits, in its order (None where unmapped)."""
+    return block_locs(body_map, ((section, message, block) for section, message, block, _, _ in prompt_blocks(request, "anthropic")))
 
 
 def _raw_blocks(decoded: bytes, body_map: BodyMap, request: dict[str, Any]) -> list[bytes | None]:

@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from json.decoder import scanstring as _scan_string  # type: ignore[attr-defined]  # C-accelerated in CPython
 from typing import Any, NamedTuple, cast
 
-__all__ = ["JsonScanError", "Loc", "MessageLoc", "BodyMap", "scan", "scan_reference", "parse_and_scan", "agrees_with"]
+__all__ = ["JsonScanError", "Loc", "MessageLoc", "BodyMap", "scan", "scan_reference", "parse_and_scan", "agrees_with", "block_locs"]
 
 
 class JsonScanError(ValueError):
@@ -676,6 +676,36 @@ def agrees_with(obj: object, body_map: BodyMap, messages_key: str = "messages") 
         if isinstance(content, list) and not _same_elements(content, where.blocks):
             return False
     return True
+
+
+def block_locs(body_map: BodyMap, addresses: Iterable[tuple[str, int | None, int | None]]) -> list[Loc | None]:
+    """The Loc of each prompt block, addressed as `prefix_index.prompt_blocks` yields them (Anthropic).
+
+    (section, message, block): ("tools", None, i); ("system", None, None) for a string system,
+    ("system", None, j); ("messages", i, j), or ("messages", i, None) for a message's non-list
+    content or, without content, the message itself. None where the map has no such value.
+    `body_map` must agree with the request the addresses come from (`agrees_with`).
+    """
+    out: list[Loc | None] = []
+    messages = body_map.messages or ()
+    for section, message, block in addresses:
+        loc: Loc | None = None
+        if section == "tools":
+            if body_map.tools is not None and block is not None and block < len(body_map.tools):
+                loc = body_map.tools[block]
+        elif section == "system":
+            if block is None:
+                loc = body_map.system if body_map.system is not None and body_map.system.kind == "string" else None
+            elif body_map.system_blocks is not None and block < len(body_map.system_blocks):
+                loc = body_map.system_blocks[block]
+        elif message is not None and message < len(messages):
+            where = messages[message]
+            if block is not None:
+                loc = where.blocks[block] if where.blocks is not None and block < len(where.blocks) else None
+            else:
+                loc = where.content if where.content is not None else where.loc
+        out.append(loc)
+    return out
 
 
 def _content_of(message: object, messages_key: str) -> tuple[object, bool]:

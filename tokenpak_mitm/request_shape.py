@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from tokenpak_mitm.jsonscan import agrees_with, block_locs, parse_and_scan
 from tokenpak_mitm.prefix_index import Api, Section, boundaries, canonical_from_raw, prompt_blocks
 
 __all__ = ["MAX_BLOCKS", "Block", "Shape", "first_difference", "mask_volatile", "parse_shape", "shape_of"]
@@ -161,11 +162,18 @@ def parse_shape(body: bytes, api: str, slim: bool = False) -> tuple[object, Shap
     slim: the parsed body without its bulk (messages, tools, input, contents), for a caller in
     another process: what `session_id.identify` reads is kept, and sending it back costs little.
     """
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    shape = shape_of(parsed, api)
+    raw: list[bytes | None] | None = None
+    both = parse_and_scan(body) if api == "anthropic" else None  # json.loads and the byte map in one pass
+    if both is not None and isinstance(both[0], dict) and agrees_with(both[0], both[1]):
+        parsed = both[0]
+        addresses = ((section, message, block) for section, message, block, _, _ in prompt_blocks(parsed, "anthropic"))
+        raw = [body[loc.start:loc.end] if loc is not None else None for loc in block_locs(both[1], addresses)]
+    else:
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return None, None
+    shape = shape_of(parsed, api, raw)
     if slim and isinstance(parsed, dict):
         parsed = {k: v for k, v in parsed.items() if k not in _BULK_KEYS}
     return parsed, shape
