@@ -50,7 +50,7 @@ from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_no
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
-from tokenpak_mitm.request_shape import parse_shape, shape_of
+from tokenpak_mitm.request_shape import MasksUnknown, parse_shape, remember_masks, shape_of
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
@@ -350,16 +350,22 @@ class TokenPak:
         headers = st.req_headers or _HeaderView(req.headers, st.labels)
         readable = _shape_input(req, headers)
         view, st.view = st.view, None
+        shaped = False
         if readable is not None and view is not None and (readable is view.body or readable == view.body):
             # Planning parsed and mapped this very body a moment ago: the shape from that (exact, and
-            # mostly remembered from the previous turn) instead of a second parse in the worker.
-            parsed, shape = view.request, shape_of(view.request, st.route.dialect, view.raw)
-        elif readable is not None:
+            # mostly remembered from the previous turn) instead of a second parse in the worker;
+            # unless a tools/system block is new (masking it is the worker's job, as below).
+            try:
+                parsed, shape, shaped = view.request, shape_of(view.request, st.route.dialect, view.raw, known_masks_only=True), True
+            except MasksUnknown:
+                pass
+        if readable is not None and not shaped:
             if len(readable) > SHAPE_OFFLOAD_BYTES:
                 # ~15 ms of hashing per 200 KB: in the worker process, not a thread, which would
                 # hold the GIL the event loop needs (250 ms for 26k blocks); only the session
                 # hints and the shape come back.
                 parsed, shape = await self._offload.run(parse_shape, readable, st.route.dialect, True)
+                remember_masks(shape)  # the next turn's shape can then come from its view
             else:
                 parsed, shape = parse_shape(readable, st.route.dialect)
         hint = identify(headers, parsed, st.route.dialect, self._scope(req, headers))
