@@ -13,6 +13,7 @@ request on that :class:`Conn` opens a new one, inside the timed span: a client p
 from __future__ import annotations
 
 import re
+import select
 import selectors
 import socket
 import time
@@ -60,6 +61,18 @@ class Conn:
         self.sock.close()
         self.closed = True
 
+    def stale(self) -> bool:
+        """Whether the server has closed this idle connection (a keep-alive timeout: uvicorn's is
+        5 s, shorter than a round of five setups), found without blocking, as a client's pool does.
+        Called outside the timed span; the reconnect that follows is inside it."""
+        if not self.closed:
+            try:  # a socket with a timeout waits inside recv even with MSG_DONTWAIT: ask select first
+                if select.select([self.sock], [], [], 0)[0] and self.sock.recv(1, socket.MSG_PEEK) == b"":
+                    self.close()
+            except OSError:  # reset
+                self.close()
+        return self.closed
+
     def ensure(self) -> socket.socket:
         """The socket, reopened if the last response ended the connection."""
         if self.closed:
@@ -70,6 +83,7 @@ class Conn:
 
     def post(self, raw: bytes) -> tuple[int, bytes, bytes]:
         """Send ``raw``; read a Content-Length, chunked or close-delimited response. Returns (ns, head, body)."""
+        self.stale()
         t0 = time.perf_counter_ns()
         sock = self.ensure()
         deadline = time.monotonic() + _POST_DEADLINE_S
@@ -89,7 +103,8 @@ class Conn:
                 body += more
             self.close()
             return time.perf_counter_ns() - t0, head, body
-        need = int(head[i + 15:head.find(b"\r\n", i)]) if i >= 0 else -1  # -1: chunked, ends with 0 CRLF CRLF
+        eol = head.find(b"\r\n", i)
+        need = int(head[i + 15:eol if eol >= 0 else len(head)]) if i >= 0 else -1  # -1: chunked, ends with 0 CRLF CRLF
         while (len(body) < need) if need >= 0 else not body.endswith(_END):
             more = sock.recv(65536)
             if not more or time.monotonic() > deadline:
@@ -101,6 +116,7 @@ class Conn:
 
     def stream(self, raw: bytes, deadline: float) -> StreamRead:
         """Send ``raw`` and keep every piece of a chunked response with its arrival time."""
+        self.stale()
         sent = time.monotonic_ns()
         r = StreamRead(self.ensure(), sent)
         r.sock.sendall(raw)
@@ -117,6 +133,7 @@ class Conn:
     def drain_bulk(self, raw: bytes, deadline: float, bufsize: int = 1 << 20) -> tuple[int, int, int]:
         """Read a huge chunked (or close-delimited) response into one reused buffer. Returns (sent_ns, end_ns, bytes)."""
         mv = memoryview(bytearray(bufsize))
+        self.stale()
         sent = time.monotonic_ns()
         sock = self.ensure()
         sock.sendall(raw)
@@ -161,17 +178,21 @@ class StreamRead:
 
 
 def read_streams(conns: list[Conn], raw: bytes, deadline: float) -> list[StreamRead]:
-    """Start one stream on each connection at once and read them all from one thread."""
+    """Start one stream on each connection at once and read them all from one thread.
+
+    A connection the server closed is reopened right before its request is sent, as a client
+    does: TokenPak's accept thread waits up to 0.25 s for each new connection's request head,
+    so opening all 50 first and sending afterwards would stall it for seconds."""
     sel = selectors.DefaultSelector()
-    reads = []
-    for c in conns:
-        r = StreamRead(c.ensure())
-        reads.append(r)
-        sel.register(c.sock, selectors.EVENT_READ, r)
+    reads: list[StreamRead] = []
     try:
-        for r in reads:
-            r.sent_ns = time.monotonic_ns()
+        for c in conns:
+            c.stale()
+            r = StreamRead(c.sock, time.monotonic_ns())
+            r.sock = c.ensure()
             r.sock.sendall(raw)
+            reads.append(r)
+            sel.register(r.sock, selectors.EVENT_READ, r)
         left = len(reads)
         while left and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=0.5):
@@ -182,7 +203,7 @@ def read_streams(conns: list[Conn], raw: bytes, deadline: float) -> list[StreamR
                     left -= 1
     finally:
         sel.close()
-        for c, r in zip(conns, reads, strict=True):
+        for c, r in zip(conns, reads, strict=False):  # fewer reads when a send failed
             c.after(r)
     return reads
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,10 @@ def test_the_markdown_table_has_a_column_and_a_ratio_per_peer() -> None:
     assert "LiteLLM" not in render({"workloads": [res.to_json()]}).splitlines()[0]  # no peers: as before
 
 
-def _serve_http10(responses: list[bytes], accepted: list[int]) -> tuple[socket.socket, threading.Thread]:
-    """A loopback server that answers one request per connection, HTTP/1.0 style, then closes."""
+def _serve_http10(responses: list[bytes], accepted: list[int], keep_alive: bool = False) -> tuple[socket.socket, threading.Thread]:
+    """A loopback server that answers one request per connection, then closes: HTTP/1.0 style
+    (the close ends the body), or with ``keep_alive`` an HTTP/1.1 answer with a length and then
+    the close of an idle keep-alive timeout."""
     srv = socket.create_server(("127.0.0.1", 0))
     srv.settimeout(10)
 
@@ -90,7 +93,10 @@ def _serve_http10(responses: list[bytes], accepted: list[int]) -> tuple[socket.s
                 data = b""
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
-                conn.sendall(b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + body)
+                if keep_alive:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                else:
+                    conn.sendall(b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + body)
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
@@ -107,6 +113,25 @@ def test_the_client_reads_close_delimited_responses_and_reconnects() -> None:
         assert head.startswith(b"HTTP/1.0 200") and body == b'{"a":1}' and c.closed
         _, _, body = c.post(raw)  # a new connection, not a write into the closed one
         assert body == b'{"b":2}' and c.reconnects == 1 and len(accepted) == 2
+        c.close()
+    finally:
+        t.join(10)
+        srv.close()
+
+
+def test_the_client_notices_a_keep_alive_connection_the_server_closed_while_idle() -> None:
+    """uvicorn (LiteLLM) closes a connection idle for 5 s, shorter than a round of five setups:
+    the next request must go on a new connection, not into the closed one (a lost stream)."""
+    accepted: list[int] = []
+    srv, t = _serve_http10([b'{"a":1}', b'{"b":2}'], accepted, keep_alive=True)
+    try:
+        c = Conn(srv.getsockname()[1], timeout=10)
+        raw = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+        assert c.post(raw)[2] == b'{"a":1}' and not c.closed  # kept alive as far as HTTP/1.1 says
+        deadline = time.monotonic() + 10
+        while not c.stale() and time.monotonic() < deadline:  # bounded wait for the server's close
+            time.sleep(0.01)
+        assert c.post(raw)[2] == b'{"b":2}' and c.reconnects == 1
         c.close()
     finally:
         t.join(10)
