@@ -519,6 +519,7 @@ class TokenPak:
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         st.emitted = True
+        st.resp_headers = None  # read again: later addons' responseheaders may have changed them
         loop = _running_loop()
         if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
             # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
@@ -580,6 +581,7 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None or st.emitted:
             return
+        st.resp_headers = None  # read again: later addons' responseheaders may have changed them
         try:
             replayed_body = flow.response is not None and flow.response.raw_content and (st.tap is None or not st.tap.wire_bytes)
             if replayed_body:
@@ -822,7 +824,7 @@ class _HeaderView:
 
 
 def _response_headers(resp: http.Response, st: _FlowState) -> _HeaderView:
-    """The response's header view (made in ``responseheaders``; made here for replayed flows)."""
+    """The response's header view as the flow ends (read once, for the usage and the row)."""
     if st.resp_headers is None:
         st.resp_headers = _HeaderView(resp.headers)
     return st.resp_headers
