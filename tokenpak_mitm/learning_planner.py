@@ -93,10 +93,9 @@ REASONS: Final[Mapping[str, str]] = {
     "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
                      "so everything before it is written instead",
 }
-# The gap to the next sighting assumed before any gap was observed: within 5 minutes, as today's
-# rules assume (the TTL replay uses it only until a gap is seen; the pause estimate mixes it with
-# the observed gaps). A pause is never assumed: 1h is chosen only on evidence (gaps between 5
-# minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
+# The gap to the next sighting assumed before any gap was observed, by the shared-prefix timeline
+# replay (`_cheapest`, only until a gap is seen): within 5 minutes, as today's rules assume. The
+# chance of a pause that a checkpoint insures against is `_pause_chance`'s (rule of succession).
 PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
 # The prior of a conversation tail's read-back estimate (`_tail_ttl`): (close gaps, long gaps).
 TAIL_PRIOR: Final = (1.0, 2.0)
