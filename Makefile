@@ -26,6 +26,11 @@ LLM_HOSTS := ^($(subst $(space),|,$(strip $(subst .,\.,$(API_HOSTS))))):[0-9]+$$
 SCOPE   ?= $(if $(filter regular%,$(MODE)),--allow-hosts '$(LLM_HOSTS)')
 HOSTS_OPT := $(foreach h,$(subst $(comma),$(space),$(EXTRA_HOSTS)),--set tokenpak_hosts=$(h))
 ARGS    ?=
+# Test workers (pytest-xdist). Whole files go to one worker (--dist loadfile), so a module's shared
+# mitmdump is started once; every test uses OS-picked ports and its own temp dirs. WORKERS=0 runs
+# everything in this process (e.g. with --pdb).
+WORKERS ?= 2
+XDIST   := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfile)
 
 .PHONY: run test test-fast check bench venv lock clean
 
@@ -51,11 +56,11 @@ run: $(RUN_STAMP)
 	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) $(HOSTS_OPT) -s addons/tokenpak.py --set tokenpak_quiet=$(QUIET) $(ARGS)
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(ARGS)
 
 # The unit subset (no mitmdump subprocesses; e2e tests are marked, see tests/conftest.py): make test-fast
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m 'not e2e' $(ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m 'not e2e' $(ARGS)
 
 # Static gates: ruff, mypy --strict, import-linter layer contracts (the same script CI calls).
 check: $(DEV_STAMP)

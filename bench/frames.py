@@ -4,12 +4,18 @@ Why realistic: the addon's cost depends on what it sees. A real stream is a hand
 envelope frames around hundreds of small ``content_block_delta`` frames (~120-160 bytes each),
 and a request that gets cache markers is a long system prompt plus a multi-turn conversation.
 Benchmarking on toy payloads would hide the per-frame and per-byte costs we care about.
+
+The frame bytes come from the fake upstream's dialect layer (``tokenpak_mitm.testing.dialects``),
+the same writer the tests' fake provider uses; they are rendered once, at import, so the upstream
+process still only writes precomputed bytes.
 """
 
 from __future__ import annotations
 
 import json
 import random
+
+from tokenpak_mitm.testing import dialects
 
 __all__ = [
     "DELTA_HEAD", "STAMP_RE", "message_body", "json_response", "stream_frames",
@@ -18,8 +24,7 @@ __all__ = [
 
 _WORDS = ["the", "model", "reads", "your", "prompt", "and", "streams", "tokens", "back", "as", "small", "text", "deltas", "while", "the", "proxy", "watches", "every", "byte", "without", "changing", "any", "of", "them", "so", "latency", "must", "stay", "tiny", "per", "frame", "cache", "markers", "let", "a", "long", "shared", "prefix", "be", "billed", "at", "a", "tenth", "of", "the", "input", "price"]
 
-DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
-DELTA_TAIL = b'"}}\n\n'
+DELTA_HEAD, DELTA_TAIL = dialects.text_delta_affixes("anthropic")
 # The upstream writes its CLOCK_MONOTONIC send time into each delta's text: "@<ns>@ words".
 STAMP_RE = rb'"text":"@(\d+)@'
 
@@ -29,29 +34,16 @@ _USAGE_START = {
 }
 
 
-def _sse(event: str, obj: dict) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (event.encode(), json.dumps(obj, separators=(",", ":")).encode())
-
-
 def envelope_head() -> list[bytes]:
     """message_start, content_block_start, ping: what precedes the first text delta."""
-    msg = {"id": "msg_bench01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-           "content": [], "stop_reason": None, "stop_sequence": None, "usage": _USAGE_START}
-    return [
-        _sse("message_start", {"type": "message_start", "message": msg}),
-        _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        b'event: ping\ndata: {"type": "ping"}\n\n',
-    ]
+    return [dialects.anthropic_message_start("msg_bench01", "claude-sonnet-4-6", _USAGE_START),
+            dialects.anthropic_block_start(), dialects.anthropic_ping()]
 
 
 def envelope_tail(output_tokens: int) -> list[bytes]:
     """content_block_stop, message_delta (final usage), message_stop."""
-    return [
-        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                               "usage": {"output_tokens": output_tokens}}),
-        _sse("message_stop", {"type": "message_stop"}),
-    ]
+    return [dialects.anthropic_block_stop(), dialects.anthropic_message_delta("end_turn", {"output_tokens": output_tokens}),
+            dialects.anthropic_message_stop()]
 
 
 def _text(rng: random.Random) -> bytes:
@@ -89,10 +81,8 @@ def message_body(text: str = "Say hello in five words.", *, stream: bool = False
 
 
 def json_response() -> bytes:
-    body = {"id": "msg_bench02", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-            "content": [{"type": "text", "text": "Hello there, nice to meet."}], "stop_reason": "end_turn",
-            "stop_sequence": None, "usage": {"input_tokens": 14, "cache_creation_input_tokens": 0,
-                                             "cache_read_input_tokens": 0, "output_tokens": 9}}
+    usage = {"input_tokens": 14, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 9}
+    body = dialects.render_json("anthropic", dialects.Reply(id="msg_bench02", model="claude-sonnet-4-6", text="Hello there, nice to meet.", usage=usage))
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -30,9 +30,9 @@ from tokenpak_mitm.decoders import zstd
 from tokenpak_mitm.testing.client import Response, build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import (
+    FakeUpstream,
     Received,
     Script,
-    ScriptedUpstream,
     Step,
     sse_script,
 )
@@ -84,7 +84,7 @@ def run_case(name: str, addon: bool, rounds: int, options: list[str] | None = No
         return scripts.pop(req.header("x-test-id") or "", Script(status=404, steps=[], chunked=False))
 
     hostile, body = _cases()[name]
-    up = ScriptedUpstream(handle).start()
+    up = FakeUpstream(handle).start()
     with tempfile.TemporaryDirectory() as tmp:
         proxy = MitmdumpProcess(f"reverse:{up.url}", db=Path(tmp) / "t.db", confdir=tmp, addon=addon, options=(options or []) if addon else []).start()
         assert proxy.proc is not None

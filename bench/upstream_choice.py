@@ -1,7 +1,7 @@
 """Why the benchmark's upstream is its own process: ``python -m bench.upstream_choice``.
 
 Measures the *direct* setup (client -> upstream, no proxy) two ways: against
-``tokenpak_mitm.testing.upstream.ScriptedUpstream`` running in a thread of the client's process,
+``tokenpak_mitm.testing.upstream.FakeUpstream`` running in a thread of the client's process,
 and against ``bench.upstream`` in a separate process. Whatever the in-thread upstream adds is
 GIL contention with the client plus its per-write ``drain``, and would be charged to every
 setup, blurring the proxy's share.
@@ -19,7 +19,7 @@ from bench.client import Conn, request_bytes
 from bench.frames import json_response, message_body, stream_frames
 from bench.procs import start_upstream
 from bench.results_model import percentile
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step, sse_script
+from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step, sse_script
 
 REQUESTS, FRAMES, STREAMS = 500, 1000, 5
 
@@ -50,7 +50,7 @@ def _measure(port: int) -> dict[str, float]:
 
 
 def main() -> int:
-    with ScriptedUpstream(_in_thread_handler) as up:
+    with FakeUpstream(_in_thread_handler) as up:
         in_thread = _measure(up.port)
         time.sleep(0.2)  # let its connection task see our close before its loop stops
     child = start_upstream(max_seconds=120)
@@ -60,7 +60,7 @@ def main() -> int:
         child.stop()
     table = Table(title="direct setup: upstream in a thread of the client vs its own process")
     table.add_column("metric")
-    table.add_column("ScriptedUpstream (thread)", justify="right")
+    table.add_column("FakeUpstream (thread)", justify="right")
     table.add_column("bench.upstream (process)", justify="right")
     for key in in_thread:
         table.add_row(key, f"{in_thread[key]:,.3f}", f"{separate[key]:,.3f}")

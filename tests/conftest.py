@@ -17,7 +17,7 @@ import pytest
 from tokenpak_mitm.conformance.scenarios import FIXTURES  # recorded streams ship with the package
 from tokenpak_mitm.testing.client import Response, build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream
+from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
@@ -86,7 +86,7 @@ def wait_for_rows(db: Path, where: str, args: tuple, n: int = 1, timeout: float 
 
 @dataclass
 class Stack:
-    upstream: ScriptedUpstream
+    upstream: FakeUpstream
     proxy: MitmdumpProcess
     db: Path
     scripts: dict[str, Script | Callable[[Received], Script]] = field(default_factory=dict)
@@ -136,7 +136,7 @@ def _handler(scripts: dict) -> Callable[[Received], Script]:
 
 def make_stack(tmp: Path, options: list[str] | None = None, extra_args: list[str] | None = None) -> Stack:
     scripts: dict = {}
-    up = ScriptedUpstream(_handler(scripts)).start()
+    up = FakeUpstream(_handler(scripts)).start()
     db = tmp / "tokenpak.db"
     proxy = MitmdumpProcess(f"reverse:{up.url}", db=db, confdir=tmp, options=options or [], extra_args=extra_args or []).start()
     return Stack(upstream=up, proxy=proxy, db=db, scripts=scripts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -19,6 +20,9 @@ SSE = (
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}\n\n'
     b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}\n\n'
 )
+
+JSON_BODY = (b'{"id":"msg_2","type":"message","model":"claude-sonnet-4-6","content":[],"stop_reason":"end_turn",'
+             b'"usage":{"input_tokens":9,"output_tokens":5}}')
 
 
 def anthropic_flow(resp_body: bytes | None = SSE, ctype: str = "text/event-stream"):
@@ -52,12 +56,18 @@ async def addon(tmp_path: Path):
         yield tp, tctx
 
 
+async def next_turn() -> None:
+    """One turn of the event loop: mitmproxy sends the response, then the addon accounts for it."""
+    await asyncio.sleep(0)
+
+
 async def drive_buffered(tp: TokenPak, f) -> None:
     """The hook sequence of a buffered (or replayed) response, as mitmproxy runs it."""
     tp.requestheaders(f)
     await tp.request(f)
     tp.responseheaders(f)
     tp.response(f)
+    await next_turn()
 
 
 async def drive_stream(tp: TokenPak, f, chunks: list[bytes]) -> list[bytes]:
@@ -75,6 +85,7 @@ async def test_stream_callable_is_identity_and_one_row(addon):
     assert await drive_stream(tp, f, chunks) == chunks
     tp.response(f)
     tp.error(f)  # a late error for the same flow must not add a second row
+    await next_turn()
     assert len(tp.store.rows) == 1
     row = tp.store.rows[0]
     assert (row["input_tokens"], row["output_tokens"], row["terminal_state"]) == (7, 3, "completed")
@@ -97,6 +108,7 @@ async def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     chunks = [SSE, b""]
     assert [f.response.stream(c) for c in chunks] == chunks  # bytes flow on
     tp.response(f)
+    await next_turn()
     assert len(tp.store.rows) == 1
 
 
@@ -227,6 +239,33 @@ def test_console_line_can_be_switched_off(addon, caplog):
     assert lines and "claude-sonnet-4-6" in lines[0] and "out=3" in lines[0]
 
 
+async def test_accounting_waits_until_the_response_is_sent(addon):
+    # mitmproxy writes a buffered response to the client only after the `response` hook returns:
+    # the row (body parse, price, session, console) is built on the next loop turn, not before.
+    tp, _ = addon
+    f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
+    tp.requestheaders(f)
+    await tp.request(f)
+    tp.responseheaders(f)
+    assert tp.response(f) is None
+    assert tp.store.rows == []
+    tp.error(f)  # a late error must not add a second row
+    await next_turn()
+    assert len(tp.store.rows) == 1 and tp.store.rows[0]["output_tokens"] == 5
+
+
+async def test_done_flushes_rows_still_waiting_for_the_loop(addon):
+    tp, _ = addon
+    flows = [anthropic_flow(resp_body=JSON_BODY, ctype="application/json") for _ in range(3)]
+    for f in flows:
+        tp.requestheaders(f)
+        await tp.request(f)
+        tp.responseheaders(f)
+        tp.response(f)
+    tp.done()  # shutdown before the loop turned: every row is still written
+    assert sorted(r["request_key"] for r in tp.store.rows) == sorted(f.id for f in flows)
+
+
 async def test_metadata_survives_serialisation(addon):
     tp, _ = addon
     f = anthropic_flow()
@@ -269,7 +308,7 @@ async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
     tp, _ = addon
     import tokenpak_mitm.addon as addon_mod
 
-    def broken(rec):
+    def broken(*args):
         raise RuntimeError("bug in build_row")
 
     monkeypatch.setattr(addon_mod, "build_row", broken)

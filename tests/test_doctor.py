@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sqlite3
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tokenpak_mitm import doctor
 from tokenpak_mitm.cli import main
 from tokenpak_mitm.doctor import CA_VARS, check_ca, check_database, check_environment, check_mitmproxy, check_proxy, check_python
 from tokenpak_mitm.setup_cmd import write_bundle
 from tokenpak_mitm.store import TelemetryStore
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Script, ScriptedUpstream, Step
+from tokenpak_mitm.testing.upstream import FakeUpstream, Script, Step
 
 ROUTING_VARS = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "HTTPS_PROXY", "https_proxy",
                 "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", *CA_VARS)
@@ -54,16 +56,16 @@ def statuses(checks: list) -> dict[str, str]:
 
 
 @pytest.fixture
-def upstream() -> Iterator[ScriptedUpstream]:
+def upstream() -> Iterator[FakeUpstream]:
     """A loopback upstream that answers everything (and notes what it received)."""
-    up = ScriptedUpstream(lambda req: Script(status=200, headers=[("content-type", "application/json")], steps=[Step(b'{"ok": true}')],
+    up = FakeUpstream(lambda req: Script(status=200, headers=[("content-type", "application/json")], steps=[Step(b'{"ok": true}')],
                                              chunked=False)).start()
     yield up
     up.stop()
 
 
 @pytest.fixture
-def proxy(tmp_path: Path, confdir: Path, upstream: ScriptedUpstream) -> Iterator[tuple[str, Path]]:
+def proxy(tmp_path: Path, confdir: Path, upstream: FakeUpstream) -> Iterator[tuple[str, Path]]:
     """A real tokenpak proxy in reverse mode, writing to its own database."""
     db = tmp_path / "proxy.db"
     with MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=tmp_path / "conf") as p:
@@ -84,7 +86,7 @@ def test_healthy_setup_passes_including_streaming(clean_env: None, confdir: Path
 
 
 @pytest.mark.e2e
-def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path], upstream: ScriptedUpstream, tmp_path: Path,
+def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path], upstream: FakeUpstream, tmp_path: Path,
                                                          listening: str) -> None:
     url, db = proxy
     ok = check_proxy({"ANTHROPIC_BASE_URL": url}, db)
@@ -98,8 +100,11 @@ def test_the_probe_proves_which_proxy_and_which_database(proxy: tuple[str, Path]
 
 
 @pytest.mark.e2e
-def test_an_open_port_that_is_not_tokenpak_fails(upstream: ScriptedUpstream, listening: str, tmp_path: Path) -> None:
-    # The upstream itself (an HTTP server answering 200 JSON) and a bare listening socket.
+def test_an_open_port_that_is_not_tokenpak_fails(upstream: FakeUpstream, listening: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upstream itself (an HTTP server answering 200 JSON) and a bare listening socket, which
+    # never answers: the probe's wait for it is cut from 5 s to 0.5 s (the verdict is the same).
+    monkeypatch.setattr(doctor, "probe", functools.partial(doctor.probe, timeout=0.5))
     for url in (upstream.url, listening):
         checks = check_proxy({"ANTHROPIC_BASE_URL": url}, tmp_path / "t.db")
         assert [c.status for c in checks] == ["fail"] and "not tokenpak-mitm" in checks[0].detail, url

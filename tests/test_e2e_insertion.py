@@ -15,7 +15,7 @@ from conftest import Stack, wait_for_rows
 
 from tokenpak_mitm.cache_insert import remove_spans
 from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread
+from tokenpak_mitm.testing.provider import FakeProvider
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
 from tokenpak_mitm.testing.upstream import Script, Step
 
@@ -30,7 +30,7 @@ SYSTEM = " ".join(f"Rule {i}: answer tersely, cite the policy section {i} and ne
 @pytest.fixture(scope="module")
 def fake_stack(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("insert")
-    with fake_anthropic_in_thread() as fake:
+    with FakeProvider() as fake:
         proxy = MitmdumpProcess(f"reverse:{fake.url}", db=tmp / "t.db", confdir=tmp).start()
         try:
             yield fake, proxy, tmp / "t.db"
@@ -125,7 +125,7 @@ def test_client_marked_request_reaches_upstream_byte_identical(stack: Stack):
 
 
 def test_insertion_off_sends_client_bytes(tmp_path: Path):
-    with fake_anthropic_in_thread() as fake:
+    with FakeProvider() as fake:
         with MitmdumpProcess(f"reverse:{fake.url}", db=tmp_path / "t.db", confdir=tmp_path, options=["tokenpak_cache=off"]) as proxy:
             body = json.dumps({"model": MODEL, "max_tokens": 5, "system": SYSTEM, "messages": [{"role": "user", "content": "hi"}]}).encode()
             request(proxy.port, build_request("POST", "/v1/messages", body, [("content-type", "application/json")]))

@@ -18,9 +18,9 @@ import pytest
 from conftest import wait_for_rows
 
 from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.fake_anthropic import fake_anthropic_in_thread
+from tokenpak_mitm.testing.provider import FakeProvider
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step
+from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
@@ -37,7 +37,7 @@ def test_session_headers_never_reach_upstream_and_every_other_header_does_unchan
     def handler(_: Received) -> Script:
         return Script(headers=[("content-type", "application/json")], steps=[Step(REPLY)], chunked=False)
 
-    up = ScriptedUpstream(handler).start()
+    up = FakeUpstream(handler).start()
     proxy = MitmdumpProcess(f"reverse:{up.url}", db=tmp_path / "t.db", confdir=tmp_path).start()
     try:
         body = json.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -75,7 +75,7 @@ def agent_run(tmp_path_factory: pytest.TempPathFactory):
     """Ten turns of one conversation: system prompt changed before turn 5, eviction before turn 8."""
     tmp = tmp_path_factory.mktemp("sessions")
     db = tmp / "t.db"
-    with fake_anthropic_in_thread() as fake:
+    with FakeProvider() as fake:
         proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp).start()
         try:
             system, history = SYSTEM, []
@@ -134,7 +134,7 @@ def test_report_misses_and_sessions_in_terminal_json_and_html(agent_run, tmp_pat
 
 def test_a_restarted_proxy_does_not_claim_cold_for_what_an_earlier_run_may_have_cached(agent_run):
     db, rows, _ = agent_run
-    with fake_anthropic_in_thread() as fake:
+    with FakeProvider() as fake:
         proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=db.parent).start()
         try:
             body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM + " Another agent.",
@@ -157,7 +157,7 @@ def test_interleaved_clients_on_one_proxy_get_one_session_each(tmp_path: Path):
     keys = ["sk-ant-api03-canary-not-a-real-key-000000", "sk-ant-api03-canary-not-a-real-key-111111"]
     db = tmp_path / "t.db"
     errors: list[BaseException] = []
-    with fake_anthropic_in_thread() as fake:
+    with FakeProvider() as fake:
         proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path).start()
 
         def agent(n: int) -> None:
@@ -200,7 +200,7 @@ def test_bad_and_compressed_bodies_flow_and_keep_their_header_session(tmp_path: 
     def handler(_: Received) -> Script:
         return Script(headers=[("content-type", "application/json")], steps=[Step(REPLY)], chunked=False)
 
-    up = ScriptedUpstream(handler).start()
+    up = FakeUpstream(handler).start()
     proxy = MitmdumpProcess(f"reverse:{up.url}", db=tmp_path / "t.db", confdir=tmp_path).start()
     try:
         bodies = [

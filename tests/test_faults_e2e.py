@@ -293,9 +293,9 @@ def test_database_directory_deleted_while_running(tmp_path: Path):
     from conftest import _handler
 
     from tokenpak_mitm.testing.proxy import MitmdumpProcess
-    from tokenpak_mitm.testing.upstream import ScriptedUpstream
+    from tokenpak_mitm.testing.upstream import FakeUpstream
 
-    up = ScriptedUpstream(_handler(scripts)).start()
+    up = FakeUpstream(_handler(scripts)).start()
     db = home / "tokenpak.db"
     proxy = MitmdumpProcess(f"reverse:{up.url}", db=db, confdir=tmp_path).start()
     stack = Stack(upstream=up, proxy=proxy, db=db, scripts=scripts)

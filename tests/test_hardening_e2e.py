@@ -32,14 +32,14 @@ from test_otel import Collector
 from tokenpak_mitm.decoders import zstd
 from tokenpak_mitm.store import fallback_spill_path
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step, sse_script
+from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step, sse_script
 
 pytestmark = pytest.mark.e2e
 
 
 def _stack(tmp: Path, options: list[str] | None = None, env: dict[str, str] | None = None) -> Stack:
     scripts: dict = {}
-    up = ScriptedUpstream(_handler(scripts)).start()
+    up = FakeUpstream(_handler(scripts)).start()
     db = tmp / "db" / "tokenpak.db"
     db.parent.mkdir(exist_ok=True)
     proxy = MitmdumpProcess(f"reverse:{up.url}", db=db, confdir=tmp, options=options or [], env=env).start()

@@ -333,7 +333,7 @@ def test_the_addon_list_works_in_reverse_order(tmp_path: Path):
     """Recorder and the live checker build on TokenPak through its hooks, not their list position."""
     from conftest import _handler
 
-    from tokenpak_mitm.testing.upstream import ScriptedUpstream
+    from tokenpak_mitm.testing.upstream import FakeUpstream
 
     script = tmp_path / "reversed.py"
     script.write_text(
@@ -343,7 +343,7 @@ def test_the_addon_list_works_in_reverse_order(tmp_path: Path):
         "addons = [LiveConformance(), Recorder(), TokenPak()]\n"
     )
     scripts: dict = {}
-    up = ScriptedUpstream(_handler(scripts)).start()
+    up = FakeUpstream(_handler(scripts)).start()
     db, flows = tmp_path / "t.db", tmp_path / "flows"
     proxy = MitmdumpProcess(f"reverse:{up.url}", confdir=tmp_path, addon=False, extra_args=["-s", str(script)],
                             options=[f"tokenpak_db={db}", f"tokenpak_record={flows}", "tokenpak_conformance=strict"]).start()

@@ -13,7 +13,7 @@ from tokenpak_mitm import run_cmd
 from tokenpak_mitm.script import SCRIPT, make_addons
 from tokenpak_mitm.testing.client import build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import ScriptedUpstream, sse_script
+from tokenpak_mitm.testing.upstream import FakeUpstream, sse_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENPAK = Path(sys.executable).with_name("tokenpak")
@@ -58,7 +58,7 @@ def test_tokenpak_run_proxies_and_records_a_row(tmp_path: Path):
         b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}\n\n',
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
     ]
-    up = ScriptedUpstream(lambda req: sse_script(frames)).start()
+    up = FakeUpstream(lambda req: sse_script(frames)).start()
     db = tmp_path / "t.db"
     proxy = MitmdumpProcess("unused", confdir=tmp_path)
     proxy.args = [str(TOKENPAK), "run", "--port", "0", "--mode", f"reverse:{up.url}", "--",

@@ -191,7 +191,22 @@ def all_facts() -> tuple[CacheFacts, ...]:
 
 def facts_for(model: object, provider: Provider | None = None) -> CacheFacts:
     """The facts for `model` (provider inferred from the id when not given)."""
-    name = model.lower() if isinstance(model, str) else ""
+    key = (model if isinstance(model, str) else "", provider)
+    found = _FACTS_MEMO.get(key)
+    if found is None:
+        found = _facts_for(key[0], provider)
+        if len(_FACTS_MEMO) >= _FACTS_MEMO_SIZE:
+            _FACTS_MEMO.clear()  # model ids come from clients: bounded, and rebuilt in microseconds
+        _FACTS_MEMO[key] = found
+    return found
+
+
+_FACTS_MEMO: dict[tuple[str, Provider | None], CacheFacts] = {}
+_FACTS_MEMO_SIZE: Final = 1024
+
+
+def _facts_for(model: str, provider: Provider | None) -> CacheFacts:
+    name = model.lower()
     if provider is None:
         provider = "openai" if _GPT_VERSION.search(name) or re.match(r"o\d", name) else (
             "gemini" if "gemini" in name else "anthropic")

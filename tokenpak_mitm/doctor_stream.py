@@ -22,39 +22,29 @@ from pathlib import Path
 from typing import Any
 
 from tokenpak_mitm.script import SCRIPT  # inside the package: a pip install has it too
+from tokenpak_mitm.testing.dialects import Reply, render_frames
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Script, ScriptedUpstream, Step
+from tokenpak_mitm.testing.upstream import FakeUpstream, Script, Step
 
 __all__ = ["StreamCheck", "check_streaming", "FRAMES"]
 PAUSE = 5.0  # seconds the upstream holds the rest of the stream when the first frame is not seen
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 MODEL = "tokenpak-doctor"
-FRAMES: tuple[bytes, ...] = (
-    _sse("message_start", {"type": "message_start", "message": {
-        "id": "msg_doctor", "type": "message", "role": "assistant", "model": MODEL, "content": [], "stop_reason": None,
-        "usage": {"input_tokens": 11, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
-    _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-    _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}}),
-    _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
-    _sse("message_stop", {"type": "message_stop"}),
-)
+# One short Messages stream, written by the fake upstream's dialect layer: "ok", 11 in, 2 out.
+FRAMES: tuple[bytes, ...] = tuple(render_frames("anthropic", Reply(
+    id="msg_doctor", model=MODEL, text="ok", text_deltas=1,
+    usage={"input_tokens": 11, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 2},
+)))
 
 
 class _HeldStream:
-    """The loopback upstream (the shared ScriptedUpstream): the first frame, then the rest only once
+    """The loopback upstream (the shared FakeUpstream): the first frame, then the rest only once
     ``release`` is set or ``pause`` ends; ``rest_step.waited`` stays empty while it is held."""
 
     def __init__(self, pause: float = PAUSE) -> None:
         self.release = threading.Event()
         self.rest_step = Step(b"".join(FRAMES[1:]), wait_for=self.release, wait_timeout=pause)
         script = Script(headers=[("content-type", "text/event-stream")], steps=[Step(FRAMES[0]), self.rest_step], close=True)
-        self.upstream = ScriptedUpstream(lambda _req: script).start()
+        self.upstream = FakeUpstream(lambda _req: script).start()
 
     @property
     def port(self) -> int:

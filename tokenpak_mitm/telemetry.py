@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenpak_mitm import __version__
 from tokenpak_mitm.dialects.base import Extract
@@ -119,7 +119,17 @@ def cache_verdict(row: Mapping[str, Any]) -> CacheVerdict:
     return "miss" if (row.get("markers_inserted") or row.get("client_markers")) else "none"
 
 
-def build_row(rec: RequestRecord) -> TelemetryRow:
+class Outcome(NamedTuple):
+    """How a request ended, as the row reports it (read before the row is built: the session
+    tracker needs it)."""
+
+    state: TerminalState
+    source: UsageSource
+    error: str | None
+    model: str | None
+
+
+def outcome(rec: RequestRecord) -> Outcome:
     x = rec.extract
     state: TerminalState
     if rec.terminal_override:
@@ -143,11 +153,17 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         error = rec.observe_note
     elif state == "upstream_disconnected":
         error = "stream ended without message_delta or message_stop"
-    usage = x.usage
     source: UsageSource = x.usage_source
     if state in ("client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown") and source == "final" and not x.terminal_seen:
         source = "partial"
-    model = x.model or rec.route.model_hint or rec.request_model
+    return Outcome(state, source, error, x.model or rec.route.model_hint or rec.request_model)
+
+
+def build_row(rec: RequestRecord, ended: Outcome | None = None, extra: Mapping[str, Any] | None = None) -> TelemetryRow:
+    """The row for `rec`; `extra`: columns filled by others (the session tracker's)."""
+    x = rec.extract
+    state, source, error, model = ended if ended is not None else outcome(rec)
+    usage = x.usage
     factors = PriceFactors(x.service_tier, x.speed or rec.request_speed, x.inference_geo or rec.request_inference_geo)
     cost = price(rec.route.provider, model, usage, factors, x.extras) if rec.route.billable else None
     unbilled = rec.route.billable and rejected_unbilled(rec.status_code, source)  # $0, not unknown
@@ -208,4 +224,5 @@ def build_row(rec: RequestRecord) -> TelemetryRow:
         unpriced_reason=None if unbilled else cost.unpriced_reason if cost else None,
         conformance_violations=rec.conformance_violations,
         proxy_version=__version__,
+        **(extra or {}),
     )

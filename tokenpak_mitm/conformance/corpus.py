@@ -26,7 +26,7 @@ from tokenpak_mitm.conformance.scenarios import SCENARIOS, Scenario
 from tokenpak_mitm.secret_scan import scan_paths
 from tokenpak_mitm.testing.client import Response, build_request, request
 from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream
+from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script
 
 __all__ = ["record_scenarios", "main"]
 
@@ -49,7 +49,7 @@ def record_scenarios(out: Path, scenarios: list[Scenario], workdir: Path) -> dic
         return slot.pop() if slot else Script(status=500, steps=[])
 
     rec_dir, db = workdir / "recorded", workdir / "live.db"
-    upstream = ScriptedUpstream(handle).start()
+    upstream = FakeUpstream(handle).start()
     proxy = MitmdumpProcess(f"reverse:{upstream.url}", db=db, confdir=workdir, options=[f"tokenpak_record={rec_dir}", "flow_detail=0",
                                                                                    "tokenpak_cache_history=false"]).start()
     ids: dict[str, str] = {}

@@ -6,7 +6,10 @@ the file given by ``tokenpak_probe_out`` (or ``$TOKENPAK_PROBE_OUT``): the reque
 sent it (with the client's bytes and the spans), every stream frame, the terminal hook and the
 row. Loaded *before* the addon, its ``response``/``error`` hooks run before the addon's, so a
 ``terminal`` line precedes a correct ``row`` line; a row emitted early shows up out of order.
-Bytes are base64. Test-only: it writes every frame synchronously.
+A second, tiny addon appended after every other one at start writes ``settled`` from the same
+hooks: mitmproxy runs (and awaits) each addon's hook in order, so once ``settled`` is written the
+addon's terminal hook has returned, and a row that is not in by then is missing, not late (the
+replayer stops waiting instead of running out its timeout). Bytes are base64. Test-only: it writes every frame synchronously.
 """
 
 from __future__ import annotations
@@ -31,10 +34,24 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+class _Settled:
+    """Runs after every other addon's terminal hook (appended to the end of the chain)."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.probe._write("settled", flow.id)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.probe._write("settled", flow.id)
+
+
 class Probe:
     def __init__(self) -> None:
         self._out: IO[str] | None = None
         self._seq = 0
+        self._settled: _Settled | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option("tokenpak_probe_out", str, os.environ.get(ENV, ""), "Conformance probe: JSONL evidence file (replays only).")
@@ -48,6 +65,11 @@ class Probe:
             if target:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 self._out = os.fdopen(fd, "a", encoding="utf-8")
+
+    def running(self) -> None:
+        if self._settled is None:  # after the scripts loaded: the end of the chain is behind the addon
+            self._settled = _Settled(self)
+            ctx.master.addons.add(self._settled)
 
     def done(self) -> None:
         if self._out is not None:

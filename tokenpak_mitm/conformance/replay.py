@@ -1,6 +1,6 @@
 """Replay recorded flows through a REAL mitmdump and collect the evidence the checkers need.
 
-One rig per run: a loopback :class:`ScriptedUpstream`, and ``mitmdump -s probe.py -s
+One rig per run: a loopback :class:`FakeUpstream`, and ``mitmdump -s probe.py -s
 addons/tokenpak.py`` in reverse mode in front of it (temporary db, confdir, probe file and
 re-recording directory). Flows are replayed one at a time:
 
@@ -30,7 +30,7 @@ from tokenpak_mitm.conformance.wire import header_pairs
 from tokenpak_mitm.redact import PLACEHOLDER, SECRET_HEADERS
 from tokenpak_mitm.testing.client import Response, request
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Received, Script, ScriptedUpstream, Step
+from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step
 
 __all__ = ["ReplayRig", "ReplayResult", "canaries_for"]
 
@@ -38,6 +38,7 @@ PROBE_SCRIPT = Path(__file__).with_name("probe.py")
 FAST_PACE = 0.001  # seconds between chunks with --fast
 MAX_GAP = 2.0  # a recorded stall longer than this is replayed as this (keeps CI bounded)
 RESET_GRACE = 0.05  # let the proxy drain the last chunk before the RST (a RST can discard unread data)
+SETTLED_GRACE = 1.0  # after every terminal hook returned without a row: how long a late row may still take
 
 
 def canaries_for(index: int) -> dict[str, str]:
@@ -84,7 +85,7 @@ class ReplayRig:
         self.extra_options = extra_options or []
         self.extra_scripts = extra_scripts or []
         self._script: Script | None = None
-        self.upstream: ScriptedUpstream | None = None
+        self.upstream: FakeUpstream | None = None
         self.proxy: MitmdumpProcess | None = None
         self._probe_offset = 0
         self.index = 0
@@ -92,7 +93,7 @@ class ReplayRig:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> ReplayRig:
-        self.upstream = ScriptedUpstream(self._handle).start()
+        self.upstream = FakeUpstream(self._handle).start()
         args = ["-s", str(PROBE_SCRIPT), "-s", str(ADDON_SCRIPT)]
         for script in self.extra_scripts:
             args += ["-s", script]
@@ -217,12 +218,15 @@ class ReplayRig:
 
     # -- evidence ---------------------------------------------------------------------------------
     def _probe_events(self, *, wait_for_row: bool, timeout: float = 15.0) -> list[dict[str, Any]]:
-        """New probe lines since the last call; first waits until a row and a terminal are in."""
+        """New probe lines since the last call; first waits until a row and a terminal are in, or
+        until every addon's terminal hook has returned without a row (``settled``, then a grace)."""
         deadline = time.monotonic() + timeout
         while wait_for_row and time.monotonic() < deadline:
             kinds = {e["kind"] for e in self._read_probe(consume=False)}
             if {"row", "terminal"} <= kinds:
                 break
+            if "settled" in kinds:  # no row from the terminal hook: allow a little for a late one, no more
+                deadline = min(deadline, time.monotonic() + SETTLED_GRACE)
             time.sleep(0.01)
         time.sleep(0.02)  # a duplicate row would be written in the same hook: catch it too
         return self._read_probe(consume=True)

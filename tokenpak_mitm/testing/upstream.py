@@ -1,26 +1,38 @@
-"""A scriptable loopback HTTP/1.1 upstream with controlled chunk boundaries, pauses and resets.
+"""The one fake upstream: a loopback HTTP/1.1 server whose every byte and pause is scripted.
 
-Tests, the conformance replayer and the benchmarks need an upstream whose every byte and every
-pause is decided by the caller: real provider APIs cannot be reached here, and mitmproxy's own
-server replay loses chunk boundaries and timing. Each request is answered by a :class:`Script`
-returned from a handler, so one server (and one proxy in front of it) can serve many tests.
+Tests, the conformance recorder and replayer, the doctor's stream check and the benchmarks need
+an upstream whose every byte and every pause is decided by the caller: real provider APIs cannot
+be reached here, and mitmproxy's own server replay loses chunk boundaries and timing. A web
+framework would hide the framing, hence raw ``asyncio.start_server`` and hand-written HTTP/1.1.
 
-It runs its own event loop in a background thread, so synchronous tests and subprocess proxies
-can use it alike. It binds 127.0.0.1 only.
+Each request is answered by a :class:`Script` returned from a handler, so one server (and one
+proxy in front of it) can serve many tests. What to say is the handler's business:
+``testing.provider`` answers all four dialects from the cache simulator, rendering replies with
+``testing.dialects``; tests script raw bytes. (``bench/upstream.py`` is a separate process on
+purpose, see docs/performance.md, and takes its frames from ``testing.dialects``.)
+
+It runs its own event loop in a background thread, so synchronous tests, asyncio tests and
+subprocess proxies can use it alike. It binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from tokenpak_mitm.testing.fake_anthropic import HttpParseError, read_request
+from tokenpak_mitm.decoders import decode_body
 
-__all__ = ["Step", "Script", "Received", "ScriptedUpstream", "sse_script"]
+__all__ = ["Step", "Script", "Received", "FakeUpstream", "HttpParseError", "read_request", "sse_script", "HOST"]
+
+HOST = "127.0.0.1"
+MAX_HEAD_BYTES = 1 << 20
+MAX_DECODED_BODY = 256 * 1024 * 1024
 
 
 @dataclass
@@ -38,39 +50,129 @@ class Step:
 
 @dataclass
 class Script:
+    """One response. How it ends: normally (terminating chunk); ``reset_after`` aborts with RST
+    after that many steps; ``truncate`` closes (FIN) after the steps without the terminating
+    chunk, a body cut off; ``raw`` sends exact bytes instead of an HTTP response."""
+
     status: int = 200
     reason: str = "OK"
     headers: list[tuple[str, str]] = field(default_factory=lambda: [("content-type", "text/event-stream")])
     steps: list[Step] = field(default_factory=list)
     chunked: bool = True
     reset_after: int | None = None  # abort the connection (RST) after this many steps
+    truncate: bool = False  # end without the terminating chunk and close the connection
     close: bool = False  # close the connection after the response
     raw: bytes | None = None  # send these exact bytes instead of an HTTP response (garbage tests)
 
 
-@dataclass
+class HttpParseError(Exception):
+    """The client sent something that is not HTTP/1.1 we understand."""
+
+
+@dataclass(frozen=True)
 class Received:
+    """One request as it arrived; ``body`` is de-chunked but still content-encoded.
+
+    ``path`` is the request target as sent, query included (as mitmproxy's ``Request.path``);
+    ``route`` is the path without the query."""
+
     method: str
     path: str
     headers: list[tuple[str, str]]
     body: bytes
+    version: str = "HTTP/1.1"
 
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)
+        lowered = name.lower()
+        return next((value for key, value in self.headers if key.lower() == lowered), None)
+
+    @property
+    def route(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    @property
+    def keep_alive(self) -> bool:
+        connection = (self.header("connection") or "").lower()
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
+    def json(self) -> Any:
+        """The body, Content-Encoding undone (a proxy may forward compressed bodies), as JSON."""
+        return json.loads(decode_body(self.body, self.header("content-encoding"), MAX_DECODED_BODY, strict=True))
 
 
-def sse_script(frames: list[bytes], *, delay: float = 0.0, headers: list[tuple[str, str]] | None = None, **kw: object) -> Script:
+def sse_script(frames: list[bytes], *, delay: float = 0.0, headers: list[tuple[str, str]] | None = None, **kw: Any) -> Script:
     """A 200 SSE response writing one frame per chunk."""
     base = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
-    return Script(headers=base + (headers or []), steps=[Step(f, delay=delay) for f in frames], **kw)  # type: ignore[arg-type]
+    return Script(headers=base + (headers or []), steps=[Step(f, delay=delay) for f in frames], **kw)
 
 
-class ScriptedUpstream:
-    def __init__(self, handler: Callable[[Received], Script]) -> None:
+async def read_request(reader: asyncio.StreamReader) -> Received | None:
+    """Read one HTTP/1.1 request; None when the client closed between requests."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial.strip():
+            return None
+        raise HttpParseError("connection closed inside the request head") from exc
+    except asyncio.LimitOverrunError as exc:
+        raise HttpParseError("request head too large") from exc
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        method, target, version = lines[0].split(" ")
+    except ValueError as exc:
+        raise HttpParseError(f"bad request line {lines[0]!r}") from exc
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise HttpParseError(f"bad header line {line!r}")
+            headers.append((name.strip(), value.strip()))
+    request = Received(method, target, headers, b"", version)
+    if "chunked" in (request.header("transfer-encoding") or "").lower():
+        body = await _read_chunked(reader)
+    else:
+        length = request.header("content-length")
+        try:
+            body = await reader.readexactly(int(length)) if length else b""
+        except ValueError as exc:
+            raise HttpParseError(f"bad content-length {length!r}") from exc
+    return Received(method, target, headers, body, version)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        try:
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+        except ValueError as exc:
+            raise HttpParseError(f"bad chunk size {size_line!r}") from exc
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # skip trailers
+                pass
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        if await reader.readexactly(2) != b"\r\n":
+            raise HttpParseError("chunk not followed by CRLF")
+
+
+class FakeUpstream:
+    """Loopback HTTP/1.1 server: ``handler(received) -> Script`` answers each request.
+
+    ``bad_request(message)`` answers a request that is not HTTP/1.1 we understand (default: drop
+    the connection). ``received`` lists every request, ``connections_accepted`` counts connections.
+    """
+
+    def __init__(self, handler: Callable[[Received], Script], *, port: int = 0,
+                 bad_request: Callable[[str], Script] | None = None) -> None:
         self.handler = handler
+        self.bad_request = bad_request
         self.received: list[Received] = []
-        self.port = 0
+        self.connections_accepted = 0
+        self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -78,13 +180,13 @@ class ScriptedUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
-    def start(self) -> ScriptedUpstream:
-        self._thread = threading.Thread(target=self._run, name="scripted-upstream", daemon=True)
+    def start(self) -> FakeUpstream:
+        self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
         self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("scripted upstream did not start")
+        if not self._ready.wait(10) or self._server is None:
+            raise RuntimeError("fake upstream did not start")
         return self
 
     def stop(self) -> None:
@@ -108,7 +210,7 @@ class ScriptedUpstream:
         if self._thread is not None:
             self._thread.join(5)
 
-    def __enter__(self) -> ScriptedUpstream:
+    def __enter__(self) -> FakeUpstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -120,11 +222,13 @@ class ScriptedUpstream:
         asyncio.set_event_loop(loop)
 
         async def boot() -> None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self._server = await asyncio.start_server(self._serve, HOST, self.port, limit=MAX_HEAD_BYTES)
             self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
 
-        loop.run_until_complete(boot())
+        try:
+            loop.run_until_complete(boot())
+        finally:
+            self._ready.set()  # start() reports a failed bind instead of waiting it out
         try:
             loop.run_forever()
         finally:
@@ -133,9 +237,15 @@ class ScriptedUpstream:
             loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections_accepted += 1
         try:
             while True:
-                req = await _read_request(reader)
+                try:
+                    req = await read_request(reader)
+                except HttpParseError as exc:
+                    if self.bad_request is not None:
+                        await self._respond(self.bad_request(str(exc)), writer)
+                    break
                 if req is None:
                     break
                 self.received.append(req)
@@ -144,13 +254,14 @@ class ScriptedUpstream:
                     return
                 if script.close:
                     break
-        except (ConnectionError, asyncio.IncompleteReadError, HttpParseError):
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             if not writer.is_closing():
                 writer.close()
 
     async def _respond(self, s: Script, writer: asyncio.StreamWriter) -> bool:
+        """Write one response; returns whether the connection may serve another request."""
         if s.raw is not None:
             writer.write(s.raw)
             await writer.drain()
@@ -180,6 +291,9 @@ class ScriptedUpstream:
         if s.reset_after is not None and s.reset_after >= len(s.steps):
             _abort(writer)
             return False
+        if s.truncate:  # no terminating chunk: the body is cut off
+            writer.transport.abort()
+            return False
         if s.chunked:
             writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -195,11 +309,3 @@ def _abort(writer: asyncio.StreamWriter) -> None:
         except OSError:
             pass
     writer.transport.abort()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> Received | None:
-    """One request, read by the HTTP/1.1 reader the fake Anthropic API uses (one parser for both)."""
-    req = await read_request(reader)
-    if req is None:
-        return None
-    return Received(req.method, req.target, list(req.headers), req.body)

@@ -1,4 +1,4 @@
-"""The fake upstream over real loopback sockets: JSON, SSE wire format, keep-alive, errors."""
+"""The fake provider over real loopback sockets: JSON, SSE wire format, keep-alive, errors, four dialects."""
 from __future__ import annotations
 
 import asyncio
@@ -7,16 +7,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from tokenpak_mitm.testing.cache_sim import CacheSimulator
-from tokenpak_mitm.testing.fake_anthropic import FakeAnthropic, fake_anthropic_in_thread
+from tokenpak_mitm.testing.provider import FakeProvider
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "You are a careful assistant. " * 300  # ~2200 stand-in tokens, above the 1024 minimum
@@ -44,13 +43,13 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-@pytest_asyncio.fixture
-async def fake() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic(sim=CacheSimulator(clock=lambda: 0.0)) as server:
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(sim=CacheSimulator(clock=lambda: 0.0)) as server:  # its own loop thread: async tests use it alike
         yield server
 
 
-async def test_non_streamed_message_carries_simulator_usage(fake: FakeAnthropic) -> None:
+async def test_non_streamed_message_carries_simulator_usage(fake: FakeProvider) -> None:
     async with httpx.AsyncClient(base_url=fake.url) as client:
         first = await client.post("/v1/messages?beta=true", json=body("hello"))
         second = await client.post("/v1/messages", json=body("hello again"))
@@ -65,7 +64,7 @@ async def test_non_streamed_message_carries_simulator_usage(fake: FakeAnthropic)
     assert expected[0]["cache_creation_input_tokens"] > 0 and expected[1]["cache_read_input_tokens"] > 0
 
 
-async def test_streamed_frames_follow_the_wire_format(fake: FakeAnthropic) -> None:
+async def test_streamed_frames_follow_the_wire_format(fake: FakeProvider) -> None:
     fake.sse_chunk_size = 7  # frames cut across many HTTP chunks must still reassemble
     async with httpx.AsyncClient(base_url=fake.url) as client:
         response = await client.post("/v1/messages", json=body("hello", stream=True))
@@ -87,7 +86,7 @@ async def test_streamed_frames_follow_the_wire_format(fake: FakeAnthropic) -> No
     assert text.startswith("Simulated reply")
 
 
-async def test_cumulative_message_delta_usage_option(fake: FakeAnthropic) -> None:
+async def test_cumulative_message_delta_usage_option(fake: FakeProvider) -> None:
     fake.cumulative_delta_usage = True
     async with httpx.AsyncClient(base_url=fake.url) as client:
         response = await client.post("/v1/messages", json=body("hello", stream=True))
@@ -111,7 +110,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return int(head[0].split()[1]), headers, b"".join(chunks), [len(chunk) for chunk in chunks]
 
 
-async def test_keep_alive_serves_two_requests_on_one_connection(fake: FakeAnthropic) -> None:
+async def test_keep_alive_serves_two_requests_on_one_connection(fake: FakeProvider) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", fake.port)
     first = json.dumps(body("one")).encode()
     writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -134,7 +133,7 @@ async def test_keep_alive_serves_two_requests_on_one_connection(fake: FakeAnthro
     assert fake.requests == [first, second]
 
 
-async def test_invalid_request_gets_anthropic_error_body(fake: FakeAnthropic) -> None:
+async def test_invalid_request_gets_anthropic_error_body(fake: FakeProvider) -> None:
     too_many = body("hi")
     too_many["messages"][0]["content"] = [
         {"type": "text", "text": f"part {n}", "cache_control": {"type": "ephemeral"}} for n in range(4)
@@ -154,7 +153,7 @@ async def test_invalid_request_gets_anthropic_error_body(fake: FakeAnthropic) ->
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
 
 
-async def test_count_tokens_and_gzip_request_bodies(fake: FakeAnthropic) -> None:
+async def test_count_tokens_and_gzip_request_bodies(fake: FakeProvider) -> None:
     raw = json.dumps(body("hello")).encode()
     async with httpx.AsyncClient(base_url=fake.url) as client:
         counted = await client.post("/v1/messages/count_tokens", json=body("hello"))
@@ -166,7 +165,7 @@ async def test_count_tokens_and_gzip_request_bodies(fake: FakeAnthropic) -> None
     assert len(fake.results) == 1  # count_tokens does not touch the cache
 
 
-async def test_one_shot_faults(fake: FakeAnthropic) -> None:
+async def test_one_shot_faults(fake: FakeProvider) -> None:
     async with httpx.AsyncClient(base_url=fake.url) as client:
         fake.next_http_error = 529
         overloaded = await client.post("/v1/messages", json=body("hi"))
@@ -184,14 +183,14 @@ async def test_one_shot_faults(fake: FakeAnthropic) -> None:
 
 
 def test_thread_helper_for_synchronous_tests() -> None:
-    with fake_anthropic_in_thread(sim=CacheSimulator(clock=lambda: 0.0)) as server:
+    with FakeProvider(sim=CacheSimulator(clock=lambda: 0.0)) as server:
         response = httpx.post(f"{server.url}/v1/messages", json=body("hi"))
     assert response.status_code == 200 and len(server.requests) == 1
 
 
 def test_command_line_prints_url_and_serves() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "tokenpak_mitm.testing.fake_anthropic", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "tokenpak_mitm.testing.provider", "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
     try:
         assert process.stdout is not None
@@ -202,3 +201,52 @@ def test_command_line_prints_url_and_serves() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# ---- four dialects: what the fake sends is what the proxy's own trackers read ----------------------
+LONG = "Clause {}: the tenant keeps the premises clean and pays the rent on the first day. "
+DIALECT_CASES = [
+    ("anthropic", "/v1/messages", lambda stream: body("hello", stream=stream)),
+    ("openai_chat", "/v1/chat/completions", lambda stream: {
+        "model": "gpt-4o", "max_tokens": 200, "stream": stream, "stream_options": {"include_usage": True} if stream else None,
+        "messages": [{"role": "system", "content": "".join(LONG.format(i) for i in range(150))}, {"role": "user", "content": "hi"}]}),
+    ("openai_responses", "/v1/responses", lambda stream: {
+        "model": "gpt-4.1", "max_output_tokens": 200, "stream": stream,
+        "instructions": "".join(LONG.format(i) for i in range(150)), "input": "hi"}),
+    ("gemini", "/v1beta/models/gemini-2.5-flash:{}", lambda stream: {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize(("dialect", "path", "make"), DIALECT_CASES, ids=[c[0] for c in DIALECT_CASES])
+def test_each_dialect_reads_back_through_the_proxys_tracker(fake: FakeProvider, dialect: str, path: str, make: Any, stream: bool) -> None:
+    from tokenpak_mitm.routes import classify, tracker_for
+    from tokenpak_mitm.sse import SSEParser
+
+    if dialect == "gemini":
+        path = path.format("streamGenerateContent?alt=sse" if stream else "generateContent")
+    payload = {k: v for k, v in make(stream).items() if v is not None}
+    for _ in range(2):  # the second call reads what the first wrote (where the dialect caches)
+        response = httpx.post(f"{fake.url}{path}", json=payload, timeout=10)
+    assert response.status_code == 200
+    route = classify("POST", "127.0.0.1", path, any_host=True)
+    assert route is not None and route.dialect == dialect
+    tracker = tracker_for(route)
+    assert tracker is not None
+    if stream:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        parser = SSEParser()
+        content = [tracker.feed_frame(frame) for frame in parser.feed(response.content)]
+        more, rest = parser.close()
+        content += [tracker.feed_frame(frame) for frame in more]
+        assert not rest.strip() and content.count(True) >= fake.text_deltas  # Anthropic also counts its block start
+    else:
+        tracker.feed_body(response.content, 200)
+    got, result = tracker.extract, fake.results[-1]
+    assert got.usage_final and got.model and not got.stream_error
+    assert got.usage.output_tokens == result.usage.get("output_tokens", result.usage.get("completion_tokens", result.usage.get("candidatesTokenCount")))
+    cached = {"anthropic": result.usage.get("cache_read_input_tokens"), "gemini": None,
+              "openai_chat": result.usage.get("prompt_tokens_details", {}).get("cached_tokens"),
+              "openai_responses": result.usage.get("input_tokens_details", {}).get("cached_tokens")}[dialect]
+    assert (got.usage.cache_read_tokens or 0) == (cached or 0)
+    assert dialect == "gemini" or cached  # the repeated long prefix was read from the simulated cache
