@@ -23,7 +23,7 @@ from rich.console import Console
 
 from bench import config
 from bench.peers import PEERS_DIR, detect, hint, start_peer
-from bench.procs import start_mitmdump, start_upstream
+from bench.procs import FLOOR_SCRIPT, start_mitmdump, start_upstream
 from bench.report import loadavg, print_profiles, print_table, write_json
 from bench.workloads import WORKLOADS, Setup, run_workload
 
@@ -42,6 +42,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="extra --set for the tokenpak proxy only (cost attribution, e.g. tokenpak_console=false)")
     ap.add_argument("--addon-script", action="append", default=[], type=Path, metavar="PATH",
                     help="extra -s script for the tokenpak proxy only (e.g. a variant that times or disables a part)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="leave out the floor setup (mitmdump with an addon whose hooks do nothing: mitmproxy's price for an addon)")
     ap.add_argument("--no-peers", action="store_true", help="leave the installed peers out (direct, plain and addon only)")
     ap.add_argument("--peers-dir", type=Path, default=PEERS_DIR, help="where `make bench-peers` put the peers' venvs")
     ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="where to write the results")
@@ -83,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                                scripts=[p.resolve() for p in args.addon_script], log=tmp / "addon.log")
         stack.callback(addon.stop)
         setups = [Setup("direct", upstream.port), Setup("plain", plain.port, plain), Setup("addon", addon.port, addon)]
+        if not args.no_floor:
+            floor = start_mitmdump("floor", upstream.port, tmp / "conf-floor", base_script=FLOOR_SCRIPT)
+            stack.callback(floor.stop)
+            setups.append(Setup("floor", floor.port, floor, peer=True))
+            peer_info["floor"] = {"label": "floor (mitmdump + an addon whose hooks do nothing)", "version": "-", "pid": str(floor.pid)}
         for peer in peers:
             try:
                 child = start_peer(peer, upstream.port, tmp, args.peers_dir)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
 
-__all__ = ["PASSTHROUGH_SCRIPT", "Child", "RssSampler", "TreeRssSampler", "cpu_seconds", "descendants", "rss_kb", "start_mitmdump",
+__all__ = ["FLOOR_SCRIPT", "PASSTHROUGH_SCRIPT", "Child", "RssSampler", "TreeRssSampler", "cpu_seconds", "descendants", "rss_kb", "start_mitmdump",
            "start_upstream", "tree_cpu_seconds"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 PASSTHROUGH_SCRIPT = Path(__file__).with_name("passthrough_stream.py")
+FLOOR_SCRIPT = Path(__file__).with_name("floor_addon.py")
 
 
 class Child:
@@ -62,11 +63,11 @@ def start_upstream(max_seconds: float = 1800.0) -> Child:
 
 def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | None = None,
                    addon_options: dict[str, str] | None = None, scripts: list[Path] | None = None,
-                   log: Path | None = None) -> MitmdumpProcess:
+                   log: Path | None = None, base_script: Path | None = None) -> MitmdumpProcess:
     """``mitmdump -q`` in reverse mode to the upstream; the same flags for both proxies.
 
     ``db`` given = the tokenpak addon (insertion on unless ``addon_options`` says otherwise);
-    otherwise the pass-through streaming script. Each option is passed once: mitmproxy 12.2.3
+    otherwise ``base_script``, by default the pass-through streaming script. Each option is passed once: mitmproxy 12.2.3
     silently skips a script whose own option is ``--set`` twice (verified), so they are merged.
     """
     args = ["--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--set", f"confdir={confdir}"]
@@ -75,7 +76,7 @@ def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | N
         options = {"tokenpak_db": str(db), "tokenpak_cache": "auto", **(addon_options or {})}
         args += [a for k, v in options.items() for a in ("--set", f"{k}={v}")]
     else:
-        args += ["-s", str(PASSTHROUGH_SCRIPT)]
+        args += ["-s", str(base_script or PASSTHROUGH_SCRIPT)]
     args += [a for p in scripts or [] for a in ("-s", str(p))]
     proxy = MitmdumpProcess.quiet(args, log=log).start()  # stops with SIGINT: the addon's `done` flushes its rows
     if db is not None:
