@@ -36,6 +36,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", action="append", choices=sorted(WORKLOADS), metavar="WORKLOAD",
                     help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}")
     ap.add_argument("--rounds", type=int, help="A B C rounds of the streamed workloads")
+    ap.add_argument("--streams", type=int, help="concurrent streams in the concurrent workload (default 50; 10 with --quick)")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="sample both proxies with py-spy during each workload; raw stacks go to DIR (perturbs timings)")
     ap.add_argument("--addon-set", action="append", default=[], metavar="OPTION=VALUE",
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.quick if args.quick else config.full
     if args.rounds:
         cfg = config.Config(**{**asdict(cfg), "rounds": args.rounds})
+    if args.streams:
+        cfg = config.Config(**{**asdict(cfg), "concurrent_streams": args.streams})
     names = args.only or list(WORKLOADS)
     signal.signal(signal.SIGTERM, _sigterm)
     console = Console(width=None if sys.stdout.isatty() else 200)
