@@ -32,7 +32,7 @@ ARGS    ?=
 WORKERS ?= 2
 XDIST   := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfile)
 
-.PHONY: run test test-fast check bench venv lock clean
+.PHONY: run test test-fast check bench bench-peers venv lock clean
 
 # Installs come from the committed lock files (requirements/*.txt, exact versions with hashes),
 # so a fresh clone gets what CI tested. The proxy needs only run.txt; tests and benchmarks add dev.txt.
@@ -69,6 +69,18 @@ check: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
+# The proxies a user would pick instead (TokenPak from PyPI, LiteLLM's proxy), for `make bench`
+# only: each in its own venv under bench/.peers/ from the pinned list bench/peers/NAME.txt, never
+# in ours. `make bench` adds the installed ones as extra setups (docs/performance.md, "Peers").
+PEERS_DIR := bench/.peers
+bench-peers: $(PEERS_DIR)/tokenpak/.installed $(PEERS_DIR)/litellm/.installed
+
+$(PEERS_DIR)/%/.installed: bench/peers/%.txt
+	rm -rf $(PEERS_DIR)/$*
+	$(PY) -m venv $(PEERS_DIR)/$*
+	$(PEERS_DIR)/$*/bin/python -m pip install -q --disable-pip-version-check -r $<
+	@touch $@
+
 # Refresh the lock files after changing dependencies in pyproject.toml (needs the dev venv).
 LOCK_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 lock: $(DEV_STAMP)
@@ -76,4 +88,4 @@ lock: $(DEV_STAMP)
 	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra otel --extra dev -c requirements/run.txt -o requirements/dev.txt pyproject.toml requirements/build.in
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis $(PEERS_DIR)

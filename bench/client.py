@@ -4,11 +4,16 @@ Why raw sockets: an HTTP library would cost more CPU per chunk than the proxy wo
 measure, on a machine where client, proxy and upstream share two cores. Reading loops only
 timestamp and keep each ``recv``; frames are found afterwards (:func:`frame_delays`).
 Every loop is bounded by a deadline.
+
+Our proxies keep connections alive; a peer may not (TokenPak answers HTTP/1.0 and ends each
+response by closing), so a response that ends with the connection marks it closed and the next
+request on that :class:`Conn` opens a new one, inside the timed span: a client pays that too.
 """
 
 from __future__ import annotations
 
 import re
+import select
 import selectors
 import socket
 import time
@@ -37,19 +42,50 @@ def _connect(port: int, timeout: float) -> socket.socket:
     return sock
 
 
+def _closes(head: bytes) -> bool:
+    """Whether the server ends the connection after this response (HTTP/1.0 without keep-alive, or close)."""
+    low = head.lower()
+    return b"connection: close" in low or (head.startswith(b"HTTP/1.0") and b"keep-alive" not in low)
+
+
 class Conn:
-    """One keep-alive connection; :meth:`post` returns latency, headers and body."""
+    """One keep-alive connection (reopened when the server closed it); :meth:`post` returns latency, headers and body."""
 
     def __init__(self, port: int, timeout: float = 30.0) -> None:
+        self.port, self.timeout = port, timeout
         self.sock = _connect(port, timeout)
+        self.closed = False
+        self.reconnects = 0
 
     def close(self) -> None:
         self.sock.close()
+        self.closed = True
+
+    def stale(self) -> bool:
+        """Whether the server has closed this idle connection (a keep-alive timeout: uvicorn's is
+        5 s, shorter than a round of five setups), found without blocking, as a client's pool does.
+        Called outside the timed span; the reconnect that follows is inside it."""
+        if not self.closed:
+            try:  # a socket with a timeout waits inside recv even with MSG_DONTWAIT: ask select first
+                if select.select([self.sock], [], [], 0)[0] and self.sock.recv(1, socket.MSG_PEEK) == b"":
+                    self.close()
+            except OSError:  # reset
+                self.close()
+        return self.closed
+
+    def ensure(self) -> socket.socket:
+        """The socket, reopened if the last response ended the connection."""
+        if self.closed:
+            self.sock = _connect(self.port, self.timeout)
+            self.closed = False
+            self.reconnects += 1
+        return self.sock
 
     def post(self, raw: bytes) -> tuple[int, bytes, bytes]:
-        """Send ``raw``; read a Content-Length response. Returns (ns, head, body)."""
-        sock = self.sock
+        """Send ``raw``; read a Content-Length, chunked or close-delimited response. Returns (ns, head, body)."""
+        self.stale()
         t0 = time.perf_counter_ns()
+        sock = self.ensure()
         deadline = time.monotonic() + _POST_DEADLINE_S
         sock.sendall(raw)
         buf = sock.recv(65536)
@@ -60,33 +96,57 @@ class Conn:
             buf += more
         head, _, body = buf.partition(b"\r\n\r\n")
         i = head.lower().find(b"content-length:")
-        need = int(head[i + 15:head.find(b"\r\n", i)]) if i >= 0 else 0
-        while len(body) < need:
+        if i < 0 and b"chunked" not in head.lower():  # the body ends when the server closes
+            while more := sock.recv(65536):
+                if time.monotonic() > deadline:
+                    raise ConnectionError("body not ended by close")
+                body += more
+            self.close()
+            return time.perf_counter_ns() - t0, head, body
+        eol = head.find(b"\r\n", i)
+        need = int(head[i + 15:eol if eol >= 0 else len(head)]) if i >= 0 else -1  # -1: chunked, ends with 0 CRLF CRLF
+        while (len(body) < need) if need >= 0 else not body.endswith(_END):
             more = sock.recv(65536)
             if not more or time.monotonic() > deadline:
                 raise ConnectionError("incomplete body")
             body += more
+        if _closes(head):
+            self.close()
         return time.perf_counter_ns() - t0, head, body
 
     def stream(self, raw: bytes, deadline: float) -> StreamRead:
         """Send ``raw`` and keep every piece of a chunked response with its arrival time."""
-        r = StreamRead(self.sock)
-        r.sent_ns = time.monotonic_ns()
-        self.sock.sendall(raw)
+        self.stale()
+        sent = time.monotonic_ns()
+        r = StreamRead(self.ensure(), sent)
+        r.sock.sendall(raw)
         while not r.done and time.monotonic() < deadline:
             r.on_readable()
+        self.after(r)
         return r
 
+    def after(self, r: StreamRead) -> None:
+        """Mark the connection closed when the response ended it (or did not end in time)."""
+        if r.eof or not r.done or (r.pieces and _closes(r.pieces[0][:r.pieces[0].find(b"\r\n\r\n") + 1])):
+            self.close()
+
     def drain_bulk(self, raw: bytes, deadline: float, bufsize: int = 1 << 20) -> tuple[int, int, int]:
-        """Read a huge chunked response into one reused buffer. Returns (sent_ns, end_ns, bytes)."""
-        sock, mv = self.sock, memoryview(bytearray(bufsize))
+        """Read a huge chunked (or close-delimited) response into one reused buffer. Returns (sent_ns, end_ns, bytes)."""
+        mv = memoryview(bytearray(bufsize))
+        self.stale()
         sent = time.monotonic_ns()
+        sock = self.ensure()
         sock.sendall(raw)
-        total, tail = 0, b""
+        total, tail, head = 0, b"", b""
         while time.monotonic() < deadline:
             n = sock.recv_into(mv)
             if n == 0:
+                self.close()
+                if total and b"chunked" not in head.lower():  # ended by close, as HTTP/1.0 does
+                    return sent, time.monotonic_ns(), total
                 break
+            if not head:
+                head = bytes(mv[:min(n, 4096)]).partition(b"\r\n\r\n")[0]
             total += n
             tail = bytes(mv[n - 5:n]) if n >= 5 else (tail + bytes(mv[:n]))[-5:]
             if tail == _END:
@@ -103,12 +163,13 @@ class StreamRead:
     times: list[int] = field(default_factory=list)
     pieces: list[bytes] = field(default_factory=list)
     done: bool = False
+    eof: bool = False  # the server closed: the end of an HTTP/1.0 response, or a cut
 
     def on_readable(self) -> None:
         data = self.sock.recv(262144)
         now = time.monotonic_ns()
         if not data:
-            self.done = True
+            self.done = self.eof = True
             return
         self.times.append(now)
         self.pieces.append(data)
@@ -117,17 +178,21 @@ class StreamRead:
 
 
 def read_streams(conns: list[Conn], raw: bytes, deadline: float) -> list[StreamRead]:
-    """Start one stream on each connection at once and read them all from one thread."""
+    """Start one stream on each connection at once and read them all from one thread.
+
+    A connection the server closed is reopened right before its request is sent, as a client
+    does: TokenPak's accept thread waits up to 0.25 s for each new connection's request head,
+    so opening all 50 first and sending afterwards would stall it for seconds."""
     sel = selectors.DefaultSelector()
-    reads = []
-    for c in conns:
-        r = StreamRead(c.sock)
-        reads.append(r)
-        sel.register(c.sock, selectors.EVENT_READ, r)
+    reads: list[StreamRead] = []
     try:
-        for r in reads:
-            r.sent_ns = time.monotonic_ns()
+        for c in conns:
+            c.stale()
+            r = StreamRead(c.sock, time.monotonic_ns())
+            r.sock = c.ensure()
             r.sock.sendall(raw)
+            reads.append(r)
+            sel.register(r.sock, selectors.EVENT_READ, r)
         left = len(reads)
         while left and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=0.5):
@@ -138,6 +203,8 @@ def read_streams(conns: list[Conn], raw: bytes, deadline: float) -> list[StreamR
                     left -= 1
     finally:
         sel.close()
+        for c, r in zip(conns, reads, strict=False):  # fewer reads when a send failed
+            c.after(r)
     return reads
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
 
-__all__ = ["Child", "start_upstream", "start_mitmdump", "cpu_seconds", "rss_kb", "RssSampler", "PASSTHROUGH_SCRIPT"]
+__all__ = ["FLOOR_SCRIPT", "PASSTHROUGH_SCRIPT", "Child", "RssSampler", "TreeRssSampler", "cpu_seconds", "descendants", "rss_kb", "start_mitmdump",
+           "start_upstream", "tree_cpu_seconds"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 PASSTHROUGH_SCRIPT = Path(__file__).with_name("passthrough_stream.py")
+FLOOR_SCRIPT = Path(__file__).with_name("floor_addon.py")
 
 
 class Child:
@@ -61,11 +63,11 @@ def start_upstream(max_seconds: float = 1800.0) -> Child:
 
 def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | None = None,
                    addon_options: dict[str, str] | None = None, scripts: list[Path] | None = None,
-                   log: Path | None = None) -> MitmdumpProcess:
+                   log: Path | None = None, base_script: Path | None = None) -> MitmdumpProcess:
     """``mitmdump -q`` in reverse mode to the upstream; the same flags for both proxies.
 
     ``db`` given = the tokenpak addon (insertion on unless ``addon_options`` says otherwise);
-    otherwise the pass-through streaming script. Each option is passed once: mitmproxy 12.2.3
+    otherwise ``base_script``, by default the pass-through streaming script. Each option is passed once: mitmproxy 12.2.3
     silently skips a script whose own option is ``--set`` twice (verified), so they are merged.
     """
     args = ["--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--set", f"confdir={confdir}"]
@@ -74,7 +76,7 @@ def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | N
         options = {"tokenpak_db": str(db), "tokenpak_cache": "auto", **(addon_options or {})}
         args += [a for k, v in options.items() for a in ("--set", f"{k}={v}")]
     else:
-        args += ["-s", str(PASSTHROUGH_SCRIPT)]
+        args += ["-s", str(base_script or PASSTHROUGH_SCRIPT)]
     args += [a for p in scripts or [] for a in ("-s", str(p))]
     proxy = MitmdumpProcess.quiet(args, log=log).start()  # stops with SIGINT: the addon's `done` flushes its rows
     if db is not None:
@@ -99,6 +101,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def descendants(pid: int) -> list[int]:
+    """The live child processes of ``pid``, theirs and so on (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:  # bounded
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid``, its live descendants, and its children already waited for (cutime + cstime)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    total = sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
+    for child in descendants(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            continue  # ended between the listing and the read
+    return total
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
@@ -116,21 +150,24 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"rss-{pid}")
 
+    def _rss(self) -> int:
+        return rss_kb(self.pid)
+
     def __enter__(self) -> RssSampler:
-        self.samples.append(rss_kb(self.pid))
+        self.samples.append(self._rss())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.samples.append(rss_kb(self.pid))
+        self.samples.append(self._rss())
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         while not self._stop.wait(self.period) and time.monotonic() < deadline:
             try:
-                self.samples.append(rss_kb(self.pid))
+                self.samples.append(self._rss())
             except OSError:
                 return
 
@@ -141,3 +178,17 @@ class RssSampler:
     @property
     def peak_kb(self) -> int:
         return max(self.samples)
+
+
+class TreeRssSampler(RssSampler):
+    """Like :class:`RssSampler`, summing VmRSS over the process and its descendants (pages they
+    share, such as a forked child's, count once per process: an upper bound)."""
+
+    def _rss(self) -> int:
+        total = rss_kb(self.pid)
+        for child in descendants(self.pid):
+            try:
+                total += rss_kb(child)
+            except OSError:
+                continue
+        return total

@@ -62,23 +62,25 @@ def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def print_table(results: list[WorkloadResult], console: Console | None = None) -> None:
+def print_table(results: list[WorkloadResult], console: Console | None = None, peers: tuple[str, ...] = ()) -> None:
+    """One row per metric: a column per setup (the peers' after ours), addon's ratios to plain,
+    direct and each peer, and the target's verdict. A peer that sat a workload out shows "-"."""
     console = console or Console()
-    table = Table(title="tokenpak-mitm: direct vs plain mitmdump vs mitmdump + tokenpak (one interleaved run)")
+    title = "tokenpak-mitm: direct vs plain mitmdump vs mitmdump + tokenpak"
+    table = Table(title=f"{title}{' vs ' + ' vs '.join(peers) if peers else ''} (one interleaved run)")
     table.add_column("workload")
     table.add_column("metric")
     table.add_column("unit")
-    for s in SETUPS:
+    for s in (*SETUPS, *peers):
         table.add_column(s, justify="right")
-    table.add_column("addon/plain", justify="right")
-    table.add_column("addon/direct", justify="right")
+    for s in ("plain", "direct", *peers):
+        table.add_column(f"addon/{s}", justify="right")
     table.add_column("target")
     for res in results:
         for i, m in enumerate(res.metrics):
             verdict = "" if m.target is None else f"{'[green]met' if m.met else '[red]MISSED' if m.met is False else '?'}[/] {m.target} ({m.note})"
-            table.add_row(res.name if i == 0 else "", m.name, m.unit, *(_fmt(m.values.get(s)) for s in SETUPS),
-                          _ratio(ratio(m.values.get("addon"), m.values.get("plain"))),
-                          _ratio(ratio(m.values.get("addon"), m.values.get("direct"))), verdict)
+            table.add_row(res.name if i == 0 else "", m.name, m.unit, *(_fmt(m.values.get(s)) for s in (*SETUPS, *peers)),
+                          *(_ratio(ratio(m.values.get("addon"), m.values.get(s))) for s in ("plain", "direct", *peers)), verdict)
         table.add_section()
     console.print(table)
     for res in results:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 __all__ = ["SETUPS", "Metric", "WorkloadResult", "percentile", "ratio", "Target"]
 
-SETUPS = ("direct", "plain", "addon")
+SETUPS = ("direct", "plain", "addon")  # always run, in this order; installed peers (bench/peers) follow
 
 # A target looks at one metric's values and says (met, why).
 Target = Callable[[dict[str, float | None]], tuple[bool, str]]
@@ -52,6 +52,9 @@ class Metric:
         d = asdict(self)
         d["addon_over_plain"] = ratio(self.values.get("addon"), self.values.get("plain"))
         d["addon_over_direct"] = ratio(self.values.get("addon"), self.values.get("direct"))
+        for k in self.values:  # a peer's column (bench/peers): addon / that peer
+            if k not in SETUPS:
+                d[f"addon_over_{k}"] = ratio(self.values.get("addon"), self.values.get(k))
         return d
 
 

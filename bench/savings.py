@@ -21,12 +21,14 @@ Workloads (generated with fixed seeds):
 * ``agent-pause-in-the-middle``: a 10-turn agent loop, turns 8 s apart, one 320 s pause after the
   fifth (the run through mitmdump that found the planner going quiet after a pause);
 * ``agent-pauses-then-burst``: the same loop, one turn 8 s on, then three pauses (320-400 s), then 8 s turns
-  (before the fix the first turn of the burst after the first close one was `not_worth`).
+  (before 2026-11-30 the turns between the pauses were `not_worth`: nothing written, nothing read).
 
 Goal (exit 1 otherwise): the planner reaches at least 95% of the best saving on every gated
-workload and is never dearer than no markers. Also shows the learning planner with ttl=5m (so
-`auto` can be the default only while it never costs more) and measures the prefix index's memory
-at 100k prefixes.
+workload and is never dearer than no markers. Also shows the learning planner with ttl=5m: `auto`
+cannot be free of cost against `5m` (no request can know the first pause is coming, so insuring
+against it costs a little where none comes: docs/caching.md, "TTL"); the gate is the bound that
+insurance keeps, `auto` saving at least 95% of what `5m` saves on every workload. Measures the
+prefix index's memory at 100k prefixes.
 Writes a table and ``bench/results/savings.json``.
 """
 from __future__ import annotations
@@ -192,12 +194,10 @@ def batch_long_system() -> tuple[str, str, list[WorkloadRequest]]:
 
 # Workloads outside the goal: they show the price of learning something no request could know yet
 # (the first pause of a batch job lapses its 5m entry; the best placement, knowing the future,
-# writes 1h in the first wave). Reported, not gated.
+# writes 1h in the first wave; the only insurance a batch could buy there is a whole 1h write,
+# more than a short batch can pay for: docs/caching.md, "TTL"). Reported, not gated.
 INFORMATIVE = frozenset({"document-batch-slow-waves"})
-# Pauses the planner cannot foresee: the best placement writes 1h before each pause, the planner
-# pays one re-write after it (docs/caching.md, "Pauses"). Gated on never costing more than no
-# markers (and the tests on every continuing turn being marked), not on the share of the best.
-PAUSES = frozenset({"agent-pause-in-the-middle", "agent-pauses-then-burst"})
+AUTO_KEEPS = 0.95  # `auto` saves at least this share of what `5m` saves, on every workload
 
 WORKLOADS: tuple[Callable[[], tuple[str, str, list[WorkloadRequest]]], ...] = (
     lambda: document_batch("document-batch-waves", (15, 45)),
@@ -232,7 +232,7 @@ def index_memory(prefixes: int = 100_000) -> dict[str, Any]:
 
 
 def main() -> int:
-    reports, goals_met, auto_never_loses = [], True, True
+    reports, goals_met = [], True
     worst: tuple[float, float, str] = (0.0, 0.0, "")  # auto's largest extra cost over 5m: (USD, share, workload)
     table = Table(title="Prompt-cache cost per workload (simulator, list prices)")
     for column in ("workload", "requests", "no markers", "stateless", "planner", "planner 5m", "best", "planner share"):
@@ -241,10 +241,10 @@ def main() -> int:
         name, what, requests = make()
         started = time.perf_counter()
         result = evaluate(requests)
-        fixed_5m = evaluate(requests, search=False, ttl="5m").planner  # is `auto` ever dearer than 5m?
-        ok = (name in PAUSES or result.share >= GOAL_SHARE) and result.planner <= result.none + 1e-9
+        fixed_5m = evaluate(requests, search=False, ttl="5m").planner  # what does `auto` cost against 5m?
+        keeps = result.none - result.planner >= AUTO_KEEPS * (result.none - fixed_5m) - 1e-9
+        ok = result.share >= GOAL_SHARE and result.planner <= result.none + 1e-9 and keeps
         goals_met &= ok or name in INFORMATIVE
-        auto_never_loses &= result.planner <= fixed_5m + 1e-9
         if result.planner - fixed_5m > worst[0]:
             worst = (result.planner - fixed_5m, (result.planner - fixed_5m) / fixed_5m, name)
         reports.append({"workload": name, "description": what, **result.as_json(), "planner_ttl_5m": round(fixed_5m, 6),
@@ -252,20 +252,20 @@ def main() -> int:
                         "seconds": round(time.perf_counter() - started, 1),
                         "reasons": [[n.as_dict() for n in notes] for notes in result.notes]})
         colour = "green" if ok else "yellow" if name in INFORMATIVE else "red"
-        table.add_row(name + (" (not gated)" if name in INFORMATIVE else " (gated: <= none)" if name in PAUSES else ""), str(result.requests), f"${result.none:.4f}",
+        table.add_row(name + (" (not gated)" if name in INFORMATIVE else ""), str(result.requests), f"${result.none:.4f}",
                       f"${result.stateless:.4f}", f"${result.planner:.4f}", f"${fixed_5m:.4f}", f"${result.best:.4f}",
                       f"[{colour}]{result.share:.1%}[/]")
     console = Console()
     console.width = max(console.width, 120)
     console.print(table)
-    console.print("ttl=auto never costs more than ttl=5m on these workloads" if auto_never_loses else
-                  f"ttl=auto costs more than ttl=5m at worst by ${worst[0]:.4f} ({worst[1]:.2%}, {worst[2]}); "
-                  "docs/caching.md, \"TTL\", says why and how it is bounded")
+    console.print("ttl=auto never costs more than ttl=5m on these workloads" if worst[0] <= 1e-9 else
+                  f"ttl=auto costs more than ttl=5m at worst by ${worst[0]:.4f} ({worst[1]:.2%}, {worst[2]}): the insurance "
+                  "against a first pause, paid out of savings (docs/caching.md, \"TTL\")")
     memory = index_memory()
     console.print(f"prefix index: {memory['entries']:,} prefixes in {memory['bytes'] / 1e6:.1f} MB "
                   f"({memory['bytes_per_prefix']:.0f} B each), {memory['record_us_per_prefix']} us per record")
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps({"workloads": reports, "auto_never_loses_to_5m": auto_never_loses,
+    RESULTS_PATH.write_text(json.dumps({"workloads": reports, "auto_never_loses_to_5m": worst[0] <= 1e-9,
                                         "auto_worst_loss_vs_5m": {"usd": round(worst[0], 6), "share": round(worst[1], 6), "workload": worst[2]},
                                         "index_memory": memory}, indent=1) + "\n")
     print(f"wrote {RESULTS_PATH}")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
 MODEL = "claude-sonnet-4-6"
 # claude-sonnet-4-6 list prices, USD per million tokens.
-IN, W5, READ, OUT = 3.0, 3.75, 0.30, 15.0
+IN, W5, W1, READ, OUT = 3.0, 3.75, 6.0, 0.30, 15.0
 SYSTEM = " ".join(f"Rule {i}: answer tersely, cite the policy section {i} and never invent facts." for i in range(160))
 
 
@@ -68,10 +68,11 @@ def test_sdk_conversation_gets_cache_reads_from_turn_two_and_savings_add_up(fake
     for r, u in zip(got, usage):
         assert (r["input_tokens"], r["cache_read_tokens"], r["cache_write_tokens"], r["output_tokens"]) == (
             u["input_tokens"], u["cache_read_input_tokens"], u["cache_creation_input_tokens"], u["output_tokens"])
-    # Savings by hand: the same tokens billed as fresh input, minus what they cost.
+    # Savings by hand: the same tokens billed as fresh input, minus what they cost (a 1h
+    # checkpoint, insurance against a pause, is billed at the 1h write price).
     expected = sum(
-        ((u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]) * IN
-         - u["cache_read_input_tokens"] * READ - u["cache_creation_input_tokens"] * W5) / 1e6
+        ((u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]) * IN - u["cache_read_input_tokens"] * READ
+         - u["cache_creation"]["ephemeral_5m_input_tokens"] * W5 - u["cache_creation"]["ephemeral_1h_input_tokens"] * W1) / 1e6
         for u in usage
     )
     assert sum(r["savings_usd"] for r in got) == pytest.approx(expected)
@@ -81,7 +82,9 @@ def test_sdk_conversation_gets_cache_reads_from_turn_two_and_savings_add_up(fake
 
 def test_upstream_receives_the_client_bytes_plus_only_the_recorded_spans(fake_stack):
     fake, proxy, db = fake_stack
-    body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM,
+    # A system prompt this proxy has not seen (the conversation above shares SYSTEM): with no
+    # history the learning planner applies today's fixed rules, which `insert_markers` recomputes.
+    body = json.dumps({"model": MODEL, "max_tokens": 20, "system": "Unseen. " + SYSTEM,
                        "messages": [{"role": "user", "content": "hello   there"}]}, indent=1).encode()
     resp = request(proxy.port, build_request("POST", "/v1/messages", body, [("content-type", "application/json"), ("x-api-key", "sk-ant-x")]))
     assert resp.status == 200

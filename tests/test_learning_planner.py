@@ -117,10 +117,12 @@ def test_with_any_history_the_output_keeps_every_invariant(data):
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
-def test_auto_places_exactly_what_5m_places_until_a_gap_of_5_minutes_to_an_hour_is_seen(data):
-    """The bound on what `auto` can cost over `5m`: it differs only on evidence. With every gap
-    between sightings under 5 minutes (or over an hour, when the index has forgotten), `auto`
-    sends the same bytes as `ttl=5m`, request by request (docs/caching.md, "TTL")."""
+def test_until_a_pause_is_seen_auto_adds_to_5m_only_hour_checkpoints(data):
+    """What `auto` may do beyond `5m` without evidence of a pause: insure against the first one.
+    With every gap between sightings under 5 minutes (or over an hour, when the index has
+    forgotten), `auto` marks every place `ttl=5m` marks, request by request; the only markers it
+    adds are 1h `pause_checkpoint`s, and the only TTLs it changes are raised to 1h (docs/caching.md,
+    "TTL"). What they may cost is bounded by the next test."""
     first, steps = data.draw(histories())
     memories = {"auto": Memory(), "5m": Memory()}
     now = 1000.0
@@ -128,10 +130,35 @@ def test_auto_places_exactly_what_5m_places_until_a_gap_of_5_minutes_to_an_hour_
         now += data.draw(st.sampled_from([0.0, 0.5, 30.0, 4000.0]))  # 5 steps x 30 s < 5 minutes
         body = json.dumps(request).encode()
         results = {ttl: insert_markers(body, None, CacheOptions(ttl=ttl), memory, now) for ttl, memory in memories.items()}
-        assert results["auto"].body == results["5m"].body
+        placed = {ttl: {n.at: n for n in result.notes if n.ttl is not None} for ttl, result in results.items()}
+        assert placed["5m"].keys() <= placed["auto"].keys()
+        for at, note in placed["auto"].items():
+            if at in placed["5m"]:
+                assert note.ttl in (placed["5m"][at].ttl, "1h")
+            else:
+                assert (note.reason, note.ttl) == ("pause_checkpoint", "1h")
+        if not any(n.ttl == "1h" for n in placed["auto"].values()):
+            assert results["auto"].body == results["5m"].body
         for ttl, result in results.items():
             if result.ticket is not None and response_began:
                 memories[ttl].index.response_began(result.ticket.recorded)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.floats(3.0, 290.0), min_size=1, max_size=12), st.data())
+def test_a_conversation_without_pauses_keeps_at_least_95_percent_of_what_5m_saves(gaps, data):
+    """The price of the insurance: until a pause is seen, the 1h premiums are paid out of what the
+    conversation's reads have saved (at most `INSURANCE_SHARE`, 5%, of it), so however short the
+    conversation and whatever its sizes, `auto` keeps at least 95% of what `ttl=5m` saves, and
+    never costs more than sending no markers."""
+    from tokenpak_mitm.savings import as_sent, learning_plan, plan_cost
+    sizes = data.draw(st.lists(st.integers(20, 1500), min_size=len(gaps) + 1, max_size=len(gaps) + 1))
+    turns = agent_turns(gaps, sizes)
+    auto = plan_cost(turns, learning_plan(turns)[0])
+    fixed = plan_cost(turns, learning_plan(turns, CacheOptions(ttl="5m"))[0])
+    none = plan_cost(turns, [as_sent(t) for t in turns])
+    assert auto <= none + 1e-9
+    assert none - auto >= 0.95 * (none - fixed) - 1e-9
 
 
 # ---------------------------------------------------------------- the document batch
@@ -198,15 +225,29 @@ def chat_ttls(gaps: list[float], opts: CacheOptions = AUTO) -> list[tuple[str, .
     return ttls
 
 
-def test_auto_ttl_stays_5m_when_turns_come_back_quickly():
-    assert all(set(t) <= {"5m"} for t in chat_ttls([30.0] * 12))
+def test_when_turns_come_back_quickly_1h_is_only_a_spaced_checkpoint():
+    ttls = chat_ttls([30.0] * 12)
+    assert ttls[0] == ("5m", "5m")  # no history: today's rules
+    hours = [i for i, t in enumerate(ttls) if "1h" in t]
+    assert all(t in (("5m",), ("1h", "5m")) for t in ttls[1:])  # the tail is 5m; a checkpoint at most
+    assert len(hours) <= len(ttls) // 3 and all(b - a > 1 for a, b in zip(hours, hours[1:]))
 
 
-def test_auto_ttl_chooses_1h_once_pauses_between_5_minutes_and_an_hour_are_seen():
+def test_auto_ttl_chooses_1h_where_pauses_between_5_minutes_and_an_hour_make_it_pay():
+    quick = chat_ttls([30.0] * 10)
     ttls = chat_ttls([30.0, 30.0, 420.0, 30.0, 30.0, 420.0, 30.0, 30.0, 30.0, 30.0])
-    assert all("1h" not in t for t in ttls[:3])  # no pause seen yet
-    assert any("1h" in t for t in ttls[4:])  # after a pause: a 1h checkpoint pays
+    assert sum("1h" in t for t in ttls[3:]) > sum("1h" in t for t in quick[3:])  # after a pause: more checkpoints
     assert any(t == ("5m",) for t in ttls[4:])  # but not on every turn: the premium is paid on new tokens
+
+
+def test_after_a_pause_the_checkpoints_thin_out_as_close_turns_accumulate():
+    """Once a pause is seen, a checkpoint is bought when P(the next gap is a pause) x the re-write
+    it avoids (the tokens since the last checkpoint) beats its premium: not on every turn. Before
+    2026-11-30 the chance was taken over the next 3 gaps and the checkpoints after the first pause
+    came on three turns in a row."""
+    ttls = chat_ttls([30.0, 420.0] + [30.0] * 16)
+    hours = [i for i, t in enumerate(ttls) if "1h" in t]
+    assert hours and all(b - a > 1 for a, b in zip(hours, hours[1:]))
 
 
 def test_with_ttl_5m_and_every_gap_over_5_minutes_no_tail_is_written():
@@ -381,3 +422,62 @@ def test_any_conversation_that_goes_on_after_its_pauses_is_marked_and_never_dear
         if gaps[i - 1] <= 300:
             assert plan[i], f"turn {i} of {gaps} unmarked: {[(n.at, n.reason) for n in notes[i]]}"
     assert plan_cost(turns, plan) <= plan_cost(turns, [as_sent(t) for t in turns]) + 1e-9
+
+
+# ---------------------------------------------------------------- the first pause, and pauses that lead to pauses
+
+
+def _plan_and_usage(gaps: list[float], ttl: str = "auto"):
+    from tokenpak_mitm.savings import State, learning_plan, turn_cost
+    turns = agent_turns(gaps)
+    plan, notes = learning_plan(turns, CacheOptions(ttl=ttl))
+    state = State()
+    usages = [turn_cost(state, turns, i, plan[i])[1] for i in range(len(turns))]
+    return turns, plan, notes, usages
+
+
+def test_the_first_pause_of_a_conversation_is_read_from_an_hour_checkpoint():
+    """No request can know the first pause is coming; the checkpoints bought before it (insurance
+    paid out of the savings already made) let the turn after it read almost all of its prompt
+    instead of writing it again. Before 2026-11-30 it read nothing (1h only after a pause)."""
+    turns, plan, _, usages = _plan_and_usage([8.0] * 4 + [320.0] + [8.0] * 4)
+    after = usages[5]
+    prompt = after["input_tokens"] + after["cache_read_input_tokens"] + after["cache_creation_input_tokens"]
+    assert after["cache_read_input_tokens"] > 0.8 * prompt
+
+
+def test_after_pauses_that_led_to_pauses_each_turn_is_written_for_the_hour_and_read():
+    """Pauses that lead to pauses: a 5m tail would never be read back, a 1h one is by every later
+    turn within the hour (its cost per turn, p x 0.1 + (1 - p) x 2, beats 1.0 for p > 0.53).
+    Before 2026-11-30 these turns were `not_worth`: nothing written, nothing read, full price."""
+    gaps = [8.0, 320.0, 400.0, 400.0] + [8.0] * 4
+    _, plan, notes, usages = _plan_and_usage(gaps)
+    for i in range(1, len(usages)):
+        assert plan[i], f"turn {i} unmarked: {[(n.at, n.reason) for n in notes[i]]}"
+    for i in (3, 4):
+        assert any(bp.ttl == "1h" for bp in plan[i]), notes[i]
+    for i in range(4, len(usages)):
+        u = usages[i]
+        assert u["cache_read_input_tokens"] > 0.8 * (u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"])
+
+
+@pytest.mark.parametrize("gaps", [
+    [8.0] * 4 + [320.0] + [8.0] * 4,
+    [8.0, 320.0, 400.0, 400.0] + [8.0] * 7,
+    [30.0, 60.0, 420.0, 40.0, 90.0, 420.0, 30.0, 30.0, 30.0],
+], ids=["pause-in-the-middle", "pauses-then-burst", "chat-with-pauses"])
+def test_auto_never_costs_more_than_5m_on_a_conversation_with_pauses(gaps):
+    """Before 2026-11-30 `auto` cost more than `5m` on the first shape: the 1h checkpoints it bought
+    after the one pause were never used, and nothing protected the pause itself."""
+    from tokenpak_mitm.savings import learning_plan, plan_cost
+    turns = agent_turns(gaps)
+    auto = plan_cost(turns, learning_plan(turns)[0])
+    fixed = plan_cost(turns, learning_plan(turns, CacheOptions(ttl="5m"))[0])
+    assert auto < fixed
+
+
+def test_a_two_turn_chat_pays_no_insurance_it_cannot_afford():
+    """The budget: before any pause, a checkpoint's premium must fit in 5% of what the reads have
+    saved. A chat's first new block is a whole assistant reply: on turn two that does not fit."""
+    ttls = chat_ttls([30.0])
+    assert ttls == [("5m", "5m"), ("5m",)]

@@ -141,7 +141,7 @@ class TokenPak:
         loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
-        loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps make it pay), 5m or 1h.")
+        loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps, or the odds of a pause, make it pay), 5m or 1h.")
         loader.add_option("tokenpak_cache_history", str, "true", "Let the cache planner learn from the traffic it sees (true), or decide each request alone by fixed rules (false).")
         loader.add_option("tokenpak_cache_index", str, "", "File where the cache planner keeps prefix digests and timings across restarts (never content); empty: memory only.")
         loader.add_option("tokenpak_console", str, "true", "Log one concise line per LLM request: true or false.")
@@ -534,6 +534,7 @@ class TokenPak:
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         st.emitted = True
+        st.resp_headers = None  # read again: later addons' responseheaders may have changed them
         loop = _running_loop()
         if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
             # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
@@ -595,6 +596,7 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None or st.emitted:
             return
+        st.resp_headers = None  # read again: later addons' responseheaders may have changed them
         try:
             replayed_body = flow.response is not None and flow.response.raw_content and (st.tap is None or not st.tap.wire_bytes)
             if replayed_body:
@@ -837,7 +839,7 @@ class _HeaderView:
 
 
 def _response_headers(resp: http.Response, st: _FlowState) -> _HeaderView:
-    """The response's header view (made in ``responseheaders``; made here for replayed flows)."""
+    """The response's header view as the flow ends (read once, for the usage and the row)."""
     if st.resp_headers is None:
         st.resp_headers = _HeaderView(resp.headers)
     return st.resp_headers

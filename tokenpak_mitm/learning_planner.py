@@ -37,13 +37,19 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   conversation as it is now: after a gap within the TTL it is going on (P = 1); after a pause,
   the share of earlier pauses followed by a close turn (prior: one close, two long, so 1/3
   without evidence). A pause therefore costs one re-write and the turns that follow it are
-  marked again: a lapse in a pause is no evidence against them. 5m (or 1h when only
-  1h is read back), and once pauses of 5 minutes to an hour have been seen, a 1h `pause_checkpoint`
-  goes on the first new block when P(pause within 3 gaps) x 1.15 x unprotected tokens > 0.75 x
-  that block's tokens. A concurrent 5m write of a shared prefix is redone for 1h (`ttl_upgrade`)
-  when a lapse before the next burst would cost more. 1h is chosen only on evidence, never
-  assumed. A 1h marker never follows a 5m one: markers before a 1h marker are raised to 1h, which
-  is free (those tokens are billed as 1h writes already).
+  marked again: a lapse in a pause is no evidence against them. The tail is 5m; when no 5m
+  write would be read back (pauses that led to pauses) it is 1h if a chain of 1h entries, each
+  turn reading the last, beats none: p x 0.1 + (1 - p) x 2 < 1 with p = P(next gap <= 1h).
+  A 1h `pause_checkpoint` goes on the first new block (premium: that block's tokens only) when
+  P(the next gap is a pause of 5 minutes to an hour) x 1.15 x the tokens past the deepest live
+  1h entry > 0.75 x that block's tokens, P by Laplace's rule of succession ((pauses + 1) /
+  (gaps + 2)): the first pause of a conversation cannot be foreseen, so it is insured against
+  before it comes, but until a pause is seen only out of savings: the premiums stay within 5%
+  (`INSURANCE_SHARE`) of what the conversation's reads have saved. A concurrent 5m write of a
+  shared prefix is redone for 1h (`ttl_upgrade`) when pauses were seen and a lapse before the
+  next burst would cost more (a whole write is no insurance a batch can afford before). A 1h
+  marker never follows a 5m one: markers before a 1h marker are raised to 1h, which is free
+  (those tokens are billed as 1h writes already).
 * At most 4 markers, none on an ineligible block, none below the model's minimum, and nothing
   at all when the client marks anything itself (the index still learns from that request).
 """
@@ -81,20 +87,21 @@ REASONS: Final[Mapping[str, str]] = {
     "not_read_back": "the observed gaps say no TTL would be read back before it lapses: a write would cost more",
     "below_minimum": "the prefix is below the model's minimum cacheable length",
     "no_slot": "all 4 markers are in use",
-    "pause_checkpoint": "pauses of 5 minutes to an hour were seen: a 1h entry on the first new block protects the "
-                        "conversation's prefix for the premium on that block only",
+    "pause_checkpoint": "insurance against a pause of 5 minutes to an hour: a 1h entry on the first new block protects "
+                        "the conversation's prefix for the premium on that block only",
     "ttl_upgrade": "a concurrent request writes this prefix for 5m; the bursts seen so far make a 1h write pay",
     "stable_prefix": "earlier requests ended one block past the shared prefix: the last block changes every request, "
                      "so everything before it is written instead",
 }
-# The gap to the next sighting assumed before any gap was observed: within 5 minutes, as today's
-# rules assume (the TTL replay uses it only until a gap is seen; the pause estimate mixes it with
-# the observed gaps). A pause is never assumed: 1h is chosen only on evidence (gaps between 5
-# minutes and an hour seen for this prefix), so `auto` costs nothing where 5m is right.
+# The gap to the next sighting assumed before any gap was observed, by the shared-prefix timeline
+# replay (`_cheapest`, only until a gap is seen): within 5 minutes, as today's rules assume. The
+# chance of a pause that a checkpoint insures against is `_pause_chance`'s (rule of succession).
 PRIOR_GAPS: Final[tuple[tuple[float, float], ...]] = ((60.0, 1.0),)
 # The prior of a conversation tail's read-back estimate (`_tail_ttl`): (close gaps, long gaps).
 TAIL_PRIOR: Final = (1.0, 2.0)
-PAUSE_HORIZON: Final = 3  # gaps over which a 1h checkpoint is expected to matter (it outlives several turns)
+# Before any pause is seen, the 1h premiums a conversation pays (insurance against its first
+# pause) stay within this share of what caching has saved it so far (`_insurance_budget`).
+INSURANCE_SHARE: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,7 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
     protected_1h = max((tok[i] for i, s in enumerate(stats) if live[i] and s is not None and s.cached_ttl == "1h"), default=0)
     ttls = _ttl_choices(opts, facts)
     default_ttl = ttls[0]
+    banked = _insurance_budget(stats, tok, k, last, hit_tokens, facts)
     chosen: list[_Choice] = []
     notes: list[Note] = []
 
@@ -259,7 +267,7 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
         if tail:
             ttl, detail = _tail_ttl(ttls[:1], facts, now, clusters)
             if ttl is None and len(ttls) > 1:
-                ttl, detail = _tail_ttl(ttls[1:], facts, now, clusters)
+                ttl, detail = _tail_ttl(ttls[1:], facts, now, clusters, chain=True)
         else:
             ttl, detail = _cheapest(ttls, facts, now, clusters, old_tokens=old, new_tokens=new)
         if ttl is None:
@@ -268,11 +276,12 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
         chosen.append(_Choice(position, reason, ttl, True))
         if ttl == "5m" and old_from is not None and "1h" in ttls:
             # A pause checkpoint: the cheapest 1h entry that protects this conversation's prefix is
-            # on the first new block (its premium is paid on that block's tokens only).
+            # on the first new block reaching the minimum (its premium is paid on that block's new
+            # tokens only; with nothing live, on everything up to it).
             start = 0 if deepest_live is None else deepest_live + 1
-            first_new = next((i for i in range(start, position + 1) if eligible(i)), None)
-            if first_new is not None and tok[first_new] >= minimum and _checkpoint_pays(
-                    facts, clusters, now, tok[first_new] - protected_1h, tok[first_new] - min(hit_tokens, tok[first_new])):
+            first_new = next((i for i in range(start, position + 1) if eligible(i) and tok[i] >= minimum), None)
+            premium = tok[first_new] - min(hit_tokens, tok[first_new]) if first_new is not None else 0
+            if first_new is not None and _checkpoint_pays(facts, clusters, now, tok[first_new] - protected_1h, premium, banked):
                 if first_new == position:
                     chosen[-1].ttl = "1h"
                 else:
@@ -380,7 +389,7 @@ def _cheapest(ttls: Sequence[str], facts: CacheFacts, now: float, clusters: Sequ
 
 
 def _tail_ttl(ttls: Sequence[str], facts: CacheFacts, now: float,
-              clusters: Sequence[tuple[float, int]]) -> tuple[str | None, str]:
+              clusters: Sequence[tuple[float, int]], chain: bool = False) -> tuple[str | None, str]:
     """The TTL (None: no write) for a conversation's new tail, with the costs as a detail.
 
     The tail is written now and read only by the next turn, if that comes within the TTL:
@@ -395,11 +404,15 @@ def _tail_ttl(ttls: Sequence[str], facts: CacheFacts, now: float,
     `TAIL_PRIOR` (one close, two long: 1/3 without evidence, enough for a 5m write; after pauses
     that only ever led to pauses, not), so a conversation resumed once more after pauses is
     written for its next turn again as soon as it comes close.
+    `chain`: the 1h question, asked only when no 5m write pays (pauses that led to pauses). A
+    1h tail is read by every later turn within the hour, each writing only its new tokens, so the
+    write is judged by the chain's cost per turn and token, p x r + (1 - p) x w against 1.0 for
+    no marker (1h: p > 0.53), not by one read (2 + 0.1 > 2: never).
     """
     timeline = _with_now(clusters, now)
     gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
     r = facts.read_multiplier()
-    costs: dict[str | None, float] = {None: 2.0}
+    costs: dict[str | None, float] = {None: 1.0 if chain else 2.0}
     shares: list[str] = []
     for ttl in ttls:
         life = TTL_SECONDS[ttl]
@@ -411,35 +424,79 @@ def _tail_ttl(ttls: Sequence[str], facts: CacheFacts, now: float,
             p = (sum(after) + TAIL_PRIOR[0]) / (len(after) + sum(TAIL_PRIOR))
             shares.append(f"P(read within {ttl})={p:.2f} ({sum(after)} of {len(after)} earlier gaps over {ttl} "
                           f"followed by one within it)")
-        costs[ttl] = facts.write_multiplier(ttl) + p * r + (1 - p)
+        w = facts.write_multiplier(ttl)
+        costs[ttl] = p * r + (1 - p) * w if chain else w + p * r + (1 - p)
     best = min(costs, key=lambda t: (costs[t], t is not None, t == "1h"))
-    detail = " ".join(f"{t or 'none'}={c / 2:.3f}" for t, c in costs.items())
+    detail = " ".join(f"{t or 'none'}={c / (1 if chain else 2):.3f}" for t, c in costs.items())
     return best, f"per-token cost {detail}; " + "; ".join(shares)
 
 
 def _pause_chance(clusters: Sequence[tuple[float, int]], now: float) -> float:
-    """Chance that a pause of 5 minutes to an hour comes within the next `PAUSE_HORIZON` gaps.
+    """Chance that the next gap between this prefix's sighting bursts is a pause of 5 minutes to an hour.
 
-    p_mid = the share of gaps between 5 minutes and an hour among those observed between this
-    prefix's sighting bursts and the prior (`PRIOR_GAPS`, total weight one gap).
+    Laplace's rule of succession: after n gaps of which k were such pauses, (k + 1) / (n + 2).
+    Without a pause seen the chance is not 0 but shrinks as close gaps accumulate (1/3 after one
+    close gap, 1/12 after ten): no request can know the first pause is coming, and a rule that
+    assumes it never comes pays a full re-write for it (docs/caching.md, "TTL"). It is asked for the
+    next gap only: if that gap is close, the next turn decides again with what it knows then.
     """
     timeline = _with_now(clusters, now)
-    gaps = [(b[0] - a[0], 1.0) for a, b in pairwise(timeline) if b[0] > a[0]] + list(PRIOR_GAPS)
-    p_mid = sum(p for gap, p in gaps if TTL_SECONDS["5m"] < gap <= TTL_SECONDS["1h"]) / sum(p for _, p in gaps)
-    return 1.0 - (1.0 - p_mid) ** PAUSE_HORIZON
+    gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
+    pauses = sum(1 for gap in gaps if TTL_SECONDS["5m"] < gap <= TTL_SECONDS["1h"])
+    return (pauses + 1) / (len(gaps) + 2)
 
 
-def _checkpoint_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, unprotected: int, premium_tokens: int) -> bool:
+def _checkpoint_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, unprotected: int,
+                     premium_tokens: int, budget: float) -> bool:
     """Does a 1h entry (a checkpoint that survives a pause) pay here?
 
     A pause of 5 minutes to an hour lapses every 5m entry: the `unprotected` tokens (past the
     deepest live 1h entry) are then written again (w5 instead of a 0.1 read). A 1h entry costs
     (w1 - w5) more on the `premium_tokens` it writes, so it pays when
-    P(pause within PAUSE_HORIZON gaps) x (w5 - r) x unprotected > (w1 - w5) x premium_tokens.
-    With no pause observed for this prefix P(pause) is 0: no checkpoint, ever.
+    P(the next gap is a pause) x (w5 - r) x unprotected > (w1 - w5) x premium_tokens.
+    One gap is enough: if the next turn comes within 5 minutes it reads this turn's entries and
+    places its own checkpoint, for the premium on its own new tokens only.
+    Until a pause is seen the premium must also fit in `budget` (`_insurance_budget`): what the
+    conversation's reads have saved so far, times `INSURANCE_SHARE`, less the premiums paid.
     """
     w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
+    if not _pause_seen(clusters, now) and (w1 - w5) * premium_tokens > budget:
+        return False
     return _pause_chance(clusters, now) * (w5 - r) * unprotected > (w1 - w5) * premium_tokens
+
+
+def _pause_seen(clusters: Sequence[tuple[float, int]], now: float) -> bool:
+    timeline = _with_now(clusters, now)
+    return any(TTL_SECONDS["5m"] < b[0] - a[0] <= TTL_SECONDS["1h"] for a, b in pairwise(timeline))
+
+
+def _insurance_budget(stats: Sequence[PrefixStats | None], tok: Sequence[int], k: int, last: int, read_now: int,
+                      facts: CacheFacts) -> float:
+    """What 1h premiums a conversation may still pay before any pause is seen, in input tokens.
+
+    Insurance is paid for out of savings: INSURANCE_SHARE of what its reads saved so far (each
+    earlier turn's end that a later turn continued, and this turn's read, at 1 - r each), less
+    its 5m write premiums and the 1h premiums already paid (the tokens of each 1h entry on this
+    prompt past the end or 1h entry before it). So a conversation without pauses keeps about
+    1 - INSURANCE_SHARE of what `ttl=5m` saves it, or more, however short (property test:
+    at least 95%).
+    """
+    w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
+    read = read_now
+    spent = 0.0
+    floor = 0  # tokens up to the last end or 1h entry before the position looked at
+    for i in range(min(k, last) + 1):
+        s = stats[i]
+        if s is None:
+            continue
+        if s.cached_ttl == "1h":
+            spent += (w1 - w5) * (tok[i] - floor)
+            floor = tok[i]
+        if s.ends > 0:
+            if s.continued > 0 and i < k:
+                read += tok[i]
+            floor = tok[i]
+    return INSURANCE_SHARE * ((1 - r) * read - (w5 - 1) * tok[k]) - spent
 
 
 def _upgrade_pays(facts: CacheFacts, now: float, clusters: Sequence[tuple[float, int]]) -> bool:
@@ -447,8 +504,12 @@ def _upgrade_pays(facts: CacheFacts, now: float, clusters: Sequence[tuple[float,
 
     If a pause lapses the 5m entry, the next burst (as large as the largest so far, b) pays one
     write and b - 1 plain inputs instead of b reads; upgrading costs this request w1 instead of
-    a plain input (1.0).
+    a plain input (1.0). Asked only once a pause was seen for this prefix: without evidence a whole
+    1h write is more insurance than a short batch can pay for (a checkpoint's premium is only
+    the new tokens of a conversation's turn).
     """
+    if not _pause_seen(clusters, now):
+        return False
     burst = max(n for _, n in _with_now(clusters, now))
     w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
     return _pause_chance(clusters, now) * (w5 + (burst - 1) - burst * r) > w1 - 1.0
