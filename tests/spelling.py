@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hypothesis import strategies as st
 
-__all__ = ["BLOCKS", "MARKABLE", "REQUESTS", "TEXTS", "spell"]
+__all__ = ["BLOCKS", "MARKABLE", "REQUESTS", "TEXTS", "raw_threshold", "spell"]
 
 _SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -95,3 +97,20 @@ MARKABLE = st.fixed_dictionaries(
     optional={"tools": st.lists(st.builds(lambda n, d: {"name": n, "description": d, "input_schema": {"type": "object"}}, TEXTS, TEXTS | _LONG),
                                 max_size=2)},
 )
+
+
+@contextmanager
+def raw_threshold(size: int) -> Iterator[None]:
+    """Use the client's bytes for blocks from `size` bytes up (default 512: the generated blocks are
+    small, so properties set 0 to exercise the byte paths on every block)."""
+    from tokenpak_mitm import cache_insert, prefix_index, request_shape
+
+    modules = (prefix_index, cache_insert, request_shape)
+    saved = [m.RAW_MIN_BYTES for m in modules]
+    for m in modules:
+        m.RAW_MIN_BYTES = size  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        for m, value in zip(modules, saved):
+            m.RAW_MIN_BYTES = value  # type: ignore[misc]

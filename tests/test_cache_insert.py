@@ -607,7 +607,7 @@ def test_planning_moves_off_the_event_loop_by_object_count_as_well_as_bytes():
 
 # ---- the view of the upstream body handed to the session tracker --------------------------------
 
-from spelling import MARKABLE, REQUESTS, spell  # noqa: E402
+from spelling import MARKABLE, REQUESTS, raw_threshold, spell  # noqa: E402
 
 from tokenpak_mitm.learning_planner import Memory  # noqa: E402
 from tokenpak_mitm.request_shape import parse_shape, shape_of  # noqa: E402
@@ -617,9 +617,15 @@ from tokenpak_mitm.request_shape import parse_shape, shape_of  # noqa: E402
 @given(st.lists(st.tuples(MARKABLE | REQUESTS, st.integers(0, 2**32), st.booleans()), min_size=1, max_size=3),
        st.sampled_from([CacheOptions(mode="auto", ttl="auto"), CacheOptions(mode="auto"), CacheOptions(mode="top-level")]),
        st.booleans())
-def test_view_is_the_upstream_body_parsed_and_changes_nothing(turns, opts, learning):
+@pytest.mark.parametrize("threshold", [0, 512])
+def test_view_is_the_upstream_body_parsed_and_changes_nothing(threshold, turns, opts, learning):
     import random
 
+    with raw_threshold(threshold):
+        _view_is_the_upstream_body_parsed(turns, opts, learning, random)
+
+
+def _view_is_the_upstream_body_parsed(turns, opts, learning, random):
     with_view, without = Memory(), Memory()
     for n, (req, seed, canonical) in enumerate(turns):
         if n and turns[0][0].get("messages"):  # a conversation going on: the previous request plus more

@@ -26,7 +26,7 @@ from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Size
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
 from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, block_locs, parse_and_scan, scan
 from .learning_planner import Memory, Ticket
-from .prefix_index import prompt_blocks
+from .prefix_index import RAW_MIN_BYTES, prompt_blocks
 from .row import CacheDecision
 
 __all__ = [
@@ -241,7 +241,8 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
             body_map.append(early)
             if fingerprints:
                 locs = _block_locs(early, request)
-                raw = [decoded[loc.start:loc.end] if loc is not None else None for loc in locs]
+                raw = [decoded[loc.start:loc.end] if loc is not None and loc.end - loc.start >= RAW_MIN_BYTES else None
+                       for loc in locs]
                 if view is not None:
                     view["raw"], view["locs"] = raw, locs
 

@@ -56,6 +56,7 @@ __all__ = [
     "Boundary",
     "PrefixIndex",
     "PrefixStats",
+    "RAW_MIN_BYTES",
     "Recorded",
     "Section",
     "boundaries",
@@ -69,6 +70,7 @@ __all__ = [
 
 Api = Literal["anthropic", "openai_chat", "openai_responses", "gemini"]
 Section = Literal["tools", "system", "messages"]
+RAW_MIN_BYTES: Final = 512  # `boundaries(raw=)` uses a block's bytes from this size up (smaller: re-serialised, not remembered)
 BYTES_PER_TOKEN: Final = 3.0  # the planner's historical, deliberately high estimate (see cache_planner)
 DIGEST_BYTES: Final = 16
 _MARKER_KEYS: Final = frozenset({"cache_control", "prompt_cache_breakpoint"})
@@ -121,6 +123,8 @@ def boundaries(request: Mapping[str, Any], api: Api = "anthropic", bytes_per_tok
             folded = json.dumps(params.get(section, {}), sort_keys=True, separators=(",", ":"), default=str)
             h = _step(h, f"\0section\0{section}\0{folded}".encode())
         piece = raw[k] if raw is not None and k < len(raw) else None
+        if piece is not None and len(piece) < RAW_MIN_BYTES:
+            piece = None  # a small block re-serialises as fast as the bookkeeping would take
         head = b"\0" + (role or "").encode() + b"\0"
         known = _STEPS.get((h, head, piece)) if piece is not None else None
         if known is not None:

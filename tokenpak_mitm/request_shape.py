@@ -28,7 +28,7 @@ from functools import partial
 from typing import Any
 
 from tokenpak_mitm.jsonscan import agrees_with, block_locs, parse_and_scan
-from tokenpak_mitm.prefix_index import Api, Section, boundaries, canonical_from_raw, prompt_blocks
+from tokenpak_mitm.prefix_index import RAW_MIN_BYTES, Api, Section, boundaries, canonical_from_raw, prompt_blocks
 
 __all__ = ["MAX_BLOCKS", "Block", "MasksUnknown", "Shape", "first_difference", "mask_volatile", "parse_shape", "remember_masks", "shape_of"]
 
@@ -185,7 +185,8 @@ def parse_shape(body: bytes, api: str, slim: bool = False) -> tuple[object, Shap
     if both is not None and isinstance(both[0], dict) and agrees_with(both[0], both[1]):
         parsed = both[0]
         addresses = ((section, message, block) for section, message, block, _, _ in prompt_blocks(parsed, "anthropic"))
-        raw = [body[loc.start:loc.end] if loc is not None else None for loc in block_locs(both[1], addresses)]
+        raw = [body[loc.start:loc.end] if loc is not None and loc.end - loc.start >= RAW_MIN_BYTES else None
+               for loc in block_locs(both[1], addresses)]
     else:
         try:
             parsed = json.loads(body)
@@ -297,6 +298,8 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
     turn_keys: list[bytes] = []
     for i, (b, (_, _, _, role, value)) in enumerate(zip(bounds, values)):
         piece = raw[i] if raw is not None and i < len(raw) else None
+        if piece is not None and len(piece) < RAW_MIN_BYTES:
+            piece = None  # (as in boundaries: small blocks are hashed the plain way, not remembered)
         known = _recall(piece) if piece is not None else None
         canonical: Callable[[], bytes]
         if known is not None:
