@@ -638,3 +638,18 @@ def _view_is_the_upstream_body_parsed(turns, opts, learning, random):
         parsed, shape = parse_shape(a.body, "anthropic")
         assert a.view.request == parsed
         assert shape_of(a.view.request, "anthropic", a.view.raw) == shape
+
+
+def test_a_body_dense_with_tiny_objects_is_parsed_by_json_loads_alone(monkeypatch):
+    """Thousands of tiny messages: the one-pass parse would cost more than json.loads; the byte map
+    is made only when a marker goes in, and the outcome is the same as with the one pass."""
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": [{"type": "text", "text": f"m{i} " * 400 if i == 0 else f"m{i}"}]}
+                for i in range(401)]
+    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": messages}).encode()
+    from tokenpak_mitm.jsonscan import one_pass_pays
+
+    assert not one_pass_pays(body)
+    dense = insert_markers(body, None, AUTO)
+    monkeypatch.setattr(cache_insert, "one_pass_pays", lambda decoded: True)
+    assert dense == insert_markers(body, None, AUTO)
+    assert dense.decision == "inserted"

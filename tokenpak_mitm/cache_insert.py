@@ -24,7 +24,7 @@ import brotli
 from . import learning_planner
 from .cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Sizes, count_markers, marker_for, plan
 from .decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
-from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, block_locs, parse_and_scan, scan
+from .jsonscan import BodyMap, JsonScanError, Loc, agrees_with, block_locs, one_pass_pays, parse_and_scan, scan
 from .learning_planner import Memory, Ticket
 from .prefix_index import RAW_MIN_BYTES, prompt_blocks
 from .row import CacheDecision
@@ -206,7 +206,10 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
     if isinstance(opened, str):
         return _unchanged(body, opened, content_encoding=encoding)
     decoded, codec, flavor = opened
-    both = parse_and_scan(decoded)  # json.loads and the byte map in one pass (None: ask each on its own)
+    # json.loads and the byte map in one pass (None: ask each on its own), unless the body is dense
+    # with small objects (`one_pass_pays`; the map is then made only if a marker goes in). Every
+    # body planned on the event loop has at most OFFLOAD_OBJECTS objects, so takes the one pass.
+    both = parse_and_scan(decoded) if one_pass_pays(decoded) else None
     mapped = None
     if both is not None:
         request, mapped = both
@@ -227,17 +230,12 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
     body_map: list[BodyMap] = []
     raw: list[bytes | None] | None = None
     fingerprints = (memory is not None and now is not None) or view is not None
-    if isinstance(request, dict) and (mapped is not None or fingerprints):
+    if isinstance(request, dict) and mapped is not None:
         # The learning planner fingerprints every block: with the map at hand it hashes the
         # client's bytes where they are already canonical instead of re-serialising each block.
-        # A body the scanner cannot map is left to `measure` below, which fails as it always did.
+        # Without it (a body the one pass did not take) `measure` below maps it if a marker goes in.
         early = mapped
-        if early is None:
-            try:
-                early = scan(decoded)
-            except JsonScanError:
-                early = None
-        if early is not None and agrees_with(request, early):
+        if agrees_with(request, early):
             body_map.append(early)
             if fingerprints:
                 locs = _block_locs(early, request)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from json.decoder import scanstring as _scan_string  # type: ignore[attr-defined]  # C-accelerated in CPython
 from typing import Any, NamedTuple, cast
 
-__all__ = ["JsonScanError", "Loc", "MessageLoc", "BodyMap", "scan", "scan_reference", "parse_and_scan", "agrees_with", "block_locs"]
+__all__ = ["JsonScanError", "Loc", "MessageLoc", "BodyMap", "scan", "scan_reference", "parse_and_scan", "one_pass_pays", "agrees_with", "block_locs"]
 
 
 class JsonScanError(ValueError):
@@ -429,6 +429,15 @@ def parse_and_scan(body: bytes, messages_key: str = "messages") -> tuple[object,
     if len(text) != len(body):
         body_map = _in_bytes(body_map, text)
     return obj, body_map
+
+
+def one_pass_pays(body: bytes) -> bool:
+    """Whether `parse_and_scan` beats `json.loads` alone on `body` even when no map is needed.
+
+    Its walk costs Python time per recorded structure: a body dense with small objects (more than
+    256 in its first 64 KB: thousands of tiny messages) parses several times faster with json.loads.
+    """
+    return body.count(b"{", 0, 64 << 10) <= 256
 
 
 def _in_bytes(body_map: BodyMap, text: str) -> BodyMap:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from tokenpak_mitm.jsonscan import agrees_with, block_locs, parse_and_scan
+from tokenpak_mitm.jsonscan import agrees_with, block_locs, one_pass_pays, parse_and_scan
 from tokenpak_mitm.prefix_index import RAW_MIN_BYTES, Api, Section, boundaries, canonical_from_raw, prompt_blocks
 
 __all__ = ["MAX_BLOCKS", "Block", "MasksUnknown", "Shape", "first_difference", "mask_volatile", "parse_shape", "remember_masks", "shape_of"]
@@ -181,7 +181,7 @@ def parse_shape(body: bytes, api: str, slim: bool = False) -> tuple[object, Shap
     another process: what `session_id.identify` reads is kept, and sending it back costs little.
     """
     raw: list[bytes | None] | None = None
-    both = parse_and_scan(body) if api == "anthropic" else None  # json.loads and the byte map in one pass
+    both = parse_and_scan(body) if api == "anthropic" and one_pass_pays(body) else None  # json.loads and the byte map in one pass
     if both is not None and isinstance(both[0], dict) and agrees_with(both[0], both[1]):
         parsed = both[0]
         addresses = ((section, message, block) for section, message, block, _, _ in prompt_blocks(parsed, "anthropic"))
