@@ -124,18 +124,3 @@ def test_parse_shape_is_json_loads_then_shape_of(req, seed, canonical, api, thre
         assert request_shape.parse_shape(body, api) == expected
         assert request_shape.parse_shape(body, api) == expected  # remembered
         assert request_shape.parse_shape(body + b"x", api) == (None, None)
-
-
-def test_known_masks_only_defers_new_system_blocks_to_whoever_can_mask_them():
-    req = {"model": "claude-sonnet-4-6", "system": "Today is Monday 2026-11-30. You help.",
-           "tools": [{"name": "t", "description": "run 42 times"}], "messages": [{"role": "user", "content": "hi"}]}
-    request_shape._MASKED_CACHE.clear()
-    try:
-        shape_of(req, known_masks_only=True)
-        raise AssertionError("expected MasksUnknown")
-    except request_shape.MasksUnknown:
-        pass
-    elsewhere = shape_of(req)  # e.g. parse_shape in the worker process
-    request_shape._MASKED_CACHE.clear()
-    request_shape.remember_masks(elsewhere)
-    assert shape_of(req, known_masks_only=True) == elsewhere

@@ -36,7 +36,7 @@ from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
 from tokenpak_mitm.cache_facts import TTL_SECONDS
-from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, UpstreamView, insert_markers, plan_off_loop
+from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.cache_miss import miss_cost_usd
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.dialects.base import Tracker
@@ -50,7 +50,7 @@ from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_no
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
-from tokenpak_mitm.request_shape import MasksUnknown, parse_shape, remember_masks, shape_of
+from tokenpak_mitm.request_shape import parse_shape
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
@@ -102,7 +102,6 @@ class _FlowState:
     session_task: asyncio.Task[None] | None = None
     req_headers: _HeaderView | None = None  # read once when the request is complete (labels included)
     resp_headers: _HeaderView | None = None  # read once when the response headers arrive
-    view: UpstreamView | None = None  # planning's parse and byte map of the body sent upstream, for the session tracker
 
 
 class TokenPak:
@@ -349,23 +348,12 @@ class TokenPak:
         shape, parsed = None, None
         headers = st.req_headers or _HeaderView(req.headers, st.labels)
         readable = _shape_input(req, headers)
-        view, st.view = st.view, None
-        shaped = False
-        if readable is not None and view is not None and (readable is view.body or readable == view.body):
-            # Planning parsed and mapped this very body a moment ago: the shape from that (exact, and
-            # mostly remembered from the previous turn) instead of a second parse in the worker;
-            # unless a tools/system block is new (masking it is the worker's job, as below).
-            try:
-                parsed, shape, shaped = view.request, shape_of(view.request, st.route.dialect, view.raw, known_masks_only=True), True
-            except MasksUnknown:
-                pass
-        if readable is not None and not shaped:
+        if readable is not None:
             if len(readable) > SHAPE_OFFLOAD_BYTES:
                 # ~15 ms of hashing per 200 KB: in the worker process, not a thread, which would
                 # hold the GIL the event loop needs (250 ms for 26k blocks); only the session
                 # hints and the shape come back.
                 parsed, shape = await self._offload.run(parse_shape, readable, st.route.dialect, True)
-                remember_masks(shape)  # the next turn's shape can then come from its view
             else:
                 parsed, shape = parse_shape(readable, st.route.dialect)
         hint = identify(headers, parsed, st.route.dialect, self._scope(req, headers))
@@ -467,9 +455,6 @@ class TokenPak:
                 result = await self._plan_split(body, encoding, st.route.dialect, opts, now)  # type: ignore[arg-type]
             else:
                 result = await asyncio.to_thread(plan)
-        elif st.route.dialect == "anthropic":
-            result = plan(view=True)  # (in this process only: the view holds the parsed request)
-            st.view = result.view
         else:
             result = plan()
         st.ticket = result.ticket

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import brotli
@@ -31,7 +31,7 @@ from .row import CacheDecision
 
 __all__ = [
     "CacheOptions", "Span", "InsertResult", "insert_markers", "remove_spans", "count_markers",
-    "DECISIONS", "MAX_BODY_BYTES", "UpstreamView", "parse_decoded", "plan_off_loop",
+    "DECISIONS", "MAX_BODY_BYTES", "parse_decoded", "plan_off_loop",
 ]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # raw and decoded cap; twice the API's 32 MB request limit
@@ -58,22 +58,6 @@ class Span:
 
 
 @dataclass(frozen=True)
-class UpstreamView:
-    """What planning already knows about the body that goes upstream, for the session tracker.
-
-    body: that body (identity-encoded: the InsertResult's body). request: it, parsed (`json.loads`).
-    raw: for each of its prompt blocks in `prefix_index.prompt_blocks` order, bytes that parse to the
-    block once markers are removed, None where not known: the block's own bytes, or for a block we
-    spliced a marker into, its bytes before (we splice only into bodies without markers).
-    `request_shape.shape_of(request, "anthropic", raw)` then equals `parse_shape(body)`'s.
-    """
-
-    body: bytes
-    request: object
-    raw: tuple[bytes | None, ...] | None
-
-
-@dataclass(frozen=True)
 class InsertResult:
     body: bytes  # bytes to send upstream; IS the original object when nothing was inserted
     spans: tuple[Span, ...]  # sorted by offset, offsets into the decoded body; empty when nothing inserted
@@ -86,7 +70,6 @@ class InsertResult:
     content_encoding: str | None  # the coding as understood, lower-cased (None = identity)
     notes: tuple[Note, ...] = ()  # the learning planner's reason for each marker and skipped candidate
     ticket: Ticket | None = None  # for `learning_planner.observe_usage` once the response's usage is known
-    view: UpstreamView | None = None  # only when asked for (`insert_markers(..., view=True)`)
 
     def reasons_json(self) -> str | None:
         """The notes as the JSON text stored on the telemetry row (None when there are none)."""
@@ -94,38 +77,16 @@ class InsertResult:
 
 
 def insert_markers(body: bytes, content_encoding: str | None, opts: CacheOptions = CacheOptions(),
-                   memory: Memory | None = None, now: float | None = None, view: bool = False) -> InsertResult:
+                   memory: Memory | None = None, now: float | None = None) -> InsertResult:
     """Insert cache markers into a Messages request body; never raises.
 
     With `memory` (and the time `now`), the learning planner decides and the request is recorded
-    in `memory`'s prefix index; without it, today's stateless rules. With `view`, the result
-    carries an `UpstreamView` of an identity-encoded JSON body (so the caller need not parse and
-    map the body again; never ask for it across processes: it holds the parsed request).
+    in `memory`'s prefix index; without it, today's stateless rules.
     """
-    seen: dict[str, Any] | None = {} if view else None
     try:
-        result = _insert(body, content_encoding, opts, memory, now, seen)
+        return _insert(body, content_encoding, opts, memory, now)
     except Exception:  # noqa: BLE001 - the contract is "never raise, never corrupt"
         return _unchanged(body, "error")
-    if seen is not None and "request" in seen:
-        try:
-            result = replace(result, view=_upstream_view(result, seen))
-        except Exception:  # noqa: BLE001 - a view is an optimisation: without one the caller parses
-            pass
-    return result
-
-
-def _upstream_view(result: InsertResult, seen: dict[str, Any]) -> UpstreamView | None:
-    raw: list[bytes | None] | None = seen.get("raw")
-    if not result.spans:
-        return UpstreamView(result.body, seen["request"], tuple(raw) if raw is not None else None)
-    if "landed" not in seen:
-        return None
-    if raw is not None and result.client_markers:  # (cannot happen: a client's marker stands us down)
-        offsets = [span.offset for span in result.spans]
-        raw = [None if loc is None or any(loc.start <= o <= loc.end for o in offsets) else piece
-               for loc, piece in zip(seen["locs"], raw)]
-    return UpstreamView(result.body, seen["landed"], tuple(raw) if raw is not None else None)
 
 
 def parse_decoded(body: bytes, content_encoding: str | None) -> object:
@@ -195,8 +156,7 @@ def _close_body(spliced: bytes, codec: _Codec | None, flavor: int) -> bytes | No
     return out if codec.decode(out)[0] == spliced else None
 
 
-def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memory: Memory | None, now: float | None,
-            view: dict[str, Any] | None = None) -> InsertResult:
+def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memory: Memory | None, now: float | None) -> InsertResult:
     if not isinstance(opts, CacheOptions) or not isinstance(body, bytes):
         return _unchanged(body, "error")
     encoding = _normalize_encoding(content_encoding)
@@ -223,26 +183,17 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
         client_markers=client_markers, client_ttls=client_ttls, content_encoding=encoding,
         model=model if isinstance(model, str) else None,
     )
-    if codec is not None:
-        view = None  # the session tracker reads identity bodies only
-    if view is not None:
-        view["request"] = request
     body_map: list[BodyMap] = []
     raw: list[bytes | None] | None = None
-    fingerprints = (memory is not None and now is not None) or view is not None
     if isinstance(request, dict) and mapped is not None:
         # The learning planner fingerprints every block: with the map at hand it hashes the
         # client's bytes where they are already canonical instead of re-serialising each block.
         # Without it (a body the one pass did not take) `measure` below maps it if a marker goes in.
-        early = mapped
-        if agrees_with(request, early):
-            body_map.append(early)
-            if fingerprints:
-                locs = _block_locs(early, request)
+        if agrees_with(request, mapped):
+            body_map.append(mapped)
+            if memory is not None and now is not None:
                 raw = [decoded[loc.start:loc.end] if loc is not None and loc.end - loc.start >= RAW_MIN_BYTES else None
-                       for loc in locs]
-                if view is not None:
-                    view["raw"], view["locs"] = raw, locs
+                       for loc in _block_locs(mapped, request)]
 
     def measure() -> Sizes:
         if not body_map:
@@ -266,11 +217,8 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
         return _unchanged(body, decided.decision, **seen)
     spans = _spans(decided, body_map[0], opts)
     spliced = _splice(decoded, spans)
-    landed = _markers_landed(spliced, decided, opts)
-    if landed is None:
+    if not _markers_landed(spliced, decided, opts):
         return _unchanged(body, "error", **seen)
-    if view is not None:
-        view["landed"] = landed
     out = _close_body(spliced, codec, flavor)
     if out is None:
         return _unchanged(body, "error", **seen)
@@ -368,18 +316,11 @@ def _splice(data: bytes, spans: Sequence[Span]) -> bytes:
     return b"".join(pieces)
 
 
-def _markers_landed(spliced: bytes, decided: Plan, opts: CacheOptions) -> object | None:
-    """Re-parse the output: exactly our markers, on exactly the planned blocks (guards the scanner).
-
-    The parsed output when they did; None when not.
-    """
+def _markers_landed(spliced: bytes, decided: Plan, opts: CacheOptions) -> bool:
+    """Re-parse the output: exactly our markers, on exactly the planned blocks (guards the scanner)."""
     result = _parse(spliced)
     if not isinstance(result, dict):
-        return None
-    return result if _landed(result, decided, opts) else None
-
-
-def _landed(result: dict[str, Any], decided: Plan, opts: CacheOptions) -> bool:
+        return False
     if decided.top_level:
         return result.get("cache_control") == opts.marker and count_markers(result)[0] == 1
     for bp in decided.breakpoints:

@@ -30,7 +30,7 @@ from typing import Any
 from tokenpak_mitm.jsonscan import agrees_with, block_locs, one_pass_pays, parse_and_scan
 from tokenpak_mitm.prefix_index import RAW_MIN_BYTES, Api, Section, boundaries, canonical_from_raw, prompt_blocks
 
-__all__ = ["MAX_BLOCKS", "Block", "MasksUnknown", "Shape", "first_difference", "mask_volatile", "parse_shape", "remember_masks", "shape_of"]
+__all__ = ["MAX_BLOCKS", "Block", "Shape", "first_difference", "mask_volatile", "parse_shape", "shape_of"]
 
 MAX_BLOCKS = 4096  # blocks kept per request; a longer prompt is compared on its head only
 _SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -58,32 +58,14 @@ def mask_volatile(text: str) -> str:
     return _NAMES.sub("#", _VOLATILE.sub("#", text).lower())
 
 
-class MasksUnknown(Exception):
-    """`shape_of(..., known_masks_only=True)` met a tools/system block not masked before (see there)."""
-
-
-def _masked(digest: bytes, canonical: Callable[[], bytes], known_only: bool = False) -> bytes:
+def _masked(digest: bytes, canonical: Callable[[], bytes]) -> bytes:
     masked = _MASKED_CACHE.get(digest)
     if masked is None:
-        if known_only:
-            raise MasksUnknown
         masked = _digest(mask_volatile(canonical().decode("utf-8", "replace")).encode())
-        _remember_mask(digest, masked)
+        if len(_MASKED_CACHE) >= _MASKED_CACHE_MAX:
+            _MASKED_CACHE.clear()
+        _MASKED_CACHE[digest] = masked
     return masked
-
-
-def _remember_mask(digest: bytes, masked: bytes) -> None:
-    if len(_MASKED_CACHE) >= _MASKED_CACHE_MAX:
-        _MASKED_CACHE.clear()
-    _MASKED_CACHE[digest] = masked
-
-
-def remember_masks(shape: Shape | None) -> None:
-    """Remember the masked digests of `shape`'s tools and system blocks (computed elsewhere, e.g. in
-    the worker process), so `shape_of(..., known_masks_only=True)` finds them next time."""
-    for b in shape.blocks if shape is not None else ():
-        if b.section != "messages" or b.role in _SYSTEM_ROLES:
-            _remember_mask(b.digest, b.masked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,13 +254,8 @@ def _recall(raw: bytes) -> bytes | None:
         return found
 
 
-def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None] | None = None, *,
-             known_masks_only: bool = False) -> Shape | None:
+def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None] | None = None) -> Shape | None:
     """The shape of a parsed request body, or None when it is not a request we understand.
-
-    known_masks_only: raise `MasksUnknown` rather than mask a tools/system block not seen before
-    (`mask_volatile` costs ~3 ms per 40 KB system prompt: a caller on an event loop may prefer to
-    have it done elsewhere and `remember_masks` the result).
 
     raw: optionally, for each prompt block in `prefix_index.prompt_blocks` order, bytes that parse
     to the block once markers are removed (None where unknown), e.g. the client's, as for
@@ -306,7 +283,7 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
             digest, canonical = known, partial(_block_canonical, value)
         else:
             fast = None
-            if piece is not None:  # (the bytes may be the block's before a marker was spliced in: they parse to it stripped)
+            if piece is not None:  # (bytes that parse to the block stripped of its markers will do: see above)
                 fast = _raw_digest(value if _marker_ttl(value, True) is None else _strip(value)[0], piece)
             digest, canonical = fast if fast is not None else _block_digest(value)
             if piece is not None:
@@ -318,7 +295,7 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
         # Volatile values are told apart in tools and system only: a message that differs is
         # history rewritten, whatever changed in it (and masking every message would cost the most).
         system = b.section != "messages" or role in _SYSTEM_ROLES
-        masked = _masked(digest, canonical, known_masks_only) if system else digest
+        masked = _masked(digest, canonical) if system else digest
         blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl, end, role))
         if b.section == "messages" and role not in _SYSTEM_ROLES:
             turn.update(f"\0{role}\0".encode() + digest)
