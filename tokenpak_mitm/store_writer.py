@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.store import (
     BATCH,
     FLUSH_INTERVAL,
@@ -55,6 +56,12 @@ logger = logging.getLogger("tokenpak.store")
 
 RESTART_BACKOFF = (0.2, 1.0, 5.0)  # seconds before the 1st, 2nd, 3rd+ restart after quick deaths
 QUICK_DEATH = 5.0  # a writer that dies sooner than this after its start counts towards the back-off
+
+
+def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as a dict; a ``TelemetryRow`` by its fields directly (``dict(row)`` goes through the
+    mapping protocol, a checked lookup per column: ~20 µs of the feeder thread's GIL per row)."""
+    return row.as_dict() if isinstance(row, TelemetryRow) else dict(row)
 
 
 class StoreProcess:
@@ -160,7 +167,7 @@ class StoreProcess:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return  # kept unacknowledged; _watch spills them
-        line = json.dumps([dict(r) for r in rows], separators=(",", ":"), default=str).encode() + b"\n"
+        line = json.dumps([_plain(r) for r in rows], separators=(",", ":"), default=str).encode() + b"\n"
         try:
             proc.stdin.write(line)
             proc.stdin.flush()
