@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             floor = start_mitmdump("floor", upstream.port, tmp / "conf-floor", base_script=FLOOR_SCRIPT)
             stack.callback(floor.stop)
             setups.append(Setup("floor", floor.port, floor, peer=True))
-            peer_info["floor"] = {"label": "floor (mitmdump + an addon whose hooks do nothing)", "version": "-", "pid": str(floor.pid)}
+            peer_info["floor"] = {"label": "floor", "version": "-", "pid": str(floor.pid)}
         for peer in peers:
             try:
                 child = start_peer(peer, upstream.port, tmp, args.peers_dir)
