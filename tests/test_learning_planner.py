@@ -209,6 +209,39 @@ def test_the_learning_planner_never_costs_more_than_no_markers_on_the_batch():
 
 # ---------------------------------------------------------------- TTL from observed gaps
 
+def test_slow_waves_pay_for_the_first_pause_once_one_writer_per_wave_then_every_request_reads():
+    """Waves of a document batch 6-10 minutes apart (every 5m entry lapses between them).
+
+    Where the planner's gap to the best placement on `document-batch-slow-waves` comes from: only
+    the first wave after the first pause, which finds nothing live (one request writes the document
+    for 1h, the others of its wave cannot read it yet). No wave has two writers of the document,
+    and from the wave after that one every request reads it: the 1h entry is neither rewritten
+    per wave nor lost between waves. (docs/caching.md, "TTL")
+    """
+    memory, sim = Memory(), CacheSimulator()
+    waves: list[list[dict]] = []
+    now = 0.0
+    for wave in range(6):
+        pending: list = []
+        tickets, usages = [], []
+        for i in range(5):
+            body = document_request(f"question {wave}-{i}: {text(12, wave * 5 + i)}?")
+            result = insert_markers(json.dumps(body).encode(), None, AUTO, memory, now)
+            usages.append(sim.apply(analyse_request(json.loads(result.body)), now, pending=pending)[0])
+            tickets.append(result.ticket)
+        sim.commit(pending)
+        for ticket in tickets:
+            memory.index.response_began(ticket.recorded)
+        waves.append(usages)
+        now += 400.0 + 60.0 * (wave % 3)
+    document = 4000
+    for usages in waves[1:]:  # after a pause: at most one request writes the document
+        assert sum(1 for u in usages if u["cache_creation_input_tokens"] >= document) <= 1
+    assert sum(1 for u in waves[1] if u["cache_creation"]["ephemeral_1h_input_tokens"] >= document) == 1
+    for usages in waves[2:]:  # then every request reads it, and nobody writes it again
+        assert all(u["cache_read_input_tokens"] >= document and u["cache_creation_input_tokens"] == 0 for u in usages)
+
+
 
 def chat_ttls(gaps: list[float], opts: CacheOptions = AUTO) -> list[tuple[str, ...]]:
     """The TTLs the planner puts on each turn of a chat with these gaps between turns."""
