@@ -538,15 +538,18 @@ class TokenPak:
         if entry is None:
             return
         flow, st = entry
-        if final:  # at shutdown: no event loop turn left to wait for
-            self._observe_guarded(flow, st, inline=False)
-            self._emit(flow, st)
-            return
-        pending = self._observe_and_account(flow, st)
-        if pending is not None:
-            task: asyncio.Task[None] = asyncio.get_running_loop().create_task(pending)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        try:  # a loop callback, not a hook: mitmproxy would not catch and report what escapes
+            if final:  # at shutdown: no event loop turn left to wait for
+                self._observe_guarded(flow, st, inline=False)
+                self._emit(flow, st)
+                return
+            pending = self._observe_and_account(flow, st)
+            if pending is not None:
+                task: asyncio.Task[None] = asyncio.get_running_loop().create_task(pending)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except Exception:
+            logger.exception("tokenpak: could not account for a finished request")
 
     def _observe_and_account(self, flow: http.HTTPFlow, st: _FlowState) -> Coroutine[Any, Any, None] | None:
         try:
