@@ -5,8 +5,9 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 
 * **Traffic is never harmed.** Each hook body is guarded: on any exception of ours the flow goes
   on untouched and the row records ``proxy_error``. The stream callable returns every chunk
-  unchanged (see ``tap.py``). Nothing here blocks the event loop: rows are queued to a writer
-  thread.
+  unchanged (see ``tap.py``). Nothing here blocks the event loop: a buffered response is sent
+  before its accounting runs (next loop turn), rows go to the store's writer process, and big
+  bodies are planned and fingerprinted in a worker process.
 * **Exactly one row per LLM request.** Per-flow state lives in a ``WeakKeyDictionary`` (no flow is
   kept alive) and an ``emitted`` flag guards ``response``/``error``; the store's unique key guards
   the rest.
