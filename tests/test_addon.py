@@ -254,6 +254,26 @@ async def test_accounting_waits_until_the_response_is_sent(addon):
     assert len(tp.store.rows) == 1 and tp.store.rows[0]["output_tokens"] == 5
 
 
+async def test_a_bug_after_the_row_is_queued_stays_out_of_the_event_loop(addon, monkeypatch):
+    # The deferred accounting is a loop callback, not a hook: nothing may escape to asyncio.
+    tp, tctx = addon
+    tctx.configure(tp, tokenpak_console="true")
+    tp._console = True
+    import tokenpak_mitm.addon as addon_mod
+
+    def broken(row):
+        raise RuntimeError("bug in the console line")
+
+    monkeypatch.setattr(addon_mod, "_console_line", broken)
+    escaped: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: escaped.append(context))
+    f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
+    await drive_buffered(tp, f)
+    await next_turn()
+    assert escaped == []
+    assert len(tp.store.rows) == 1 and tp.store.rows[0]["request_key"] == f.id
+
+
 async def test_done_flushes_rows_still_waiting_for_the_loop(addon):
     tp, _ = addon
     flows = [anthropic_flow(resp_body=JSON_BODY, ctype="application/json") for _ in range(3)]

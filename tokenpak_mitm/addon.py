@@ -5,8 +5,9 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 
 * **Traffic is never harmed.** Each hook body is guarded: on any exception of ours the flow goes
   on untouched and the row records ``proxy_error``. The stream callable returns every chunk
-  unchanged (see ``tap.py``). Nothing here blocks the event loop: rows are queued to a writer
-  thread.
+  unchanged (see ``tap.py``). Nothing here blocks the event loop: a buffered response is sent
+  before its accounting runs (next loop turn), rows go to the store's writer process, and big
+  bodies are planned and fingerprinted in a worker process.
 * **Exactly one row per LLM request.** Per-flow state lives in a ``WeakKeyDictionary`` (no flow is
   kept alive) and an ``emitted`` flag guards ``response``/``error``; the store's unique key guards
   the rest.
@@ -538,15 +539,18 @@ class TokenPak:
         if entry is None:
             return
         flow, st = entry
-        if final:  # at shutdown: no event loop turn left to wait for
-            self._observe_guarded(flow, st, inline=False)
-            self._emit(flow, st)
-            return
-        pending = self._observe_and_account(flow, st)
-        if pending is not None:
-            task: asyncio.Task[None] = asyncio.get_running_loop().create_task(pending)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        try:  # a loop callback, not a hook: mitmproxy would not catch and report what escapes
+            if final:  # at shutdown: no event loop turn left to wait for
+                self._observe_guarded(flow, st, inline=False)
+                self._emit(flow, st)
+                return
+            pending = self._observe_and_account(flow, st)
+            if pending is not None:
+                task: asyncio.Task[None] = asyncio.get_running_loop().create_task(pending)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except Exception:
+            logger.exception("tokenpak: could not account for a finished request")
 
     def _observe_and_account(self, flow: http.HTTPFlow, st: _FlowState) -> Coroutine[Any, Any, None] | None:
         try:
