@@ -142,14 +142,7 @@ def scan(body: bytes, messages_key: str = "messages") -> BodyMap:
 
     `messages_key` names the top-level array mapped as `messages` ("input" for OpenAI Responses).
     """
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise JsonScanError(f"expected bytes, got {type(body).__name__}")
-    raw = bytes(body)
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise JsonScanError(f"invalid UTF-8 at byte {exc.start}") from None
-    text = raw.decode("latin-1")
+    text = _latin1_text(body)
     if _scan_value is not None:
         try:
             return _fast(text, messages_key)
@@ -160,6 +153,11 @@ def scan(body: bytes, messages_key: str = "messages") -> BodyMap:
 
 def scan_reference(body: bytes, messages_key: str = "messages") -> BodyMap:
     """`scan` by the reference walker alone (the fast path must always give the same answer; tests compare)."""
+    return _reference(_latin1_text(body), messages_key)
+
+
+def _latin1_text(body: bytes) -> str:
+    """`body` checked to be UTF-8, as one character per byte (offsets in the text are byte offsets)."""
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise JsonScanError(f"expected bytes, got {type(body).__name__}")
     raw = bytes(body)
@@ -167,7 +165,7 @@ def scan_reference(body: bytes, messages_key: str = "messages") -> BodyMap:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JsonScanError(f"invalid UTF-8 at byte {exc.start}") from None
-    return _reference(raw.decode("latin-1"), messages_key)
+    return raw.decode("latin-1")
 
 
 def _reference(text: str, messages_key: str) -> BodyMap:
