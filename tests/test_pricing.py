@@ -297,3 +297,13 @@ def test_anthropic_version_parsing():
     assert anthropic_version("claude-opus-4-20250514") == (4, 0)
     assert anthropic_version("us.anthropic.claude-sonnet-5-5-v1:0") == (5, 5)
     assert anthropic_version("claude-3-5-sonnet") is None
+
+
+def test_warm_up_never_raises_even_when_the_price_table_does(monkeypatch):
+    import tokenpak_mitm.pricing as pricing_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("price table unreadable")
+
+    monkeypatch.setattr(pricing_mod, "price", broken)
+    pricing_mod.warm()  # the proxy starts anyway; the first real row reports its own pricing error

@@ -47,6 +47,7 @@ from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
 from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
 from tokenpak_mitm.pricing import request_price_hints
+from tokenpak_mitm.pricing import warm as warm_prices
 from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
@@ -115,7 +116,8 @@ class TokenPak:
         self.rows_emitted = 0
         # Flows whose response went out and whose accounting waits for the next loop turn (see
         # `response`); flushed by `done`. Tasks: heavy bodies being read off the loop.
-        self._deferred: dict[str, tuple[http.HTTPFlow, _FlowState]] = {}
+        self._deferred: dict[str, tuple[http.HTTPFlow, _FlowState]] = {}  # oldest first
+        self._draining = False  # a `_drain` is scheduled
         self._tasks: set[asyncio.Task[None]] = set()
         self._saving = False  # mitmproxy's save_stream_file (-w) is set
         # Option values read per request are copied here in `configure`: ctx.options lookups
@@ -221,6 +223,7 @@ class TokenPak:
             "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
         )
+        warm_prices()  # before traffic, not on the first request's turn of the event loop
 
     def _load_index(self, path: str) -> None:
         try:
@@ -531,8 +534,21 @@ class TokenPak:
         # accounting (row, price, session, planner feedback, console) wait for the next turn of
         # the event loop, so they never delay the response they describe.
         self._deferred[flow.id] = (flow, st)
-        loop.call_soon(self._run_deferred, flow.id, False)
+        if not self._draining:
+            self._draining = True
+            loop.call_soon(self._drain)
         return None
+
+    def _drain(self) -> None:
+        """Account for the oldest finished flow, then let the loop turn before the next one: when
+        many streams end together, the others' frames are forwarded between two accountings
+        instead of waiting behind all of them."""
+        if self._deferred:
+            self._run_deferred(next(iter(self._deferred)), False)
+        if self._deferred:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._draining = False
 
     def _run_deferred(self, flow_id: str, final: bool) -> None:
         entry = self._deferred.pop(flow_id, None)

@@ -142,6 +142,15 @@ def price(
     return Cost(float(cost), float((uncached - actual) * mult), PRICE_TABLE_VERSION, None, float(mult))
 
 
+def warm() -> None:
+    """Load genai-prices' tables now: its first lookup reads them (~35 ms), and on the proxy's event
+    loop that would stall every connection at the first request's row. Never raises."""
+    try:
+        price("anthropic", "claude-sonnet-4-5", Usage(input_tokens=1, output_tokens=1))
+    except Exception:  # noqa: BLE001 - a warm-up; the first real row loads what this could not
+        logger.debug("tokenpak: price table warm-up failed", exc_info=True)
+
+
 def price_context(provider: str, f: PriceFactors) -> tuple[tuple[str, str], ...]:
     """genai-prices ``price_context`` items for the factors (empty: standard prices).
 
