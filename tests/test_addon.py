@@ -274,17 +274,23 @@ async def test_a_bug_after_the_row_is_queued_stays_out_of_the_event_loop(addon, 
     assert len(tp.store.rows) == 1 and tp.store.rows[0]["request_key"] == f.id
 
 
-async def test_flows_ending_together_are_accounted_one_per_loop_turn(addon):
-    # Between two accountings the loop turns, so other connections' frames are not held behind
-    # a burst of rows (lockstep streams that end together).
-    tp, _ = addon
-    flows = [anthropic_flow(resp_body=JSON_BODY, ctype="application/json") for _ in range(3)]
+async def end_together(tp: TokenPak, n: int) -> list:
+    """`n` buffered JSON responses whose `response` hooks all run before the loop turns."""
+    flows = [anthropic_flow(resp_body=JSON_BODY, ctype="application/json") for _ in range(n)]
     for f in flows:
         tp.requestheaders(f)
         await tp.request(f)
         tp.responseheaders(f)
     for f in flows:
         tp.response(f)
+    return flows
+
+
+async def test_flows_ending_together_are_accounted_one_per_loop_turn(addon):
+    # Between two accountings the loop turns, so other connections' frames are not held behind
+    # a burst of rows (lockstep streams that end together).
+    tp, _ = addon
+    flows = await end_together(tp, 3)
     counts = []
     for _ in range(4):
         await next_turn()
@@ -295,12 +301,7 @@ async def test_flows_ending_together_are_accounted_one_per_loop_turn(addon):
 
 async def test_done_flushes_rows_still_waiting_for_the_loop(addon):
     tp, _ = addon
-    flows = [anthropic_flow(resp_body=JSON_BODY, ctype="application/json") for _ in range(3)]
-    for f in flows:
-        tp.requestheaders(f)
-        await tp.request(f)
-        tp.responseheaders(f)
-        tp.response(f)
+    flows = await end_together(tp, 3)
     tp.done()  # shutdown before the loop turned: every row is still written
     assert sorted(r["request_key"] for r in tp.store.rows) == sorted(f.id for f in flows)
 
