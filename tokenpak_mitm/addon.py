@@ -16,7 +16,6 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import os
@@ -76,10 +75,6 @@ INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded 
 MAX_OBSERVED_BODY = 16 * 1024 * 1024  # and above this not parsed at all (the row says so)
 
 
-class _NoOutcome(Exception):
-    """How the request ended could not be read (already logged): the row is the minimal one."""
-
-
 class _Heavy(Exception):
     """Raised on the event loop when a body is too big to decode or parse there."""
 
@@ -103,7 +98,7 @@ class _FlowState:
     session_ticket: SessionTicket | None = None  # the session tracker's record of this request
     session_task: asyncio.Task[None] | None = None
     req_headers: _HeaderView | None = None  # read once when the request is complete (labels included)
-    resp_headers: _HeaderView | None = None  # read once when the response headers arrive
+    resp_headers: _HeaderView | None = None  # read once when the flow ends (`_response_headers`)
 
 
 class TokenPak:
@@ -505,7 +500,7 @@ class TokenPak:
             self.memory.index.response_began(st.ticket.recorded)  # its cache writes are readable now
         try:
             resp = flow.response
-            headers = st.resp_headers = _HeaderView(resp.headers)
+            headers = _HeaderView(resp.headers)
             ctype = (headers.get("content-type") or "").lower()
             sse = "text/event-stream" in ctype
             array_stream = st.route.dialect == "gemini" and ":streamgeneratecontent" in flow.request.path.lower() and not sse
@@ -523,7 +518,6 @@ class TokenPak:
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         st.emitted = True
-        st.resp_headers = None  # read again: later addons' responseheaders may have changed them
         loop = _running_loop()
         if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
             # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
@@ -601,7 +595,6 @@ class TokenPak:
         st = self._flows.get(flow)
         if st is None or st.emitted:
             return
-        st.resp_headers = None  # read again: later addons' responseheaders may have changed them
         try:
             replayed_body = flow.response is not None and flow.response.raw_content and (st.tap is None or not st.tap.wire_bytes)
             if replayed_body:
@@ -687,14 +680,14 @@ class TokenPak:
             session = self._finish_session(flow, st, ended or _MINIMAL_OUTCOME)
         except Exception:
             logger.exception("tokenpak: could not diagnose the request's cache; the row goes without it")
-        try:
-            if ended is None:
-                raise _NoOutcome
-            row = build_row(st.record, ended, session)
-        except Exception as e:
-            if not isinstance(e, _NoOutcome):
+        row: TelemetryRow | None = None
+        if ended is not None:
+            try:
+                row = build_row(st.record, ended, session)
+            except Exception:
                 logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
-            row = dataclasses.replace(_minimal_row(st.record), **session)
+        if row is None:
+            row = _minimal_row(st.record, session)
         self.rows_emitted += 1
         if st.ticket is not None:
             self._learn(st.ticket, row)
@@ -844,7 +837,8 @@ class _HeaderView:
 
 
 def _response_headers(resp: http.Response, st: _FlowState) -> _HeaderView:
-    """The response's header view as the flow ends (read once, for the usage and the row)."""
+    """The response's header view as the flow ends, read once for the usage and the row (after
+    every addon's responseheaders: a later one may have rewritten them)."""
     if st.resp_headers is None:
         st.resp_headers = _HeaderView(resp.headers)
     return st.resp_headers
@@ -900,13 +894,13 @@ def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
     threading.Thread(target=watch, name="tokenpak-startup-watch", daemon=True).start()
 
 
-def _minimal_row(rec: RequestRecord) -> TelemetryRow:
+def _minimal_row(rec: RequestRecord, session: dict[str, Any]) -> TelemetryRow:
     """The row that is still written when building the real one failed: the request is counted."""
     return TelemetryRow(
         request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
         route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
         billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
-        usage_source="absent", error="telemetry_error", proxy_version=__version__,
+        usage_source="absent", error="telemetry_error", proxy_version=__version__, **session,
     )
 
 
