@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final, Literal
 
 __all__ = [
@@ -191,20 +192,10 @@ def all_facts() -> tuple[CacheFacts, ...]:
 
 def facts_for(model: object, provider: Provider | None = None) -> CacheFacts:
     """The facts for `model` (provider inferred from the id when not given)."""
-    key = (model if isinstance(model, str) else "", provider)
-    found = _FACTS_MEMO.get(key)
-    if found is None:
-        found = _facts_for(key[0], provider)
-        if len(_FACTS_MEMO) >= _FACTS_MEMO_SIZE:
-            _FACTS_MEMO.clear()  # model ids come from clients: bounded, and rebuilt in microseconds
-        _FACTS_MEMO[key] = found
-    return found
+    return _facts_for(model if isinstance(model, str) else "", provider)
 
 
-_FACTS_MEMO: dict[tuple[str, Provider | None], CacheFacts] = {}
-_FACTS_MEMO_SIZE: Final = 1024
-
-
+@lru_cache(maxsize=1024)  # model ids come from clients: bounded; the planner asks about 3 times a request
 def _facts_for(model: str, provider: Provider | None) -> CacheFacts:
     name = model.lower()
     if provider is None:
