@@ -148,6 +148,16 @@ def _open_body(body: bytes, encoding: str | None) -> tuple[bytes, _Codec | None,
     return decoded, codec, flavor
 
 
+def splice_checked(decoded: bytes, spans: Sequence[Span], landed: Callable[[bytes], bool],
+                   codec: _Codec | None, flavor: int) -> bytes | None:
+    """`spans` spliced into `decoded`, re-parsed by `landed` (the guard independent of our scanner)
+    and put back in the client's encoding; None when the guard or the round trip refuses it."""
+    spliced = _splice(decoded, spans)
+    if not landed(spliced):
+        return None
+    return _close_body(spliced, codec, flavor)
+
+
 def _close_body(spliced: bytes, codec: _Codec | None, flavor: int) -> bytes | None:
     """The spliced body in the client's encoding; None when the round trip does not give it back."""
     if codec is None:
@@ -216,10 +226,7 @@ def _insert(body: bytes, content_encoding: str | None, opts: CacheOptions, memor
     if decided.decision != "inserted":
         return _unchanged(body, decided.decision, **seen)
     spans = _spans(decided, body_map[0], opts)
-    spliced = _splice(decoded, spans)
-    if not _markers_landed(spliced, decided, opts):
-        return _unchanged(body, "error", **seen)
-    out = _close_body(spliced, codec, flavor)
+    out = splice_checked(decoded, spans, lambda spliced: _markers_landed(spliced, decided, opts), codec, flavor)
     if out is None:
         return _unchanged(body, "error", **seen)
     inserted = 1 if decided.top_level else len(decided.breakpoints)

@@ -53,11 +53,10 @@ from .cache_insert import (
     _NOT_JSON,
     InsertResult,
     Span,
-    _close_body,
     _normalize_encoding,
     _open_body,
     _parse,
-    _splice,
+    splice_checked,
 )
 from .cache_planner import DECISIONS, Note
 from .jsonscan import BodyMap, Loc, agrees_with, scan
@@ -223,10 +222,7 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, memory: Memory 
     if not agrees_with(request, body_map, messages_key=key):
         return _unchanged(body, "error", **seen)
     spans = _spans(decided, body_map, api)
-    spliced = _splice(decoded, spans)
-    if not _landed(spliced, decided, api):
-        return _unchanged(body, "error", **seen)
-    out = _close_body(spliced, codec, flavor)
+    out = splice_checked(decoded, spans, lambda spliced: _landed(spliced, decided, api), codec, flavor)
     if out is None:
         return _unchanged(body, "error", **seen)
     return InsertResult(out, spans, "inserted", len(decided.targets) or 1, **seen)
