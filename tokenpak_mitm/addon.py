@@ -894,13 +894,14 @@ def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
     threading.Thread(target=watch, name="tokenpak-startup-watch", daemon=True).start()
 
 
-def _minimal_row(rec: RequestRecord, session: dict[str, Any]) -> TelemetryRow:
-    """The row that is still written when building the real one failed: the request is counted."""
+def _minimal_row(rec: RequestRecord, session: dict[str, Any] | None = None) -> TelemetryRow:
+    """The row that is still written when building the real one failed: the request is counted
+    (with its session columns, when the session tracker could give them)."""
     return TelemetryRow(
         request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
         route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
         billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
-        usage_source="absent", error="telemetry_error", proxy_version=__version__, **session,
+        usage_source="absent", error="telemetry_error", proxy_version=__version__, **(session or {}),
     )
 
 
