@@ -244,3 +244,25 @@ def test_finished_requests_the_writer_never_acknowledged_are_spilled_as_rows(tmp
     assert wait_until(lambda: len(keys_in(db)) == 5)  # the restarted writer imports the spill file
     s.close()
     exactly_once(db, keys)
+
+
+def test_the_writer_exports_every_row_it_writes_to_the_otlp_collector(tmp_path: Path):
+    # Live requests (accounted there) and rows the proxy built itself (saved, recorded flows) alike.
+    from test_otel import Collector, _attrs, _spans
+
+    collector = Collector()
+    try:
+        s = StoreProcess(tmp_path / "t.db")
+        s.set_otlp(collector.url)
+        s.start()
+        now = time.time()
+        s.begin("live-1", _facts(now, "team-a"))
+        s.account(_finished("live-1", now, tokens=21))
+        s.submit(row("built-here", model="claude-sonnet-4-6", terminal_state="completed"))
+        s.close()  # the writer flushes its exporter before it exits
+        spans = _spans(collector)
+    finally:
+        collector.shutdown()
+    assert set(spans) == {"live-1", "built-here"}
+    live = _attrs(spans["live-1"].attributes)
+    assert live["gen_ai.usage.output_tokens"] == 2 and live["session.id"] == "team-a"

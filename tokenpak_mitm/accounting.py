@@ -24,7 +24,7 @@ from tokenpak_mitm.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER,
 from tokenpak_mitm.sessions import SessionTracker, Ticket, UsageFacts
 from tokenpak_mitm.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label, outcome
 
-__all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "Accountant", "Begin", "ConsoleSwitch", "Finished", "SessionFacts", "blind_until", "console_line", "identity_headers",
+__all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "Accountant", "Begin", "ConsoleSwitch", "OtlpSwitch", "Finished", "SessionFacts", "blind_until", "console_line", "identity_headers",
            "minimal_row", "safe_outcome"]
 
 # The only request headers the session tracker reads (session_id.identify).
@@ -66,6 +66,12 @@ class ConsoleSwitch(NamedTuple):
     """Print one line per accounted request, or not (the message to the writer process)."""
 
     on: bool
+
+
+class OtlpSwitch(NamedTuple):
+    """Export every written row to this OTLP/HTTP collector, or to none (the message to the writer process)."""
+
+    url: str | None
 
 
 class _Lookup:

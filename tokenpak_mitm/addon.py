@@ -45,7 +45,7 @@ from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.offload import Offloader
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
-from tokenpak_mitm.otel import OtelExporter, OtelUnavailable
+from tokenpak_mitm.otel import OtelExporter, OtelUnavailable, require_otel
 from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.pricing import warm as warm_prices
 from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
@@ -110,7 +110,8 @@ class TokenPak:
     def __init__(self) -> None:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowState] = weakref.WeakKeyDictionary()
         self.store: StoreProcess | TelemetryStore | None = None
-        self.otel: OtelExporter | None = None
+        self.otel: OtelExporter | None = None  # only with the in-process store; else the writer process exports
+        self._otlp = ""  # tokenpak_otlp
         self.rows_emitted = 0
         # Flows whose response went out and whose accounting waits for the next loop turn (see
         # `response`); flushed by `done`. Tasks: heavy bodies being read off the loop.
@@ -189,6 +190,8 @@ class TokenPak:
                 # the longest TTL? Their cache entries may still be live, unknown to this tracker.
                 self.accountant.sessions.blind_until = blind_until(last_request_at(path), time.time())
                 self.store = _make_store(path)
+                if isinstance(self.store, StoreProcess) and self._otlp:
+                    self.store.set_otlp(self._otlp)
                 self.store.start()
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
@@ -207,13 +210,18 @@ class TokenPak:
                 self.otel.shutdown()
                 self.otel = None
             url = opts.tokenpak_otlp
-            if url:
-                if not url.startswith(("http://", "https://")):
-                    raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
-                try:
+            if url and not url.startswith(("http://", "https://")):
+                raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
+            try:
+                if url and isinstance(self.store, StoreProcess):
+                    require_otel()  # the writer process exports every row it writes
+                elif url:
                     self.otel = OtelExporter(url)
-                except OtelUnavailable as e:
-                    raise exceptions.OptionsError(str(e)) from e
+            except OtelUnavailable as e:
+                raise exceptions.OptionsError(str(e)) from e
+            self._otlp = url
+            if isinstance(self.store, StoreProcess):
+                self.store.set_otlp(url or None)
 
     def running(self) -> None:
         self.started.set()
@@ -324,8 +332,7 @@ class TokenPak:
             return
         await self._request(flow, st)
         store = self.store
-        st.remote = (isinstance(store, StoreProcess) and st.live and not self._saving and self.otel is None
-                     and hooks.WANT_KEY not in flow.metadata)
+        st.remote = isinstance(store, StoreProcess) and st.live and not self._saving and hooks.WANT_KEY not in flow.metadata
         if st.route.api not in _CONVERSATION_APIS:
             return
         if st.remote:
@@ -685,7 +692,7 @@ class TokenPak:
             ended = None
         if st.ticket is not None:
             self._learn(st.ticket, ended, st.record)
-        if st.remote and ended is not None and isinstance(self.store, StoreProcess):
+        if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
         session: dict[str, Any] = {}

@@ -228,6 +228,15 @@ def _wrap_exporters(reporter: _FailureReporter) -> tuple[type, type]:
     return QuietSpanExporter, QuietMetricExporter
 
 
+def require_otel() -> None:
+    """Raise ``OtelUnavailable`` (with the install hint) unless the otel extra is installed."""
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError as e:
+        raise OtelUnavailable(f"{INSTALL_HINT} ({e})") from e
+
+
 class OtelExporter:
     """Send telemetry rows to an OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``).
 

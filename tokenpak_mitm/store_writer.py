@@ -46,7 +46,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from tokenpak_mitm.accounting import Accountant, Begin, ConsoleSwitch, Finished, SessionFacts, blind_until, console_line, minimal_row
+from tokenpak_mitm.accounting import Accountant, Begin, ConsoleSwitch, Finished, OtlpSwitch, SessionFacts, blind_until, console_line, minimal_row
 from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.store import (
     BATCH,
@@ -71,10 +71,10 @@ QUICK_DEATH = 5.0  # a writer that dies sooner than this after its start counts 
 _FRAME = struct.Struct("<I")  # each batch on the pipe: its pickled length, then the pickle
 
 
-# What the feeder sends: a row (a mapping), a finished request, or one of two notes. The classes
+# What the feeder sends: a row (a mapping), a finished request, or one of three notes. The classes
 # live in `accounting`, not here: the writer runs this module as __main__, and a class pickled
 # from here would be a different class there.
-_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch
+_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch | OtlpSwitch
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,6 +117,7 @@ class StoreProcess:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._unacked: OrderedDict[str, Mapping[str, Any] | Finished] = OrderedDict()
         self._console = False  # the writer prints the console line of each request it accounts
+        self._otlp: str | None = None  # and exports every row it writes to this collector
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -162,6 +163,12 @@ class StoreProcess:
         if on != self._console:
             self._console = on
             self._queue.put(ConsoleSwitch(on))
+
+    def set_otlp(self, url: str | None) -> None:
+        """Export every row the writer writes (spans and gen_ai metrics) to ``url``; None: stop."""
+        if url != self._otlp:
+            self._otlp = url
+            self._queue.put(OtlpSwitch(url))
 
     def close(self, timeout: float = 15.0) -> None:
         if self._closed.is_set():
@@ -297,6 +304,8 @@ class StoreProcess:
             argv += ["--console-fd", str(out)]
         if self._console:
             argv.append("--console")
+        if self._otlp:
+            argv += ["--otlp", self._otlp]
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
@@ -393,17 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The writer process: pickled batches on stdin (rows, and the two halves of each live
     request's accounting), acknowledgements on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
-    console, console_fd, rest = False, -1, []
+    console, console_fd, otlp, rest = False, -1, None, []
     while args:
         arg = args.pop(0)
         if arg == "--console":
             console = True
         elif arg == "--console-fd" and args and args[0].isdigit():
             console_fd = int(args.pop(0))
+        elif arg == "--otlp" and args:
+            otlp = args.pop(0)
         else:
             rest.append(arg)
     if len(rest) != 1:
-        sys.stderr.write("usage: python -m tokenpak_mitm.store_writer DB [--console] [--console-fd N]\n")
+        sys.stderr.write("usage: python -m tokenpak_mitm.store_writer DB [--console] [--console-fd N] [--otlp URL]\n")
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop: EOF on stdin
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -427,20 +438,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
     store.start()
     printer = _Printer(console_fd if console_fd >= 0 else 2, console)
+    spans = _Spans(otlp)
     failed = 0
     for batch in _frames(sys.stdin.buffer):
         for item in batch:
             try:
                 if isinstance(item, dict):
                     store.submit(item)
+                    spans.export(item)
                 elif isinstance(item, Finished):
                     row = accountant.close(item)
                     store.submit(row)
+                    spans.export(row)
                     printer.line(row)
                 elif isinstance(item, Begin):
                     accountant.open(*item)
                 elif isinstance(item, ConsoleSwitch):
                     printer.on = item.on
+                elif isinstance(item, OtlpSwitch):
+                    spans.switch(item.url)
             except ValueError as e:  # not a row of this schema: a bug, said once per row
                 log.error("tokenpak: store writer rejected a row (%s)", e)
             except Exception as e:  # noqa: BLE001 - one bad item must not stop the writer
@@ -448,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if failed <= 3:
                     log.error("tokenpak: store writer could not handle an item (%s: %s)", type(e).__name__, e)
     store.close(timeout=30.0)
+    spans.switch(None)  # flushes, bounded
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0
 
@@ -468,6 +485,30 @@ def _frames(stream: BinaryIO) -> Iterator[list[Any]]:
             continue
         if isinstance(batch, list):
             yield batch
+
+
+class _Spans:
+    """The OTLP exporter of the rows the writer writes (none when no collector is configured)."""
+
+    def __init__(self, url: str | None) -> None:
+        self._exporter: Any = None
+        self.switch(url)
+
+    def switch(self, url: str | None) -> None:
+        if self._exporter is not None:
+            self._exporter.shutdown()
+            self._exporter = None
+        if url:
+            from tokenpak_mitm.otel import OtelExporter, OtelUnavailable  # the optional extra, only when asked for
+
+            try:
+                self._exporter = OtelExporter(url)
+            except OtelUnavailable as e:
+                logging.getLogger("tokenpak.otel").error("tokenpak: %s", e)
+
+    def export(self, row: Mapping[str, Any]) -> None:
+        if self._exporter is not None:
+            self._exporter.export(row)
 
 
 class _Printer:
