@@ -264,7 +264,7 @@ async def test_a_bug_after_the_row_is_queued_stays_out_of_the_event_loop(addon, 
     def broken(row):
         raise RuntimeError("bug in the console line")
 
-    monkeypatch.setattr(addon_mod, "_console_line", broken)
+    monkeypatch.setattr(addon_mod, "console_line", broken)
     escaped: list[dict] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: escaped.append(context))
     f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
@@ -346,12 +346,12 @@ def test_a_silently_skipped_script_is_reported(tmp_path: Path):
 
 async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
     tp, _ = addon
-    import tokenpak_mitm.addon as addon_mod
+    import tokenpak_mitm.accounting as accounting_mod
 
     def broken(*args):
         raise RuntimeError("bug in build_row")
 
-    monkeypatch.setattr(addon_mod, "build_row", broken)
+    monkeypatch.setattr(accounting_mod, "build_row", broken)
     f = anthropic_flow()
     await drive_buffered(tp, f)
     assert len(tp.store.rows) == 1

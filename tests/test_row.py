@@ -12,7 +12,6 @@ from typing import Any, get_args, get_type_hints
 
 import pytest
 
-from tokenpak_mitm import addon as addon_mod
 from tokenpak_mitm import otel, report, row, store, telemetry
 from tokenpak_mitm.cache_planner import DECISIONS
 from tokenpak_mitm.dialects.base import Extract
@@ -160,19 +159,6 @@ def test_the_report_reads_the_row(tmp_path: Path):
     finally:
         conn.close()
     assert summary.requests == 1 and summary.tokens["input"] == 1 and summary.cost_usd == 1.5
-
-
-def test_the_console_line_reads_the_row():
-    line = addon_mod._console_line(full_row())
-    assert "in=1 cache_read=1 cache_write=1 out=1" in line and "error_response" in line
-
-
-def test_the_minimal_row_is_a_row():
-    route = classify("POST", "api.anthropic.com", "/v1/messages")
-    assert route is not None
-    rec = RequestRecord(request_key="k", route=route, started_at=1.0, host="api.anthropic.com", path="/v1/messages")
-    r = addon_mod._minimal_row(rec)
-    assert r.terminal_state == "proxy_error" and r.usage_source == "absent"
 
 
 def test_vocabularies_have_one_home():

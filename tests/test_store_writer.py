@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import stat
 import tempfile
 import time
@@ -17,9 +18,14 @@ import pytest
 from test_store_faults import exactly_once, keys_in, row, wait_until
 
 from tokenpak_mitm import store as store_mod
+from tokenpak_mitm.accounting import Finished, SessionFacts
+from tokenpak_mitm.dialects.base import Extract
 from tokenpak_mitm.doctor import check_losses
+from tokenpak_mitm.routes import classify
 from tokenpak_mitm.store import TelemetryStore, fallback_spill_path, losses, spill_paths
 from tokenpak_mitm.store_writer import StoreProcess
+from tokenpak_mitm.telemetry import RequestRecord, outcome
+from tokenpak_mitm.usage import Usage
 
 
 @pytest.fixture(autouse=True)
@@ -171,4 +177,70 @@ def test_a_writer_that_cannot_start_leaves_every_row_spilled_for_the_next_start(
     t = TelemetryStore(db)  # the next start (writer or not) imports them
     t.start()
     t.close()
+    exactly_once(db, keys)
+
+
+def _finished(key: str, started: float, tokens: int = 7) -> Finished:
+    route = classify("POST", "api.anthropic.com", "/v1/messages")
+    assert route is not None
+    rec = RequestRecord(request_key=key, route=route, started_at=started, host="api.anthropic.com", path="/v1/messages", status_code=200)
+    rec.extract = Extract(model="claude-sonnet-4-6", usage=Usage(input_tokens=tokens, output_tokens=2), usage_final=True, terminal_seen=True)
+    return Finished(rec, outcome(rec), started + 0.1, started + 0.2)
+
+
+def _facts(started: float, session: str) -> SessionFacts:
+    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return SessionFacts("anthropic", {"x-tokenpak-session": session}, "scope", started, body)
+
+
+def test_live_requests_are_accounted_in_the_writer_process(tmp_path: Path):
+    # The proxy sends what it saw; the writer's session tracker and row builder make the row.
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    s.start()
+    now = time.time()
+    for i in range(3):
+        s.begin(f"k{i}", _facts(now + i, "build-7"))
+        s.account(_finished(f"k{i}", now + i))
+    s.close()
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT request_key, session_id, session_source, turn, cost_usd, terminal_state FROM requests ORDER BY turn").fetchall()
+    con.close()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("k0", "build-7", "header", 1), ("k1", "build-7", "header", 2), ("k2", "build-7", "header", 3)]
+    assert all(r[4] and r[4] > 0 and r[5] == "completed" for r in rows)
+    assert s.acked == 3 and s.dropped == 0
+
+
+def test_the_writer_prints_the_console_line_on_the_proxys_output(tmp_path: Path, capfd: pytest.CaptureFixture[str]):
+    s = StoreProcess(tmp_path / "t.db")
+    s.set_console(True)
+    s.start()
+    s.account(_finished("c1", time.time(), tokens=11))
+    s.set_console(False)
+    s.account(_finished("c2", time.time(), tokens=13))
+    s.close()
+    out = capfd.readouterr().out
+    assert "tokenpak: anthropic/messages claude-sonnet-4-6 in=11 " in out
+    assert "in=13" not in out  # switched off before the second request
+
+
+def test_finished_requests_the_writer_never_acknowledged_are_spilled_as_rows(tmp_path: Path):
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    s.start()
+    assert wait_until(lambda: s.pid is not None)
+    pid = s.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    keys = [f"f{i}" for i in range(5)]
+    for k in keys:
+        s.account(_finished(k, time.time()))
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)  # dies holding them: the proxy builds their rows and spills them
+    assert wait_until(lambda: s.spilled_here == 5, timeout=10)
+    spilled = [json.loads(line) for line in spill_paths(db)[0].read_text().splitlines()]
+    assert sorted(r["request_key"] for r in spilled) == keys
+    assert all(r["output_tokens"] == 2 and r["cost_usd"] > 0 for r in spilled)  # full rows, priced
+    assert wait_until(lambda: len(keys_in(db)) == 5)  # the restarted writer imports the spill file
+    s.close()
     exactly_once(db, keys)

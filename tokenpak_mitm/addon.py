@@ -5,9 +5,11 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
 
 * **Traffic is never harmed.** Each hook body is guarded: on any exception of ours the flow goes
   on untouched and the row records ``proxy_error``. The stream callable returns every chunk
-  unchanged (see ``tap.py``). Nothing here blocks the event loop: a buffered response is sent
-  before its accounting runs (next loop turn), rows go to the store's writer process, and big
-  bodies are planned and fingerprinted in a worker process.
+  unchanged (see ``tap.py``). Only forwarding work stays on the event loop: planning the markers
+  (it decides the bytes sent upstream), a cheap record of what happened, and, once the response
+  is sent, reading its usage for the planner. The session tracker, the miss diagnosis, pricing,
+  the row and the console line of a live request run in the store's writer process
+  (``accounting.py``); big bodies are planned and fingerprinted in a worker process.
 * **Exactly one row per LLM request.** Per-flow state lives in a ``WeakKeyDictionary`` (no flow is
   kept alive) and an ``emitted`` flag guards ``response``/``error``; the store's unique key guards
   the rest.
@@ -35,9 +37,8 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
-from tokenpak_mitm.cache_facts import TTL_SECONDS
+from tokenpak_mitm.accounting import MINIMAL_OUTCOME, Accountant, Finished, SessionFacts, blind_until, console_line, identity_headers, minimal_row
 from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
-from tokenpak_mitm.cache_miss import miss_cost_usd
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
@@ -54,15 +55,14 @@ from tokenpak_mitm.request_model import request_model
 from tokenpak_mitm.request_shape import parse_shape
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
 from tokenpak_mitm.row import ClosedBy, TelemetryRow
-from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER, identify
-from tokenpak_mitm.sessions import SessionTracker, UsageFacts
+from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER
 from tokenpak_mitm.sessions import Ticket as SessionTicket
 from tokenpak_mitm.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap
-from tokenpak_mitm.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label, outcome
+from tokenpak_mitm.telemetry import Outcome, RequestRecord, outcome
 
 logger = logging.getLogger("tokenpak")
 
@@ -97,6 +97,9 @@ class _FlowState:
     labels: dict[str, str] = field(default_factory=dict)  # the x-tokenpak-* headers, taken off the request
     session_ticket: SessionTicket | None = None  # the session tracker's record of this request
     session_task: asyncio.Task[None] | None = None
+    # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
+    # decided when the request goes upstream, so the session's two halves are tracked in one place.
+    remote: bool = False
     req_headers: _HeaderView | None = None  # read once when the request is complete (labels included)
     resp_headers: _HeaderView | None = None  # read once when the flow ends (`_response_headers`)
 
@@ -129,7 +132,7 @@ class TokenPak:
         self._history = True  # tokenpak_cache_history
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
-        self.sessions = SessionTracker()
+        self.accountant = Accountant()  # for flows accounted here (see `_FlowState.remote`)
         self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -184,9 +187,11 @@ class TokenPak:
                     self.store.close()
                 # Before the store starts writing: were requests recorded by an earlier run within
                 # the longest TTL? Their cache entries may still be live, unknown to this tracker.
-                self.sessions.blind_until = _blind_until(last_request_at(path), time.time())
+                self.accountant.sessions.blind_until = blind_until(last_request_at(path), time.time())
                 self.store = _make_store(path)
                 self.store.start()
+        if isinstance(self.store, StoreProcess):
+            self.store.set_console(self._console)
 
         try:
             self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
@@ -318,9 +323,25 @@ class TokenPak:
         if st is None:
             return
         await self._request(flow, st)
-        if st.route.api in _CONVERSATION_APIS:
-            # After the hook returns: parsing and hashing the prompt must not delay the request.
-            st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
+        store = self.store
+        st.remote = (isinstance(store, StoreProcess) and st.live and not self._saving and self.otel is None
+                     and hooks.WANT_KEY not in flow.metadata)
+        if st.route.api not in _CONVERSATION_APIS:
+            return
+        if st.remote:
+            try:
+                store.begin(flow.id, self._session_facts(flow, st, with_body=True))  # type: ignore[union-attr]
+            except Exception:
+                logger.exception("tokenpak: could not hand the request to the session tracker; the row goes without it")
+            return
+        # After the hook returns: parsing and hashing the prompt must not delay the request.
+        st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
+
+    def _session_facts(self, flow: http.HTTPFlow, st: _FlowState, with_body: bool) -> SessionFacts:
+        req = flow.request
+        headers = st.req_headers or _HeaderView(req.headers, st.labels)
+        return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start,
+                            _shape_input(req, headers) if with_body else None)
 
     async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         st.req_headers = _HeaderView(flow.request.headers, st.labels)
@@ -343,20 +364,16 @@ class TokenPak:
 
     async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         """Decide the session and turn from what went upstream (markers included)."""
-        req = flow.request
-        shape, parsed = None, None
-        headers = st.req_headers or _HeaderView(req.headers, st.labels)
-        readable = _shape_input(req, headers)
-        if readable is not None:
-            if len(readable) > SHAPE_OFFLOAD_BYTES:
-                # ~0.7 ms per 200 KB (250 ms for 26k blocks): in the worker process, not a thread,
-                # which would hold the GIL the event loop needs; only the session hints and the
-                # shape come back.
-                parsed, shape = await self._offload.run(parse_shape, readable, st.route.dialect, True)
-            else:
-                parsed, shape = parse_shape(readable, st.route.dialect)
-        hint = identify(headers, parsed, st.route.dialect, self._scope(req, headers))
-        st.session_ticket = self.sessions.begin(hint, shape, req.timestamp_start)
+        facts = self._session_facts(flow, st, with_body=True)
+        readable = facts.body
+        if readable is not None and len(readable) > SHAPE_OFFLOAD_BYTES:
+            # ~0.7 ms per 200 KB (250 ms for 26k blocks): in the worker process, not a thread,
+            # which would hold the GIL the event loop needs; only the session hints and the
+            # shape come back.
+            parsed, shape = await self._offload.run(parse_shape, readable, st.route.dialect, True)
+            st.session_ticket = self.accountant.begin(facts, parsed, shape)
+        else:
+            st.session_ticket = self.accountant.begin(facts)
 
     def _scope(self, req: http.Request, headers: _HeaderView) -> str:
         key = (headers.get("x-api-key") or headers.get("authorization") or headers.get("x-goog-api-key")
@@ -370,17 +387,8 @@ class TokenPak:
             if st.session_task is not None:
                 st.session_task.cancel()  # still parsing when the flow ended (rare): no session columns
             return {}
-        usage = st.record.extract.usage
-        facts = None
-        if (st.route.dialect in _DIAGNOSED_DIALECTS and ended.state == "completed"
-                and ended.source == "final" and usage.input_tokens is not None):
-            began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
-            facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0, response_started=began)
-        outcome = self.sessions.finish(ticket, facts)
-        self.sessions.note_response(ticket, st.record.extract.response_id)
-        verdict = outcome.verdict
-        lost = miss_cost_usd(st.route.provider, ended.model, usage, verdict.expected_tokens) if verdict else None
-        cols: dict[str, Any] = {**outcome.columns(), "miss_cost_usd": lost}
+        began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
+        cols = self.accountant.columns(ticket, st.record, ended, began)
         stashed = st.earlier.get("session") if st.earlier is not None else None
         if not st.live and isinstance(stashed, dict):
             cols = {k: stashed.get(k) for k in cols}  # a replay: the live run's session and verdict, so the rows match
@@ -675,22 +683,24 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             ended = None
+        if st.ticket is not None:
+            self._learn(st.ticket, ended, st.record)
+        if st.remote and ended is not None and isinstance(self.store, StoreProcess):
+            self._account_remotely(flow, st, ended, self.store)
+            return
         session: dict[str, Any] = {}
         try:
-            session = self._finish_session(flow, st, ended or _MINIMAL_OUTCOME)
+            session = self._finish_session(flow, st, ended or MINIMAL_OUTCOME)
         except Exception:
             logger.exception("tokenpak: could not diagnose the request's cache; the row goes without it")
         row: TelemetryRow | None = None
-        if ended is not None:
-            try:
-                row = build_row(st.record, ended, session)
-            except Exception:
-                logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
+        try:
+            row = self.accountant.row(st.record, ended, session)
+        except Exception:
+            logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
         if row is None:
-            row = _minimal_row(st.record, session)
+            row = minimal_row(st.record, session)
         self.rows_emitted += 1
-        if st.ticket is not None:
-            self._learn(st.ticket, row)
         if hooks.wanted(flow, hooks.ROW):  # before the write: a live checker may annotate the row
             slot = hooks.RowSlot(row)
             hooks.fire(hooks.TokenpakRowHook(flow, slot))
@@ -700,15 +710,33 @@ class TokenPak:
         if self.otel is not None:
             self.otel.export(row)
         if self._console:
-            logger.info(_console_line(row))
+            logger.info(console_line(row))
 
-    def _learn(self, ticket: Ticket, row: TelemetryRow) -> None:
+    def _account_remotely(self, flow: http.HTTPFlow, st: _FlowState, ended: Outcome, store: StoreProcess) -> None:
+        """Hand the finished request to the writer process, which builds, writes and prints its row.
+
+        The error text is redacted here, with this request's own secrets, which never leave the proxy.
+        """
+        rec = st.record
+        try:
+            if rec.known_secrets:
+                ended = ended._replace(error=redact_text(ended.error, rec.known_secrets))
+                rec.known_secrets = ()
+            began = flow.response.timestamp_start if flow.response is not None else None
+            store.account(Finished(rec, ended, began, time.time()))
+        except Exception:
+            logger.exception("tokenpak: could not hand the request to the store; recording a minimal row")
+            store.submit(minimal_row(rec))
+        self.rows_emitted += 1
+
+    def _learn(self, ticket: Ticket, ended: Outcome | None, rec: RequestRecord) -> None:
         """Feed the response's usage back to the learning planner (calibration, lost cache entries)."""
         try:
-            if row.terminal_state != "completed" and not row.input_tokens:
+            usage = rec.extract.usage
+            if ended is None or (ended.state != "completed" and not usage.input_tokens):
                 self.memory.index.forget(ticket.recorded)  # nothing was written upstream
                 return
-            read, write, fresh = row.cache_read_tokens, row.cache_write_tokens, row.input_tokens
+            read, write, fresh = usage.cache_read_tokens, usage.cache_write_tokens, usage.input_tokens
             prompt = None if fresh is None else fresh + (read or 0) + (write or 0)
             observe_usage(self.memory, ticket, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
         except Exception:
@@ -786,16 +814,6 @@ def _shutting_down() -> bool:
         return False
 
 
-def _blind_until(last: float | None, now: float) -> float | None:
-    """Until when this run cannot know what an earlier run cached (its last request + the longest TTL)."""
-    if last is None:
-        return None
-    until = min(last, now) + TTL_SECONDS["1h"]  # the longest Anthropic TTL (the diagnosis is Anthropic's)
-    return until if until > now else None
-
-
-_MINIMAL_OUTCOME = Outcome("proxy_error", "absent", "telemetry_error", None)  # as `_minimal_row` says
-_DIAGNOSED_DIALECTS = frozenset({"anthropic", "openai_chat", "openai_responses"})  # Gemini: sessions only
 _CONVERSATION_APIS = frozenset({"messages", "chat.completions", "responses", "generate_content"})
 
 
@@ -894,38 +912,5 @@ def watch_startup(addon: TokenPak, grace: float | None = None) -> None:
     threading.Thread(target=watch, name="tokenpak-startup-watch", daemon=True).start()
 
 
-def _minimal_row(rec: RequestRecord, session: dict[str, Any] | None = None) -> TelemetryRow:
-    """The row that is still written when building the real one failed: the request is counted
-    (with its session columns, when the session tracker could give them)."""
-    return TelemetryRow(
-        request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
-        route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
-        billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
-        usage_source="absent", error="telemetry_error", proxy_version=__version__, **(session or {}),
-    )
-
-
 def _ms(seconds: float) -> float:
     return round(max(0.0, seconds) * 1000.0, 3)
-
-
-def _console_line(row: TelemetryRow) -> str:
-    def n(v: int | None) -> str:
-        return "-" if v is None else str(v)
-
-    cost = row.cost_usd
-    ttft, dur = row.ttft_ms, row.duration_ms
-    err = error_label(row)
-    timing = f"ttft={ttft:.0f}ms" if ttft is not None else f"dur={dur:.0f}ms" if dur is not None else "ttft=-"
-    reason = row.cache_miss_reason
-    miss = ""
-    if reason:
-        lost = row.miss_cost_usd
-        miss = f" miss={reason}" + (f"(+${lost:.6f})" if lost else "")
-    return (
-        f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
-        f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
-        f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
-        f"cost={'unknown' if cost is None else f'${cost:.6f}'} {timing} "
-        f"{row.terminal_state}{f' {err}' if err else ''}{miss}"
-    )

@@ -6,10 +6,16 @@ holds the mapping; with the store inside mitmdump that killed the proxy and all 
 So the proxy keeps no SQLite connection at all:
 
 * ``StoreProcess`` (in the proxy) queues rows from the event loop (a plain append, as before);
-  a feeder thread sends them in batches, one JSON line per batch, to the writer process's stdin.
+  a feeder thread sends them in batches, one pickled frame per batch, to the writer process's stdin.
+* It also carries the accounting of live requests (``accounting.py``), so that the session
+  tracker, the miss diagnosis, pricing, the row and the console line cost the proxy's event loop
+  nothing: ``begin`` sends what the session tracker reads of a request as it goes upstream,
+  ``account`` sends the finished request's record, and the writer's ``Accountant`` builds the row.
 * The writer process (``python -m tokenpak_mitm.store_writer DB``) runs ``TelemetryStore`` and
   acknowledges each row once it is durable (written to the database or appended to a spill file),
-  or once it has counted it as lost (so no row is counted twice).
+  or once it has counted it as lost (so no row is counted twice). A finished request whose row the
+  writer never acknowledged is built into its row by the proxy (without its session columns: the
+  writer's tracker had them) and spilled like any other.
 * The proxy keeps every row it sent until it is acknowledged. When the writer dies (SIGBUS,
   OOM kill, anything), the unacknowledged rows are appended to the spill file by the proxy
   (plain file appends, no memory map) and a new writer is started, with a back-off; it imports
@@ -27,17 +33,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import queue
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
+from tokenpak_mitm.accounting import Accountant, Begin, ConsoleSwitch, Finished, SessionFacts, blind_until, console_line, minimal_row
 from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.store import (
     BATCH,
@@ -46,6 +55,7 @@ from tokenpak_mitm.store import (
     MAX_PENDING,
     TelemetryStore,
     append_jsonl,
+    last_request_at,
     record_loss,
     spill_paths,
 )
@@ -58,10 +68,43 @@ RESTART_BACKOFF = (0.2, 1.0, 5.0)  # seconds before the 1st, 2nd, 3rd+ restart a
 QUICK_DEATH = 5.0  # a writer that dies sooner than this after its start counts towards the back-off
 
 
+_FRAME = struct.Struct("<I")  # each batch on the pipe: its pickled length, then the pickle
+
+
+# What the feeder sends: a row (a mapping), a finished request, or one of two notes. The classes
+# live in `accounting`, not here: the writer runs this module as __main__, and a class pickled
+# from here would be a different class there.
+_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch
+
+
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row as a dict; a ``TelemetryRow`` by its fields directly (``dict(row)`` goes through the
     mapping protocol, a checked lookup per column: ~20 µs of the feeder thread's GIL per row)."""
     return row.as_dict() if isinstance(row, TelemetryRow) else dict(row)
+
+
+def _wire(item: _Item) -> object:
+    return _plain(item) if isinstance(item, Mapping) else item
+
+
+def _key(item: _Item) -> str | None:
+    """The request key of an item that becomes a row (acknowledged by the writer), else None."""
+    if isinstance(item, Finished):
+        return item.record.request_key
+    if isinstance(item, Mapping):
+        return str(item["request_key"])
+    return None
+
+
+def _as_row(item: Mapping[str, Any] | Finished) -> Mapping[str, Any]:
+    """What is spilled for an unacknowledged item: a finished request becomes its row here
+    (without session columns: they were the writer's)."""
+    if isinstance(item, Finished):
+        try:
+            return Accountant.row(item.record, item.ended, {}).as_dict()
+        except Exception:  # noqa: BLE001 - the request is still counted
+            return minimal_row(item.record).as_dict()
+    return item
 
 
 class StoreProcess:
@@ -71,8 +114,9 @@ class StoreProcess:
         self.path = Path(path).expanduser()
         self.spill_path = spill_paths(self.path)[0]
         self._python = python or sys.executable
-        self._queue: queue.SimpleQueue[Mapping[str, Any] | None] = queue.SimpleQueue()
-        self._unacked: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._unacked: OrderedDict[str, Mapping[str, Any] | Finished] = OrderedDict()
+        self._console = False  # the writer prints the console line of each request it accounts
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -98,6 +142,26 @@ class StoreProcess:
             self._spill_or_lose([row], "submitted after the store closed")
             return
         self._queue.put(row)  # a TelemetryRow (or a mapping): serialized on the feeder thread
+
+    # The accounting of live requests, in the writer process (see the module's docstring).
+    accounts = True
+
+    def begin(self, key: str, facts: SessionFacts) -> None:
+        """A request went upstream: the writer's session tracker decides its session and turn."""
+        if not self._closed.is_set():
+            self._queue.put(Begin(key, facts))
+
+    def account(self, done: Finished) -> None:
+        """A request ended: the writer builds, writes and (console on) prints its row."""
+        if self._closed.is_set():
+            self._spill_or_lose([_as_row(done)], "submitted after the store closed")
+            return
+        self._queue.put(done)
+
+    def set_console(self, on: bool) -> None:
+        if on != self._console:
+            self._console = on
+            self._queue.put(ConsoleSwitch(on))
 
     def close(self, timeout: float = 15.0) -> None:
         if self._closed.is_set():
@@ -140,14 +204,16 @@ class StoreProcess:
             batch, stop = self._next_batch()
             if batch:
                 with self._lock:
-                    for row in batch:
-                        self._unacked[str(row["request_key"])] = row
+                    for item in batch:
+                        key = _key(item)
+                        if key is not None:
+                            self._unacked[key] = item  # type: ignore[assignment]  # rows and finished requests
                 self._send(batch)
             self._watch()
         self._stop_writer()
 
-    def _next_batch(self) -> tuple[list[Mapping[str, Any]], bool]:
-        batch: list[Mapping[str, Any]] = []
+    def _next_batch(self) -> tuple[list[_Item], bool]:
+        batch: list[_Item] = []
         try:
             item = self._queue.get(timeout=FLUSH_INTERVAL)
             if item is None:
@@ -163,13 +229,13 @@ class StoreProcess:
             pass
         return batch, False
 
-    def _send(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def _send(self, items: Sequence[_Item]) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return  # kept unacknowledged; _watch spills them
-        line = json.dumps([_plain(r) for r in rows], separators=(",", ":"), default=str).encode() + b"\n"
+        data = pickle.dumps([_wire(i) for i in items], protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            proc.stdin.write(line)
+            proc.stdin.write(_FRAME.pack(len(data)) + data)
             proc.stdin.flush()
         except (OSError, ValueError):
             pass  # the writer is gone; _watch sees it
@@ -191,9 +257,9 @@ class StoreProcess:
         """A stuck writer must not grow the proxy's memory: spill the oldest beyond the bound."""
         with self._lock:
             over = len(self._unacked) - MAX_PENDING
-            rows = [self._unacked.popitem(last=False)[1] for _ in range(max(0, over))]
-        if rows:
-            self._spill_or_lose(rows, "the store writer is not keeping up")
+            items = [self._unacked.popitem(last=False)[1] for _ in range(max(0, over))]
+        if items:
+            self._spill_or_lose(items, "the store writer is not keeping up")
 
     def _reap(self, proc: subprocess.Popen[bytes], why: str) -> None:
         if self._reader is not None:
@@ -209,27 +275,41 @@ class StoreProcess:
 
     def _spill_unacked(self, why: str) -> int:
         with self._lock:
-            rows = list(self._unacked.values())
+            items = list(self._unacked.values())
             self._unacked.clear()
-        if rows:
-            self._spill_or_lose(rows, why)
-        return len(rows)
+        if items:
+            self._spill_or_lose(items, why)
+        return len(items)
 
     def _spawn(self) -> None:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        out = -1
+        try:
+            # The console lines it prints go where the proxy's own lines go (fd 1; its stdout is the
+            # acknowledgement pipe): a duplicate of the proxy's fd 1, one write per line.
+            out = os.dup(1)
+        except OSError:
+            pass
+        argv = [self._python, "-m", "tokenpak_mitm.store_writer", str(self.path)]
+        if out >= 0:
+            argv += ["--console-fd", str(out)]
+        if self._console:
+            argv.append("--console")
         try:
             proc = subprocess.Popen(
-                [self._python, "-m", "tokenpak_mitm.store_writer", str(self.path)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
-                start_new_session=True, close_fds=True,
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
+                start_new_session=True, close_fds=True, pass_fds=(out,) if out >= 0 else (),
             )
         except OSError as e:
             self._spawned_at = time.monotonic()
             self._next_spawn = self._spawned_at + RESTART_BACKOFF[-1]
             logger.warning("tokenpak: cannot start the store writer (%s); rows are spilled to %s meanwhile", e, self.spill_path)
             return
+        finally:
+            if out >= 0:
+                os.close(out)
         if self._spawned_at:
             self.restarts += 1
         self._spawned_at = time.monotonic()
@@ -281,7 +361,8 @@ class StoreProcess:
         self._spill_unacked("not acknowledged by the store writer at shutdown")
 
     # -- files (no SQLite in this process) -----------------------------------------------------
-    def _spill_or_lose(self, rows: Sequence[Mapping[str, Any]], why: str) -> None:
+    def _spill_or_lose(self, items: Sequence[Mapping[str, Any] | Finished], why: str) -> None:
+        rows = [_as_row(i) for i in items]
         error = ""
         for path in spill_paths(self.path):
             try:
@@ -309,13 +390,24 @@ def _exit_text(code: int | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The writer process: JSON-line batches of rows on stdin, acknowledgements on stdout."""
+    """The writer process: pickled batches on stdin (rows, and the two halves of each live
+    request's accounting), acknowledgements on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m tokenpak_mitm.store_writer DB\n")
+    console, console_fd, rest = False, -1, []
+    while args:
+        arg = args.pop(0)
+        if arg == "--console":
+            console = True
+        elif arg == "--console-fd" and args and args[0].isdigit():
+            console_fd = int(args.pop(0))
+        else:
+            rest.append(arg)
+    if len(rest) != 1:
+        sys.stderr.write("usage: python -m tokenpak_mitm.store_writer DB [--console] [--console-fd N]\n")
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop: EOF on stdin
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    log = logging.getLogger("tokenpak.store")
     out = sys.stdout.buffer
     lock = threading.Lock()
 
@@ -327,23 +419,70 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ValueError):
                 pass  # the proxy is gone; rows still reach the database or the spill file
 
-    store = TelemetryStore(args[0], on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
+    db = rest[0]
+    accountant = Accountant()
+    # Until an hour after the database's newest request this tracker cannot know what was cached
+    # before it started (an earlier proxy run, or this writer before a restart).
+    accountant.sessions.blind_until = blind_until(last_request_at(db), time.time())
+    store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
     store.start()
-    for line in sys.stdin.buffer:
-        try:
-            rows = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rows, list):
-            for row in rows:
-                if isinstance(row, dict):
-                    try:
-                        store.submit(row)
-                    except ValueError as e:  # not a row of this schema: a bug, said once per row
-                        logging.getLogger("tokenpak.store").error("tokenpak: store writer rejected a row (%s)", e)
+    printer = _Printer(console_fd if console_fd >= 0 else 2, console)
+    failed = 0
+    for batch in _frames(sys.stdin.buffer):
+        for item in batch:
+            try:
+                if isinstance(item, dict):
+                    store.submit(item)
+                elif isinstance(item, Finished):
+                    row = accountant.close(item)
+                    store.submit(row)
+                    printer.line(row)
+                elif isinstance(item, Begin):
+                    accountant.open(*item)
+                elif isinstance(item, ConsoleSwitch):
+                    printer.on = item.on
+            except ValueError as e:  # not a row of this schema: a bug, said once per row
+                log.error("tokenpak: store writer rejected a row (%s)", e)
+            except Exception as e:  # noqa: BLE001 - one bad item must not stop the writer
+                failed += 1
+                if failed <= 3:
+                    log.error("tokenpak: store writer could not handle an item (%s: %s)", type(e).__name__, e)
     store.close(timeout=30.0)
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0
+
+
+def _frames(stream: BinaryIO) -> Iterator[list[Any]]:
+    """The batches the proxy sent, until EOF (a torn last frame is dropped: the proxy spills what we did not acknowledge)."""
+    while True:
+        head = stream.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        (size,) = _FRAME.unpack(head)
+        data = stream.read(size)
+        if len(data) < size:
+            return
+        try:
+            batch = pickle.loads(data)  # noqa: S301 - from the proxy that started us, over our own pipe
+        except Exception:  # noqa: BLE001 - a frame we cannot read: its rows stay unacknowledged and are spilled
+            continue
+        if isinstance(batch, list):
+            yield batch
+
+
+class _Printer:
+    """The console line of each request the writer accounts, one write per line to the proxy's output."""
+
+    def __init__(self, fd: int, on: bool) -> None:
+        self.fd, self.on = fd, on
+
+    def line(self, row: TelemetryRow) -> None:
+        if not self.on:
+            return
+        try:
+            os.write(self.fd, (console_line(row) + "\n").encode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - a closed terminal costs the line, not the row
+            pass
 
 
 if __name__ == "__main__":
