@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -143,6 +144,103 @@ def run_learning_insert_bench(budget: float) -> dict[str, object]:
             "plan_new_memory_ms": fresh_s * 1e3, "parse_shape_ms": parse_shape_s * 1e3, "markers": fresh.markers_inserted}
 
 
+QUESTION = "What changed since the last report?"
+
+
+def large_openai_request(api: str, target_bytes: int = 200 * 1024) -> bytes:
+    """``bench.frames.large_request`` as a GPT-5.6 request of the other dialects: Chat Completions
+    (the 40 KB system prompt as a system message, function tools, user turns as text parts,
+    assistant turns as strings, a tool call and its result every fourth turn) or Responses
+    (``instructions``, function tools, ``input_text`` / ``output_text`` message items, a
+    ``function_call`` and its ``function_call_output`` every fourth turn); the last item is a user
+    question, ``QUESTION``."""
+    source = json.loads(large_request(target_bytes))
+    system = source["system"][0]["text"]
+    body: dict[str, object]
+    if api == "openai_chat":
+        messages: list[dict[str, object]] = [{"role": "system", "content": system}]
+        for i, m in enumerate(source["messages"]):
+            text = m["content"][0]["text"] if isinstance(m["content"], list) else m["content"]
+            if m["role"] == "user":
+                messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
+            elif i % 4 == 1:
+                call = {"id": f"call_{i}", "type": "function", "function": {"name": "tool_0", "arguments": '{"path":"a.txt"}'}}
+                messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                             {"role": "tool", "tool_call_id": f"call_{i}", "content": text}]
+            else:
+                messages.append({"role": "assistant", "content": text})
+        messages.append({"role": "user", "content": QUESTION})
+        tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"], "parameters": t["input_schema"]}}
+                 for t in source["tools"]]
+        body = {"model": "gpt-5.6", "max_completion_tokens": 1024, "tools": tools, "messages": messages}
+    else:
+        items: list[dict[str, object]] = []
+        for i, m in enumerate(source["messages"]):
+            text = m["content"][0]["text"] if isinstance(m["content"], list) else m["content"]
+            if m["role"] == "user":
+                items.append({"role": "user", "content": [{"type": "input_text", "text": text}]})
+            elif i % 4 == 1:
+                items += [{"type": "function_call", "call_id": f"call_{i}", "name": "tool_0", "arguments": '{"path":"a.txt"}'},
+                          {"type": "function_call_output", "call_id": f"call_{i}", "output": text}]
+            else:
+                items.append({"role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        items.append({"role": "user", "content": [{"type": "input_text", "text": QUESTION}]})
+        tools = [{"type": "function", "name": t["name"], "description": t["description"], "parameters": t["input_schema"]}
+                 for t in source["tools"]]
+        body = {"model": "gpt-5.6", "max_output_tokens": 1024, "instructions": system, "tools": tools, "input": items}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def p50_seconds(fn: Callable[[], object], budget: float, setup: Callable[[], object] = lambda: None) -> float:
+    """Median time of one call (``setup`` run untimed before each), from enough repeats to fill about ``budget`` seconds."""
+    setup()
+    once = timeit.timeit(fn, number=1)
+    repeat = max(5, min(200, int(budget / max(once, 1e-6))))
+    return statistics.median(timeit.repeat(fn, setup, number=1, repeat=repeat))
+
+
+def run_openai_insert_bench(budget: float) -> list[dict[str, object]]:
+    """``insert_openai_breakpoint`` on a 200 KB GPT-5.6 Chat Completions and Responses body, as the
+    addon runs it: the learning planner with one memory and a turn every 30 s (the same body, each
+    response begun: its history says the prefix is shared and cached), and with an empty memory
+    each time (no history). Both splice a breakpoint."""
+    from tokenpak_mitm.learning_planner import Memory
+    from tokenpak_mitm.openai_cache import insert_openai_breakpoint
+
+    rows: list[dict[str, object]] = []
+    for api in ("openai_chat", "openai_responses"):
+        body = large_openai_request(api)
+        head, tail = body.rsplit(QUESTION.encode(), 1)
+        memory = Memory()
+        clock = iter(range(10**9))
+        turn: list[tuple[bytes, float]] = []
+
+        def next_turn(head: bytes = head, tail: bytes = tail, turn: list[tuple[bytes, float]] = turn, clock: Iterator[int] = clock) -> None:
+            n = next(clock)  # untimed: a new question 30 s after the last one
+            turn[:] = [(head + f"Question {n}: what changed?".encode() + tail, 1000.0 + 30.0 * n)]
+
+        def history(api: str = api, memory: Memory = memory, turn: list[tuple[bytes, float]] = turn) -> object:
+            body, now = turn[0]
+            res = insert_openai_breakpoint(body, None, api, memory=memory, now=now)  # type: ignore[arg-type]
+            if res.ticket is not None:
+                memory.index.response_began(res.ticket.recorded)  # as the addon does once the response begins
+            return res
+
+        def fresh(body: bytes = body, api: str = api) -> object:
+            return insert_openai_breakpoint(body, None, api, memory=Memory(), now=0.0)  # type: ignore[arg-type]
+
+        first = insert_openai_breakpoint(body, None, api, memory=Memory(), now=0.0)  # type: ignore[arg-type]
+        assert first.decision == "inserted", first.decision
+        history_s = p50_seconds(history, budget, next_turn)
+        next_turn()
+        again = history()
+        assert again.decision == "inserted", again.decision  # type: ignore[attr-defined]
+        rows.append({"bench": f"insert_openai_breakpoint, {api} (200 KB)", "bytes": len(body),
+                     "history_p50_us": history_s * 1e6, "no_history_p50_us": p50_seconds(fresh, budget) * 1e6,
+                     "markers": first.markers_inserted})
+    return rows
+
+
 def run_session_bench(budget: float) -> dict[str, object]:
     """The session tracker's work per request on the 200 KB request: fingerprint it, then begin + finish."""
     import json as _json
@@ -175,12 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=5_000, help="frames in the benchmark stream")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per case")
     ap.add_argument("--json", type=Path, default=RESULTS / "micro.json")
+    ap.add_argument("--openai-only", action="store_true", help="only the OpenAI insertion case (printed, not written)")
     args = ap.parse_args(argv)
+    if args.openai_only:
+        for row in run_openai_insert_bench(args.budget):
+            print(f"{row['bench']}: {row['bytes']:,} bytes, p50 {row['history_p50_us']:,.0f} µs with history, "
+                  f"{row['no_history_p50_us']:,.0f} µs with an empty memory, {row['markers']} breakpoints")
+        return 0
     rows = run_stream_benches(args.frames, args.budget)
     rows.append(run_big_frame_bench(args.budget))
     insert = run_insert_bench(args.budget)
     learning = run_learning_insert_bench(args.budget)
     session = run_session_bench(args.budget)
+    openai = run_openai_insert_bench(args.budget)
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"hot paths, best of N (stream: {args.frames} frames, mostly content_block_delta)")
     for col in ("bench", "chunks", "MB/s", "frames/s", "ns/frame"):
@@ -203,11 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"session tracker on the same request ({session['blocks']} blocks, shape_of a parsed request, no byte "
                   f"map): json.loads {session['parse_ms']:.2f} ms, fingerprints "
                   f"{session['shape_ms']:.2f} ms, begin+finish {session['track_ms']:.2f} ms")
+    for row in openai:
+        console.print(f"{row['bench']}: {row['bytes']:,} bytes, p50 {row['history_p50_us']:,.0f} µs with history "
+                      f"(one memory, a turn every 30 s), {row['no_history_p50_us']:,.0f} µs with an empty memory, "
+                      f"{row['markers']} breakpoints")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"stream": rows, "insert_markers": insert, "learning_planner": learning,
-                                     "session_tracker": session}, indent=2) + "\n")
+                                     "session_tracker": session, "openai_insert": openai}, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

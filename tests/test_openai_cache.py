@@ -282,3 +282,200 @@ def test_whatever_the_planner_decides_is_exactly_what_goes_upstream(messages, st
         for memory, t in ((live, res.ticket), (shadow, ticket)):
             if t is not None:
                 memory.index.response_began(t.recorded)
+
+
+# ---- the one pass: the client's bytes of each block, proven to be that block ---------------------
+# `_insert` parses and maps the body in one pass (`jsonscan.parse_and_scan`) and hands the planner
+# the client's bytes of every block (`_raw_blocks`), which `prefix_index.boundaries` hashes where
+# they are canonical. A block given the wrong bytes would fingerprint wrongly and corrupt the
+# planner's memory, so: every address holds exactly its block, for every item shape the planner
+# fingerprints and any spelling of the body, and the result is the two-pass path's, field for field.
+
+import random  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+from spelling import raw_threshold, spell  # noqa: E402
+
+from tokenpak_mitm import openai_cache, prefix_index  # noqa: E402
+from tokenpak_mitm.jsonscan import agrees_with, parse_and_scan  # noqa: E402
+from tokenpak_mitm.prefix_index import prompt_blocks  # noqa: E402
+
+S_TEXT = st.text(st.characters(codec="utf-8"), max_size=20) | st.sampled_from(["", 'a "q" \\ / \n\t\x01 é ☃ 𝄞', "instructions", "input"])
+LONG = st.builds(lambda words, n: (" ".join(words) + " ") * n,
+                 st.lists(st.sampled_from(["cache", "prefix", 'quote"d', "back\\slash", "line\n", "tab\t", "é", "☃", "/", "𝄞"]),
+                          min_size=1, max_size=5), st.integers(20, 700))
+ANY_TEXT = S_TEXT | LONG
+S_JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | S_TEXT,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(S_TEXT, inner, max_size=3), max_leaves=6)
+CALL = st.builds(lambda i, n, a: {"id": i, "type": "function", "function": {"name": n, "arguments": a}}, S_TEXT, S_TEXT, S_TEXT)
+CHAT_PART = st.one_of(
+    st.builds(lambda t: {"type": "text", "text": t}, ANY_TEXT),
+    st.builds(lambda u: {"type": "image_url", "image_url": {"url": u, "detail": "auto"}}, S_TEXT),
+    st.builds(lambda d: {"type": "input_audio", "input_audio": {"data": d, "format": "wav"}}, S_TEXT),
+    S_JSON,
+)
+CHAT_MESSAGE = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "developer", "user", "assistant", "tool"]),
+                           "content": ANY_TEXT | st.none() | st.lists(CHAT_PART, max_size=3)},
+                          optional={"name": S_TEXT}),
+    st.fixed_dictionaries({"role": st.just("assistant"), "tool_calls": st.lists(CALL, min_size=1, max_size=2)},
+                          optional={"content": st.none() | S_TEXT, "refusal": st.none()}),
+    st.fixed_dictionaries({"role": st.just("tool"), "tool_call_id": S_TEXT, "content": ANY_TEXT | st.lists(CHAT_PART, max_size=2)}),
+    S_JSON,
+)
+CHAT_TOOL = st.builds(lambda n, d, p: {"type": "function", "function": {"name": n, "description": d, "parameters": p}}, S_TEXT, ANY_TEXT, S_JSON) | S_JSON
+CHAT_BODY = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt-5.6", "gpt-5.6-sol", "gpt-6-luna"]), "messages": st.lists(CHAT_MESSAGE, max_size=6)},
+    optional={"tools": st.lists(CHAT_TOOL, max_size=3), "temperature": st.floats(0, 2), "tool_choice": st.just("auto"),
+              "max_completion_tokens": st.integers(1, 4096), "stream": st.booleans()},
+)
+RESPONSES_PART = st.one_of(
+    st.builds(lambda t: {"type": "input_text", "text": t}, ANY_TEXT),
+    st.builds(lambda t: {"text": t, "type": "input_text"}, ANY_TEXT),  # another key order: not the exact canonical form
+    st.builds(lambda t: {"type": "output_text", "text": t, "annotations": []}, ANY_TEXT),
+    st.builds(lambda u: {"type": "input_image", "image_url": u, "detail": "auto"}, S_TEXT),
+    st.builds(lambda f: {"type": "input_file", "file_id": f}, S_TEXT),
+    S_JSON,
+)
+RESPONSES_ITEM = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "developer", "user", "assistant"]),
+                           "content": ANY_TEXT | st.lists(RESPONSES_PART, max_size=3)},
+                          optional={"type": st.just("message"), "id": S_TEXT, "status": st.just("completed")}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": S_TEXT, "name": S_TEXT, "arguments": ANY_TEXT},
+                          optional={"id": S_TEXT}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": S_TEXT,
+                           "output": ANY_TEXT | st.lists(RESPONSES_PART, max_size=3)}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": S_TEXT,  # content AND output: content wins
+                           "output": st.lists(RESPONSES_PART, max_size=2), "content": ANY_TEXT | st.lists(RESPONSES_PART, max_size=2)}),
+    st.fixed_dictionaries({"type": st.just("reasoning"), "id": S_TEXT,
+                           "summary": st.lists(st.builds(lambda t: {"type": "summary_text", "text": t}, ANY_TEXT), max_size=2)},
+                          optional={"encrypted_content": ANY_TEXT,
+                                    "content": st.lists(st.builds(lambda t: {"type": "reasoning_text", "text": t}, ANY_TEXT), max_size=2)}),
+    st.fixed_dictionaries({"type": st.sampled_from(["web_search_call", "file_search_call", "computer_call", "item_reference"]),
+                           "id": S_TEXT}, optional={"status": st.just("completed"), "action": S_JSON}),
+    S_JSON,
+)
+RESPONSES_TOOL = st.builds(lambda n, d, p: {"type": "function", "name": n, "description": d, "parameters": p}, S_TEXT, ANY_TEXT, S_JSON) | S_JSON
+RESPONSES_BODY = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt-5.6", "gpt-5.6-sol", "gpt-6-luna"]),
+     "input": ANY_TEXT | st.lists(RESPONSES_ITEM, max_size=6)},
+    optional={"instructions": ANY_TEXT | st.none() | st.lists(RESPONSES_ITEM, max_size=2),
+              "system": ANY_TEXT | st.lists(st.builds(lambda t: {"type": "text", "text": t}, ANY_TEXT), max_size=2),  # a decoy
+              "tools": st.lists(RESPONSES_TOOL, max_size=3), "max_output_tokens": st.integers(1, 4096),
+              "reasoning": st.just({"effort": "low"}), "store": st.booleans()},
+)
+BODIES = st.one_of(st.tuples(st.just("openai_chat"), CHAT_BODY), st.tuples(st.just("openai_responses"), RESPONSES_BODY))
+
+
+def shuffled(value: object, rnd: random.Random) -> object:
+    """`value` with every object's members in a random order (the client's key order is kept by both paths)."""
+    if isinstance(value, dict):
+        items = list(value.items())
+        rnd.shuffle(items)
+        return {k: shuffled(v, rnd) for k, v in items}
+    if isinstance(value, list):
+        return [shuffled(v, rnd) for v in value]
+    return value
+
+
+def spelled_body(request: dict, seed: int, style: int) -> bytes:
+    """Any spelling: compact canonical, json.dumps' default and indented (ASCII-escaped or not), or
+    spelling.spell's (whitespace, \\u and \\/ escapes, -0, exponents, earlier duplicate names)."""
+    rnd = random.Random(seed)
+    value = shuffled(request, rnd)
+    if style == 0:
+        return spell(value, rnd, canonical=True).encode()
+    if style == 1:
+        return json.dumps(value).encode()  # ASCII: every non-ASCII character a \\u escape
+    if style == 2:
+        return json.dumps(value, indent=rnd.choice([None, 1, 2]), ensure_ascii=False).encode()
+    return spell(value, rnd, canonical=False).encode()
+
+
+def same_json(a: object, b: object) -> bool:
+    """Equal, with the same types and the same key order."""
+    return a == b and json.dumps(a, ensure_ascii=False) == json.dumps(b, ensure_ascii=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(BODIES, st.integers(0, 2**32), st.integers(0, 3), st.sampled_from([0, 8, 512]))
+def test_every_block_address_holds_exactly_that_block_and_hashes_the_same(api_request, seed, style, threshold):
+    api, request = api_request
+    body = spelled_body(request, seed, style)
+    both = parse_and_scan(body, openai_cache.ITEMS_KEY[api])
+    assert both is not None  # a valid body is always answered
+    parsed, body_map = both
+    assert same_json(parsed, json.loads(body)) and agrees_with(parsed, body_map, openai_cache.ITEMS_KEY[api])
+    blocks = list(prompt_blocks(parsed, api))
+    locs = openai_cache._block_locs(body_map, parsed, api)
+    assert len(locs) == len(blocks)
+    for (section, _, block, _, value), loc in zip(blocks, locs):
+        if loc is None:  # only an `instructions` list's items are not mapped
+            assert api == "openai_responses" and section == "system" and block is not None
+            continue
+        assert same_json(json.loads(body[loc.start:loc.end]), value)  # the address holds exactly this block
+    expected = boundaries(parsed, api)
+    prefix_index._STEPS.clear()
+    with raw_threshold(threshold):
+        raw = openai_cache._raw_blocks(body, body_map, parsed, api)
+        assert boundaries(parsed, api, raw=raw) == expected  # from the bytes
+        assert boundaries(parsed, api, raw=openai_cache._raw_blocks(body, body_map, parsed, api)) == expected  # from the step memo
+        assert boundaries(parsed, api, 4.0, raw) == boundaries(parsed, api, 4.0)
+
+
+@contextmanager
+def two_pass():
+    """`insert_openai_breakpoint` as it was before the one pass: json.loads, then the map only for a splice, no raw bytes."""
+    saved = openai_cache.parse_and_scan
+    openai_cache.parse_and_scan = lambda *_args, **_kw: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        openai_cache.parse_and_scan = saved  # type: ignore[assignment]
+
+
+def outcome(res) -> tuple:
+    return (res.body, res.spans, res.decision, res.markers_inserted, res.client_markers, res.client_ttls,
+            res.prefix_tokens_est, res.model, res.content_encoding, res.notes, res.ticket)
+
+
+# Bodies the planner marks: a long system / developer prompt (or instructions) and a final user turn.
+MARKABLE_CHAT = st.builds(lambda system, history, q, extra: {**extra, "messages": [{"role": "system", "content": system}, *history, {"role": "user", "content": q}]},
+                          LONG | st.lists(st.builds(lambda t: {"type": "text", "text": t}, LONG), min_size=1, max_size=2),
+                          st.lists(CHAT_MESSAGE, max_size=3), S_TEXT,
+                          st.fixed_dictionaries({"model": st.sampled_from(["gpt-5.6", "gpt-6-luna"])}, optional={"tools": st.lists(CHAT_TOOL, max_size=2)}))
+MARKABLE_RESPONSES = st.builds(
+    lambda doc, history, q, extra: {**extra, "input": [{"role": "developer", "content": doc}, *history,
+                                                       {"role": "user", "content": [{"type": "input_text", "text": q}]}]},
+    LONG | st.lists(st.builds(lambda t: {"type": "input_text", "text": t}, LONG), min_size=1, max_size=2),
+    st.lists(RESPONSES_ITEM, max_size=3), S_TEXT,
+    st.fixed_dictionaries({"model": st.sampled_from(["gpt-5.6", "gpt-6-luna"])},
+                          optional={"instructions": ANY_TEXT, "tools": st.lists(RESPONSES_TOOL, max_size=2)}))
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.one_of(st.tuples(st.just("openai_chat"), MARKABLE_CHAT | CHAT_BODY), st.tuples(st.just("openai_responses"), MARKABLE_RESPONSES | RESPONSES_BODY)),
+       st.integers(0, 2**32), st.integers(0, 3), st.sampled_from([0, 512]),
+       st.lists(st.sampled_from([0.5, 30.0, 400.0]), max_size=3), st.none() | st.tuples(st.lists(st.integers(-1, 12), max_size=4), st.booleans()))
+def test_the_one_pass_gives_exactly_the_two_pass_result(api_request, seed, style, threshold, gaps, decided):
+    """Body, spans, decision, counters, notes and the planner's ticket: identical, with any history
+    (the same requests replayed into two memories), any spelling, the bytes used for every block
+    (threshold 0) or only the big ones; and for positions chosen by something other than the planner."""
+    api, request = api_request
+    body = spelled_body(request, seed, style)
+    decide = None if decided is None else (lambda _req: decided)
+    one, two = Memory(), Memory()
+    prefix_index._STEPS.clear()
+    with raw_threshold(threshold):
+        now = 0.0
+        for gap in [*gaps, 0.0]:
+            got = insert_openai_breakpoint(body, None, api, memory=one, now=now, decide=decide)
+            with two_pass():
+                want = insert_openai_breakpoint(body, None, api, memory=two, now=now, decide=decide)
+            assert outcome(got) == outcome(want)
+            assert one.index.dump() == two.index.dump()  # the planner's memory: the same digests, the same counts
+            event(f"{api} {got.decision}")
+            for memory, res in ((one, got), (two, want)):
+                if res.ticket is not None:
+                    memory.index.response_began(res.ticket.recorded)
+            now += gap

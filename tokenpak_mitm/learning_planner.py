@@ -645,8 +645,11 @@ class OpenAIPlan:
     notes: tuple[Note, ...] = ()
 
 
-def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[OpenAIPlan, Ticket | None]:
+def plan_openai(request: object, api: Api, memory: Memory, now: float,
+                raw: Sequence[bytes | None] | None = None) -> tuple[OpenAIPlan, Ticket | None]:
     """The learning planner for OpenAI Chat Completions / Responses; records the request in `memory`.
+
+    raw: the client's bytes of each prompt block, if known (`prefix_index.boundaries`: only faster).
 
     The one decision the proxy makes live (``openai_cache.insert_openai_breakpoint`` splices it)
     and ``tokenpak savings`` replays. Where a breakpoint may go: ``openai_eligibility``.
@@ -669,7 +672,7 @@ def plan_openai(request: object, api: Api, memory: Memory, now: float) -> tuple[
     model = request.get("model") if isinstance(request.get("model"), str) else None
     facts = facts_for(model, "openai")
     bpt = memory.calibration.bytes_per_token(model)
-    bounds = boundaries(request, api, bpt)
+    bounds = boundaries(request, api, bpt, raw)
     if not bounds:
         return OpenAIPlan("no_eligible_block"), None
     digests = [b.digest for b in bounds]

@@ -59,10 +59,10 @@ from .cache_insert import (
     splice_checked,
 )
 from .cache_planner import DECISIONS, Note
-from .jsonscan import BodyMap, Loc, agrees_with, scan
+from .jsonscan import BodyMap, Loc, agrees_with, one_pass_pays, parse_and_scan, scan
 from .learning_planner import Memory, Ticket
 from .openai_eligibility import ITEMS_KEY, TEXT_PART, OpenAIApi, breakpoint_eligible, client_cache_fields
-from .prefix_index import boundaries, item_content
+from .prefix_index import RAW_MIN_BYTES, boundaries, item_content, prompt_blocks
 from .row import CacheDecision
 
 __all__ = [
@@ -119,13 +119,14 @@ def supports_breakpoints(model: object) -> bool:
     return isinstance(model, str) and facts_for(model, "openai") is OPENAI_GPT56
 
 
-def plan_positions(request: object, api: Api, positions: Sequence[int], explicit_only: bool = False) -> OpenAIPlan:
+def plan_positions(request: object, api: Api, positions: Sequence[int], explicit_only: bool = False,
+                   raw: Sequence[bytes | None] | None = None) -> OpenAIPlan:
     """The splice plan for boundary positions chosen by the planner.
 
     Every position must end a part that may carry a breakpoint (``breakpoint_eligible``) or the
     plan is ``error``; at most 4 breakpoints count (the implicit one takes a slot unless
     explicit_only). No position and not explicit_only: ``not_worth``. Stand-down and model checks
-    come first.
+    come first. raw: the client's bytes of each prompt block (``prefix_index.boundaries``: only faster).
     """
     if not isinstance(request, dict):
         return OpenAIPlan("not_messages")
@@ -137,7 +138,7 @@ def plan_positions(request: object, api: Api, positions: Sequence[int], explicit
     items = request.get(ITEMS_KEY[api])
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         return OpenAIPlan("not_messages")
-    bounds = boundaries(request, api)
+    bounds = boundaries(request, api, raw=raw)
     chosen = sorted(set(positions))
     if not chosen and not explicit_only:
         return OpenAIPlan("not_worth")
@@ -195,33 +196,46 @@ def _insert(body: bytes, content_encoding: str | None, api: Api, memory: Memory 
     decoded, codec, flavor = opened
     if not _names_supported_model(decoded):
         return _unchanged(body, "not_supported", content_encoding=encoding)  # no parse for older models
-    request = _parse(decoded)
+    key = ITEMS_KEY[api]
+    # json.loads and the byte map in one pass (None: ask each on its own), unless the body is dense
+    # with small objects (`one_pass_pays`; the map is then made only if a breakpoint goes in).
+    both = parse_and_scan(decoded, key) if one_pass_pays(decoded) else None
+    mapped: BodyMap | None = None
+    if both is not None:
+        request, mapped = both
+    else:
+        request = _parse(decoded)
     if request is _NOT_JSON:
         return _unchanged(body, "not_json", content_encoding=encoding)
     if not isinstance(request, dict):
         return _unchanged(body, "not_messages", content_encoding=encoding)
     model = request.get("model") if isinstance(request.get("model"), str) else None
+    # The planner fingerprints every block: with the map at hand it hashes the client's bytes where
+    # they are already canonical instead of re-serialising each block (`_raw_blocks`).
+    agreed = mapped is not None and agrees_with(request, mapped, messages_key=key)
+    raw = _raw_blocks(decoded, mapped, request, api) if agreed and mapped is not None else None
     notes: tuple[Note, ...] = ()
     ticket: Ticket | None = None
     if decide is not None:
         answer = decide(request)
-        decided = plan_positions(request, api, *answer) if answer is not None else plan_positions(request, api, ())
+        decided = plan_positions(request, api, *answer, raw=raw) if answer is not None else plan_positions(request, api, (), raw=raw)
     else:
-        planned, ticket = learning_planner.plan_openai(request, api, memory if memory is not None else Memory(), now)
+        planned, ticket = learning_planner.plan_openai(request, api, memory if memory is not None else Memory(), now, raw)
         notes = planned.notes
         if planned.decision == "inserted":
-            decided = plan_positions(request, api, planned.positions, planned.explicit_only)
+            decided = plan_positions(request, api, planned.positions, planned.explicit_only, raw)
         else:
             decided = OpenAIPlan(planned.decision, client_fields=client_cache_fields(request) if planned.decision == "stood_down" else 0)
     seen: dict[str, Any] = {"client_markers": decided.client_fields, "client_ttls": (), "content_encoding": encoding,
                             "model": model, "prefix_tokens_est": decided.prefix_tokens_est, "notes": notes, "ticket": ticket}
     if decided.decision != "inserted":
         return _unchanged(body, decided.decision, **seen)
-    key = ITEMS_KEY[api]
-    body_map = scan(decoded, messages_key=key)
-    if not agrees_with(request, body_map, messages_key=key):
+    if mapped is None:
+        mapped = scan(decoded, messages_key=key)
+        agreed = agrees_with(request, mapped, messages_key=key)
+    if not agreed:
         return _unchanged(body, "error", **seen)
-    spans = _spans(decided, body_map, api)
+    spans = _spans(decided, mapped, api)
     out = splice_checked(decoded, spans, lambda spliced: _landed(spliced, decided, api), codec, flavor)
     if out is None:
         return _unchanged(body, "error", **seen)
@@ -242,6 +256,51 @@ def _names_supported_model(decoded: bytes) -> bool:
             return True
         pos = decoded.find(b'"model"', pos + 7)
     return False
+
+
+def _block_locs(body_map: BodyMap, request: dict[str, Any], api: Api) -> list[Loc | None]:
+    """Where each block ``prefix_index.prompt_blocks(request, api)`` yields sits, in its order (None where unmapped).
+
+    ``body_map`` is ``scan(body, messages_key=ITEMS_KEY[api])`` and agrees with ``request``
+    (``agrees_with``). Tools: the ``tools`` elements. System (Responses ``instructions``; Chat
+    Completions has none): a string ``instructions``, the top-level member's value (a list is
+    not mapped: None). Messages: a part of a list content (``content``, or the ``output`` list of a
+    Responses item without content, as ``item_content`` picks it and the map does too); a
+    non-list ``content``; without content, the whole item (a ``function_call``, a string
+    ``output``, a non-object item); and a Responses string ``input``, the one message it stands for.
+    """
+    out: list[Loc | None] = []
+    messages = body_map.messages
+    for section, message, block, _, _ in prompt_blocks(request, api):
+        loc: Loc | None = None
+        if section == "tools":
+            tools = body_map.tools
+            if tools is not None and block is not None and block < len(tools):
+                loc = tools[block]
+        elif section == "system":
+            if block is None and api == "openai_responses":
+                loc = body_map.keys.get("instructions")
+        elif message is not None:
+            if messages is None:
+                if api == "openai_responses" and message == 0 and block is None:
+                    loc = body_map.keys.get("input")  # a string input: one user message
+            elif message < len(messages):
+                where = messages[message]
+                if block is not None:
+                    loc = where.blocks[block] if where.blocks is not None and block < len(where.blocks) else None
+                else:
+                    loc = where.content if where.content is not None else where.loc
+        out.append(loc)
+    return out
+
+
+def _raw_blocks(decoded: bytes, body_map: BodyMap, request: object, api: Api) -> list[bytes | None] | None:
+    """The client's bytes of each prompt block, in ``prompt_blocks`` order, for ``boundaries(raw=)``:
+    None for a block under ``RAW_MIN_BYTES`` (re-serialised anyway) or unmapped."""
+    if not isinstance(request, dict):
+        return None
+    return [decoded[loc.start:loc.end] if loc is not None and loc.end - loc.start >= RAW_MIN_BYTES else None
+            for loc in _block_locs(body_map, request, api)]
 
 
 def cache_key(digest: bytes) -> str:

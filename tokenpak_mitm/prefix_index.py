@@ -297,6 +297,7 @@ _STEPS: Final = _StepMemo()
 # whose spelling json.dumps may change), literals, punctuation.
 _CANONICAL_SKELETON: Final = re.compile(rb"(?:[{}\[\],:]|true|false|null|0|-?[1-9][0-9]*+)*+")
 _TEXT_BLOCK_OPEN: Final = b'{"type":"text","text":'
+_INPUT_TEXT_OPEN: Final = b'{"type":"input_text","text":'
 _MARKER_KEYS_RAW: Final = frozenset(k.encode() for k in _MARKER_KEYS)
 
 
@@ -309,8 +310,10 @@ def canonical_from_raw(value: object, raw: bytes) -> bytes | None:
     reads back to its own bytes; the skeleton outside the strings is compact with canonical ints
     (`_CANONICAL_SKELETON`); no member name occurs twice in an object (json.loads would drop one:
     the ``:`` count equals the members parsed); and nothing is rewritten (no marker key anywhere,
-    not an ``input_text`` part). A string `value` is the text block it stands for. Anything else:
-    None (the caller serialises). Cheap: C-speed passes over the bytes, Python work per container.
+    not an ``input_text`` part, except one spelled exactly ``{"type":"input_text","text":"..."}``,
+    whose canonical form is that text block's). A string `value` is the text block it stands for.
+    Anything else: None (the caller serialises). Cheap: C-speed passes over the bytes, Python work
+    per container.
     """
     if b"\\" in raw:
         r = raw.replace(b"\\\\", b"")  # escaped backslashes out first: every other backslash then starts an escape
@@ -325,6 +328,10 @@ def canonical_from_raw(value: object, raw: bytes) -> bytes | None:
         # The common big block, {"type":"text","text":"..."} exactly: one string from the opening quote
         # to the end (so no other member hides in it) is all there is to check.
         return raw if r.find(b'"', len(_TEXT_BLOCK_OPEN) + 1) == len(r) - 2 else None
+    if type(value) is dict and len(value) == 2 and r.startswith(_INPUT_TEXT_OPEN) and r.endswith(b'"}'):
+        # A Responses text part, {"type":"input_text","text":"..."} exactly (the same single-string
+        # check): `_canonical` hashes it as the text block with that text.
+        return _TEXT_BLOCK_OPEN + raw[len(_INPUT_TEXT_OPEN):] if r.find(b'"', len(_INPUT_TEXT_OPEN) + 1) == len(r) - 2 else None
     parts = r.split(b'"')
     if any(parts[k] in _MARKER_KEYS_RAW for k in range(1, len(parts) - 1, 2) if parts[k + 1][:1] == b":"):
         return None  # a marker: _strip removes it (wherever it is: none is kept)
