@@ -266,3 +266,23 @@ def test_the_writer_exports_every_row_it_writes_to_the_otlp_collector(tmp_path: 
     assert set(spans) == {"live-1", "built-here"}
     live = _attrs(spans["live-1"].attributes)
     assert live["gen_ai.usage.output_tokens"] == 2 and live["session.id"] == "team-a"
+
+
+def test_large_request_bodies_reach_the_writers_session_tracker_intact(tmp_path: Path):
+    # Bodies of 4 KB and more travel out of band; the session id inside this one (Claude Code's
+    # metadata.user_id) can only be read if every byte arrived.
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    s.start()
+    now = time.time()
+    user_id = json.dumps({"device_id": "d" * 64, "account_uuid": "acct-1", "session_id": "0b9c6f3e-5d2a-4c1b-9e8f-7a6b5c4d3e2f"})
+    for i, size in enumerate((4096, 70_000, 300_000)):
+        body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "s" * size, "metadata": {"user_id": user_id},
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        s.begin(f"big{i}", SessionFacts("anthropic", {}, "scope", now + i, body))
+        s.account(_finished(f"big{i}", now + i))
+    s.close()
+    con = sqlite3.connect(db)
+    got = con.execute("SELECT session_id, session_source, turn FROM requests ORDER BY turn").fetchall()
+    con.close()
+    assert got == [("0b9c6f3e-5d2a-4c1b-9e8f-7a6b5c4d3e2f", "claude-code", t) for t in (1, 2, 3)]

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
@@ -281,8 +282,9 @@ class TokenPak:
         try:
             self._start(flow, view)
             st = self._flows.get(flow)
-            if st is not None and labels:
+            if st is not None:
                 st.labels = labels
+                st.req_headers = view  # reused by `request` unless the headers changed in between
         except Exception:
             logger.exception("tokenpak: could not classify %s; passing it through", flow.request.host)
 
@@ -307,7 +309,7 @@ class TokenPak:
     def _start(self, flow: http.HTTPFlow, headers: _HeaderView) -> None:
         req = flow.request
         reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-        host = req.pretty_host
+        host = _pretty_host(req, headers)
         route = classify(req.method, host, req.path, extra_hosts=self._hosts, any_host=reverse)
         if route is None:
             return
@@ -351,7 +353,7 @@ class TokenPak:
                             _shape_input(req, headers) if with_body else None)
 
     async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
-        st.req_headers = _HeaderView(flow.request.headers, st.labels)
+        st.req_headers = _HeaderView.of(flow.request.headers, st.req_headers, st.labels)
         if st.route.dialect == "anthropic" and "content-encoding" not in st.req_headers:
             try:  # the response normally reports both; this is the fallback
                 st.record.request_speed, st.record.request_inference_geo = request_price_hints(flow.request.raw_content)
@@ -515,7 +517,7 @@ class TokenPak:
             self.memory.index.response_began(st.ticket.recorded)  # its cache writes are readable now
         try:
             resp = flow.response
-            headers = _HeaderView(resp.headers)
+            headers = st.resp_headers = _HeaderView(resp.headers)
             ctype = (headers.get("content-type") or "").lower()
             sse = "text/event-stream" in ctype
             array_stream = st.route.dialect == "gemini" and ":streamgeneratecontent" in flow.request.path.lower() and not sse
@@ -784,6 +786,8 @@ class TokenPak:
             rec.ttft_ms = _ms(tap.first_content_at - sent)
         end = (resp.timestamp_end if resp is not None else None) or (tap.last_byte_at if tap else None) or time.time()
         rec.duration_ms = _ms(end - sent)
+        if st.remote:
+            return  # the stash is for flows saved or recorded (accounted here), whose replays reuse it
         meta = flow.metadata.get(META)
         stash = meta if isinstance(meta, dict) else {}
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
@@ -839,34 +843,54 @@ class _HeaderView:
     mitmproxy's ``Headers.get`` joins them, plus the labels taken off the request.
 
     ``Headers.get`` scans every field on each lookup (about 4 µs with 16 headers, more with the
-    25 a provider sends back); the addon reads a flow's headers about 20 times.
+    25 a provider sends back); the addon reads a flow's headers about 20 times. Values are decoded
+    only when read (most are never). mitmproxy's ``Headers`` keeps its fields in a tuple that any
+    change replaces, so a view made earlier is still right while ``fields`` is the same object.
     """
 
-    __slots__ = ("_map",)
+    __slots__ = ("_map", "fields", "labelled")
 
     def __init__(self, headers: http.Headers, labels: dict[str, str] | None = None) -> None:
-        fields: dict[str, str] = {}
-        for raw_name, raw_value in headers.fields:
-            name = raw_name.decode("utf-8", "surrogateescape").lower()
-            value = raw_value.decode("utf-8", "surrogateescape")
-            fields[name] = f"{fields[name]}, {value}" if name in fields else value
+        self.fields = headers.fields  # kept: the identity `of` compares (and no new tuple can reuse its id)
+        found: dict[bytes, bytes] = {}
+        for raw_name, raw_value in self.fields:
+            name = raw_name.lower()
+            found[name] = found[name] + b", " + raw_value if name in found else raw_value
         if labels:
-            fields.update(labels)
-        self._map = fields
+            for key, value in labels.items():
+                found[key.encode("utf-8", "surrogateescape")] = value.encode("utf-8", "surrogateescape")
+        self._map = found
+        self.labelled = bool(labels)
+
+    @classmethod
+    def of(cls, headers: http.Headers, earlier: _HeaderView | None, labels: dict[str, str] | None = None) -> _HeaderView:
+        """``earlier`` when the headers have not changed since it was made (and no labels are to be
+        added), else a new view."""
+        if earlier is not None and earlier.fields is headers.fields and earlier.labelled == bool(labels):
+            return earlier
+        return cls(headers, labels)
 
     def get(self, name: str, default: None = None, /) -> str | None:
-        return self._map.get(name.lower(), default)
+        value = self._map.get(name.lower().encode("utf-8", "surrogateescape"))
+        return default if value is None else value.decode("utf-8", "surrogateescape")
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._map
+        return isinstance(name, str) and name.lower().encode("utf-8", "surrogateescape") in self._map
 
 
 def _response_headers(resp: http.Response, st: _FlowState) -> _HeaderView:
     """The response's header view as the flow ends, read once for the usage and the row (after
-    every addon's responseheaders: a later one may have rewritten them)."""
-    if st.resp_headers is None:
-        st.resp_headers = _HeaderView(resp.headers)
+    every addon's responseheaders: a later one may have rewritten them, which `of` notices)."""
+    st.resp_headers = _HeaderView.of(resp.headers, st.resp_headers)
     return st.resp_headers
+
+
+def _pretty_host(req: http.Request, headers: _HeaderView) -> str:
+    """``req.pretty_host`` (the host the client named, without port) read from the view, not by
+    another scan of the headers."""
+    authority = (req.authority or None) if (req.is_http2 or req.is_http3) else None
+    authority = authority or headers.get("host")
+    return url.parse_authority(authority, check=False)[0] if authority else req.host
 
 
 def _shape_input(req: http.Request, headers: _HeaderView) -> bytes | None:

@@ -43,6 +43,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -68,7 +69,12 @@ RESTART_BACKOFF = (0.2, 1.0, 5.0)  # seconds before the 1st, 2nd, 3rd+ restart a
 QUICK_DEATH = 5.0  # a writer that dies sooner than this after its start counts towards the back-off
 
 
-_FRAME = struct.Struct("<I")  # each batch on the pipe: its pickled length, then the pickle
+# Each batch on the pipe: the pickle's length and how many out-of-band buffers follow it, each
+# buffer's length, the pickle, the buffers. Request bodies travel out of band (pickle protocol 5):
+# pickling a 200 KB bytes object in band costs ~170 µs of the feeder's GIL, out of band ~1 µs.
+_FRAME = struct.Struct("<II")
+_LENGTH = struct.Struct("<I")
+OUT_OF_BAND_BYTES = 4096  # bodies at least this long are sent out of band
 
 
 # What the feeder sends: a row (a mapping), a finished request, or one of three notes. The classes
@@ -84,7 +90,12 @@ def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _wire(item: _Item) -> object:
-    return _plain(item) if isinstance(item, Mapping) else item
+    if isinstance(item, Mapping):
+        return _plain(item)
+    if isinstance(item, Begin) and item.facts.body is not None and len(item.facts.body) >= OUT_OF_BAND_BYTES:
+        body = pickle.PickleBuffer(item.facts.body)  # unpickled as the bytes read for it (see `_frames`)
+        return Begin(item.key, replace(item.facts, body=body))  # type: ignore[arg-type]
+    return item
 
 
 def _key(item: _Item) -> str | None:
@@ -240,9 +251,13 @@ class StoreProcess:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return  # kept unacknowledged; _watch spills them
-        data = pickle.dumps([_wire(i) for i in items], protocol=pickle.HIGHEST_PROTOCOL)
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps([_wire(i) for i in items], protocol=5, buffer_callback=buffers.append)
+        views = [b.raw() for b in buffers]
         try:
-            proc.stdin.write(_FRAME.pack(len(data)) + data)
+            proc.stdin.write(_FRAME.pack(len(data), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views) + data)
+            for view in views:
+                proc.stdin.write(view)  # straight from the request's own bytes, no copy here
             proc.stdin.flush()
         except (OSError, ValueError):
             pass  # the writer is gone; _watch sees it
@@ -475,12 +490,16 @@ def _frames(stream: BinaryIO) -> Iterator[list[Any]]:
         head = stream.read(_FRAME.size)
         if len(head) < _FRAME.size:
             return
-        (size,) = _FRAME.unpack(head)
+        size, count = _FRAME.unpack(head)
+        lengths = stream.read(_LENGTH.size * count)
+        if len(lengths) < _LENGTH.size * count:
+            return
         data = stream.read(size)
-        if len(data) < size:
+        buffers = [stream.read(n) for (n,) in _LENGTH.iter_unpack(lengths)]
+        if len(data) < size or any(len(b) < n for b, (n,) in zip(buffers, _LENGTH.iter_unpack(lengths))):
             return
         try:
-            batch = pickle.loads(data)  # noqa: S301 - from the proxy that started us, over our own pipe
+            batch = pickle.loads(data, buffers=buffers)  # noqa: S301 - from the proxy that started us, over our own pipe
         except Exception:  # noqa: BLE001 - a frame we cannot read: its rows stay unacknowledged and are spilled
             continue
         if isinstance(batch, list):
