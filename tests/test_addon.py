@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from mitmproxy import exceptions
 from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
+from tokenpak_mitm import hooks
+from tokenpak_mitm.accounting import Finished, SessionFacts
 from tokenpak_mitm.addon import TokenPak
+from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
 
 SSE = (
@@ -357,3 +361,53 @@ async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
     assert len(tp.store.rows) == 1
     row = tp.store.rows[0]
     assert row["terminal_state"] == "proxy_error" and row["request_key"] == f.id and row["usage_source"] == "absent"
+
+
+class Handoff(StoreProcess):
+    """The writer-process store, not started: what the addon hands it is kept for the test."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.begun: list[tuple[str, SessionFacts]] = []
+        self.finished: list[Finished] = []
+        self.rows: list = []
+
+    def begin(self, key: str, facts: SessionFacts) -> None:
+        self.begun.append((key, facts))
+
+    def account(self, done: Finished) -> None:
+        self.finished.append(done)
+
+    def submit(self, row) -> None:  # type: ignore[override]
+        self.rows.append(row)
+
+    def close(self, timeout: float = 15.0) -> None:
+        pass
+
+
+async def test_a_live_flow_is_accounted_in_the_writer_and_its_secrets_stay_in_the_proxy(addon, tmp_path):
+    tp, _ = addon
+    tp.store = store = Handoff(tmp_path / "h.db")
+    secret = "sk-ant-secret-xyz0123456789"
+    echo = json.dumps({"type": "error", "error": {"type": f"invalid key {secret}", "message": f"bad {secret}"}}).encode()
+    f = anthropic_flow(resp_body=echo, ctype="application/json")
+    f.response.status_code = 401
+    f.live = True
+    await drive_buffered(tp, f)
+    assert [k for k, _ in store.begun] == [f.id] and store.begun[0][1].body == f.request.raw_content
+    assert len(store.finished) == 1 and store.rows == []  # the writer builds the row, not the proxy
+    done = store.finished[0]
+    assert done.record.request_key == f.id and done.ended.state == "error_response"
+    assert done.record.known_secrets == () and secret not in (done.ended.error or "")  # redacted before it leaves
+    assert secret not in pickle.dumps(done).decode("latin-1")
+
+
+async def test_a_flow_someone_watches_is_accounted_in_the_proxy(addon, tmp_path):
+    tp, _ = addon
+    tp.store = store = Handoff(tmp_path / "h.db")
+    f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
+    f.live = True
+    hooks.want(f, hooks.ROW)  # a recorder or live checker needs the row in this process
+    await drive_buffered(tp, f)
+    assert store.begun == [] and store.finished == []
+    assert len(store.rows) == 1 and store.rows[0]["output_tokens"] == 5

@@ -344,10 +344,10 @@ def test_one_megabyte_openai_body_of_many_small_messages_is_planned_in_the_worke
     assert "planning worker process unavailable" not in stack.proxy.output()
 
 
-def test_a_big_body_gets_its_session_from_the_worker_process(tmp_path: Path):
-    """Above 32 KB the session tracker's fingerprinting runs in the worker process (a thread would
-    hold the GIL the event loop needs): the continued conversation is still recognised, turn by turn.
-    The responses are slowed so the fingerprints are back before the rows are written."""
+def test_a_big_body_gets_its_session_off_the_event_loop(tmp_path: Path):
+    """A big body's session fingerprints are taken outside the proxy's process (live flows: by the
+    store's writer, which receives the body out of band; others: the worker process): the
+    continued conversation is still recognised, turn by turn."""
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(2001)]
     first = {"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "messages": msgs}
     second = {**first, "messages": [*msgs, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and then?"}]}

@@ -728,8 +728,12 @@ class TokenPak:
         """
         rec = st.record
         try:
-            if rec.known_secrets:
-                ended = ended._replace(error=redact_text(ended.error, rec.known_secrets))
+            secrets = rec.known_secrets
+            if secrets:  # what upstream said about the request may echo them
+                ended = ended._replace(error=redact_text(ended.error, secrets))
+                x = rec.extract
+                x.error_type, x.error_message = redact_text(x.error_type, secrets), redact_text(x.error_message, secrets)
+                rec.error_msg = redact_text(rec.error_msg, secrets)
                 rec.known_secrets = ()
             began = flow.response.timestamp_start if flow.response is not None else None
             store.account(Finished(rec, ended, began, time.time()))
