@@ -1,10 +1,11 @@
 """The per-proxy session tracker: which session and turn each request is, why its cache missed,
 what the miss cost, and until when each session's cache is warm (pure: clock passed in, no I/O).
 
-The addon owns one ``SessionTracker``. It calls ``begin`` when a request goes upstream (the
-session and turn are decided then, from the request alone) and ``finish`` with the final usage
-(the miss verdict needs what the provider actually read). Both run on mitmproxy's event-loop
-thread; a lock still guards the state so the tracker is safe from any thread.
+An ``accounting.Accountant`` owns one ``SessionTracker`` (the store's writer process for live
+traffic, the addon for flows it accounts itself). It calls ``begin`` when a request goes upstream
+(the session and turn are decided then, from the request alone) and ``finish`` with the final
+usage (the miss verdict needs what the provider actually read). A lock guards the state so the
+tracker is safe from any thread.
 
 Memory is bounded: at most ``max_sessions`` sessions (least recently active dropped first), a
 few recent requests per session, a global budget of retained blocks, and a bounded prefix index
