@@ -120,7 +120,8 @@ def boundaries(request: Mapping[str, Any], api: Api = "anthropic", bytes_per_tok
     for k, (section, message, block, role, value) in enumerate(_blocks(request, api)):
         if section != current:
             current = section
-            folded = json.dumps(params.get(section, {}), sort_keys=True, separators=(",", ":"), default=str)
+            folded_params = params.get(section)
+            folded = json.dumps(folded_params, sort_keys=True, separators=(",", ":"), default=str) if folded_params else "{}"
             h = _step(h, f"\0section\0{section}\0{folded}".encode())
         piece = raw[k] if raw is not None and k < len(raw) else None
         if piece is not None and len(piece) < RAW_MIN_BYTES:
@@ -158,7 +159,7 @@ def section_parameters(request: Mapping[str, Any], api: Api = "anthropic") -> di
         return {}
     citations, images = _scan_blocks(request)
     derived: dict[str, Any] = {"citations": citations, "images": images}
-    for name in {p for names in SECTION_PARAMETERS.values() for p in names} - derived.keys():
+    for name in _READ_PARAMETERS:
         if "." in name:
             outer, inner = name.split(".", 1)
             parent = request.get(outer)
@@ -167,6 +168,9 @@ def section_parameters(request: Mapping[str, Any], api: Api = "anthropic") -> di
             derived[name] = request.get(name)
     return {section: {p: derived[p] for p in names if derived[p] not in (None, False)}
             for section, names in SECTION_PARAMETERS.items()}
+
+
+_READ_PARAMETERS: Final = tuple(sorted({p for names in SECTION_PARAMETERS.values() for p in names} - {"citations", "images"}))
 
 
 def _scan_blocks(request: Mapping[str, Any]) -> tuple[bool, bool]:
