@@ -65,6 +65,7 @@ __all__ = ["StoreProcess", "main"]
 
 logger = logging.getLogger("tokenpak.store")
 
+WRITER_NICENESS = 10  # the writer's scheduling priority below the proxy's (CFS weight 110 against 1024)
 RESTART_BACKOFF = (0.2, 1.0, 5.0)  # seconds before the 1st, 2nd, 3rd+ restart after quick deaths
 QUICK_DEATH = 5.0  # a writer that dies sooner than this after its start counts towards the back-off
 
@@ -434,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop: EOF on stdin
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     log = logging.getLogger("tokenpak.store")
+    try:
+        # Background work: when the cores are busy, the proxy (and the clients it serves) go first.
+        os.nice(WRITER_NICENESS)
+    except OSError:
+        pass
     out = sys.stdout.buffer
     lock = threading.Lock()
 
