@@ -685,32 +685,44 @@ def agrees_with(obj: object, body_map: BodyMap, messages_key: str = "messages") 
     return True
 
 
-def block_locs(body_map: BodyMap, addresses: Iterable[tuple[str, int | None, int | None]]) -> list[Loc | None]:
-    """The Loc of each prompt block, addressed as `prefix_index.prompt_blocks` yields them (Anthropic).
+def block_locs(body_map: BodyMap, addresses: Iterable[tuple[str, int | None, int | None]], api: str = "anthropic") -> list[Loc | None]:
+    """The Loc of each prompt block, addressed as `prefix_index.prompt_blocks(request, api)` yields them.
 
-    (section, message, block): ("tools", None, i); ("system", None, None) for a string system,
-    ("system", None, j); ("messages", i, j), or ("messages", i, None) for a message's non-list
-    content or, without content, the message itself. None where the map has no such value.
-    `body_map` must agree with the request the addresses come from (`agrees_with`).
+    (section, message, block): ("tools", None, i); ("system", None, None) for a string system
+    (OpenAI Responses: a string ``instructions``; Chat Completions has no system section, and a
+    top-level ``system`` key there is not one), ("system", None, j); ("messages", i, j) for a part
+    of a list content (``content``, or the ``output`` list of a Responses item without content),
+    or ("messages", i, None) for a message's non-list content or, without content, the message
+    (item) itself; a Responses string ``input`` is the one message it stands for. None where the
+    map has no such value. `body_map` must agree with the request the addresses come from
+    (`agrees_with`), scanned with that API's items key.
     """
     out: list[Loc | None] = []
-    messages = body_map.messages or ()
+    messages = body_map.messages
+    openai = api != "anthropic"
     for section, message, block in addresses:
         loc: Loc | None = None
         if section == "tools":
             if body_map.tools is not None and block is not None and block < len(body_map.tools):
                 loc = body_map.tools[block]
         elif section == "system":
-            if block is None:
+            if openai:
+                if block is None and api == "openai_responses":
+                    loc = body_map.keys.get("instructions")
+            elif block is None:
                 loc = body_map.system if body_map.system is not None and body_map.system.kind == "string" else None
             elif body_map.system_blocks is not None and block < len(body_map.system_blocks):
                 loc = body_map.system_blocks[block]
-        elif message is not None and message < len(messages):
-            where = messages[message]
-            if block is not None:
-                loc = where.blocks[block] if where.blocks is not None and block < len(where.blocks) else None
-            else:
-                loc = where.content if where.content is not None else where.loc
+        elif message is not None:
+            if messages is None:
+                if api == "openai_responses" and message == 0 and block is None:
+                    loc = body_map.keys.get("input")  # a string input: one user message
+            elif message < len(messages):
+                where = messages[message]
+                if block is not None:
+                    loc = where.blocks[block] if where.blocks is not None and block < len(where.blocks) else None
+                else:
+                    loc = where.content if where.content is not None else where.loc
         out.append(loc)
     return out
 

@@ -59,7 +59,7 @@ from .cache_insert import (
     splice_checked,
 )
 from .cache_planner import DECISIONS, Note
-from .jsonscan import BodyMap, Loc, agrees_with, one_pass_pays, parse_and_scan, scan
+from .jsonscan import BodyMap, Loc, agrees_with, block_locs, one_pass_pays, parse_and_scan, scan
 from .learning_planner import Memory, Ticket
 from .openai_eligibility import ITEMS_KEY, TEXT_PART, OpenAIApi, breakpoint_eligible, client_cache_fields
 from .prefix_index import RAW_MIN_BYTES, boundaries, item_content, prompt_blocks
@@ -269,29 +269,7 @@ def _block_locs(body_map: BodyMap, request: dict[str, Any], api: Api) -> list[Lo
     non-list ``content``; without content, the whole item (a ``function_call``, a string
     ``output``, a non-object item); and a Responses string ``input``, the one message it stands for.
     """
-    out: list[Loc | None] = []
-    messages = body_map.messages
-    for section, message, block, _, _ in prompt_blocks(request, api):
-        loc: Loc | None = None
-        if section == "tools":
-            tools = body_map.tools
-            if tools is not None and block is not None and block < len(tools):
-                loc = tools[block]
-        elif section == "system":
-            if block is None and api == "openai_responses":
-                loc = body_map.keys.get("instructions")
-        elif message is not None:
-            if messages is None:
-                if api == "openai_responses" and message == 0 and block is None:
-                    loc = body_map.keys.get("input")  # a string input: one user message
-            elif message < len(messages):
-                where = messages[message]
-                if block is not None:
-                    loc = where.blocks[block] if where.blocks is not None and block < len(where.blocks) else None
-                else:
-                    loc = where.content if where.content is not None else where.loc
-        out.append(loc)
-    return out
+    return block_locs(body_map, ((section, message, block) for section, message, block, _, _ in prompt_blocks(request, api)), api)
 
 
 def _raw_blocks(decoded: bytes, body_map: BodyMap, request: object, api: Api) -> list[bytes | None] | None:
