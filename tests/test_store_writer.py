@@ -286,3 +286,26 @@ def test_large_request_bodies_reach_the_writers_session_tracker_intact(tmp_path:
     got = con.execute("SELECT session_id, session_source, turn FROM requests ORDER BY turn").fetchall()
     con.close()
     assert got == [("0b9c6f3e-5d2a-4c1b-9e8f-7a6b5c4d3e2f", "claude-code", t) for t in (1, 2, 3)]
+
+
+def test_a_value_that_does_not_pickle_costs_nothing_but_its_own_oddity(tmp_path: Path):
+    # The hand-off pickles; a value that cannot be pickled must not stop the feeder (every later
+    # row would be lost): the item goes as the row built in the proxy, its odd value as text.
+    import threading
+
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    s.start()
+    now = time.time()
+    bad = _finished("odd", now)
+    bad.record.upstream_request_id = threading.Lock()  # type: ignore[assignment]
+    s.account(bad)
+    for i in range(3):
+        s.account(_finished(f"after{i}", now + i))
+    assert wait_until(lambda: len(keys_in(db)) == 4)
+    s.close()
+    exactly_once(db, ["odd", "after0", "after1", "after2"])
+    con = sqlite3.connect(db)
+    odd = con.execute("SELECT output_tokens, upstream_request_id FROM requests WHERE request_key = 'odd'").fetchone()
+    con.close()
+    assert odd[0] == 2 and "lock" in odd[1]

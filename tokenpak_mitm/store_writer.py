@@ -220,15 +220,19 @@ class StoreProcess:
         self._spawn()
         stop = False
         while not stop:
-            batch, stop = self._next_batch()
-            if batch:
-                with self._lock:
-                    for item in batch:
-                        key = _key(item)
-                        if key is not None:
-                            self._unacked[key] = item  # type: ignore[assignment]  # rows and finished requests
-                self._send(batch)
-            self._watch()
+            try:
+                batch, stop = self._next_batch()
+                if batch:
+                    with self._lock:
+                        for item in batch:
+                            key = _key(item)
+                            if key is not None:
+                                self._unacked[key] = item  # type: ignore[assignment]  # rows and finished requests
+                    self._send(batch)
+                self._watch()
+            except Exception:  # a bug here must not stop the rows: what was queued is unacknowledged, so spilled
+                logger.exception("tokenpak: the store feeder hit an error; carrying on")
+                time.sleep(FLUSH_INTERVAL)
         self._stop_writer()
 
     def _next_batch(self) -> tuple[list[_Item], bool]:
@@ -253,7 +257,11 @@ class StoreProcess:
         if proc is None or proc.stdin is None:
             return  # kept unacknowledged; _watch spills them
         buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps([_wire(i) for i in items], protocol=5, buffer_callback=buffers.append)
+        try:
+            data = pickle.dumps([_wire(i) for i in items], protocol=5, buffer_callback=buffers.append)
+        except Exception:  # noqa: BLE001 - a value that does not pickle must cost its own item, never the feeder
+            buffers.clear()
+            data = pickle.dumps([w for w in map(self._picklable, items) if w is not None], protocol=5, buffer_callback=buffers.append)
         views = [b.raw() for b in buffers]
         try:
             proc.stdin.write(_FRAME.pack(len(data), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views) + data)
@@ -262,6 +270,28 @@ class StoreProcess:
             proc.stdin.flush()
         except (OSError, ValueError):
             pass  # the writer is gone; _watch sees it
+
+    def _picklable(self, item: _Item) -> object:
+        """`_wire(item)` if it pickles; else a finished request as the row built here, a row as its
+        values in text; else None (the item is then spilled by `_watch` or counted, as unacknowledged)."""
+        candidates: list[Any] = [_wire(item)]
+        if isinstance(item, Finished):
+            candidates.append(_as_row(item))
+        if isinstance(item, Mapping | Finished):
+            candidates.append({k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in _as_row(item).items()})
+        for candidate in candidates:
+            try:
+                pickle.dumps(candidate, protocol=5)
+            except Exception:  # noqa: BLE001 - try the next, plainer form
+                continue
+            return candidate
+        key = _key(item)
+        if key is not None:
+            with self._lock:
+                self._unacked.pop(key, None)
+            self._spill_or_lose([item], "it could not be sent to the store writer")  # type: ignore[list-item]
+        logger.error("tokenpak: a telemetry item could not be sent to the store writer; it was spilled instead")
+        return None
 
     def _watch(self) -> None:
         """Writer dead? Spill what it had not acknowledged and start another (with back-off)."""
