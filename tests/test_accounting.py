@@ -102,3 +102,40 @@ def test_the_minimal_row_is_a_row():
     rec = RequestRecord(request_key="k", route=ROUTE, started_at=1.0, host="api.anthropic.com", path="/v1/messages")
     r = minimal_row(rec)
     assert r.terminal_state == "proxy_error" and r.usage_source == "absent"
+
+
+def test_what_crosses_to_the_writer_loads_equal_to_what_was_sent():
+    # wire.by_fields: records pickle as their field values; every field must come back.
+    import dataclasses
+    import pickle
+
+    from tokenpak_mitm.usage import ExtraIteration
+
+    rec = record("k", Usage(**{f.name: i + 1 for i, f in enumerate(dataclasses.fields(Usage))}), 1.5)
+    for i, f in enumerate(dataclasses.fields(RequestRecord)):
+        if f.name not in ("request_key", "route", "extract", "started_at"):
+            setattr(rec, f.name, (f"s{i}",) if f.name == "known_secrets" else getattr(rec, f.name) if f.name == "stream" else i)
+    rec.stream = True
+    rec.extract.extras = (ExtraIteration(*[1] * len(dataclasses.fields(ExtraIteration))),)
+    rec.extract.error_type, rec.extract.speed = "overloaded_error", "fast"
+    done = Finished(rec, outcome(rec), 2.5, 3.5)
+    back = pickle.loads(pickle.dumps(done, protocol=5))
+    assert back == done and back.record.route == rec.route and back.record.extract.usage == rec.extract.usage
+    facts = SessionFacts("openai_chat", {"x-tokenpak-session": "s"}, "scope", 9.0, b"{}")
+    assert pickle.loads(pickle.dumps(facts, protocol=5)) == facts
+
+
+def test_by_fields_refuses_a_class_it_could_not_rebuild():
+    import dataclasses
+
+    import pytest
+
+    from tokenpak_mitm.wire import by_fields
+
+    @dataclasses.dataclass
+    class Half:
+        a: int
+        b: int = dataclasses.field(init=False, default=0)
+
+    with pytest.raises(TypeError):
+        by_fields(Half)

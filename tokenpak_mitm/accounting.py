@@ -23,6 +23,7 @@ from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, Ticket, UsageFacts
 from tokenpak_mitm.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label, outcome
+from tokenpak_mitm.wire import by_fields
 
 __all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "Accountant", "Begin", "ConsoleSwitch", "OtlpSwitch", "Finished", "SessionFacts", "blind_until", "console_line", "identity_headers",
            "minimal_row", "safe_outcome"]
@@ -34,6 +35,7 @@ MAX_OPEN = 20_000  # requests begun and not yet finished that an Accountant keep
 MINIMAL_OUTCOME = Outcome("proxy_error", "absent", "telemetry_error", None)  # as `minimal_row` says
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class SessionFacts:
     """What the session tracker reads of a request as it went upstream (markers included)."""
@@ -45,6 +47,7 @@ class SessionFacts:
     body: bytes | None = None  # identity-encoded body as sent; None: not read (sessions then come from headers)
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Finished:
     """A request as it ended: its record, how it ended (the error text already redacted), and when."""

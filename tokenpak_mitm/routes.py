@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.row import RouteClass
+from tokenpak_mitm.wire import by_fields
 
 __all__ = ["Route", "classify", "route_class", "tracker_for", "register_dialect", "PROVIDER_HOSTS"]
 
@@ -26,6 +27,7 @@ PROVIDER_HOSTS = {
 _GEMINI_PATH = re.compile(r"/v1(?:beta|alpha)?\d*/models/(?P<model>[^/:]+):(?P<verb>generateContent|streamGenerateContent)$")
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Route:
     provider: str

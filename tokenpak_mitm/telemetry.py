@@ -17,10 +17,12 @@ from tokenpak_mitm.pricing import PriceFactors, price
 from tokenpak_mitm.redact import redact_text
 from tokenpak_mitm.routes import Route
 from tokenpak_mitm.row import CacheDecision, CacheOrigin, CacheVerdict, ClosedBy, RouteClass, TelemetryRow, TerminalState, UsageSource
+from tokenpak_mitm.wire import by_fields
 
 __all__ = ["RequestRecord", "build_row", "terminal_state_for_error", "cache_verdict", "cache_origin", "error_label", "rejected_unbilled"]
 
 
+@by_fields
 @dataclass(slots=True)
 class RequestRecord:
     request_key: str

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from tokenpak_mitm.wire import by_fields
+
 __all__ = ["MODALITY_FIELDS", "ExtraIteration", "Usage", "as_count", "with_extras"]
 
 
+@by_fields
 @dataclass(slots=True)
 class Usage:
     input_tokens: int | None = None

@@ -14,10 +14,12 @@ from typing import Any, Protocol
 from tokenpak_mitm.row import UsageSource
 from tokenpak_mitm.sse import SSEParser, parse_event
 from tokenpak_mitm.usage import ExtraIteration, Usage
+from tokenpak_mitm.wire import by_fields
 
 __all__ = ["Extract", "Tracker", "body_object", "decode_json", "frame_json", "feed_sse_body", "looks_like_sse"]
 
 
+@by_fields
 @dataclass(slots=True)
 class Extract:
     model: str | None = None
