@@ -309,3 +309,14 @@ def test_a_value_that_does_not_pickle_costs_nothing_but_its_own_oddity(tmp_path:
     odd = con.execute("SELECT output_tokens, upstream_request_id FROM requests WHERE request_key = 'odd'").fetchone()
     con.close()
     assert odd[0] == 2 and "lock" in odd[1]
+
+
+def test_the_writers_console_lines_look_like_mitmproxys_own():
+    # Same stamp, same colours on a terminal: the line reads as it did when the proxy logged it.
+    from mitmproxy.log import MitmFormatter
+
+    from tokenpak_mitm.store_writer import stamped
+
+    for colour in (True, False):
+        record = logging.LogRecord("tokenpak", logging.INFO, __file__, 1, "tokenpak: anthropic/messages x", None, None)
+        assert stamped("tokenpak: anthropic/messages x", record.created, colour) == MitmFormatter(colour).format(record)

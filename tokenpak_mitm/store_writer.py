@@ -339,12 +339,13 @@ class StoreProcess:
         package_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         out = -1
-        try:
-            # The console lines it prints go where the proxy's own lines go (fd 1; its stdout is the
-            # acknowledgement pipe): a duplicate of the proxy's fd 1, one write per line.
-            out = os.dup(1)
-        except OSError:
-            pass
+        if os.name == "posix":  # (pass_fds is POSIX only; elsewhere the lines go to the inherited stderr)
+            try:
+                # The console lines it prints go where the proxy's own lines go (fd 1; its stdout is
+                # the acknowledgement pipe): a duplicate of the proxy's fd 1, one write per line.
+                out = os.dup(1)
+            except OSError:
+                pass
         argv = [self._python, "-m", "tokenpak_mitm.store_writer", str(self.path)]
         if out >= 0:
             argv += ["--console-fd", str(out)]
@@ -501,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = accountant.close(item)
                     store.submit(row)
                     spans.export(row)
-                    printer.line(row)
+                    printer.line(row, item.ended_at)
                 elif isinstance(item, Begin):
                     accountant.open(*item)
                 elif isinstance(item, ConsoleSwitch):
@@ -567,18 +568,30 @@ class _Spans:
 
 
 class _Printer:
-    """The console line of each request the writer accounts, one write per line to the proxy's output."""
+    """The console line of each request the writer accounts, one write per line to the proxy's
+    output, stamped and (on a terminal) coloured as mitmproxy's own log lines are: ``[HH:MM:SS.mmm]``
+    when the request ended."""
 
     def __init__(self, fd: int, on: bool) -> None:
         self.fd, self.on = fd, on
+        try:
+            self.colour = os.isatty(fd)
+        except OSError:
+            self.colour = False
 
-    def line(self, row: TelemetryRow) -> None:
+    def line(self, row: TelemetryRow, at: float) -> None:
         if not self.on:
             return
         try:
-            os.write(self.fd, (console_line(row) + "\n").encode("utf-8", "replace"))
+            os.write(self.fd, (stamped(console_line(row), at, self.colour) + "\n").encode("utf-8", "replace"))
         except Exception:  # noqa: BLE001 - a closed terminal costs the line, not the row
             pass
+
+
+def stamped(line: str, at: float, colour: bool = False) -> str:
+    """``line`` as mitmproxy's terminal log prints a message logged at ``at`` (its MitmFormatter)."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+    return f"\x1b[36m\x1b[2m[{stamp}]\x1b[0m {line}\x1b[0m" if colour else f"[{stamp}] {line}"
 
 
 if __name__ == "__main__":
