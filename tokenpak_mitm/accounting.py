@@ -22,11 +22,11 @@ from tokenpak_mitm.request_shape import Shape, parse_shape
 from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, Ticket, UsageFacts
-from tokenpak_mitm.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label, outcome
+from tokenpak_mitm.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label
 from tokenpak_mitm.wire import by_fields
 
 __all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "Accountant", "Begin", "ConsoleSwitch", "OtlpSwitch", "Finished", "SessionFacts", "blind_until", "console_line", "identity_headers",
-           "minimal_row", "safe_outcome"]
+           "minimal_row"]
 
 # The only request headers the session tracker reads (session_id.identify).
 IDENTITY_HEADERS = (SESSION_HEADER, PROJECT_HEADER, CLAUDE_CODE_SESSION_HEADER)
@@ -170,13 +170,6 @@ def blind_until(last: float | None, now: float) -> float | None:
         return None
     until = min(last, now) + TTL_SECONDS["1h"]  # the longest Anthropic TTL (the diagnosis is Anthropic's)
     return until if until > now else None
-
-
-def safe_outcome(rec: RequestRecord) -> Outcome | None:
-    try:
-        return outcome(rec)
-    except Exception:  # noqa: BLE001 - the caller records the minimal row
-        return None
 
 
 def minimal_row(rec: RequestRecord, session: Mapping[str, Any] | None = None) -> TelemetryRow:

@@ -334,23 +334,24 @@ class TokenPak:
             return
         await self._request(flow, st)
         store = self.store
-        st.remote = isinstance(store, StoreProcess) and st.live and not self._saving and hooks.WANT_KEY not in flow.metadata
+        writer = store if isinstance(store, StoreProcess) and st.live and not self._saving and hooks.WANT_KEY not in flow.metadata else None
+        st.remote = writer is not None
         if st.route.api not in _CONVERSATION_APIS:
             return
-        if st.remote:
+        if writer is not None:
             try:
-                store.begin(flow.id, self._session_facts(flow, st, with_body=True))  # type: ignore[union-attr]
+                writer.begin(flow.id, self._session_facts(flow, st))
             except Exception:
                 logger.exception("tokenpak: could not hand the request to the session tracker; the row goes without it")
             return
         # After the hook returns: parsing and hashing the prompt must not delay the request.
         st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
 
-    def _session_facts(self, flow: http.HTTPFlow, st: _FlowState, with_body: bool) -> SessionFacts:
+    def _session_facts(self, flow: http.HTTPFlow, st: _FlowState) -> SessionFacts:
         req = flow.request
         headers = st.req_headers or _HeaderView(req.headers, st.labels)
         return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start,
-                            _shape_input(req, headers) if with_body else None)
+                            _shape_input(req, headers))
 
     async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         st.req_headers = _HeaderView.of(flow.request.headers, st.req_headers, st.labels)
@@ -373,7 +374,7 @@ class TokenPak:
 
     async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         """Decide the session and turn from what went upstream (markers included)."""
-        facts = self._session_facts(flow, st, with_body=True)
+        facts = self._session_facts(flow, st)
         readable = facts.body
         if readable is not None and len(readable) > SHAPE_OFFLOAD_BYTES:
             # ~0.7 ms per 200 KB (250 ms for 26k blocks): in the worker process, not a thread,

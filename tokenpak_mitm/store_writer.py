@@ -275,10 +275,9 @@ class StoreProcess:
         """`_wire(item)` if it pickles; else a finished request as the row built here, a row as its
         values in text; else None (the item is then spilled by `_watch` or counted, as unacknowledged)."""
         candidates: list[Any] = [_wire(item)]
-        if isinstance(item, Finished):
-            candidates.append(_as_row(item))
         if isinstance(item, Mapping | Finished):
-            candidates.append({k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in _as_row(item).items()})
+            row = _as_row(item)
+            candidates += [row, {k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in row.items()}]
         for candidate in candidates:
             try:
                 pickle.dumps(candidate, protocol=5)
