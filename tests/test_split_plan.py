@@ -11,6 +11,8 @@ import copy
 import gzip
 import json
 import math
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -36,16 +38,21 @@ from tokenpak_mitm.split_plan import (
 OPTIONS = st.sampled_from([CacheOptions(ttl="auto"), CacheOptions(), CacheOptions(ttl="1h"), CacheOptions(mode="top-level")])
 
 
-def split(body: bytes, encoding: str | None, opts: CacheOptions, memory: Memory, now: float, step: int) -> InsertResult:
-    """What the addon's `_plan_split` does, the worker's two calls made in this process."""
-    digests = prompt_digests(body, encoding)
+def _split(body: bytes, encoding: str | None, api: str, plan: Callable[[Snapshot], Any], memory: Memory, now: float,
+           step: int) -> InsertResult:
+    """What the addon's `_plan_split` does, the worker's two calls made in this process (`plan`: the second)."""
+    digests = prompt_digests(body, encoding, api)
     ds = digests.split() if digests is not None else []
     known = b"".join(take_snapshot(memory, ds[i:i + step], now) for i in range(0, len(ds), step))
     bpt = memory.calibration.bytes_per_token(digests.model if digests is not None else None)
-    result, call = plan_with_snapshot(body, encoding, opts, Snapshot(known, bpt), now)
+    result, call = plan(Snapshot(known, bpt))
     *pauses, done = apply_record_stepwise(memory, ds, result, call, step)
     assert all(p is None for p in pauses) and done is not None
     return done
+
+
+def split(body: bytes, encoding: str | None, opts: CacheOptions, memory: Memory, now: float, step: int) -> InsertResult:
+    return _split(body, encoding, "anthropic", lambda snap: plan_with_snapshot(body, encoding, opts, snap, now), memory, now, step)
 
 
 @st.composite
@@ -89,15 +96,7 @@ def test_split_planning_decides_and_remembers_exactly_as_in_process_planning(run
 
 
 def split_openai(body: bytes, encoding: str | None, api: str, memory: Memory, now: float, step: int) -> InsertResult:
-    """What the addon's `_plan_split` does for an OpenAI body, the worker's two calls made here."""
-    digests = prompt_digests(body, encoding, api)
-    ds = digests.split() if digests is not None else []
-    known = b"".join(take_snapshot(memory, ds[i:i + step], now) for i in range(0, len(ds), step))
-    bpt = memory.calibration.bytes_per_token(digests.model if digests is not None else None)
-    result, call = plan_openai_with_snapshot(body, encoding, api, Snapshot(known, bpt), now)
-    *pauses, done = apply_record_stepwise(memory, ds, result, call, step)
-    assert all(p is None for p in pauses) and done is not None
-    return done
+    return _split(body, encoding, api, lambda snap: plan_openai_with_snapshot(body, encoding, api, snap, now), memory, now, step)
 
 
 OPENAI_MESSAGES = st.lists(st.one_of(OPENAI_MESSAGE, st.just({"role": "user", "content": DOC[:1500]})), min_size=1, max_size=4)
