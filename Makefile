@@ -81,11 +81,13 @@ $(PEERS_DIR)/%/.installed: bench/peers/%.txt
 	$(PEERS_DIR)/$*/bin/python -m pip install -q --disable-pip-version-check -r $<
 	@touch $@
 
-# Refresh the lock files after changing dependencies in pyproject.toml (needs the dev venv).
+# Refresh the lock files after changing dependencies in pyproject.toml (needs the dev venv). Keeps every
+# existing pin; `make lock UPGRADE=--upgrade` also moves everything to the newest allowed versions.
+UPGRADE ?=
 LOCK_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 lock: $(DEV_STAMP)
-	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra otel -o requirements/run.txt pyproject.toml requirements/build.in
-	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra otel --extra dev -c requirements/run.txt -o requirements/dev.txt pyproject.toml requirements/build.in
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(UPGRADE) --extra otel --extra team -o requirements/run.txt pyproject.toml requirements/build.in
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(UPGRADE) --extra otel --extra team --extra dev -c requirements/run.txt -o requirements/dev.txt pyproject.toml requirements/build.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(PEERS_DIR)
