@@ -92,7 +92,7 @@ async def _run(body: bytes, n: int, db: Path) -> tuple[dict[str, float], float, 
             spans = [t[1] - t[0], t[2] - t[1], t[3] - t[2], t[4] - t0, t[5] - t[4], t[6] - t[5]]
             for name, ns in zip(PHASES, spans):
                 phases[name].append(ns)
-        while tp.store is not None and getattr(tp.store, "pending", 0):  # the feeder's share belongs to these requests
+        while tp.sink is not None and getattr(tp.sink, "pending", 0):  # the feeder's share belongs to these requests
             await asyncio.sleep(0.01)
         proc = (_helper_cpu_ns() - helpers0) / (n - skip) / 1000
         tp.done()

@@ -13,17 +13,19 @@ from __future__ import annotations
 from mitmproxy import ctx
 
 from tokenpak_mitm.store import TelemetryStore
+from tokenpak_mitm.store_writer import ExportingStore, LocalSink
 
 
 class StoreInProcess:
     def running(self) -> None:
         tp = ctx.master.addons.get("tokenpak")
-        if tp is None or tp.store is None:
+        if tp is None or tp.sink is None:
             return
-        path = tp.store.path
-        tp.store.close()
-        tp.store = TelemetryStore(path)
-        tp.store.start()
+        path = tp.sink.path
+        tp.sink.close()
+        tp.sink = LocalSink(ExportingStore(TelemetryStore(path)), tp._offload.run)
+        tp.sink.set_console(tp._console)
+        tp.sink.start()
         ctx.log.info(f"bench: tokenpak store switched to the in-process writer thread ({path})")
 
 

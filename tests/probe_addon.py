@@ -37,7 +37,7 @@ class Probe:
             return
         gc.collect()
         tp = _tokenpak()
-        store = getattr(tp, "store", None)
+        store = getattr(tp, "sink", None)
         live = sum(1 for o in gc.get_objects() if isinstance(o, http.HTTPFlow)) - 1  # minus this probe
         body = {
             "flows_tracked": len(getattr(tp, "_flows", {})),

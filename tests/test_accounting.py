@@ -6,7 +6,17 @@ from __future__ import annotations
 import json
 import time
 
-from tokenpak_mitm.accounting import Accountant, Finished, SessionFacts, blind_until, console_line, minimal_row
+from tokenpak_mitm.accounting import (
+    SESSION_COLUMNS,
+    Accountant,
+    Finished,
+    SessionFacts,
+    blind_until,
+    console_line,
+    finished_from_json,
+    finished_to_json,
+    minimal_row,
+)
 from tokenpak_mitm.dialects.base import Extract
 from tokenpak_mitm.routes import classify
 from tokenpak_mitm.telemetry import RequestRecord, build_row, outcome
@@ -123,6 +133,36 @@ def test_what_crosses_to_the_writer_loads_equal_to_what_was_sent():
     assert back == done and back.record.route == rec.route and back.record.extract.usage == rec.extract.usage
     facts = SessionFacts("openai_chat", {"x-tokenpak-session": "s"}, "scope", 9.0, b"{}")
     assert pickle.loads(pickle.dumps(facts, protocol=5)) == facts
+
+
+def test_a_spilled_request_reads_back_equal_to_what_was_spilled():
+    # The proxy spills records (never rows) when its writer is gone; the writer that imports the
+    # spill file accounts them. Every field must survive the JSON form, extras and secrets included.
+    import dataclasses
+
+    from tokenpak_mitm.usage import ExtraIteration
+
+    rec = record("k", Usage(**{f.name: i + 1 for i, f in enumerate(dataclasses.fields(Usage))}), 1.5)
+    rec.extract.extras = (ExtraIteration("compaction", "claude-haiku-4-5", Usage(input_tokens=3, output_tokens=1)),)
+    rec.known_secrets, rec.conformance_violations, rec.stream = ("sk-1",), 2, True
+    for done in (Finished(rec, outcome(rec), 2.5, 3.5, {"session_id": "s", "turn": 3}), Finished(rec, None, None, 4.0)):
+        back = finished_from_json(json.loads(json.dumps(finished_to_json(done))))
+        assert back == done
+        assert Accountant().close(back) == Accountant().close(done)
+
+
+def test_a_replay_reuses_the_live_runs_session_columns():
+    # A replayed flow carries the session columns its live run stashed: the row says those, not
+    # what this (other) tracker decided, so the replay's rows match the live ones.
+    acc = Accountant()
+    t0 = 1_800_000_000.0
+    acc.open("r", facts(body(1), t0))
+    rec = record("r", Usage(input_tokens=10, cache_write_tokens=3000), t0)
+    live = dict.fromkeys(SESSION_COLUMNS) | {"session_id": "live-session", "session_source": "header", "turn": 7}
+    row, session = acc.account(Finished(rec, outcome(rec), t0 + 0.5, t0 + 1, live))
+    assert (row.session_id, row.session_source, row.turn) == ("live-session", "header", 7)
+    assert session is not None and set(session) == set(SESSION_COLUMNS) and session["turn"] == 7
+    assert acc.account(Finished(record("none", Usage(input_tokens=1), t0), None, None, t0))[1] is None  # no session began
 
 
 def test_by_fields_refuses_a_class_it_could_not_rebuild():

@@ -16,7 +16,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from tokenpak_mitm import hooks
 from tokenpak_mitm.accounting import Finished, SessionFacts
 from tokenpak_mitm.addon import TokenPak
-from tokenpak_mitm.store_writer import StoreProcess
+from tokenpak_mitm.store_writer import LocalSink, StoreProcess
 from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
 
 SSE = (
@@ -40,14 +40,30 @@ def anthropic_flow(resp_body: bytes | None = SSE, ctype: str = "text/event-strea
 
 
 class Rows:
+    """A row store that keeps the rows in memory (the store has its own tests)."""
+
+    path = Path("rows-in-memory")
+    written = 0
+    last_error = None
+
     def __init__(self) -> None:
         self.rows: list[dict] = []
+
+    def start(self) -> None:
+        pass
 
     def submit(self, row: dict) -> None:
         self.rows.append(row)
 
+    def set_otlp(self, url: str | None) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+def rows_of(tp: TokenPak) -> list[dict]:
+    return tp.sink.rows.rows
 
 
 @pytest.fixture
@@ -55,8 +71,10 @@ async def addon(tmp_path: Path):
     tp = TokenPak()
     with taddons.context(tp) as tctx:
         tctx.configure(tp, tokenpak_db=str(tmp_path / "t.db"), tokenpak_cache="off")
-        tp.store.close()
-        tp.store = Rows()  # capture rows in memory; the store has its own tests
+        tp.sink.close()
+        tp.sink = LocalSink(Rows())  # accounted in this process, rows captured in memory
+        tp._local = True  # as when flows are saved: what their replays reuse is stashed
+        tp.sink.set_console(tp._console)
         yield tp, tctx
 
 
@@ -90,8 +108,8 @@ async def test_stream_callable_is_identity_and_one_row(addon):
     tp.response(f)
     tp.error(f)  # a late error for the same flow must not add a second row
     await next_turn()
-    assert len(tp.store.rows) == 1
-    row = tp.store.rows[0]
+    assert len(rows_of(tp)) == 1
+    row = rows_of(tp)[0]
     assert (row["input_tokens"], row["output_tokens"], row["terminal_state"]) == (7, 3, "completed")
 
 
@@ -113,7 +131,7 @@ async def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     assert [f.response.stream(c) for c in chunks] == chunks  # bytes flow on
     tp.response(f)
     await next_turn()
-    assert len(tp.store.rows) == 1
+    assert len(rows_of(tp)) == 1
 
 
 async def test_replayed_flow_parses_the_buffered_body(addon):
@@ -121,7 +139,7 @@ async def test_replayed_flow_parses_the_buffered_body(addon):
     tp, _ = addon
     f = anthropic_flow()
     await drive_buffered(tp, f)
-    row = tp.store.rows[0]
+    row = rows_of(tp)[0]
     assert (row["input_tokens"], row["output_tokens"], row["frames"]) == (7, 3, 3)
 
 
@@ -134,16 +152,16 @@ async def test_error_hook_alone_gives_one_row_with_partial_usage(addon):
     f.error = mflow.Error("Client disconnected.")
     tp.error(f)
     tp.error(f)
-    assert len(tp.store.rows) == 1
-    assert tp.store.rows[0]["terminal_state"] == "client_disconnected"
-    assert tp.store.rows[0]["usage_source"] == "partial"
+    assert len(rows_of(tp)) == 1
+    assert rows_of(tp)[0]["terminal_state"] == "client_disconnected"
+    assert rows_of(tp)[0]["usage_source"] == "partial"
 
 
 async def test_other_hosts_are_ignored(addon):
     tp, _ = addon
     f = tflow.tflow(resp=True)
     await drive_buffered(tp, f)
-    assert tp.store.rows == [] and f.response.stream is False
+    assert rows_of(tp) == [] and f.response.stream is False
 
 
 def test_extra_hosts_option(addon):
@@ -154,7 +172,7 @@ def test_extra_hosts_option(addon):
     tp.requestheaders(f)
     tp.responseheaders(f)
     tp.response(f)
-    assert len(tp.store.rows) == 1 and tp.store.rows[0]["host"] == "llm.internal"
+    assert len(rows_of(tp)) == 1 and rows_of(tp)[0]["host"] == "llm.internal"
 
 
 @pytest.mark.parametrize("opt, value", [("tokenpak_cache", "maybe"), ("tokenpak_cache_ttl", "2h"), ("tokenpak_console", "maybe"), ("tokenpak_cache_history", "maybe")])
@@ -220,7 +238,7 @@ async def test_json_body_parse_failure_records_a_row_not_an_exception(addon):
     tp, _ = addon
     f = anthropic_flow(resp_body=b"{not json", ctype="application/json")
     await drive_buffered(tp, f)
-    row = tp.store.rows[0]
+    row = rows_of(tp)[0]
     assert row["terminal_state"] == "completed" and row["usage_source"] == "absent" and row["cost_usd"] is None
 
 
@@ -252,30 +270,29 @@ async def test_accounting_waits_until_the_response_is_sent(addon):
     await tp.request(f)
     tp.responseheaders(f)
     assert tp.response(f) is None
-    assert tp.store.rows == []
+    assert rows_of(tp) == []
     tp.error(f)  # a late error must not add a second row
     await next_turn()
-    assert len(tp.store.rows) == 1 and tp.store.rows[0]["output_tokens"] == 5
+    assert len(rows_of(tp)) == 1 and rows_of(tp)[0]["output_tokens"] == 5
 
 
 async def test_a_bug_after_the_row_is_queued_stays_out_of_the_event_loop(addon, monkeypatch):
     # The deferred accounting is a loop callback, not a hook: nothing may escape to asyncio.
     tp, tctx = addon
     tctx.configure(tp, tokenpak_console="true")
-    tp._console = True
-    import tokenpak_mitm.addon as addon_mod
+    import tokenpak_mitm.store_writer as sink_mod
 
     def broken(row):
         raise RuntimeError("bug in the console line")
 
-    monkeypatch.setattr(addon_mod, "console_line", broken)
+    monkeypatch.setattr(sink_mod, "console_line", broken)
     escaped: list[dict] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: escaped.append(context))
     f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
     await drive_buffered(tp, f)
     await next_turn()
     assert escaped == []
-    assert len(tp.store.rows) == 1 and tp.store.rows[0]["request_key"] == f.id
+    assert len(rows_of(tp)) == 1 and rows_of(tp)[0]["request_key"] == f.id
 
 
 async def end_together(tp: TokenPak, n: int) -> list:
@@ -298,16 +315,16 @@ async def test_flows_ending_together_are_accounted_one_per_loop_turn(addon):
     counts = []
     for _ in range(4):
         await next_turn()
-        counts.append(len(tp.store.rows))
+        counts.append(len(rows_of(tp)))
     assert counts == [1, 2, 3, 3]
-    assert [r["request_key"] for r in tp.store.rows] == [f.id for f in flows]  # oldest first
+    assert [r["request_key"] for r in rows_of(tp)] == [f.id for f in flows]  # oldest first
 
 
 async def test_done_flushes_rows_still_waiting_for_the_loop(addon):
     tp, _ = addon
     flows = await end_together(tp, 3)
     tp.done()  # shutdown before the loop turned: every row is still written
-    assert sorted(r["request_key"] for r in tp.store.rows) == sorted(f.id for f in flows)
+    assert sorted(r["request_key"] for r in rows_of(tp)) == sorted(f.id for f in flows)
 
 
 async def test_metadata_survives_serialisation(addon):
@@ -358,8 +375,8 @@ async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
     monkeypatch.setattr(accounting_mod, "build_row", broken)
     f = anthropic_flow()
     await drive_buffered(tp, f)
-    assert len(tp.store.rows) == 1
-    row = tp.store.rows[0]
+    assert len(rows_of(tp)) == 1
+    row = rows_of(tp)[0]
     assert row["terminal_state"] == "proxy_error" and row["request_key"] == f.id and row["usage_source"] == "absent"
 
 
@@ -375,7 +392,7 @@ class Handoff(StoreProcess):
     def begin(self, key: str, facts: SessionFacts) -> None:
         self.begun.append((key, facts))
 
-    def account(self, done: Finished) -> None:
+    def finish(self, done: Finished) -> None:
         self.finished.append(done)
 
     def submit(self, row) -> None:  # type: ignore[override]
@@ -387,7 +404,7 @@ class Handoff(StoreProcess):
 
 async def test_a_live_flow_is_accounted_in_the_writer_and_its_secrets_stay_in_the_proxy(addon, tmp_path):
     tp, _ = addon
-    tp.store = store = Handoff(tmp_path / "h.db")
+    tp.sink = store = Handoff(tmp_path / "h.db")
     secret = "sk-ant-secret-xyz0123456789"
     echo = json.dumps({"type": "error", "error": {"type": f"invalid key {secret}", "message": f"bad {secret}"}}).encode()
     f = anthropic_flow(resp_body=echo, ctype="application/json")
@@ -402,12 +419,14 @@ async def test_a_live_flow_is_accounted_in_the_writer_and_its_secrets_stay_in_th
     assert secret not in pickle.dumps(done).decode("latin-1")
 
 
-async def test_a_flow_someone_watches_is_accounted_in_the_proxy(addon, tmp_path):
+async def test_a_flow_someone_watches_takes_the_same_path(addon, tmp_path):
+    # A live checker (or a probe) watching the flow changes nothing about where it is accounted:
+    # the record goes to the writer, with what the watcher noted on it.
     tp, _ = addon
-    tp.store = store = Handoff(tmp_path / "h.db")
+    tp.sink = store = Handoff(tmp_path / "h.db")
     f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
     f.live = True
-    hooks.want(f, hooks.ROW)  # a recorder or live checker needs the row in this process
+    hooks.want(f, hooks.FINISHED)
     await drive_buffered(tp, f)
-    assert store.begun == [] and store.finished == []
-    assert len(store.rows) == 1 and store.rows[0]["output_tokens"] == 5
+    assert [k for k, _ in store.begun] == [f.id]
+    assert len(store.finished) == 1 and store.rows == [] and store.finished[0].record.extract.usage.output_tokens == 5

@@ -479,7 +479,7 @@ def test_live_mode_rejects_an_unknown_value():
         flow = tflow.tflow()
         flow.request.method, flow.request.host, flow.request.path = "POST", "api.anthropic.com", "/v1/messages"
         live.requestheaders(flow)
-        assert live.active and hooks.wanted(flow, hooks.STREAM) and hooks.wanted(flow, hooks.ROW)
+        assert live.active and hooks.wanted(flow, hooks.STREAM) and hooks.wanted(flow, hooks.FINISHED)
         tctx.configure(live, tokenpak_conformance="off")
         flow = tflow.tflow()
         flow.request.method, flow.request.host, flow.request.path = "POST", "api.anthropic.com", "/v1/messages"
@@ -513,10 +513,11 @@ def test_live_checker_accepts_a_row_that_comes_after_its_own_end_hook():
 
     from mitmproxy.test import taddons, tflow
 
-    from tokenpak_mitm import hooks
+    from tokenpak_mitm.accounting import Finished
     from tokenpak_mitm.addon import TokenPak
     from tokenpak_mitm.conformance.live import LiveConformance
-    from tokenpak_mitm.row import TelemetryRow
+    from tokenpak_mitm.routes import Route
+    from tokenpak_mitm.telemetry import RequestRecord
 
     live = LiveConformance()
     with taddons.context(TokenPak(), live) as tctx:
@@ -526,16 +527,16 @@ def test_live_checker_accepts_a_row_that_comes_after_its_own_end_hook():
             f.request.method, f.request.host, f.request.path = "POST", "api.anthropic.com", "/v1/messages"
             live.requestheaders(f)
 
-        async def run() -> TelemetryRow:
+        async def run() -> RequestRecord:
             live.response(late)
             live.response(missing)
-            slot = hooks.RowSlot(TelemetryRow(request_key=late.id, started_at=1.0))
-            live.tokenpak_row(late, slot)  # TokenPak came after the checker in the list
+            done = Finished(RequestRecord(late.id, Route("anthropic", "messages", "anthropic"), 1.0, "h", "/v1/messages"), None, None, 2.0)
+            live.tokenpak_finished(late, done)  # TokenPak came after the checker in the list
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-            return slot.row
+            return done.record
 
-        row = asyncio.run(run())
+        record = asyncio.run(run())
         live.done()  # the flow that never got a row is reported by shutdown at the latest
-    assert row.conformance_violations == 0
+    assert record.conformance_violations == 0
     assert live.violations == 1

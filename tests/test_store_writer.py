@@ -201,7 +201,7 @@ def test_live_requests_are_accounted_in_the_writer_process(tmp_path: Path):
     now = time.time()
     for i in range(3):
         s.begin(f"k{i}", _facts(now + i, "build-7"))
-        s.account(_finished(f"k{i}", now + i))
+        s.finish(_finished(f"k{i}", now + i))
     s.close()
     con = sqlite3.connect(db)
     rows = con.execute("SELECT request_key, session_id, session_source, turn, cost_usd, terminal_state FROM requests ORDER BY turn").fetchall()
@@ -215,16 +215,16 @@ def test_the_writer_prints_the_console_line_on_the_proxys_output(tmp_path: Path,
     s = StoreProcess(tmp_path / "t.db")
     s.set_console(True)
     s.start()
-    s.account(_finished("c1", time.time(), tokens=11))
+    s.finish(_finished("c1", time.time(), tokens=11))
     s.set_console(False)
-    s.account(_finished("c2", time.time(), tokens=13))
+    s.finish(_finished("c2", time.time(), tokens=13))
     s.close()
     out = capfd.readouterr().out
     assert "tokenpak: anthropic/messages claude-sonnet-4-6 in=11 " in out
     assert "in=13" not in out  # switched off before the second request
 
 
-def test_finished_requests_the_writer_never_acknowledged_are_spilled_as_rows(tmp_path: Path):
+def test_finished_requests_the_writer_never_acknowledged_are_spilled_as_records(tmp_path: Path):
     db = tmp_path / "t.db"
     s = StoreProcess(db)
     s.start()
@@ -234,16 +234,19 @@ def test_finished_requests_the_writer_never_acknowledged_are_spilled_as_rows(tmp
     os.kill(pid, signal.SIGSTOP)
     keys = [f"f{i}" for i in range(5)]
     for k in keys:
-        s.account(_finished(k, time.time()))
+        s.finish(_finished(k, time.time()))
     time.sleep(0.5)
-    os.kill(pid, signal.SIGKILL)  # dies holding them: the proxy builds their rows and spills them
+    os.kill(pid, signal.SIGKILL)  # dies holding them: the proxy spills their records (it builds no row)
     assert wait_until(lambda: s.spilled_here == 5, timeout=10)
     spilled = [json.loads(line) for line in spill_paths(db)[0].read_text().splitlines()]
-    assert sorted(r["request_key"] for r in spilled) == keys
-    assert all(r["output_tokens"] == 2 and r["cost_usd"] > 0 for r in spilled)  # full rows, priced
-    assert wait_until(lambda: len(keys_in(db)) == 5)  # the restarted writer imports the spill file
+    assert sorted(r["finished"]["record"]["request_key"] for r in spilled) == keys
+    assert wait_until(lambda: len(keys_in(db)) == 5)  # the restarted writer imports and accounts them
     s.close()
     exactly_once(db, keys)
+    con = sqlite3.connect(db)
+    got = con.execute("SELECT output_tokens, cost_usd, terminal_state FROM requests").fetchall()
+    con.close()
+    assert all(out == 2 and cost > 0 and state == "completed" for out, cost, state in got)  # full rows, priced
 
 
 def test_the_writer_exports_every_row_it_writes_to_the_otlp_collector(tmp_path: Path):
@@ -257,7 +260,7 @@ def test_the_writer_exports_every_row_it_writes_to_the_otlp_collector(tmp_path: 
         s.start()
         now = time.time()
         s.begin("live-1", _facts(now, "team-a"))
-        s.account(_finished("live-1", now, tokens=21))
+        s.finish(_finished("live-1", now, tokens=21))
         s.submit(row("built-here", model="claude-sonnet-4-6", terminal_state="completed"))
         s.close()  # the writer flushes its exporter before it exits
         spans = _spans(collector)
@@ -280,7 +283,7 @@ def test_large_request_bodies_reach_the_writers_session_tracker_intact(tmp_path:
         body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "s" * size, "metadata": {"user_id": user_id},
                            "messages": [{"role": "user", "content": "hi"}]}).encode()
         s.begin(f"big{i}", SessionFacts("anthropic", {}, "scope", now + i, body))
-        s.account(_finished(f"big{i}", now + i))
+        s.finish(_finished(f"big{i}", now + i))
     s.close()
     con = sqlite3.connect(db)
     got = con.execute("SELECT session_id, session_source, turn FROM requests ORDER BY turn").fetchall()
@@ -290,7 +293,7 @@ def test_large_request_bodies_reach_the_writers_session_tracker_intact(tmp_path:
 
 def test_a_value_that_does_not_pickle_costs_nothing_but_its_own_oddity(tmp_path: Path):
     # The hand-off pickles; a value that cannot be pickled must not stop the feeder (every later
-    # row would be lost): the item goes as the row built in the proxy, its odd value as text.
+    # row would be lost): the record goes with its odd value as text.
     import threading
 
     db = tmp_path / "t.db"
@@ -299,9 +302,9 @@ def test_a_value_that_does_not_pickle_costs_nothing_but_its_own_oddity(tmp_path:
     now = time.time()
     bad = _finished("odd", now)
     bad.record.upstream_request_id = threading.Lock()  # type: ignore[assignment]
-    s.account(bad)
+    s.finish(bad)
     for i in range(3):
-        s.account(_finished(f"after{i}", now + i))
+        s.finish(_finished(f"after{i}", now + i))
     assert wait_until(lambda: len(keys_in(db)) == 4)
     s.close()
     exactly_once(db, ["odd", "after0", "after1", "after2"])

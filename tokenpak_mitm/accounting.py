@@ -1,38 +1,46 @@
-"""One request's accounting, wherever it runs: its session and turn, the miss diagnosis, the row
-(pure: values in, values out; the clock is the caller's).
+"""One request's accounting: its session and turn, the miss diagnosis, the row (pure: values in,
+values out; the clock is the caller's). The one home of every accounting rule.
 
-The proxy's event-loop thread should only forward bytes, so for live traffic this runs in the
-store's writer process (``store_writer``): the addon sends one ``SessionFacts`` when a request goes
-upstream and one ``Finished`` when it ends, and the writer's ``Accountant`` turns them into the row
-it writes. Flows whose row the proxy itself needs at once (saved with ``-w``, recorded, checked
-live, replayed from a file) are accounted by the addon's own ``Accountant``, with the same code.
+The proxy hands each request to one ``Sink``, chosen once when the store is configured: it sends
+one ``SessionFacts`` when a request goes upstream and one ``Finished`` (the record, with what
+other addons noted on it) when it ends. ``Accountant.close`` / ``account`` turns that into the
+request's one row, and is the only caller of ``telemetry.build_row``. It runs in the store's writer
+process (``store_writer``), or in the proxy for a ``LocalSink`` (see ``Sink``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 from tokenpak_mitm import __version__
 from tokenpak_mitm.cache_facts import TTL_SECONDS
 from tokenpak_mitm.cache_miss import miss_cost_usd
+from tokenpak_mitm.dialects.base import Extract
 from tokenpak_mitm.request_shape import Shape, parse_shape
+from tokenpak_mitm.routes import Route
 from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.sessions import SessionTracker, Ticket, UsageFacts
 from tokenpak_mitm.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label
+from tokenpak_mitm.usage import ExtraIteration, Usage
 from tokenpak_mitm.wire import by_fields
 
-__all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "Accountant", "Begin", "ConsoleSwitch", "OtlpSwitch", "Finished", "SessionFacts", "blind_until", "console_line", "identity_headers",
-           "minimal_row"]
+__all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "SESSION_COLUMNS", "Accountant", "Begin", "ConsoleSwitch", "Finished", "OtlpSwitch", "SessionFacts", "Sink",
+           "blind_until", "console_line", "finished_from_json", "finished_to_json", "identity_headers", "minimal_row"]
 
 # The only request headers the session tracker reads (session_id.identify).
 IDENTITY_HEADERS = (SESSION_HEADER, PROJECT_HEADER, CLAUDE_CODE_SESSION_HEADER)
 DIAGNOSED_DIALECTS = frozenset({"anthropic", "openai_chat", "openai_responses"})  # Gemini: sessions only
 MAX_OPEN = 20_000  # requests begun and not yet finished that an Accountant keeps (oldest dropped)
 MINIMAL_OUTCOME = Outcome("proxy_error", "absent", "telemetry_error", None)  # as `minimal_row` says
+# The row's columns the session tracker fills (`Accountant.columns`); a replay reuses the live run's.
+SESSION_COLUMNS = ("session_id", "session_source", "project", "turn", "cache_miss_reason", "miss_section", "miss_block",
+                   "miss_change", "miss_expected_tokens", "cache_warm_until", "miss_cost_usd")
 
 
 @by_fields
@@ -50,12 +58,16 @@ class SessionFacts:
 @by_fields
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """A request as it ended: its record, how it ended (the error text already redacted), and when."""
+    """A request as it ended: its record (with what other addons noted on it, e.g. the live
+    checker's ``conformance_violations``), how it ended (the error text already redacted; None:
+    it could not be read, the row is the minimal one), and when. ``session``: the columns a
+    replayed flow's live run stashed, used instead of this tracker's (so the rows match)."""
 
     record: RequestRecord
-    ended: Outcome
+    ended: Outcome | None
     response_started: float | None  # when the response began (cache writes readable from then)
     ended_at: float
+    session: Mapping[str, Any] | None = None
 
 
 class Begin(NamedTuple):
@@ -136,31 +148,100 @@ class Accountant:
         lost = miss_cost_usd(rec.route.provider, ended.model, usage, verdict.expected_tokens) if verdict else None
         return {**result.columns(), "miss_cost_usd": lost}
 
-    @staticmethod
-    def row(rec: RequestRecord, ended: Outcome | None, columns: Mapping[str, Any]) -> TelemetryRow:
-        """The row (the minimal one when ``ended`` is None)."""
-        return build_row(rec, ended, columns) if ended is not None else minimal_row(rec, columns)
-
-    # -- by key (the writer process) ------------------------------------------------------------
-    def open(self, key: str, facts: SessionFacts) -> None:
-        self._open[key] = self.begin(facts)
+    # -- by key: the two halves of a request, as messages ---------------------------------------
+    def open(self, key: str, facts: SessionFacts, parsed: object = None, shape: Shape | None = None) -> None:
+        self._open[key] = self.begin(facts, parsed, shape)
         while len(self._open) > self._max_open:
             self._open.popitem(last=False)  # a request whose end never came (its proxy died)
 
     def close(self, done: Finished) -> TelemetryRow:
+        """The request's one row (see `account`)."""
+        return self.account(done)[0]
+
+    def account(self, done: Finished) -> tuple[TelemetryRow, dict[str, Any] | None]:
+        """The request's one row and its session columns (None: it had no session). The only place
+        a row is built: ``build_row``, or the minimal row when that fails or the outcome could not
+        be read. Never raises."""
         rec = done.record
         ticket = self._open.pop(rec.request_key, None)
         columns: dict[str, Any] = {}
         if ticket is not None:
             try:
-                columns = self.columns(ticket, rec, done.ended, done.response_started, done.ended_at)
+                columns = self.columns(ticket, rec, done.ended or MINIMAL_OUTCOME, done.response_started, done.ended_at)
             except Exception:  # noqa: BLE001 - the row still goes, without its session columns
                 self.failures += 1
-        try:
-            return self.row(rec, done.ended, columns)
-        except Exception:  # noqa: BLE001 - the request is still counted
-            self.failures += 1
-            return minimal_row(rec, columns)
+            if done.session is not None:  # a replay: the live run's session and verdict, so the rows match
+                columns = {k: done.session.get(k) for k in columns}
+        session = columns if ticket is not None else None
+        if done.ended is not None:
+            try:
+                return build_row(rec, done.ended, columns), session
+            except Exception:  # noqa: BLE001 - the request is still counted
+                self.failures += 1
+        return minimal_row(rec, columns), session
+
+
+class Sink(Protocol):
+    """Where the proxy hands its requests' accounting: chosen once, when the store is configured.
+
+    The store's writer process (``store_writer.StoreProcess``: the usual one) or the proxy itself
+    (``store_writer.LocalSink``: a frozen mitmdump, tests, and proxies that save or record flows,
+    whose files must carry the session columns their replays reuse). Either way the one
+    ``Accountant.close`` builds the row.
+    """
+
+    path: Path
+
+    def start(self) -> None: ...
+
+    def begin(self, key: str, facts: SessionFacts) -> None:
+        """A request went upstream (what the session tracker reads of it)."""
+
+    def finish(self, done: Finished) -> Mapping[str, Any] | None:
+        """A request ended. Returns its session columns when its row was built here and now, else None."""
+
+    def set_console(self, on: bool) -> None: ...
+
+    def set_otlp(self, url: str | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def finished_to_json(done: Finished) -> dict[str, Any]:
+    """A finished request as JSON values (what a spill file holds for it; see `finished_from_json`)."""
+    return {"record": _plain(done.record), "ended": None if done.ended is None else list(done.ended),
+            "response_started": done.response_started, "ended_at": done.ended_at,
+            "session": None if done.session is None else dict(done.session)}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses as dicts of their fields, tuples as lists; other values as they are (JSON's
+    ``default=str`` takes any odd one). Not ``dataclasses.asdict``: it copies, and an odd value
+    may not copy."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _known[T](cls: type[T], values: Mapping[str, Any], **given: Any) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in values.items() if k in names and k not in given}, **given)
+
+
+def finished_from_json(data: Mapping[str, Any]) -> Finished:
+    """The ``Finished`` that `finished_to_json` wrote (fields it does not know are ignored; raises on a damaged one)."""
+    rec = data["record"]
+    x = rec["extract"]
+    extras = tuple(ExtraIteration(e["kind"], e.get("model"), _known(Usage, e.get("usage") or {})) for e in x.get("extras") or ())
+    extract = _known(Extract, x, usage=_known(Usage, x.get("usage") or {}), extras=extras)
+    record = _known(RequestRecord, rec, route=_known(Route, rec["route"]), extract=extract,
+                    known_secrets=tuple(rec.get("known_secrets") or ()))
+    ended = data.get("ended")
+    session = data.get("session")
+    return Finished(record, None if ended is None else Outcome(*ended), data.get("response_started"), float(data["ended_at"]),
+                    session if isinstance(session, dict) else None)
 
 
 def blind_until(last: float | None, now: float) -> float | None:

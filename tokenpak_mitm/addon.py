@@ -8,8 +8,8 @@ this class only moves data between mitmproxy's flow objects and them. Two promis
   unchanged (see ``tap.py``). Only forwarding work stays on the event loop: planning the markers
   (it decides the bytes sent upstream), a cheap record of what happened, and, once the response
   is sent, reading its usage for the planner. The session tracker, the miss diagnosis, pricing,
-  the row and the console line of a live request run in the store's writer process
-  (``accounting.py``); big bodies are planned and fingerprinted in a worker process.
+  the row and the console line run behind one ``accounting.Sink`` chosen in ``configure`` (the
+  store's writer process, see ``_make_sink``); big bodies are planned in a worker process.
 * **Exactly one row per LLM request.** Per-flow state lives in a ``WeakKeyDictionary`` (no flow is
   kept alive) and an ``emitted`` flag guards ``response``/``error``; the store's unique key guards
   the rest.
@@ -38,7 +38,7 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__, hooks
-from tokenpak_mitm.accounting import MINIMAL_OUTCOME, Accountant, Finished, SessionFacts, blind_until, console_line, identity_headers, minimal_row
+from tokenpak_mitm.accounting import Finished, SessionFacts, Sink, identity_headers
 from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.dialects.base import Tracker
@@ -46,22 +46,20 @@ from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.offload import Offloader
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
-from tokenpak_mitm.otel import OtelExporter, OtelUnavailable, require_otel
+from tokenpak_mitm.otel import OtelUnavailable, require_otel
 from tokenpak_mitm.pricing import request_price_hints
 from tokenpak_mitm.pricing import warm as warm_prices
 from tokenpak_mitm.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.quiet import set_quiet
 from tokenpak_mitm.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.request_model import request_model
-from tokenpak_mitm.request_shape import parse_shape
 from tokenpak_mitm.routes import Route, classify, route_class, tracker_for
-from tokenpak_mitm.row import ClosedBy, TelemetryRow
+from tokenpak_mitm.row import ClosedBy
 from tokenpak_mitm.session_id import PROJECT_HEADER, SESSION_HEADER
-from tokenpak_mitm.sessions import Ticket as SessionTicket
 from tokenpak_mitm.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
-from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
-from tokenpak_mitm.store_writer import StoreProcess
+from tokenpak_mitm.store import TelemetryStore, default_db_path
+from tokenpak_mitm.store_writer import ExportingStore, LocalSink, StoreProcess
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import Outcome, RequestRecord, outcome
 
@@ -71,7 +69,6 @@ CACHE_MODES = ("auto", "off", "top-level")
 CACHE_TTLS = ("5m", "1h", "auto")
 META = "tokenpak"  # flow.metadata key: survives save/replay, so replays reuse live decisions
 SNAPSHOT_CHUNK = 2048  # prefix digests looked up per event-loop turn (~5 ms when all are known)
-SHAPE_OFFLOAD_BYTES = 32 << 10  # request bodies above this are fingerprinted for the session tracker in a worker thread
 INLINE_PARSE_BYTES = 256 * 1024  # response bodies decoding to more are decoded and parsed in a worker thread
 MAX_OBSERVED_BODY = 16 * 1024 * 1024  # and above this not parsed at all (the row says so)
 
@@ -96,11 +93,6 @@ class _FlowState:
     extra: dict[str, Any] = field(default_factory=dict)
     ticket: Ticket | None = None  # the learning planner's record of this request, for the response side
     labels: dict[str, str] = field(default_factory=dict)  # the x-tokenpak-* headers, taken off the request
-    session_ticket: SessionTicket | None = None  # the session tracker's record of this request
-    session_task: asyncio.Task[None] | None = None
-    # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
-    # decided when the request goes upstream, so the session's two halves are tracked in one place.
-    remote: bool = False
     req_headers: _HeaderView | None = None  # read once when the request is complete (labels included)
     resp_headers: _HeaderView | None = None  # read once when the flow ends (`_response_headers`)
 
@@ -110,8 +102,8 @@ class TokenPak:
 
     def __init__(self) -> None:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowState] = weakref.WeakKeyDictionary()
-        self.store: StoreProcess | TelemetryStore | None = None
-        self.otel: OtelExporter | None = None  # only with the in-process store; else the writer process exports
+        self.sink: Sink | None = None  # where requests are accounted (see `_make_sink`)
+        self._local = False  # the sink accounts in this process (flows are saved or recorded)
         self._otlp = ""  # tokenpak_otlp
         self.rows_emitted = 0
         # Flows whose response went out and whose accounting waits for the next loop turn (see
@@ -134,7 +126,6 @@ class TokenPak:
         self._history = True  # tokenpak_cache_history
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
-        self.accountant = Accountant()  # for flows accounted here (see `_FlowState.remote`)
         self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -182,20 +173,20 @@ class TokenPak:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
-        if "tokenpak_db" in updated:
+        # Flows saved (-w) or recorded keep the session columns their replays reuse: accounted here.
+        local = self._saving or bool(getattr(opts, "tokenpak_record", ""))
+        if updated & {"tokenpak_db", "save_stream_file", "tokenpak_record"}:
             path = opts.tokenpak_db or str(default_db_path())
-            if self.store is None or str(self.store.path) != str(path):
-                if self.store is not None:
-                    self.store.close()
-                # Before the store starts writing: were requests recorded by an earlier run within
-                # the longest TTL? Their cache entries may still be live, unknown to this tracker.
-                self.accountant.sessions.blind_until = blind_until(last_request_at(path), time.time())
-                self.store = _make_store(path)
-                if isinstance(self.store, StoreProcess) and self._otlp:
-                    self.store.set_otlp(self._otlp)
-                self.store.start()
-        if isinstance(self.store, StoreProcess):
-            self.store.set_console(self._console)
+            if self.sink is None or str(self.sink.path) != str(path) or local != self._local:
+                if self.sink is not None:
+                    self.sink.close()
+                self._local = local
+                self.sink = _make_sink(path, local, self._offload.run)
+                if self._otlp:
+                    self.sink.set_otlp(self._otlp)
+                self.sink.start()
+        if self.sink is not None:
+            self.sink.set_console(self._console)
 
         try:
             self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
@@ -207,27 +198,22 @@ class TokenPak:
                 self._load_index(self._index_path)
 
         if "tokenpak_otlp" in updated:
-            if self.otel is not None:
-                self.otel.shutdown()
-                self.otel = None
             url = opts.tokenpak_otlp
             if url and not url.startswith(("http://", "https://")):
                 raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
             try:
-                if url and isinstance(self.store, StoreProcess):
-                    require_otel()  # the writer process exports every row it writes
-                elif url:
-                    self.otel = OtelExporter(url)
+                if url:
+                    require_otel()  # the store exports every row it writes
             except OtelUnavailable as e:
                 raise exceptions.OptionsError(str(e)) from e
             self._otlp = url
-            if isinstance(self.store, StoreProcess):
-                self.store.set_otlp(url or None)
+            if self.sink is not None:
+                self.sink.set_otlp(url or None)
 
     def running(self) -> None:
         self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
-        db = self.store.path if self.store else "-"
+        db = self.sink.path if self.sink else "-"
         logger.info(
             "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
@@ -266,10 +252,8 @@ class TokenPak:
             self._run_deferred(flow_id, True)
         self._save_index()
         self._offload.close()
-        if self.otel is not None:
-            self.otel.shutdown()
-        if self.store is not None:
-            self.store.close()
+        if self.sink is not None:
+            self.sink.close()
 
     # -- request side ---------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -294,7 +278,7 @@ class TokenPak:
             flow.response = http.Response.make(400, b"bad probe", {"content-type": "text/plain"})
             return
         assert nonce is not None
-        store = self.store
+        store = self.sink
         identity = None
         if store is not None:
             try:
@@ -333,19 +317,11 @@ class TokenPak:
         if st is None:
             return
         await self._request(flow, st)
-        store = self.store
-        writer = store if isinstance(store, StoreProcess) and st.live and not self._saving and hooks.WANT_KEY not in flow.metadata else None
-        st.remote = writer is not None
-        if st.route.api not in _CONVERSATION_APIS:
-            return
-        if writer is not None:
+        if st.route.api in _CONVERSATION_APIS and self.sink is not None:
             try:
-                writer.begin(flow.id, self._session_facts(flow, st))
+                self.sink.begin(flow.id, self._session_facts(flow, st))
             except Exception:
                 logger.exception("tokenpak: could not hand the request to the session tracker; the row goes without it")
-            return
-        # After the hook returns: parsing and hashing the prompt must not delay the request.
-        st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
 
     def _session_facts(self, flow: http.HTTPFlow, st: _FlowState) -> SessionFacts:
         req = flow.request
@@ -366,47 +342,10 @@ class TokenPak:
             await self._plan(flow, st)
         st.sent_at = time.time()
 
-    async def _begin_session(self, flow: http.HTTPFlow, st: _FlowState) -> None:
-        try:
-            await self._begin_session_guarded(flow, st)
-        except Exception:
-            logger.exception("tokenpak: could not track the session; the row goes without it")
-
-    async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
-        """Decide the session and turn from what went upstream (markers included)."""
-        facts = self._session_facts(flow, st)
-        readable = facts.body
-        if readable is not None and len(readable) > SHAPE_OFFLOAD_BYTES:
-            # ~0.7 ms per 200 KB (250 ms for 26k blocks): in the worker process, not a thread,
-            # which would hold the GIL the event loop needs; only the session hints and the
-            # shape come back.
-            parsed, shape = await self._offload.run(parse_shape, readable, st.route.dialect, True)
-            st.session_ticket = self.accountant.begin(facts, parsed, shape)
-        else:
-            st.session_ticket = self.accountant.begin(facts)
-
     def _scope(self, req: http.Request, headers: _HeaderView) -> str:
         key = (headers.get("x-api-key") or headers.get("authorization") or headers.get("x-goog-api-key")
                or (req.query.get("key") if "?" in req.path else None) or "")
         return hashlib.blake2b(key.encode(), key=self._scope_salt, digest_size=8).hexdigest() if key else ""
-
-    def _finish_session(self, flow: http.HTTPFlow, st: _FlowState, ended: Outcome) -> dict[str, Any]:
-        """The row's session, turn, miss diagnosis and warm-until columns (none without a session)."""
-        ticket = st.session_ticket
-        if ticket is None:
-            if st.session_task is not None:
-                st.session_task.cancel()  # still parsing when the flow ended (rare): no session columns
-            return {}
-        began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
-        cols = self.accountant.columns(ticket, st.record, ended, began)
-        stashed = st.earlier.get("session") if st.earlier is not None else None
-        if not st.live and isinstance(stashed, dict):
-            cols = {k: stashed.get(k) for k in cols}  # a replay: the live run's session and verdict, so the rows match
-        else:
-            meta = flow.metadata.get(META)
-            if isinstance(meta, dict):
-                meta["session"] = cols
-        return cols
 
     async def _plan(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         client_body = flow.request.raw_content
@@ -681,67 +620,46 @@ class TokenPak:
         return secret_values(flow.request.headers.fields, flow.request.path, self._secret_names)
 
     def _emit(self, flow: http.HTTPFlow, st: _FlowState) -> None:
-        """Build the row (timings, usage, price, session, miss diagnosis) and hand it on; never raises."""
+        """Hand the finished request to the sink, which builds, writes and prints its row; never raises.
+
+        The error text is redacted here, with this request's own secrets, which never leave the proxy.
+        """
         st.emitted = True
+        rec = st.record
+        ended: Outcome | None = None
         try:
             self._fill_timing(flow, st)
             self._fill_usage(flow, st)
-            rec = st.record
-            if rec.error_msg is not None or (rec.status_code or 0) >= 400 or rec.extract.stream_error:
-                rec.known_secrets = self._known_secrets(flow)  # the row's error text may echo them
             ended = outcome(rec)
+            if rec.error_msg is not None or (rec.status_code or 0) >= 400 or rec.extract.stream_error:
+                secrets = self._known_secrets(flow)  # what upstream said about the request may echo them
+                if secrets:
+                    ended = ended._replace(error=redact_text(ended.error, secrets))
+                    x = rec.extract
+                    x.error_type, x.error_message = redact_text(x.error_type, secrets), redact_text(x.error_message, secrets)
+                    rec.error_msg = redact_text(rec.error_msg, secrets)
         except Exception:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             ended = None
         if st.ticket is not None:
-            self._learn(st.ticket, ended, st.record)
-        if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
-            self._account_remotely(flow, st, ended, self.store)
+            self._learn(st.ticket, ended, rec)
+        stashed = st.earlier.get("session") if st.earlier is not None and not st.live else None
+        began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
+        done = Finished(rec, ended, began, time.time(), stashed if isinstance(stashed, dict) else None)
+        hooks.fire(hooks.TokenpakFinishedHook(flow, done))  # a live checker notes its violations on the record
+        self.rows_emitted += 1
+        if self.sink is None:
             return
-        session: dict[str, Any] = {}
         try:
-            session = self._finish_session(flow, st, ended or MINIMAL_OUTCOME)
+            session = self.sink.finish(done)
         except Exception:
-            logger.exception("tokenpak: could not diagnose the request's cache; the row goes without it")
-        row: TelemetryRow | None = None
-        try:
-            row = self.accountant.row(st.record, ended, session)
-        except Exception:
-            logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
-        if row is None:
-            row = minimal_row(st.record, session)
-        self.rows_emitted += 1
-        if hooks.wanted(flow, hooks.ROW):  # before the write: a live checker may annotate the row
-            slot = hooks.RowSlot(row)
-            hooks.fire(hooks.TokenpakRowHook(flow, slot))
-            row = slot.row
-        if self.store is not None:
-            self.store.submit(row)
-        if self.otel is not None:
-            self.otel.export(row)
-        if self._console:
-            logger.info(console_line(row))
-
-    def _account_remotely(self, flow: http.HTTPFlow, st: _FlowState, ended: Outcome, store: StoreProcess) -> None:
-        """Hand the finished request to the writer process, which builds, writes and prints its row.
-
-        The error text is redacted here, with this request's own secrets, which never leave the proxy.
-        """
-        rec = st.record
-        try:
-            secrets = rec.known_secrets
-            if secrets:  # what upstream said about the request may echo them
-                ended = ended._replace(error=redact_text(ended.error, secrets))
-                x = rec.extract
-                x.error_type, x.error_message = redact_text(x.error_type, secrets), redact_text(x.error_message, secrets)
-                rec.error_msg = redact_text(rec.error_msg, secrets)
-                rec.known_secrets = ()
-            began = flow.response.timestamp_start if flow.response is not None else None
-            store.account(Finished(rec, ended, began, time.time()))
-        except Exception:
-            logger.exception("tokenpak: could not hand the request to the store; recording a minimal row")
-            store.submit(minimal_row(rec))
-        self.rows_emitted += 1
+            logger.exception("tokenpak: could not hand the request to the store")
+            return
+        if session is not None and done.session is None:
+            meta = flow.metadata.get(META)
+            if isinstance(meta, dict):
+                meta["session"] = session  # saved or recorded with the flow: its replay reuses them
+        hooks.fire(hooks.TokenpakAccountedHook(flow))
 
     def _learn(self, ticket: Ticket, ended: Outcome | None, rec: RequestRecord) -> None:
         """Feed the response's usage back to the learning planner (calibration, lost cache entries)."""
@@ -791,8 +709,8 @@ class TokenPak:
             rec.ttft_ms = _ms(tap.first_content_at - sent)
         end = (resp.timestamp_end if resp is not None else None) or (tap.last_byte_at if tap else None) or time.time()
         rec.duration_ms = _ms(end - sent)
-        if st.remote:
-            return  # the stash is for flows saved or recorded (accounted here), whose replays reuse it
+        if not self._local:
+            return  # the stash is for flows saved or recorded, whose replays reuse it
         meta = flow.metadata.get(META)
         stash = meta if isinstance(meta, dict) else {}
         stash.update(ttfb_ms=rec.ttfb_ms, ttft_ms=rec.ttft_ms, duration_ms=rec.duration_ms, closed_by=rec.closed_by,
@@ -800,18 +718,19 @@ class TokenPak:
         flow.metadata[META] = stash
 
 
-def _make_store(path: str) -> StoreProcess | TelemetryStore:
-    """SQLite in its own process, so its faults (a truncated ``-shm``: SIGBUS) never reach the proxy.
+def _make_sink(path: str, local: bool, run: Callable[..., Awaitable[Any]]) -> Sink:
+    """The store's writer process, which accounts every request and writes its row: SQLite in its
+    own process, so its faults (a truncated ``-shm``: SIGBUS) never reach the proxy. Accounted in
+    this process instead (rows still written by the writer process) when ``local``.
 
     A frozen mitmdump (the standalone binaries) has no Python to start ``-m store_writer`` with:
-    there the store runs in-process, as before, and says so.
+    there accounting and store run in-process, as before, and it says so.
     """
     if getattr(sys, "frozen", False):
         logger.warning("tokenpak: frozen mitmdump: the telemetry store runs inside the proxy process (no fault isolation)")
-        store: StoreProcess | TelemetryStore = TelemetryStore(path)
-    else:
-        store = StoreProcess(path)
-    return store
+        return LocalSink(ExportingStore(TelemetryStore(path)), run)
+    writer = StoreProcess(path)
+    return LocalSink(writer, run) if local else writer
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

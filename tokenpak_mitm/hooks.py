@@ -2,7 +2,7 @@
 
 The recorder, the live conformance checker and the conformance probe need to see what only the
 TokenPak addon knows: the client's original body next to the one sent upstream, the stream tap it
-attached, and each telemetry row before it is written. Instead of a process-global registry they
+attached, and each finished request before it is accounted. Instead of a process-global registry they
 implement these hooks, which TokenPak fires through mitmproxy's own ``addons.trigger``, so it does
 not matter where they sit in the addon list:
 
@@ -10,8 +10,12 @@ not matter where they sit in the addon list:
 * ``tokenpak_stream(flow, tap)`` — in ``responseheaders``, right after ``flow.response.stream``
   became the tap: wrap ``flow.response.stream`` (it stays an identity on the bytes) or add a
   frame sink to the tap now, before the first chunk;
-* ``tokenpak_row(flow, slot)`` — once per request, before the row is written; ``slot.row`` may be
-  replaced (the live checker writes its violation count into it).
+* ``tokenpak_finished(flow, done)`` — once per request, before it is handed to the store's
+  accounting (which builds its one row, maybe in another process): ``done`` is the
+  ``accounting.Finished`` record; a handler may note on ``done.record`` what the row should say
+  (the live checker writes its violation count into ``conformance_violations``);
+* ``tokenpak_accounted(flow)`` — right after that hand-off: ``flow.metadata`` now holds all that a
+  replay of the flow reuses (the recorder snapshots the flow here).
 
 Firing a hook walks every addon (~50 us per trigger in mitmdump), so TokenPak fires one only for a
 flow that asked for it: an addon calls :func:`want` from its ``requestheaders`` hook, which every
@@ -26,17 +30,19 @@ from typing import Final
 
 from mitmproxy import ctx, hooks, http
 
-from tokenpak_mitm.row import TelemetryRow
+from tokenpak_mitm.accounting import Finished
 from tokenpak_mitm.tap import StreamTap
 
-__all__ = ["OUTBOUND", "ROW", "STREAM", "RowSlot", "TokenpakOutboundHook", "TokenpakRowHook", "TokenpakStreamHook", "fire", "want"]
+__all__ = ["ACCOUNTED", "FINISHED", "OUTBOUND", "STREAM", "TokenpakAccountedHook", "TokenpakFinishedHook", "TokenpakOutboundHook", "TokenpakStreamHook",
+           "fire", "want"]
 
 logger = logging.getLogger("tokenpak")
 
 WANT_KEY: Final = "tokenpak_hooks"  # flow.metadata: names of the hooks some addon wants for this flow
 OUTBOUND: Final = "tokenpak_outbound"
 STREAM: Final = "tokenpak_stream"
-ROW: Final = "tokenpak_row"
+FINISHED: Final = "tokenpak_finished"
+ACCOUNTED: Final = "tokenpak_accounted"
 
 
 @dataclass
@@ -58,18 +64,21 @@ class TokenpakStreamHook(hooks.Hook):
     tap: StreamTap
 
 
-@dataclass(slots=True)
-class RowSlot:
-    row: TelemetryRow
+@dataclass
+class TokenpakFinishedHook(hooks.Hook):
+    """The request ended; ``done`` goes to the accounting next (handlers may note on ``done.record``)."""
+
+    name = FINISHED
+    flow: http.HTTPFlow
+    done: Finished
 
 
 @dataclass
-class TokenpakRowHook(hooks.Hook):
-    """The flow's one telemetry row, before it is written; handlers may replace ``slot.row``."""
+class TokenpakAccountedHook(hooks.Hook):
+    """The request was handed to the accounting; the flow's metadata is complete."""
 
-    name = ROW
+    name = ACCOUNTED
     flow: http.HTTPFlow
-    slot: RowSlot
 
 
 def want(flow: http.HTTPFlow, *names: str) -> None:
@@ -85,7 +94,7 @@ def wanted(flow: http.HTTPFlow, name: str) -> bool:
     return isinstance(have, list) and name in have
 
 
-def fire(hook: TokenpakOutboundHook | TokenpakStreamHook | TokenpakRowHook) -> None:
+def fire(hook: TokenpakOutboundHook | TokenpakStreamHook | TokenpakFinishedHook | TokenpakAccountedHook) -> None:
     """Trigger ``hook`` on every addon if some addon wants it for this flow; never raises."""
     if not wanted(hook.flow, hook.name):
         return

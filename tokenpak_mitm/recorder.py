@@ -11,8 +11,8 @@ lose:
   (``tokenpak_outbound``: the one place both are known);
 * how the exchange ended: completed, client disconnect or upstream reset, and after how many bytes.
 
-Which flows: those the TokenPak addon tracked, i.e. those it fires ``tokenpak_row`` for (once per
-request, after its own ``response``/``error`` work, so the timings it stashed are there).
+Which flows: those the TokenPak addon tracked, i.e. those it fires ``tokenpak_accounted`` for (once
+per request, after its own ``response``/``error`` work, so the timings and session it stashed are there).
 
 Writing: ``response``/``error`` only take a snapshot (``get_state``: dict copies, bytes shared)
 and queue it; a writer thread redacts, serializes and writes one file per flow (temp name,
@@ -220,7 +220,7 @@ class Recorder:
         # upstream authority here (mitmproxy rewrites it before any hook), so it is not the client's.
         req = flow.request
         self._client_heads[flow] = {"headers": [[k, v] for k, v in req.headers.fields], "path": req.path, "method": req.method, "http_version": req.http_version}
-        hooks.want(flow, hooks.OUTBOUND, hooks.STREAM, hooks.ROW)
+        hooks.want(flow, hooks.OUTBOUND, hooks.STREAM, hooks.ACCOUNTED)
 
     def tokenpak_outbound(self, flow: http.HTTPFlow, client_body: bytes, spans: list[tuple[int, bytes]]) -> None:
         if self.directory is not None:
@@ -233,7 +233,7 @@ class Recorder:
         flow.response.stream = recording
         self._streams[flow] = (recording, tap)
 
-    def tokenpak_row(self, flow: http.HTTPFlow, slot: hooks.RowSlot) -> None:
+    def tokenpak_accounted(self, flow: http.HTTPFlow) -> None:
         self._capture(flow)
 
     # -- capture --------------------------------------------------------------------------------

@@ -43,10 +43,12 @@ except ImportError:  # Windows: no flock; appends and imports are then not coord
     fcntl = None  # type: ignore[assignment]
 
 from tokenpak_mitm import report_query, report_rollup
+from tokenpak_mitm.accounting import Accountant, Finished, finished_from_json
 from tokenpak_mitm.row import COLUMNS as ROW_COLUMNS
 from tokenpak_mitm.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
 
 __all__ = [
+    "SPILLED_RECORD",
     "COLUMNS",
     "COLUMN_NAMES",
     "MIGRATIONS",
@@ -111,6 +113,7 @@ if len(MIGRATIONS) < SCHEMA_VERSION:
     raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
 
 SPILL_SUFFIX = ".spill.jsonl"
+SPILLED_RECORD = "finished"  # a spill line holding a finished request's record (accounted when imported), not a row
 MAX_PENDING = 100_000  # rows kept in memory while the database is unavailable
 BATCH = 500
 FLUSH_INTERVAL = 0.2  # seconds; a crash loses at most this window (plus LINGER) of rows
@@ -361,8 +364,10 @@ class TelemetryStore:
         path: str | os.PathLike[str],
         on_durable: Callable[[list[str]], None] | None = None,
         on_lost: Callable[[list[str]], None] | None = None,
+        account: Callable[[Finished], TelemetryRow] | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
+        self._account = account or Accountant().close  # spilled finished requests become rows here
         self.spill_paths = spill_paths(self.path)
         self.spill_path = self.spill_paths[0]
         self._on_durable = on_durable
@@ -528,8 +533,19 @@ class TelemetryStore:
 
     def _insert_stored(self, rows: list[dict[str, Any]]) -> None:
         # Keys of another version's schema are left out; a row without its start time could not be
-        # stored (NOT NULL) and is skipped, as before.
-        self._insert([TelemetryRow.from_stored(r) for r in rows if r.get("started_at") is not None])
+        # stored (NOT NULL) and is skipped, as before. A finished request the proxy spilled is
+        # accounted now (without session columns: they were its writer's).
+        stored: list[TelemetryRow] = []
+        for r in rows:
+            record = r.get(SPILLED_RECORD)
+            if isinstance(record, dict):
+                try:
+                    stored.append(self._account(finished_from_json(record)))
+                except (KeyError, TypeError, ValueError) as e:
+                    logger.error("tokenpak: a spilled request could not be read (%s: %s); skipped", type(e).__name__, e)
+            elif r.get("started_at") is not None:
+                stored.append(TelemetryRow.from_stored(r))
+        self._insert(stored)
 
     def _overflow(self) -> None:
         """Database unavailable: spill to JSONL so a crash loses nothing; keep memory bounded."""

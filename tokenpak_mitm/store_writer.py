@@ -5,21 +5,21 @@ truncates that file, or makes it immutable, the next access raises SIGBUS in wha
 holds the mapping; with the store inside mitmdump that killed the proxy and all traffic with it.
 So the proxy keeps no SQLite connection at all:
 
-* ``StoreProcess`` (in the proxy) queues rows from the event loop (a plain append, as before);
-  a feeder thread sends them in batches, one pickled frame per batch, to the writer process's stdin.
-* It also carries the accounting of live requests (``accounting.py``), so that the session
-  tracker, the miss diagnosis, pricing, the row and the console line cost the proxy's event loop
-  nothing: ``begin`` sends what the session tracker reads of a request as it goes upstream,
-  ``account`` sends the finished request's record, and the writer's ``Accountant`` builds the row.
-* The writer process (``python -m tokenpak_mitm.store_writer DB``) runs ``TelemetryStore`` and
-  acknowledges each row once it is durable (written to the database or appended to a spill file),
-  or once it has counted it as lost (so no row is counted twice). A finished request whose row the
-  writer never acknowledged is built into its row by the proxy (without its session columns: the
-  writer's tracker had them) and spilled like any other.
-* The proxy keeps every row it sent until it is acknowledged. When the writer dies (SIGBUS,
-  OOM kill, anything), the unacknowledged rows are appended to the spill file by the proxy
-  (plain file appends, no memory map) and a new writer is started, with a back-off; it imports
-  the spill file. ``INSERT OR IGNORE`` on the flow id means a row acknowledged late is not doubled.
+* ``StoreProcess`` (in the proxy) is the proxy's ``accounting.Sink``: ``begin`` sends what the
+  session tracker reads of a request as it goes upstream, ``finish`` sends the finished request's
+  record (``accounting.Finished``), from the event loop (a plain append); a feeder thread sends
+  them in batches, one pickled frame per batch, to the writer process's stdin.
+* The writer process (``python -m tokenpak_mitm.store_writer DB``) runs the accounting
+  (``Books``: the ``Accountant``'s session tracker, miss diagnosis, pricing, the row and the
+  console line) and ``TelemetryStore``, exports each written row over OTLP (``ExportingStore``),
+  and acknowledges each request once its row is durable (written to the database or appended to
+  a spill file), or once it has counted it as lost (so no row is counted twice).
+* ``LocalSink`` runs the same ``Books`` in the proxy (a frozen mitmdump; proxies that save or
+  record flows, whose files carry the session columns their replays reuse): it sends rows.
+* The proxy keeps every item it sent until it is acknowledged. When the writer dies (SIGBUS,
+  OOM kill, anything), the unacknowledged items are appended to the spill file by the proxy
+  (plain file appends, no memory map; a finished request as its record: the proxy builds no row)
+  and a new writer is started, with a back-off; it imports the spill file, accounting the records. ``INSERT OR IGNORE`` on the flow id means a row acknowledged late is not doubled.
 * A row that can be neither written nor spilled (both spill locations refused) is counted as
   lost, logged when it happens and again at shutdown, and ledgered for ``tokenpak doctor``.
 
@@ -30,6 +30,7 @@ was killed, so nothing is left running.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -42,18 +43,31 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
-from tokenpak_mitm.accounting import Accountant, Begin, ConsoleSwitch, Finished, OtlpSwitch, SessionFacts, blind_until, console_line, minimal_row
+from tokenpak_mitm.accounting import (
+    Accountant,
+    Begin,
+    ConsoleSwitch,
+    Finished,
+    OtlpSwitch,
+    SessionFacts,
+    blind_until,
+    console_line,
+    finished_from_json,
+    finished_to_json,
+)
+from tokenpak_mitm.request_shape import Shape, parse_shape
 from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.store import (
     BATCH,
     FLUSH_INTERVAL,
     LINGER,
     MAX_PENDING,
+    SPILLED_RECORD,
     TelemetryStore,
     append_jsonl,
     last_request_at,
@@ -61,7 +75,7 @@ from tokenpak_mitm.store import (
     spill_paths,
 )
 
-__all__ = ["StoreProcess", "main"]
+__all__ = ["Books", "ExportingStore", "LocalSink", "StoreProcess", "main"]
 
 logger = logging.getLogger("tokenpak.store")
 
@@ -76,6 +90,7 @@ QUICK_DEATH = 5.0  # a writer that dies sooner than this after its start counts 
 _FRAME = struct.Struct("<II")
 _LENGTH = struct.Struct("<I")
 OUT_OF_BAND_BYTES = 4096  # bodies at least this long are sent out of band
+SHAPE_OFFLOAD_BYTES = 32 << 10  # a LocalSink parses request bodies above this in the proxy's worker process
 
 
 # What the feeder sends: a row (a mapping), a finished request, or one of three notes. The classes
@@ -108,19 +123,17 @@ def _key(item: _Item) -> str | None:
     return None
 
 
-def _as_row(item: Mapping[str, Any] | Finished) -> Mapping[str, Any]:
-    """What is spilled for an unacknowledged item: a finished request becomes its row here
-    (without session columns: they were the writer's)."""
+def _spilled(item: Mapping[str, Any] | Finished) -> Mapping[str, Any]:
+    """What is spilled for an unacknowledged item: a finished request as its record (the writer
+    that imports the spill file accounts it: the proxy builds no row), a row as it is."""
     if isinstance(item, Finished):
-        try:
-            return Accountant.row(item.record, item.ended, {}).as_dict()
-        except Exception:  # noqa: BLE001 - the request is still counted
-            return minimal_row(item.record).as_dict()
+        return {"request_key": item.record.request_key, SPILLED_RECORD: finished_to_json(item)}
     return item
 
 
 class StoreProcess:
-    """The proxy side: same interface as ``TelemetryStore`` (``start``/``submit``/``close``)."""
+    """The proxy side of the writer process: an ``accounting.Sink`` (``begin``/``finish``), and a
+    row store (``submit``, for a ``LocalSink`` that accounts in the proxy)."""
 
     def __init__(self, path: str | os.PathLike[str], *, python: str | None = None) -> None:
         self.path = Path(path).expanduser()
@@ -144,6 +157,7 @@ class StoreProcess:
         self.lost_reason: str | None = None
         self.restarts = 0
         self.writer_stats: dict[str, Any] = {}
+        self.last_error: str | None = None  # (the writer's own errors are its to report)
 
     # -- proxy-facing API (event loop) ---------------------------------------------------------
     def start(self) -> None:
@@ -156,20 +170,19 @@ class StoreProcess:
             return
         self._queue.put(row)  # a TelemetryRow (or a mapping): serialized on the feeder thread
 
-    # The accounting of live requests, in the writer process (see the module's docstring).
-    accounts = True
-
+    # The accounting of requests, in the writer process (see the module's docstring).
     def begin(self, key: str, facts: SessionFacts) -> None:
         """A request went upstream: the writer's session tracker decides its session and turn."""
         if not self._closed.is_set():
             self._queue.put(Begin(key, facts))
 
-    def account(self, done: Finished) -> None:
+    def finish(self, done: Finished) -> None:
         """A request ended: the writer builds, writes and (console on) prints its row."""
         if self._closed.is_set():
-            self._spill_or_lose([_as_row(done)], "submitted after the store closed")
-            return
+            self._spill_or_lose([done], "submitted after the store closed")
+            return None
         self._queue.put(done)
+        return None
 
     def set_console(self, on: bool) -> None:
         if on != self._console:
@@ -272,12 +285,16 @@ class StoreProcess:
             pass  # the writer is gone; _watch sees it
 
     def _picklable(self, item: _Item) -> object:
-        """`_wire(item)` if it pickles; else a finished request as the row built here, a row as its
-        values in text; else None (the item is then spilled by `_watch` or counted, as unacknowledged)."""
+        """`_wire(item)` if it pickles; else its odd values as text (a finished request's record
+        through its JSON form, a row's values); else None (the item is then spilled or counted)."""
         candidates: list[Any] = [_wire(item)]
-        if isinstance(item, Mapping | Finished):
-            row = _as_row(item)
-            candidates += [row, {k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in row.items()}]
+        if isinstance(item, Finished):
+            try:
+                candidates.append(finished_from_json(json.loads(json.dumps(finished_to_json(item), default=str))))
+            except Exception:  # noqa: BLE001 - then it is spilled
+                pass
+        elif isinstance(item, Mapping):
+            candidates.append({k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in item.items()})
         for candidate in candidates:
             try:
                 pickle.dumps(candidate, protocol=5)
@@ -417,7 +434,7 @@ class StoreProcess:
 
     # -- files (no SQLite in this process) -----------------------------------------------------
     def _spill_or_lose(self, items: Sequence[Mapping[str, Any] | Finished], why: str) -> None:
-        rows = [_as_row(i) for i in items]
+        rows = [_spilled(i) for i in items]
         error = ""
         for path in spill_paths(self.path):
             try:
@@ -482,42 +499,204 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pass  # the proxy is gone; rows still reach the database or the spill file
 
     db = rest[0]
-    accountant = Accountant()
-    # Until an hour after the database's newest request this tracker cannot know what was cached
-    # before it started (an earlier proxy run, or this writer before a restart).
-    accountant.sessions.blind_until = blind_until(last_request_at(db), time.time())
-    store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
-    store.start()
     printer = _Printer(console_fd if console_fd >= 0 else 2, console)
-    spans = _Spans(otlp)
+    accountant = _accountant(db)
+    store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}), account=accountant.close)
+    rows = ExportingStore(store, otlp)
+    books = Books(accountant, rows, printer.line)
+    rows.start()
     failed = 0
     for batch in _frames(sys.stdin.buffer):
         for item in batch:
             try:
                 if isinstance(item, dict):
-                    store.submit(item)
-                    spans.export(item)
+                    rows.submit(item)  # a row a LocalSink built in the proxy
                 elif isinstance(item, Finished):
-                    row = accountant.close(item)
-                    store.submit(row)
-                    spans.export(row)
-                    printer.line(row, item.ended_at)
+                    books.finish(item)
                 elif isinstance(item, Begin):
-                    accountant.open(*item)
+                    books.begin(*item)
                 elif isinstance(item, ConsoleSwitch):
                     printer.on = item.on
                 elif isinstance(item, OtlpSwitch):
-                    spans.switch(item.url)
+                    rows.set_otlp(item.url)
             except ValueError as e:  # not a row of this schema: a bug, said once per row
                 log.error("tokenpak: store writer rejected a row (%s)", e)
             except Exception as e:  # noqa: BLE001 - one bad item must not stop the writer
                 failed += 1
                 if failed <= 3:
                     log.error("tokenpak: store writer could not handle an item (%s: %s)", type(e).__name__, e)
-    store.close(timeout=30.0)
-    spans.switch(None)  # flushes, bounded
+    rows.close(timeout=30.0)  # then the exporter flushes, bounded
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0
+
+
+def _accountant(db: str | os.PathLike[str]) -> Accountant:
+    accountant = Accountant()
+    # Until an hour after the database's newest request this tracker cannot know what was cached
+    # before it started (an earlier proxy run, or this writer before a restart).
+    accountant.sessions.blind_until = blind_until(last_request_at(db), time.time())
+    return accountant
+
+
+class _Rows(Protocol):
+    def submit(self, row: Mapping[str, Any]) -> None: ...
+
+
+class Books:
+    """One proxy's accounting: its ``Accountant`` turns each finished request into its row, which
+    goes to the row store and (console on) to the console. Run by the writer process, or by a
+    ``LocalSink`` in the proxy."""
+
+    def __init__(self, accountant: Accountant, rows: _Rows, console: Callable[[TelemetryRow, float], None]) -> None:
+        self.accountant, self.rows, self.console = accountant, rows, console
+
+    def begin(self, key: str, facts: SessionFacts, parsed: object = None, shape: Shape | None = None) -> None:
+        self.accountant.open(key, facts, parsed, shape)
+
+    def finish(self, done: Finished) -> dict[str, Any] | None:
+        """Build, write and print the request's row; returns its session columns (None: no session)."""
+        row, session = self.accountant.account(done)
+        self.rows.submit(row)
+        self.console(row, done.ended_at)
+        return session
+
+
+class ExportingStore:
+    """A ``TelemetryStore`` whose written rows are also exported over OTLP: the one place a row
+    is exported (in the writer process, or in the proxy of a frozen mitmdump)."""
+
+    def __init__(self, store: TelemetryStore, otlp: str | None = None) -> None:
+        self.store = store
+        self.path = store.path
+        self._spans = _Spans(otlp)
+
+    def start(self) -> None:
+        self.store.start()
+
+    def submit(self, row: Mapping[str, Any]) -> None:
+        self.store.submit(row)
+        self._spans.export(row)
+
+    def set_otlp(self, url: str | None) -> None:
+        self._spans.switch(url)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.store.close(timeout=timeout)
+        self._spans.switch(None)  # flushes, bounded
+
+    @property
+    def written(self) -> int:
+        return self.store.written
+
+    @property
+    def last_error(self) -> str | None:
+        return self.store.last_error
+
+    @property
+    def dropped(self) -> int:
+        return self.store.dropped
+
+    @property
+    def pending(self) -> int:
+        return self.store._queue.qsize()
+
+
+class LocalSink:
+    """The accounting in the proxy's own process (an ``accounting.Sink``): for a frozen mitmdump
+    (no Python to start the writer with), tests, and proxies that save or record flows, whose files
+    must carry the session columns their replays reuse. The rows go to ``rows``: the writer
+    process (``StoreProcess.submit``) or, frozen, an in-process ``ExportingStore``.
+
+    ``begin`` runs after the hook that called it returns (a task), and a body over
+    ``offload_bytes`` is parsed by ``run`` (the addon's worker process), never on the event loop.
+    """
+
+    def __init__(self, rows: StoreProcess | ExportingStore, run: Callable[..., Awaitable[Any]] | None = None,
+                 offload_bytes: int = SHAPE_OFFLOAD_BYTES) -> None:
+        self.rows = rows
+        self.path = rows.path
+        self._run, self._offload_bytes = run, offload_bytes
+        self._console = False
+        self.books = Books(_accountant(rows.path), rows, self._line)
+        self._begun: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def accountant(self) -> Accountant:
+        return self.books.accountant
+
+    def start(self) -> None:
+        self.rows.start()
+
+    def begin(self, key: str, facts: SessionFacts) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven directly (tests, tools): at once
+            self._open(key, facts, None, None)
+            return
+        task = loop.create_task(self._begin(key, facts))
+        self._begun[key] = task
+        task.add_done_callback(lambda _: self._begun.pop(key, None))
+
+    async def _begin(self, key: str, facts: SessionFacts) -> None:
+        parsed: object = None
+        shape: Shape | None = None
+        if facts.body is not None and len(facts.body) > self._offload_bytes and self._run is not None:
+            # ~0.7 ms per 200 KB (250 ms for 26k blocks): in the worker process, not a thread,
+            # which would hold the GIL the event loop needs; only the session hints and the
+            # shape come back.
+            try:
+                parsed, shape = await self._run(parse_shape, facts.body, facts.dialect, True)
+            except Exception:
+                logger.exception("tokenpak: could not track the session; the row goes without it")
+                return
+        self._open(key, facts, parsed, shape)
+
+    def _open(self, key: str, facts: SessionFacts, parsed: object, shape: Shape | None) -> None:
+        try:
+            self.books.begin(key, facts, parsed, shape)
+        except Exception:
+            logger.exception("tokenpak: could not track the session; the row goes without it")
+
+    def finish(self, done: Finished) -> dict[str, Any] | None:
+        pending = self._begun.pop(done.record.request_key, None)
+        if pending is not None:
+            pending.cancel()  # still parsing when the flow ended (rare): no session columns
+        return self.books.finish(done)
+
+    def _line(self, row: TelemetryRow, at: float) -> None:
+        if not self._console:
+            return
+        try:
+            logging.getLogger("tokenpak").info(console_line(row))
+        except Exception:  # a bad line costs the line, not the row
+            logger.exception("tokenpak: could not print the console line")
+
+    def set_console(self, on: bool) -> None:
+        self._console = on
+
+    def set_otlp(self, url: str | None) -> None:
+        self.rows.set_otlp(url)
+
+    def close(self) -> None:
+        for task in self._begun.values():
+            task.cancel()
+        self.rows.close()
+
+    @property
+    def written(self) -> int:
+        return self.rows.written
+
+    @property
+    def last_error(self) -> str | None:
+        return self.rows.last_error
+
+    @property
+    def dropped(self) -> int:
+        return self.rows.dropped
+
+    @property
+    def pending(self) -> int:
+        return self.rows.pending
 
 
 def _frames(stream: BinaryIO) -> Iterator[list[Any]]:

@@ -5,7 +5,8 @@ I8 (every chunk forwarded exactly as received) and I10 (one row per LLM request,
 terminal event) through TokenPak's hooks (``hooks.py``), on every flow, as it happens:
 
 * ``warn`` logs each violation and writes the flow's count into its row's
-  ``conformance_violations`` (``tokenpak_row`` comes before the row is written);
+  ``conformance_violations`` (noted on the record in ``tokenpak_finished``, before the
+  accounting builds the row);
 * ``strict`` also makes mitmdump exit non-zero at shutdown, so a test run that enabled it fails;
 * ``off`` (default) asks for no hooks: no wrapper, no frame sink, zero cost.
 
@@ -19,7 +20,6 @@ Memory per flow is one partial frame (capped; a flow with a larger frame is left
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import weakref
 from collections import OrderedDict, deque
@@ -32,10 +32,10 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import hooks
+from tokenpak_mitm.accounting import Finished
 from tokenpak_mitm.conformance.wire import split_frames
 from tokenpak_mitm.decoders import incremental_decoder
 from tokenpak_mitm.routes import classify, tracker_for
-from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.startup import guard_configure
 from tokenpak_mitm.tap import StreamTap
 
@@ -135,7 +135,7 @@ class LiveConformance:
         self._flows[flow.id] = _LiveFlow(weakref.ref(flow))
         while len(self._flows) > _MAX_FLOWS:
             self._flows.popitem(last=False)
-        hooks.want(flow, hooks.STREAM, hooks.ROW)
+        hooks.want(flow, hooks.STREAM, hooks.FINISHED)
 
     def tokenpak_stream(self, flow: http.HTTPFlow, tap: StreamTap) -> None:
         st = self._flows.get(flow.id)
@@ -184,14 +184,14 @@ class LiveConformance:
         if st is not None and st.rows == 0:
             self._violate(fid, st, "I10: no telemetry row was emitted for this LLM request")
 
-    def tokenpak_row(self, flow: http.HTTPFlow, slot: hooks.RowSlot) -> None:
-        slot.row = self._on_row(slot.row) or slot.row
+    def tokenpak_finished(self, flow: http.HTTPFlow, done: Finished) -> None:
+        self._on_finished(done)
 
-    def _on_row(self, row: TelemetryRow) -> TelemetryRow | None:
-        fid = row.request_key
+    def _on_finished(self, done: Finished) -> None:
+        fid = done.record.request_key
         st = self._flows.get(fid)
         if st is None:
-            return None
+            return
         st.rows += 1
         if st.rows > 1:
             self._violate(fid, st, f"I10: telemetry row #{st.rows} for one request")
@@ -201,7 +201,7 @@ class LiveConformance:
             self._violate(fid, st, "I10: row emitted before the terminal event (stream end, response or error)")
         if st.streamed:
             self._settle(fid, st)
-        return dataclasses.replace(row, conformance_violations=len(st.violations))
+        done.record.conformance_violations = len(st.violations)
 
     # -- checks ---------------------------------------------------------------------------------
     def _forwarded(self, st: _LiveFlow, data: bytes, out: Any) -> None:

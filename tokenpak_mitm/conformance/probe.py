@@ -23,7 +23,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from tokenpak_mitm import hooks
-from tokenpak_mitm.hooks import RowSlot
+from tokenpak_mitm.accounting import Finished
 from tokenpak_mitm.redact import redact_query
 from tokenpak_mitm.tap import StreamTap
 
@@ -87,7 +87,7 @@ class Probe:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self._out is None:
             return
-        hooks.want(flow, hooks.OUTBOUND, hooks.STREAM, hooks.ROW)
+        hooks.want(flow, hooks.OUTBOUND, hooks.STREAM, hooks.FINISHED)
         self._write("request", flow.id, path=redact_query(flow.request.path))
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -109,8 +109,8 @@ class Probe:
 
         tap.add_frame_sink(frame)
 
-    def tokenpak_row(self, flow: http.HTTPFlow, slot: RowSlot) -> None:
-        self._write("row", slot.row.request_key, row=slot.row.as_dict())
+    def tokenpak_finished(self, flow: http.HTTPFlow, done: Finished) -> None:
+        self._write("row", done.record.request_key)  # the request's one row is being made (its columns: from the database)
 
 
 addons = [Probe()]
