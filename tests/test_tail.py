@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tokenpak_mitm.cli import main
-from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore, connect_readonly
-from tokenpak_mitm.tail import COMPACT_BELOW, follow, format_compact, format_line, render
+from tokenpak_mitm.cli.main import main
+from tokenpak_mitm.cli.tail import COMPACT_BELOW, follow, format_compact, format_line, render
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore, connect_readonly
 
 
 def row(key: str, **values: Any) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def _same(line: str, r: dict[str, Any]) -> bool:
 
 
 def test_follow_with_a_filter_shows_only_matching_new_rows(tmp_path: Path) -> None:
-    from tokenpak_mitm.report_query import Filters
+    from tokenpak_mitm.store.query import Filters
 
     db = tmp_path / "t.db"
     write(db, MIXED)
