@@ -99,6 +99,7 @@ class _FlowState:
     labels: dict[str, str] = field(default_factory=dict)  # the x-tokenpak-* headers, taken off the request
     session_ticket: SessionTicket | None = None  # the session tracker's record of this request
     session_task: asyncio.Task[None] | None = None
+    session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -120,6 +121,8 @@ class TokenPak:
         self._deferred: dict[str, tuple[http.HTTPFlow, _FlowState]] = {}  # oldest first
         self._draining = False  # a `_drain` is scheduled
         self._tasks: set[asyncio.Task[None]] = set()
+        # Ended flows accounted here whose session the worker is still reading (see `_emit`).
+        self._awaiting: dict[str, tuple[http.HTTPFlow, _FlowState, Outcome | None]] = {}
         self._saving = False  # mitmproxy's save_stream_file (-w) is set
         # Option values read per request are copied here in `configure`: ctx.options lookups
         # cost microseconds each on the event loop, and they only change through configure.
@@ -265,6 +268,10 @@ class TokenPak:
     def done(self) -> None:
         for flow_id in list(self._deferred):  # rows still waiting for a turn of the loop
             self._run_deferred(flow_id, True)
+        for flow, st, ended in list(self._awaiting.values()):  # rows waiting for the worker's fingerprint
+            self._awaiting.pop(flow.id, None)
+            self._session_now(st)
+            self._finish_row(flow, st, ended)
         self._save_index()
         self._offload.close()
         if self.otel is not None:
@@ -346,6 +353,7 @@ class TokenPak:
                 logger.exception("tokenpak: could not hand the request to the session tracker; the row goes without it")
             return
         # After the hook returns: parsing and hashing the prompt must not delay the request.
+        st.session_facts = self._session_facts(flow, st)
         st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
 
     def _session_facts(self, flow: http.HTTPFlow, st: _FlowState) -> SessionFacts:
@@ -373,9 +381,21 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not track the session; the row goes without it")
 
+    def _session_now(self, st: _FlowState) -> None:
+        """Read the session here instead of waiting for `session_task` (at shutdown, or a task
+        that has not started yet)."""
+        task, facts = st.session_task, st.session_facts
+        if task is not None:
+            task.cancel()
+        if st.session_ticket is None and facts is not None:
+            try:
+                st.session_ticket = self.accountant.begin(facts)
+            except Exception:
+                logger.exception("tokenpak: could not track the session; the row goes without it")
+
     async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         """Decide the session and turn from what went upstream (markers included)."""
-        facts = self._session_facts(flow, st)
+        facts = st.session_facts or self._session_facts(flow, st)
         readable = facts.body
         if readable is not None and len(readable) > SHAPE_OFFLOAD_BYTES:
             # ~0.7 ms per 200 KB (250 ms for 26k blocks): in the worker process, not a thread,
@@ -699,6 +719,27 @@ class TokenPak:
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
+        task, facts = st.session_task, st.session_facts
+        if st.session_ticket is None and task is not None and not task.done():
+            if facts is not None and facts.body is not None and len(facts.body) > SHAPE_OFFLOAD_BYTES:
+                # The worker process still fingerprints the request's big body: the row waits for
+                # it rather than going without its session (issue 26: recorded requests > 32 KB).
+                self._awaiting[flow.id] = (flow, st, ended)
+                task.add_done_callback(lambda _: self._session_read(flow.id))
+                return
+            self._session_now(st)  # a small body whose task has not run yet: read it here
+        self._finish_row(flow, st, ended)
+
+    def _session_read(self, flow_id: str) -> None:
+        entry = self._awaiting.pop(flow_id, None)
+        try:  # a loop callback, not a hook: mitmproxy would not catch and report what escapes
+            if entry is not None:
+                self._finish_row(*entry)
+        except Exception:
+            logger.exception("tokenpak: could not account for a finished request")
+
+    def _finish_row(self, flow: http.HTTPFlow, st: _FlowState, ended: Outcome | None) -> None:
+        """The session columns, the row, and its hand-off (hook, store, export, console); never raises."""
         session: dict[str, Any] = {}
         try:
             session = self._finish_session(flow, st, ended or MINIMAL_OUTCOME)
