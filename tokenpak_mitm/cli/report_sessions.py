@@ -171,12 +171,14 @@ def _warm(ts: float | None, now: float) -> str:
 
 
 def print_groups(rows: Sequence[Row], by: str, now: float) -> None:
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from tokenpak_mitm.cli.report import print_table, report_console
 
     table = Table(title=f"By {by}", title_justify="left")
     for name in (by, "project" if by == "session" else "sessions", "requests", "turns", "cost", "hit ratio", "misses", "lost to misses", "cache"):
-        table.add_column(name, justify="left" if name in (by, "project", "cache") else "right", overflow="fold")
+        table.add_column(name, justify="left" if name in (by, "project", "cache") else "right")
     sessions_per_project: dict[str, set[str]] = {}
     if by == "project":
         for row in rows:
@@ -185,14 +187,15 @@ def print_groups(rows: Sequence[Row], by: str, now: float) -> None:
         d = g.as_dict()
         ratio = "-" if d["cache_hit_ratio"] is None else f"{d['cache_hit_ratio']:.1%}"
         second = (g.project or "-") if by == "session" else str(len(sessions_per_project.get(g.key, ())))
-        table.add_row(g.key, second, str(g.requests), str(g.turns), f"${g.cost_usd:.4f}" + (f" (+{g.unpriced} unpriced)" if g.unpriced else ""),
+        table.add_row(escape(g.key), escape(second), str(g.requests), str(g.turns), f"${g.cost_usd:.4f}" + (f" (+{g.unpriced} unpriced)" if g.unpriced else ""),
                       ratio, str(g.misses), f"${g.miss_cost_usd:.4f}", _warm(g.warm_until, now) if by == "session" else "-")
-    Console().print(table)
+    print_table(report_console(), table)
 
 
 def print_misses(rows: Sequence[Row]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from tokenpak_mitm.cli.report import print_table, report_console
 
     table = Table(title="Cache misses by cause (money lost = paid above a full read of the expected prefix)", title_justify="left")
     for name in ("cause", "misses", "lost", "top sessions", "models", "what changed"):
@@ -204,9 +207,9 @@ def print_misses(rows: Sequence[Row]) -> None:
         table.add_row(c.reason, str(c.misses), f"${c.cost_usd:.4f}" + (f" (+{c.unpriced} unpriced)" if c.unpriced else ""),
                       ", ".join(s["session_id"] for s in d["sessions"]), ", ".join(d["models"]),
                       ", ".join(f"{k} x{v}" for k, v in d["changes"].items()) or "-")
-    console = Console()
+    console = report_console()
     if causes:
-        console.print(table)
+        print_table(console, table)  # a list column wraps between its items, never inside a model name
     else:
         console.print("No cache misses diagnosed in this window.")
 
