@@ -181,7 +181,7 @@ def print_groups(rows: Sequence[Row], by: str, now: float) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from tokenpak_mitm.cli.report import print_table, report_console
+    from tokenpak_mitm.cli.tables import print_table, report_console
 
     table = Table(title=f"By {by}", title_justify="left")
     for name in (by, "project" if by == "session" else "sessions", "requests", "turns", "cost", "hit ratio", "misses", "lost to misses", "cache"):
@@ -202,7 +202,7 @@ def print_groups(rows: Sequence[Row], by: str, now: float) -> None:
 def print_misses(rows: Sequence[Row]) -> None:
     from rich.table import Table
 
-    from tokenpak_mitm.cli.report import print_table, report_console
+    from tokenpak_mitm.cli.tables import print_table, report_console
 
     table = Table(title="Cache misses by cause (money lost = paid above a full read of the expected prefix)", title_justify="left")
     for name in ("cause", "misses", "lost", "top sessions", "models", "what changed", "provider said"):
