@@ -258,8 +258,8 @@ BETA_HEADERS = {"anthropic-beta": "cache-diagnosis-2026-04-07"}
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_cache_diagnostics_name_the_first_divergence_and_the_tracker_reads_them(fake: FakeProvider, stream: bool) -> None:
-    from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-    from tokenpak_mitm.sse import SSEParser
+    from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+    from tokenpak_mitm.core.observe.sse import SSEParser
 
     def ask(payload: dict[str, Any], previous: str | None, headers: dict[str, str] = BETA_HEADERS) -> tuple[str, AnthropicTracker]:
         response = httpx.post(f"{fake.url}/v1/messages", json={**payload, "stream": stream, "diagnostics": {"previous_message_id": previous}},
