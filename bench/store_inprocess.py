@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from mitmproxy import ctx
 
-from tokenpak_mitm.store import TelemetryStore
-from tokenpak_mitm.store_writer import ExportingStore, LocalSink
+from tokenpak_mitm.store.sqlite import TelemetryStore
+from tokenpak_mitm.store.writer import ExportingStore, LocalSink
 
 
 class StoreInProcess:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from tokenpak_mitm.accounting import (
+from tokenpak_mitm.core.account.accounting import (
     SESSION_COLUMNS,
     Accountant,
     Finished,
@@ -17,10 +17,10 @@ from tokenpak_mitm.accounting import (
     finished_to_json,
     minimal_row,
 )
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.routes import classify
-from tokenpak_mitm.telemetry import RequestRecord, build_row, outcome
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.account.telemetry import RequestRecord, build_row, outcome
+from tokenpak_mitm.core.observe.tracker import Extract
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.routes import classify
 
 ROUTE = classify("POST", "api.anthropic.com", "/v1/messages")
 SYSTEM = "You are a careful assistant. " * 400  # ~3,000 tokens: above every minimum
@@ -119,7 +119,7 @@ def test_what_crosses_to_the_writer_loads_equal_to_what_was_sent():
     import dataclasses
     import pickle
 
-    from tokenpak_mitm.usage import ExtraIteration
+    from tokenpak_mitm.core.observe.usage import ExtraIteration
 
     rec = record("k", Usage(**{f.name: i + 1 for i, f in enumerate(dataclasses.fields(Usage))}), 1.5)
     for i, f in enumerate(dataclasses.fields(RequestRecord)):
@@ -140,7 +140,7 @@ def test_a_spilled_request_reads_back_equal_to_what_was_spilled():
     # spill file accounts them. Every field must survive the JSON form, extras and secrets included.
     import dataclasses
 
-    from tokenpak_mitm.usage import ExtraIteration
+    from tokenpak_mitm.core.observe.usage import ExtraIteration
 
     rec = record("k", Usage(**{f.name: i + 1 for i, f in enumerate(dataclasses.fields(Usage))}), 1.5)
     rec.extract.extras = (ExtraIteration("compaction", "claude-haiku-4-5", Usage(input_tokens=3, output_tokens=1)),)
@@ -170,7 +170,7 @@ def test_by_fields_refuses_a_class_it_could_not_rebuild():
 
     import pytest
 
-    from tokenpak_mitm.wire import by_fields
+    from tokenpak_mitm.core.wire import by_fields
 
     @dataclasses.dataclass
     class Half:

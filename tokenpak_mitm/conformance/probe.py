@@ -22,10 +22,10 @@ from typing import IO, Any
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from tokenpak_mitm import hooks
-from tokenpak_mitm.accounting import Finished
-from tokenpak_mitm.redact import redact_query
-from tokenpak_mitm.tap import StreamTap
+from tokenpak_mitm.core.account.accounting import Finished
+from tokenpak_mitm.core.observe.tap import StreamTap
+from tokenpak_mitm.core.redact import redact_query
+from tokenpak_mitm.proxy import hooks
 
 ENV = "TOKENPAK_PROBE_OUT"
 
