@@ -13,7 +13,8 @@ existing rows by the migration that creates them:
   route or state read latency from ``requests``).
 
 The day is the writer's local day, stored with the UTC offset it used, so a report in the same
-time zone reads whole days from here; the partial days at the window's edges, days whose offset
+time zone reads whole days from here (the day at an open end of the window included: today,
+when the report runs up to now); the partial days at a closed edge of the window, days whose offset
 differs from the reader's, hourly views and filters on columns these tables do not carry are read
 from ``requests`` (``report_query.sources``). Rows are never updated or deleted by the proxy; a
 hand-made DELETE leaves these sums stale (``tokenpak report`` then disagrees with raw SQL).

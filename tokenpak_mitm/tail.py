@@ -9,6 +9,7 @@ columns, cut to the width so a line never wraps) and colours lines when writing 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sqlite3
@@ -60,9 +61,21 @@ def _latency(row: Mapping[str, Any], compact: bool) -> str:
     return "-" if compact else f"ttft {'-':>7}"
 
 
+def money(cost: float | None, min_digits: int = 4) -> str:
+    """``$0.0016``, ``$0.000045`` (two significant digits below ``min_digits`` decimals, never
+    ``$0.0000`` for a cost that is not zero), ``unknown`` for an unpriced row."""
+    if cost is None:
+        return UNKNOWN_COST
+    if cost == 0:
+        return "$0"
+    digits = min_digits
+    if abs(cost) < 10 ** -min_digits:
+        digits = min(12, 1 - math.floor(math.log10(abs(cost))))
+    return f"${cost:.{digits}f}"
+
+
 def _cost(row: Mapping[str, Any], digits: int) -> str:
-    cost = row.get("cost_usd")
-    return UNKNOWN_COST if cost is None else f"${cost:.{digits}f}"
+    return money(row.get("cost_usd"), digits)
 
 
 _SHORT_STATES = {"completed": "ok", "client_disconnected": "client closed", "upstream_disconnected": "upstream closed",
@@ -77,59 +90,113 @@ def _state(row: Mapping[str, Any], compact: bool) -> str:
     if compact:  # "429 rate_limit" rather than "error_response 429 rate_limit_error"
         if state in _SHORT_STATES:
             return _SHORT_STATES[state]
-        return (label or state).replace("_error", "")
+        short = (label or state).replace("_error", "")
+        return f"stream {short}" if state == "stream_error" and label else short
     return f"{state} {label}" if label else state
 
 
-def format_line(row: Mapping[str, Any]) -> str:
-    """time route model tokens cache-verdict cost ttft/duration state, in fixed-ish columns (wide)."""
+def _tokens(row: Mapping[str, Any], compact: bool) -> str:
+    if row.get("usage_source") == "absent":
+        return "no usage" if compact else "usage not reported"
+    if compact:
+        return "/".join(_short_count(row.get(c)) for c in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"))
+    return (f"in {_count(row.get('input_tokens'))} read {_count(row.get('cache_read_tokens'))} "
+            f"write {_count(row.get('cache_write_tokens'))} out {_count(row.get('output_tokens'))}")
+
+
+def _when(row: Mapping[str, Any]) -> str:
+    return datetime.fromtimestamp(float(row["started_at"])).strftime("%H:%M:%S")
+
+
+def format_line(row: Mapping[str, Any], note: str = "full") -> str:
+    """time route model tokens cache-verdict cost ttft/duration state, in fixed-ish columns (wide).
+
+    ``note``: ``full`` (miss cause, its cost, warm-until), ``miss`` (the cause only) or ``none``.
+    """
     from tokenpak_mitm.telemetry import cache_verdict  # here: pricing tables load slowly, `tokenpak setup` must not wait
 
-    when = datetime.fromtimestamp(float(row["started_at"])).strftime("%H:%M:%S")
-    if row.get("usage_source") == "absent":
-        tokens = "usage not reported"
-    else:
-        tokens = (f"in {_count(row.get('input_tokens'))} read {_count(row.get('cache_read_tokens'))} "
-                  f"write {_count(row.get('cache_write_tokens'))} out {_count(row.get('output_tokens'))}")
     return (
-        f"{when}  {row.get('route_class') or '-':<11} {row.get('model') or '?':<26} {tokens:<44} "
+        f"{_when(row)}  {row.get('route_class') or '-':<11} {row.get('model') or '?':<26} {_tokens(row, False):<44} "
         f"{cache_verdict(dict(row)):<5} {_cost(row, 6):>10}  {_latency(row, False)}  {_state(row, False)}"
-        f"{_session_note(row)}"
+        f"{_session_note(row, note)}"
     )
 
 
-def _session_note(row: Mapping[str, Any]) -> str:
+def _medium(row: Mapping[str, Any], note: str, pad: bool = True) -> str:
+    """The wide line's facts with short tokens (between the two layouts); ``pad=False`` drops the padding."""
+    from tokenpak_mitm.telemetry import cache_verdict
+
+    route, model, tokens, verdict, cost = (row.get("route_class") or "-", row.get("model") or "?", _tokens(row, True),
+                                           cache_verdict(dict(row)), _cost(row, 6))
+    if pad:
+        return (f"{_when(row)}  {route:<11} {model:<26} {tokens:>17} {verdict:<5} {cost:>10}  {_latency(row, False)}  "
+                f"{_state(row, False)}{_session_note(row, note)}")
+    return (f"{_when(row)}  {route} {model}  {tokens} {verdict} {cost}  {_latency(row, False).replace('  ', ' ')}  "
+            f"{_state(row, False)}{_session_note(row, note)}")
+
+
+def _session_note(row: Mapping[str, Any], note: str = "full") -> str:
     """The miss cause (and its cost) and until when the session's cache is warm, when known."""
     parts = []
+    if note == "none":
+        return ""
     if row.get("cache_miss_reason"):
         lost = row.get("miss_cost_usd")
-        parts.append(f"miss {row['cache_miss_reason']}" + (f" +${lost:.6f}" if lost else ""))
+        parts.append(f"miss {row['cache_miss_reason']}" + (f" +{money(lost, 6)}" if lost and note == "full" else ""))
     warm = row.get("cache_warm_until")
-    if warm is not None:
+    if warm is not None and note == "full":
         parts.append(f"warm until {datetime.fromtimestamp(float(warm)).strftime('%H:%M:%S')}")
     return ("  " + "  ".join(parts)) if parts else ""
 
 
-def format_compact(row: Mapping[str, Any]) -> str:
-    """The same facts in under 80 columns: tokens as in/read/write/out with k and M, errors shortened."""
+def _short_model(row: Mapping[str, Any], limit: int | None = 14) -> str:
+    model = str(row.get("model") or "?").removeprefix("claude-")
+    if limit is not None and len(model) > limit:
+        model = model[: max(0, limit - 1)] + "…"
+    return model
+
+
+def format_compact(row: Mapping[str, Any], miss: bool = True, pad: bool = True, model_width: int | None = 14,
+                   tokens: bool = True) -> str:
+    """The same facts in under 80 columns: tokens as in/read/write/out with k and M, errors shortened.
+
+    ``pad=False`` drops the column padding, ``model_width`` cuts the model name (None: whole),
+    ``tokens=False`` leaves the tokens and the cache verdict out (the narrowest panes).
+    """
     from tokenpak_mitm.telemetry import cache_verdict
 
-    when = datetime.fromtimestamp(float(row["started_at"])).strftime("%H:%M:%S")
-    model = str(row.get("model") or "?").removeprefix("claude-")
-    if len(model) > 14:
-        model = model[:13] + "…"
-    if row.get("usage_source") == "absent":
-        tokens = "no usage"
-    else:
-        tokens = "/".join(_short_count(row.get(c)) for c in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"))
     reason = row.get("cache_miss_reason")
-    miss = f" miss:{_SHORT_REASONS.get(str(reason), str(reason))}" if reason else ""
-    return (f"{when} {model:<14} {tokens:>17} {cache_verdict(dict(row)):<5} {_cost(row, 4):>7} {_latency(row, True):>6} "
-            f"{_state(row, True)}{miss}")
+    miss_word = f" miss:{_SHORT_REASONS.get(str(reason), str(reason))}" if reason and miss else ""
+    model = _short_model(row, model_width)
+    verdict = cache_verdict(dict(row))
+    if pad:
+        middle = f"{model:<{model_width or 14}} {_tokens(row, True):>17} {verdict:<5} {_cost(row, 4):>7} {_latency(row, True):>6}"
+    elif tokens:
+        middle = f"{model} {_tokens(row, True)} {verdict} {_cost(row, 4)} {_latency(row, True)}"
+    else:
+        middle = f"{model} {_cost(row, 4)} {_latency(row, True)}"
+    return f"{_when(row)} {middle} {_state(row, True)}{miss_word}"
 
 
 _SHORT_REASONS = {"ttl_expired": "ttl", "prefix_changed": "changed", "below_minimum": "short", "lookback_exceeded": "lookback",
                   "not_marked": "unmarked", "provider_evicted": "evicted"}
+
+LEGEND = """\
+A line: time, route class, model, tokens, cache verdict, cost, latency, how the request ended, and
+the cache-miss cause with what it cost and until when the session's cache stays warm.
+Under 100 columns (compact): time model in/read/write/out verdict cost latency state miss:cause
+  tokens       fresh input / cache read / cache write / output; k = thousand, M = million
+  verdict      hit (read from the cache), write (cache written), miss (marked, nothing read), none
+  latency      412ms = time to the first token of a stream; d8ms = whole duration of a request
+               that was not streamed (wide: "ttft 412ms", "dur 8ms")
+  state        ok = completed; client closed, upstream closed, proxy error; an error shows its
+               status and type ("429 rate_limit")
+  miss:cause   why a possible cache read did not happen: ttl = ttl_expired, changed = prefix_changed,
+               short = below_minimum (prompt under the provider's cacheable minimum), lookback =
+               lookback_exceeded, unmarked = not_marked, evicted = provider_evicted, unknown
+A line never wraps: what does not fit is dropped in this order (warm-until, the miss cost, the wide
+layout, the miss cause, padding, the model's tail, tokens); the time, cost and outcome always show.
+"""
 
 
 def _colour(row: Mapping[str, Any], line: str) -> str:
@@ -141,11 +208,30 @@ def _colour(row: Mapping[str, Any], line: str) -> str:
     return _COLOURS[verdict] + line + _RESET if verdict in _COLOURS else line
 
 
+def fit(row: Mapping[str, Any], width: int) -> str:
+    """The most complete layout of ``row`` that fits ``width`` columns; the time, the cost and how
+    the request ended (state, status, error type) are never cut."""
+    candidates = []
+    if width >= COMPACT_BELOW:
+        candidates += [format_line(row), format_line(row, "miss"), *(_medium(row, note, pad) for pad in (True, False)
+                                                                      for note in ("full", "miss", "none"))]
+    candidates += [format_compact(row), format_compact(row, miss=False), format_compact(row, pad=False, model_width=None),
+                   format_compact(row, miss=False, pad=False, model_width=None)]
+    for line in candidates:
+        if len(line) <= width:
+            return line
+    # The model's tail, then the tokens, give way (the model keeps at least its first character).
+    for tokens in (True, False):
+        rest = len(format_compact(row, miss=False, pad=False, model_width=0, tokens=tokens)) - 1  # without the model
+        if width - rest >= 2:
+            return format_compact(row, miss=False, pad=False, model_width=width - rest, tokens=tokens)
+    line = format_compact(row, miss=False, pad=False, model_width=2, tokens=False)  # an error text longer than the pane
+    return line if len(line) <= width else line[: max(1, width - 1)] + "…"
+
+
 def render(row: Mapping[str, Any], width: int | None, colour: bool) -> str:
-    """One row as printed: compact under COMPACT_BELOW columns, cut to ``width``, coloured or not."""
-    line = format_compact(row) if width is not None and width < COMPACT_BELOW else format_line(row)
-    if width is not None and len(line) > width:
-        line = line[: max(1, width - 1)] + "…"
+    """One row as printed: the fullest layout that fits ``width`` (no limit: the wide one), coloured or not."""
+    line = format_line(row) if width is None else fit(row, width)
     return _colour(row, line) if colour else line
 
 
@@ -200,6 +286,9 @@ def follow(db: Path, *, once: bool, interval: float, backlog: int | None, filter
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tokenpak_mitm.report import add_filter_arguments
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = LEGEND
 
     parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
     parser.add_argument("--once", action="store_true", help="print the existing rows and exit")
