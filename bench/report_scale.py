@@ -21,7 +21,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tokenpak_mitm.store import COLUMN_NAMES, _open
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, _open
 
 MODELS = (("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini"),
           ("gemini", "gemini-2.5-flash"), ("anthropic", "mystery-model"))
@@ -83,7 +83,7 @@ def _child(db: str, args: list[str]) -> None:
     import contextlib
     import io
 
-    from tokenpak_mitm.cli import main
+    from tokenpak_mitm.cli.main import main
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):

@@ -7,8 +7,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.cache_diagnostics import BETA, PreviousResponses, beta_header, conversation_keys, prepare, splice
-from tokenpak_mitm.cache_insert import remove_spans
+from tokenpak_mitm.core.plan.cache_diagnostics import BETA, PreviousResponses, beta_header, conversation_keys, prepare, splice
+from tokenpak_mitm.core.plan.cache_insert import remove_spans
 
 _scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
 _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.cache_miss import Evidence, Known, Prior, change_between, diagnose
-from tokenpak_mitm.request_shape import Shape, shape_of
+from tokenpak_mitm.core.account.cache_miss import Evidence, Known, Prior, change_between, diagnose
+from tokenpak_mitm.core.account.request_shape import Shape, shape_of
 
 SYSTEM = "Today is 2026-11-30. " + "Be exact and cite sources. " * 400
 
@@ -79,7 +79,7 @@ def test_a_model_change_points_at_no_section():
 
 # -- the provider's verdict (cache diagnostics) and the rule when it disagrees ------------------------
 def test_reconcile_the_provider_wins_for_the_reason_ours_keeps_the_cost_and_the_where():
-    from tokenpak_mitm.cache_miss import Verdict, as_provider_reason, reconcile
+    from tokenpak_mitm.core.account.cache_miss import Verdict, as_provider_reason, reconcile
 
     ours = Verdict("provider_evicted", 3000)
     assert reconcile(ours, None) is ours and reconcile(None, "system_changed") is None  # no miss is made up

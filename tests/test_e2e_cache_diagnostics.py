@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_rows
 
-from tokenpak_mitm.cache_diagnostics import BETA
-from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.provider import FakeProvider
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.core.plan.cache_diagnostics import BETA
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.provider import FakeProvider
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 

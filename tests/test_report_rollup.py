@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from tokenpak_mitm import report_query as rq
-from tokenpak_mitm.report import build_report, report_json
-from tokenpak_mitm.report_query import Filters
-from tokenpak_mitm.row import COLUMNS
-from tokenpak_mitm.store import COLUMN_NAMES, MIGRATIONS, TelemetryStore, connect_readonly, migrate
+from tokenpak_mitm.cli.report import build_report, report_json
+from tokenpak_mitm.core.row import COLUMNS
+from tokenpak_mitm.store import query as rq
+from tokenpak_mitm.store.query import Filters
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, MIGRATIONS, TelemetryStore, connect_readonly, migrate
 
 MODELS = [("anthropic", "claude-sonnet-4-6"), ("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini"), ("gemini", "gemini-2.5-flash"),
           ("anthropic", None), ("anthropic", "mystery-model")]

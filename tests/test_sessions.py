@@ -17,12 +17,12 @@ from dialect_helpers import ANY_JSON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
-from tokenpak_mitm.request_shape import shape_of
-from tokenpak_mitm.row import MISS_REASONS
-from tokenpak_mitm.session_id import Hint, identify
-from tokenpak_mitm.sessions import Outcome, SessionTracker, UsageFacts
-from tokenpak_mitm.testing.cache_sim import CacheSimulator, PendingWrite, analyse_request
+from tokenpak_mitm.core.account.request_shape import shape_of
+from tokenpak_mitm.core.account.session_id import Hint, identify
+from tokenpak_mitm.core.account.sessions import Outcome, SessionTracker, UsageFacts
+from tokenpak_mitm.core.plan.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.core.row import MISS_REASONS
+from tokenpak_mitm.sim.cache_sim import CacheSimulator, PendingWrite, analyse_request
 
 MODEL = "claude-sonnet-4-6"
 
@@ -568,8 +568,8 @@ def test_expiry_comes_before_a_missing_marker():
 
 def _agreement_case(change: str) -> tuple[str | None, str | None, Any]:
     """(the provider's stated type, ours in the provider's words, our verdict) for the request after ``change``."""
-    from tokenpak_mitm.cache_miss import as_provider_reason
-    from tokenpak_mitm.testing.cache_sim import diagnose_against, fingerprint
+    from tokenpak_mitm.core.account.cache_miss import as_provider_reason
+    from tokenpak_mitm.sim.cache_sim import diagnose_against, fingerprint
 
     # long turns for a history edit: what it loses must be more than the read tolerance to be a miss
     d, c = Driver(), Conversation("a", "Current time: 2026-11-30 10:00:01. " + system_text("a"), tools("a"), pad=400 if change == "history" else 0)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tokenpak_mitm.cli import main
-from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore, connect_readonly
-from tokenpak_mitm.tail import COMPACT_BELOW, follow, format_compact, format_line, render
+from tokenpak_mitm.cli.main import main
+from tokenpak_mitm.cli.tail import COMPACT_BELOW, follow, format_compact, format_line, render
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore, connect_readonly
 
 
 def row(key: str, **values: Any) -> dict[str, Any]:
@@ -144,7 +144,7 @@ EDGE = [
 
 
 def _outcomes(r: dict[str, Any]) -> tuple[str, str]:
-    from tokenpak_mitm.tail import _state
+    from tokenpak_mitm.cli.tail import _state
 
     return _state(r, False), _state(r, True)
 
@@ -152,7 +152,7 @@ def _outcomes(r: dict[str, Any]) -> tuple[str, str]:
 def test_every_width_keeps_the_outcome_and_the_whole_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 26 item 2: at every width from 60 to 200, `tail --once --width W` on a real database
     prints lines that fit, each with its whole outcome (state, status, error) and its whole cost."""
-    from tokenpak_mitm.tail import money
+    from tokenpak_mitm.cli.tail import money
 
     db = tmp_path / "t.db"
     write(db, EDGE)
@@ -177,7 +177,7 @@ def test_every_width_keeps_the_outcome_and_the_whole_cost(tmp_path: Path, capsys
 
 
 def test_small_costs_are_not_shown_as_zero() -> None:
-    from tokenpak_mitm.tail import money
+    from tokenpak_mitm.cli.tail import money
 
     assert money(0.000045) == "$0.000045" and money(0.000045, 6) == "$0.000045"
     assert money(0.0016) == "$0.0016" and money(0.00000012, 6) == "$0.00000012" and money(0.0) == "$0" and money(None) == "unknown"
@@ -227,7 +227,7 @@ def _same(line: str, r: dict[str, Any]) -> bool:
 
 
 def test_follow_with_a_filter_shows_only_matching_new_rows(tmp_path: Path) -> None:
-    from tokenpak_mitm.report_query import Filters
+    from tokenpak_mitm.store.query import Filters
 
     db = tmp_path / "t.db"
     write(db, MIXED)
