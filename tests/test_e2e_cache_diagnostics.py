@@ -18,8 +18,8 @@ from conftest import wait_for_rows
 
 from tokenpak_mitm.core.plan.cache_diagnostics import BETA
 from tokenpak_mitm.sim.client import build_request, request
-from tokenpak_mitm.sim.provider import FakeProvider
 from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.provider import FakeProvider
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
