@@ -18,13 +18,13 @@ import threading
 import time
 from pathlib import Path
 
-from tokenpak_mitm.accounting import Finished
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.routes import classify
-from tokenpak_mitm.store import TelemetryStore
-from tokenpak_mitm.store_writer import StoreProcess
-from tokenpak_mitm.telemetry import RequestRecord, outcome
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.account.accounting import Finished
+from tokenpak_mitm.core.account.telemetry import RequestRecord, outcome
+from tokenpak_mitm.core.observe.tracker import Extract
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.routes import classify
+from tokenpak_mitm.store.sqlite import TelemetryStore
+from tokenpak_mitm.store.writer import StoreProcess
 
 
 def _finished(key: str) -> Finished:
