@@ -106,6 +106,8 @@ MIGRATIONS: tuple[str, ...] = (
     + report_rollup.migration_sql(report_query.bucket_sql),
     # 6: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
     add_columns(6) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
+    # 7: the provider's own cache-miss verdict (issue 25: Anthropic cache diagnostics)
+    add_columns(7),
 )
 # A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
 if len(MIGRATIONS) < SCHEMA_VERSION:
