@@ -46,7 +46,8 @@ from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
 from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
-from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
+from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, OFFLOAD_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
@@ -94,6 +95,9 @@ class _FlowState:
     extra: dict[str, Any] = field(default_factory=dict)
     ticket: Ticket | None = None  # the learning planner's record of this request, for the response side
     labels: dict[str, str] = field(default_factory=dict)  # the x-tokenpak-* headers, taken off the request
+    # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
+    # response id is remembered, so the conversation's next request can name it
+    conversation: tuple[str, bytes] | None = None
     req_headers: _HeaderView | None = None  # read once when the request is complete (labels included)
     resp_headers: _HeaderView | None = None  # read once when the flow ends (`_response_headers`)
 
@@ -128,6 +132,8 @@ class TokenPak:
         self._console = True
         self.started = threading.Event()  # set by `running`; see watch_startup
         self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
+        self._diagnostics = False  # tokenpak_cache_diagnostics
+        self.previous_responses = PreviousResponses()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -143,11 +149,37 @@ class TokenPak:
         loader.add_option("tokenpak_quiet", str, "false",
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
+        loader.add_option("tokenpak_cache_diagnostics", str, "off",
+                          "Ask Anthropic for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
+                          "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
+                          "The provider then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
     @property
     def is_running(self) -> bool:
         return self.started.is_set()
+
+    @staticmethod
+    def check_options(opts: Any) -> None:
+        """Raise ``OptionsError`` for a bad value of this addon's options (pure: also run by
+        ``tokenpak run`` before mitmdump starts, see `startup.preflight`)."""
+        if opts.tokenpak_cache not in CACHE_MODES:
+            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
+        if opts.tokenpak_cache_ttl not in CACHE_TTLS:
+            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        url = opts.tokenpak_otlp
+        if url and not url.startswith(("http://", "https://")):
+            raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
+        try:
+            if url:
+                require_otel()
+        except OtelUnavailable as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
+            for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
+                parse_bool(name, getattr(opts, name))
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
 
     @guard_configure
     def configure(self, updated: set[str]) -> None:
@@ -157,19 +189,14 @@ class TokenPak:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
-            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
-        if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
-            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        self.check_options(opts)
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
-        try:
-            console = parse_bool("tokenpak_console", opts.tokenpak_console)
-            quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        console = parse_bool("tokenpak_console", opts.tokenpak_console)
+        self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
+        quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         if "tokenpak_quiet" in updated:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
@@ -189,27 +216,16 @@ class TokenPak:
         if self.sink is not None:
             self.sink.set_console(self._console)
 
-        try:
-            self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
         if "tokenpak_cache_index" in updated:
             self._index_path = opts.tokenpak_cache_index
             if self._index_path:
                 self._load_index(self._index_path)
 
         if "tokenpak_otlp" in updated:
-            url = opts.tokenpak_otlp
-            if url and not url.startswith(("http://", "https://")):
-                raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
-            try:
-                if url:
-                    require_otel()  # the store exports every row it writes
-            except OtelUnavailable as e:
-                raise exceptions.OptionsError(str(e)) from e
-            self._otlp = url
+            self._otlp = opts.tokenpak_otlp  # checked above: the store exports every row it writes
             if self.sink is not None:
-                self.sink.set_otlp(url or None)
+                self.sink.set_otlp(self._otlp or None)
 
     def running(self) -> None:
         self.started.set()
@@ -356,6 +372,12 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: marker insertion failed; request sent unchanged")
             st.record.cache_decision = "error"
+        asked: dict[str, Any] | None = None
+        if self._diagnostics and st.route.api == "messages" and st.route.provider == "anthropic":
+            try:
+                asked = await self._ask_diagnostics(flow, st, spans)
+            except Exception:
+                logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
         flow.metadata[META] = {
             "cache_decision": rec.cache_decision,
@@ -365,9 +387,44 @@ class TokenPak:
             "cache_reasons": rec.cache_reasons,
             "spans": spans,
         }
+        if asked is not None:
+            flow.metadata[META]["diagnostics"] = asked  # our change, besides the spans: the header
         if hooks.wanted(flow, hooks.OUTBOUND):
             inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
             hooks.fire(hooks.TokenpakOutboundHook(flow, client_body or b"", inserted))
+
+    async def _ask_diagnostics(self, flow: http.HTTPFlow, st: _FlowState, spans: list[list[Any]]) -> dict[str, Any] | None:
+        """Splice ``diagnostics.previous_message_id`` (and the beta header) into an Anthropic request
+        that lacks it (see cache_diagnostics); returns what was added, None when nothing was."""
+        req = flow.request
+        body = req.raw_content
+        if body is None or "content-encoding" in req.headers:
+            return None  # streamed upstream already, or compressed: never re-encode for this
+        prepared = await self._offload.run(prepare, body) if len(body) > OFFLOAD_BYTES else prepare(body)
+        if prepared is None or not prepared.keys:
+            return None
+        scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
+        st.conversation = (scope, prepared.keys[-1])
+        if prepared.client_sent:
+            return None  # the client asked itself: its request goes as it wrote it
+        previous = self.previous_responses.lookup(scope, prepared.keys)
+        done = splice(body, prepared, previous)
+        header = beta_header(req.headers.get("anthropic-beta"))
+        req.raw_content = done.body
+        if "content-length" in req.headers:
+            req.headers["content-length"] = str(len(done.body))
+        if header is not None:
+            req.headers["anthropic-beta"] = header
+        # Client-body offsets: every marker span lies inside the object, after this one.
+        spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
+        return {"previous_message_id": previous, "anthropic_beta": header}  # header: the value set, None when the client's had it
+
+    def _note_response(self, st: _FlowState) -> None:
+        """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
+        rid = st.tracker.extract.response_id
+        if st.conversation is not None and rid:
+            self.previous_responses.note(*st.conversation, rid)
+            st.conversation = None
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -476,6 +533,8 @@ class TokenPak:
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         st.emitted = True
+        if st.conversation is not None:
+            self._note_response(st)  # a stream's id is known by now: before the next request can come
         loop = _running_loop()
         if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
             # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
@@ -644,6 +703,8 @@ class TokenPak:
             ended = None
         if st.ticket is not None:
             self._learn(st.ticket, ended, rec)
+        if st.conversation is not None:
+            self._note_response(st)
         stashed = st.earlier.get("session") if st.earlier is not None and not st.live else None
         began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
         done = Finished(rec, ended, began, time.time(), stashed if isinstance(stashed, dict) else None)
