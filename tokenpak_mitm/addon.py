@@ -40,6 +40,7 @@ from mitmproxy.proxy import mode_specs
 from tokenpak_mitm import __version__, hooks
 from tokenpak_mitm.accounting import MINIMAL_OUTCOME, Accountant, Finished, SessionFacts, blind_until, console_line, identity_headers, minimal_row
 from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.dburl import is_postgres
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
@@ -61,6 +62,8 @@ from tokenpak_mitm.sessions import Ticket as SessionTicket
 from tokenpak_mitm.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
 from tokenpak_mitm.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store import TelemetryStore, default_db_path, last_request_at
+from tokenpak_mitm.store_postgres import MissingExtra
+from tokenpak_mitm.store_postgres import require as require_postgres
 from tokenpak_mitm.store_writer import StoreProcess
 from tokenpak_mitm.tap import StreamTap
 from tokenpak_mitm.telemetry import Outcome, RequestRecord, outcome
@@ -140,7 +143,8 @@ class TokenPak:
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
         # No `choices=` on purpose: a bad --set value would make mitmdump skip the script silently.
-        loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
+        loader.add_option("tokenpak_db", str, "", "Telemetry database: a SQLite file (default: ~/.tokenpak/tokenpak.db) "
+                                                  "or a PostgreSQL URL, postgresql://user@host:5432/dbname (the team extra).")
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps, or the odds of a pause, make it pay), 5m or 1h.")
@@ -184,7 +188,12 @@ class TokenPak:
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
-            if self.store is None or str(self.store.path) != str(path):
+            if is_postgres(path):
+                try:
+                    require_postgres()
+                except MissingExtra as e:
+                    raise exceptions.OptionsError(str(e)) from None
+            if self.store is None or self.store.db != path:
                 if self.store is not None:
                     self.store.close()
                 # Before the store starts writing: were requests recorded by an earlier run within
@@ -227,7 +236,7 @@ class TokenPak:
     def running(self) -> None:
         self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
-        db = self.store.path if self.store else "-"
+        db = self.store.name if self.store else "-"
         logger.info(
             "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
@@ -302,7 +311,7 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
-        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=str(store.path) if store else None, db_identity=identity,
+        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
                              rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
