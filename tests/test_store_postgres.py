@@ -23,18 +23,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from tokenpak_mitm import doctor, report, tail
-from tokenpak_mitm.dburl import display, local_base, scrub
-from tokenpak_mitm.report_query import Filters
-from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore, connect_readonly, spill_paths, store_local_base
-from tokenpak_mitm.store_dialect import POSTGRESQL, glob_regex
-from tokenpak_mitm.store_postgres import connect_readonly as pg_readonly
-from tokenpak_mitm.store_postgres import schema_version
-from tokenpak_mitm.store_schema import migrations
-from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.dialects import Reply, error_json, render_frames, render_json
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, sse_script
+from tokenpak_mitm.cli import doctor, report, tail
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.replies import Reply, error_json, render_frames, render_json
+from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, sse_script
+from tokenpak_mitm.store.dburl import display, local_base, scrub
+from tokenpak_mitm.store.dialect import POSTGRESQL, glob_regex
+from tokenpak_mitm.store.postgres import schema_version
+from tokenpak_mitm.store.schema import migrations
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore, spill_paths, store_local_base
 
 NOW = time.time()
 
@@ -284,7 +282,7 @@ def traffic_handler(received: list[Received]) -> Callable[[Received], Script]:
 
 
 def _json(status: int, obj: dict[str, Any]) -> Script:
-    from tokenpak_mitm.testing.upstream import Step
+    from tokenpak_mitm.sim.upstream import Step
 
     data = json.dumps(obj).encode()
     return Script(status=status, reason="OK" if status == 200 else "Error", headers=[("content-type", "application/json")],
