@@ -185,8 +185,8 @@ def check_ca(confdir: Path, required: bool) -> list[Check]:
 
 def check_postgres(url: str) -> list[Check]:
     """Connect as the reports do, read the schema version and rows, ask whether this role may insert."""
-    from tokenpak_mitm.store.sqlite import store_local_base
     from tokenpak_mitm.store.postgres import MissingExtra, connect_readonly, errors, one_line, schema_version
+    from tokenpak_mitm.store.sqlite import store_local_base
 
     shown = display(url)
     try:

@@ -508,7 +508,7 @@ class TelemetryStore:
                 # Linger briefly so a burst is one transaction: waking (and taking the GIL from
                 # the event loop) once per row was the proxy's main tail-latency cost. Sleeping,
                 # rather than waiting on the queue, keeps each submit a plain append meanwhile.
-                if not stop:
+                if not stop and self._queue.qsize() < BATCH:  # a full batch waiting: no need to linger
                     time.sleep(LINGER)
                 while len(batch) < BATCH and not stop:
                     item = self._queue.get_nowait()
