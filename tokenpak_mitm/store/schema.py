@@ -59,6 +59,8 @@ def migrations(dialect: Dialect = SQLITE) -> tuple[str, ...]:
         + report_rollup.migration_sql(lambda col: report_query.bucket_sql(col, dialect), dialect),
         # 6: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
         add_columns(6, dialect) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
+        # 7: the provider's own cache-miss verdict (issue 25: Anthropic cache diagnostics)
+        add_columns(7, dialect),
     )
     # A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
     if len(scripts) < SCHEMA_VERSION:
