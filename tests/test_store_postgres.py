@@ -203,7 +203,7 @@ REPORT_ARGS = [
     [], ["--by", "model"], ["--by", "route"], ["--by", "provider"], ["--by", "session"], ["--by", "project"], ["--misses"],
     ["--since", "7d"], ["--since", "1d", "--by", "model"], ["--since", "30d", "--until", "3d"], ["--model", "model-*"],
     ["--model", "model-[12]", "--by", "provider"], ["--provider", "openai", "--state", "completed"], ["--errors"],
-    ["--route", "sdk", "--by", "model"], ["--model", "nothing"],
+    ["--route", "sdk", "--by", "model"],
 ]
 
 
@@ -216,8 +216,10 @@ def test_report_json_equals_sqlite(twin: tuple[str, str], args: list[str], capsy
         assert code == 0, err
         data = json.loads(out)
         assert data.pop("db") == display(db)
+        for relative in ("since_ts", "until_ts"):  # "now" moved between the two runs
+            data.pop(relative)
         outs.append(data)
-    assert outs[0]["totals"]["requests"] > 0 or args == ["--model", "nothing"]
+    assert outs[0]["totals"]["requests"] > 0
     assert _same(*outs) == []
 
 

@@ -336,12 +336,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenpak tail: no database at {db}", file=sys.stderr)
         return 1
     from tokenpak_mitm.cli.report import unknown_filter_value
-    from tokenpak_mitm.store.sqlite import connect_readonly
+    from tokenpak_mitm.store.sqlite import connect_reader
 
+    unreadable: tuple[type[BaseException], ...] = (MissingExtra, *reader_errors())
     try:
-        conn = connect_readonly(db) if db.is_file() else None
-    except sqlite3.Error:
-        conn = None
+        conn = connect_reader(str(db)) if isinstance(db, str) or db.is_file() else None
+    except unreadable:
+        conn = None  # said below, when following
     try:
         # provider, route and state have fixed vocabularies: a misspelt one is an error; a model not
         # seen yet may still come (tail follows), so with --once it is an error and live a warning
