@@ -299,9 +299,9 @@ def test_each_filter_narrows_the_rows_as_documented(db: Path, capsys: pytest.Cap
 
 
 def test_a_filter_that_matches_nothing_says_so(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--db", str(db), "--since", "all", "--model", "no-such-model"]) == 0
+    assert main(["report", "--db", str(db), "--since", "2026-05-03", "--model", "mystery-model"]) == 0
     assert "No LLM requests recorded in this window" in capsys.readouterr().out
-    data = report_json(db, capsys, "--since", "all", "--model", "no-such-model")
+    data = report_json(db, capsys, "--since", "2026-05-03", "--model", "mystery-model")
     assert data["totals"]["requests"] == 0 and data["totals"]["cost_usd"] is None
 
 
@@ -391,3 +391,104 @@ def test_html_report_file_is_owner_only(db: Path, tmp_path: Path) -> None:
     page.chmod(0o644)  # an existing looser file is replaced, not reused
     assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
     assert page.stat().st_mode & 0o777 == 0o600 and page.read_text().startswith("<!DOCTYPE html>")
+
+
+WIDE_ROWS = [
+    *ROWS,
+    row("s1", 4, model="claude-sonnet-4-5-20250929", session_id="sess-7f3a9c2e1b4d", project="checkout-service", turn=3,
+        input_tokens=123_456, cache_read_tokens=9_876_543, cache_write_tokens=45_678, output_tokens=12_345, cost_usd=0.0739,
+        savings_usd=1.2345, cache_origin="proxy", cache_miss_reason="prefix_changed", miss_section="system", miss_block=0,
+        miss_change="system", miss_cost_usd=0.0123, cache_warm_until=ts(4) + 300, ttft_ms=1234.5, duration_ms=98_765.0),
+    row("s2", 4, model="claude-haiku-4-5", session_id="sess-0b1c2d3e4f5a", project="data-pipeline-nightly", turn=9,
+        input_tokens=9, cache_read_tokens=0, cache_write_tokens=0, output_tokens=9, cost_usd=0.000045, cache_miss_reason="ttl_expired",
+        miss_cost_usd=0.0009, ttft_ms=88.0, duration_ms=900.0),
+]
+
+
+def _words(text: str) -> set[str]:
+    """Every whitespace-separated word inside the table cells (and the other lines) of ``text``."""
+    out = set()
+    for line in text.splitlines():
+        for cell in re.split(r"[│┃]", line):
+            out.update(w for w in cell.split() if not all(0x2500 <= ord(c) <= 0x257F for c in w) and "pytest-of" not in w)
+    return out
+
+
+@pytest.mark.parametrize("args", [(), ("--by", "model"), ("--by", "session"), ("--by", "project"), ("--misses",)])
+def test_tables_never_split_a_number_or_a_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                     args: tuple[str, ...]) -> None:
+    """Issue 26 item 3: at every width from 60 to 200 (COLUMNS, as a terminal sets it) and when
+    piped (no COLUMNS: whole lines), each word of every cell is printed whole on one line, and no
+    line is wider than the width."""
+    path = tmp_path / "t.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in WIDE_ROWS:
+        store.submit(r)
+    store.close()
+    cmd = ["report", "--db", str(path), "--since", "2026-04-30", *args]
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(cmd) == 0
+    piped = capsys.readouterr().out
+    words = _words(piped)
+    musts = {(): ("$0.0770",), ("--by", "model"): ("$0.0739", "claude-sonnet-4-5-20250929"), ("--by", "session"): ("$0.0739", "sess-7f3a9c2e1b4d"),
+             ("--by", "project"): ("$0.0739", "data-pipeline-nightly"), ("--misses",): ("claude-sonnet-4-5-20250929", "sess-7f3a9c2e1b4d")}[args]
+    for must in musts:
+        assert must in words, (must, piped)
+    for width in range(60, 201):
+        monkeypatch.setenv("COLUMNS", str(width))
+        assert main(cmd) == 0
+        out = capsys.readouterr().out
+        assert max(len(line) for line in out.splitlines()) <= width, (width, out)
+        missing = words - _words(out)
+        assert not missing, (width, sorted(missing), out)
+
+
+@pytest.mark.parametrize("args, hint", [
+    (("--provider", "antropic"), "--provider 'antropic' matches nothing (did you mean anthropic?); known: anthropic, openai, gemini"),
+    (("--state", "complete"), "(did you mean completed?); known: completed, error_response,"),
+    (("--route", "claudecode"), "(did you mean claude-code?); known: claude-code, sdk, other"),
+    (("--model", "claude-sonet-4-5"), "matches nothing in this database (did you mean claude-sonnet-4-5?); known: "),
+    (("--model", "gpt-5*"), "--model 'gpt-5*' matches nothing in this database; known: "),
+])
+def test_an_unknown_filter_value_names_the_known_ones(db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], hint: str) -> None:
+    """Issue 26 item 7: a misspelt filter value used to give 0 rows silently."""
+    for cmd in (["report", "--db", str(db), "--since", "all", *args], ["tail", "--once", "--db", str(db), *args]):
+        assert main(cmd) == 2
+        captured = capsys.readouterr()
+        assert hint in captured.err and captured.err.count("\n") == 1 and captured.out == "", (cmd, captured)
+    assert main(["report", "--db", str(db), "--since", "all", "--provider", "gemini"]) == 0  # known, just no rows: not an error
+    assert "0 requests" in capsys.readouterr().out
+
+
+def test_html_writes_the_page_without_the_terminal_report(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = tmp_path / "r.html"
+    assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
+    captured = capsys.readouterr()
+    assert page.is_file() and captured.out == "" and captured.err.strip() == f"tokenpak report: wrote {page}"
+
+
+@pytest.mark.parametrize("args, tries", [
+    (("--since", "all", "--provider", "gemini"), "(try fewer filters or `tokenpak doctor`)"),
+    (("--since", "2026-06-01"), "(try --since all or `tokenpak doctor`)"),
+    (("--since", "all", "--until", "2026-04-01"), "(try no --until or `tokenpak doctor`)"),
+])
+def test_the_empty_window_hint_never_repeats_what_was_passed(db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], tries: str) -> None:
+    assert main(["report", "--db", str(db), *args]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"No LLM requests recorded in this window {tries}."
+
+
+def test_one_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenpak_mitm.cli.tables import plural
+
+    path = tmp_path / "one.db"
+    store = TelemetryStore(path)
+    store.start()
+    store.submit(ROWS[4])  # one 529 without usage: unpriced, no usage
+    store.close()
+    assert main(["report", "--db", str(path), "--since", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "· 1 request ·" in out and "1 unpriced request: its cost is unknown" in out
+    assert "1 request reported no usage: counted as a request, not as tokens." in out
+    assert "1 requests" not in out
+    assert [plural(0, "warning"), plural(1, "warning"), plural(2, "failure")] == ["0 warnings", "1 warning", "2 failures"]

@@ -17,6 +17,10 @@ Rules (docs/dialects.md has the field-to-bucket table):
   ones. An advisor iteration names its own ``model`` and is priced at that model's rates.
 * ``usage.service_tier`` / ``speed`` / ``inference_geo`` say how the request was billed (priority
   or batch tier, fast mode, a pinned region): recorded as the provider said them.
+* ``diagnostics`` (cache diagnostics, on the message or on ``message_start``'s message): the
+  provider's ``cache_miss_reason.type`` and ``cache_missed_input_tokens``; a ``null`` reason (or
+  ``"diagnostics": null``) is ``none``: the first turn, nothing diverged, or the comparison was
+  still running when the response was written (the docs: inconclusive). See ``provider_verdict``.
 * JSON is decoded only for ``message_start``, ``message_delta``, ``message_stop`` and ``error``;
   deltas are recognised from their ``event:`` line without decoding.
 """
@@ -39,8 +43,13 @@ from tokenpak_mitm.core.observe.usage import ExtraIteration, Usage, as_count, wi
 __all__ = [
     "ANTHROPIC_ERROR_TYPES", "CLAUDE_CODE_SESSION_HEADER", "DIALECT", "AnthropicTracker", "anthropic_block_start", "anthropic_block_stop",
     "anthropic_message_delta", "anthropic_message_start", "anthropic_message_stop", "anthropic_ping", "anthropic_text_delta",
-    "error_json", "session_hint",
+    "PROVIDER_MISS_REASONS", "error_json", "provider_verdict", "session_hint",
 ]
+# cache_miss_reason.type values the Claude API documents (build-with-claude/cache-diagnostics), and
+# "none": diagnostics came back without a reason (first turn, no divergence, or still running).
+PROVIDER_MISS_REASONS = ("model_changed", "system_changed", "tools_changed", "messages_changed",
+                         "previous_message_not_found", "unavailable", "none")
+_REASON_MAX = 64  # an unknown future type is kept as sent, bounded
 
 _CONTENT_EVENTS = frozenset({"content_block_delta", "content_block_start"})
 _DECODE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
@@ -132,6 +141,8 @@ class AnthropicTracker:
             x.model = msg["model"]
         if isinstance(msg.get("stop_reason"), str):
             x.stop_reason = msg["stop_reason"]
+        if "diagnostics" in msg:
+            x.provider_miss_reason, x.provider_missed_tokens = provider_verdict(msg["diagnostics"])
         usage = msg.get("usage")
         if isinstance(usage, dict):
             split = usage.get("cache_creation")
@@ -195,6 +206,23 @@ class AnthropicTracker:
             x.error_message = msg if isinstance(msg, str) else None
         else:
             x.error_type = "error"
+
+
+def provider_verdict(diagnostics: object) -> tuple[str | None, int | None]:
+    """(reason, missed input tokens) from a response's ``diagnostics`` value; never raises."""
+    if diagnostics is None:
+        return "none", None
+    if not isinstance(diagnostics, dict):
+        return None, None
+    reason = diagnostics.get("cache_miss_reason")
+    if reason is None:
+        return "none", None
+    if not isinstance(reason, dict):
+        return None, None
+    kind = reason.get("type")
+    if not isinstance(kind, str) or not kind:
+        return None, None
+    return kind[:_REASON_MAX], as_count(reason.get("cache_missed_input_tokens"))
 
 
 # iteration key -> bucket; absent keys count 0 (compaction entries often carry only in/out).
@@ -356,9 +384,11 @@ def _anthropic_blocks(blocks: Any, out: Assembled) -> None:
 
 
 # -- as the simulated provider writes it ----------------------------------------------------------
-def anthropic_message_start(message_id: str, model: str, usage: Mapping[str, Any]) -> bytes:
+def anthropic_message_start(message_id: str, model: str, usage: Mapping[str, Any], diagnostics: Mapping[str, Any] | None = None) -> bytes:
     start: dict[str, Any] = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
              "stop_reason": None, "stop_sequence": None, "usage": dict(usage)}
+    if diagnostics is not None:
+        start["diagnostics"] = dict(diagnostics)
     return sse_event("message_start", {"type": "message_start", "message": start})
 
 
@@ -388,8 +418,11 @@ def anthropic_message_stop() -> bytes:
 
 def _render_json(r: Reply) -> dict[str, Any]:
     content = [{"type": "text", "text": r.text}] if r.usage.get("output_tokens") else []
-    return {"id": r.id, "type": "message", "role": "assistant", "model": r.model, "content": content,
+    body = {"id": r.id, "type": "message", "role": "assistant", "model": r.model, "content": content,
             "stop_reason": r.stop, "stop_sequence": None, "usage": dict(r.usage)}
+    if r.diagnostics is not None:
+        body["diagnostics"] = dict(r.diagnostics)
+    return body
 
 
 def _render_frames(r: Reply) -> list[bytes]:
@@ -398,7 +431,7 @@ def _render_frames(r: Reply) -> list[bytes]:
     if r.cumulative_delta_usage:  # newer streams repeat cumulative input/cache counts (§2.3), no 5m/1h split
         delta_usage = {key: r.usage[key] for key in
                        ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")}
-    frames = [anthropic_message_start(r.id, r.model, {**r.usage, "output_tokens": min(1, output)}), anthropic_block_start(), anthropic_ping()]
+    frames = [anthropic_message_start(r.id, r.model, {**r.usage, "output_tokens": min(1, output)}, r.diagnostics), anthropic_block_start(), anthropic_ping()]
     frames += [anthropic_text_delta(piece) for piece in split_text(r.text, r.text_deltas)]
     return [*frames, anthropic_block_stop(), anthropic_message_delta(r.stop, delta_usage), anthropic_message_stop()]
 
