@@ -78,6 +78,16 @@ def unpriced_models(rows: Iterable[Row]) -> list[dict[str, Any]]:
             for (p, m, r), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+def models_without_cache_facts(models: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """Models the cache-facts table does not name (their requests were planned and diagnosed with the
+    provider's fallback assumptions, ``cache_facts.FALLBACK``), most requests first."""
+    from tokenpak_mitm.core.plan.cache_facts import facts_for, missing_facts
+
+    out = [{"provider": p, "model": m, "requests": n, "assumed": facts_for(m, p).family}  # type: ignore[arg-type]
+           for (p, m), n in models.items() if missing_facts(m, p)]
+    return sorted(out, key=lambda d: (-d["requests"], d["provider"], d["model"]))
+
+
 # -- pricing weights ----------------------------------------------------------------------------
 @lru_cache(maxsize=1024)
 def _table_unit_prices(provider: str | None, model: str | None) -> Mapping[str, float] | None:
@@ -198,11 +208,13 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     groups: dict[str, Summary] = {}
     periods: dict[str, Summary] = {}
     model_cost: dict[str, dict[str, float]] = {}
+    models: Counter[tuple[str, str]] = Counter()  # (provider, model) -> requests, for the cache-facts check
     group_columns = frozenset() if by in rq.DAY_GROUPS else frozenset({GROUP_COLUMNS.get(by, by)})
-    parts: dict[str, dict[str, Summary]] = {}
+    parts: dict[str, dict[str, Summary]] = {}  # --breakdown: group -> model -> sums
     srcs = rq.sources(conn, filters, period, group_columns)
     for c in (c for src in srcs for c in rq.cube(conn, src, group_sql, period_sql, prices)):
         totals.merge(c)
+        models[(c.provider or "", c.model)] += c.requests
         c.group, c.period = label(group_kind, c.group), label(period, c.period)
         _summary(groups, c.group).merge(c)
         _summary(periods, c.period).merge(c)
@@ -238,8 +250,8 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
                   period=period, filters=filters, until=until, model_cost=model_cost,
                   unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [],
-                  errors=error_list,
-                  breakdown={g: _order(models, "model") for g, models in parts.items()} if breakdown else None)
+                  errors=error_list, no_cache_facts=models_without_cache_facts(models),
+                  breakdown={g: _order(per_model, "model") for g, per_model in parts.items()} if breakdown else None)
 
 
 def empty_report(by: str = "day", since: str = "7d") -> Report:
@@ -271,6 +283,7 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
                    for g in report.groups],
         "periods": [p.as_dict() for p in report.periods] if report.by != "day" or report.period != "day" else None,
         "unpriced_models": report.unpriced,
+        "models_without_cache_facts": report.no_cache_facts,
         "errors": report.errors,
         "price_table": {"version": _price_table_version(), "update": _update_hint()},
     }
@@ -496,6 +509,14 @@ def _print_tables(report: Report, db: str) -> None:
         print_table(console, unpriced)
         if any(i["reason"] in ("unknown_model", "unknown", "no_cache_write_price", "unknown_speed", "unknown_service_tier") for i in report.unpriced):
             console.print(f"To update the price table: {_update_hint()}.")
+    if report.no_cache_facts:
+        facts = Table(title="Models without cache facts (planned with the provider's fallback: cache_facts.FALLBACK)", title_justify="left")
+        for col in ("provider", "model", "requests", "assumed"):
+            facts.add_column(col, justify="right" if col == "requests" else "left", overflow="fold")
+        for item in report.no_cache_facts:
+            facts.add_row(escape(item["provider"]), escape(item["model"]), str(item["requests"]), escape(item["assumed"]))
+        print_table(console, facts)
+        console.print("Their minimum cacheable length and TTLs are assumed (docs/caching.md, \"Provider facts\").")
     if t.requests - t.requests_with_usage:
         n = t.requests - t.requests_with_usage
         console.print(f"{plural(n, 'request')} reported no usage: counted as {'a request' if n == 1 else 'requests'}, not as tokens.")
