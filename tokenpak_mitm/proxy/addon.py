@@ -538,7 +538,7 @@ class TokenPak:
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
-            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
+            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,
                            memory=self.memory if self._history else None, now=now)
             stateless = not self._history  # the learning planner updates this process's memory
         else:
@@ -553,7 +553,7 @@ class TokenPak:
             if stateless:
                 result = await self._offload.run(plan)
             elif st.route.dialect in ("anthropic", "openai_chat", "openai_responses"):
-                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)  # type: ignore[arg-type]
+                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)
             else:
                 result = await asyncio.to_thread(plan)
         else:
