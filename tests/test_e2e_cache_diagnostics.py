@@ -141,3 +141,28 @@ def test_a_recording_shows_the_splice_as_our_change_and_passes_i1_and_i5(tmp_pat
         assert ev.header_changes == {"anthropic-beta": BETA}
         assert any(t.startswith(b'"diagnostics":') for _, t in ev.spans or [])
         assert check_i1(ev) == [] and check_i5(ev) == []
+
+
+def test_a_mid_conversation_system_message_keeps_the_session_reads_the_cache_and_is_no_prefix_change(tmp_path: Path):
+    """The documented use through the proxy (its own markers): a system message appended after the
+    history; the next turns read the prefix before it, stay one session, and no row says prefix_changed."""
+    db = tmp_path / "t.db"
+    with FakeProvider() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path, options=["tokenpak_cache_diagnostics=on"]).start()
+        try:
+            history: list[dict[str, str]] = []
+            for turn in range(5):
+                history.append({"role": "user", "content": f"Question {turn}: what does rule {turn} say? " + "Context. " * 200})
+                if turn == 2:
+                    history.append({"role": "system", "content": "From now on, answer in French."})
+                body = json.dumps({"model": "claude-opus-4-8", "max_tokens": 20, "system": SYSTEM, "messages": history}).encode()
+                resp = request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS))
+                assert resp.status == 200, resp.body
+                history.append({"role": "assistant", "content": json.loads(resp.body)["content"][0]["text"]})
+            rows = wait_for_rows(db, "1=1 ORDER BY id", (), n=5)
+        finally:
+            proxy.stop()
+    assert len({r["session_id"] for r in rows}) == 1 and [r["turn"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["cache_read_tokens"] > 0 for r in rows[1:])  # the turn with the system message too
+    assert [r["cache_miss_reason"] for r in rows] == ["cold", None, None, None, None]
+    assert [r["provider_miss_reason"] for r in rows] == ["none"] * 5  # the provider agrees: nothing diverged
