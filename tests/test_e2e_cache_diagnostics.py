@@ -125,22 +125,29 @@ def test_a_recording_shows_the_splice_as_our_change_and_passes_i1_and_i5(tmp_pat
                                 options=["tokenpak_cache_diagnostics=on", f"tokenpak_record={record}"]).start()
         try:
             history = [{"role": "user", "content": "hello"}]
+            ids: list[str] = []
             for _ in range(2):
-                body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM, "messages": history}).encode()
+                # over 32 KB: read in the worker process (the same splice)
+                body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM * 4, "messages": history}).encode()
+                assert len(body) > 32 << 10
                 resp = request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS))
                 assert resp.status == 200
+                ids.append(json.loads(resp.body)["id"])
                 history += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
             wait_for_rows(tmp_path / "t.db", "1=1", (), n=2)
         finally:
             proxy.stop()
     files = sorted(find_flow_files([record]))
     assert len(files) == 2
+    named: list[str | None] = []
     for path in files:
         rec = load_recording(path)
         ev = rec.evidence_at_rest()
         assert ev.header_changes == {"anthropic-beta": BETA}
         assert any(t.startswith(b'"diagnostics":') for _, t in ev.spans or [])
+        named.append(json.loads(rec.flow.request.raw_content)["diagnostics"]["previous_message_id"])
         assert check_i1(ev) == [] and check_i5(ev) == []
+    assert sorted(named, key=str) == sorted([None, ids[0]], key=str)
 
 
 def test_a_mid_conversation_system_message_keeps_the_session_reads_the_cache_and_is_no_prefix_change(tmp_path: Path):
