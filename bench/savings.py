@@ -1,8 +1,8 @@
 """How much of the best possible prompt-cache saving does the planner capture, on traffic users meet?
 
-Each workload is a list of ``tokenpak_mitm.savings.WorkloadRequest`` (the same shape ``tokenpak
+Each workload is a list of ``tokenpak_mitm.cli.savings.WorkloadRequest`` (the same shape ``tokenpak
 savings`` reads from a JSONL file) replayed through the cache simulator by
-``tokenpak_mitm.savings.evaluate``: no markers, the stateless planner, the learning planner (the
+``tokenpak_mitm.cli.savings.evaluate``: no markers, the stateless planner, the learning planner (the
 default) and the best placement the bounded search finds, priced at list prices.
 
 Workloads (generated with fixed seeds):
@@ -59,8 +59,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tokenpak_mitm.prefix_index import PrefixIndex
-from tokenpak_mitm.savings import WorkloadRequest, evaluate
+from tokenpak_mitm.cli.savings import WorkloadRequest, evaluate
+from tokenpak_mitm.core.plan.prefix_index import PrefixIndex
 
 MODEL = "claude-sonnet-4-6"
 OPENAI_MODEL = "gpt-5.6"

@@ -13,11 +13,11 @@ from mitmproxy import exceptions
 from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
-from tokenpak_mitm import hooks
-from tokenpak_mitm.accounting import Finished, SessionFacts
-from tokenpak_mitm.addon import TokenPak
-from tokenpak_mitm.store_writer import StoreProcess
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
+from tokenpak_mitm.core.account.accounting import Finished, SessionFacts
+from tokenpak_mitm.proxy import hooks
+from tokenpak_mitm.proxy.addon import TokenPak
+from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, mitmdump_executable
+from tokenpak_mitm.store.writer import StoreProcess
 
 SSE = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-6","usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
@@ -116,6 +116,37 @@ async def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     assert len(tp.store.rows) == 1
 
 
+async def test_a_row_waits_for_the_session_of_a_big_body_still_read_in_the_worker(addon, monkeypatch):
+    # Issue 26 item 1: a flow accounted here (recorded, saved, replayed) whose body is over 32 KB
+    # has its session read in the worker process; a reply back before that used to lose it.
+    tp, _ = addon
+    gate = asyncio.Event()
+
+    async def slow_worker(fn, *args):
+        await gate.wait()
+        return fn(*args)
+
+    monkeypatch.setattr(tp._offload, "run", slow_worker)
+
+    def big_flow(session: str):
+        f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
+        f.request.content = json.dumps({"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "x " * 40_000}]}).encode()
+        f.request.headers["x-tokenpak-session"] = session
+        return f
+
+    first, second = big_flow("big-1"), big_flow("big-2")
+    await drive_buffered(tp, first)
+    assert tp.store.rows == []  # not without its session
+    gate.set()
+    for _ in range(5):
+        await next_turn()
+    assert [(r["session_id"], r["turn"]) for r in tp.store.rows] == [("big-1", 1)]
+    gate.clear()
+    await drive_buffered(tp, second)
+    tp.done()  # shutdown while the worker still reads it: read here, the row is written with it
+    assert [(r["session_id"], r["turn"]) for r in tp.store.rows] == [("big-1", 1), ("big-2", 1)]
+
+
 async def test_replayed_flow_parses_the_buffered_body(addon):
     # mitmdump -nr / server replay never call the stream callable: the response hook parses.
     tp, _ = addon
@@ -208,7 +239,7 @@ def test_an_unknown_tokenpak_option_stops_start_up_naming_the_closest(tmp_path: 
 
 @pytest.mark.e2e
 def test_startup_line_names_version_db_and_mode(tmp_path: Path):
-    from tokenpak_mitm.testing.proxy import MitmdumpProcess
+    from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
 
     with MitmdumpProcess("reverse:https://api.anthropic.com", db=tmp_path / "x.db", confdir=tmp_path) as p:
         out = p.output()
@@ -263,7 +294,7 @@ async def test_a_bug_after_the_row_is_queued_stays_out_of_the_event_loop(addon, 
     tp, tctx = addon
     tctx.configure(tp, tokenpak_console="true")
     tp._console = True
-    import tokenpak_mitm.addon as addon_mod
+    import tokenpak_mitm.proxy.addon as addon_mod
 
     def broken(row):
         raise RuntimeError("bug in the console line")
@@ -350,7 +381,7 @@ def test_a_silently_skipped_script_is_reported(tmp_path: Path):
 
 async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
     tp, _ = addon
-    import tokenpak_mitm.accounting as accounting_mod
+    import tokenpak_mitm.core.account.accounting as accounting_mod
 
     def broken(*args):
         raise RuntimeError("bug in build_row")
