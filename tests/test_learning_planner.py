@@ -527,7 +527,7 @@ def reminder_turns(gaps: list[float], shape: str, sizes: list[int] | None = None
     message ("system") or a trailing text block after the tool result ("block"). The next request
     drops it (or, `keeps`, repeats it: a client for which the shape is not a reminder).
     `date_after`: from that turn on the system prompt's date is the next day."""
-    from tokenpak_mitm.savings import WorkloadRequest, build_turns
+    from tokenpak_mitm.cli.savings import WorkloadRequest, build_turns
     tools = [{"name": f"t{n}", "description": text(300, n), "input_schema": {"type": "object"}} for n in range(4)]
     messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": text(80, 1)}]}]
     requests, now = [], 0.0
@@ -562,7 +562,7 @@ def _trailer_positions(turn) -> set[int]:
 
 
 def _replay(turns, plan):
-    from tokenpak_mitm.savings import State, turn_cost
+    from tokenpak_mitm.cli.savings import State, turn_cost
     state = State()
     return [turn_cost(state, turns, i, plan[i]) for i in range(len(turns))]
 
@@ -571,9 +571,9 @@ def _replay(turns, plan):
 def test_a_trailing_reminder_is_never_the_last_breakpoint_from_the_first_request(shape):
     """The first request of a conversation (no history) already leaves its per-turn reminder
     unmarked, so the second request reads everything the first sent before it."""
-    from tokenpak_mitm.savings import stateless_plan
+    from tokenpak_mitm.cli.savings import stateless_plan
     turns = reminder_turns([20.0, 15.0, 30.0], shape)
-    from tokenpak_mitm.savings import learning_plan
+    from tokenpak_mitm.cli.savings import learning_plan
     for plan in (learning_plan(turns)[0], stateless_plan(turns)):
         for turn, placement in zip(turns, plan, strict=True):
             assert placement and not {bp.index for bp in placement} & _trailer_positions(turn)
@@ -586,7 +586,7 @@ def test_a_trailing_reminder_is_never_the_last_breakpoint_from_the_first_request
 def test_a_client_that_repeats_its_trailing_block_gets_it_marked_once_the_traffic_shows_it():
     """The shape is only a prior: a client whose next requests repeat the trailing text block (it
     was the user's content, not a reminder) has it marked from its third request on."""
-    from tokenpak_mitm.savings import learning_plan
+    from tokenpak_mitm.cli.savings import learning_plan
     turns = reminder_turns([20.0, 15.0, 30.0, 12.0, 9.0], "block", keeps=True)
     plan, notes = learning_plan(turns)
     assert not {bp.index for bp in plan[0]} & _trailer_positions(turns[0])  # the prior: not marked
@@ -605,7 +605,7 @@ def test_any_conversation_with_per_turn_reminders_never_marks_one_and_is_never_d
     comes within 5 minutes of the one before reads at least what that one sent before its
     reminder; the planner, and the stateless planner, never cost more than sending no markers."""
     gaps = [g for pauses, close in segments for g in (*pauses, *close)]
-    from tokenpak_mitm.savings import as_sent, learning_plan, plan_cost, stateless_plan
+    from tokenpak_mitm.cli.savings import as_sent, learning_plan, plan_cost, stateless_plan
     sizes = data.draw(st.lists(st.integers(20, 1500), min_size=len(gaps) + 1, max_size=len(gaps) + 1))
     turns = reminder_turns(gaps, shape, sizes)
     plan, notes = learning_plan(turns)
@@ -625,7 +625,7 @@ def test_an_hour_insurance_follows_the_conversation_so_a_pause_rereads_all_of_it
     """A conversation with reminders and a first pause after a dozen quick turns: the 1h entry has
     moved forward with the conversation, so the turn after the pause reads nearly all of the prompt
     the turn before it sent, not only its beginning."""
-    from tokenpak_mitm.savings import learning_plan
+    from tokenpak_mitm.cli.savings import learning_plan
     gaps = [12.0] * 11 + [600.0] + [10.0] * 3
     turns = reminder_turns(gaps, "block")
     plan, _ = learning_plan(turns)
@@ -639,7 +639,7 @@ def test_todays_date_in_the_system_prompt_is_marked_and_shared_and_the_day_turni
     """A system block with today's date (no time of day) is stable for the day: the planner marks
     it, so a second conversation reads tools and the whole system prompt. When the day turns the
     conversation pays one write of what follows the date, and reads again from the next turn."""
-    from tokenpak_mitm.savings import as_sent, learning_plan, plan_cost
+    from tokenpak_mitm.cli.savings import as_sent, learning_plan, plan_cost
     turns = reminder_turns([20.0, 15.0, 30.0, 12.0, 9.0, 14.0], "block", date_after=4)
     plan, notes = learning_plan(turns)
     date_block = next(b.index for b in turns[0].analysis.blocks if b.path == "system.1")
