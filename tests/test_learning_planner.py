@@ -648,3 +648,47 @@ def test_todays_date_in_the_system_prompt_is_marked_and_shared_and_the_day_turni
     assert usages[4]["cache_read_input_tokens"] >= turns[4].analysis.blocks[date_block - 1].prefix_tokens  # tools + first system block
     assert usages[5]["cache_read_input_tokens"] > turns[4].analysis.blocks[date_block].prefix_tokens
     assert plan_cost(turns, plan) <= plan_cost(turns, [as_sent(t) for t in turns])
+
+
+def wave_of_conversations(n: int, turns: int, sizes: list[int], gaps: list[float]) -> list:
+    """`n` conversations starting together (one concurrent wave) on a shared tools + system prefix,
+    each then going on for `turns` turns at its own pace."""
+    from tokenpak_mitm.cli.savings import WorkloadRequest, build_turns
+    tools = [{"name": f"t{n}", "description": text(250, n), "input_schema": {"type": "object"}} for n in range(3)]
+    system = [{"type": "text", "text": text(1500, 5)}]
+    requests = []
+    for c in range(n):
+        messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": text(sizes[c], 20 + c)}]}]
+        now = 100.0
+        for turn in range(turns):
+            body = {"model": "claude-sonnet-4-6", "max_tokens": 50, "tools": tools, "system": system, "messages": copy.deepcopy(messages)}
+            requests.append(WorkloadRequest(now, "/v1/messages", body, 0 if turn == 0 else None, 50))
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": text(30, turn + c)},
+                                                              {"type": "tool_use", "id": f"toolu_{c}_{turn}", "name": "t1", "input": {}}]})
+            messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{c}_{turn}",
+                                                          "content": text(sizes[(c + turn) % len(sizes)], turn)}]})
+            now += gaps[(c + turn) % len(gaps)]
+    warm = WorkloadRequest(0.0, "/v1/messages", {"model": "claude-sonnet-4-6", "max_tokens": 50, "tools": tools, "system": system,
+                                                 "messages": [{"role": "user", "content": text(40, 99)}]}, None, 50)
+    return build_turns([warm, *requests])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.integers(2, 5), st.integers(2, 4), st.lists(st.integers(300, 1500), min_size=5, max_size=5),
+       st.lists(st.floats(3.0, 60.0), min_size=3, max_size=3))
+def test_conversations_that_start_together_each_write_what_their_next_turn_reads(n, turns, sizes, gaps):
+    """Subagents launched in one concurrent wave on a prefix the proxy has seen: none of them is
+    evidence against another's first turn being continued (none could have been yet), so each
+    writes its first turn and its second turn reads it; never dearer than no markers."""
+    from tokenpak_mitm.cli.savings import as_sent, learning_plan, plan_cost
+    turns_ = wave_of_conversations(n, turns, sizes, gaps)
+    plan, notes = learning_plan(turns_)
+    usages = [u for _, u in _replay(turns_, plan)]
+    firsts = {}
+    for i, turn in enumerate(turns_[1:], start=1):
+        first = turn.request.body["messages"][0]["content"][0]["text"]
+        if len(turn.request.body["messages"]) == 1:
+            firsts[first] = turn.analysis.total_tokens
+        elif len(turn.request.body["messages"]) == 3:
+            assert usages[i]["cache_read_input_tokens"] >= firsts[first], [(x.at, x.reason, x.detail) for x in notes[i]]
+    assert plan_cost(turns_, plan) <= plan_cost(turns_, [as_sent(t) for t in turns_]) + 1e-9

@@ -22,7 +22,9 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   only while the share of earlier siblings that were continued makes a write pay, p x 0.9 > 0.25
   at 5m, with p = (continued + 1) / (siblings + 2): no history gives p = 1/3 (mark, today's rule);
   after two siblings that were not continued p = 1/4 and the tail is left alone (`tail_not_reused`).
-  A batch sharing one document is therefore recognised by its third request.
+  A batch sharing one document is therefore recognised by its third request. Siblings that
+  started in the same burst (concurrent starts, e.g. subagents launched together) are not counted:
+  they cannot have been continued yet, so each writes the tail its own next turn reads.
 * **Read the deepest live entry**: when no placed marker is within the 20-block lookback of the
   deepest prefix the index expects the provider to hold, one is placed on it (`read_live`).
 * **Free markers**: a marker before the last writing marker costs nothing (writes are billed by
@@ -50,6 +52,14 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   next burst would cost more (a whole write is no insurance a batch can afford before). A 1h
   marker never follows a 5m one: markers before a 1h marker are raised to 1h, which is free
   (those tokens are billed as 1h writes already).
+* **Per-turn trailers** (`cache_planner.per_turn_trailer`: a trailing mid-conversation system
+  message, a trailing text block after the user's content): the request is planned and recorded
+  as if it ended before the trailer, so no marker goes on it and the next request continues from
+  there; `Trailers` counts per client whether the next request dropped or repeated it and marks it
+  again once a client repeats it more often than it drops it (prior: one drop).
+* **The insurance moves forward**: once a pause was seen, a conversation's tail is written for 1h
+  instead of the first-new-block checkpoint when that is worth more over the next two gaps
+  (`_forward_pays`), so the turn after a pause reads the whole conversation, not its beginning.
 * At most 4 markers, none on an ineligible block, none below the model's minimum, and nothing
   at all when the client marks anything itself (the index still learns from that request).
 """
@@ -189,7 +199,6 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory:
     digests = [b.digest for b in bounds]
     stats = memory.index.stats(digests, now)
     positions = {_key_of(b): b.position for b in bounds}
-    memory.trailers.confirm(digests, max((i for i, s in enumerate(stats) if s is not None), default=None))
     trailer = _trailer_at(request, bounds)
     # The conversation's end as the next request will repeat it: before a per-turn trailer.
     end = trailer - 1 if trailer is not None and memory.trailers.drops(digests[0]) else len(bounds) - 1
@@ -212,6 +221,7 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory:
     if any(p > end for p, _ in markers):
         end = len(bounds) - 1  # marked anyway (the client's markers, the top-level field): the end is the end
     read, writes = predict(bounds[:end + 1], stats[:end + 1], now, markers, facts)
+    memory.trailers.confirm(digests, max((i for i, s in enumerate(stats) if s is not None), default=None))
     recorded = memory.index.record(digests[:end + 1], now, writes=writes, read=read)
     if end < len(bounds) - 1:
         memory.trailers.expect(digests[0], digests[end], digests[end + 1])
@@ -362,6 +372,10 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
         write(tail, reason, _evidence(stats, k), old_from=k)
     elif tail is not None:  # a branch: k is shared with requests that went on differently
         siblings, continued = anchor.branches + 1, anchor.branches_continued
+        # Siblings started in this very burst (concurrent starts) cannot have been continued yet:
+        # they are no evidence against this one's tail being read, so they do not count.
+        starting = anchor.clusters[-1][1] if anchor.clusters and 0 <= now - anchor.clusters[-1][0] < CLUSTER_SECONDS else 0
+        siblings = max(siblings - starting, 1)
         p = (continued + 1) / (siblings + 2)
         r = facts.read_multiplier()
         volatile_tail = anchor.to_end == 1 and last - 1 > k  # earlier requests ended one block past k: a per-request tail
@@ -549,7 +563,7 @@ def _forward_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now:
     if not _pause_seen(clusters, now):
         return False
     w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
-    p = 1 - (1 - _pause_chance(clusters, now)) ** 2
+    p = _pause_chance(clusters, now)
     tail = p * (w5 - r) * unprotected - (w1 - w5) * premium_tokens
     checkpoint = p * (w5 - r) * checkpoint_unprotected - (w1 - w5) * checkpoint_premium
     return tail > 0 and tail > checkpoint
