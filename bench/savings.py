@@ -364,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m bench.savings [NAME ...]`: every workload (or those whose name contains a NAME) on both models."""
     only = argv if argv is not None else sys.argv[1:]
     reports, goals_met = [], True
+    stateless_loses: list[str] = []
     worst: tuple[float, float, str] = (0.0, 0.0, "")  # auto's largest extra cost over 5m: (USD, share, workload)
     table = Table(title="Prompt-cache cost per workload (simulator, list prices)")
     for column in ("workload", "model", "requests", "no markers", "stateless", "planner", "planner 5m", "best", "planner share"):
@@ -392,11 +393,15 @@ def main(argv: list[str] | None = None) -> int:
                                 "trace": {k: list(v) for k, v in result.traces.items()}})
                 colour = "green" if ok else "yellow" if not gated else "red"
                 label = name + (" (held out)" if held_out else "") + ("" if gated else " (not gated)")
-                table.add_row(label, model, str(result.requests), f"${result.none:.4f}", f"${result.stateless:.4f}",
+                if result.stateless > result.none + 1e-9:
+                    stateless_loses.append(f"{name} ({model}): ${result.stateless:.4f} vs ${result.none:.4f}")
+                table.add_row(label, model.removeprefix("claude-"), str(result.requests), f"${result.none:.4f}", f"${result.stateless:.4f}",
                               f"${result.planner:.4f}", f"${fixed_5m:.4f}", f"${result.best:.4f}", f"[{colour}]{result.share:.1%}[/]")
     console = Console()
     console.width = max(console.width, 120)
     console.print(table)
+    console.print("the stateless planner (tokenpak_cache_history=false) costs more than no markers on: " + "; ".join(stateless_loses)
+                  if stateless_loses else "the stateless planner never costs more than no markers here")
     console.print("ttl=auto never costs more than ttl=5m on these workloads" if worst[0] <= 1e-9 else
                   f"ttl=auto costs more than ttl=5m at worst by ${worst[0]:.4f} ({worst[1]:.2%}, {worst[2]}): the insurance "
                   "against a first pause, paid out of savings (docs/caching.md, \"TTL\")")
