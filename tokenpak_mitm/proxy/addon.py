@@ -48,7 +48,8 @@ from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
 from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
-from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
+from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, OFFLOAD_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import (
@@ -70,7 +71,10 @@ from tokenpak_mitm.proxy.options import parse_bool
 from tokenpak_mitm.proxy.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.proxy.quiet import set_quiet
 from tokenpak_mitm.proxy.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
+from tokenpak_mitm.store.dburl import is_postgres
 from tokenpak_mitm.store.otel import OtelExporter, OtelUnavailable, require_otel
+from tokenpak_mitm.store.postgres import MissingExtra
+from tokenpak_mitm.store.postgres import require as require_postgres
 from tokenpak_mitm.store.sqlite import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store.writer import StoreProcess
 
@@ -108,6 +112,9 @@ class _FlowState:
     session_ticket: SessionTicket | None = None  # the session tracker's record of this request
     session_task: asyncio.Task[None] | None = None
     session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
+    # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
+    # response id is remembered, so the conversation's next request can name it
+    conversation: tuple[str, bytes] | None = None
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -148,11 +155,14 @@ class TokenPak:
         self.started = threading.Event()  # set by `running`; see watch_startup
         self.accountant = Accountant()  # for flows accounted here (see `_FlowState.remote`)
         self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
+        self._diagnostics = False  # tokenpak_cache_diagnostics
+        self.previous_responses = PreviousResponses()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
         # No `choices=` on purpose: a bad --set value would make mitmdump skip the script silently.
-        loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
+        loader.add_option("tokenpak_db", str, "", "Telemetry database: a SQLite file (default: ~/.tokenpak/tokenpak.db) "
+                                                  "or a PostgreSQL URL, postgresql://user@host:5432/dbname (the team extra).")
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps, or the odds of a pause, make it pay), 5m or 1h.")
@@ -163,11 +173,37 @@ class TokenPak:
         loader.add_option("tokenpak_quiet", str, "false",
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
+        loader.add_option("tokenpak_cache_diagnostics", str, "off",
+                          "Ask Anthropic for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
+                          "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
+                          "The provider then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
     @property
     def is_running(self) -> bool:
         return self.started.is_set()
+
+    @staticmethod
+    def check_options(opts: Any) -> None:
+        """Raise ``OptionsError`` for a bad value of this addon's options (pure: also run by
+        ``tokenpak run`` before mitmdump starts, see `startup.preflight`)."""
+        if opts.tokenpak_cache not in CACHE_MODES:
+            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
+        if opts.tokenpak_cache_ttl not in CACHE_TTLS:
+            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        url = opts.tokenpak_otlp
+        if url and not url.startswith(("http://", "https://")):
+            raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
+        try:
+            if url:
+                require_otel()
+        except OtelUnavailable as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
+            for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
+                parse_bool(name, getattr(opts, name))
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
 
     @guard_configure
     def configure(self, updated: set[str]) -> None:
@@ -177,26 +213,26 @@ class TokenPak:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
-            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
-        if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
-            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        self.check_options(opts)
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
-        try:
-            console = parse_bool("tokenpak_console", opts.tokenpak_console)
-            quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        console = parse_bool("tokenpak_console", opts.tokenpak_console)
+        self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
+        quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         if "tokenpak_quiet" in updated:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
-            if self.store is None or str(self.store.path) != str(path):
+            if is_postgres(path):
+                try:
+                    require_postgres()
+                except MissingExtra as e:
+                    raise exceptions.OptionsError(str(e)) from None
+            if self.store is None or self.store.db != path:
                 if self.store is not None:
                     self.store.close()
                 # Before the store starts writing: were requests recorded by an earlier run within
@@ -209,10 +245,7 @@ class TokenPak:
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
 
-        try:
-            self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
         if "tokenpak_cache_index" in updated:
             self._index_path = opts.tokenpak_cache_index
             if self._index_path:
@@ -223,8 +256,6 @@ class TokenPak:
                 self.otel.shutdown()
                 self.otel = None
             url = opts.tokenpak_otlp
-            if url and not url.startswith(("http://", "https://")):
-                raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
             try:
                 if url and isinstance(self.store, StoreProcess):
                     require_otel()  # the writer process exports every row it writes
@@ -239,7 +270,7 @@ class TokenPak:
     def running(self) -> None:
         self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
-        db = self.store.path if self.store else "-"
+        db = self.store.name if self.store else "-"
         logger.info(
             "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
@@ -318,7 +349,7 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
-        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=str(store.path) if store else None, db_identity=identity,
+        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
                              rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
@@ -445,6 +476,12 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: marker insertion failed; request sent unchanged")
             st.record.cache_decision = "error"
+        asked: dict[str, Any] | None = None
+        if self._diagnostics and st.route.api == "messages" and st.route.provider == "anthropic":
+            try:
+                asked = await self._ask_diagnostics(flow, st, spans)
+            except Exception:
+                logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
         flow.metadata[META] = {
             "cache_decision": rec.cache_decision,
@@ -454,9 +491,44 @@ class TokenPak:
             "cache_reasons": rec.cache_reasons,
             "spans": spans,
         }
+        if asked is not None:
+            flow.metadata[META]["diagnostics"] = asked  # our change, besides the spans: the header
         if hooks.wanted(flow, hooks.OUTBOUND):
             inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
             hooks.fire(hooks.TokenpakOutboundHook(flow, client_body or b"", inserted))
+
+    async def _ask_diagnostics(self, flow: http.HTTPFlow, st: _FlowState, spans: list[list[Any]]) -> dict[str, Any] | None:
+        """Splice ``diagnostics.previous_message_id`` (and the beta header) into an Anthropic request
+        that lacks it (see cache_diagnostics); returns what was added, None when nothing was."""
+        req = flow.request
+        body = req.raw_content
+        if body is None or "content-encoding" in req.headers:
+            return None  # streamed upstream already, or compressed: never re-encode for this
+        prepared = await self._offload.run(prepare, body) if len(body) > OFFLOAD_BYTES else prepare(body)
+        if prepared is None or not prepared.keys:
+            return None
+        scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
+        st.conversation = (scope, prepared.keys[-1])
+        if prepared.client_sent:
+            return None  # the client asked itself: its request goes as it wrote it
+        previous = self.previous_responses.lookup(scope, prepared.keys)
+        done = splice(body, prepared, previous)
+        header = beta_header(req.headers.get("anthropic-beta"))
+        req.raw_content = done.body
+        if "content-length" in req.headers:
+            req.headers["content-length"] = str(len(done.body))
+        if header is not None:
+            req.headers["anthropic-beta"] = header
+        # Client-body offsets: every marker span lies inside the object, after this one.
+        spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
+        return {"previous_message_id": previous, "anthropic_beta": header}  # header: the value set, None when the client's had it
+
+    def _note_response(self, st: _FlowState) -> None:
+        """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
+        rid = st.tracker.extract.response_id
+        if st.conversation is not None and rid:
+            self.previous_responses.note(*st.conversation, rid)
+            st.conversation = None
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -483,7 +555,7 @@ class TokenPak:
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
-            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
+            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,
                            memory=self.memory if self._history else None, now=now)
             stateless = not self._history  # the learning planner updates this process's memory
         else:
@@ -498,7 +570,7 @@ class TokenPak:
             if stateless:
                 result = await self._offload.run(plan)
             elif st.route.dialect in ("anthropic", "openai_chat", "openai_responses"):
-                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)  # type: ignore[arg-type]
+                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)
             else:
                 result = await asyncio.to_thread(plan)
         else:
@@ -565,6 +637,8 @@ class TokenPak:
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         st.emitted = True
+        if st.conversation is not None:
+            self._note_response(st)  # a stream's id is known by now: before the next request can come
         loop = _running_loop()
         if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
             # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
@@ -724,6 +798,8 @@ class TokenPak:
             ended = None
         if st.ticket is not None:
             self._learn(st.ticket, ended, st.record)
+        if st.conversation is not None:
+            self._note_response(st)
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from tokenpak_mitm.core.plan.cache_facts import ttl_seconds
 from tokenpak_mitm.core.plan.jsonscan import agrees_with, block_locs, one_pass_pays, parse_and_scan
 from tokenpak_mitm.core.plan.prefix_index import RAW_MIN_BYTES, Api, Section, boundaries, canonical_from_raw, prompt_blocks
 
@@ -80,11 +81,17 @@ class Block:
     marker_ttl: str | None
     message_end: bool  # the last block of its message (or section)
     role: str | None = None  # the message role (messages section)
+    # An Anthropic mid-conversation system message ({"role": "system"} inside messages): it adds
+    # instructions at its point in the history and is part of the messages prefix, not the system one.
+    mid_system: bool = False
 
     @property
     def part(self) -> str:
-        """tools, system or messages; OpenAI system/developer messages count as system."""
-        return "system" if self.section == "messages" and self.role in _SYSTEM_ROLES else self.section
+        """tools, system or messages; OpenAI system/developer messages count as system (an Anthropic
+        mid-conversation system message is history: the provider hashes it with the messages)."""
+        if self.section == "messages" and self.role in _SYSTEM_ROLES and not self.mid_system:
+            return "system"
+        return self.section
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class Shape:
     truncated: bool = False
     api: str = "anthropic"
     long_retention: bool = False  # OpenAI prompt_cache_retention "24h"
+    options_ttl: float | None = None  # OpenAI prompt_cache_options.ttl in seconds ("30m", the only value so far)
 
     @property
     def tokens(self) -> int:
@@ -296,7 +304,8 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
         # history rewritten, whatever changed in it (and masking every message would cost the most).
         system = b.section != "messages" or role in _SYSTEM_ROLES
         masked = _masked(digest, canonical) if system else digest
-        blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl, end, role))
+        blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl, end, role,
+                            anthropic and b.section == "messages" and role == "system"))
         if b.section == "messages" and role not in _SYSTEM_ROLES:
             turn.update(f"\0{role}\0".encode() + digest)
             if end:
@@ -306,8 +315,10 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
     else:  # OpenAI (and Gemini): the provider caches the prompt's end by itself, unless told explicit-only
         options = request.get("prompt_cache_options")
         top = None if isinstance(options, dict) and options.get("mode") == "explicit" else OPENAI_BREAKPOINT_TTL
+    options = request.get("prompt_cache_options")
+    options_ttl = None if anthropic or not isinstance(options, dict) else ttl_seconds(options.get("ttl"))
     return Shape(model if isinstance(model, str) else "", tuple(blocks), tuple(turn_keys), top,
-                 len(bounds) >= MAX_BLOCKS, api, request.get("prompt_cache_retention") == "24h")
+                 len(bounds) >= MAX_BLOCKS, api, request.get("prompt_cache_retention") == "24h", options_ttl)
 
 
 def first_difference(a: Sequence[Block], b: Sequence[Block]) -> int | None:
