@@ -605,6 +605,23 @@ def test_planning_moves_off_the_event_loop_by_object_count_as_well_as_bytes():
     assert len(gzip.compress(many)) < 8192 and plan_off_loop(gzip.compress(many), "gzip")  # compressed: always
 
 
+def test_bodies_over_the_planning_bounds_are_not_planned_and_the_check_is_cheap_on_the_loop():
+    from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, PLAN_MAX_OBJECTS, plan_where, too_big_to_plan
+
+    tiny = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"} for _ in range(32000)]}, separators=(",", ":")).encode()
+    assert len(tiny) < 1 << 20 and plan_where(tiny, None) == "too_large"  # counted on the loop: one C byte count
+    assert plan_where(b"{" * PLAN_MAX_OBJECTS, None) == "off_loop" and plan_where(b"{" * (PLAN_MAX_OBJECTS + 1), None) == "too_large"
+    huge = b"x" * (PLAN_MAX_BYTES + 1)
+    assert plan_where(huge, None) == "too_large"  # by length alone, nothing read
+    big_few = json.dumps({"model": "m", "system": "s" * (2 << 20), "messages": [{"role": "user", "content": "hi"}]}).encode()
+    assert plan_where(big_few, None) == "off_loop" and not too_big_to_plan(big_few)  # big but few objects: planned
+    big_many = json.dumps({"model": "m", "system": "s" * (2 << 20), "messages": [{"role": "user", "content": "hi"}] * 20000}).encode()
+    assert plan_where(big_many, None) == "off_loop" and too_big_to_plan(big_many)  # counted in the worker...
+    assert insert_markers(big_many, None, AUTO).decision == "too_large"  # ...where the planner refuses it
+    assert insert_markers(gzip.compress(tiny), "gzip", AUTO).decision == "too_large"  # compressed: checked once decoded
+    assert insert_markers(big_few, None, AUTO).decision != "too_large"
+
+
 # ---- fingerprints from the client's bytes change nothing -----------------------------------------
 
 from spelling import MARKABLE, REQUESTS, raw_threshold, spell  # noqa: E402
