@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenpak_mitm.cli.report_model import BUCKETS, CACHE_HIT_RATIO_DEFINITION, UNKNOWN_COST, Report, Summary, money, ms, ratio
-from tokenpak_mitm.cli.tables import print_table, report_console
+from tokenpak_mitm.cli.tables import plural, print_table, report_console
 from tokenpak_mitm.core.row import CACHE_ORIGINS
 from tokenpak_mitm.store import query as rq
 from tokenpak_mitm.store.query import COLUMN_FILTERS, GROUPINGS, Filters
@@ -306,6 +306,48 @@ def add_filter_arguments(parser: argparse.ArgumentParser, since_default: str | N
     parser.add_argument("--errors", action="store_true", help="only requests that did not complete (any state but completed)")
 
 
+def known_values(conn: sqlite3.Connection | None, name: str) -> list[str]:
+    """The values a ``--NAME`` filter can match: the vocabulary (provider, route, state) plus what
+    the database holds (every model it has seen)."""
+    from typing import get_args
+
+    from tokenpak_mitm.core.plan.cache_facts import Provider
+    from tokenpak_mitm.core.row import RouteClass, TerminalState
+
+    vocab = {"provider": get_args(Provider), "route": get_args(RouteClass), "state": get_args(TerminalState)}.get(name, ())
+    seen: list[str] = []
+    if conn is not None:
+        column = next(f.column for f in COLUMN_FILTERS if f.name == name)
+        try:
+            seen = [str(v) for (v,) in conn.execute(f"SELECT DISTINCT {column} FROM requests WHERE {column} IS NOT NULL")]
+        except sqlite3.Error:
+            seen = []
+    return sorted(set(vocab) | set(seen), key=lambda v: (v not in vocab, list(vocab).index(v) if v in vocab else 0, v))
+
+
+def unknown_filter_value(conn: sqlite3.Connection | None, filters: Filters, names: Iterable[str] | None = None) -> str | None:
+    """A one-line message for the first filter value that can match nothing (a misspelt
+    ``--provider antropic`` silently gave 0 rows): the closest known value and the known ones."""
+    import difflib
+    from fnmatch import fnmatchcase
+
+    for name, values in filters.columns:
+        if names is not None and name not in names:
+            continue
+        known = known_values(conn, name)
+        for value in values:
+            if any(c in value for c in "*?[") and any(fnmatchcase(k, value) for k in known):
+                continue
+            if value in known:
+                continue
+            close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            listed = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
+            where = "" if name in ("provider", "route", "state") else " in this database"
+            return f"--{name} {value!r} matches nothing{where}{hint}; known: {listed or 'none yet'}"
+    return None
+
+
 def filters_from_args(args: argparse.Namespace, now: float | None = None) -> Filters:
     """Raises ValueError with a one-line message for a bad --since/--until."""
     since_ts = parse_since(args.since, now) if args.since else None
@@ -333,9 +375,11 @@ def _print_tables(report: Report, db: str) -> None:
     t = report.totals
     window = f"since {report.since}" + (f" until {report.until}" if report.until else "")
     extra = report.filters.describe()
-    console.print(f"[bold]tokenpak report[/] {escape(window)}{' · ' + escape(extra) if extra else ''} · {t.requests} requests · db {escape(db)}")
+    console.print(f"[bold]tokenpak report[/] {escape(window)}{' · ' + escape(extra) if extra else ''} · {plural(t.requests, 'request')} · db {escape(db)}")
     if not t.requests:
-        console.print("No LLM requests recorded in this window (try --since all, fewer filters, or see `tokenpak doctor`).")
+        tries = [*(["--since all"] if report.since != "all" else []), *(["no --until"] if report.until else []),
+                 *(["fewer filters"] if extra else []), "`tokenpak doctor`"]
+        console.print(f"No LLM requests recorded in this window (try {', '.join(tries[:-1]) + ' or ' if len(tries) > 1 else ''}{tries[-1]}).")
         return
     label = {"day": "day", "model": "model", "route": "route class", "provider": "provider"}.get(report.by, report.by)
     groups = [g for g in report.groups if g.requests]
@@ -382,7 +426,8 @@ def _print_tables(report: Report, db: str) -> None:
         p = t.proxy_request_ms
         console.print(f"proxy's own request-side time (classify, plan, splice): p50 {p['p50']:.2f} ms, p95 {p['p95']:.2f} ms, max {p['max']:.2f} ms.")
     if t.unpriced_requests:
-        console.print(f"{t.unpriced_requests} unpriced requests: their cost is {UNKNOWN_COST} and not included above.")
+        console.print(f"{plural(t.unpriced_requests, 'unpriced request')}: {'its' if t.unpriced_requests == 1 else 'their'} cost is "
+                      f"{UNKNOWN_COST} and not included above.")
     if report.unpriced:
         from tokenpak_mitm.core.account.pricing import UNPRICED_REASONS
 
@@ -396,7 +441,8 @@ def _print_tables(report: Report, db: str) -> None:
         if any(i["reason"] in ("unknown_model", "unknown", "no_cache_write_price", "unknown_speed", "unknown_service_tier") for i in report.unpriced):
             console.print(f"To update the price table: {_update_hint()}.")
     if t.requests - t.requests_with_usage:
-        console.print(f"{t.requests - t.requests_with_usage} requests reported no usage: counted as requests, not as tokens.")
+        n = t.requests - t.requests_with_usage
+        console.print(f"{plural(n, 'request')} reported no usage: counted as {'a request' if n == 1 else 'requests'}, not as tokens.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -406,7 +452,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--misses", action="store_true", help="cache misses by cause, ranked by money lost, with their sessions and models")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
-    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
+    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML page with charts (instead of the terminal tables)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -428,6 +474,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         conn = connect_readonly(db)
         try:
+            bad = unknown_filter_value(conn, filters)
+            if bad:
+                print(f"tokenpak report: {bad}", file=sys.stderr)
+                return 2
             report = build_report(conn, by="day" if session_view else args.by, since=args.since or "all", filters=filters, until=args.until)
             # the session and miss views read their own few columns (only when asked for)
             rows = report_sessions.load_rows(conn, filters) if (session_view or misses or args.html) else []
@@ -452,6 +502,6 @@ def run(args: argparse.Namespace) -> int:
             report_sessions.print_groups(rows, args.by, now)
         if misses:
             report_sessions.print_misses(rows)
-    else:
+    elif not args.html:  # --html FILE writes the page; the terminal tables are not printed too
         _print_tables(report, db)
     return 0

@@ -48,7 +48,8 @@ from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
 from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
-from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
+from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
+from tokenpak_mitm.core.plan.cache_insert import OFFLOAD_BYTES, PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
@@ -100,6 +101,9 @@ class _FlowState:
     session_ticket: SessionTicket | None = None  # the session tracker's record of this request
     session_task: asyncio.Task[None] | None = None
     session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
+    # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
+    # response id is remembered, so the conversation's next request can name it
+    conversation: tuple[str, bytes] | None = None
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -140,6 +144,8 @@ class TokenPak:
         self.started = threading.Event()  # set by `running`; see watch_startup
         self.accountant = Accountant()  # for flows accounted here (see `_FlowState.remote`)
         self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
+        self._diagnostics = False  # tokenpak_cache_diagnostics
+        self.previous_responses = PreviousResponses()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -155,6 +161,10 @@ class TokenPak:
         loader.add_option("tokenpak_quiet", str, "false",
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
+        loader.add_option("tokenpak_cache_diagnostics", str, "off",
+                          "Ask Anthropic for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
+                          "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
+                          "The provider then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
 
     @property
@@ -179,6 +189,7 @@ class TokenPak:
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
             console = parse_bool("tokenpak_console", opts.tokenpak_console)
+            self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
             quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
@@ -438,6 +449,12 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: marker insertion failed; request sent unchanged")
             st.record.cache_decision = "error"
+        asked: dict[str, Any] | None = None
+        if self._diagnostics and st.route.api == "messages" and st.route.provider == "anthropic":
+            try:
+                asked = await self._ask_diagnostics(flow, st, spans)
+            except Exception:
+                logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
         flow.metadata[META] = {
             "cache_decision": rec.cache_decision,
@@ -447,9 +464,44 @@ class TokenPak:
             "cache_reasons": rec.cache_reasons,
             "spans": spans,
         }
+        if asked is not None:
+            flow.metadata[META]["diagnostics"] = asked  # our change, besides the spans: the header
         if hooks.wanted(flow, hooks.OUTBOUND):
             inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
             hooks.fire(hooks.TokenpakOutboundHook(flow, client_body or b"", inserted))
+
+    async def _ask_diagnostics(self, flow: http.HTTPFlow, st: _FlowState, spans: list[list[Any]]) -> dict[str, Any] | None:
+        """Splice ``diagnostics.previous_message_id`` (and the beta header) into an Anthropic request
+        that lacks it (see cache_diagnostics); returns what was added, None when nothing was."""
+        req = flow.request
+        body = req.raw_content
+        if body is None or "content-encoding" in req.headers or st.record.cache_decision == "too_large":
+            return None  # streamed upstream already, compressed (never re-encode for this), or over the planning bounds
+        prepared = await self._offload.run(prepare, body) if len(body) > OFFLOAD_BYTES else prepare(body)
+        if prepared is None or not prepared.keys:
+            return None
+        scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
+        st.conversation = (scope, prepared.keys[-1])
+        if prepared.client_sent:
+            return None  # the client asked itself: its request goes as it wrote it
+        previous = self.previous_responses.lookup(scope, prepared.keys)
+        done = splice(body, prepared, previous)
+        header = beta_header(req.headers.get("anthropic-beta"))
+        req.raw_content = done.body
+        if "content-length" in req.headers:
+            req.headers["content-length"] = str(len(done.body))
+        if header is not None:
+            req.headers["anthropic-beta"] = header
+        # Client-body offsets: every marker span lies inside the object, after this one.
+        spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
+        return {"previous_message_id": previous, "anthropic_beta": header}  # header: the value set, None when the client's had it
+
+    def _note_response(self, st: _FlowState) -> None:
+        """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
+        rid = st.tracker.extract.response_id
+        if st.conversation is not None and rid:
+            self.previous_responses.note(*st.conversation, rid)
+            st.conversation = None
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -565,6 +617,8 @@ class TokenPak:
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         st.emitted = True
+        if st.conversation is not None:
+            self._note_response(st)  # a stream's id is known by now: before the next request can come
         loop = _running_loop()
         if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
             # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
@@ -724,6 +778,8 @@ class TokenPak:
             ended = None
         if st.ticket is not None:
             self._learn(st.ticket, ended, st.record)
+        if st.conversation is not None:
+            self._note_response(st)
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
