@@ -345,6 +345,11 @@ def test_fifty_megabyte_body():
     request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "system": "You are terse.", "messages": messages}
     body = json.dumps(request, indent=1, ensure_ascii=False).encode()
     assert len(body) > 50_000_000
+    result = insert_markers(body, None, AUTO)  # over the API's own 32 MB limit: not worth planning
+    assert result.decision == "too_large" and result.markers_inserted == 0 and result.body is body
+    request["messages"] = messages[:37]  # ~27 MB: under the limit, planned
+    body = json.dumps(request, indent=1, ensure_ascii=False).encode()
+    assert 20_000_000 < len(body) < 32 << 20
     result = insert_markers(body, None, AUTO)
     assert result.decision == "inserted" and result.markers_inserted == 1
     assert remove_spans(result.body, result.spans) == body
