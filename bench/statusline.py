@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         build(db, a.rows)
         print(f"built {db} ({a.rows:,} rows, {SESSIONS:,} sessions + a busy one with {a.rows // 10:,} rows) in {time.perf_counter() - t0:.0f} s")
+    else:
+        _open(db).close()  # applies any newer migration (indexes) to a kept database
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     stdin = {name: json.dumps({"session_id": sid, "model": {"display_name": "Sonnet"}})
              for name, sid in (("busy session", "busy-session"), ("typical session", "s7"), ("unknown session", "nope"))}

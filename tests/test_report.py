@@ -267,6 +267,19 @@ def test_unpriced_models_are_listed_with_counts_and_how_to_update(db: Path, caps
     assert "make lock" in data["price_table"]["update"]
 
 
+def test_models_without_cache_facts_are_listed_like_unpriced_ones(db: Path, capsys: pytest.CaptureFixture[str]):
+    """A model the cache-facts table does not name was planned with the fallback: the report says which."""
+    expected = sum(1 for r in ROWS if r["model"] == "mystery-model")
+    assert expected
+    assert main(["report", "--db", str(db), "--since", "all", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["models_without_cache_facts"] == [
+        {"provider": "anthropic", "model": "mystery-model", "requests": expected, "assumed": "claude (unknown)"}]
+    assert main(["report", "--db", str(db), "--since", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "Models without cache facts" in out and "mystery-model" in out
+
+
 def test_the_cost_split_weights_come_from_the_price_table():
     from tokenpak_mitm.cli.report import _table_unit_prices
 

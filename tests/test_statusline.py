@@ -136,3 +136,20 @@ def test_setup_claude_code_shows_how_to_wire_it(tmp_path: Path) -> None:
     db = write(tmp_path / "t.db", [row("a", time.time(), cost_usd=0.01, savings_usd=0.02)])
     shown = subprocess.run([*command.split(), "--db", str(db)], input=session_json(), capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and shown.stdout.startswith("tokenpak $0.0100 · saved $0.0200")
+
+
+def test_each_lookup_is_an_index_search_without_a_sort(tmp_path: Path) -> None:
+    """The time budget on a big database: the sums read one covering index, the newest row and miss
+    walk requests_session backwards (no temporary sort of the session's rows)."""
+    import sqlite3
+
+    from tokenpak_mitm.cli import statusline
+
+    db = write(tmp_path / "t.db", [row(f"r{i}", time.time() + i, cost_usd=0.001) for i in range(50)])
+    conn = sqlite3.connect(db)
+    plans = {q: " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + q, (SESSION,)))
+             for q in (statusline._TOTALS, statusline._LAST, statusline._LAST_MISS)}
+    conn.close()
+    assert "COVERING INDEX requests_session_sums (session_id=?)" in plans[statusline._TOTALS]
+    for q in (statusline._LAST, statusline._LAST_MISS):
+        assert "INDEX requests_session (session_id=?)" in plans[q] and "TEMP B-TREE" not in plans[q], plans[q]

@@ -77,6 +77,16 @@ def unpriced_models(rows: Iterable[Row]) -> list[dict[str, Any]]:
             for (p, m, r), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+def models_without_cache_facts(models: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """Models the cache-facts table does not name (their requests were planned and diagnosed with the
+    provider's fallback assumptions, ``cache_facts.FALLBACK``), most requests first."""
+    from tokenpak_mitm.core.plan.cache_facts import facts_for, missing_facts
+
+    out = [{"provider": p, "model": m, "requests": n, "assumed": facts_for(m, p).family}  # type: ignore[arg-type]
+           for (p, m), n in models.items() if missing_facts(m, p)]
+    return sorted(out, key=lambda d: (-d["requests"], d["provider"], d["model"]))
+
+
 # -- pricing weights ----------------------------------------------------------------------------
 @lru_cache(maxsize=1024)
 def _table_unit_prices(provider: str | None, model: str | None) -> Mapping[str, float] | None:
@@ -176,8 +186,9 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     chosen, first, last = choose_period(conn, filters)
     period = period or chosen
     offsets = rq.utc_offsets(first, last)
-    period_sql = rq.local_period_sql(period, offsets)
-    group_sql = GROUPINGS[by] or rq.local_period_sql("day", offsets)
+    dialect = rq.dialect_of(conn)
+    period_sql = rq.local_period_sql(period, offsets, dialect)
+    group_sql = GROUPINGS[by] or rq.local_period_sql("day", offsets, dialect)
     labels: dict[tuple[str, str], str] = {}
 
     def label(kind: str, number: str) -> str:
@@ -193,10 +204,12 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     groups: dict[str, Summary] = {}
     periods: dict[str, Summary] = {}
     model_cost: dict[str, dict[str, float]] = {}
+    models: Counter[tuple[str, str]] = Counter()  # (provider, model) -> requests, for the cache-facts check
     group_columns = frozenset() if by == "day" else frozenset({GROUP_COLUMNS.get(by, by)})
     srcs = rq.sources(conn, filters, period, group_columns)
     for c in (c for src in srcs for c in rq.cube(conn, src, group_sql, period_sql, prices)):
         totals.merge(c)
+        models[(c.provider or "", c.model)] += c.requests
         c.group, c.period = label(group_kind, c.group), label(period, c.period)
         _summary(groups, c.group).merge(c)
         _summary(periods, c.period).merge(c)
@@ -230,7 +243,7 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
                   period=period, filters=filters, until=until, model_cost=model_cost,
                   unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [],
-                  errors=error_list)
+                  errors=error_list, no_cache_facts=models_without_cache_facts(models))
 
 
 def empty_report(by: str = "day", since: str = "7d") -> Report:
@@ -260,6 +273,7 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
         "groups": [g.as_dict() for g in report.groups],
         "periods": [p.as_dict() for p in report.periods] if report.by != "day" or report.period != "day" else None,
         "unpriced_models": report.unpriced,
+        "models_without_cache_facts": report.no_cache_facts,
         "errors": report.errors,
         "price_table": {"version": _price_table_version(), "update": _update_hint()},
     }
@@ -440,6 +454,14 @@ def _print_tables(report: Report, db: str) -> None:
         print_table(console, unpriced)
         if any(i["reason"] in ("unknown_model", "unknown", "no_cache_write_price", "unknown_speed", "unknown_service_tier") for i in report.unpriced):
             console.print(f"To update the price table: {_update_hint()}.")
+    if report.no_cache_facts:
+        facts = Table(title="Models without cache facts (planned with the provider's fallback: cache_facts.FALLBACK)", title_justify="left")
+        for col in ("provider", "model", "requests", "assumed"):
+            facts.add_column(col, justify="right" if col == "requests" else "left", overflow="fold")
+        for item in report.no_cache_facts:
+            facts.add_row(escape(item["provider"]), escape(item["model"]), str(item["requests"]), escape(item["assumed"]))
+        print_table(console, facts)
+        console.print("Their minimum cacheable length and TTLs are assumed (docs/caching.md, \"Provider facts\").")
     if t.requests - t.requests_with_usage:
         n = t.requests - t.requests_with_usage
         console.print(f"{plural(n, 'request')} reported no usage: counted as {'a request' if n == 1 else 'requests'}, not as tokens.")
@@ -456,15 +478,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenpak_mitm.store.sqlite import connect_readonly, default_db_path
+    from tokenpak_mitm.store.dburl import display, is_postgres, scrub
+    from tokenpak_mitm.store.postgres import MissingExtra
+    from tokenpak_mitm.store.sqlite import connect_reader, default_db_path, reader_errors
 
-    db = str(Path(args.db).expanduser() if args.db else default_db_path())
+    db = args.db if args.db and is_postgres(args.db) else str(Path(args.db).expanduser() if args.db else default_db_path())
+    shown = display(db)
     try:
         filters = filters_from_args(args)
     except ValueError as e:
         print(f"tokenpak report: {e}", file=sys.stderr)
         return 2
-    if not Path(db).is_file():
+    if not is_postgres(db) and not Path(db).is_file():
         print(f"tokenpak report: no database at {db} (has the proxy run yet? see `tokenpak doctor`)", file=sys.stderr)
         return 1
     from tokenpak_mitm.cli import report_sessions
@@ -472,7 +497,7 @@ def run(args: argparse.Namespace) -> int:
     session_view = args.by in ("session", "project")
     misses = bool(getattr(args, "misses", False))
     try:
-        conn = connect_readonly(db)
+        conn = connect_reader(db)
         try:
             bad = unknown_filter_value(conn, filters)
             if bad:
@@ -483,9 +508,13 @@ def run(args: argparse.Namespace) -> int:
             rows = report_sessions.load_rows(conn, filters) if (session_view or misses or args.html) else []
         finally:
             conn.close()
-    except sqlite3.Error as e:
-        print(f"tokenpak report: cannot read {db}: {e}", file=sys.stderr)
+    except MissingExtra as e:
+        print(f"tokenpak report: {e}", file=sys.stderr)
         return 1
+    except reader_errors() as e:
+        print(f"tokenpak report: cannot read {shown}: {scrub(' '.join(str(e).split()), db)}", file=sys.stderr)
+        return 1
+    db = shown  # from here on the database is only shown
     now = time.time()
     if args.html:
         from tokenpak_mitm.cli.report_html import write_html

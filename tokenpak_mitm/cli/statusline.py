@@ -12,7 +12,8 @@ down). For example::
 
 It must be fast and must never fail loudly, since it runs on every message: only the standard
 library is imported (no store, no price table), the database is opened read-only with a short
-timeout, three index lookups on ``requests_session`` answer it, and every failure (no database,
+timeout, the session's sums come from one covering index (``requests_session_sums``) and its
+newest row and miss from ``requests_session`` walked backwards, and every failure (no database,
 an empty or damaged one, a session not recorded yet, malformed stdin) prints a short neutral line
 and exits 0.
 """
@@ -38,9 +39,10 @@ _TOTALS = (
     "TOTAL(COALESCE(input_tokens, 0) + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0)) "
     "FROM requests WHERE session_id = ?"
 )
-_LAST = "SELECT cache_warm_until FROM requests WHERE session_id = ? ORDER BY started_at DESC LIMIT 1"
-_LAST_MISS = ("SELECT cache_miss_reason FROM requests WHERE session_id = ? AND cache_miss_reason IS NOT NULL "
-              "ORDER BY started_at DESC LIMIT 1")
+# The newest rows by id: requests_session lists a session's rows in id order, so these walk it
+# backwards from the end (by started_at they sorted every row of the session).
+_LAST = "SELECT cache_warm_until FROM requests WHERE session_id = ? ORDER BY id DESC LIMIT 1"
+_LAST_MISS = "SELECT cache_miss_reason FROM requests WHERE session_id = ? AND cache_miss_reason IS NOT NULL ORDER BY id DESC LIMIT 1"
 
 
 def default_db() -> Path:

@@ -63,7 +63,10 @@ from tokenpak_mitm.proxy.options import parse_bool
 from tokenpak_mitm.proxy.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.proxy.quiet import set_quiet
 from tokenpak_mitm.proxy.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
+from tokenpak_mitm.store.dburl import is_postgres
 from tokenpak_mitm.store.otel import OtelExporter, OtelUnavailable, require_otel
+from tokenpak_mitm.store.postgres import MissingExtra
+from tokenpak_mitm.store.postgres import require as require_postgres
 from tokenpak_mitm.store.sqlite import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store.writer import StoreProcess
 
@@ -150,7 +153,8 @@ class TokenPak:
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
         # No `choices=` on purpose: a bad --set value would make mitmdump skip the script silently.
-        loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
+        loader.add_option("tokenpak_db", str, "", "Telemetry database: a SQLite file (default: ~/.tokenpak/tokenpak.db) "
+                                                  "or a PostgreSQL URL, postgresql://user@host:5432/dbname (the team extra).")
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps, or the odds of a pause, make it pay), 5m or 1h.")
@@ -171,6 +175,28 @@ class TokenPak:
     def is_running(self) -> bool:
         return self.started.is_set()
 
+    @staticmethod
+    def check_options(opts: Any) -> None:
+        """Raise ``OptionsError`` for a bad value of this addon's options (pure: also run by
+        ``tokenpak run`` before mitmdump starts, see `startup.preflight`)."""
+        if opts.tokenpak_cache not in CACHE_MODES:
+            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
+        if opts.tokenpak_cache_ttl not in CACHE_TTLS:
+            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        url = opts.tokenpak_otlp
+        if url and not url.startswith(("http://", "https://")):
+            raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
+        try:
+            if url:
+                require_otel()
+        except OtelUnavailable as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
+            for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
+                parse_bool(name, getattr(opts, name))
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
+
     @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -179,27 +205,26 @@ class TokenPak:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
-            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
-        if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
-            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        self.check_options(opts)
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
-        try:
-            console = parse_bool("tokenpak_console", opts.tokenpak_console)
-            self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
-            quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        console = parse_bool("tokenpak_console", opts.tokenpak_console)
+        self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
+        quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         if "tokenpak_quiet" in updated:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
-            if self.store is None or str(self.store.path) != str(path):
+            if is_postgres(path):
+                try:
+                    require_postgres()
+                except MissingExtra as e:
+                    raise exceptions.OptionsError(str(e)) from None
+            if self.store is None or self.store.db != path:
                 if self.store is not None:
                     self.store.close()
                 # Before the store starts writing: were requests recorded by an earlier run within
@@ -212,10 +237,7 @@ class TokenPak:
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
 
-        try:
-            self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
         if "tokenpak_cache_index" in updated:
             self._index_path = opts.tokenpak_cache_index
             if self._index_path:
@@ -226,8 +248,6 @@ class TokenPak:
                 self.otel.shutdown()
                 self.otel = None
             url = opts.tokenpak_otlp
-            if url and not url.startswith(("http://", "https://")):
-                raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
             try:
                 if url and isinstance(self.store, StoreProcess):
                     require_otel()  # the writer process exports every row it writes
@@ -242,7 +262,7 @@ class TokenPak:
     def running(self) -> None:
         self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
-        db = self.store.path if self.store else "-"
+        db = self.store.name if self.store else "-"
         logger.info(
             "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
@@ -321,7 +341,7 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
-        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=str(store.path) if store else None, db_identity=identity,
+        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
                              rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
@@ -528,7 +548,7 @@ class TokenPak:
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
-            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
+            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,
                            memory=self.memory if self._history else None, now=now)
             stateless = not self._history  # the learning planner updates this process's memory
         else:
@@ -550,7 +570,7 @@ class TokenPak:
             if stateless:
                 result = await self._offload.run(plan)
             elif st.route.dialect in ("anthropic", "openai_chat", "openai_responses"):
-                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)  # type: ignore[arg-type]
+                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)
             else:
                 result = await asyncio.to_thread(plan)
         else:
