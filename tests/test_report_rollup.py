@@ -89,7 +89,7 @@ def same(a: Any, b: Any, path: str = "") -> None:
         assert a == b, path
 
 
-@pytest.mark.parametrize("by", ["day", "model", "provider", "route"])
+@pytest.mark.parametrize("by", ["day", "week", "month", "model", "provider", "route"])
 def test_summaries_give_the_raw_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by: str) -> None:
     db = write(tmp_path / "t.db", rows(400))
     summarised, raw, used = both(db, monkeypatch, by=by, since="all")

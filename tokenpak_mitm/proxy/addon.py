@@ -49,7 +49,7 @@ from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
 from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
-from tokenpak_mitm.core.plan.cache_insert import OFFLOAD_BYTES, PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
+from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
@@ -497,7 +497,9 @@ class TokenPak:
         body = req.raw_content
         if body is None or "content-encoding" in req.headers or st.record.cache_decision == "too_large":
             return None  # streamed upstream already, compressed (never re-encode for this), or over the planning bounds
-        prepared = await self._offload.run(prepare, body) if len(body) > OFFLOAD_BYTES else prepare(body)
+        # ~9 ms for a 200 KB body (json.loads and one digest per message): past 32 KB in the worker
+        # process, so only this flow waits, never the event loop's other streams
+        prepared = await self._offload.run(prepare, body) if len(body) > SHAPE_OFFLOAD_BYTES else prepare(body)
         if prepared is None or not prepared.keys:
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
