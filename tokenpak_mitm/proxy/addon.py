@@ -52,7 +52,15 @@ from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_he
 from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
-from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
+from tokenpak_mitm.core.plan.split_plan import (
+    Snapshot,
+    apply_record_stepwise,
+    plan_openai_with_snapshot,
+    plan_with_snapshot,
+    prompt_digests,
+    take_snapshot,
+    trailer_drops,
+)
 from tokenpak_mitm.core.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.core.request_model import request_model
 from tokenpak_mitm.core.routes import Route, classify, route_class, tracker_for
@@ -601,7 +609,7 @@ class TokenPak:
         for start in range(0, len(ds), SNAPSHOT_CHUNK):  # a turn of the event loop between slices
             known.append(take_snapshot(self.memory, ds[start:start + SNAPSHOT_CHUNK], now))
             await asyncio.sleep(0)
-        snapshot = Snapshot(b"".join(known), bpt)
+        snapshot = Snapshot(b"".join(known), bpt, trailer_drops(self.memory, ds))
         if api == "anthropic":
             result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, snapshot, now)
         else:
