@@ -26,6 +26,7 @@ from mitmproxy.test import taddons, tflow
 
 from bench.frames import json_response, large_request, message_body
 from tokenpak_mitm.proxy.addon import TokenPak
+from tokenpak_mitm.testing.hooks import adispatch, dispatch
 
 REQUEST_HEADERS = [
     ("host", "api.anthropic.com"), ("accept", "application/json"), ("content-type", "application/json"),
@@ -71,18 +72,18 @@ async def _run(body: bytes, n: int, db: Path) -> tuple[dict[str, float], float, 
             resp = http.Response.make(200, answer, [(k.encode(), v.encode()) for k, v in RESPONSE_HEADERS])
             c0 = time.thread_time_ns()
             t = [time.perf_counter_ns()]
-            tp.requestheaders(f)
+            dispatch(tp, "requestheaders", f)
             t.append(time.perf_counter_ns())
-            await tp.request(f)
+            await adispatch(tp, "request", f)
             t.append(time.perf_counter_ns())
             await asyncio.sleep(0)  # the session task's first turn
             t.append(time.perf_counter_ns())
             f.response = resp
             resp.timestamp_start = resp.timestamp_end = time.time()
             t0 = time.perf_counter_ns()
-            tp.responseheaders(f)
+            dispatch(tp, "responseheaders", f)
             t.append(time.perf_counter_ns())
-            pending = tp.response(f)
+            pending = dispatch(tp, "response", f)
             if pending is not None:
                 await pending
             t.append(time.perf_counter_ns())
@@ -92,10 +93,10 @@ async def _run(body: bytes, n: int, db: Path) -> tuple[dict[str, float], float, 
             spans = [t[1] - t[0], t[2] - t[1], t[3] - t[2], t[4] - t0, t[5] - t[4], t[6] - t[5]]
             for name, ns in zip(PHASES, spans):
                 phases[name].append(ns)
-        while tp.sink is not None and getattr(tp.sink, "pending", 0):  # the feeder's share belongs to these requests
+        while tp.handoff.sink is not None and getattr(tp.handoff.sink, "pending", 0):  # the feeder's share belongs to these requests
             await asyncio.sleep(0.01)
         proc = (_helper_cpu_ns() - helpers0) / (n - skip) / 1000
-        tp.done()
+        dispatch(tp, "done")
     return ({p: statistics.median(v[skip:]) / 1000 for p, v in phases.items()}, statistics.median(cpu[skip:]) / 1000, proc)
 
 

@@ -19,13 +19,14 @@ from tokenpak_mitm.store.writer import ExportingStore, LocalSink
 class StoreInProcess:
     def running(self) -> None:
         tp = ctx.master.addons.get("tokenpak")
-        if tp is None or tp.sink is None:
+        ho = tp.handoff if tp is not None else None
+        if ho is None or ho.sink is None:
             return
-        path = tp.sink.path
-        tp.sink.close()
-        tp.sink = LocalSink(ExportingStore(TelemetryStore(path)), tp._offload.run)
-        tp.sink.set_console(tp._console)
-        tp.sink.start()
+        path = ho.sink.path
+        ho.sink.close()
+        ho.sink = LocalSink(ExportingStore(TelemetryStore(path)), lambda fn, *args: tp.worker.run(fn, *args))
+        ho.sink.set_console(ho._console)
+        ho.sink.start()
         ctx.log.info(f"bench: tokenpak store switched to the in-process writer thread ({path})")
 
 

@@ -37,13 +37,14 @@ class Probe:
             return
         gc.collect()
         tp = _tokenpak()
-        store = getattr(tp, "sink", None)
+        handoff = getattr(tp, "handoff", None)
+        store = getattr(handoff, "sink", None)
         live = sum(1 for o in gc.get_objects() if isinstance(o, http.HTTPFlow)) - 1  # minus this probe
         body = {
-            "flows_tracked": len(getattr(tp, "_flows", {})),
+            "flows_tracked": sum(1 for o in gc.get_objects() if type(o).__name__ == "FlowState"),
             "live_http_flows": live,
             "rss_kb": _rss_kb(),
-            "rows_emitted": getattr(tp, "rows_emitted", None),
+            "rows_emitted": getattr(handoff, "rows_emitted", None),
             "store_written": getattr(store, "written", None),
             "store_pending": getattr(store, "pending", None),
             "store_dropped": getattr(store, "dropped", None),

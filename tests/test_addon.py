@@ -18,6 +18,7 @@ from tokenpak_mitm.proxy import hooks
 from tokenpak_mitm.proxy.addon import TokenPak
 from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, mitmdump_executable
 from tokenpak_mitm.store.writer import LocalSink, StoreProcess
+from tokenpak_mitm.testing.hooks import adispatch, dispatch
 
 SSE = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-6","usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
@@ -63,7 +64,7 @@ class Rows:
 
 
 def rows_of(tp: TokenPak) -> list[dict]:
-    return tp.sink.rows.rows
+    return tp.handoff.sink.rows.rows
 
 
 @pytest.fixture
@@ -71,10 +72,11 @@ async def addon(tmp_path: Path):
     tp = TokenPak()
     with taddons.context(tp) as tctx:
         tctx.configure(tp, tokenpak_db=str(tmp_path / "t.db"), tokenpak_cache="off")
-        tp.sink.close()
-        tp.sink = LocalSink(Rows(), lambda fn, *args: tp._offload.run(fn, *args))  # accounted here, rows kept in memory
-        tp._local = True  # as when flows are saved: what their replays reuse is stashed
-        tp.sink.set_console(tp._console)
+        ho = tp.handoff
+        ho.sink.close()
+        ho.sink = LocalSink(Rows(), lambda fn, *args: tp.worker.run(fn, *args))  # accounted here, rows kept in memory
+        ho._local = True  # as when flows are saved: what their replays reuse is stashed
+        ho.sink.set_console(ho._console)
         yield tp, tctx
 
 
@@ -85,17 +87,17 @@ async def next_turn() -> None:
 
 async def drive_buffered(tp: TokenPak, f) -> None:
     """The hook sequence of a buffered (or replayed) response, as mitmproxy runs it."""
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
-    tp.response(f)
+    dispatch(tp, "requestheaders", f)
+    await adispatch(tp, "request", f)
+    dispatch(tp, "responseheaders", f)
+    dispatch(tp, "response", f)
     await next_turn()
 
 
 async def drive_stream(tp: TokenPak, f, chunks: list[bytes]) -> list[bytes]:
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
+    dispatch(tp, "requestheaders", f)
+    await adispatch(tp, "request", f)
+    dispatch(tp, "responseheaders", f)
     out = [f.response.stream(c) for c in chunks]
     return out
 
@@ -105,8 +107,8 @@ async def test_stream_callable_is_identity_and_one_row(addon):
     f = anthropic_flow(resp_body=None)
     chunks = [SSE[:30], SSE[30:31], SSE[31:], b""]
     assert await drive_stream(tp, f, chunks) == chunks
-    tp.response(f)
-    tp.error(f)  # a late error for the same flow must not add a second row
+    dispatch(tp, "response", f)
+    dispatch(tp, "error", f)  # a late error for the same flow must not add a second row
     await next_turn()
     assert len(rows_of(tp)) == 1
     row = rows_of(tp)[0]
@@ -116,9 +118,9 @@ async def test_stream_callable_is_identity_and_one_row(addon):
 async def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     tp, _ = addon
     f = anthropic_flow(resp_body=None)
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
+    dispatch(tp, "requestheaders", f)
+    await adispatch(tp, "request", f)
+    dispatch(tp, "responseheaders", f)
 
     class Broken:
         extract = f.response.stream.tracker.extract
@@ -129,7 +131,7 @@ async def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     f.response.stream.tracker = Broken()
     chunks = [SSE, b""]
     assert [f.response.stream(c) for c in chunks] == chunks  # bytes flow on
-    tp.response(f)
+    dispatch(tp, "response", f)
     await next_turn()
     assert len(rows_of(tp)) == 1
 
@@ -144,7 +146,7 @@ async def test_a_row_waits_for_the_session_of_a_big_body_still_read_in_the_worke
         await gate.wait()
         return fn(*args)
 
-    monkeypatch.setattr(tp._offload, "run", slow_worker)
+    monkeypatch.setattr(tp.worker, "run", slow_worker)
 
     def big_flow(session: str):
         f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
@@ -161,7 +163,7 @@ async def test_a_row_waits_for_the_session_of_a_big_body_still_read_in_the_worke
     assert [(r["session_id"], r["turn"]) for r in rows_of(tp)] == [("big-1", 1)]
     gate.clear()
     await drive_buffered(tp, second)
-    tp.done()  # shutdown while the worker still reads it: read here, the row is written with it
+    dispatch(tp, "done")  # shutdown while the worker still reads it: read here, the row is written with it
     assert [(r["session_id"], r["turn"]) for r in rows_of(tp)] == [("big-1", 1), ("big-2", 1)]
 
 
@@ -181,8 +183,8 @@ async def test_error_hook_alone_gives_one_row_with_partial_usage(addon):
     from mitmproxy import flow as mflow
 
     f.error = mflow.Error("Client disconnected.")
-    tp.error(f)
-    tp.error(f)
+    dispatch(tp, "error", f)
+    dispatch(tp, "error", f)
     assert len(rows_of(tp)) == 1
     assert rows_of(tp)[0]["terminal_state"] == "client_disconnected"
     assert rows_of(tp)[0]["usage_source"] == "partial"
@@ -200,9 +202,9 @@ def test_extra_hosts_option(addon):
     tctx.configure(tp, tokenpak_hosts=["llm.internal"])
     f = anthropic_flow()
     f.request.host = "llm.internal"
-    tp.requestheaders(f)
-    tp.responseheaders(f)
-    tp.response(f)
+    dispatch(tp, "requestheaders", f)
+    dispatch(tp, "responseheaders", f)
+    dispatch(tp, "response", f)
     assert len(rows_of(tp)) == 1 and rows_of(tp)[0]["host"] == "llm.internal"
 
 
@@ -278,16 +280,16 @@ def test_console_line_can_be_switched_off(addon, caplog):
     tctx.configure(tp, tokenpak_console="false")
     f = anthropic_flow()
     with caplog.at_level("INFO", logger="tokenpak"):
-        tp.requestheaders(f)
-        tp.responseheaders(f)
-        tp.response(f)
+        dispatch(tp, "requestheaders", f)
+        dispatch(tp, "responseheaders", f)
+        dispatch(tp, "response", f)
     assert not [r for r in caplog.records if "cache=" in r.getMessage()]
     tctx.configure(tp, tokenpak_console="true")
     f = anthropic_flow()
     with caplog.at_level("INFO", logger="tokenpak"):
-        tp.requestheaders(f)
-        tp.responseheaders(f)
-        tp.response(f)
+        dispatch(tp, "requestheaders", f)
+        dispatch(tp, "responseheaders", f)
+        dispatch(tp, "response", f)
     lines = [r.getMessage() for r in caplog.records if "cache=" in r.getMessage()]
     assert lines and "claude-sonnet-4-6" in lines[0] and "out=3" in lines[0]
 
@@ -297,12 +299,12 @@ async def test_accounting_waits_until_the_response_is_sent(addon):
     # the row (body parse, price, session, console) is built on the next loop turn, not before.
     tp, _ = addon
     f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
-    tp.requestheaders(f)
-    await tp.request(f)
-    tp.responseheaders(f)
-    assert tp.response(f) is None
+    dispatch(tp, "requestheaders", f)
+    await adispatch(tp, "request", f)
+    dispatch(tp, "responseheaders", f)
+    assert dispatch(tp, "response", f) is None
     assert rows_of(tp) == []
-    tp.error(f)  # a late error must not add a second row
+    dispatch(tp, "error", f)  # a late error must not add a second row
     await next_turn()
     assert len(rows_of(tp)) == 1 and rows_of(tp)[0]["output_tokens"] == 5
 
@@ -330,11 +332,11 @@ async def end_together(tp: TokenPak, n: int) -> list:
     """`n` buffered JSON responses whose `response` hooks all run before the loop turns."""
     flows = [anthropic_flow(resp_body=JSON_BODY, ctype="application/json") for _ in range(n)]
     for f in flows:
-        tp.requestheaders(f)
-        await tp.request(f)
-        tp.responseheaders(f)
+        dispatch(tp, "requestheaders", f)
+        await adispatch(tp, "request", f)
+        dispatch(tp, "responseheaders", f)
     for f in flows:
-        tp.response(f)
+        dispatch(tp, "response", f)
     return flows
 
 
@@ -354,7 +356,7 @@ async def test_flows_ending_together_are_accounted_one_per_loop_turn(addon):
 async def test_done_flushes_rows_still_waiting_for_the_loop(addon):
     tp, _ = addon
     flows = await end_together(tp, 3)
-    tp.done()  # shutdown before the loop turned: every row is still written
+    dispatch(tp, "done")  # shutdown before the loop turned: every row is still written
     assert sorted(r["request_key"] for r in rows_of(tp)) == sorted(f.id for f in flows)
 
 
@@ -435,7 +437,7 @@ class Handoff(StoreProcess):
 
 async def test_a_live_flow_is_accounted_in_the_writer_and_its_secrets_stay_in_the_proxy(addon, tmp_path):
     tp, _ = addon
-    tp.sink = store = Handoff(tmp_path / "h.db")
+    tp.handoff.sink = store = Handoff(tmp_path / "h.db")
     secret = "sk-ant-secret-xyz0123456789"
     echo = json.dumps({"type": "error", "error": {"type": f"invalid key {secret}", "message": f"bad {secret}"}}).encode()
     f = anthropic_flow(resp_body=echo, ctype="application/json")
@@ -454,7 +456,7 @@ async def test_a_flow_someone_watches_takes_the_same_path(addon, tmp_path):
     # A live checker (or a probe) watching the flow changes nothing about where it is accounted:
     # the record goes to the writer, with what the watcher noted on it.
     tp, _ = addon
-    tp.sink = store = Handoff(tmp_path / "h.db")
+    tp.handoff.sink = store = Handoff(tmp_path / "h.db")
     f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
     f.live = True
     hooks.want(f, hooks.FINISHED)

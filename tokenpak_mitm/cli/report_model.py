@@ -143,7 +143,10 @@ class Report:
     until: str | None = None
     model_cost: dict[str, dict[str, float]] = field(default_factory=dict)  # period -> model -> priced cost
     unpriced: list[dict[str, Any]] = field(default_factory=list)  # see unpriced_models
+    no_cache_facts: list[dict[str, Any]] = field(default_factory=list)  # models planned with cache_facts' fallback assumptions
     errors: list[dict[str, Any]] = field(default_factory=list)  # failed requests by state, status and error type
+    breakdown: dict[str, list[Summary]] | None = None  # group key -> its models (--breakdown), costliest first
+    timezone: str | None = None  # the IANA name the days, weeks and months are in (None: the system's)
 
 
 

@@ -38,6 +38,10 @@ def _ignore_sigint() -> None:
 
 
 class Offloader:
+    """The worker process, as an addon: the last in TokenPak's list, so it stops after the others' ``done``."""
+
+    name = "tokenpak_worker"
+
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._failed = False
@@ -54,6 +58,9 @@ class Offloader:
                 self._failed = True
                 self.close()
         return await asyncio.to_thread(fn, *args)
+
+    def done(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._pool is not None:

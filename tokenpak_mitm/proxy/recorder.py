@@ -43,7 +43,8 @@ from mitmproxy.addonmanager import Loader
 from tokenpak_mitm.core.account.telemetry import terminal_state_for_error
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.proxy import hooks
-from tokenpak_mitm.proxy.addon import closed_by
+from tokenpak_mitm.proxy.flowstate import KEY as STATE_KEY
+from tokenpak_mitm.proxy.flowstate import closed_by
 from tokenpak_mitm.proxy.options import parse_size
 from tokenpak_mitm.proxy.record_redact import redact_recorded_flow
 from tokenpak_mitm.proxy.startup import guard_configure
@@ -173,14 +174,20 @@ class Recorder:
         loader.add_option("tokenpak_record", str, "", "Directory to save every LLM flow in (redacted .mitm files, for conformance replay). Empty: off.")
         loader.add_option("tokenpak_record_max_bytes", str, str(DEFAULT_MAX_BYTES), "Per-flow cap on recorded response bytes (e.g. 8388608, 512k, 8m); the flow notes when it was cut.")
 
+    @staticmethod
+    def check_options(opts: Any) -> None:
+        """Raise ``OptionsError`` for a bad value (pure; `startup.preflight` runs it before mitmdump starts)."""
+        try:
+            parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
+
     @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        self.check_options(opts)
         if "tokenpak_record_max_bytes" in updated:
-            try:
-                self.max_bytes = parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
-            except ValueError as e:
-                raise exceptions.OptionsError(str(e)) from e
+            self.max_bytes = parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
         if "tokenpak_record" in updated:
             self._set_directory(opts.tokenpak_record)
         if self._writer is not None:  # the option belongs to TokenPak; absent when used alone
@@ -254,6 +261,7 @@ class Recorder:
         state = flow.get_state()
         state["backup"] = None  # an intercept backup would hold the unredacted original
         state["metadata"].pop(hooks.WANT_KEY, None)  # this run's wiring, not part of the exchange
+        state["metadata"].pop(STATE_KEY, None)  # (None in any copy: the addons' state stays in this process)
         record: dict[str, Any] = {"format": FORMAT, "cap": self.max_bytes}
         head = self._client_heads.pop(flow, None) or {}
         earlier = flow.metadata.get(RECORD_KEY)

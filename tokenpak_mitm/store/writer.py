@@ -78,6 +78,7 @@ from tokenpak_mitm.core.account.accounting import (
 )
 from tokenpak_mitm.core.account.request_shape import Shape, parse_shape
 from tokenpak_mitm.core.row import TelemetryRow
+from tokenpak_mitm.store.dburl import display
 from tokenpak_mitm.store.sqlite import (
     BATCH,
     FLUSH_INTERVAL,
@@ -88,9 +89,12 @@ from tokenpak_mitm.store.sqlite import (
     last_request_at,
     record_loss,
     spill_paths,
+    store_local_base,
 )
 
-__all__ = ["Books", "ExportingStore", "LocalSink", "StoreProcess", "main"]
+__all__ = ["DB_ENV", "Books", "ExportingStore", "LocalSink", "StoreProcess", "main"]
+
+DB_ENV = "TOKENPAK_STORE_DB"  # the writer's database, passed in its environment (a URL may carry a password)
 
 logger = logging.getLogger("tokenpak.store")
 
@@ -181,7 +185,9 @@ class StoreProcess:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, python: str | None = None) -> None:
-        self.path = Path(path).expanduser()
+        self.db = str(path)  # a path, or a PostgreSQL URL (which may hold a password: never shown)
+        self.name = display(self.db)
+        self.path = store_local_base(self.db)  # the spill file and the loss ledger are named after it
         self.spill_path = spill_paths(self.path)[0]
         self._python = python or sys.executable
         # What waits to be sent: appended on the event loop, taken by the feeder thread.
@@ -538,7 +544,10 @@ class StoreProcess:
                 out = os.dup(1)
             except OSError:
                 pass
-        argv = [self._python, "-m", "tokenpak_mitm.store.writer", str(self.path)]
+        # The database on the command line without its password (any user's `ps` shows it); the
+        # writer reads the real one from its environment (readable by this user only).
+        env[DB_ENV] = self.db
+        argv = [self._python, "-m", "tokenpak_mitm.store.writer", self.name]
         if out >= 0:
             argv += ["--console-fd", str(out)]
         if self._console:
@@ -761,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pass  # the proxy is gone; rows still reach the database or the spill file
 
     say({"ready": os.getpid()})  # (after _continue_when_orphaned: from here on it cannot be left stopped)
-    db = rest[0]
+    db = os.environ.pop(DB_ENV, None) or rest[0]
     printer = _Printer(console_fd if console_fd >= 0 else 2, console)
     accountant = _accountant(db)
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}), account=accountant.close)
@@ -844,7 +853,7 @@ class ExportingStore:
 
     def __init__(self, store: TelemetryStore, otlp: str | None = None) -> None:
         self.store = store
-        self.path = store.path
+        self.db, self.name, self.path = store.db, store.name, store.path
         self._spans = _Spans(otlp)
 
     def start(self) -> None:
@@ -891,10 +900,10 @@ class LocalSink:
     def __init__(self, rows: StoreProcess | ExportingStore, run: Callable[..., Awaitable[Any]] | None = None,
                  offload_bytes: int = SHAPE_OFFLOAD_BYTES) -> None:
         self.rows = rows
-        self.path = rows.path
+        self.db, self.name, self.path = rows.db, rows.name, rows.path
         self._run, self._offload_bytes = run, offload_bytes
         self._console = False
-        self.books = Books(_accountant(rows.path), rows, self._line)
+        self.books = Books(_accountant(rows.db), rows, self._line)
         self._begun: dict[str, tuple[asyncio.Task[None], SessionFacts]] = {}  # sessions still being read
         # Ended requests whose row waits for the session of a big body the worker still reads.
         self._awaiting: dict[str, tuple[Finished, Callable[[Mapping[str, Any] | None], None]]] = {}

@@ -23,6 +23,7 @@ from tokenpak_mitm.core.account.request_shape import Shape, parse_shape
 from tokenpak_mitm.core.account.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.core.account.sessions import SessionTracker, Ticket, UsageFacts
 from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label
+from tokenpak_mitm.core.dialects import dialect
 from tokenpak_mitm.core.observe.tracker import Extract
 from tokenpak_mitm.core.observe.usage import ExtraIteration, Usage
 from tokenpak_mitm.core.plan.cache_facts import TTL_SECONDS
@@ -35,7 +36,14 @@ __all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "SESSION_COLUMNS", "Accountant
 
 # The only request headers the session tracker reads (session_id.identify).
 IDENTITY_HEADERS = (SESSION_HEADER, PROJECT_HEADER, CLAUDE_CODE_SESSION_HEADER)
-DIAGNOSED_DIALECTS = frozenset({"anthropic", "openai_chat", "openai_responses"})  # Gemini: sessions only
+
+
+def diagnosed(dialect_name: str) -> bool:
+    """Misses are diagnosed where a cache family's rules apply (Gemini: sessions only)."""
+    d = dialect(dialect_name)
+    return d is not None and d.cache is not None
+
+
 MAX_OPEN = 20_000  # requests begun and not yet finished that an Accountant keeps (oldest dropped)
 MINIMAL_OUTCOME = Outcome("proxy_error", "absent", "telemetry_error", None)  # as `minimal_row` says
 # The row's columns the session tracker fills (`Accountant.columns`); a replay reuses the live run's.
@@ -138,7 +146,7 @@ class Accountant:
         """The row's session, turn, miss diagnosis and warm-until columns."""
         usage = rec.extract.usage
         facts = None
-        if (rec.route.dialect in DIAGNOSED_DIALECTS and ended.state == "completed"
+        if (diagnosed(rec.route.dialect) and ended.state == "completed"
                 and ended.source == "final" and usage.input_tokens is not None):
             facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0,
                                response_started=response_started)
@@ -192,7 +200,9 @@ class Sink(Protocol):
     ``Accountant.close`` builds the row.
     """
 
-    path: Path
+    db: str  # the database: a SQLite file or a PostgreSQL URL (which may hold a password: never shown)
+    name: str  # the database as it may be shown
+    path: Path  # the local file (the database, or what spill files are named after)
 
     def start(self) -> None: ...
 
