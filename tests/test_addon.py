@@ -44,6 +44,7 @@ class Rows:
     """A row store that keeps the rows in memory (the store has its own tests)."""
 
     path = Path("rows-in-memory")
+    db = name = "rows-in-memory"
     written = 0
     last_error = None
 
