@@ -43,6 +43,7 @@ from tokenpak_mitm.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResul
 from tokenpak_mitm.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.dialects.base import Tracker
 from tokenpak_mitm.learning_planner import Memory, Ticket, observe_usage
+from tokenpak_mitm.metrics import MetricsUnavailable, parse_address, require_prometheus
 from tokenpak_mitm.offload import Offloader
 from tokenpak_mitm.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.options import parse_bool
@@ -113,6 +114,7 @@ class TokenPak:
         self.store: StoreProcess | TelemetryStore | None = None
         self.otel: OtelExporter | None = None  # only with the in-process store; else the writer process exports
         self._otlp = ""  # tokenpak_otlp
+        self._metrics = ""  # tokenpak_metrics (host:port)
         self.rows_emitted = 0
         # Flows whose response went out and whose accounting waits for the next loop turn (see
         # `response`); flushed by `done`. Tasks: heavy bodies being read off the loop.
@@ -152,6 +154,7 @@ class TokenPak:
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
+        loader.add_option("tokenpak_metrics", str, "", "Serve Prometheus metrics of the rows written on host:port (e.g. 127.0.0.1:9464, path /metrics); needs the team extra.")
 
     @property
     def is_running(self) -> bool:
@@ -193,6 +196,8 @@ class TokenPak:
                 self.store = _make_store(path)
                 if isinstance(self.store, StoreProcess) and self._otlp:
                     self.store.set_otlp(self._otlp)
+                if isinstance(self.store, StoreProcess) and self._metrics:
+                    self.store.set_metrics(self._metrics)
                 self.store.start()
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
@@ -224,13 +229,28 @@ class TokenPak:
             if isinstance(self.store, StoreProcess):
                 self.store.set_otlp(url or None)
 
+        if "tokenpak_metrics" in updated:
+            address = opts.tokenpak_metrics.strip()
+            try:
+                if address:
+                    parse_address(address)
+                    require_prometheus()
+            except (ValueError, MetricsUnavailable) as e:
+                raise exceptions.OptionsError(str(e)) from e
+            self._metrics = address
+            if isinstance(self.store, StoreProcess):
+                self.store.set_metrics(address or None)  # served by the writer process, where rows are written
+            elif address and self.store is not None:
+                logger.warning("tokenpak: tokenpak_metrics needs the store's writer process; no metrics with the in-process store")
+
     def running(self) -> None:
         self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
         db = self.store.path if self.store else "-"
         logger.info(
-            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
+            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
+            f" metrics=http://{self._metrics}/metrics" if self._metrics else "",
         )
         warm_prices()  # before traffic, not on the first request's turn of the event loop
 

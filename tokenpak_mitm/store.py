@@ -361,12 +361,14 @@ class TelemetryStore:
         path: str | os.PathLike[str],
         on_durable: Callable[[list[str]], None] | None = None,
         on_lost: Callable[[list[str]], None] | None = None,
+        on_inserted: Callable[[list[TelemetryRow]], None] | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
         self.spill_paths = spill_paths(self.path)
         self.spill_path = self.spill_paths[0]
         self._on_durable = on_durable
         self._on_lost = on_lost  # keys of rows counted as lost here (so nobody counts them twice)
+        self.on_inserted = on_inserted  # rows a committed transaction added (the metrics count them)
         self._queue: queue.SimpleQueue[TelemetryRow | None] = queue.SimpleQueue()
         self._pending: deque[TelemetryRow] = deque()
         self._conn: sqlite3.Connection | None = None
@@ -513,10 +515,18 @@ class TelemetryStore:
     def _insert(self, rows: Iterable[TelemetryRow]) -> None:
         assert self._conn is not None
         sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
-        values = [tuple(_sql_value(getattr(r, c)) for c in COLUMN_NAMES) for r in rows]
+        batch = list(rows)
+        values = [tuple(_sql_value(getattr(r, c)) for c in COLUMN_NAMES) for r in batch]
+        inserted = batch
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.executemany(sql, values)
+            added = self._conn.executemany(sql, values).rowcount
+            if added != len(values) and self.on_inserted is not None:
+                # Some rows were here already (a spill imported again, a late acknowledgement):
+                # redo the batch row by row to know which ones this transaction added.
+                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                inserted = [r for r, v in zip(batch, values) if self._conn.execute(sql, v).rowcount]
             self._conn.execute("COMMIT")
         except BaseException:
             try:
@@ -525,6 +535,11 @@ class TelemetryStore:
                 pass
             raise
         self.written += len(values)
+        if self.on_inserted is not None and inserted:
+            try:
+                self.on_inserted(inserted)
+            except Exception:  # noqa: BLE001 - the rows are written; counting them must not undo that
+                logger.exception("tokenpak: rows written but not counted in the metrics")
 
     def _insert_stored(self, rows: list[dict[str, Any]]) -> None:
         # Keys of another version's schema are left out; a row without its start time could not be

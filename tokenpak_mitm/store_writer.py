@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from tokenpak_mitm.accounting import Accountant, Begin, ConsoleSwitch, Finished, OtlpSwitch, SessionFacts, blind_until, console_line, minimal_row
+from tokenpak_mitm.metrics import Backlog, ServeMetrics
 from tokenpak_mitm.row import TelemetryRow
 from tokenpak_mitm.store import (
     BATCH,
@@ -81,7 +82,7 @@ OUT_OF_BAND_BYTES = 4096  # bodies at least this long are sent out of band
 # What the feeder sends: a row (a mapping), a finished request, or one of three notes. The classes
 # live in `accounting`, not here: the writer runs this module as __main__, and a class pickled
 # from here would be a different class there.
-_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch | OtlpSwitch
+_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch | OtlpSwitch | ServeMetrics | Backlog
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,6 +131,8 @@ class StoreProcess:
         self._unacked: OrderedDict[str, Mapping[str, Any] | Finished] = OrderedDict()
         self._console = False  # the writer prints the console line of each request it accounts
         self._otlp: str | None = None  # and exports every row it writes to this collector
+        self._metrics: str | None = None  # and serves Prometheus metrics of the rows it writes here (host:port)
+        self._told_backlog = 0  # the backlog the writer last heard of (sent only while metrics are on)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -182,6 +185,12 @@ class StoreProcess:
             self._otlp = url
             self._queue.put(OtlpSwitch(url))
 
+    def set_metrics(self, address: str | None) -> None:
+        """Serve Prometheus metrics of the rows the writer writes on ``host:port``; None: stop."""
+        if address != self._metrics:
+            self._metrics = address
+            self._queue.put(ServeMetrics(address))
+
     def close(self, timeout: float = 15.0) -> None:
         if self._closed.is_set():
             return
@@ -229,11 +238,20 @@ class StoreProcess:
                             if key is not None:
                                 self._unacked[key] = item  # type: ignore[assignment]  # rows and finished requests
                     self._send(batch)
+                if self._metrics is not None:
+                    self._tell_backlog()
                 self._watch()
             except Exception:  # a bug here must not stop the rows: what was queued is unacknowledged, so spilled
                 logger.exception("tokenpak: the store feeder hit an error; carrying on")
                 time.sleep(FLUSH_INTERVAL)
         self._stop_writer()
+
+    def _tell_backlog(self) -> None:
+        """The writer's metrics show the backlog as the proxy sees it (rows not yet acknowledged)."""
+        rows = self.pending
+        if rows != self._told_backlog:
+            self._told_backlog = rows
+            self._send([Backlog(rows)])
 
     def _next_batch(self) -> tuple[list[_Item], bool]:
         batch: list[_Item] = []
@@ -352,6 +370,8 @@ class StoreProcess:
             argv.append("--console")
         if self._otlp:
             argv += ["--otlp", self._otlp]
+        if self._metrics:
+            argv += ["--metrics", self._metrics]
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
@@ -448,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The writer process: pickled batches on stdin (rows, and the two halves of each live
     request's accounting), acknowledgements on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
-    console, console_fd, otlp, rest = False, -1, None, []
+    console, console_fd, otlp, metrics_at, rest = False, -1, None, None, []
     while args:
         arg = args.pop(0)
         if arg == "--console":
@@ -457,10 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             console_fd = int(args.pop(0))
         elif arg == "--otlp" and args:
             otlp = args.pop(0)
+        elif arg == "--metrics" and args:
+            metrics_at = args.pop(0)
         else:
             rest.append(arg)
     if len(rest) != 1:
-        sys.stderr.write("usage: python -m tokenpak_mitm.store_writer DB [--console] [--console-fd N] [--otlp URL]\n")
+        sys.stderr.write("usage: python -m tokenpak_mitm.store_writer DB [--console] [--console-fd N] [--otlp URL] [--metrics HOST:PORT]\n")
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop: EOF on stdin
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -487,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # before it started (an earlier proxy run, or this writer before a restart).
     accountant.sessions.blind_until = blind_until(last_request_at(db), time.time())
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
+    meter = _Meter(store)
+    meter.switch(metrics_at)  # before the store starts: rows imported from a spill file at start are counted
     store.start()
     printer = _Printer(console_fd if console_fd >= 0 else 2, console)
     spans = _Spans(otlp)
@@ -508,6 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     printer.on = item.on
                 elif isinstance(item, OtlpSwitch):
                     spans.switch(item.url)
+                elif isinstance(item, Backlog):
+                    meter.backlog = item.rows
+                elif isinstance(item, ServeMetrics):
+                    meter.switch(item.address)
             except ValueError as e:  # not a row of this schema: a bug, said once per row
                 log.error("tokenpak: store writer rejected a row (%s)", e)
             except Exception as e:  # noqa: BLE001 - one bad item must not stop the writer
@@ -516,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log.error("tokenpak: store writer could not handle an item (%s: %s)", type(e).__name__, e)
     store.close(timeout=30.0)
     spans.switch(None)  # flushes, bounded
+    meter.switch(None)  # after the last rows were counted: a scrape until here sees them all
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0
 
@@ -540,6 +569,38 @@ def _frames(stream: BinaryIO) -> Iterator[list[Any]]:
             continue
         if isinstance(batch, list):
             yield batch
+
+
+class _Meter:
+    """The Prometheus metrics of the rows this writer's store inserts (none until an address is set)."""
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+        self.backlog = 0  # as the proxy last told us
+        self._metrics: Any = None
+        self.address: str | None = None
+
+    def switch(self, address: str | None) -> None:
+        if address == self.address:
+            return
+        self.address = address
+        if self._metrics is not None:
+            self.store.on_inserted = None
+            self._metrics.close()
+            self._metrics = None
+        if not address:
+            return
+        from tokenpak_mitm.metrics import Metrics, MetricsUnavailable, SpillRows, parse_address  # the optional extra, only when asked for
+
+        try:
+            host, port = parse_address(address)
+            metrics = Metrics(backlog=lambda: self.backlog, spill_rows=SpillRows(self.store.spill_paths))
+        except (MetricsUnavailable, ValueError) as e:
+            logging.getLogger("tokenpak.metrics").error("tokenpak: %s", e)
+            return
+        self._metrics = metrics
+        self.store.on_inserted = metrics.observe
+        metrics.serve(host, port)
 
 
 class _Spans:
