@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.savings import GOAL_SHARE, INFORMATIVE, WORKLOADS
-from tokenpak_mitm.savings import Turn, WorkloadRequest, as_sent, build_turns, learning_plan, plan_cost, search_best, stateless_plan
+from tokenpak_mitm.cli.savings import Turn, WorkloadRequest, as_sent, build_turns, learning_plan, plan_cost, search_best, stateless_plan
 
 RESULTS_PATH = Path(__file__).parent / "results" / "fleet.json"
 DESIGN = "by key"  # the documented deployment (docs/deploy.md): a load balancer that hashes the API key header

@@ -5,7 +5,7 @@ envelope frames around hundreds of small ``content_block_delta`` frames (~120-16
 and a request that gets cache markers is a long system prompt plus a multi-turn conversation.
 Benchmarking on toy payloads would hide the per-frame and per-byte costs we care about.
 
-The frame bytes come from the fake upstream's dialect layer (``tokenpak_mitm.testing.dialects``),
+The frame bytes come from the fake upstream's dialect layer (``tokenpak_mitm.sim.replies``),
 the same writer the tests' fake provider uses; they are rendered once, at import, so the upstream
 process still only writes precomputed bytes.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 
-from tokenpak_mitm.testing import dialects
+from tokenpak_mitm.sim import replies as dialects
 
 __all__ = [
     "DELTA_HEAD", "STAMP_RE", "message_body", "json_response", "stream_frames",

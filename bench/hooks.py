@@ -25,7 +25,7 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
 from bench.frames import json_response, large_request, message_body
-from tokenpak_mitm.addon import TokenPak
+from tokenpak_mitm.proxy.addon import TokenPak
 
 REQUEST_HEADERS = [
     ("host", "api.anthropic.com"), ("accept", "application/json"), ("content-type", "application/json"),

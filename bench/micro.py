@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.frames import big_delta, large_request, stream_frames
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.sse import SSEParser
-from tokenpak_mitm.tap import StreamTap
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.core.observe.sse import SSEParser
+from tokenpak_mitm.core.observe.tap import StreamTap
 
 RESULTS = Path(__file__).with_name("results")
 TARGET_MBS, TARGET_FPS = 200.0, 1_000_000.0
@@ -108,7 +108,7 @@ def run_big_frame_bench(budget: float) -> dict[str, object]:
 
 def run_insert_bench(budget: float) -> dict[str, object]:
     try:
-        from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
+        from tokenpak_mitm.core.plan.cache_insert import CacheOptions, insert_markers
     except ImportError as e:
         return {"bench": "insert_markers (200 KB)", "skipped": f"cache_insert not available: {e}"}
     body = large_request()
@@ -123,9 +123,9 @@ def run_learning_insert_bench(budget: float) -> dict[str, object]:
     """The proxy's request-side work on the 200 KB request as the addon runs it: the learning
     planner (one memory, a turn every 30 s; with an empty memory), and the session tracker's
     `parse_shape` of the body sent upstream (in the worker process above 32 KB)."""
-    from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
-    from tokenpak_mitm.learning_planner import Memory
-    from tokenpak_mitm.request_shape import parse_shape
+    from tokenpak_mitm.core.account.request_shape import parse_shape
+    from tokenpak_mitm.core.plan.cache_insert import CacheOptions, insert_markers
+    from tokenpak_mitm.core.plan.learning_planner import Memory
 
     body = large_request()
     opts = CacheOptions(mode="auto", ttl="auto")
@@ -204,8 +204,8 @@ def run_openai_insert_bench(budget: float) -> list[dict[str, object]]:
     addon runs it: the learning planner with one memory and a turn every 30 s (the same body, each
     response begun: its history says the prefix is shared and cached), and with an empty memory
     each time (no history). Both splice a breakpoint."""
-    from tokenpak_mitm.learning_planner import Memory
-    from tokenpak_mitm.openai_cache import insert_openai_breakpoint
+    from tokenpak_mitm.core.plan.learning_planner import Memory
+    from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 
     rows: list[dict[str, object]] = []
     for api in ("openai_chat", "openai_responses"):
@@ -245,9 +245,9 @@ def run_session_bench(budget: float) -> dict[str, object]:
     """The session tracker's work per request on the 200 KB request: fingerprint it, then begin + finish."""
     import json as _json
 
-    from tokenpak_mitm.request_shape import shape_of
-    from tokenpak_mitm.session_id import identify
-    from tokenpak_mitm.sessions import SessionTracker, UsageFacts
+    from tokenpak_mitm.core.account.request_shape import shape_of
+    from tokenpak_mitm.core.account.session_id import identify
+    from tokenpak_mitm.core.account.sessions import SessionTracker, UsageFacts
 
     body = large_request()
     request = _json.loads(body)

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
+from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, MitmdumpProcess
 
 __all__ = ["FLOOR_SCRIPT", "PASSTHROUGH_SCRIPT", "Child", "RssSampler", "TreeRssSampler", "cpu_seconds", "descendants", "rss_kb", "start_mitmdump",
            "start_upstream", "tree_cpu_seconds"]

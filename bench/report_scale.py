@@ -4,7 +4,9 @@ It writes a database of N synthetic rows (five models, three routes, a mix of st
 latencies and unpriced rows, spread over 30 days) through the store's own schema and migrations,
 then runs the report (``--by day`` and ``--by model``, a 7-day window, a model filter) in a fresh
 child process per case, timing the report alone and reading the child's peak RSS. Comparing N =
-100k and 1M shows whether memory grows with the row count. Not a test: it asserts nothing.
+100k and 1M shows whether memory grows with the row count. A second database puts the same N rows
+in one day (today, from midnight to now: a busy day) and runs ``--since 30d``. Not a test: it
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import resource
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
-from tokenpak_mitm.store import COLUMN_NAMES, _open
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, _open
 
 MODELS = (("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini"),
           ("gemini", "gemini-2.5-flash"), ("anthropic", "mystery-model"))
@@ -31,13 +34,24 @@ CASES = {
 }
 
 
-def build(path: Path, rows: int, seed: int = 1) -> None:
+ONE_DAY_CASES = {
+    "one day, --since 30d by day": ["--since", "30d", "--by", "day"],
+    "one day, --since 30d by model": ["--since", "30d", "--by", "model"],
+}
+
+
+def _today_start() -> float:
+    return datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def build(path: Path, rows: int, seed: int = 1, one_day: bool = False) -> None:
+    """``one_day``: every row from today (midnight to now) instead of the last 30 days."""
     if path.exists():
         path.unlink()
     conn = _open(path)
     rnd = random.Random(seed)
-    start = time.time() - 30 * DAY
-    step = 30 * DAY / rows
+    start = _today_start() if one_day else time.time() - 30 * DAY
+    step = (time.time() - 1 - start if one_day else 30 * DAY) / rows
     sql = f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
     batch = []
     conn.execute("BEGIN")
@@ -69,7 +83,7 @@ def _child(db: str, args: list[str]) -> None:
     import contextlib
     import io
 
-    from tokenpak_mitm.cli import main
+    from tokenpak_mitm.cli.main import main
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -100,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, action="append", help="database sizes (repeatable; default 100000 and 1000000)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/tokenpak-report-bench"), help="where the databases are kept (reused)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", choices=("spread", "one-day"), help="run only the 30-day or only the one-day database")
     a = ap.parse_args(argv)
     a.dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -108,17 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         load = "?"
     print(f"load average at start: {load}")
     for n in a.rows or [100_000, 1_000_000]:
-        db = a.dir / f"report-{n}.db"
-        if not db.exists():
-            t0 = time.perf_counter()
-            build(db, n)
-            print(f"built {db} ({n:,} rows) in {time.perf_counter() - t0:.1f} s")
-        else:
-            conn = _open(db)  # applies any newer migration (indexes) to a kept database
-            conn.close()
-        for name, args in CASES.items():
-            r = measure(db, args, a.repeat)
-            print(f"{n:>9,} rows  {name:<22} best {r['seconds_best']:.3f} s  median {r['seconds_median']:.3f} s  peak RSS {r['peak_rss_mib']:.0f} MiB")
+        for one_day, cases in ((False, CASES), (True, ONE_DAY_CASES)):
+            if a.only and a.only != ("one-day" if one_day else "spread"):
+                continue
+            db = a.dir / (f"report-1day-{n}.db" if one_day else f"report-{n}.db")
+            # a one-day database is rebuilt once its day is over (its rows must be today's)
+            stale = one_day and db.exists() and db.stat().st_mtime < _today_start()
+            if not db.exists() or stale:
+                t0 = time.perf_counter()
+                build(db, n, one_day=one_day)
+                print(f"built {db} ({n:,} rows) in {time.perf_counter() - t0:.1f} s")
+            else:
+                conn = _open(db)  # applies any newer migration (indexes) to a kept database
+                conn.close()
+            for name, args in cases.items():
+                r = measure(db, args, a.repeat)
+                print(f"{n:>9,} rows  {name:<30} best {r['seconds_best']:.3f} s  median {r['seconds_median']:.3f} s  peak RSS {r['peak_rss_mib']:.0f} MiB")
     return 0
 
 

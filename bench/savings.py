@@ -1,8 +1,8 @@
 """How much of the best possible prompt-cache saving does the planner capture, on traffic users meet?
 
-Each workload is a list of ``tokenpak_mitm.savings.WorkloadRequest`` (the same shape ``tokenpak
+Each workload is a list of ``tokenpak_mitm.cli.savings.WorkloadRequest`` (the same shape ``tokenpak
 savings`` reads from a JSONL file) replayed through the cache simulator by
-``tokenpak_mitm.savings.evaluate``: no markers, the stateless planner, the learning planner (the
+``tokenpak_mitm.cli.savings.evaluate``: no markers, the stateless planner, the learning planner (the
 default) and the best placement the bounded search finds, priced at list prices.
 
 Workloads (generated with fixed seeds):
@@ -29,13 +29,15 @@ cannot be free of cost against `5m` (no request can know the first pause is comi
 against it costs a little where none comes: docs/caching.md, "TTL"); the gate is the bound that
 insurance keeps, `auto` saving at least 95% of what `5m` saves on every workload. Measures the
 prefix index's memory at 100k prefixes.
-Writes a table and ``bench/results/savings.json``.
+Writes a table and ``bench/results/savings.json``. ``--fleet``: the same workloads through fleets
+of 1, 2 and 4 proxies (``bench/fleet.py``).
 """
 from __future__ import annotations
 
 import copy
 import json
 import random
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -45,8 +47,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tokenpak_mitm.prefix_index import PrefixIndex
-from tokenpak_mitm.savings import WorkloadRequest, evaluate
+from tokenpak_mitm.cli.savings import WorkloadRequest, evaluate
+from tokenpak_mitm.core.plan.prefix_index import PrefixIndex
 
 MODEL = "claude-sonnet-4-6"
 OPENAI_MODEL = "gpt-5.6"
@@ -276,4 +278,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if "--fleet" in sys.argv[1:]:  # fleets of proxies: bench/fleet.py (docs/caching.md, "A fleet of proxies")
+        from bench.fleet import main as fleet
+
+        raise SystemExit(fleet())
     raise SystemExit(main())

@@ -26,10 +26,10 @@ import time
 import uuid
 from pathlib import Path
 
-from tokenpak_mitm.decoders import zstd
-from tokenpak_mitm.testing.client import Response, build_request, request
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import (
+from tokenpak_mitm.core.observe.decoders import zstd
+from tokenpak_mitm.sim.client import Response, build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.upstream import (
     FakeUpstream,
     Received,
     Script,

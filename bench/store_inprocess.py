@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mitmproxy import ctx
 
-from tokenpak_mitm.store import TelemetryStore
+from tokenpak_mitm.store.sqlite import TelemetryStore
 
 
 class StoreInProcess:

@@ -1,11 +1,11 @@
 """A fast loopback Anthropic-like upstream, run as its own process: ``python -m bench.upstream``.
 
-Why not ``tokenpak_mitm.testing.upstream.FakeUpstream``: that one runs in a thread of the
+Why not ``tokenpak_mitm.sim.upstream.FakeUpstream``: that one runs in a thread of the
 caller, so the benchmark client and the upstream would share one GIL, and it uses asyncio
 streams with one ``drain`` per write. Here a bare ``asyncio.Protocol`` in a separate process
 answers from precomputed bytes; the client, the proxy and the upstream each get their own
 interpreter, so on the 2-core box the proxy competes only for CPU, never for a lock. The bytes
-themselves come from the shared dialect layer (``tokenpak_mitm.testing.dialects``, through
+themselves come from the shared dialect layer (``tokenpak_mitm.sim.replies``, through
 ``bench.frames``), rendered once before the first request.
 
 The request's query string says what to send (the path must end in ``/v1/messages`` so the

@@ -1,7 +1,7 @@
 """Why the benchmark's upstream is its own process: ``python -m bench.upstream_choice``.
 
 Measures the *direct* setup (client -> upstream, no proxy) two ways: against
-``tokenpak_mitm.testing.upstream.FakeUpstream`` running in a thread of the client's process,
+``tokenpak_mitm.sim.upstream.FakeUpstream`` running in a thread of the client's process,
 and against ``bench.upstream`` in a separate process. Whatever the in-thread upstream adds is
 GIL contention with the client plus its per-write ``drain``, and would be charged to every
 setup, blurring the proxy's share.
@@ -19,7 +19,7 @@ from bench.client import Conn, request_bytes
 from bench.frames import json_response, message_body, stream_frames
 from bench.procs import start_upstream
 from bench.results_model import percentile
-from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step, sse_script
+from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step, sse_script
 
 REQUESTS, FRAMES, STREAMS = 500, 1000, 5
 

@@ -22,7 +22,7 @@ from bench.frames import large_request, message_body
 from bench.procs import Child, RssSampler, TreeRssSampler, cpu_seconds, tree_cpu_seconds
 from bench.profiling import Sampler, summarise
 from bench.results_model import SETUPS, WorkloadResult, percentile, ratio
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
 
 __all__ = ["Setup", "WORKLOADS", "run_workload"]
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from tokenpak_mitm.conformance.scenarios import FIXTURES  # recorded streams ship with the package
-from tokenpak_mitm.testing.client import Response, build_request, request
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script
+from tokenpak_mitm.sim.client import Response, build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from tokenpak_mitm.dialects.base import Tracker
-from tokenpak_mitm.sse import SSEParser
+from tokenpak_mitm.core.observe.sse import SSEParser
+from tokenpak_mitm.core.observe.tracker import Tracker
 
 # Any JSON value, with the awkward ones providers never send but a broken server might.
 ANY_JSON = st.recursive(

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tokenpak_mitm.testing.provider import FakeProvider
+from tokenpak_mitm.sim.provider import FakeProvider
 
 INSTALL = "apt-get install -y prometheus  (Debian/Ubuntu: prometheus and promtool; .ci/deps installs it)"
 MODELS = ("claude-sonnet-4-6", "claude-haiku-4-5")

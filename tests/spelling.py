@@ -103,7 +103,8 @@ MARKABLE = st.fixed_dictionaries(
 def raw_threshold(size: int) -> Iterator[None]:
     """Use the client's bytes for blocks from `size` bytes up (default 512: the generated blocks are
     small, so properties set 0 to exercise the byte paths on every block)."""
-    from tokenpak_mitm import cache_insert, openai_cache, prefix_index, request_shape
+    from tokenpak_mitm.core.account import request_shape
+    from tokenpak_mitm.core.plan import cache_insert, openai_cache, prefix_index
 
     modules = (prefix_index, cache_insert, openai_cache, request_shape)
     saved = [m.RAW_MIN_BYTES for m in modules]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import time
 
-from tokenpak_mitm.accounting import Accountant, Finished, SessionFacts, blind_until, console_line, minimal_row
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.routes import classify
-from tokenpak_mitm.telemetry import RequestRecord, build_row, outcome
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.account.accounting import Accountant, Finished, SessionFacts, blind_until, console_line, minimal_row
+from tokenpak_mitm.core.account.telemetry import RequestRecord, build_row, outcome
+from tokenpak_mitm.core.observe.tracker import Extract
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.routes import classify
 
 ROUTE = classify("POST", "api.anthropic.com", "/v1/messages")
 SYSTEM = "You are a careful assistant. " * 400  # ~3,000 tokens: above every minimum
@@ -109,7 +109,7 @@ def test_what_crosses_to_the_writer_loads_equal_to_what_was_sent():
     import dataclasses
     import pickle
 
-    from tokenpak_mitm.usage import ExtraIteration
+    from tokenpak_mitm.core.observe.usage import ExtraIteration
 
     rec = record("k", Usage(**{f.name: i + 1 for i, f in enumerate(dataclasses.fields(Usage))}), 1.5)
     for i, f in enumerate(dataclasses.fields(RequestRecord)):
@@ -130,7 +130,7 @@ def test_by_fields_refuses_a_class_it_could_not_rebuild():
 
     import pytest
 
-    from tokenpak_mitm.wire import by_fields
+    from tokenpak_mitm.core.wire import by_fields
 
     @dataclasses.dataclass
     class Half:

@@ -13,11 +13,11 @@ from mitmproxy import exceptions
 from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
-from tokenpak_mitm import hooks
-from tokenpak_mitm.accounting import Finished, SessionFacts
-from tokenpak_mitm.addon import TokenPak
-from tokenpak_mitm.store_writer import StoreProcess
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
+from tokenpak_mitm.core.account.accounting import Finished, SessionFacts
+from tokenpak_mitm.proxy import hooks
+from tokenpak_mitm.proxy.addon import TokenPak
+from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, mitmdump_executable
+from tokenpak_mitm.store.writer import StoreProcess
 
 SSE = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-6","usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
@@ -208,7 +208,7 @@ def test_an_unknown_tokenpak_option_stops_start_up_naming_the_closest(tmp_path: 
 
 @pytest.mark.e2e
 def test_startup_line_names_version_db_and_mode(tmp_path: Path):
-    from tokenpak_mitm.testing.proxy import MitmdumpProcess
+    from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
 
     with MitmdumpProcess("reverse:https://api.anthropic.com", db=tmp_path / "x.db", confdir=tmp_path) as p:
         out = p.output()
@@ -263,7 +263,7 @@ async def test_a_bug_after_the_row_is_queued_stays_out_of_the_event_loop(addon, 
     tp, tctx = addon
     tctx.configure(tp, tokenpak_console="true")
     tp._console = True
-    import tokenpak_mitm.addon as addon_mod
+    import tokenpak_mitm.proxy.addon as addon_mod
 
     def broken(row):
         raise RuntimeError("bug in the console line")
@@ -350,7 +350,7 @@ def test_a_silently_skipped_script_is_reported(tmp_path: Path):
 
 async def test_a_row_builder_bug_still_records_the_request(addon, monkeypatch):
     tp, _ = addon
-    import tokenpak_mitm.accounting as accounting_mod
+    import tokenpak_mitm.core.account.accounting as accounting_mod
 
     def broken(*args):
         raise RuntimeError("bug in build_row")

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tokenpak_mitm.cli import main
-from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore
+from tokenpak_mitm.cli.main import main
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore
 from tokenpak_mitm.testing.browser import MISSING, chromium_executable, dump_dom, png_pixels, screenshot
 
 pytestmark = pytest.mark.e2e
@@ -101,7 +101,7 @@ def test_a_short_window_is_charted_per_hour(tmp_path: Path, capsys: pytest.Captu
 def _start_mitmweb(tmp_path: Path, flow_file: Path) -> tuple[subprocess.Popen[str], str, list[str]]:
     exe = str(Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "mitmweb") if os.environ.get("VIRTUAL_ENV") else None
     if not exe or not Path(exe).exists():
-        from tokenpak_mitm.testing.proxy import mitmdump_executable
+        from tokenpak_mitm.sim.mitmdump import mitmdump_executable
 
         exe = str(Path(mitmdump_executable()).with_name("mitmweb"))
     addon = Path(__file__).resolve().parent.parent / "addons" / "tokenpak.py"

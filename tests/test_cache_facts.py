@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tokenpak_mitm import cache_facts, cache_planner
-from tokenpak_mitm.cache_facts import (
+from tokenpak_mitm.core.plan import cache_facts, cache_planner
+from tokenpak_mitm.core.plan.cache_facts import (
     OPENAI_GPT56,
     OPENAI_LEGACY,
     facts_for,
     minimum_tokens,
 )
-from tokenpak_mitm.testing import cache_sim
+from tokenpak_mitm.sim import cache_sim
 
 
 @pytest.mark.parametrize("model, minimum, read", [

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm import cache_insert
-from tokenpak_mitm.cache_insert import (
+from tokenpak_mitm.core.observe.decoders import zstd
+from tokenpak_mitm.core.plan import cache_insert
+from tokenpak_mitm.core.plan.cache_insert import (
     DECISIONS,
     MAX_BODY_BYTES,
     CacheOptions,
@@ -22,9 +23,8 @@ from tokenpak_mitm.cache_insert import (
     insert_markers,
     remove_spans,
 )
-from tokenpak_mitm.cache_planner import is_eligible_block
-from tokenpak_mitm.decoders import zstd
-from tokenpak_mitm.jsonscan import scan
+from tokenpak_mitm.core.plan.cache_planner import is_eligible_block
+from tokenpak_mitm.core.plan.jsonscan import scan
 
 AUTO = CacheOptions()
 M = b'"cache_control":{"type":"ephemeral"}'
@@ -594,7 +594,7 @@ def test_model_is_reported_even_when_not_a_messages_request():
 
 
 def test_planning_moves_off_the_event_loop_by_object_count_as_well_as_bytes():
-    from tokenpak_mitm.cache_insert import OFFLOAD_OBJECTS, plan_off_loop
+    from tokenpak_mitm.core.plan.cache_insert import OFFLOAD_OBJECTS, plan_off_loop
 
     many = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"} for _ in range(26000)]}).encode()
     assert len(many) < 1 << 20 and plan_off_loop(many, None)  # 1 MB of tiny blocks: 0.4-0.8 s of planning
@@ -609,8 +609,8 @@ def test_planning_moves_off_the_event_loop_by_object_count_as_well_as_bytes():
 
 from spelling import MARKABLE, REQUESTS, raw_threshold, spell  # noqa: E402
 
-from tokenpak_mitm import prefix_index  # noqa: E402
-from tokenpak_mitm.learning_planner import Memory  # noqa: E402
+from tokenpak_mitm.core.plan import prefix_index  # noqa: E402
+from tokenpak_mitm.core.plan.learning_planner import Memory  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -648,7 +648,7 @@ def test_a_body_dense_with_tiny_objects_is_parsed_by_json_loads_alone(monkeypatc
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": [{"type": "text", "text": f"m{i} " * 400 if i == 0 else f"m{i}"}]}
                 for i in range(401)]
     body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": messages}).encode()
-    from tokenpak_mitm.jsonscan import one_pass_pays
+    from tokenpak_mitm.core.plan.jsonscan import one_pass_pays
 
     assert not one_pass_pays(body)
     dense = insert_markers(body, None, AUTO)

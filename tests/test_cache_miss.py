@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.cache_miss import Evidence, Known, Prior, change_between, diagnose
-from tokenpak_mitm.request_shape import Shape, shape_of
+from tokenpak_mitm.core.account.cache_miss import Evidence, Known, Prior, change_between, diagnose
+from tokenpak_mitm.core.account.request_shape import Shape, shape_of
 
 SYSTEM = "Today is 2026-11-30. " + "Be exact and cite sources. " * 400
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenpak_mitm.cache_planner import (
+from tokenpak_mitm.core.plan.cache_planner import (
     DECISIONS,
     CacheOptions,
     Sizes,

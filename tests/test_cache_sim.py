@@ -6,7 +6,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.testing.cache_sim import (
+from tokenpak_mitm.sim.cache_sim import (
     CacheSimulator,
     analyse_request,
     block_tokens,
@@ -314,7 +314,7 @@ def test_reads_writes_and_input_add_up_to_the_prompt(conversation: list[tuple[fl
 
 # ---------------------------------------------------------------- issue 13: the simulator follows the providers
 
-from tokenpak_mitm.testing.cache_sim import PendingWrite, analyse_openai  # noqa: E402
+from tokenpak_mitm.sim.cache_sim import PendingWrite, analyse_openai  # noqa: E402
 
 _DOC = "cached prefix material " * 1500
 

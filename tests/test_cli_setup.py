@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tokenpak_mitm.cli import SUBCOMMANDS, build_parser, main
-from tokenpak_mitm.setup_cmd import CLIENTS, SetupOptions, addon_script_path, allow_hosts_pattern, render, write_bundle
-from tokenpak_mitm.store import connect_readonly
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.cli.main import SUBCOMMANDS, build_parser, main
+from tokenpak_mitm.cli.setup import CLIENTS, SetupOptions, addon_script_path, allow_hosts_pattern, render, write_bundle
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.store.sqlite import connect_readonly
 
 VENV_BIN = Path(sys.executable).parent
 MESSAGE = {"id": "msg_stub", "type": "message", "role": "assistant", "model": "claude-stub", "content": [{"type": "text", "text": "hi"}],

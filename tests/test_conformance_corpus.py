@@ -15,7 +15,7 @@ from tokenpak_mitm.conformance.invariants import check_all
 from tokenpak_mitm.conformance.replay import ReplayResult
 from tokenpak_mitm.conformance.report import failed, write_junit
 from tokenpak_mitm.conformance.session import run_conformance
-from tokenpak_mitm.secret_scan import scan_paths
+from tokenpak_mitm.core.secret_scan import scan_paths
 
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
 FLOW_FILES = find_flow_files([FLOWS])
@@ -68,7 +68,7 @@ def test_each_recording_is_consistent_at_rest(path: Path):
 
 @pytest.mark.e2e
 def test_the_cli_fails_on_a_row_that_no_longer_matches_its_golden(tmp_path: Path):
-    from tokenpak_mitm.cli import main
+    from tokenpak_mitm.cli.main import main
 
     name = "anthropic_stream_basic"
     shutil.copy(FLOWS / f"{name}.mitm", tmp_path)

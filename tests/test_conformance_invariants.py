@@ -17,7 +17,7 @@ import pytest
 
 from tokenpak_mitm.conformance.invariants import Evidence, check_all, check_i1, check_i2, check_i3, check_i4, check_i5, check_i6, check_i7, check_i8, check_i9, check_i10
 from tokenpak_mitm.conformance.wire import count_cache_markers, split_frames
-from tokenpak_mitm.secret_scan import DEFAULT_CANARIES, scan_bytes
+from tokenpak_mitm.core.secret_scan import DEFAULT_CANARIES, scan_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = ROOT / "flows"
@@ -345,7 +345,7 @@ def test_a_crashing_checker_is_reported_not_raised():
 BROKEN_VARIANTS: dict[str, tuple[str, str, set[str]]] = {
     # name: (extra -s script, corpus flow to replay, columns that must FAIL)
     "observer misses a frame": ("""
-from tokenpak_mitm.tap import StreamTap
+from tokenpak_mitm.core.observe.tap import StreamTap
 _orig = StreamTap._frames
 StreamTap._frames = lambda self, frames, now: _orig(self, [f for f in frames if b"event: ping" not in f], now)
 """, "anthropic_stream_basic", {"I6", "live"}),
@@ -356,7 +356,7 @@ def request(flow):
         flow.request.headers["content-length"] = str(len(flow.request.raw_content))
 """, "anthropic_stream_basic", {"I1", "I5"}),
     "row emitted twice": ("""
-from tokenpak_mitm.addon import TokenPak
+from tokenpak_mitm.proxy.addon import TokenPak
 _orig = TokenPak._emit
 def _twice(self, flow, st):
     _orig(self, flow, st)
@@ -364,7 +364,7 @@ def _twice(self, flow, st):
 TokenPak._emit = _twice
 """, "anthropic_stream_basic", {"I10", "live"}),
     "no row on client disconnect": ("""
-from tokenpak_mitm.addon import TokenPak
+from tokenpak_mitm.proxy.addon import TokenPak
 TokenPak.error = lambda self, flow: None
 """, "anthropic_stream_client_disconnect", {"I10", "golden", "live"}),
     "response header changed": ("""
@@ -378,7 +378,7 @@ def requestheaders(flow):
     logging.getLogger("tokenpak.debug").info("debug headers: %s", dict(flow.request.headers))
 """, "anthropic_stream_basic", {"I4"}),
     "streamed byte changed": ("""
-from tokenpak_mitm.tap import StreamTap
+from tokenpak_mitm.core.observe.tap import StreamTap
 _orig = StreamTap.__call__
 StreamTap.__call__ = lambda self, data: _orig(self, data).replace(b"Answer", b"Answor")
 """, "anthropic_stream_basic", {"I8", "live"}),
@@ -411,7 +411,7 @@ BASIC = [
 def _live_run(tmp_path: Path, mode: str, broken: str | None = None) -> tuple[dict, int | None, str]:
     from conftest import make_stack
 
-    from tokenpak_mitm.testing.upstream import sse_script
+    from tokenpak_mitm.sim.upstream import sse_script
 
     extra: list[str] = []
     if broken is not None:
@@ -465,9 +465,9 @@ def test_live_mode_rejects_an_unknown_value():
     from mitmproxy import exceptions
     from mitmproxy.test import taddons, tflow
 
-    from tokenpak_mitm import hooks
-    from tokenpak_mitm.addon import TokenPak
     from tokenpak_mitm.conformance.live import LiveConformance
+    from tokenpak_mitm.proxy import hooks
+    from tokenpak_mitm.proxy.addon import TokenPak
 
     live = LiveConformance()
     live.is_running = True  # a change while running is rejected; at start-up it stops mitmdump (test_addon)
@@ -496,7 +496,7 @@ def test_a_proxy_error_still_writes_exactly_one_row_and_leaves_traffic_alone(tmp
 
     script = tmp_path / "crash.py"
     script.write_text("""
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
 def _boom(self, body, status):
     raise RuntimeError("deliberate tracker failure")
 AnthropicTracker.feed_body = _boom
@@ -513,10 +513,10 @@ def test_live_checker_accepts_a_row_that_comes_after_its_own_end_hook():
 
     from mitmproxy.test import taddons, tflow
 
-    from tokenpak_mitm import hooks
-    from tokenpak_mitm.addon import TokenPak
     from tokenpak_mitm.conformance.live import LiveConformance
-    from tokenpak_mitm.row import TelemetryRow
+    from tokenpak_mitm.core.row import TelemetryRow
+    from tokenpak_mitm.proxy import hooks
+    from tokenpak_mitm.proxy.addon import TokenPak
 
     live = LiveConformance()
     with taddons.context(TokenPak(), live) as tctx:

@@ -10,7 +10,7 @@ import pytest
 from mitmproxy import contentviews, io
 from mitmproxy.test import taddons, tflow
 
-from tokenpak_mitm.contentview import VIEW, ContentviewAddon
+from tokenpak_mitm.proxy.contentview import VIEW, ContentviewAddon
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 RECORDED = sorted(FLOWS.glob("*.mitm"))

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.decoders import (
+from tokenpak_mitm.core.observe.decoders import (
     DecodeError,
     DecodeLimit,
     decode_body,

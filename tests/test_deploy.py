@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 from metrics_helpers import Prometheus, free_port, need, scrape, send_mixed, wait_for
 
-from tokenpak_mitm.testing.provider import FakeProvider
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "tokenpak-rules.yml"
@@ -97,3 +98,81 @@ def test_prometheus_scraping_three_instances_sums_to_the_report_and_runs_the_das
     assert math.isclose(net_saved, math.fsum(r["savings_usd"]["total"] for r in reports), rel_tol=1e-9, abs_tol=1e-12)
     empty = [title for (title, _), result in results.items() if not result]
     assert not empty, f"dashboard panels without data: {empty}"
+
+
+GUIDE = ROOT / "docs" / "deploy.md"
+
+
+def _consecutive_free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports (the guide numbers its instances' ports)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port range")
+
+
+@pytest.mark.e2e
+def test_the_deployment_guide_runs_as_written(tmp_path: Path):
+    """docs/deploy.md's `sh` blocks, in order, exactly as written: every block but the last brings
+    the team up (three proxies, Prometheus with the shipped rules, an OTLP collector); we check what
+    the guide says; the last block stops everything and nothing is left running."""
+    from test_otel import Collector
+
+    need("prometheus")
+    need("promtool")
+    blocks = re.findall(r"^```sh\n(.*?)^```", GUIDE.read_text(), flags=re.S | re.M)
+    assert len(blocks) >= 7 and blocks[-1].startswith("kill ")
+    team = tmp_path / "team"
+    collector = Collector()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TEAM": str(team), "PROXY_PORT": str(_consecutive_free_ports(3)), "METRICS_PORT": str(_consecutive_free_ports(3)),
+        "PROMETHEUS_PORT": str(free_port()), "SCRAPE_INTERVAL": "1s", "OTLP": collector.url, "ANTHROPIC_API_KEY": "sk-ant-guide-test",
+    }
+    with FakeProvider() as fake:
+        env["UPSTREAM"] = fake.url
+        try:
+            up = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(blocks[:-1])], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=240)
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert re.search(r'instances up: "value":\[[0-9.]+,"3"\]', up.stdout) and up.stdout.count("tokenpak report") == 3
+            prom = Prometheus.__new__(Prometheus)
+            prom.port = int(env["PROMETHEUS_PORT"])
+            wait_for(lambda: prom.value("sum(tokenpak_requests_total)") == 3, 60, "Prometheus to count the guide's 3 requests")
+            per_instance = {r["metric"]["instance"]: float(r["value"][1]) for r in prom.query("sum by (instance) (tokenpak_requests_total)")}
+            assert per_instance == {f"127.0.0.1:{int(env['METRICS_PORT']) + i}": 1.0 for i in range(3)}
+            rules = {r["name"] for g in prom.query_rules() for r in g["rules"]}
+            assert rules >= ALERTS
+            cost = prom.value("sum(tokenpak_cost_usd_total)")
+            wait_for(lambda: sum(len(t.resource_spans) for t in collector.traces) >= 3, 60, "the collector to receive the spans")
+        finally:
+            down = subprocess.run(["bash", "-euo", "pipefail", "-c", blocks[0] + "\n" + blocks[-1]], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60)
+            pids = [int(p.read_text()) for p in team.glob("*.pid")]
+            for pid in pids:
+                wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(),
+                         60, f"process {pid} to exit")
+            collector.shutdown()
+    assert down.returncode == 0, down.stderr
+    reports = [_report(team / f"proxy{i}" / "tokenpak.db") for i in (1, 2, 3)]
+    assert [r["requests"] for r in reports] == [1, 1, 1]
+    assert cost is not None and math.isclose(cost, math.fsum(r["cost_usd"] for r in reports), rel_tol=1e-9) and cost > 0
+    for i in (1, 2, 3):
+        log = (team / f"proxy{i}" / "proxy.log").read_text()
+        assert "metrics=http://127.0.0.1:" in log and "Traceback" not in log and "sk-ant-guide-test" not in log
+    assert len(pids) == 4

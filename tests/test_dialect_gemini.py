@@ -9,13 +9,13 @@ from dialect_helpers import ANY_JSON, feed_split, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokenpak_mitm.conformance.error_shapes import check_error_shape
 from tokenpak_mitm.conformance.scenarios import FIXTURES
-from tokenpak_mitm.dialects.gemini import GeminiTracker, gemini_usage, iter_array_elements
-from tokenpak_mitm.error_shapes import check_error_shape
-from tokenpak_mitm.pricing import price
-from tokenpak_mitm.routes import classify, tracker_for
-from tokenpak_mitm.tap import StreamTap
-from tokenpak_mitm.telemetry import RequestRecord, build_row
+from tokenpak_mitm.core.account.pricing import price
+from tokenpak_mitm.core.account.telemetry import RequestRecord, build_row
+from tokenpak_mitm.core.dialects.gemini import GeminiTracker, gemini_usage, iter_array_elements
+from tokenpak_mitm.core.observe.tap import StreamTap
+from tokenpak_mitm.core.routes import classify, tracker_for
 
 FIXTURE = (FIXTURES / "gemini_crlf_thoughts.sse").read_bytes()
 MTOK = 1_000_000

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tokenpak_mitm import doctor
-from tokenpak_mitm.cli import main
-from tokenpak_mitm.doctor import CA_VARS, check_ca, check_database, check_environment, check_mitmproxy, check_proxy, check_python
-from tokenpak_mitm.setup_cmd import write_bundle
-from tokenpak_mitm.store import TelemetryStore
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, Script, Step
+from tokenpak_mitm.cli import doctor
+from tokenpak_mitm.cli.doctor import CA_VARS, check_ca, check_database, check_environment, check_mitmproxy, check_proxy, check_python
+from tokenpak_mitm.cli.main import main
+from tokenpak_mitm.cli.setup import write_bundle
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.upstream import FakeUpstream, Script, Step
+from tokenpak_mitm.store.sqlite import TelemetryStore
 
 ROUTING_VARS = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "HTTPS_PROXY", "https_proxy",
                 "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", *CA_VARS)
@@ -237,7 +237,7 @@ class _Missing:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 sys.meta_path.insert(0, _Missing())
-from tokenpak_mitm.cli import main
+from tokenpak_mitm.cli.main import main
 sys.exit(main(["doctor", "--no-stream-check", "--db", {db!r}, "--confdir", {confdir!r}]))
 """
 
@@ -258,7 +258,7 @@ def test_doctor_names_a_missing_module_and_the_command_that_installs_it(tmp_path
 
 
 def test_doctor_dependency_check_passes_on_this_install() -> None:
-    from tokenpak_mitm.doctor import check_dependencies
+    from tokenpak_mitm.cli.doctor import check_dependencies
 
     checks = check_dependencies()
     assert [c.status for c in checks] == ["ok"], checks

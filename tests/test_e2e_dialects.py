@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import Stack, fixture_bytes
 
-from tokenpak_mitm.testing.upstream import Script, Step
+from tokenpak_mitm.sim.upstream import Script, Step
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import wait_for_rows
 from test_e2e_stream import ANTHROPIC_BASIC
 
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 

@@ -13,11 +13,11 @@ import anthropic
 import pytest
 from conftest import Stack, wait_for_rows
 
-from tokenpak_mitm.cache_insert import remove_spans
-from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.provider import FakeProvider
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import Script, Step
+from tokenpak_mitm.core.plan.cache_insert import remove_spans
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.provider import FakeProvider
+from tokenpak_mitm.sim.upstream import Script, Step
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
@@ -94,7 +94,7 @@ def test_upstream_receives_the_client_bytes_plus_only_the_recorded_spans(fake_st
     assert row["cache_origin"] == "proxy" and row["markers_inserted"] >= 1
     # Find the spans the proxy recorded by diffing: removing the cache_control insertions must
     # give back the client's bytes exactly (no re-serialisation anywhere).
-    from tokenpak_mitm.cache_insert import insert_markers
+    from tokenpak_mitm.core.plan.cache_insert import insert_markers
 
     again = insert_markers(body, None)
     assert again.body == sent
@@ -171,7 +171,7 @@ def _openai_reply(path: str, usage: dict) -> Script:
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 def test_openai_gpt_5_6_request_without_cache_fields_gets_a_breakpoint(stack: Stack, path: str):
-    from tokenpak_mitm.openai_cache import insert_openai_breakpoint
+    from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 
     if path.endswith("/responses"):
         request_obj = {"model": "gpt-5.6-sol", "instructions": "Answer from the lease.",

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_rows
 
-from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.provider import FakeProvider
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.provider import FakeProvider
+from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
@@ -66,7 +66,7 @@ def test_session_headers_never_reach_upstream_and_every_other_header_does_unchan
 
 
 def _tokenpak(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "tokenpak_mitm.cli", *args], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-m", "tokenpak_mitm.cli.main", *args], capture_output=True, text=True, timeout=120, check=True)
     return out.stdout
 
 

@@ -10,8 +10,8 @@ import zlib
 import pytest
 from conftest import Stack, fixture_bytes
 
-from tokenpak_mitm.sse import SSEParser
-from tokenpak_mitm.testing.upstream import Script, Step, sse_script
+from tokenpak_mitm.core.observe.sse import SSEParser
+from tokenpak_mitm.sim.upstream import Script, Step, sse_script
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 
@@ -111,7 +111,7 @@ def test_compressed_sse_arrives_unchanged_and_is_measured(stack: Stack, encoding
 
         wire = brotli.compress(plain)
     else:
-        from tokenpak_mitm.decoders import zstd
+        from tokenpak_mitm.core.observe.decoders import zstd
 
         wire = zstd.compress(plain)
     steps = [Step(wire[i : i + 37]) for i in range(0, len(wire), 37)]

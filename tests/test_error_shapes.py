@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.dialects.gemini import GeminiTracker
-from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
-from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
-from tokenpak_mitm.error_shapes import DIALECT_SCHEMAS, check_error_shape
+from tokenpak_mitm.conformance.error_shapes import DIALECT_SCHEMAS, check_error_shape
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.core.dialects.gemini import GeminiTracker
+from tokenpak_mitm.core.dialects.openai_chat import OpenAIChatTracker
+from tokenpak_mitm.core.dialects.openai_responses import OpenAIResponsesTracker
 
 # Shapes as documented in shared/research/protocols.md sections 2.5, 3.1, 3.3 and 4.
 VALID = {
@@ -106,7 +106,7 @@ def test_unknown_dialect_is_a_caller_bug() -> None:
 
 @pytest.mark.parametrize("name", sorted({n for pair in DIALECT_SCHEMAS.values() for n in pair if n}))
 def test_schema_files_are_valid_packaged_draft_2020_12(name: str) -> None:
-    schema = json.loads(resources.files("tokenpak_mitm").joinpath("schemas", name).read_text(encoding="utf-8"))
+    schema = json.loads(resources.files("tokenpak_mitm.conformance").joinpath("schemas", name).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema") and schema.get("description")
 

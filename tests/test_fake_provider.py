@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tokenpak_mitm.testing.cache_sim import CacheSimulator
-from tokenpak_mitm.testing.provider import FakeProvider
+from tokenpak_mitm.sim.cache_sim import CacheSimulator
+from tokenpak_mitm.sim.provider import FakeProvider
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "You are a careful assistant. " * 300  # ~2200 stand-in tokens, above the 1024 minimum
@@ -190,7 +190,7 @@ def test_thread_helper_for_synchronous_tests() -> None:
 
 def test_command_line_prints_url_and_serves() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "tokenpak_mitm.testing.provider", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "tokenpak_mitm.sim.provider", "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
     try:
         assert process.stdout is not None
@@ -220,8 +220,8 @@ DIALECT_CASES = [
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 @pytest.mark.parametrize(("dialect", "path", "make"), DIALECT_CASES, ids=[c[0] for c in DIALECT_CASES])
 def test_each_dialect_reads_back_through_the_proxys_tracker(fake: FakeProvider, dialect: str, path: str, make: Any, stream: bool) -> None:
-    from tokenpak_mitm.routes import classify, tracker_for
-    from tokenpak_mitm.sse import SSEParser
+    from tokenpak_mitm.core.observe.sse import SSEParser
+    from tokenpak_mitm.core.routes import classify, tracker_for
 
     if dialect == "gemini":
         path = path.format("streamGenerateContent?alt=sse" if stream else "generateContent")

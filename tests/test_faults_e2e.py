@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 from conftest import Stack, make_stack, wait_for_rows
 
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.store import SPILL_SUFFIX, TelemetryStore
-from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.upstream import Script, Step, sse_script
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.upstream import Script, Step, sse_script
+from tokenpak_mitm.store.sqlite import SPILL_SUFFIX, TelemetryStore
 
 pytestmark = pytest.mark.e2e
 
@@ -292,8 +292,8 @@ def test_database_directory_deleted_while_running(tmp_path: Path):
     scripts: dict = {}
     from conftest import _handler
 
-    from tokenpak_mitm.testing.proxy import MitmdumpProcess
-    from tokenpak_mitm.testing.upstream import FakeUpstream
+    from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+    from tokenpak_mitm.sim.upstream import FakeUpstream
 
     up = FakeUpstream(_handler(scripts)).start()
     db = home / "tokenpak.db"

@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.routes import Route
-from tokenpak_mitm.sse import SSEParser, event_name, parse_event
-from tokenpak_mitm.tap import StreamTap, observe_buffered_sse
-from tokenpak_mitm.telemetry import RequestRecord, build_row
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.account.telemetry import RequestRecord, build_row
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.core.observe.sse import SSEParser, event_name, parse_event
+from tokenpak_mitm.core.observe.tap import StreamTap, observe_buffered_sse
+from tokenpak_mitm.core.observe.tracker import Extract
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.routes import Route
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("soak", max_examples=2_000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -39,7 +39,7 @@ def _trackers() -> dict[str, Callable[[], object]]:
     found: dict[str, Callable[[], object]] = {"anthropic": AnthropicTracker}
     for mod, cls in (("openai_chat", "OpenAIChatTracker"), ("openai_responses", "OpenAIResponsesTracker"), ("gemini", "GeminiTracker")):
         try:
-            found[mod] = getattr(__import__(f"tokenpak_mitm.dialects.{mod}", fromlist=[cls]), cls)
+            found[mod] = getattr(__import__(f"tokenpak_mitm.core.dialects.{mod}", fromlist=[cls]), cls)
         except (ImportError, AttributeError):
             pass
     return found
@@ -324,7 +324,7 @@ def test_row_from_fuzzed_stream_has_sane_types(dialect: str, stream: bytes, stat
 
 # -- cache marker insertion --------------------------------------------------------------------------
 
-cache_insert = pytest.importorskip("tokenpak_mitm.cache_insert")
+cache_insert = pytest.importorskip("tokenpak_mitm.core.plan.cache_insert")
 
 
 @st.composite

@@ -29,10 +29,10 @@ from conftest import Stack, _handler, make_stack, wait_for_rows
 from test_faults_e2e import FRAMES, _assert_exactly_once, _burst, _ids, _in_flight
 from test_otel import Collector
 
-from tokenpak_mitm.decoders import zstd
-from tokenpak_mitm.store import fallback_spill_path
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step, sse_script
+from tokenpak_mitm.core.observe.decoders import zstd
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step, sse_script
+from tokenpak_mitm.store.sqlite import fallback_spill_path
 
 pytestmark = pytest.mark.e2e
 
@@ -249,7 +249,7 @@ def test_duplicated_and_custom_auth_headers_reach_no_file_log_or_span(tmp_path: 
 
 
 def test_session_label_headers_of_ours_are_not_redacted():
-    from tokenpak_mitm.redact import is_secret_header, secret_values
+    from tokenpak_mitm.core.redact import is_secret_header, secret_values
 
     assert not is_secret_header("x-tokenpak-session")
     assert secret_values([("x-tokenpak-session", "my-session-label-1")]) == ()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.jsonscan import JsonScanError, agrees_with, scan
+from tokenpak_mitm.core.plan.jsonscan import JsonScanError, agrees_with, scan
 
 
 def strict_loads(body: bytes) -> object:
@@ -277,8 +277,8 @@ def test_acceptance_matches_json_loads_on_mutated_and_random_bytes(data):
 
 # ---- the fast path (C-scanner skipping) gives exactly the reference walker's answer -------------
 
-from tokenpak_mitm import jsonscan  # noqa: E402
-from tokenpak_mitm.jsonscan import scan_reference  # noqa: E402
+from tokenpak_mitm.core.plan import jsonscan  # noqa: E402
+from tokenpak_mitm.core.plan.jsonscan import scan_reference  # noqa: E402
 
 
 def both(body: bytes, messages_key: str = "messages") -> object:
@@ -346,7 +346,7 @@ import random  # noqa: E402
 
 from spelling import spell  # noqa: E402
 
-from tokenpak_mitm.jsonscan import parse_and_scan  # noqa: E402
+from tokenpak_mitm.core.plan.jsonscan import parse_and_scan  # noqa: E402
 
 
 @st.composite

@@ -20,18 +20,18 @@ from test_cache_insert import (
     without_our_markers,
 )
 
-from tokenpak_mitm.cache_insert import (
+from tokenpak_mitm.core.plan.cache_insert import (
     DECISIONS,
     CacheOptions,
     count_markers,
     insert_markers,
     remove_spans,
 )
-from tokenpak_mitm.cache_planner import is_eligible_block
-from tokenpak_mitm.learning_planner import REASONS, Memory, observe_usage, plan_openai
-from tokenpak_mitm.prefix_index import boundaries
-from tokenpak_mitm.testing.cache_sim import CacheSimulator, analyse_request
-from tokenpak_mitm.token_estimate import TokenCalibration
+from tokenpak_mitm.core.plan.cache_planner import is_eligible_block
+from tokenpak_mitm.core.plan.learning_planner import REASONS, Memory, observe_usage, plan_openai
+from tokenpak_mitm.core.plan.prefix_index import boundaries
+from tokenpak_mitm.core.plan.token_estimate import TokenCalibration
+from tokenpak_mitm.sim.cache_sim import CacheSimulator, analyse_request
 
 WORDS = ["the", "cache", "holds", "a", "prefix", "of", "tokens", "that", "later", "requests", "read", "back", "cheaply", "while", "it", "lives"]
 
@@ -151,7 +151,7 @@ def test_a_conversation_without_pauses_keeps_at_least_95_percent_of_what_5m_save
     conversation's reads have saved (at most `INSURANCE_SHARE`, 5%, of it), so however short the
     conversation and whatever its sizes, `auto` keeps at least 95% of what `ttl=5m` saves, and
     never costs more than sending no markers."""
-    from tokenpak_mitm.savings import as_sent, learning_plan, plan_cost
+    from tokenpak_mitm.cli.savings import as_sent, learning_plan, plan_cost
     sizes = data.draw(st.lists(st.integers(20, 1500), min_size=len(gaps) + 1, max_size=len(gaps) + 1))
     turns = agent_turns(gaps, sizes)
     auto = plan_cost(turns, learning_plan(turns)[0])
@@ -198,7 +198,7 @@ def test_a_document_batch_marks_the_shared_document_and_reads_it():
 
 
 def test_the_learning_planner_never_costs_more_than_no_markers_on_the_batch():
-    from tokenpak_mitm.savings import WorkloadRequest, evaluate
+    from tokenpak_mitm.cli.savings import WorkloadRequest, evaluate
 
     workload = [WorkloadRequest(wave * 20.0, "/v1/messages", document_request(f"q{wave}-{i} {text(10, i)}"), wave, 100)
                 for wave in range(6) for i in range(6)]
@@ -394,7 +394,7 @@ def test_openai_stands_down_on_any_client_cache_field():
 
 def agent_turns(gaps: list[float], sizes: list[int] | None = None) -> list:
     """An agent conversation growing by a tool call and its result each turn, these gaps apart."""
-    from tokenpak_mitm.savings import WorkloadRequest, build_turns
+    from tokenpak_mitm.cli.savings import WorkloadRequest, build_turns
     system = [{"type": "text", "text": text(2500, 3)}]
     messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": text(80, 1)}]}]
     requests, now = [], 0.0
@@ -415,7 +415,7 @@ def agent_turns(gaps: list[float], sizes: list[int] | None = None) -> list:
     [320.0, 400.0, 400.0] + [8.0] * 5,  # pauses first: the turns 8 s apart used to be `not_worth`, every one
 ], ids=["pause-in-the-middle", "pause-after-the-first-turn", "pauses-then-a-burst"])
 def test_a_conversation_going_on_after_a_pause_is_marked_again_and_pays_at_most_one_rewrite(gaps):
-    from tokenpak_mitm.savings import State, as_sent, learning_plan, plan_cost, search_best, stateless_plan, turn_cost
+    from tokenpak_mitm.cli.savings import State, as_sent, learning_plan, plan_cost, search_best, stateless_plan, turn_cost
     turns = agent_turns(gaps)
     plan, notes = learning_plan(turns)
     state, usages = State(), []
@@ -446,7 +446,7 @@ def test_any_conversation_that_goes_on_after_its_pauses_is_marked_and_never_dear
     """Any gaps, as long as the conversation goes on (each run of pauses is followed by two or more
     turns within the TTL): every turn whose predecessor came within the TTL carries a marker, and
     the planner never costs more than sending no markers."""
-    from tokenpak_mitm.savings import as_sent, learning_plan, plan_cost
+    from tokenpak_mitm.cli.savings import as_sent, learning_plan, plan_cost
     gaps = [g for pauses, close in segments for g in (*pauses, *close)]
     sizes = data.draw(st.lists(st.integers(20, 1500), min_size=len(gaps) + 1, max_size=len(gaps) + 1))
     turns = agent_turns(gaps, sizes)
@@ -461,7 +461,7 @@ def test_any_conversation_that_goes_on_after_its_pauses_is_marked_and_never_dear
 
 
 def _plan_and_usage(gaps: list[float], ttl: str = "auto"):
-    from tokenpak_mitm.savings import State, learning_plan, turn_cost
+    from tokenpak_mitm.cli.savings import State, learning_plan, turn_cost
     turns = agent_turns(gaps)
     plan, notes = learning_plan(turns, CacheOptions(ttl=ttl))
     state = State()
@@ -502,7 +502,7 @@ def test_after_pauses_that_led_to_pauses_each_turn_is_written_for_the_hour_and_r
 def test_auto_never_costs_more_than_5m_on_a_conversation_with_pauses(gaps):
     """Before 2026-11-30 `auto` cost more than `5m` on the first shape: the 1h checkpoints it bought
     after the one pause were never used, and nothing protected the pause itself."""
-    from tokenpak_mitm.savings import learning_plan, plan_cost
+    from tokenpak_mitm.cli.savings import learning_plan, plan_cost
     turns = agent_turns(gaps)
     auto = plan_cost(turns, learning_plan(turns)[0])
     fixed = plan_cost(turns, learning_plan(turns, CacheOptions(ttl="5m"))[0])

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from conftest import Stack, fixture_bytes, make_stack
 
-from tokenpak_mitm.routes import Route, tracker_for
-from tokenpak_mitm.sse import SSEParser
-from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.upstream import Script, Step
+from tokenpak_mitm.core.observe.sse import SSEParser
+from tokenpak_mitm.core.routes import Route, tracker_for
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.upstream import Script, Step
 
 pytestmark = pytest.mark.e2e
 

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from metrics_helpers import db_rows, free_port, per_label_sums, scrape, send_mixed, total, wait_for
 
-from tokenpak_mitm.metrics import MODEL_LABELS, Metrics, SpillRows, parse_address
-from tokenpak_mitm.row import TelemetryRow
-from tokenpak_mitm.store import TelemetryStore, append_jsonl
-from tokenpak_mitm.testing.provider import FakeProvider
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess, mitmdump_executable
+from tokenpak_mitm.core.row import TelemetryRow
+from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, MitmdumpProcess, mitmdump_executable
+from tokenpak_mitm.sim.provider import FakeProvider
+from tokenpak_mitm.store.metrics import MODEL_LABELS, Metrics, SpillRows, parse_address
+from tokenpak_mitm.store.sqlite import TelemetryStore, append_jsonl
 
 
 # -- option values ------------------------------------------------------------------------------

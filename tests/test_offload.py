@@ -9,10 +9,10 @@ import json
 import multiprocessing
 import os
 
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
-from tokenpak_mitm.learning_planner import Memory
-from tokenpak_mitm.offload import Offloader
-from tokenpak_mitm.split_plan import Snapshot, apply_record, plan_with_snapshot, prompt_digests
+from tokenpak_mitm.core.plan.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.core.plan.learning_planner import Memory
+from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record, plan_with_snapshot, prompt_digests
+from tokenpak_mitm.proxy.offload import Offloader
 
 
 def where() -> str:

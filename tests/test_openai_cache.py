@@ -8,11 +8,11 @@ import json
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.cache_insert import remove_spans
-from tokenpak_mitm.learning_planner import Memory
-from tokenpak_mitm.openai_cache import client_cache_fields, insert_openai_breakpoint, plan_positions
-from tokenpak_mitm.openai_eligibility import breakpoint_eligible
-from tokenpak_mitm.prefix_index import boundaries
+from tokenpak_mitm.core.plan.cache_insert import remove_spans
+from tokenpak_mitm.core.plan.learning_planner import Memory
+from tokenpak_mitm.core.plan.openai_cache import client_cache_fields, insert_openai_breakpoint, plan_positions
+from tokenpak_mitm.core.plan.openai_eligibility import breakpoint_eligible
+from tokenpak_mitm.core.plan.prefix_index import boundaries
 
 DOC = " ".join(f"Section {i}: the service keeps records for seven years and answers within two days." for i in range(100))
 
@@ -259,8 +259,8 @@ def test_any_positions_either_splice_cleanly_or_leave_the_body_alone(messages, p
 def test_whatever_the_planner_decides_is_exactly_what_goes_upstream(messages, steps, style):
     """Parity as a property: with any history, the splice sends the planner's positions (read back
     from the bytes, as the simulator reads them) and explicit-only mode, or the planner chose nothing."""
-    from tokenpak_mitm import learning_planner
-    from tokenpak_mitm.testing.cache_sim import analyse_openai
+    from tokenpak_mitm.core.plan import learning_planner
+    from tokenpak_mitm.sim.cache_sim import analyse_openai
 
     live, shadow = Memory(), Memory()
     now, current = 0.0, list(messages)
@@ -296,9 +296,12 @@ from contextlib import contextmanager  # noqa: E402
 
 from spelling import raw_threshold, spell  # noqa: E402
 
-from tokenpak_mitm import openai_cache, prefix_index  # noqa: E402
-from tokenpak_mitm.jsonscan import agrees_with, parse_and_scan  # noqa: E402
-from tokenpak_mitm.prefix_index import prompt_blocks  # noqa: E402
+from tokenpak_mitm.core.plan import (
+    openai_cache,  # noqa: E402
+    prefix_index,
+)
+from tokenpak_mitm.core.plan.jsonscan import agrees_with, parse_and_scan  # noqa: E402
+from tokenpak_mitm.core.plan.prefix_index import prompt_blocks  # noqa: E402
 
 S_TEXT = st.text(st.characters(codec="utf-8"), max_size=20) | st.sampled_from(["", 'a "q" \\ / \n\t\x01 é ☃ 𝄞', "instructions", "input"])
 LONG = st.builds(lambda words, n: (" ".join(words) + " ") * n,

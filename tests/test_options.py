@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenpak_mitm.options import parse_bool, parse_size
+from tokenpak_mitm.proxy.options import parse_bool, parse_size
 
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("Yes", True), ("on", True), ("1", True), ("false", False), ("OFF", False), ("0", False), ("no", False)])

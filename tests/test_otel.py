@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tokenpak_mitm.otel import TOKEN_BUCKETS, OtelExporter, OtelUnavailable, inclusive_input_tokens, span_attributes, span_name
+from tokenpak_mitm.store.otel import TOKEN_BUCKETS, OtelExporter, OtelUnavailable, inclusive_input_tokens, span_attributes, span_name
 
 STARTED = 1_767_000_000.25
 OK_ROW: dict[str, Any] = {

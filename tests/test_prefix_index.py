@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spelling import BLOCKS, REQUESTS, TEXTS, raw_threshold, spell
 
-from tokenpak_mitm import prefix_index
-from tokenpak_mitm.cache_insert import _raw_blocks
-from tokenpak_mitm.jsonscan import agrees_with, scan
-from tokenpak_mitm.prefix_index import PrefixIndex, boundaries, first_difference, prompt_blocks
+from tokenpak_mitm.core.plan import prefix_index
+from tokenpak_mitm.core.plan.cache_insert import _raw_blocks
+from tokenpak_mitm.core.plan.jsonscan import agrees_with, scan
+from tokenpak_mitm.core.plan.prefix_index import PrefixIndex, boundaries, first_difference, prompt_blocks
 
 TOOLS = [{"name": f"t{i}", "description": "does a thing " * 20, "input_schema": {"type": "object"}} for i in range(3)]
 

@@ -11,13 +11,13 @@ from genai_prices import calc_price, extract_usage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.dialects.gemini import GeminiTracker
-from tokenpak_mitm.dialects.openai_chat import OpenAIChatTracker
-from tokenpak_mitm.dialects.openai_responses import OpenAIResponsesTracker
-from tokenpak_mitm.price_multipliers import anthropic_version
-from tokenpak_mitm.pricing import PRICE_TABLE_VERSION, PriceFactors, _model_price, _search_price, _table_total, _utc_day, price
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.account.price_multipliers import anthropic_version
+from tokenpak_mitm.core.account.pricing import PRICE_TABLE_VERSION, PriceFactors, _model_price, _search_price, _table_total, _utc_day, price
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.core.dialects.gemini import GeminiTracker
+from tokenpak_mitm.core.dialects.openai_chat import OpenAIChatTracker
+from tokenpak_mitm.core.dialects.openai_responses import OpenAIResponsesTracker
+from tokenpak_mitm.core.observe.usage import Usage
 
 MODELS = [
     ("anthropic", "anthropic", "claude-sonnet-4-6"),
@@ -151,7 +151,7 @@ def test_inference_geo_us_costs_1_1x_on_claude_4_6_and_later():
 
 
 def test_inference_geo_from_the_request_when_the_response_is_silent():
-    from tokenpak_mitm.pricing import request_price_hints
+    from tokenpak_mitm.core.account.pricing import request_price_hints
 
     body = b'{"model":"claude-sonnet-4-6","inference_geo":"us","speed":"fast","messages":[{"role":"user","content":"say \\"speed\\""}]}'
     assert request_price_hints(body) == ("fast", "us")
@@ -300,7 +300,7 @@ def test_anthropic_version_parsing():
 
 
 def test_warm_up_never_raises_even_when_the_price_table_does(monkeypatch):
-    import tokenpak_mitm.pricing as pricing_mod
+    import tokenpak_mitm.core.account.pricing as pricing_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("price table unreadable")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import make_stack
 
-from tokenpak_mitm.quiet import ChatterFilter
-from tokenpak_mitm.testing.upstream import sse_script
+from tokenpak_mitm.proxy.quiet import ChatterFilter
+from tokenpak_mitm.sim.upstream import sse_script
 
 CHATTER = ("client connect", "client disconnect", "Streaming response from")
 

@@ -22,11 +22,11 @@ from tokenpak_mitm.conformance.golden import compare_golden, stable_row
 from tokenpak_mitm.conformance.replay import ReplayResult
 from tokenpak_mitm.conformance.session import run_conformance
 from tokenpak_mitm.conformance.wire import remove_inserted
-from tokenpak_mitm.record_redact import redact_chunks, redact_request_bodies
-from tokenpak_mitm.recorder import Recorder, RecordingStream, _Writer
-from tokenpak_mitm.secret_scan import scan_paths
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess, mitmdump_executable
-from tokenpak_mitm.testing.upstream import Script, Step, sse_script
+from tokenpak_mitm.core.secret_scan import scan_paths
+from tokenpak_mitm.proxy.record_redact import redact_chunks, redact_request_bodies
+from tokenpak_mitm.proxy.recorder import Recorder, RecordingStream, _Writer
+from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, MitmdumpProcess, mitmdump_executable
+from tokenpak_mitm.sim.upstream import Script, Step, sse_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CANARY = b"sk-ant-canary-0123456789abcdef"  # the key conftest's Stack.call sends
@@ -313,8 +313,8 @@ def test_recording_keeps_bytes_and_chunk_offsets_up_to_the_cap():
     # (was a test of the tap's own recording; recording now wraps the tap)
     from test_tap import DELTA, END, START, Clock
 
-    from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-    from tokenpak_mitm.tap import StreamTap
+    from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+    from tokenpak_mitm.core.observe.tap import StreamTap
 
     clock = Clock()
     tap = StreamTap(AnthropicTracker(), sse=True, clock=clock)
@@ -333,13 +333,13 @@ def test_the_addon_list_works_in_reverse_order(tmp_path: Path):
     """Recorder and the live checker build on TokenPak through its hooks, not their list position."""
     from conftest import _handler
 
-    from tokenpak_mitm.testing.upstream import FakeUpstream
+    from tokenpak_mitm.sim.upstream import FakeUpstream
 
     script = tmp_path / "reversed.py"
     script.write_text(
-        "from tokenpak_mitm.addon import TokenPak\n"
+        "from tokenpak_mitm.proxy.addon import TokenPak\n"
         "from tokenpak_mitm.conformance.live import LiveConformance\n"
-        "from tokenpak_mitm.recorder import Recorder\n"
+        "from tokenpak_mitm.proxy.recorder import Recorder\n"
         "addons = [LiveConformance(), Recorder(), TokenPak()]\n"
     )
     scripts: dict = {}

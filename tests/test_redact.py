@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tokenpak_mitm.record_redact import redact_headers
-from tokenpak_mitm.redact import (
+from tokenpak_mitm.core.redact import (
     PLACEHOLDER,
     is_secret_header,
     redact_text,
     secret_values,
 )
+from tokenpak_mitm.proxy.record_redact import redact_headers
 
 
 @pytest.mark.parametrize("name", [

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import fixture_bytes, make_stack
 
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, mitmdump_executable
-from tokenpak_mitm.testing.upstream import Script, Step
+from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, mitmdump_executable
+from tokenpak_mitm.sim.upstream import Script, Step
 
 pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from tokenpak_mitm.cli import main
-from tokenpak_mitm.report import empty_report, parse_since, split_cost
-from tokenpak_mitm.report_html import render_html
-from tokenpak_mitm.report_query import latency_bucket
-from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore
+from tokenpak_mitm.cli.main import main
+from tokenpak_mitm.cli.report import empty_report, parse_since, split_cost
+from tokenpak_mitm.cli.report_html import render_html
+from tokenpak_mitm.store.query import latency_bucket
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore
 
 MODEL = "claude-sonnet-4-5"
 
@@ -247,7 +247,7 @@ def test_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_unpriced_models_are_listed_with_counts_and_how_to_update(db: Path, capsys: pytest.CaptureFixture[str]):
-    from tokenpak_mitm.report import unpriced_models
+    from tokenpak_mitm.cli.report import unpriced_models
 
     extra = [row("i", 3, model="claude-mythos-5", input_tokens=5, output_tokens=1, unpriced_reason="unknown_model"),
              row("j", 3, model="claude-mythos-5", input_tokens=7, output_tokens=1, unpriced_reason="unknown_model")]
@@ -268,7 +268,7 @@ def test_unpriced_models_are_listed_with_counts_and_how_to_update(db: Path, caps
 
 
 def test_the_cost_split_weights_come_from_the_price_table():
-    from tokenpak_mitm.report import _table_unit_prices
+    from tokenpak_mitm.cli.report import _table_unit_prices
 
     units = _table_unit_prices("anthropic", "claude-sonnet-4-6")
     assert units is not None
@@ -312,7 +312,7 @@ def test_bad_until_is_one_line(db: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_the_sql_cost_split_equals_the_per_row_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tokenpak_mitm.report import _table_unit_prices
+    from tokenpak_mitm.cli.report import _table_unit_prices
 
     rows = [row(f"s{i}", 1, model="claude-sonnet-4-6", input_tokens=100 * i, cache_read_tokens=1000 + i, cache_write_tokens=50 * i,
                 cache_write_1h_tokens=10 * i, output_tokens=7 * i) for i in range(1, 6)]

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from tokenpak_mitm import report_query as rq
-from tokenpak_mitm.report import build_report, report_json
-from tokenpak_mitm.report_query import Filters
-from tokenpak_mitm.row import COLUMNS
-from tokenpak_mitm.store import COLUMN_NAMES, MIGRATIONS, TelemetryStore, connect_readonly, migrate
+from tokenpak_mitm.cli.report import build_report, report_json
+from tokenpak_mitm.core.row import COLUMNS
+from tokenpak_mitm.store import query as rq
+from tokenpak_mitm.store.query import Filters
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, MIGRATIONS, TelemetryStore, connect_readonly, migrate
 
 MODELS = [("anthropic", "claude-sonnet-4-6"), ("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini"), ("gemini", "gemini-2.5-flash"),
           ("anthropic", None), ("anthropic", "mystery-model")]
@@ -171,3 +171,31 @@ def test_rows_on_the_midnight_boundaries_are_counted_once(tmp_path: Path, monkey
         assert any(s.rollup for s in used)
         same(summarised, raw)
     assert summarised["totals"]["requests"] == sum(1 for r in data if since <= r["started_at"] < until)
+
+
+def raw_rows_read(db: Path, used: list[rq.Source]) -> int:
+    conn = connect_readonly(db)
+    try:
+        return sum(conn.execute(f"SELECT COUNT(*) FROM requests{s.cond}", s.params).fetchone()[0] for s in used if not s.rollup)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("since", ["30d", "all"])
+def test_a_busy_today_is_read_from_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: str) -> None:
+    """Issue 26 item 11: with every row from today and no --until, today is the window's open end:
+    the summary holds all of it, so no raw row is read (10 s on 1.5M rows when today was read raw)."""
+    now = time.time()
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    data = rows(300)
+    for i, r in enumerate(data):
+        r["started_at"] = midnight + (now - midnight) * i / len(data)
+    db = write(tmp_path / "t.db", data)
+    since_ts = None if since == "all" else now - 30 * 86400
+    summarised, raw, used = both(db, monkeypatch, by="model", since=since, filters=Filters(since_ts=since_ts))
+    same(summarised, raw)
+    assert summarised["totals"]["requests"] == 300
+    assert any(s.rollup for s in used)
+    assert raw_rows_read(db, used) == 0
+    latency = rq.sources(connect_readonly(db), Filters(since_ts=since_ts), "day", latency=True)
+    assert raw_rows_read(db, latency) == 0

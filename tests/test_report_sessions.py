@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from test_sessions import Conversation, Driver, system_text, tools
 
-from tokenpak_mitm import report
-from tokenpak_mitm.cache_miss import miss_cost_usd, usage_with_read
-from tokenpak_mitm.pricing import price
-from tokenpak_mitm.store import TelemetryStore
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.cli import report
+from tokenpak_mitm.core.account.cache_miss import miss_cost_usd, usage_with_read
+from tokenpak_mitm.core.account.pricing import price
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.store.sqlite import TelemetryStore
 
 
 def _rows(n: int = 240) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenpak_mitm.request_model import PARSE_BELOW, request_model
+from tokenpak_mitm.core.request_model import PARSE_BELOW, request_model
 
 
 def test_top_level_model_of_a_small_body_exactly():

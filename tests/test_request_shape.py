@@ -9,8 +9,8 @@ from dialect_helpers import ANY_JSON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.prefix_index import boundaries
-from tokenpak_mitm.request_shape import mask_volatile, shape_of
+from tokenpak_mitm.core.account.request_shape import mask_volatile, shape_of
+from tokenpak_mitm.core.plan.prefix_index import boundaries
 
 text = st.text(min_size=1, max_size=30)
 block = st.one_of(
@@ -91,9 +91,10 @@ import random  # noqa: E402
 
 from spelling import REQUESTS, raw_threshold, spell  # noqa: E402
 
-from tokenpak_mitm import prefix_index, request_shape  # noqa: E402
-from tokenpak_mitm.cache_insert import _raw_blocks  # noqa: E402
-from tokenpak_mitm.jsonscan import agrees_with, scan  # noqa: E402
+from tokenpak_mitm.core.account import request_shape
+from tokenpak_mitm.core.plan import prefix_index  # noqa: E402
+from tokenpak_mitm.core.plan.cache_insert import _raw_blocks  # noqa: E402
+from tokenpak_mitm.core.plan.jsonscan import agrees_with, scan  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)

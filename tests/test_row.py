@@ -12,11 +12,15 @@ from typing import Any, get_args, get_type_hints
 
 import pytest
 
-from tokenpak_mitm import otel, report, row, store, telemetry
-from tokenpak_mitm.cache_planner import DECISIONS
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.routes import classify
-from tokenpak_mitm.row import (
+from tokenpak_mitm.cli import report
+from tokenpak_mitm.core import row
+from tokenpak_mitm.core.account import telemetry
+from tokenpak_mitm.core.account.telemetry import RequestRecord, build_row
+from tokenpak_mitm.core.observe.tracker import Extract
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.plan.cache_planner import DECISIONS
+from tokenpak_mitm.core.routes import classify
+from tokenpak_mitm.core.row import (
     CACHE_DECISIONS,
     CACHE_ORIGINS,
     COLUMNS,
@@ -26,9 +30,9 @@ from tokenpak_mitm.row import (
     USAGE_SOURCES,
     TelemetryRow,
 )
-from tokenpak_mitm.store import MIGRATIONS, TelemetryStore
-from tokenpak_mitm.telemetry import RequestRecord, build_row
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.store import otel
+from tokenpak_mitm.store import sqlite as store
+from tokenpak_mitm.store.sqlite import MIGRATIONS, TelemetryStore
 
 # The columns of the first release, in order. Schema v1 is frozen: databases created by it exist.
 V1_NAMES = (
@@ -162,7 +166,7 @@ def test_the_report_reads_the_row(tmp_path: Path):
 
 
 def test_vocabularies_have_one_home():
-    from tokenpak_mitm.openai_cache import OPENAI_DECISIONS
+    from tokenpak_mitm.core.plan.openai_cache import OPENAI_DECISIONS
 
     assert set(DECISIONS) | {"request_streamed", "not_supported"} == set(CACHE_DECISIONS)
     assert set(OPENAI_DECISIONS) | {"request_streamed"} == set(CACHE_DECISIONS)

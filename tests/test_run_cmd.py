@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_rows
 
-from tokenpak_mitm import run_cmd
-from tokenpak_mitm.script import SCRIPT, make_addons
-from tokenpak_mitm.testing.client import build_request, request
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, sse_script
+from tokenpak_mitm.cli import run as run_cmd
+from tokenpak_mitm.proxy.launch import SCRIPT
+from tokenpak_mitm.script import make_addons
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.upstream import FakeUpstream, sse_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENPAK = Path(sys.executable).with_name("tokenpak")

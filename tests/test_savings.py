@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tokenpak_mitm.prefix_index import boundaries
-from tokenpak_mitm.savings import WorkloadRequest, evaluate, parse_workload
+from tokenpak_mitm.cli.savings import WorkloadRequest, evaluate, parse_workload
+from tokenpak_mitm.core.plan.prefix_index import boundaries
 
 DOC = "the shared document says many things about caches and prefixes " * 400
 
@@ -23,7 +23,7 @@ def batch_lines(waves: int = 4, size: int = 4) -> list[str]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tokenpak_mitm.cli", "savings", *args], capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run([sys.executable, "-m", "tokenpak_mitm.cli.main", "savings", *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_json_output_has_exactly_the_documented_shape(tmp_path: Path):
@@ -122,8 +122,8 @@ def chat_agent(turns: int = 12) -> list[WorkloadRequest]:
 def planner_replay(requests: list[WorkloadRequest]):
     """learning_planner.plan_openai's decisions alone, replayed as tokenpak savings replays them
     (its own memory, the file's clock, the simulated usage fed back): (placements, cost)."""
-    from tokenpak_mitm import learning_planner
-    from tokenpak_mitm.savings import State, _usage_counts, build_turns, plan_cost, turn_cost
+    from tokenpak_mitm.cli.savings import State, _usage_counts, build_turns, plan_cost, turn_cost
+    from tokenpak_mitm.core.plan import learning_planner
 
     turns = build_turns(requests)
     memory, state, placements = learning_planner.Memory(), State(), []
@@ -144,7 +144,7 @@ def test_the_live_openai_splice_places_and_costs_exactly_what_the_planner_decide
     proxy's own path (insert_openai_breakpoint with one memory, as addon.py calls it; the savings
     tool's replay) gives, request by request, the breakpoint positions plan_openai chose (read
     back from the spliced bytes) and the same simulated cost, tool-result breakpoints included."""
-    from tokenpak_mitm.savings import learning_plan, plan_cost
+    from tokenpak_mitm.cli.savings import learning_plan, plan_cost
 
     for requests in (responses_agent(), chat_agent()):
         decided, decided_cost, turns = planner_replay(requests)

@@ -20,8 +20,8 @@ import pytest
 from conftest import Stack, make_stack, wait_for_rows
 from test_faults_e2e import FRAMES
 
-from tokenpak_mitm.redact import PLACEHOLDER, redact_query, redact_text
-from tokenpak_mitm.testing.upstream import Script, Step, sse_script
+from tokenpak_mitm.core.redact import PLACEHOLDER, redact_query, redact_text
+from tokenpak_mitm.sim.upstream import Script, Step, sse_script
 
 pytestmark = pytest.mark.e2e
 
@@ -203,7 +203,7 @@ def _string_constants(tree: ast.AST) -> list[str]:
 
 # doctor.py names the key file only to stat() it (a world-readable key is reported);
 # test_doctor_and_setup_never_read_the_private_key proves it never opens it.
-_MAY_NAME_THE_KEY = {"tokenpak_mitm/doctor.py"}
+_MAY_NAME_THE_KEY = {"tokenpak_mitm/cli/doctor.py"}
 
 
 def test_no_code_of_ours_names_the_ca_private_key():
@@ -230,8 +230,8 @@ def test_doctor_and_setup_never_read_the_private_key(secret_run, tmp_path: Path,
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (guard(f), real_open(f, *a, **k))[1])
     monkeypatch.setattr(io, "open", lambda f, *a, **k: (guard(f), real_io_open(f, *a, **k))[1])
     monkeypatch.setattr(os, "open", lambda f, *a, **k: (guard(f), real_os_open(f, *a, **k))[1])
-    from tokenpak_mitm import doctor
-    from tokenpak_mitm.setup_cmd import write_bundle
+    from tokenpak_mitm.cli import doctor
+    from tokenpak_mitm.cli.setup import write_bundle
 
     checks = doctor.check_ca(tmp, required=True)
     assert any("private key" in c.name.lower() for c in checks)
@@ -244,7 +244,7 @@ def test_ca_private_key_is_not_copied_or_printed(secret_run, tmp_path: Path):
     pem = ca.read_text()
     key_body = pem.split("-----BEGIN PRIVATE KEY-----", 1)[1].split("-----END", 1)[0] if "BEGIN PRIVATE KEY" in pem else pem.split("PRIVATE KEY-----", 1)[1].split("-----END", 1)[0]
     probe = "".join(key_body.split())[40:120]  # a slice of the key, line breaks removed
-    from tokenpak_mitm.setup_cmd import write_bundle
+    from tokenpak_mitm.cli.setup import write_bundle
 
     write_bundle(ca, tmp_path / "bundle.pem")  # even pointed at the key file, only certificates go out
     assert "PRIVATE KEY" not in (tmp_path / "bundle.pem").read_text()
@@ -258,7 +258,7 @@ def test_ca_private_key_is_not_copied_or_printed(secret_run, tmp_path: Path):
 
 
 def test_known_secret_values_are_redacted_whatever_their_shape():
-    from tokenpak_mitm.redact import secret_values
+    from tokenpak_mitm.core.redact import secret_values
 
     known = secret_values([("Authorization", f"Bearer {BEARER}"), ("cookie", f"a=1; session={COOKIE}"), ("x-test-id", "not-a-secret-123")], f"/v1?key={GOOGLE_KEY}&alt=sse")
     text = f"bad line {BEARER} / {COOKIE} / {GOOGLE_KEY} / not-a-secret-123 / 1"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tokenpak_mitm.session_id import clean_id, identify
+from tokenpak_mitm.core.account.session_id import clean_id, identify
 
 CC = "54c1eb09-bc4c-4d2f-98eb-6d2ab2d5e2fe"
 

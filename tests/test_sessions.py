@@ -17,12 +17,12 @@ from dialect_helpers import ANY_JSON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.cache_insert import CacheOptions, insert_markers
-from tokenpak_mitm.request_shape import shape_of
-from tokenpak_mitm.row import MISS_REASONS
-from tokenpak_mitm.session_id import Hint, identify
-from tokenpak_mitm.sessions import Outcome, SessionTracker, UsageFacts
-from tokenpak_mitm.testing.cache_sim import CacheSimulator, PendingWrite, analyse_request
+from tokenpak_mitm.core.account.request_shape import shape_of
+from tokenpak_mitm.core.account.session_id import Hint, identify
+from tokenpak_mitm.core.account.sessions import Outcome, SessionTracker, UsageFacts
+from tokenpak_mitm.core.plan.cache_insert import CacheOptions, insert_markers
+from tokenpak_mitm.core.row import MISS_REASONS
+from tokenpak_mitm.sim.cache_sim import CacheSimulator, PendingWrite, analyse_request
 
 MODEL = "claude-sonnet-4-6"
 

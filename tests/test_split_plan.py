@@ -20,11 +20,11 @@ from test_cache_insert import MESSAGES, requests
 from test_openai_cache import DOC
 from test_openai_cache import MESSAGE as OPENAI_MESSAGE
 
-from tokenpak_mitm.cache_insert import CacheOptions, InsertResult, insert_markers, remove_spans
-from tokenpak_mitm.learning_planner import Memory, observe_usage
-from tokenpak_mitm.openai_cache import insert_openai_breakpoint
-from tokenpak_mitm.prefix_index import PrefixIndex, boundaries
-from tokenpak_mitm.split_plan import (
+from tokenpak_mitm.core.plan.cache_insert import CacheOptions, InsertResult, insert_markers, remove_spans
+from tokenpak_mitm.core.plan.learning_planner import Memory, observe_usage
+from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
+from tokenpak_mitm.core.plan.prefix_index import PrefixIndex, boundaries
+from tokenpak_mitm.core.plan.split_plan import (
     Digests,
     Snapshot,
     apply_record,

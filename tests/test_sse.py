@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.sse import Event, SSEParser, event_name, parse_event
+from tokenpak_mitm.core.observe.sse import Event, SSEParser, event_name, parse_event
 
 
 def frames_of(chunks: list[bytes]) -> tuple[list[bytes], bytes]:

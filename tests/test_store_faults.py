@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenpak_mitm import store as store_mod
-from tokenpak_mitm.store import TelemetryStore, last_request_at
+from tokenpak_mitm.store import sqlite as store_mod
+from tokenpak_mitm.store.sqlite import TelemetryStore, last_request_at
 
 
 def row(key: str, **extra: object) -> dict:
@@ -253,7 +253,7 @@ def test_files_are_owner_only(tmp_path: Path):
 _CRASHING_WRITER = textwrap.dedent(
     """
     import sys, time
-    from tokenpak_mitm.store import TelemetryStore
+    from tokenpak_mitm.store.sqlite import TelemetryStore
     s = TelemetryStore(sys.argv[1]); s.start()
     i = 0
     while True:

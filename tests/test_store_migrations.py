@@ -6,8 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tokenpak_mitm import store as store_mod
-from tokenpak_mitm.store import COLUMNS_V1, MIGRATIONS, TelemetryStore
+from tokenpak_mitm.store import sqlite as store_mod
+from tokenpak_mitm.store.sqlite import COLUMNS_V1, MIGRATIONS, TelemetryStore
 
 
 def v1_database(path: Path) -> None:

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from test_store_faults import exactly_once, keys_in, row, wait_until
 
-from tokenpak_mitm import store as store_mod
-from tokenpak_mitm.accounting import Finished, SessionFacts
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.doctor import check_losses
-from tokenpak_mitm.routes import classify
-from tokenpak_mitm.store import TelemetryStore, fallback_spill_path, losses, spill_paths
-from tokenpak_mitm.store_writer import StoreProcess
-from tokenpak_mitm.telemetry import RequestRecord, outcome
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.cli.doctor import check_losses
+from tokenpak_mitm.core.account.accounting import Finished, SessionFacts
+from tokenpak_mitm.core.account.telemetry import RequestRecord, outcome
+from tokenpak_mitm.core.observe.tracker import Extract
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.routes import classify
+from tokenpak_mitm.store import sqlite as store_mod
+from tokenpak_mitm.store.sqlite import TelemetryStore, fallback_spill_path, losses, spill_paths
+from tokenpak_mitm.store.writer import StoreProcess
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +122,7 @@ def test_rows_that_cannot_be_kept_are_counted_logged_and_shown_by_doctor(tmp_pat
     s = NowhereToWrite(db)
     s.spill_paths = (tmp_path / "no-such-dir" / "a.jsonl", tmp_path / "no-such-dir" / "b.jsonl")
     s.start()
-    with caplog.at_level(logging.ERROR, logger="tokenpak_mitm.store"):
+    with caplog.at_level(logging.ERROR, logger="tokenpak_mitm.store.sqlite"):
         for i in range(7):
             s.submit(row(f"z{i}"))
         s.close()
@@ -315,7 +315,7 @@ def test_the_writers_console_lines_look_like_mitmproxys_own():
     # Same stamp, same colours on a terminal: the line reads as it did when the proxy logged it.
     from mitmproxy.log import MitmFormatter
 
-    from tokenpak_mitm.store_writer import stamped
+    from tokenpak_mitm.store.writer import stamped
 
     for colour in (True, False):
         record = logging.LogRecord("tokenpak", logging.INFO, __file__, 1, "tokenpak: anthropic/messages x", None, None)

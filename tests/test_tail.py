@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tokenpak_mitm.cli import main
-from tokenpak_mitm.store import COLUMN_NAMES, TelemetryStore, connect_readonly
-from tokenpak_mitm.tail import COMPACT_BELOW, follow, format_compact, format_line, render
+from tokenpak_mitm.cli.main import main
+from tokenpak_mitm.cli.tail import COMPACT_BELOW, follow, format_compact, format_line, render
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore, connect_readonly
 
 
 def row(key: str, **values: Any) -> dict[str, Any]:
@@ -119,13 +119,77 @@ def test_compact_layout_fits_narrow_panes(width: int) -> None:
     for r in MIXED + ROWS:
         line = render(r, width, colour=False)
         assert len(line) <= width, line
-        assert line == format_compact(r)[:width - 1] + "…" if len(format_compact(r)) > width else line == format_compact(r)
+        assert line == format_compact(r) or len(format_compact(r)) > width
     line80 = render(MIXED[0], 80, colour=False)
     assert "sonnet-4-6" in line80 and "20/123k/0/1.5k" in line80 and "$0.0421" in line80 and "412ms" in line80 and line80.endswith(" ok")
     assert render(MIXED[1], 80, colour=False).endswith("429 rate_limit")  # status and error type, not just "error_response"
     assert render(MIXED[3], 80, colour=False).endswith(" client closed")
     assert all(len(format_compact(r)) <= 80 for r in MIXED + ROWS)  # an 80-column pane never cuts a line
     assert "d12.3s" in render(MIXED[2], 80, colour=False)  # a non-streamed row shows its duration
+
+
+WARM = time.time() + 240
+EDGE = [
+    *MIXED,
+    row("tiny", cost_usd=0.000045, cache_read_tokens=3000, cache_miss_reason="below_minimum", miss_cost_usd=0.0000123, cache_warm_until=WARM),
+    row("long", model="claude-sonnet-4-5-20250929-very-long-deployment-name", route_class="claude-code", cache_write_tokens=123_456_789,
+        input_tokens=1_234_567, output_tokens=99_999, cost_usd=12.3456789, cache_miss_reason="prefix_changed", miss_cost_usd=1.25,
+        cache_warm_until=WARM),
+    row("529", terminal_state="error_response", status_code=529, error="overloaded_error", usage_source="absent", input_tokens=None,
+        cache_read_tokens=None, cache_write_tokens=None, output_tokens=None, cost_usd=None, ttft_ms=None, duration_ms=30_000.0),
+    row("stream", terminal_state="stream_error", error="overloaded_error", cost_usd=0.0123, cache_miss_reason="ttl_expired",
+        miss_cost_usd=0.004, cache_warm_until=WARM),
+    row("proxy", terminal_state="proxy_error", error="ValueError: a long message from somewhere deep inside", cost_usd=None),
+]
+
+
+def _outcomes(r: dict[str, Any]) -> tuple[str, str]:
+    from tokenpak_mitm.cli.tail import _state
+
+    return _state(r, False), _state(r, True)
+
+
+def test_every_width_keeps_the_outcome_and_the_whole_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 26 item 2: at every width from 60 to 200, `tail --once --width W` on a real database
+    prints lines that fit, each with its whole outcome (state, status, error) and its whole cost."""
+    from tokenpak_mitm.cli.tail import money
+
+    db = tmp_path / "t.db"
+    write(db, EDGE)
+    for width in range(60, 201):
+        assert main(["tail", "--once", "--db", str(db), "--width", str(width)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == len(EDGE)
+        for line, r in zip(lines, EDGE, strict=True):
+            assert len(line) <= width, (width, line)
+            wide, short = _outcomes(r)
+            if r["request_key"] == "proxy" and width < 70:
+                assert " proxy error" in line  # the state word stays whole; only an over-long error text may be cut
+            else:
+                assert wide in line or line.endswith(short) or f" {short} miss:" in line, (width, line)
+            cost = r["cost_usd"]
+            shown = [money(cost, 6), money(cost, 4)]
+            assert any(f" {c}" in line for c in shown), (width, line, shown)
+            if width >= 140:
+                assert line == format_line(r) or len(format_line(r)) > width
+        if width >= 110:  # the wide facts while they fit: the full state word, not the compact one
+            assert "error_response 429 rate_limit_error" in lines[1], (width, lines[1])
+
+
+def test_small_costs_are_not_shown_as_zero() -> None:
+    from tokenpak_mitm.cli.tail import money
+
+    assert money(0.000045) == "$0.000045" and money(0.000045, 6) == "$0.000045"
+    assert money(0.0016) == "$0.0016" and money(0.00000012, 6) == "$0.00000012" and money(0.0) == "$0" and money(None) == "unknown"
+    tiny = render(EDGE[4], 80, colour=False)
+    assert "$0.000045" in tiny and "$0.0000 " not in tiny
+
+
+def test_help_explains_the_compact_abbreviations(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["tail", "--help"])
+    out = capsys.readouterr().out
+    assert "d8ms" in out and "short = below_minimum" in out and "in/read/write/out" in out
 
 
 def test_wide_layout_names_state_error_and_duration() -> None:
@@ -163,7 +227,7 @@ def _same(line: str, r: dict[str, Any]) -> bool:
 
 
 def test_follow_with_a_filter_shows_only_matching_new_rows(tmp_path: Path) -> None:
-    from tokenpak_mitm.report_query import Filters
+    from tokenpak_mitm.store.query import Filters
 
     db = tmp_path / "t.db"
     write(db, MIXED)

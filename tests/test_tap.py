@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gzip
 
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.tap import MAX_PENDING_FRAME, StreamTap, observe_buffered_sse
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.core.observe.tap import MAX_PENDING_FRAME, StreamTap, observe_buffered_sse
 
 START = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-6","usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
@@ -92,7 +92,7 @@ def test_corrupt_gzip_stream_logs_one_line_and_passes_bytes(caplog):
 
 
 def test_a_zstd_bomb_chunk_stops_observation_at_the_cap():
-    from tokenpak_mitm.decoders import MAX_CHUNK_OUTPUT, zstd
+    from tokenpak_mitm.core.observe.decoders import MAX_CHUNK_OUTPUT, zstd
 
     bomb = zstd.compress(b'event: ping\ndata: {"type": "ping"}\n\n' * (4 * MAX_CHUNK_OUTPUT // 35))
     tap = StreamTap(AnthropicTracker(), sse=True, content_encoding="zstd")

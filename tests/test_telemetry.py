@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokenpak_mitm.dialects.base import Extract
-from tokenpak_mitm.routes import Route
-from tokenpak_mitm.telemetry import RequestRecord, build_row, cache_verdict, error_label, terminal_state_for_error
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.account.telemetry import RequestRecord, build_row, cache_verdict, error_label, terminal_state_for_error
+from tokenpak_mitm.core.observe.tracker import Extract
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.routes import Route
 
 ANTHROPIC = Route("anthropic", "messages", "anthropic", inserts=True)
 
@@ -139,7 +139,7 @@ def test_error_label_for_states_without_status():
 
 
 def _frames_row(frames: list[bytes], **kw) -> dict:
-    from tokenpak_mitm.dialects.anthropic import AnthropicTracker
+    from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
 
     t = AnthropicTracker()
     for f in frames:

@@ -1,4 +1,4 @@
-"""The one mitmdump process helper (tokenpak_mitm.testing.proxy) in its three uses: tests (port read
+"""The one mitmdump process helper (tokenpak_mitm.sim.mitmdump) in its three uses: tests (port read
 from the output), doctor (given arguments, several listeners, SIGTERM) and the benchmark (-q)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenpak_mitm.script import SCRIPT
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
+from tokenpak_mitm.proxy.launch import SCRIPT
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -9,11 +9,11 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenpak_mitm.dialects.anthropic import AnthropicTracker
-from tokenpak_mitm.dialects.gemini import gemini_usage
-from tokenpak_mitm.dialects.openai_chat import chat_usage
-from tokenpak_mitm.dialects.openai_responses import responses_usage
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+from tokenpak_mitm.core.dialects.gemini import gemini_usage
+from tokenpak_mitm.core.dialects.openai_chat import chat_usage
+from tokenpak_mitm.core.dialects.openai_responses import responses_usage
+from tokenpak_mitm.core.observe.usage import Usage
 
 n = st.integers(0, 2_000_000)
 

@@ -18,11 +18,11 @@ import pytest
 from genai_prices import extract_usage
 
 from tokenpak_mitm.conformance.flowfile import find_flow_files, load_recording
-from tokenpak_mitm.dialects.base import looks_like_sse
-from tokenpak_mitm.routes import classify, tracker_for
-from tokenpak_mitm.sse import SSEParser, parse_event
-from tokenpak_mitm.tap import StreamTap
-from tokenpak_mitm.usage import Usage
+from tokenpak_mitm.core.observe.sse import SSEParser, parse_event
+from tokenpak_mitm.core.observe.tap import StreamTap
+from tokenpak_mitm.core.observe.tracker import looks_like_sse
+from tokenpak_mitm.core.observe.usage import Usage
+from tokenpak_mitm.core.routes import classify, tracker_for
 
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
 PROVIDER = {"anthropic": ("anthropic", "default"), "openai_chat": ("openai", "chat"),

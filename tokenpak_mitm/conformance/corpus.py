@@ -23,10 +23,10 @@ from typing import Any
 from tokenpak_mitm.conformance.flowfile import load_recording
 from tokenpak_mitm.conformance.golden import compare_golden, stable_row
 from tokenpak_mitm.conformance.scenarios import SCENARIOS, Scenario
-from tokenpak_mitm.secret_scan import scan_paths
-from tokenpak_mitm.testing.client import Response, build_request, request
-from tokenpak_mitm.testing.proxy import MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script
+from tokenpak_mitm.core.secret_scan import scan_paths
+from tokenpak_mitm.sim.client import Response, build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script
 
 __all__ = ["record_scenarios", "main"]
 

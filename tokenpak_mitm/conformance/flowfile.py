@@ -17,8 +17,8 @@ from typing import Any
 from mitmproxy import http, io
 
 from tokenpak_mitm.conformance.invariants import Evidence
-from tokenpak_mitm.recorder import RECORD_KEY
-from tokenpak_mitm.routes import classify
+from tokenpak_mitm.core.routes import classify
+from tokenpak_mitm.proxy.recorder import RECORD_KEY
 
 __all__ = ["Recording", "load_recording", "find_flow_files", "golden_path"]
 

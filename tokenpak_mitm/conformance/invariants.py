@@ -17,7 +17,7 @@ from typing import Any
 
 from tokenpak_mitm.conformance import facts
 from tokenpak_mitm.conformance.wire import count_cache_markers, decode_body, header_get, remove_inserted, split_frames
-from tokenpak_mitm.secret_scan import DEFAULT_CANARIES, scan_bytes
+from tokenpak_mitm.core.secret_scan import DEFAULT_CANARIES, scan_bytes
 
 __all__ = ["Violation", "Evidence", "INVARIANTS", "check_all", "expected_terminal_state"] + [f"check_i{n}" for n in range(1, 11)]
 
@@ -347,7 +347,7 @@ def check_i8(ev: Evidence) -> Outcome:
 # -- I9 error-frame shape ------------------------------------------------------------------------
 def _shape_problems(dialect: str, obj: Any) -> list[str]:
     try:
-        from tokenpak_mitm.error_shapes import check_error_shape
+        from tokenpak_mitm.conformance.error_shapes import check_error_shape
     except ImportError:  # schemas not installed: only the mapping is checked
         return []
     if dialect == "openai_responses" and isinstance(obj, dict) and obj.get("type") == "response.failed":

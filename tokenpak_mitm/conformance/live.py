@@ -31,13 +31,13 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
-from tokenpak_mitm import hooks
 from tokenpak_mitm.conformance.wire import split_frames
-from tokenpak_mitm.decoders import incremental_decoder
-from tokenpak_mitm.routes import classify, tracker_for
-from tokenpak_mitm.row import TelemetryRow
-from tokenpak_mitm.startup import guard_configure
-from tokenpak_mitm.tap import StreamTap
+from tokenpak_mitm.core.observe.decoders import incremental_decoder
+from tokenpak_mitm.core.observe.tap import StreamTap
+from tokenpak_mitm.core.routes import classify, tracker_for
+from tokenpak_mitm.core.row import TelemetryRow
+from tokenpak_mitm.proxy import hooks
+from tokenpak_mitm.proxy.startup import guard_configure
 
 __all__ = ["LiveConformance", "MODES"]
 

@@ -22,10 +22,10 @@ from typing import IO, Any
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from tokenpak_mitm import hooks
-from tokenpak_mitm.hooks import RowSlot
-from tokenpak_mitm.redact import redact_query
-from tokenpak_mitm.tap import StreamTap
+from tokenpak_mitm.core.observe.tap import StreamTap
+from tokenpak_mitm.core.redact import redact_query
+from tokenpak_mitm.proxy import hooks
+from tokenpak_mitm.proxy.hooks import RowSlot
 
 ENV = "TOKENPAK_PROBE_OUT"
 

@@ -27,10 +27,10 @@ from typing import Any
 from tokenpak_mitm.conformance.flowfile import Recording
 from tokenpak_mitm.conformance.invariants import Evidence
 from tokenpak_mitm.conformance.wire import header_pairs
-from tokenpak_mitm.redact import PLACEHOLDER, SECRET_HEADERS
-from tokenpak_mitm.testing.client import Response, request
-from tokenpak_mitm.testing.proxy import ADDON_SCRIPT, MitmdumpProcess
-from tokenpak_mitm.testing.upstream import FakeUpstream, Received, Script, Step
+from tokenpak_mitm.core.redact import PLACEHOLDER, SECRET_HEADERS
+from tokenpak_mitm.sim.client import Response, request
+from tokenpak_mitm.sim.mitmdump import ADDON_SCRIPT, MitmdumpProcess
+from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step
 
 __all__ = ["ReplayRig", "ReplayResult", "canaries_for"]
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenpak_mitm.conformance.invariants import INVARIANTS, Outcome
-from tokenpak_mitm.files import write_private
+from tokenpak_mitm.store.files import write_private
 
 __all__ = ["FlowOutcome", "COLUMNS", "render_table", "write_junit", "failed"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenpak_mitm.secret_scan import DEFAULT_CANARIES
-from tokenpak_mitm.testing.upstream import Script, Step
+from tokenpak_mitm.core.secret_scan import DEFAULT_CANARIES
+from tokenpak_mitm.sim.upstream import Script, Step
 
 __all__ = ["Scenario", "SCENARIOS", "FIXTURES"]
 

@@ -1,5 +1,5 @@
-"""Moved to ``tokenpak_mitm.secret_scan`` (the recorder uses it at run time too); kept for old imports."""
+"""Moved to ``tokenpak_mitm.core.secret_scan`` (the recorder uses it at run time too); kept for old imports."""
 
-from tokenpak_mitm.secret_scan import DEFAULT_CANARIES, KEY_SHAPES, Leak, scan_bytes, scan_paths
+from tokenpak_mitm.core.secret_scan import DEFAULT_CANARIES, KEY_SHAPES, Leak, scan_bytes, scan_paths
 
 __all__ = ["DEFAULT_CANARIES", "KEY_SHAPES", "Leak", "scan_bytes", "scan_paths"]

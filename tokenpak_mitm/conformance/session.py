@@ -11,7 +11,7 @@ from tokenpak_mitm.conformance.golden import compare_golden, write_golden
 from tokenpak_mitm.conformance.invariants import Outcome, Violation, check_all
 from tokenpak_mitm.conformance.replay import ReplayResult, ReplayRig
 from tokenpak_mitm.conformance.report import FlowOutcome
-from tokenpak_mitm.secret_scan import DEFAULT_CANARIES
+from tokenpak_mitm.core.secret_scan import DEFAULT_CANARIES
 
 __all__ = ["run_conformance", "chunk_fidelity"]
 

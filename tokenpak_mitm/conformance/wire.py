@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from tokenpak_mitm import decoders
+from tokenpak_mitm.core.observe import decoders
 
 __all__ = [
     "split_frames", "frame_data", "frame_json", "decode_body", "count_cache_markers",

@@ -1,0 +1,63 @@
+"""``tokenpak run``: start mitmdump with the package's addon script (what ``make run`` does, for a
+``pip install`` that has no checkout and no Makefile).
+
+Same defaults as ``make run``: loopback, port 8766, reverse mode to api.anthropic.com, mitmdump's
+own per-flow lines off (they print full URLs, a Gemini ``?key=`` included), and in regular mode
+TLS interception scoped to the LLM API hosts. Anything after ``--`` goes to mitmdump unchanged,
+e.g. ``tokenpak run -- --set tokenpak_cache=off``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["add_arguments", "command", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8766, help="listen port (default: 8766)")
+    parser.add_argument("--mode", default="reverse:https://api.anthropic.com",
+                        help="mitmproxy mode: reverse:https://api.anthropic.com (default), regular, ...")
+    parser.add_argument("--flow-detail", action="store_true", help="keep mitmdump's own per-flow lines (they show full URLs)")
+    parser.add_argument("--extra-hosts", default="", help="comma-separated extra LLM API hosts (a company gateway): classified and, in regular mode, intercepted")
+    parser.add_argument("--intercept-all", action="store_true", help="regular mode: decrypt every host, not only the LLM APIs")
+    parser.add_argument("--print", dest="print_only", action="store_true", help="print the mitmdump command instead of running it")
+    parser.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
+
+
+def command(args: argparse.Namespace) -> list[str]:
+    """The mitmdump argv for these options (pure: tested without starting anything)."""
+    from tokenpak_mitm.cli.setup import LLM_HOSTS, allow_hosts_pattern
+    from tokenpak_mitm.proxy.launch import SCRIPT, mitmdump_executable
+
+    argv = [mitmdump_executable(), "--listen-host", args.host, "-p", str(args.port), "--mode", args.mode,
+            "--set", f"flow_detail={2 if args.flow_detail else 0}"]
+    extra_hosts = tuple(h.strip() for h in args.extra_hosts.split(",") if h.strip())
+    if args.mode.startswith("regular") and not args.intercept_all:
+        argv += ["--allow-hosts", allow_hosts_pattern((*LLM_HOSTS, *extra_hosts))]
+    for host in extra_hosts:
+        argv += ["--set", f"tokenpak_hosts={host}"]
+    argv += ["-s", str(SCRIPT)]
+    extra = list(args.mitmdump_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return argv + extra
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = command(args)
+    if args.print_only:
+        import shlex
+
+        print(" ".join(shlex.quote(a) for a in argv))
+        return 0
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)  # mitmdump becomes this process: signals and exit code are its own
+    except OSError as e:
+        print(f"tokenpak run: cannot start {argv[0]}: {e}", file=sys.stderr)
+        return 127
+    return 0  # not reached

@@ -1,0 +1,208 @@
+"""One request's accounting, wherever it runs: its session and turn, the miss diagnosis, the row
+(pure: values in, values out; the clock is the caller's).
+
+The proxy's event-loop thread should only forward bytes, so for live traffic this runs in the
+store's writer process (``store_writer``): the addon sends one ``SessionFacts`` when a request goes
+upstream and one ``Finished`` when it ends, and the writer's ``Accountant`` turns them into the row
+it writes. Flows whose row the proxy itself needs at once (saved with ``-w``, recorded, checked
+live, replayed from a file) are accounted by the addon's own ``Accountant``, with the same code.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from tokenpak_mitm import __version__
+from tokenpak_mitm.core.account.cache_miss import miss_cost_usd
+from tokenpak_mitm.core.account.request_shape import Shape, parse_shape
+from tokenpak_mitm.core.account.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER, SESSION_HEADER, identify
+from tokenpak_mitm.core.account.sessions import SessionTracker, Ticket, UsageFacts
+from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label
+from tokenpak_mitm.core.plan.cache_facts import TTL_SECONDS
+from tokenpak_mitm.core.row import TelemetryRow
+from tokenpak_mitm.core.wire import by_fields
+
+__all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "Accountant", "Begin", "ConsoleSwitch", "OtlpSwitch", "Finished", "SessionFacts", "blind_until", "console_line", "identity_headers",
+           "minimal_row"]
+
+# The only request headers the session tracker reads (session_id.identify).
+IDENTITY_HEADERS = (SESSION_HEADER, PROJECT_HEADER, CLAUDE_CODE_SESSION_HEADER)
+DIAGNOSED_DIALECTS = frozenset({"anthropic", "openai_chat", "openai_responses"})  # Gemini: sessions only
+MAX_OPEN = 20_000  # requests begun and not yet finished that an Accountant keeps (oldest dropped)
+MINIMAL_OUTCOME = Outcome("proxy_error", "absent", "telemetry_error", None)  # as `minimal_row` says
+
+
+@by_fields
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the session tracker reads of a request as it went upstream (markers included)."""
+
+    dialect: str
+    headers: Mapping[str, str]  # IDENTITY_HEADERS that are present, lower-cased names
+    scope: str  # an opaque credential scope (the addon's salted hash of the key), never the key
+    started_at: float
+    body: bytes | None = None  # identity-encoded body as sent; None: not read (sessions then come from headers)
+
+
+@by_fields
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A request as it ended: its record, how it ended (the error text already redacted), and when."""
+
+    record: RequestRecord
+    ended: Outcome
+    response_started: float | None  # when the response began (cache writes readable from then)
+    ended_at: float
+
+
+class Begin(NamedTuple):
+    """A request went upstream (the message to an ``Accountant`` in another process)."""
+
+    key: str
+    facts: SessionFacts
+
+
+class ConsoleSwitch(NamedTuple):
+    """Print one line per accounted request, or not (the message to the writer process)."""
+
+    on: bool
+
+
+class OtlpSwitch(NamedTuple):
+    """Export every written row to this OTLP/HTTP collector, or to none (the message to the writer process)."""
+
+    url: str | None
+
+
+class _Lookup:
+    """Case-insensitive lookup over the few identity headers (what `identify` expects)."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._map = headers
+
+    def get(self, name: str, default: None = None, /) -> str | None:
+        return self._map.get(name.lower(), default)
+
+
+def identity_headers(get: Any) -> dict[str, str]:
+    """The identity headers of a request, from any case-insensitive ``get``."""
+    found: dict[str, str] = {}
+    for name in IDENTITY_HEADERS:
+        value = get(name)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+class Accountant:
+    """A proxy's session tracker and the rule that turns a finished request into its row.
+
+    ``begin``/``columns``/``row`` are the steps; ``open``/``close`` do them for requests named by
+    key (the writer process, which receives the two halves as messages). Never raises from
+    ``close``: a row that cannot be built is replaced by the minimal row, so the request is counted.
+    """
+
+    def __init__(self, sessions: SessionTracker | None = None, max_open: int = MAX_OPEN) -> None:
+        self.sessions = sessions if sessions is not None else SessionTracker()
+        self._open: OrderedDict[str, Ticket] = OrderedDict()
+        self._max_open = max_open
+        self.failures = 0  # rows that fell back to the minimal row
+
+    # -- the steps ------------------------------------------------------------------------------
+    def begin(self, facts: SessionFacts, parsed: object = None, shape: Shape | None = None) -> Ticket:
+        """Decide the request's session and turn; parses ``facts.body`` unless ``parsed``/``shape`` are given."""
+        if facts.body is not None and parsed is None and shape is None:
+            parsed, shape = parse_shape(facts.body, facts.dialect)
+        hint = identify(_Lookup(facts.headers), parsed, facts.dialect, facts.scope)
+        return self.sessions.begin(hint, shape, facts.started_at)
+
+    def columns(self, ticket: Ticket, rec: RequestRecord, ended: Outcome, response_started: float | None,
+                now: float | None = None) -> dict[str, Any]:
+        """The row's session, turn, miss diagnosis and warm-until columns."""
+        usage = rec.extract.usage
+        facts = None
+        if (rec.route.dialect in DIAGNOSED_DIALECTS and ended.state == "completed"
+                and ended.source == "final" and usage.input_tokens is not None):
+            facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0,
+                               response_started=response_started)
+        result = self.sessions.finish(ticket, facts, now)
+        self.sessions.note_response(ticket, rec.extract.response_id)
+        verdict = result.verdict
+        lost = miss_cost_usd(rec.route.provider, ended.model, usage, verdict.expected_tokens) if verdict else None
+        return {**result.columns(), "miss_cost_usd": lost}
+
+    @staticmethod
+    def row(rec: RequestRecord, ended: Outcome | None, columns: Mapping[str, Any]) -> TelemetryRow:
+        """The row (the minimal one when ``ended`` is None)."""
+        return build_row(rec, ended, columns) if ended is not None else minimal_row(rec, columns)
+
+    # -- by key (the writer process) ------------------------------------------------------------
+    def open(self, key: str, facts: SessionFacts) -> None:
+        self._open[key] = self.begin(facts)
+        while len(self._open) > self._max_open:
+            self._open.popitem(last=False)  # a request whose end never came (its proxy died)
+
+    def close(self, done: Finished) -> TelemetryRow:
+        rec = done.record
+        ticket = self._open.pop(rec.request_key, None)
+        columns: dict[str, Any] = {}
+        if ticket is not None:
+            try:
+                columns = self.columns(ticket, rec, done.ended, done.response_started, done.ended_at)
+            except Exception:  # noqa: BLE001 - the row still goes, without its session columns
+                self.failures += 1
+        try:
+            return self.row(rec, done.ended, columns)
+        except Exception:  # noqa: BLE001 - the request is still counted
+            self.failures += 1
+            return minimal_row(rec, columns)
+
+
+def blind_until(last: float | None, now: float) -> float | None:
+    """Until when a new session tracker cannot know what an earlier run cached (that run's last
+    request + the longest TTL); None when that moment has passed or there was no earlier request."""
+    if last is None:
+        return None
+    until = min(last, now) + TTL_SECONDS["1h"]  # the longest Anthropic TTL (the diagnosis is Anthropic's)
+    return until if until > now else None
+
+
+def minimal_row(rec: RequestRecord, session: Mapping[str, Any] | None = None) -> TelemetryRow:
+    """The row that is still written when building the real one failed: the request is counted
+    (with its session columns, when the session tracker could give them)."""
+    return TelemetryRow(
+        request_key=rec.request_key, started_at=rec.started_at, provider=rec.route.provider, api=rec.route.api,
+        route_class=rec.route_class, host=rec.host, path=rec.path, stream=int(rec.stream),
+        billable=int(rec.route.billable), status_code=rec.status_code, terminal_state="proxy_error",
+        usage_source="absent", error="telemetry_error", proxy_version=__version__, **(session or {}),
+    )
+
+
+def console_line(row: TelemetryRow) -> str:
+    """The one concise line per request the proxy prints (``tokenpak_console``)."""
+
+    def n(v: int | None) -> str:
+        return "-" if v is None else str(v)
+
+    cost = row.cost_usd
+    ttft, dur = row.ttft_ms, row.duration_ms
+    err = error_label(row)
+    timing = f"ttft={ttft:.0f}ms" if ttft is not None else f"dur={dur:.0f}ms" if dur is not None else "ttft=-"
+    reason = row.cache_miss_reason
+    miss = ""
+    if reason:
+        lost = row.miss_cost_usd
+        miss = f" miss={reason}" + (f"(+${lost:.6f})" if lost else "")
+    return (
+        f"tokenpak: {row.provider}/{row.api} {row.model or '?'} "
+        f"in={n(row.input_tokens)} cache_read={n(row.cache_read_tokens)} cache_write={n(row.cache_write_tokens)} "
+        f"out={n(row.output_tokens)} cache={cache_verdict(row)} "
+        f"cost={'unknown' if cost is None else f'${cost:.6f}'} {timing} "
+        f"{row.terminal_state}{f' {err}' if err else ''}{miss}"
+    )
+

@@ -1,0 +1,147 @@
+"""OpenAI Responses API (``POST /v1/responses``): usage, ids and terminal state.
+
+Rules (docs/dialects.md has the field-to-bucket table):
+
+* Every event has an ``event:`` line equal to its JSON ``type`` and there is no ``[DONE]``; the
+  terminal events ``response.completed``, ``response.incomplete`` and ``response.failed`` carry the
+  whole Response object, whose ``usage`` is the final figure.
+* ``usage.input_tokens`` INCLUDES ``input_tokens_details.cached_tokens`` and
+  ``cache_write_tokens`` (subtracted for fresh input); ``output_tokens`` INCLUDES
+  ``output_tokens_details.reasoning_tokens``.
+* Errors: ``event: error`` comes in two shapes — recorded streams nest ``{"error": {...}}``, the
+  SDK type is flat (``code``/``message``) — and is followed by ``response.failed`` whose
+  ``response.error`` holds ``code``/``message``. Either marks ``stream_error``.
+* ``stop_reason``: ``incomplete_details.reason`` (``max_output_tokens``, ``content_filter``) when
+  present, else the Response ``status``; this API has no per-choice finish reason.
+* Hot path: ``*.delta`` events are content (TTFT) and never decoded; only created/terminal/error
+  events are. The JSON ``type`` is authoritative when both exist (compatible servers may omit
+  the ``event:`` line).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenpak_mitm.core.dialects.openai_chat import openai_error_type
+from tokenpak_mitm.core.observe.sse import event_name
+from tokenpak_mitm.core.observe.tracker import Extract, body_object, frame_json
+from tokenpak_mitm.core.observe.usage import Usage, as_count
+
+__all__ = ["OpenAIResponsesTracker", "responses_usage"]
+
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_DECODE_EVENTS = _TERMINAL | {"response.created", "error"}
+_TYPE_HINTS = tuple(f'"{name}"'.encode() for name in sorted(_DECODE_EVENTS))
+
+
+class OpenAIResponsesTracker:
+    __slots__ = ("extract",)
+
+    def __init__(self) -> None:
+        self.extract = Extract()
+
+    # -- streaming ----------------------------------------------------------------------------
+    def feed_frame(self, raw: bytes) -> bool:
+        name = event_name(raw)
+        if name is not None:
+            if name.endswith(".delta"):
+                self.extract.content_frames += 1
+                return True
+            if name not in _DECODE_EVENTS:
+                return False
+        elif not any(h in raw for h in _TYPE_HINTS):
+            if b'.delta"' in raw:  # no event line: the type still names a delta
+                self.extract.content_frames += 1
+                return True
+            return False
+        obj = frame_json(raw)
+        if isinstance(obj, dict):
+            kind = obj.get("type")
+            self._on_event(kind if isinstance(kind, str) else (name or ""), obj)
+        return False
+
+    def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        x = self.extract
+        if kind == "error":
+            x.stream_error = True
+            nested = obj.get("error")
+            self._on_error(nested if isinstance(nested, dict) else obj, overwrite=True)
+            return
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            return
+        if kind == "response.created":
+            self.extract.note_identity(response)
+        elif kind in _TERMINAL:
+            self._on_response(response)
+            x.terminal_seen = True
+            if kind == "response.failed":
+                x.stream_error = True
+                if x.error_type is None:
+                    x.error_type = "response_failed"
+
+    # -- buffered -------------------------------------------------------------------------------
+    def feed_body(self, body: bytes, status: int) -> None:
+        obj = body_object(self, body)
+        if obj is None:
+            return
+        x = self.extract
+        err = obj.get("error")
+        if status >= 400:
+            self._on_error(err if isinstance(err, dict) else obj, overwrite=True)
+            return
+        self._on_response(obj)
+        state = obj.get("status")
+        if state == "failed" or (isinstance(err, dict) and state is None):
+            x.stream_error = True
+            if x.error_type is None:
+                x.error_type = "response_failed"
+        if state in ("completed", "incomplete", "failed", "cancelled") or (state is None and isinstance(obj.get("usage"), dict)):
+            x.terminal_seen = True
+
+    # -- shared ---------------------------------------------------------------------------------
+
+    def _on_response(self, response: dict[str, Any]) -> None:
+        """A whole Response object (terminal event or buffered body)."""
+        x = self.extract
+        self.extract.note_identity(response)
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        if isinstance(reason, str) and reason:
+            x.stop_reason = reason
+        elif isinstance(response.get("status"), str) and response["status"]:
+            x.stop_reason = response["status"]
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            x.usage = responses_usage(usage)
+            x.usage_final = True
+        err = response.get("error")
+        if isinstance(err, dict):
+            self._on_error(err, overwrite=False)
+
+    def _on_error(self, err: dict[str, Any], *, overwrite: bool) -> None:
+        """``overwrite=False`` keeps the more specific ``event: error`` seen before ``failed``."""
+        x = self.extract
+        if x.error_type is not None and x.error_type != "response_failed" and not overwrite:
+            return
+        x.error_type = openai_error_type(err)
+        msg = err.get("message")
+        x.error_message = msg if isinstance(msg, str) else x.error_message
+
+
+def responses_usage(usage: dict[str, Any]) -> Usage:
+    """``ResponseUsage`` -> exclusive buckets (cached and written tokens leave the input)."""
+    total_in = as_count(usage.get("input_tokens"))
+    details = usage.get("input_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    cached = as_count(details.get("cached_tokens"))
+    written = as_count(details.get("cache_write_tokens"))
+    out_details = usage.get("output_tokens_details")
+    reasoning = as_count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else None
+    return Usage(
+        input_tokens=None if total_in is None else max(0, total_in - (cached or 0) - (written or 0)),
+        cache_read_tokens=cached,
+        cache_write_tokens=written,
+        output_tokens=as_count(usage.get("output_tokens")),
+        reasoning_tokens=reasoning,
+    )

@@ -1,0 +1,601 @@
+"""Embedded SQLite telemetry store: one row per request, written off the event loop.
+
+Why it looks like this:
+
+* mitmproxy runs every hook on one thread and sends the end of a streamed response only after
+  the ``response`` hook returns, so hooks only enqueue; a writer thread batches inserts.
+* ``request_key`` (the flow id) is UNIQUE and inserts are ``INSERT OR IGNORE``: a row can never be
+  doubled, even if a path reports twice or a spill file is imported again.
+* When the database cannot be written (read-only, deleted directory, locked, disk full), rows
+  are kept in memory (bounded) and appended to a JSONL spill file beside the database, or, when
+  that directory cannot be written either, to an owner-only fallback in the system temp
+  directory; the next start imports both. A clean shutdown flushes everything.
+* No row disappears without a count: a row that can be neither written nor spilled is counted
+  as lost, logged at the time and again at close, and appended to a loss ledger that
+  ``tokenpak doctor`` reads (see ``losses``).
+* In the proxy this class runs in a separate writer process (``store_writer``), so a fault of
+  SQLite itself (a truncated memory-mapped ``-shm`` raises SIGBUS) costs rows, never the proxy.
+* The schema is versioned with ``PRAGMA user_version`` and upgraded by migrations, so users keep
+  their history across upgrades. WAL lets ``tokenpak report`` read while the proxy writes.
+* Files are created owner-only (0600); the database holds no secrets by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import stat
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; appends and imports are then not coordinated across processes
+    fcntl = None  # type: ignore[assignment]
+
+from tokenpak_mitm.core.row import COLUMNS as ROW_COLUMNS
+from tokenpak_mitm.core.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
+from tokenpak_mitm.store import query as report_query
+from tokenpak_mitm.store import rollup as report_rollup
+
+__all__ = [
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "MIGRATIONS",
+    "TelemetryStore",
+    "add_columns",
+    "append_jsonl",
+    "connect_readonly",
+    "default_db_path",
+    "fallback_spill_path",
+    "last_request_at",
+    "loss_ledger_paths",
+    "losses",
+    "migrate",
+    "record_loss",
+    "spill_paths",
+    "take_jsonl",
+]
+
+logger = logging.getLogger(__name__)
+
+# The columns are TelemetryRow's fields (row.py); each field says which schema version added it.
+# Schema v1 is what the first release created; later columns arrive in existing databases through
+# MIGRATIONS, one entry per version, so older databases upgrade in place and keep their rows.
+COLUMNS: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS)
+COLUMN_NAMES: tuple[str, ...] = FIELD_NAMES
+COLUMNS_V1: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS if c.since == 1)
+
+
+def add_columns(version: int) -> str:
+    """The migration that adds the row fields declared with ``since=version``."""
+    added = [c for c in ROW_COLUMNS if c.since == version]
+    if not added:
+        raise ValueError(f"no TelemetryRow field is declared with since={version}")
+    return "".join(f"ALTER TABLE requests ADD COLUMN {c.name} {c.sql};" for c in added)
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    "CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    + ", ".join(f"{n} {t}" for n, t in COLUMNS_V1)
+    + ");"
+    "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
+    # 2: proxy_request_ms
+    add_columns(2),
+    # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
+    add_columns(3),
+    # 4: cache_reasons (issue 13): why each marker was placed and each candidate skipped
+    add_columns(4),
+    # 5: for `tokenpak report` (aggregation runs in SQL): an index for the price lookup's
+    # distinct (provider, model) pairs, a narrow covering index for windows and latency, and the
+    # daily summary tables with the triggers that keep them (report_rollup), filled from the
+    # rows already stored.
+    "CREATE INDEX IF NOT EXISTS requests_provider_model ON requests(provider, model);"
+    "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
+    "ttft_ms, duration_ms, proxy_request_ms);"
+    + report_rollup.migration_sql(report_query.bucket_sql),
+    # 6: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
+    add_columns(6) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
+)
+# A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
+if len(MIGRATIONS) < SCHEMA_VERSION:
+    raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
+
+SPILL_SUFFIX = ".spill.jsonl"
+MAX_PENDING = 100_000  # rows kept in memory while the database is unavailable
+BATCH = 500
+FLUSH_INTERVAL = 0.2  # seconds; a crash loses at most this window (plus LINGER) of rows
+LINGER = 0.1  # seconds a batch may wait for more rows before it is written
+
+
+LOSS_SUFFIX = ".lost.jsonl"
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("TOKENPAK_HOME", Path.home() / ".tokenpak")) / "tokenpak.db"
+
+
+def _touch_private(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        _touch_private(path)
+    conn = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        migrate(conn)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+    except BaseException:
+        conn.close()  # a half-opened connection would hold the file and leak a descriptor per retry
+        raise
+    return conn
+
+
+_INT64 = 2**63
+
+
+def _sql_value(v: Any) -> Any:
+    """A value SQLite accepts: one odd value (a list, a 2**70 int) must not poison a whole batch."""
+    if v is None or isinstance(v, (str, float)):
+        return v
+    if isinstance(v, int):
+        return int(v) if -_INT64 <= v < _INT64 else str(v)
+    return str(v)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file now at ``path``; None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _fallback_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"tokenpak-{_uid()}"
+
+
+def _fallback_dir() -> Path:
+    """An owner-only directory in the system temp dir (created 0700, refused if not ours)."""
+    d = _fallback_root()
+    d.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != _uid() or st.st_mode & 0o077:
+        raise PermissionError(f"{d} is not an owner-only directory of ours")
+    return d
+
+
+def _fallback_name(db: Path, suffix: str) -> str:
+    digest = hashlib.sha256(str(db.expanduser().absolute()).encode()).hexdigest()[:16]
+    return f"{db.name}-{digest}{suffix}"
+
+
+def fallback_spill_path(db: Path) -> Path:
+    """The second spill location for ``db``: used when the database's own directory refuses."""
+    return _fallback_root() / _fallback_name(db, SPILL_SUFFIX)
+
+
+def spill_paths(db: Path) -> tuple[Path, Path]:
+    """Where rows of ``db`` may be spilled, in the order they are tried."""
+    return Path(str(db) + SPILL_SUFFIX), fallback_spill_path(db)
+
+
+def loss_ledger_paths(db: Path) -> tuple[Path, Path]:
+    return Path(str(db) + LOSS_SUFFIX), _fallback_root() / _fallback_name(db, LOSS_SUFFIX)
+
+
+APPEND_RETRY_SECONDS = 5.0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a planted symlink is not followed (POSIX)
+
+
+def _uid() -> int:
+    return os.getuid() if hasattr(os, "getuid") else 0
+
+
+def _lock(fd: int) -> None:
+    """An exclusive lock on the open file, released when ``fd`` is closed."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append rows to an owner-only JSONL file under an exclusive lock; raises OSError.
+
+    The lock (and the re-check that the path still names the locked file) makes appends from
+    the proxy and from the writer process safe against an import that takes the file away.
+    """
+    data = "".join(json.dumps(dict(r), separators=(",", ":"), default=str) + "\n" for r in rows).encode()
+    if path.parent == _fallback_root():
+        _fallback_dir()  # created owner-only, and refused if someone else made it first
+    # An import that keeps taking the file can win the race between our open and our lock several
+    # times in a row; retry for a while (imports are rare and short) rather than a fixed count.
+    give_up = time.monotonic() + APPEND_RETRY_SECONDS
+    while time.monotonic() < give_up:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | _NOFOLLOW, 0o600)
+        try:
+            _lock(fd)
+            if _identity(path) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                continue  # imported and removed while we waited: append to the new file
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            return
+        finally:
+            os.close(fd)
+    raise OSError("spill file keeps being replaced")
+
+
+def take_jsonl(path: Path, consume: Callable[[list[dict[str, Any]]], None]) -> int:
+    """Read every row of ``path``, hand them to ``consume`` and remove the file, under the lock.
+
+    ``consume`` raising leaves the file in place. Returns how many rows were consumed.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW)
+    except FileNotFoundError:
+        return 0
+    try:
+        _lock(fd)
+        if _identity(path) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            return 0
+        rows: list[dict[str, Any]] = []
+        with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from a crash
+                if isinstance(row, dict) and isinstance(row.get("request_key"), str):
+                    rows.append(row)
+        consume(rows)
+        os.unlink(path)
+        return len(rows)
+    finally:
+        os.close(fd)
+
+
+def record_loss(db: Path, count: int, reason: str) -> Path | None:
+    """Append a loss entry to the ledger beside ``db`` (or its fallback); None if neither took it."""
+    entry = {"at": time.time(), "lost": count, "reason": reason}
+    for path in loss_ledger_paths(db):
+        try:
+            append_jsonl(path, [entry])
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def losses(db: Path) -> tuple[int, list[str]]:
+    """(rows lost in total, the distinct reasons) from the loss ledgers of ``db``."""
+    total, reasons = 0, []
+    for path in loss_ledger_paths(db):
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                total += int(entry["lost"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if entry.get("reason") not in reasons:
+                reasons.append(str(entry.get("reason")))
+    return total, reasons
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version in place; returns that version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript("BEGIN;" + script + f"PRAGMA user_version={n};COMMIT;")
+    return len(MIGRATIONS)
+
+
+def connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A reader connection for reports (WAL: never blocks the writer)."""
+    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=2.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def last_request_at(path: str | os.PathLike[str]) -> float | None:
+    """Newest request time in the database at ``path`` (an upper bound); None when none or unreadable.
+
+    Called inside the proxy process, which must never map the WAL index (a truncated ``-shm`` is a
+    SIGBUS there): the file is opened ``immutable`` (no ``-shm``, no locks), which reads only what
+    was checkpointed, so a non-empty ``-wal`` counts by its modification time, a later moment than
+    any row it holds.
+    """
+    db = Path(path)
+    if not db.is_file():
+        return None
+    newest: float | None = None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True, timeout=2.0)
+        try:
+            value = conn.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
+        finally:
+            conn.close()
+        newest = float(value) if isinstance(value, (int, float)) else None
+    except sqlite3.Error:
+        pass
+    try:
+        wal = os.stat(str(db) + "-wal")
+    except OSError:
+        return newest
+    if wal.st_size > 0:
+        newest = max(newest or 0.0, wal.st_mtime)
+    return newest
+
+
+class TelemetryStore:
+    """Queue rows from any thread; a daemon thread writes them. ``close`` flushes everything.
+
+    ``on_durable`` (called on the writer thread) receives the keys of rows that are safe: written
+    to the database or appended to a spill file. The writer process acknowledges rows with it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        on_durable: Callable[[list[str]], None] | None = None,
+        on_lost: Callable[[list[str]], None] | None = None,
+        on_inserted: Callable[[list[TelemetryRow]], None] | None = None,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.spill_paths = spill_paths(self.path)
+        self.spill_path = self.spill_paths[0]
+        self._on_durable = on_durable
+        self._on_lost = on_lost  # keys of rows counted as lost here (so nobody counts them twice)
+        self.on_inserted = on_inserted  # rows a committed transaction added (the metrics count them)
+        self._queue: queue.SimpleQueue[TelemetryRow | None] = queue.SimpleQueue()
+        self._pending: deque[TelemetryRow] = deque()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_identity: tuple[int, int] | None = None
+        self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
+        self._closed = threading.Event()
+        self.written = 0
+        self.spilled = 0
+        self.dropped = 0  # rows lost: neither written nor spilled (see ``lost_reason``)
+        self.lost_reason: str | None = None
+        self.last_error: str | None = None
+        self._warned = False
+        self._fallback_warned = False
+        self._spilled_keys: set[str] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, row: TelemetryRow | Mapping[str, Any]) -> None:
+        """Non-blocking; safe from the event loop.
+
+        A mapping is turned into a ``TelemetryRow`` first, so a key that is not a column raises
+        ``ValueError`` here instead of becoming a silent NULL.
+        A row that arrives after ``close`` (a flow that errors while mitmproxy shuts down) has no
+        writer left to take it, so it goes straight to the spill file the next start imports.
+        """
+        if not isinstance(row, TelemetryRow):
+            row = TelemetryRow.from_mapping(row)
+        if self._closed.is_set():
+            if not self._spill([row]):
+                self._lose([row])
+            return
+        self._queue.put(row)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._closed.set()
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        if self.dropped:
+            logger.error("tokenpak: store closed with %d rows LOST (%s); see %s", self.dropped, self.lost_reason, loss_ledger_paths(self.path)[0])
+
+    # -- writer thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            if self._connect():
+                self._import_spill()
+        except Exception:
+            logger.exception("tokenpak: store start-up failed; rows will be kept and spilled")
+        stop = False
+        while not stop:
+            batch: list[TelemetryRow] = []
+            try:
+                item = self._queue.get(timeout=FLUSH_INTERVAL)
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+                # Linger briefly so a burst is one transaction: waking (and taking the GIL from
+                # the event loop) once per row was the proxy's main tail-latency cost. Sleeping,
+                # rather than waiting on the queue, keeps each submit a plain append meanwhile.
+                if not stop:
+                    time.sleep(LINGER)
+                while len(batch) < BATCH and not stop:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        stop = True
+                    else:
+                        batch.append(item)
+            except queue.Empty:
+                pass
+            self._pending.extend(batch)
+            try:
+                if self._pending:
+                    self._flush()
+            except Exception:  # a dead writer would silently lose every later row
+                logger.exception("tokenpak: store writer error; rows kept for the next attempt")
+                self._drop_connection()
+                time.sleep(0.05)
+        fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
+        if fresh and not self._spill(fresh):
+            self._lose(fresh)
+        self._pending.clear()
+        self._drop_connection()
+
+    def _durable(self, rows: Iterable[TelemetryRow]) -> None:
+        if self._on_durable is not None:
+            self._on_durable([r.request_key for r in rows])
+
+    def _lose(self, rows: list[TelemetryRow]) -> None:
+        """Count, log and ledger rows that could be neither written nor spilled."""
+        n = len(rows)
+        self.dropped += n
+        if self._on_lost is not None:
+            self._on_lost([r.request_key for r in rows])
+        self.lost_reason = self.last_error or "unknown"
+        logger.error("tokenpak: %d telemetry rows LOST: %s could not be written and no spill file could be (%s)", n, self.path, self.lost_reason)
+        record_loss(self.path, n, self.lost_reason)
+
+    def _connect(self) -> bool:
+        if self._conn is not None and _identity(self.path) != self._conn_identity:
+            # The file was deleted or replaced under us (e.g. its directory removed). SQLite would
+            # keep writing into the unlinked inode and every row would vanish: reopen instead.
+            logger.warning("tokenpak: database %s was removed or replaced; reopening it", self.path)
+            self._drop_connection()
+        if self._conn is not None:
+            return True
+        try:
+            self._conn = _open(self.path)
+            self._conn_identity = _identity(self.path)
+            return True
+        except (sqlite3.Error, OSError) as e:
+            self._note_failure(e)
+            return False
+
+    def _drop_connection(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except sqlite3.Error:
+            pass
+        self._conn = None
+        self._conn_identity = None
+
+    def _flush(self) -> None:
+        if not self._connect():
+            self._overflow()
+            return
+        rows = list(self._pending)
+        try:
+            self._insert(rows)
+        except (sqlite3.Error, OSError) as e:
+            self._note_failure(e)
+            self._drop_connection()
+            self._overflow()
+            return
+        self._pending.clear()
+        self._durable(rows)
+        if self._warned:
+            logger.warning("tokenpak: database %s writable again; pending rows written", self.path)
+            self._warned = False
+            self._import_spill()
+
+    def _insert(self, rows: Iterable[TelemetryRow]) -> None:
+        assert self._conn is not None
+        sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
+        batch = list(rows)
+        values = [tuple(_sql_value(getattr(r, c)) for c in COLUMN_NAMES) for r in batch]
+        inserted = batch
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            added = self._conn.executemany(sql, values).rowcount
+            if added != len(values) and self.on_inserted is not None:
+                # Some rows were here already (a spill imported again, a late acknowledgement):
+                # redo the batch row by row to know which ones this transaction added.
+                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                inserted = [r for r, v in zip(batch, values) if self._conn.execute(sql, v).rowcount]
+            self._conn.execute("COMMIT")
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self.written += len(values)
+        if self.on_inserted is not None and inserted:
+            try:
+                self.on_inserted(inserted)
+            except Exception:  # noqa: BLE001 - the rows are written; counting them must not undo that
+                logger.exception("tokenpak: rows written but not counted in the metrics")
+
+    def _insert_stored(self, rows: list[dict[str, Any]]) -> None:
+        # Keys of another version's schema are left out; a row without its start time could not be
+        # stored (NOT NULL) and is skipped, as before.
+        self._insert([TelemetryRow.from_stored(r) for r in rows if r.get("started_at") is not None])
+
+    def _overflow(self) -> None:
+        """Database unavailable: spill to JSONL so a crash loses nothing; keep memory bounded."""
+        fresh = [r for r in self._pending if r.request_key not in self._spilled_keys]
+        if fresh and self._spill(fresh):
+            self._spilled_keys.update(str(r.request_key) for r in fresh)
+        lost: list[TelemetryRow] = []
+        while len(self._pending) > MAX_PENDING:
+            old = self._pending.popleft()
+            if old.request_key not in self._spilled_keys:
+                lost.append(old)  # neither in the database nor in a spill file: counted, never silent
+        if lost:
+            self._lose(lost)
+
+    def _spill(self, rows: list[TelemetryRow]) -> bool:
+        """Append rows to the first spill location that takes them; False when none does."""
+        for n, path in enumerate(self.spill_paths):
+            try:
+                append_jsonl(path, rows)
+            except OSError as e:
+                self._note_failure(e)
+                continue
+            if n and not self._fallback_warned:
+                logger.warning("tokenpak: %s cannot be written; spilling rows to the fallback %s", self.spill_path, path)
+                self._fallback_warned = True
+            self.spilled += len(rows)
+            self._durable(rows)
+            return True
+        return False
+
+    def _import_spill(self) -> None:
+        if self._conn is None:
+            return
+        ok = True
+        for path in self.spill_paths:
+            try:
+                n = take_jsonl(path, self._insert_stored)  # INSERT OR IGNORE: rows already written are not doubled
+            except (sqlite3.Error, OSError) as e:
+                self._note_failure(e)
+                ok = False
+                continue
+            if n:
+                logger.info("tokenpak: imported %d spilled rows from %s into %s", n, path, self.path)
+        if ok:
+            self._spilled_keys.clear()
+
+    def _note_failure(self, e: BaseException) -> None:
+        self.last_error = f"{type(e).__name__}: {e}"
+        if not self._warned:
+            logger.warning("tokenpak: cannot write %s (%s); keeping rows and spilling to %s", self.path, self.last_error, self.spill_path)
+            self._warned = True
+        if threading.current_thread() is self._thread:
+            time.sleep(0.05)  # on the writer thread only: avoid a hot retry loop
