@@ -19,12 +19,7 @@ QUIET   ?= true
 # model server) to both the interception scope and the addon's LLM hosts (tokenpak_hosts).
 # `make run MODE=regular SCOPE=` intercepts everything.
 EXTRA_HOSTS ?=
-comma   := ,
-space   := $(subst ,, )
-API_HOSTS := api.anthropic.com api.openai.com generativelanguage.googleapis.com $(subst $(comma),$(space),$(EXTRA_HOSTS))
-LLM_HOSTS := ^($(subst $(space),|,$(strip $(subst .,\.,$(API_HOSTS))))):[0-9]+$$
-SCOPE   ?= $(if $(filter regular%,$(MODE)),--allow-hosts '$(LLM_HOSTS)')
-HOSTS_OPT := $(foreach h,$(subst $(comma),$(space),$(EXTRA_HOSTS)),--set tokenpak_hosts=$(h))
+SCOPE   ?= llm
 ARGS    ?=
 # Test workers (pytest-xdist). Whole files go to one worker (--dist loadfile), so a module's shared
 # mitmdump is started once; every test uses OS-picked ports and its own temp dirs. WORKERS=0 runs
@@ -52,8 +47,11 @@ $(DEV_STAMP): requirements/dev.txt pyproject.toml | $(BIN)/python
 
 venv: $(DEV_STAMP)
 
+# The proxy's command line has one definition, `tokenpak run` (tokenpak_mitm/cli/run.py), which a
+# pip install without this Makefile uses too; these variables map to its options.
 run: $(RUN_STAMP)
-	$(BIN)/mitmdump --listen-host $(HOST) -p $(PORT) --mode $(MODE) --set flow_detail=$(FLOW_DETAIL) $(SCOPE) $(HOSTS_OPT) -s addons/tokenpak.py --set tokenpak_quiet=$(QUIET) $(ARGS)
+	$(BIN)/tokenpak run --host '$(HOST)' --port '$(PORT)' --mode '$(MODE)' --flow-detail '$(FLOW_DETAIL)' --quiet '$(QUIET)' \
+		--extra-hosts '$(EXTRA_HOSTS)' $(if $(SCOPE),,--intercept-all) -- $(ARGS)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(XDIST) $(ARGS)

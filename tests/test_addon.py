@@ -116,6 +116,37 @@ async def test_stream_callable_survives_a_tracker_bug(addon, monkeypatch):
     assert len(tp.store.rows) == 1
 
 
+async def test_a_row_waits_for_the_session_of_a_big_body_still_read_in_the_worker(addon, monkeypatch):
+    # Issue 26 item 1: a flow accounted here (recorded, saved, replayed) whose body is over 32 KB
+    # has its session read in the worker process; a reply back before that used to lose it.
+    tp, _ = addon
+    gate = asyncio.Event()
+
+    async def slow_worker(fn, *args):
+        await gate.wait()
+        return fn(*args)
+
+    monkeypatch.setattr(tp._offload, "run", slow_worker)
+
+    def big_flow(session: str):
+        f = anthropic_flow(resp_body=JSON_BODY, ctype="application/json")
+        f.request.content = json.dumps({"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "x " * 40_000}]}).encode()
+        f.request.headers["x-tokenpak-session"] = session
+        return f
+
+    first, second = big_flow("big-1"), big_flow("big-2")
+    await drive_buffered(tp, first)
+    assert tp.store.rows == []  # not without its session
+    gate.set()
+    for _ in range(5):
+        await next_turn()
+    assert [(r["session_id"], r["turn"]) for r in tp.store.rows] == [("big-1", 1)]
+    gate.clear()
+    await drive_buffered(tp, second)
+    tp.done()  # shutdown while the worker still reads it: read here, the row is written with it
+    assert [(r["session_id"], r["turn"]) for r in tp.store.rows] == [("big-1", 1), ("big-2", 1)]
+
+
 async def test_replayed_flow_parses_the_buffered_body(addon):
     # mitmdump -nr / server replay never call the stream callable: the response hook parses.
     tp, _ = addon

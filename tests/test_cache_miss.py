@@ -75,3 +75,31 @@ def test_a_model_change_points_at_no_section():
     ev = Evidence(cur, 100.0, 0, 3000, 0, 1024, None, None, Prior(prev, len(prev.blocks) - 1, 2900, 90.0, 300.0))
     v = diagnose(ev)
     assert v is not None and (v.reason, v.section, v.block, v.change) == ("prefix_changed", None, None, "model_params")
+
+
+# -- the provider's verdict (cache diagnostics) and the rule when it disagrees ------------------------
+def test_reconcile_the_provider_wins_for_the_reason_ours_keeps_the_cost_and_the_where():
+    from tokenpak_mitm.core.account.cache_miss import Verdict, as_provider_reason, reconcile
+
+    ours = Verdict("provider_evicted", 3000)
+    assert reconcile(ours, None) is ours and reconcile(None, "system_changed") is None  # no miss is made up
+    moved = reconcile(ours, "system_changed")
+    assert moved == Verdict("prefix_changed", 3000, None, None, "system")
+    changed = Verdict("prefix_changed", 2000, "system", 0, "volatile")
+    assert as_provider_reason(changed.reason, changed.section, changed.change) == "system_changed"
+    assert reconcile(changed, "system_changed") is changed  # agreement: ours is finer (a volatile value)
+    assert reconcile(changed, "tools_changed") == Verdict("prefix_changed", 2000, "system", 0, "tools")
+    assert reconcile(Verdict("unknown", 10), "model_changed") == Verdict("prefix_changed", 10, None, None, "model_params")
+    for stands in ("below_minimum", "ttl_expired", "not_marked"):  # would have missed without the divergence
+        assert reconcile(Verdict(stands, 5), "messages_changed") == Verdict(stands, 5)  # type: ignore[arg-type]
+    for silent in ("none", "previous_message_not_found", "unavailable", "some_future_type"):
+        assert reconcile(changed, silent) is changed
+
+
+def test_a_mid_conversation_system_message_is_history_not_the_system_prompt():
+    shape = shape_of({"model": "claude-opus-4-8", "system": "s", "messages": [
+        {"role": "user", "content": "q"}, {"role": "system", "content": "now in French"}]})
+    assert shape is not None
+    assert [b.part for b in shape.blocks] == ["system", "messages", "messages"]
+    openai = shape_of({"model": "gpt-5.6", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}, "openai_chat")
+    assert openai is not None and [b.part for b in openai.blocks] == ["system", "messages"]

@@ -199,6 +199,17 @@ def test_i5_catches_changed_headers(mutation: str):
     assert check_i5(ev)
 
 
+def test_i5_accepts_a_header_the_proxy_recorded_as_its_change_and_only_as_recorded():
+    """tokenpak_cache_diagnostics adds the beta header and says so in the flow (header_changes)."""
+    beta = "cache-diagnosis-2026-04-07"
+    ev = good(sent_request_headers=[*SENT_HEADERS, ("anthropic-beta", beta)])
+    assert check_i5(ev)  # not recorded: a change like any other
+    ev.header_changes = {"anthropic-beta": beta}
+    assert check_i5(ev) == []
+    ev.header_changes = {"anthropic-beta": "something-else"}
+    assert check_i5(ev) and "anthropic-beta" in check_i5(ev)[0].message  # type: ignore[index]
+
+
 # -- I6 -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("observed, words", [
     (FRAMES[:1] + FRAMES[2:], "missing"),  # a dropped frame

@@ -219,3 +219,41 @@ def test_bad_and_compressed_bodies_flow_and_keep_their_header_session(tmp_path: 
     finally:
         proxy.stop()
         up.stop()
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "openai_chat"])
+def test_recording_keeps_the_session_of_every_body_size(tmp_path: Path, dialect: str):
+    """Issue 26 item 1: with ``tokenpak_record`` on, the proxy accounts the flow itself and
+    fingerprints bodies over 32 KB in its worker process; a reply that came back before that work
+    finished used to cost the row its session, turn, project and miss diagnosis."""
+    db, rec = tmp_path / "t.db", tmp_path / "rec"
+    sizes = [16 << 10, 33 << 10, 64 << 10, 256 << 10, 1 << 20]
+    with FakeProvider() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path, options=[f"tokenpak_record={rec}"]).start()
+        try:
+            for size in sizes:
+                filler = " ".join(f"Paragraph {i} of the shared context." for i in range(size // 36))
+                history: list[dict[str, str]] = []
+                for turn in range(2):
+                    history.append({"role": "user", "content": f"{filler} Question {turn}?" if turn == 0 else f"Question {turn}?"})
+                    if dialect == "anthropic":
+                        path, model = "/v1/messages", MODEL
+                        auth = [("x-api-key", "sk-ant-api03-canary-not-a-real-key-000000"), ("anthropic-version", "2023-06-01")]
+                        payload = {"model": model, "max_tokens": 20, "messages": history}
+                    else:  # streamed, as the SDKs' chat clients mostly are
+                        path, model = "/v1/chat/completions", "gpt-4.1"
+                        auth = [("authorization", "Bearer sk-proj-canary-not-a-real-key-00000000")]
+                        payload = {"model": model, "messages": history, "stream": True, "stream_options": {"include_usage": True}}
+                    body = json.dumps(payload).encode()
+                    headers = [*auth, ("content-type", "application/json"), ("x-tokenpak-session", f"size-{size}"),
+                               ("x-tokenpak-project", "rec")]
+                    resp = request(proxy.port, build_request("POST", path, body, headers))
+                    assert resp.status == 200
+                    history.append({"role": "assistant", "content": "ok"})
+            rows = wait_for_rows(db, "1=1 ORDER BY id", (), n=2 * len(sizes))
+        finally:
+            proxy.stop()
+    got = [(r["session_id"], r["turn"], r["project"]) for r in rows]
+    assert got == [(f"size-{s}", t, "rec") for s in sizes for t in (1, 2)]
+    assert all(r["terminal_state"] == "completed" for r in rows)
+    assert len(list(rec.glob("*.mitm"))) == 2 * len(sizes)  # and every flow was recorded

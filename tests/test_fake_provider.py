@@ -250,3 +250,66 @@ def test_each_dialect_reads_back_through_the_proxys_tracker(fake: FakeProvider, 
               "openai_responses": result.usage.get("input_tokens_details", {}).get("cached_tokens")}[dialect]
     assert (got.usage.cache_read_tokens or 0) == (cached or 0)
     assert dialect == "gemini" or cached  # the repeated long prefix was read from the simulated cache
+
+
+# -- cache diagnostics (Anthropic): the documented semantics, read back by the proxy's tracker ----
+BETA_HEADERS = {"anthropic-beta": "cache-diagnosis-2026-04-07"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_cache_diagnostics_name_the_first_divergence_and_the_tracker_reads_them(fake: FakeProvider, stream: bool) -> None:
+    from tokenpak_mitm.core.dialects.anthropic import AnthropicTracker
+    from tokenpak_mitm.core.observe.sse import SSEParser
+
+    def ask(payload: dict[str, Any], previous: str | None, headers: dict[str, str] = BETA_HEADERS) -> tuple[str, AnthropicTracker]:
+        response = httpx.post(f"{fake.url}/v1/messages", json={**payload, "stream": stream, "diagnostics": {"previous_message_id": previous}},
+                              headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        tracker = AnthropicTracker()
+        if stream:
+            for frame in SSEParser().feed(response.content):
+                tracker.feed_frame(frame)
+        else:
+            tracker.feed_body(response.content, 200)
+        assert tracker.extract.response_id
+        return tracker.extract.response_id, tracker
+
+    first, t = ask(body("q1"), None)
+    assert (t.extract.provider_miss_reason, t.extract.provider_missed_tokens) == ("none", None)  # the first turn
+    grown = body("q1", "a1", "q2")
+    second, t = ask(grown, first)
+    assert t.extract.provider_miss_reason == "none"  # the history only grew: nothing diverged
+    cases = [
+        ({**grown, "model": "claude-opus-4-8"}, "model_changed"),
+        ({**grown, "tools": [{"name": "t", "description": "d", "input_schema": {"type": "object"}}]}, "tools_changed"),
+        ({**grown, "system": SYSTEM + " Answer in French."}, "system_changed"),
+        (body("q1 edited", "a1", "q2", "a2", "q3"), "messages_changed"),
+    ]
+    for payload, reason in cases:
+        _, t = ask(payload, second)
+        assert t.extract.provider_miss_reason == reason
+        assert t.extract.provider_missed_tokens is not None and t.extract.provider_missed_tokens > 0
+    _, t = ask(grown, "msg_unknown")
+    assert (t.extract.provider_miss_reason, t.extract.provider_missed_tokens) == ("previous_message_not_found", None)
+
+
+def test_diagnostics_without_the_beta_header_is_refused_and_no_header_means_no_diagnostics(fake: FakeProvider) -> None:
+    refused = httpx.post(f"{fake.url}/v1/messages", json={**body("q"), "diagnostics": {"previous_message_id": None}}, timeout=10)
+    assert refused.status_code == 400 and "cache-diagnosis-2026-04-07" in refused.text
+    plain = httpx.post(f"{fake.url}/v1/messages", json=body("q"), timeout=10)
+    assert plain.status_code == 200 and "diagnostics" not in plain.json()
+    with_header = httpx.post(f"{fake.url}/v1/messages", json=body("q"), headers=BETA_HEADERS, timeout=10)
+    assert "diagnostics" not in with_header.json()  # the fingerprint is kept; nothing asked, nothing answered
+    assert with_header.json()["id"] in fake.fingerprints
+
+
+def test_a_mid_conversation_system_message_keeps_the_prefix_before_it_readable(fake: FakeProvider) -> None:
+    """The documented use: a {"role": "system"} message appended after the history; the cached prefix
+    before it is still read on that request and the next one (which keeps it)."""
+    first = body("q1")
+    first["messages"][-1]["content"] = [{"type": "text", "text": "q1 " * 400, "cache_control": {"type": "ephemeral"}}]
+    assert httpx.post(f"{fake.url}/v1/messages", json=first, timeout=10).status_code == 200
+    second = {**first, "messages": [*first["messages"], {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
+                                    {"role": "system", "content": "From now on, answer in French."}]}
+    usage = httpx.post(f"{fake.url}/v1/messages", json=second, timeout=10).json()["usage"]
+    assert usage["cache_read_input_tokens"] >= fake.results[0].usage["cache_creation_input_tokens"]

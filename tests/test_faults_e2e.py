@@ -442,3 +442,149 @@ def test_sigkill_loses_at_most_the_last_second_and_never_corrupts(tmp_path: Path
     finally:
         stack.proxy.stop()
         stack.upstream.stop()
+
+
+# -- the store's writer process hung (SIGSTOP) or killed, under load (issue 27) -----------------------
+
+_BIG = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True,
+                   "messages": [{"role": "user", "content": "x" * (256 * 1024)}]}).encode()  # beyond the pipe's 64 KiB buffer
+
+
+_SMALL = b'{"model":"claude-sonnet-4-6","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _gone(pid: int) -> bool:
+    """Exited (or a zombie waiting for its reaper): neither running nor stopped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _load(stack: Stack, n: int, body: bytes = _BIG, workers: int = 8) -> list[str]:
+    """n streamed requests, ``workers`` at a time; every response must be intact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> str:
+        resp, key = stack.call(sse_script(FRAMES), body)
+        assert resp.complete and resp.body == b"".join(FRAMES)
+        return key
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _stop_and_restart(stack: Stack, tmp: Path, writers: list[int]) -> tuple[Stack, str]:
+    stack.proxy.stop(timeout=30)
+    out = stack.proxy.output()
+    assert all(_gone(pid) for pid in writers), "a store writer outlived the proxy"
+    stack.upstream.stop()
+    return make_stack(tmp), out
+
+
+def test_a_writer_hung_across_shutdown_loses_no_row_and_is_not_left_behind(tmp_path: Path):
+    """SIGSTOP the writer, send 120 requests of 256 KiB, stop the proxy: it waits a bounded
+    time, kills the writer and spills what was not acknowledged; the next start imports it."""
+    stack = make_stack(tmp_path)
+    writer = stack.proxy.store_writer_pid()
+    before = _load(stack, 10)
+    _assert_exactly_once(stack.db, before)
+    rss0 = _rss_mib(stack.proxy.pid)
+    os.kill(writer, signal.SIGSTOP)
+    peak = rss0
+    try:
+        during: list[str] = []
+        for _ in range(6):
+            during += _load(stack, 20)
+            peak = max(peak, _rss_mib(stack.proxy.pid))
+        t0 = time.monotonic()
+        stack, out = _stop_and_restart(stack, tmp_path, [writer])
+        assert time.monotonic() - t0 < 25  # bounded: SHUTDOWN_WAIT, not forever
+    finally:
+        try:
+            os.kill(writer, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    try:
+        _assert_exactly_once(stack.db, before + during)
+        assert "none lost" in out, out[-3000:]
+        assert peak - rss0 < 64, f"RSS grew {peak - rss0:.0f} MiB while the writer was hung (30 MiB of bodies)"
+    finally:
+        stack.close()
+
+
+def test_a_writer_hung_for_ten_seconds_under_load_is_replaced_and_costs_no_row(tmp_path: Path):
+    stack = make_stack(tmp_path)
+    writer = stack.proxy.store_writer_pid()
+    keys = _load(stack, 10, workers=4)
+    os.kill(writer, signal.SIGSTOP)
+    hung_at = time.monotonic()
+    rss0, peak = _rss_mib(stack.proxy.pid), 0.0
+    while time.monotonic() - hung_at < 10:
+        keys += _load(stack, 16, workers=4)
+        peak = max(peak, _rss_mib(stack.proxy.pid))
+    try:
+        os.kill(writer, signal.SIGCONT)  # too late: it was treated as gone (and killed) after ACK_TIMEOUT
+    except ProcessLookupError:
+        pass
+    keys += _load(stack, 10, workers=4)
+    new = stack.proxy.store_writer_pid()
+    assert new != writer
+    try:
+        assert wait_until_rows(stack.db, keys)  # the replacement writer imports the proxy's spill while running
+        assert "is unresponsive: no acknowledgement since" in stack.proxy.output()
+        assert peak - rss0 < 64, f"RSS grew {peak - rss0:.0f} MiB"
+        stack, out = _stop_and_restart(stack, tmp_path, [writer, new])
+        assert "none lost" in out
+        _assert_exactly_once(stack.db, keys)
+    finally:
+        stack.close()
+
+
+def test_a_writer_killed_again_and_again_under_load_costs_no_row(tmp_path: Path):
+    stack = make_stack(tmp_path)
+    keys: list[str] = []
+    writers: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set():
+            try:
+                pid = stack.proxy.store_writer_pid(timeout=6)
+            except RuntimeError:
+                continue
+            writers.append(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            stop.wait(0.5)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        for _ in range(8):
+            keys += _load(stack, 16, body=_SMALL, workers=4)
+    finally:
+        stop.set()
+        t.join()
+    try:
+        assert len(writers) >= 4
+        writers.append(stack.proxy.store_writer_pid())
+        stack, out = _stop_and_restart(stack, tmp_path, writers)
+        assert "none lost" in out
+        _assert_exactly_once(stack.db, keys)
+    finally:
+        stack.close()
+
+
+def wait_until_rows(db: Path, keys: list[str], timeout: float = 30.0) -> bool:
+    return set(keys) <= set(_wait_ids(db, keys, timeout))

@@ -391,3 +391,54 @@ def test_html_report_file_is_owner_only(db: Path, tmp_path: Path) -> None:
     page.chmod(0o644)  # an existing looser file is replaced, not reused
     assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
     assert page.stat().st_mode & 0o777 == 0o600 and page.read_text().startswith("<!DOCTYPE html>")
+
+
+WIDE_ROWS = [
+    *ROWS,
+    row("s1", 4, model="claude-sonnet-4-5-20250929", session_id="sess-7f3a9c2e1b4d", project="checkout-service", turn=3,
+        input_tokens=123_456, cache_read_tokens=9_876_543, cache_write_tokens=45_678, output_tokens=12_345, cost_usd=0.0739,
+        savings_usd=1.2345, cache_origin="proxy", cache_miss_reason="prefix_changed", miss_section="system", miss_block=0,
+        miss_change="system", miss_cost_usd=0.0123, cache_warm_until=ts(4) + 300, ttft_ms=1234.5, duration_ms=98_765.0),
+    row("s2", 4, model="claude-haiku-4-5", session_id="sess-0b1c2d3e4f5a", project="data-pipeline-nightly", turn=9,
+        input_tokens=9, cache_read_tokens=0, cache_write_tokens=0, output_tokens=9, cost_usd=0.000045, cache_miss_reason="ttl_expired",
+        miss_cost_usd=0.0009, ttft_ms=88.0, duration_ms=900.0),
+]
+
+
+def _words(text: str) -> set[str]:
+    """Every whitespace-separated word inside the table cells (and the other lines) of ``text``."""
+    out = set()
+    for line in text.splitlines():
+        for cell in re.split(r"[│┃]", line):
+            out.update(w for w in cell.split() if not all(0x2500 <= ord(c) <= 0x257F for c in w) and "pytest-of" not in w)
+    return out
+
+
+@pytest.mark.parametrize("args", [(), ("--by", "model"), ("--by", "session"), ("--by", "project"), ("--misses",)])
+def test_tables_never_split_a_number_or_a_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                     args: tuple[str, ...]) -> None:
+    """Issue 26 item 3: at every width from 60 to 200 (COLUMNS, as a terminal sets it) and when
+    piped (no COLUMNS: whole lines), each word of every cell is printed whole on one line, and no
+    line is wider than the width."""
+    path = tmp_path / "t.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in WIDE_ROWS:
+        store.submit(r)
+    store.close()
+    cmd = ["report", "--db", str(path), "--since", "2026-04-30", *args]
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(cmd) == 0
+    piped = capsys.readouterr().out
+    words = _words(piped)
+    musts = {(): ("$0.0770",), ("--by", "model"): ("$0.0739", "claude-sonnet-4-5-20250929"), ("--by", "session"): ("$0.0739", "sess-7f3a9c2e1b4d"),
+             ("--by", "project"): ("$0.0739", "data-pipeline-nightly"), ("--misses",): ("claude-sonnet-4-5-20250929", "sess-7f3a9c2e1b4d")}[args]
+    for must in musts:
+        assert must in words, (must, piped)
+    for width in range(60, 201):
+        monkeypatch.setenv("COLUMNS", str(width))
+        assert main(cmd) == 0
+        out = capsys.readouterr().out
+        assert max(len(line) for line in out.splitlines()) <= width, (width, out)
+        missing = words - _words(out)
+        assert not missing, (width, sorted(missing), out)

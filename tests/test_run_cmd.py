@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +34,34 @@ def test_the_command_loads_the_package_script_with_make_runs_defaults():
     assert SCRIPT.resolve().is_relative_to((ROOT / "tokenpak_mitm").resolve())  # inside the package, not the checkout
     assert argv[argv.index("--mode") + 1] == "reverse:https://api.anthropic.com"
     assert "flow_detail=0" in argv and "--allow-hosts" not in argv
+
+
+def _make_run(*variables: str) -> list[str]:
+    """The `tokenpak run` arguments `make run` uses with these variables (make -n: nothing starts)."""
+    out = subprocess.run(["make", "-s", "-n", "-C", str(ROOT), "run", *variables], capture_output=True, text=True, timeout=60, check=True).stdout
+    line = next(part for part in out.replace("\\\n", " ").splitlines() if "tokenpak run" in part)
+    argv = shlex.split(line)
+    assert Path(argv[0]).name == "tokenpak" and argv[1] == "run"  # make run has no command line of its own
+    return argv[2:]
+
+
+def _sets(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+
+
+def test_make_run_and_tokenpak_run_start_the_same_proxy():
+    # Issue 26 item 5: tokenpak run left out tokenpak_quiet=true, so every connect printed.
+    plain = run_cmd.command(parse())
+    assert run_cmd.command(parse(*_make_run())) == plain
+    assert {"tokenpak_quiet=true", "flow_detail=0"} <= set(_sets(plain))
+    loud = run_cmd.command(parse(*_make_run("QUIET=false", "FLOW_DETAIL=1", "MODE=regular", "EXTRA_HOSTS=gw.corp.example,llm.local",
+                                            "ARGS=--set tokenpak_cache=off")))
+    assert {"tokenpak_quiet=false", "flow_detail=1", "tokenpak_hosts=gw.corp.example", "tokenpak_hosts=llm.local"} <= set(_sets(loud))
+    scope = loud[loud.index("--allow-hosts") + 1]
+    assert "api\\.openai\\.com" in scope and "gw\\.corp\\.example" in scope and loud[-2:] == ["--set", "tokenpak_cache=off"]
+    assert "--allow-hosts" not in run_cmd.command(parse(*_make_run("MODE=regular", "SCOPE=")))  # SCOPE= intercepts all
+    assert loud == run_cmd.command(parse("--mode", "regular", "--quiet", "false", "--flow-detail", "1", "--extra-hosts",
+                                         "gw.corp.example,llm.local", "--", "--set", "tokenpak_cache=off"))
 
 
 def test_regular_mode_is_scoped_to_the_llm_hosts_and_extras_pass_through():

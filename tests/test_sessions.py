@@ -559,3 +559,73 @@ def test_expiry_comes_before_a_missing_marker():
     run(d, c, 10)
     c.cache = "off"
     assert reasons([run(d, c, 10 + 400), run(d, c, 420)]) == ["ttl_expired", "not_marked"]
+
+
+# -- the provider's own verdict (cache diagnostics) against ours -----------------------------------
+# The fake provider's diagnostics (cache_sim.fingerprint / diagnose_against: the documented
+# semantics) next to our diagnosis of the same requests. docs/sessions.md has the table; here every
+# case the provider states a divergence for and we saw a miss must agree.
+
+def _agreement_case(change: str) -> tuple[str | None, str | None, Any]:
+    """(the provider's stated type, ours in the provider's words, our verdict) for the request after ``change``."""
+    from tokenpak_mitm.core.account.cache_miss import as_provider_reason
+    from tokenpak_mitm.sim.cache_sim import diagnose_against, fingerprint
+
+    # long turns for a history edit: what it loses must be more than the read tolerance to be a miss
+    d, c = Driver(), Conversation("a", "Current time: 2026-11-30 10:00:01. " + system_text("a"), tools("a"), pad=400 if change == "history" else 0)
+    model = MODEL
+    last = None
+    for t in (0, 10, 20):
+        req = c.request()
+        last = fingerprint({**req, "model": model})
+        d.send({**req, "model": model}, t)
+        c.answered()
+    if change == "model":
+        model = "claude-sonnet-4-5"  # the same minimum: only the model differs
+    elif change == "tools":
+        c.tools = [*c.tools[:1], {**c.tools[1], "description": "changed"}, *c.tools[2:]]
+    elif change == "system":
+        c.system += " Answer in French."
+    elif change == "volatile":
+        c.system = c.system.replace("10:00:01", "10:00:21")
+    elif change == "history":
+        c.messages[2] = {**c.messages[2], "content": c.messages[2]["content"] + " (edited)"}
+    elif change == "mid_system":  # a system message appended mid-conversation (the documented use)
+        c.messages.append({"role": "user", "content": "more"})
+        c.messages.append({"role": "system", "content": "From now on, answer in French."})
+    req = {**c.request(), "model": model} if change != "mid_system" else {
+        "model": model, "max_tokens": 50, "system": c.system, "tools": c.tools, "messages": c.messages}
+    stated = diagnose_against(last, fingerprint(req))
+    outcome, _ = d.send(req, 30)
+    v = outcome.verdict
+    ours = as_provider_reason(v.reason, v.section, v.change) if v else None
+    return (stated or {}).get("type"), ours, v
+
+
+@pytest.mark.parametrize("change,provider", [("model", "model_changed"), ("tools", "tools_changed"), ("system", "system_changed"),
+                                             ("volatile", "system_changed"), ("history", "messages_changed"), ("mid_system", None)])
+def test_our_reason_equals_the_providers_wherever_it_states_one(change: str, provider: str | None):
+    stated, ours, verdict = _agreement_case(change)
+    assert stated == provider
+    if provider is not None:
+        assert verdict is not None and verdict.reason == "prefix_changed"
+        assert ours == stated
+    else:
+        # nothing diverged: the system message appended after the history leaves the prefix before it readable
+        assert verdict is None
+
+
+def test_a_trailing_system_message_the_next_request_drops_is_not_a_prefix_change():
+    """Claude Code's per-turn reminder as a mid-conversation system message: the last breakpoint on it,
+    and the next request resends the history without it. The provider calls that messages_changed
+    (structure); no read was lost to a change before it, so ours is not prefix_changed."""
+    d, c = Driver(), Conversation("a", system_text("a"), tools("a"))
+    got = []
+    for t in (0, 10, 20):
+        req = c.request()
+        req["messages"].append({"role": "system", "content": [{"type": "text", "text": f"Reminder {t}: " + "keep it short. " * 800}]})
+        got.append(d.send(req, t))
+        c.answered()
+    # (before the rule, turns 2 and 3 were prefix_changed: the reminder's write counted as the expected read)
+    assert [o.verdict.reason if o.verdict else None for o, _ in got] == ["cold", None, None]
+    assert got[2][1]["cache_read_input_tokens"] > 0

@@ -320,3 +320,128 @@ def test_the_writers_console_lines_look_like_mitmproxys_own():
     for colour in (True, False):
         record = logging.LogRecord("tokenpak", logging.INFO, __file__, 1, "tokenpak: anthropic/messages x", None, None)
         assert stamped("tokenpak: anthropic/messages x", record.created, colour) == MitmFormatter(colour).format(record)
+
+
+# -- a hung writer, the caps and the crash window (issue 27) ------------------------------------------
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def test_a_hung_writer_at_shutdown_is_killed_after_a_bounded_wait_and_its_rows_spilled(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    s.start()
+    assert wait_until(lambda: s.pid is not None)
+    pid = s.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    keys = [f"h{i}" for i in range(300)]
+    for k in keys:
+        s.submit(row(k, error="e" * 1000))  # ~300 KB: more than the pipe holds
+    with caplog.at_level(logging.INFO, logger="tokenpak.store"):
+        t0 = time.monotonic()
+        s.close(timeout=2.0)
+        took = time.monotonic() - t0
+    assert took < 6.0
+    assert _state(pid) in ("gone", "Z", "X")  # killed, not left stopped
+    assert s.lost == 0 and s.spilled_here + s.acked == 300
+    assert "none lost" in caplog.text
+    TelemetryStore(db).close()  # (a start that is never started still needs nothing)
+    t = TelemetryStore(db)
+    t.start()
+    t.close()
+    exactly_once(db, keys)
+
+
+def test_a_writer_that_does_not_acknowledge_within_the_bound_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    from tokenpak_mitm.store import writer as store_writer
+
+    monkeypatch.setattr(store_writer, "ACK_TIMEOUT", 1.0)
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    with caplog.at_level(logging.WARNING, logger="tokenpak.store"):
+        s.start()
+        assert wait_until(lambda: s.pid is not None)
+        pid = s.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        keys = [f"u{i}" for i in range(40)]
+        for k in keys:
+            s.submit(row(k))
+        assert wait_until(lambda: s.restarts >= 1 and s.pid not in (None, pid), timeout=10)
+        assert wait_until(lambda: sorted(keys_in(db)) == sorted(keys), timeout=20)  # spilled, then imported by the new writer while it runs
+    assert "is unresponsive: no acknowledgement since" in caplog.text
+    assert _state(pid) in ("gone", "Z", "X")
+    s.close()
+    exactly_once(db, keys)
+    assert s.dropped == 0
+
+
+def test_past_the_hard_cap_a_row_is_counted_lost_with_its_cause_never_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tokenpak_mitm.store import writer as store_writer
+
+    monkeypatch.setattr(store_writer, "HARD_ITEMS", 10)  # the feeder never runs here (as if stalled)
+    db = tmp_path / "t.db"
+    s = StoreProcess(db)
+    keys = [f"c{i}" for i in range(15)]
+    for k in keys:
+        s.submit(row(k))
+    assert s.lost == 5 and s.gauges()["queued"] == 10
+    s.close()
+    assert s.spilled_here == 10 and s.dropped == 5
+    assert list(s.lost_by_cause.values()) == [5] and "hard cap" in next(iter(s.lost_by_cause))
+    total, reasons = losses(db)
+    assert total == 5 and any("hard cap" in r for r in reasons)
+    detail = {c.name: c for c in check_losses(db)}["lost rows"].detail
+    assert "5 telemetry rows" in detail and "by cause: 5 the store's backlog was over its hard cap" in detail
+
+
+_CHILD = """
+import os, sys, time
+sys.path.insert(0, sys.argv[2])
+from test_store_faults import row
+from tokenpak_mitm.store.writer import StoreProcess
+s = StoreProcess(sys.argv[1])
+s.start()
+while s.pid is None or s.ready_pid != s.pid:
+    time.sleep(0.02)
+print(s.pid, flush=True)
+sys.stdin.readline()
+for i in range(int(sys.argv[3])):
+    s.submit(row(f"w{i}", error="e" * 600))
+print("sent", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_proxy_killed_while_its_writer_is_hung_loses_at_most_the_crash_window(tmp_path: Path):
+    """The proxy spills what waits longer than CRASH_WINDOW; what is in the pipe is drained by the
+    writer, which the proxy's death continues (SIGCONT) so it is not left stopped either."""
+    import subprocess
+    import sys
+
+    from tokenpak_mitm.store.writer import CRASH_WINDOW
+
+    db = tmp_path / "t.db"
+    n = 3000
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(db), str(Path(__file__).parent), str(n)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    writer = int(child.stdout.readline())
+    os.kill(writer, signal.SIGSTOP)
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "sent"
+    time.sleep(CRASH_WINDOW + 1.0)
+    child.kill()
+    child.wait()
+    assert wait_until(lambda: _state(writer) in ("gone", "Z", "X"), timeout=20)  # continued, drained its pipe, exited
+    t = TelemetryStore(db)  # the next start imports the spill file
+    t.start()
+    t.close()
+    exactly_once(db, [f"w{i}" for i in range(n)])

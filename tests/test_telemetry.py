@@ -197,3 +197,11 @@ def test_the_requests_own_secret_values_leave_the_error_text():
 def test_a_body_not_parsed_says_why():
     row = build_row(record(observe_note="response_body_too_large"))
     assert row["error"] == "response_body_too_large" and row["terminal_state"] == "completed" and row["usage_source"] == "absent"
+
+
+def test_the_providers_cache_verdict_is_copied_to_the_row():
+    rec = RequestRecord(request_key="k", route=Route("anthropic", "messages", "anthropic"), started_at=0.0, host="h", path="/v1/messages")
+    rec.extract.provider_miss_reason, rec.extract.provider_missed_tokens = "system_changed", 1234
+    row = build_row(rec)
+    assert (row.provider_miss_reason, row.provider_missed_tokens) == ("system_changed", 1234)
+    assert build_row(RequestRecord(request_key="j", route=rec.route, started_at=0.0, host="h", path="/")).provider_miss_reason is None

@@ -206,16 +206,19 @@ def check_database(path: Path) -> list[Check]:
 
 def check_losses(path: Path) -> list[Check]:
     """Spilled rows waiting for the next start, and rows lost (counted by the store's loss ledger)."""
-    from tokenpak_mitm.store.sqlite import loss_ledger_paths, losses, spill_paths
+    from tokenpak_mitm.store.sqlite import loss_ledger_paths, losses_by_cause, spill_paths
 
     out = []
     for spill in spill_paths(path):
         if spill.exists():
             out.append(Check("spilled rows", "warn", f"{spill} holds rows written while the database was unavailable",
                              "start the proxy: it imports them on start"))
-    lost, reasons = losses(path)
+    by_cause = losses_by_cause(path)
+    lost = sum(by_cause.values())
     if lost:
-        out.append(Check("lost rows", "warn", f"{lost} telemetry rows could be neither written nor spilled ({'; '.join(reasons[:3])})",
+        causes = "; ".join(f"{n} {reason}" for reason, n in sorted(by_cause.items(), key=lambda c: -c[1])[:3])
+        more = f"; {len(by_cause) - 3} more causes" if len(by_cause) > 3 else ""
+        out.append(Check("lost rows", "warn", f"{lost} telemetry rows could be neither written nor spilled, by cause: {causes}{more}",
                          f"free disk space / fix permissions; delete {loss_ledger_paths(path)[0]} to reset the count"))
     else:
         out.append(Check("lost rows", "ok", "none recorded"))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenpak_mitm.cli.report_model import BUCKETS, CACHE_HIT_RATIO_DEFINITION, UNKNOWN_COST, Report, Summary, money, ms, ratio
+from tokenpak_mitm.cli.tables import print_table, report_console
 from tokenpak_mitm.core.row import CACHE_ORIGINS
 from tokenpak_mitm.store import query as rq
 from tokenpak_mitm.store.query import COLUMN_FILTERS, GROUPINGS, Filters
@@ -325,11 +326,10 @@ def _latency_cells(s: Summary) -> list[str]:
 
 
 def _print_tables(report: Report, db: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(highlight=False, width=max(120, Console().width))
+    console = report_console()
     t = report.totals
     window = f"since {report.since}" + (f" until {report.until}" if report.until else "")
     extra = report.filters.describe()
@@ -366,16 +366,17 @@ def _print_tables(report: Report, db: str) -> None:
     decisions.add_column("requests", justify="right")
     for decision, n in sorted(t.cache_decisions.items(), key=lambda kv: -kv[1]):
         decisions.add_row(escape(decision), str(n))
-    console.print(tokens, money_t, latency, states)
+    for table in (tokens, money_t, latency, states):
+        print_table(console, table)
     if report.errors:
         errs = Table(title="Requests that did not complete, by status and error type", title_justify="left")
         for col in ("state", "status", "error", "requests"):
-            errs.add_column(col, justify="right" if col in ("status", "requests") else "left")
+            errs.add_column(col, justify="right" if col in ("status", "requests") else "left", overflow="fold" if col == "error" else "ellipsis")
         for e in report.errors[:20]:
             errs.add_row(escape(e["terminal_state"]), str(e["status_code"] or "-"), escape(e["error"] or "-"), str(e["requests"]))
-        console.print(errs)
+        print_table(console, errs)
     if t.cache_decisions:
-        console.print(decisions)
+        print_table(console, decisions)
     console.print(f"cache hit = {CACHE_HIT_RATIO_DEFINITION}.")
     if t.proxy_request_ms:
         p = t.proxy_request_ms
@@ -387,11 +388,11 @@ def _print_tables(report: Report, db: str) -> None:
 
         unpriced = Table(title=f"Unpriced requests by model (price table: {_price_table_version()})", title_justify="left")
         for col in ("provider", "model", "requests", "why"):
-            unpriced.add_column(col, justify="right" if col == "requests" else "left")
+            unpriced.add_column(col, justify="right" if col == "requests" else "left", overflow="fold" if col == "why" else "ellipsis")
         for item in report.unpriced:
             why = UNPRICED_REASONS.get(item["reason"], item["reason"])
             unpriced.add_row(escape(item["provider"]), escape(item["model"]), str(item["requests"]), escape(why))
-        console.print(unpriced)
+        print_table(console, unpriced)
         if any(i["reason"] in ("unknown_model", "unknown", "no_cache_write_price", "unknown_speed", "unknown_service_tier") for i in report.unpriced):
             console.print(f"To update the price table: {_update_hint()}.")
     if t.requests - t.requests_with_usage:

@@ -151,7 +151,13 @@ UNKNOWN_COST = "unknown"  # the same word in the terminal, the HTML page and tai
 
 
 def money(v: float | None) -> str:
-    return UNKNOWN_COST if v is None else f"${v:,.4f}"
+    """``$1,234.5678``; a cost under $0.0001 keeps two significant digits (``$0.000045``, never
+    ``$0.0000`` for money that was spent)."""
+    if v is None:
+        return UNKNOWN_COST
+    if v and abs(v) < 0.0001:
+        return f"${v:.{min(12, 1 - math.floor(math.log10(abs(v))))}f}"
+    return f"${v:,.4f}"
 
 
 def ratio(v: float | None) -> str:

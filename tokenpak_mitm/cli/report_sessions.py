@@ -23,7 +23,7 @@ __all__ = ["GroupSummary", "MissCause", "group_summaries", "html_sections", "mis
 Row = Mapping[str, Any]
 COLUMNS = ("started_at", "session_id", "project", "turn", "model", "cost_usd", "input_tokens", "cache_read_tokens",
            "cache_write_tokens", "cache_miss_reason", "miss_section", "miss_block", "miss_change", "miss_cost_usd",
-           "cache_warm_until")
+           "cache_warm_until", "provider_miss_reason", "provider_missed_tokens")
 TOP = 5  # sessions and models named per cause
 CHANGE_LABELS = {"tools": "tool definitions", "system": "system text", "volatile": "volatile value (date, id)",
                  "history": "history rewritten", "model_params": "model or parameters"}
@@ -92,9 +92,13 @@ class MissCause:
     sessions: dict[str, float] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)
     changes: dict[str, int] = field(default_factory=dict)
+    provider: dict[str, int] = field(default_factory=dict)  # the provider's own verdicts on these misses
 
     def add(self, row: Row) -> None:
         self.misses += 1
+        said = row.get("provider_miss_reason")
+        if said:
+            self.provider[str(said)] = self.provider.get(str(said), 0) + 1
         cost = row.get("miss_cost_usd")
         if cost is None:
             self.unpriced += 1
@@ -117,6 +121,7 @@ class MissCause:
             "sessions": [{"session_id": s, "cost_usd": round(c, 9)} for s, c in top], "session_count": len(self.sessions),
             "models": dict(sorted(self.models.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]),
             "changes": dict(sorted(self.changes.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "provider": dict(sorted(self.provider.items(), key=lambda kv: (-kv[1], kv[0]))),
         }
 
 
@@ -126,8 +131,10 @@ def load_rows(conn: sqlite3.Connection, filters: Filters) -> list[dict[str, Any]
     if "session_id" not in have:
         return []  # a database from before sessions: nothing to show
     cond, params = where(filters, have)
-    sql = f"SELECT {', '.join(COLUMNS)} FROM requests{cond} ORDER BY started_at, id"
-    return [dict(zip(COLUMNS, r, strict=True)) for r in conn.execute(sql, params)]
+    present = [c for c in COLUMNS if c in have]  # an older schema lacks the newer columns: None there
+    sql = f"SELECT {', '.join(present)} FROM requests{cond} ORDER BY started_at, id"
+    blank = dict.fromkeys(COLUMNS)
+    return [{**blank, **dict(zip(present, r, strict=True))} for r in conn.execute(sql, params)]
 
 
 def group_summaries(rows: Iterable[Row], by: str) -> list[GroupSummary]:
@@ -171,12 +178,14 @@ def _warm(ts: float | None, now: float) -> str:
 
 
 def print_groups(rows: Sequence[Row], by: str, now: float) -> None:
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from tokenpak_mitm.cli.tables import print_table, report_console
 
     table = Table(title=f"By {by}", title_justify="left")
     for name in (by, "project" if by == "session" else "sessions", "requests", "turns", "cost", "hit ratio", "misses", "lost to misses", "cache"):
-        table.add_column(name, justify="left" if name in (by, "project", "cache") else "right", overflow="fold")
+        table.add_column(name, justify="left" if name in (by, "project", "cache") else "right")
     sessions_per_project: dict[str, set[str]] = {}
     if by == "project":
         for row in rows:
@@ -185,17 +194,18 @@ def print_groups(rows: Sequence[Row], by: str, now: float) -> None:
         d = g.as_dict()
         ratio = "-" if d["cache_hit_ratio"] is None else f"{d['cache_hit_ratio']:.1%}"
         second = (g.project or "-") if by == "session" else str(len(sessions_per_project.get(g.key, ())))
-        table.add_row(g.key, second, str(g.requests), str(g.turns), f"${g.cost_usd:.4f}" + (f" (+{g.unpriced} unpriced)" if g.unpriced else ""),
+        table.add_row(escape(g.key), escape(second), str(g.requests), str(g.turns), f"${g.cost_usd:.4f}" + (f" (+{g.unpriced} unpriced)" if g.unpriced else ""),
                       ratio, str(g.misses), f"${g.miss_cost_usd:.4f}", _warm(g.warm_until, now) if by == "session" else "-")
-    Console().print(table)
+    print_table(report_console(), table)
 
 
 def print_misses(rows: Sequence[Row]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from tokenpak_mitm.cli.tables import print_table, report_console
+
     table = Table(title="Cache misses by cause (money lost = paid above a full read of the expected prefix)", title_justify="left")
-    for name in ("cause", "misses", "lost", "top sessions", "models", "what changed"):
+    for name in ("cause", "misses", "lost", "top sessions", "models", "what changed", "provider said"):
         table.add_column(name, justify="right" if name in ("misses", "lost") else "left", no_wrap=name in ("cause", "lost"),
                          overflow="fold")
     causes = miss_causes(rows)
@@ -203,10 +213,11 @@ def print_misses(rows: Sequence[Row]) -> None:
         d = c.as_dict()
         table.add_row(c.reason, str(c.misses), f"${c.cost_usd:.4f}" + (f" (+{c.unpriced} unpriced)" if c.unpriced else ""),
                       ", ".join(s["session_id"] for s in d["sessions"]), ", ".join(d["models"]),
-                      ", ".join(f"{k} x{v}" for k, v in d["changes"].items()) or "-")
-    console = Console()
+                      ", ".join(f"{k} x{v}" for k, v in d["changes"].items()) or "-",
+                      ", ".join(f"{k} x{v}" for k, v in d["provider"].items()) or "-")
+    console = report_console()
     if causes:
-        console.print(table)
+        print_table(console, table)  # a list column wraps between its items, never inside a model name
     else:
         console.print("No cache misses diagnosed in this window.")
 
@@ -217,13 +228,14 @@ def html_sections(rows: Sequence[Row], now: float) -> str:
     parts = ["<h2>Cache misses by cause</h2>"]
     causes = miss_causes(rows)
     if causes:
-        parts.append("<table><tr><th>cause</th><th>misses</th><th>lost</th><th>top sessions</th><th>models</th><th>what changed</th></tr>")
+        parts.append("<table><tr><th>cause</th><th>misses</th><th>lost</th><th>top sessions</th><th>models</th><th>what changed</th><th>provider said</th></tr>")
         for c in causes:
             d = c.as_dict()
             parts.append(
                 f"<tr><td>{e(c.reason)}</td><td class=num>{c.misses}</td><td class=num>${c.cost_usd:.4f}</td>"
                 f"<td>{e(', '.join(s['session_id'] for s in d['sessions']))}</td><td>{e(', '.join(d['models']))}</td>"
-                f"<td>{e(', '.join(f'{k} x{v}' for k, v in d['changes'].items()) or '-')}</td></tr>"
+                f"<td>{e(', '.join(f'{k} x{v}' for k, v in d['changes'].items()) or '-')}</td>"
+                f"<td>{e(', '.join(f'{k} x{v}' for k, v in d['provider'].items()) or '-')}</td></tr>"
             )
         parts.append("</table>")
     else:

@@ -1,10 +1,11 @@
-"""``tokenpak run``: start mitmdump with the package's addon script (what ``make run`` does, for a
-``pip install`` that has no checkout and no Makefile).
+"""``tokenpak run``: start mitmdump with the package's addon script. The one definition of how the
+proxy is started: ``make run`` calls it (its variables map to these options), and a ``pip
+install`` with no checkout and no Makefile uses it directly.
 
-Same defaults as ``make run``: loopback, port 8766, reverse mode to api.anthropic.com, mitmdump's
-own per-flow lines off (they print full URLs, a Gemini ``?key=`` included), and in regular mode
-TLS interception scoped to the LLM API hosts. Anything after ``--`` goes to mitmdump unchanged,
-e.g. ``tokenpak run -- --set tokenpak_cache=off``.
+Defaults: loopback, port 8766, reverse mode to api.anthropic.com, mitmdump's own per-flow lines
+off (they print full URLs, a Gemini ``?key=`` included), mitmproxy's per-connection lines off
+(``tokenpak_quiet=true``), and in regular mode TLS interception scoped to the LLM API hosts.
+Anything after ``--`` goes to mitmdump unchanged, e.g. ``tokenpak run -- --set tokenpak_cache=off``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8766, help="listen port (default: 8766)")
     parser.add_argument("--mode", default="reverse:https://api.anthropic.com",
                         help="mitmproxy mode: reverse:https://api.anthropic.com (default), regular, ...")
-    parser.add_argument("--flow-detail", action="store_true", help="keep mitmdump's own per-flow lines (they show full URLs)")
+    parser.add_argument("--flow-detail", nargs="?", type=int, const=2, default=0, metavar="N",
+                        help="mitmdump's own per-flow lines, 0-4 (default 0: off, they show full URLs; bare: 2)")
+    parser.add_argument("--quiet", choices=("true", "false"), default="true",
+                        help="hide mitmproxy's per-connection lines (default: true; make run's QUIET)")
     parser.add_argument("--extra-hosts", default="", help="comma-separated extra LLM API hosts (a company gateway): classified and, in regular mode, intercepted")
     parser.add_argument("--intercept-all", action="store_true", help="regular mode: decrypt every host, not only the LLM APIs")
     parser.add_argument("--print", dest="print_only", action="store_true", help="print the mitmdump command instead of running it")
@@ -34,13 +38,13 @@ def command(args: argparse.Namespace) -> list[str]:
     from tokenpak_mitm.proxy.launch import SCRIPT, mitmdump_executable
 
     argv = [mitmdump_executable(), "--listen-host", args.host, "-p", str(args.port), "--mode", args.mode,
-            "--set", f"flow_detail={2 if args.flow_detail else 0}"]
+            "--set", f"flow_detail={args.flow_detail}"]
     extra_hosts = tuple(h.strip() for h in args.extra_hosts.split(",") if h.strip())
     if args.mode.startswith("regular") and not args.intercept_all:
         argv += ["--allow-hosts", allow_hosts_pattern((*LLM_HOSTS, *extra_hosts))]
     for host in extra_hosts:
         argv += ["--set", f"tokenpak_hosts={host}"]
-    argv += ["-s", str(SCRIPT)]
+    argv += ["-s", str(SCRIPT), "--set", f"tokenpak_quiet={args.quiet}"]
     extra = list(args.mitmdump_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]

@@ -137,6 +137,14 @@ class Recording:
     def golden_path(self) -> Path:
         return golden_path(self.path)
 
+    @property
+    def header_changes(self) -> dict[str, str]:
+        """Request headers the proxy recorded as its own change (the cache-diagnostics beta header)."""
+        meta = self.flow.metadata.get("tokenpak")
+        asked = meta.get("diagnostics") if isinstance(meta, dict) else None
+        beta = asked.get("anthropic_beta") if isinstance(asked, dict) else None
+        return {"anthropic-beta": beta} if isinstance(beta, str) else {}
+
     def golden(self) -> dict[str, Any] | None:
         p = self.golden_path
         return json.loads(p.read_text()) if p.exists() else None
@@ -153,6 +161,7 @@ class Recording:
             sent_request_headers=sent_headers,
             sent_request_body=self.flow.request.raw_content,
             spans=self.spans,
+            header_changes=self.header_changes,
             status_code=self.status,
             upstream_response_headers=resp_headers,
             upstream_response_body=self.response_body if self.flow.response else None,

@@ -24,6 +24,7 @@ STABLE_COLUMNS: tuple[str, ...] = (
     "web_search_requests", "usage_source", "frames", "response_bytes", "response_id",
     "upstream_request_id", "error", "cache_origin", "markers_inserted", "client_markers",
     "cache_decision", "prefix_tokens_est", "cost_usd", "savings_usd", "price_version",
+    "provider_miss_reason", "provider_missed_tokens",
 )
 
 

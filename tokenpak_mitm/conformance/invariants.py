@@ -44,6 +44,7 @@ class Evidence:
     sent_request_headers: list[tuple[str, str]] | None = None
     sent_request_body: bytes | None = None
     spans: list[tuple[int, bytes]] | None = None  # offsets into the (decoded) client body
+    header_changes: Mapping[str, str] = field(default_factory=dict)  # request headers the proxy says it set (lower-case name -> value sent)
     expected_host: str | None = None  # reverse mode: mitmproxy rewrites Host to the upstream authority
     # response: what the upstream sent, what the client received
     status_code: int | None = None
@@ -230,11 +231,15 @@ def check_i5(ev: Evidence) -> Outcome:
     applicable = False
     if ev.client_request_headers is not None and ev.sent_request_headers is not None:
         applicable = True
-        keep = [(k, v) for k, v in ev.client_request_headers if k.lower() not in _REWRITTEN + _REMOVED]
+        changed = tuple(ev.header_changes)  # e.g. the cache-diagnostics beta header (tokenpak_cache_diagnostics)
+        keep = [(k, v) for k, v in ev.client_request_headers if k.lower() not in _REWRITTEN + _REMOVED + changed]
         leaked = [k for k, _ in ev.sent_request_headers if k.lower() in _REMOVED]
         if leaked:
             out.append(Violation("I5", f"the proxy's own header {leaked[0]} reached the upstream"))
-        got = [(k, v) for k, v in ev.sent_request_headers if k.lower() not in _REWRITTEN]
+        got = [(k, v) for k, v in ev.sent_request_headers if k.lower() not in _REWRITTEN + changed]
+        for name, value in ev.header_changes.items():
+            if header_get(ev.sent_request_headers, name) != value:
+                out.append(Violation("I5", f"the proxy says it set {name}: {value!r}, but the upstream got {header_get(ev.sent_request_headers, name)!r}"))
         if keep != got:
             out.append(Violation("I5", f"request headers changed on the way upstream: client sent {_header_diff(keep, got)}"))
         host_sent = header_get(ev.sent_request_headers, "host")

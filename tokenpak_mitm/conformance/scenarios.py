@@ -134,6 +134,13 @@ def _anthropic_json(msg_id: str, usage: dict[str, Any], model: str = "claude-son
             "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
 
 
+def _diagnosed(frames: list[bytes], diagnostics: dict[str, Any]) -> list[bytes]:
+    """The stream with ``diagnostics`` on message_start's message (where the API puts it)."""
+    start = json.loads(frames[0].split(b"data: ", 1)[1])
+    start["message"]["diagnostics"] = diagnostics
+    return [_event("message_start", start), *frames[1:]]
+
+
 def _gzip_sse(frames: list[bytes], rid: str) -> Script:
     wire = gzip.compress(b"".join(frames), mtime=0)
     return Script(headers=[*SSE, ("content-encoding", "gzip"), ("request-id", rid)], steps=[Step(wire[i:i + 53], delay=0.004 if i else 0.0) for i in range(0, len(wire), 53)])
@@ -197,6 +204,20 @@ def _scenarios() -> list[Scenario]:
                  _json_response(_anthropic_json("msg_corpus_gzreq", _usage(9, write=3300, out=6)), "req_corpus_18")),
         Scenario("anthropic_upstream_closed", "Messages, the upstream closes the connection before answering", msgs,
                  _messages(), _anthropic_headers(), Script(raw=b"")),
+        # Cache diagnostics as the docs show them (build-with-claude/cache-diagnostics): the client
+        # names its previous response under the beta header; message_start carries the verdict.
+        Scenario("anthropic_stream_cache_diagnostics", "Messages SSE, the client asks for cache diagnostics; message_start says system_changed", msgs,
+                 _messages(system=[{"type": "text", "text": LONG_SYSTEM + " Today is Friday.", "cache_control": {"type": "ephemeral"}}],
+                           diagnostics={"previous_message_id": "msg_corpus_diag_prev"}),
+                 [*_anthropic_headers(), ("anthropic-beta", "cache-diagnosis-2026-04-07")],
+                 _sse(_diagnosed(_anthropic_stream("msg_corpus_diag", _usage(12, write=3310, out=1), {"output_tokens": 9}, TEXT),
+                                 {"cache_miss_reason": {"type": "system_changed", "cache_missed_input_tokens": 3310}}), "req_corpus_diag")),
+        # Claude Code's cache_control carries fields we do not know (scope): passed through, counted as client markers.
+        Scenario("anthropic_json_cache_control_scope", "Messages JSON, Claude Code markers with an unknown cache_control field (scope): untouched, client markers", msgs,
+                 _messages(stream=False, system=[{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h", "scope": "global"}}],
+                           messages=[{"role": "user", "content": [{"type": "text", "text": "ls", "cache_control": {"type": "ephemeral", "scope": "org"}}]}]),
+                 _anthropic_headers("claude-cli/2.1.90 (external, cli)"),
+                 _json_response(_anthropic_json("msg_corpus_scope", _usage(4, read=3300, out=6)), "req_corpus_scope")),
         # -- OpenAI Chat Completions --------------------------------------------------------------
         Scenario("openai_chat_fixture_include_usage", "recorded Chat Completions stream with include_usage (openai-python)", "/v1/chat/completions",
                  _json({"model": "gpt-4o-2024-08-06", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}),

@@ -167,6 +167,10 @@ class TelemetryRow(Mapping[str, Any]):
     miss_expected_tokens: int | None = column("INTEGER", since=6)
     miss_cost_usd: float | None = column("REAL", since=6)
     cache_warm_until: float | None = column("REAL", since=6)
+    # v7: the provider's own verdict when the response carried one (Anthropic cache diagnostics:
+    # dialects/anthropic.PROVIDER_MISS_REASONS; docs/sessions.md "The provider's verdict").
+    provider_miss_reason: str | None = column("TEXT", since=7)
+    provider_missed_tokens: int | None = column("INTEGER", since=7)
 
     # -- construction from stored forms -----------------------------------------------------------
     @classmethod

@@ -48,7 +48,8 @@ from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
 from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
-from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
+from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, OFFLOAD_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
@@ -100,6 +101,10 @@ class _FlowState:
     labels: dict[str, str] = field(default_factory=dict)  # the x-tokenpak-* headers, taken off the request
     session_ticket: SessionTicket | None = None  # the session tracker's record of this request
     session_task: asyncio.Task[None] | None = None
+    session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
+    # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
+    # response id is remembered, so the conversation's next request can name it
+    conversation: tuple[str, bytes] | None = None
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -122,6 +127,8 @@ class TokenPak:
         self._deferred: dict[str, tuple[http.HTTPFlow, _FlowState]] = {}  # oldest first
         self._draining = False  # a `_drain` is scheduled
         self._tasks: set[asyncio.Task[None]] = set()
+        # Ended flows accounted here whose session the worker is still reading (see `_emit`).
+        self._awaiting: dict[str, tuple[http.HTTPFlow, _FlowState, Outcome | None]] = {}
         self._saving = False  # mitmproxy's save_stream_file (-w) is set
         # Option values read per request are copied here in `configure`: ctx.options lookups
         # cost microseconds each on the event loop, and they only change through configure.
@@ -139,6 +146,8 @@ class TokenPak:
         self.started = threading.Event()  # set by `running`; see watch_startup
         self.accountant = Accountant()  # for flows accounted here (see `_FlowState.remote`)
         self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
+        self._diagnostics = False  # tokenpak_cache_diagnostics
+        self.previous_responses = PreviousResponses()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
@@ -154,6 +163,10 @@ class TokenPak:
         loader.add_option("tokenpak_quiet", str, "false",
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
+        loader.add_option("tokenpak_cache_diagnostics", str, "off",
+                          "Ask Anthropic for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
+                          "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
+                          "The provider then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
         loader.add_option("tokenpak_metrics", str, "", "Serve Prometheus metrics of the rows written on host:port (e.g. 127.0.0.1:9464, path /metrics); needs the team extra.")
 
@@ -179,6 +192,7 @@ class TokenPak:
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
         try:
             console = parse_bool("tokenpak_console", opts.tokenpak_console)
+            self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
             quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
@@ -285,6 +299,10 @@ class TokenPak:
     def done(self) -> None:
         for flow_id in list(self._deferred):  # rows still waiting for a turn of the loop
             self._run_deferred(flow_id, True)
+        for flow, st, ended in list(self._awaiting.values()):  # rows waiting for the worker's fingerprint
+            self._awaiting.pop(flow.id, None)
+            self._session_now(st)
+            self._finish_row(flow, st, ended)
         self._save_index()
         self._offload.close()
         if self.otel is not None:
@@ -366,6 +384,7 @@ class TokenPak:
                 logger.exception("tokenpak: could not hand the request to the session tracker; the row goes without it")
             return
         # After the hook returns: parsing and hashing the prompt must not delay the request.
+        st.session_facts = self._session_facts(flow, st)
         st.session_task = asyncio.get_running_loop().create_task(self._begin_session(flow, st))
 
     def _session_facts(self, flow: http.HTTPFlow, st: _FlowState) -> SessionFacts:
@@ -393,9 +412,21 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: could not track the session; the row goes without it")
 
+    def _session_now(self, st: _FlowState) -> None:
+        """Read the session here instead of waiting for `session_task` (at shutdown, or a task
+        that has not started yet)."""
+        task, facts = st.session_task, st.session_facts
+        if task is not None:
+            task.cancel()
+        if st.session_ticket is None and facts is not None:
+            try:
+                st.session_ticket = self.accountant.begin(facts)
+            except Exception:
+                logger.exception("tokenpak: could not track the session; the row goes without it")
+
     async def _begin_session_guarded(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         """Decide the session and turn from what went upstream (markers included)."""
-        facts = self._session_facts(flow, st)
+        facts = st.session_facts or self._session_facts(flow, st)
         readable = facts.body
         if readable is not None and len(readable) > SHAPE_OFFLOAD_BYTES:
             # ~0.7 ms per 200 KB (250 ms for 26k blocks): in the worker process, not a thread,
@@ -437,6 +468,12 @@ class TokenPak:
         except Exception:
             logger.exception("tokenpak: marker insertion failed; request sent unchanged")
             st.record.cache_decision = "error"
+        asked: dict[str, Any] | None = None
+        if self._diagnostics and st.route.api == "messages" and st.route.provider == "anthropic":
+            try:
+                asked = await self._ask_diagnostics(flow, st, spans)
+            except Exception:
+                logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
         flow.metadata[META] = {
             "cache_decision": rec.cache_decision,
@@ -446,9 +483,44 @@ class TokenPak:
             "cache_reasons": rec.cache_reasons,
             "spans": spans,
         }
+        if asked is not None:
+            flow.metadata[META]["diagnostics"] = asked  # our change, besides the spans: the header
         if hooks.wanted(flow, hooks.OUTBOUND):
             inserted = [(int(offset), text.encode("utf-8")) for offset, text in spans]
             hooks.fire(hooks.TokenpakOutboundHook(flow, client_body or b"", inserted))
+
+    async def _ask_diagnostics(self, flow: http.HTTPFlow, st: _FlowState, spans: list[list[Any]]) -> dict[str, Any] | None:
+        """Splice ``diagnostics.previous_message_id`` (and the beta header) into an Anthropic request
+        that lacks it (see cache_diagnostics); returns what was added, None when nothing was."""
+        req = flow.request
+        body = req.raw_content
+        if body is None or "content-encoding" in req.headers:
+            return None  # streamed upstream already, or compressed: never re-encode for this
+        prepared = await self._offload.run(prepare, body) if len(body) > OFFLOAD_BYTES else prepare(body)
+        if prepared is None or not prepared.keys:
+            return None
+        scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
+        st.conversation = (scope, prepared.keys[-1])
+        if prepared.client_sent:
+            return None  # the client asked itself: its request goes as it wrote it
+        previous = self.previous_responses.lookup(scope, prepared.keys)
+        done = splice(body, prepared, previous)
+        header = beta_header(req.headers.get("anthropic-beta"))
+        req.raw_content = done.body
+        if "content-length" in req.headers:
+            req.headers["content-length"] = str(len(done.body))
+        if header is not None:
+            req.headers["anthropic-beta"] = header
+        # Client-body offsets: every marker span lies inside the object, after this one.
+        spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
+        return {"previous_message_id": previous, "anthropic_beta": header}  # header: the value set, None when the client's had it
+
+    def _note_response(self, st: _FlowState) -> None:
+        """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
+        rid = st.tracker.extract.response_id
+        if st.conversation is not None and rid:
+            self.previous_responses.note(*st.conversation, rid)
+            st.conversation = None
 
     @staticmethod
     def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:
@@ -557,6 +629,8 @@ class TokenPak:
         if st is None or st.emitted or flow.error is not None:
             return None  # a replayed cut-short flow gets `response` then `error`: the error reports it
         st.emitted = True
+        if st.conversation is not None:
+            self._note_response(st)  # a stream's id is known by now: before the next request can come
         loop = _running_loop()
         if loop is None or not st.live or self._saving or hooks.WANT_KEY in flow.metadata:
             # A replay, a flow that is saved (`-w`: mitmproxy writes it, with our stash, right after
@@ -716,9 +790,32 @@ class TokenPak:
             ended = None
         if st.ticket is not None:
             self._learn(st.ticket, ended, st.record)
+        if st.conversation is not None:
+            self._note_response(st)
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
+        task, facts = st.session_task, st.session_facts
+        if st.session_ticket is None and task is not None and not task.done():
+            if facts is not None and facts.body is not None and len(facts.body) > SHAPE_OFFLOAD_BYTES:
+                # The worker process still fingerprints the request's big body: the row waits for
+                # it rather than going without its session (issue 26: recorded requests > 32 KB).
+                self._awaiting[flow.id] = (flow, st, ended)
+                task.add_done_callback(lambda _: self._session_read(flow.id))
+                return
+            self._session_now(st)  # a small body whose task has not run yet: read it here
+        self._finish_row(flow, st, ended)
+
+    def _session_read(self, flow_id: str) -> None:
+        entry = self._awaiting.pop(flow_id, None)
+        try:  # a loop callback, not a hook: mitmproxy would not catch and report what escapes
+            if entry is not None:
+                self._finish_row(*entry)
+        except Exception:
+            logger.exception("tokenpak: could not account for a finished request")
+
+    def _finish_row(self, flow: http.HTTPFlow, st: _FlowState, ended: Outcome | None) -> None:
+        """The session columns, the row, and its hand-off (hook, store, export, console); never raises."""
         session: dict[str, Any] = {}
         try:
             session = self._finish_session(flow, st, ended or MINIMAL_OUTCOME)

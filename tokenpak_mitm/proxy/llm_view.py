@@ -267,6 +267,13 @@ def describe_response(route: Route, body: bytes, status: int, meta: Mapping[str,
         markers = f"; markers: {meta.get('markers_inserted') or 0} inserted by the proxy, {meta.get('client_markers') or 0} from the client" if meta else ""
         decision = f"; planner: {meta['cache_decision']}" if meta.get("cache_decision") else ""
         lines.append(f"cache: {verdict}{markers}{decision}")
+        session = meta.get("session")
+        ours = session.get("cache_miss_reason") if isinstance(session, Mapping) else None
+        if ours:
+            lines.append(f"cache miss (our diagnosis): {ours}")
+        if x.provider_miss_reason:
+            missed = f", {x.provider_missed_tokens:,} input tokens after the divergence" if x.provider_missed_tokens is not None else ""
+            lines.append(f"cache diagnostics (the provider's verdict): {x.provider_miss_reason}{missed}")
     for err in a.errors:
         lines.append(f"error: {err}")
     if a.thinking:
@@ -293,6 +300,12 @@ def describe_request(route: Route, body: bytes) -> str:
     turns = obj.get("messages") or obj.get("input") or obj.get("contents")
     if isinstance(turns, list):
         lines.append(f"messages: {len(turns)}")
+        mid = [i for i, t in enumerate(turns) if isinstance(t, dict) and t.get("role") == "system"]
+        if mid and route.dialect == "anthropic":
+            lines.append(f"mid-conversation system messages: {len(mid)} (at {', '.join(f'#{i}' for i in mid)})")
+    diagnostics = obj.get("diagnostics")
+    if isinstance(diagnostics, dict) and "previous_message_id" in diagnostics:
+        lines.append(f"cache diagnostics asked, against: {diagnostics.get('previous_message_id') or '(first turn)'}")
     tools = obj.get("tools")
     if isinstance(tools, list) and tools:
         names = [str(t.get("name") or (t.get("function") or {}).get("name") or t.get("type") or "?") for t in tools if isinstance(t, dict)]

@@ -603,3 +603,81 @@ def _has_openai_breakpoint(request: dict[str, Any], api: Api, b: Boundary) -> bo
         return False
     block = part_at(request, api, b)
     return isinstance(block, dict) and block.get("prompt_cache_breakpoint") is not None
+
+
+# ---------------------------------------------------------------- cache diagnostics (Anthropic)
+# The documented semantics (platform.claude.com build-with-claude/cache-diagnostics, read
+# 2026-12-06; docs/sessions.md "The provider's verdict"): with the beta header the API keeps a
+# fingerprint of each request keyed by its response id; a request naming that id in
+# ``diagnostics.previous_message_id`` gets back the first point where the two diverged, in prefix
+# order (model, tools, system, messages), with an estimate of the input tokens after it; nothing
+# diverged, or the first turn: ``cache_miss_reason`` null. The comparison is about structure, not
+# about what was read. Assumptions (not documented): markers are not part of the fingerprint (they
+# never change the prefix hash), and history that only grew (the previous request's messages are a
+# prefix of this one's) is no divergence.
+
+DIAGNOSTICS_BETA = "cache-diagnosis-2026-04-07"
+DIAGNOSTIC_REASONS = ("model_changed", "tools_changed", "system_changed", "messages_changed",
+                      "previous_message_not_found", "unavailable")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the API keeps of one request for cache diagnostics: hashes and token estimates."""
+
+    model: str
+    # (section, hash, tokens) per tool, per system block and per message, in prefix order
+    items: tuple[tuple[str, str, int], ...]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(tokens for _, _, tokens in self.items)
+
+
+def fingerprint(request: dict[str, Any]) -> Fingerprint:
+    """The fingerprint of a valid Messages request (see ``analyse_request``), markers removed."""
+    items: list[tuple[str, str, int]] = []
+
+    def add(section: str, value: Any) -> None:
+        blocks = [block for _, block in _as_blocks(value, section)] if not isinstance(value, dict) else [value]
+        text = "\0".join(canonical_block_json(block) for block in blocks)
+        items.append((section, hashlib.sha256(text.encode()).hexdigest(), sum(block_tokens(b) for b in blocks)))
+
+    for _, tool in _as_blocks(request.get("tools"), "tools"):
+        add("tools", tool)
+    for _, block in _as_blocks(request.get("system"), "system"):
+        add("system", block)
+    for message in request.get("messages") or []:
+        role = str(message.get("role", "")) if isinstance(message, dict) else ""
+        content = message.get("content") if isinstance(message, dict) else None
+        blocks = [block for _, block in _as_blocks(content, "messages")]
+        text = role + "\0" + "\0".join(canonical_block_json(block) for block in blocks)
+        items.append(("messages", hashlib.sha256(text.encode()).hexdigest(), sum(block_tokens(b) for b in blocks)))
+    return Fingerprint(str(request.get("model")), tuple(items))
+
+
+def diagnose_against(previous: Fingerprint | None, current: Fingerprint) -> dict[str, Any] | None:
+    """The ``cache_miss_reason`` object for ``current`` against ``previous`` (None: no divergence).
+
+    ``previous`` None: the id was not found. ``cache_missed_input_tokens``: the tokens of
+    ``current`` from the first differing item on (only for the ``*_changed`` types).
+    """
+    if previous is None:
+        return {"type": "previous_message_not_found", "cache_missed_input_tokens": None}
+    if previous.model != current.model:
+        return {"type": "model_changed", "cache_missed_input_tokens": current.total_tokens}
+    before = 0
+    for section in ("tools", "system", "messages"):
+        prev = [item for item in previous.items if item[0] == section]
+        cur = [item for item in current.items if item[0] == section]
+        grown = section == "messages" and len(cur) >= len(prev)
+        for i, item in enumerate(cur):
+            if i >= len(prev):
+                break
+            if item[1] != prev[i][1]:
+                return {"type": f"{section}_changed", "cache_missed_input_tokens": current.total_tokens - before}
+            before += item[2]
+        if (section != "messages" and len(cur) != len(prev)) or (section == "messages" and not grown):
+            return {"type": f"{section}_changed", "cache_missed_input_tokens": current.total_tokens - before}
+        before += sum(item[2] for item in cur[len(prev):])
+    return None

@@ -5,7 +5,10 @@ bytes follow each provider's wire format, with control over framing (chunk sizes
 mid-stream faults). It is the one fake upstream (``testing.upstream.FakeUpstream``) with a handler
 that routes by path, asks the simulator for usage and renders the reply with ``testing.dialects``:
 
-* ``POST /v1/messages`` (+ ``/count_tokens``): Anthropic Messages, cache simulated per the docs.
+* ``POST /v1/messages`` (+ ``/count_tokens``): Anthropic Messages, cache simulated per the docs;
+  cache diagnostics (``diagnostics.previous_message_id`` with the ``cache-diagnosis-2026-04-07``
+  beta header) answered per the docs (``cache_sim.diagnose_against``); ``diagnostics`` without
+  the beta header is refused with a 400, as a request using an unannounced beta field.
 * ``POST /v1/chat/completions`` and ``/v1/responses``: OpenAI, automatic and explicit caching simulated.
 * ``POST /v1beta/models/{model}:generateContent`` / ``:streamGenerateContent``: Gemini, no cache
   model (prompt tokens are estimated as bytes / 4, nothing is reported cached).
@@ -29,7 +32,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Literal
 
-from tokenpak_mitm.sim.cache_sim import CacheSimulator, SimResult
+from tokenpak_mitm.sim.cache_sim import DIAGNOSTICS_BETA, CacheSimulator, Fingerprint, InvalidRequest, SimResult, diagnose_against, fingerprint
 from tokenpak_mitm.sim.replies import (
     ANTHROPIC_ERROR_TYPES,
     Dialect,
@@ -105,6 +108,8 @@ class FakeProvider:
         self.cumulative_delta_usage = cumulative_delta_usage
         self.next_stream_fault: StreamFault | None = None
         self.next_http_error: int | None = None
+        self.fingerprints: dict[str, Fingerprint] = {}  # cache diagnostics: response id -> its request's fingerprint
+        self.diagnostics: list[dict[str, Any] | None] = []  # the diagnostics object of each Anthropic reply (None: none)
         self.requests: list[bytes] = []  # request bodies, as received
         self.results: list[SimResult] = []  # one per billable request
         self.upstream = FakeUpstream(self._handle, port=port, bad_request=self._bad_request)
@@ -177,20 +182,42 @@ class FakeProvider:
             if counted.error is not None:
                 return self._json(counted.status, {**counted.error, "request_id": request_id}, request_id, keep_alive)
             return self._json(200, counted.usage, request_id, keep_alive)
+        asked = False
+        if dialect == "anthropic" and isinstance(payload, dict):
+            try:
+                asked = _asks_diagnostics(request, payload)
+            except InvalidRequest as e:
+                return self._error(dialect, 400, str(e), request_id, keep_alive)
         result, model, stream = self._simulate(dialect, route, payload)
         self.results.append(result)
         if result.error is not None:
             body = {**result.error, "request_id": request_id} if dialect == "anthropic" else result.error
             return self._json(result.status, body, request_id, keep_alive)
         options = payload.get("stream_options") if isinstance(payload, dict) else None
+        reply_id = _new_id(_ID_PREFIX[dialect])
+        diagnostics = self._diagnostics(payload, reply_id) if asked else None
+        if dialect == "anthropic":
+            self.diagnostics.append(diagnostics)
         reply = Reply(
-            id=_new_id(_ID_PREFIX[dialect]), model=model, text=reply_text(len(self.results)), usage=result.usage,
+            id=reply_id, model=model, diagnostics=diagnostics, text=reply_text(len(self.results)), usage=result.usage,
             stop=result.stop_reason or "end_turn", text_deltas=self.text_deltas, cumulative_delta_usage=self.cumulative_delta_usage,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
         if not stream:
             return self._json(200, render_json(dialect, reply), request_id, keep_alive)
         return self._stream(dialect, render_frames(dialect, reply), request_id, keep_alive)
+
+    def _diagnostics(self, payload: dict[str, Any], reply_id: str) -> dict[str, Any] | None:
+        """Keep this request's fingerprint under its response id (the beta header is on); compare
+        with the one ``diagnostics.previous_message_id`` names (no ``diagnostics``: no object back)."""
+        current = fingerprint(payload)
+        self.fingerprints[reply_id] = current
+        if "diagnostics" not in payload:
+            return None
+        previous_id = payload["diagnostics"].get("previous_message_id") if isinstance(payload.get("diagnostics"), dict) else None
+        if previous_id is None:
+            return {"cache_miss_reason": None}  # the first turn: opted in, nothing to compare with
+        return {"cache_miss_reason": diagnose_against(self.fingerprints.get(previous_id), current)}
 
     def _simulate(self, dialect: Dialect, route: str, payload: Any) -> tuple[SimResult, str, bool]:
         """(usage or error, model, streamed?) for one generation request."""
@@ -229,6 +256,19 @@ class FakeProvider:
         headers = self._headers(request_id, keep_alive, "text/event-stream; charset=utf-8")
         headers.append(("cache-control", "no-cache"))
         return Script(headers=headers, steps=steps, truncate=fault == "disconnect", close=not keep_alive)
+
+
+def _asks_diagnostics(request: Received, payload: dict[str, Any]) -> bool:
+    """Whether the request opted in to cache diagnostics (the beta header); InvalidRequest when it
+    sends a ``diagnostics`` field without the header or of the wrong shape."""
+    betas = {b.strip() for b in (request.header("anthropic-beta") or "").split(",")}
+    value = payload.get("diagnostics")
+    if "diagnostics" in payload:
+        if DIAGNOSTICS_BETA not in betas:
+            raise InvalidRequest(f"diagnostics: requires the anthropic-beta header {DIAGNOSTICS_BETA}")
+        if not isinstance(value, dict) or not isinstance(value.get("previous_message_id", None), str | None):
+            raise InvalidRequest("diagnostics.previous_message_id: Input should be a valid string")
+    return DIAGNOSTICS_BETA in betas
 
 
 def main(argv: list[str] | None = None) -> int:

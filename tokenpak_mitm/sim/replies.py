@@ -54,6 +54,9 @@ class Reply:
     text_deltas: int = 3
     cumulative_delta_usage: bool = False
     include_usage: bool = True
+    # Anthropic cache diagnostics: the response's ``diagnostics`` object (``{"cache_miss_reason": ...}``)
+    # on the message and on ``message_start``'s message; None: the response carries none.
+    diagnostics: Mapping[str, Any] | None = None
 
 
 def _compact(obj: Any) -> bytes:
@@ -84,9 +87,11 @@ def split_text(text: str, pieces: int) -> list[str]:
 # ---------------------------------------------------------------- Anthropic Messages
 
 
-def anthropic_message_start(message_id: str, model: str, usage: Mapping[str, Any]) -> bytes:
+def anthropic_message_start(message_id: str, model: str, usage: Mapping[str, Any], diagnostics: Mapping[str, Any] | None = None) -> bytes:
     start: dict[str, Any] = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
              "stop_reason": None, "stop_sequence": None, "usage": dict(usage)}
+    if diagnostics is not None:
+        start["diagnostics"] = dict(diagnostics)
     return sse_event("message_start", {"type": "message_start", "message": start})
 
 
@@ -116,8 +121,11 @@ def anthropic_message_stop() -> bytes:
 
 def _anthropic_json(r: Reply) -> dict[str, Any]:
     content = [{"type": "text", "text": r.text}] if r.usage.get("output_tokens") else []
-    return {"id": r.id, "type": "message", "role": "assistant", "model": r.model, "content": content,
+    body = {"id": r.id, "type": "message", "role": "assistant", "model": r.model, "content": content,
             "stop_reason": r.stop, "stop_sequence": None, "usage": dict(r.usage)}
+    if r.diagnostics is not None:
+        body["diagnostics"] = dict(r.diagnostics)
+    return body
 
 
 def _anthropic_frames(r: Reply) -> list[bytes]:
@@ -126,7 +134,7 @@ def _anthropic_frames(r: Reply) -> list[bytes]:
     if r.cumulative_delta_usage:  # newer streams repeat cumulative input/cache counts (§2.3), no 5m/1h split
         delta_usage = {key: r.usage[key] for key in
                        ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")}
-    frames = [anthropic_message_start(r.id, r.model, {**r.usage, "output_tokens": min(1, output)}), anthropic_block_start(), anthropic_ping()]
+    frames = [anthropic_message_start(r.id, r.model, {**r.usage, "output_tokens": min(1, output)}, r.diagnostics), anthropic_block_start(), anthropic_ping()]
     frames += [anthropic_text_delta(piece) for piece in split_text(r.text, r.text_deltas)]
     return [*frames, anthropic_block_stop(), anthropic_message_delta(r.stop, delta_usage), anthropic_message_stop()]
 

@@ -127,6 +127,8 @@ def span_attributes(row: RowLike) -> dict[str, Any]:
         "tokenpak.miss_change": r.miss_change,
         "tokenpak.miss_expected_tokens": r.miss_expected_tokens,
         "tokenpak.miss_cost_usd": r.miss_cost_usd,
+        "tokenpak.provider_miss_reason": r.provider_miss_reason,
+        "tokenpak.provider_missed_tokens": r.provider_missed_tokens,
         "tokenpak.cache_warm_until": r.cache_warm_until,
     }
     return {k: v for k, v in attrs.items() if v is not None}

@@ -106,6 +106,8 @@ MIGRATIONS: tuple[str, ...] = (
     + report_rollup.migration_sql(report_query.bucket_sql),
     # 6: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
     add_columns(6) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
+    # 7: the provider's own cache-miss verdict (issue 25: Anthropic cache diagnostics)
+    add_columns(7),
 )
 # A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
 if len(MIGRATIONS) < SCHEMA_VERSION:
@@ -116,6 +118,7 @@ MAX_PENDING = 100_000  # rows kept in memory while the database is unavailable
 BATCH = 500
 FLUSH_INTERVAL = 0.2  # seconds; a crash loses at most this window (plus LINGER) of rows
 LINGER = 0.1  # seconds a batch may wait for more rows before it is written
+IMPORT_INTERVAL = 5.0  # seconds between looks for spill files to import while idle
 
 
 LOSS_SUFFIX = ".lost.jsonl"
@@ -288,7 +291,13 @@ def record_loss(db: Path, count: int, reason: str) -> Path | None:
 
 def losses(db: Path) -> tuple[int, list[str]]:
     """(rows lost in total, the distinct reasons) from the loss ledgers of ``db``."""
-    total, reasons = 0, []
+    by_cause = losses_by_cause(db)
+    return sum(by_cause.values()), list(by_cause)
+
+
+def losses_by_cause(db: Path) -> dict[str, int]:
+    """Rows lost by cause (in the order first seen) from the loss ledgers of ``db``."""
+    out: dict[str, int] = {}
     for path in loss_ledger_paths(db):
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -297,12 +306,12 @@ def losses(db: Path) -> tuple[int, list[str]]:
         for line in lines:
             try:
                 entry = json.loads(line)
-                total += int(entry["lost"])
+                n = int(entry["lost"])
             except (ValueError, KeyError, TypeError):
                 continue
-            if entry.get("reason") not in reasons:
-                reasons.append(str(entry.get("reason")))
-    return total, reasons
+            reason = str(entry.get("reason"))
+            out[reason] = out.get(reason, 0) + n
+    return out
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -384,6 +393,7 @@ class TelemetryStore:
         self._warned = False
         self._fallback_warned = False
         self._spilled_keys: set[str] = set()
+        self._next_import = time.monotonic() + IMPORT_INTERVAL
 
     def start(self) -> None:
         self._thread.start()
@@ -445,6 +455,10 @@ class TelemetryStore:
             try:
                 if self._pending:
                     self._flush()
+                elif time.monotonic() >= self._next_import and not self._warned:
+                    self._next_import = time.monotonic() + IMPORT_INTERVAL
+                    if any(p.exists() for p in self.spill_paths) and self._connect():
+                        self._import_spill()  # rows another process spilled while we ran (its writer behind or hung)
             except Exception:  # a dead writer would silently lose every later row
                 logger.exception("tokenpak: store writer error; rows kept for the next attempt")
                 self._drop_connection()

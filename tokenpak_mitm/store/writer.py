@@ -5,8 +5,8 @@ truncates that file, or makes it immutable, the next access raises SIGBUS in wha
 holds the mapping; with the store inside mitmdump that killed the proxy and all traffic with it.
 So the proxy keeps no SQLite connection at all:
 
-* ``StoreProcess`` (in the proxy) queues rows from the event loop (a plain append, as before);
-  a feeder thread sends them in batches, one pickled frame per batch, to the writer process's stdin.
+* ``StoreProcess`` (in the proxy) queues rows from the event loop (a plain append); a feeder
+  thread sends them in batches, one pickled frame per batch, to the writer process's stdin.
 * It also carries the accounting of live requests (``accounting.py``), so that the session
   tracker, the miss diagnosis, pricing, the row and the console line cost the proxy's event loop
   nothing: ``begin`` sends what the session tracker reads of a request as it goes upstream,
@@ -16,16 +16,30 @@ So the proxy keeps no SQLite connection at all:
   or once it has counted it as lost (so no row is counted twice). A finished request whose row the
   writer never acknowledged is built into its row by the proxy (without its session columns: the
   writer's tracker had them) and spilled like any other.
-* The proxy keeps every row it sent until it is acknowledged. When the writer dies (SIGBUS,
-  OOM kill, anything), the unacknowledged rows are appended to the spill file by the proxy
-  (plain file appends, no memory map) and a new writer is started, with a back-off; it imports
-  the spill file. ``INSERT OR IGNORE`` on the flow id means a row acknowledged late is not doubled.
-* A row that can be neither written nor spilled (both spill locations refused) is counted as
-  lost, logged when it happens and again at shutdown, and ledgered for ``tokenpak doctor``.
+
+Every row handed to ``StoreProcess`` ends in exactly one of: acknowledged by the writer, spilled by
+the proxy, or counted lost with a cause (logged, ledgered for ``tokenpak doctor``, and in the
+shutdown line). The bounds that make that hold when the writer hangs (SIGSTOP, a stuck disk, a
+debugger) or falls behind (a burst at its nice 10), all in docs/reliability.md:
+
+* The pipe is non-blocking: the feeder never waits on the writer.
+* Acknowledgement bound (``ACK_TIMEOUT``): a writer that acknowledges nothing for that long while
+  rows wait is treated as gone: a warning says since when, it is killed (SIGKILL ends a stopped
+  process too), the proxy spills what it had not acknowledged and starts another (with back-off).
+  A writer that dies is handled the same way. ``INSERT OR IGNORE`` on the flow id means a row
+  acknowledged late is not doubled.
+* Crash window (``CRASH_WINDOW``) and memory cap (``QUEUE_ITEMS``, ``QUEUE_BYTES``): a record that
+  has waited in the proxy's memory longer than the window, or beyond the caps, is spilled by the
+  proxy (a session-tracker note is dropped instead); past twice the caps (the proxy's own spill
+  stalled) a row is counted lost at once rather than held. What is already in the pipe survives a
+  crash of the proxy: the writer drains it (and is SIGCONT-ed if it was stopped) before it exits.
+  The writer imports spill files while it runs, not only at start.
+* Shutdown (``close``) is bounded (``SHUTDOWN_WAIT``): the writer gets that long to finish, then
+  it is killed and its unacknowledged rows spilled; no writer process outlives the proxy.
 
 The writer runs in its own session (a Ctrl-C at the terminal reaches mitmdump, not it) and exits
 when its stdin closes: on the proxy's clean shutdown, after flushing, and also when the proxy
-was killed, so nothing is left running.
+was killed.
 """
 
 from __future__ import annotations
@@ -34,18 +48,18 @@ import json
 import logging
 import os
 import pickle
-import queue
+import select
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, NamedTuple
 
 from tokenpak_mitm.core.account.accounting import Accountant, Begin, ConsoleSwitch, Finished, OtlpSwitch, SessionFacts, blind_until, console_line, minimal_row
 from tokenpak_mitm.core.row import TelemetryRow
@@ -54,7 +68,6 @@ from tokenpak_mitm.store.sqlite import (
     BATCH,
     FLUSH_INTERVAL,
     LINGER,
-    MAX_PENDING,
     TelemetryStore,
     append_jsonl,
     last_request_at,
@@ -120,33 +133,86 @@ def _as_row(item: Mapping[str, Any] | Finished) -> Mapping[str, Any]:
     return item
 
 
+ACK_TIMEOUT = 5.0  # seconds: a writer that acknowledges nothing for this long while rows wait is treated as gone
+SHUTDOWN_WAIT = 5.0  # seconds the writer may take to finish at shutdown before it is killed
+CRASH_WINDOW = 1.0  # seconds an answered request's record may wait in the proxy's memory before the proxy spills it
+QUEUE_ITEMS = 2_000  # items waiting to be sent; beyond this the oldest rows are spilled by the proxy
+QUEUE_BYTES = 16 << 20  # bytes of items waiting (request bodies for the session tracker, mostly); likewise
+HARD_ITEMS = 20_000  # past these (the proxy's own spill stalled, or a burst faster than it) a new row is counted lost
+HARD_BYTES = 48 << 20  # at once rather than held: the proxy's memory stays bounded whatever happens
+UNACKED_ITEMS = 20_000  # rows in the pipe or the writer, not yet durable; beyond this the oldest are spilled too
+FRAME_BYTES = 1 << 20  # a batch stops growing at this many bytes (at least one item)
+_ROW_SIZE = 2048  # what a queued row or finished record is taken to weigh (its request body is not in it)
+_SIZE_OVERHEAD = 256
+
+
+class _Queued(NamedTuple):
+    at: float  # time.monotonic() when it was queued
+    size: int
+    item: _Item
+
+
+def _size(item: _Item) -> int:
+    if isinstance(item, Begin):
+        return _SIZE_OVERHEAD + (len(item.facts.body) if item.facts.body is not None else 0)
+    if isinstance(item, Mapping | Finished):
+        return _ROW_SIZE
+    return _SIZE_OVERHEAD
+
+
 class StoreProcess:
-    """The proxy side: same interface as ``TelemetryStore`` (``start``/``submit``/``close``)."""
+    """The proxy side: same interface as ``TelemetryStore`` (``start``/``submit``/``close``).
+
+    Every row or finished request handed to it ends in exactly one of: acknowledged by the writer
+    (written or spilled there), spilled here, or counted lost with a cause (``lost_by_cause``).
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, python: str | None = None) -> None:
         self.path = Path(path).expanduser()
         self.spill_path = spill_paths(self.path)[0]
         self._python = python or sys.executable
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # What waits to be sent: appended on the event loop, taken by the feeder thread.
+        self._q: deque[_Queued] = deque()
+        self._q_bytes = 0
+        self._q_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._notes: list[_Item] = []  # console/OTLP switches taken out of a spilled stretch of the queue
+        self._out: deque[memoryview] = deque()  # the frame being written to the writer's stdin
+        self._out_since = 0.0  # when it was made
+        self._out_keys: list[str] = []  # the keys of its rows (none once they were spilled here)
+        self._fd = -1  # the writer's stdin, non-blocking
         self._unacked: OrderedDict[str, Mapping[str, Any] | Finished] = OrderedDict()
+        self._waiting_since = 0.0  # monotonic: since when something has waited for an acknowledgement
+        self._last_ack = 0.0
         self._console = False  # the writer prints the console line of each request it accounts
         self._otlp: str | None = None  # and exports every row it writes to this collector
         self._metrics: str | None = None  # and serves Prometheus metrics of the rows it writes here (host:port)
-        self._told_backlog = 0  # the backlog the writer last heard of (sent only while metrics are on)
+        self._told_backlog = 0  # the backlog the writer last heard of (told only while metrics are on)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
+        self._stuck: list[subprocess.Popen[bytes]] = []  # killed writers that did not die (a hung disk): reaped at shutdown
         self._spawned_at = 0.0
         self._quick_deaths = 0
         self._next_spawn = 0.0
+        self._behind_warned = 0.0
         self._closed = threading.Event()
+        self._stop_by = 0.0
         self._feeder = threading.Thread(target=self._feed, name="tokenpak-store-feeder", daemon=True)
+        self.submitted = 0  # rows and finished requests handed to this store
+        self.duplicates = 0  # of them, a second item with a key already waiting (one row: INSERT OR IGNORE)
         self.acked = 0  # rows the writer reported durable
-        self.spilled_here = 0  # rows this process spilled itself (writer dead or gone)
-        self.lost = 0
+        self.spilled_here = 0  # rows this process spilled itself (writer dead, hung or behind)
+        self.lost_here = 0
+        self.lost_by_writer = 0  # rows the writer counted lost (and ledgered) itself
+        self.lost_by_cause: dict[str, int] = {}
+        self._unledgered: dict[str, int] = {}  # losses counted on the event loop, ledgered by the feeder
         self.lost_reason: str | None = None
+        self.begins_dropped = 0  # session facts not sent (the writer behind): those rows lack session columns
         self.restarts = 0
+        self.unresponsive_since: float | None = None  # wall-clock time of the last acknowledgement, while the writer is hung
         self.writer_stats: dict[str, Any] = {}
+        self.ready_pid: int | None = None  # the pid of the last writer that said it runs
 
     # -- proxy-facing API (event loop) ---------------------------------------------------------
     def start(self) -> None:
@@ -154,10 +220,11 @@ class StoreProcess:
 
     def submit(self, row: Mapping[str, Any]) -> None:
         """Non-blocking; safe from the event loop (a row after ``close`` is spilled directly)."""
+        self.submitted += 1
         if self._closed.is_set():
             self._spill_or_lose([row], "submitted after the store closed")
             return
-        self._queue.put(row)  # a TelemetryRow (or a mapping): serialized on the feeder thread
+        self._put(row, True)  # a TelemetryRow (or a mapping): serialized on the feeder thread
 
     # The accounting of live requests, in the writer process (see the module's docstring).
     accounts = True
@@ -165,43 +232,83 @@ class StoreProcess:
     def begin(self, key: str, facts: SessionFacts) -> None:
         """A request went upstream: the writer's session tracker decides its session and turn."""
         if not self._closed.is_set():
-            self._queue.put(Begin(key, facts))
+            self._put(Begin(key, facts), False)
 
     def account(self, done: Finished) -> None:
         """A request ended: the writer builds, writes and (console on) prints its row."""
+        self.submitted += 1
         if self._closed.is_set():
-            self._spill_or_lose([_as_row(done)], "submitted after the store closed")
+            self._spill_or_lose([done], "submitted after the store closed")
             return
-        self._queue.put(done)
+        self._put(done, True)
 
     def set_console(self, on: bool) -> None:
         if on != self._console:
             self._console = on
-            self._queue.put(ConsoleSwitch(on))
+            self._put(ConsoleSwitch(on), False, capped=False)
 
     def set_otlp(self, url: str | None) -> None:
         """Export every row the writer writes (spans and gen_ai metrics) to ``url``; None: stop."""
         if url != self._otlp:
             self._otlp = url
-            self._queue.put(OtlpSwitch(url))
+            self._put(OtlpSwitch(url), False, capped=False)
 
     def set_metrics(self, address: str | None) -> None:
         """Serve Prometheus metrics of the rows the writer writes on ``host:port``; None: stop."""
         if address != self._metrics:
             self._metrics = address
-            self._queue.put(ServeMetrics(address))
+            self._put(ServeMetrics(address), False, capped=False)
 
-    def close(self, timeout: float = 15.0) -> None:
+    def _put(self, item: _Item, keyed: bool, capped: bool = True) -> None:
+        size = _size(item)
+        with self._q_lock:
+            full = capped and (len(self._q) >= HARD_ITEMS or self._q_bytes + size > HARD_BYTES)
+            if not full:
+                first = not self._q
+                self._q.append(_Queued(time.monotonic(), size, item))
+                self._q_bytes += size
+        if full:  # the feeder cannot spill fast enough (a stalled disk): count, never block the event loop
+            if keyed:
+                self._count_lost(1, "the store's backlog was over its hard cap (writer and spill file both stalled)", ledger=False)
+            else:
+                self.begins_dropped += 1
+        elif first:
+            self._wake.set()
+
+    def close(self, timeout: float = SHUTDOWN_WAIT) -> None:
+        """Bounded: the writer gets ``timeout`` seconds to finish, then it is killed and what it
+        had not acknowledged is spilled here; no writer process outlives this call."""
         if self._closed.is_set():
             return
+        self._stop_by = time.monotonic() + timeout
         self._closed.set()
-        if self._feeder.is_alive():
-            self._queue.put(None)
-            self._feeder.join(timeout)
+        self._wake.set()
+        if self._feeder.ident is None:
+            self._finish()  # never started: spill what was queued
+        elif self._feeder.is_alive():
+            self._feeder.join(timeout + 5.0)
+        if self._feeder.is_alive():  # stuck in a file write (a hung disk): count what it still holds
+            for proc in [self._proc, *self._stuck]:
+                if proc is not None:
+                    _kill(proc)
+            with self._q_lock:
+                left = [q.item for q in self._q if _key(q.item) is not None]
+                self._q.clear()
+            with self._lock:
+                left += list(self._unacked.values())
+                self._unacked.clear()
+            if left:
+                self._count_lost(len(left), "the store feeder was stuck in a file write at shutdown", ledger=False)
+        unaccounted = self.submitted - self.duplicates - self.acked - self.spilled_here - self.lost_here - self.lost_by_writer
+        if unaccounted > 0:  # a bug somewhere above: still never silent
+            self._count_lost(unaccounted, "unaccounted for at shutdown", ledger=False)
+        self._ledger_pending()
         lost = self.dropped
         if lost:
-            reason = self.lost_reason or self.writer_stats.get("lost_reason")
-            logger.error("tokenpak: store closed: %d telemetry rows LOST (%s); `tokenpak doctor` shows the count", lost, reason)
+            causes = "; ".join(f"{n}: {cause}" for cause, n in self.lost_by_cause.items())
+            if self.lost_by_writer:
+                causes = "; ".join(filter(None, [causes, f"{self.lost_by_writer}: {self.writer_stats.get('lost_reason') or 'counted by the writer'}"]))
+            logger.error("tokenpak: store closed: %d telemetry rows LOST (%s); `tokenpak doctor` shows the count", lost, causes)
         else:
             logger.info("tokenpak: store closed: %d rows written or spilled, none lost", self.acked + self.spilled_here)
 
@@ -211,69 +318,110 @@ class StoreProcess:
         return self.acked
 
     @property
+    def lost(self) -> int:
+        """Rows this process counted as lost (see ``lost_by_cause``)."""
+        return self.lost_here
+
+    @property
     def dropped(self) -> int:
-        """Rows counted as lost, here or (as last reported) by the writer."""
-        return self.lost + int(self.writer_stats.get("dropped") or 0)
+        """Rows counted as lost, here or by the writer."""
+        return self.lost_here + self.lost_by_writer
 
     @property
     def pending(self) -> int:
         """Rows sent or queued but not yet acknowledged."""
-        return len(self._unacked) + self._queue.qsize()
+        return len(self._unacked) + len(self._q)
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def gauges(self) -> dict[str, float]:
+        """Cheap figures for a metrics endpoint (no lock, no I/O; read from any thread)."""
+        return {
+            "queued": len(self._q), "queued_bytes": self._q_bytes, "unacknowledged": len(self._unacked),
+            "acknowledged": self.acked, "spilled": self.spilled_here, "lost": self.dropped, "restarts": self.restarts,
+            "writer_unresponsive": 0 if self.unresponsive_since is None else 1,
+        }
+
     # -- feeder thread -------------------------------------------------------------------------
     def _feed(self) -> None:
         self._spawn()
-        stop = False
-        while not stop:
+        while not self._closed.is_set():
             try:
-                batch, stop = self._next_batch()
-                if batch:
-                    with self._lock:
-                        for item in batch:
-                            key = _key(item)
-                            if key is not None:
-                                self._unacked[key] = item  # type: ignore[assignment]  # rows and finished requests
-                    self._send(batch)
-                if self._metrics is not None:
-                    self._tell_backlog()
-                self._watch()
-            except Exception:  # a bug here must not stop the rows: what was queued is unacknowledged, so spilled
+                self._pump()
+            except Exception:  # a bug here must not stop the rows: what was queued is still spilled by the bounds
                 logger.exception("tokenpak: the store feeder hit an error; carrying on")
                 time.sleep(FLUSH_INTERVAL)
-        self._stop_writer()
-
-    def _tell_backlog(self) -> None:
-        """The writer's metrics show the backlog as the proxy sees it (rows not yet acknowledged)."""
-        rows = self.pending
-        if rows != self._told_backlog:
-            self._told_backlog = rows
-            self._send([Backlog(rows)])
-
-    def _next_batch(self) -> tuple[list[_Item], bool]:
-        batch: list[_Item] = []
         try:
-            item = self._queue.get(timeout=FLUSH_INTERVAL)
-            if item is None:
-                return batch, True
-            batch.append(item)
-            time.sleep(LINGER)  # one pipe write per burst, as the in-process writer batched
-            while len(batch) < BATCH:
-                item = self._queue.get_nowait()
-                if item is None:
-                    return batch, True
-                batch.append(item)
-        except queue.Empty:
-            pass
-        return batch, False
+            self._finish()
+        except Exception:
+            logger.exception("tokenpak: the store feeder hit an error at shutdown")
 
-    def _send(self, items: Sequence[_Item]) -> None:
+    def _pump(self) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None:
-            return  # kept unacknowledged; _watch spills them
+        if proc is not None and not self._out:
+            batch = self._take(wait=True)
+            if self._metrics is not None:
+                batch += self._backlog(batch)
+            if batch:
+                self._frame(batch)
+        if proc is not None and self._out:
+            self._write(FLUSH_INTERVAL)
+        elif proc is None:
+            self._wake.wait(FLUSH_INTERVAL)  # no writer: what is queued ages and is spilled by `_bound`
+            self._wake.clear()
+        self._bound()
+        self._watch()
+        self._ledger_pending()
+
+    def _take(self, wait: bool) -> list[_Item]:
+        """The next batch (waiting up to FLUSH_INTERVAL for the first item when ``wait``)."""
+        if not self._q and wait:
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+        if not self._q:
+            return self._notes_out()
+        young = LINGER - (time.monotonic() - self._q[0].at)
+        if young > 0 and wait and not self._closed.is_set():
+            time.sleep(young)  # one pipe write per burst, as the in-process writer batched
+        batch = self._notes_out()
+        size = 0
+        with self._q_lock:
+            while self._q and len(batch) < BATCH and size < FRAME_BYTES:
+                q = self._q.popleft()
+                self._q_bytes -= q.size
+                size += q.size
+                batch.append(q.item)
+        return batch
+
+    def _backlog(self, batch: Sequence[_Item]) -> list[_Item]:
+        """A note for the writer's metrics when the backlog changed: rows sent or queued here and not
+        yet acknowledged (``tokenpak_writer_backlog_rows``), counting the batch about to be sent."""
+        rows = len(self._unacked) + len(self._q) + sum(1 for item in batch if _key(item) is not None)
+        if rows == self._told_backlog:
+            return []
+        self._told_backlog = rows
+        return [Backlog(rows)]
+
+    def _notes_out(self) -> list[_Item]:
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _frame(self, items: Sequence[_Item]) -> None:
+        """Pickle a batch into ``_out`` and wait for its rows' acknowledgements."""
+        now = time.monotonic()
+        self._out_since, self._out_keys = now, []
+        with self._lock:
+            if not self._unacked:
+                self._waiting_since = now
+            for item in items:
+                key = _key(item)
+                if key is not None:
+                    if key in self._unacked:
+                        self.duplicates += 1
+                    self._unacked[key] = item  # type: ignore[assignment]  # rows and finished requests
+                    self._out_keys.append(key)
         buffers: list[pickle.PickleBuffer] = []
         try:
             data = pickle.dumps([_wire(i) for i in items], protocol=5, buffer_callback=buffers.append)
@@ -281,60 +429,92 @@ class StoreProcess:
             buffers.clear()
             data = pickle.dumps([w for w in map(self._picklable, items) if w is not None], protocol=5, buffer_callback=buffers.append)
         views = [b.raw() for b in buffers]
-        try:
-            proc.stdin.write(_FRAME.pack(len(data), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views) + data)
-            for view in views:
-                proc.stdin.write(view)  # straight from the request's own bytes, no copy here
-            proc.stdin.flush()
-        except (OSError, ValueError):
-            pass  # the writer is gone; _watch sees it
+        head = _FRAME.pack(len(data), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views)
+        self._out.extend([memoryview(head), memoryview(data), *views])  # the bodies straight from the request's own bytes
 
-    def _picklable(self, item: _Item) -> object:
-        """`_wire(item)` if it pickles; else a finished request as the row built here, a row as its
-        values in text; else None (the item is then spilled by `_watch` or counted, as unacknowledged)."""
-        candidates: list[Any] = [_wire(item)]
-        if isinstance(item, Mapping | Finished):
-            row = _as_row(item)
-            candidates += [row, {k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in row.items()}]
-        for candidate in candidates:
+    def _write(self, timeout: float) -> None:
+        """Write what the pipe takes now, waiting up to ``timeout`` for room; never blocks longer."""
+        try:
+            _, ready, _ = select.select([], [self._fd], [], timeout)
+        except (OSError, ValueError):
+            self._out.clear()  # the writer is gone; _watch sees it
+            return
+        while ready and self._out:
+            view = self._out[0]
             try:
-                pickle.dumps(candidate, protocol=5)
-            except Exception:  # noqa: BLE001 - try the next, plainer form
-                continue
-            return candidate
-        key = _key(item)
-        if key is not None:
-            with self._lock:
-                self._unacked.pop(key, None)
-            self._spill_or_lose([item], "it could not be sent to the store writer")  # type: ignore[list-item]
-        logger.error("tokenpak: a telemetry item could not be sent to the store writer; it was spilled instead")
-        return None
+                n = os.write(self._fd, view)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._out.clear()  # the writer is gone (EPIPE); its rows stay unacknowledged, so spilled
+                return
+            if n >= view.nbytes:
+                self._out.popleft()
+            else:
+                self._out[0] = view[n:]
+
+    def _bound(self) -> None:
+        """The crash window and the memory cap: records older than CRASH_WINDOW, or beyond the
+        queue's caps, are spilled here instead of waiting for a writer that is behind or hung."""
+        now = time.monotonic()
+        spill: list[Mapping[str, Any] | Finished] = []
+        with self._q_lock:
+            while self._q and (now - self._q[0].at > CRASH_WINDOW or len(self._q) > QUEUE_ITEMS or self._q_bytes > QUEUE_BYTES):
+                q = self._q.popleft()
+                self._q_bytes -= q.size
+                if isinstance(q.item, Mapping | Finished):
+                    spill.append(q.item)
+                elif isinstance(q.item, Begin):
+                    self.begins_dropped += 1  # its row is built without session columns
+                else:
+                    self._notes.append(q.item)
+        with self._lock:
+            over = len(self._unacked) - UNACKED_ITEMS
+            spill += [self._unacked.popitem(last=False)[1] for _ in range(max(0, over))]
+            if self._out and self._out_keys and now - self._out_since > CRASH_WINDOW:
+                # A frame the pipe has not taken yet is still only in this process: spill its rows
+                # (it is still written, whole, if the writer wakes; INSERT OR IGNORE keeps one row).
+                spill += [item for item in (self._unacked.pop(k, None) for k in self._out_keys) if item is not None]
+                self._out_keys = []
+        if spill:
+            if now - self._behind_warned > 60.0:
+                self._behind_warned = now
+                logger.warning("tokenpak: the store writer is more than %g s behind; the proxy spills rows to %s meanwhile "
+                               "(the writer imports them), so a crash loses at most that window", CRASH_WINDOW, self.spill_path)
+            self._spill_or_lose(spill, "the store writer was behind")
 
     def _watch(self) -> None:
-        """Writer dead? Spill what it had not acknowledged and start another (with back-off)."""
+        """Writer dead or hung? Spill what it had not acknowledged and start another (with back-off)."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            self._bound_unacked()
+        if proc is None:
+            if time.monotonic() >= self._next_spawn and not self._closed.is_set():
+                self._spawn()
             return
-        if proc is not None:
+        if proc.poll() is not None:
             self._reap(proc, f"the store writer process exited ({_exit_text(proc.returncode)})")
-        elif self._unacked:
-            self._spill_unacked("the store writer is not running")
-        if time.monotonic() >= self._next_spawn:
-            self._spawn()
-
-    def _bound_unacked(self) -> None:
-        """A stuck writer must not grow the proxy's memory: spill the oldest beyond the bound."""
+            return
         with self._lock:
-            over = len(self._unacked) - MAX_PENDING
-            items = [self._unacked.popitem(last=False)[1] for _ in range(max(0, over))]
-        if items:
-            self._spill_or_lose(items, "the store writer is not keeping up")
+            waiting = bool(self._unacked) or bool(self._out)
+            since = max(self._last_ack, self._waiting_since)
+        silent = time.monotonic() - since
+        if waiting and silent > ACK_TIMEOUT:
+            self.unresponsive_since = time.time() - silent
+            stamp = time.strftime("%H:%M:%S", time.localtime(self.unresponsive_since))
+            logger.warning("tokenpak: the store writer (pid %d) is unresponsive: no acknowledgement since %s (%.1f s); "
+                           "treating it as gone", proc.pid, stamp, silent)
+            _kill(proc)
+            self._reap(proc, f"the store writer was unresponsive since {stamp}")
 
     def _reap(self, proc: subprocess.Popen[bytes], why: str) -> None:
+        try:
+            proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self._stuck.append(proc)  # killed but not dead (in uninterruptible sleep): tried again at shutdown
         if self._reader is not None:
             self._reader.join(2.0)  # its stdout is closed: take the last acknowledgements first
+        self._close_pipe(proc)
         self._proc = None
+        self._out.clear()
         quick = time.monotonic() - self._spawned_at < QUICK_DEATH
         self._quick_deaths = self._quick_deaths + 1 if quick else 0
         delay = RESTART_BACKOFF[min(self._quick_deaths, len(RESTART_BACKOFF)) - 1] if self._quick_deaths else 0.0
@@ -388,8 +568,13 @@ class StoreProcess:
         if self._spawned_at:
             self.restarts += 1
         self._spawned_at = time.monotonic()
+        assert proc.stdin is not None and proc.stdout is not None
+        self._fd = proc.stdin.fileno()
+        os.set_blocking(self._fd, False)  # a hung writer must never block the feeder (see `_write`)
+        with self._lock:
+            self._last_ack = time.monotonic()
+        self.unresponsive_since = None
         self._proc = proc
-        assert proc.stdout is not None
         self._reader = threading.Thread(target=self._read, args=(proc.stdout,), name="tokenpak-store-acks", daemon=True)
         self._reader.start()
 
@@ -403,37 +588,89 @@ class StoreProcess:
                 continue
             if isinstance(msg.get("ack"), list):
                 with self._lock:
+                    self._last_ack = time.monotonic()
                     for key in msg["ack"]:
                         if self._unacked.pop(str(key), None) is not None:
                             self.acked += 1
             elif isinstance(msg.get("lost"), list):  # counted, logged and ledgered by the writer
                 with self._lock:
+                    self._last_ack = time.monotonic()
                     for key in msg["lost"]:
-                        self._unacked.pop(str(key), None)
+                        if self._unacked.pop(str(key), None) is not None:
+                            self.lost_by_writer += 1
             elif isinstance(msg.get("stats"), dict):
                 self.writer_stats = msg["stats"]
+            elif "ready" in msg:
+                self.ready_pid = msg["ready"]
 
-    def _stop_writer(self) -> None:
-        """Clean shutdown: let the writer flush (it exits on EOF), then keep whatever it did not."""
+    def _finish(self) -> None:
+        """Shutdown: send what is queued while the writer takes it, let it flush (it exits on EOF)
+        until the deadline, then kill it; whatever it did not acknowledge is spilled here."""
         proc = self._proc
+        while proc is not None and proc.poll() is None and time.monotonic() < self._stop_by:
+            if not self._out:
+                batch = self._take(wait=False)
+                if not batch:
+                    break
+                self._frame(batch)
+            self._write(max(0.0, min(FLUSH_INTERVAL, self._stop_by - time.monotonic())))
         if proc is not None:
+            self._close_pipe(proc)  # EOF (a torn last frame is dropped by the writer, its rows spilled below)
             try:
-                if proc.stdin is not None:
-                    proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(10.0)
+                proc.wait(max(0.0, self._stop_by - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("tokenpak: the store writer did not finish in 10 s; stopping it and spilling its rows")
-                proc.kill()
-                proc.wait(5.0)
+                logger.warning("tokenpak: the store writer did not finish in time at shutdown; stopping it and spilling its rows")
+                _kill(proc)
+                try:
+                    proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    logger.error("tokenpak: the store writer (pid %d) could not be stopped", proc.pid)
             if self._reader is not None:
                 self._reader.join(2.0)
             if proc.returncode:
                 logger.warning("tokenpak: the store writer process exited (%s) at shutdown", _exit_text(proc.returncode))
             self._proc = None
-        self._spill_unacked("not acknowledged by the store writer at shutdown")
+        for stuck in self._stuck:
+            _kill(stuck)
+        self._out.clear()
+        with self._q_lock:
+            left = [q.item for q in self._q if isinstance(q.item, Mapping | Finished)]
+            self._q.clear()
+            self._q_bytes = 0
+        with self._lock:
+            left += list(self._unacked.values())
+            self._unacked.clear()
+        if left:
+            self._spill_or_lose(left, "not acknowledged by the store writer at shutdown")
+
+    @staticmethod
+    def _close_pipe(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+
+    def _picklable(self, item: _Item) -> object:
+        """`_wire(item)` if it pickles; else a finished request as the row built here, a row as its
+        values in text; else None (the item is then spilled here or counted)."""
+        candidates: list[Any] = [_wire(item)]
+        if isinstance(item, Mapping | Finished):
+            row = _as_row(item)
+            candidates += [row, {k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in row.items()}]
+        for candidate in candidates:
+            try:
+                pickle.dumps(candidate, protocol=5)
+            except Exception:  # noqa: BLE001 - try the next, plainer form
+                continue
+            return candidate
+        key = _key(item)
+        if key is not None:
+            with self._lock:
+                self._unacked.pop(key, None)
+            self._spill_or_lose([item], "it could not be sent to the store writer")  # type: ignore[list-item]
+        logger.error("tokenpak: a telemetry item could not be sent to the store writer; it was spilled instead")
+        return None
 
     # -- files (no SQLite in this process) -----------------------------------------------------
     def _spill_or_lose(self, items: Sequence[Mapping[str, Any] | Finished], why: str) -> None:
@@ -447,10 +684,34 @@ class StoreProcess:
                 continue
             self.spilled_here += len(rows)
             return
-        self.lost += len(rows)
-        self.lost_reason = f"{why}; spill failed: {error}"
-        logger.error("tokenpak: %d telemetry rows LOST (%s)", len(rows), self.lost_reason)
-        record_loss(self.path, len(rows), self.lost_reason)
+        self._count_lost(len(rows), f"{why}; spill failed: {error}")
+
+    def _count_lost(self, n: int, cause: str, ledger: bool = True) -> None:
+        """Count ``n`` rows lost by ``cause``, log it, and ledger it for ``tokenpak doctor`` (now, or
+        from the feeder thread when counted on the event loop, which must not write files)."""
+        self.lost_here += n
+        self.lost_by_cause[cause] = self.lost_by_cause.get(cause, 0) + n
+        self.lost_reason = cause
+        if ledger:
+            logger.error("tokenpak: %d telemetry rows LOST (%s)", n, cause)
+            record_loss(self.path, n, cause)
+        else:
+            self._unledgered[cause] = self._unledgered.get(cause, 0) + n
+
+    def _ledger_pending(self) -> None:
+        while self._unledgered:
+            cause = next(iter(self._unledgered))
+            n = self._unledgered.pop(cause)
+            logger.error("tokenpak: %d telemetry rows LOST (%s)", n, cause)
+            record_loss(self.path, n, cause)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL (it also ends a stopped process)."""
+    try:
+        proc.kill()
+    except OSError:
+        pass
 
 
 def _exit_text(code: int | None) -> str:
@@ -485,6 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("usage: python -m tokenpak_mitm.store.writer DB [--console] [--console-fd N] [--otlp URL] [--metrics HOST:PORT]\n")
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop: EOF on stdin
+    _continue_when_orphaned()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     log = logging.getLogger("tokenpak.store")
     try:
@@ -503,6 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ValueError):
                 pass  # the proxy is gone; rows still reach the database or the spill file
 
+    say({"ready": os.getpid()})  # (after _continue_when_orphaned: from here on it cannot be left stopped)
     db = rest[0]
     accountant = Accountant()
     # Until an hour after the database's newest request this tracker cannot know what was cached
@@ -547,6 +810,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     meter.switch(None)  # after the last rows were counted: a scrape until here sees them all
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0
+
+
+def _continue_when_orphaned() -> None:
+    """Linux: when the proxy dies (even by SIGKILL) while this process is stopped (SIGSTOP, a
+    debugger), SIGCONT it, so it reads EOF, writes what it holds and exits: no writer outlives the
+    proxy. (SIGCONT to a running process is nothing.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGCONT))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _frames(stream: BinaryIO) -> Iterator[list[Any]]:

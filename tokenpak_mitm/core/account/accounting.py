@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from tokenpak_mitm import __version__
-from tokenpak_mitm.core.account.cache_miss import miss_cost_usd
+from tokenpak_mitm.core.account.cache_miss import miss_cost_usd, reconcile
 from tokenpak_mitm.core.account.request_shape import Shape, parse_shape
 from tokenpak_mitm.core.account.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.core.account.sessions import SessionTracker, Ticket, UsageFacts
@@ -132,7 +132,9 @@ class Accountant:
                                response_started=response_started)
         result = self.sessions.finish(ticket, facts, now)
         self.sessions.note_response(ticket, rec.extract.response_id)
-        verdict = result.verdict
+        verdict = reconcile(result.verdict, rec.extract.provider_miss_reason)  # the provider's verdict wins for the reason
+        if verdict is not result.verdict:
+            result = replace(result, verdict=verdict)
         lost = miss_cost_usd(rec.route.provider, ended.model, usage, verdict.expected_tokens) if verdict else None
         return {**result.columns(), "miss_cost_usd": lost}
 

@@ -43,7 +43,8 @@ from tokenpak_mitm.core.observe.usage import Usage
 from tokenpak_mitm.core.plan.cache_facts import LOOKBACK_BLOCKS
 from tokenpak_mitm.core.row import MISS_CHANGES, MISS_REASONS, MissChange, MissReason
 
-__all__ = ["CHANGES", "REASONS", "Change", "Evidence", "Known", "Prior", "Reason", "Verdict", "change_between", "diagnose", "miss_cost_usd", "usage_with_read"]
+__all__ = ["CHANGES", "PROVIDER_CHANGES", "REASONS", "Change", "Evidence", "Known", "Prior", "Reason", "Verdict", "as_provider_reason", "change_between",
+           "diagnose", "miss_cost_usd", "reconcile", "usage_with_read"]
 
 Reason = MissReason  # the vocabularies live with the row (row.py)
 REASONS = MISS_REASONS
@@ -139,6 +140,13 @@ def change_between(prev: Shape, cur: Shape) -> tuple[int, Change] | None:
     return position, "history" if a.part == "messages" else a.part  # type: ignore[return-value]
 
 
+def _dropped_trailing_system(prev: Shape, position: int) -> bool:
+    """The first difference is where ``prev``'s trailing run of mid-conversation system messages
+    begins (a reminder appended at the end of one request and not resent with the next)."""
+    tail = prev.blocks[position:]
+    return bool(tail) and all(b.mid_system for b in tail)
+
+
 def _reachable(shape: Shape, position: int, lookback: int | None) -> bool:
     return any(position <= bp and (lookback is None or bp < position + lookback) for bp in shape.breakpoints())
 
@@ -169,6 +177,11 @@ def diagnose(ev: Evidence) -> Verdict | None:
         if not same:
             change = change_between(prior.shape, ev.shape)
             expected_prior = prior.cached_tokens
+            if change is not None and _dropped_trailing_system(prior.shape, change[0]):
+                # The previous request's cache point sat on trailing mid-conversation system
+                # messages this request does not repeat: nothing was changed before them, and
+                # what stays readable is what the prefix index knows was written earlier.
+                change, expected_prior = None, 0
     expected = max(expected_idx, expected_prior)
 
     if expected > 0 and ev.read >= READ_TOLERANCE * expected - (ev.granularity - 1):
@@ -231,6 +244,55 @@ def diagnose(ev: Evidence) -> Verdict | None:
     # Cached within its TTL, reachable, and not read: the provider dropped it, if it promises to keep
     # entries for their TTL; a best-effort cache (OpenAI) may drop them any time, which says nothing.
     return Verdict("provider_evicted" if ev.blame_provider else "unknown", expected)
+
+
+# The provider's divergence types (Anthropic cache diagnostics) and what our verdict says for each:
+# the change kind and the section it points at (None: the whole prompt, as for a model change).
+PROVIDER_CHANGES: dict[str, tuple[Change, str | None]] = {
+    "model_changed": ("model_params", None),
+    "tools_changed": ("tools", "tools"),
+    "system_changed": ("system", "system"),
+    "messages_changed": ("history", "messages"),
+}
+
+
+_STANDS: frozenset[str] = frozenset({"below_minimum", "ttl_expired", "not_marked"})
+
+
+def as_provider_reason(reason: str | None, section: str | None, change: str | None) -> str | None:
+    """Our verdict in the provider's words: the ``*_changed`` type it would state, or None when our
+    reason is not a prefix change (the provider's types only name divergences)."""
+    if reason != "prefix_changed":
+        return None
+    if section is None:
+        return "model_changed" if change == "model_params" else None
+    return {"tools": "tools_changed", "system": "system_changed", "messages": "messages_changed"}.get(section)
+
+
+def reconcile(verdict: Verdict | None, provider: str | None) -> Verdict | None:
+    """What the row says when the provider stated its own verdict (docs/sessions.md).
+
+    The provider's verdict wins for the reason: where it names a divergence (``*_changed``) and we
+    saw a miss, the reason is ``prefix_changed`` with the provider's kind of change. Ours keeps the
+    cost (``expected_tokens``) and the where (section and block) it found. Three causes of ours
+    stand, because the request would have missed even without the divergence: ``below_minimum``,
+    ``ttl_expired`` and ``not_marked`` (the order in ``diagnose``). No miss is ever made up from the
+    provider's verdict (it compares request structure, not what was read), and a verdict without a
+    reason (``none``: it may still have been comparing) or one that names no cause
+    (``previous_message_not_found``, ``unavailable``) leaves ours as it is.
+    """
+    if verdict is None or provider is None or verdict.reason in _STANDS:
+        return verdict
+    stated = PROVIDER_CHANGES.get(provider)
+    if stated is not None:
+        if as_provider_reason(verdict.reason, verdict.section, verdict.change) == provider:
+            return verdict
+        change, section = stated
+        if verdict.reason == "prefix_changed" and section is not None and verdict.section == section:
+            return verdict  # same section, a finer kind of ours (volatile, model_params folded in)
+        return Verdict("prefix_changed", verdict.expected_tokens, verdict.section if section is not None else None,
+                       verdict.block if section is not None else None, change)
+    return verdict
 
 
 def usage_with_read(usage: Usage, expected_tokens: int) -> Usage | None:

@@ -80,11 +80,17 @@ class Block:
     marker_ttl: str | None
     message_end: bool  # the last block of its message (or section)
     role: str | None = None  # the message role (messages section)
+    # An Anthropic mid-conversation system message ({"role": "system"} inside messages): it adds
+    # instructions at its point in the history and is part of the messages prefix, not the system one.
+    mid_system: bool = False
 
     @property
     def part(self) -> str:
-        """tools, system or messages; OpenAI system/developer messages count as system."""
-        return "system" if self.section == "messages" and self.role in _SYSTEM_ROLES else self.section
+        """tools, system or messages; OpenAI system/developer messages count as system (an Anthropic
+        mid-conversation system message is history: the provider hashes it with the messages)."""
+        if self.section == "messages" and self.role in _SYSTEM_ROLES and not self.mid_system:
+            return "system"
+        return self.section
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +302,8 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
         # history rewritten, whatever changed in it (and masking every message would cost the most).
         system = b.section != "messages" or role in _SYSTEM_ROLES
         masked = _masked(digest, canonical) if system else digest
-        blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl, end, role))
+        blocks.append(Block(b.section, index, b.position, b.digest, b.tokens_est, digest, masked, ttl, end, role,
+                            anthropic and b.section == "messages" and role == "system"))
         if b.section == "messages" and role not in _SYSTEM_ROLES:
             turn.update(f"\0{role}\0".encode() + digest)
             if end:

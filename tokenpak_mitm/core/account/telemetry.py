@@ -226,5 +226,7 @@ def build_row(rec: RequestRecord, ended: Outcome | None = None, extra: Mapping[s
         unpriced_reason=None if unbilled else cost.unpriced_reason if cost else None,
         conformance_violations=rec.conformance_violations,
         proxy_version=__version__,
+        provider_miss_reason=x.provider_miss_reason,
+        provider_missed_tokens=x.provider_missed_tokens,
         **(extra or {}),
     )

@@ -17,6 +17,10 @@ Rules (docs/dialects.md has the field-to-bucket table):
   ones. An advisor iteration names its own ``model`` and is priced at that model's rates.
 * ``usage.service_tier`` / ``speed`` / ``inference_geo`` say how the request was billed (priority
   or batch tier, fast mode, a pinned region): recorded as the provider said them.
+* ``diagnostics`` (cache diagnostics, on the message or on ``message_start``'s message): the
+  provider's ``cache_miss_reason.type`` and ``cache_missed_input_tokens``; a ``null`` reason (or
+  ``"diagnostics": null``) is ``none``: the first turn, nothing diverged, or the comparison was
+  still running when the response was written (the docs: inconclusive). See ``provider_verdict``.
 * JSON is decoded only for ``message_start``, ``message_delta``, ``message_stop`` and ``error``;
   deltas are recognised from their ``event:`` line without decoding.
 """
@@ -29,7 +33,13 @@ from tokenpak_mitm.core.observe.sse import event_name
 from tokenpak_mitm.core.observe.tracker import Extract, decode_json, frame_json
 from tokenpak_mitm.core.observe.usage import ExtraIteration, Usage, as_count, with_extras
 
-__all__ = ["AnthropicTracker"]
+__all__ = ["AnthropicTracker", "PROVIDER_MISS_REASONS", "provider_verdict"]
+
+# cache_miss_reason.type values the Claude API documents (build-with-claude/cache-diagnostics), and
+# "none": diagnostics came back without a reason (first turn, no divergence, or still running).
+PROVIDER_MISS_REASONS = ("model_changed", "system_changed", "tools_changed", "messages_changed",
+                         "previous_message_not_found", "unavailable", "none")
+_REASON_MAX = 64  # an unknown future type is kept as sent, bounded
 
 _CONTENT_EVENTS = frozenset({"content_block_delta", "content_block_start"})
 _DECODE_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
@@ -121,6 +131,8 @@ class AnthropicTracker:
             x.model = msg["model"]
         if isinstance(msg.get("stop_reason"), str):
             x.stop_reason = msg["stop_reason"]
+        if "diagnostics" in msg:
+            x.provider_miss_reason, x.provider_missed_tokens = provider_verdict(msg["diagnostics"])
         usage = msg.get("usage")
         if isinstance(usage, dict):
             split = usage.get("cache_creation")
@@ -184,6 +196,23 @@ class AnthropicTracker:
             x.error_message = msg if isinstance(msg, str) else None
         else:
             x.error_type = "error"
+
+
+def provider_verdict(diagnostics: object) -> tuple[str | None, int | None]:
+    """(reason, missed input tokens) from a response's ``diagnostics`` value; never raises."""
+    if diagnostics is None:
+        return "none", None
+    if not isinstance(diagnostics, dict):
+        return None, None
+    reason = diagnostics.get("cache_miss_reason")
+    if reason is None:
+        return "none", None
+    if not isinstance(reason, dict):
+        return None, None
+    kind = reason.get("type")
+    if not isinstance(kind, str) or not kind:
+        return None, None
+    return kind[:_REASON_MAX], as_count(reason.get("cache_missed_input_tokens"))
 
 
 # iteration key -> bucket; absent keys count 0 (compaction entries often carry only in/out).

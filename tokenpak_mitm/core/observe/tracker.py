@@ -37,6 +37,11 @@ class Extract:
     speed: str | None = None
     inference_geo: str | None = None
     extras: tuple[ExtraIteration, ...] = ()  # billed iterations outside the top-level totals
+    # The provider's own cache-miss verdict (Anthropic cache diagnostics; docs/sessions.md): the
+    # reason type it stated, or "none" (diagnostics without a reason: first turn, nothing diverged,
+    # or the comparison still running); None: the response carried no diagnostics.
+    provider_miss_reason: str | None = None
+    provider_missed_tokens: int | None = None  # its estimate of the input tokens after the divergence
 
     def note_identity(self, obj: dict[str, Any]) -> None:
         """Model, response id and service tier from an object that names them (non-empty strings)."""

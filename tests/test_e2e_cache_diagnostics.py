@@ -1,0 +1,143 @@
+"""The provider's own cache verdict through a real mitmdump (issue 25).
+
+* ``--set tokenpak_cache_diagnostics=on``: every turn after the first of an Anthropic conversation
+  carries ``diagnostics.previous_message_id`` (the previous response's id; ``null`` on the first),
+  the beta header is added, and nothing else in the request changes (byte comparison).
+* A client that sends its own ``diagnostics`` is never touched; off by default.
+* Rows carry the provider's verdict (streamed and not) next to ours, and where the fake provider
+  (the documented semantics) states a divergence, our reason agrees with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import wait_for_rows
+
+from tokenpak_mitm.core.plan.cache_diagnostics import BETA
+from tokenpak_mitm.sim.client import build_request, request
+from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+from tokenpak_mitm.sim.provider import FakeProvider
+
+pytestmark = pytest.mark.e2e  # every test here runs a real mitmdump
+
+MODEL = "claude-sonnet-4-6"
+KEY = "sk-ant-api03-canary-not-a-real-key-000000"
+SYSTEM = " ".join(f"Rule {i}: answer tersely, cite the policy section {i} and never invent facts." for i in range(160))
+HEADERS = [("x-api-key", KEY), ("anthropic-version", "2023-06-01"), ("content-type", "application/json"), ("x-custom", "kept")]
+
+
+def _reply_id(body: bytes, stream: bool) -> str:
+    if not stream:
+        return str(json.loads(body)["id"])
+    for line in body.split(b"\n"):
+        if line.startswith(b"data:") and b'"message_start"' in line:
+            return str(json.loads(line[5:])["message"]["id"])
+    raise AssertionError("no message_start")
+
+
+def _member(previous: str | None) -> bytes:
+    return b'"diagnostics":' + json.dumps({"previous_message_id": previous}, separators=(",", ":")).encode() + b","
+
+
+def test_every_turn_after_the_first_names_the_previous_response_and_nothing_else_changes(tmp_path: Path):
+    db = tmp_path / "t.db"
+    with FakeProvider() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path,
+                                options=["tokenpak_cache_diagnostics=on"]).start()
+        try:
+            history: list[dict[str, str]] = []
+            sent: list[bytes] = []
+            ids: list[str] = []
+            for turn in range(6):
+                history.append({"role": "user", "content": f"Question {turn}: what does rule {turn} say?"})
+                stream = turn % 2 == 1
+                # a client's own key order and spacing: the splice must keep every byte of it
+                # the client manages its cache (the planner stands down): the only change can be ours
+                system = [{"type": "text", "text": SYSTEM + (" Answer in French." if turn == 4 else ""), "cache_control": {"type": "ephemeral"}}]
+                body = json.dumps({"model": MODEL, "max_tokens": 20, "stream": stream, "system": system, "messages": history}, indent=1).encode()
+                sent.append(body)
+                headers = [*HEADERS, ("anthropic-beta", "interleaved-thinking-2025-05-14")] if turn == 2 else HEADERS
+                resp = request(proxy.port, build_request("POST", "/v1/messages", body, headers))
+                assert resp.status == 200, resp.body
+                ids.append(_reply_id(resp.body, stream))
+                text = "reply" if stream else json.loads(resp.body)["content"][0]["text"]
+                history.append({"role": "assistant", "content": text})
+            rows = wait_for_rows(db, "1=1 ORDER BY id", (), n=6)
+        finally:
+            proxy.stop()
+    received = fake.received
+    assert len(received) == 6
+    for turn, got in enumerate(received):
+        previous = ids[turn - 1] if turn else None
+        # the body is the client's, with exactly one member added after the opening brace
+        assert got.body == b"{" + _member(previous) + sent[turn][1:]
+        beta = got.header("anthropic-beta")
+        assert beta == ("interleaved-thinking-2025-05-14," + BETA if turn == 2 else BETA)
+        others = [(k.lower(), v) for k, v in got.headers if k.lower() not in ("host", "content-length", "anthropic-beta")]
+        expected = [(k.lower(), v) for k, v in HEADERS]
+        assert others == expected
+    # the provider's verdict is on every row; where it names a divergence and we saw a miss, ours agrees
+    assert [r["provider_miss_reason"] for r in rows] == ["none", "none", "none", "none", "system_changed", "system_changed"]
+    assert rows[4]["provider_missed_tokens"] > 0
+    assert [r["cache_miss_reason"] for r in rows] == ["cold", None, None, None, "prefix_changed", None]
+    assert (rows[4]["miss_section"], rows[4]["miss_change"]) == ("system", "system") and rows[4]["miss_cost_usd"] > 0
+    # Turn 6 went back to the first system prompt, still cached: it read it, so no miss, although
+    # the provider (comparing with turn 5) says the system changed: its verdict never makes one up.
+    assert rows[5]["cache_read_tokens"] > 0
+
+
+def test_a_client_that_asks_itself_is_left_alone_and_the_option_is_off_by_default(tmp_path: Path):
+    db = tmp_path / "t.db"
+    with FakeProvider() as fake:
+        on = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path, options=["tokenpak_cache_diagnostics=on"]).start()
+        try:
+            own = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM, "diagnostics": {"previous_message_id": None},
+                              "messages": [{"role": "user", "content": "hi"}]}).encode()
+            headers = [*HEADERS, ("anthropic-beta", BETA)]
+            resp = request(on.port, build_request("POST", "/v1/messages", own, headers))
+            assert resp.status == 200
+            assert fake.received[-1].body.startswith(b'{"model"') and fake.received[-1].body.count(b'"diagnostics"') == 1
+            assert json.loads(fake.received[-1].body)["diagnostics"] == {"previous_message_id": None}
+            row = wait_for_rows(db, "1=1", ())[0]
+            assert row["provider_miss_reason"] == "none"
+        finally:
+            on.stop()
+        off = MitmdumpProcess(f"reverse:{fake.url}", db=tmp_path / "off.db", confdir=tmp_path, options=["tokenpak_cache=off"]).start()
+        try:
+            plain = json.dumps({"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}).encode()
+            assert request(off.port, build_request("POST", "/v1/messages", plain, HEADERS)).status == 200
+            assert fake.received[-1].body == plain and fake.received[-1].header("anthropic-beta") is None
+            assert wait_for_rows(tmp_path / "off.db", "1=1", ())[0]["provider_miss_reason"] is None
+        finally:
+            off.stop()
+
+
+def test_a_recording_shows_the_splice_as_our_change_and_passes_i1_and_i5(tmp_path: Path):
+    from tokenpak_mitm.conformance.flowfile import find_flow_files, load_recording
+    from tokenpak_mitm.conformance.invariants import check_i1, check_i5
+
+    record = tmp_path / "rec"
+    with FakeProvider() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=tmp_path / "t.db", confdir=tmp_path,
+                                options=["tokenpak_cache_diagnostics=on", f"tokenpak_record={record}"]).start()
+        try:
+            history = [{"role": "user", "content": "hello"}]
+            for _ in range(2):
+                body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM, "messages": history}).encode()
+                resp = request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS))
+                assert resp.status == 200
+                history += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
+            wait_for_rows(tmp_path / "t.db", "1=1", (), n=2)
+        finally:
+            proxy.stop()
+    files = sorted(find_flow_files([record]))
+    assert len(files) == 2
+    for path in files:
+        rec = load_recording(path)
+        ev = rec.evidence_at_rest()
+        assert ev.header_changes == {"anthropic-beta": BETA}
+        assert any(t.startswith(b'"diagnostics":') for _, t in ev.spans or [])
+        assert check_i1(ev) == [] and check_i5(ev) == []
