@@ -69,3 +69,16 @@ def test_every_value_has_a_source_comment():
     for line in source.splitlines():
         if re.match(r"\s*(_claude|CacheFacts)\(\"", line):
             assert "#" in line, line
+
+
+def test_missing_facts_ttl_parsing_and_the_openai_breakpoint_window():
+    from tokenpak_mitm.core.plan.cache_facts import OPENAI_GPT56, missing_facts, ttl_seconds
+
+    assert missing_facts("claude-sonnet-4-6", "anthropic") is False
+    assert missing_facts("claude-nova-7", "anthropic") and missing_facts("claude-nova-7")
+    assert missing_facts("gpt-9", "openai") is False and missing_facts("gpt-9") is False  # every GPT maps to a documented entry
+    assert missing_facts("gemini-9-pro", "gemini") and not missing_facts("gemini-2.5-flash", "gemini")
+    assert missing_facts(None, "anthropic") is False and missing_facts("x", "deepseek") is False
+    assert (ttl_seconds("30m"), ttl_seconds("24h"), ttl_seconds("1h")) == (1800.0, 86400.0, 3600.0)
+    assert ttl_seconds("in_memory") is None and ttl_seconds("0m") is None and ttl_seconds(30) is None
+    assert OPENAI_GPT56.breakpoint_window == 80 and OPENAI_GPT56.lookback_blocks is None

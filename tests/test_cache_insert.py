@@ -655,3 +655,19 @@ def test_a_body_dense_with_tiny_objects_is_parsed_by_json_loads_alone(monkeypatc
     monkeypatch.setattr(cache_insert, "one_pass_pays", lambda decoded: True)
     assert dense == insert_markers(body, None, AUTO)
     assert dense.decision == "inserted"
+
+
+def test_a_model_without_cache_facts_is_planned_with_the_fallback_and_the_row_says_why():
+    import json as _json
+
+    from tokenpak_mitm.core.plan.cache_insert import insert_markers as _insert
+
+    system = "Rules. " + "Be exact and cite sources. " * 600
+    unknown = _json.dumps({"model": "claude-nova-7", "max_tokens": 10, "system": system,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+    result = _insert(unknown, None)
+    assert result.decision == "inserted"  # the fallback's 1,024 minimum: a marker below the real one is simply not written
+    reasons = _json.loads(result.reasons_json() or "[]")
+    assert reasons[-1]["why"] == "no_cache_facts" and "claude-nova-7" in reasons[-1]["detail"]
+    known = _insert(unknown.replace(b"claude-nova-7", b"claude-sonnet-4-6"), None)
+    assert "no_cache_facts" not in (known.reasons_json() or "")

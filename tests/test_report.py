@@ -267,6 +267,19 @@ def test_unpriced_models_are_listed_with_counts_and_how_to_update(db: Path, caps
     assert "make lock" in data["price_table"]["update"]
 
 
+def test_models_without_cache_facts_are_listed_like_unpriced_ones(db: Path, capsys: pytest.CaptureFixture[str]):
+    """A model the cache-facts table does not name was planned with the fallback: the report says which."""
+    expected = sum(1 for r in ROWS if r["model"] == "mystery-model")
+    assert expected
+    assert main(["report", "--db", str(db), "--since", "all", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["models_without_cache_facts"] == [
+        {"provider": "anthropic", "model": "mystery-model", "requests": expected, "assumed": "claude (unknown)"}]
+    assert main(["report", "--db", str(db), "--since", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "Models without cache facts" in out and "mystery-model" in out
+
+
 def test_the_cost_split_weights_come_from_the_price_table():
     from tokenpak_mitm.cli.report import _table_unit_prices
 
@@ -299,9 +312,9 @@ def test_each_filter_narrows_the_rows_as_documented(db: Path, capsys: pytest.Cap
 
 
 def test_a_filter_that_matches_nothing_says_so(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--db", str(db), "--since", "all", "--model", "no-such-model"]) == 0
+    assert main(["report", "--db", str(db), "--since", "2026-05-03", "--model", "mystery-model"]) == 0
     assert "No LLM requests recorded in this window" in capsys.readouterr().out
-    data = report_json(db, capsys, "--since", "all", "--model", "no-such-model")
+    data = report_json(db, capsys, "--since", "2026-05-03", "--model", "mystery-model")
     assert data["totals"]["requests"] == 0 and data["totals"]["cost_usd"] is None
 
 
@@ -442,3 +455,53 @@ def test_tables_never_split_a_number_or_a_model_name(tmp_path: Path, capsys: pyt
         assert max(len(line) for line in out.splitlines()) <= width, (width, out)
         missing = words - _words(out)
         assert not missing, (width, sorted(missing), out)
+
+
+@pytest.mark.parametrize("args, hint", [
+    (("--provider", "antropic"), "--provider 'antropic' matches nothing (did you mean anthropic?); known: anthropic, openai, gemini"),
+    (("--state", "complete"), "(did you mean completed?); known: completed, error_response,"),
+    (("--route", "claudecode"), "(did you mean claude-code?); known: claude-code, sdk, other"),
+    (("--model", "claude-sonet-4-5"), "matches nothing in this database (did you mean claude-sonnet-4-5?); known: "),
+    (("--model", "gpt-5*"), "--model 'gpt-5*' matches nothing in this database; known: "),
+])
+def test_an_unknown_filter_value_names_the_known_ones(db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], hint: str) -> None:
+    """Issue 26 item 7: a misspelt filter value used to give 0 rows silently."""
+    for cmd in (["report", "--db", str(db), "--since", "all", *args], ["tail", "--once", "--db", str(db), *args]):
+        assert main(cmd) == 2
+        captured = capsys.readouterr()
+        assert hint in captured.err and captured.err.count("\n") == 1 and captured.out == "", (cmd, captured)
+    assert main(["report", "--db", str(db), "--since", "all", "--provider", "gemini"]) == 0  # known, just no rows: not an error
+    assert "0 requests" in capsys.readouterr().out
+
+
+def test_html_writes_the_page_without_the_terminal_report(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = tmp_path / "r.html"
+    assert main(["report", "--db", str(db), "--since", "all", "--html", str(page)]) == 0
+    captured = capsys.readouterr()
+    assert page.is_file() and captured.out == "" and captured.err.strip() == f"tokenpak report: wrote {page}"
+
+
+@pytest.mark.parametrize("args, tries", [
+    (("--since", "all", "--provider", "gemini"), "(try fewer filters or `tokenpak doctor`)"),
+    (("--since", "2026-06-01"), "(try --since all or `tokenpak doctor`)"),
+    (("--since", "all", "--until", "2026-04-01"), "(try no --until or `tokenpak doctor`)"),
+])
+def test_the_empty_window_hint_never_repeats_what_was_passed(db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], tries: str) -> None:
+    assert main(["report", "--db", str(db), *args]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"No LLM requests recorded in this window {tries}."
+
+
+def test_one_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenpak_mitm.cli.tables import plural
+
+    path = tmp_path / "one.db"
+    store = TelemetryStore(path)
+    store.start()
+    store.submit(ROWS[4])  # one 529 without usage: unpriced, no usage
+    store.close()
+    assert main(["report", "--db", str(path), "--since", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "· 1 request ·" in out and "1 unpriced request: its cost is unknown" in out
+    assert "1 request reported no usage: counted as a request, not as tokens." in out
+    assert "1 requests" not in out
+    assert [plural(0, "warning"), plural(1, "warning"), plural(2, "failure")] == ["0 warnings", "1 warning", "2 failures"]

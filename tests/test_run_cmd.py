@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,49 @@ def test_tokenpak_run_proxies_and_records_a_row(tmp_path: Path):
         proxy.stop()
         up.stop()
     assert len(rows) == 1 and rows[0]["output_tokens"] == 2 and rows[0]["terminal_state"] == "completed"
+
+
+@pytest.mark.parametrize(("specs", "says"), [
+    (["tokenpak_recod=/tmp/x"], "unknown option tokenpak_recod (did you mean tokenpak_record?)"),
+    (["tokenpak_cache_ttl=2h"], "tokenpak_cache_ttl must be 5m, 1h or auto, not '2h'"),
+    (["tokenpak_console=maybe"], "tokenpak_console must be true or false, not 'maybe'"),
+    (["tokenpak_record_max_bytes=12"], "tokenpak_record_max_bytes must be at least 1024 bytes, not '12'"),
+    (["tokenpak_conformance=loud"], "tokenpak_conformance must be one of off, warn, strict, not 'loud'"),
+    (["tokenpak_cache=off", "tokenpak_cache=auto"], "Received multiple values for tokenpak_cache: ['off', 'auto']"),  # mitmproxy would skip the script
+    (["tokenpak_cache=off", "tokenpak_hosts=a.example", "tokenpak_hosts=b.example", "flow_detail=0", "tokenpak_record_max_bytes=8m"], None),
+])
+def test_preflight_says_what_the_addons_would_stop_start_up_with(specs: list[str], says: str | None):
+    from tokenpak_mitm.proxy.startup import preflight, set_specs
+
+    assert set_specs(["-p", "0", "--set", specs[0], *[f"--set={s}" for s in specs[1:]]]) == specs
+    assert preflight(make_addons(watch=False), specs) == says
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("option", "says"), [
+    ("tokenpak_cach=off", "unknown option tokenpak_cach (did you mean tokenpak_cache?)"),
+    ("tokenpak_cache=sometimes", "tokenpak_cache must be one of auto, off, top-level, not 'sometimes'"),
+])
+def test_a_bad_option_stops_tokenpak_run_before_anything_listens(tmp_path: Path, option: str, says: str):
+    # Issue 26 item 9: mitmdump binds its port before it loads the addon script, so the addon's
+    # own check came a second or two late: the port accepted (and forwarded) connections meanwhile.
+    if not TOKENPAK.exists():
+        pytest.skip("the tokenpak console script is not installed in this environment")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(TOKENPAK), "run", "--port", str(port), "--mode", "reverse:http://127.0.0.1:9", "--",
+                             "--set", f"tokenpak_db={tmp_path / 't.db'}", "--set", f"confdir={tmp_path}", "--set", option],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    accepted = 0
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            accepted += 1
+        except OSError:
+            time.sleep(0.005)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, accepted) == (2, 0)
+    assert err.splitlines() == [f"tokenpak: {says} (proxy not started)"] and out == ""
+    assert not (tmp_path / "t.db").exists()  # nothing started

@@ -629,3 +629,19 @@ def test_a_trailing_system_message_the_next_request_drops_is_not_a_prefix_change
     # (before the rule, turns 2 and 3 were prefix_changed: the reminder's write counted as the expected read)
     assert [o.verdict.reason if o.verdict else None for o, _ in got] == ["cold", None, None]
     assert got[2][1]["cache_read_input_tokens"] > 0
+
+
+def test_openai_retention_and_breakpoint_ttl_come_from_the_request():
+    """prompt_cache_options.ttl (GPT-5.6+) and prompt_cache_retention set the entries' lifetime the
+    tracker diagnoses expiry and warm-until with."""
+    from tokenpak_mitm.core.account.sessions import rules_for
+
+    base = {"model": "gpt-5.6", "messages": [{"role": "user", "content": "hi"}]}
+    plain, timed, kept = (shape_of(r, "openai_chat") for r in (
+        base, {**base, "prompt_cache_options": {"ttl": "1h"}}, {**base, "prompt_cache_retention": "24h"}))
+    assert plain is not None and timed is not None and kept is not None
+    assert (plain.options_ttl, timed.options_ttl) == (None, 3600.0)  # (30m is the only value so far: a longer one is honoured)
+    rules = [rules_for(s) for s in (plain, timed, kept)]
+    assert [r.ttl_seconds if r else None for r in rules] == [1800.0, 3600.0, 86400.0]
+    legacy = shape_of({**base, "model": "gpt-4o", "prompt_cache_options": {"ttl": "30m"}}, "openai_chat")
+    assert legacy is not None and (r := rules_for(legacy)) is not None and r.ttl_seconds == 3600.0  # no breakpoints before 5.6: the option does not apply

@@ -12,14 +12,16 @@ from typing import Any
 __all__ = ["make_addons"]
 
 
-def make_addons() -> list[Any]:
+def make_addons(*, watch: bool = True) -> list[Any]:
     """The addon list: TokenPak, the recorder, the live checker (any order works, see hooks.py) and
-    the registration of mitmweb's "LLM (tokenpak)" content view."""
+    the registration of mitmweb's "LLM (tokenpak)" content view. ``watch=False``: instances whose
+    options are only checked (``tokenpak run``'s preflight), not run by mitmproxy."""
     from tokenpak_mitm.conformance.live import LiveConformance
     from tokenpak_mitm.proxy.addon import TokenPak, watch_startup
     from tokenpak_mitm.proxy.contentview import ContentviewAddon
     from tokenpak_mitm.proxy.recorder import Recorder
 
     tokenpak = TokenPak()
-    watch_startup(tokenpak)  # mitmproxy drops a script silently on a bad or duplicated --set
+    if watch:
+        watch_startup(tokenpak)  # mitmproxy drops a script silently on a bad or duplicated --set
     return [tokenpak, Recorder(), LiveConformance(), ContentviewAddon()]

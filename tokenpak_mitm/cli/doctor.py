@@ -450,5 +450,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     failed = [c for c in checks if c.status == "fail"]
     warned = [c for c in checks if c.status == "warn"]
-    console.print(f"{len(checks) - len(failed) - len(warned)} ok, {len(warned)} warnings, {len(failed)} failures")
+    from tokenpak_mitm.cli.tables import plural
+
+    console.print(f"{len(checks) - len(failed) - len(warned)} ok, {plural(len(warned), 'warning')}, {plural(len(failed), 'failure')}")
     return 1 if failed else 0

@@ -38,6 +38,8 @@ register("run", "start the proxy (mitmdump with the tokenpak addon script)", "to
 register("setup", "print the environment variables that route a client through the proxy", "tokenpak_mitm.cli.setup")
 register("report", "tokens, cost, cache hit ratio and savings from the telemetry database", "tokenpak_mitm.cli.report")
 register("tail", "follow a running proxy's requests, one line each", "tokenpak_mitm.cli.tail")
+register("statusline", "one line for Claude Code's statusLine: this session's cost, savings, cache hits, last miss, warm-until",
+         "tokenpak_mitm.cli.statusline")
 register("savings", "what prompt caching would cost on a workload file or recorded flows: none, planner, best", "tokenpak_mitm.cli.savings")
 register("doctor", "check the installation, CA, database, client environment and streaming", "tokenpak_mitm.cli.doctor")
 register("conformance", "replay recorded flows through the proxy and check invariants I1-I10", "tokenpak_mitm.conformance.runner")

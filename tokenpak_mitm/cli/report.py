@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenpak_mitm.cli.report_model import BUCKETS, CACHE_HIT_RATIO_DEFINITION, UNKNOWN_COST, Report, Summary, money, ms, ratio
-from tokenpak_mitm.cli.tables import print_table, report_console
+from tokenpak_mitm.cli.tables import plural, print_table, report_console
 from tokenpak_mitm.core.row import CACHE_ORIGINS
 from tokenpak_mitm.store import query as rq
 from tokenpak_mitm.store.query import COLUMN_FILTERS, GROUPINGS, Filters
@@ -75,6 +75,16 @@ def unpriced_models(rows: Iterable[Row]) -> list[dict[str, Any]]:
         counts[(row.get("provider") or "?", row.get("model") or "?", reason)] += int(row.get("requests", 1))
     return [{"provider": p, "model": m, "reason": r, "requests": c}
             for (p, m, r), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def models_without_cache_facts(models: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """Models the cache-facts table does not name (their requests were planned and diagnosed with the
+    provider's fallback assumptions, ``cache_facts.FALLBACK``), most requests first."""
+    from tokenpak_mitm.core.plan.cache_facts import facts_for, missing_facts
+
+    out = [{"provider": p, "model": m, "requests": n, "assumed": facts_for(m, p).family}  # type: ignore[arg-type]
+           for (p, m), n in models.items() if missing_facts(m, p)]
+    return sorted(out, key=lambda d: (-d["requests"], d["provider"], d["model"]))
 
 
 # -- pricing weights ----------------------------------------------------------------------------
@@ -193,10 +203,12 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     groups: dict[str, Summary] = {}
     periods: dict[str, Summary] = {}
     model_cost: dict[str, dict[str, float]] = {}
+    models: Counter[tuple[str, str]] = Counter()  # (provider, model) -> requests, for the cache-facts check
     group_columns = frozenset() if by == "day" else frozenset({GROUP_COLUMNS.get(by, by)})
     srcs = rq.sources(conn, filters, period, group_columns)
     for c in (c for src in srcs for c in rq.cube(conn, src, group_sql, period_sql, prices)):
         totals.merge(c)
+        models[(c.provider or "", c.model)] += c.requests
         c.group, c.period = label(group_kind, c.group), label(period, c.period)
         _summary(groups, c.group).merge(c)
         _summary(periods, c.period).merge(c)
@@ -230,7 +242,7 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
                   period=period, filters=filters, until=until, model_cost=model_cost,
                   unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [],
-                  errors=error_list)
+                  errors=error_list, no_cache_facts=models_without_cache_facts(models))
 
 
 def empty_report(by: str = "day", since: str = "7d") -> Report:
@@ -260,6 +272,7 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
         "groups": [g.as_dict() for g in report.groups],
         "periods": [p.as_dict() for p in report.periods] if report.by != "day" or report.period != "day" else None,
         "unpriced_models": report.unpriced,
+        "models_without_cache_facts": report.no_cache_facts,
         "errors": report.errors,
         "price_table": {"version": _price_table_version(), "update": _update_hint()},
     }
@@ -306,6 +319,48 @@ def add_filter_arguments(parser: argparse.ArgumentParser, since_default: str | N
     parser.add_argument("--errors", action="store_true", help="only requests that did not complete (any state but completed)")
 
 
+def known_values(conn: sqlite3.Connection | None, name: str) -> list[str]:
+    """The values a ``--NAME`` filter can match: the vocabulary (provider, route, state) plus what
+    the database holds (every model it has seen)."""
+    from typing import get_args
+
+    from tokenpak_mitm.core.plan.cache_facts import Provider
+    from tokenpak_mitm.core.row import RouteClass, TerminalState
+
+    vocab = {"provider": get_args(Provider), "route": get_args(RouteClass), "state": get_args(TerminalState)}.get(name, ())
+    seen: list[str] = []
+    if conn is not None:
+        column = next(f.column for f in COLUMN_FILTERS if f.name == name)
+        try:
+            seen = [str(v) for (v,) in conn.execute(f"SELECT DISTINCT {column} FROM requests WHERE {column} IS NOT NULL")]
+        except sqlite3.Error:
+            seen = []
+    return sorted(set(vocab) | set(seen), key=lambda v: (v not in vocab, list(vocab).index(v) if v in vocab else 0, v))
+
+
+def unknown_filter_value(conn: sqlite3.Connection | None, filters: Filters, names: Iterable[str] | None = None) -> str | None:
+    """A one-line message for the first filter value that can match nothing (a misspelt
+    ``--provider antropic`` silently gave 0 rows): the closest known value and the known ones."""
+    import difflib
+    from fnmatch import fnmatchcase
+
+    for name, values in filters.columns:
+        if names is not None and name not in names:
+            continue
+        known = known_values(conn, name)
+        for value in values:
+            if any(c in value for c in "*?[") and any(fnmatchcase(k, value) for k in known):
+                continue
+            if value in known:
+                continue
+            close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            listed = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
+            where = "" if name in ("provider", "route", "state") else " in this database"
+            return f"--{name} {value!r} matches nothing{where}{hint}; known: {listed or 'none yet'}"
+    return None
+
+
 def filters_from_args(args: argparse.Namespace, now: float | None = None) -> Filters:
     """Raises ValueError with a one-line message for a bad --since/--until."""
     since_ts = parse_since(args.since, now) if args.since else None
@@ -333,9 +388,11 @@ def _print_tables(report: Report, db: str) -> None:
     t = report.totals
     window = f"since {report.since}" + (f" until {report.until}" if report.until else "")
     extra = report.filters.describe()
-    console.print(f"[bold]tokenpak report[/] {escape(window)}{' · ' + escape(extra) if extra else ''} · {t.requests} requests · db {escape(db)}")
+    console.print(f"[bold]tokenpak report[/] {escape(window)}{' · ' + escape(extra) if extra else ''} · {plural(t.requests, 'request')} · db {escape(db)}")
     if not t.requests:
-        console.print("No LLM requests recorded in this window (try --since all, fewer filters, or see `tokenpak doctor`).")
+        tries = [*(["--since all"] if report.since != "all" else []), *(["no --until"] if report.until else []),
+                 *(["fewer filters"] if extra else []), "`tokenpak doctor`"]
+        console.print(f"No LLM requests recorded in this window (try {', '.join(tries[:-1]) + ' or ' if len(tries) > 1 else ''}{tries[-1]}).")
         return
     label = {"day": "day", "model": "model", "route": "route class", "provider": "provider"}.get(report.by, report.by)
     groups = [g for g in report.groups if g.requests]
@@ -382,7 +439,8 @@ def _print_tables(report: Report, db: str) -> None:
         p = t.proxy_request_ms
         console.print(f"proxy's own request-side time (classify, plan, splice): p50 {p['p50']:.2f} ms, p95 {p['p95']:.2f} ms, max {p['max']:.2f} ms.")
     if t.unpriced_requests:
-        console.print(f"{t.unpriced_requests} unpriced requests: their cost is {UNKNOWN_COST} and not included above.")
+        console.print(f"{plural(t.unpriced_requests, 'unpriced request')}: {'its' if t.unpriced_requests == 1 else 'their'} cost is "
+                      f"{UNKNOWN_COST} and not included above.")
     if report.unpriced:
         from tokenpak_mitm.core.account.pricing import UNPRICED_REASONS
 
@@ -395,8 +453,17 @@ def _print_tables(report: Report, db: str) -> None:
         print_table(console, unpriced)
         if any(i["reason"] in ("unknown_model", "unknown", "no_cache_write_price", "unknown_speed", "unknown_service_tier") for i in report.unpriced):
             console.print(f"To update the price table: {_update_hint()}.")
+    if report.no_cache_facts:
+        facts = Table(title="Models without cache facts (planned with the provider's fallback: cache_facts.FALLBACK)", title_justify="left")
+        for col in ("provider", "model", "requests", "assumed"):
+            facts.add_column(col, justify="right" if col == "requests" else "left", overflow="fold")
+        for item in report.no_cache_facts:
+            facts.add_row(escape(item["provider"]), escape(item["model"]), str(item["requests"]), escape(item["assumed"]))
+        print_table(console, facts)
+        console.print("Their minimum cacheable length and TTLs are assumed (docs/caching.md, \"Provider facts\").")
     if t.requests - t.requests_with_usage:
-        console.print(f"{t.requests - t.requests_with_usage} requests reported no usage: counted as requests, not as tokens.")
+        n = t.requests - t.requests_with_usage
+        console.print(f"{plural(n, 'request')} reported no usage: counted as {'a request' if n == 1 else 'requests'}, not as tokens.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -406,7 +473,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--misses", action="store_true", help="cache misses by cause, ranked by money lost, with their sessions and models")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
-    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
+    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML page with charts (instead of the terminal tables)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -428,6 +495,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         conn = connect_readonly(db)
         try:
+            bad = unknown_filter_value(conn, filters)
+            if bad:
+                print(f"tokenpak report: {bad}", file=sys.stderr)
+                return 2
             report = build_report(conn, by="day" if session_view else args.by, since=args.since or "all", filters=filters, until=args.until)
             # the session and miss views read their own few columns (only when asked for)
             rows = report_sessions.load_rows(conn, filters) if (session_view or misses or args.html) else []
@@ -452,6 +523,6 @@ def run(args: argparse.Namespace) -> int:
             report_sessions.print_groups(rows, args.by, now)
         if misses:
             report_sessions.print_misses(rows)
-    else:
+    elif not args.html:  # --html FILE writes the page; the terminal tables are not printed too
         _print_tables(report, db)
     return 0

@@ -143,6 +143,7 @@ class Report:
     until: str | None = None
     model_cost: dict[str, dict[str, float]] = field(default_factory=dict)  # period -> model -> priced cost
     unpriced: list[dict[str, Any]] = field(default_factory=list)  # see unpriced_models
+    no_cache_facts: list[dict[str, Any]] = field(default_factory=list)  # models planned with cache_facts' fallback assumptions
     errors: list[dict[str, Any]] = field(default_factory=list)  # failed requests by state, status and error type
 
 

@@ -58,6 +58,15 @@ def run(args: argparse.Namespace) -> int:
 
         print(" ".join(shlex.quote(a) for a in argv))
         return 0
+    # mitmdump listens before it loads the addon script, so a misspelt or bad --set would leave
+    # the port open (and forwarding, without the addon) until the addon stops it: check first.
+    from tokenpak_mitm.proxy.startup import preflight, set_specs
+    from tokenpak_mitm.script import make_addons
+
+    message = preflight(make_addons(watch=False), set_specs(argv))
+    if message:
+        print(f"tokenpak: {message} (proxy not started)", file=sys.stderr)
+        return 2
     sys.stdout.flush()
     try:
         os.execvp(argv[0], argv)  # mitmdump becomes this process: signals and exit code are its own

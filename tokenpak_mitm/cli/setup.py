@@ -13,6 +13,7 @@ private key (``mitmproxy-ca.pem``) never is.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -161,8 +162,21 @@ def _regular_lines(opts: SetupOptions) -> list[str]:
     return lines
 
 
+def _statusline_lines() -> list[str]:
+    """How to wire ``tokenpak statusline`` into Claude Code (comments: the output is eval'd)."""
+    exe = Path(sys.argv[0]) if sys.argv and Path(sys.argv[0]).name == "tokenpak" else None
+    command = f"{exe.absolute()} statusline" if exe is not None and exe.is_file() else "tokenpak statusline"
+    setting = json.dumps({"statusLine": {"type": "command", "command": command}})
+    return [
+        "# Status line (this session's cost and savings, cache hit ratio, last miss, how long the cache stays warm):",
+        f"# add to ~/.claude/settings.json:  {setting}",
+    ]
+
+
 def render(opts: SetupOptions) -> str:
     lines = _reverse_lines(opts) if opts.mode == "reverse" else _regular_lines(opts)
+    if opts.client == "claude-code":
+        lines += _statusline_lines()
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,12 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-__all__ = ["UNLIMITED_WIDTH", "print_table", "report_console"]
+__all__ = ["UNLIMITED_WIDTH", "plural", "print_table", "report_console"]
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 request``, ``2 requests``, ``0 requests``."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
 
 UNLIMITED_WIDTH = 100_000  # piped output without COLUMNS: lines as long as their content, never wrapped
 

@@ -321,6 +321,29 @@ def run(args: argparse.Namespace) -> int:
     if args.once and not db.is_file():
         print(f"tokenpak tail: no database at {db}", file=sys.stderr)
         return 1
+    from tokenpak_mitm.cli.report import unknown_filter_value
+    from tokenpak_mitm.store.sqlite import connect_readonly
+
+    try:
+        conn = connect_readonly(db) if db.is_file() else None
+    except sqlite3.Error:
+        conn = None
+    try:
+        # provider, route and state have fixed vocabularies: a misspelt one is an error; a model not
+        # seen yet may still come (tail follows), so with --once it is an error and live a warning
+        bad = unknown_filter_value(conn, filters, ("provider", "route", "state"))
+        if bad is None:
+            model = unknown_filter_value(conn, filters, ("model",))
+            if model and args.once:
+                bad = model
+            elif model:
+                print(f"tokenpak tail: {model}; following anyway", file=sys.stderr)
+    finally:
+        if conn is not None:
+            conn.close()
+    if bad:
+        print(f"tokenpak tail: {bad}", file=sys.stderr)
+        return 2
     if not args.once:
         extra = filters.describe()
         print(f"tokenpak tail: following {db}{' (' + extra + ')' if extra else ''} (Ctrl-C to stop)", file=sys.stderr)

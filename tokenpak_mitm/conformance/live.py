@@ -94,14 +94,19 @@ class LiveConformance:
     def load(self, loader: Loader) -> None:
         loader.add_option("tokenpak_conformance", str, "off", "Check streaming invariants (I6, I8, I10) on live traffic: off, warn, or strict (exit non-zero at shutdown on any violation).")
 
+    @staticmethod
+    def check_options(opts: Any) -> None:
+        """Raise ``OptionsError`` for a bad value (pure; `startup.preflight` runs it before mitmdump starts)."""
+        mode = opts.tokenpak_conformance
+        if mode not in MODES:
+            raise exceptions.OptionsError(f"tokenpak_conformance must be one of {', '.join(MODES)}, not {mode!r}")
+
     @guard_configure
     def configure(self, updated: set[str]) -> None:
         if "tokenpak_conformance" not in updated:
             return
-        mode = ctx.options.tokenpak_conformance
-        if mode not in MODES:
-            raise exceptions.OptionsError(f"tokenpak_conformance must be one of {', '.join(MODES)}, not {mode!r}")
-        self.mode = mode
+        self.check_options(ctx.options)
+        self.mode = ctx.options.tokenpak_conformance
 
     def running(self) -> None:
         self.is_running = True

@@ -174,6 +174,28 @@ class TokenPak:
     def is_running(self) -> bool:
         return self.started.is_set()
 
+    @staticmethod
+    def check_options(opts: Any) -> None:
+        """Raise ``OptionsError`` for a bad value of this addon's options (pure: also run by
+        ``tokenpak run`` before mitmdump starts, see `startup.preflight`)."""
+        if opts.tokenpak_cache not in CACHE_MODES:
+            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
+        if opts.tokenpak_cache_ttl not in CACHE_TTLS:
+            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        url = opts.tokenpak_otlp
+        if url and not url.startswith(("http://", "https://")):
+            raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
+        try:
+            if url:
+                require_otel()
+        except OtelUnavailable as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
+            for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
+                parse_bool(name, getattr(opts, name))
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
+
     @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -182,20 +204,14 @@ class TokenPak:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        if "tokenpak_cache" in updated and opts.tokenpak_cache not in CACHE_MODES:
-            raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
-        if "tokenpak_cache_ttl" in updated and opts.tokenpak_cache_ttl not in CACHE_TTLS:
-            raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
+        self.check_options(opts)
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
         self._cache_opts = CacheOptions(mode=opts.tokenpak_cache, ttl=opts.tokenpak_cache_ttl)
-        try:
-            console = parse_bool("tokenpak_console", opts.tokenpak_console)
-            self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
-            quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        console = parse_bool("tokenpak_console", opts.tokenpak_console)
+        self._diagnostics = parse_bool("tokenpak_cache_diagnostics", opts.tokenpak_cache_diagnostics)
+        quiet = parse_bool("tokenpak_quiet", opts.tokenpak_quiet)
         if "tokenpak_quiet" in updated:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
@@ -231,10 +247,7 @@ class TokenPak:
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
 
-        try:
-            self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        self._history = parse_bool("tokenpak_cache_history", opts.tokenpak_cache_history)
         if "tokenpak_cache_index" in updated:
             self._index_path = opts.tokenpak_cache_index
             if self._index_path:
@@ -245,8 +258,6 @@ class TokenPak:
                 self.otel.shutdown()
                 self.otel = None
             url = opts.tokenpak_otlp
-            if url and not url.startswith(("http://", "https://")):
-                raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
             try:
                 if url and isinstance(self.store, StoreProcess):
                     require_otel()  # the writer process exports every row it writes

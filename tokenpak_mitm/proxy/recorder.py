@@ -173,14 +173,20 @@ class Recorder:
         loader.add_option("tokenpak_record", str, "", "Directory to save every LLM flow in (redacted .mitm files, for conformance replay). Empty: off.")
         loader.add_option("tokenpak_record_max_bytes", str, str(DEFAULT_MAX_BYTES), "Per-flow cap on recorded response bytes (e.g. 8388608, 512k, 8m); the flow notes when it was cut.")
 
+    @staticmethod
+    def check_options(opts: Any) -> None:
+        """Raise ``OptionsError`` for a bad value (pure; `startup.preflight` runs it before mitmdump starts)."""
+        try:
+            parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
+
     @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        self.check_options(opts)
         if "tokenpak_record_max_bytes" in updated:
-            try:
-                self.max_bytes = parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
-            except ValueError as e:
-                raise exceptions.OptionsError(str(e)) from e
+            self.max_bytes = parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
         if "tokenpak_record" in updated:
             self._set_directory(opts.tokenpak_record)
         if self._writer is not None:  # the option belongs to TokenPak; absent when used alone

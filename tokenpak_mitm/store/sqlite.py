@@ -108,6 +108,11 @@ MIGRATIONS: tuple[str, ...] = (
     add_columns(6) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
     # 7: the provider's own cache-miss verdict (issue 25: Anthropic cache diagnostics)
     add_columns(7),
+    # 8: `tokenpak statusline` (issue 26) sums one session on every Claude Code message: a covering
+    # index answers from its own pages (a 100k-row session: seconds of row lookups before). The
+    # last row and last miss come from requests_session, whose entries are in id order per session.
+    "CREATE INDEX IF NOT EXISTS requests_session_sums ON requests(session_id, cost_usd, savings_usd, input_tokens, "
+    "cache_read_tokens, cache_write_tokens, billable, usage_source);",
 )
 # A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
 if len(MIGRATIONS) < SCHEMA_VERSION:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from tokenpak_mitm.core.plan.cache_facts import ttl_seconds
 from tokenpak_mitm.core.plan.jsonscan import agrees_with, block_locs, one_pass_pays, parse_and_scan
 from tokenpak_mitm.core.plan.prefix_index import RAW_MIN_BYTES, Api, Section, boundaries, canonical_from_raw, prompt_blocks
 
@@ -102,6 +103,7 @@ class Shape:
     truncated: bool = False
     api: str = "anthropic"
     long_retention: bool = False  # OpenAI prompt_cache_retention "24h"
+    options_ttl: float | None = None  # OpenAI prompt_cache_options.ttl in seconds ("30m", the only value so far)
 
     @property
     def tokens(self) -> int:
@@ -313,8 +315,10 @@ def shape_of(request: object, api: str = "anthropic", raw: Sequence[bytes | None
     else:  # OpenAI (and Gemini): the provider caches the prompt's end by itself, unless told explicit-only
         options = request.get("prompt_cache_options")
         top = None if isinstance(options, dict) and options.get("mode") == "explicit" else OPENAI_BREAKPOINT_TTL
+    options = request.get("prompt_cache_options")
+    options_ttl = None if anthropic or not isinstance(options, dict) else ttl_seconds(options.get("ttl"))
     return Shape(model if isinstance(model, str) else "", tuple(blocks), tuple(turn_keys), top,
-                 len(bounds) >= MAX_BLOCKS, api, request.get("prompt_cache_retention") == "24h")
+                 len(bounds) >= MAX_BLOCKS, api, request.get("prompt_cache_retention") == "24h", options_ttl)
 
 
 def first_difference(a: Sequence[Block], b: Sequence[Block]) -> int | None:

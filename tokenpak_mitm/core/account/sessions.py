@@ -68,6 +68,8 @@ def rules_for(shape: Shape) -> Rules | None:
         # Before GPT-5.6 retention is "5 to 10 minutes of inactivity, up to one hour" (or 24 h when
         # asked): only the longest is a fact, so only past it is a miss put down to expiry.
         ttl = TTL_SECONDS["30m"] if f.write else 3600.0
+        if f.write and shape.options_ttl:
+            ttl = shape.options_ttl  # the request's prompt_cache_options.ttl (GPT-5.6+ breakpoints)
         if shape.long_retention:
             ttl = 24 * 3600.0
         return Rules(f.minimum_tokens, f.lookback_blocks, False, ttl, f.cached_granularity, not f.write)

@@ -49,6 +49,8 @@ __all__ = [
     "all_facts",
     "facts_for",
     "minimum_tokens",
+    "missing_facts",
+    "ttl_seconds",
 ]
 
 Provider = Literal["anthropic", "openai", "gemini"]
@@ -89,6 +91,7 @@ class CacheFacts:
     explicit_markers: bool = True
     cached_granularity: int = 1
     assumption: bool = False  # True when a value is a guess (fallback entries), not documented
+    breakpoint_window: int | None = None  # the latest N breakpoints a read may match (None: not limited / not documented)
 
     def write_multiplier(self, ttl: str) -> float:
         """Input-price multiplier of a write with `ttl` (1.0 when writes are free)."""
@@ -151,6 +154,7 @@ OPENAI_GPT56: Final = CacheFacts(
     read=0.1,  # O-PC: "subsequent reads cost only 0.1x that rate"
     max_breakpoints=4,  # O-SDK: "Each request can write up to four breakpoints" (the implicit one uses one)
     lookback_blocks=None,  # O-SDK: "without a content-block lookback limit"
+    breakpoint_window=80,  # O-SDK: a read matches "up to the latest 80 breakpoints in the conversation"
 )
 OPENAI_LEGACY: Final = CacheFacts(
     "openai", "gpt (before 5.6), o-series",
@@ -217,6 +221,29 @@ def _facts_for(model: str, provider: Provider | None) -> CacheFacts:
         if best is not None:
             return best
     return FALLBACK[provider]
+
+
+def missing_facts(model: object, provider: str | None = None) -> bool:
+    """True for an Anthropic or Gemini model the table does not name (planned with the fallback's
+    assumptions; ``tokenpak report`` lists them). OpenAI models all map to a documented entry.
+    ``provider`` None: inferred from the id, as ``facts_for`` does."""
+    if provider not in ("anthropic", "gemini", None) or not isinstance(model, str) or not model:
+        return False
+    return facts_for(model, provider).assumption  # type: ignore[arg-type]
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS: Final[Mapping[str, float]] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def ttl_seconds(value: object) -> float | None:
+    """A TTL such as ``"30m"`` or ``"24h"`` (OpenAI's ``prompt_cache_options.ttl``,
+    ``prompt_cache_retention``) in seconds; None when it is not one."""
+    if isinstance(value, str):
+        found = _DURATION.match(value)
+        if found and int(found.group(1)) > 0:
+            return int(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    return None
 
 
 def minimum_tokens(model: object, provider: Provider | None = None) -> int:

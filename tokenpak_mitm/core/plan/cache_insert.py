@@ -17,12 +17,13 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import brotli
 
 from tokenpak_mitm.core.observe.decoders import DecodeLimit, codings, decode_body, deflate_is_zlib, zstd
 from tokenpak_mitm.core.plan import learning_planner
+from tokenpak_mitm.core.plan.cache_facts import facts_for, missing_facts
 from tokenpak_mitm.core.plan.cache_planner import DECISIONS, Breakpoint, CacheOptions, Note, Plan, Sizes, count_markers, marker_for, plan
 from tokenpak_mitm.core.plan.jsonscan import BodyMap, JsonScanError, Loc, agrees_with, block_locs, one_pass_pays, parse_and_scan, scan
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket
@@ -40,6 +41,9 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # raw and decoded cap; twice the API's 32 MB 
 # (a C-speed byte count) as well as bytes; 200 objects is about 2-4 ms of planning.
 OFFLOAD_BYTES = 1 << 20
 OFFLOAD_OBJECTS = 200
+
+
+_PLANNED: Final = frozenset({"inserted", "not_worth", "below_minimum", "no_eligible_block"})  # decisions the planner made itself
 
 
 def plan_off_loop(body: bytes, content_encoding: str | None) -> bool:
@@ -72,8 +76,15 @@ class InsertResult:
     ticket: Ticket | None = None  # for `learning_planner.observe_usage` once the response's usage is known
 
     def reasons_json(self) -> str | None:
-        """The notes as the JSON text stored on the telemetry row (None when there are none)."""
-        return json.dumps([n.as_dict() for n in self.notes], separators=(",", ":")) if self.notes else None
+        """The notes as the JSON text stored on the telemetry row (None when there are none); a
+        planned request for a model without cache facts says so (``no_cache_facts``)."""
+        notes = [n.as_dict() for n in self.notes]
+        if self.decision in _PLANNED and missing_facts(self.model):
+            facts = facts_for(self.model)
+            notes.append({"at": "model", "why": "no_cache_facts", "tokens": 0, "skipped": True,
+                          "detail": f"{self.model}: not in cache_facts; planned with {facts.family}'s assumed minimum of "
+                                    f"{facts.minimum_tokens} tokens and the dearest documented read (0.1x)"})
+        return json.dumps(notes, separators=(",", ":")) if notes else None
 
 
 def insert_markers(body: bytes, content_encoding: str | None, opts: CacheOptions = CacheOptions(),

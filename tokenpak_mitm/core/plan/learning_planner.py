@@ -86,6 +86,8 @@ REASONS: Final[Mapping[str, str]] = {
     "write_in_flight": "a concurrent request is writing this prefix; it becomes readable when that response begins",
     "not_read_back": "the observed gaps say no TTL would be read back before it lapses: a write would cost more",
     "below_minimum": "the prefix is below the model's minimum cacheable length",
+    # about the request (cache_insert.InsertResult.reasons_json), at "model"
+    "no_cache_facts": "the model is not in cache_facts: planned with its provider's fallback assumptions",
     "no_slot": "all 4 markers are in use",
     "pause_checkpoint": "insurance against a pause of 5 minutes to an hour: a 1h entry on the first new block protects "
                         "the conversation's prefix for the premium on that block only",

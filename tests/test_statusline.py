@@ -1,0 +1,155 @@
+"""`tokenpak statusline`: the line Claude Code shows, from rows the real store wrote, run as Claude
+Code runs it (a process fed the session JSON on stdin); every bad input gives a short line, exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenpak_mitm.cli.statusline import default_db, status
+from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore, default_db_path
+
+SESSION = "5f1c9a7e-2b3d-4c8e-9f00-1234567890ab"
+
+
+def row(key: str, started_at: float, **values: Any) -> dict[str, Any]:
+    base: dict[str, Any] = dict.fromkeys(COLUMN_NAMES)
+    base.update(request_key=key, started_at=started_at, provider="anthropic", api="messages", route_class="claude-code",
+                model="claude-sonnet-4-6", terminal_state="completed", usage_source="final", billable=1, session_id=SESSION,
+                input_tokens=100, cache_read_tokens=0, cache_write_tokens=0, output_tokens=10)
+    base.update(values)
+    return base
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    store = TelemetryStore(path)
+    store.start()
+    for r in rows:
+        store.submit(r)
+    store.close()
+    assert store.written == len(rows)
+    return path
+
+
+def claude_code(db: Path, stdin: str | bytes, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command the way Claude Code's statusLine does: JSON on stdin, first stdout line shown."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    proc = subprocess.run([sys.executable, "-m", "tokenpak_mitm.cli.main", "statusline", "--db", str(db)], input=data,
+                          capture_output=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def session_json(sid: str = SESSION) -> str:
+    return json.dumps({"hook_event_name": "Status", "session_id": sid, "transcript_path": "/tmp/t.jsonl", "cwd": "/work/repo",
+                       "model": {"id": "claude-sonnet-4-6", "display_name": "Sonnet"}, "workspace": {"current_dir": "/work/repo"},
+                       "version": "2.1.90", "cost": {"total_cost_usd": 0.5}})
+
+
+def test_the_line_sums_this_session_and_counts_the_warm_cache_down(tmp_path: Path) -> None:
+    now = time.time()
+    db = write(tmp_path / "t.db", [
+        row("a", now - 600, cache_write_tokens=3000, cost_usd=0.0150, savings_usd=-0.002, cache_miss_reason="cold", cache_warm_until=now - 300),
+        row("b", now - 120, cache_read_tokens=3000, cost_usd=0.0030, savings_usd=0.0081, cache_warm_until=now + 250),
+        row("c", now - 60, cache_read_tokens=2500, input_tokens=600, cost_usd=0.0042, savings_usd=0.0068, cache_miss_reason="prefix_changed",
+            cache_warm_until=now + 250),
+        row("other", now - 30, session_id="someone-else", cost_usd=9.0, savings_usd=9.0, cache_miss_reason="ttl_expired"),
+    ])
+    got = claude_code(db, session_json())
+    assert got.returncode == 0 and got.stderr == ""
+    line = got.stdout.splitlines()[0]
+    assert line.startswith("tokenpak $0.0222 · saved $0.0129 · hit 59%")  # 5500 read / (800 + 5500 + 3000) prompt tokens
+    assert "last miss prefix_changed" in line and "ttl_expired" not in line
+    assert "warm 4m" in line  # 250 s left, counting down
+    assert status(session_json(), db, now=now + 260).endswith("cache cold")
+
+
+def test_unpriced_rows_are_not_counted_as_free(tmp_path: Path) -> None:
+    now = time.time()
+    db = write(tmp_path / "t.db", [row("a", now, cost_usd=0.000045, savings_usd=0.0), row("b", now, model="mystery", cost_usd=None)])
+    assert status(session_json(), db).startswith("tokenpak $0.000045 (+1 unpriced) · saved $0 · hit 0%")
+
+
+@pytest.mark.parametrize("case", ["no database", "empty database", "unknown session", "malformed stdin", "empty stdin",
+                                  "not json object", "damaged file", "database before sessions", "binary stdin"])
+def test_bad_input_prints_a_short_neutral_line_and_exits_0(tmp_path: Path, case: str) -> None:
+    db = tmp_path / "t.db"
+    stdin: str | bytes = session_json()
+    if case == "empty database":
+        write(db, [])
+    elif case != "no database":
+        write(db, [row("a", time.time(), cost_usd=0.01)])
+    if case == "unknown session":
+        stdin = session_json("a-session-claude-code-has-not-sent-yet")
+    elif case == "malformed stdin":
+        stdin = '{"session_id": "abc",'
+    elif case == "empty stdin":
+        stdin = ""
+    elif case == "not json object":
+        stdin = '["session_id"]'
+    elif case == "binary stdin":
+        stdin = b"\xff\xfe\x00garbage"
+    elif case == "damaged file":
+        db.write_bytes(b"this is not a database" * 100)
+    elif case == "database before sessions":
+        import sqlite3
+
+        db.unlink()
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY, started_at REAL, cost_usd REAL)")
+        conn.commit()
+        conn.close()
+    got = claude_code(db, stdin)
+    assert got.returncode == 0 and got.stderr == "", got
+    lines = got.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tokenpak") and len(lines[0]) <= 70 and "Traceback" not in got.stdout, lines
+
+
+def test_default_database_is_the_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_db() == default_db_path()
+    monkeypatch.setenv("TOKENPAK_HOME", str(tmp_path))
+    assert default_db() == default_db_path() == tmp_path / "tokenpak.db"
+
+
+def test_it_imports_neither_the_store_nor_the_price_table() -> None:
+    """The time budget (50 ms on every Claude Code message): only the standard library is loaded."""
+    code = ("import sys, io; sys.stdin = io.StringIO('{}'); from tokenpak_mitm.cli.main import main; main(['statusline']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('tokenpak_mitm.store', 'tokenpak_mitm.core', 'genai_prices', 'rich', 'mitmproxy'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
+
+
+def test_setup_claude_code_shows_how_to_wire_it(tmp_path: Path) -> None:
+    out = subprocess.run([str(Path(sys.executable).with_name("tokenpak")), "setup", "claude-code"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    wiring = [line for line in out.splitlines() if '"statusLine"' in line]
+    assert len(wiring) == 1 and wiring[0].startswith("#")  # a comment: the output is eval'd
+    setting = json.loads(wiring[0].split(":", 1)[1])
+    command = setting["statusLine"]["command"]
+    assert setting["statusLine"]["type"] == "command" and command.endswith("tokenpak statusline")
+    db = write(tmp_path / "t.db", [row("a", time.time(), cost_usd=0.01, savings_usd=0.02)])
+    shown = subprocess.run([*command.split(), "--db", str(db)], input=session_json(), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith("tokenpak $0.0100 · saved $0.0200")
+
+
+def test_each_lookup_is_an_index_search_without_a_sort(tmp_path: Path) -> None:
+    """The time budget on a big database: the sums read one covering index, the newest row and miss
+    walk requests_session backwards (no temporary sort of the session's rows)."""
+    import sqlite3
+
+    from tokenpak_mitm.cli import statusline
+
+    db = write(tmp_path / "t.db", [row(f"r{i}", time.time() + i, cost_usd=0.001) for i in range(50)])
+    conn = sqlite3.connect(db)
+    plans = {q: " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + q, (SESSION,)))
+             for q in (statusline._TOTALS, statusline._LAST, statusline._LAST_MISS)}
+    conn.close()
+    assert "COVERING INDEX requests_session_sums (session_id=?)" in plans[statusline._TOTALS]
+    for q in (statusline._LAST, statusline._LAST_MISS):
+        assert "INDEX requests_session (session_id=?)" in plans[q] and "TEMP B-TREE" not in plans[q], plans[q]
