@@ -39,6 +39,14 @@ def test_bad_addresses_say_what_is_expected(value):
         parse_address(value)
 
 
+def test_tokenpak_run_checks_the_address_before_mitmdump_starts():
+    from tokenpak_mitm.proxy.startup import preflight
+    from tokenpak_mitm.script import make_addons
+
+    assert preflight(make_addons(watch=False), ["tokenpak_metrics=9464"]) == "tokenpak_metrics must be host:port (e.g. 127.0.0.1:9464), not '9464'"
+    assert preflight(make_addons(watch=False), ["tokenpak_metrics=127.0.0.1:9464"]) is None
+
+
 # -- counting -----------------------------------------------------------------------------------
 def _row(key: str, **kw) -> TelemetryRow:
     base = dict(request_key=key, started_at=1.0, provider="anthropic", model="claude-sonnet-4-6", terminal_state="completed",

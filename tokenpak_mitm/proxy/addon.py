@@ -191,6 +191,12 @@ class TokenPak:
         except OtelUnavailable as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
+            if opts.tokenpak_metrics.strip():
+                parse_address(opts.tokenpak_metrics)
+                require_prometheus()
+        except (ValueError, MetricsUnavailable) as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
             for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
                 parse_bool(name, getattr(opts, name))
         except ValueError as e:
@@ -218,13 +224,7 @@ class TokenPak:
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
         if "tokenpak_metrics" in updated:
             # Before a new store starts: its writer must count the rows it imports from a spill file at start.
-            address = opts.tokenpak_metrics.strip()
-            try:
-                if address:
-                    parse_address(address)
-                    require_prometheus()
-            except (ValueError, MetricsUnavailable) as e:
-                raise exceptions.OptionsError(str(e)) from e
+            address = opts.tokenpak_metrics.strip()  # (checked by check_options)
             self._metrics = address
             if isinstance(self.store, StoreProcess):
                 self.store.set_metrics(address or None)  # served by the writer process, where rows are written
