@@ -61,7 +61,7 @@ def start_upstream(max_seconds: float = 1800.0) -> Child:
     return Child("upstream", proc, int(line[1]))
 
 
-def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | None = None,
+def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | str | None = None,
                    addon_options: dict[str, str] | None = None, scripts: list[Path] | None = None,
                    log: Path | None = None, base_script: Path | None = None) -> MitmdumpProcess:
     """``mitmdump -q`` in reverse mode to the upstream; the same flags for both proxies.
@@ -79,7 +79,7 @@ def start_mitmdump(name: str, upstream_port: int, confdir: Path, *, db: Path | N
         args += ["-s", str(base_script or PASSTHROUGH_SCRIPT)]
     args += [a for p in scripts or [] for a in ("-s", str(p))]
     proxy = MitmdumpProcess.quiet(args, log=log).start()  # stops with SIGINT: the addon's `done` flushes its rows
-    if db is not None:
+    if isinstance(db, Path):  # (a PostgreSQL URL has no file; MitmdumpProcess awaited the addon's startup line)
         _wait_for_file(proxy, db, 30.0)  # the addon opens its database when the script has loaded
     return proxy
 

@@ -5,8 +5,11 @@ latencies and unpriced rows, spread over 30 days) through the store's own schema
 then runs the report (``--by day`` and ``--by model``, a 7-day window, a model filter) in a fresh
 child process per case, timing the report alone and reading the child's peak RSS. Comparing N =
 100k and 1M shows whether memory grows with the row count. A second database puts the same N rows
-in one day (today, from midnight to now: a busy day) and runs ``--since 30d``. Not a test: it
-asserts nothing.
+in one day (today, from midnight to now: a busy day) and runs ``--since 30d``. ``--postgres``
+runs the same cases on PostgreSQL too: a throw-away local cluster (``testing.postgres``) gets the
+same rows (copied from the SQLite database in one COPY, so its daily summaries are built by the
+store's own statement trigger) and the child reports with ``--db postgresql://…``. Not a test:
+it asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tokenpak_mitm.store.sqlite import COLUMN_NAMES, _open
 
@@ -93,7 +97,25 @@ def _child(db: str, args: list[str]) -> None:
     print(json.dumps({"rc": rc, "seconds": elapsed, "peak_rss_mib": peak}))
 
 
-def measure(db: Path, args: list[str], repeat: int) -> dict[str, float]:
+def to_postgres(sqlite_db: Path, url: str) -> None:
+    """The rows of ``sqlite_db`` into the (new) PostgreSQL database at ``url``, schema by the store's migrations."""
+    import psycopg
+
+    from tokenpak_mitm.store.postgres import PostgresBackend
+    from tokenpak_mitm.store.sqlite import store_local_base
+
+    backend = PostgresBackend(url, store_local_base(url))
+    backend.connect()  # creates the schema, the summaries and their trigger
+    backend.close()
+    cols = ", ".join(COLUMN_NAMES)
+    src = _open(sqlite_db)
+    with psycopg.connect(url) as conn, conn.cursor().copy(f"COPY requests ({cols}) FROM STDIN") as copy:
+        for row in src.execute(f"SELECT {cols} FROM requests ORDER BY id"):
+            copy.write_row(row)
+    src.close()
+
+
+def measure(db: Path | str, args: list[str], repeat: int) -> dict[str, float]:
     runs = []
     for _ in range(repeat):
         out = subprocess.run([sys.executable, "-m", "bench.report_scale", "--child", str(db), *args],
@@ -115,7 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/tokenpak-report-bench"), help="where the databases are kept (reused)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", choices=("spread", "one-day"), help="run only the 30-day or only the one-day database")
+    ap.add_argument("--postgres", action="store_true", help="also on PostgreSQL (a local throw-away cluster; needs the team extra and initdb)")
     a = ap.parse_args(argv)
+    server = None
+    if a.postgres:
+        from tokenpak_mitm.testing.postgres import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+    try:
+        return _run(a, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run(a: argparse.Namespace, server: Any) -> int:
     a.dir.mkdir(parents=True, exist_ok=True)
     try:
         load = open("/proc/loadavg").read().split()[0]  # noqa: SIM115
@@ -136,9 +173,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 conn = _open(db)  # applies any newer migration (indexes) to a kept database
                 conn.close()
-            for name, args in cases.items():
-                r = measure(db, args, a.repeat)
-                print(f"{n:>9,} rows  {name:<30} best {r['seconds_best']:.3f} s  median {r['seconds_median']:.3f} s  peak RSS {r['peak_rss_mib']:.0f} MiB")
+            targets: list[tuple[str, Path | str]] = [("SQLite", db)]
+            if server is not None:
+                t0 = time.perf_counter()
+                url = server.database()
+                to_postgres(db, url)
+                print(f"copied {n:,} rows into PostgreSQL in {time.perf_counter() - t0:.1f} s")
+                targets.append(("PostgreSQL", url))
+            for engine, target in targets:
+                for name, args in cases.items():
+                    r = measure(target, args, a.repeat)
+                    print(f"{n:>9,} rows  {engine:<10} {name:<30} best {r['seconds_best']:.3f} s  median {r['seconds_median']:.3f} s  "
+                          f"peak RSS {r['peak_rss_mib']:.0f} MiB")
     return 0
 
 

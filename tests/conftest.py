@@ -147,3 +147,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     s = make_stack(tmp_path_factory.mktemp("stack"))
     yield s
     s.close()
+
+
+# -- a real PostgreSQL server (the team store): one cluster per test session -------------------
+@pytest.fixture(scope="session")
+def postgres() -> Generator[Any, None, None]:
+    """A running PostgreSQL cluster on a free 127.0.0.1 port (tests/postgres_server.py); fails,
+    never skips, when the server binaries are missing."""
+    from tokenpak_mitm.testing.postgres import Missing, PostgresServer
+
+    try:
+        server = PostgresServer()
+    except Missing as e:
+        pytest.fail(str(e), pytrace=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -81,21 +81,31 @@ def test_labels_are_bounded_and_savings_never_make_a_counter_fall():
     assert {k for (_, labels) in s for k, _ in labels} <= {"provider", "model", "state", "bucket", "reason", "le"}
 
 
-def test_rows_are_counted_once_when_written_including_spills_imported_twice(tmp_path: Path):
-    db = tmp_path / "t.db"
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_rows_are_counted_once_when_written_including_spills_imported_twice(engine: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TOKENPAK_HOME", str(tmp_path / "home"))  # where a URL's spill file lives
+    db = str(tmp_path / "t.db") if engine == "sqlite" else request.getfixturevalue("postgres").database()
     counted: list[str] = []
     store = TelemetryStore(db, on_inserted=lambda rows: counted.extend(r.request_key for r in rows))
     store.start()
     for i in range(30):
         store.submit(_row(f"live-{i}"))
     store.close()
-    # A spill file holding rows already written (a late acknowledgement) and new ones.
-    append_jsonl(store.spill_path, [_row(f"live-{i}").as_dict() for i in range(10)] + [_row(f"spilled-{i}").as_dict() for i in range(5)])
+    # A spill file holding rows already written (a late acknowledgement), new ones, and one new row twice.
+    append_jsonl(store.spill_path, [_row(f"live-{i}").as_dict() for i in range(10)] + [_row(f"spilled-{i}").as_dict() for i in range(5)]
+                 + [_row("spilled-0").as_dict()])
     store = TelemetryStore(db, on_inserted=lambda rows: counted.extend(r.request_key for r in rows))
     store.start()
     store.submit(_row("live-0"))  # and a duplicate sent live
     store.close()
-    keys = [r["request_key"] for r in db_rows(db)]
+    if engine == "sqlite":
+        keys = [r["request_key"] for r in db_rows(Path(db))]
+    else:
+        import psycopg
+
+        with psycopg.connect(db) as conn:
+            keys = [k for (k,) in conn.execute("SELECT request_key FROM requests")]
     assert sorted(counted) == sorted(keys) and len(keys) == 35
 
 

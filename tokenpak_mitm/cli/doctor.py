@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from tokenpak_mitm.cli.setup import CA_CERT_NAME, DEFAULT_CONFDIR
 from tokenpak_mitm.proxy.probe import ProbeAnswer
+from tokenpak_mitm.store.dburl import display
 
 __all__ = [
     "Check", "check_python", "check_mitmproxy", "check_ca", "check_database", "check_environment",
@@ -182,9 +183,45 @@ def check_ca(confdir: Path, required: bool) -> list[Check]:
     return out
 
 
-def check_database(path: Path) -> list[Check]:
+def check_postgres(url: str) -> list[Check]:
+    """Connect as the reports do, read the schema version and rows, ask whether this role may insert."""
+    from tokenpak_mitm.store.postgres import MissingExtra, connect_readonly, errors, one_line, schema_version
+    from tokenpak_mitm.store.sqlite import store_local_base
+
+    shown = display(url)
+    try:
+        conn = connect_readonly(url)
+    except MissingExtra as e:
+        return [Check("database", "fail", str(e), "install the team extra, or use a SQLite path")]
+    except errors() as e:
+        return [Check("database", "fail", f"{shown}: {one_line(e, url)}",
+                      "check the URL's host, port, database and user (the password: PGPASSWORD or ~/.pgpass), and that PostgreSQL runs"),
+                *check_losses(store_local_base(url))]
+    try:
+        version = schema_version(conn)
+        if version == 0:
+            out = [Check("database", "warn", f"{shown} reachable, no tokenpak schema yet", "start the proxy with this tokenpak_db: it creates the tables")]
+        else:
+            rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+            may = conn.execute("SELECT has_table_privilege('requests', 'INSERT')").fetchone()[0]
+            out = [Check("database", "ok", f"{shown} writable, schema v{version}, {rows} rows") if may else
+                   Check("database", "fail", f"{shown}: this role may not insert into requests", "GRANT INSERT ON requests TO the proxy's role")]
+    except errors() as e:
+        out = [Check("database", "fail", f"{shown}: {one_line(e, url)}", "see PostgreSQL's log")]
+    finally:
+        conn.close()
+    return [*out, *check_losses(store_local_base(url))]
+
+
+def check_database(path: Path | str) -> list[Check]:
     """Open the database the way the proxy does, take the write lock, release it, write nothing."""
+    from tokenpak_mitm.store.dburl import is_postgres
     from tokenpak_mitm.store.sqlite import _open
+
+    if isinstance(path, str):
+        if is_postgres(path):
+            return check_postgres(path)
+        path = Path(path)
 
     try:
         conn = _open(path)
@@ -280,12 +317,13 @@ def _same_file(a: Path, identity: tuple[int, int] | None, b_path: str | None) ->
     return b_path is not None and Path(b_path).expanduser().resolve() == a.expanduser().resolve()
 
 
-def check_proxy(env: Mapping[str, str], db: Path) -> list[Check]:
+def check_proxy(env: Mapping[str, str], db: Path | str) -> list[Check]:
     """The proxy each local client variable points at answers the probe as tokenpak and writes to ``db``."""
     targets = [(k, env[k], False) for k in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL") if env.get(k)]
     proxy = env.get("HTTPS_PROXY") or env.get("https_proxy")
     if proxy:
         targets.append(("HTTPS_PROXY", proxy, True))
+    shown = display(str(db))
     out: list[Check] = []
     seen: set[tuple[str, int]] = set()
     for name, url, via in targets:
@@ -301,14 +339,14 @@ def check_proxy(env: Mapping[str, str], db: Path) -> list[Check]:
             out.append(Check(label, "fail", f"something listens on {host}:{port} ({name}) but it is not tokenpak-mitm: it did not answer the "
                              "probe, so requests sent there are not recorded (or, in reverse mode, its upstream is unreachable)",
                              "start the proxy there (make run) or point the variable at it (tokenpak setup)"))
-        elif not _same_file(db, answer.db_identity, answer.db):
-            out.append(Check(label, "fail", f"tokenpak-mitm {answer.version} (pid {answer.pid}) writes to {answer.db}, not to {db}",
-                             f"read its database: tokenpak report --db {answer.db} (or restart the proxy with --set tokenpak_db={db})"))
+        elif not (answer.db == display(db) if isinstance(db, str) else _same_file(db, answer.db_identity, answer.db)):
+            out.append(Check(label, "fail", f"tokenpak-mitm {answer.version} (pid {answer.pid}) writes to {answer.db}, not to {shown}",
+                             f"read its database: tokenpak report --db {answer.db} (or restart the proxy with --set tokenpak_db={shown})"))
         elif answer.store_error:
-            out.append(Check(label, "warn", f"tokenpak-mitm {answer.version} (pid {answer.pid}) writes to {db} but reported: {answer.store_error}",
+            out.append(Check(label, "warn", f"tokenpak-mitm {answer.version} (pid {answer.pid}) writes to {shown} but reported: {answer.store_error}",
                              "see the proxy's warnings; rows are kept and spilled until the database is writable"))
         else:
-            out.append(Check(label, "ok", f"tokenpak-mitm {answer.version} (pid {answer.pid}) answers and writes to {db} "
+            out.append(Check(label, "ok", f"tokenpak-mitm {answer.version} (pid {answer.pid}) answers and writes to {shown} "
                              f"({answer.rows_written} rows since it started)"))
     return out
 
@@ -408,7 +446,7 @@ def check_stream() -> Check:
     return Check("streaming", "fail", result.detail, fix)
 
 
-def run_checks(db: Path, confdir: Path, confdir_given: bool, env: Mapping[str, str], stream: bool = True) -> list[Check]:
+def run_checks(db: Path | str, confdir: Path, confdir_given: bool, env: Mapping[str, str], stream: bool = True) -> list[Check]:
     regular = any(env.get(k) for k in ("HTTPS_PROXY", "https_proxy"))
     checks = [check_python(), check_mitmproxy(), *check_dependencies()]
     checks += check_ca(confdir, required=confdir_given or regular)
@@ -434,9 +472,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from tokenpak_mitm.store.dburl import is_postgres
     from tokenpak_mitm.store.sqlite import default_db_path
 
-    db = Path(args.db).expanduser() if args.db else default_db_path()
+    db: Path | str = args.db if args.db and is_postgres(args.db) else (Path(args.db).expanduser() if args.db else default_db_path())
     confdir = Path(args.confdir or DEFAULT_CONFDIR).expanduser()
     console = Console(highlight=False)
     if not args.no_stream_check:

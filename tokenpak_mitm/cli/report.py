@@ -186,8 +186,9 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     chosen, first, last = choose_period(conn, filters)
     period = period or chosen
     offsets = rq.utc_offsets(first, last)
-    period_sql = rq.local_period_sql(period, offsets)
-    group_sql = GROUPINGS[by] or rq.local_period_sql("day", offsets)
+    dialect = rq.dialect_of(conn)
+    period_sql = rq.local_period_sql(period, offsets, dialect)
+    group_sql = GROUPINGS[by] or rq.local_period_sql("day", offsets, dialect)
     labels: dict[tuple[str, str], str] = {}
 
     def label(kind: str, number: str) -> str:
@@ -477,15 +478,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenpak_mitm.store.sqlite import connect_readonly, default_db_path
+    from tokenpak_mitm.store.dburl import display, is_postgres, scrub
+    from tokenpak_mitm.store.postgres import MissingExtra
+    from tokenpak_mitm.store.sqlite import connect_reader, default_db_path, reader_errors
 
-    db = str(Path(args.db).expanduser() if args.db else default_db_path())
+    db = args.db if args.db and is_postgres(args.db) else str(Path(args.db).expanduser() if args.db else default_db_path())
+    shown = display(db)
     try:
         filters = filters_from_args(args)
     except ValueError as e:
         print(f"tokenpak report: {e}", file=sys.stderr)
         return 2
-    if not Path(db).is_file():
+    if not is_postgres(db) and not Path(db).is_file():
         print(f"tokenpak report: no database at {db} (has the proxy run yet? see `tokenpak doctor`)", file=sys.stderr)
         return 1
     from tokenpak_mitm.cli import report_sessions
@@ -493,7 +497,7 @@ def run(args: argparse.Namespace) -> int:
     session_view = args.by in ("session", "project")
     misses = bool(getattr(args, "misses", False))
     try:
-        conn = connect_readonly(db)
+        conn = connect_reader(db)
         try:
             bad = unknown_filter_value(conn, filters)
             if bad:
@@ -504,9 +508,13 @@ def run(args: argparse.Namespace) -> int:
             rows = report_sessions.load_rows(conn, filters) if (session_view or misses or args.html) else []
         finally:
             conn.close()
-    except sqlite3.Error as e:
-        print(f"tokenpak report: cannot read {db}: {e}", file=sys.stderr)
+    except MissingExtra as e:
+        print(f"tokenpak report: {e}", file=sys.stderr)
         return 1
+    except reader_errors() as e:
+        print(f"tokenpak report: cannot read {shown}: {scrub(' '.join(str(e).split()), db)}", file=sys.stderr)
+        return 1
+    db = shown  # from here on the database is only shown
     now = time.time()
     if args.html:
         from tokenpak_mitm.cli.report_html import write_html

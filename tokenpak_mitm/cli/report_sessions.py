@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tokenpak_mitm.store.query import Filters, table_columns, where
+from tokenpak_mitm.store.query import Filters, dialect_of, table_columns, where
 
 __all__ = ["GroupSummary", "MissCause", "group_summaries", "html_sections", "miss_causes", "print_groups", "print_misses", "views_json"]
 
@@ -130,7 +130,7 @@ def load_rows(conn: sqlite3.Connection, filters: Filters) -> list[dict[str, Any]
     have = table_columns(conn)
     if "session_id" not in have:
         return []  # a database from before sessions: nothing to show
-    cond, params = where(filters, have)
+    cond, params = where(filters, have, dialect_of(conn))
     present = [c for c in COLUMNS if c in have]  # an older schema lacks the newer columns: None there
     sql = f"SELECT {', '.join(present)} FROM requests{cond} ORDER BY started_at, id"
     blank = dict.fromkeys(COLUMNS)

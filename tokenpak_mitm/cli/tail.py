@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tokenpak_mitm.store.query import Filters, where
+from tokenpak_mitm.store.query import Filters, dialect_of, where
 
 __all__ = ["format_line", "format_compact", "fetch_new", "follow", "add_arguments", "run", "COMPACT_BELOW"]
 
@@ -236,7 +236,7 @@ def render(row: Mapping[str, Any], width: int | None, colour: bool) -> str:
 
 
 def fetch_new(conn: sqlite3.Connection, last_id: int, limit: int = BATCH, filters: Filters | None = None) -> list[dict[str, Any]]:
-    cond, params = where(filters or Filters())
+    cond, params = where(filters or Filters(), dialect=dialect_of(conn))
     cond = cond.replace(" WHERE ", " AND ", 1)
     return [dict(r) for r in conn.execute(f"SELECT * FROM requests WHERE id > ?{cond} ORDER BY id LIMIT ?", (last_id, *params, limit))]
 
@@ -245,7 +245,7 @@ def _start_id(conn: sqlite3.Connection, backlog: int | None, filters: Filters | 
     """The id after which to start: 0 for everything, else leave ``backlog`` matching rows to show."""
     if backlog is None:
         return 0
-    cond, params = where(filters or Filters())
+    cond, params = where(filters or Filters(), dialect=dialect_of(conn))
     row = conn.execute(f"SELECT id FROM requests{cond} ORDER BY id DESC LIMIT 1 OFFSET ?", (*params, backlog)).fetchone()
     if row is not None:
         return int(row[0])
@@ -255,17 +255,25 @@ def _start_id(conn: sqlite3.Connection, backlog: int | None, filters: Filters | 
     return 0
 
 
-def follow(db: Path, *, once: bool, interval: float, backlog: int | None, filters: Filters | None = None,
+def _transient(e: BaseException) -> bool:
+    """A reader error worth reopening for (a replaced file, a restarted server), not a bad query."""
+    return isinstance(e, sqlite3.OperationalError) or any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(e).__mro__)
+
+
+def follow(db: Path | str, *, once: bool, interval: float, backlog: int | None, filters: Filters | None = None,
            width: int | None = None, colour: bool = False) -> Iterator[str]:
     """Lines for existing rows (then, unless ``once``, for new rows as they arrive)."""
-    from tokenpak_mitm.store.sqlite import connect_readonly
+    from tokenpak_mitm.store.dburl import is_postgres
+    from tokenpak_mitm.store.sqlite import connect_reader, reader_errors
 
-    conn: sqlite3.Connection | None = None
+    remote = is_postgres(str(db))
+    errors = reader_errors()
+    conn: Any = None
     last_id = -1
     while True:
         try:
-            if conn is None and db.is_file():
-                conn = connect_readonly(db)
+            if conn is None and (remote or Path(db).is_file()):
+                conn = connect_reader(str(db))
             if conn is not None:
                 if last_id < 0:
                     last_id = _start_id(conn, backlog, filters)
@@ -273,11 +281,14 @@ def follow(db: Path, *, once: bool, interval: float, backlog: int | None, filter
                     for row in rows:
                         last_id = int(row["id"])
                         yield render(row, width, colour)
-        except sqlite3.OperationalError:
-            if once:
+        except errors as e:
+            if once or not _transient(e):
                 raise
-            if conn is not None:  # e.g. the file was replaced: reopen on the next poll
-                conn.close()
+            if conn is not None:  # e.g. the file was replaced, the server restarted: reopen on the next poll
+                try:
+                    conn.close()
+                except errors:
+                    pass
                 conn = None
         if once:
             return
@@ -310,24 +321,28 @@ def _width(args: argparse.Namespace) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     from tokenpak_mitm.cli.report import filters_from_args
-    from tokenpak_mitm.store.sqlite import default_db_path
+    from tokenpak_mitm.store.dburl import display, is_postgres, scrub
+    from tokenpak_mitm.store.postgres import MissingExtra
+    from tokenpak_mitm.store.sqlite import default_db_path, reader_errors
 
-    db = Path(args.db).expanduser() if args.db else default_db_path()
+    db: Path | str = args.db if args.db and is_postgres(args.db) else (Path(args.db).expanduser() if args.db else default_db_path())
+    shown = display(str(db))
     try:
         filters = filters_from_args(args)
     except ValueError as e:
         print(f"tokenpak tail: {e}", file=sys.stderr)
         return 2
-    if args.once and not db.is_file():
+    if args.once and isinstance(db, Path) and not db.is_file():
         print(f"tokenpak tail: no database at {db}", file=sys.stderr)
         return 1
     from tokenpak_mitm.cli.report import unknown_filter_value
-    from tokenpak_mitm.store.sqlite import connect_readonly
+    from tokenpak_mitm.store.sqlite import connect_reader
 
+    unreadable: tuple[type[BaseException], ...] = (MissingExtra, *reader_errors())
     try:
-        conn = connect_readonly(db) if db.is_file() else None
-    except sqlite3.Error:
-        conn = None
+        conn = connect_reader(str(db)) if isinstance(db, str) or db.is_file() else None
+    except unreadable:
+        conn = None  # said below, when following
     try:
         # provider, route and state have fixed vocabularies: a misspelt one is an error; a model not
         # seen yet may still come (tail follows), so with --once it is an error and live a warning
@@ -346,14 +361,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.once:
         extra = filters.describe()
-        print(f"tokenpak tail: following {db}{' (' + extra + ')' if extra else ''} (Ctrl-C to stop)", file=sys.stderr)
+        print(f"tokenpak tail: following {shown}{' (' + extra + ')' if extra else ''} (Ctrl-C to stop)", file=sys.stderr)
     backlog = args.last if args.last is not None else (None if args.once else LIVE_BACKLOG)
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     try:
         for line in follow(db, once=args.once, interval=max(0.05, args.interval), backlog=backlog, filters=filters,
                            width=_width(args), colour=colour):
             print(line, flush=True)
-    except sqlite3.Error as e:
-        print(f"tokenpak tail: cannot read {db}: {e}", file=sys.stderr)
+    except MissingExtra as e:
+        print(f"tokenpak tail: {e}", file=sys.stderr)
+        return 1
+    except reader_errors() as e:
+        print(f"tokenpak tail: cannot read {shown}: {scrub(' '.join(str(e).split()), str(db))}", file=sys.stderr)
         return 1
     return 0

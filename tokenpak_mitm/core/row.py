@@ -6,7 +6,7 @@ mapping reads its attributes, and the report and ``tokenpak tail`` turn stored r
 ``tests/test_row.py`` fails when any of them drifts from it.
 
 Adding a column is one change here (a field declared with :func:`column`, ``since`` = the new
-schema version) plus one line in ``store.MIGRATIONS`` (``add_columns(N)``); older databases then
+schema version) plus one line in ``store.schema.migrations`` (``add_columns(N, dialect)``); older databases then
 upgrade in place.
 
 A misspelt name cannot silently become NULL: the constructor rejects unknown keywords,

@@ -63,8 +63,11 @@ from tokenpak_mitm.proxy.options import parse_bool
 from tokenpak_mitm.proxy.probe import PROBE_HEADER, ProbeAnswer, answer_body, valid_nonce
 from tokenpak_mitm.proxy.quiet import set_quiet
 from tokenpak_mitm.proxy.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
+from tokenpak_mitm.store.dburl import is_postgres
 from tokenpak_mitm.store.metrics import MetricsUnavailable, parse_address, require_prometheus
 from tokenpak_mitm.store.otel import OtelExporter, OtelUnavailable, require_otel
+from tokenpak_mitm.store.postgres import MissingExtra
+from tokenpak_mitm.store.postgres import require as require_postgres
 from tokenpak_mitm.store.sqlite import TelemetryStore, default_db_path, last_request_at
 from tokenpak_mitm.store.writer import StoreProcess
 
@@ -152,7 +155,8 @@ class TokenPak:
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self, loader: Loader) -> None:
         # No `choices=` on purpose: a bad --set value would make mitmdump skip the script silently.
-        loader.add_option("tokenpak_db", str, "", "SQLite telemetry database (default: ~/.tokenpak/tokenpak.db).")
+        loader.add_option("tokenpak_db", str, "", "Telemetry database: a SQLite file (default: ~/.tokenpak/tokenpak.db) "
+                                                  "or a PostgreSQL URL, postgresql://user@host:5432/dbname (the team extra).")
         loader.add_option("tokenpak_hosts", Sequence[str], [], "Extra upstream hosts to treat as LLM APIs (dialect chosen by path).")
         loader.add_option("tokenpak_cache", str, "auto", "Prompt-cache marker insertion: auto, off, or top-level (automatic-caching field).")
         loader.add_option("tokenpak_cache_ttl", str, "auto", "TTL of inserted cache markers: auto (5m, or 1h where the observed gaps, or the odds of a pause, make it pay), 5m or 1h.")
@@ -232,7 +236,12 @@ class TokenPak:
                 logger.warning("tokenpak: tokenpak_metrics needs the store's writer process; no metrics with the in-process store")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
-            if self.store is None or str(self.store.path) != str(path):
+            if is_postgres(path):
+                try:
+                    require_postgres()
+                except MissingExtra as e:
+                    raise exceptions.OptionsError(str(e)) from None
+            if self.store is None or self.store.db != path:
                 if self.store is not None:
                     self.store.close()
                 # Before the store starts writing: were requests recorded by an earlier run within
@@ -272,7 +281,7 @@ class TokenPak:
     def running(self) -> None:
         self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
-        db = self.store.path if self.store else "-"
+        db = self.store.name if self.store else "-"
         logger.info(
             "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
@@ -352,7 +361,7 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
-        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=str(store.path) if store else None, db_identity=identity,
+        answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
                              rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
@@ -558,7 +567,7 @@ class TokenPak:
             if opts.mode == "off":
                 rec.cache_decision = "off"
                 return []
-            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,  # type: ignore[arg-type]
+            plan = partial(insert_openai_breakpoint, body, encoding, st.route.dialect,
                            memory=self.memory if self._history else None, now=now)
             stateless = not self._history  # the learning planner updates this process's memory
         else:
@@ -573,7 +582,7 @@ class TokenPak:
             if stateless:
                 result = await self._offload.run(plan)
             elif st.route.dialect in ("anthropic", "openai_chat", "openai_responses"):
-                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)  # type: ignore[arg-type]
+                result = await self._plan_split(body, encoding, st.route.dialect, opts, now)
             else:
                 result = await asyncio.to_thread(plan)
         else:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from tokenpak_mitm.core.dialects import dialect as dialect_of
+from tokenpak_mitm.core.dialects.view import Assembled
 from tokenpak_mitm.core.observe.sse import SSEParser, parse_event
 from tokenpak_mitm.core.observe.tracker import decode_json, feed_sse_body, looks_like_sse
 from tokenpak_mitm.core.routes import Route, tracker_for
@@ -23,30 +24,6 @@ from tokenpak_mitm.core.routes import Route, tracker_for
 __all__ = ["Assembled", "assemble", "describe_response", "describe_request"]
 
 MAX_TEXT = 20_000  # characters of text shown per section
-
-
-@dataclass(slots=True)
-class ToolCall:
-    name: str = ""
-    arguments: str = ""
-    id: str | None = None
-
-
-@dataclass(slots=True)
-class Assembled:
-    text: list[str] = field(default_factory=list)
-    thinking: list[str] = field(default_factory=list)
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _streamed: dict[str, ToolCall] = field(default_factory=dict)  # stream index -> call
-
-    def call(self, key: Any) -> ToolCall:
-        """The streamed tool call at index ``key`` (created on first use)."""
-        k = str(key)
-        if k not in self._streamed:
-            self._streamed[k] = ToolCall()
-            self.tool_calls.append(self._streamed[k])
-        return self._streamed[k]
 
 
 def _objects(body: bytes) -> Iterable[Any]:
@@ -70,142 +47,13 @@ def _objects(body: bytes) -> Iterable[Any]:
         yield obj
 
 
-# -- per dialect --------------------------------------------------------------------------------
-def _anthropic(objs: Iterable[Any], out: Assembled) -> None:
-    for o in objs:
-        if not isinstance(o, dict):
-            continue
-        kind = o.get("type")
-        if kind == "message":  # a whole (non-streamed) response
-            _anthropic_blocks(o.get("content"), out)
-        elif kind == "content_block_start":
-            block = o.get("content_block") or {}
-            if block.get("type") in ("tool_use", "server_tool_use"):
-                call = out.call(o.get("index"))
-                call.name = str(block.get("name") or "")
-                if block.get("input"):
-                    call.arguments = json.dumps(block["input"])
-            elif block.get("type") == "text" and block.get("text"):
-                out.text.append(str(block["text"]))
-        elif kind == "content_block_delta":
-            delta = o.get("delta") or {}
-            dt = delta.get("type")
-            if dt == "text_delta":
-                out.text.append(str(delta.get("text") or ""))
-            elif dt == "thinking_delta":
-                out.thinking.append(str(delta.get("thinking") or ""))
-            elif dt == "input_json_delta":
-                out.call(o.get("index")).arguments += str(delta.get("partial_json") or "")
-        elif kind == "error":
-            err = o.get("error") or {}
-            out.errors.append(f"{err.get('type')}: {err.get('message')}")
-
-
-def _anthropic_blocks(blocks: Any, out: Assembled) -> None:
-    for b in blocks if isinstance(blocks, list) else []:
-        if not isinstance(b, dict):
-            continue
-        if b.get("type") == "text":
-            out.text.append(str(b.get("text") or ""))
-        elif b.get("type") == "thinking":
-            out.thinking.append(str(b.get("thinking") or ""))
-        elif b.get("type") in ("tool_use", "server_tool_use"):
-            out.tool_calls.append(ToolCall(str(b.get("name") or ""), json.dumps(b.get("input") or {}), b.get("id")))
-
-
-def _openai_chat(objs: Iterable[Any], out: Assembled) -> None:
-    for o in objs:
-        if not isinstance(o, dict):
-            continue
-        if isinstance(o.get("error"), dict):
-            out.errors.append(f"{o['error'].get('type') or o['error'].get('code')}: {o['error'].get('message')}")
-        for choice in o.get("choices") or []:
-            if not isinstance(choice, dict):
-                continue
-            part = choice.get("delta") or choice.get("message") or {}
-            if isinstance(part.get("content"), str):
-                out.text.append(part["content"])
-            if isinstance(part.get("reasoning_content"), str):
-                out.thinking.append(part["reasoning_content"])
-            for i, tc in enumerate(part.get("tool_calls") or []):
-                if not isinstance(tc, dict):
-                    continue
-                fn = tc.get("function") or {}
-                call = out.call(tc.get("index", i))
-                call.name += str(fn.get("name") or "")
-                call.arguments += str(fn.get("arguments") or "")
-
-
-def _openai_responses(objs: Iterable[Any], out: Assembled) -> None:
-    final: dict[str, Any] | None = None
-    streamed = False
-    for o in objs:
-        if not isinstance(o, dict):
-            continue
-        kind = o.get("type")
-        if kind == "response.output_text.delta":
-            streamed = True
-            out.text.append(str(o.get("delta") or ""))
-        elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            streamed = True
-            out.thinking.append(str(o.get("delta") or ""))
-        elif kind == "response.output_item.added" and (o.get("item") or {}).get("type") == "function_call":
-            streamed = True
-            out.call(o.get("output_index")).name = str(o["item"].get("name") or "")
-        elif kind == "response.function_call_arguments.delta":
-            streamed = True
-            out.call(o.get("output_index")).arguments += str(o.get("delta") or "")
-        elif kind in ("response.failed", "error"):
-            err = (o.get("response") or {}).get("error") or o.get("error") or o
-            out.errors.append(f"{err.get('code') or err.get('type')}: {err.get('message')}")
-        elif kind is None and o.get("object") == "response":
-            final = o
-        elif isinstance(o.get("error"), dict) and kind is None:
-            out.errors.append(f"{o['error'].get('type') or o['error'].get('code')}: {o['error'].get('message')}")
-    if final is not None and not streamed:
-        for item in final.get("output") or []:
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") == "message":
-                for c in item.get("content") or []:
-                    if isinstance(c, dict) and c.get("type") == "output_text":
-                        out.text.append(str(c.get("text") or ""))
-            elif item.get("type") == "function_call":
-                out.tool_calls.append(ToolCall(str(item.get("name") or ""), str(item.get("arguments") or ""), item.get("call_id")))
-            elif item.get("type") == "reasoning":
-                for s in item.get("summary") or []:
-                    if isinstance(s, dict):
-                        out.thinking.append(str(s.get("text") or ""))
-
-
-def _gemini(objs: Iterable[Any], out: Assembled) -> None:
-    for o in objs:
-        if not isinstance(o, dict):
-            continue
-        if isinstance(o.get("error"), dict):
-            out.errors.append(f"{o['error'].get('status') or o['error'].get('code')}: {o['error'].get('message')}")
-        for cand in o.get("candidates") or []:
-            parts = ((cand or {}).get("content") or {}).get("parts") if isinstance(cand, dict) else None
-            for p in parts if isinstance(parts, list) else []:
-                if not isinstance(p, dict):
-                    continue
-                if isinstance(p.get("text"), str):
-                    (out.thinking if p.get("thought") else out.text).append(p["text"])
-                fc = p.get("functionCall")
-                if isinstance(fc, dict):
-                    out.tool_calls.append(ToolCall(str(fc.get("name") or ""), json.dumps(fc.get("args") or {})))
-
-
-_DIALECTS = {"anthropic": _anthropic, "openai_chat": _openai_chat, "openai_responses": _openai_responses, "gemini": _gemini}
-
-
 def assemble(dialect: str, body: bytes) -> Assembled:
     out = Assembled()
-    fn = _DIALECTS.get(dialect)
-    if fn is None or not body:
+    d = dialect_of(dialect)
+    if d is None or not body:
         return out
     try:
-        fn(_objects(body), out)
+        d.assemble(_objects(body), out)
     except Exception:  # noqa: BLE001 - a view shows what it could read
         out.errors.append("(the rest of the body could not be read)")
     return out

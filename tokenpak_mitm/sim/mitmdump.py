@@ -59,7 +59,8 @@ class MitmdumpProcess:
         args += list(extra_args)
         self.args = args
         self.addon = addon
-        self.db = Path(db) if addon and db is not None else None
+        # a SQLite file to wait for (a PostgreSQL URL has none)
+        self.db = Path(db) if addon and db is not None and not str(db).startswith(("postgresql://", "postgres://")) else None
         self.env = {**os.environ, **(env or {})}
         self.stop_signal = stop_signal  # SIGINT or SIGTERM: either runs the addon's `done` (rows flushed)
         self.start_new_session = start_new_session

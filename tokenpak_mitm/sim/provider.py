@@ -3,7 +3,7 @@
 Why: end-to-end tests of the proxy need an upstream whose usage figures are exact and whose
 bytes follow each provider's wire format, with control over framing (chunk sizes, delays,
 mid-stream faults). It is the one fake upstream (``testing.upstream.FakeUpstream``) with a handler
-that routes by path, asks the simulator for usage and renders the reply with ``testing.dialects``:
+that routes by path, asks the simulator for usage and renders the reply in the dialect's own format (its ``render``, `core/dialects/`):
 
 * ``POST /v1/messages`` (+ ``/count_tokens``): Anthropic Messages, cache simulated per the docs;
   cache diagnostics (``diagnostics.previous_message_id`` with the ``cache-diagnosis-2026-04-07``
@@ -25,34 +25,23 @@ import argparse
 import contextlib
 import email.utils
 import json
-import re
 import secrets
 import sys
 import threading
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from tokenpak_mitm.core.dialects import Dialect, DialectName, dialects
+from tokenpak_mitm.core.dialects.anthropic import ANTHROPIC_ERROR_TYPES
+from tokenpak_mitm.core.dialects.replies import Reply
+from tokenpak_mitm.core.dialects.spec import EndpointMatch
 from tokenpak_mitm.sim.cache_sim import DIAGNOSTICS_BETA, CacheSimulator, Fingerprint, InvalidRequest, SimResult, diagnose_against, fingerprint
-from tokenpak_mitm.sim.replies import (
-    ANTHROPIC_ERROR_TYPES,
-    Dialect,
-    Reply,
-    error_json,
-    render_frames,
-    render_json,
-    sse_data,
-    sse_event,
-)
 from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step
 
 __all__ = ["FakeProvider", "StreamFault", "reply_text", "main"]
 
 StreamFault = Literal["overloaded", "disconnect"]
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error", 529: "Overloaded"}
-_ANTHROPIC_ROUTES = ("/v1/messages", "/v1/messages/count_tokens")
-_OPENAI_ROUTES: dict[str, Dialect] = {"/v1/chat/completions": "openai_chat", "/v1/responses": "openai_responses"}
-_ID_PREFIX: dict[Dialect, str] = {"anthropic": "msg", "openai_chat": "chatcmpl", "openai_responses": "resp", "gemini": "gen"}
-_GEMINI_ROUTE = re.compile(r"^/v1(?:beta)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
 
 
 def reply_text(number: int) -> str:
@@ -63,21 +52,13 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_fake{secrets.token_hex(10)}"
 
 
-def _dialect(route: str) -> Dialect | None:
-    if route in _ANTHROPIC_ROUTES:
-        return "anthropic"
-    if route in _OPENAI_ROUTES:
-        return _OPENAI_ROUTES[route]
-    return "gemini" if _GEMINI_ROUTE.match(route) else None
-
-
-def _stream_error_frame(dialect: Dialect) -> bytes:
-    """What a provider sends when it fails mid-stream (Anthropic: an overloaded ``error`` event)."""
-    if dialect == "anthropic":
-        return sse_event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
-    if dialect == "openai_responses":
-        return sse_event("error", {"type": "error", "sequence_number": 99, "error": {"type": "server_error", "code": "server_error", "message": "Overloaded", "param": None}})
-    return sse_data(error_json(dialect, 503, "Overloaded"))
+def _dialect(route: str) -> tuple[Dialect, EndpointMatch] | None:
+    """The registered dialect whose endpoint this path is, with what the path says."""
+    for d in dialects():
+        m = d.match(route)
+        if m is not None:
+            return d, m
+    return None
 
 
 class FakeProvider:
@@ -154,49 +135,54 @@ class FakeProvider:
                       steps=[Step(json.dumps(body, separators=(",", ":")).encode())], chunked=False, close=not keep_alive)
 
     def _error(self, dialect: Dialect, status: int, message: str, request_id: str, keep_alive: bool) -> Script:
-        body = error_json(dialect, status, message)
-        if dialect == "anthropic":
+        body = dialect.render.error(status, message)
+        if dialect.render.request_id_in_errors:
             body["request_id"] = request_id
         return self._json(status, body, request_id, keep_alive)
 
     def _bad_request(self, message: str) -> Script:
-        return self._error("anthropic", 400, message, _new_id("req"), keep_alive=False)
+        anthropic = _dialect("/v1/messages")
+        assert anthropic is not None
+        return self._error(anthropic[0], 400, message, _new_id("req"), keep_alive=False)
 
     def _handle(self, request: Received) -> Script:
         self.requests.append(request.body)
         request_id, keep_alive = _new_id("req"), request.keep_alive
         route = request.route
-        dialect = _dialect(route) if request.method == "POST" else None
-        if dialect is None:
-            return self._error("anthropic", 404, "Not Found", request_id, keep_alive)
+        found = _dialect(route) if request.method == "POST" else None
+        if found is None:
+            anthropic = _dialect("/v1/messages")
+            assert anthropic is not None
+            return self._error(anthropic[0], 404, "Not Found", request_id, keep_alive)
+        dialect, endpoint = found
         try:
             payload = request.json()
         except Exception:  # any decompression or JSON failure is the client's fault
             return self._error(dialect, 400, "There was an error parsing the body", request_id, keep_alive)
         if self.next_http_error is not None:
             status, self.next_http_error = self.next_http_error, None
-            label = ANTHROPIC_ERROR_TYPES.get(status, "api_error") if dialect == "anthropic" else f"HTTP {status}"
+            label = ANTHROPIC_ERROR_TYPES.get(status, "api_error") if dialect.cache == "anthropic" else f"HTTP {status}"
             return self._error(dialect, status, f"Simulated {label}", request_id, keep_alive)
-        if route == "/v1/messages/count_tokens":
+        if not endpoint.billable:  # Anthropic's count_tokens
             counted = self.sim.count_tokens(payload)
             if counted.error is not None:
                 return self._json(counted.status, {**counted.error, "request_id": request_id}, request_id, keep_alive)
             return self._json(200, counted.usage, request_id, keep_alive)
         asked = False
-        if dialect == "anthropic" and isinstance(payload, dict):
+        if dialect.cache == "anthropic" and isinstance(payload, dict):
             try:
                 asked = _asks_diagnostics(request, payload)
             except InvalidRequest as e:
                 return self._error(dialect, 400, str(e), request_id, keep_alive)
-        result, model, stream = self._simulate(dialect, route, payload)
+        result, model, stream = self._simulate(dialect, endpoint, payload)
         self.results.append(result)
         if result.error is not None:
-            body = {**result.error, "request_id": request_id} if dialect == "anthropic" else result.error
+            body = {**result.error, "request_id": request_id} if dialect.render.request_id_in_errors else result.error
             return self._json(result.status, body, request_id, keep_alive)
         options = payload.get("stream_options") if isinstance(payload, dict) else None
-        reply_id = _new_id(_ID_PREFIX[dialect])
+        reply_id = _new_id(dialect.render.id_prefix)
         diagnostics = self._diagnostics(payload, reply_id) if asked else None
-        if dialect == "anthropic":
+        if dialect.cache == "anthropic":
             self.diagnostics.append(diagnostics)
         reply = Reply(
             id=reply_id, model=model, diagnostics=diagnostics, text=reply_text(len(self.results)), usage=result.usage,
@@ -204,8 +190,8 @@ class FakeProvider:
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
         if not stream:
-            return self._json(200, render_json(dialect, reply), request_id, keep_alive)
-        return self._stream(dialect, render_frames(dialect, reply), request_id, keep_alive)
+            return self._json(200, dialect.render.json(reply), request_id, keep_alive)
+        return self._stream(dialect, dialect.render.frames(reply), request_id, keep_alive)
 
     def _diagnostics(self, payload: dict[str, Any], reply_id: str) -> dict[str, Any] | None:
         """Keep this request's fingerprint under its response id (the beta header is on); compare
@@ -219,33 +205,34 @@ class FakeProvider:
             return {"cache_miss_reason": None}  # the first turn: opted in, nothing to compare with
         return {"cache_miss_reason": diagnose_against(self.fingerprints.get(previous_id), current)}
 
-    def _simulate(self, dialect: Dialect, route: str, payload: Any) -> tuple[SimResult, str, bool]:
-        """(usage or error, model, streamed?) for one generation request."""
+    def _simulate(self, dialect: Dialect, endpoint: EndpointMatch, payload: Any) -> tuple[SimResult, str, bool]:
+        """(usage or error, model, streamed?) for one generation request, by the dialect's cache family."""
         body = payload if isinstance(payload, dict) else {}
-        if dialect == "anthropic":
-            return self.sim.handle(payload), str(body.get("model")), body.get("stream") is True
-        if dialect != "gemini":
-            result = self.sim.handle_openai(payload, dialect)
+        model = endpoint.model_hint or str(body.get("model"))
+        stream = endpoint.streamed if endpoint.streamed is not None else body.get("stream") is True
+        if dialect.cache == "anthropic":
+            return self.sim.handle(payload), model, stream
+        if dialect.cache == "openai":
+            result = self.sim.handle_openai(payload, cast(DialectName, dialect.name))
             limit = body.get("max_output_tokens") or body.get("max_completion_tokens") or body.get("max_tokens")
             output = result.usage.get("output_tokens", result.usage.get("completion_tokens", 0))
             stop = "max_tokens" if isinstance(limit, int) and output >= limit else "end_turn"
-            return replace(result, stop_reason=stop), str(body.get("model")), body.get("stream") is True
-        match = _GEMINI_ROUTE.match(route)
-        assert match is not None
-        prompt = max(1, len(json.dumps(payload)) // 4)  # no cache model for Gemini: a rough count, nothing cached
+            return replace(result, stop_reason=stop), model, stream
+        # No cache model for this dialect: a rough prompt count, nothing cached.
+        prompt = max(1, len(json.dumps(payload)) // 4)
         config = body.get("generationConfig")
-        limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
+        limit = config.get("maxOutputTokens") if isinstance(config, dict) else body.get("max_tokens")
         output = min(self.sim.output_tokens, limit) if isinstance(limit, int) else self.sim.output_tokens
-        usage = {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}
+        plain = dialect.render.plain_usage
+        usage = plain(prompt, output) if plain is not None else {"input_tokens": prompt, "output_tokens": output}
         stop = "max_tokens" if isinstance(limit, int) and output >= limit else "end_turn"
-        return SimResult(status=200, usage=usage, stop_reason=stop), match["model"], match["method"] == "streamGenerateContent"
+        return SimResult(status=200, usage=usage, stop_reason=stop), model, stream
 
     def _stream(self, dialect: Dialect, frames: list[bytes], request_id: str, keep_alive: bool) -> Script:
         """SSE body, one HTTP chunk per frame (or ``sse_chunk_size`` pieces), optionally faulted."""
         fault, self.next_stream_fault = self.next_stream_fault, None
         if fault == "overloaded":  # an error replaces everything after the first delta
-            first_delta = {"anthropic": 4, "openai_chat": 2, "openai_responses": 4, "gemini": 1}[dialect]
-            frames = frames[:first_delta] + [_stream_error_frame(dialect)]
+            frames = frames[:dialect.render.first_delta + 1] + [dialect.render.stream_error()]
         elif fault == "disconnect":
             frames = frames[:-1]
         steps: list[Step] = []

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from tokenpak_mitm.store.dialect import SQLITE, Dialect, dialect_of
 from tokenpak_mitm.store.rollup import MEASURES
 
 __all__ = [
     "ColumnFilter", "COLUMN_FILTERS", "Filters", "GROUPINGS", "utc_offsets", "local_period_sql", "period_label", "LATENCY_COLUMNS", "PERCENTILES", "where",
-    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "Source", "sources", "raw_source", "bucket_sql", "error_groups", "UnitPrices",
+    "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "Source", "sources", "raw_source", "bucket_sql", "error_groups", "UnitPrices", "dialect_of",
 ]
 
 UnitPrices = Callable[[str | None, str | None], Mapping[str, float] | None]
@@ -78,7 +79,7 @@ class Filters:
         return " ".join(parts)
 
 
-def where(filters: Filters, available: Iterable[str] | None = None) -> tuple[str, list[Any]]:
+def where(filters: Filters, available: Iterable[str] | None = None, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
     """``WHERE ...`` (or "") and its parameters. ``available``: the table's columns, when known."""
     clauses: list[str] = []
     params: list[Any] = []
@@ -94,12 +95,13 @@ def where(filters: Filters, available: Iterable[str] | None = None) -> tuple[str
     for name, values in filters.columns:
         column = _FILTER_COLUMNS[name]
         if have is not None and column not in have:
-            clauses.append("0")  # the database predates the column: nothing can match
+            clauses.append("1 = 0")  # the database predates the column: nothing can match
             continue
         ors = []
         for v in values:
-            ors.append(f"{column} GLOB ?" if any(c in v for c in "*?[") else f"{column} = ?")
-            params.append(v)
+            glob = any(c in v for c in "*?[")
+            ors.append(dialect.glob(column) if glob else f"{column} = ?")
+            params.append(dialect.glob_param(v) if glob else v)
         clauses.append("(" + " OR ".join(ors) + ")")
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
@@ -137,14 +139,14 @@ def utc_offsets(lo: float, hi: float) -> list[tuple[float, int]]:
     return segments
 
 
-def local_period_sql(period: str, offsets: Sequence[tuple[float, int]]) -> str:
+def local_period_sql(period: str, offsets: Sequence[tuple[float, int]], dialect: Dialect = SQLITE) -> str:
     """SQL for the local day (hour) number of ``started_at``: days (hours) since 1970-01-01 local."""
     if len(offsets) == 1:
         shifted = f"started_at + {offsets[0][1]}"
     else:
         cases = " ".join(f"WHEN started_at < {start!r} THEN {prev}" for (_, prev), (start, _) in zip(offsets, offsets[1:], strict=False))
         shifted = f"started_at + (CASE {cases} ELSE {offsets[-1][1]} END)"
-    return f"CAST(({shifted}) / {PERIOD_SECONDS[period]} AS INTEGER)"
+    return dialect.integer(f"({shifted}) / {PERIOD_SECONDS[period]}")
 
 
 def period_label(period: str, number: int) -> str:
@@ -172,10 +174,14 @@ def latency_bucket(v: float) -> float:
     return float(int(v / d + 0.5) * d)
 
 
-def bucket_sql(col: str) -> str:
+def bucket_sql(col: str, dialect: Dialect = SQLITE) -> str:
     cases = []
     for bound, m, d in _STEPS:
-        expr = f"CAST({col} * {m} + 0.5 AS INTEGER) / {m}.0" if m > 1 else f"CAST(CAST({col} / {d} + 0.5 AS INTEGER) * {d} AS REAL)"
+        if dialect.postgres:  # the same float operations: truncation, then a float division or product
+            expr = (f"{dialect.integer(f'{col} * {m} + 0.5')} / {dialect.real(str(m))}" if m > 1
+                    else dialect.real(f"{dialect.integer(f'{col} / {d} + 0.5')} * {d}"))
+        else:
+            expr = f"CAST({col} * {m} + 0.5 AS INTEGER) / {m}.0" if m > 1 else f"CAST(CAST({col} / {d} + 0.5 AS INTEGER) * {d} AS REAL)"
         cases.append(f"WHEN {col} < {bound} THEN {expr}" if bound != math.inf else f"ELSE {expr}")
     return f"(CASE {' '.join(cases)} END)"
 
@@ -224,7 +230,7 @@ class CubeRow:
 
 
 def table_columns(conn: sqlite3.Connection) -> list[str]:
-    return [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+    return [r[0] for r in conn.execute(dialect_of(conn).columns_sql("requests"))]
 
 
 # A request the provider rejected (4xx) and that reported no usage is not billed: zero cost, priced.
@@ -288,7 +294,7 @@ def raw_source(conn: sqlite3.Connection, filters: Filters, ranges: Sequence[tupl
     empty gap) instead of the OR of the small ones.
     """
     window = filters if ranges is None else Filters(errors=filters.errors, columns=filters.columns)
-    cond, params = where(window, table_columns(conn))
+    cond, params = where(window, table_columns(conn), dialect_of(conn))
     if ranges is not None:
         ors = " OR ".join("(started_at >= ? AND started_at < ?)" for _ in ranges) or "1 = 0"
         cond += (" AND" if cond else " WHERE") + f" ({ors})"
@@ -320,7 +326,7 @@ def sources(conn: sqlite3.Connection, filters: Filters, period: str, group_colum
     used = {_FILTER_COLUMNS[name] for name, _ in filters.columns} | set(group_columns) | ({"terminal_state"} if filters.errors else set())
     if period != "day" or not used <= keys:
         return raw
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+    if not conn.execute(dialect_of(conn).table_exists_sql(), (table,)).fetchone():
         return raw
     first_last = span(conn, filters)
     if first_last is None:
@@ -360,7 +366,7 @@ def sources(conn: sqlite3.Connection, filters: Filters, period: str, group_colum
             runs.append([day, day])
     if not runs:
         return raw
-    cond, params = where(Filters(errors=filters.errors, columns=filters.columns), keys)
+    cond, params = where(Filters(errors=filters.errors, columns=filters.columns), keys, dialect_of(conn))
     rollup = Source(rollup=True, cond=cond, params=tuple(params), days=tuple((a, b) for a, b in runs), filters=filters)
     # Raw rows: the window minus the days read from the summary, as index ranges.
     gaps, at = [], lo
@@ -381,7 +387,7 @@ def _from(src: Source, table: str, columns: str, keys: Sequence[str] = ("provide
     days = " OR ".join("day BETWEEN ? AND ?" for _ in src.days)
     exposed = ", ".join(f"NULLIF({c}, '') AS {c}" if c != "terminal_state" else c for c in keys)
     sub = (f"(SELECT day * 86400 + 43200 - utc_offset AS started_at, {exposed}, {columns} "
-           f"FROM {table} WHERE {days})")
+           f"FROM {table} WHERE {days}) AS summary")
     return sub, [v for run in src.days for v in run]
 
 
@@ -396,10 +402,11 @@ def cube(conn: sqlite3.Connection, src: Source, group_sql: str, period_sql: str,
     SQLite re-evaluated the weights for every aggregate.
     """
     table, from_params = _from(src, "report_daily", "usage_source, NULLIF(cache_decision, '') AS cache_decision, " + _MEASURE_COLUMNS)
+    total = dialect_of(conn).total
     if src.rollup:
-        aggs = ", ".join(f"{'MAX' if how == 'max' else 'TOTAL'}({name})" for name, _, how in MEASURES)
+        aggs = ", ".join(f"MAX({name})" if how == "max" else total(name) for name, _, how in MEASURES)
     else:
-        aggs = ", ".join(f"{'MAX' if how == 'max' else 'TOTAL'}({expr.format(r='')})" for _, expr, how in MEASURES)
+        aggs = ", ".join(f"MAX({expr.format(r='')})" if how == "max" else total(expr.format(r="")) for _, expr, how in MEASURES)
     sql = f"""
         SELECT {group_sql}, {period_sql}, provider, COALESCE(model, '(unknown)'), COALESCE(terminal_state, 'unknown'),
                COALESCE(usage_source, 'absent'), cache_decision, {aggs}
@@ -478,7 +485,7 @@ def histograms(conn: sqlite3.Connection, src: Source, group_sql: str, period_sql
         else:
             col = LATENCY_COLUMNS[metric]
             extra = f"{' AND' if src.cond else ' WHERE'} {col} IS NOT NULL"
-            sql = f"SELECT {key_sql}, {bucket_sql(col)} AS b, COUNT(*) FROM requests{src.cond}{extra} GROUP BY 1, 2"
+            sql = f"SELECT {key_sql}, {bucket_sql(col, dialect_of(conn))} AS b, COUNT(*) FROM requests{src.cond}{extra} GROUP BY 1, 2"
             params = list(src.params)
         for key, b, n in conn.execute(sql, params):
             yield metric, level, None if key is None else str(key), float(b), int(n)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tokenpak_mitm.store.dialect import SQLITE, Dialect
+
 __all__ = ["MEASURES", "DIMS", "LATENCY_DIMS", "LATENCY", "migration_sql", "TABLES"]
 
 # NULL-free key columns (NULL would make every row its own key): '' stands for NULL.
@@ -43,7 +45,9 @@ LATENCY_DIMS = DIMS[:2]  # provider, model: more keys multiply the rows (one per
 _USAGE = "{r}usage_source != 'absent'"  # NULL (never written) counts as absent: CASE WHEN NULL is false
 _UNBILLED = "({r}cost_usd IS NULL AND {r}status_code BETWEEN 400 AND 499 AND COALESCE({r}usage_source, 'absent') = 'absent')"
 _PRICED_USAGE = "{r}usage_source != 'absent' AND {r}cost_usd IS NOT NULL"
-_W1H = "MIN(COALESCE({r}cache_write_1h_tokens, 0), COALESCE({r}cache_write_tokens, 0))"
+# the smaller of the two (portable: SQLite's two-argument MIN is PostgreSQL's LEAST)
+_W1H = ("CASE WHEN COALESCE({r}cache_write_1h_tokens, 0) < COALESCE({r}cache_write_tokens, 0) "
+        "THEN COALESCE({r}cache_write_1h_tokens, 0) ELSE COALESCE({r}cache_write_tokens, 0) END")
 
 
 def _when(cond: str, value: str) -> str:
@@ -79,31 +83,47 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
 LATENCY: dict[str, str] = {"ttft": "ttft_ms", "duration": "duration_ms", "proxy": "proxy_request_ms"}
 TABLES = ("report_daily", "report_latency_daily")
 
-# The writer's UTC offset (seconds) and local day number of a timestamp, as SQLite's 'localtime' sees it.
+# The writer's UTC offset (seconds) and local day number of a timestamp: SQLite's 'localtime' is
+# the writer process's time zone; PostgreSQL's is the writer session's TimeZone setting.
 _OFFSET = "CAST(ROUND((julianday({ts}, 'unixepoch', 'localtime') - julianday({ts}, 'unixepoch')) * 86400) AS INTEGER)"
+_PG_OFFSET = "CAST(EXTRACT(TIMEZONE FROM to_timestamp({ts})) AS INTEGER)"
 
 
-def _offset(ts: str) -> str:
-    return _OFFSET.format(ts=ts)
+def _offset(ts: str, dialect: Dialect = SQLITE) -> str:
+    return (_PG_OFFSET if dialect.postgres else _OFFSET).format(ts=ts)
 
 
-def _day(ts: str) -> str:
-    return f"CAST(({ts} + {_offset(ts)}) / 86400 AS INTEGER)"
+def _day(ts: str, dialect: Dialect = SQLITE) -> str:
+    return dialect.integer(f"({ts} + {_offset(ts, dialect)}) / 86400")
 
 
-def migration_sql(bucket_sql: Callable[[str], str]) -> str:
-    """CREATE the tables and triggers and fill them from the rows already stored (one script)."""
+def _measure_type(name: str, dialect: Dialect) -> str:
+    return dialect.column_type("REAL" if name.startswith(("cost", "s_", "proxy")) else "INTEGER")
+
+
+def migration_sql(bucket_sql: Callable[[str], str], dialect: Dialect = SQLITE) -> str:
+    """CREATE the tables and what keeps them and fill them from the rows already stored (one script).
+
+    SQLite keeps them with a row trigger; PostgreSQL with a statement trigger over the rows the
+    statement inserted (its transition table: an ignored duplicate is not in it), so a batch of
+    rows costs one aggregate upsert per table rather than one per row.
+    """
     keys = ", ".join(name for name, _ in DIMS)
     lat_keys = ", ".join(name for name, _ in LATENCY_DIMS)
-    measure_cols = ", ".join(f"{name} {'REAL' if name.startswith(('cost', 's_', 'proxy')) else 'INTEGER'}" for name, _, _ in MEASURES)
+    text, bigint = dialect.column_type("TEXT"), dialect.column_type("INTEGER")
+    measure_cols = ", ".join(f"{name} {_measure_type(name, dialect)}" for name, _, _ in MEASURES)
+    rowid = "" if dialect.postgres else " WITHOUT ROWID"
     ddl = (
-        "CREATE TABLE IF NOT EXISTS report_daily (day INTEGER NOT NULL, utc_offset INTEGER NOT NULL, "
-        + ", ".join(f"{name} TEXT NOT NULL" for name, _ in DIMS)
-        + f", {measure_cols}, PRIMARY KEY (day, utc_offset, {keys})) WITHOUT ROWID;"
-        f"CREATE TABLE IF NOT EXISTS report_latency_daily (day INTEGER NOT NULL, utc_offset INTEGER NOT NULL, "
-        + ", ".join(f"{name} TEXT NOT NULL" for name, _ in LATENCY_DIMS)
-        + f", metric TEXT NOT NULL, bucket REAL NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (day, utc_offset, {lat_keys}, metric, bucket)) WITHOUT ROWID;"
+        f"CREATE TABLE IF NOT EXISTS report_daily (day {bigint} NOT NULL, utc_offset {bigint} NOT NULL, "
+        + ", ".join(f"{name} {text} NOT NULL" for name, _ in DIMS)
+        + f", {measure_cols}, PRIMARY KEY (day, utc_offset, {keys})){rowid};"
+        f"CREATE TABLE IF NOT EXISTS report_latency_daily (day {bigint} NOT NULL, utc_offset {bigint} NOT NULL, "
+        + ", ".join(f"{name} {text} NOT NULL" for name, _ in LATENCY_DIMS)
+        + f", metric {text} NOT NULL, bucket {dialect.column_type('REAL')} NOT NULL, n {bigint} NOT NULL, "
+        f"PRIMARY KEY (day, utc_offset, {lat_keys}, metric, bucket)){rowid};"
     )
+    if dialect.postgres:
+        return ddl + _pg_keeper(bucket_sql, dialect, keys, lat_keys)
 
     def values(r: str) -> str:
         return ", ".join([_day(f"{r}started_at"), _offset(f"{r}started_at"), *(e.format(r=r) for _, e in DIMS)])
@@ -122,15 +142,42 @@ def migration_sql(bucket_sql: Callable[[str], str]) -> str:
             f"ON CONFLICT (day, utc_offset, {lat_keys}, metric, bucket) DO UPDATE SET n = n + 1;"
         )
     trigger += " END;"
-    fill = (
+    return ddl + trigger + _fill("requests", bucket_sql, dialect)
+
+
+def _fill(source: str, bucket_sql: Callable[[str], str], dialect: Dialect, upsert: str = "", lat_upsert: str = "") -> str:
+    """Add the rows of ``source`` (``requests``, or a trigger's transition table) to both summaries."""
+    def values(r: str) -> str:
+        return ", ".join([_day(f"{r}started_at", dialect), _offset(f"{r}started_at", dialect), *(e.format(r=r) for _, e in DIMS)])
+
+    keys = ", ".join(str(i + 3) for i in range(len(DIMS)))
+    sql = (
         f"INSERT INTO report_daily SELECT {values('')}, "
         + ", ".join(f"{'MAX' if how == 'max' else 'SUM'}({e.format(r='')})" for _, e, how in MEASURES)
-        + f" FROM requests WHERE true GROUP BY 1, 2, {', '.join(str(i + 3) for i in range(len(DIMS)))};"
+        + f" FROM {source} WHERE true GROUP BY 1, 2, {keys}{' ORDER BY 1, 2, ' + keys if upsert else ''}{upsert};"
     )
-    lat_raw = ", ".join([_day("started_at"), _offset("started_at"), *(e.format(r="") for _, e in LATENCY_DIMS)])
+    lat_raw = ", ".join([_day("started_at", dialect), _offset("started_at", dialect), *(e.format(r="") for _, e in LATENCY_DIMS)])
+    lat_group = f"1, 2, {', '.join(str(i + 3) for i in range(len(LATENCY_DIMS)))}, {len(LATENCY_DIMS) + 4}"
     for metric, col in LATENCY.items():
-        fill += (
-            f"INSERT INTO report_latency_daily SELECT {lat_raw}, '{metric}', {bucket_sql(col)}, COUNT(*) FROM requests "
-            f"WHERE {col} IS NOT NULL GROUP BY 1, 2, {', '.join(str(i + 3) for i in range(len(LATENCY_DIMS)))}, {len(LATENCY_DIMS) + 4};"
+        sql += (
+            f"INSERT INTO report_latency_daily SELECT {lat_raw}, '{metric}', {bucket_sql(col)}, COUNT(*) FROM {source} "
+            f"WHERE {col} IS NOT NULL GROUP BY {lat_group}{' ORDER BY ' + lat_group if lat_upsert else ''}{lat_upsert};"
         )
-    return ddl + trigger + fill
+    return sql
+
+
+def _pg_keeper(bucket_sql: Callable[[str], str], dialect: Dialect, keys: str, lat_keys: str) -> str:
+    """PostgreSQL: a statement trigger adds each INSERT's new rows, aggregated, to the summaries
+    (in key order, so concurrent writers lock summary rows in the same order)."""
+    upsert = f" ON CONFLICT (day, utc_offset, {keys}) DO UPDATE SET " + ", ".join(
+        f"{n} = GREATEST(report_daily.{n}, excluded.{n})" if how == "max" else f"{n} = report_daily.{n} + excluded.{n}"
+        for n, _, how in MEASURES)
+    lat_upsert = f" ON CONFLICT (day, utc_offset, {lat_keys}, metric, bucket) DO UPDATE SET n = report_latency_daily.n + excluded.n"
+    body = _fill("new_rows", bucket_sql, dialect, upsert, lat_upsert)
+    return (
+        f"CREATE OR REPLACE FUNCTION report_daily_add() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN {body} RETURN NULL; END $fn$;"
+        "DROP TRIGGER IF EXISTS report_daily_insert ON requests;"
+        "CREATE TRIGGER report_daily_insert AFTER INSERT ON requests REFERENCING NEW TABLE AS new_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION report_daily_add();"
+        + _fill("requests", bucket_sql, dialect)
+    )

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 try:
     import fcntl
@@ -43,9 +43,10 @@ except ImportError:  # Windows: no flock; appends and imports are then not coord
     fcntl = None  # type: ignore[assignment]
 
 from tokenpak_mitm.core.row import COLUMNS as ROW_COLUMNS
-from tokenpak_mitm.core.row import FIELD_NAMES, SCHEMA_VERSION, TelemetryRow
-from tokenpak_mitm.store import query as report_query
-from tokenpak_mitm.store import rollup as report_rollup
+from tokenpak_mitm.core.row import FIELD_NAMES, TelemetryRow
+from tokenpak_mitm.store.dburl import is_postgres, local_base
+from tokenpak_mitm.store.dialect import SQLITE
+from tokenpak_mitm.store.schema import add_columns, migrations
 
 __all__ = [
     "COLUMNS",
@@ -55,6 +56,9 @@ __all__ = [
     "add_columns",
     "append_jsonl",
     "connect_readonly",
+    "connect_reader",
+    "reader_errors",
+    "store_local_base",
     "default_db_path",
     "fallback_spill_path",
     "last_request_at",
@@ -68,55 +72,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The columns are TelemetryRow's fields (row.py); each field says which schema version added it.
-# Schema v1 is what the first release created; later columns arrive in existing databases through
-# MIGRATIONS, one entry per version, so older databases upgrade in place and keep their rows.
+# The columns are TelemetryRow's fields (core/row.py); the migrations are derived from them for
+# SQLite here and for PostgreSQL in store/postgres.py (store/schema.py: one definition, two dialects).
 COLUMNS: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS)
 COLUMN_NAMES: tuple[str, ...] = FIELD_NAMES
 COLUMNS_V1: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in ROW_COLUMNS if c.since == 1)
-
-
-def add_columns(version: int) -> str:
-    """The migration that adds the row fields declared with ``since=version``."""
-    added = [c for c in ROW_COLUMNS if c.since == version]
-    if not added:
-        raise ValueError(f"no TelemetryRow field is declared with since={version}")
-    return "".join(f"ALTER TABLE requests ADD COLUMN {c.name} {c.sql};" for c in added)
-
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: initial schema
-    "CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-    + ", ".join(f"{n} {t}" for n, t in COLUMNS_V1)
-    + ");"
-    "CREATE INDEX IF NOT EXISTS requests_started_at ON requests(started_at);",
-    # 2: proxy_request_ms
-    add_columns(2),
-    # 3: price factors (issue 18): service tier, speed, region, modality parts, iterations, multiplier, unpriced reason
-    add_columns(3),
-    # 4: cache_reasons (issue 13): why each marker was placed and each candidate skipped
-    add_columns(4),
-    # 5: for `tokenpak report` (aggregation runs in SQL): an index for the price lookup's
-    # distinct (provider, model) pairs, a narrow covering index for windows and latency, and the
-    # daily summary tables with the triggers that keep them (report_rollup), filled from the
-    # rows already stored.
-    "CREATE INDEX IF NOT EXISTS requests_provider_model ON requests(provider, model);"
-    "CREATE INDEX IF NOT EXISTS requests_latency ON requests(started_at, provider, model, route_class, terminal_state, "
-    "ttft_ms, duration_ms, proxy_request_ms);"
-    + report_rollup.migration_sql(report_query.bucket_sql),
-    # 6: sessions and cache-miss diagnosis (sessions.py, cache_miss.py)
-    add_columns(6) + "CREATE INDEX IF NOT EXISTS requests_session ON requests(session_id);",
-    # 7: the provider's own cache-miss verdict (issue 25: Anthropic cache diagnostics)
-    add_columns(7),
-    # 8: `tokenpak statusline` (issue 26) sums one session on every Claude Code message: a covering
-    # index answers from its own pages (a 100k-row session: seconds of row lookups before). The
-    # last row and last miss come from requests_session, whose entries are in id order per session.
-    "CREATE INDEX IF NOT EXISTS requests_session_sums ON requests(session_id, cost_usd, savings_usd, input_tokens, "
-    "cache_read_tokens, cache_write_tokens, billable, usage_source);",
-)
-# A field declared with a `since` that no migration adds. (Later migrations may add only indexes.)
-if len(MIGRATIONS) < SCHEMA_VERSION:
-    raise RuntimeError(f"store.MIGRATIONS reaches v{len(MIGRATIONS)} but TelemetryRow declares v{SCHEMA_VERSION}")
+MIGRATIONS: tuple[str, ...] = migrations(SQLITE)
 
 SPILL_SUFFIX = ".spill.jsonl"
 MAX_PENDING = 100_000  # rows kept in memory while the database is unavailable
@@ -131,6 +92,34 @@ LOSS_SUFFIX = ".lost.jsonl"
 
 def default_db_path() -> Path:
     return Path(os.environ.get("TOKENPAK_HOME", Path.home() / ".tokenpak")) / "tokenpak.db"
+
+
+def store_local_base(db: str) -> Path:
+    """The local file a database's spill file and loss ledger are named after (dburl.local_base);
+    for a PostgreSQL URL its directory ($TOKENPAK_HOME) is created owner-only when missing."""
+    base = local_base(db, default_db_path().parent)
+    if is_postgres(db):
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            pass  # the spill goes to the fallback in the system temp directory
+    return base
+
+
+def connect_reader(db: str) -> Any:
+    """A read-only connection to a SQLite path or a PostgreSQL URL (``store.postgres.PgReader``)."""
+    if is_postgres(db):
+        from tokenpak_mitm.store.postgres import connect_readonly as pg_readonly
+
+        return pg_readonly(db)
+    return connect_readonly(db)
+
+
+def reader_errors() -> tuple[type[BaseException], ...]:
+    """What reading either kind of database may raise."""
+    from tokenpak_mitm.store.postgres import errors
+
+    return (sqlite3.Error, *errors())
 
 
 def _touch_private(path: Path) -> None:
@@ -342,6 +331,8 @@ def last_request_at(path: str | os.PathLike[str]) -> float | None:
     was checkpointed, so a non-empty ``-wal`` counts by its modification time, a later moment than
     any row it holds.
     """
+    if is_postgres(str(path)):
+        return None  # not from the proxy's event loop: the writer asks PostgreSQL itself (store.postgres)
     db = Path(path)
     if not db.is_file():
         return None
@@ -364,6 +355,95 @@ def last_request_at(path: str | os.PathLike[str]) -> float | None:
     return newest
 
 
+class Backend(Protocol):
+    """Where ``TelemetryStore`` writes: SQLite (below) or PostgreSQL (``store.postgres``).
+
+    ``insert`` writes rows (tuples in ``COLUMN_NAMES`` order, the request key first) in one
+    transaction, ignoring a row whose request key is already stored, and returns the request keys
+    it added, or None when it added every row (the metrics count exactly the rows added); it
+    raises one of ``errors`` and is then retried (the rows are kept and spilled meanwhile). ``describe`` is an error as one line, with no secret.
+    """
+
+    name: str
+    local_base: Path
+    errors: tuple[type[BaseException], ...]
+
+    @property
+    def connected(self) -> bool: ...
+    def connect(self) -> None: ...
+    def insert(self, values: list[tuple[Any, ...]]) -> set[str] | None: ...
+    def close(self) -> None: ...
+    def describe(self, e: BaseException) -> str: ...
+
+
+class SqliteBackend:
+    """The embedded default: one SQLite file in WAL mode."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+
+    def __init__(self, path: Path) -> None:
+        self.path = self.local_base = path
+        self.name = str(path)
+        self._conn: sqlite3.Connection | None = None
+        self._conn_identity: tuple[int, int] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def connect(self) -> None:
+        if self._conn is not None and _identity(self.path) != self._conn_identity:
+            # The file was deleted or replaced under us (e.g. its directory removed). SQLite would
+            # keep writing into the unlinked inode and every row would vanish: reopen instead.
+            logger.warning("tokenpak: database %s was removed or replaced; reopening it", self.path)
+            self.close()
+        if self._conn is None:
+            self._conn = _open(self.path)
+            self._conn_identity = _identity(self.path)
+
+    def close(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except sqlite3.Error:
+            pass
+        self._conn = None
+        self._conn_identity = None
+
+    def insert(self, values: list[tuple[Any, ...]]) -> set[str] | None:
+        assert self._conn is not None
+        sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
+        rows = [tuple(_sql_value(v) for v in row) for row in values]
+        added: set[str] | None = None
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._conn.executemany(sql, rows).rowcount != len(rows):
+                # Some rows were here already (a spill imported again, a late acknowledgement):
+                # redo the batch row by row to know which ones this transaction adds.
+                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                added = {str(row[0]) for row in rows if self._conn.execute(sql, row).rowcount}
+            self._conn.execute("COMMIT")
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        return added
+
+    def describe(self, e: BaseException) -> str:
+        return f"{type(e).__name__}: {e}"
+
+
+def _backend(db: str) -> Backend:
+    if is_postgres(db):
+        from tokenpak_mitm.store.postgres import PostgresBackend  # the optional extra, only when asked for
+
+        return PostgresBackend(db, store_local_base(db))
+    return SqliteBackend(Path(db).expanduser())
+
+
 class TelemetryStore:
     """Queue rows from any thread; a daemon thread writes them. ``close`` flushes everything.
 
@@ -378,7 +458,10 @@ class TelemetryStore:
         on_lost: Callable[[list[str]], None] | None = None,
         on_inserted: Callable[[list[TelemetryRow]], None] | None = None,
     ) -> None:
-        self.path = Path(path).expanduser()
+        db = self.db = str(path)  # a path, or a PostgreSQL URL (which may hold a password: never shown)
+        self.backend: Backend = _backend(db)
+        self.name = self.backend.name  # as it may be shown (a URL without its password)
+        self.path = self.backend.local_base  # the file the spill file and the loss ledger are named after
         self.spill_paths = spill_paths(self.path)
         self.spill_path = self.spill_paths[0]
         self._on_durable = on_durable
@@ -386,8 +469,6 @@ class TelemetryStore:
         self.on_inserted = on_inserted  # rows a committed transaction added (the metrics count them)
         self._queue: queue.SimpleQueue[TelemetryRow | None] = queue.SimpleQueue()
         self._pending: deque[TelemetryRow] = deque()
-        self._conn: sqlite3.Connection | None = None
-        self._conn_identity: tuple[int, int] | None = None
         self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
         self._closed = threading.Event()
         self.written = 0
@@ -446,7 +527,7 @@ class TelemetryStore:
                 # Linger briefly so a burst is one transaction: waking (and taking the GIL from
                 # the event loop) once per row was the proxy's main tail-latency cost. Sleeping,
                 # rather than waiting on the queue, keeps each submit a plain append meanwhile.
-                if not stop:
+                if not stop and self._queue.qsize() < BATCH:  # a full batch waiting: no need to linger
                     time.sleep(LINGER)
                 while len(batch) < BATCH and not stop:
                     item = self._queue.get_nowait()
@@ -485,33 +566,19 @@ class TelemetryStore:
         if self._on_lost is not None:
             self._on_lost([r.request_key for r in rows])
         self.lost_reason = self.last_error or "unknown"
-        logger.error("tokenpak: %d telemetry rows LOST: %s could not be written and no spill file could be (%s)", n, self.path, self.lost_reason)
+        logger.error("tokenpak: %d telemetry rows LOST: %s could not be written and no spill file could be (%s)", n, self.name, self.lost_reason)
         record_loss(self.path, n, self.lost_reason)
 
     def _connect(self) -> bool:
-        if self._conn is not None and _identity(self.path) != self._conn_identity:
-            # The file was deleted or replaced under us (e.g. its directory removed). SQLite would
-            # keep writing into the unlinked inode and every row would vanish: reopen instead.
-            logger.warning("tokenpak: database %s was removed or replaced; reopening it", self.path)
-            self._drop_connection()
-        if self._conn is not None:
-            return True
         try:
-            self._conn = _open(self.path)
-            self._conn_identity = _identity(self.path)
+            self.backend.connect()
             return True
-        except (sqlite3.Error, OSError) as e:
+        except self.backend.errors as e:
             self._note_failure(e)
             return False
 
     def _drop_connection(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.close()
-        except sqlite3.Error:
-            pass
-        self._conn = None
-        self._conn_identity = None
+        self.backend.close()
 
     def _flush(self) -> None:
         if not self._connect():
@@ -520,7 +587,7 @@ class TelemetryStore:
         rows = list(self._pending)
         try:
             self._insert(rows)
-        except (sqlite3.Error, OSError) as e:
+        except self.backend.errors as e:
             self._note_failure(e)
             self._drop_connection()
             self._overflow()
@@ -528,36 +595,25 @@ class TelemetryStore:
         self._pending.clear()
         self._durable(rows)
         if self._warned:
-            logger.warning("tokenpak: database %s writable again; pending rows written", self.path)
+            logger.warning("tokenpak: database %s writable again; pending rows written", self.name)
             self._warned = False
             self._import_spill()
 
     def _insert(self, rows: Iterable[TelemetryRow]) -> None:
-        assert self._conn is not None
-        sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
         batch = list(rows)
-        values = [tuple(_sql_value(getattr(r, c)) for c in COLUMN_NAMES) for r in batch]
-        inserted = batch
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            added = self._conn.executemany(sql, values).rowcount
-            if added != len(values) and self.on_inserted is not None:
-                # Some rows were here already (a spill imported again, a late acknowledgement):
-                # redo the batch row by row to know which ones this transaction added.
-                self._conn.execute("ROLLBACK")
-                self._conn.execute("BEGIN IMMEDIATE")
-                inserted = [r for r, v in zip(batch, values) if self._conn.execute(sql, v).rowcount]
-            self._conn.execute("COMMIT")
-        except BaseException:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
+        values = [tuple(getattr(r, c) for c in COLUMN_NAMES) for r in batch]
+        added = self.backend.insert(values)  # one transaction; a duplicate request key is ignored
         self.written += len(values)
-        if self.on_inserted is not None and inserted:
+        if self.on_inserted is not None and batch:
+            if added is not None:  # each added key once (a key twice in one batch is one row)
+                new = []
+                for r in batch:
+                    if r.request_key in added:
+                        added.discard(r.request_key)
+                        new.append(r)
+                batch = new
             try:
-                self.on_inserted(inserted)
+                self.on_inserted(batch)
             except Exception:  # noqa: BLE001 - the rows are written; counting them must not undo that
                 logger.exception("tokenpak: rows written but not counted in the metrics")
 
@@ -596,25 +652,25 @@ class TelemetryStore:
         return False
 
     def _import_spill(self) -> None:
-        if self._conn is None:
+        if not self.backend.connected:
             return
         ok = True
         for path in self.spill_paths:
             try:
                 n = take_jsonl(path, self._insert_stored)  # INSERT OR IGNORE: rows already written are not doubled
-            except (sqlite3.Error, OSError) as e:
+            except self.backend.errors as e:
                 self._note_failure(e)
                 ok = False
                 continue
             if n:
-                logger.info("tokenpak: imported %d spilled rows from %s into %s", n, path, self.path)
+                logger.info("tokenpak: imported %d spilled rows from %s into %s", n, path, self.name)
         if ok:
             self._spilled_keys.clear()
 
     def _note_failure(self, e: BaseException) -> None:
-        self.last_error = f"{type(e).__name__}: {e}"
+        self.last_error = self.backend.describe(e)
         if not self._warned:
-            logger.warning("tokenpak: cannot write %s (%s); keeping rows and spilling to %s", self.path, self.last_error, self.spill_path)
+            logger.warning("tokenpak: cannot write %s (%s); keeping rows and spilling to %s", self.name, self.last_error, self.spill_path)
             self._warned = True
         if threading.current_thread() is self._thread:
             time.sleep(0.05)  # on the writer thread only: avoid a hot retry loop

@@ -63,6 +63,7 @@ from typing import IO, Any, BinaryIO, NamedTuple
 
 from tokenpak_mitm.core.account.accounting import Accountant, Begin, ConsoleSwitch, Finished, OtlpSwitch, SessionFacts, blind_until, console_line, minimal_row
 from tokenpak_mitm.core.row import TelemetryRow
+from tokenpak_mitm.store.dburl import display
 from tokenpak_mitm.store.metrics import Backlog, ServeMetrics
 from tokenpak_mitm.store.sqlite import (
     BATCH,
@@ -73,9 +74,12 @@ from tokenpak_mitm.store.sqlite import (
     last_request_at,
     record_loss,
     spill_paths,
+    store_local_base,
 )
 
-__all__ = ["StoreProcess", "main"]
+__all__ = ["StoreProcess", "main", "DB_ENV"]
+
+DB_ENV = "TOKENPAK_STORE_DB"  # the writer's database, passed in its environment (a URL may carry a password)
 
 logger = logging.getLogger("tokenpak.store")
 
@@ -168,7 +172,9 @@ class StoreProcess:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, python: str | None = None) -> None:
-        self.path = Path(path).expanduser()
+        self.db = str(path)  # a path, or a PostgreSQL URL (which may hold a password: never shown)
+        self.name = display(self.db)
+        self.path = store_local_base(self.db)  # the spill file and the loss ledger are named after it
         self.spill_path = spill_paths(self.path)[0]
         self._python = python or sys.executable
         # What waits to be sent: appended on the event loop, taken by the feeder thread.
@@ -543,7 +549,10 @@ class StoreProcess:
                 out = os.dup(1)
             except OSError:
                 pass
-        argv = [self._python, "-m", "tokenpak_mitm.store.writer", str(self.path)]
+        # The database on the command line without its password (any user's `ps` shows it); the
+        # writer reads the real one from its environment (readable by this user only).
+        env[DB_ENV] = self.db
+        argv = [self._python, "-m", "tokenpak_mitm.store.writer", self.name]
         if out >= 0:
             argv += ["--console-fd", str(out)]
         if self._console:
@@ -766,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pass  # the proxy is gone; rows still reach the database or the spill file
 
     say({"ready": os.getpid()})  # (after _continue_when_orphaned: from here on it cannot be left stopped)
-    db = rest[0]
+    db = os.environ.pop(DB_ENV, None) or rest[0]
     accountant = Accountant()
     # Until an hour after the database's newest request this tracker cannot know what was cached
     # before it started (an earlier proxy run, or this writer before a restart).

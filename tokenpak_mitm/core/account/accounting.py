@@ -21,6 +21,7 @@ from tokenpak_mitm.core.account.request_shape import Shape, parse_shape
 from tokenpak_mitm.core.account.session_id import CLAUDE_CODE_SESSION_HEADER, PROJECT_HEADER, SESSION_HEADER, identify
 from tokenpak_mitm.core.account.sessions import SessionTracker, Ticket, UsageFacts
 from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, build_row, cache_verdict, error_label
+from tokenpak_mitm.core.dialects import dialect
 from tokenpak_mitm.core.plan.cache_facts import TTL_SECONDS
 from tokenpak_mitm.core.row import TelemetryRow
 from tokenpak_mitm.core.wire import by_fields
@@ -30,7 +31,14 @@ __all__ = ["IDENTITY_HEADERS", "MINIMAL_OUTCOME", "Accountant", "Begin", "Consol
 
 # The only request headers the session tracker reads (session_id.identify).
 IDENTITY_HEADERS = (SESSION_HEADER, PROJECT_HEADER, CLAUDE_CODE_SESSION_HEADER)
-DIAGNOSED_DIALECTS = frozenset({"anthropic", "openai_chat", "openai_responses"})  # Gemini: sessions only
+
+
+def diagnosed(dialect_name: str) -> bool:
+    """Misses are diagnosed where a cache family's rules apply (Gemini: sessions only)."""
+    d = dialect(dialect_name)
+    return d is not None and d.cache is not None
+
+
 MAX_OPEN = 20_000  # requests begun and not yet finished that an Accountant keeps (oldest dropped)
 MINIMAL_OUTCOME = Outcome("proxy_error", "absent", "telemetry_error", None)  # as `minimal_row` says
 
@@ -126,7 +134,7 @@ class Accountant:
         """The row's session, turn, miss diagnosis and warm-until columns."""
         usage = rec.extract.usage
         facts = None
-        if (rec.route.dialect in DIAGNOSED_DIALECTS and ended.state == "completed"
+        if (diagnosed(rec.route.dialect) and ended.state == "completed"
                 and ended.source == "final" and usage.input_tokens is not None):
             facts = UsageFacts(usage.input_tokens, usage.cache_read_tokens or 0, usage.cache_write_tokens or 0,
                                response_started=response_started)

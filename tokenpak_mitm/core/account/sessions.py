@@ -33,6 +33,7 @@ from typing import Any
 from tokenpak_mitm.core.account.cache_miss import MINIMUM_BAND, Evidence, Known, Prior, Verdict, diagnose
 from tokenpak_mitm.core.account.request_shape import Shape
 from tokenpak_mitm.core.account.session_id import Hint, Source
+from tokenpak_mitm.core.dialects import dialect
 from tokenpak_mitm.core.plan.cache_facts import TTL_SECONDS, facts_for
 
 __all__ = ["TTL_SECONDS", "Outcome", "SessionTracker", "Ticket", "UsageFacts"]
@@ -59,11 +60,13 @@ class Rules:
 
 
 def rules_for(shape: Shape) -> Rules | None:
-    """The rules for the shape's provider; None where misses are not diagnosed (Gemini)."""
-    if shape.api == "anthropic":
+    """The rules of the shape's dialect's cache family; None where misses are not diagnosed (no family: Gemini)."""
+    d = dialect(shape.api)
+    family = d.cache if d is not None else None
+    if family == "anthropic":
         f = facts_for(shape.model, "anthropic")
         return Rules(f.minimum_tokens, f.lookback_blocks, True, None, f.cached_granularity, False)
-    if shape.api in ("openai_chat", "openai_responses"):
+    if family == "openai":
         f = facts_for(shape.model, "openai")
         # Before GPT-5.6 retention is "5 to 10 minutes of inactivity, up to one hour" (or 24 h when
         # asked): only the longest is a fact, so only past it is a miss put down to expiry.

@@ -27,14 +27,24 @@ Rules (docs/dialects.md has the field-to-bucket table):
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tokenpak_mitm.core.dialects.identity import Headers, Hint, clean_id, hashed
+from tokenpak_mitm.core.dialects.replies import Reply, split_text, sse_event
+from tokenpak_mitm.core.dialects.spec import Dialect, Endpoint, PromptLayout, Renderer
+from tokenpak_mitm.core.dialects.view import Assembled, ToolCall
 from tokenpak_mitm.core.observe.sse import event_name
 from tokenpak_mitm.core.observe.tracker import Extract, decode_json, frame_json
 from tokenpak_mitm.core.observe.usage import ExtraIteration, Usage, as_count, with_extras
 
-__all__ = ["AnthropicTracker", "PROVIDER_MISS_REASONS", "provider_verdict"]
-
+__all__ = [
+    "ANTHROPIC_ERROR_TYPES", "CLAUDE_CODE_SESSION_HEADER", "DIALECT", "AnthropicTracker", "anthropic_block_start", "anthropic_block_stop",
+    "anthropic_message_delta", "anthropic_message_start", "anthropic_message_stop", "anthropic_ping", "anthropic_text_delta",
+    "PROVIDER_MISS_REASONS", "error_json", "provider_verdict", "session_hint",
+]
 # cache_miss_reason.type values the Claude API documents (build-with-claude/cache-diagnostics), and
 # "none": diagnostics came back without a reason (first turn, no divergence, or still running).
 PROVIDER_MISS_REASONS = ("model_changed", "system_changed", "tools_changed", "messages_changed",
@@ -263,3 +273,195 @@ def _extra_iterations(iterations: list[Any]) -> tuple[tuple[ExtraIteration, ...]
             output_tokens=counts.get("output_tokens", 0),
         )))
     return tuple(extras), frozenset(malformed)
+
+
+# -- the session a request names (Claude Code) ----------------------------------------------------
+# Claude Code's own session id: the ``x-claude-code-session-id`` header (Claude Code 2.1.86+), else
+# ``metadata.user_id`` — a JSON string with ``session_id`` (2.1.78+) or the older
+# ``user_<hash>_account_<id>_session_<uuid>`` form (formats as handled by coder/aibridge PR #241 and
+# ding113/claude-code-hub PR #939). Its project: the last component of the working directory its
+# system prompt names (``<env> ... Working directory: /path/to/repo``), never the path.
+CLAUDE_CODE_SESSION_HEADER = "x-claude-code-session-id"
+_LEGACY_CC = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
+_LEGACY_ACCOUNT = re.compile(r"_account_([0-9A-Za-z-]{1,64})_session_")
+
+
+def _user_id_field(body: Mapping[str, Any], key: str, legacy: re.Pattern[str]) -> str | None:
+    """One field of Claude Code's ``metadata.user_id``: a JSON object now, ``user_..._account_..._session_...`` before."""
+    meta = body.get("metadata")
+    user_id = meta.get("user_id") if isinstance(meta, dict) else None
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):
+        try:
+            parsed = json.loads(user_id)
+        except ValueError:
+            return None
+        return clean_id(parsed.get(key)) if isinstance(parsed, dict) else None
+    m = legacy.search(user_id)
+    return clean_id(m.group(1)) if m else None
+
+
+def _claude_code_account(body: Mapping[str, Any]) -> str | None:
+    """The account id Claude Code's ``metadata.user_id`` carries (stable across OAuth token refreshes)."""
+    return _user_id_field(body, "account_uuid", _LEGACY_ACCOUNT)
+
+
+def _claude_code_session(headers: Headers, body: Mapping[str, Any]) -> str | None:
+    return clean_id(headers.get(CLAUDE_CODE_SESSION_HEADER)) or _user_id_field(body, "session_id", _LEGACY_CC)
+
+
+_WORKING_DIRECTORY = "Working directory: "
+
+
+def _claude_code_project(system: object) -> str | None:
+    """The name of the working directory Claude Code's system prompt names, if it names one."""
+    texts = [system] if isinstance(system, str) else [b.get("text") for b in system if isinstance(b, dict)] if isinstance(system, list) else []
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        at = text.find(_WORKING_DIRECTORY)
+        if at < 0 or "<env>" not in text[:at]:
+            continue
+        line = text[at + len(_WORKING_DIRECTORY):].split("\n", 1)[0].strip().rstrip("/\\")
+        name = line.replace("\\", "/").rsplit("/", 1)[-1]
+        return clean_id(name)
+    return None
+
+
+def session_hint(headers: Headers, request: Mapping[str, Any], project: str | None, credential: str) -> Hint | None:
+    """Claude Code's session, scoped by its account when it names one (its OAuth token is refreshed
+    every few hours; its account id is not, and the provider's cache belongs to the account)."""
+    sid = _claude_code_session(headers, request)
+    if not sid:
+        return None
+    account = _claude_code_account(request)
+    scope = f"account:{hashed(account)}" if account else credential
+    return Hint(sid, "claude-code", project or _claude_code_project(request.get("system")), scope=scope)
+
+
+# -- mitmweb's view -------------------------------------------------------------------------------
+def assemble(objs: Iterable[Any], out: Assembled) -> None:
+    for o in objs:
+        if not isinstance(o, dict):
+            continue
+        kind = o.get("type")
+        if kind == "message":  # a whole (non-streamed) response
+            _anthropic_blocks(o.get("content"), out)
+        elif kind == "content_block_start":
+            block = o.get("content_block") or {}
+            if block.get("type") in ("tool_use", "server_tool_use"):
+                call = out.call(o.get("index"))
+                call.name = str(block.get("name") or "")
+                if block.get("input"):
+                    call.arguments = json.dumps(block["input"])
+            elif block.get("type") == "text" and block.get("text"):
+                out.text.append(str(block["text"]))
+        elif kind == "content_block_delta":
+            delta = o.get("delta") or {}
+            dt = delta.get("type")
+            if dt == "text_delta":
+                out.text.append(str(delta.get("text") or ""))
+            elif dt == "thinking_delta":
+                out.thinking.append(str(delta.get("thinking") or ""))
+            elif dt == "input_json_delta":
+                out.call(o.get("index")).arguments += str(delta.get("partial_json") or "")
+        elif kind == "error":
+            err = o.get("error") or {}
+            out.errors.append(f"{err.get('type')}: {err.get('message')}")
+
+
+def _anthropic_blocks(blocks: Any, out: Assembled) -> None:
+    for b in blocks if isinstance(blocks, list) else []:
+        if not isinstance(b, dict):
+            continue
+        if b.get("type") == "text":
+            out.text.append(str(b.get("text") or ""))
+        elif b.get("type") == "thinking":
+            out.thinking.append(str(b.get("thinking") or ""))
+        elif b.get("type") in ("tool_use", "server_tool_use"):
+            out.tool_calls.append(ToolCall(str(b.get("name") or ""), json.dumps(b.get("input") or {}), b.get("id")))
+
+
+# -- as the simulated provider writes it ----------------------------------------------------------
+def anthropic_message_start(message_id: str, model: str, usage: Mapping[str, Any], diagnostics: Mapping[str, Any] | None = None) -> bytes:
+    start: dict[str, Any] = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
+             "stop_reason": None, "stop_sequence": None, "usage": dict(usage)}
+    if diagnostics is not None:
+        start["diagnostics"] = dict(diagnostics)
+    return sse_event("message_start", {"type": "message_start", "message": start})
+
+
+def anthropic_block_start(index: int = 0) -> bytes:
+    return sse_event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
+
+
+def anthropic_ping() -> bytes:
+    return sse_event("ping", {"type": "ping"})
+
+
+def anthropic_text_delta(text: str, index: int = 0) -> bytes:
+    return sse_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}})
+
+
+def anthropic_block_stop(index: int = 0) -> bytes:
+    return sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def anthropic_message_delta(stop: str, usage: Mapping[str, Any]) -> bytes:
+    return sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": dict(usage)})
+
+
+def anthropic_message_stop() -> bytes:
+    return sse_event("message_stop", {"type": "message_stop"})
+
+
+def _render_json(r: Reply) -> dict[str, Any]:
+    content = [{"type": "text", "text": r.text}] if r.usage.get("output_tokens") else []
+    body = {"id": r.id, "type": "message", "role": "assistant", "model": r.model, "content": content,
+            "stop_reason": r.stop, "stop_sequence": None, "usage": dict(r.usage)}
+    if r.diagnostics is not None:
+        body["diagnostics"] = dict(r.diagnostics)
+    return body
+
+
+def _render_frames(r: Reply) -> list[bytes]:
+    output = r.usage.get("output_tokens", 0)
+    delta_usage: dict[str, Any] = {"output_tokens": output}
+    if r.cumulative_delta_usage:  # newer streams repeat cumulative input/cache counts (§2.3), no 5m/1h split
+        delta_usage = {key: r.usage[key] for key in
+                       ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")}
+    frames = [anthropic_message_start(r.id, r.model, {**r.usage, "output_tokens": min(1, output)}, r.diagnostics), anthropic_block_start(), anthropic_ping()]
+    frames += [anthropic_text_delta(piece) for piece in split_text(r.text, r.text_deltas)]
+    return [*frames, anthropic_block_stop(), anthropic_message_delta(r.stop, delta_usage), anthropic_message_stop()]
+
+
+ANTHROPIC_ERROR_TYPES = {  # protocols.md §2.5
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 409: "conflict_error", 413: "request_too_large", 429: "rate_limit_error",
+    500: "api_error", 504: "timeout_error", 529: "overloaded_error",
+}
+
+
+def error_json(status: int, message: str) -> dict[str, Any]:
+    """An HTTP error body as Anthropic writes it (the ``request_id`` is the caller's to add)."""
+    return {"type": "error", "error": {"type": ANTHROPIC_ERROR_TYPES.get(status, "api_error"), "message": message}}
+
+
+def _stream_error() -> bytes:
+    """What Anthropic sends when it fails mid-stream: an overloaded ``error`` event."""
+    return sse_event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
+
+DIALECT = Dialect(
+    name="anthropic",
+    provider="anthropic",
+    endpoints=(Endpoint("messages", suffix="/v1/messages", inserts=True),
+               Endpoint("messages.count_tokens", suffix="/v1/messages/count_tokens", billable=False)),
+    tracker=AnthropicTracker,
+    layout=PromptLayout(items="messages", system=("system",)),
+    cache="anthropic",
+    session_hint=session_hint,
+    assemble=assemble,
+    render=Renderer("msg", _render_json, _render_frames, error_json, _stream_error, first_delta=3, request_id_in_errors=True),
+)

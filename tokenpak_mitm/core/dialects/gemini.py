@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tokenpak_mitm.core.dialects.replies import Reply, split_text, sse_data
+from tokenpak_mitm.core.dialects.spec import Dialect, Endpoint, PromptLayout, Renderer
+from tokenpak_mitm.core.dialects.view import Assembled, ToolCall
 from tokenpak_mitm.core.observe.tracker import Extract, decode_json, feed_sse_body, frame_json, looks_like_sse
 from tokenpak_mitm.core.observe.usage import Usage, as_count
 
-__all__ = ["GeminiTracker", "gemini_usage", "iter_array_elements"]
+__all__ = ["DIALECT", "GeminiTracker", "error_json", "gemini_usage", "iter_array_elements"]
 
 _NEEDS_DECODE = re.compile(rb'"(?:usageMetadata|finishReason|blockReason|error)"')
 _CONTENT = re.compile(
@@ -219,3 +223,73 @@ def _modalities(details: object) -> dict[str, int]:
 
 def _count(meta: dict[str, Any], key: str) -> int | None:
     return as_count(meta[key]) if key in meta else 0
+
+
+# -- mitmweb's view -------------------------------------------------------------------------------
+def assemble(objs: Iterable[Any], out: Assembled) -> None:
+    for o in objs:
+        if not isinstance(o, dict):
+            continue
+        if isinstance(o.get("error"), dict):
+            out.errors.append(f"{o['error'].get('status') or o['error'].get('code')}: {o['error'].get('message')}")
+        for cand in o.get("candidates") or []:
+            parts = ((cand or {}).get("content") or {}).get("parts") if isinstance(cand, dict) else None
+            for p in parts if isinstance(parts, list) else []:
+                if not isinstance(p, dict):
+                    continue
+                if isinstance(p.get("text"), str):
+                    (out.thinking if p.get("thought") else out.text).append(p["text"])
+                fc = p.get("functionCall")
+                if isinstance(fc, dict):
+                    out.tool_calls.append(ToolCall(str(fc.get("name") or ""), json.dumps(fc.get("args") or {})))
+
+
+# -- as the simulated provider writes it ----------------------------------------------------------
+def _gemini_chunk(r: Reply, text: str, usage: Mapping[str, Any], finish: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+    if finish:
+        candidate["finishReason"] = "MAX_TOKENS" if r.stop == "max_tokens" else "STOP"
+    return {"candidates": [candidate], "usageMetadata": dict(usage), "modelVersion": r.model, "responseId": r.id}
+
+
+def _render_json(r: Reply) -> dict[str, Any]:
+    return _gemini_chunk(r, r.text, r.usage, True)
+
+
+def _render_frames(r: Reply) -> list[bytes]:
+    """Running ``usageMetadata`` on every chunk (prompt counts only until the last one), CRLF framing."""
+    pieces = split_text(r.text, r.text_deltas) or [""]
+    prompt_only = {k: v for k, v in r.usage.items() if k in ("promptTokenCount", "cachedContentTokenCount")}
+    return [sse_data(_gemini_chunk(r, piece, r.usage if n == len(pieces) - 1 else prompt_only, n == len(pieces) - 1), nl="\r\n")
+            for n, piece in enumerate(pieces)]
+
+
+_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def error_json(status: int, message: str) -> dict[str, Any]:
+    """An HTTP error body as Gemini writes it."""
+    return {"error": {"code": status, "message": message, "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}
+
+
+def _stream_error() -> bytes:
+    return sse_data(error_json(503, "Overloaded"))
+
+
+def _plain_usage(prompt: int, output: int) -> dict[str, Any]:
+    return {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}
+
+
+DIALECT = Dialect(
+    name="gemini",
+    provider="gemini",
+    endpoints=(Endpoint("generate_content", pattern=re.compile(r"/v1(?:beta|alpha)?\d*/models/(?P<model>[^/:]+):(?P<verb>generateContent|streamGenerateContent)$"),
+                        stream_verbs=frozenset({"streamGenerateContent"})),),
+    tracker=GeminiTracker,
+    layout=PromptLayout(items="contents", content="parts", system=("systemInstruction", "system_instruction"), system_parts="parts"),
+    cache=None,
+    session_hint=None,
+    assemble=assemble,
+    render=Renderer("gen", _render_json, _render_frames, error_json, _stream_error, first_delta=0, plain_usage=_plain_usage),
+)

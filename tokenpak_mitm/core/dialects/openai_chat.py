@@ -23,13 +23,18 @@ Rules (docs/dialects.md has the field-to-bucket table):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tokenpak_mitm.core.dialects.identity import Headers, Hint, clean_id, hashed
+from tokenpak_mitm.core.dialects.replies import CREATED, Reply, split_text, sse_data
+from tokenpak_mitm.core.dialects.spec import Dialect, Endpoint, PromptLayout, Renderer
+from tokenpak_mitm.core.dialects.view import Assembled
 from tokenpak_mitm.core.observe.sse import event_name, parse_event
 from tokenpak_mitm.core.observe.tracker import Extract, body_object, frame_json
 from tokenpak_mitm.core.observe.usage import Usage, as_count
 
-__all__ = ["OpenAIChatTracker", "chat_usage", "openai_error_type"]
+__all__ = ["DIALECT", "OpenAIChatTracker", "chat_usage", "error_json", "openai_error_type", "session_hint"]
 
 # Key followed by a non-empty string, a non-empty tool-call list or an object. Escaped quotes
 # inside string values (\") can never match the unescaped key pattern. The shared leading quote
@@ -192,3 +197,96 @@ def _part(value: object, whole: int | None) -> int | None:
     if not count or whole is None:
         return None
     return min(count, whole)
+
+
+# -- the session a request names (OpenAI) ---------------------------------------------------------
+def session_hint(headers: Headers, request: Mapping[str, Any], project: str | None, credential: str) -> Hint | None:
+    """``prompt_cache_key`` (the client's own cache/conversation key), ``conversation`` (a Responses
+    conversation object), ``previous_response_id`` (the session of the response it continues;
+    resolved by the tracker). ``user`` / ``safety_identifier`` name an end user, not a
+    conversation: they only scope lineage inference (hashed: they can be e-mail addresses)."""
+    key = clean_id(request.get("prompt_cache_key"))
+    if key:
+        return Hint(key, "prompt_cache_key", project, scope=credential)
+    conv = request.get("conversation")
+    conv_id = clean_id(conv.get("id") if isinstance(conv, dict) else conv)
+    if conv_id:
+        return Hint(conv_id, "conversation", project, scope=credential)
+    prev = clean_id(request.get("previous_response_id"))
+    user = hashed(request.get("safety_identifier") or request.get("user"))
+    if prev:
+        return Hint(None, None, project, previous_response_id=prev, scope=f"{credential}/{user}")
+    return Hint(None, None, project, scope=f"{credential}/{user}" if user else credential)
+
+
+# -- mitmweb's view -------------------------------------------------------------------------------
+def assemble(objs: Iterable[Any], out: Assembled) -> None:
+    for o in objs:
+        if not isinstance(o, dict):
+            continue
+        if isinstance(o.get("error"), dict):
+            out.errors.append(f"{o['error'].get('type') or o['error'].get('code')}: {o['error'].get('message')}")
+        for choice in o.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            part = choice.get("delta") or choice.get("message") or {}
+            if isinstance(part.get("content"), str):
+                out.text.append(part["content"])
+            if isinstance(part.get("reasoning_content"), str):
+                out.thinking.append(part["reasoning_content"])
+            for i, tc in enumerate(part.get("tool_calls") or []):
+                if not isinstance(tc, dict):
+                    continue
+                fn = tc.get("function") or {}
+                call = out.call(tc.get("index", i))
+                call.name += str(fn.get("name") or "")
+                call.arguments += str(fn.get("arguments") or "")
+
+
+# -- as the simulated provider writes it ----------------------------------------------------------
+def _finish_reason(r: Reply) -> str:
+    return "length" if r.stop == "max_tokens" else "stop"
+
+
+def _render_json(r: Reply) -> dict[str, Any]:
+    return {"id": r.id, "object": "chat.completion", "created": CREATED, "model": r.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": _finish_reason(r)}],
+            "usage": dict(r.usage)}
+
+
+def _render_frames(r: Reply) -> list[bytes]:
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse_data({"id": r.id, "object": "chat.completion.chunk", "created": CREATED, "model": r.model, "choices": choices, **extra})
+
+    frames = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+    frames += [chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}]) for piece in split_text(r.text, r.text_deltas)]
+    frames.append(chunk([{"index": 0, "delta": {}, "finish_reason": _finish_reason(r)}]))
+    if r.include_usage:
+        frames.append(chunk([], usage=dict(r.usage)))
+    return [*frames, sse_data("[DONE]")]
+
+
+_OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                       429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
+
+
+def error_json(status: int, message: str) -> dict[str, Any]:
+    """An HTTP error body as OpenAI writes it."""
+    return {"error": {"message": message, "type": _OPENAI_ERROR_TYPES.get(status, "server_error"), "param": None, "code": None}}
+
+
+def _stream_error() -> bytes:
+    return sse_data(error_json(503, "Overloaded"))
+
+
+DIALECT = Dialect(
+    name="openai_chat",
+    provider="openai",
+    endpoints=(Endpoint("chat.completions", suffix="/chat/completions", inserts=True),),
+    tracker=OpenAIChatTracker,
+    layout=PromptLayout(items="messages"),
+    cache="openai",
+    session_hint=session_hint,
+    assemble=assemble,
+    render=Renderer("chatcmpl", _render_json, _render_frames, error_json, _stream_error, first_delta=1),
+)

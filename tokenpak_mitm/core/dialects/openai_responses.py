@@ -20,14 +20,18 @@ Rules (docs/dialects.md has the field-to-bucket table):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from tokenpak_mitm.core.dialects.openai_chat import openai_error_type
+from tokenpak_mitm.core.dialects.openai_chat import error_json, openai_error_type, session_hint
+from tokenpak_mitm.core.dialects.replies import CREATED, Reply, split_text, sse_event
+from tokenpak_mitm.core.dialects.spec import Dialect, Endpoint, PromptLayout, Renderer
+from tokenpak_mitm.core.dialects.view import Assembled, ToolCall
 from tokenpak_mitm.core.observe.sse import event_name
 from tokenpak_mitm.core.observe.tracker import Extract, body_object, frame_json
 from tokenpak_mitm.core.observe.usage import Usage, as_count
 
-__all__ = ["OpenAIResponsesTracker", "responses_usage"]
+__all__ = ["DIALECT", "OpenAIResponsesTracker", "responses_usage"]
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _DECODE_EVENTS = _TERMINAL | {"response.created", "error"}
@@ -145,3 +149,92 @@ def responses_usage(usage: dict[str, Any]) -> Usage:
         output_tokens=as_count(usage.get("output_tokens")),
         reasoning_tokens=reasoning,
     )
+
+
+# -- mitmweb's view -------------------------------------------------------------------------------
+def assemble(objs: Iterable[Any], out: Assembled) -> None:
+    final: dict[str, Any] | None = None
+    streamed = False
+    for o in objs:
+        if not isinstance(o, dict):
+            continue
+        kind = o.get("type")
+        if kind == "response.output_text.delta":
+            streamed = True
+            out.text.append(str(o.get("delta") or ""))
+        elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            streamed = True
+            out.thinking.append(str(o.get("delta") or ""))
+        elif kind == "response.output_item.added" and (o.get("item") or {}).get("type") == "function_call":
+            streamed = True
+            out.call(o.get("output_index")).name = str(o["item"].get("name") or "")
+        elif kind == "response.function_call_arguments.delta":
+            streamed = True
+            out.call(o.get("output_index")).arguments += str(o.get("delta") or "")
+        elif kind in ("response.failed", "error"):
+            err = (o.get("response") or {}).get("error") or o.get("error") or o
+            out.errors.append(f"{err.get('code') or err.get('type')}: {err.get('message')}")
+        elif kind is None and o.get("object") == "response":
+            final = o
+        elif isinstance(o.get("error"), dict) and kind is None:
+            out.errors.append(f"{o['error'].get('type') or o['error'].get('code')}: {o['error'].get('message')}")
+    if final is not None and not streamed:
+        for item in final.get("output") or []:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "message":
+                for c in item.get("content") or []:
+                    if isinstance(c, dict) and c.get("type") == "output_text":
+                        out.text.append(str(c.get("text") or ""))
+            elif item.get("type") == "function_call":
+                out.tool_calls.append(ToolCall(str(item.get("name") or ""), str(item.get("arguments") or ""), item.get("call_id")))
+            elif item.get("type") == "reasoning":
+                for s in item.get("summary") or []:
+                    if isinstance(s, dict):
+                        out.thinking.append(str(s.get("text") or ""))
+
+
+# -- as the simulated provider writes it ----------------------------------------------------------
+def _message_item(r: Reply, text: str, status: str) -> dict[str, Any]:
+    content = [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
+    return {"id": f"msg_{r.id}", "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def _render_json(r: Reply, *, status: str = "completed", with_output: bool = True) -> dict[str, Any]:
+    return {"id": r.id, "object": "response", "created_at": CREATED, "status": status, "model": r.model,
+            "output": [_message_item(r, r.text, "completed")] if with_output else [],
+            "usage": dict(r.usage) if status == "completed" else None}
+
+
+def _render_frames(r: Reply) -> list[bytes]:
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": _render_json(r, status="in_progress", with_output=False)}),
+        ("response.output_item.added", {"output_index": 0, "item": _message_item(r, "", "in_progress")}),
+        ("response.content_part.added", {"item_id": f"msg_{r.id}", "output_index": 0, "content_index": 0,
+                                         "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ]
+    events += [("response.output_text.delta", {"item_id": f"msg_{r.id}", "output_index": 0, "content_index": 0, "delta": piece})
+               for piece in split_text(r.text, r.text_deltas)]
+    events += [
+        ("response.output_text.done", {"item_id": f"msg_{r.id}", "output_index": 0, "content_index": 0, "text": r.text}),
+        ("response.output_item.done", {"output_index": 0, "item": _message_item(r, r.text, "completed")}),
+        ("response.completed", {"response": _render_json(r)}),
+    ]
+    return [sse_event(name, {"type": name, "sequence_number": n, **body}) for n, (name, body) in enumerate(events)]
+
+
+def _stream_error() -> bytes:
+    return sse_event("error", {"type": "error", "sequence_number": 99, "error": {"type": "server_error", "code": "server_error", "message": "Overloaded", "param": None}})
+
+
+DIALECT = Dialect(
+    name="openai_responses",
+    provider="openai",
+    endpoints=(Endpoint("responses", suffix="/responses", inserts=True),),
+    tracker=OpenAIResponsesTracker,
+    layout=PromptLayout(items="input", system=("instructions",), string_items=True, output_parts=True),
+    cache="openai",
+    session_hint=session_hint,
+    assemble=assemble,
+    render=Renderer("resp", _render_json, _render_frames, error_json, _stream_error, first_delta=3),
+)

@@ -53,7 +53,7 @@ def breakpoint_eligible(request: Mapping[str, Any], api: str, b: Boundary) -> bo
     item = items[b.message]
     if not isinstance(item, dict) or not _may_carry(item, api):
         return False
-    key, content = item_content(item, api)  # type: ignore[arg-type]
+    key, content = item_content(item, api)
     if b.block is None:  # a string content: wrapped into one text part by the splice
         return key == "content" and isinstance(content, str) and bool(content.strip())
     if not isinstance(content, list) or not 0 <= b.block < len(content):

@@ -47,6 +47,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from tokenpak_mitm.core.dialects import DialectName, dialect
+from tokenpak_mitm.core.dialects.spec import PromptLayout
 from tokenpak_mitm.core.plan.cache_facts import SECTION_PARAMETERS, TTL_SECONDS
 
 __all__ = [
@@ -68,7 +70,7 @@ __all__ = [
     "section_parameters",
 ]
 
-Api = Literal["anthropic", "openai_chat", "openai_responses", "gemini"]
+Api = DialectName  # the prompt layout comes from the dialect (core/dialects)
 Section = Literal["tools", "system", "messages"]
 RAW_MIN_BYTES: Final = 512  # `boundaries(raw=)` uses a block's bytes from this size up (smaller: re-serialised, not remembered)
 BYTES_PER_TOKEN: Final = 3.0  # the planner's historical, deliberately high estimate (see cache_planner)
@@ -196,24 +198,28 @@ def _scan_blocks(request: Mapping[str, Any]) -> tuple[bool, bool]:
     return citations, images
 
 
-def item_content(item: Mapping[str, Any], api: Api) -> tuple[str, object]:
+def item_content(item: Mapping[str, Any], api: str) -> tuple[str, object]:
     """The key holding a message's (input item's) content parts, and its value.
 
-    ``content``; for a Responses item without one whose ``output`` is a list of content parts (a
-    ``function_call_output`` carrying parts, i.e. tool-result content), ``output``; Gemini's
-    ``parts``. The one rule the fingerprints, the byte scanner and the OpenAI splice share.
+    The dialect's layout says which (``content``; Gemini's ``parts``; for a Responses item without
+    ``content`` whose ``output`` is a list of content parts, i.e. a ``function_call_output``
+    carrying parts, ``output``). The one rule the fingerprints, the byte scanner and the OpenAI
+    splice share.
     """
-    if api == "gemini":
-        return "parts", item.get("parts")
-    if api == "openai_responses" and "content" not in item and isinstance(item.get("output"), list):
-        return "output", item["output"]
-    return "content", item.get("content")
+    return _layout(api).item_content(item)
+
+
+_DEFAULT_LAYOUT = PromptLayout(items="messages", system=("system",))
+
+
+def _layout(api: str) -> PromptLayout:
+    d = dialect(api)
+    return d.layout if d is not None else _DEFAULT_LAYOUT
 
 
 def part_at(request: Mapping[str, Any], api: Api, b: Boundary) -> object:
     """The content part a messages-section boundary ends (None for a string content or a whole item)."""
-    items = request.get({"anthropic": "messages", "openai_chat": "messages", "openai_responses": "input",
-                         "gemini": "contents"}[api])
+    items = request.get(_layout(api).items)
     if b.section != "messages" or b.message is None or b.block is None or not isinstance(items, list) or b.message >= len(items):
         return None
     item = items[b.message]
@@ -381,19 +387,8 @@ def _blocks(request: Mapping[str, Any], api: Api) -> Iterator[_Part]:
     if isinstance(tools, list):
         for i, tool in enumerate(tools):
             yield "tools", None, i, None, tool
-    system: object
-    if api == "anthropic":
-        system, messages, content_key = request.get("system"), request.get("messages"), "content"
-    elif api == "openai_chat":
-        system, messages, content_key = None, request.get("messages"), "content"
-    elif api == "openai_responses":
-        system, messages, content_key = request.get("instructions"), request.get("input"), "content"
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-    else:
-        instruction = request.get("systemInstruction") or request.get("system_instruction")
-        system = instruction.get("parts") if isinstance(instruction, dict) else None
-        messages, content_key = request.get("contents"), "parts"
+    layout = _layout(api)
+    system, messages, content_key = layout.system_value(request), layout.item_list(request), layout.content
     if isinstance(system, str):
         yield "system", None, None, None, system
     elif isinstance(system, list):
@@ -402,7 +397,7 @@ def _blocks(request: Mapping[str, Any], api: Api) -> Iterator[_Part]:
     if not isinstance(messages, list):
         return
     for i, message in enumerate(messages):
-        key = item_content(message, api)[0] if isinstance(message, dict) else content_key
+        key = layout.item_content(message)[0] if isinstance(message, dict) else content_key
         if not isinstance(message, dict) or key not in message:
             yield "messages", i, None, None, message  # e.g. a Responses function_call item: one block
             continue
