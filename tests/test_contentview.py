@@ -77,6 +77,22 @@ def test_cache_verdict_and_markers_come_from_the_flow():
     assert "cache: hit; markers: 2 inserted by the proxy, 0 from the client; planner: inserted" in hit
 
 
+def test_the_providers_cache_verdict_and_the_diagnostics_request_are_shown():
+    response, flow = _response("anthropic_stream_cache_diagnostics")
+    text = contentviews.prettify_message(response, flow).text
+    assert "cache diagnostics (the provider's verdict): system_changed, 3,310 input tokens after the divergence" in text
+    request = contentviews.prettify_message(flow.request, flow).text
+    assert "cache diagnostics asked, against: msg_corpus_diag_prev" in request
+
+
+def test_mid_conversation_system_messages_are_shown_in_the_request():
+    from tokenpak_mitm.core.routes import Route
+    from tokenpak_mitm.proxy.llm_view import describe_request
+
+    body = json.dumps({"model": "claude-opus-4-8", "messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "French"}]}).encode()
+    assert "mid-conversation system messages: 1 (at #1)" in describe_request(Route("anthropic", "messages", "anthropic"), body)
+
+
 def test_other_traffic_keeps_mitmproxys_views():
     f = tflow.tflow(resp=True)
     f.request.host, f.request.path, f.request.method = "example.com", "/api", "POST"

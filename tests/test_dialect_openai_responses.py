@@ -262,3 +262,27 @@ def test_wrong_types_in_known_fields_never_raise(kind: str, resp: object, usage:
         t.feed_frame(event(obj))
         t.feed_body(json.dumps(inner).encode(), 200)
         assert all(v is None or (isinstance(v, int) and v >= 0) for v in t.extract.usage.as_dict().values())
+
+
+@pytest.mark.parametrize("diagnostics, reason, missed", [
+    ({"type": "cache_miss", "reason": "tools_changed", "cache_missed_tokens": 2048, "comparison_reusable_tokens": 1024}, "tools_changed", 2048),
+    ({"type": "cache_miss", "reason": {"type": "model_changed"}, "cache_missed_tokens": 900}, "model_changed", 900),
+    ({"type": "cache_miss", "cache_missed_tokens": 5}, "cache_miss", 5),
+    ({"type": "cache_hit"}, "cache_hit", None),
+    ({"type": "comparison_response_not_found"}, "comparison_response_not_found", None),
+    ({"type": "unavailable"}, "unavailable", None),
+    ("garbage", None, None),
+])
+def test_prompt_cache_diagnostics_are_the_providers_verdict(diagnostics, reason, missed):
+    """OpenAI's Responses prompt-cache diagnostics (developers.openai.com, prompt-caching/diagnostics)."""
+    from tokenpak_mitm.core.dialects.openai_responses import OpenAIResponsesTracker
+
+    response = {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-5.6",
+                "usage": {"input_tokens": 3000, "output_tokens": 5}, "prompt_cache_diagnostics": diagnostics}
+    body = OpenAIResponsesTracker()
+    body.feed_body(json.dumps(response).encode(), 200)
+    stream = OpenAIResponsesTracker()
+    stream.feed_frame(f"event: response.completed\ndata: {json.dumps({'type': 'response.completed', 'response': response})}\n\n".encode())
+    for t in (body, stream):
+        assert (t.extract.provider_miss_reason, t.extract.provider_missed_tokens) == (reason, missed)
+        assert t.extract.usage.input_tokens == 3000  # nothing else moves

@@ -42,7 +42,7 @@ def _member(previous: str | None) -> bytes:
     return b'"diagnostics":' + json.dumps({"previous_message_id": previous}, separators=(",", ":")).encode() + b","
 
 
-def test_every_turn_after_the_first_names_the_previous_response_and_nothing_else_changes(tmp_path: Path):
+def test_every_turn_after_the_first_names_the_previous_response_and_nothing_else_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     db = tmp_path / "t.db"
     with FakeProvider() as fake:
         proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path,
@@ -87,6 +87,17 @@ def test_every_turn_after_the_first_names_the_previous_response_and_nothing_else
     # Turn 6 went back to the first system prompt, still cached: it read it, so no miss, although
     # the provider (comparing with turn 5) says the system changed: its verdict never makes one up.
     assert rows[5]["cache_read_tokens"] > 0
+    # report --misses: the miss with what the provider said, and the provider's verdicts with what the rows say
+    from tokenpak_mitm.cli.main import main
+
+    assert main(["report", "--db", str(db), "--since", "all", "--misses", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(c["reason"], c["provider"]) for c in data["misses"]] == [("prefix_changed", {"system_changed": 1}), ("cold", {"none": 1})]
+    assert {v["provider_said"]: v["row_says"] for v in data["provider_verdicts"]} == {
+        "none": {"cold": 1, "none": 3}, "system_changed": {"prefix_changed": 1, "none": 1}}
+    assert main(["report", "--db", str(db), "--since", "all", "--misses"]) == 0
+    out = capsys.readouterr().out
+    assert "provider said" in out and "The provider's own verdicts" in out
 
 
 def test_a_client_that_asks_itself_is_left_alone_and_the_option_is_off_by_default(tmp_path: Path):
@@ -125,19 +136,51 @@ def test_a_recording_shows_the_splice_as_our_change_and_passes_i1_and_i5(tmp_pat
                                 options=["tokenpak_cache_diagnostics=on", f"tokenpak_record={record}"]).start()
         try:
             history = [{"role": "user", "content": "hello"}]
+            ids: list[str] = []
             for _ in range(2):
-                body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM, "messages": history}).encode()
+                # over 32 KB: read in the worker process (the same splice)
+                body = json.dumps({"model": MODEL, "max_tokens": 20, "system": SYSTEM * 4, "messages": history}).encode()
+                assert len(body) > 32 << 10
                 resp = request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS))
                 assert resp.status == 200
+                ids.append(json.loads(resp.body)["id"])
                 history += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
             wait_for_rows(tmp_path / "t.db", "1=1", (), n=2)
         finally:
             proxy.stop()
     files = sorted(find_flow_files([record]))
     assert len(files) == 2
+    named: list[str | None] = []
     for path in files:
         rec = load_recording(path)
         ev = rec.evidence_at_rest()
         assert ev.header_changes == {"anthropic-beta": BETA}
         assert any(t.startswith(b'"diagnostics":') for _, t in ev.spans or [])
+        named.append(json.loads(rec.flow.request.raw_content)["diagnostics"]["previous_message_id"])
         assert check_i1(ev) == [] and check_i5(ev) == []
+    assert sorted(named, key=str) == sorted([None, ids[0]], key=str)
+
+
+def test_a_mid_conversation_system_message_keeps_the_session_reads_the_cache_and_is_no_prefix_change(tmp_path: Path):
+    """The documented use through the proxy (its own markers): a system message appended after the
+    history; the next turns read the prefix before it, stay one session, and no row says prefix_changed."""
+    db = tmp_path / "t.db"
+    with FakeProvider() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path, options=["tokenpak_cache_diagnostics=on"]).start()
+        try:
+            history: list[dict[str, str]] = []
+            for turn in range(5):
+                history.append({"role": "user", "content": f"Question {turn}: what does rule {turn} say? " + "Context. " * 200})
+                if turn == 2:
+                    history.append({"role": "system", "content": "From now on, answer in French."})
+                body = json.dumps({"model": "claude-opus-4-8", "max_tokens": 20, "system": SYSTEM, "messages": history}).encode()
+                resp = request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS))
+                assert resp.status == 200, resp.body
+                history.append({"role": "assistant", "content": json.loads(resp.body)["content"][0]["text"]})
+            rows = wait_for_rows(db, "1=1 ORDER BY id", (), n=5)
+        finally:
+            proxy.stop()
+    assert len({r["session_id"] for r in rows}) == 1 and [r["turn"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["cache_read_tokens"] > 0 for r in rows[1:])  # the turn with the system message too
+    assert [r["cache_miss_reason"] for r in rows] == ["cold", None, None, None, None]
+    assert [r["provider_miss_reason"] for r in rows] == ["none"] * 5  # the provider agrees: nothing diverged

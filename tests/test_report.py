@@ -11,7 +11,7 @@ import json
 import math
 import re
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -505,3 +505,112 @@ def test_one_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "1 request reported no usage: counted as a request, not as tokens." in out
     assert "1 requests" not in out
     assert [plural(0, "warning"), plural(1, "warning"), plural(2, "failure")] == ["0 warnings", "1 warning", "2 failures"]
+
+
+@pytest.fixture
+def utc_writer(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The proxy wrote in UTC; --timezone changes this process's zone, restored after the test."""
+    import time as _time
+
+    monkeypatch.setenv("TZ", "UTC")
+    _time.tzset()
+    yield
+    monkeypatch.undo()
+    _time.tzset()
+
+
+def _at(text: str) -> float:
+
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+SPREAD = [  # UTC times; in Europe/Berlin (UTC+2 in summer) the late ones fall on the next day
+    row("w1", 1, started_at=_at("2026-04-27T08:00"), input_tokens=10, cost_usd=0.001),  # Monday, ISO week 18
+    row("w2", 1, started_at=_at("2026-04-30T23:30"), input_tokens=20, cost_usd=0.002, model="claude-haiku-4-5"),  # Berlin: May 1
+    row("w3", 1, started_at=_at("2026-05-03T21:59"), input_tokens=30, cost_usd=0.004),  # Sunday 23:59 Berlin: still week 18
+    row("w4", 1, started_at=_at("2026-05-03T22:01"), input_tokens=40, cost_usd=0.008, model="claude-haiku-4-5"),  # Berlin: Monday, W19
+    row("w5", 1, started_at=_at("2026-05-31T23:00"), input_tokens=50, cost_usd=0.016),  # Berlin: June 1
+    row("w6", 1, started_at=_at("2026-06-02T12:00"), input_tokens=60, cost_usd=0.032, model="gpt-4o-mini", provider="openai"),
+]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/Los_Angeles", "Asia/Kolkata"])
+@pytest.mark.parametrize("by", ["day", "week", "month"])
+def test_weeks_months_and_time_zones_equal_independent_sums(tmp_path: Path, capsys: pytest.CaptureFixture[str], utc_writer: None,
+                                                             zone: str, by: str) -> None:
+    """Issue 26 item 13: --by week (ISO, from Monday) / month and --timezone, as ccusage has:
+    each group holds exactly the rows whose local time in that zone falls in it."""
+    from zoneinfo import ZoneInfo
+
+    path = tmp_path / "t.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in SPREAD:
+        store.submit(r)
+    store.close()
+    data = report_json(path, capsys, "--since", "2026-04-01", "--by", by, "--timezone", zone)
+    assert data["timezone"] == zone
+
+    def key(r: dict[str, Any]) -> str:
+        local = datetime.fromtimestamp(r["started_at"], ZoneInfo(zone))
+        year, week, _ = local.isocalendar()
+        return {"day": local.date().isoformat(), "week": f"{year}-W{week:02d}", "month": local.strftime("%Y-%m")}[by]
+
+    rows = raw_rows(path)
+    want: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        want.setdefault(key(r), []).append(r)
+    got = {g["key"]: g for g in data["groups"] if g["requests"]}
+    assert sorted(got) == sorted(want)
+    for k, group in got.items():
+        check(group, want[k], totals=False)
+    check(data["totals"], rows)
+
+
+def test_since_is_midnight_in_the_chosen_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str], utc_writer: None) -> None:
+    path = tmp_path / "t.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in SPREAD:
+        store.submit(r)
+    store.close()
+    utc = report_json(path, capsys, "--since", "2026-05-01", "--timezone", "UTC")
+    berlin = report_json(path, capsys, "--since", "2026-05-01", "--timezone", "Europe/Berlin")
+    assert utc["totals"]["requests"] == 4 and berlin["totals"]["requests"] == 5  # 23:30 UTC on Apr 30 is May 1 in Berlin
+
+
+def test_an_unknown_time_zone_is_one_line_naming_the_closest(db: Path, capsys: pytest.CaptureFixture[str], utc_writer: None) -> None:
+    assert main(["report", "--db", str(db), "--timezone", "Europe/Berln"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown time zone 'Europe/Berln' (did you mean Europe/Berlin?)" in err
+
+
+@pytest.mark.parametrize("by", ["day", "week", "month", "provider", "route"])
+def test_breakdown_gives_each_groups_models(tmp_path: Path, capsys: pytest.CaptureFixture[str], utc_writer: None, by: str) -> None:
+
+    path = tmp_path / "t.db"
+    store = TelemetryStore(path)
+    store.start()
+    for r in [*ROWS, *SPREAD]:
+        store.submit(r)
+    store.close()
+    data = report_json(path, capsys, "--since", "all", "--by", by, "--breakdown", "--timezone", "UTC")
+    plain = report_json(path, capsys, "--since", "all", "--by", by, "--timezone", "UTC")
+    rows = raw_rows(path)
+    column = {"provider": "provider", "route": "route_class"}.get(by)
+    for group, same in zip(data["groups"], plain["groups"], strict=True):
+        assert {k: v for k, v in group.items() if k != "models"} == same
+        mine = [r for r in rows if (str(r[column]) if column else
+                                    {"day": lambda d: d.date().isoformat(), "week": lambda d: f"{d.isocalendar()[0]}-W{d.isocalendar()[1]:02d}",
+                                     "month": lambda d: d.strftime("%Y-%m")}[by](datetime.fromtimestamp(r["started_at"], UTC))) == group["key"]]
+        models = {m["key"]: m for m in group["models"]}
+        assert sorted(models) == sorted({r["model"] for r in mine})
+        for model, summary in models.items():  # sums per model (latency is per group only)
+            want = expected([r for r in mine if r["model"] == model])
+            assert (summary["requests"], summary["tokens"]["input"], summary["unpriced_requests"], summary["terminal_states"]) == (
+                want["requests"], want["tokens"]["input"], want["unpriced_requests"], want["terminal_states"])
+            assert summary["cost_usd"] == pytest.approx(want["cost_usd"])
+    assert "models" not in plain["groups"][0]
+    assert main(["report", "--db", str(path), "--since", "all", "--by", by, "--breakdown", "--timezone", "UTC"]) == 0
+    out = capsys.readouterr().out
+    assert "│   claude-haiku-4-5 " in out  # the models under their group, indented

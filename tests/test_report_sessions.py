@@ -53,6 +53,8 @@ def _rows(n: int = 240) -> list[dict[str, Any]]:
         row["project"] = "alpha" if conv.tag in ("c0", "c1", "c2") else "beta"
         v = outcome.verdict
         row["miss_cost_usd"] = miss_cost_usd("anthropic", "claude-sonnet-4-6", usage, v.expected_tokens) if v else None
+        if step % 3 == 0:  # some requests carried the provider's own verdict (cache diagnostics)
+            row["provider_miss_reason"] = "system_changed" if v is not None and v.section == "system" else "none"
         rows.append(row)
         now += rng.uniform(1, 5)
     return rows
@@ -116,6 +118,17 @@ def test_per_cause_figures_equal_sql_sums_and_are_ranked_by_money(db: Path):
         assert (got[reason]["misses"], got[reason]["session_count"]) == (count, sessions)
         assert got[reason]["cost_usd"] == pytest.approx(lost, abs=1e-9)
     assert [c["cost_usd"] for c in causes] == sorted((c["cost_usd"] for c in causes), reverse=True)
+
+
+def test_the_providers_verdicts_equal_sql_sums(db: Path):
+    got = {v["provider_said"]: v for v in _report(db, "--misses")["provider_verdicts"]}
+    want: dict[str, dict[str, int]] = {}
+    for said, ours, n in _sql(db, "SELECT provider_miss_reason, COALESCE(cache_miss_reason, 'none'), COUNT(*) FROM requests "
+                                  "WHERE provider_miss_reason IS NOT NULL GROUP BY 1, 2"):
+        want.setdefault(said, {})[ours] = n
+    assert set(got) == set(want) and len(want) == 2
+    for said, says in want.items():
+        assert got[said]["row_says"] == says and got[said]["rows"] == sum(says.values())
 
 
 def test_miss_cost_is_the_price_of_the_missed_read():

@@ -11,20 +11,22 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from tokenpak_mitm import __version__
 
 __all__ = ["main", "register", "build_parser", "Subcommand"]
 
 
-@dataclass(frozen=True, slots=True)
 class Subcommand:
-    """``module`` must define ``add_arguments(parser)`` and ``run(args) -> int``."""
+    """``module`` must define ``add_arguments(parser)`` and ``run(args) -> int``.
 
-    name: str
-    help: str
-    module: str
+    A plain class, not a dataclass: importing dataclasses is a tenth of `tokenpak statusline`'s
+    time budget, and the status line runs on every Claude Code message."""
+
+    __slots__ = ("name", "help", "module")
+
+    def __init__(self, name: str, help: str, module: str) -> None:
+        self.name, self.help, self.module = name, help, module
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sqlite3
 import sys
@@ -156,7 +157,7 @@ def _fill_periods(periods: list[Summary], period: str) -> list[Summary]:
 
 
 def _order(groups: dict[str, Summary], by: str) -> list[Summary]:
-    if by == "day":
+    if by in rq.DAY_GROUPS:
         return [groups[k] for k in sorted(groups)]
     return sorted(groups.values(), key=lambda s: (-(s.cost_usd or 0.0), -s.requests, s.key))
 
@@ -179,8 +180,12 @@ def choose_period(conn: sqlite3.Connection, filters: Filters, now: float | None 
 
 
 def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", filters: Filters | None = None,
-                 unit_prices: UnitPrices | None = None, period: str | None = None, until: str | None = None) -> Report:
-    """Aggregate the filtered rows of an open database (a connection from ``connect_readonly``)."""
+                 unit_prices: UnitPrices | None = None, period: str | None = None, until: str | None = None,
+                 breakdown: bool = False) -> Report:
+    """Aggregate the filtered rows of an open database (a connection from ``connect_readonly``).
+
+    ``breakdown``: also sum each group per model (``Report.breakdown``; tokens, cost, savings and
+    states: latency is kept per group only)."""
     filters = filters or Filters()
     prices = unit_prices or _table_unit_prices
     chosen, first, last = choose_period(conn, filters)
@@ -193,7 +198,7 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
 
     def label(kind: str, number: str) -> str:
         """Day/hour numbers from SQL become ISO labels; other group keys stay as they are."""
-        if kind not in ("day", "hour"):
+        if kind not in ("hour", *rq.DAY_GROUPS):
             return number
         if (kind, number) not in labels:
             labels[kind, number] = rq.period_label(kind, int(number))
@@ -205,7 +210,8 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     periods: dict[str, Summary] = {}
     model_cost: dict[str, dict[str, float]] = {}
     models: Counter[tuple[str, str]] = Counter()  # (provider, model) -> requests, for the cache-facts check
-    group_columns = frozenset() if by == "day" else frozenset({GROUP_COLUMNS.get(by, by)})
+    group_columns = frozenset() if by in rq.DAY_GROUPS else frozenset({GROUP_COLUMNS.get(by, by)})
+    parts: dict[str, dict[str, Summary]] = {}  # --breakdown: group -> model -> sums
     srcs = rq.sources(conn, filters, period, group_columns)
     for c in (c for src in srcs for c in rq.cube(conn, src, group_sql, period_sql, prices)):
         totals.merge(c)
@@ -213,6 +219,8 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
         c.group, c.period = label(group_kind, c.group), label(period, c.period)
         _summary(groups, c.group).merge(c)
         _summary(periods, c.period).merge(c)
+        if breakdown:
+            _summary(parts.setdefault(c.group, {}), c.model).merge(c)
         if c.priced:
             by_model = model_cost.setdefault(c.period, {})
             by_model[c.model] = by_model.get(c.model, 0.0) + c.cost
@@ -243,7 +251,8 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
     return Report(by=by, since=since, since_ts=filters.since_ts, totals=totals, groups=ordered_groups, periods=ordered_periods,
                   period=period, filters=filters, until=until, model_cost=model_cost,
                   unpriced=unpriced_models(u for src in srcs for u in rq.unpriced_groups(conn, src)) if totals.unpriced_requests else [],
-                  errors=error_list, no_cache_facts=models_without_cache_facts(models))
+                  errors=error_list, no_cache_facts=models_without_cache_facts(models),
+                  breakdown={g: _order(per_model, "model") for g, per_model in parts.items()} if breakdown else None)
 
 
 def empty_report(by: str = "day", since: str = "7d") -> Report:
@@ -259,6 +268,7 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
         "until_ts": report.filters.until_ts,
         "filters": {**{k: list(v) for k, v in report.filters.columns}, "errors": report.filters.errors},
         "by": report.by,
+        "timezone": report.timezone or local_zone_name(),
         "period": report.period,
         "definitions": {
             "cache_hit_ratio": CACHE_HIT_RATIO_DEFINITION,
@@ -270,7 +280,8 @@ def report_json(report: Report, db: str | None = None) -> dict[str, Any]:
                           "ttft: request sent to first content; duration: request sent to last byte",
         },
         "totals": report.totals.as_dict(),
-        "groups": [g.as_dict() for g in report.groups],
+        "groups": [{**g.as_dict(), **({"models": [m.as_dict() for m in report.breakdown.get(g.key, [])]} if report.breakdown is not None else {})}
+                   for g in report.groups],
         "periods": [p.as_dict() for p in report.periods] if report.by != "day" or report.period != "day" else None,
         "unpriced_models": report.unpriced,
         "models_without_cache_facts": report.no_cache_facts,
@@ -315,6 +326,7 @@ def add_filter_arguments(parser: argparse.ArgumentParser, since_default: str | N
     window = f" (default {since_default})" if since_default else ""
     parser.add_argument("--since", default=since_default, help=f"from: 7d, 24h, 30m, 2w (ago), an ISO date or datetime, or all{window}")
     parser.add_argument("--until", default=None, help="up to (excluded): same forms as --since; default now")
+    parser.add_argument("--timezone", metavar="ZONE", help="the time zone of days, weeks, months and dates (IANA, e.g. Europe/Berlin; default: local)")
     for f in COLUMN_FILTERS:
         parser.add_argument(f"--{f.name}", action="append", metavar=f.name.upper(), help=f.help)
     parser.add_argument("--errors", action="store_true", help="only requests that did not complete (any state but completed)")
@@ -362,8 +374,45 @@ def unknown_filter_value(conn: sqlite3.Connection | None, filters: Filters, name
     return None
 
 
+def local_zone_name() -> str:
+    """The time zone reports use: ``TZ`` when set (``--timezone`` sets it), else the system's
+    (``/etc/localtime``'s IANA name when it is a link into a zoneinfo tree, else its abbreviation)."""
+    if os.environ.get("TZ"):
+        return os.environ["TZ"].lstrip(":")
+    try:
+        target = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in target:
+            return target.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return time.tzname[0]
+
+
+def use_timezone(name: str | None) -> None:
+    """Make ``name`` (an IANA zone, e.g. Europe/Berlin) this process's local time zone, so every
+    day, week, month, hour and ``--since`` date is read in it. Raises ValueError, naming the
+    closest zone, for an unknown name."""
+    if not name:
+        return
+    import difflib
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zones = zoneinfo.available_timezones()
+        close = difflib.get_close_matches(name, zones, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"--timezone: unknown time zone {name!r}{hint}; an IANA name such as Europe/Berlin, America/New_York or UTC") from None
+    if not hasattr(time, "tzset"):
+        raise ValueError("--timezone: not supported on this platform (no time.tzset); reports use the system's time zone")
+    os.environ["TZ"] = name
+    time.tzset()
+
+
 def filters_from_args(args: argparse.Namespace, now: float | None = None) -> Filters:
-    """Raises ValueError with a one-line message for a bad --since/--until."""
+    """Raises ValueError with a one-line message for a bad --since/--until/--timezone."""
+    use_timezone(getattr(args, "timezone", None))  # first: --since 2026-05-01 is midnight in that zone
     since_ts = parse_since(args.since, now) if args.since else None
     until_ts = parse_since(args.until, now, flag="--until") if args.until else None
     if since_ts is not None and until_ts is not None and until_ts <= since_ts:
@@ -389,7 +438,8 @@ def _print_tables(report: Report, db: str) -> None:
     t = report.totals
     window = f"since {report.since}" + (f" until {report.until}" if report.until else "")
     extra = report.filters.describe()
-    console.print(f"[bold]tokenpak report[/] {escape(window)}{' · ' + escape(extra) if extra else ''} · {plural(t.requests, 'request')} · db {escape(db)}")
+    zone = f" · {escape(report.timezone)}" if report.timezone else ""
+    console.print(f"[bold]tokenpak report[/] {escape(window)}{' · ' + escape(extra) if extra else ''} · {plural(t.requests, 'request')}{zone} · db {escape(db)}")
     if not t.requests:
         tries = [*(["--since all"] if report.since != "all" else []), *(["no --until"] if report.until else []),
                  *(["fewer filters"] if extra else []), "`tokenpak doctor`"]
@@ -406,14 +456,20 @@ def _print_tables(report: Report, db: str) -> None:
     latency = Table(title=f"Latency by {label} (ms, three significant digits)", title_justify="left")
     for col in (label, "ttft p50", "p95", "p99", "duration p50", "p95", "p99"):
         latency.add_column(col, justify="left" if col == label else "right", no_wrap=col == label)
-    for s, style in [*((g, None) for g in groups), (t, "bold")]:
+    rows: list[tuple[Summary, str | None, str]] = []  # summary, style, key as shown
+    for g in groups:
+        rows.append((g, None, escape(g.key)))
+        if report.breakdown is not None:  # --breakdown: the group's models under it
+            rows += [(m, "dim", "  " + escape(m.key)) for m in report.breakdown.get(g.key, []) if m.requests]
+    for s, style, key in [*rows, (t, "bold", "total")]:
         k = s.tokens
-        tokens.add_row(escape(s.key), str(s.requests), str(s.errors), str(s.requests - s.requests_with_usage), f"{k['input']:,}",
+        tokens.add_row(key, str(s.requests), str(s.errors), str(s.requests - s.requests_with_usage), f"{k['input']:,}",
                        f"{k['cache_read']:,}", f"{k['cache_write']:,}", f"{k['output']:,}", ratio(s.cache_hit_ratio), style=style)
         sv = s.savings_usd
-        money_t.add_row(escape(s.key), money(s.cost_usd), str(s.unpriced_requests), money(sv["proxy"]), money(sv["client"]),
+        money_t.add_row(key, money(s.cost_usd), str(s.unpriced_requests), money(sv["proxy"]), money(sv["client"]),
                         money(sv["unknown"]), style=style)
-        latency.add_row(escape(s.key), *_latency_cells(s), style=style)
+        if style != "dim":
+            latency.add_row(key, *_latency_cells(s), style=style)
     states = Table(title="Terminal states", title_justify="left")
     states.add_column("state")
     states.add_column("requests", justify="right")
@@ -470,11 +526,17 @@ def _print_tables(report: Report, db: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_filter_arguments(parser)
     parser.add_argument("--by", choices=(*GROUPINGS, "session", "project"), default="day",
-                        help="group rows by day, model, route (class), provider, session or project")
+                        help="group rows by day, week (ISO, from Monday), month, model, route (class), provider, session or project")
+    parser.add_argument("--breakdown", action="store_true", help="each group's figures per model too (tokens, cost, savings)")
     parser.add_argument("--misses", action="store_true", help="cache misses by cause, ranked by money lost, with their sessions and models")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML page with charts (instead of the terminal tables)")
+
+
+def _no_unit_prices(provider: str | None, model: str | None) -> None:
+    """For the terminal tables, which show no per-bucket cost (cost then splits as ``other``)."""
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -503,7 +565,15 @@ def run(args: argparse.Namespace) -> int:
             if bad:
                 print(f"tokenpak report: {bad}", file=sys.stderr)
                 return 2
-            report = build_report(conn, by="day" if session_view else args.by, since=args.since or "all", filters=filters, until=args.until)
+            # The terminal tables show no per-hour periods: they are summed per day, so a short
+            # window on a busy day reads the daily summaries too (JSON and HTML keep the hours).
+            # Nor do they split cost by token bucket: without the unit prices the price table (0.2 s
+            # of imports, seconds on a loaded machine) is not loaded at all.
+            terminal = not (args.json or args.html)
+            report = build_report(conn, by="day" if session_view else args.by, since=args.since or "all", filters=filters, until=args.until,
+                                  breakdown=bool(getattr(args, "breakdown", False)), period="day" if terminal else None,
+                                  unit_prices=_no_unit_prices if terminal else None)
+            report.timezone = local_zone_name()
             # the session and miss views read their own few columns (only when asked for)
             rows = report_sessions.load_rows(conn, filters) if (session_view or misses or args.html) else []
         finally:

@@ -145,6 +145,8 @@ class Report:
     unpriced: list[dict[str, Any]] = field(default_factory=list)  # see unpriced_models
     no_cache_facts: list[dict[str, Any]] = field(default_factory=list)  # models planned with cache_facts' fallback assumptions
     errors: list[dict[str, Any]] = field(default_factory=list)  # failed requests by state, status and error type
+    breakdown: dict[str, list[Summary]] | None = None  # group key -> its models (--breakdown), costliest first
+    timezone: str | None = None  # the IANA name the days, weeks and months are in (None: the system's)
 
 
 

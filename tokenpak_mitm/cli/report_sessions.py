@@ -18,7 +18,7 @@ from typing import Any
 
 from tokenpak_mitm.store.query import Filters, dialect_of, table_columns, where
 
-__all__ = ["GroupSummary", "MissCause", "group_summaries", "html_sections", "miss_causes", "print_groups", "print_misses", "views_json"]
+__all__ = ["GroupSummary", "MissCause", "group_summaries", "html_sections", "miss_causes", "print_groups", "print_misses", "provider_verdicts", "views_json"]
 
 Row = Mapping[str, Any]
 COLUMNS = ("started_at", "session_id", "project", "turn", "model", "cost_usd", "input_tokens", "cache_read_tokens",
@@ -157,6 +157,21 @@ def miss_causes(rows: Iterable[Row]) -> list[MissCause]:
     return sorted(causes.values(), key=lambda c: (-c.cost_usd, -c.misses, c.reason))
 
 
+def provider_verdicts(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """The provider's own verdicts (cache diagnostics) in the window: per verdict, how many rows
+    carried it and what those rows say (their ``cache_miss_reason``, ``none`` for no miss)."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        said = row.get("provider_miss_reason")
+        if not said:
+            continue
+        entry = found.setdefault(str(said), {"provider_said": str(said), "rows": 0, "row_says": {}})
+        entry["rows"] += 1
+        ours = str(row.get("cache_miss_reason") or "none")
+        entry["row_says"][ours] = entry["row_says"].get(ours, 0) + 1
+    return sorted(found.values(), key=lambda d: (-d["rows"], d["provider_said"]))
+
+
 def views_json(rows: Sequence[Row], by: str | None, misses: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if by in ("session", "project"):
@@ -164,6 +179,7 @@ def views_json(rows: Sequence[Row], by: str | None, misses: bool) -> dict[str, A
     if misses:
         out["misses"] = [c.as_dict() for c in miss_causes(rows)]
         out["miss_cost_definition"] = "what each request paid above a full read of the prefix it could have read"
+        out["provider_verdicts"] = provider_verdicts(rows)
     return out
 
 
@@ -220,6 +236,14 @@ def print_misses(rows: Sequence[Row]) -> None:
         print_table(console, table)  # a list column wraps between its items, never inside a model name
     else:
         console.print("No cache misses diagnosed in this window.")
+    verdicts = provider_verdicts(rows)
+    if verdicts:
+        said = Table(title="The provider's own verdicts (cache diagnostics) and what those rows say", title_justify="left")
+        for name in ("provider said", "rows", "the rows say"):
+            said.add_column(name, justify="right" if name == "rows" else "left", overflow="fold")
+        for v in verdicts:
+            said.add_row(v["provider_said"], str(v["rows"]), ", ".join(f"{k} x{n}" for k, n in sorted(v["row_says"].items())))
+        print_table(console, said)
 
 
 def html_sections(rows: Sequence[Row], now: float) -> str:

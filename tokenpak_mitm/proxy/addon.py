@@ -49,10 +49,18 @@ from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
 from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
-from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, OFFLOAD_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
-from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
+from tokenpak_mitm.core.plan.split_plan import (
+    Snapshot,
+    apply_record_stepwise,
+    plan_openai_with_snapshot,
+    plan_with_snapshot,
+    prompt_digests,
+    take_snapshot,
+    trailer_drops,
+)
 from tokenpak_mitm.core.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.core.request_model import request_model
 from tokenpak_mitm.core.routes import Route, classify, route_class, tracker_for
@@ -516,7 +524,9 @@ class TokenPak:
         body = req.raw_content
         if body is None or "content-encoding" in req.headers:
             return None  # streamed upstream already, or compressed: never re-encode for this
-        prepared = await self._offload.run(prepare, body) if len(body) > OFFLOAD_BYTES else prepare(body)
+        # ~9 ms for a 200 KB body (json.loads and one digest per message): past 32 KB in the worker
+        # process, so only this flow waits, never the event loop's other streams
+        prepared = await self._offload.run(prepare, body) if len(body) > SHAPE_OFFLOAD_BYTES else prepare(body)
         if prepared is None or not prepared.keys:
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
@@ -611,7 +621,7 @@ class TokenPak:
         for start in range(0, len(ds), SNAPSHOT_CHUNK):  # a turn of the event loop between slices
             known.append(take_snapshot(self.memory, ds[start:start + SNAPSHOT_CHUNK], now))
             await asyncio.sleep(0)
-        snapshot = Snapshot(b"".join(known), bpt)
+        snapshot = Snapshot(b"".join(known), bpt, trailer_drops(self.memory, ds))
         if api == "anthropic":
             result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, snapshot, now)
         else:

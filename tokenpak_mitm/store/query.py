@@ -31,7 +31,7 @@ from tokenpak_mitm.store.dialect import SQLITE, Dialect, dialect_of
 from tokenpak_mitm.store.rollup import MEASURES
 
 __all__ = [
-    "ColumnFilter", "COLUMN_FILTERS", "Filters", "GROUPINGS", "utc_offsets", "local_period_sql", "period_label", "LATENCY_COLUMNS", "PERCENTILES", "where",
+    "ColumnFilter", "COLUMN_FILTERS", "DAY_GROUPS", "Filters", "GROUPINGS", "utc_offsets", "local_period_sql", "period_label", "LATENCY_COLUMNS", "PERCENTILES", "where",
     "latency_bucket", "percentiles", "CubeRow", "cube", "split_cell", "histograms", "span", "table_columns", "unpriced_groups", "Source", "sources", "raw_source", "bucket_sql", "error_groups", "UnitPrices", "dialect_of",
 ]
 
@@ -109,6 +109,8 @@ def where(filters: Filters, available: Iterable[str] | None = None, dialect: Dia
 # -- groupings ----------------------------------------------------------------------------------
 GROUPINGS: dict[str, str] = {
     "day": "",  # the local day: filled in by local_period_sql
+    "week": "",  # local days too, labelled by their ISO week in Python (period_label): portable SQL
+    "month": "",  # local days, labelled by their month
     "model": "COALESCE(model, '(unknown)')",
     "route": "COALESCE(route_class, '(unknown)')",
     "provider": "COALESCE(provider, '(unknown)')",
@@ -149,10 +151,18 @@ def local_period_sql(period: str, offsets: Sequence[tuple[float, int]], dialect:
     return dialect.integer(f"({shifted}) / {PERIOD_SECONDS[period]}")
 
 
+DAY_GROUPS = frozenset({"day", "week", "month"})  # groupings SQL computes as the local day number
+
+
 def period_label(period: str, number: int) -> str:
-    """``2026-05-16`` for a day number, ``2026-05-16 14:00`` for an hour number."""
-    if period == "day":
-        return (date(1970, 1, 1) + timedelta(days=number)).isoformat()
+    """``2026-05-16`` for a day number, ``2026-05-16 14:00`` for an hour number; a day number as
+    its ISO week (``2026-W20``, weeks from Monday) or its month (``2026-05``)."""
+    if period in DAY_GROUPS:
+        day = date(1970, 1, 1) + timedelta(days=number)
+        if period == "week":
+            year, week, _ = day.isocalendar()
+            return f"{year}-W{week:02d}"
+        return day.isoformat() if period == "day" else day.strftime("%Y-%m")
     return (datetime(1970, 1, 1) + timedelta(hours=number)).strftime("%Y-%m-%d %H:00")
 
 

@@ -13,6 +13,11 @@ Rules (docs/dialects.md has the field-to-bucket table):
   ``response.error`` holds ``code``/``message``. Either marks ``stream_error``.
 * ``stop_reason``: ``incomplete_details.reason`` (``max_output_tokens``, ``content_filter``) when
   present, else the Response ``status``; this API has no per-choice finish reason.
+* ``prompt_cache_diagnostics`` on the Response (asked for with
+  ``prompt_cache_options.comparison_response_id``; developers.openai.com guides/prompt-caching/diagnostics,
+  GPT-5.6+): its ``type`` (``cache_miss``, ``cache_hit``, ``comparison_response_not_found``,
+  ``unavailable``) or, for a miss, its ``reason`` -> ``provider_miss_reason``; ``cache_missed_tokens``
+  -> ``provider_missed_tokens``.
 * Hot path: ``*.delta`` events are content (TTFT) and never decoded; only created/terminal/error
   events are. The JSON ``type`` is authoritative when both exist (compatible servers may omit
   the ``event:`` line).
@@ -119,6 +124,8 @@ class OpenAIResponsesTracker:
         if isinstance(usage, dict):
             x.usage = responses_usage(usage)
             x.usage_final = True
+        if "prompt_cache_diagnostics" in response:
+            x.provider_miss_reason, x.provider_missed_tokens = cache_diagnostics(response["prompt_cache_diagnostics"])
         err = response.get("error")
         if isinstance(err, dict):
             self._on_error(err, overwrite=False)
@@ -131,6 +138,23 @@ class OpenAIResponsesTracker:
         x.error_type = openai_error_type(err)
         msg = err.get("message")
         x.error_message = msg if isinstance(msg, str) else x.error_message
+
+
+_REASON_MAX = 64  # an unknown value is kept as sent, bounded
+
+
+def cache_diagnostics(value: object) -> tuple[str | None, int | None]:
+    """(reason, missed tokens) from a Response's ``prompt_cache_diagnostics``; never raises."""
+    if not isinstance(value, dict):
+        return None, None
+    kind = value.get("type")
+    if kind == "cache_miss":
+        reason = value.get("reason")
+        if isinstance(reason, dict):
+            reason = reason.get("type")
+        word = reason if isinstance(reason, str) and reason else "cache_miss"
+        return word[:_REASON_MAX], as_count(value.get("cache_missed_tokens"))
+    return (kind[:_REASON_MAX], None) if isinstance(kind, str) and kind else (None, None)
 
 
 def responses_usage(usage: dict[str, Any]) -> Usage:

@@ -18,8 +18,8 @@ turn has a fingerprint to compare with), and the beta header when the request la
   earlier request's whole message list continues it, and ``PreviousResponses`` remembers, per
   credential scope, the response id each request got. Bounded (least recently used dropped).
 
-OpenAI is not asked: its prompt-cache diagnostics (Responses API, September 2026 reference) could
-not be confirmed on OpenAI's own pages (docs/sessions.md).
+OpenAI is not asked (its ``prompt_cache_options.comparison_response_id`` lives in the object the
+OpenAI planner both reads and writes); its answer is read whenever a client asks (docs/sessions.md).
 """
 
 from __future__ import annotations
