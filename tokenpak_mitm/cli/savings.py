@@ -38,7 +38,7 @@ import argparse
 import itertools
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -286,6 +286,29 @@ def _uncached_tokens(turn: Turn) -> int:
     return len(json.dumps(turn.request.body)) // 4
 
 
+def trace(turns: Sequence[Turn], plan: Sequence[Placement]) -> list[dict[str, Any]]:
+    """Per request of a replayed plan: time, tokens read / written (5m, 1h) / uncached, USD, the markers.
+
+    What the bench writes for the planner and the best placement side by side, so a loss can be
+    found request by request."""
+    state = State()
+    rows: list[dict[str, Any]] = []
+    for i, turn in enumerate(turns):
+        cost, usage = turn_cost(state, turns, i, plan[i])
+        if "cache_read_input_tokens" in usage:
+            read, uncached = usage["cache_read_input_tokens"], usage["input_tokens"]
+            w5, w1 = usage["cache_creation"]["ephemeral_5m_input_tokens"], usage["cache_creation"]["ephemeral_1h_input_tokens"]
+            markers = [f"{bp.index}:{bp.ttl}" for bp in plan[i]]
+        else:
+            details = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
+            read, w5, w1 = details.get("cached_tokens", 0), details.get("cache_write_tokens", 0), 0
+            uncached = usage.get("input_tokens", usage.get("prompt_tokens", 0)) - read - w5
+            markers = [str(p) for p in plan[i][0]] if plan[i] else []
+        rows.append({"t": round(turn.request.t, 1), "read": read, "write_5m": w5, "write_1h": w1, "uncached": uncached,
+                     "usd": round(cost, 6), "markers": markers})
+    return rows
+
+
 def plan_cost(turns: Sequence[Turn], plan: Sequence[Placement], start: int = 0, state: State | None = None,
               stop: int | None = None) -> float:
     state = state or State()
@@ -336,14 +359,23 @@ def stateless_plan(turns: Sequence[Turn]) -> list[Placement]:
 AUTO = CacheOptions(ttl="auto")
 
 
-def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[list[Placement], list[tuple[Any, ...]]]:
-    """The learning planner replayed at the file's clock, fed the simulated usage; (plan, notes per turn)."""
-    memory = learning_planner.Memory()
+Route = Callable[[int, Turn], int]  # (request number, request) -> the proxy instance that plans it
+
+
+def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO, instances: int = 1,
+                  route: Route | None = None) -> tuple[list[Placement], list[tuple[Any, ...]]]:
+    """The learning planner replayed at the file's clock, fed the simulated usage; (plan, notes per turn).
+
+    With ``instances`` > 1, a fleet of proxies in front of one provider: each has its own planner
+    memory (it learns per process) and plans, then learns from, only the requests ``route`` sends it.
+    """
+    memories = [learning_planner.Memory() for _ in range(max(1, instances))]
     state = State()
     plan: list[Placement] = []
     notes: list[tuple[Any, ...]] = []
-    waiting: list[tuple[Turn, Any, dict[str, Any]]] = []  # this batch's tickets and usages
+    waiting: list[tuple[Turn, Any, dict[str, Any], learning_planner.Memory]] = []  # this batch's tickets and usages
     for i, turn in enumerate(turns):
+        memory = memories[route(i, turn) % len(memories)] if route is not None else memories[0]
         ticket: Any = None
         note: Sequence[Any] = ()
         if turn.analysis is None:
@@ -359,12 +391,12 @@ def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[lis
         notes.append(tuple(note))
         _, usage = turn_cost(state, turns, i, placement)
         if ticket is not None:
-            waiting.append((turn, ticket, usage))
+            waiting.append((turn, ticket, usage, memory))
         if i + 1 >= len(turns) or turns[i + 1].batch != turn.batch:  # the batch's responses have begun
-            for done, t, u in waiting:
-                memory.index.response_began(t.recorded)
+            for done, t, u, planned_by in waiting:
+                planned_by.index.response_began(t.recorded)
                 read, write, prompt = _usage_counts(done, u)
-                learning_planner.observe_usage(memory, t, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
+                learning_planner.observe_usage(planned_by, t, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
             waiting.clear()
     return plan, notes
 
@@ -498,6 +530,7 @@ class Replay:
     best: float
     requests: int
     notes: tuple[tuple[Any, ...], ...] = ()
+    traces: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # plan -> per-request `trace`
 
     @property
     def share(self) -> float:
@@ -517,8 +550,9 @@ def evaluate(requests: Sequence[WorkloadRequest], search: bool = True, ttl: str 
     learned, notes = learning_plan(turns, CacheOptions(ttl=ttl))
     starts = [none, stateless, learned]
     best = search_best(turns, starts) if search else min(starts, key=lambda p: plan_cost(turns, p))
+    traces = {"planner": trace(turns, learned), "best": trace(turns, best)}
     return Replay(plan_cost(turns, none), plan_cost(turns, stateless), plan_cost(turns, learned), plan_cost(turns, best),
-                  len(turns), tuple(notes))
+                  len(turns), tuple(notes), traces)
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -49,10 +49,18 @@ from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
 from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
-from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
-from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
+from tokenpak_mitm.core.plan.split_plan import (
+    Snapshot,
+    apply_record_stepwise,
+    plan_openai_with_snapshot,
+    plan_with_snapshot,
+    prompt_digests,
+    take_snapshot,
+    trailer_drops,
+)
 from tokenpak_mitm.core.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.core.request_model import request_model
 from tokenpak_mitm.core.routes import Route, classify, route_class, tracker_for
@@ -64,6 +72,7 @@ from tokenpak_mitm.proxy.probe import PROBE_HEADER, ProbeAnswer, answer_body, va
 from tokenpak_mitm.proxy.quiet import set_quiet
 from tokenpak_mitm.proxy.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store.dburl import is_postgres
+from tokenpak_mitm.store.metrics import MetricsUnavailable, parse_address, require_prometheus
 from tokenpak_mitm.store.otel import OtelExporter, OtelUnavailable, require_otel
 from tokenpak_mitm.store.postgres import MissingExtra
 from tokenpak_mitm.store.postgres import require as require_postgres
@@ -122,6 +131,7 @@ class TokenPak:
         self.store: StoreProcess | TelemetryStore | None = None
         self.otel: OtelExporter | None = None  # only with the in-process store; else the writer process exports
         self._otlp = ""  # tokenpak_otlp
+        self._metrics = ""  # tokenpak_metrics (host:port)
         self.rows_emitted = 0
         # Flows whose response went out and whose accounting waits for the next loop turn (see
         # `response`); flushed by `done`. Tasks: heavy bodies being read off the loop.
@@ -170,6 +180,7 @@ class TokenPak:
                           "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
                           "The provider then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
+        loader.add_option("tokenpak_metrics", str, "", "Serve Prometheus metrics of the rows written on host:port (e.g. 127.0.0.1:9464, path /metrics); needs the team extra.")
 
     @property
     def is_running(self) -> bool:
@@ -190,6 +201,12 @@ class TokenPak:
             if url:
                 require_otel()
         except OtelUnavailable as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
+            if opts.tokenpak_metrics.strip():
+                parse_address(opts.tokenpak_metrics)
+                require_prometheus()
+        except (ValueError, MetricsUnavailable) as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
             for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
@@ -217,6 +234,14 @@ class TokenPak:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
+        if "tokenpak_metrics" in updated:
+            # Before a new store starts: its writer must count the rows it imports from a spill file at start.
+            address = opts.tokenpak_metrics.strip()  # (checked by check_options)
+            self._metrics = address
+            if isinstance(self.store, StoreProcess):
+                self.store.set_metrics(address or None)  # served by the writer process, where rows are written
+            elif address and self.store is not None:
+                logger.warning("tokenpak: tokenpak_metrics needs the store's writer process; no metrics with the in-process store")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
             if is_postgres(path):
@@ -233,6 +258,8 @@ class TokenPak:
                 self.store = _make_store(path)
                 if isinstance(self.store, StoreProcess) and self._otlp:
                     self.store.set_otlp(self._otlp)
+                if isinstance(self.store, StoreProcess) and self._metrics:
+                    self.store.set_metrics(self._metrics)
                 self.store.start()
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
@@ -264,8 +291,9 @@ class TokenPak:
         modes = ",".join(str(m) for m in ctx.options.mode)
         db = self.store.name if self.store else "-"
         logger.info(
-            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
+            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
+            f" metrics=http://{self._metrics}/metrics" if self._metrics else "",
         )
         warm_prices()  # before traffic, not on the first request's turn of the event loop
 
@@ -390,8 +418,9 @@ class TokenPak:
     def _session_facts(self, flow: http.HTTPFlow, st: _FlowState) -> SessionFacts:
         req = flow.request
         headers = st.req_headers or _HeaderView(req.headers, st.labels)
-        return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start,
-                            _shape_input(req, headers))
+        # A body over the planning bounds is not fingerprinted either: its session comes from the headers.
+        body = _shape_input(req, headers) if st.record.cache_decision != "too_large" else None
+        return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start, body)
 
     async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         st.req_headers = _HeaderView.of(flow.request.headers, st.req_headers, st.labels)
@@ -494,8 +523,8 @@ class TokenPak:
         that lacks it (see cache_diagnostics); returns what was added, None when nothing was."""
         req = flow.request
         body = req.raw_content
-        if body is None or "content-encoding" in req.headers:
-            return None  # streamed upstream already, or compressed: never re-encode for this
+        if body is None or "content-encoding" in req.headers or st.record.cache_decision == "too_large":
+            return None  # streamed upstream already, compressed (never re-encode for this), or over the planning bounds
         # ~9 ms for a 200 KB body (json.loads and one digest per message): past 32 KB in the worker
         # process, so only this flow waits, never the event loop's other streams
         prepared = await self._offload.run(prepare, body) if len(body) > SHAPE_OFFLOAD_BYTES else prepare(body)
@@ -556,7 +585,14 @@ class TokenPak:
             memory = self.memory if self._history else None
             plan = partial(insert_markers, body, encoding, opts, memory, now)
             stateless = memory is None  # the learning planner updates this process's memory
-        if plan_off_loop(body, encoding):
+        where = plan_where(body, encoding)
+        if where == "too_large":
+            # Over the planning bounds (PLAN_MAX_BYTES, PLAN_MAX_OBJECTS): planning would cost more
+            # than a marker saves and make this request (and, off the loop, the worker) wait; it
+            # goes upstream exactly as it came.
+            rec.cache_decision = "too_large"
+            return []
+        if where == "off_loop":
             # Planning a big or many-block prompt would stall every other connection on mitmproxy's
             # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
             # process only this flow waits. The learning planner's memory stays in this process:
@@ -593,7 +629,7 @@ class TokenPak:
         for start in range(0, len(ds), SNAPSHOT_CHUNK):  # a turn of the event loop between slices
             known.append(take_snapshot(self.memory, ds[start:start + SNAPSHOT_CHUNK], now))
             await asyncio.sleep(0)
-        snapshot = Snapshot(b"".join(known), bpt)
+        snapshot = Snapshot(b"".join(known), bpt, trailer_drops(self.memory, ds))
         if api == "anthropic":
             result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, snapshot, now)
         else:
@@ -1029,8 +1065,8 @@ def _shape_input(req: http.Request, headers: _HeaderView) -> bytes | None:
     """
     body = req.raw_content
     encoding = (headers.get("content-encoding") or "identity").strip().lower()
-    if not body or encoding != "identity" or len(body) > MAX_BODY_BYTES:
-        return None
+    if not body or encoding != "identity" or len(body) > PLAN_MAX_BYTES:
+        return None  # (too big to plan is too big to fingerprint: its session comes from the headers)
     return body
 
 
