@@ -86,7 +86,9 @@ def test_eligibility(block, ok):
 
 @pytest.mark.parametrize("value, volatile", [
     ("Current time: 2026-08-21T10:15:00Z", True), ("stamp 2026-08-21 10:15", True), ("at 09:41:07", True),
-    ("Today is Friday", True), ("today's date is in the env", True), ("request_id abc", True),
+    ("Today is Friday", False), ("today's date is in the env", False), ("Today's date is 2026-12-06.", False),
+    ("Today is 2026-12-06, 14:05", True), ("current date 2026-12-06 at 9:30", True), ("The time is 9:30", True),
+    ("request_id abc", True),
     ("session 123e4567-e89b-12d3-a456-426614174000", True),
     ("You are a helpful assistant.", False), ("Release 2026-08-21.", False), ("ratio 3:2", False), (None, False),
 ])
@@ -248,9 +250,10 @@ def test_previous_breakpoint_skips_to_user_message_before_latest_assistant():
         {"role": "user", "content": "second"},
         {"role": "user", "content": [text(f"b{i}") for i in range(10)]},
     ]}
-    # latest assistant: message 1; user before it: message 0 (string content, block 0). Final = block 21.
+    # latest assistant: message 1; user before it: message 0 (string content, block 0). Final = block 20
+    # (block 21, a trailing text block after the user's content, is a per-turn trailer: never marked).
     p = plan(request, AUTO, sizes_of(request, 2000))
-    assert where(p) == [("messages", 0, None, True, "intermediate"), ("messages", 3, 9, False, "final")]
+    assert where(p) == [("messages", 0, None, True, "intermediate"), ("messages", 3, 8, False, "final")]
 
 
 def test_intermediate_respects_the_minimum():
@@ -317,7 +320,8 @@ def test_lookback_boundary_is_exact(assistant_blocks, intermediate):
     assert (distance >= 20) is intermediate
 
 
-# -- volatile detection: the fast split form must agree with the original single regex ----------
+# -- volatile detection: the fast split form must agree with one reference regex ----------------
+# A date phrase alone is stable for a day (issue 28): volatile only with a time of day in the text.
 import re as _re
 
 from hypothesis import given as _given
@@ -328,11 +332,13 @@ _REFERENCE = _re.compile(
     r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
     r"|\b\d{1,2}:\d{2}:\d{2}\b"
     r"|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
-    r"|\b(?:today\s+is|today's\s+date|current\s+(?:date|time)|the\s+(?:date|time)\s+is)\b"
+    r"|\b(?:current\s+time|the\s+time\s+is)\b"
     r"|\brequest[-_ ]?id\b",
     _re.IGNORECASE,
 )
-_PIECES = ["2026-11-21T13:40", "2026-11-21 13:40", "9:05:33", "12:30", "Today is", "TODAY'S DATE", "current time",
+_DAY = _re.compile(r"\b(?:today\s+is|today's\s+date|current\s+date|the\s+date\s+is)\b", _re.IGNORECASE)
+_HH_MM = _re.compile(r"\b\d{1,2}:\d{2}\b")
+_PIECES = ["current date", "the time is", "2026-11-21T13:40", "2026-11-21 13:40", "9:05:33", "12:30", "Today is", "TODAY'S DATE", "current time",
            "The Date is", "request_id", "Request-ID", "requestid", "123e4567-e89b-12d3-a456-426614174000",
            "123E4567-E89B-12D3-A456-426614174000", "x", " ", "\n", "-", ":", "a", "1", "today", "the", "timestamp"]
 
@@ -340,4 +346,5 @@ _PIECES = ["2026-11-21T13:40", "2026-11-21 13:40", "9:05:33", "12:30", "Today is
 @_settings(max_examples=500)
 @_given(_st.lists(_st.sampled_from(_PIECES), max_size=8).map("".join) | _st.text(max_size=60))
 def test_volatile_detection_matches_the_reference_regex(text):
-    assert is_volatile_text(text) == (_REFERENCE.search(text) is not None)
+    expected = _REFERENCE.search(text) is not None or (_DAY.search(text) is not None and _HH_MM.search(text) is not None)
+    assert is_volatile_text(text) == expected

@@ -382,3 +382,19 @@ def test_openai_before_56_writes_for_free_and_rounds_reads_to_128():
     usage = sim.handle_openai(body, "openai_chat", now=1.0).usage
     assert usage["prompt_tokens_details"]["cache_write_tokens"] == 0
     assert usage["prompt_tokens_details"]["cached_tokens"] % 128 == 0 and usage["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+def test_a_mid_conversation_system_message_leaves_the_prefix_before_it_readable() -> None:
+    """Anthropic's mid-conversation system messages (``{"role": "system"}`` inside ``messages``) add
+    instructions without invalidating the cached prefix before them: a marker on (or after) the
+    system message reads the entry written before it, and a next turn that drops the message and
+    goes on reads the same entry."""
+    sim = fixed_clock()
+    system = [text(1500, "s")]
+    first = request(system, [text(10, "a")], [text(10, "b")], [text(300, "c", ttl="5m")])
+    assert cache_figures(sim.handle(first)) == (0, 1820, 0, 0, 1820)
+    with_reminder = request(system, [text(10, "a")], [text(10, "b")], [text(300, "c")])
+    with_reminder["messages"].append({"role": "system", "content": [text(40, "r", ttl="5m")]})
+    assert cache_figures(sim.handle(with_reminder)) == (1820, 40, 0, 0, 40)
+    goes_on = request(system, [text(10, "a")], [text(10, "b")], [text(300, "c")], [text(20, "d")], [text(30, "e", ttl="5m")])
+    assert cache_figures(sim.handle(goes_on)) == (1820, 50, 0, 0, 50)

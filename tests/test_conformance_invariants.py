@@ -314,7 +314,9 @@ def test_i9_http_error_body_maps_to_error_response():
 # -- I10 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path, state, extra", [
     ("completed", "completed", {}),
-    ("client_disconnected", "client_disconnected", {}),
+    ("client_disconnected", "client_disconnected", {"client_body": b"".join(FRAMES[:3])}),
+    ("client_disconnected", "completed", {}),  # closed after message_stop reached it (issue 26 item 10)
+    ("client_disconnected", "client_disconnected", {"client_body": BODY, "frames": FRAMES[:3] + [ERROR_FRAME, FRAMES[4]]}),
     ("upstream_disconnected", "upstream_disconnected", {}),
     ("proxy_error", "proxy_error", {}),
     ("completed", "stream_error", {"frames": FRAMES[:3] + [ERROR_FRAME]}),
@@ -324,6 +326,8 @@ def test_i10_one_row_with_the_right_terminal_state_on_every_path(path: str, stat
     ev = good(path=path, rows=row(terminal_state=state))
     if "frames" in extra:
         ev = replace(ev, upstream_response_body=b"".join(extra["frames"]))
+    if "client_body" in extra:
+        ev = replace(ev, client_response_body=extra["client_body"] if "frames" not in extra else b"".join(extra["frames"]))
     if "status" in extra:
         ev = replace(ev, status_code=extra["status"])
     assert check_i10(ev) == []

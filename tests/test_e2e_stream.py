@@ -194,3 +194,47 @@ def test_no_secret_reaches_the_database(stack: Stack):
     stack.proxy  # rows of this module were written with an x-api-key canary header
     raw = stack.db.read_bytes()
     assert b"sk-ant-canary" not in raw
+
+
+def test_the_openai_sdk_closing_right_after_done_is_a_completed_stream(tmp_path):
+    """Issue 26 item 10: the OpenAI SDK's sync client closes the response as soon as it reads
+    ``data: [DONE]``; when the end of the body (the last chunk) had not arrived yet the row said
+    ``client_disconnected`` although every frame and the usage were delivered. The upstream here
+    ends its body a moment after [DONE], as a busy server may, so every call meets that case."""
+    import openai
+
+    from tokenpak_mitm.sim.upstream import FakeUpstream, Received
+
+    frames = [
+        b'data: {"id":"chatcmpl-sdk","object":"chat.completion.chunk","created":1,"model":"gpt-4.1","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}\n\n',
+        b'data: {"id":"chatcmpl-sdk","object":"chat.completion.chunk","created":1,"model":"gpt-4.1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        b'data: {"id":"chatcmpl-sdk","object":"chat.completion.chunk","created":1,"model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+    def handler(_: Received) -> Script:
+        return Script(headers=[("content-type", "text/event-stream")], steps=[*(Step(f) for f in frames), Step(b"", delay=0.3)])
+
+    from conftest import wait_for_rows
+
+    from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
+
+    up = FakeUpstream(handler).start()
+    db = tmp_path / "t.db"
+    proxy = MitmdumpProcess(f"reverse:{up.url}", db=db, confdir=tmp_path).start()
+    calls = 12
+    try:
+        for _ in range(calls):
+            client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-proj-canary-not-a-real-key-00000000", max_retries=0)
+            try:
+                chunks = list(client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                                             stream_options={"include_usage": True}))
+            finally:
+                client.close()
+            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+        rows = wait_for_rows(db, "1=1", (), n=calls)
+    finally:
+        proxy.stop()
+        up.stop()
+    assert len(rows) == calls
+    assert [(r["terminal_state"], r["usage_source"], r["output_tokens"], r["error"]) for r in rows] == [("completed", "final", 2, None)] * calls

@@ -33,6 +33,7 @@ from tokenpak_mitm.core.plan.split_plan import (
     plan_with_snapshot,
     prompt_digests,
     take_snapshot,
+    trailer_drops,
 )
 
 OPTIONS = st.sampled_from([CacheOptions(ttl="auto"), CacheOptions(), CacheOptions(ttl="1h"), CacheOptions(mode="top-level")])
@@ -45,7 +46,7 @@ def _split(body: bytes, encoding: str | None, api: str, plan: Callable[[Snapshot
     ds = digests.split() if digests is not None else []
     known = b"".join(take_snapshot(memory, ds[i:i + step], now) for i in range(0, len(ds), step))
     bpt = memory.calibration.bytes_per_token(digests.model if digests is not None else None)
-    result, call = plan(Snapshot(known, bpt))
+    result, call = plan(Snapshot(known, bpt, trailer_drops(memory, ds)))
     *pauses, done = apply_record_stepwise(memory, ds, result, call, step)
     assert all(p is None for p in pauses) and done is not None
     return done

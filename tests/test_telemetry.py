@@ -64,6 +64,20 @@ def test_disconnect_downgrades_final_usage_to_partial_without_terminal_event():
     assert row["terminal_state"] == "client_disconnected" and row["usage_source"] == "partial"
 
 
+def test_a_client_closing_after_the_terminating_event_completed_the_stream():
+    # Issue 26 item 10: the OpenAI SDK closes right after [DONE], before the body's last chunk.
+    chat = Route("openai", "chat.completions", "openai_chat")
+    x = Extract(model="gpt-4.1", usage=Usage(input_tokens=12, output_tokens=2), usage_final=True, terminal_seen=True)
+    row = build_row(record(route=chat, stream=True, extract=x, error_msg="Client disconnected.", closed_by="client"))
+    assert (row["terminal_state"], row["usage_source"], row["error"]) == ("completed", "final", None)
+    x = Extract(model="gpt-4.1", usage=Usage(input_tokens=12, output_tokens=2), usage_final=True, terminal_seen=False)
+    row = build_row(record(route=chat, stream=True, extract=x, error_msg="Client disconnected.", closed_by="client"))
+    assert (row["terminal_state"], row["usage_source"]) == ("client_disconnected", "partial")  # before the end: still a disconnect
+    x = Extract(model="gpt-4.1", usage=Usage(input_tokens=12, output_tokens=2), usage_final=True, terminal_seen=True)
+    row = build_row(record(route=chat, stream=True, extract=x, error_msg="peer closed connection", closed_by="server"))
+    assert row["terminal_state"] == "upstream_disconnected"  # only the client's own close is forgiven
+
+
 def test_absent_usage_is_null_not_zero_and_unpriced():
     row = build_row(record(extract=Extract(model="claude-sonnet-4-6")))
     assert row["usage_source"] == "absent"

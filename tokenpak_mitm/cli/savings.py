@@ -38,7 +38,7 @@ import argparse
 import itertools
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -286,6 +286,29 @@ def _uncached_tokens(turn: Turn) -> int:
     return len(json.dumps(turn.request.body)) // 4
 
 
+def trace(turns: Sequence[Turn], plan: Sequence[Placement]) -> list[dict[str, Any]]:
+    """Per request of a replayed plan: time, tokens read / written (5m, 1h) / uncached, USD, the markers.
+
+    What the bench writes for the planner and the best placement side by side, so a loss can be
+    found request by request."""
+    state = State()
+    rows: list[dict[str, Any]] = []
+    for i, turn in enumerate(turns):
+        cost, usage = turn_cost(state, turns, i, plan[i])
+        if "cache_read_input_tokens" in usage:
+            read, uncached = usage["cache_read_input_tokens"], usage["input_tokens"]
+            w5, w1 = usage["cache_creation"]["ephemeral_5m_input_tokens"], usage["cache_creation"]["ephemeral_1h_input_tokens"]
+            markers = [f"{bp.index}:{bp.ttl}" for bp in plan[i]]
+        else:
+            details = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
+            read, w5, w1 = details.get("cached_tokens", 0), details.get("cache_write_tokens", 0), 0
+            uncached = usage.get("input_tokens", usage.get("prompt_tokens", 0)) - read - w5
+            markers = [str(p) for p in plan[i][0]] if plan[i] else []
+        rows.append({"t": round(turn.request.t, 1), "read": read, "write_5m": w5, "write_1h": w1, "uncached": uncached,
+                     "usd": round(cost, 6), "markers": markers})
+    return rows
+
+
 def plan_cost(turns: Sequence[Turn], plan: Sequence[Placement], start: int = 0, state: State | None = None,
               stop: int | None = None) -> float:
     state = state or State()
@@ -498,6 +521,7 @@ class Replay:
     best: float
     requests: int
     notes: tuple[tuple[Any, ...], ...] = ()
+    traces: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # plan -> per-request `trace`
 
     @property
     def share(self) -> float:
@@ -517,8 +541,9 @@ def evaluate(requests: Sequence[WorkloadRequest], search: bool = True, ttl: str 
     learned, notes = learning_plan(turns, CacheOptions(ttl=ttl))
     starts = [none, stateless, learned]
     best = search_best(turns, starts) if search else min(starts, key=lambda p: plan_cost(turns, p))
+    traces = {"planner": trace(turns, learned), "best": trace(turns, best)}
     return Replay(plan_cost(turns, none), plan_cost(turns, stateless), plan_cost(turns, learned), plan_cost(turns, best),
-                  len(turns), tuple(notes))
+                  len(turns), tuple(notes), traces)
 
 
 # ------------------------------------------------------------------------------------ CLI

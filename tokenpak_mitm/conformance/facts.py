@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenpak_mitm.conformance.wire import frame_data, frame_json
 
-__all__ = ["CacheTotals", "stream_cache_totals", "stream_errors", "body_error", "error_type"]
+__all__ = ["CacheTotals", "stream_cache_totals", "stream_errors", "stream_terminated", "body_error", "error_type"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,28 @@ def stream_errors(dialect: str, frames: list[bytes]) -> list[dict[str, Any]]:
         if (dialect == "anthropic" and (kind == "error" or event == "error")) or (dialect == "openai_responses" and (kind in ("error", "response.failed") or event == "error")) or (dialect in ("openai_chat", "gemini") and isinstance(obj.get("error"), dict)):
             out.append(obj)
     return out
+
+
+def stream_terminated(dialect: str, frames: list[bytes]) -> bool:
+    """Whether these frames include the dialect's end-of-response event: ``message_stop``,
+    ``[DONE]``, a terminal ``response.*`` event, a Gemini candidate with a ``finishReason``."""
+    for frame in frames:
+        event, data = frame_data(frame)
+        if dialect == "openai_chat" and data.strip() == "[DONE]":
+            return True
+        obj = frame_json(frame)
+        if not isinstance(obj, dict):
+            continue
+        kind = obj.get("type")
+        if dialect == "anthropic" and (kind == "message_stop" or event == "message_stop"):
+            return True
+        if dialect == "openai_responses" and kind in ("response.completed", "response.incomplete", "response.failed"):
+            return True
+        if dialect == "gemini":
+            candidates = obj.get("candidates")
+            if isinstance(candidates, list) and any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
+                return True
+    return False
 
 
 def body_error(body: bytes) -> Any:

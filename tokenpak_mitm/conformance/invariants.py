@@ -93,8 +93,18 @@ class Evidence:
         return split_frames(plain, final=self.path == "completed")[0]
 
 
+def _delivered_in_full(ev: Evidence) -> bool:
+    """A 2xx stream whose end-of-response event reached the client, with no error in it."""
+    if not (ev.dialect and ev.is_sse) or (ev.status_code or 0) >= 400:
+        return False
+    frames = ev.client_frames()
+    return facts.stream_terminated(ev.dialect, frames) and not facts.stream_errors(ev.dialect, frames)
+
+
 def expected_terminal_state(ev: Evidence) -> str:
     """The row's terminal_state that this exchange calls for."""
+    if ev.path == "client_disconnected" and _delivered_in_full(ev):
+        return "completed"  # the client closed after the terminating event (the OpenAI SDK does)
     if ev.path in ("client_disconnected", "upstream_disconnected", "proxy_error"):
         return ev.path
     if (ev.status_code or 0) >= 400:

@@ -50,10 +50,18 @@ from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
 from tokenpak_mitm.core.plan.cache_diagnostics import Prepared, PreviousResponses, beta_header, prepare, splice, splice_openai
 from tokenpak_mitm.core.plan.cache_facts import facts_for
-from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
-from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, plan_openai_with_snapshot, plan_with_snapshot, prompt_digests, take_snapshot
+from tokenpak_mitm.core.plan.split_plan import (
+    Snapshot,
+    apply_record_stepwise,
+    plan_openai_with_snapshot,
+    plan_with_snapshot,
+    prompt_digests,
+    take_snapshot,
+    trailer_drops,
+)
 from tokenpak_mitm.core.redact import redact_query, redact_text, secret_values
 from tokenpak_mitm.core.request_model import request_model
 from tokenpak_mitm.core.routes import Route, classify, route_class, tracker_for
@@ -392,8 +400,9 @@ class TokenPak:
     def _session_facts(self, flow: http.HTTPFlow, st: _FlowState) -> SessionFacts:
         req = flow.request
         headers = st.req_headers or _HeaderView(req.headers, st.labels)
-        return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start,
-                            _shape_input(req, headers))
+        # A body over the planning bounds is not fingerprinted either: its session comes from the headers.
+        body = _shape_input(req, headers) if st.record.cache_decision != "too_large" else None
+        return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start, body)
 
     async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         st.req_headers = _HeaderView.of(flow.request.headers, st.req_headers, st.labels)
@@ -497,8 +506,8 @@ class TokenPak:
         that lacks it (see cache_diagnostics); returns what was added, None when nothing was."""
         req = flow.request
         body = req.raw_content
-        if body is None or "content-encoding" in req.headers:
-            return None  # streamed upstream already, or compressed: never re-encode for this
+        if body is None or "content-encoding" in req.headers or st.record.cache_decision == "too_large":
+            return None  # streamed upstream already, compressed (never re-encode for this), or over the planning bounds
         # ~9 ms for a 200 KB body (json.loads and one digest per message): past 32 KB in the worker
         # process, so only this flow waits, never the event loop's other streams
         api = st.route.dialect
@@ -576,7 +585,14 @@ class TokenPak:
             memory = self.memory if self._history else None
             plan = partial(insert_markers, body, encoding, opts, memory, now)
             stateless = memory is None  # the learning planner updates this process's memory
-        if plan_off_loop(body, encoding):
+        where = plan_where(body, encoding)
+        if where == "too_large":
+            # Over the planning bounds (PLAN_MAX_BYTES, PLAN_MAX_OBJECTS): planning would cost more
+            # than a marker saves and make this request (and, off the loop, the worker) wait; it
+            # goes upstream exactly as it came.
+            rec.cache_decision = "too_large"
+            return []
+        if where == "off_loop":
             # Planning a big or many-block prompt would stall every other connection on mitmproxy's
             # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
             # process only this flow waits. The learning planner's memory stays in this process:
@@ -613,7 +629,7 @@ class TokenPak:
         for start in range(0, len(ds), SNAPSHOT_CHUNK):  # a turn of the event loop between slices
             known.append(take_snapshot(self.memory, ds[start:start + SNAPSHOT_CHUNK], now))
             await asyncio.sleep(0)
-        snapshot = Snapshot(b"".join(known), bpt)
+        snapshot = Snapshot(b"".join(known), bpt, trailer_drops(self.memory, ds))
         if api == "anthropic":
             result, call = await self._offload.run(plan_with_snapshot, body, encoding, opts, snapshot, now)
         else:
@@ -1047,8 +1063,8 @@ def _shape_input(req: http.Request, headers: _HeaderView) -> bytes | None:
     """
     body = req.raw_content
     encoding = (headers.get("content-encoding") or "identity").strip().lower()
-    if not body or encoding != "identity" or len(body) > MAX_BODY_BYTES:
-        return None
+    if not body or encoding != "identity" or len(body) > PLAN_MAX_BYTES:
+        return None  # (too big to plan is too big to fingerprint: its session comes from the headers)
     return body
 
 

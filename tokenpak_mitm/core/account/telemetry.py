@@ -131,6 +131,14 @@ class Outcome(NamedTuple):
     model: str | None
 
 
+def _delivered_in_full(rec: RequestRecord) -> bool:
+    """A stream whose terminating event (``[DONE]``, ``message_stop``, ...) went through to the
+    client, with no error in it: a client that closes then (the OpenAI SDK does, right after
+    ``[DONE]``, before the body's last chunk) got the whole response."""
+    x = rec.extract
+    return rec.stream and x.terminal_seen and not x.stream_error and (rec.status_code or 0) < 400
+
+
 def outcome(rec: RequestRecord) -> Outcome:
     x = rec.extract
     state: TerminalState
@@ -138,6 +146,8 @@ def outcome(rec: RequestRecord) -> Outcome:
         state = rec.terminal_override
     elif rec.error_msg is not None:
         state = terminal_state_for_error(rec.error_msg, rec.closed_by)
+        if state == "client_disconnected" and _delivered_in_full(rec):
+            state = "completed"
     elif rec.status_code is not None and rec.status_code >= 400:
         state = "error_response"
     elif x.stream_error:
@@ -149,7 +159,7 @@ def outcome(rec: RequestRecord) -> Outcome:
     error: str | None = None
     if state in ("error_response", "stream_error"):
         error = x.error_type or (f"http_{rec.status_code}" if rec.status_code else "error")
-    elif rec.error_msg is not None:
+    elif rec.error_msg is not None and state != "completed":
         error = rec.error_msg
     elif rec.observe_note is not None:
         error = rec.observe_note

@@ -25,10 +25,17 @@ know to accept the field (an unknown type could 400), and blocks inside a tool_r
 or document's `content` (the tool_result block itself is marked). We walk back to the
 nearest eligible block instead.
 
-Volatile blocks (timestamps, "today is ...", UUIDs, request ids): in `tools` and `system`
+Volatile blocks (timestamps, a time of day, UUIDs, request ids): in `tools` and `system`
 the section is re-rendered every request, so a marker on a changing block writes an entry
 nobody ever reads; we move it to the nearest earlier stable block when one exists.
-Messages are history, frozen once sent, so the rule does not apply there.
+Messages are history, frozen once sent, so the rule does not apply there. A date alone
+("today's date is 2026-12-06") is stable within the day and marked; when the last system
+block carries one, the system block before it is marked too (free, while a slot is left),
+so the day turning costs only what follows the date.
+
+Per-turn trailers (`per_turn_trailer`): a conversation ending with a trailing system message
+or a trailing text block after the user's content (a coding agent's per-turn reminder, which
+the next request drops) gets its final breakpoint on the block before the trailer.
 
 Stand-down: if the client wrote ANY `cache_control` (on a tool, system block, message,
 message block, a block nested in a block's `content`/`source.content`, or the top-level
@@ -59,7 +66,7 @@ from tokenpak_mitm.core.row import CacheDecision
 __all__ = [
     "CacheOptions", "Breakpoint", "Plan", "Note", "Sizes", "marker_for", "DECISIONS", "MAX_MARKERS", "LOOKBACK_BLOCKS",
     "BYTES_PER_TOKEN", "plan", "count_markers", "has_client_cache_control", "minimum_cacheable_tokens",
-    "estimate_tokens", "is_eligible_block", "is_volatile_text", "marker_slots",
+    "estimate_tokens", "is_eligible_block", "is_volatile_text", "marker_slots", "per_turn_trailer", "is_daily_text",
 ]
 
 MAX_MARKERS = MAX_BREAKPOINTS  # "A maximum of 4 blocks with cache_control may be provided." (cache_facts)
@@ -87,17 +94,20 @@ MARKABLE_TYPES = frozenset({
     "bash_code_execution_tool_result", "text_editor_code_execution_tool_result",
     "tool_search_tool_result", "tool_reference", "container_upload",
 })
-# Things that change on every request. Dates alone ("2026-08-21") are not listed: they are
-# stable for a day; "today is" / "current date" phrases are, because they flag a rendered clock.
+# Things that change on every request: a clock (ISO date-time, hh:mm:ss), UUIDs, request ids, "current
+# time" / "the time is". A date alone ("2026-08-21", "today's date is 2026-08-21", "today is Friday")
+# changes at most once a day: it is stable, and marked (docs/caching.md, "Stable within a day"); a
+# date phrase becomes volatile only with a time of day (hh:mm) in the same text.
 # Volatile content, split by the character each kind needs so most text is ruled out by a
 # C-level `in` test before any regex runs (one case-insensitive alternation cost ~7 ms on a
 # 40 KB system prompt; agents resend that prompt every turn, hence also the memo below).
 _CLOCK = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}|\b\d{1,2}:\d{2}:\d{2}\b")  # ISO date-time, hh:mm:ss
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
-_PHRASE = re.compile(  # matched against lower-cased text
-    r"\b(?:today\s+is|today's\s+date|current\s+(?:date|time)|the\s+(?:date|time)\s+is)\b|\brequest[-_ ]?id\b"
-)
-_PHRASE_WORDS = ("today", "current", "the", "request")
+_PHRASE = re.compile(r"\b(?:current\s+time|the\s+time\s+is)\b|\brequest[-_ ]?id\b")  # matched against lower-cased text
+_PHRASE_WORDS = ("time", "request")
+_DAY_PHRASE = re.compile(r"\b(?:today\s+is|today's\s+date|current\s+date|the\s+date\s+is)\b")  # a date: stable for a day
+_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+_HOUR_MINUTE = re.compile(r"\b\d{1,2}:\d{2}\b")  # ... unless a time of day comes with it
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,16 @@ def is_volatile_text(text: object) -> bool:
     return isinstance(text, str) and _volatile(text)
 
 
+def is_daily_text(text: object) -> bool:
+    """A date without a time of day ("today's date is 2026-12-06"): stable, but it changes when the day turns."""
+    if not isinstance(text, str) or is_volatile_text(text):
+        return False
+    if "-" in text and _DATE.search(text) is not None:
+        return True
+    low = text.lower()
+    return ("date" in low or "today" in low) and _DAY_PHRASE.search(low) is not None
+
+
 @lru_cache(maxsize=256)
 def _volatile(text: str) -> bool:
     if ":" in text and _CLOCK.search(text):
@@ -262,7 +282,9 @@ def _volatile(text: str) -> bool:
     if "-" in text and _UUID.search(text):
         return True
     low = text.lower()
-    return any(w in low for w in _PHRASE_WORDS) and _PHRASE.search(low) is not None
+    if any(w in low for w in _PHRASE_WORDS) and _PHRASE.search(low) is not None:
+        return True
+    return ":" in text and _HOUR_MINUTE.search(text) is not None and _DAY_PHRASE.search(low) is not None
 
 
 def marker_slots(request: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -361,6 +383,9 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Callable[[], Sizes]
         return Plan("below_minimum", prefix_tokens_est=largest, model=model, minimum_tokens=minimum)
     if opts.mode == "top-level":
         return Plan("inserted", top_level=True, prefix_tokens_est=largest, model=model, minimum_tokens=minimum)
+    if len(kept) > MAX_MARKERS:  # the extra system marker before a dated block goes first
+        extra = [bp for bp in kept if bp.purpose == "system"][:-1]
+        kept = tuple(bp for bp in kept if bp not in extra[: len(kept) - MAX_MARKERS])
     return Plan("inserted", kept[:MAX_MARKERS], prefix_tokens_est=largest, model=model, minimum_tokens=minimum)
 
 
@@ -382,6 +407,11 @@ def _candidates(request: dict[str, Any], mode: str) -> list[_Candidate]:
     tools, system, messages = request.get("tools") or [], request.get("system"), request["messages"]
     blocks = _message_blocks(messages)
     final = _last_eligible(blocks, len(blocks))
+    trailer = per_turn_trailer(messages)
+    if trailer is not None and mode != "top-level":  # never the last breakpoint: the next request drops it
+        start = next((g for g, (msg, blk, _) in enumerate(blocks) if msg == trailer[0] and (trailer[1] is None or blk == trailer[1])),
+                     len(blocks))
+        final = _last_eligible(blocks, start) if _last_eligible(blocks, start) is not None else final
     if mode == "top-level":
         # The provider places the automatic breakpoint itself; we only need its prefix to size it.
         if final is not None:
@@ -397,6 +427,10 @@ def _candidates(request: dict[str, Any], mode: str) -> list[_Candidate]:
         found.append(_Candidate("tools", _stable_or_last(stable, len(tools) - 1), None, False, "tools"))
     sys_idx = _system_target(system)
     if sys_idx is not None:
+        dated = isinstance(system, list) and is_daily_text(system[sys_idx].get("text"))
+        before = _system_target(system[:sys_idx]) if dated and isinstance(system, list) and sys_idx > 0 else None
+        if before is not None:  # the day turning then costs only what follows the date (free: before the final)
+            found.append(_Candidate("system", before, None, False, "system"))
         found.append(_Candidate("system", sys_idx, None, isinstance(system, str), "system"))
     if final is not None:
         previous = _previous_breakpoint(messages, blocks)
@@ -406,6 +440,35 @@ def _candidates(request: dict[str, Any], mode: str) -> list[_Candidate]:
         msg, blk, block = blocks[final]
         found.append(_Candidate("messages", msg, blk, isinstance(block, str), "final"))
     return found
+
+
+def per_turn_trailer(messages: object) -> tuple[int, int | None] | None:
+    """Where a per-turn trailer starts, if the conversation ends with one: (message, block; None: the whole message).
+
+    Coding agents end each request with a short block that the next request does not repeat (a
+    reminder with the time and the to-do list): the next request drops it and adds the reply, the
+    new turn and a new reminder, so an entry written on it is never read. Two shapes: a trailing
+    mid-conversation system message (``{"role": "system"}`` as the last of ``messages``, Anthropic),
+    and a trailing text block after other content in the last user message. Only a shape: the
+    learning planner confirms it per client from the traffic (``learning_planner.Trailers``).
+    """
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = len(messages) - 1
+    if messages[-1].get("role") == "system":
+        return (last, None) if last > 0 else None
+    return _trailing_block(messages, last)
+
+
+def _trailing_block(messages: list[Any], index: int) -> tuple[int, int | None] | None:
+    message = messages[index]
+    content = message.get("content")
+    if message.get("role") != "user" or not isinstance(content, list) or len(content) < 2:
+        return None
+    tail = content[-1]
+    if isinstance(tail, dict) and tail.get("type") == "text" and any(is_eligible_block(b) for b in content[:-1]):
+        return (index, len(content) - 1)
+    return None
 
 
 def _message_blocks(messages: list[Any]) -> list[tuple[int, int | None, object]]:

@@ -22,7 +22,9 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   only while the share of earlier siblings that were continued makes a write pay, p x 0.9 > 0.25
   at 5m, with p = (continued + 1) / (siblings + 2): no history gives p = 1/3 (mark, today's rule);
   after two siblings that were not continued p = 1/4 and the tail is left alone (`tail_not_reused`).
-  A batch sharing one document is therefore recognised by its third request.
+  A batch sharing one document is therefore recognised by its third request. Siblings that
+  started in the same burst (concurrent starts, e.g. subagents launched together) are not counted:
+  they cannot have been continued yet, so each writes the tail its own next turn reads.
 * **Read the deepest live entry**: when no placed marker is within the 20-block lookback of the
   deepest prefix the index expects the provider to hold, one is placed on it (`read_live`).
 * **Free markers**: a marker before the last writing marker costs nothing (writes are billed by
@@ -50,6 +52,14 @@ How it decides (numbers: `cache_facts`; docs/caching.md walks through examples):
   next burst would cost more (a whole write is no insurance a batch can afford before). A 1h
   marker never follows a 5m one: markers before a 1h marker are raised to 1h, which is free
   (those tokens are billed as 1h writes already).
+* **Per-turn trailers** (`cache_planner.per_turn_trailer`: a trailing mid-conversation system
+  message, a trailing text block after the user's content): the request is planned and recorded
+  as if it ended before the trailer, so no marker goes on it and the next request continues from
+  there; `Trailers` counts per client whether the next request dropped or repeated it and marks it
+  again once a client repeats it more often than it drops it (prior: one drop).
+* **The insurance moves forward**: once a pause was seen, a conversation's tail is written for 1h
+  instead of the first-new-block checkpoint when that is worth more over the next two gaps
+  (`_forward_pays`), so the turn after a pause reads the whole conversation, not its beginning.
 * At most 4 markers, none on an ineligible block, none below the model's minimum, and nothing
   at all when the client marks anything itself (the index still learns from that request).
 """
@@ -106,12 +116,60 @@ TAIL_PRIOR: Final = (1.0, 2.0)
 INSURANCE_SHARE: Final = 0.05
 
 
+class Trailers:
+    """Per client: does the next request drop the per-turn trailer this one ends with?
+
+    A request ending in the shape of a per-turn reminder (`cache_planner.per_turn_trailer`: a
+    trailing system message, a trailing text block after the user's content) is planned and
+    recorded as if it ended before it, so the conversation's next request continues from there.
+    The traffic confirms it: the next request of the conversation either has the trailer again
+    (kept) or goes on without it (dropped). Counted per client, a client being the digest of its
+    requests' first block (its first tool, else its system prompt); until a client's requests
+    have kept it more often than dropped it (prior: one drop), the trailer is never marked.
+    Bounded: at most `MAX_CLIENTS` clients and `MAX_PENDING` requests awaiting their verdict.
+    """
+
+    MAX_CLIENTS: Final = 1024
+    MAX_PENDING: Final = 4096
+
+    def __init__(self) -> None:
+        self.counts: dict[bytes, list[int]] = {}  # client -> [dropped, kept]
+        self.pending: dict[bytes, tuple[bytes, bytes]] = {}  # stable end's digest -> (client, trailer's digest)
+
+    def drops(self, client: bytes) -> bool:
+        dropped, kept = self.counts.get(client, (0, 0))
+        return kept < dropped + 1
+
+    def expect(self, client: bytes, stable_end: bytes, trailer: bytes) -> None:
+        self.pending.pop(stable_end, None)
+        self.pending[stable_end] = (client, trailer)
+        while len(self.pending) > self.MAX_PENDING:
+            del self.pending[next(iter(self.pending))]
+
+    def confirm(self, digests: Sequence[bytes], k: int | None) -> None:
+        """A request whose deepest known prefix ends at `k`: settle the verdict of the request it follows."""
+        if k is None or not self.pending:
+            return
+        for j in range(k, max(-1, k - 4), -1):
+            found = self.pending.pop(digests[j], None)
+            if found is None:
+                continue
+            client, trailer = found
+            counts = self.counts.pop(client, [0, 0])
+            counts[1 if j + 1 < len(digests) and digests[j + 1] == trailer else 0] += 1
+            self.counts[client] = counts
+            while len(self.counts) > self.MAX_CLIENTS:
+                del self.counts[next(iter(self.counts))]
+            return
+
+
 @dataclass(frozen=True)
 class Memory:
     """What the learning planner remembers between requests (one per proxy, or per replay)."""
 
     index: PrefixIndex = field(default_factory=PrefixIndex)
     calibration: TokenCalibration = field(default_factory=TokenCalibration)
+    trailers: Trailers = field(default_factory=Trailers)
 
 
 @dataclass(frozen=True)
@@ -143,6 +201,9 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory:
     digests = [b.digest for b in bounds]
     stats = memory.index.stats(digests, now)
     positions = {_key_of(b): b.position for b in bounds}
+    trailer = _trailer_at(request, bounds)
+    # The conversation's end as the next request will repeat it: before a per-turn trailer.
+    end = trailer - 1 if trailer is not None and memory.trailers.drops(digests[0]) else len(bounds) - 1
     if stateless.decision == "stood_down":
         chosen, markers = stateless, _client_markers(request, bounds)
     elif opts.mode != "auto" or stateless.decision in ("no_eligible_block", "below_minimum"):
@@ -153,10 +214,19 @@ def plan(request: object, opts: CacheOptions, sizes: Sizes | Any | None, memory:
         else:
             markers = [(positions[_key_of_bp(bp)], bp.ttl or opts.fixed_ttl) for bp in stateless.breakpoints]
     else:
-        chosen = _learned(request, opts, bounds, stats, now, facts, stateless)
+        chosen = _learned(request, opts, bounds[:end + 1], stats[:end + 1], now, facts, stateless, trailer=end < len(bounds) - 1)
         markers = [(positions[_key_of_bp(bp)], bp.ttl or opts.fixed_ttl) for bp in chosen.breakpoints]
-    read, writes = predict(bounds, stats, now, markers, facts)
-    recorded = memory.index.record(digests, now, writes=writes, read=read)
+        if end < len(bounds) - 1:
+            dropped = Note(_address(bounds[end + 1]), "tail_not_reused", bounds[-1].tokens_est, None,
+                           "a per-turn trailer: this client's next request does not repeat it")
+            chosen = replace(chosen, notes=(*chosen.notes, dropped))
+    if any(p > end for p, _ in markers):
+        end = len(bounds) - 1  # marked anyway (the client's markers, the top-level field): the end is the end
+    read, writes = predict(bounds[:end + 1], stats[:end + 1], now, markers, facts)
+    memory.trailers.confirm(digests, max((i for i, s in enumerate(stats) if s is not None), default=None))
+    recorded = memory.index.record(digests[:end + 1], now, writes=writes, read=read)
+    if end < len(bounds) - 1:
+        memory.trailers.expect(digests[0], digests[end], digests[end + 1])
     read_tokens = bounds[read].tokens_est if read is not None else 0
     write_tokens = max((bounds[p].tokens_est for p in writes), default=read_tokens) - read_tokens
     prompt_bytes = round(bounds[-1].tokens_est * bpt)
@@ -207,13 +277,16 @@ class _Choice:
 
 
 def _learned(request: dict[str, Any], opts: CacheOptions, bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None],
-             now: float, facts: CacheFacts, stateless: Plan) -> Plan:
+             now: float, facts: CacheFacts, stateless: Plan, trailer: bool = False) -> Plan:
     if not any(s is not None for s in stats):
         return _no_history(stateless, opts, bounds)
     positions = {_key_of(b): b.position for b in bounds}
     free = [(positions[_key_of_bp(bp)], f"free_{bp.purpose}") for bp in stateless.breakpoints
             if bp.purpose in ("tools", "system") and _key_of_bp(bp) in positions]
-    chosen, notes = _decide(bounds, stats, now, facts, opts, lambda i: _eligible_at(request, bounds, i), free)
+    # The block before a dated last system block comes last (cache_planner: "Stable within a day").
+    last_system = max((p for p, why in free if why == "free_system"), default=None)
+    free.sort(key=lambda f: f[1] == "free_system" and f[0] != last_system)
+    chosen, notes = _decide(bounds, stats, now, facts, opts, lambda i: _eligible_at(request, bounds, i), free, trailer)
     breakpoints = tuple(_breakpoint(request, bounds[c.position], c.reason, c.ttl) for c in chosen)
     decision: CacheDecision = "inserted" if breakpoints else "not_worth"
     return Plan(decision, breakpoints, prefix_tokens_est=stateless.prefix_tokens_est or bounds[-1].tokens_est,
@@ -221,8 +294,12 @@ def _learned(request: dict[str, Any], opts: CacheOptions, bounds: Sequence[Bound
 
 
 def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now: float, facts: CacheFacts,
-            opts: CacheOptions, eligible: Callable[[int], bool], free: Sequence[tuple[int, str]]) -> tuple[list[_Choice], tuple[Note, ...]]:
-    """The markers for a request with some history (see the module docstring), in position order."""
+            opts: CacheOptions, eligible: Callable[[int], bool], free: Sequence[tuple[int, str]],
+            trailer: bool = False) -> tuple[list[_Choice], tuple[Note, ...]]:
+    """The markers for a request with some history (see the module docstring), in position order.
+
+    trailer: `bounds` end before a per-turn trailer this request carries (not repeated next time):
+    a prompt seen whole up to there is another request on the same prefix, not a retry."""
     last = len(bounds) - 1
     minimum = facts.minimum_tokens
     tok = [b.tokens_est for b in bounds]
@@ -283,7 +360,9 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
             start = 0 if deepest_live is None else deepest_live + 1
             first_new = next((i for i in range(start, position + 1) if eligible(i) and tok[i] >= minimum), None)
             premium = tok[first_new] - min(hit_tokens, tok[first_new]) if first_new is not None else 0
-            if first_new is not None and _checkpoint_pays(facts, clusters, now, tok[first_new] - protected_1h, premium, banked):
+            if _forward_pays(facts, clusters, now, tok[position] - protected_1h, new, tok[first_new] - protected_1h if first_new is not None else 0, premium):
+                chosen[-1].ttl = "1h"  # the insurance moves forward: the whole conversation survives the next pause
+            elif first_new is not None and _checkpoint_pays(facts, clusters, now, tok[first_new] - protected_1h, premium, banked):
                 if first_new == position:
                     chosen[-1].ttl = "1h"
                 else:
@@ -291,9 +370,14 @@ def _decide(bounds: Sequence[Boundary], stats: Sequence[PrefixStats | None], now
 
     tail = before(last)
     if tail is not None and kind in ("continuation", "repeat"):
-        write(tail, "repeat" if kind == "repeat" else "conversation_tail", _evidence(stats, k), old_from=k)
+        reason = "conversation_tail" if kind == "continuation" else "shared_prefix" if trailer else "repeat"
+        write(tail, reason, _evidence(stats, k), old_from=k)
     elif tail is not None:  # a branch: k is shared with requests that went on differently
         siblings, continued = anchor.branches + 1, anchor.branches_continued
+        # Siblings started in this very burst (concurrent starts) cannot have been continued yet:
+        # they are no evidence against this one's tail being read, so they do not count.
+        starting = anchor.clusters[-1][1] if anchor.clusters and 0 <= now - anchor.clusters[-1][0] < CLUSTER_SECONDS else 0
+        siblings = max(siblings - starting, 1)
         p = (continued + 1) / (siblings + 2)
         r = facts.read_multiplier()
         volatile_tail = anchor.to_end == 1 and last - 1 > k  # earlier requests ended one block past k: a per-request tail
@@ -467,6 +551,26 @@ def _checkpoint_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], n
     return _pause_chance(clusters, now) * (w5 - r) * unprotected > (w1 - w5) * premium_tokens
 
 
+def _forward_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now: float, unprotected: int, premium_tokens: int,
+                  checkpoint_unprotected: int, checkpoint_premium: int) -> bool:
+    """Once a pause was seen: is a 1h entry on the conversation's tail (the latest stable prefix)
+    worth more than the cheapest checkpoint on the first new block?
+
+    The tail's 1h entry protects the whole conversation, and it keeps protecting it over the next
+    gaps until a deeper 1h entry is written: it is valued with the chance that one of the next two
+    gaps is a pause, 1 - (1 - P)^2 (P: `_pause_chance`), against the premium on this turn's new
+    tokens; the checkpoint with the same chance against its own premium. Before any pause is seen
+    this is never asked (pause-free conversations keep the cheap checkpoints within their budget).
+    """
+    if not _pause_seen(clusters, now):
+        return False
+    w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
+    p = _pause_chance(clusters, now)
+    tail = p * (w5 - r) * unprotected - (w1 - w5) * premium_tokens
+    checkpoint = p * (w5 - r) * checkpoint_unprotected - (w1 - w5) * checkpoint_premium
+    return tail > 0 and tail > checkpoint
+
+
 def _pause_seen(clusters: Sequence[tuple[float, int]], now: float) -> bool:
     timeline = _with_now(clusters, now)
     return any(TTL_SECONDS["5m"] < b[0] - a[0] <= TTL_SECONDS["1h"] for a, b in pairwise(timeline))
@@ -563,6 +667,18 @@ def _eligible_at(request: Mapping[str, Any], bounds: Sequence[Boundary], i: int)
     if not is_eligible_block(block):
         return False
     return not (b.section == "system" and isinstance(block, dict) and is_volatile_text(block.get("text")))
+
+
+def _trailer_at(request: Mapping[str, Any], bounds: Sequence[Boundary]) -> int | None:
+    """Position of the first block of a per-turn trailer (`cache_planner.per_turn_trailer`), if one
+    ends the request and some block comes before it."""
+    found = cache_planner.per_turn_trailer(request.get("messages"))
+    if found is None:
+        return None
+    message, block = found
+    at = next((b.position for b in bounds if b.section == "messages" and b.message == message
+               and (block is None or b.block == block)), None)
+    return at if at is not None and at > 0 else None
 
 
 def _last_eligible(request: Mapping[str, Any], bounds: Sequence[Boundary], start: int) -> int | None:

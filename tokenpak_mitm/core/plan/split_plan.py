@@ -28,13 +28,13 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from tokenpak_mitm.core.plan.cache_insert import CacheOptions, InsertResult, insert_markers, parse_decoded
-from tokenpak_mitm.core.plan.learning_planner import Memory
+from tokenpak_mitm.core.plan.learning_planner import Memory, Trailers
 from tokenpak_mitm.core.plan.openai_cache import Api as OpenAIApi
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint, parse_for_planner
 from tokenpak_mitm.core.plan.prefix_index import DIGEST_BYTES, PrefixIndex, PrefixStats, Recorded, boundaries
 from tokenpak_mitm.core.plan.token_estimate import TokenCalibration
 
-__all__ = ["Digests", "RecordCall", "Snapshot", "apply_record", "apply_record_stepwise", "plan_openai_with_snapshot", "plan_with_snapshot", "prompt_digests", "take_snapshot"]
+__all__ = ["Digests", "RecordCall", "Snapshot", "apply_record", "apply_record_stepwise", "plan_openai_with_snapshot", "plan_with_snapshot", "prompt_digests", "take_snapshot", "trailer_drops"]
 
 _NO_RECORD = Recorded((), None, None, None)
 
@@ -53,20 +53,24 @@ class Digests:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Step 2's answer: what the memory knows about those digests (`PrefixIndex.export_stats` records)."""
+    """Step 2's answer: what the memory knows about those digests (`PrefixIndex.export_stats` records),
+    and whether this client's next request drops a per-turn trailer (`Memory.trailers.drops` of the
+    first digest; the prior, True, when not given)."""
 
     known: bytes
     bytes_per_token: float
+    trailer_drops: bool = True
 
 
 @dataclass(frozen=True)
 class RecordCall:
     """The `PrefixIndex.record` call planning would have made (step 4 makes it on the real index)."""
 
-    count: int  # digests recorded: those of step 1 (checked)
+    count: int  # digests recorded: those of step 1 (checked), or fewer: up to the end before a per-turn trailer
     now: float
     writes: Mapping[int, str]
     read: int | None
+    known_end: int | None = None  # the deepest digest known when planning (`Trailers.confirm` is made with it)
 
 
 def prompt_digests(body: bytes, content_encoding: str | None, api: Literal["anthropic"] | OpenAIApi = "anthropic") -> Digests | None:
@@ -85,12 +89,18 @@ def take_snapshot(memory: Memory, digests: Sequence[bytes], now: float) -> bytes
     return memory.index.export_stats(digests, now)
 
 
+def trailer_drops(memory: Memory, digests: Sequence[bytes]) -> bool:
+    """`Snapshot.trailer_drops` for a prompt with these digests."""
+    return memory.trailers.drops(digests[0]) if digests else True
+
+
 def plan_with_snapshot(body: bytes, content_encoding: str | None, opts: CacheOptions, snapshot: Snapshot,
                        now: float) -> tuple[InsertResult, RecordCall | None]:
     """`insert_markers` with the learning planner answering from `snapshot`; never raises."""
     index = _SnapshotIndex(PrefixIndex.stats_from_export(snapshot.known))
-    result = insert_markers(body, content_encoding, opts, Memory(index, _FixedCalibration(snapshot.bytes_per_token)), now)
-    return result, index.call
+    trailers = _SnapshotTrailers(snapshot.trailer_drops)
+    result = insert_markers(body, content_encoding, opts, Memory(index, _FixedCalibration(snapshot.bytes_per_token), trailers), now)
+    return result, None if index.call is None else replace(index.call, known_end=trailers.known_end)
 
 
 def plan_openai_with_snapshot(body: bytes, content_encoding: str | None, api: OpenAIApi, snapshot: Snapshot,
@@ -115,8 +125,12 @@ def apply_record_stepwise(memory: Memory, digests: Sequence[bytes], result: Inse
     if call is None or result.ticket is None:
         yield result
         return
-    if len(digests) != call.count:
+    if len(digests) < call.count:
         raise ValueError("the planner fingerprinted other blocks than step 1")
+    memory.trailers.confirm(digests, call.known_end)
+    if call.count < len(digests):  # recorded up to its end before a per-turn trailer, as `learning_planner.plan` does
+        memory.trailers.expect(digests[0], digests[call.count - 1], digests[call.count])
+        digests = digests[:call.count]
     for recorded in memory.index.record_stepwise(digests, call.now, writes=call.writes, read=call.read, step=step):
         if recorded is None:
             yield None
@@ -141,6 +155,24 @@ class _SnapshotIndex(PrefixIndex):
                read: int | None = None) -> Recorded:
         self.call = RecordCall(len(digests), now, dict(writes), read)
         return _NO_RECORD
+
+
+class _SnapshotTrailers(Trailers):
+    """Answers `drops` from the snapshot; remembers the `confirm` call (step 4 makes it), expects nothing."""
+
+    def __init__(self, drops: bool) -> None:
+        super().__init__()
+        self._drops = drops
+        self.known_end: int | None = None
+
+    def drops(self, client: bytes) -> bool:
+        return self._drops
+
+    def expect(self, client: bytes, stable_end: bytes, trailer: bytes) -> None:
+        return None
+
+    def confirm(self, digests: Sequence[bytes], k: int | None) -> None:
+        self.known_end = k
 
 
 class _FixedCalibration(TokenCalibration):
