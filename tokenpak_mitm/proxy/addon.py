@@ -73,6 +73,7 @@ from tokenpak_mitm.proxy.probe import PROBE_HEADER, ProbeAnswer, answer_body, va
 from tokenpak_mitm.proxy.quiet import set_quiet
 from tokenpak_mitm.proxy.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store.dburl import is_postgres
+from tokenpak_mitm.store.metrics import MetricsUnavailable, parse_address, require_prometheus
 from tokenpak_mitm.store.otel import OtelExporter, OtelUnavailable, require_otel
 from tokenpak_mitm.store.postgres import MissingExtra
 from tokenpak_mitm.store.postgres import require as require_postgres
@@ -131,6 +132,7 @@ class TokenPak:
         self.store: StoreProcess | TelemetryStore | None = None
         self.otel: OtelExporter | None = None  # only with the in-process store; else the writer process exports
         self._otlp = ""  # tokenpak_otlp
+        self._metrics = ""  # tokenpak_metrics (host:port)
         self.rows_emitted = 0
         # Flows whose response went out and whose accounting waits for the next loop turn (see
         # `response`); flushed by `done`. Tasks: heavy bodies being read off the loop.
@@ -180,6 +182,7 @@ class TokenPak:
                           "prompt_cache_options.comparison_response_id to GPT-5.6+ Responses requests; off (default). "
                           "Anthropic then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
+        loader.add_option("tokenpak_metrics", str, "", "Serve Prometheus metrics of the rows written on host:port (e.g. 127.0.0.1:9464, path /metrics); needs the team extra.")
 
     @property
     def is_running(self) -> bool:
@@ -200,6 +203,12 @@ class TokenPak:
             if url:
                 require_otel()
         except OtelUnavailable as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
+            if opts.tokenpak_metrics.strip():
+                parse_address(opts.tokenpak_metrics)
+                require_prometheus()
+        except (ValueError, MetricsUnavailable) as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
             for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
@@ -227,6 +236,14 @@ class TokenPak:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
+        if "tokenpak_metrics" in updated:
+            # Before a new store starts: its writer must count the rows it imports from a spill file at start.
+            address = opts.tokenpak_metrics.strip()  # (checked by check_options)
+            self._metrics = address
+            if isinstance(self.store, StoreProcess):
+                self.store.set_metrics(address or None)  # served by the writer process, where rows are written
+            elif address and self.store is not None:
+                logger.warning("tokenpak: tokenpak_metrics needs the store's writer process; no metrics with the in-process store")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
             if is_postgres(path):
@@ -243,6 +260,8 @@ class TokenPak:
                 self.store = _make_store(path)
                 if isinstance(self.store, StoreProcess) and self._otlp:
                     self.store.set_otlp(self._otlp)
+                if isinstance(self.store, StoreProcess) and self._metrics:
+                    self.store.set_metrics(self._metrics)
                 self.store.start()
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
@@ -274,8 +293,9 @@ class TokenPak:
         modes = ",".join(str(m) for m in ctx.options.mode)
         db = self.store.name if self.store else "-"
         logger.info(
-            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
+            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
+            f" metrics=http://{self._metrics}/metrics" if self._metrics else "",
         )
         warm_prices()  # before traffic, not on the first request's turn of the event loop
 
