@@ -44,7 +44,7 @@ from tokenpak_mitm.core.account.pricing import warm as warm_prices
 from tokenpak_mitm.core.account.request_shape import parse_shape
 from tokenpak_mitm.core.account.session_id import PROJECT_HEADER, SESSION_HEADER
 from tokenpak_mitm.core.account.sessions import Ticket as SessionTicket
-from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
+from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome, terminal_state_for_error
 from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
@@ -785,6 +785,8 @@ class TokenPak:
                 st.record.closed_by = closed_by(flow)
             else:
                 st.record.closed_by = _closed_by_word(st.earlier.get("closed_by"))  # replay: the live run's verdict
+            if st.record.terminal_override is None and unreachable(flow):
+                st.record.terminal_override = "upstream_unreachable"
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -1097,6 +1099,16 @@ def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:
     if server_closed and not client_closed:
         return "server"
     return None
+
+
+def unreachable(flow: http.HTTPFlow) -> bool:
+    """The flow failed because the upstream could not be reached: no response, and no connection
+    to it was ever set up (TCP refused or timed out, name not resolved, TLS handshake failed).
+    A client that left first is not that (mitmproxy names the client in its error text)."""
+    srv = flow.server_conn
+    never_connected = srv.timestamp_tcp_setup is None or (srv.tls and srv.timestamp_tls_setup is None)
+    gone = flow.error is not None and terminal_state_for_error(flow.error.msg) == "client_disconnected"
+    return flow.response is None and never_connected and not gone
 
 
 def _closed_by_word(value: object) -> ClosedBy | None:
