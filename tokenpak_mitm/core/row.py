@@ -32,8 +32,11 @@ __all__ = [
 # -- vocabularies -------------------------------------------------------------------------------
 # Who ended the request (one per row).
 # proxy_shutdown: a stream cut because the proxy itself was stopping (SIGTERM/SIGINT), not by a
-# peer. terminal_state is TEXT without a constraint, so older databases take it with no schema change.
-TerminalState = Literal["completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown"]
+# peer. upstream_unreachable: no connection to the upstream could be made (refused, blocked, name or
+# TLS failure); the client got the proxy's 502. terminal_state is TEXT without a constraint, so
+# older databases take both with no schema change.
+TerminalState = Literal["completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown",
+                        "upstream_unreachable"]
 TERMINAL_STATES: Final[tuple[TerminalState, ...]] = get_args(TerminalState)
 # Where the token counts came from: the provider's final figure, a partial one (cut short), none.
 UsageSource = Literal["final", "partial", "absent"]
