@@ -372,8 +372,10 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
+        mode = flow.client_conn.proxy_mode
         answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
-                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
+                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None),
+                             upstream=mode.data if isinstance(mode, mode_specs.ReverseMode) else None)
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
     def _start(self, flow: http.HTTPFlow, headers: _HeaderView) -> None:
