@@ -125,6 +125,7 @@ class _FlowState:
     # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
     # response id is remembered, so the conversation's next request can name it
     conversation: tuple[str, bytes] | None = None
+    asked: bool = False  # tokenpak_cache_diagnostics spliced its field into this request
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -379,8 +380,10 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
+        mode = flow.client_conn.proxy_mode
         answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
-                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
+                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None),
+                             upstream=mode.data if isinstance(mode, mode_specs.ReverseMode) else None)
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
     def _start(self, flow: http.HTTPFlow, headers: _HeaderView) -> None:
@@ -512,6 +515,7 @@ class TokenPak:
                                   or (st.route.dialect == "openai_responses" and st.route.provider == "openai")):
             try:
                 asked = await self._ask_diagnostics(flow, st, spans)
+                st.asked = asked is not None
             except Exception:
                 logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
@@ -573,6 +577,16 @@ class TokenPak:
             flow.request.headers["content-length"] = str(len(done.body))
         spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
         return {"comparison_response_id": baseline}
+
+    def _refused_diagnostics(self, st: _FlowState) -> None:
+        """An upstream that refuses the field we added (a gateway, a model or platform without
+        diagnostics) must not see it again: asking stops for this process, with one warning."""
+        said = f"{st.record.extract.error_type or ''} {st.record.extract.error_message or ''}".lower()
+        if self._diagnostics and any(word in said for word in ("diagnostics", "cache-diagnosis", "prompt_cache_options", "comparison_response_id")):
+            self._diagnostics = False
+            logger.warning("tokenpak: the upstream refused the cache-diagnostics field the proxy added (HTTP 400: %s); "
+                           "tokenpak_cache_diagnostics is off for this run",
+                           redact_text((st.record.extract.error_message or "")[:200], st.record.known_secrets))
 
     def _note_response(self, st: _FlowState) -> None:
         """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
@@ -862,6 +876,8 @@ class TokenPak:
             self._learn(st.ticket, ended, st.record)
         if st.conversation is not None:
             self._note_response(st)
+        if st.asked and st.record.status_code == 400:
+            self._refused_diagnostics(st)
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
