@@ -29,6 +29,9 @@ def test_the_splice_adds_one_member_and_removing_its_span_gives_the_clients_byte
 
 def test_what_is_never_touched():
     assert prepare(b"[1, 2]") is None and prepare(b"not json") is None and prepare(b'"s"') is None
+    body = '{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    assert json.loads(body.encode("utf-16")) and prepare(body.encode("utf-16")) is None  # json takes UTF-16 bytes: a splice would tear it
+    assert prepare(body.encode("utf-16-le")) is None and prepare(b"\xef\xbb\xbf" + body.encode()) is None
     own = prepare(b'{"model": "m", "diagnostics": {"previous_message_id": null}, "messages": []}')
     assert own is not None and own.client_sent
 

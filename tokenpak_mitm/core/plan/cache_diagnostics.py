@@ -109,7 +109,9 @@ def prepare(body: bytes, api: str = "anthropic") -> Prepared | None:
     """Read an identity-encoded request body (``api``: anthropic or openai_responses); None when it
     is not a JSON object."""
     try:
-        request = json.loads(body)
+        # as UTF-8 text, not bytes: json.loads(bytes) would also take UTF-16/32, into which an
+        # ASCII splice would tear a hole
+        request = json.loads(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(request, dict):
