@@ -77,6 +77,11 @@ def test_labels_are_bounded_and_savings_never_make_a_counter_fall():
     assert total(s, "tokenpak_cache_miss_cost_usd_total", reason="other") == 0.5
     assert math.isclose(total(s, "tokenpak_saved_usd_total") - total(s, "tokenpak_cache_overspend_usd_total"), 0.02 * (MODEL_LABELS + 20) - 0.004)
     assert total(s, "tokenpak_tokens_total", bucket="cache_read") == 100 * (MODEL_LABELS + 21)
+    # the provider's own cache verdict, its vocabulary bounded like the miss reasons
+    m.observe([_row("v1", provider_miss_reason="system_changed"), _row("v2", provider_miss_reason="a_future_word")])
+    s = _samples(m)
+    assert total(s, "tokenpak_provider_cache_verdicts_total", reason="system_changed") == 1
+    assert total(s, "tokenpak_provider_cache_verdicts_total", reason="other") == 1
     # never a key, a session, a host or a path as a label
     assert {k for (_, labels) in s for k, _ in labels} <= {"provider", "model", "state", "bucket", "reason", "le"}
 

@@ -44,12 +44,21 @@ from tokenpak_mitm.core.account.pricing import warm as warm_prices
 from tokenpak_mitm.core.account.request_shape import parse_shape
 from tokenpak_mitm.core.account.session_id import PROJECT_HEADER, SESSION_HEADER
 from tokenpak_mitm.core.account.sessions import Ticket as SessionTicket
-from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
-from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
+from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome, terminal_state_for_error
+from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, codings, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
-from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
-from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
+from tokenpak_mitm.core.plan.cache_diagnostics import Prepared, PreviousResponses, beta_header, prepare, splice, splice_openai
+from tokenpak_mitm.core.plan.cache_facts import facts_for
+from tokenpak_mitm.core.plan.cache_insert import (
+    OFFLOAD_BYTES,
+    PLAN_MAX_BYTES,
+    PLAN_MAX_OBJECTS,
+    CacheOptions,
+    InsertResult,
+    insert_markers,
+    plan_where,
+)
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import (
@@ -116,6 +125,7 @@ class _FlowState:
     # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
     # response id is remembered, so the conversation's next request can name it
     conversation: tuple[str, bytes] | None = None
+    asked: bool = False  # tokenpak_cache_diagnostics spliced its field into this request
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -176,9 +186,10 @@ class TokenPak:
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
         loader.add_option("tokenpak_cache_diagnostics", str, "off",
-                          "Ask Anthropic for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
-                          "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
-                          "The provider then keeps a fingerprint of each request (docs/security.md).")
+                          "Ask the provider for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
+                          "previous response) and the cache-diagnosis beta header to Anthropic Messages requests that lack them, and "
+                          "prompt_cache_options.comparison_response_id to GPT-5.6+ Responses requests; off (default). "
+                          "Anthropic then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
         loader.add_option("tokenpak_metrics", str, "", "Serve Prometheus metrics of the rows written on host:port (e.g. 127.0.0.1:9464, path /metrics); needs the team extra.")
 
@@ -369,8 +380,10 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
+        mode = flow.client_conn.proxy_mode
         answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
-                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
+                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None),
+                             upstream=mode.data if isinstance(mode, mode_specs.ReverseMode) else None)
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
     def _start(self, flow: http.HTTPFlow, headers: _HeaderView) -> None:
@@ -498,9 +511,11 @@ class TokenPak:
             logger.exception("tokenpak: marker insertion failed; request sent unchanged")
             st.record.cache_decision = "error"
         asked: dict[str, Any] | None = None
-        if self._diagnostics and st.route.api == "messages" and st.route.provider == "anthropic":
+        if self._diagnostics and ((st.route.api == "messages" and st.route.provider == "anthropic")
+                                  or (st.route.dialect == "openai_responses" and st.route.provider == "openai")):
             try:
                 asked = await self._ask_diagnostics(flow, st, spans)
+                st.asked = asked is not None
             except Exception:
                 logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
@@ -527,14 +542,18 @@ class TokenPak:
             return None  # streamed upstream already, compressed (never re-encode for this), or over the planning bounds
         # ~9 ms for a 200 KB body (json.loads and one digest per message): past 32 KB in the worker
         # process, so only this flow waits, never the event loop's other streams
-        prepared = await self._offload.run(prepare, body) if len(body) > SHAPE_OFFLOAD_BYTES else prepare(body)
-        if prepared is None or not prepared.keys:
+        api = st.route.dialect
+        prepared = await self._offload.run(prepare, body, api) if len(body) > SHAPE_OFFLOAD_BYTES else prepare(body, api)
+        if prepared is None or not (prepared.keys or prepared.previous_response_id):
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
-        st.conversation = (scope, prepared.keys[-1])
+        if prepared.keys:
+            st.conversation = (scope, prepared.keys[-1])
         if prepared.client_sent:
-            return None  # the client asked itself: its request goes as it wrote it
+            return None  # the client (or, for OpenAI, the planner) wrote that object: its request goes as it is
         previous = self.previous_responses.lookup(scope, prepared.keys)
+        if api == "openai_responses":
+            return self._ask_openai(flow, prepared, prepared.previous_response_id or previous, spans)
         done = splice(body, prepared, previous)
         header = beta_header(req.headers.get("anthropic-beta"))
         req.raw_content = done.body
@@ -545,6 +564,29 @@ class TokenPak:
         # Client-body offsets: every marker span lies inside the object, after this one.
         spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
         return {"previous_message_id": previous, "anthropic_beta": header}  # header: the value set, None when the client's had it
+
+    @staticmethod
+    def _ask_openai(flow: http.HTTPFlow, prepared: Prepared, baseline: str | None, spans: list[list[Any]]) -> dict[str, Any] | None:
+        """``prompt_cache_options.comparison_response_id`` for a GPT-5.6+ Responses request (nothing
+        to compare with on a conversation's first request: left alone)."""
+        if baseline is None or not facts_for(prepared.model, "openai").write:
+            return None  # diagnostics are for GPT-5.6 and later (developers.openai.com)
+        done = splice_openai(flow.request.raw_content or b"", prepared, baseline)
+        flow.request.raw_content = done.body
+        if "content-length" in flow.request.headers:
+            flow.request.headers["content-length"] = str(len(done.body))
+        spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
+        return {"comparison_response_id": baseline}
+
+    def _refused_diagnostics(self, st: _FlowState) -> None:
+        """An upstream that refuses the field we added (a gateway, a model or platform without
+        diagnostics) must not see it again: asking stops for this process, with one warning."""
+        said = f"{st.record.extract.error_type or ''} {st.record.extract.error_message or ''}".lower()
+        if self._diagnostics and any(word in said for word in ("diagnostics", "cache-diagnosis", "prompt_cache_options", "comparison_response_id")):
+            self._diagnostics = False
+            logger.warning("tokenpak: the upstream refused the cache-diagnostics field the proxy added (HTTP 400: %s); "
+                           "tokenpak_cache_diagnostics is off for this run",
+                           redact_text((st.record.extract.error_message or "")[:200], st.record.known_secrets))
 
     def _note_response(self, st: _FlowState) -> None:
         """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
@@ -586,6 +628,8 @@ class TokenPak:
             plan = partial(insert_markers, body, encoding, opts, memory, now)
             stateless = memory is None  # the learning planner updates this process's memory
         where = plan_where(body, encoding)
+        if where == "off_loop" and len(body) > OFFLOAD_BYTES and not codings(encoding) and await _objects(body, PLAN_MAX_OBJECTS) > PLAN_MAX_OBJECTS:
+            where = "too_large"  # counted here in slices: no worker round trip (and body copy) to learn it
         if where == "too_large":
             # Over the planning bounds (PLAN_MAX_BYTES, PLAN_MAX_OBJECTS): planning would cost more
             # than a marker saves and make this request (and, off the loop, the worker) wait; it
@@ -765,6 +809,8 @@ class TokenPak:
                 st.record.closed_by = closed_by(flow)
             else:
                 st.record.closed_by = _closed_by_word(st.earlier.get("closed_by"))  # replay: the live run's verdict
+            if st.record.terminal_override is None and unreachable(flow):
+                st.record.terminal_override = "upstream_unreachable"
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -830,6 +876,8 @@ class TokenPak:
             self._learn(st.ticket, ended, st.record)
         if st.conversation is not None:
             self._note_response(st)
+        if st.asked and st.record.status_code == 400:
+            self._refused_diagnostics(st)
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
@@ -1054,6 +1102,21 @@ def _pretty_host(req: http.Request, headers: _HeaderView) -> str:
     return url.parse_authority(authority, check=False)[0] if authority else req.host
 
 
+COUNT_SLICE = 256 << 10  # bytes counted per turn of the event loop (~0.6 ms on the shared 2-core VM)
+
+
+async def _objects(body: bytes, limit: int) -> int:
+    """The JSON objects (``{`` bytes) in ``body``, counted in slices with a turn of the event loop
+    between them (no copy), stopping once past ``limit``: a big body never holds the loop."""
+    n = 0
+    for start in range(0, len(body), COUNT_SLICE):
+        n += body.count(b"{", start, start + COUNT_SLICE)
+        if n > limit:
+            break
+        await asyncio.sleep(0)
+    return n
+
+
 def _shape_input(req: http.Request, headers: _HeaderView) -> bytes | None:
     """The body the session tracker reads (`request_shape.parse_shape`); None when it reads none.
 
@@ -1077,6 +1140,16 @@ def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:
     if server_closed and not client_closed:
         return "server"
     return None
+
+
+def unreachable(flow: http.HTTPFlow) -> bool:
+    """The flow failed because the upstream could not be reached: no response, and no connection
+    to it was ever set up (TCP refused or timed out, name not resolved, TLS handshake failed).
+    A client that left first is not that (mitmproxy names the client in its error text)."""
+    srv = flow.server_conn
+    never_connected = srv.timestamp_tcp_setup is None or (srv.tls and srv.timestamp_tls_setup is None)
+    gone = flow.error is not None and terminal_state_for_error(flow.error.msg) == "client_disconnected"
+    return flow.response is None and never_connected and not gone
 
 
 def _closed_by_word(value: object) -> ClosedBy | None:

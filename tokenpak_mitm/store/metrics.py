@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenpak_mitm.core.row import MISS_REASONS, TERMINAL_STATES, TelemetryRow
+from tokenpak_mitm.core.row import MISS_REASONS, PROVIDER_VERDICTS, TERMINAL_STATES, TelemetryRow
 
 __all__ = [
     "INSTALL_HINT",
@@ -58,6 +58,7 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 
 BUCKETS = (("input", "input_tokens"), ("cache_read", "cache_read_tokens"), ("cache_write", "cache_write_tokens"), ("output", "output_tokens"))
 _STATES = frozenset(TERMINAL_STATES)
 _REASONS = frozenset(MISS_REASONS)
+_VERDICTS = frozenset(PROVIDER_VERDICTS)
 
 
 class MetricsUnavailable(RuntimeError):
@@ -158,6 +159,8 @@ class Metrics:
         self.saved = Counter("tokenpak_saved_usd", "Savings of the requests whose prompt caching saved money: cost without caching minus cost, in US dollars.", pm, registry=r)
         self.overspend = Counter("tokenpak_cache_overspend_usd", "What prompt caching cost beyond no caching on requests where it did not pay (negative savings, as a positive amount); net savings = saved - overspend.", pm, registry=r)
         self.miss_cost = Counter("tokenpak_cache_miss_cost_usd", "What cache misses cost beyond the cache read they could have been, by diagnosed reason, in US dollars.", (*pm, "reason"), registry=r)
+        self.verdicts = Counter("tokenpak_provider_cache_verdicts", "Requests whose response carried the provider's own cache verdict "
+                                "(cache diagnostics), by that verdict.", (*pm, "reason"), registry=r)
         self.ttft = Histogram("tokenpak_ttft_seconds", "Time to the first content token of streamed responses.", pm, buckets=TTFT_BUCKETS, registry=r)
         self.duration = Histogram("tokenpak_request_duration_seconds", "Request start to the response's last byte.", pm, buckets=DURATION_BUCKETS, registry=r)
         Gauge("tokenpak_writer_backlog_rows", "Rows handed to the store's writer and not yet durable (database or spill file).", registry=r).set_function(backlog)
@@ -209,6 +212,9 @@ class Metrics:
         if row.cache_miss_reason is not None:
             reason = row.cache_miss_reason if row.cache_miss_reason in _REASONS else OTHER
             self.miss_cost.labels(provider, model, reason).inc(max(0.0, row.miss_cost_usd or 0.0))
+        if row.provider_miss_reason is not None:
+            said = row.provider_miss_reason if row.provider_miss_reason in _VERDICTS else OTHER
+            self.verdicts.labels(provider, model, said).inc()
         if row.ttft_ms is not None and row.ttft_ms >= 0:
             self.ttft.labels(provider, model).observe(row.ttft_ms / 1000.0)
         if row.duration_ms is not None and row.duration_ms >= 0:

@@ -71,7 +71,7 @@ from tokenpak_mitm.store.sqlite import (
     LINGER,
     TelemetryStore,
     append_jsonl,
-    last_request_at,
+    newest_request,
     record_loss,
     spill_paths,
     store_local_base,
@@ -780,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     accountant = Accountant()
     # Until an hour after the database's newest request this tracker cannot know what was cached
     # before it started (an earlier proxy run, or this writer before a restart).
-    accountant.sessions.blind_until = blind_until(last_request_at(db), time.time())
+    accountant.sessions.blind_until = blind_until(newest_request(db), time.time())
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
     meter = _Meter(store)
     meter.switch(metrics_at)  # before the store starts: rows imported from a spill file at start are counted
