@@ -45,12 +45,20 @@ from tokenpak_mitm.core.account.request_shape import parse_shape
 from tokenpak_mitm.core.account.session_id import PROJECT_HEADER, SESSION_HEADER
 from tokenpak_mitm.core.account.sessions import Ticket as SessionTicket
 from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome, terminal_state_for_error
-from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
+from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, codings, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
 from tokenpak_mitm.core.plan.cache_diagnostics import Prepared, PreviousResponses, beta_header, prepare, splice, splice_openai
 from tokenpak_mitm.core.plan.cache_facts import facts_for
-from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
+from tokenpak_mitm.core.plan.cache_insert import (
+    OFFLOAD_BYTES,
+    PLAN_MAX_BYTES,
+    PLAN_MAX_OBJECTS,
+    CacheOptions,
+    InsertResult,
+    insert_markers,
+    plan_where,
+)
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import (
@@ -116,7 +124,8 @@ class _FlowState:
     session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
     # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
     # response id is remembered, so the conversation's next request can name it
-    conversation: tuple[str, bytes] | None = None
+    conversation: tuple[str, bytes, bytes] | None = None  # (scope, conversation key, flavor)
+    asked: bool = False  # tokenpak_cache_diagnostics spliced its field into this request
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -510,6 +519,7 @@ class TokenPak:
                                   or (st.route.dialect == "openai_responses" and st.route.provider == "openai")):
             try:
                 asked = await self._ask_diagnostics(flow, st, spans)
+                st.asked = asked is not None
             except Exception:
                 logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
@@ -542,10 +552,10 @@ class TokenPak:
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
         if prepared.keys:
-            st.conversation = (scope, prepared.keys[-1])
+            st.conversation = (scope, prepared.keys[-1], prepared.flavor)
         if prepared.client_sent:
             return None  # the client (or, for OpenAI, the planner) wrote that object: its request goes as it is
-        previous = self.previous_responses.lookup(scope, prepared.keys)
+        previous = self.previous_responses.lookup(scope, prepared.keys, prepared.flavor)
         if api == "openai_responses":
             return self._ask_openai(flow, prepared, prepared.previous_response_id or previous, spans)
         done = splice(body, prepared, previous)
@@ -572,11 +582,22 @@ class TokenPak:
         spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
         return {"comparison_response_id": baseline}
 
+    def _refused_diagnostics(self, st: _FlowState) -> None:
+        """An upstream that refuses the field we added (a gateway, a model or platform without
+        diagnostics) must not see it again: asking stops for this process, with one warning."""
+        said = f"{st.record.extract.error_type or ''} {st.record.extract.error_message or ''}".lower()
+        if self._diagnostics and any(word in said for word in ("diagnostics", "cache-diagnosis", "prompt_cache_options", "comparison_response_id")):
+            self._diagnostics = False
+            logger.warning("tokenpak: the upstream refused the cache-diagnostics field the proxy added (HTTP 400: %s); "
+                           "tokenpak_cache_diagnostics is off for this run",
+                           redact_text((st.record.extract.error_message or "")[:200], st.record.known_secrets))
+
     def _note_response(self, st: _FlowState) -> None:
         """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
         rid = st.tracker.extract.response_id
         if st.conversation is not None and rid:
-            self.previous_responses.note(*st.conversation, rid)
+            scope, key, flavor = st.conversation
+            self.previous_responses.note(scope, key, rid, flavor)
             st.conversation = None
 
     @staticmethod
@@ -612,6 +633,8 @@ class TokenPak:
             plan = partial(insert_markers, body, encoding, opts, memory, now)
             stateless = memory is None  # the learning planner updates this process's memory
         where = plan_where(body, encoding)
+        if where == "off_loop" and len(body) > OFFLOAD_BYTES and not codings(encoding) and await _objects(body, PLAN_MAX_OBJECTS) > PLAN_MAX_OBJECTS:
+            where = "too_large"  # counted here in slices: no worker round trip (and body copy) to learn it
         if where == "too_large":
             # Over the planning bounds (PLAN_MAX_BYTES, PLAN_MAX_OBJECTS): planning would cost more
             # than a marker saves and make this request (and, off the loop, the worker) wait; it
@@ -858,6 +881,8 @@ class TokenPak:
             self._learn(st.ticket, ended, st.record)
         if st.conversation is not None:
             self._note_response(st)
+        if st.asked and st.record.status_code == 400:
+            self._refused_diagnostics(st)
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
@@ -1080,6 +1105,21 @@ def _pretty_host(req: http.Request, headers: _HeaderView) -> str:
     authority = (req.authority or None) if (req.is_http2 or req.is_http3) else None
     authority = authority or headers.get("host")
     return url.parse_authority(authority, check=False)[0] if authority else req.host
+
+
+COUNT_SLICE = 256 << 10  # bytes counted per turn of the event loop (~0.6 ms on the shared 2-core VM)
+
+
+async def _objects(body: bytes, limit: int) -> int:
+    """The JSON objects (``{`` bytes) in ``body``, counted in slices with a turn of the event loop
+    between them (no copy), stopping once past ``limit``: a big body never holds the loop."""
+    n = 0
+    for start in range(0, len(body), COUNT_SLICE):
+        n += body.count(b"{", start, start + COUNT_SLICE)
+        if n > limit:
+            break
+        await asyncio.sleep(0)
+    return n
 
 
 def _shape_input(req: http.Request, headers: _HeaderView) -> bytes | None:
