@@ -86,6 +86,12 @@ def test_labels_are_bounded_and_savings_never_make_a_counter_fall():
     assert {k for (_, labels) in s for k, _ in labels} <= {"provider", "model", "state", "bucket", "reason", "le"}
 
 
+def test_the_gauges_and_the_lost_counter_read_what_they_are_given():
+    m = Metrics(backlog=lambda: 12, spill_rows=lambda: 7, lost=lambda: 3)
+    s = _samples(m)
+    assert (total(s, "tokenpak_writer_backlog_rows"), total(s, "tokenpak_spill_rows"), total(s, "tokenpak_rows_lost_total")) == (12, 7, 3)
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_rows_are_counted_once_when_written_including_spills_imported_twice(engine: str, tmp_path: Path, request: pytest.FixtureRequest,
                                                                             monkeypatch: pytest.MonkeyPatch):
@@ -159,6 +165,7 @@ def test_counters_equal_the_rows_written(tmp_path: Path):
         assert math.isclose(total(samples, "tokenpak_cache_miss_cost_usd_total", provider=provider, model=model, reason=reason), cost, abs_tol=1e-12)
     assert sum(want["cost"].values()) > 0 and want["tokens"][("anthropic", "claude-sonnet-4-6", "cache_read")] > 0
     assert total(samples, "tokenpak_writer_backlog_rows") == 0 and total(samples, "tokenpak_spill_rows") == 0
+    assert ("tokenpak_rows_lost_total", ()) in samples and total(samples, "tokenpak_rows_lost_total") == 0
     assert f"metrics=http://127.0.0.1:{port}/metrics" in out and "sk-ant-test" not in out
 
 

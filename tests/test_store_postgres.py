@@ -429,3 +429,15 @@ def test_a_slow_database_spills_without_stalling_the_proxy_or_the_writer(postgre
     assert count(url) == (21, 21), out[-2000:]
     assert "unresponsive" not in out and postgres.password not in out
     assert "canceling statement due to statement timeout" in out  # said once, on one line
+
+
+def test_the_writer_knows_the_newest_request_of_the_shared_database(postgres: Any) -> None:
+    """A writer (re)starting on a database other proxies write reads its newest request, so its
+    session tracker starts blind for the cache TTL (misses it cannot explain read unknown, not cold)."""
+    from tokenpak_mitm.store.sqlite import newest_request
+
+    url = postgres.database()
+    assert newest_request(url) is None  # no table yet
+    write(url, [row(3), row(7)])
+    assert newest_request(url) == pytest.approx(NOW - 3 * 977.0)
+    assert newest_request(postgres.url("nosuchdb")) is None

@@ -91,9 +91,11 @@ def parse_address(value: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """A note the proxy sends the writer with each batch: rows sent or queued, not yet acknowledged."""
+    """A note the proxy sends the writer when these change: rows sent or queued and not yet
+    acknowledged, and rows lost since the proxy started (written nowhere, counted by cause)."""
 
     rows: int
+    lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +142,12 @@ class SpillRows:
 class Metrics:
     """The counters, histograms and gauges of one writer process, in their own registry."""
 
-    def __init__(self, backlog: Callable[[], float] = lambda: 0.0, spill_rows: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(self, backlog: Callable[[], float] = lambda: 0.0, spill_rows: Callable[[], float] = lambda: 0.0,
+                 lost: Callable[[], float] = lambda: 0.0) -> None:
         require_prometheus()
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.registry import Collector
 
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: half the series, and Prometheus 2 ignores them
         self.registry = CollectorRegistry(auto_describe=True)
@@ -160,6 +165,13 @@ class Metrics:
         self.duration = Histogram("tokenpak_request_duration_seconds", "Request start to the response's last byte.", pm, buckets=DURATION_BUCKETS, registry=r)
         Gauge("tokenpak_writer_backlog_rows", "Rows handed to the store's writer and not yet durable (database or spill file).", registry=r).set_function(backlog)
         Gauge("tokenpak_spill_rows", "Rows waiting in spill files for the database to take them.", registry=r).set_function(spill_rows)
+
+        class _Lost(Collector):  # the proxy's own count (it outlives a writer restart): a counter we read, not one we increment
+            def collect(self) -> Iterable[Any]:
+                yield CounterMetricFamily("tokenpak_rows_lost", "Requests whose row could be neither written nor spilled, since the proxy started "
+                                          "(`tokenpak doctor` shows the causes).", value=lost())
+
+        r.register(_Lost())
         self._models: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._server: Any = None

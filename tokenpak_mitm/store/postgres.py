@@ -41,7 +41,7 @@ from tokenpak_mitm.store.dburl import EXTRA_HINT, display, scrub
 from tokenpak_mitm.store.dialect import POSTGRESQL
 from tokenpak_mitm.store.schema import migrations
 
-__all__ = ["MissingExtra", "PostgresBackend", "PgReader", "connect_readonly", "require", "migrate", "schema_version", "errors", "one_line"]
+__all__ = ["newest_request", "MissingExtra", "PostgresBackend", "PgReader", "connect_readonly", "require", "migrate", "schema_version", "errors", "one_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,3 +296,21 @@ class PgReader:
 
 def connect_readonly(url: str) -> PgReader:
     return PgReader(url)
+
+
+def newest_request(url: str) -> float | None:
+    """The newest ``started_at`` in the database (any proxy's); None when unknown or unreachable."""
+    unreachable: tuple[type[BaseException], ...] = (MissingExtra, *errors())
+    try:
+        reader = PgReader(url)
+    except unreachable:
+        return None
+    try:
+        if not _has_table(reader, "requests"):
+            return None
+        value = reader.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
+        return float(value) if isinstance(value, (int, float)) else None
+    except errors():
+        return None
+    finally:
+        reader.close()
