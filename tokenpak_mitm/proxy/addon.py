@@ -124,7 +124,7 @@ class _FlowState:
     session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
     # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
     # response id is remembered, so the conversation's next request can name it
-    conversation: tuple[str, bytes] | None = None
+    conversation: tuple[str, bytes, bytes] | None = None  # (scope, conversation key, flavor)
     asked: bool = False  # tokenpak_cache_diagnostics spliced its field into this request
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
@@ -548,10 +548,10 @@ class TokenPak:
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
         if prepared.keys:
-            st.conversation = (scope, prepared.keys[-1])
+            st.conversation = (scope, prepared.keys[-1], prepared.flavor)
         if prepared.client_sent:
             return None  # the client (or, for OpenAI, the planner) wrote that object: its request goes as it is
-        previous = self.previous_responses.lookup(scope, prepared.keys)
+        previous = self.previous_responses.lookup(scope, prepared.keys, prepared.flavor)
         if api == "openai_responses":
             return self._ask_openai(flow, prepared, prepared.previous_response_id or previous, spans)
         done = splice(body, prepared, previous)
@@ -592,7 +592,8 @@ class TokenPak:
         """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
         rid = st.tracker.extract.response_id
         if st.conversation is not None and rid:
-            self.previous_responses.note(*st.conversation, rid)
+            scope, key, flavor = st.conversation
+            self.previous_responses.note(scope, key, rid, flavor)
             st.conversation = None
 
     @staticmethod
