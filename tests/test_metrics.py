@@ -237,16 +237,19 @@ def test_a_taken_port_costs_one_line_and_no_traffic_and_metrics_come_when_it_fre
 def test_a_scrape_during_shutdown_is_harmless(tmp_path: Path):
     port = free_port()
     seen: list[float] = []
-    errors: list[str] = []
+    errors: list[str] = []  # connection refused or cut: harmless
+    unexpected: list[str] = []  # an error status, a torn page: not harmless
     stop = threading.Event()
 
     def scraper() -> None:
         while not stop.is_set():
             try:
                 seen.append(total(scrape(port), "tokenpak_requests_total"))
-            except httpx.HTTPError as e:
+            except httpx.TransportError as e:
                 errors.append(type(e).__name__)
                 time.sleep(0.01)
+            except Exception as e:  # noqa: BLE001 - recorded and asserted on below
+                unexpected.append(repr(e))
 
     with FakeProvider() as fake:
         proxy = _proxy(fake, tmp_path, port).start()
@@ -260,5 +263,5 @@ def test_a_scrape_during_shutdown_is_harmless(tmp_path: Path):
         thread.join(10)
     assert code == 0 and "Traceback" not in proxy.output()
     assert set(seen) <= set(range(n + 1)) and max(seen) == n  # whatever was answered was a whole, true page
-    assert set(errors) <= {"ConnectError", "RemoteProtocolError", "ReadError"} and errors  # then refused, nothing worse
+    assert errors and not unexpected  # then refused, nothing worse
     assert len(db_rows(tmp_path / "t.db")) == n
