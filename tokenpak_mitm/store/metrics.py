@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,17 @@ class SpillRows:
             os.close(fd)
 
 
+@dataclass(slots=True)
+class _Series:
+    tokens: list[Any]
+    cost: Any
+    saved: Any
+    overspend: Any
+    ttft: Any
+    duration: Any
+    requests: dict[str, Any] = field(default_factory=dict)  # by terminal state, as they occur
+
+
 class Metrics:
     """The counters, histograms and gauges of one writer process, in their own registry."""
 
@@ -173,6 +184,7 @@ class Metrics:
 
         r.register(_Lost())
         self._models: dict[str, set[str]] = {}
+        self._children: dict[tuple[str, str], _Series] = {}
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: Any = None
@@ -198,17 +210,35 @@ class Metrics:
             except Exception:  # noqa: BLE001 - a metric must never cost a row
                 logger.exception("tokenpak: a row could not be counted in the metrics")
 
+    def _series(self, provider: str, model: str) -> _Series:
+        """The children of one (provider, model): ``labels()`` costs microseconds a call, so each
+        label set is looked up once (bounded like the labels themselves)."""
+        key = (provider, model)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = _Series(
+                tokens=[self.tokens.labels(provider, model, bucket) for bucket, _ in BUCKETS],
+                cost=self.cost.labels(provider, model), saved=self.saved.labels(provider, model),
+                overspend=self.overspend.labels(provider, model), ttft=self.ttft.labels(provider, model),
+                duration=self.duration.labels(provider, model),
+            )
+        return series
+
     def _observe(self, row: TelemetryRow) -> None:
         provider = row.provider or "unknown"
         model = self.model_label(provider, row.model)
+        series = self._series(provider, model)
         state = row.terminal_state if row.terminal_state in _STATES else OTHER
-        self.requests.labels(provider, model, state).inc()
-        for bucket, name in BUCKETS:
-            self.tokens.labels(provider, model, bucket).inc(max(0, getattr(row, name) or 0))
-        self.cost.labels(provider, model).inc(max(0.0, row.cost_usd or 0.0))
+        child = series.requests.get(state)
+        if child is None:
+            child = series.requests[state] = self.requests.labels(provider, model, state)
+        child.inc()
+        for counter, (_, name) in zip(series.tokens, BUCKETS):
+            counter.inc(max(0, getattr(row, name) or 0))
+        series.cost.inc(max(0.0, row.cost_usd or 0.0))
         savings = row.savings_usd or 0.0
-        self.saved.labels(provider, model).inc(max(0.0, savings))
-        self.overspend.labels(provider, model).inc(max(0.0, -savings))
+        series.saved.inc(max(0.0, savings))
+        series.overspend.inc(max(0.0, -savings))
         if row.cache_miss_reason is not None:
             reason = row.cache_miss_reason if row.cache_miss_reason in _REASONS else OTHER
             self.miss_cost.labels(provider, model, reason).inc(max(0.0, row.miss_cost_usd or 0.0))
@@ -216,9 +246,9 @@ class Metrics:
             said = row.provider_miss_reason if row.provider_miss_reason in _VERDICTS else OTHER
             self.verdicts.labels(provider, model, said).inc()
         if row.ttft_ms is not None and row.ttft_ms >= 0:
-            self.ttft.labels(provider, model).observe(row.ttft_ms / 1000.0)
+            series.ttft.observe(row.ttft_ms / 1000.0)
         if row.duration_ms is not None and row.duration_ms >= 0:
-            self.duration.labels(provider, model).observe(row.duration_ms / 1000.0)
+            series.duration.observe(row.duration_ms / 1000.0)
 
     # -- serving --------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> None:

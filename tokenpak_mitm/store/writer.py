@@ -145,6 +145,7 @@ QUEUE_BYTES = 16 << 20  # bytes of items waiting (request bodies for the session
 HARD_ITEMS = 20_000  # past these (the proxy's own spill stalled, or a burst faster than it) a new row is counted lost
 HARD_BYTES = 48 << 20  # at once rather than held: the proxy's memory stays bounded whatever happens
 UNACKED_ITEMS = 20_000  # rows in the pipe or the writer, not yet durable; beyond this the oldest are spilled too
+BEGIN_BODY_BYTES = 8 << 20  # a request body above this is not sent to the writer's session tracker (half QUEUE_BYTES)
 FRAME_BYTES = 1 << 20  # a batch stops growing at this many bytes (at least one item)
 _ROW_SIZE = 2048  # what a queued row or finished record is taken to weigh (its request body is not in it)
 _SIZE_OVERHEAD = 256
@@ -238,6 +239,8 @@ class StoreProcess:
     def begin(self, key: str, facts: SessionFacts) -> None:
         """A request went upstream: the writer's session tracker decides its session and turn."""
         if not self._closed.is_set():
+            if facts.body is not None and len(facts.body) > BEGIN_BODY_BYTES:
+                facts = replace(facts, body=None)  # its session from the headers: one body must not fill the queue's byte cap
             self._put(Begin(key, facts), False)
 
     def account(self, done: Finished) -> None:
