@@ -184,3 +184,71 @@ def test_a_mid_conversation_system_message_keeps_the_session_reads_the_cache_and
     assert all(r["cache_read_tokens"] > 0 for r in rows[1:])  # the turn with the system message too
     assert [r["cache_miss_reason"] for r in rows] == ["cold", None, None, None, None]
     assert [r["provider_miss_reason"] for r in rows] == ["none"] * 5  # the provider agrees: nothing diverged
+
+
+def test_openai_responses_get_the_comparison_id_and_rows_carry_openais_verdict(tmp_path: Path):
+    """GPT-5.6+ Responses: every request after the first names the conversation's previous response
+    in prompt_cache_options.comparison_response_id (the request's own previous_response_id when it has
+    one); nothing else changes; an older model and a request with its own prompt_cache_options are left alone."""
+    db = tmp_path / "t.db"
+    headers = [("authorization", "Bearer sk-proj-canary-not-a-real-key-0000000000"), ("content-type", "application/json")]
+    with FakeProvider() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path,
+                                options=["tokenpak_cache_diagnostics=on", "tokenpak_cache=off"]).start()
+        try:
+            history: list[dict[str, str]] = []
+            sent: list[bytes] = []
+            ids: list[str] = []
+            for turn in range(3):
+                history.append({"role": "user", "content": f"Question {turn}"})
+                body = json.dumps({"model": "gpt-5.6", "instructions": SYSTEM + (" More." if turn == 2 else ""), "input": history}).encode()
+                sent.append(body)
+                resp = request(proxy.port, build_request("POST", "/v1/responses", body, headers))
+                assert resp.status == 200, resp.body
+                ids.append(json.loads(resp.body)["id"])
+                history.append({"role": "assistant", "content": "ok"})
+            chained = json.dumps({"model": "gpt-5.6", "instructions": SYSTEM + " More.", "previous_response_id": ids[-1], "input": "go on"}).encode()
+            assert request(proxy.port, build_request("POST", "/v1/responses", chained, headers)).status == 200
+            older = json.dumps({"model": "gpt-4o", "input": history}).encode()
+            own = json.dumps({"model": "gpt-5.6", "input": history, "prompt_cache_options": {"ttl": "30m"}}).encode()
+            for body in (older, own):
+                assert request(proxy.port, build_request("POST", "/v1/responses", body, headers)).status == 200
+            rows = wait_for_rows(db, "1=1 ORDER BY id", (), n=6)
+        finally:
+            proxy.stop()
+    received = [r.body for r in fake.received]
+    assert received[0] == sent[0]  # the first request: nothing to compare with
+    for turn in (1, 2):
+        assert received[turn] == b'{"prompt_cache_options":{"comparison_response_id":"' + ids[turn - 1].encode() + b'"},' + sent[turn][1:]
+    assert received[3] == b'{"prompt_cache_options":{"comparison_response_id":"' + ids[2].encode() + b'"},' + chained[1:]
+    assert received[4:] == [older, own]
+    assert [r["provider_miss_reason"] for r in rows] == [None, "cache_hit", "instructions_changed", "cache_hit", None, None]
+
+
+def test_an_upstream_that_refuses_the_field_stops_the_asking_after_one_request(tmp_path: Path):
+    """A gateway (or platform) that rejects unknown fields: one 400, one warning line, and the next
+    requests go exactly as the client wrote them."""
+    from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step
+
+    def handler(got: Received) -> Script:
+        if b'"diagnostics"' in got.body:
+            body = json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": "diagnostics: Extra inputs are not permitted"}})
+            return Script(status=400, reason="Bad Request", headers=[("content-type", "application/json")], steps=[Step(body.encode())], chunked=False)
+        ok = {"id": "msg_ok", "type": "message", "role": "assistant", "model": MODEL, "content": [{"type": "text", "text": "ok"}],
+              "stop_reason": "end_turn", "usage": {"input_tokens": 10, "output_tokens": 1}}
+        return Script(headers=[("content-type", "application/json")], steps=[Step(json.dumps(ok).encode())], chunked=False)
+
+    up = FakeUpstream(handler).start()
+    proxy = MitmdumpProcess(f"reverse:{up.url}", db=tmp_path / "t.db", confdir=tmp_path, options=["tokenpak_cache_diagnostics=on"]).start()
+    try:
+        body = json.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        assert request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS)).status == 400
+        for _ in range(2):
+            assert request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS)).status == 200
+            assert up.received[-1].body == body and up.received[-1].header("anthropic-beta") is None
+        wait_for_rows(tmp_path / "t.db", "1=1", (), n=3)
+    finally:
+        proxy.stop()
+        up.stop()
+    assert proxy.output().count("tokenpak_cache_diagnostics is off for this run") == 1
+    assert KEY not in proxy.output()

@@ -344,9 +344,11 @@ def known_values(conn: sqlite3.Connection | None, name: str) -> list[str]:
     seen: list[str] = []
     if conn is not None:
         column = next(f.column for f in COLUMN_FILTERS if f.name == name)
+        from tokenpak_mitm.store.sqlite import reader_errors
+
         try:
             seen = [str(v) for (v,) in conn.execute(f"SELECT DISTINCT {column} FROM requests WHERE {column} IS NOT NULL")]
-        except sqlite3.Error:
+        except reader_errors():
             seen = []
     return sorted(set(vocab) | set(seen), key=lambda v: (v not in vocab, list(vocab).index(v) if v in vocab else 0, v))
 
@@ -360,6 +362,8 @@ def unknown_filter_value(conn: sqlite3.Connection | None, filters: Filters, name
     for name, values in filters.columns:
         if names is not None and name not in names:
             continue
+        if conn is None and name not in ("provider", "route", "state"):
+            continue  # the database could not be read: which models it holds is unknown
         known = known_values(conn, name)
         for value in values:
             if any(c in value for c in "*?[") and any(fnmatchcase(k, value) for k in known):

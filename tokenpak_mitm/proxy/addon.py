@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from tokenpak_mitm.core.plan.learning_planner import Memory
@@ -57,10 +58,10 @@ class TokenPak:
         return self.config.started
 
     @staticmethod
-    def check_options(opts: Any) -> None:
-        """Raise ``OptionsError`` for a bad value of the options (``config.check``: also run by
-        ``tokenpak run`` before mitmdump starts)."""
-        check(opts)
+    def check_options(opts: Any, updated: Collection[str] | None = None) -> None:
+        """Raise ``OptionsError`` for a bad value of the options (those in ``updated``; None: all):
+        ``config.check``, also run by ``tokenpak run`` before mitmdump starts."""
+        check(opts, updated)
 
 
 def watch_startup(addon: TokenPak, grace: float | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from mitmproxy import ctx, exceptions
@@ -22,6 +23,7 @@ from tokenpak_mitm.proxy.options import Settings, declare, parse
 from tokenpak_mitm.proxy.quiet import set_quiet
 from tokenpak_mitm.proxy.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store.dburl import display, is_postgres
+from tokenpak_mitm.store.metrics import MetricsUnavailable, parse_address, require_prometheus
 from tokenpak_mitm.store.otel import OtelUnavailable, require_otel
 from tokenpak_mitm.store.postgres import MissingExtra
 from tokenpak_mitm.store.postgres import require as require_postgres
@@ -31,19 +33,26 @@ __all__ = ["Config", "check"]
 logger = logging.getLogger("tokenpak")
 
 
-def check(opts: Any) -> Settings:
-    """The options' ``Settings``, or ``OptionsError`` with one line for a bad value (pure but for
-    the OTLP extra's presence: also run by ``tokenpak run`` before mitmdump starts)."""
+def check(opts: Any, updated: Collection[str] | None = None) -> Settings:
+    """The options' ``Settings``, or ``OptionsError`` with one line for a bad value among
+    ``updated`` (None: all). Pure but for the extras' presence: also run by ``tokenpak run`` before
+    mitmdump starts (`startup.preflight`)."""
+    def checked(name: str) -> bool:
+        return updated is None or name in updated
+
     try:
-        settings = parse(opts)
-    except ValueError as e:
+        settings = parse(opts, updated)
+        if checked("tokenpak_metrics") and settings.metrics:
+            parse_address(settings.metrics)
+            require_prometheus()
+    except (ValueError, MetricsUnavailable) as e:
         raise exceptions.OptionsError(str(e)) from e
-    if settings.otlp:
+    if checked("tokenpak_otlp") and settings.otlp:
         try:
             require_otel()  # the store exports every row it writes
         except OtelUnavailable as e:
             raise exceptions.OptionsError(str(e)) from e
-    if is_postgres(settings.db):
+    if checked("tokenpak_db") and is_postgres(settings.db):
         try:
             require_postgres()
         except MissingExtra as e:
@@ -75,7 +84,7 @@ class Config:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        self.settings = settings = check(opts)
+        self.settings = settings = check(opts, updated)
         if "tokenpak_quiet" in updated:
             set_quiet(settings.quiet)
 
@@ -83,8 +92,10 @@ class Config:
         self.started.set()
         modes = ",".join(str(m) for m in ctx.options.mode)
         db = display(self.settings.db) if self.settings is not None else "-"
+        metrics = self.settings.metrics if self.settings is not None else ""
         logger.info(
-            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
+            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
+            f" metrics=http://{metrics}/metrics" if metrics else "",
         )
         warm_prices()  # before traffic, not on the first request's turn of the event loop

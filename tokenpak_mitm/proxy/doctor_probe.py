@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from mitmproxy import http
+from mitmproxy.proxy import mode_specs
 
 from tokenpak_mitm import __version__
 from tokenpak_mitm.proxy.handoff import SinkHandle
@@ -38,6 +39,8 @@ class DoctorProbe:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
+        mode = flow.client_conn.proxy_mode
         answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=sink.name if sink else None, db_identity=identity,
-                             rows_written=getattr(sink, "written", 0), store_error=getattr(sink, "last_error", None))
+                             rows_written=getattr(sink, "written", 0), store_error=getattr(sink, "last_error", None),
+                             upstream=mode.data if isinstance(mode, mode_specs.ReverseMode) else None)
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})

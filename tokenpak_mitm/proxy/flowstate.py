@@ -58,7 +58,8 @@ class FlowState:
     answered: Callable[[Outcome | None, RequestRecord], None] | None = None
     # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
     # response id is remembered, so the conversation's next request can name it
-    conversation: tuple[str, bytes] | None = None
+    conversation: tuple[str, bytes, bytes] | None = None  # (scope, conversation key, flavor)
+    asked: bool = False  # tokenpak_cache_diagnostics spliced its field into this request
     began: Callable[[], None] | None = None  # planning: the response began (its cache writes are readable)
     tap: StreamTap | None = None  # observing: the stream observer in flow.response.stream
     emitted: bool = False  # the accounting hand-off ran (exactly once per request)

@@ -26,7 +26,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from tokenpak_mitm.core.account.accounting import Finished, SessionFacts, Sink, identity_headers
-from tokenpak_mitm.core.account.telemetry import Outcome, outcome
+from tokenpak_mitm.core.account.telemetry import Outcome, outcome, terminal_state_for_error
 from tokenpak_mitm.core.redact import redact_text, secret_values
 from tokenpak_mitm.core.request_model import request_model
 from tokenpak_mitm.proxy import hooks
@@ -72,6 +72,7 @@ class Handoff:
         self.sink: Sink | None = None
         self._local = False  # the sink accounts in this process (flows are saved or recorded)
         self._otlp = ""
+        self._metrics = ""  # tokenpak_metrics (host:port)
         self._saving = False  # mitmproxy's save_stream_file (-w) is set
         self._console = True
         self._secret_names: frozenset[str] = frozenset()
@@ -87,11 +88,16 @@ class Handoff:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         try:
-            settings = parse(opts)
+            settings = parse(opts, updated)
         except ValueError:
             return  # the configuration addon reports it
         if "tokenpak_otlp" in updated:
             self._otlp = settings.otlp
+        if "tokenpak_metrics" in updated:
+            # Before a new store starts: its writer must count the rows it imports from a spill file at start.
+            self._metrics = settings.metrics
+            if self.sink is not None:
+                self.sink.set_metrics(self._metrics or None)  # served by the writer process, where rows are written
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = settings.secret_headers
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
@@ -106,6 +112,8 @@ class Handoff:
                 self.sink = self._handle.sink = make_sink(settings.db, local, self._worker)
                 if self._otlp:
                     self.sink.set_otlp(self._otlp)
+                if self._metrics:
+                    self.sink.set_metrics(self._metrics)
                 self.sink.start()
         if self.sink is not None:
             self.sink.set_console(self._console)
@@ -175,6 +183,8 @@ class Handoff:
                 st.record.closed_by = closed_by(flow)
             else:
                 st.record.closed_by = closed_by_word(st.earlier.get("closed_by"))  # replay: the live run's verdict
+            if st.record.terminal_override is None and unreachable(flow):
+                st.record.terminal_override = "upstream_unreachable"
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -351,6 +361,16 @@ def make_sink(path: str, local: bool, worker: Offloader) -> Sink:
 
 async def _run_in_worker(worker: Offloader, fn: Any, *args: Any) -> Any:
     return await worker.run(fn, *args)
+
+
+def unreachable(flow: http.HTTPFlow) -> bool:
+    """The flow failed because the upstream could not be reached: no response, and no connection
+    to it was ever set up (TCP refused or timed out, name not resolved, TLS handshake failed).
+    A client that left first is not that (mitmproxy names the client in its error text)."""
+    srv = flow.server_conn
+    never_connected = srv.timestamp_tcp_setup is None or (srv.tls and srv.timestamp_tls_setup is None)
+    gone = flow.error is not None and terminal_state_for_error(flow.error.msg) == "client_disconnected"
+    return flow.response is None and never_connected and not gone
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -10,7 +10,7 @@ our non-string options are declared as strings and parsed here; a bad value beco
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,7 @@ class Settings:
     quiet: bool
     diagnostics: bool  # ask Anthropic for its own cache-miss verdict
     otlp: str  # OTLP/HTTP collector URL ("": none)
+    metrics: str  # host:port the writer serves Prometheus metrics on ("": none)
 
 
 def declare(loader: Loader) -> None:
@@ -82,35 +83,53 @@ def declare(loader: Loader) -> None:
                       "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                       "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
     loader.add_option("tokenpak_cache_diagnostics", str, "off",
-                      "Ask Anthropic for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
-                      "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
-                      "The provider then keeps a fingerprint of each request (docs/security.md).")
+                      "Ask the provider for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
+                      "previous response) and the cache-diagnosis beta header to Anthropic Messages requests that lack them, and "
+                      "prompt_cache_options.comparison_response_id to GPT-5.6+ Responses requests; off (default). "
+                      "Anthropic then keeps a fingerprint of each request (docs/security.md).")
     loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
+    loader.add_option("tokenpak_metrics", str, "", "Serve Prometheus metrics of the rows written on host:port (e.g. 127.0.0.1:9464, path /metrics); needs the team extra.")
 
 
-def parse(options: Any) -> Settings:
-    """The declared options' values as ``Settings`` (pure); ``ValueError`` with one line naming the bad one."""
+def parse(options: Any, updated: Collection[str] | None = None) -> Settings:
+    """The declared options' values as ``Settings`` (pure); ``ValueError`` with one line naming a
+    bad one among ``updated`` (None: all). A value not in ``updated`` was checked when it was set
+    (mitmproxy rolls a rejected one back; a test context may not: it then reads as its default)."""
+    def checked(name: str) -> bool:
+        return updated is None or name in updated
+
+    def flag(name: str, default: bool) -> bool:
+        try:
+            return parse_bool(name, getattr(options, name))
+        except ValueError:
+            if checked(name):
+                raise
+            return default
+
     cache, ttl = options.tokenpak_cache, options.tokenpak_cache_ttl
     if cache not in CACHE_MODES:
-        raise ValueError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
+        if checked("tokenpak_cache"):
+            raise ValueError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
+        cache = "auto"
     if ttl not in CACHE_TTLS:
-        raise ValueError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {ttl!r}")
+        if checked("tokenpak_cache_ttl"):
+            raise ValueError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {ttl!r}")
+        ttl = "auto"
     otlp = options.tokenpak_otlp
     if otlp and not otlp.startswith(("http://", "https://")):
-        raise ValueError(f"tokenpak_otlp must be an http(s) URL, not {otlp!r}")
-    console = parse_bool("tokenpak_console", options.tokenpak_console)
-    quiet = parse_bool("tokenpak_quiet", options.tokenpak_quiet)
-    history = parse_bool("tokenpak_cache_history", options.tokenpak_cache_history)
-    diagnostics = parse_bool("tokenpak_cache_diagnostics", options.tokenpak_cache_diagnostics)
+        if checked("tokenpak_otlp"):
+            raise ValueError(f"tokenpak_otlp must be an http(s) URL, not {otlp!r}")
+        otlp = ""
     return Settings(
         db=options.tokenpak_db or str(default_db_path()),
         hosts=frozenset(h.lower() for h in options.tokenpak_hosts),
         cache=CacheOptions(mode=cache, ttl=ttl),
-        history=history,
+        history=flag("tokenpak_cache_history", True),
         index=options.tokenpak_cache_index,
-        console=console,
+        console=flag("tokenpak_console", True),
         secret_headers=frozenset(n.strip().lower() for n in options.tokenpak_secret_headers if n.strip()),
-        quiet=quiet,
-        diagnostics=diagnostics,
+        quiet=flag("tokenpak_quiet", False),
+        diagnostics=flag("tokenpak_cache_diagnostics", False),
         otlp=otlp,
+        metrics=options.tokenpak_metrics.strip(),
     )

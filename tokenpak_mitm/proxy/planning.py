@@ -23,8 +23,9 @@ from mitmproxy.proxy import mode_specs
 from tokenpak_mitm.core.account.pricing import request_price_hints
 from tokenpak_mitm.core.account.session_id import PROJECT_HEADER, SESSION_HEADER
 from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord
+from tokenpak_mitm.core.observe.decoders import codings
 from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses
-from tokenpak_mitm.core.plan.cache_insert import InsertResult
+from tokenpak_mitm.core.plan.cache_insert import OFFLOAD_BYTES, PLAN_MAX_OBJECTS, InsertResult
 from tokenpak_mitm.core.plan.cache_planner import CacheOptions
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.plan import Api, placement, plan, plan_in_worker, unchanged
@@ -32,7 +33,7 @@ from tokenpak_mitm.core.plan.split_plan import Snapshot, apply_record_stepwise, 
 from tokenpak_mitm.core.redact import redact_query
 from tokenpak_mitm.core.routes import classify, route_class, tracker_for
 from tokenpak_mitm.proxy import hooks
-from tokenpak_mitm.proxy.diagnostics import ask, note_response
+from tokenpak_mitm.proxy.diagnostics import ask, asks, note_response, refused
 from tokenpak_mitm.proxy.flowstate import KEY, META, FlowState, HeaderView, pretty_host, state_of, take_labels
 from tokenpak_mitm.proxy.offload import Offloader
 from tokenpak_mitm.proxy.options import Settings, parse
@@ -59,12 +60,15 @@ class Planning:
         self.settings: Settings | None = None
         self.previous_responses = PreviousResponses()  # tokenpak_cache_diagnostics: each conversation's last response
         self._scope_salt = os.urandom(16)  # credential scopes are salted hashes, never the key
+        self._diagnostics = False  # tokenpak_cache_diagnostics, until an upstream refuses the field
 
     def configure(self, updated: set[str]) -> None:
         try:
-            self.settings = parse(ctx.options)  # (the configuration addon reports a bad value)
+            self.settings = parse(ctx.options, updated)  # (the configuration addon reports a bad value)
         except ValueError:
-            pass
+            return
+        if "tokenpak_cache_diagnostics" in updated:
+            self._diagnostics = self.settings.diagnostics
 
     # -- hooks ----------------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -138,12 +142,13 @@ class Planning:
             logger.exception("tokenpak: marker insertion failed; request sent unchanged")
             st.record.cache_decision = "error"
         asked: dict[str, Any] | None = None
-        if settings.diagnostics and st.route.api == "messages" and st.route.provider == "anthropic":
+        if self._diagnostics and asks(st):
             try:
                 asked = await ask(flow, st, spans, self.previous_responses, self._scope_salt, self._worker.run)
+                st.asked = asked is not None
             except Exception:
                 logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
-        if st.ticket is not None or st.conversation is not None:
+        if st.ticket is not None or st.conversation is not None or st.asked:
             st.answered = self._answered(st)
         rec = st.record
         flow.metadata[META] = {
@@ -179,6 +184,8 @@ class Planning:
                     logger.exception("tokenpak: could not feed usage back to the cache planner")
             if st.conversation is not None:
                 note_response(st, self.previous_responses)
+            if st.asked and rec.status_code == 400 and self._diagnostics and refused(st):
+                self._diagnostics = False  # asking stops for this process
 
         return answered
 
@@ -220,6 +227,8 @@ async def run_plan(body: bytes, encoding: str | None, api: Api, opts: CacheOptio
     planning bounds (PLAN_MAX_BYTES, PLAN_MAX_OBJECTS) planning would cost more than a marker
     saves: the request goes upstream exactly as it came (``too_large``)."""
     where = placement(body, encoding, api, opts, memory is not None)
+    if where in ("worker", "split") and len(body) > OFFLOAD_BYTES and not codings(encoding) and await _objects(body, PLAN_MAX_OBJECTS) > PLAN_MAX_OBJECTS:
+        where = "too_large"  # counted here in slices: no worker round trip (and body copy) to learn it
     if where == "too_large":
         return unchanged(body, "too_large")
     if where == "inline":
@@ -242,6 +251,21 @@ async def run_plan(body: bytes, encoding: str | None, api: Api, opts: CacheOptio
             return done
         await asyncio.sleep(0)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+COUNT_SLICE = 256 << 10  # bytes counted per turn of the event loop (~0.6 ms on the shared 2-core VM)
+
+
+async def _objects(body: bytes, limit: int) -> int:
+    """The JSON objects (``{`` bytes) in ``body``, counted in slices with a turn of the event loop
+    between them (no copy), stopping once past ``limit``: a big body never holds the loop."""
+    n = 0
+    for start in range(0, len(body), COUNT_SLICE):
+        n += body.count(b"{", start, start + COUNT_SLICE)
+        if n > limit:
+            break
+        await asyncio.sleep(0)
+    return n
 
 
 def _reuse_decision(rec: RequestRecord, meta: dict[str, Any]) -> None:

@@ -41,12 +41,19 @@ from tokenpak_mitm.store.dburl import EXTRA_HINT, display, scrub
 from tokenpak_mitm.store.dialect import POSTGRESQL
 from tokenpak_mitm.store.schema import migrations
 
-__all__ = ["MissingExtra", "PostgresBackend", "PgReader", "connect_readonly", "require", "migrate", "schema_version", "errors", "one_line"]
+__all__ = ["newest_request", "MissingExtra", "PostgresBackend", "PgReader", "connect_readonly", "require", "migrate", "schema_version", "errors", "one_line"]
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5  # seconds; an unreachable server costs the writer thread this long per attempt
-STATEMENT_TIMEOUT_MS = 20_000  # a slow server: the batch is rolled back, spilled and retried
+# Every wait on the server stays under the writer's acknowledgement bound (store/writer.py
+# ACK_TIMEOUT, 5 s): a batch that cannot be written in time is spilled (and acknowledged) instead,
+# so an unreachable or slow server never makes the proxy take the writer for hung.
+# (A row also waits in the queue and the linger before its batch starts, and the machine may be
+# loaded: 4 s left too little margin in tests/test_store_postgres.py's slow-server test. A 500-row
+# batch takes 0.1-0.35 s on the shared 2-core VM at load 13.)
+CONNECT_TIMEOUT = 2  # seconds (libpq's minimum); an unreachable server costs this per attempt
+STATEMENT_TIMEOUT_MS = 2_500  # a slow server: the batch is rolled back, spilled and retried
+TCP_USER_TIMEOUT_MS = 2_500  # a server gone mid-statement (no RST: a partition): the socket errors
 _LOCK_ID = 0x746F6B70  # pg_advisory_xact_lock key for migrations ("tokp")
 
 
@@ -163,7 +170,7 @@ _COLUMN_KINDS = [_KINDS[c.sql.split()[0].upper()] for c in ROW_COLUMNS]
 _INSERT = (
     f"INSERT INTO requests ({', '.join(FIELD_NAMES)}) "
     f"SELECT * FROM unnest({', '.join(f'%s::{pg}[]' for pg, _, _ in _COLUMN_KINDS)}) "
-    "ON CONFLICT (request_key) DO NOTHING"
+    "ON CONFLICT (request_key) DO NOTHING RETURNING request_key"  # what was added: the metrics count exactly those
 )
 
 
@@ -188,17 +195,17 @@ class PostgresBackend:
         self.close()
         conn = self._psycopg.connect(
             self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="tokenpak-mitm writer",
-            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3, tcp_user_timeout=TCP_USER_TIMEOUT_MS,
         )
         try:
-            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             zone = _local_zone()
             if zone:
                 try:
                     conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
                 except self._psycopg.Error:
                     pass  # a zone name the server does not know: its own zone (reports read those days raw)
-            migrate(conn)
+            migrate(conn)  # (without the statement timeout: filling the summaries of a big database takes longer)
+            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         except BaseException:
             conn.close()
             raise
@@ -212,11 +219,14 @@ class PostgresBackend:
                 pass
         self._conn = None
 
-    def insert(self, values: list[tuple[Any, ...]]) -> None:
+    def insert(self, values: list[tuple[Any, ...]]) -> set[str] | None:
         assert self._conn is not None
         columns = [[v if v is None or ok(v) else fix(v) for v in col] for (_, ok, fix), col in zip(_COLUMN_KINDS, zip(*values), strict=True)]
         with self._conn.transaction():  # binary parameters: ~25% less time than text for a 500-row batch
-            self._conn.cursor().execute(_INSERT, columns, prepare=True, binary=True)
+            cursor = self._conn.cursor()
+            cursor.execute(_INSERT, columns, prepare=True, binary=True)
+            added = [row[0] for row in cursor.fetchall()]
+        return None if len(added) == len(values) else {str(k) for k in added}
 
     def describe(self, e: BaseException) -> str:
         return one_line(e, self.url)
@@ -286,3 +296,21 @@ class PgReader:
 
 def connect_readonly(url: str) -> PgReader:
     return PgReader(url)
+
+
+def newest_request(url: str) -> float | None:
+    """The newest ``started_at`` in the database (any proxy's); None when unknown or unreachable."""
+    unreachable: tuple[type[BaseException], ...] = (MissingExtra, *errors())
+    try:
+        reader = PgReader(url)
+    except unreachable:
+        return None
+    try:
+        if not _has_table(reader, "requests"):
+            return None
+        value = reader.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
+        return float(value) if isinstance(value, (int, float)) else None
+    except errors():
+        return None
+    finally:
+        reader.close()

@@ -79,6 +79,7 @@ from tokenpak_mitm.core.account.accounting import (
 from tokenpak_mitm.core.account.request_shape import Shape, parse_shape
 from tokenpak_mitm.core.row import TelemetryRow
 from tokenpak_mitm.store.dburl import display
+from tokenpak_mitm.store.metrics import Backlog, ServeMetrics
 from tokenpak_mitm.store.sqlite import (
     BATCH,
     FLUSH_INTERVAL,
@@ -87,6 +88,7 @@ from tokenpak_mitm.store.sqlite import (
     TelemetryStore,
     append_jsonl,
     last_request_at,
+    newest_request,
     record_loss,
     spill_paths,
     store_local_base,
@@ -115,7 +117,7 @@ SHAPE_OFFLOAD_BYTES = 32 << 10  # a LocalSink parses request bodies above this i
 # What the feeder sends: a row (a mapping), a finished request, or one of three notes. The classes
 # live in `accounting`, not here: the writer runs this module as __main__, and a class pickled
 # from here would be a different class there.
-_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch | OtlpSwitch
+_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch | OtlpSwitch | ServeMetrics | Backlog
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,6 +160,7 @@ QUEUE_BYTES = 16 << 20  # bytes of items waiting (request bodies for the session
 HARD_ITEMS = 20_000  # past these (the proxy's own spill stalled, or a burst faster than it) a new row is counted lost
 HARD_BYTES = 48 << 20  # at once rather than held: the proxy's memory stays bounded whatever happens
 UNACKED_ITEMS = 20_000  # rows in the pipe or the writer, not yet durable; beyond this the oldest are spilled too
+BEGIN_BODY_BYTES = 8 << 20  # a request body above this is not sent to the writer's session tracker (half QUEUE_BYTES)
 FRAME_BYTES = 1 << 20  # a batch stops growing at this many bytes (at least one item)
 _ROW_SIZE = 2048  # what a queued row or finished record is taken to weigh (its request body is not in it)
 _SIZE_OVERHEAD = 256
@@ -205,6 +208,8 @@ class StoreProcess:
         self._last_ack = 0.0
         self._console = False  # the writer prints the console line of each request it accounts
         self._otlp: str | None = None  # and exports every row it writes to this collector
+        self._metrics: str | None = None  # and serves Prometheus metrics of the rows it writes here (host:port)
+        self._told_backlog = (0, 0)  # the backlog and losses the writer last heard of (told only while metrics are on)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -248,6 +253,8 @@ class StoreProcess:
     def begin(self, key: str, facts: SessionFacts) -> None:
         """A request went upstream: the writer's session tracker decides its session and turn."""
         if not self._closed.is_set():
+            if facts.body is not None and len(facts.body) > BEGIN_BODY_BYTES:
+                facts = replace(facts, body=None)  # its session from the headers: one body must not fill the queue's byte cap
             self._put(Begin(key, facts), False)
 
     def finish(self, done: Finished, accounted: Callable[[Mapping[str, Any] | None], None] | None = None) -> None:
@@ -270,6 +277,12 @@ class StoreProcess:
         if url != self._otlp:
             self._otlp = url
             self._put(OtlpSwitch(url), False, capped=False)
+
+    def set_metrics(self, address: str | None) -> None:
+        """Serve Prometheus metrics of the rows the writer writes on ``host:port``; None: stop."""
+        if address != self._metrics:
+            self._metrics = address
+            self._put(ServeMetrics(address), False, capped=False)
 
     def _put(self, item: _Item, keyed: bool, capped: bool = True) -> None:
         size = _size(item)
@@ -374,6 +387,8 @@ class StoreProcess:
         proc = self._proc
         if proc is not None and not self._out:
             batch = self._take(wait=True)
+            if self._metrics is not None:
+                batch += self._backlog(batch)
             if batch:
                 self._frame(batch)
         if proc is not None and self._out:
@@ -404,6 +419,16 @@ class StoreProcess:
                 size += q.size
                 batch.append(q.item)
         return batch
+
+    def _backlog(self, batch: Sequence[_Item]) -> list[_Item]:
+        """A note for the writer's metrics when they changed: rows sent or queued here and not yet
+        acknowledged (``tokenpak_writer_backlog_rows``, counting the batch about to be sent) and
+        rows lost (``tokenpak_rows_lost_total``)."""
+        told = (len(self._unacked) + len(self._q) + sum(1 for item in batch if _key(item) is not None), self.dropped)
+        if told == self._told_backlog:
+            return []
+        self._told_backlog = told
+        return [Backlog(*told)]
 
     def _notes_out(self) -> list[_Item]:
         notes, self._notes = self._notes, []
@@ -554,6 +579,8 @@ class StoreProcess:
             argv.append("--console")
         if self._otlp:
             argv += ["--otlp", self._otlp]
+        if self._metrics:
+            argv += ["--metrics", self._metrics]
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
@@ -735,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The writer process: pickled batches on stdin (rows, and the two halves of each live
     request's accounting), acknowledgements on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
-    console, console_fd, otlp, rest = False, -1, None, []
+    console, console_fd, otlp, metrics_at, rest = False, -1, None, None, []
     while args:
         arg = args.pop(0)
         if arg == "--console":
@@ -744,10 +771,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             console_fd = int(args.pop(0))
         elif arg == "--otlp" and args:
             otlp = args.pop(0)
+        elif arg == "--metrics" and args:
+            metrics_at = args.pop(0)
         else:
             rest.append(arg)
     if len(rest) != 1:
-        sys.stderr.write("usage: python -m tokenpak_mitm.store.writer DB [--console] [--console-fd N] [--otlp URL]\n")
+        sys.stderr.write("usage: python -m tokenpak_mitm.store.writer DB [--console] [--console-fd N] [--otlp URL] [--metrics HOST:PORT]\n")
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop: EOF on stdin
     _continue_when_orphaned()
@@ -772,8 +801,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     say({"ready": os.getpid()})  # (after _continue_when_orphaned: from here on it cannot be left stopped)
     db = os.environ.pop(DB_ENV, None) or rest[0]
     printer = _Printer(console_fd if console_fd >= 0 else 2, console)
-    accountant = _accountant(db)
+    accountant = _accountant(db, newest_request)
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}), account=accountant.close)
+    meter = _Meter(store)
+    meter.switch(metrics_at)  # before the store starts: rows imported from a spill file at start are counted
     rows = ExportingStore(store, otlp)
     books = Books(accountant, rows, printer.line)
     rows.start()
@@ -791,6 +822,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     printer.on = item.on
                 elif isinstance(item, OtlpSwitch):
                     rows.set_otlp(item.url)
+                elif isinstance(item, Backlog):
+                    meter.backlog, meter.lost = item.rows, item.lost
+                elif isinstance(item, ServeMetrics):
+                    meter.switch(item.address)
             except ValueError as e:  # not a row of this schema: a bug, said once per row
                 log.error("tokenpak: store writer rejected a row (%s)", e)
             except Exception as e:  # noqa: BLE001 - one bad item must not stop the writer
@@ -798,15 +833,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if failed <= 3:
                     log.error("tokenpak: store writer could not handle an item (%s: %s)", type(e).__name__, e)
     rows.close(timeout=30.0)  # then the exporter flushes, bounded
+    meter.switch(None)  # after the last rows were counted: a scrape until here sees them all
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0
 
 
-def _accountant(db: str | os.PathLike[str]) -> Accountant:
+def _accountant(db: str, newest: Callable[[str], float | None] = last_request_at) -> Accountant:
     accountant = Accountant()
     # Until an hour after the database's newest request this tracker cannot know what was cached
     # before it started (an earlier proxy run, or this writer before a restart).
-    accountant.sessions.blind_until = blind_until(last_request_at(db), time.time())
+    accountant.sessions.blind_until = blind_until(newest(db), time.time())
     return accountant
 
 
@@ -865,6 +901,10 @@ class ExportingStore:
 
     def set_otlp(self, url: str | None) -> None:
         self._spans.switch(url)
+
+    def set_metrics(self, address: str | None) -> None:
+        if address:
+            logger.warning("tokenpak: tokenpak_metrics needs the store's writer process; no metrics with the in-process store")
 
     def close(self, timeout: float = 10.0) -> None:
         self.store.close(timeout=timeout)
@@ -995,6 +1035,9 @@ class LocalSink:
     def set_otlp(self, url: str | None) -> None:
         self.rows.set_otlp(url)
 
+    def set_metrics(self, address: str | None) -> None:
+        self.rows.set_metrics(address)
+
     def close(self) -> None:
         for key in list(self._awaiting):  # rows waiting for the worker's fingerprint: read it here
             self._session_now(key)
@@ -1040,6 +1083,39 @@ def _frames(stream: BinaryIO) -> Iterator[list[Any]]:
             continue
         if isinstance(batch, list):
             yield batch
+
+
+class _Meter:
+    """The Prometheus metrics of the rows this writer's store inserts (none until an address is set)."""
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+        self.backlog = 0  # as the proxy last told us
+        self.lost = 0
+        self._metrics: Any = None
+        self.address: str | None = None
+
+    def switch(self, address: str | None) -> None:
+        if address == self.address:
+            return
+        self.address = address
+        if self._metrics is not None:
+            self.store.on_inserted = None
+            self._metrics.close()
+            self._metrics = None
+        if not address:
+            return
+        from tokenpak_mitm.store.metrics import Metrics, MetricsUnavailable, SpillRows, parse_address  # the optional extra, only when asked for
+
+        try:
+            host, port = parse_address(address)
+            metrics = Metrics(backlog=lambda: self.backlog, spill_rows=SpillRows(self.store.spill_paths), lost=lambda: self.lost)
+        except (MetricsUnavailable, ValueError) as e:
+            logging.getLogger("tokenpak.metrics").error("tokenpak: %s", e)
+            return
+        self._metrics = metrics
+        self.store.on_inserted = metrics.observe
+        metrics.serve(host, port)
 
 
 class _Spans:

@@ -218,6 +218,9 @@ class Sink(Protocol):
 
     def set_otlp(self, url: str | None) -> None: ...
 
+    def set_metrics(self, address: str | None) -> None:
+        """Serve Prometheus metrics of the rows written on ``host:port`` (None: stop)."""
+
     def close(self) -> None: ...
 
 
