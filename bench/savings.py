@@ -42,6 +42,7 @@ Writes a table and ``bench/results/savings.json``, with each run's per-request t
 read / written 5m / 1h / uncached, USD, markers) for the planner and the best placement side by side,
 so a loss can be found request by request. ``python -m bench.savings NAME ...`` runs only the
 workloads whose name contains a NAME.
+``--fleet``: the same workloads through fleets of 1, 2 and 4 proxies (``bench/fleet.py``).
 """
 from __future__ import annotations
 
@@ -417,4 +418,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if "--fleet" in sys.argv[1:]:  # fleets of proxies: bench/fleet.py (docs/caching.md, "A fleet of proxies")
+        from bench.fleet import main as fleet
+
+        raise SystemExit(fleet())
     raise SystemExit(main())

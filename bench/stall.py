@@ -11,7 +11,9 @@ goes through beside it; the table gives the largest gap between two frames of th
 Cases: ``baseline``, an ordinary small request (the jitter every figure should be read against);
 a 16 KB zstd JSON body that expands to 512 MiB; the same bomb as an SSE stream of valid
 frames; a 1 MB request body of 26k small messages (planning cost by block count, not bytes);
-the same for OpenAI, a 1 MB GPT-5.6 Chat Completions body of 26k small messages.
+the same for OpenAI, a 1 MB GPT-5.6 Chat Completions body of 26k small messages; a 50 MB JSON
+request and a 1 MiB body of 32,000 tiny messages (issue 27: both over the planning bounds, so
+forwarded untouched; "own" is that request's own time through the proxy, to compare with plain).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.procs import PASSTHROUGH_SCRIPT
 from tokenpak_mitm.core.observe.decoders import zstd
 from tokenpak_mitm.sim.client import Response, build_request, request
 from tokenpak_mitm.sim.mitmdump import MitmdumpProcess
@@ -55,7 +58,11 @@ def _cases() -> dict[str, tuple[Script, bytes]]:
     openai_msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
     many_openai = json.dumps({"model": "gpt-5.6", "max_completion_tokens": 8, "messages": [{"role": "system", "content": "s" * 8000}, *openai_msgs]}).encode()
     ok = Script(headers=[("content-type", "application/json")], steps=[Step(b'{"type":"message","usage":{"input_tokens":1,"output_tokens":1}}')], chunked=False)
+    tiny = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(32000)]}).encode()
+    big = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 1000} for i in range(50000)]}).encode()
     return {
+        "big_request": (ok, big),  # a 50 MB JSON request (over the planning bound: forwarded untouched)
+        "tiny_messages": (ok, tiny),  # 1 MiB of 32,000 tiny messages (over the object bound)
         "baseline": (ok, small),  # an ordinary request beside the stream: the jitter to compare with
         "json_bomb": (Script(headers=[("content-type", "application/json"), ("content-encoding", "zstd")], steps=[Step(_bomb(b" "))], chunked=False), small),
         "sse_bomb": (Script(headers=[("content-type", "text/event-stream"), ("content-encoding", "zstd")], steps=[Step(_bomb(b'event: ping\ndata: {"type": "ping"}\n\n'))]), small),
@@ -86,14 +93,20 @@ def run_case(name: str, addon: bool, rounds: int, options: list[str] | None = No
     hostile, body = _cases()[name]
     up = FakeUpstream(handle).start()
     with tempfile.TemporaryDirectory() as tmp:
-        proxy = MitmdumpProcess(f"reverse:{up.url}", db=Path(tmp) / "t.db", confdir=tmp, addon=addon, options=(options or []) if addon else []).start()
+        # Plain mitmdump streams SSE through mitmproxy's own pass-through script: without it the
+        # paced stream would be buffered whole and show no gaps at all.
+        proxy = MitmdumpProcess(f"reverse:{up.url}", db=Path(tmp) / "t.db", confdir=tmp, addon=addon, options=(options or []) if addon else [],
+                                extra_args=[] if addon else ["-s", str(PASSTHROUGH_SCRIPT)]).start()
         assert proxy.proc is not None
-        gaps, grown = [], []
+        gaps, grown, own = [], [], []
         try:
-            def call(script: Script, payload: bytes, sink: list[Response], path: str = "/v1/messages") -> None:
+            def call(script: Script, payload: bytes, sink: list[Response], path: str = "/v1/messages") -> float:
                 key = uuid.uuid4().hex
                 scripts[key] = script
-                sink.append(request(proxy.port, build_request("POST", path, payload, [("content-type", "application/json"), ("x-test-id", key)]), timeout=120))
+                raw = build_request("POST", path, payload, [("content-type", "application/json"), ("x-test-id", key)])
+                t0 = time.perf_counter()
+                sink.append(request(proxy.port, raw, timeout=120))
+                return time.perf_counter() - t0
 
             warm: list[Response] = []
             call(sse_script([_FRAME] * 20), body if name.startswith("many_blocks") else b"{}", warm, _PATHS.get(name, "/v1/messages"))
@@ -103,14 +116,15 @@ def run_case(name: str, addon: bool, rounds: int, options: list[str] | None = No
                 t = threading.Thread(target=call, args=(sse_script([_FRAME] * FRAMES, delay=PACE), b'{"model":"claude-sonnet-4-6","stream":true,"messages":[]}', paced))
                 t.start()
                 time.sleep(0.3)
-                call(hostile, body, [], _PATHS.get(name, "/v1/messages"))
+                own.append(call(hostile, body, [], _PATHS.get(name, "/v1/messages")) * 1000)
                 t.join(120)
                 gaps.append(max(0.0, _max_gap(paced[0]) - PACE) * 1000)
                 grown.append((_peak_kib(proxy.proc.pid) - base) / 1024)
         finally:
             proxy.stop()
             up.stop()
-    return {"stall_ms_max": max(gaps), "stall_ms_median": sorted(gaps)[len(gaps) // 2], "peak_mib_grown_max": max(grown)}
+    return {"stall_ms_max": max(gaps), "stall_ms_median": sorted(gaps)[len(gaps) // 2], "peak_mib_grown_max": max(grown),
+            "own_ms_median": sorted(own)[len(own) // 2]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.case or sorted(_CASE_NAMES):
         for label, addon in (("addon", True), ("plain", False)):
             rows.append((name, label, run_case(name, addon, args.rounds, args.set)))
-    print(f"{'case':<18} {'proxy':<6} {'stall max ms':>13} {'stall median ms':>16} {'peak +MiB':>10}")
+    print(f"{'case':<18} {'proxy':<6} {'stall max ms':>13} {'stall median ms':>16} {'peak +MiB':>10} {'own median ms':>14}")
     for name, label, r in rows:
-        print(f"{name:<18} {label:<6} {r['stall_ms_max']:>13.1f} {r['stall_ms_median']:>16.1f} {r['peak_mib_grown_max']:>10.1f}")
+        print(f"{name:<18} {label:<6} {r['stall_ms_max']:>13.1f} {r['stall_ms_median']:>16.1f} {r['peak_mib_grown_max']:>10.1f} {r['own_ms_median']:>14.1f}")
     return 0
 
 
-_CASE_NAMES = ("baseline", "json_bomb", "sse_bomb", "many_blocks", "many_blocks_openai")
+_CASE_NAMES = ("baseline", "json_bomb", "sse_bomb", "many_blocks", "many_blocks_openai", "big_request", "tiny_messages")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -59,3 +59,19 @@ def test_previous_responses_are_per_scope_longest_first_and_bounded():
     assert memory.lookup("other", [b"k1"]) is None
     memory.note("s", b"k5", "msg_5")  # k1 was the least recently used
     assert len(memory) == 2 and memory.lookup("s", [b"k1"]) is None
+
+
+def test_openai_responses_are_read_and_spliced_the_same_way():
+    from tokenpak_mitm.core.plan.cache_diagnostics import splice_openai
+
+    stateless = {"model": "gpt-5.6", "input": [{"role": "user", "content": "q1"}, {"type": "function_call_output", "call_id": "c", "output": "x"}]}
+    body = json.dumps(stateless).encode()
+    prepared = prepare(body, "openai_responses")
+    assert prepared is not None and not prepared.client_sent and len(prepared.keys) == 2 and prepared.model == "gpt-5.6"
+    done = splice_openai(body, prepared, "resp_1")
+    assert json.loads(done.body) == {"prompt_cache_options": {"comparison_response_id": "resp_1"}, **stateless}
+    assert remove_spans(done.body, [done.span]) == body
+    chained = prepare(json.dumps({"model": "gpt-5.6", "previous_response_id": "resp_0", "input": "more"}).encode(), "openai_responses")
+    assert chained is not None and chained.previous_response_id == "resp_0" and chained.keys == ()
+    own = prepare(json.dumps({**stateless, "prompt_cache_options": {"mode": "explicit"}}).encode(), "openai_responses")
+    assert own is not None and own.client_sent  # an object the client (or the planner) wrote is never edited

@@ -345,6 +345,11 @@ def test_fifty_megabyte_body():
     request = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "system": "You are terse.", "messages": messages}
     body = json.dumps(request, indent=1, ensure_ascii=False).encode()
     assert len(body) > 50_000_000
+    result = insert_markers(body, None, AUTO)  # over the API's own 32 MB limit: not worth planning
+    assert result.decision == "too_large" and result.markers_inserted == 0 and result.body is body
+    request["messages"] = messages[:37]  # ~27 MB: under the limit, planned
+    body = json.dumps(request, indent=1, ensure_ascii=False).encode()
+    assert 20_000_000 < len(body) < 32 << 20
     result = insert_markers(body, None, AUTO)
     assert result.decision == "inserted" and result.markers_inserted == 1
     assert remove_spans(result.body, result.spans) == body
@@ -603,6 +608,23 @@ def test_planning_moves_off_the_event_loop_by_object_count_as_well_as_bytes():
     assert plan_off_loop(b"{" * (OFFLOAD_OBJECTS + 1), None) and not plan_off_loop(b"{" * OFFLOAD_OBJECTS, None)
     assert plan_off_loop(b"x" * (2 << 20), None)
     assert len(gzip.compress(many)) < 8192 and plan_off_loop(gzip.compress(many), "gzip")  # compressed: always
+
+
+def test_bodies_over_the_planning_bounds_are_not_planned_and_the_check_is_cheap_on_the_loop():
+    from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, PLAN_MAX_OBJECTS, plan_where, too_big_to_plan
+
+    tiny = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"} for _ in range(32000)]}, separators=(",", ":")).encode()
+    assert len(tiny) < 1 << 20 and plan_where(tiny, None) == "too_large"  # counted on the loop: one C byte count
+    assert plan_where(b"{" * PLAN_MAX_OBJECTS, None) == "off_loop" and plan_where(b"{" * (PLAN_MAX_OBJECTS + 1), None) == "too_large"
+    huge = b"x" * (PLAN_MAX_BYTES + 1)
+    assert plan_where(huge, None) == "too_large"  # by length alone, nothing read
+    big_few = json.dumps({"model": "m", "system": "s" * (2 << 20), "messages": [{"role": "user", "content": "hi"}]}).encode()
+    assert plan_where(big_few, None) == "off_loop" and not too_big_to_plan(big_few)  # big but few objects: planned
+    big_many = json.dumps({"model": "m", "system": "s" * (2 << 20), "messages": [{"role": "user", "content": "hi"}] * 20000}).encode()
+    assert plan_where(big_many, None) == "off_loop" and too_big_to_plan(big_many)  # counted in the worker...
+    assert insert_markers(big_many, None, AUTO).decision == "too_large"  # ...where the planner refuses it
+    assert insert_markers(gzip.compress(tiny), "gzip", AUTO).decision == "too_large"  # compressed: checked once decoded
+    assert insert_markers(big_few, None, AUTO).decision != "too_large"
 
 
 # ---- fingerprints from the client's bytes change nothing -----------------------------------------

@@ -184,3 +184,42 @@ def test_a_mid_conversation_system_message_keeps_the_session_reads_the_cache_and
     assert all(r["cache_read_tokens"] > 0 for r in rows[1:])  # the turn with the system message too
     assert [r["cache_miss_reason"] for r in rows] == ["cold", None, None, None, None]
     assert [r["provider_miss_reason"] for r in rows] == ["none"] * 5  # the provider agrees: nothing diverged
+
+
+def test_openai_responses_get_the_comparison_id_and_rows_carry_openais_verdict(tmp_path: Path):
+    """GPT-5.6+ Responses: every request after the first names the conversation's previous response
+    in prompt_cache_options.comparison_response_id (the request's own previous_response_id when it has
+    one); nothing else changes; an older model and a request with its own prompt_cache_options are left alone."""
+    db = tmp_path / "t.db"
+    headers = [("authorization", "Bearer sk-proj-canary-not-a-real-key-0000000000"), ("content-type", "application/json")]
+    with FakeProvider() as fake:
+        proxy = MitmdumpProcess(f"reverse:{fake.url}", db=db, confdir=tmp_path,
+                                options=["tokenpak_cache_diagnostics=on", "tokenpak_cache=off"]).start()
+        try:
+            history: list[dict[str, str]] = []
+            sent: list[bytes] = []
+            ids: list[str] = []
+            for turn in range(3):
+                history.append({"role": "user", "content": f"Question {turn}"})
+                body = json.dumps({"model": "gpt-5.6", "instructions": SYSTEM + (" More." if turn == 2 else ""), "input": history}).encode()
+                sent.append(body)
+                resp = request(proxy.port, build_request("POST", "/v1/responses", body, headers))
+                assert resp.status == 200, resp.body
+                ids.append(json.loads(resp.body)["id"])
+                history.append({"role": "assistant", "content": "ok"})
+            chained = json.dumps({"model": "gpt-5.6", "instructions": SYSTEM + " More.", "previous_response_id": ids[-1], "input": "go on"}).encode()
+            assert request(proxy.port, build_request("POST", "/v1/responses", chained, headers)).status == 200
+            older = json.dumps({"model": "gpt-4o", "input": history}).encode()
+            own = json.dumps({"model": "gpt-5.6", "input": history, "prompt_cache_options": {"ttl": "30m"}}).encode()
+            for body in (older, own):
+                assert request(proxy.port, build_request("POST", "/v1/responses", body, headers)).status == 200
+            rows = wait_for_rows(db, "1=1 ORDER BY id", (), n=6)
+        finally:
+            proxy.stop()
+    received = [r.body for r in fake.received]
+    assert received[0] == sent[0]  # the first request: nothing to compare with
+    for turn in (1, 2):
+        assert received[turn] == b'{"prompt_cache_options":{"comparison_response_id":"' + ids[turn - 1].encode() + b'"},' + sent[turn][1:]
+    assert received[3] == b'{"prompt_cache_options":{"comparison_response_id":"' + ids[2].encode() + b'"},' + chained[1:]
+    assert received[4:] == [older, own]
+    assert [r["provider_miss_reason"] for r in rows] == [None, "cache_hit", "instructions_changed", "cache_hit", None, None]

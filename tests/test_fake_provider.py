@@ -313,3 +313,28 @@ def test_a_mid_conversation_system_message_keeps_the_prefix_before_it_readable(f
                                     {"role": "system", "content": "From now on, answer in French."}]}
     usage = httpx.post(f"{fake.url}/v1/messages", json=second, timeout=10).json()["usage"]
     assert usage["cache_read_input_tokens"] >= fake.results[0].usage["cache_creation_input_tokens"]
+
+
+def test_openai_prompt_cache_diagnostics_per_the_documented_semantics(fake: FakeProvider) -> None:
+    from tokenpak_mitm.core.dialects.openai_responses import OpenAIResponsesTracker
+
+    def ask(payload: dict[str, Any]) -> tuple[str, OpenAIResponsesTracker]:
+        response = httpx.post(f"{fake.url}/v1/responses", json=payload, timeout=10)
+        assert response.status_code == 200, response.text
+        tracker = OpenAIResponsesTracker()
+        tracker.feed_body(response.content, 200)
+        return str(response.json()["id"]), tracker
+
+    base = {"model": "gpt-5.6", "instructions": SYSTEM, "input": [{"role": "user", "content": "q1"}]}
+    first, t = ask(base)
+    assert t.extract.provider_miss_reason is None  # not asked
+    grown = {**base, "input": [*base["input"], {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]}
+    _, t = ask({**grown, "prompt_cache_options": {"comparison_response_id": first}})
+    assert t.extract.provider_miss_reason == "cache_hit"
+    _, t = ask({**grown, "instructions": SYSTEM + " More.", "prompt_cache_options": {"comparison_response_id": first}})
+    assert t.extract.provider_miss_reason == "instructions_changed" and (t.extract.provider_missed_tokens or 0) > 0
+    _, t = ask({"model": "gpt-5.6", "instructions": SYSTEM, "previous_response_id": first, "input": "q2",
+                "prompt_cache_options": {"comparison_response_id": first}})
+    assert t.extract.provider_miss_reason == "cache_hit"  # continues the baseline: its prefix by construction
+    _, t = ask({**grown, "prompt_cache_options": {"comparison_response_id": "resp_unknown"}})
+    assert t.extract.provider_miss_reason == "comparison_response_not_found"

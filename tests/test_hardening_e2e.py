@@ -8,7 +8,8 @@
 * a duplicated ``x-api-key`` and a custom ``x-gateway-token`` with recording and OTLP on: the
   canaries reach no file, log line or span;
 * SIGTERM with streams in flight: ``terminal_state='proxy_shutdown'``;
-* a 1 MB body of 26k small messages still gets its markers (planned off the event loop);
+* a body of 9,000 small messages still gets its markers (planned off the event loop); over the
+  planning bounds (30,000 tiny messages, 40 MB) a body goes upstream untouched, `too_large`;
 * a corrupt gzip SSE response: one warning line, no traceback.
 """
 
@@ -282,13 +283,13 @@ def test_sigterm_with_streams_in_flight_records_proxy_shutdown(tmp_path: Path):
 
 
 @pytest.mark.parametrize("history", ["true", "false"])
-def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(tmp_path: Path, history: str):
+def test_a_body_of_many_small_messages_under_the_bound_still_gets_its_markers(tmp_path: Path, history: str):
     """Offloaded by object count to the worker process with or without history: stateless planning
     whole, the learning planner split (the worker fingerprints and decides, the proxy keeps the
     memory: the second identical request is planned from what the first left there)."""
-    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(9000)]  # under PLAN_MAX_OBJECTS
     body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "system": "s" * 8000, "messages": msgs}).encode()
-    assert 900_000 < len(body) < 1 << 20  # under the byte threshold: only the object count offloads it
+    assert len(body) < 1 << 20  # under the byte threshold: only the object count offloads it
     stack = make_stack(tmp_path, options=[f"tokenpak_cache_history={history}"])
     try:
         resp, key = stack.call(sse_script(FRAMES), body)
@@ -311,13 +312,13 @@ def test_one_megabyte_body_of_many_small_messages_still_gets_its_markers(tmp_pat
 
 
 @pytest.mark.parametrize("history", ["true", "false"])
-def test_one_megabyte_openai_body_of_many_small_messages_is_planned_in_the_worker(tmp_path: Path, history: str):
+def test_an_openai_body_of_many_small_messages_under_the_bound_is_planned_in_the_worker(tmp_path: Path, history: str):
     """The same for a GPT-5.6 Chat Completions body: with history on the learning planner is split
     (the worker fingerprints, decides and splices; the proxy looks up and records), so the second
     identical request is planned from what the first left in the proxy's memory."""
-    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(26000)]
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(9000)]  # under PLAN_MAX_OBJECTS
     body = json.dumps({"model": "gpt-5.6", "max_completion_tokens": 8, "messages": [{"role": "system", "content": "s" * 8000}, *msgs]}).encode()
-    assert 900_000 < len(body) < 1 << 20
+    assert len(body) < 1 << 20
     def ok(req: Received) -> Script:  # OpenAI's request id header names the row
         return Script(headers=[("content-type", "application/json"), ("x-request-id", req.header("x-test-id") or "")], chunked=False,
                       steps=[Step(b'{"object":"chat.completion","usage":{"prompt_tokens":1,"completion_tokens":1}}')])
@@ -398,3 +399,27 @@ def test_a_corrupt_gzip_json_response_is_one_line_and_the_row_says_why(stack: St
     assert row["error"] == "response_body_undecodable" and row["usage_source"] == "absent"
     lines = [line for line in stack.proxy.lines if "response body not decoded" in line]
     assert len(lines) == 1 and "corrupt gzip data" in lines[0]
+
+
+@pytest.mark.parametrize("shape", ["30k_tiny_messages", "40_mb"])
+def test_a_body_over_the_planning_bounds_goes_upstream_untouched_and_the_row_says_why(tmp_path: Path, shape: str):
+    """Issue 27: planning 32,000 tiny messages took 1.5 s (the request waited for it); a body over
+    PLAN_MAX_BYTES is not worth reading at all. Both are forwarded byte for byte, `too_large`."""
+    if shape == "30k_tiny_messages":
+        msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(30000)]  # (32,000 go over 1 MiB: planned off the loop)
+        body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "system": "s" * 8000, "messages": msgs}, separators=(",", ":")).encode()
+        assert len(body) < 1 << 20
+    else:
+        msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 1000} for i in range(40000)]
+        body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "system": "s" * 8000, "messages": msgs}).encode()
+        assert len(body) > 32 << 20
+    stack = make_stack(tmp_path)
+    try:
+        resp, key = stack.call(sse_script(FRAMES), body)
+        assert resp.body == b"".join(FRAMES)
+        assert stack.received(key).body == body  # untouched
+        row = stack.row(key)
+        assert row["cache_decision"] == "too_large" and row["markers_inserted"] == 0
+        assert row["terminal_state"] == "completed"
+    finally:
+        stack.close()

@@ -199,3 +199,31 @@ def test_a_busy_today_is_read_from_the_summary(tmp_path: Path, monkeypatch: pyte
     assert raw_rows_read(db, used) == 0
     latency = rq.sources(connect_readonly(db), Filters(since_ts=since_ts), "day", latency=True)
     assert raw_rows_read(db, latency) == 0
+
+
+@pytest.mark.parametrize("since", ["24h", "all"])
+def test_the_terminal_report_of_a_busy_short_window_reads_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str], since: str) -> None:
+    """A window under two days is charted per hour (JSON, HTML), which the daily summaries cannot
+    serve; the terminal tables show days only, so `report --since 24h` on a busy today reads none
+    of today's rows."""
+    from tokenpak_mitm.cli.main import main
+
+    now = time.time()
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    data = rows(200)
+    for i, r in enumerate(data):
+        r["started_at"] = midnight + (now - midnight) * i / len(data)
+    db = write(tmp_path / "t.db", data)
+    used: list[rq.Source] = []
+    real = rq.sources
+
+    def spy(*a: Any, **k: Any) -> list[rq.Source]:
+        got = real(*a, **k)
+        used.extend(got)
+        return got
+
+    monkeypatch.setattr(rq, "sources", spy)
+    assert main(["report", "--db", str(db), "--since", since]) == 0
+    assert "· 200 requests ·" in capsys.readouterr().out
+    assert any(s.rollup for s in used) and raw_rows_read(db, used) == 0

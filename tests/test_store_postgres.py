@@ -200,7 +200,7 @@ def _cli(module: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tu
 
 
 REPORT_ARGS = [
-    [], ["--by", "model"], ["--by", "route"], ["--by", "provider"], ["--by", "session"], ["--by", "project"], ["--misses"],
+    [], ["--by", "model"], ["--by", "route"], ["--by", "provider"], ["--by", "week"], ["--by", "month", "--since", "30d"], ["--by", "session"], ["--by", "project"], ["--misses"],
     ["--since", "7d"], ["--since", "1d", "--by", "model"], ["--since", "30d", "--until", "3d"], ["--model", "model-*"],
     ["--model", "model-[12]", "--by", "provider"], ["--provider", "openai", "--state", "completed"], ["--errors"],
     ["--route", "sdk", "--by", "model"],

@@ -38,7 +38,7 @@ import argparse
 import itertools
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -359,14 +359,23 @@ def stateless_plan(turns: Sequence[Turn]) -> list[Placement]:
 AUTO = CacheOptions(ttl="auto")
 
 
-def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[list[Placement], list[tuple[Any, ...]]]:
-    """The learning planner replayed at the file's clock, fed the simulated usage; (plan, notes per turn)."""
-    memory = learning_planner.Memory()
+Route = Callable[[int, Turn], int]  # (request number, request) -> the proxy instance that plans it
+
+
+def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO, instances: int = 1,
+                  route: Route | None = None) -> tuple[list[Placement], list[tuple[Any, ...]]]:
+    """The learning planner replayed at the file's clock, fed the simulated usage; (plan, notes per turn).
+
+    With ``instances`` > 1, a fleet of proxies in front of one provider: each has its own planner
+    memory (it learns per process) and plans, then learns from, only the requests ``route`` sends it.
+    """
+    memories = [learning_planner.Memory() for _ in range(max(1, instances))]
     state = State()
     plan: list[Placement] = []
     notes: list[tuple[Any, ...]] = []
-    waiting: list[tuple[Turn, Any, dict[str, Any]]] = []  # this batch's tickets and usages
+    waiting: list[tuple[Turn, Any, dict[str, Any], learning_planner.Memory]] = []  # this batch's tickets and usages
     for i, turn in enumerate(turns):
+        memory = memories[route(i, turn) % len(memories)] if route is not None else memories[0]
         ticket: Any = None
         note: Sequence[Any] = ()
         if turn.analysis is None:
@@ -382,12 +391,12 @@ def learning_plan(turns: Sequence[Turn], opts: CacheOptions = AUTO) -> tuple[lis
         notes.append(tuple(note))
         _, usage = turn_cost(state, turns, i, placement)
         if ticket is not None:
-            waiting.append((turn, ticket, usage))
+            waiting.append((turn, ticket, usage, memory))
         if i + 1 >= len(turns) or turns[i + 1].batch != turn.batch:  # the batch's responses have begun
-            for done, t, u in waiting:
-                memory.index.response_began(t.recorded)
+            for done, t, u, planned_by in waiting:
+                planned_by.index.response_began(t.recorded)
                 read, write, prompt = _usage_counts(done, u)
-                learning_planner.observe_usage(memory, t, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
+                learning_planner.observe_usage(planned_by, t, prompt_tokens=prompt, read_tokens=read, write_tokens=write)
             waiting.clear()
     return plan, notes
 

@@ -238,7 +238,9 @@ def render(row: Mapping[str, Any], width: int | None, colour: bool) -> str:
 def fetch_new(conn: sqlite3.Connection, last_id: int, limit: int = BATCH, filters: Filters | None = None) -> list[dict[str, Any]]:
     cond, params = where(filters or Filters(), dialect=dialect_of(conn))
     cond = cond.replace(" WHERE ", " AND ", 1)
-    return [dict(r) for r in conn.execute(f"SELECT * FROM requests WHERE id > ?{cond} ORDER BY id LIMIT ?", (last_id, *params, limit))]
+    cur = conn.execute(f"SELECT * FROM requests WHERE id > ?{cond} ORDER BY id LIMIT ?", (last_id, *params, limit))
+    names = [d[0] for d in cur.description]  # (by the cursor, not the row type: SQLite's and PostgreSQL's differ)
+    return [dict(zip(names, r, strict=True)) for r in cur]
 
 
 def _start_id(conn: sqlite3.Connection, backlog: int | None, filters: Filters | None = None) -> int:

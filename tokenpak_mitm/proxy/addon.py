@@ -48,8 +48,9 @@ from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
 from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
-from tokenpak_mitm.core.plan.cache_diagnostics import PreviousResponses, beta_header, prepare, splice
-from tokenpak_mitm.core.plan.cache_insert import MAX_BODY_BYTES, CacheOptions, InsertResult, insert_markers, plan_off_loop
+from tokenpak_mitm.core.plan.cache_diagnostics import Prepared, PreviousResponses, beta_header, prepare, splice, splice_openai
+from tokenpak_mitm.core.plan.cache_facts import facts_for
+from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import (
@@ -72,6 +73,7 @@ from tokenpak_mitm.proxy.probe import PROBE_HEADER, ProbeAnswer, answer_body, va
 from tokenpak_mitm.proxy.quiet import set_quiet
 from tokenpak_mitm.proxy.startup import PREFIX, exit_startup, guard_configure, unknown_option_message
 from tokenpak_mitm.store.dburl import is_postgres
+from tokenpak_mitm.store.metrics import MetricsUnavailable, parse_address, require_prometheus
 from tokenpak_mitm.store.otel import OtelExporter, OtelUnavailable, require_otel
 from tokenpak_mitm.store.postgres import MissingExtra
 from tokenpak_mitm.store.postgres import require as require_postgres
@@ -130,6 +132,7 @@ class TokenPak:
         self.store: StoreProcess | TelemetryStore | None = None
         self.otel: OtelExporter | None = None  # only with the in-process store; else the writer process exports
         self._otlp = ""  # tokenpak_otlp
+        self._metrics = ""  # tokenpak_metrics (host:port)
         self.rows_emitted = 0
         # Flows whose response went out and whose accounting waits for the next loop turn (see
         # `response`); flushed by `done`. Tasks: heavy bodies being read off the loop.
@@ -174,10 +177,12 @@ class TokenPak:
                           "Hide mitmproxy's own info lines (connects, disconnects, 'Streaming response from') on the terminal; "
                           "warnings, errors and the addon's lines stay: true or false. make run turns it on.")
         loader.add_option("tokenpak_cache_diagnostics", str, "off",
-                          "Ask Anthropic for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
-                          "previous response) and the cache-diagnosis beta header to Messages requests that lack them; off (default). "
-                          "The provider then keeps a fingerprint of each request (docs/security.md).")
+                          "Ask the provider for its own cache-miss verdict: on adds diagnostics.previous_message_id (the conversation's "
+                          "previous response) and the cache-diagnosis beta header to Anthropic Messages requests that lack them, and "
+                          "prompt_cache_options.comparison_response_id to GPT-5.6+ Responses requests; off (default). "
+                          "Anthropic then keeps a fingerprint of each request (docs/security.md).")
         loader.add_option("tokenpak_otlp", str, "", "OTLP/HTTP collector URL (e.g. http://127.0.0.1:4318) for spans and gen_ai metrics; needs the otel extra.")
+        loader.add_option("tokenpak_metrics", str, "", "Serve Prometheus metrics of the rows written on host:port (e.g. 127.0.0.1:9464, path /metrics); needs the team extra.")
 
     @property
     def is_running(self) -> bool:
@@ -198,6 +203,12 @@ class TokenPak:
             if url:
                 require_otel()
         except OtelUnavailable as e:
+            raise exceptions.OptionsError(str(e)) from e
+        try:
+            if opts.tokenpak_metrics.strip():
+                parse_address(opts.tokenpak_metrics)
+                require_prometheus()
+        except (ValueError, MetricsUnavailable) as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
             for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
@@ -225,6 +236,14 @@ class TokenPak:
             set_quiet(quiet)
         # Under `mitmdump -q` the line would be built only to be filtered out: skip the work.
         self._console = console and getattr(opts, "termlog_verbosity", "info") in ("info", "debug")
+        if "tokenpak_metrics" in updated:
+            # Before a new store starts: its writer must count the rows it imports from a spill file at start.
+            address = opts.tokenpak_metrics.strip()  # (checked by check_options)
+            self._metrics = address
+            if isinstance(self.store, StoreProcess):
+                self.store.set_metrics(address or None)  # served by the writer process, where rows are written
+            elif address and self.store is not None:
+                logger.warning("tokenpak: tokenpak_metrics needs the store's writer process; no metrics with the in-process store")
         if "tokenpak_db" in updated:
             path = opts.tokenpak_db or str(default_db_path())
             if is_postgres(path):
@@ -241,6 +260,8 @@ class TokenPak:
                 self.store = _make_store(path)
                 if isinstance(self.store, StoreProcess) and self._otlp:
                     self.store.set_otlp(self._otlp)
+                if isinstance(self.store, StoreProcess) and self._metrics:
+                    self.store.set_metrics(self._metrics)
                 self.store.start()
         if isinstance(self.store, StoreProcess):
             self.store.set_console(self._console)
@@ -272,8 +293,9 @@ class TokenPak:
         modes = ",".join(str(m) for m in ctx.options.mode)
         db = self.store.name if self.store else "-"
         logger.info(
-            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s",
+            "tokenpak-mitm %s running: db=%s mode=%s cache=%s ttl=%s%s",
             __version__, db, modes, ctx.options.tokenpak_cache, ctx.options.tokenpak_cache_ttl,
+            f" metrics=http://{self._metrics}/metrics" if self._metrics else "",
         )
         warm_prices()  # before traffic, not on the first request's turn of the event loop
 
@@ -398,8 +420,9 @@ class TokenPak:
     def _session_facts(self, flow: http.HTTPFlow, st: _FlowState) -> SessionFacts:
         req = flow.request
         headers = st.req_headers or _HeaderView(req.headers, st.labels)
-        return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start,
-                            _shape_input(req, headers))
+        # A body over the planning bounds is not fingerprinted either: its session comes from the headers.
+        body = _shape_input(req, headers) if st.record.cache_decision != "too_large" else None
+        return SessionFacts(st.route.dialect, identity_headers(headers.get), self._scope(req, headers), req.timestamp_start, body)
 
     async def _request(self, flow: http.HTTPFlow, st: _FlowState) -> None:
         st.req_headers = _HeaderView.of(flow.request.headers, st.req_headers, st.labels)
@@ -477,7 +500,8 @@ class TokenPak:
             logger.exception("tokenpak: marker insertion failed; request sent unchanged")
             st.record.cache_decision = "error"
         asked: dict[str, Any] | None = None
-        if self._diagnostics and st.route.api == "messages" and st.route.provider == "anthropic":
+        if self._diagnostics and ((st.route.api == "messages" and st.route.provider == "anthropic")
+                                  or (st.route.dialect == "openai_responses" and st.route.provider == "openai")):
             try:
                 asked = await self._ask_diagnostics(flow, st, spans)
             except Exception:
@@ -502,18 +526,22 @@ class TokenPak:
         that lacks it (see cache_diagnostics); returns what was added, None when nothing was."""
         req = flow.request
         body = req.raw_content
-        if body is None or "content-encoding" in req.headers:
-            return None  # streamed upstream already, or compressed: never re-encode for this
+        if body is None or "content-encoding" in req.headers or st.record.cache_decision == "too_large":
+            return None  # streamed upstream already, compressed (never re-encode for this), or over the planning bounds
         # ~9 ms for a 200 KB body (json.loads and one digest per message): past 32 KB in the worker
         # process, so only this flow waits, never the event loop's other streams
-        prepared = await self._offload.run(prepare, body) if len(body) > SHAPE_OFFLOAD_BYTES else prepare(body)
-        if prepared is None or not prepared.keys:
+        api = st.route.dialect
+        prepared = await self._offload.run(prepare, body, api) if len(body) > SHAPE_OFFLOAD_BYTES else prepare(body, api)
+        if prepared is None or not (prepared.keys or prepared.previous_response_id):
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
-        st.conversation = (scope, prepared.keys[-1])
+        if prepared.keys:
+            st.conversation = (scope, prepared.keys[-1])
         if prepared.client_sent:
-            return None  # the client asked itself: its request goes as it wrote it
+            return None  # the client (or, for OpenAI, the planner) wrote that object: its request goes as it is
         previous = self.previous_responses.lookup(scope, prepared.keys)
+        if api == "openai_responses":
+            return self._ask_openai(flow, prepared, prepared.previous_response_id or previous, spans)
         done = splice(body, prepared, previous)
         header = beta_header(req.headers.get("anthropic-beta"))
         req.raw_content = done.body
@@ -524,6 +552,19 @@ class TokenPak:
         # Client-body offsets: every marker span lies inside the object, after this one.
         spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
         return {"previous_message_id": previous, "anthropic_beta": header}  # header: the value set, None when the client's had it
+
+    @staticmethod
+    def _ask_openai(flow: http.HTTPFlow, prepared: Prepared, baseline: str | None, spans: list[list[Any]]) -> dict[str, Any] | None:
+        """``prompt_cache_options.comparison_response_id`` for a GPT-5.6+ Responses request (nothing
+        to compare with on a conversation's first request: left alone)."""
+        if baseline is None or not facts_for(prepared.model, "openai").write:
+            return None  # diagnostics are for GPT-5.6 and later (developers.openai.com)
+        done = splice_openai(flow.request.raw_content or b"", prepared, baseline)
+        flow.request.raw_content = done.body
+        if "content-length" in flow.request.headers:
+            flow.request.headers["content-length"] = str(len(done.body))
+        spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
+        return {"comparison_response_id": baseline}
 
     def _note_response(self, st: _FlowState) -> None:
         """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
@@ -564,7 +605,14 @@ class TokenPak:
             memory = self.memory if self._history else None
             plan = partial(insert_markers, body, encoding, opts, memory, now)
             stateless = memory is None  # the learning planner updates this process's memory
-        if plan_off_loop(body, encoding):
+        where = plan_where(body, encoding)
+        if where == "too_large":
+            # Over the planning bounds (PLAN_MAX_BYTES, PLAN_MAX_OBJECTS): planning would cost more
+            # than a marker saves and make this request (and, off the loop, the worker) wait; it
+            # goes upstream exactly as it came.
+            rec.cache_decision = "too_large"
+            return []
+        if where == "off_loop":
             # Planning a big or many-block prompt would stall every other connection on mitmproxy's
             # single event-loop thread (and, in a thread, hold the GIL it needs); in a worker
             # process only this flow waits. The learning planner's memory stays in this process:
@@ -1035,8 +1083,8 @@ def _shape_input(req: http.Request, headers: _HeaderView) -> bytes | None:
     """
     body = req.raw_content
     encoding = (headers.get("content-encoding") or "identity").strip().lower()
-    if not body or encoding != "identity" or len(body) > MAX_BODY_BYTES:
-        return None
+    if not body or encoding != "identity" or len(body) > PLAN_MAX_BYTES:
+        return None  # (too big to plan is too big to fingerprint: its session comes from the headers)
     return body
 
 

@@ -681,3 +681,48 @@ def diagnose_against(previous: Fingerprint | None, current: Fingerprint) -> dict
             return {"type": f"{section}_changed", "cache_missed_input_tokens": current.total_tokens - before}
         before += sum(item[2] for item in cur[len(prev):])
     return None
+
+
+# ---------------------------------------------------------------- prompt-cache diagnostics (OpenAI)
+# developers.openai.com guides/prompt-caching/diagnostics (read 2026-12-06): a Responses request
+# (GPT-5.6+) with ``prompt_cache_options.comparison_response_id`` gets ``prompt_cache_diagnostics``
+# on its Response: ``cache_hit``, ``comparison_response_not_found``, ``unavailable``, or
+# ``cache_miss`` with a ``reason`` and ``cache_missed_tokens``. Assumptions (the reason words are not
+# listed on a page we could read): ``model_changed``, ``tools_changed``, ``instructions_changed``,
+# ``input_changed``; a request that continues the baseline with ``previous_response_id`` has the
+# baseline's prefix by construction (only model, tools and instructions are compared).
+
+_OPENAI_REASONS = {"model_changed": "model_changed", "tools_changed": "tools_changed",
+                   "system_changed": "instructions_changed", "messages_changed": "input_changed"}
+
+
+def openai_fingerprint(request: dict[str, Any]) -> Fingerprint:
+    """A Responses request as a fingerprint: tools, instructions (as system), input items (as messages)."""
+    items: list[tuple[str, str, int]] = []
+
+    def add(section: str, value: Any) -> None:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        items.append((section, hashlib.sha256(text.encode()).hexdigest(), math.ceil(len(text) / 4)))
+
+    for tool in request.get("tools") or []:
+        add("tools", tool)
+    if request.get("instructions") is not None:
+        add("system", request.get("instructions"))
+    value = request.get("input")
+    for item in value if isinstance(value, list) else ([] if value is None else [value]):
+        add("messages", item)
+    return Fingerprint(str(request.get("model")), tuple(items))
+
+
+def openai_diagnose(baseline: Fingerprint | None, current: Fingerprint, continues: bool) -> dict[str, Any]:
+    """The ``prompt_cache_diagnostics`` object of a Responses reply (see above)."""
+    if baseline is None:
+        return {"type": "comparison_response_not_found"}
+    if continues:  # previous_response_id = the baseline: the input only adds to its conversation
+        baseline = Fingerprint(baseline.model, tuple(i for i in baseline.items if i[0] != "messages"))
+        current = Fingerprint(current.model, tuple(i for i in current.items if i[0] != "messages"))
+    found = diagnose_against(baseline, current)
+    if found is None:
+        return {"type": "cache_hit"}
+    return {"type": "cache_miss", "reason": _OPENAI_REASONS.get(found["type"], "input_changed"),
+            "cache_missed_tokens": found.get("cache_missed_input_tokens") or 0}

@@ -35,7 +35,17 @@ from tokenpak_mitm.core.dialects import Dialect, DialectName, dialects
 from tokenpak_mitm.core.dialects.anthropic import ANTHROPIC_ERROR_TYPES
 from tokenpak_mitm.core.dialects.replies import Reply
 from tokenpak_mitm.core.dialects.spec import EndpointMatch
-from tokenpak_mitm.sim.cache_sim import DIAGNOSTICS_BETA, CacheSimulator, Fingerprint, InvalidRequest, SimResult, diagnose_against, fingerprint
+from tokenpak_mitm.sim.cache_sim import (
+    DIAGNOSTICS_BETA,
+    CacheSimulator,
+    Fingerprint,
+    InvalidRequest,
+    SimResult,
+    diagnose_against,
+    fingerprint,
+    openai_diagnose,
+    openai_fingerprint,
+)
 from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step
 
 __all__ = ["FakeProvider", "StreamFault", "reply_text", "main"]
@@ -184,6 +194,8 @@ class FakeProvider:
         diagnostics = self._diagnostics(payload, reply_id) if asked else None
         if dialect.cache == "anthropic":
             self.diagnostics.append(diagnostics)
+        elif dialect.name == "openai_responses" and isinstance(payload, dict):
+            diagnostics = self._openai_diagnostics(payload, reply_id)
         reply = Reply(
             id=reply_id, model=model, diagnostics=diagnostics, text=reply_text(len(self.results)), usage=result.usage,
             stop=result.stop_reason or "end_turn", text_deltas=self.text_deltas, cumulative_delta_usage=self.cumulative_delta_usage,
@@ -192,6 +204,19 @@ class FakeProvider:
         if not stream:
             return self._json(200, dialect.render.json(reply), request_id, keep_alive)
         return self._stream(dialect, dialect.render.frames(reply), request_id, keep_alive)
+
+    def _openai_diagnostics(self, payload: dict[str, Any], reply_id: str) -> dict[str, Any] | None:
+        """Keep every Responses request's fingerprint under its id; answer a comparison it asks for."""
+        current = openai_fingerprint(payload)
+        self.fingerprints[reply_id] = current
+        if len(self.fingerprints) > 10_000:  # a long benchmark run: the oldest go
+            del self.fingerprints[next(iter(self.fingerprints))]
+        options = payload.get("prompt_cache_options")
+        baseline = options.get("comparison_response_id") if isinstance(options, dict) else None
+        if not isinstance(baseline, str):
+            return None
+        found = self.fingerprints.get(baseline)
+        return openai_diagnose(found, current, payload.get("previous_response_id") == baseline)
 
     def _diagnostics(self, payload: dict[str, Any], reply_id: str) -> dict[str, Any] | None:
         """Keep this request's fingerprint under its response id (the beta header is on); compare

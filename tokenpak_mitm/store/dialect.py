@@ -53,6 +53,10 @@ class Dialect:
         """The sum of ``expr`` over a group, 0 for no rows or only NULLs (SQLite's TOTAL)."""
         return f"COALESCE(SUM({expr}), 0)" if self.postgres else f"TOTAL({expr})"
 
+    def count_sum(self, expr: str) -> str:
+        """The sum of an integer column as an integer (PostgreSQL's SUM of a bigint is numeric)."""
+        return f"CAST(SUM({expr}) AS BIGINT)" if self.postgres else f"SUM({expr})"
+
     def glob(self, column: str) -> str:
         """A case-sensitive ``*`` / ``?`` / ``[...]`` match of ``column`` against a ``?`` parameter
         (the parameter goes through :meth:`glob_param`)."""

@@ -21,8 +21,8 @@ Why it looks like this:
 * psycopg 3 is the optional ``team`` extra; without it :func:`require` says which command installs it.
 
 The reader (:func:`connect_readonly`) gives ``store.query`` a connection that looks like the
-``sqlite3`` one it was written for: ``execute(sql, params)`` with ``?`` placeholders, rows that
-are tuples and mappings, integer sums as ints, and a ``dialect`` the queries ask for the few
+``sqlite3`` one it was written for: ``execute(sql, params)`` with ``?`` placeholders, rows as
+tuples (psycopg's fast default), integer sums as ints, and a ``dialect`` the queries ask for the few
 constructs the engines spell differently.
 """
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,12 @@ __all__ = ["MissingExtra", "PostgresBackend", "PgReader", "connect_readonly", "r
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5  # seconds; an unreachable server costs the writer thread this long per attempt
-STATEMENT_TIMEOUT_MS = 20_000  # a slow server: the batch is rolled back, spilled and retried
+# Every wait on the server stays under the writer's acknowledgement bound (store/writer.py
+# ACK_TIMEOUT, 5 s): a batch that cannot be written in time is spilled (and acknowledged) instead,
+# so an unreachable or slow server never makes the proxy take the writer for hung.
+CONNECT_TIMEOUT = 3  # seconds (libpq's minimum is 2); an unreachable server costs this per attempt
+STATEMENT_TIMEOUT_MS = 4_000  # a slow server: the batch is rolled back, spilled and retried
+TCP_USER_TIMEOUT_MS = 4_000  # a server gone mid-statement (no RST: a partition): the socket errors
 _LOCK_ID = 0x746F6B70  # pg_advisory_xact_lock key for migrations ("tokp")
 
 
@@ -163,7 +167,7 @@ _COLUMN_KINDS = [_KINDS[c.sql.split()[0].upper()] for c in ROW_COLUMNS]
 _INSERT = (
     f"INSERT INTO requests ({', '.join(FIELD_NAMES)}) "
     f"SELECT * FROM unnest({', '.join(f'%s::{pg}[]' for pg, _, _ in _COLUMN_KINDS)}) "
-    "ON CONFLICT (request_key) DO NOTHING"
+    "ON CONFLICT (request_key) DO NOTHING RETURNING request_key"  # what was added: the metrics count exactly those
 )
 
 
@@ -188,17 +192,17 @@ class PostgresBackend:
         self.close()
         conn = self._psycopg.connect(
             self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="tokenpak-mitm writer",
-            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3, tcp_user_timeout=TCP_USER_TIMEOUT_MS,
         )
         try:
-            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             zone = _local_zone()
             if zone:
                 try:
                     conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
                 except self._psycopg.Error:
                     pass  # a zone name the server does not know: its own zone (reports read those days raw)
-            migrate(conn)
+            migrate(conn)  # (without the statement timeout: filling the summaries of a big database takes longer)
+            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         except BaseException:
             conn.close()
             raise
@@ -212,41 +216,44 @@ class PostgresBackend:
                 pass
         self._conn = None
 
-    def insert(self, values: list[tuple[Any, ...]]) -> None:
+    def insert(self, values: list[tuple[Any, ...]]) -> set[str] | None:
         assert self._conn is not None
         columns = [[v if v is None or ok(v) else fix(v) for v in col] for (_, ok, fix), col in zip(_COLUMN_KINDS, zip(*values), strict=True)]
         with self._conn.transaction():  # binary parameters: ~25% less time than text for a 500-row batch
-            self._conn.cursor().execute(_INSERT, columns, prepare=True, binary=True)
+            cursor = self._conn.cursor()
+            cursor.execute(_INSERT, columns, prepare=True, binary=True)
+            added = [row[0] for row in cursor.fetchall()]
+        return None if len(added) == len(values) else {str(k) for k in added}
 
     def describe(self, e: BaseException) -> str:
         return one_line(e, self.url)
 
 
 # -- the reports' reader ---------------------------------------------------------------------------
-class _Row(tuple[Any, ...]):
-    """A row by position and by column name (what ``sqlite3.Row`` offers the report code)."""
-
-    _names: tuple[str, ...] = ()
-
-    def keys(self) -> tuple[str, ...]:
-        return self._names
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            return tuple.__getitem__(self, self._names.index(key))
-        return tuple.__getitem__(self, key)
-
-
-def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], _Row]:
-    names = tuple(c.name for c in cursor.description or ())
-    cls = type("Row", (_Row,), {"_names": names, "__slots__": ()})
-    return lambda values: cls(values)
-
-
 @functools.lru_cache(maxsize=256)
 def _pg_sql(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _Result:
+    """A query's rows, fetched at once (psycopg converts a whole result in C; iterating its
+    cursor is a Python call per row: 0.6 s of a million-row report's latency counts)."""
+
+    __slots__ = ("description", "_rows")
+
+    def __init__(self, description: Any, rows: list[Any]) -> None:
+        self.description = description
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
 
 
 class PgReader:
@@ -267,8 +274,7 @@ class PgReader:
 
         self.url = url
         self.name = display(url)
-        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="tokenpak-mitm report",
-                                     row_factory=_row_factory)
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="tokenpak-mitm report")
         try:
             self._conn.execute("SET default_transaction_read_only = on")
             self._conn.adapters.register_loader("numeric", _Numeric)
@@ -276,10 +282,10 @@ class PgReader:
             self._conn.close()
             raise
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if not params:  # no placeholders: the text goes as it is (a % stays a %)
-            return self._conn.execute(sql)
-        return self._conn.execute(_pg_sql(sql), tuple(params))
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        # no placeholders: the text goes as it is (a % stays a %)
+        cur = self._conn.execute(_pg_sql(sql), tuple(params)) if params else self._conn.execute(sql)
+        return _Result(cur.description, cur.fetchall() if cur.description else [])
 
     def close(self) -> None:
         self._conn.close()

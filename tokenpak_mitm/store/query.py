@@ -450,7 +450,7 @@ def unpriced_groups(conn: sqlite3.Connection, src: Source) -> list[dict[str, Any
     if src.rollup:
         table, from_params = _from(src, "report_daily", "usage_source, NULLIF(unpriced_reason, '') AS unpriced_reason, unpriced")
         extra = f"{' AND' if src.cond else ' WHERE'} unpriced > 0"
-        sql = f"SELECT provider, model, unpriced_reason, usage_source, NULL, SUM(unpriced) FROM {table}{src.cond}{extra} GROUP BY 1, 2, 3, 4"
+        sql = f"SELECT provider, model, unpriced_reason, usage_source, NULL, {dialect_of(conn).count_sum('unpriced')} FROM {table}{src.cond}{extra} GROUP BY 1, 2, 3, 4"
     else:
         from_params = []
         reason = "unpriced_reason" if "unpriced_reason" in table_columns(conn) else "NULL"
@@ -465,7 +465,7 @@ def error_groups(conn: sqlite3.Connection, src: Source) -> list[tuple[str, int |
     if src.rollup:
         table, from_params = _from(src, "report_daily", "status_code, error, requests")
         extra = f"{' AND' if src.cond else ' WHERE'} terminal_state != 'completed'"
-        sql = f"SELECT terminal_state, NULLIF(status_code, ''), NULLIF(error, ''), SUM(requests) FROM {table}{src.cond}{extra} GROUP BY 1, 2, 3"
+        sql = f"SELECT terminal_state, NULLIF(status_code, ''), NULLIF(error, ''), {dialect_of(conn).count_sum('requests')} FROM {table}{src.cond}{extra} GROUP BY 1, 2, 3"
     else:
         from_params = []
         extra = f"{' AND' if src.cond else ' WHERE'} COALESCE(terminal_state, '') != 'completed'"
@@ -490,7 +490,7 @@ def histograms(conn: sqlite3.Connection, src: Source, group_sql: str, period_sql
         if src.rollup:
             table, from_params = _from(src, "report_latency_daily", "metric, bucket, n", ("provider", "model"))
             extra = f"{' AND' if src.cond else ' WHERE'} metric = ?"
-            sql = f"SELECT {key_sql}, bucket, SUM(n) FROM {table}{src.cond}{extra} GROUP BY 1, 2"
+            sql = f"SELECT {key_sql}, bucket, {dialect_of(conn).count_sum('n')} FROM {table}{src.cond}{extra} GROUP BY 1, 2"
             params = [*from_params, *src.params, metric]
         else:
             col = LATENCY_COLUMNS[metric]

@@ -358,9 +358,10 @@ def last_request_at(path: str | os.PathLike[str]) -> float | None:
 class Backend(Protocol):
     """Where ``TelemetryStore`` writes: SQLite (below) or PostgreSQL (``store.postgres``).
 
-    ``insert`` writes rows (tuples in ``COLUMN_NAMES`` order) in one transaction, ignoring a row
-    whose request key is already stored; it raises one of ``errors`` and is then retried (the
-    rows are kept and spilled meanwhile). ``describe`` is an error as one line, with no secret.
+    ``insert`` writes rows (tuples in ``COLUMN_NAMES`` order, the request key first) in one
+    transaction, ignoring a row whose request key is already stored, and returns the request keys
+    it added, or None when it added every row (the metrics count exactly the rows added); it
+    raises one of ``errors`` and is then retried (the rows are kept and spilled meanwhile). ``describe`` is an error as one line, with no secret.
     """
 
     name: str
@@ -370,7 +371,7 @@ class Backend(Protocol):
     @property
     def connected(self) -> bool: ...
     def connect(self) -> None: ...
-    def insert(self, values: list[tuple[Any, ...]]) -> None: ...
+    def insert(self, values: list[tuple[Any, ...]]) -> set[str] | None: ...
     def close(self) -> None: ...
     def describe(self, e: BaseException) -> str: ...
 
@@ -409,12 +410,19 @@ class SqliteBackend:
         self._conn = None
         self._conn_identity = None
 
-    def insert(self, values: list[tuple[Any, ...]]) -> None:
+    def insert(self, values: list[tuple[Any, ...]]) -> set[str] | None:
         assert self._conn is not None
         sql = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
+        rows = [tuple(_sql_value(v) for v in row) for row in values]
+        added: set[str] | None = None
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.executemany(sql, [tuple(_sql_value(v) for v in row) for row in values])
+            if self._conn.executemany(sql, rows).rowcount != len(rows):
+                # Some rows were here already (a spill imported again, a late acknowledgement):
+                # redo the batch row by row to know which ones this transaction adds.
+                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                added = {str(row[0]) for row in rows if self._conn.execute(sql, row).rowcount}
             self._conn.execute("COMMIT")
         except BaseException:
             try:
@@ -422,6 +430,7 @@ class SqliteBackend:
             except sqlite3.Error:
                 pass
             raise
+        return added
 
     def describe(self, e: BaseException) -> str:
         return f"{type(e).__name__}: {e}"
@@ -447,6 +456,7 @@ class TelemetryStore:
         path: str | os.PathLike[str],
         on_durable: Callable[[list[str]], None] | None = None,
         on_lost: Callable[[list[str]], None] | None = None,
+        on_inserted: Callable[[list[TelemetryRow]], None] | None = None,
     ) -> None:
         db = self.db = str(path)  # a path, or a PostgreSQL URL (which may hold a password: never shown)
         self.backend: Backend = _backend(db)
@@ -456,6 +466,7 @@ class TelemetryStore:
         self.spill_path = self.spill_paths[0]
         self._on_durable = on_durable
         self._on_lost = on_lost  # keys of rows counted as lost here (so nobody counts them twice)
+        self.on_inserted = on_inserted  # rows a committed transaction added (the metrics count them)
         self._queue: queue.SimpleQueue[TelemetryRow | None] = queue.SimpleQueue()
         self._pending: deque[TelemetryRow] = deque()
         self._thread = threading.Thread(target=self._run, name="tokenpak-store", daemon=True)
@@ -589,9 +600,22 @@ class TelemetryStore:
             self._import_spill()
 
     def _insert(self, rows: Iterable[TelemetryRow]) -> None:
-        values = [tuple(getattr(r, c) for c in COLUMN_NAMES) for r in rows]
-        self.backend.insert(values)  # one transaction; a duplicate request key is ignored
+        batch = list(rows)
+        values = [tuple(getattr(r, c) for c in COLUMN_NAMES) for r in batch]
+        added = self.backend.insert(values)  # one transaction; a duplicate request key is ignored
         self.written += len(values)
+        if self.on_inserted is not None and batch:
+            if added is not None:  # each added key once (a key twice in one batch is one row)
+                new = []
+                for r in batch:
+                    if r.request_key in added:
+                        added.discard(r.request_key)
+                        new.append(r)
+                batch = new
+            try:
+                self.on_inserted(batch)
+            except Exception:  # noqa: BLE001 - the rows are written; counting them must not undo that
+                logger.exception("tokenpak: rows written but not counted in the metrics")
 
     def _insert_stored(self, rows: list[dict[str, Any]]) -> None:
         # Keys of another version's schema are left out; a row without its start time could not be

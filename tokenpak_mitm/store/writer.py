@@ -64,6 +64,7 @@ from typing import IO, Any, BinaryIO, NamedTuple
 from tokenpak_mitm.core.account.accounting import Accountant, Begin, ConsoleSwitch, Finished, OtlpSwitch, SessionFacts, blind_until, console_line, minimal_row
 from tokenpak_mitm.core.row import TelemetryRow
 from tokenpak_mitm.store.dburl import display
+from tokenpak_mitm.store.metrics import Backlog, ServeMetrics
 from tokenpak_mitm.store.sqlite import (
     BATCH,
     FLUSH_INTERVAL,
@@ -98,7 +99,7 @@ OUT_OF_BAND_BYTES = 4096  # bodies at least this long are sent out of band
 # What the feeder sends: a row (a mapping), a finished request, or one of three notes. The classes
 # live in `accounting`, not here: the writer runs this module as __main__, and a class pickled
 # from here would be a different class there.
-_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch | OtlpSwitch
+_Item = Mapping[str, Any] | Finished | Begin | ConsoleSwitch | OtlpSwitch | ServeMetrics | Backlog
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,6 +192,8 @@ class StoreProcess:
         self._last_ack = 0.0
         self._console = False  # the writer prints the console line of each request it accounts
         self._otlp: str | None = None  # and exports every row it writes to this collector
+        self._metrics: str | None = None  # and serves Prometheus metrics of the rows it writes here (host:port)
+        self._told_backlog = 0  # the backlog the writer last heard of (told only while metrics are on)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -255,6 +258,12 @@ class StoreProcess:
         if url != self._otlp:
             self._otlp = url
             self._put(OtlpSwitch(url), False, capped=False)
+
+    def set_metrics(self, address: str | None) -> None:
+        """Serve Prometheus metrics of the rows the writer writes on ``host:port``; None: stop."""
+        if address != self._metrics:
+            self._metrics = address
+            self._put(ServeMetrics(address), False, capped=False)
 
     def _put(self, item: _Item, keyed: bool, capped: bool = True) -> None:
         size = _size(item)
@@ -359,6 +368,8 @@ class StoreProcess:
         proc = self._proc
         if proc is not None and not self._out:
             batch = self._take(wait=True)
+            if self._metrics is not None:
+                batch += self._backlog(batch)
             if batch:
                 self._frame(batch)
         if proc is not None and self._out:
@@ -389,6 +400,15 @@ class StoreProcess:
                 size += q.size
                 batch.append(q.item)
         return batch
+
+    def _backlog(self, batch: Sequence[_Item]) -> list[_Item]:
+        """A note for the writer's metrics when the backlog changed: rows sent or queued here and not
+        yet acknowledged (``tokenpak_writer_backlog_rows``), counting the batch about to be sent."""
+        rows = len(self._unacked) + len(self._q) + sum(1 for item in batch if _key(item) is not None)
+        if rows == self._told_backlog:
+            return []
+        self._told_backlog = rows
+        return [Backlog(rows)]
 
     def _notes_out(self) -> list[_Item]:
         notes, self._notes = self._notes, []
@@ -539,6 +559,8 @@ class StoreProcess:
             argv.append("--console")
         if self._otlp:
             argv += ["--otlp", self._otlp]
+        if self._metrics:
+            argv += ["--metrics", self._metrics]
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
@@ -716,7 +738,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The writer process: pickled batches on stdin (rows, and the two halves of each live
     request's accounting), acknowledgements on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
-    console, console_fd, otlp, rest = False, -1, None, []
+    console, console_fd, otlp, metrics_at, rest = False, -1, None, None, []
     while args:
         arg = args.pop(0)
         if arg == "--console":
@@ -725,10 +747,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             console_fd = int(args.pop(0))
         elif arg == "--otlp" and args:
             otlp = args.pop(0)
+        elif arg == "--metrics" and args:
+            metrics_at = args.pop(0)
         else:
             rest.append(arg)
     if len(rest) != 1:
-        sys.stderr.write("usage: python -m tokenpak_mitm.store.writer DB [--console] [--console-fd N] [--otlp URL]\n")
+        sys.stderr.write("usage: python -m tokenpak_mitm.store.writer DB [--console] [--console-fd N] [--otlp URL] [--metrics HOST:PORT]\n")
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop: EOF on stdin
     _continue_when_orphaned()
@@ -757,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # before it started (an earlier proxy run, or this writer before a restart).
     accountant.sessions.blind_until = blind_until(last_request_at(db), time.time())
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
+    meter = _Meter(store)
+    meter.switch(metrics_at)  # before the store starts: rows imported from a spill file at start are counted
     store.start()
     printer = _Printer(console_fd if console_fd >= 0 else 2, console)
     spans = _Spans(otlp)
@@ -778,6 +804,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     printer.on = item.on
                 elif isinstance(item, OtlpSwitch):
                     spans.switch(item.url)
+                elif isinstance(item, Backlog):
+                    meter.backlog = item.rows
+                elif isinstance(item, ServeMetrics):
+                    meter.switch(item.address)
             except ValueError as e:  # not a row of this schema: a bug, said once per row
                 log.error("tokenpak: store writer rejected a row (%s)", e)
             except Exception as e:  # noqa: BLE001 - one bad item must not stop the writer
@@ -786,6 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log.error("tokenpak: store writer could not handle an item (%s: %s)", type(e).__name__, e)
     store.close(timeout=30.0)
     spans.switch(None)  # flushes, bounded
+    meter.switch(None)  # after the last rows were counted: a scrape until here sees them all
     say({"stats": {"written": store.written, "spilled": store.spilled, "dropped": store.dropped, "lost_reason": store.lost_reason}})
     return 0
 
@@ -824,6 +855,38 @@ def _frames(stream: BinaryIO) -> Iterator[list[Any]]:
             continue
         if isinstance(batch, list):
             yield batch
+
+
+class _Meter:
+    """The Prometheus metrics of the rows this writer's store inserts (none until an address is set)."""
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+        self.backlog = 0  # as the proxy last told us
+        self._metrics: Any = None
+        self.address: str | None = None
+
+    def switch(self, address: str | None) -> None:
+        if address == self.address:
+            return
+        self.address = address
+        if self._metrics is not None:
+            self.store.on_inserted = None
+            self._metrics.close()
+            self._metrics = None
+        if not address:
+            return
+        from tokenpak_mitm.store.metrics import Metrics, MetricsUnavailable, SpillRows, parse_address  # the optional extra, only when asked for
+
+        try:
+            host, port = parse_address(address)
+            metrics = Metrics(backlog=lambda: self.backlog, spill_rows=SpillRows(self.store.spill_paths))
+        except (MetricsUnavailable, ValueError) as e:
+            logging.getLogger("tokenpak.metrics").error("tokenpak: %s", e)
+            return
+        self._metrics = metrics
+        self.store.on_inserted = metrics.observe
+        metrics.serve(host, port)
 
 
 class _Spans:

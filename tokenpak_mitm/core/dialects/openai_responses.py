@@ -225,9 +225,12 @@ def _message_item(r: Reply, text: str, status: str) -> dict[str, Any]:
 
 
 def _render_json(r: Reply, *, status: str = "completed", with_output: bool = True) -> dict[str, Any]:
-    return {"id": r.id, "object": "response", "created_at": CREATED, "status": status, "model": r.model,
+    body = {"id": r.id, "object": "response", "created_at": CREATED, "status": status, "model": r.model,
             "output": [_message_item(r, r.text, "completed")] if with_output else [],
             "usage": dict(r.usage) if status == "completed" else None}
+    if r.diagnostics is not None and status == "completed":
+        body["prompt_cache_diagnostics"] = dict(r.diagnostics)  # asked with prompt_cache_options.comparison_response_id
+    return body
 
 
 def _render_frames(r: Reply) -> list[bytes]:

@@ -37,8 +37,9 @@ class Reply:
     text_deltas: int = 3
     cumulative_delta_usage: bool = False
     include_usage: bool = True
-    # Anthropic cache diagnostics: the response's ``diagnostics`` object (``{"cache_miss_reason": ...}``)
-    # on the message and on ``message_start``'s message; None: the response carries none.
+    # The provider's cache diagnostics: Anthropic's ``diagnostics`` object (``{"cache_miss_reason": ...}``)
+    # on the message and on ``message_start``'s message; OpenAI Responses' ``prompt_cache_diagnostics``
+    # on the completed Response; None: the response carries none.
     diagnostics: Mapping[str, Any] | None = None
 
 

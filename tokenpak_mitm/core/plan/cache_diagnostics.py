@@ -18,8 +18,12 @@ turn has a fingerprint to compare with), and the beta header when the request la
   earlier request's whole message list continues it, and ``PreviousResponses`` remembers, per
   credential scope, the response id each request got. Bounded (least recently used dropped).
 
-OpenAI is not asked (its ``prompt_cache_options.comparison_response_id`` lives in the object the
-OpenAI planner both reads and writes); its answer is read whenever a client asks (docs/sessions.md).
+OpenAI (Responses API, GPT-5.6+; developers.openai.com guides/prompt-caching/diagnostics) is asked
+the same way with ``"prompt_cache_options":{"comparison_response_id":…}`` naming the request's own
+``previous_response_id``, else the conversation's previous response — only when the request as
+sent (the planner's members included) carries no ``prompt_cache_options``: the proxy never edits
+an object the client or the planner wrote. No header; the first request of a conversation is not
+touched (OpenAI compares with any completed response: there is nothing to opt in to).
 """
 
 from __future__ import annotations
@@ -30,18 +34,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from tokenpak_mitm.core.plan.cache_insert import Span
 
-__all__ = ["BETA", "MAX_REMEMBERED", "Prepared", "PreviousResponses", "Splice", "Skip", "beta_header", "conversation_keys", "prepare", "splice"]
+__all__ = ["BETA", "MAX_REMEMBERED", "Prepared", "PreviousResponses", "Splice", "beta_header", "conversation_keys", "prepare", "splice",
+           "splice_openai"]
 
 BETA: Final = "cache-diagnosis-2026-04-07"
 MAX_REMEMBERED: Final = 20_000  # conversations whose last response id is kept
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _WS = b" \t\r\n"
 
-Skip = Literal["client_sent", "not_json", "encoded", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +53,12 @@ class Prepared:
     """What the proxy reads of a request before deciding: whether the client asked itself, the
     conversation keys (one per non-system message), and where the body's object opens."""
 
-    client_sent: bool
+    client_sent: bool  # Anthropic: ``diagnostics`` present; OpenAI: ``prompt_cache_options`` present
     keys: tuple[bytes, ...]
     open_at: int  # offset just after the opening "{"
     empty: bool  # the object has no member (then no comma follows ours)
+    previous_response_id: str | None = None  # OpenAI Responses: the request continues this response
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +81,20 @@ def _unmarked(content: Any) -> Any:
 
 
 def conversation_keys(request: object) -> tuple[bytes, ...]:
-    """One cumulative digest per non-system message (role and content, markers removed)."""
-    if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+    """One cumulative digest per non-system message (role and content, markers removed): the
+    ``messages`` list, or a Responses ``input`` list (items without a role hashed whole)."""
+    if not isinstance(request, dict):
         return ()
+    items = request.get("messages")
+    if not isinstance(items, list):
+        items = request.get("input")
+        if not isinstance(items, list):
+            return ()
+        items = [i if isinstance(i, dict) and "role" in i else {"role": None, "content": i} for i in items]
     h = hashlib.blake2b(digest_size=16)
     h.update(_canonical(request.get("model")))
     keys: list[bytes] = []
-    for message in request["messages"]:
+    for message in items:
         if not isinstance(message, dict):
             continue
         role = message.get("role")
@@ -92,8 +105,9 @@ def conversation_keys(request: object) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
-def prepare(body: bytes) -> Prepared | None:
-    """Read an identity-encoded request body; None when it is not a JSON object."""
+def prepare(body: bytes, api: str = "anthropic") -> Prepared | None:
+    """Read an identity-encoded request body (``api``: anthropic or openai_responses); None when it
+    is not a JSON object."""
     try:
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -104,7 +118,10 @@ def prepare(body: bytes) -> Prepared | None:
     if body[start:start + 1] != b"{":
         return None  # (a BOM or the like: json.loads would have refused; never guess)
     rest = body[start + 1:].lstrip(_WS)
-    return Prepared("diagnostics" in request, conversation_keys(request), start + 1, rest[:1] == b"}")
+    own = "diagnostics" if api == "anthropic" else "prompt_cache_options"
+    previous, model = request.get("previous_response_id"), request.get("model")
+    return Prepared(own in request, conversation_keys(request), start + 1, rest[:1] == b"}",
+                    previous if isinstance(previous, str) and previous else None, model if isinstance(model, str) else None)
 
 
 def splice(body: bytes, prepared: Prepared, previous_message_id: str | None) -> Splice:
@@ -113,6 +130,14 @@ def splice(body: bytes, prepared: Prepared, previous_message_id: str | None) -> 
     text = member if prepared.empty else member + b","
     at = prepared.open_at
     return Splice(body[:at] + text + body[at:], Span(at, text), previous_message_id)
+
+
+def splice_openai(body: bytes, prepared: Prepared, comparison_response_id: str) -> Splice:
+    """``body`` with ``"prompt_cache_options":{"comparison_response_id":…}`` as the object's first member."""
+    member = b'"prompt_cache_options":' + json.dumps({"comparison_response_id": comparison_response_id}, separators=(",", ":")).encode()
+    text = member if prepared.empty else member + b","
+    at = prepared.open_at
+    return Splice(body[:at] + text + body[at:], Span(at, text), comparison_response_id)
 
 
 def beta_header(current: str | None) -> str | None:

@@ -17,7 +17,7 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import brotli
 
@@ -32,7 +32,8 @@ from tokenpak_mitm.core.row import CacheDecision
 
 __all__ = [
     "CacheOptions", "Span", "InsertResult", "insert_markers", "remove_spans", "count_markers",
-    "DECISIONS", "MAX_BODY_BYTES", "parse_decoded", "plan_off_loop",
+    "DECISIONS", "MAX_BODY_BYTES", "PLAN_MAX_BYTES", "PLAN_MAX_OBJECTS", "parse_decoded", "plan_off_loop", "plan_where",
+    "too_big_to_plan",
 ]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # raw and decoded cap; twice the API's 32 MB request limit
@@ -46,13 +47,41 @@ OFFLOAD_OBJECTS = 200
 _PLANNED: Final = frozenset({"inserted", "not_worth", "below_minimum", "no_eligible_block"})  # decisions the planner made itself
 
 
+# Planning bounds: above either, planning would cost more than a marker can save (and make the
+# request wait for it), so the request goes upstream exactly as it came, with cache_decision
+# "too_large". A request over the API's own 32 MB limit (which the API refuses anyway) is never
+# planned; 10,000 objects are about 0.1-0.2 s of planning; a 1 MiB body of 32,000 tiny messages took 1.5 s.
+PLAN_MAX_BYTES = 32 << 20
+PLAN_MAX_OBJECTS = 10_000
+
+PlanWhere = Literal["here", "off_loop", "too_large"]
+
+
+def plan_where(body: bytes, content_encoding: str | None) -> PlanWhere:
+    """Where to plan this request body: on the event loop (a few milliseconds at most), off it, or
+    not at all (over the bounds). O(1) above OFFLOAD_BYTES, else one C-speed byte count; the
+    object count of a bigger or compressed body is checked off the loop (`too_big_to_plan`)."""
+    if len(body) > PLAN_MAX_BYTES:
+        return "too_large"
+    if len(body) > OFFLOAD_BYTES or codings(content_encoding):
+        return "off_loop"  # a compressed body hides its size and object count (4 KB can hold 1 MB of blocks)
+    objects = body.count(b"{")
+    return "too_large" if objects > PLAN_MAX_OBJECTS else "off_loop" if objects > OFFLOAD_OBJECTS else "here"
+
+
 def plan_off_loop(body: bytes, content_encoding: str | None) -> bool:
     """Whether planning this request body may take more than a few milliseconds (pure, O(n) in C)."""
-    if len(body) > OFFLOAD_BYTES:
-        return True
-    if codings(content_encoding):
-        return True  # a compressed body hides its size and object count (4 KB can hold 1 MB of blocks)
-    return body.count(b"{") > OFFLOAD_OBJECTS
+    return plan_where(body, content_encoding) != "here"
+
+
+def too_big_to_plan(decoded: bytes) -> bool:
+    """Whether a decoded body is over the planning bounds (O(n) in C: off the event loop for big bodies)."""
+    return len(decoded) > PLAN_MAX_BYTES or (len(decoded) > PLAN_MAX_OBJECTS and decoded.count(b"{") > PLAN_MAX_OBJECTS)
+
+
+def _off_loop_sized(decoded: bytes, encoding: str | None) -> bool:
+    """Bodies the proxy plans off the event loop, where `plan_where` could not count their objects."""
+    return encoding is not None or len(decoded) > OFFLOAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -114,6 +143,8 @@ def parse_decoded(body: bytes, content_encoding: str | None) -> object:
             decoded = codec.decode(body)[0]
         except Exception:  # noqa: BLE001 - insert_markers says why; here it only means "nothing to look up"
             return None
+    if _off_loop_sized(decoded, encoding) and too_big_to_plan(decoded):
+        return None
     request = _parse(decoded)
     return None if request is _NOT_JSON else request
 
@@ -146,7 +177,7 @@ def _open_body(body: bytes, encoding: str | None) -> tuple[bytes, _Codec | None,
     if len(body) > MAX_BODY_BYTES:
         return "too_large"
     if encoding is None:
-        return body, None, 0
+        return ("too_large" if _off_loop_sized(body, encoding) and too_big_to_plan(body) else (body, None, 0))
     codec = _CODECS.get(encoding)
     if codec is None:
         return "encoded_unsupported"
@@ -156,6 +187,8 @@ def _open_body(body: bytes, encoding: str | None) -> tuple[bytes, _Codec | None,
         return "too_large"
     except Exception:  # noqa: BLE001 - any codec failure means "cannot read it"
         return "encoded_unsupported"
+    if too_big_to_plan(decoded):
+        return "too_large"
     return decoded, codec, flavor
 
 
