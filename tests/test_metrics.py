@@ -265,3 +265,28 @@ def test_a_scrape_during_shutdown_is_harmless(tmp_path: Path):
     assert set(seen) <= set(range(n + 1)) and max(seen) == n  # whatever was answered was a whole, true page
     assert errors and not unexpected  # then refused, nothing worse
     assert len(db_rows(tmp_path / "t.db")) == n
+
+
+@pytest.mark.e2e
+def test_metrics_come_back_after_the_writer_is_killed_and_count_what_it_then_writes(tmp_path: Path):
+    """A writer killed (SIGKILL) takes its counters with it (Prometheus sees a counter reset); the
+    proxy starts another, which serves the same port again and counts exactly the rows it then
+    writes. Rows: every request, once."""
+    import signal as signals
+
+    port = free_port()
+    with FakeProvider() as fake, _proxy(fake, tmp_path, port) as proxy:
+        first = send_mixed(proxy.url, fake, 8)
+        wait_for(lambda: total(scrape(port), "tokenpak_requests_total") == first, what="the first rows counted")
+        old = proxy.store_writer_pid()
+        os.kill(old, signals.SIGKILL)
+        wait_for(lambda: proxy.store_writer_pid() != old, what="a new writer")
+        second = send_mixed(proxy.url, fake, 6, seed=100)
+        db = tmp_path / "t.db"
+        wait_for(lambda: len(db_rows(db)) == first + second, what="every row written")
+        # every first row was written (and counted) before the kill: the new writer counts exactly the second ones
+        wait_for(lambda: total(scrape(port), "tokenpak_requests_total") == second, what="the new writer's count")
+        assert total(scrape(port), "tokenpak_requests_total") == second
+    rows = db_rows(tmp_path / "t.db")
+    assert len(rows) == len({r["request_key"] for r in rows}) == first + second
+    assert "Traceback" not in proxy.output()

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -198,14 +198,17 @@ class TokenPak:
         return self.started.is_set()
 
     @staticmethod
-    def check_options(opts: Any) -> None:
-        """Raise ``OptionsError`` for a bad value of this addon's options (pure: also run by
-        ``tokenpak run`` before mitmdump starts, see `startup.preflight`)."""
-        if opts.tokenpak_cache not in CACHE_MODES:
+    def check_options(opts: Any, updated: Collection[str] | None = None) -> None:
+        """Raise ``OptionsError`` for a bad value of this addon's options (those in ``updated``;
+        None: all). Pure: also run by ``tokenpak run`` before mitmdump starts (`startup.preflight`)."""
+        def checks(name: str) -> bool:
+            return updated is None or name in updated
+
+        if checks("tokenpak_cache") and opts.tokenpak_cache not in CACHE_MODES:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
-        if opts.tokenpak_cache_ttl not in CACHE_TTLS:
+        if checks("tokenpak_cache_ttl") and opts.tokenpak_cache_ttl not in CACHE_TTLS:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
-        url = opts.tokenpak_otlp
+        url = opts.tokenpak_otlp if checks("tokenpak_otlp") else ""
         if url and not url.startswith(("http://", "https://")):
             raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
         try:
@@ -214,14 +217,15 @@ class TokenPak:
         except OtelUnavailable as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
-            if opts.tokenpak_metrics.strip():
+            if checks("tokenpak_metrics") and opts.tokenpak_metrics.strip():
                 parse_address(opts.tokenpak_metrics)
                 require_prometheus()
         except (ValueError, MetricsUnavailable) as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
             for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
-                parse_bool(name, getattr(opts, name))
+                if checks(name):
+                    parse_bool(name, getattr(opts, name))
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
 
@@ -233,7 +237,7 @@ class TokenPak:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        self.check_options(opts)
+        self.check_options(opts, updated)
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
