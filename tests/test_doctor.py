@@ -110,6 +110,32 @@ def test_an_open_port_that_is_not_tokenpak_fails(upstream: FakeUpstream, listeni
         assert [c.status for c in checks] == ["fail"] and "not tokenpak-mitm" in checks[0].detail, url
 
 
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once this socket is closed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("strategy", ["lazy", "eager"])
+def test_an_unreachable_upstream_is_named_not_the_port(tmp_path: Path, strategy: str) -> None:
+    # Issue 26 item 4: the proxy is ours and answering, its upstream is down; doctor said
+    # "something listens ... but it is not tokenpak-mitm" and suggested starting the proxy.
+    down = _closed_port()
+    db = tmp_path / "t.db"
+    with MitmdumpProcess(f"reverse:http://127.0.0.1:{down}", db=db, confdir=tmp_path / "conf",
+                         options=[f"connection_strategy={strategy}"]) as p:
+        checks = check_proxy({"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{p.port}"}, db)
+    assert [c.status for c in checks] == ["fail"]
+    detail, fix = checks[0].detail, checks[0].fix
+    assert "not tokenpak-mitm" not in detail and ("upstream is unreachable" in detail or "is unreachable from this machine" in detail)
+    if strategy == "lazy":  # tokenpak run's: the probe is answered, and the upstream it names is tried
+        assert f"answers on 127.0.0.1:{p.port}, but its upstream http://127.0.0.1:{down} is unreachable" in detail
+        assert f"reach 127.0.0.1:{down}" in fix
+    else:  # a bare mitmdump: the connection is dropped before the probe is read
+        assert "closed it without a reply" in detail and "tokenpak run" in fix
+
+
 @pytest.mark.e2e
 def test_the_probe_works_through_a_regular_mode_proxy(tmp_path: Path) -> None:
     db = tmp_path / "regular.db"

@@ -223,3 +223,32 @@ def test_openai_responses_get_the_comparison_id_and_rows_carry_openais_verdict(t
     assert received[3] == b'{"prompt_cache_options":{"comparison_response_id":"' + ids[2].encode() + b'"},' + chained[1:]
     assert received[4:] == [older, own]
     assert [r["provider_miss_reason"] for r in rows] == [None, "cache_hit", "instructions_changed", "cache_hit", None, None]
+
+
+def test_an_upstream_that_refuses_the_field_stops_the_asking_after_one_request(tmp_path: Path):
+    """A gateway (or platform) that rejects unknown fields: one 400, one warning line, and the next
+    requests go exactly as the client wrote them."""
+    from tokenpak_mitm.sim.upstream import FakeUpstream, Received, Script, Step
+
+    def handler(got: Received) -> Script:
+        if b'"diagnostics"' in got.body:
+            body = json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": "diagnostics: Extra inputs are not permitted"}})
+            return Script(status=400, reason="Bad Request", headers=[("content-type", "application/json")], steps=[Step(body.encode())], chunked=False)
+        ok = {"id": "msg_ok", "type": "message", "role": "assistant", "model": MODEL, "content": [{"type": "text", "text": "ok"}],
+              "stop_reason": "end_turn", "usage": {"input_tokens": 10, "output_tokens": 1}}
+        return Script(headers=[("content-type", "application/json")], steps=[Step(json.dumps(ok).encode())], chunked=False)
+
+    up = FakeUpstream(handler).start()
+    proxy = MitmdumpProcess(f"reverse:{up.url}", db=tmp_path / "t.db", confdir=tmp_path, options=["tokenpak_cache_diagnostics=on"]).start()
+    try:
+        body = json.dumps({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        assert request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS)).status == 400
+        for _ in range(2):
+            assert request(proxy.port, build_request("POST", "/v1/messages", body, HEADERS)).status == 200
+            assert up.received[-1].body == body and up.received[-1].header("anthropic-beta") is None
+        wait_for_rows(tmp_path / "t.db", "1=1", (), n=3)
+    finally:
+        proxy.stop()
+        up.stop()
+    assert proxy.output().count("tokenpak_cache_diagnostics is off for this run") == 1
+    assert KEY not in proxy.output()

@@ -152,3 +152,33 @@ def test_a_bad_option_stops_tokenpak_run_before_anything_listens(tmp_path: Path,
     assert (proc.returncode, accepted) == (2, 0)
     assert err.splitlines() == [f"tokenpak: {says} (proxy not started)"] and out == ""
     assert not (tmp_path / "t.db").exists()  # nothing started
+
+
+@pytest.mark.e2e
+def test_an_unreachable_upstream_gets_a_502_with_the_reason_and_a_row(tmp_path: Path):
+    # Issue 26 item 8: with mitmproxy's eager connection strategy, a reverse proxy whose upstream is
+    # down dropped the client before reading the request: an empty reply and no row.
+    if not TOKENPAK.exists():
+        pytest.skip("the tokenpak console script is not installed in this environment")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = s.getsockname()[1]  # nothing listens there once this socket is closed
+    db = tmp_path / "t.db"
+    proxy = MitmdumpProcess("unused", confdir=tmp_path)
+    proxy.args = [str(TOKENPAK), "run", "--port", "0", "--mode", f"reverse:http://127.0.0.1:{down}", "--",
+                  "--set", f"tokenpak_db={db}", "--set", f"confdir={tmp_path}"]
+    try:
+        proxy.start()
+        body = b'{"model":"claude-sonnet-4-6","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+        resp = request(proxy.port, build_request("POST", "/v1/messages", body, [("content-type", "application/json"),
+                                                                                  ("x-api-key", "sk-ant-api03-canary-not-a-real-key-000000")]))
+        rows = wait_for_rows(db, "1=1", ())
+    finally:
+        proxy.stop()
+    assert resp.status == 502
+    reason = [line for line in resp.body.decode().splitlines() if "Connect call failed" in line]
+    assert len(reason) == 1 and str(down) in reason[0]  # the reason, on one line
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["terminal_state"], row["model"], row["cost_usd"]) == ("upstream_unreachable", "claude-sonnet-4-6", 0.0)
+    assert "Connect call failed" in row["error"]

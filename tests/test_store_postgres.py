@@ -402,3 +402,42 @@ def test_without_the_extra_startup_stops_with_one_line(tmp_path: Path) -> None:
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "tokenpak-mitm[team]" in line]
     assert len(lines) == 1 and "pw-xyz" not in proc.stdout + proc.stderr
     assert sys.executable  # (the same interpreter the proxy ran with)
+
+
+@pytest.mark.e2e
+def test_a_slow_database_spills_without_stalling_the_proxy_or_the_writer(postgres: Any, tmp_path: Path) -> None:
+    """A table locked for 8 s (a slow server): batches time out, rows are spilled and acknowledged,
+    the proxy never takes the writer for hung, and every row is written once when the lock goes."""
+    url = postgres.database()
+    write(url, [row(0)])  # the schema exists, so the lock below can be taken
+    received: list[Received] = []
+    with FakeUpstream(traffic_handler(received)) as up:
+        proxy = next(proxies(up, [url], tmp_path))
+        try:
+            with psycopg.connect(url) as locker:
+                locker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+                t0 = time.monotonic()
+                statuses = [send(proxy.port, n) for n in range(1, 21)]
+                time.sleep(max(0.0, 8 - (time.monotonic() - t0)))
+            assert statuses == [429 if n % 17 == 5 else 200 for n in range(1, 21)]
+            deadline = time.monotonic() + 30
+            while count(url) < (21, 21) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            proxy.stop()
+    out = proxy.output()
+    assert count(url) == (21, 21), out[-2000:]
+    assert "unresponsive" not in out and postgres.password not in out
+    assert "canceling statement due to statement timeout" in out  # said once, on one line
+
+
+def test_the_writer_knows_the_newest_request_of_the_shared_database(postgres: Any) -> None:
+    """A writer (re)starting on a database other proxies write reads its newest request, so its
+    session tracker starts blind for the cache TTL (misses it cannot explain read unknown, not cold)."""
+    from tokenpak_mitm.store.sqlite import newest_request
+
+    url = postgres.database()
+    assert newest_request(url) is None  # no table yet
+    write(url, [row(3), row(7)])
+    assert newest_request(url) == pytest.approx(NOW - 3 * 977.0)
+    assert newest_request(postgres.url("nosuchdb")) is None

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from tokenpak_mitm.cli.setup import CA_CERT_NAME, DEFAULT_CONFDIR
@@ -30,7 +30,7 @@ from tokenpak_mitm.store.dburl import display
 
 __all__ = [
     "Check", "check_python", "check_mitmproxy", "check_ca", "check_database", "check_environment",
-    "check_stream", "check_proxy", "probe", "run_checks", "add_arguments", "run",
+    "check_stream", "check_proxy", "probe", "NoAnswer", "run_checks", "add_arguments", "run",
 ]
 
 Status = Literal["ok", "warn", "fail"]
@@ -284,7 +284,15 @@ def _no_proxy_covers(env: Mapping[str, str], host: str) -> bool:
     return "*" in entries or host in entries
 
 
-def probe(url: str, *, via_proxy: bool, timeout: float = 5.0) -> ProbeAnswer | None:
+class NoAnswer(NamedTuple):
+    """The probe got no tokenpak answer; ``dropped``: the connection was closed without a single byte
+    (what a mitmdump in reverse mode does, with mitmproxy's eager connection strategy, when it
+    cannot reach its upstream)."""
+
+    dropped: bool
+
+
+def probe(url: str, *, via_proxy: bool, timeout: float = 5.0) -> ProbeAnswer | NoAnswer:
     """Ask the proxy at ``url`` who it is (reverse listener, or regular proxy with ``via_proxy``)."""
     import http.client
     import secrets
@@ -299,11 +307,24 @@ def probe(url: str, *, via_proxy: bool, timeout: float = 5.0) -> ProbeAnswer | N
         conn.request("GET", target, headers={PROBE_HEADER: nonce, "user-agent": "tokenpak-doctor"})
         resp = conn.getresponse()
         body = resp.read(64 * 1024)
+    except http.client.RemoteDisconnected:
+        return NoAnswer(dropped=True)
     except (OSError, http.client.HTTPException):
-        return None
+        return NoAnswer(dropped=False)
     finally:
         conn.close()
-    return parse_answer(body, nonce) if resp.status == 200 else None
+    answer = parse_answer(body, nonce) if resp.status == 200 else None
+    return answer if answer is not None else NoAnswer(dropped=False)
+
+
+def _unreachable(upstream: str, timeout: float = 5.0) -> str | None:
+    """Why this machine cannot open a TCP connection to ``upstream`` (a URL), or None when it can."""
+    host, port = _host_port(upstream)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return str(e) or type(e).__name__
 
 
 def _same_file(a: Path, identity: tuple[int, int] | None, b_path: str | None) -> bool:
@@ -335,10 +356,24 @@ def check_proxy(env: Mapping[str, str], db: Path | str) -> list[Check]:
             continue  # check_environment already says nothing listens there
         answer = probe(url, via_proxy=via)
         label = f"proxy at {host}:{port}"
-        if answer is None:
+        down = _unreachable(answer.upstream) if isinstance(answer, ProbeAnswer) and answer.upstream else None
+        if isinstance(answer, NoAnswer) and answer.dropped:
+            out.append(Check(label, "fail", f"something on {host}:{port} ({name}) accepted the connection and closed it without a reply: a "
+                             "mitmdump in reverse mode does that when it cannot reach its upstream (mitmproxy's eager connection strategy), "
+                             "so if this is tokenpak-mitm, the proxy is up and its upstream is unreachable",
+                             "let this machine reach the upstream (firewall, VPN, DNS); start the proxy with tokenpak run (or make run), "
+                             "whose clients then get a 502 naming the reason, and a row"))
+        elif isinstance(answer, NoAnswer):
             out.append(Check(label, "fail", f"something listens on {host}:{port} ({name}) but it is not tokenpak-mitm: it did not answer the "
-                             "probe, so requests sent there are not recorded (or, in reverse mode, its upstream is unreachable)",
+                             "probe, so requests sent there are not recorded",
                              "start the proxy there (make run) or point the variable at it (tokenpak setup)"))
+        elif down is not None and answer.upstream:
+            uhost, uport = _host_port(answer.upstream)
+            out.append(Check(label, "fail", f"tokenpak-mitm {answer.version} (pid {answer.pid}) answers on {host}:{port}, but its upstream "
+                             f"{answer.upstream} is unreachable from this machine ({down}): requests sent there get a 502 and "
+                             "a row with upstream_unreachable",
+                             f"let this machine reach {uhost}:{uport} (firewall, VPN, DNS), or start the proxy in front of an upstream "
+                             "it can reach (tokenpak run --mode reverse:URL)"))
         elif not (answer.db == display(db) if isinstance(db, str) else _same_file(db, answer.db_identity, answer.db)):
             out.append(Check(label, "fail", f"tokenpak-mitm {answer.version} (pid {answer.pid}) writes to {answer.db}, not to {shown}",
                              f"read its database: tokenpak report --db {answer.db} (or restart the proxy with --set tokenpak_db={shown})"))

@@ -48,6 +48,13 @@ def command(args: argparse.Namespace) -> list[str]:
     extra = list(args.mitmdump_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
+    modes = [args.mode, *(extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--mode")]
+    if all(m.startswith("reverse:") for m in modes) and not any("connection_strategy" in a for a in extra):
+        # mitmproxy's default (eager) connects upstream when the client connects, and when that
+        # fails it drops the client before reading the request: an empty reply and no row. Lazy
+        # connects for the request, so an unreachable upstream gets a 502 with the reason and a
+        # row (upstream_unreachable). Regular mode keeps eager (it mirrors the upstream's TLS).
+        argv += ["--set", "connection_strategy=lazy"]
     return argv + extra
 
 

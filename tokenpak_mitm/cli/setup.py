@@ -86,6 +86,8 @@ def _proxy_command(opts: SetupOptions, modes: list[str]) -> str:
         parts += ["--mode", mode]
     # mitmdump's own per-flow lines print full URLs (a Gemini ?key= included): keep them off, as make run does.
     parts += ["--set", "flow_detail=0", "-s", addon_script_path()]
+    if opts.mode != "regular":
+        parts += ["--set", "connection_strategy=lazy"]  # an unreachable upstream then gets a 502 and a row, as with tokenpak run
     if opts.mode == "regular":
         if opts.confdir != Path(DEFAULT_CONFDIR).expanduser():
             parts += ["--set", f"confdir={opts.confdir}"]

@@ -26,14 +26,17 @@ __all__ = [
     "TelemetryRow", "Column", "COLUMNS", "FIELD_NAMES", "SCHEMA_VERSION", "column",
     "TerminalState", "TERMINAL_STATES", "UsageSource", "USAGE_SOURCES", "CacheOrigin", "CACHE_ORIGINS",
     "CacheDecision", "CACHE_DECISIONS", "CacheVerdict", "CACHE_VERDICTS", "ClosedBy", "RouteClass", "ROUTE_CLASSES",
-    "SessionSource", "SESSION_SOURCES", "MissReason", "MISS_REASONS", "MissChange", "MISS_CHANGES",
+    "SessionSource", "SESSION_SOURCES", "MissReason", "MISS_REASONS", "MissChange", "MISS_CHANGES", "PROVIDER_VERDICTS",
 ]
 
 # -- vocabularies -------------------------------------------------------------------------------
 # Who ended the request (one per row).
 # proxy_shutdown: a stream cut because the proxy itself was stopping (SIGTERM/SIGINT), not by a
-# peer. terminal_state is TEXT without a constraint, so older databases take it with no schema change.
-TerminalState = Literal["completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown"]
+# peer. upstream_unreachable: no connection to the upstream could be made (refused, blocked, name or
+# TLS failure); the client got the proxy's 502. terminal_state is TEXT without a constraint, so
+# older databases take both with no schema change.
+TerminalState = Literal["completed", "error_response", "stream_error", "client_disconnected", "upstream_disconnected", "proxy_error", "proxy_shutdown",
+                        "upstream_unreachable"]
 TERMINAL_STATES: Final[tuple[TerminalState, ...]] = get_args(TerminalState)
 # Where the token counts came from: the provider's final figure, a partial one (cut short), none.
 UsageSource = Literal["final", "partial", "absent"]
@@ -64,6 +67,13 @@ SESSION_SOURCES: Final[tuple[SessionSource, ...]] = get_args(SessionSource)
 # Why a cache read that was possible did not happen (cache_miss.py; NULL: no miss).
 MissReason = Literal["cold", "ttl_expired", "prefix_changed", "below_minimum", "lookback_exceeded", "not_marked", "provider_evicted", "unknown"]
 MISS_REASONS: Final[tuple[MissReason, ...]] = get_args(MissReason)
+# The provider's own verdicts the dialects know (provider_miss_reason; docs/sessions.md): Anthropic's
+# cache_miss_reason types and "none", OpenAI's prompt_cache_diagnostics types. A newer word is stored
+# as sent; bounded label sets (metrics) count it as "other".
+PROVIDER_VERDICTS: Final[tuple[str, ...]] = (
+    "model_changed", "system_changed", "tools_changed", "messages_changed", "previous_message_not_found", "unavailable", "none",
+    "cache_hit", "cache_miss", "comparison_response_not_found",
+)
 # What changed between a conversation's previous request and this one, for prefix_changed.
 MissChange = Literal["tools", "system", "volatile", "history", "model_params"]
 MISS_CHANGES: Final[tuple[MissChange, ...]] = get_args(MissChange)

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,13 +44,21 @@ from tokenpak_mitm.core.account.pricing import warm as warm_prices
 from tokenpak_mitm.core.account.request_shape import parse_shape
 from tokenpak_mitm.core.account.session_id import PROJECT_HEADER, SESSION_HEADER
 from tokenpak_mitm.core.account.sessions import Ticket as SessionTicket
-from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome
-from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, decode_body
+from tokenpak_mitm.core.account.telemetry import Outcome, RequestRecord, outcome, terminal_state_for_error
+from tokenpak_mitm.core.observe.decoders import DecodeError, DecodeLimit, codings, decode_body
 from tokenpak_mitm.core.observe.tap import StreamTap
 from tokenpak_mitm.core.observe.tracker import Tracker
 from tokenpak_mitm.core.plan.cache_diagnostics import Prepared, PreviousResponses, beta_header, prepare, splice, splice_openai
 from tokenpak_mitm.core.plan.cache_facts import facts_for
-from tokenpak_mitm.core.plan.cache_insert import PLAN_MAX_BYTES, CacheOptions, InsertResult, insert_markers, plan_where
+from tokenpak_mitm.core.plan.cache_insert import (
+    OFFLOAD_BYTES,
+    PLAN_MAX_BYTES,
+    PLAN_MAX_OBJECTS,
+    CacheOptions,
+    InsertResult,
+    insert_markers,
+    plan_where,
+)
 from tokenpak_mitm.core.plan.learning_planner import Memory, Ticket, observe_usage
 from tokenpak_mitm.core.plan.openai_cache import insert_openai_breakpoint
 from tokenpak_mitm.core.plan.split_plan import (
@@ -116,7 +124,8 @@ class _FlowState:
     session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
     # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
     # response id is remembered, so the conversation's next request can name it
-    conversation: tuple[str, bytes] | None = None
+    conversation: tuple[str, bytes, bytes] | None = None  # (scope, conversation key, flavor)
+    asked: bool = False  # tokenpak_cache_diagnostics spliced its field into this request
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
     remote: bool = False
@@ -189,14 +198,17 @@ class TokenPak:
         return self.started.is_set()
 
     @staticmethod
-    def check_options(opts: Any) -> None:
-        """Raise ``OptionsError`` for a bad value of this addon's options (pure: also run by
-        ``tokenpak run`` before mitmdump starts, see `startup.preflight`)."""
-        if opts.tokenpak_cache not in CACHE_MODES:
+    def check_options(opts: Any, updated: Collection[str] | None = None) -> None:
+        """Raise ``OptionsError`` for a bad value of this addon's options (those in ``updated``;
+        None: all). Pure: also run by ``tokenpak run`` before mitmdump starts (`startup.preflight`)."""
+        def checks(name: str) -> bool:
+            return updated is None or name in updated
+
+        if checks("tokenpak_cache") and opts.tokenpak_cache not in CACHE_MODES:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
-        if opts.tokenpak_cache_ttl not in CACHE_TTLS:
+        if checks("tokenpak_cache_ttl") and opts.tokenpak_cache_ttl not in CACHE_TTLS:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
-        url = opts.tokenpak_otlp
+        url = opts.tokenpak_otlp if checks("tokenpak_otlp") else ""
         if url and not url.startswith(("http://", "https://")):
             raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
         try:
@@ -205,14 +217,15 @@ class TokenPak:
         except OtelUnavailable as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
-            if opts.tokenpak_metrics.strip():
+            if checks("tokenpak_metrics") and opts.tokenpak_metrics.strip():
                 parse_address(opts.tokenpak_metrics)
                 require_prometheus()
         except (ValueError, MetricsUnavailable) as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
             for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
-                parse_bool(name, getattr(opts, name))
+                if checks(name):
+                    parse_bool(name, getattr(opts, name))
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
 
@@ -224,7 +237,7 @@ class TokenPak:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        self.check_options(opts)
+        self.check_options(opts, updated)
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
@@ -371,8 +384,10 @@ class TokenPak:
                 identity = (st.st_dev, st.st_ino)
             except OSError:
                 pass
+        mode = flow.client_conn.proxy_mode
         answer = ProbeAnswer(version=__version__, pid=os.getpid(), db=store.name if store else None, db_identity=identity,
-                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None))
+                             rows_written=getattr(store, "written", 0), store_error=getattr(store, "last_error", None),
+                             upstream=mode.data if isinstance(mode, mode_specs.ReverseMode) else None)
         flow.response = http.Response.make(200, answer_body(nonce, answer), {"content-type": "application/json", "cache-control": "no-store"})
 
     def _start(self, flow: http.HTTPFlow, headers: _HeaderView) -> None:
@@ -504,6 +519,7 @@ class TokenPak:
                                   or (st.route.dialect == "openai_responses" and st.route.provider == "openai")):
             try:
                 asked = await self._ask_diagnostics(flow, st, spans)
+                st.asked = asked is not None
             except Exception:
                 logger.exception("tokenpak: could not ask for cache diagnostics; request sent without them")
         rec = st.record
@@ -536,10 +552,10 @@ class TokenPak:
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
         if prepared.keys:
-            st.conversation = (scope, prepared.keys[-1])
+            st.conversation = (scope, prepared.keys[-1], prepared.flavor)
         if prepared.client_sent:
             return None  # the client (or, for OpenAI, the planner) wrote that object: its request goes as it is
-        previous = self.previous_responses.lookup(scope, prepared.keys)
+        previous = self.previous_responses.lookup(scope, prepared.keys, prepared.flavor)
         if api == "openai_responses":
             return self._ask_openai(flow, prepared, prepared.previous_response_id or previous, spans)
         done = splice(body, prepared, previous)
@@ -566,11 +582,22 @@ class TokenPak:
         spans.insert(0, [done.span.offset, done.span.text.decode("utf-8")])
         return {"comparison_response_id": baseline}
 
+    def _refused_diagnostics(self, st: _FlowState) -> None:
+        """An upstream that refuses the field we added (a gateway, a model or platform without
+        diagnostics) must not see it again: asking stops for this process, with one warning."""
+        said = f"{st.record.extract.error_type or ''} {st.record.extract.error_message or ''}".lower()
+        if self._diagnostics and any(word in said for word in ("diagnostics", "cache-diagnosis", "prompt_cache_options", "comparison_response_id")):
+            self._diagnostics = False
+            logger.warning("tokenpak: the upstream refused the cache-diagnostics field the proxy added (HTTP 400: %s); "
+                           "tokenpak_cache_diagnostics is off for this run",
+                           redact_text((st.record.extract.error_message or "")[:200], st.record.known_secrets))
+
     def _note_response(self, st: _FlowState) -> None:
         """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
         rid = st.tracker.extract.response_id
         if st.conversation is not None and rid:
-            self.previous_responses.note(*st.conversation, rid)
+            scope, key, flavor = st.conversation
+            self.previous_responses.note(scope, key, rid, flavor)
             st.conversation = None
 
     @staticmethod
@@ -606,6 +633,8 @@ class TokenPak:
             plan = partial(insert_markers, body, encoding, opts, memory, now)
             stateless = memory is None  # the learning planner updates this process's memory
         where = plan_where(body, encoding)
+        if where == "off_loop" and len(body) > OFFLOAD_BYTES and not codings(encoding) and await _objects(body, PLAN_MAX_OBJECTS) > PLAN_MAX_OBJECTS:
+            where = "too_large"  # counted here in slices: no worker round trip (and body copy) to learn it
         if where == "too_large":
             # Over the planning bounds (PLAN_MAX_BYTES, PLAN_MAX_OBJECTS): planning would cost more
             # than a marker saves and make this request (and, off the loop, the worker) wait; it
@@ -785,6 +814,8 @@ class TokenPak:
                 st.record.closed_by = closed_by(flow)
             else:
                 st.record.closed_by = _closed_by_word(st.earlier.get("closed_by"))  # replay: the live run's verdict
+            if st.record.terminal_override is None and unreachable(flow):
+                st.record.terminal_override = "upstream_unreachable"
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
             st.record.terminal_override = "proxy_error"
@@ -850,6 +881,8 @@ class TokenPak:
             self._learn(st.ticket, ended, st.record)
         if st.conversation is not None:
             self._note_response(st)
+        if st.asked and st.record.status_code == 400:
+            self._refused_diagnostics(st)
         if st.remote and ended is not None and isinstance(self.store, StoreProcess) and not hooks.wanted(flow, hooks.ROW):
             self._account_remotely(flow, st, ended, self.store)
             return
@@ -1074,6 +1107,21 @@ def _pretty_host(req: http.Request, headers: _HeaderView) -> str:
     return url.parse_authority(authority, check=False)[0] if authority else req.host
 
 
+COUNT_SLICE = 256 << 10  # bytes counted per turn of the event loop (~0.6 ms on the shared 2-core VM)
+
+
+async def _objects(body: bytes, limit: int) -> int:
+    """The JSON objects (``{`` bytes) in ``body``, counted in slices with a turn of the event loop
+    between them (no copy), stopping once past ``limit``: a big body never holds the loop."""
+    n = 0
+    for start in range(0, len(body), COUNT_SLICE):
+        n += body.count(b"{", start, start + COUNT_SLICE)
+        if n > limit:
+            break
+        await asyncio.sleep(0)
+    return n
+
+
 def _shape_input(req: http.Request, headers: _HeaderView) -> bytes | None:
     """The body the session tracker reads (`request_shape.parse_shape`); None when it reads none.
 
@@ -1097,6 +1145,16 @@ def closed_by(flow: http.HTTPFlow) -> ClosedBy | None:
     if server_closed and not client_closed:
         return "server"
     return None
+
+
+def unreachable(flow: http.HTTPFlow) -> bool:
+    """The flow failed because the upstream could not be reached: no response, and no connection
+    to it was ever set up (TCP refused or timed out, name not resolved, TLS handshake failed).
+    A client that left first is not that (mitmproxy names the client in its error text)."""
+    srv = flow.server_conn
+    never_connected = srv.timestamp_tcp_setup is None or (srv.tls and srv.timestamp_tls_setup is None)
+    gone = flow.error is not None and terminal_state_for_error(flow.error.msg) == "client_disconnected"
+    return flow.response is None and never_connected and not gone
 
 
 def _closed_by_word(value: object) -> ClosedBy | None:

@@ -29,6 +29,7 @@ class ProbeAnswer:
     db_identity: tuple[int, int] | None  # (st_dev, st_ino) of the database file
     rows_written: int
     store_error: str | None
+    upstream: str | None = None  # the listener's upstream in reverse mode (the doctor checks it is reachable)
 
 
 def valid_nonce(nonce: str | None) -> bool:
@@ -39,7 +40,7 @@ def answer_body(nonce: str, answer: ProbeAnswer) -> bytes:
     return json.dumps({
         "tokenpak_probe": nonce, "version": answer.version, "pid": answer.pid, "db": answer.db,
         "db_identity": list(answer.db_identity) if answer.db_identity else None,
-        "rows_written": answer.rows_written, "store_error": answer.store_error,
+        "rows_written": answer.rows_written, "store_error": answer.store_error, "upstream": answer.upstream,
     }).encode()
 
 
@@ -55,6 +56,7 @@ def parse_answer(body: bytes, nonce: str) -> ProbeAnswer | None:
     identity = (int(ident[0]), int(ident[1])) if isinstance(ident, list) and len(ident) == 2 else None
     try:
         return ProbeAnswer(version=str(obj.get("version")), pid=int(obj.get("pid") or 0), db=obj.get("db"), db_identity=identity,
-                           rows_written=int(obj.get("rows_written") or 0), store_error=obj.get("store_error"))
+                           rows_written=int(obj.get("rows_written") or 0), store_error=obj.get("store_error"),
+                           upstream=obj.get("upstream") if isinstance(obj.get("upstream"), str) else None)
     except (TypeError, ValueError):
         return None

@@ -41,16 +41,19 @@ from tokenpak_mitm.store.dburl import EXTRA_HINT, display, scrub
 from tokenpak_mitm.store.dialect import POSTGRESQL
 from tokenpak_mitm.store.schema import migrations
 
-__all__ = ["MissingExtra", "PostgresBackend", "PgReader", "connect_readonly", "require", "migrate", "schema_version", "errors", "one_line"]
+__all__ = ["newest_request", "MissingExtra", "PostgresBackend", "PgReader", "connect_readonly", "require", "migrate", "schema_version", "errors", "one_line"]
 
 logger = logging.getLogger(__name__)
 
 # Every wait on the server stays under the writer's acknowledgement bound (store/writer.py
 # ACK_TIMEOUT, 5 s): a batch that cannot be written in time is spilled (and acknowledged) instead,
 # so an unreachable or slow server never makes the proxy take the writer for hung.
-CONNECT_TIMEOUT = 3  # seconds (libpq's minimum is 2); an unreachable server costs this per attempt
-STATEMENT_TIMEOUT_MS = 4_000  # a slow server: the batch is rolled back, spilled and retried
-TCP_USER_TIMEOUT_MS = 4_000  # a server gone mid-statement (no RST: a partition): the socket errors
+# (A row also waits in the queue and the linger before its batch starts, and the machine may be
+# loaded: 4 s left too little margin in tests/test_store_postgres.py's slow-server test. A 500-row
+# batch takes 0.1-0.35 s on the shared 2-core VM at load 13.)
+CONNECT_TIMEOUT = 2  # seconds (libpq's minimum); an unreachable server costs this per attempt
+STATEMENT_TIMEOUT_MS = 2_500  # a slow server: the batch is rolled back, spilled and retried
+TCP_USER_TIMEOUT_MS = 2_500  # a server gone mid-statement (no RST: a partition): the socket errors
 _LOCK_ID = 0x746F6B70  # pg_advisory_xact_lock key for migrations ("tokp")
 
 
@@ -293,3 +296,21 @@ class PgReader:
 
 def connect_readonly(url: str) -> PgReader:
     return PgReader(url)
+
+
+def newest_request(url: str) -> float | None:
+    """The newest ``started_at`` in the database (any proxy's); None when unknown or unreachable."""
+    unreachable: tuple[type[BaseException], ...] = (MissingExtra, *errors())
+    try:
+        reader = PgReader(url)
+    except unreachable:
+        return None
+    try:
+        if not _has_table(reader, "requests"):
+            return None
+        value = reader.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
+        return float(value) if isinstance(value, (int, float)) else None
+    except errors():
+        return None
+    finally:
+        reader.close()

@@ -62,6 +62,7 @@ __all__ = [
     "default_db_path",
     "fallback_spill_path",
     "last_request_at",
+    "newest_request",
     "loss_ledger_paths",
     "losses",
     "migrate",
@@ -104,6 +105,16 @@ def store_local_base(db: str) -> Path:
         except OSError:
             pass  # the spill goes to the fallback in the system temp directory
     return base
+
+
+def newest_request(db: str) -> float | None:
+    """``last_request_at`` for the writer process: for a PostgreSQL database it asks the server
+    (bounded by the connect timeout; None when it does not answer: the tracker then starts unblind)."""
+    if not is_postgres(db):
+        return last_request_at(db)
+    from tokenpak_mitm.store.postgres import newest_request as pg_newest
+
+    return pg_newest(db)
 
 
 def connect_reader(db: str) -> Any:
@@ -332,7 +343,7 @@ def last_request_at(path: str | os.PathLike[str]) -> float | None:
     any row it holds.
     """
     if is_postgres(str(path)):
-        return None  # not from the proxy's event loop: the writer asks PostgreSQL itself (store.postgres)
+        return None  # not from the proxy's event loop: the writer asks PostgreSQL (newest_request)
     db = Path(path)
     if not db.is_file():
         return None

@@ -178,7 +178,8 @@ def build_row(rec: RequestRecord, ended: Outcome | None = None, extra: Mapping[s
     usage = x.usage
     factors = PriceFactors(x.service_tier, x.speed or rec.request_speed, x.inference_geo or rec.request_inference_geo)
     cost = price(rec.route.provider, model, usage, factors, x.extras) if rec.route.billable else None
-    unbilled = rec.route.billable and rejected_unbilled(rec.status_code, source)  # $0, not unknown
+    # $0, not unknown: rejected without usage, or never reached the provider at all.
+    unbilled = rec.route.billable and (rejected_unbilled(rec.status_code, source) or state == "upstream_unreachable")
     return TelemetryRow(
         request_key=rec.request_key,
         started_at=rec.started_at,
