@@ -68,7 +68,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """``/metrics`` as {(sample name, sorted labels): value}, parsed by prometheus_client's own parser."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    response.raise_for_status()
+    text = response.text
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:

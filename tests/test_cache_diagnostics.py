@@ -64,6 +64,23 @@ def test_previous_responses_are_per_scope_longest_first_and_bounded():
     assert len(memory) == 2 and memory.lookup("s", [b"k1"]) is None
 
 
+def test_a_side_request_under_the_same_history_is_not_named_for_the_conversations_next_turn():
+    """Claude Code resends a conversation's messages with another system prompt (a topic check):
+    the next turn names the response of its own system prompt; a changed system prompt still finds one."""
+    main_turn = {"model": "m", "system": "You are Claude Code.", "tools": [{"name": "t"}], "messages": [{"role": "user", "content": "q1"}]}
+    side = {**main_turn, "system": "Is this a new topic?", "tools": []}
+    a, b = (prepare(json.dumps(r).encode()) for r in (main_turn, side))
+    assert a is not None and b is not None and a.keys == b.keys and a.flavor != b.flavor
+    memory = PreviousResponses()
+    memory.note("s", a.keys[-1], "msg_main", a.flavor)
+    memory.note("s", b.keys[-1], "msg_side", b.flavor)  # answered after the main turn
+    nxt = prepare(json.dumps({**main_turn, "messages": [*main_turn["messages"], {"role": "assistant", "content": "a1"},
+                                                         {"role": "user", "content": "q2"}]}).encode())
+    assert nxt is not None and memory.lookup("s", nxt.keys, nxt.flavor) == "msg_main"
+    edited = prepare(json.dumps({**main_turn, "system": "You are Claude Code. Today is Monday."}).encode())
+    assert edited is not None and memory.lookup("s", edited.keys, edited.flavor) == "msg_side"  # none of its flavor: the most recent
+
+
 def test_openai_responses_are_read_and_spliced_the_same_way():
     from tokenpak_mitm.core.plan.cache_diagnostics import splice_openai
 

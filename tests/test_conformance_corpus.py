@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -11,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tokenpak_mitm.conformance.flowfile import find_flow_files, load_recording
+from tokenpak_mitm.conformance.golden import compare_golden
 from tokenpak_mitm.conformance.invariants import check_all
 from tokenpak_mitm.conformance.replay import ReplayResult
 from tokenpak_mitm.conformance.report import failed, write_junit
@@ -80,3 +86,48 @@ def test_the_cli_fails_on_a_row_that_no_longer_matches_its_golden(tmp_path: Path
     assert any("output_tokens" in (f.text or "") for f in failures)
     assert main(["conformance", "--fast", "--update-golden", str(tmp_path)]) == 0
     assert json.loads((tmp_path / f"{name}.golden.json").read_text())["output_tokens"] == golden["output_tokens"]
+
+
+def _price_table_range() -> tuple[str, str]:
+    """The oldest genai-prices pyproject allows (its lower bound) and the requirement itself."""
+    text = (FLOWS.parent / "pyproject.toml").read_text()
+    m = re.search(r'"genai-prices(>=([0-9.]+)[^"]*)"', text)
+    assert m, "genai-prices is declared with a lower bound"
+    return m.group(2), m.group(1)
+
+
+def test_a_golden_ignores_the_price_table_version_and_names_a_real_price_change():
+    # Issue 26 item 6: a newer genai-prices failed 21 of 28 flows on price_version alone.
+    golden = json.loads((FLOWS / "anthropic_stream_basic.golden.json").read_text())
+    assert "price_version" not in golden  # a golden holds what the flow determines
+    row = {**golden, "price_version": "genai-prices 9.9.9 (2030-01-01)"}
+    assert compare_golden({**golden, "price_version": "genai-prices 0.2.3"}, row) == []  # an older golden's version is ignored
+    repriced = compare_golden(golden, {**row, "cost_usd": golden["cost_usd"] * 2})
+    assert [v.message.split(":")[0] for v in repriced or []] == ["cost_usd"]
+    assert "same model and tokens" in repriced[0].message and "genai-prices 9.9.9" in repriced[0].message
+    changed = compare_golden(golden, {**row, "cost_usd": golden["cost_usd"] * 2, "output_tokens": golden["output_tokens"] + 1})
+    assert {v.message.split(":")[0] for v in changed or []} == {"cost_usd", "output_tokens"}
+    assert not any("same model and tokens" in v.message for v in changed or [])  # the tokens explain it
+
+
+@pytest.mark.e2e
+def test_the_corpus_replays_green_under_the_newest_price_table_the_range_allows(tmp_path: Path):
+    """The oldest table allowed is the locked one (the corpus test above replays under it); the
+    newest is fetched from the package index into a throwaway directory put first on PYTHONPATH
+    of the replay (the lock and this environment are untouched). Skipped without an index."""
+    oldest, spec = _price_table_range()
+    installed = importlib.metadata.version("genai-prices")
+    assert installed == oldest, "the lock pins the oldest allowed genai-prices; replay under the locked one too if that changes"
+    overlay = tmp_path / "prices"
+    got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--target", str(overlay),
+                          f"genai-prices{spec}"], capture_output=True, text=True, timeout=300)
+    if got.returncode != 0:
+        pytest.skip(f"no package index to fetch the newest genai-prices from: {got.stderr.strip()[-200:]}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(overlay), os.environ.get("PYTHONPATH")]))}
+    newest = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('genai-prices'))"],
+                            env=env, capture_output=True, text=True, check=True).stdout.strip()
+    if newest == installed:
+        pytest.skip(f"genai-prices {installed} is also the newest the range {spec} allows")
+    replay = subprocess.run([sys.executable, "-m", "tokenpak_mitm.cli.main", "conformance", "--fast", str(FLOWS)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert replay.returncode == 0, f"under genai-prices {newest}:\n{replay.stdout[-3000:]}{replay.stderr[-2000:]}"

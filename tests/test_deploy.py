@@ -26,7 +26,7 @@ RULES = ROOT / "deploy" / "prometheus" / "tokenpak-rules.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "tokenpak-rules.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "tokenpak-dashboard.json"
 ALERTS = {"TokenpakInstanceDown", "TokenpakCacheHitRatioFell", "TokenpakCacheMissCostHigh", "TokenpakErrorRateHigh",
-          "TokenpakWriterBacklogGrowing", "TokenpakSpillGrowing"}
+          "TokenpakWriterBacklogGrowing", "TokenpakSpillGrowing", "TokenpakRowsLost"}
 # Grafana's variables, as a dashboard with a 1-hour range and "All" instances would expand them.
 GRAFANA_VARS = {"$__rate_interval": "15s", "$__range": "1h", "$instance": ".*"}
 
@@ -35,7 +35,7 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass():
     promtool = need("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 10 rules found" in check.stdout
+    assert "SUCCESS: 11 rules found" in check.stdout
     unit = subprocess.run([promtool, "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, timeout=120, cwd=RULE_TESTS.parent)
     assert unit.returncode == 0, unit.stdout + unit.stderr
     assert "SUCCESS" in unit.stdout

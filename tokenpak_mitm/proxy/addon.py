@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -124,7 +124,7 @@ class _FlowState:
     session_facts: SessionFacts | None = None  # what `session_task` reads (kept to read it here when the task cannot be waited for)
     # tokenpak_cache_diagnostics: (credential scope, conversation key) under which this request's
     # response id is remembered, so the conversation's next request can name it
-    conversation: tuple[str, bytes] | None = None
+    conversation: tuple[str, bytes, bytes] | None = None  # (scope, conversation key, flavor)
     asked: bool = False  # tokenpak_cache_diagnostics spliced its field into this request
     # Accounted in the store's writer process (a live flow nobody else needs the row of at once);
     # decided when the request goes upstream, so the session's two halves are tracked in one place.
@@ -198,14 +198,17 @@ class TokenPak:
         return self.started.is_set()
 
     @staticmethod
-    def check_options(opts: Any) -> None:
-        """Raise ``OptionsError`` for a bad value of this addon's options (pure: also run by
-        ``tokenpak run`` before mitmdump starts, see `startup.preflight`)."""
-        if opts.tokenpak_cache not in CACHE_MODES:
+    def check_options(opts: Any, updated: Collection[str] | None = None) -> None:
+        """Raise ``OptionsError`` for a bad value of this addon's options (those in ``updated``;
+        None: all). Pure: also run by ``tokenpak run`` before mitmdump starts (`startup.preflight`)."""
+        def checks(name: str) -> bool:
+            return updated is None or name in updated
+
+        if checks("tokenpak_cache") and opts.tokenpak_cache not in CACHE_MODES:
             raise exceptions.OptionsError(f"tokenpak_cache must be one of {', '.join(CACHE_MODES)}, not {opts.tokenpak_cache!r}")
-        if opts.tokenpak_cache_ttl not in CACHE_TTLS:
+        if checks("tokenpak_cache_ttl") and opts.tokenpak_cache_ttl not in CACHE_TTLS:
             raise exceptions.OptionsError(f"tokenpak_cache_ttl must be 5m, 1h or auto, not {opts.tokenpak_cache_ttl!r}")
-        url = opts.tokenpak_otlp
+        url = opts.tokenpak_otlp if checks("tokenpak_otlp") else ""
         if url and not url.startswith(("http://", "https://")):
             raise exceptions.OptionsError(f"tokenpak_otlp must be an http(s) URL, not {url!r}")
         try:
@@ -214,14 +217,15 @@ class TokenPak:
         except OtelUnavailable as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
-            if opts.tokenpak_metrics.strip():
+            if checks("tokenpak_metrics") and opts.tokenpak_metrics.strip():
                 parse_address(opts.tokenpak_metrics)
                 require_prometheus()
         except (ValueError, MetricsUnavailable) as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
             for name in ("tokenpak_console", "tokenpak_quiet", "tokenpak_cache_history", "tokenpak_cache_diagnostics"):
-                parse_bool(name, getattr(opts, name))
+                if checks(name):
+                    parse_bool(name, getattr(opts, name))
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
 
@@ -233,7 +237,7 @@ class TokenPak:
             message = unknown_option_message(getattr(opts, "deferred", {}).keys(), known)
             if message:
                 exit_startup(message)
-        self.check_options(opts)
+        self.check_options(opts, updated)
         self._hosts = frozenset(h.lower() for h in opts.tokenpak_hosts)
         self._saving = bool(getattr(opts, "save_stream_file", None))
         self._secret_names = frozenset(n.strip().lower() for n in opts.tokenpak_secret_headers if n.strip())
@@ -548,10 +552,10 @@ class TokenPak:
             return None
         scope = self._scope(req, st.req_headers or _HeaderView(req.headers))
         if prepared.keys:
-            st.conversation = (scope, prepared.keys[-1])
+            st.conversation = (scope, prepared.keys[-1], prepared.flavor)
         if prepared.client_sent:
             return None  # the client (or, for OpenAI, the planner) wrote that object: its request goes as it is
-        previous = self.previous_responses.lookup(scope, prepared.keys)
+        previous = self.previous_responses.lookup(scope, prepared.keys, prepared.flavor)
         if api == "openai_responses":
             return self._ask_openai(flow, prepared, prepared.previous_response_id or previous, spans)
         done = splice(body, prepared, previous)
@@ -592,7 +596,8 @@ class TokenPak:
         """Remember the response id of a conversation's request (tokenpak_cache_diagnostics)."""
         rid = st.tracker.extract.response_id
         if st.conversation is not None and rid:
-            self.previous_responses.note(*st.conversation, rid)
+            scope, key, flavor = st.conversation
+            self.previous_responses.note(scope, key, rid, flavor)
             st.conversation = None
 
     @staticmethod

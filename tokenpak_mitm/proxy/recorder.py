@@ -32,7 +32,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -174,8 +174,11 @@ class Recorder:
         loader.add_option("tokenpak_record_max_bytes", str, str(DEFAULT_MAX_BYTES), "Per-flow cap on recorded response bytes (e.g. 8388608, 512k, 8m); the flow notes when it was cut.")
 
     @staticmethod
-    def check_options(opts: Any) -> None:
-        """Raise ``OptionsError`` for a bad value (pure; `startup.preflight` runs it before mitmdump starts)."""
+    def check_options(opts: Any, updated: Collection[str] | None = None) -> None:
+        """Raise ``OptionsError`` for a bad value of the options in ``updated`` (None: all; pure,
+        `startup.preflight` runs it before mitmdump starts)."""
+        if updated is not None and "tokenpak_record_max_bytes" not in updated:
+            return
         try:
             parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
         except ValueError as e:
@@ -184,7 +187,7 @@ class Recorder:
     @guard_configure
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
-        self.check_options(opts)
+        self.check_options(opts, updated)
         if "tokenpak_record_max_bytes" in updated:
             self.max_bytes = parse_size("tokenpak_record_max_bytes", opts.tokenpak_record_max_bytes, minimum=1024)
         if "tokenpak_record" in updated:

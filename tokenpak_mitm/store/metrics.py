@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,11 @@ def parse_address(value: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """A note the proxy sends the writer with each batch: rows sent or queued, not yet acknowledged."""
+    """A note the proxy sends the writer when these change: rows sent or queued and not yet
+    acknowledged, and rows lost since the proxy started (written nowhere, counted by cause)."""
 
     rows: int
+    lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +139,26 @@ class SpillRows:
             os.close(fd)
 
 
+@dataclass(slots=True)
+class _Series:
+    tokens: list[Any]
+    cost: Any
+    saved: Any
+    overspend: Any
+    ttft: Any
+    duration: Any
+    requests: dict[str, Any] = field(default_factory=dict)  # by terminal state, as they occur
+
+
 class Metrics:
     """The counters, histograms and gauges of one writer process, in their own registry."""
 
-    def __init__(self, backlog: Callable[[], float] = lambda: 0.0, spill_rows: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(self, backlog: Callable[[], float] = lambda: 0.0, spill_rows: Callable[[], float] = lambda: 0.0,
+                 lost: Callable[[], float] = lambda: 0.0) -> None:
         require_prometheus()
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.registry import Collector
 
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: half the series, and Prometheus 2 ignores them
         self.registry = CollectorRegistry(auto_describe=True)
@@ -160,7 +176,15 @@ class Metrics:
         self.duration = Histogram("tokenpak_request_duration_seconds", "Request start to the response's last byte.", pm, buckets=DURATION_BUCKETS, registry=r)
         Gauge("tokenpak_writer_backlog_rows", "Rows handed to the store's writer and not yet durable (database or spill file).", registry=r).set_function(backlog)
         Gauge("tokenpak_spill_rows", "Rows waiting in spill files for the database to take them.", registry=r).set_function(spill_rows)
+
+        class _Lost(Collector):  # the proxy's own count (it outlives a writer restart): a counter we read, not one we increment
+            def collect(self) -> Iterable[Any]:
+                yield CounterMetricFamily("tokenpak_rows_lost", "Requests whose row could be neither written nor spilled, since the proxy started "
+                                          "(`tokenpak doctor` shows the causes).", value=lost())
+
+        r.register(_Lost())
         self._models: dict[str, set[str]] = {}
+        self._children: dict[tuple[str, str], _Series] = {}
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: Any = None
@@ -186,17 +210,35 @@ class Metrics:
             except Exception:  # noqa: BLE001 - a metric must never cost a row
                 logger.exception("tokenpak: a row could not be counted in the metrics")
 
+    def _series(self, provider: str, model: str) -> _Series:
+        """The children of one (provider, model): ``labels()`` costs microseconds a call, so each
+        label set is looked up once (bounded like the labels themselves)."""
+        key = (provider, model)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = _Series(
+                tokens=[self.tokens.labels(provider, model, bucket) for bucket, _ in BUCKETS],
+                cost=self.cost.labels(provider, model), saved=self.saved.labels(provider, model),
+                overspend=self.overspend.labels(provider, model), ttft=self.ttft.labels(provider, model),
+                duration=self.duration.labels(provider, model),
+            )
+        return series
+
     def _observe(self, row: TelemetryRow) -> None:
         provider = row.provider or "unknown"
         model = self.model_label(provider, row.model)
+        series = self._series(provider, model)
         state = row.terminal_state if row.terminal_state in _STATES else OTHER
-        self.requests.labels(provider, model, state).inc()
-        for bucket, name in BUCKETS:
-            self.tokens.labels(provider, model, bucket).inc(max(0, getattr(row, name) or 0))
-        self.cost.labels(provider, model).inc(max(0.0, row.cost_usd or 0.0))
+        child = series.requests.get(state)
+        if child is None:
+            child = series.requests[state] = self.requests.labels(provider, model, state)
+        child.inc()
+        for counter, (_, name) in zip(series.tokens, BUCKETS):
+            counter.inc(max(0, getattr(row, name) or 0))
+        series.cost.inc(max(0.0, row.cost_usd or 0.0))
         savings = row.savings_usd or 0.0
-        self.saved.labels(provider, model).inc(max(0.0, savings))
-        self.overspend.labels(provider, model).inc(max(0.0, -savings))
+        series.saved.inc(max(0.0, savings))
+        series.overspend.inc(max(0.0, -savings))
         if row.cache_miss_reason is not None:
             reason = row.cache_miss_reason if row.cache_miss_reason in _REASONS else OTHER
             self.miss_cost.labels(provider, model, reason).inc(max(0.0, row.miss_cost_usd or 0.0))
@@ -204,9 +246,9 @@ class Metrics:
             said = row.provider_miss_reason if row.provider_miss_reason in _VERDICTS else OTHER
             self.verdicts.labels(provider, model, said).inc()
         if row.ttft_ms is not None and row.ttft_ms >= 0:
-            self.ttft.labels(provider, model).observe(row.ttft_ms / 1000.0)
+            series.ttft.observe(row.ttft_ms / 1000.0)
         if row.duration_ms is not None and row.duration_ms >= 0:
-            self.duration.labels(provider, model).observe(row.duration_ms / 1000.0)
+            series.duration.observe(row.duration_ms / 1000.0)
 
     # -- serving --------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> None:

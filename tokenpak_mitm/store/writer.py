@@ -145,6 +145,7 @@ QUEUE_BYTES = 16 << 20  # bytes of items waiting (request bodies for the session
 HARD_ITEMS = 20_000  # past these (the proxy's own spill stalled, or a burst faster than it) a new row is counted lost
 HARD_BYTES = 48 << 20  # at once rather than held: the proxy's memory stays bounded whatever happens
 UNACKED_ITEMS = 20_000  # rows in the pipe or the writer, not yet durable; beyond this the oldest are spilled too
+BEGIN_BODY_BYTES = 8 << 20  # a request body above this is not sent to the writer's session tracker (half QUEUE_BYTES)
 FRAME_BYTES = 1 << 20  # a batch stops growing at this many bytes (at least one item)
 _ROW_SIZE = 2048  # what a queued row or finished record is taken to weigh (its request body is not in it)
 _SIZE_OVERHEAD = 256
@@ -193,7 +194,7 @@ class StoreProcess:
         self._console = False  # the writer prints the console line of each request it accounts
         self._otlp: str | None = None  # and exports every row it writes to this collector
         self._metrics: str | None = None  # and serves Prometheus metrics of the rows it writes here (host:port)
-        self._told_backlog = 0  # the backlog the writer last heard of (told only while metrics are on)
+        self._told_backlog = (0, 0)  # the backlog and losses the writer last heard of (told only while metrics are on)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -238,6 +239,8 @@ class StoreProcess:
     def begin(self, key: str, facts: SessionFacts) -> None:
         """A request went upstream: the writer's session tracker decides its session and turn."""
         if not self._closed.is_set():
+            if facts.body is not None and len(facts.body) > BEGIN_BODY_BYTES:
+                facts = replace(facts, body=None)  # its session from the headers: one body must not fill the queue's byte cap
             self._put(Begin(key, facts), False)
 
     def account(self, done: Finished) -> None:
@@ -402,13 +405,14 @@ class StoreProcess:
         return batch
 
     def _backlog(self, batch: Sequence[_Item]) -> list[_Item]:
-        """A note for the writer's metrics when the backlog changed: rows sent or queued here and not
-        yet acknowledged (``tokenpak_writer_backlog_rows``), counting the batch about to be sent."""
-        rows = len(self._unacked) + len(self._q) + sum(1 for item in batch if _key(item) is not None)
-        if rows == self._told_backlog:
+        """A note for the writer's metrics when they changed: rows sent or queued here and not yet
+        acknowledged (``tokenpak_writer_backlog_rows``, counting the batch about to be sent) and
+        rows lost (``tokenpak_rows_lost_total``)."""
+        told = (len(self._unacked) + len(self._q) + sum(1 for item in batch if _key(item) is not None), self.dropped)
+        if told == self._told_backlog:
             return []
-        self._told_backlog = rows
-        return [Backlog(rows)]
+        self._told_backlog = told
+        return [Backlog(*told)]
 
     def _notes_out(self) -> list[_Item]:
         notes, self._notes = self._notes, []
@@ -811,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif isinstance(item, OtlpSwitch):
                     spans.switch(item.url)
                 elif isinstance(item, Backlog):
-                    meter.backlog = item.rows
+                    meter.backlog, meter.lost = item.rows, item.lost
                 elif isinstance(item, ServeMetrics):
                     meter.switch(item.address)
             except ValueError as e:  # not a row of this schema: a bug, said once per row
@@ -869,6 +873,7 @@ class _Meter:
     def __init__(self, store: TelemetryStore) -> None:
         self.store = store
         self.backlog = 0  # as the proxy last told us
+        self.lost = 0
         self._metrics: Any = None
         self.address: str | None = None
 
@@ -886,7 +891,7 @@ class _Meter:
 
         try:
             host, port = parse_address(address)
-            metrics = Metrics(backlog=lambda: self.backlog, spill_rows=SpillRows(self.store.spill_paths))
+            metrics = Metrics(backlog=lambda: self.backlog, spill_rows=SpillRows(self.store.spill_paths), lost=lambda: self.lost)
         except (MetricsUnavailable, ValueError) as e:
             logging.getLogger("tokenpak.metrics").error("tokenpak: %s", e)
             return

@@ -59,6 +59,7 @@ class Prepared:
     empty: bool  # the object has no member (then no comma follows ours)
     previous_response_id: str | None = None  # OpenAI Responses: the request continues this response
     model: str | None = None
+    flavor: bytes = b""  # digest of the system prompt / instructions and tools (see PreviousResponses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +123,9 @@ def prepare(body: bytes, api: str = "anthropic") -> Prepared | None:
     rest = body[start + 1:].lstrip(_WS)
     own = "diagnostics" if api == "anthropic" else "prompt_cache_options"
     previous, model = request.get("previous_response_id"), request.get("model")
+    flavor = hashlib.blake2b(_canonical([request.get("system"), request.get("instructions"), request.get("tools")]), digest_size=8).digest()
     return Prepared(own in request, conversation_keys(request), start + 1, rest[:1] == b"}",
-                    previous if isinstance(previous, str) and previous else None, model if isinstance(model, str) else None)
+                    previous if isinstance(previous, str) and previous else None, model if isinstance(model, str) else None, flavor)
 
 
 def splice(body: bytes, prepared: Prepared, previous_message_id: str | None) -> Splice:
@@ -152,29 +154,42 @@ def beta_header(current: str | None) -> str | None:
 
 
 class PreviousResponses:
-    """The last response id of each conversation, per credential scope (thread-safe, bounded)."""
+    """The last response ids of each conversation, per credential scope (thread-safe, bounded).
 
-    def __init__(self, cap: int = MAX_REMEMBERED) -> None:
+    Under one history several requests can answer: the conversation's own turn and side requests
+    that resend the same messages with another system prompt or tools (a title or a topic check).
+    Each is kept with its ``flavor`` (a digest of the system prompt and tools), and a lookup
+    prefers the response of the same flavor: a side request's id would make the provider compare
+    the next turn with the wrong prompt. When no response of that flavor exists (the system prompt
+    itself changed: what diagnostics are for), the most recent one is named.
+    """
+
+    def __init__(self, cap: int = MAX_REMEMBERED, per_key: int = 4) -> None:
         self._cap = cap
-        self._ids: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._per_key = per_key
+        self._ids: OrderedDict[tuple[str, bytes], dict[bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def lookup(self, scope: str, keys: Sequence[bytes]) -> str | None:
+    def lookup(self, scope: str, keys: Sequence[bytes], flavor: bytes = b"") -> str | None:
         """The response to the longest earlier message list this request's history extends."""
         with self._lock:
             for key in reversed(keys):
                 found = self._ids.get((scope, key))
-                if found is not None:
+                if found:
                     self._ids.move_to_end((scope, key))
-                    return found
+                    return found.get(flavor) or next(reversed(found.values()))
         return None
 
-    def note(self, scope: str, key: bytes, response_id: str) -> None:
+    def note(self, scope: str, key: bytes, response_id: str, flavor: bytes = b"") -> None:
         with self._lock:
-            self._ids[(scope, key)] = response_id
+            found = self._ids.setdefault((scope, key), {})
+            found.pop(flavor, None)
+            found[flavor] = response_id  # most recent last
+            while len(found) > self._per_key:
+                del found[next(iter(found))]
             self._ids.move_to_end((scope, key))
             while len(self._ids) > self._cap:
                 self._ids.popitem(last=False)
