@@ -63,7 +63,7 @@ from typing import IO, Any, BinaryIO, NamedTuple
 
 from tokenpak_mitm.core.account.accounting import Accountant, Begin, ConsoleSwitch, Finished, OtlpSwitch, SessionFacts, blind_until, console_line, minimal_row
 from tokenpak_mitm.core.row import TelemetryRow
-from tokenpak_mitm.store.dburl import display
+from tokenpak_mitm.store.dburl import display, is_postgres
 from tokenpak_mitm.store.metrics import Backlog, ServeMetrics
 from tokenpak_mitm.store.sqlite import (
     BATCH,
@@ -783,7 +783,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     accountant = Accountant()
     # Until an hour after the database's newest request this tracker cannot know what was cached
     # before it started (an earlier proxy run, or this writer before a restart).
-    accountant.sessions.blind_until = blind_until(newest_request(db), time.time())
+    if is_postgres(db):  # a server round trip (or a timeout): asked on the side, rows are accounted meanwhile
+        def blind() -> None:
+            accountant.sessions.blind_until = blind_until(newest_request(db), time.time())
+
+        threading.Thread(target=blind, name="tokenpak-newest", daemon=True).start()
+    else:
+        accountant.sessions.blind_until = blind_until(newest_request(db), time.time())
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}))
     meter = _Meter(store)
     meter.switch(metrics_at)  # before the store starts: rows imported from a spill file at start are counted
