@@ -135,8 +135,9 @@ def test_insertion_off_sends_client_bytes(tmp_path: Path):
 
 
 def test_a_document_batch_through_mitmdump_marks_the_shared_document_and_says_why(fake_stack):
-    """The learning planner runs in the proxy: after two siblings the unique question is left
-    unmarked, the shared document is read, and every row says why."""
+    """The learning planner runs in the proxy: the unique question is left unmarked (from the first
+    request: a trailing text block is a per-turn trailer), the shared document is read, and every
+    row says why."""
     fake, proxy, db = fake_stack
     before = len(fake.results)
     client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-api03-canary-not-a-real-key-000000", max_retries=0)
@@ -147,7 +148,11 @@ def test_a_document_batch_through_mitmdump_marks_the_shared_document_and_says_wh
     got = rows(db, before + 5)[-5:]
     usage = [r.usage for r in fake.results[before:]]
     reasons = [json.loads(r["cache_reasons"]) for r in got]
-    assert reasons[0] and all(n["why"] == "no_history" for n in reasons[0])
+    # The first request: today's rules, and the question after the document is a per-turn trailer
+    # (a trailing text block after the user's content): it is never the last breakpoint.
+    assert reasons[0] and all(n["why"] == "no_history" for n in reasons[0] if not n.get("skipped"))
+    assert {n["at"]: n["why"] for n in reasons[0]}["messages.0.content.0"] == "no_history"
+    assert any(n["at"] == "messages.0.content.1" and n.get("skipped") for n in reasons[0])
     for row_reasons in reasons[2:]:
         by_place = {n["at"]: n for n in row_reasons}
         assert by_place["messages.0.content.0"]["why"] == "shared_prefix" and "ttl" in by_place["messages.0.content.0"]

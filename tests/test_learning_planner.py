@@ -692,3 +692,13 @@ def test_conversations_that_start_together_each_write_what_their_next_turn_reads
         elif len(turn.request.body["messages"]) == 3:
             assert usages[i]["cache_read_input_tokens"] >= firsts[first], [(x.at, x.reason, x.detail) for x in notes[i]]
     assert plan_cost(turns_, plan) <= plan_cost(turns_, [as_sent(t) for t in turns_]) + 1e-9
+
+
+def test_back_from_a_pause_the_tail_is_insured_so_a_second_pause_rereads_the_whole_conversation():
+    """After a pause, the turn that resumes writes its whole tail for 1h (the insurance moves
+    forward: a pause is likely to follow a pause, `_forward_pays`), so the turn after a second pause
+    reads everything the turn before it sent, not only the first checkpoint."""
+    turns, plan, notes, usages = _plan_and_usage([8.0, 320.0, 400.0] + [8.0] * 4)
+    resumed = 2  # back from the first pause
+    assert any(bp.ttl == "1h" and bp.index == max(b.index for b in plan[resumed]) for bp in plan[resumed]), notes[resumed]
+    assert usages[3]["cache_read_input_tokens"] >= turns[2].analysis.total_tokens

@@ -66,6 +66,20 @@ def test_make_run_and_tokenpak_run_start_the_same_proxy():
                                          "gw.corp.example,llm.local", "--", "--set", "tokenpak_cache=off"))
 
 
+def test_reverse_mode_connects_upstream_per_request_and_regular_mode_at_connect():
+    lazy = ["--set", "connection_strategy=lazy"]
+
+    def has_lazy(argv: list[str]) -> bool:
+        return any(argv[i:i + 2] == lazy for i in range(len(argv)))
+
+    assert has_lazy(run_cmd.command(parse()))
+    assert has_lazy(run_cmd.command(parse("--", "--mode", "reverse:https://api.openai.com@8767")))
+    assert not has_lazy(run_cmd.command(parse("--mode", "regular")))
+    assert not has_lazy(run_cmd.command(parse("--", "--mode=regular@8767")))  # one regular listener: eager for all
+    assert not has_lazy(run_cmd.command(parse("--", "-m", "regular@8767")))
+    assert run_cmd.command(parse("--", "--set", "connection_strategy=eager")).count("connection_strategy=lazy") == 0  # the user's own wins
+
+
 def test_regular_mode_is_scoped_to_the_llm_hosts_and_extras_pass_through():
     argv = run_cmd.command(parse("--mode", "regular", "--extra-hosts", "gw.corp.example", "--", "--set", "tokenpak_cache=off"))
     scope = argv[argv.index("--allow-hosts") + 1]

@@ -178,3 +178,20 @@ def test_each_request_of_the_replay_is_traced_and_the_trace_adds_up_to_the_cost(
         assert abs(sum(r["usd"] for r in rows) - cost) < 1e-5
         assert all(r["read"] + r["write_5m"] + r["write_1h"] + r["uncached"] > 0 for r in rows)
     assert any(r["read"] > 0 for r in result.traces["planner"][1:])
+
+
+def test_the_text_output_says_when_the_stateless_planner_would_cost_more_than_no_markers(tmp_path: Path):
+    """A slow batch (waves 10 minutes apart): the stateless rules write the document for 5m every
+    wave and it lapses before the next, so they cost more than no markers; the output says so."""
+    lines = []
+    for wave in range(3):
+        for i in range(3):
+            body = {"model": "claude-sonnet-4-6", "max_tokens": 50, "system": DOC,
+                    "messages": [{"role": "user", "content": f"question {wave}.{i}?"}]}
+            lines.append(json.dumps({"t": wave * 600.0, "path": "/v1/messages", "body": body, "wave": wave, "output_tokens": 20}))
+    workload = tmp_path / "slow.jsonl"
+    workload.write_text("\n".join(lines) + "\n")
+    done = run_cli(str(workload), "--no-search")
+    assert done.returncode == 0, done.stderr
+    assert "the stateless planner (tokenpak_cache_history=false) costs $" in done.stdout
+    assert "the planner costs" not in done.stdout

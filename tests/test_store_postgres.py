@@ -427,7 +427,7 @@ def test_a_slow_database_spills_without_stalling_the_proxy_or_the_writer(postgre
             proxy.stop()
     out = proxy.output()
     assert count(url) == (21, 21), out[-2000:]
-    assert "unresponsive" not in out and postgres.password not in out
+    assert "unresponsive" not in out and postgres.password not in out, "\n".join(line for line in out.splitlines() if "tokenpak" in line)
     assert "canceling statement due to statement timeout" in out  # said once, on one line
 
 
@@ -441,3 +441,11 @@ def test_the_writer_knows_the_newest_request_of_the_shared_database(postgres: An
     write(url, [row(3), row(7)])
     assert newest_request(url) == pytest.approx(NOW - 3 * 977.0)
     assert newest_request(postgres.url("nosuchdb")) is None
+
+
+def test_reports_on_a_database_no_proxy_wrote_to_yet(postgres: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    url = postgres.database()
+    for module, args in ((report, []), (tail, ["--once"])):
+        code, out, err = _cli(module, ["--db", url, *args], capsys)
+        assert code == 1 and "no telemetry in postgresql://tokenpak:***@" in err and err.count("\n") == 1, err
+        assert postgres.password not in out + err

@@ -546,7 +546,7 @@ def _no_unit_prices(provider: str | None, model: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokenpak_mitm.store.dburl import display, is_postgres, scrub
     from tokenpak_mitm.store.postgres import MissingExtra
-    from tokenpak_mitm.store.sqlite import connect_reader, default_db_path, reader_errors
+    from tokenpak_mitm.store.sqlite import connect_reader, default_db_path, has_requests, reader_errors
 
     db = args.db if args.db and is_postgres(args.db) else str(Path(args.db).expanduser() if args.db else default_db_path())
     shown = display(db)
@@ -565,6 +565,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         conn = connect_reader(db)
         try:
+            if not has_requests(conn):  # a PostgreSQL database no proxy has written to yet
+                print(f"tokenpak report: no telemetry in {shown} yet (has a proxy written to it? see `tokenpak doctor --db ...`)", file=sys.stderr)
+                return 1
             bad = unknown_filter_value(conn, filters)
             if bad:
                 print(f"tokenpak report: {bad}", file=sys.stderr)

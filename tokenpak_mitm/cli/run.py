@@ -48,7 +48,8 @@ def command(args: argparse.Namespace) -> list[str]:
     extra = list(args.mitmdump_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
-    modes = [args.mode, *(extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--mode")]
+    modes = [args.mode, *(extra[i + 1] for i, a in enumerate(extra[:-1]) if a in ("--mode", "-m")),
+             *(a.removeprefix("--mode=") for a in extra if a.startswith("--mode="))]
     if all(m.startswith("reverse:") for m in modes) and not any("connection_strategy" in a for a in extra):
         # mitmproxy's default (eager) connects upstream when the client connects, and when that
         # fails it drops the client before reading the request: an empty reply and no row. Lazy

@@ -583,4 +583,7 @@ def run(args: argparse.Namespace) -> int:
                        ("planner (learning, default)", result.planner), ("best placement found", result.best)):
         print(f"  {name:<28} ${cost:,.4f}")
     print(f"  planner's share of the best saving: {result.share:.1%}")
+    for name, cost in (("planner", result.planner), ("stateless planner (tokenpak_cache_history=false)", result.stateless)):
+        if cost > result.none + 1e-9:
+            print(f"  the {name} costs ${cost - result.none:,.4f} more than no markers on this workload")
     return 0

@@ -257,6 +257,10 @@ def _start_id(conn: sqlite3.Connection, backlog: int | None, filters: Filters | 
     return 0
 
 
+class NoTable(Exception):
+    """A PostgreSQL database no proxy has written to yet (``tail --once``)."""
+
+
 def _transient(e: BaseException) -> bool:
     """A reader error worth reopening for (a replaced file, a restarted server), not a bad query."""
     return isinstance(e, sqlite3.OperationalError) or any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(e).__mro__)
@@ -266,7 +270,7 @@ def follow(db: Path | str, *, once: bool, interval: float, backlog: int | None, 
            width: int | None = None, colour: bool = False) -> Iterator[str]:
     """Lines for existing rows (then, unless ``once``, for new rows as they arrive)."""
     from tokenpak_mitm.store.dburl import is_postgres
-    from tokenpak_mitm.store.sqlite import connect_reader, reader_errors
+    from tokenpak_mitm.store.sqlite import connect_reader, has_requests, reader_errors
 
     remote = is_postgres(str(db))
     errors = reader_errors()
@@ -276,6 +280,11 @@ def follow(db: Path | str, *, once: bool, interval: float, backlog: int | None, 
         try:
             if conn is None and (remote or Path(db).is_file()):
                 conn = connect_reader(str(db))
+            if conn is not None and remote and not has_requests(conn):
+                if once:
+                    raise NoTable
+                conn.close()  # no proxy has written to it yet: look again on the next poll
+                conn = None
             if conn is not None:
                 if last_id < 0:
                     last_id = _start_id(conn, backlog, filters)
@@ -338,11 +347,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenpak tail: no database at {db}", file=sys.stderr)
         return 1
     from tokenpak_mitm.cli.report import unknown_filter_value
-    from tokenpak_mitm.store.sqlite import connect_reader
+    from tokenpak_mitm.store.sqlite import connect_reader, has_requests
 
     unreadable: tuple[type[BaseException], ...] = (MissingExtra, *reader_errors())
     try:
         conn = connect_reader(str(db)) if isinstance(db, str) or db.is_file() else None
+        if conn is not None and not has_requests(conn):
+            conn.close()  # a PostgreSQL database no proxy has written to yet: said below
+            conn = None
     except unreadable:
         conn = None  # said below, when following
     try:
@@ -372,6 +384,9 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
     except MissingExtra as e:
         print(f"tokenpak tail: {e}", file=sys.stderr)
+        return 1
+    except NoTable:
+        print(f"tokenpak tail: no telemetry in {shown} yet", file=sys.stderr)
         return 1
     except reader_errors() as e:
         print(f"tokenpak tail: cannot read {shown}: {scrub(' '.join(str(e).split()), str(db))}", file=sys.stderr)

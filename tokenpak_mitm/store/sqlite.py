@@ -60,6 +60,7 @@ __all__ = [
     "connect_readonly",
     "connect_reader",
     "reader_errors",
+    "has_requests",
     "store_local_base",
     "default_db_path",
     "fallback_spill_path",
@@ -127,6 +128,14 @@ def connect_reader(db: str) -> Any:
 
         return pg_readonly(db)
     return connect_readonly(db)
+
+
+def has_requests(conn: Any) -> bool:
+    """Whether a reader's database has the ``requests`` table yet (a new PostgreSQL database has
+    none until a proxy has written to it)."""
+    from tokenpak_mitm.store.dialect import dialect_of
+
+    return conn.execute(dialect_of(conn).table_exists_sql(), ("requests",)).fetchone() is not None
 
 
 def reader_errors() -> tuple[type[BaseException], ...]:

@@ -78,7 +78,7 @@ from tokenpak_mitm.core.account.accounting import (
 )
 from tokenpak_mitm.core.account.request_shape import Shape, parse_shape
 from tokenpak_mitm.core.row import TelemetryRow
-from tokenpak_mitm.store.dburl import display
+from tokenpak_mitm.store.dburl import display, is_postgres
 from tokenpak_mitm.store.metrics import Backlog, ServeMetrics
 from tokenpak_mitm.store.sqlite import (
     BATCH,
@@ -801,7 +801,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     say({"ready": os.getpid()})  # (after _continue_when_orphaned: from here on it cannot be left stopped)
     db = os.environ.pop(DB_ENV, None) or rest[0]
     printer = _Printer(console_fd if console_fd >= 0 else 2, console)
-    accountant = _accountant(db, newest_request)
+    accountant = Accountant()
+    # Until an hour after the database's newest request this tracker cannot know what was cached
+    # before it started (an earlier proxy run, or this writer before a restart).
+    if is_postgres(db):  # a server round trip (or a timeout): asked on the side, rows are accounted meanwhile
+        def blind() -> None:
+            accountant.sessions.blind_until = blind_until(newest_request(db), time.time())
+
+        threading.Thread(target=blind, name="tokenpak-newest", daemon=True).start()
+    else:
+        accountant.sessions.blind_until = blind_until(newest_request(db), time.time())
     store = TelemetryStore(db, on_durable=lambda keys: say({"ack": keys}), on_lost=lambda keys: say({"lost": keys}), account=accountant.close)
     meter = _Meter(store)
     meter.switch(metrics_at)  # before the store starts: rows imported from a spill file at start are counted

@@ -556,16 +556,24 @@ def _forward_pays(facts: CacheFacts, clusters: Sequence[tuple[float, int]], now:
     """Once a pause was seen: is a 1h entry on the conversation's tail (the latest stable prefix)
     worth more than the cheapest checkpoint on the first new block?
 
-    The tail's 1h entry protects the whole conversation, and it keeps protecting it over the next
-    gaps until a deeper 1h entry is written: it is valued with the chance that one of the next two
-    gaps is a pause, 1 - (1 - P)^2 (P: `_pause_chance`), against the premium on this turn's new
-    tokens; the checkpoint with the same chance against its own premium. Before any pause is seen
-    this is never asked (pause-free conversations keep the cheap checkpoints within their budget).
+    Each is valued with P(the next gap is a pause) x (w5 - r) x the tokens it protects, less its
+    premium (w1 - w5 on the tokens it writes), and the tail wins when it is worth more and pays.
+    P is asked of the conversation as it is now, as `_tail_ttl` asks it: just back from a pause, it
+    is the share of earlier long gaps that were followed by another, with `_tail_ttl`'s prior (two
+    long, one close: 2/3 without evidence); after a close gap, `_pause_chance`. Before any pause is
+    seen this is never asked (pause-free conversations keep the cheap checkpoints within their budget).
     """
     if not _pause_seen(clusters, now):
         return False
     w5, w1, r = facts.write_multiplier("5m"), facts.write_multiplier("1h"), facts.read_multiplier()
-    p = _pause_chance(clusters, now)
+    timeline = _with_now(clusters, now)
+    gaps = [b[0] - a[0] for a, b in pairwise(timeline) if b[0] > a[0]]
+    life = TTL_SECONDS["5m"]
+    if gaps and gaps[-1] > life:
+        after = [b > life for a, b in pairwise(gaps) if a > life]
+        p = (sum(after) + TAIL_PRIOR[1]) / (len(after) + sum(TAIL_PRIOR))
+    else:
+        p = _pause_chance(clusters, now)
     tail = p * (w5 - r) * unprotected - (w1 - w5) * premium_tokens
     checkpoint = p * (w5 - r) * checkpoint_unprotected - (w1 - w5) * checkpoint_premium
     return tail > 0 and tail > checkpoint
