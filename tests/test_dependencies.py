@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_TREES = (ROOT / "tokenpak_mitm", ROOT / "addons")
 # Imported only by the optional OpenTelemetry exporter (the `otel` extra, installed by make run).
-RUNTIME_EXTRAS = frozenset({"otel"})
+RUNTIME_EXTRAS = frozenset({"otel", "team"})  # the optional extras the proxy imports when asked (OTLP; PostgreSQL, metrics)
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 

@@ -45,7 +45,15 @@ def test_make_run_listens_on_loopback_by_default():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^HOST\s*\?=\s*127\.0\.0\.1\s*$", makefile, re.M)
     run = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
-    assert "--listen-host $(HOST)" in run
+    assert "tokenpak run --host '$(HOST)'" in run  # make run is tokenpak run, which passes --listen-host
+    import argparse
+
+    from tokenpak_mitm.cli.run import add_arguments, command
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = command(parser.parse_args([]))
+    assert argv[argv.index("--listen-host") + 1] == "127.0.0.1"
 
 
 def _listening_addresses(port: int) -> set[str]:

@@ -3,7 +3,7 @@
 Why: the proxy's value is the cache reads it causes and the writes it avoids.
 Tests and the savings benchmark need a provider stand-in that applies the
 documented rules (Anthropic's prompt-caching guide and OpenAI's, summarised in
-/work/shared/research/provider-facts-2026-11.md and protocols.md) so they can
+as read in November 2026; see core/plan/cache_facts.py for the sources) so they can
 assert exact usage figures without a network or an API key. Per-model facts
 (minimums, TTLs, multipliers, lookback) come from ``tokenpak_mitm.core.plan.cache_facts``.
 

@@ -3,7 +3,7 @@
 Pure data plus a lookup (no I/O, no mitmproxy). Every value carries its source in a comment.
 Sources, abbreviated below:
 
-* ``PF``  — /work/shared/research/provider-facts-2026-11.md (late-2026 provider docs; it wins
+* ``PF``  — the providers' prompt-caching, pricing and release-note pages as read in November 2026 (it wins
   over protocols.md where they differ).
 * ``A-PC`` — Anthropic prompt-caching guide ("Cache limitations", "How automatic prefix checking
   works", "Mixing different TTLs"), quoted in protocols.md §1.5-1.7.

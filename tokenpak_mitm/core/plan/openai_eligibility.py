@@ -4,7 +4,7 @@ One rule, used by the learning planner (where it may place a breakpoint), the sp
 ``openai_cache`` (what it accepts to write) and the cache simulator (where its search may try
 one), so the savings a user is shown and what the proxy does cannot disagree on it.
 
-The provider's rule (/work/shared/research/provider-facts-2026-11.md): a breakpoint goes "on a
+The provider's rule (OpenAI's prompt-caching guide, November 2026): a breakpoint goes "on a
 content block" and ends a cacheable prefix of "system, user and tool-result content; not
 assistant output". So, of the ``messages`` (Chat Completions) or ``input`` items (Responses):
 
