@@ -115,6 +115,32 @@ def test_with_any_history_the_output_keeps_every_invariant(data):
         analyse_request(out)  # the provider's rules accept it (raises InvalidRequest otherwise)
 
 
+def auto_against_5m(first: dict, steps: list, nows: list[float]) -> None:
+    """Plan a history under `auto` and `5m` side by side and check what `auto` may do beyond `5m`."""
+    memories = {"auto": Memory(), "5m": Memory()}
+    for (request, _gap, response_began), now in zip([(first, 0.0, True), *steps], nows, strict=True):
+        body = json.dumps(request).encode()
+        results = {ttl: insert_markers(body, None, CacheOptions(ttl=ttl), memory, now) for ttl, memory in memories.items()}
+        placed = {ttl: {n.at: n for n in result.notes if n.ttl is not None} for ttl, result in results.items()}
+        auto = results["auto"]
+        read = auto.ticket.expected_read_tokens if auto.ticket is not None else 0
+        skipped = {n.at: n.reason for n in auto.notes if n.ttl is None}
+        for at, note in placed["5m"].items():
+            # Left out only where it has nothing to do: `auto` reads this prefix or past it (a
+            # marker there writes nothing), or `auto` is writing it already (its earlier checkpoint).
+            assert at in placed["auto"] or read >= note.tokens_est or skipped.get(at) == "write_in_flight", (at, note)
+        for at, note in placed["auto"].items():
+            if at in placed["5m"]:
+                assert note.ttl in (placed["5m"][at].ttl, "1h")
+            else:  # a checkpoint, or a marker at or before what `auto` reads (it writes nothing)
+                assert (note.reason, note.ttl) == ("pause_checkpoint", "1h") or note.tokens_est <= read, (at, note)
+        if {at: n.ttl for at, n in placed["auto"].items()} == {at: n.ttl for at, n in placed["5m"].items()}:
+            assert auto.body == results["5m"].body
+        for ttl, result in results.items():
+            if result.ticket is not None and response_began:
+                memories[ttl].index.response_began(result.ticket.recorded)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_until_a_pause_is_seen_auto_adds_to_5m_only_hour_checkpoints(data):
@@ -122,26 +148,99 @@ def test_until_a_pause_is_seen_auto_adds_to_5m_only_hour_checkpoints(data):
     With every gap between sightings under 5 minutes (or over an hour, when the index has
     forgotten), `auto` marks every place `ttl=5m` marks, request by request; the only markers it
     adds are 1h `pause_checkpoint`s, and the only TTLs it changes are raised to 1h (docs/caching.md,
-    "TTL"). What they may cost is bounded by the next test."""
+    "TTL"). What they may cost is bounded by the next test.
+
+    Except where a 5m marker has nothing to do under `auto`, because of the checkpoints `auto`
+    bought (now or earlier), which `5m` does not have: a marker on a prefix `auto` reads or reads
+    past writes nothing and reads nothing more (a `read_live` whose entry a 1h checkpoint within
+    the 20-block lookback reads; a `read_live` on a shallower entry than an earlier checkpoint
+    `auto` reads), and a write of a prefix `auto`'s earlier checkpoint is still writing would be
+    wasted (`write_in_flight`). For the same reason `auto` may add a marker that writes nothing: one
+    at or before what it reads (`Ticket.expected_read_tokens`, the provider's rule applied to what
+    the index expects). Examples Hypothesis found: `test_what_auto_leaves_out_of_5m_it_has_no_need_for`."""
     first, steps = data.draw(histories())
-    memories = {"auto": Memory(), "5m": Memory()}
-    now = 1000.0
-    for request, _gap, response_began in [(first, 0.0, True), *steps]:
+    nows, now = [], 1000.0
+    for _ in range(len(steps) + 1):
         now += data.draw(st.sampled_from([0.0, 0.5, 30.0, 4000.0]))  # 5 steps x 30 s < 5 minutes
-        body = json.dumps(request).encode()
-        results = {ttl: insert_markers(body, None, CacheOptions(ttl=ttl), memory, now) for ttl, memory in memories.items()}
-        placed = {ttl: {n.at: n for n in result.notes if n.ttl is not None} for ttl, result in results.items()}
-        assert placed["5m"].keys() <= placed["auto"].keys()
-        for at, note in placed["auto"].items():
-            if at in placed["5m"]:
-                assert note.ttl in (placed["5m"][at].ttl, "1h")
-            else:
-                assert (note.reason, note.ttl) == ("pause_checkpoint", "1h")
-        if not any(n.ttl == "1h" for n in placed["auto"].values()):
-            assert results["auto"].body == results["5m"].body
-        for ttl, result in results.items():
-            if result.ticket is not None and response_began:
-                memories[ttl].index.response_began(result.ticket.recorded)
+        nows.append(now)
+    auto_against_5m(first, steps, nows)
+
+
+EMPTY = {"role": "user", "content": ""}
+
+
+def burst_of_follow_ups() -> list[tuple[dict, bool]]:
+    """A short first request, then follow-ups of a conversation with a long system prompt, all at
+    once: after the first follow-up, none of their responses has begun (Hypothesis found it)."""
+    system = [{"type": "text", "text": "lorem ipsum " * 261}, {"type": "text", "text": ""}]
+    tools = [{"name": "a", "description": "", "input_schema": {"type": "object"}}]
+    base = [EMPTY] * 7 + [
+        {"role": "user", "content": [*[{"type": "text", "text": ""}] * 4, {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "redacted_thinking", "data": "abc"}, {"type": "text", "text": ""}]},
+    ]
+    follow_ups = [[{"role": "user", "content": "0"}], [EMPTY], [EMPTY, EMPTY],
+                  [EMPTY] * 4 + [{"role": "user", "content": "Current time: 2026-08-21T10:15:00Z"}]]
+    history = [({"model": "claude-opus-5", "max_tokens": 1, "messages": [EMPTY]}, True)]
+    return history + [({"model": "claude-opus-5", "max_tokens": 1, "messages": base + extra, "tools": tools, "system": system}, i == 0)
+                      for i, extra in enumerate(follow_ups)]
+
+
+def empty_turns(system_words: int, lengths: list[int], last: list[list[dict]], began: list[bool]) -> tuple[dict, list]:
+    def request(messages: list[dict]) -> dict:
+        return {"model": "claude-opus-5", "max_tokens": 1, "messages": messages, "system": "lorem ipsum " * system_words}
+    bodies = [request([EMPTY] * n) for n in lengths] + [request([EMPTY] * 15 + extra) for extra in last]
+    return bodies[0], [(body, 0.0, b) for body, b in zip(bodies[1:], began, strict=True)]
+
+
+CURRENT_TIME = {"role": "user", "content": "Current time: 2026-08-21T10:15:00Z"}
+ZERO = {"role": "user", "content": "0"}
+PAUSE_FREE_EXAMPLES = {
+    # `5m` reads the system prompt with `read_live`; `auto`'s checkpoint within the lookback reads it.
+    "a checkpoint reads the live entry": (burst_of_follow_ups()[0][0], [(r, 0.0, b) for r, b in burst_of_follow_ups()[1:]], [1000.0] * 5),
+    # `auto`'s checkpoint of the previous request is still being written: `5m` writes that prefix, `auto` waits.
+    "the checkpoint is in flight": (*empty_turns(435, [10, 11, 15], [[EMPTY] * 4 + [ZERO, CURRENT_TIME], [EMPTY] * 4 + [ZERO, EMPTY]],
+                                                 [False] * 4), [1000.0] * 5),
+    # `auto` reads its earlier checkpoint, past the system prompt `5m` reads with `read_live`.
+    "auto reads past it": (*empty_turns(392, [10, 11, 12], [[EMPTY, *[{"role": "user", "content": "  \n"}] * 3, {"role": "assistant", "content": "0"}, CURRENT_TIME],
+                                                              [EMPTY, *[{"role": "user", "content": "  \n"}] * 3, {"role": "assistant", "content": "0"}, {"role": "assistant", "content": ""}]],
+                                        [False, False, True, False]), [1000.0, 1000.0, 1000.5, 1000.5, 1030.5]),
+}
+
+
+@pytest.mark.parametrize("name", PAUSE_FREE_EXAMPLES)
+def test_what_auto_leaves_out_of_5m_it_has_no_need_for(name):
+    """The property above on the histories Hypothesis found (a fresh database finds them on some seeds)."""
+    auto_against_5m(*PAUSE_FREE_EXAMPLES[name])
+
+
+def test_a_checkpoint_within_the_lookback_reads_what_5m_reads_with_read_live():
+    """The first of those examples through the provider's rules (the simulator): a burst of
+    concurrent follow-ups (same timestamp, later responses not begun) of a conversation with a
+    long system prompt. On the last one `5m` writes the tail (`conversation_tail`, more than 20
+    blocks past the system prompt) and reads the live system prompt with a `read_live` marker;
+    `auto` also writes a 1h `pause_checkpoint` 14 blocks past the system prompt, whose lookback
+    reads it, so no `read_live` is placed. The provider reads the same tokens for both and writes
+    the same tokens; `auto` only moves the checkpoint's new tokens to 1h."""
+    history = burst_of_follow_ups()
+    outcome = {}
+    for ttl in ("auto", "5m"):
+        memory, sim, pending = Memory(), CacheSimulator(), []
+        for request, began in history:  # one burst: every request at the same time
+            result = insert_markers(json.dumps(request).encode(), None, CacheOptions(ttl=ttl), memory, 1000.0)
+            usage = sim.apply(analyse_request(json.loads(result.body)), 1000.0, pending=pending)[0]
+            if began:  # the later responses have not begun: their writes are not readable yet
+                sim.commit(pending)
+                pending = []
+                memory.index.response_began(result.ticket.recorded)
+        outcome[ttl] = ({n.at: (n.reason, n.ttl) for n in result.notes if n.ttl is not None}, usage, result.ticket)
+    (auto, auto_usage, auto_ticket), (fixed, fixed_usage, fixed_ticket) = outcome["auto"], outcome["5m"]
+    assert fixed == {"system.0": ("read_live", "5m"), "messages.13.content": ("conversation_tail", "5m")}
+    assert auto == {"messages.7.content.4": ("pause_checkpoint", "1h"), "messages.13.content": ("conversation_tail", "5m")}
+    assert auto_ticket.expected_read_tokens == fixed_ticket.expected_read_tokens > 0
+    assert auto_usage["cache_read_input_tokens"] == fixed_usage["cache_read_input_tokens"] > 0
+    assert auto_usage["cache_creation_input_tokens"] == fixed_usage["cache_creation_input_tokens"]
+    assert auto_usage["input_tokens"] == fixed_usage["input_tokens"]
+    assert 0 < auto_usage["cache_creation"]["ephemeral_1h_input_tokens"] < auto_usage["cache_creation_input_tokens"]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
