@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,19 @@ def test_prometheus_scraping_three_instances_of_one_postgresql_sums_to_the_repor
                 rules = {r["name"]: r for g in prom.query_rules() for r in g["rules"]}
                 assert set(rules) >= ALERTS and all(r["health"] == "ok" for r in rules.values())
                 exported = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for (name, _) in scrape(ports[0])}
-                results = {}
+                results: dict[tuple[str, str], Any] = {}
                 for title, expr in _dashboard_queries():
                     named = set(re.findall(r"\btokenpak_[a-z_]+", expr))
                     assert named and named <= {n + s for n in exported for s in ("", "_bucket", "_count", "_sum")}, f"{title}: {expr}"
-                    results[(title, expr)] = prom.query(expr)  # raises on a query Prometheus rejects
+                # A rate or an increase needs two samples of a series: on a busy machine Prometheus may
+                # have scraped a new series once when the counts first matched, so give it a few more.
+                deadline = time.monotonic() + 30
+                while True:
+                    for title, expr in _dashboard_queries():
+                        results[(title, expr)] = prom.query(expr)  # raises on a query Prometheus rejects
+                    if all(results.values()) or time.monotonic() > deadline:
+                        break
+                    time.sleep(1)
         finally:
             for p in proxies:
                 p.stop()

@@ -144,6 +144,8 @@ def test_counters_equal_the_rows_written(tmp_path: Path):
     with FakeProvider() as fake, _proxy(fake, tmp_path, port) as proxy:
         n = send_mixed(proxy.url, fake, 40)
         wait_for(lambda: total(scrape(port), "tokenpak_requests_total") == n, what=f"{n} requests counted")
+        # The backlog gauge is the proxy's note to the writer, sent a moment after the last hand-off.
+        wait_for(lambda: total(scrape(port), "tokenpak_writer_backlog_rows") == 0, what="an empty backlog")
         samples = scrape(port)
         out = proxy.output()
     rows = db_rows(tmp_path / "t.db")
