@@ -11,6 +11,7 @@ import json
 import math
 import re
 import sqlite3
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ from tokenpak_mitm.store.sqlite import COLUMN_NAMES, TelemetryStore
 
 MODEL = "claude-sonnet-4-5"
 
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """``rows`` stored in ``path`` by the real store (its writer thread, its migrations); how many it wrote."""
+    store = TelemetryStore(path)
+    store.start()
+    for r in rows:
+        store.submit(r)
+    store.close()
+    return store.written
 
 def ts(day: int, hour: int = 12) -> float:
     return datetime(2026, 5, day, hour, 0).timestamp()  # local time, as the report groups days
@@ -64,12 +75,7 @@ ROWS = [
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "tokenpak.db"
-    store = TelemetryStore(path)
-    store.start()
-    for r in ROWS:
-        store.submit(r)
-    store.close()
-    assert store.written == len(ROWS)
+    assert write_rows(path, ROWS) == len(ROWS)
     return path
 
 
@@ -336,11 +342,7 @@ def test_the_sql_cost_split_equals_the_per_row_split(tmp_path: Path, capsys: pyt
         r["cost_usd"] = (r["input_tokens"] * units["input"] + r["cache_read_tokens"] * units["cache_read"]
                          + (r["cache_write_tokens"] - w1h) * units["cache_write"] + w1h * units["cache_write_1h"] + r["output_tokens"] * units["output"])
     path = tmp_path / "split.db"
-    store = TelemetryStore(path)
-    store.start()
-    for r in rows:
-        store.submit(r)
-    store.close()
+    write_rows(path, rows)
     data = report_json(path, capsys, "--since", "all")
     want: dict[str, float] = {}
     for r in rows:
@@ -359,11 +361,7 @@ def test_local_days_follow_daylight_saving_changes(tmp_path: Path, capsys: pytes
         start = datetime(2026, 3, 28, 20, 0).timestamp()
         rows = [row(f"d{i}", 1, started_at=start + i * 2400, cost_usd=0.001) for i in range(60)]
         path = tmp_path / "dst.db"
-        store = TelemetryStore(path)
-        store.start()
-        for r in rows:
-            store.submit(r)
-        store.close()
+        write_rows(path, rows)
         data = report_json(path, capsys, "--since", "all", "--by", "day")
         got = {g["key"]: g["requests"] for g in data["groups"] if g["requests"]}
         want: dict[str, int] = {}
@@ -434,11 +432,7 @@ def test_tables_never_split_a_number_or_a_model_name(tmp_path: Path, capsys: pyt
     piped (no COLUMNS: whole lines), each word of every cell is printed whole on one line, and no
     line is wider than the width."""
     path = tmp_path / "t.db"
-    store = TelemetryStore(path)
-    store.start()
-    for r in WIDE_ROWS:
-        store.submit(r)
-    store.close()
+    write_rows(path, WIDE_ROWS)
     cmd = ["report", "--db", str(path), "--since", "2026-04-30", *args]
     monkeypatch.delenv("COLUMNS", raising=False)
     assert main(cmd) == 0
@@ -546,11 +540,7 @@ def test_weeks_months_and_time_zones_equal_independent_sums(tmp_path: Path, caps
     from zoneinfo import ZoneInfo
 
     path = tmp_path / "t.db"
-    store = TelemetryStore(path)
-    store.start()
-    for r in SPREAD:
-        store.submit(r)
-    store.close()
+    write_rows(path, SPREAD)
     data = report_json(path, capsys, "--since", "2026-04-01", "--by", by, "--timezone", zone)
     assert data["timezone"] == zone
 
@@ -572,11 +562,7 @@ def test_weeks_months_and_time_zones_equal_independent_sums(tmp_path: Path, caps
 
 def test_since_is_midnight_in_the_chosen_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str], utc_writer: None) -> None:
     path = tmp_path / "t.db"
-    store = TelemetryStore(path)
-    store.start()
-    for r in SPREAD:
-        store.submit(r)
-    store.close()
+    write_rows(path, SPREAD)
     utc = report_json(path, capsys, "--since", "2026-05-01", "--timezone", "UTC")
     berlin = report_json(path, capsys, "--since", "2026-05-01", "--timezone", "Europe/Berlin")
     assert utc["totals"]["requests"] == 4 and berlin["totals"]["requests"] == 5  # 23:30 UTC on Apr 30 is May 1 in Berlin
@@ -592,11 +578,7 @@ def test_an_unknown_time_zone_is_one_line_naming_the_closest(db: Path, capsys: p
 def test_breakdown_gives_each_groups_models(tmp_path: Path, capsys: pytest.CaptureFixture[str], utc_writer: None, by: str) -> None:
 
     path = tmp_path / "t.db"
-    store = TelemetryStore(path)
-    store.start()
-    for r in [*ROWS, *SPREAD]:
-        store.submit(r)
-    store.close()
+    write_rows(path, [*ROWS, *SPREAD])
     data = report_json(path, capsys, "--since", "all", "--by", by, "--breakdown", "--timezone", "UTC")
     plain = report_json(path, capsys, "--since", "all", "--by", by, "--timezone", "UTC")
     rows = raw_rows(path)

@@ -38,6 +38,17 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp
 
 
+
+def stopped_writer(db: Path) -> tuple[StoreProcess, int]:
+    """A started store whose writer process is then stopped (SIGSTOP): alive, acknowledging nothing."""
+    s = StoreProcess(db)
+    s.start()
+    assert wait_until(lambda: s.pid is not None)
+    pid = s.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    return s, pid
+
 def test_rows_reach_the_database_through_the_writer_process(tmp_path: Path):
     db = tmp_path / "t.db"
     s = StoreProcess(db)
@@ -226,12 +237,7 @@ def test_the_writer_prints_the_console_line_on_the_proxys_output(tmp_path: Path,
 
 def test_finished_requests_the_writer_never_acknowledged_are_spilled_as_records(tmp_path: Path):
     db = tmp_path / "t.db"
-    s = StoreProcess(db)
-    s.start()
-    assert wait_until(lambda: s.pid is not None)
-    pid = s.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    s, pid = stopped_writer(db)
     keys = [f"f{i}" for i in range(5)]
     for k in keys:
         s.finish(_finished(k, time.time()))
@@ -337,12 +343,7 @@ def _state(pid: int) -> str:
 
 def test_a_hung_writer_at_shutdown_is_killed_after_a_bounded_wait_and_its_rows_spilled(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     db = tmp_path / "t.db"
-    s = StoreProcess(db)
-    s.start()
-    assert wait_until(lambda: s.pid is not None)
-    pid = s.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    s, pid = stopped_writer(db)
     keys = [f"h{i}" for i in range(300)]
     for k in keys:
         s.submit(row(k, error="e" * 1000))  # ~300 KB: more than the pipe holds
