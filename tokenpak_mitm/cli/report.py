@@ -226,16 +226,17 @@ def build_report(conn: sqlite3.Connection, by: str = "day", since: str = "7d", f
             by_model[c.model] = by_model.get(c.model, 0.0) + c.cost
     latency_srcs = rq.sources(conn, filters, period, group_columns, latency=True)
     same = by == "day" and period == "day"
-    for metric, level, key, value, n in (h for src in latency_srcs for h in rq.histograms(conn, src, group_sql, period_sql, same=same)):
-        if level == "total":
-            totals.add_latency(metric, value, n)
-            continue
-        assert key is not None
-        if level == "group":
-            totals.add_latency(metric, value, n)
-            _summary(groups, label(group_kind, key)).add_latency(metric, value, n)
-        if level == "period" or same:
-            _summary(periods, label(period, key)).add_latency(metric, value, n)
+    for (metric, level), per_key in rq.latency_counts(conn, latency_srcs, group_sql, period_sql, same=same).items():
+        for key, counts in per_key.items():
+            if level == "total":
+                totals.add_latency_counts(metric, counts)
+                continue
+            assert key is not None
+            if level == "group":
+                totals.add_latency_counts(metric, counts)
+                _summary(groups, label(group_kind, key)).add_latency_counts(metric, counts)
+            if level == "period" or same:
+                _summary(periods, label(period, key)).add_latency_counts(metric, counts)
     ordered_periods = _fill_periods(_order(periods, "day"), period)
     if by == "day" and period == "day":
         ordered_groups = ordered_periods

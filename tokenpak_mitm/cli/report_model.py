@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,11 +86,13 @@ class Summary:
         if c.proxy_max is not None:
             self._proxy_max = c.proxy_max if self._proxy_max is None else max(self._proxy_max, c.proxy_max)
 
-    def add_latency(self, metric: str, value: float, count: int) -> None:
+    def add_latency_counts(self, metric: str, counts: Mapping[float, int]) -> None:
+        """Add a rounded value -> count mapping to ``metric``'s histogram (copied, never shared)."""
         hist = self.latency_hist.get(metric)
         if hist is None:
-            hist = self.latency_hist[metric] = Counter()
-        hist[value] += count
+            self.latency_hist[metric] = Counter(counts)  # a copy in C
+        else:
+            hist.update(counts)
 
     def latency(self, metric: str) -> dict[str, float] | None:
         """p50/p95/p99 in ms (three significant digits) and n, or None without values."""
