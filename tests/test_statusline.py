@@ -233,3 +233,23 @@ def test_each_lookup_is_an_index_search_without_a_sort(tmp_path: Path) -> None:
     assert "COVERING INDEX requests_session_sums (session_id=?)" in plans[statusline._TOTALS]
     for q in (statusline._LAST, statusline._LAST_MISS):
         assert "INDEX requests_session (session_id=?)" in plans[q] and "TEMP B-TREE" not in plans[q], plans[q]
+
+
+def test_on_postgresql_the_newest_miss_is_an_index_walk_not_a_scan(postgres: Any) -> None:
+    """A session with many rows and no miss on a database of many sessions: the newest miss is
+    found in requests_session_misses (migration 9), not by walking the primary key past every row."""
+    import psycopg
+
+    from tokenpak_mitm.cli import statusline
+
+    url = write(postgres.database(), [])
+    assert isinstance(url, str)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO requests (request_key, started_at, session_id, cache_miss_reason, cost_usd) "
+                     "SELECT 'r' || i, i, CASE WHEN i % 10 = 0 THEN 'busy' ELSE 's' || (i % 500) END, "
+                     "CASE WHEN i % 10 = 3 THEN 'ttl_expired' END, 0.001 FROM generate_series(1, 50000) i")
+        conn.execute("VACUUM ANALYZE requests")
+        plans = {q: " | ".join(r[0] for r in conn.execute("EXPLAIN (ANALYZE, FORMAT TEXT) " + q, ("busy",))) for q in statusline._PG_QUERIES[1:]}
+    miss_plan = plans[statusline._PG_QUERIES[2]]
+    assert "requests_session_misses" in miss_plan and "Rows Removed by Filter" not in miss_plan, miss_plan
+    assert status(session_json("busy"), url).startswith("tokenpak $5.0000 · saved $0 · hit -"), status(session_json("busy"), url)

@@ -53,6 +53,7 @@ _TOTALS_PG = f"SELECT COUNT(*), {', '.join(f'COALESCE(SUM(({e})::float8), 0)' fo
 # backwards from the end (by started_at they sorted every row of the session).
 _LAST = "SELECT cache_warm_until FROM requests WHERE session_id = ? ORDER BY id DESC LIMIT 1"
 _LAST_MISS = "SELECT cache_miss_reason FROM requests WHERE session_id = ? AND cache_miss_reason IS NOT NULL ORDER BY id DESC LIMIT 1"
+# On PostgreSQL the newest rows walk requests_session_newest / requests_session_misses (migration 9).
 _PG_QUERIES = (_TOTALS_PG, _LAST.replace("?", "%s"), _LAST_MISS.replace("?", "%s"))
 _PG_SCHEMES = ("postgresql://", "postgres://")  # store.dburl.SCHEMES (not imported: see default_db; a test keeps them equal)
 _PG_TIMEOUT = 2  # seconds to connect (libpq's minimum); statements get half that
