@@ -28,7 +28,7 @@ def row(key: str, started_at: float, **values: Any) -> dict[str, Any]:
     return base
 
 
-def write(path: Path, rows: list[dict[str, Any]]) -> Path:
+def write(path: Path | str, rows: list[dict[str, Any]]) -> Path | str:
     store = TelemetryStore(path)
     store.start()
     for r in rows:
@@ -38,7 +38,7 @@ def write(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def claude_code(db: Path, stdin: str | bytes, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def claude_code(db: Path | str, stdin: str | bytes, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the command the way Claude Code's statusLine does: JSON on stdin, first stdout line shown."""
     data = stdin.encode() if isinstance(stdin, str) else stdin
     proc = subprocess.run([sys.executable, "-m", "tokenpak_mitm.cli.main", "statusline", "--db", str(db)], input=data,
@@ -138,6 +138,86 @@ def test_setup_claude_code_shows_how_to_wire_it(tmp_path: Path) -> None:
     assert shown.returncode == 0 and shown.stdout.startswith("tokenpak $0.0100 · saved $0.0200")
 
 
+def session_rows(now: float) -> list[dict[str, Any]]:
+    """A session with misses, unpriced and unbilled rows, a warm cache, and a neighbour's rows."""
+    return [
+        row("a", now - 600, cache_write_tokens=3000, cost_usd=0.0150, savings_usd=-0.002, cache_miss_reason="cold", cache_warm_until=now - 300),
+        row("b", now - 120, cache_read_tokens=3000, cost_usd=0.0030, savings_usd=0.0081, cache_warm_until=now + 250),
+        row("c", now - 90, model="mystery", cost_usd=None, cache_read_tokens=1234, cache_warm_until=now + 250),
+        row("d", now - 80, cost_usd=None, billable=0, usage_source="absent", input_tokens=None),
+        row("e", now - 60, cache_read_tokens=2500, input_tokens=600, cost_usd=0.0042, savings_usd=0.0068, cache_miss_reason="prefix_changed",
+            cache_warm_until=None),
+        row("f", now - 50, cost_usd=0.00000123, savings_usd=0.0, cache_warm_until=now + 3700),
+        row("g", now - 30, session_id="someone-else", cost_usd=9.0, savings_usd=9.0, cache_miss_reason="ttl_expired", cache_warm_until=now + 9),
+        row("h", now - 20, session_id="a-big-spender", cost_usd=123.456, savings_usd=-7.5, cache_read_tokens=10**9),
+    ]
+
+
+def test_postgresql_gives_the_sqlite_line_for_the_same_rows(postgres: Any, tmp_path: Path) -> None:
+    """A team's PostgreSQL store: the same figures, word for word, as a SQLite file with the same rows."""
+    now = time.time()
+    sqlite_db = write(tmp_path / "t.db", session_rows(now))
+    url = write(postgres.database(), session_rows(now))
+    lines = set()
+    for sid in (SESSION, "someone-else", "a-big-spender", "a-session-claude-code-has-not-sent-yet"):
+        for at in (now, now + 260, now + 4000):
+            on_sqlite, on_postgres = status(session_json(sid), sqlite_db, now=at), status(session_json(sid), url, now=at)
+            assert on_postgres == on_sqlite
+            lines.add(on_postgres)
+    # 6734 read of 10734 prompt tokens; the newest row's warm-until counts down
+    assert {"tokenpak $0.0222 (+1 unpriced) · saved $0.0129 · hit 63% · last miss prefix_changed · warm 1h01m",
+            "tokenpak $0.0222 (+1 unpriced) · saved $0.0129 · hit 63% · last miss prefix_changed · cache cold",
+            "tokenpak $9.0000 · saved $9.0000 · hit 0% · last miss ttl_expired · warm 9s",
+            "tokenpak: no requests through the proxy yet in this session"} <= lines, lines
+    assert any(line.startswith("tokenpak $123.46 · saved $-7.5000 · hit 100%") for line in lines), lines
+    got = claude_code(url, session_json())  # as Claude Code runs it
+    assert got.returncode == 0 and got.stderr == "" and got.stdout.startswith("tokenpak $0.0222 (+1 unpriced) · saved $0.0129 · hit 63%"), got
+
+
+def test_postgresql_without_the_table_yet_or_without_rows(postgres: Any) -> None:
+    url = postgres.database()
+    assert status(session_json(), url) == "tokenpak: no database yet"  # no proxy has written to it yet
+    write(url, [])
+    assert status(session_json(), url) == "tokenpak: no requests through the proxy yet in this session"
+
+
+@pytest.mark.parametrize("fault", ["refused", "hung", "wrong password", "no such database"])
+def test_postgresql_down_prints_a_short_line_fast_and_never_the_password(postgres: Any, fault: str) -> None:
+    """A server down, hung (accepts, never answers) or refusing us: one neutral line, exit 0, within
+    the connect timeout (psycopg's default would wait 130 s), and the URL's password nowhere."""
+    import socket
+
+    secret = "s3cret-" + "x" * 12
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if fault == "hung":
+            listener.listen(8)  # the kernel completes the handshake; nobody reads the startup packet
+        url = {"refused": f"postgresql://tokenpak:{secret}@127.0.0.1:{port}/tokenpak",
+               "hung": f"postgresql://tokenpak:{secret}@127.0.0.1:{port}/tokenpak",
+               "wrong password": postgres.url("postgres", password=secret),
+               "no such database": postgres.url("nosuchdb_" + secret.replace("-", "_"))}[fault]
+        if fault == "no such database":
+            secret = postgres.password
+        started = time.monotonic()
+        got = claude_code(url, session_json())
+        elapsed = time.monotonic() - started
+    assert got.returncode == 0 and got.stderr == "", got
+    lines = got.stdout.splitlines()
+    assert lines == ["tokenpak: database unreachable"], lines
+    assert secret not in got.stdout + got.stderr
+    assert elapsed < 20, elapsed  # the 2 s connect timeout plus a start-up on a loaded machine
+
+
+def test_the_postgresql_schemes_are_the_stores() -> None:
+    from tokenpak_mitm.cli import statusline
+    from tokenpak_mitm.store import dburl
+
+    assert statusline._PG_SCHEMES == dburl.SCHEMES
+    for db in ("postgresql://u@h/d", " Postgres://h/d", "/tmp/postgresql.db", "tokenpak.db"):
+        assert statusline.is_postgres(db) == dburl.is_postgres(db)
+
+
 def test_each_lookup_is_an_index_search_without_a_sort(tmp_path: Path) -> None:
     """The time budget on a big database: the sums read one covering index, the newest row and miss
     walk requests_session backwards (no temporary sort of the session's rows)."""
@@ -153,3 +233,23 @@ def test_each_lookup_is_an_index_search_without_a_sort(tmp_path: Path) -> None:
     assert "COVERING INDEX requests_session_sums (session_id=?)" in plans[statusline._TOTALS]
     for q in (statusline._LAST, statusline._LAST_MISS):
         assert "INDEX requests_session (session_id=?)" in plans[q] and "TEMP B-TREE" not in plans[q], plans[q]
+
+
+def test_on_postgresql_the_newest_miss_is_an_index_walk_not_a_scan(postgres: Any) -> None:
+    """A session with many rows and no miss on a database of many sessions: the newest miss is
+    found in requests_session_misses (migration 9), not by walking the primary key past every row."""
+    import psycopg
+
+    from tokenpak_mitm.cli import statusline
+
+    url = write(postgres.database(), [])
+    assert isinstance(url, str)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO requests (request_key, started_at, session_id, cache_miss_reason, cost_usd) "
+                     "SELECT 'r' || i, i, CASE WHEN i % 10 = 0 THEN 'busy' ELSE 's' || (i % 500) END, "
+                     "CASE WHEN i % 10 = 3 THEN 'ttl_expired' END, 0.001 FROM generate_series(1, 50000) i")
+        conn.execute("VACUUM ANALYZE requests")
+        plans = {q: " | ".join(r[0] for r in conn.execute("EXPLAIN (ANALYZE, FORMAT TEXT) " + q, ("busy",))) for q in statusline._PG_QUERIES[1:]}
+    miss_plan = plans[statusline._PG_QUERIES[2]]
+    assert "requests_session_misses" in miss_plan and "Rows Removed by Filter" not in miss_plan, miss_plan
+    assert status(session_json("busy"), url).startswith("tokenpak $5.0000 · saved $0 · hit -"), status(session_json("busy"), url)

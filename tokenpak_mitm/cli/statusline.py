@@ -16,6 +16,12 @@ timeout, the session's sums come from one covering index (``requests_session_sum
 newest row and miss from ``requests_session`` walked backwards, and every failure (no database,
 an empty or damaged one, a session not recorded yet, malformed stdin) prints a short neutral line
 and exits 0.
+
+With ``--db postgresql://…`` (a team's shared store, ``store/postgres.py``) the same three queries
+run on PostgreSQL (its sums as ``float8``, so the figures are the SQLite ones for the same rows).
+psycopg is imported only then; the connection is read-only with a short connect and statement
+timeout, so a server that is down or slow prints the neutral line and exits 0; no error text is
+printed, so the URL's password never is.
 """
 
 from __future__ import annotations
@@ -28,21 +34,29 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_arguments", "line_for", "read_session_id", "run"]
 
 NAME = "tokenpak"
-_TOTALS = (
-    "SELECT COUNT(*), TOTAL(cost_usd), "
-    "TOTAL(CASE WHEN cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND COALESCE(usage_source, 'absent') != 'absent' THEN 1 ELSE 0 END), "
-    "TOTAL(savings_usd), TOTAL(cache_read_tokens), "
-    "TOTAL(COALESCE(input_tokens, 0) + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0)) "
-    "FROM requests WHERE session_id = ?"
+# What is summed over the session's rows: cost, unpriced rows, savings, cache reads, prompt tokens.
+_SUMMED = (
+    "cost_usd",
+    "CASE WHEN cost_usd IS NULL AND COALESCE(billable, 1) != 0 AND COALESCE(usage_source, 'absent') != 'absent' THEN 1 ELSE 0 END",
+    "savings_usd", "cache_read_tokens",
+    "COALESCE(input_tokens, 0) + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0)",
 )
+_TOTALS = f"SELECT COUNT(*), {', '.join(f'TOTAL({e})' for e in _SUMMED)} FROM requests WHERE session_id = ?"
+# PostgreSQL has no TOTAL (a float sum, 0.0 over no rows) and sums integers as numeric: a float8 SUM, 0 when none.
+_TOTALS_PG = f"SELECT COUNT(*), {', '.join(f'COALESCE(SUM(({e})::float8), 0)' for e in _SUMMED)} FROM requests WHERE session_id = %s"
 # The newest rows by id: requests_session lists a session's rows in id order, so these walk it
 # backwards from the end (by started_at they sorted every row of the session).
 _LAST = "SELECT cache_warm_until FROM requests WHERE session_id = ? ORDER BY id DESC LIMIT 1"
 _LAST_MISS = "SELECT cache_miss_reason FROM requests WHERE session_id = ? AND cache_miss_reason IS NOT NULL ORDER BY id DESC LIMIT 1"
+# On PostgreSQL the newest rows walk requests_session_newest / requests_session_misses (migration 9).
+_PG_QUERIES = (_TOTALS_PG, _LAST.replace("?", "%s"), _LAST_MISS.replace("?", "%s"))
+_PG_SCHEMES = ("postgresql://", "postgres://")  # store.dburl.SCHEMES (not imported: see default_db; a test keeps them equal)
+_PG_TIMEOUT = 2  # seconds to connect (libpq's minimum); statements get half that
 
 
 def default_db() -> Path:
@@ -76,28 +90,58 @@ def _countdown(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def line_for(conn: sqlite3.Connection, session_id: str, now: float) -> str:
-    """The status line for ``session_id`` from an open database."""
-    n, cost, unpriced, saved, read, prompt = conn.execute(_TOTALS, (session_id,)).fetchone()
+def line_for(conn: Any, session_id: str, now: float, queries: tuple[str, str, str] = (_TOTALS, _LAST, _LAST_MISS)) -> str:
+    """The status line for ``session_id`` from an open database (a ``sqlite3`` connection, or a
+    psycopg one with ``_PG_QUERIES``)."""
+    totals, last, last_miss = queries
+    n, cost, unpriced, saved, read, prompt = conn.execute(totals, (session_id,)).fetchone()
     if not n:
         return f"{NAME}: no requests through the proxy yet in this session"
     parts = [f"{NAME} {_money(cost)}" + (f" (+{int(unpriced)} unpriced)" if unpriced else ""), f"saved {_money(saved)}"]
     parts.append(f"hit {read / prompt:.0%}" if prompt else "hit -")
-    miss = conn.execute(_LAST_MISS, (session_id,)).fetchone()
+    miss = conn.execute(last_miss, (session_id,)).fetchone()
     if miss is not None:
         parts.append(f"last miss {miss[0]}")
-    warm = conn.execute(_LAST, (session_id,)).fetchone()
+    warm = conn.execute(last, (session_id,)).fetchone()
     if warm is not None and warm[0] is not None:
         left = float(warm[0]) - now
         parts.append(f"warm {_countdown(left)}" if left > 0 else "cache cold")
     return " · ".join(parts)
 
 
-def status(stdin_text: str, db: Path, now: float | None = None) -> str:
+def is_postgres(db: str | Path) -> bool:
+    return isinstance(db, str) and db.strip().lower().startswith(_PG_SCHEMES)
+
+
+def _postgres_line(url: str, session_id: str, now: float) -> str:
+    """The line from a PostgreSQL store: psycopg is imported here only; nothing of an error is
+    shown (a driver's message may echo the URL and its password)."""
+    try:
+        import psycopg
+    except ImportError:
+        return f"{NAME}: PostgreSQL needs pip install 'tokenpak-mitm[team]'"
+    try:
+        conn = psycopg.connect(url.strip(), autocommit=True, connect_timeout=_PG_TIMEOUT, application_name="tokenpak-mitm statusline",
+                               options=f"-c default_transaction_read_only=on -c statement_timeout={_PG_TIMEOUT * 500}")
+    except psycopg.Error:  # down, refused, wrong password, no such database
+        return f"{NAME}: database unreachable"
+    try:
+        with conn:
+            return line_for(conn, session_id, now, _PG_QUERIES)
+    except psycopg.errors.UndefinedTable:
+        return f"{NAME}: no database yet"
+    except (psycopg.Error, TypeError, ValueError):  # slow, a schema from before sessions, a restart
+        return f"{NAME}: -"
+
+
+def status(stdin_text: str, db: Path | str, now: float | None = None) -> str:
     """The line to print; never raises for bad input or a bad database."""
     session_id = read_session_id(stdin_text)
     if session_id is None:
         return f"{NAME}: no session"
+    if is_postgres(db):
+        return _postgres_line(str(db), session_id, time.time() if now is None else now)
+    db = Path(db)
     if not db.is_file():
         return f"{NAME}: no database yet"
     try:
@@ -113,7 +157,7 @@ def status(stdin_text: str, db: Path, now: float | None = None) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ('In ~/.claude/settings.json: "statusLine": {"type": "command", "command": "tokenpak statusline"} '
                      "(`tokenpak setup claude-code` prints it with this installation's path).")
-    parser.add_argument("--db", help="telemetry database (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
+    parser.add_argument("--db", help="telemetry database: a SQLite path or a postgresql:// URL (default: $TOKENPAK_HOME/tokenpak.db or ~/.tokenpak/tokenpak.db)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         text = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read(1 << 20)
     except (OSError, ValueError, UnicodeDecodeError):
         text = ""
-    db = Path(args.db).expanduser() if args.db else default_db()
+    db: Path | str = args.db if args.db and is_postgres(args.db) else (Path(args.db).expanduser() if args.db else default_db())
     try:
         line = status(text, db)
     except Exception:  # noqa: BLE001 - a status line must never print a traceback
