@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,34 @@ def _today_start() -> float:
     return datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-def build(path: Path, rows: int, seed: int = 1, one_day: bool = False) -> None:
-    """``one_day``: every row from today (midnight to now) instead of the last 30 days."""
+def bulk_insert(path: Path, rows: Iterable[dict[str, object]]) -> None:
+    """A new SQLite database at ``path`` (the store's schema) holding ``rows``, inserted in batches of
+    20,000 in one transaction (the store's own writer would take minutes for a million)."""
     if path.exists():
         path.unlink()
     conn = _open(path)
-    rnd = random.Random(seed)
-    start = _today_start() if one_day else time.time() - 30 * DAY
-    step = (time.time() - 1 - start if one_day else 30 * DAY) / rows
     sql = f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
     batch = []
     conn.execute("BEGIN")
+    for r in rows:
+        batch.append(tuple(r.get(c) for c in COLUMN_NAMES))
+        if len(batch) == 20_000:
+            conn.executemany(sql, batch)
+            batch = []
+    conn.executemany(sql, batch)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def build(path: Path, rows: int, seed: int = 1, one_day: bool = False) -> None:
+    """``one_day``: every row from today (midnight to now) instead of the last 30 days."""
+    bulk_insert(path, _rows(rows, seed, one_day))
+
+
+def _rows(rows: int, seed: int, one_day: bool) -> Iterator[dict[str, object]]:
+    rnd = random.Random(seed)
+    start = _today_start() if one_day else time.time() - 30 * DAY
+    step = (time.time() - 1 - start if one_day else 30 * DAY) / rows
     for i in range(rows):
         provider, model = rnd.choice(MODELS)
         state = rnd.choices(("completed", "error_response", "client_disconnected"), (95, 4, 1))[0]
@@ -73,13 +91,7 @@ def build(path: Path, rows: int, seed: int = 1, one_day: bool = False) -> None:
                  cost_usd=None if model == "mystery-model" or state != "completed" else rnd.random() * 0.05,
                  savings_usd=rnd.random() * 0.01, cache_origin=rnd.choice(("proxy", "client", "unknown", "none")),
                  cache_decision=rnd.choice(("inserted", "stood_down", "below_minimum")), markers_inserted=rnd.randint(0, 2))
-        batch.append(tuple(r.get(c) for c in COLUMN_NAMES))
-        if len(batch) == 20_000:
-            conn.executemany(sql, batch)
-            batch = []
-    conn.executemany(sql, batch)
-    conn.execute("COMMIT")
-    conn.close()
+        yield r
 
 
 def _child(db: str, args: list[str]) -> None:

@@ -17,42 +17,35 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from bench.report_scale import bulk_insert
 from tokenpak_mitm.cli.statusline import status
-from tokenpak_mitm.store.sqlite import COLUMN_NAMES, _open
+from tokenpak_mitm.store.sqlite import _open
 
 SESSIONS = 2000
 
 
 def build(path: Path, rows: int, seed: int = 3) -> str:
     """N rows over the last 30 days; returns the busiest session's id (every 10th row is its)."""
-    if path.exists():
-        path.unlink()
-    conn = _open(path)
+    busy = "busy-session"
+    bulk_insert(path, _rows(rows, seed, busy))
+    return busy
+
+
+def _rows(rows: int, seed: int, busy: str) -> Iterator[dict[str, object]]:
     rnd = random.Random(seed)
     now = time.time()
     step = 30 * 86400 / rows
-    busy = "busy-session"
-    sql = f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
-    conn.execute("BEGIN")
-    batch = []
     for i in range(rows):
         at = now - 30 * 86400 + i * step
-        r = dict(request_key=f"r{i}", started_at=at, provider="anthropic", api="messages", model="claude-sonnet-4-6",
-                 route_class="claude-code", terminal_state="completed", usage_source="final", billable=1, status_code=200,
-                 session_id=busy if i % 10 == 0 else f"s{rnd.randrange(SESSIONS)}", input_tokens=rnd.randint(0, 3000),
-                 cache_read_tokens=rnd.randint(0, 60_000), cache_write_tokens=rnd.randint(0, 3000), output_tokens=rnd.randint(1, 900),
-                 cost_usd=rnd.random() * 0.03, savings_usd=rnd.random() * 0.02, cache_warm_until=at + 300,
-                 cache_miss_reason=rnd.choice((None,) * 8 + ("ttl_expired", "prefix_changed")))
-        batch.append(tuple(r.get(c) for c in COLUMN_NAMES))
-        if len(batch) == 20_000:
-            conn.executemany(sql, batch)
-            batch = []
-    conn.executemany(sql, batch)
-    conn.execute("COMMIT")
-    conn.close()
-    return busy
+        yield dict(request_key=f"r{i}", started_at=at, provider="anthropic", api="messages", model="claude-sonnet-4-6",
+                   route_class="claude-code", terminal_state="completed", usage_source="final", billable=1, status_code=200,
+                   session_id=busy if i % 10 == 0 else f"s{rnd.randrange(SESSIONS)}", input_tokens=rnd.randint(0, 3000),
+                   cache_read_tokens=rnd.randint(0, 60_000), cache_write_tokens=rnd.randint(0, 3000), output_tokens=rnd.randint(1, 900),
+                   cost_usd=rnd.random() * 0.03, savings_usd=rnd.random() * 0.02, cache_warm_until=at + 300,
+                   cache_miss_reason=rnd.choice((None,) * 8 + ("ttl_expired", "prefix_changed")))
 
 
 def main(argv: list[str] | None = None) -> int:
