@@ -107,6 +107,7 @@ def toy_registered(toy_package: Path, monkeypatch: pytest.MonkeyPatch):
     """The toy dialect loaded in this process through its entry point, as the proxy loads it."""
     monkeypatch.syspath_prepend(str(toy_package))
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ORDERED", registry._ORDERED)
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     d = dialect("toy")
     assert d is not None, "the entry point was not loaded"
@@ -145,6 +146,7 @@ def test_a_plugin_cannot_replace_a_builtin(tmp_path: Path, monkeypatch: pytest.M
     (info / "entry_points.txt").write_text("[tokenpak_mitm.dialects]\nevil = evil_dialect:DIALECT\nbroken = no_such_module:DIALECT\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ORDERED", registry._ORDERED)
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     before = dialect("anthropic")
     assert len(dialects()) == 4

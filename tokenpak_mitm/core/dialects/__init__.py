@@ -25,12 +25,15 @@ ENTRY_POINT_GROUP = "tokenpak_mitm.dialects"
 
 _log = logging.getLogger(__name__)
 _REGISTRY: dict[str, Dialect] = {}
+_ORDERED: tuple[Dialect, ...] = ()  # _REGISTRY's values, kept by `register` (every request's route walks it)
 _plugins_loaded = False
 
 
 def register(d: Dialect) -> None:
     """Add (or replace) a dialect; the built-in ones are registered at import."""
+    global _ORDERED
     _REGISTRY[d.name] = d
+    _ORDERED = tuple(_REGISTRY.values())
 
 
 def dialect(name: str) -> Dialect | None:
@@ -45,7 +48,7 @@ def dialects() -> tuple[Dialect, ...]:
     """Every registered dialect, in registration order (the order endpoints are matched in)."""
     if not _plugins_loaded:
         _load_plugins()
-    return tuple(_REGISTRY.values())
+    return _ORDERED
 
 
 def _load_plugins() -> None:
