@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from functools import partial
@@ -29,6 +30,7 @@ from tokenpak_mitm.core.account.accounting import Finished, SessionFacts, Sink, 
 from tokenpak_mitm.core.account.telemetry import Outcome, outcome, terminal_state_for_error
 from tokenpak_mitm.core.redact import redact_text, secret_values
 from tokenpak_mitm.core.request_model import request_model
+from tokenpak_mitm.core.row import ClosedBy
 from tokenpak_mitm.proxy import hooks
 from tokenpak_mitm.proxy.flowstate import (
     META,
@@ -107,7 +109,7 @@ class Handoff:
         if updated & {"tokenpak_db", "save_stream_file", "tokenpak_record"}:
             if self.sink is None or self.sink.db != settings.db or local != self._local:
                 if self.sink is not None:
-                    self.sink.close()
+                    _close_off_loop(self.sink)
                 self._local = local
                 self.sink = self._handle.sink = make_sink(settings.db, local, self._worker)
                 if self._otlp:
@@ -183,7 +185,7 @@ class Handoff:
                 st.record.closed_by = closed_by(flow)
             else:
                 st.record.closed_by = closed_by_word(st.earlier.get("closed_by"))  # replay: the live run's verdict
-            if st.record.terminal_override is None and unreachable(flow):
+            if st.record.terminal_override is None and unreachable(flow, st.record.closed_by):
                 st.record.terminal_override = "upstream_unreachable"
         except Exception:
             logger.exception("tokenpak: error while closing a failed flow")
@@ -246,7 +248,8 @@ class Handoff:
         except Exception:
             logger.exception("tokenpak: could not read the response; recording proxy_error")
             st.record.terminal_override = "proxy_error"
-        self._hand_off(flow, st)
+        finally:  # also when shutdown cancels the task: the request still gets its row (or is spilled)
+            self._hand_off(flow, st)
 
     # -- the hand-off ---------------------------------------------------------------------------
     def _hand_off(self, flow: http.HTTPFlow, st: FlowState) -> None:
@@ -272,7 +275,10 @@ class Handoff:
             logger.exception("tokenpak: could not build the telemetry row; recording a minimal one")
             ended = None
         if st.answered is not None:
-            st.answered(ended, rec)
+            try:
+                st.answered(ended, rec)  # the planner's feedback: a failure there must not cost the row
+            except Exception:
+                logger.exception("tokenpak: the planner could not take this response's usage")
         stashed = st.earlier.get("session") if st.earlier is not None and not st.live else None
         began = flow.response.timestamp_start if flow.response is not None else None  # writes readable from then
         done = Finished(rec, ended, began, time.time(), stashed if isinstance(stashed, dict) else None)
@@ -363,13 +369,14 @@ async def _run_in_worker(worker: Offloader, fn: Any, *args: Any) -> Any:
     return await worker.run(fn, *args)
 
 
-def unreachable(flow: http.HTTPFlow) -> bool:
+def unreachable(flow: http.HTTPFlow, closed: ClosedBy | None = None) -> bool:
     """The flow failed because the upstream could not be reached: no response, and no connection
     to it was ever set up (TCP refused or timed out, name not resolved, TLS handshake failed).
-    A client that left first is not that (mitmproxy names the client in its error text)."""
+    A client that left first is not that (mitmproxy names the client in its error text, or, for an
+    HTTP/2 client's "peer closed connection", ``closed`` says which side closed)."""
     srv = flow.server_conn
     never_connected = srv.timestamp_tcp_setup is None or (srv.tls and srv.timestamp_tls_setup is None)
-    gone = flow.error is not None and terminal_state_for_error(flow.error.msg) == "client_disconnected"
+    gone = flow.error is not None and terminal_state_for_error(flow.error.msg, closed) == "client_disconnected"
     return flow.response is None and never_connected and not gone
 
 
@@ -387,3 +394,15 @@ def _shutting_down() -> bool:
         return bool(ctx.master.should_exit.is_set())
     except AttributeError:  # no master (unit tests driving the hooks directly)
         return False
+
+
+def _close_off_loop(sink: Sink) -> None:
+    """Close a sink replaced at run time (an option changed in mitmweb or the console) without holding
+    the event loop: closing waits for its writer to flush, up to its shutdown bound. At start-up (no
+    loop yet) it closes here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        sink.close()
+        return
+    threading.Thread(target=sink.close, name="tokenpak-sink-close").start()  # not a daemon: exit waits for the flush
