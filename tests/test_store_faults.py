@@ -202,6 +202,22 @@ def test_junk_in_the_spill_file_is_skipped_and_rows_imported_once(tmp_path: Path
     assert not spill.exists()
 
 
+def test_a_spilled_request_that_cannot_be_read_is_counted_as_lost(tmp_path: Path):
+    """A record the proxy spilled that cannot be read back (a damaged line, another version's shape)
+    is neither written nor spillable again: a counted loss with its cause, never a silent skip."""
+    db = tmp_path / "t.db"
+    spill = Path(str(db) + store_mod.SPILL_SUFFIX)
+    spill.write_text('{"request_key":"bad","finished":{"no":"record here"}}\n{"request_key":"a","started_at":1}\n')
+    s = TelemetryStore(db)
+    s.start()
+    assert wait_until(lambda: len(keys_in(db)) == 1)
+    s.close()
+    exactly_once(db, ["a"])
+    assert s.dropped == 1
+    total, reasons = store_mod.losses(db)
+    assert total == 1 and any("spilled request could not be read" in r for r in reasons), reasons
+
+
 def test_row_submitted_after_close_is_spilled_for_the_next_start(tmp_path: Path):
     db = tmp_path / "t.db"
     s = TelemetryStore(db)

@@ -653,7 +653,11 @@ class TelemetryStore:
                 try:
                     stored.append(self._account(finished_from_json(record)))
                 except (KeyError, TypeError, ValueError) as e:
-                    logger.error("tokenpak: a spilled request could not be read (%s: %s); skipped", type(e).__name__, e)
+                    # Neither written nor spillable again: a loss, counted and put in the ledger like any other.
+                    self.dropped += 1
+                    self.lost_reason = f"a spilled request could not be read ({type(e).__name__}: {e})"
+                    logger.error("tokenpak: a spilled request could not be read (%s: %s); counted as lost", type(e).__name__, e)
+                    record_loss(self.path, 1, self.lost_reason)
             elif r.get("started_at") is not None:
                 stored.append(TelemetryRow.from_stored(r))
         self._insert(stored)

@@ -558,6 +558,7 @@ class StoreProcess:
         return len(items)
 
     def _spawn(self) -> None:
+        self._told_backlog = (-1, -1)  # a new writer has heard nothing: its loss counter must start from the proxy's count
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
