@@ -506,9 +506,10 @@ def test_a_writer_hung_across_shutdown_loses_no_row_and_is_not_left_behind(tmp_p
         for _ in range(6):
             during += _load(stack, 20)
             peak = max(peak, _rss_mib(stack.proxy.pid))
-        t0 = time.monotonic()
+        stopped = stack.proxy
         stack, out = _stop_and_restart(stack, tmp_path, [writer])
-        assert time.monotonic() - t0 < 25  # bounded: SHUTDOWN_WAIT, not forever
+        # Bounded, not forever: the proxy exited by itself within the stop's 30 s, it was not killed.
+        assert stopped.proc is not None and stopped.proc.returncode != -signal.SIGKILL, stopped.proc
     finally:
         try:
             os.kill(writer, signal.SIGCONT)

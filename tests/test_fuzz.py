@@ -324,7 +324,7 @@ def test_row_from_fuzzed_stream_has_sane_types(dialect: str, stream: bytes, stat
 
 # -- cache marker insertion --------------------------------------------------------------------------
 
-cache_insert = pytest.importorskip("tokenpak_mitm.core.plan.cache_insert")
+from tokenpak_mitm.core.plan import cache_insert  # noqa: E402 - beside the tests that use it
 
 
 @st.composite

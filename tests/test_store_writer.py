@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -348,10 +349,10 @@ def test_a_hung_writer_at_shutdown_is_killed_after_a_bounded_wait_and_its_rows_s
     for k in keys:
         s.submit(row(k, error="e" * 1000))  # ~300 KB: more than the pipe holds
     with caplog.at_level(logging.INFO, logger="tokenpak.store"):
-        t0 = time.monotonic()
-        s.close(timeout=2.0)
-        took = time.monotonic() - t0
-    assert took < 6.0
+        closing = threading.Thread(target=s.close, kwargs={"timeout": 2.0})
+        closing.start()
+        closing.join(60)  # a hang guard, not a speed check: without the bound, close would wait forever
+    assert not closing.is_alive(), "close() waited on the stopped writer instead of killing it"
     assert _state(pid) in ("gone", "Z", "X")  # killed, not left stopped
     assert s.lost == 0 and s.spilled_here + s.acked == 300
     assert "none lost" in caplog.text
