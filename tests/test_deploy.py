@@ -191,7 +191,8 @@ def test_the_deployment_guide_runs_as_written(tmp_path: Path):
             up = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(blocks[:-1])], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=300)
             assert up.returncode == 0, up.stdout + up.stderr
-            assert re.search(r'instances up: "value":\[[0-9.]+,"3"\]', up.stdout) and up.stdout.count("tokenpak report") == 1
+            assert re.search(r'instances up: "value":\[[0-9.]+,"3"\]', up.stdout) and up.stdout.count("tokenpak report") == 1, (
+                up.stdout[-3000:] + up.stderr[-2000:] + "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-1500:]}" for log in sorted(team.glob("*.log"))))
             prom = Prometheus.__new__(Prometheus)
             prom.port = int(env["PROMETHEUS_PORT"])
             wait_for(lambda: prom.value("sum(tokenpak_requests_total)") == 3, 60, "Prometheus to count the guide's 3 requests")
